@@ -1,0 +1,111 @@
+//! The rkyv archives behind the three fixed-size headers, and the two ways bytes cross them:
+//! checked access for bytes read from disk, and a byte view for headers about to be written.
+//!
+//! With rkyv's `little_endian` + `unaligned` features every archived field has alignment 1, so
+//! each archived struct is `repr(C)` without padding and its size is the sum of its fields; the
+//! `const` assertions below hold the layout to what `docs/FORMAT.md` draws.
+
+use rkyv::{Archive, Portable, rancor::Failure};
+
+/// Segment header as archived on disk (36 bytes).
+#[derive(Archive)]
+#[rkyv(archived = SegmentHeaderV1)]
+#[allow(dead_code)] // Only the archived form is used; the native form exists for the derive.
+pub(crate) struct SegmentHeaderNative {
+    pub(crate) magic: [u8; 8],
+    pub(crate) version: u16,
+    pub(crate) checksum: u8,
+    pub(crate) flags: u8,
+    pub(crate) data_offset: u32,
+    pub(crate) segment_id: u64,
+    pub(crate) block_len: u64,
+    pub(crate) crc: u32,
+}
+
+/// Block header as archived on disk (300 bytes).
+#[derive(Archive)]
+#[rkyv(archived = BlockHeaderV1)]
+#[allow(dead_code)]
+pub(crate) struct BlockHeaderNative {
+    pub(crate) magic: [u8; 4],
+    pub(crate) topic_len: u8,
+    pub(crate) flags: u8,
+    pub(crate) reserved: u16,
+    pub(crate) block_len: u64,
+    pub(crate) segment_id: u64,
+    pub(crate) chain_seq: u64,
+    pub(crate) first_offset: u64,
+    pub(crate) topic: [u8; 255],
+    pub(crate) reserved2: u8,
+    pub(crate) crc: u32,
+}
+
+/// Entry frame header as archived on disk (24 bytes).
+#[derive(Archive)]
+#[rkyv(archived = FrameHeaderV1)]
+#[allow(dead_code)]
+pub(crate) struct FrameHeaderNative {
+    pub(crate) marker: u8,
+    pub(crate) flags: u8,
+    pub(crate) batch_left: u16,
+    pub(crate) len: u32,
+    pub(crate) offset: u64,
+    pub(crate) payload_crc: u32,
+    pub(crate) header_crc: u32,
+}
+
+const _: () = {
+    use std::mem::{align_of, size_of};
+    assert!(size_of::<SegmentHeaderV1>() == 8 + 2 + 1 + 1 + 4 + 8 + 8 + 4);
+    assert!(align_of::<SegmentHeaderV1>() == 1);
+    assert!(size_of::<BlockHeaderV1>() == 4 + 1 + 1 + 2 + 8 + 8 + 8 + 8 + 255 + 1 + 4);
+    assert!(align_of::<BlockHeaderV1>() == 1);
+    assert!(size_of::<FrameHeaderV1>() == 1 + 1 + 2 + 4 + 8 + 4 + 4);
+    assert!(align_of::<FrameHeaderV1>() == 1);
+};
+
+/// Marker for the archived header types: plain old data, alignment 1, no padding.
+///
+/// # Safety
+/// Implementors must be `repr(C)`, have alignment 1 and no padding bytes, so that every byte of
+/// a value is initialized. The `const` assertions above check size and alignment.
+pub(crate) unsafe trait PlainHeader: Portable + Sized {}
+
+// SAFETY: rkyv derives archived structs as `repr(C)`; the assertions above prove alignment 1 and
+// a size equal to the sum of the fields, hence no padding.
+unsafe impl PlainHeader for SegmentHeaderV1 {}
+// SAFETY: as above.
+unsafe impl PlainHeader for BlockHeaderV1 {}
+// SAFETY: as above.
+unsafe impl PlainHeader for FrameHeaderV1 {}
+
+/// Checked access to an archived header occupying exactly `bytes`. Returns `None` when the
+/// slice has the wrong length or rkyv's validation rejects it.
+pub(crate) fn access<T>(bytes: &[u8]) -> Option<&T>
+where
+    T: PlainHeader
+        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, Failure>>,
+{
+    if bytes.len() != std::mem::size_of::<T>() {
+        return None;
+    }
+    rkyv::access::<T, Failure>(bytes).ok()
+}
+
+/// The bytes of an archived header, ready to be written.
+pub(crate) fn bytes_of<T: PlainHeader>(value: &T) -> &[u8] {
+    // SAFETY: `T: PlainHeader` guarantees every one of the `size_of::<T>()` bytes behind `value`
+    // is initialized (no padding); the slice borrows `value`, so it cannot outlive it.
+    unsafe {
+        std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>())
+    }
+}
+
+/// CRC32C of a header's bytes except its last four, which is where each header keeps its CRC.
+pub(crate) fn body_crc<T: PlainHeader>(value: &T) -> u32 {
+    let bytes = bytes_of(value);
+    let body = bytes
+        .split_last_chunk::<4>()
+        .map_or(bytes, |(body, _crc)| body);
+    crate::checksum::crc32c(body)
+}

@@ -1,0 +1,211 @@
+//! The block header: written when a block of a segment is handed to a topic.
+
+use rkyv::Archived;
+
+use crate::archived::{BlockHeaderV1, access, body_crc, bytes_of};
+use crate::checksum::crc32c;
+use crate::error::{CorruptReason, FormatError};
+use crate::limits::{BLOCK_ALIGN, MAX_TOPIC_NAME_LEN, validate_topic_name};
+
+/// Magic bytes opening every block.
+pub const BLOCK_MAGIC: [u8; 4] = *b"WBLK";
+/// Encoded length of a [`BlockHeader`]; the block's first entry frame starts right after it.
+pub const BLOCK_HEADER_LEN: usize = std::mem::size_of::<BlockHeaderV1>();
+
+/// The header of a block: which topic owns it and where it sits in that topic's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlockHeader {
+    /// The owning topic (1–255 bytes of UTF-8).
+    pub topic: String,
+    /// The segment file this block lives in; a block found in another segment is foreign.
+    pub segment_id: u64,
+    /// The block's position in its topic's chain: 0 for the topic's first block, then 1, 2, …
+    pub chain_seq: u64,
+    /// The topic offset of the first entry in this block.
+    pub first_offset: u64,
+    /// Length of the whole block in bytes, header included; a multiple of
+    /// [`BLOCK_ALIGN`]. The next block of the segment starts right after it.
+    pub block_len: u64,
+}
+
+impl BlockHeader {
+    /// Encodes the header, CRC included.
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidTopic`] for an empty or over-long topic name;
+    /// [`FormatError::InvalidInput`] when `block_len` is not a positive multiple of
+    /// [`BLOCK_ALIGN`] or cannot hold the header.
+    pub fn encode(&self) -> Result<[u8; BLOCK_HEADER_LEN], FormatError> {
+        validate_topic_name(&self.topic)?;
+        if !block_len_ok(self.block_len) {
+            return Err(FormatError::InvalidInput(format!(
+                "block length {} is not a multiple of {BLOCK_ALIGN} holding a {BLOCK_HEADER_LEN}-byte header",
+                self.block_len
+            )));
+        }
+        let mut topic = [0u8; MAX_TOPIC_NAME_LEN];
+        let name = self.topic.as_bytes();
+        let Some(dst) = topic.get_mut(..name.len()) else {
+            return Err(FormatError::InvalidTopic("topic name too long".into()));
+        };
+        dst.copy_from_slice(name);
+        let mut h = BlockHeaderV1 {
+            magic: BLOCK_MAGIC,
+            topic_len: name.len() as u8, // validated: 1..=255
+            flags: 0,
+            reserved: Archived::<u16>::from_native(0),
+            block_len: Archived::<u64>::from_native(self.block_len),
+            segment_id: Archived::<u64>::from_native(self.segment_id),
+            chain_seq: Archived::<u64>::from_native(self.chain_seq),
+            first_offset: Archived::<u64>::from_native(self.first_offset),
+            topic,
+            reserved2: 0,
+            crc: Archived::<u32>::from_native(0),
+        };
+        h.crc = Archived::<u32>::from_native(body_crc(&h));
+        let mut out = [0u8; BLOCK_HEADER_LEN];
+        out.copy_from_slice(bytes_of(&h));
+        Ok(out)
+    }
+
+    /// Decodes and validates a block header at the start of `bytes`.
+    ///
+    /// Returns `Ok(None)` when the header bytes are all zero: no block has been handed out here.
+    ///
+    /// # Errors
+    /// [`FormatError::Torn`] when `bytes` ends inside a header that is not all zero;
+    /// [`FormatError::Corrupt`] (at 0) for a bad magic, checksum, reserved bits, length or topic.
+    pub fn decode(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
+        let Some(raw) = bytes.get(..BLOCK_HEADER_LEN) else {
+            return if crate::is_zeroed(bytes) {
+                Ok(None)
+            } else {
+                Err(FormatError::Torn { at: 0 })
+            };
+        };
+        if crate::is_zeroed(raw) {
+            return Ok(None);
+        }
+        let corrupt = |reason| FormatError::Corrupt { at: 0, reason };
+        let h = access::<BlockHeaderV1>(raw).ok_or(corrupt(CorruptReason::Malformed))?;
+        if h.magic != BLOCK_MAGIC {
+            return Err(corrupt(CorruptReason::BadMagic));
+        }
+        let body = raw
+            .get(..BLOCK_HEADER_LEN - 4)
+            .ok_or(corrupt(CorruptReason::Malformed))?;
+        if crc32c(body) != h.crc.to_native() {
+            return Err(corrupt(CorruptReason::HeaderChecksum));
+        }
+        if h.flags != 0 || h.reserved.to_native() != 0 || h.reserved2 != 0 {
+            return Err(corrupt(CorruptReason::ReservedBits));
+        }
+        let block_len = h.block_len.to_native();
+        let topic_len = usize::from(h.topic_len);
+        if topic_len == 0 || !block_len_ok(block_len) {
+            return Err(corrupt(CorruptReason::BadLength));
+        }
+        let (name, padding) = h
+            .topic
+            .split_at_checked(topic_len)
+            .ok_or(corrupt(CorruptReason::BadLength))?;
+        if !crate::is_zeroed(padding) {
+            return Err(corrupt(CorruptReason::ReservedBits));
+        }
+        let topic = std::str::from_utf8(name).map_err(|_| corrupt(CorruptReason::TopicNotUtf8))?;
+        Ok(Some(Self {
+            topic: topic.to_owned(),
+            segment_id: h.segment_id.to_native(),
+            chain_seq: h.chain_seq.to_native(),
+            first_offset: h.first_offset.to_native(),
+            block_len,
+        }))
+    }
+
+    /// Bytes available for entry frames in this block.
+    #[must_use]
+    pub fn data_capacity(&self) -> u64 {
+        self.block_len.saturating_sub(BLOCK_HEADER_LEN as u64)
+    }
+}
+
+fn block_len_ok(len: u64) -> bool {
+    len >= BLOCK_ALIGN && len.is_multiple_of(BLOCK_ALIGN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> BlockHeader {
+        BlockHeader {
+            topic: "orders".into(),
+            segment_id: 3,
+            chain_seq: 9,
+            first_offset: 1234,
+            block_len: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = sample();
+        let bytes = h.encode().unwrap();
+        assert_eq!(BlockHeader::decode(&bytes), Ok(Some(h.clone())));
+        let long = BlockHeader {
+            topic: "t".repeat(255),
+            ..h
+        };
+        assert_eq!(BlockHeader::decode(&long.encode().unwrap()), Ok(Some(long)));
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        assert!(matches!(
+            BlockHeader {
+                topic: String::new(),
+                ..sample()
+            }
+            .encode(),
+            Err(FormatError::InvalidTopic(_))
+        ));
+        assert!(matches!(
+            BlockHeader {
+                topic: "x".repeat(256),
+                ..sample()
+            }
+            .encode(),
+            Err(FormatError::InvalidTopic(_))
+        ));
+        for len in [0, 100, 4097] {
+            assert!(matches!(
+                BlockHeader {
+                    block_len: len,
+                    ..sample()
+                }
+                .encode(),
+                Err(FormatError::InvalidInput(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn zero_torn_and_every_bit_flip() {
+        assert_eq!(BlockHeader::decode(&[0; BLOCK_HEADER_LEN]), Ok(None));
+        let bytes = sample().encode().unwrap();
+        for cut in 1..BLOCK_HEADER_LEN {
+            assert_eq!(
+                BlockHeader::decode(&bytes[..cut]),
+                Err(FormatError::Torn { at: 0 })
+            );
+        }
+        for bit in 0..BLOCK_HEADER_LEN * 8 {
+            let mut b = bytes;
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                matches!(BlockHeader::decode(&b), Err(FormatError::Corrupt { .. })),
+                "bit {bit} accepted"
+            );
+        }
+    }
+}

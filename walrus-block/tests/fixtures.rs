@@ -1,0 +1,199 @@
+//! Golden v1 fixtures: segment files written by this version of the format, checked in under
+//! `tests/fixtures/`. The expected contents below are spelled out literally, not recomputed by
+//! the encoder, so any change to the format — in encoding or decoding — fails this test.
+//!
+//! To regenerate after an *intended* format change (which also needs a new FORMAT_VERSION):
+//! `WALRUS_BLESS=1 cargo test -p walrus-block --test fixtures`.
+
+use std::path::PathBuf;
+
+use walrus_block::{
+    BLOCK_HEADER_LEN, BlockHeader, CorruptReason, FORMAT_VERSION, Frame, FrameDecoder, FrameKind,
+    SEGMENT_DATA_OFFSET, SegmentHeader, encode_frame,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// What one fixture block holds: topic, chain position, entries (offset, first?, left, payload).
+struct ExpectedBlock {
+    topic: &'static str,
+    chain_seq: u64,
+    first_offset: u64,
+    block_len: u64,
+    entries: Vec<(u64, bool, u16, Vec<u8>)>,
+}
+
+fn expected_segment() -> (SegmentHeader, Vec<ExpectedBlock>) {
+    let seg = SegmentHeader {
+        segment_id: 7,
+        block_len: 4096,
+    };
+    let blocks = vec![
+        ExpectedBlock {
+            topic: "orders",
+            chain_seq: 0,
+            first_offset: 0,
+            block_len: 4096,
+            entries: vec![
+                (0, true, 0, b"hello".to_vec()),
+                (1, true, 2, b"a".to_vec()),
+                (2, false, 1, b"bb".to_vec()),
+                (3, false, 0, Vec::new()),
+                (4, true, 0, b"walrus".to_vec()),
+            ],
+        },
+        ExpectedBlock {
+            topic: "événements",
+            chain_seq: 3,
+            first_offset: 1000,
+            block_len: 8192,
+            entries: vec![
+                (
+                    1000,
+                    true,
+                    0,
+                    (0..700u32).map(|i| (i * 7 % 251) as u8).collect(),
+                ),
+                (1001, true, 0, b"last".to_vec()),
+            ],
+        },
+    ];
+    (seg, blocks)
+}
+
+/// Builds the segment file bytes with the encoder (used to bless, and to prove the encoder still
+/// produces the checked-in bytes).
+fn build_segment() -> Vec<u8> {
+    let (seg, blocks) = expected_segment();
+    let mut file = seg.encode().to_vec();
+    file.resize(SEGMENT_DATA_OFFSET as usize, 0);
+    for b in &blocks {
+        let start = file.len();
+        let header = BlockHeader {
+            topic: b.topic.into(),
+            segment_id: seg.segment_id,
+            chain_seq: b.chain_seq,
+            first_offset: b.first_offset,
+            block_len: b.block_len,
+        };
+        file.extend_from_slice(&header.encode().unwrap());
+        let mut frames = Vec::new();
+        let mut i = 0;
+        while i < b.entries.len() {
+            let unit = 1 + b.entries[i].2 as usize;
+            for k in 0..unit {
+                let (offset, _, _, payload) = &b.entries[i + k];
+                encode_frame(
+                    &mut frames,
+                    *offset,
+                    FrameKind::batch(k, unit).unwrap(),
+                    payload,
+                )
+                .unwrap();
+            }
+            i += unit;
+        }
+        file.extend_from_slice(&frames);
+        file.resize(start + b.block_len as usize, 0);
+    }
+    file
+}
+
+/// Three single entries; the second one's payload has one flipped bit.
+fn build_corrupt_middle() -> Vec<u8> {
+    let mut buf = Vec::new();
+    for (i, p) in [&b"first"[..], b"second", b"third"].iter().enumerate() {
+        encode_frame(&mut buf, i as u64, FrameKind::single(), p).unwrap();
+    }
+    buf[29 + 24] ^= 0x10; // frame 2 starts at 29 (24 + 5); flip a bit in its payload
+    buf.resize(buf.len() + 24, 0);
+    buf
+}
+
+/// One entry, then a batch of two whose second frame was cut off after 30 of its 34 bytes.
+fn build_torn_tail() -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_frame(&mut buf, 0, FrameKind::single(), b"kept").unwrap();
+    encode_frame(&mut buf, 1, FrameKind::batch(0, 2).unwrap(), b"batch-one").unwrap();
+    encode_frame(&mut buf, 2, FrameKind::batch(1, 2).unwrap(), b"batch-two!").unwrap();
+    buf.truncate(buf.len() - 4);
+    buf
+}
+
+fn check_or_bless(name: &str, built: &[u8]) -> Vec<u8> {
+    let path = fixture(name);
+    if std::env::var_os("WALRUS_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, built).unwrap();
+    }
+    let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        golden == built,
+        "encoder output differs from golden fixture {name}"
+    );
+    golden
+}
+
+#[test]
+fn segment_fixture_decodes() {
+    let golden = check_or_bless("segment_v1.bin", &build_segment());
+    let (seg, blocks) = expected_segment();
+    assert_eq!(FORMAT_VERSION, 1);
+    assert_eq!(golden.len(), 4096 + 4096 + 8192);
+    // Spot-check raw bytes so that FORMAT.md's worked example stays true.
+    assert_eq!(&golden[0..8], b"WALRUSSG");
+    assert_eq!(&golden[8..12], &[1, 0, 1, 0]);
+    assert_eq!(&golden[4096..4100], b"WBLK");
+    assert_eq!(golden[4096 + BLOCK_HEADER_LEN], 0x57);
+
+    assert_eq!(SegmentHeader::decode(&golden).unwrap(), Some(seg));
+    let mut pos = SEGMENT_DATA_OFFSET as usize;
+    for b in &blocks {
+        let h = BlockHeader::decode(&golden[pos..]).unwrap().unwrap();
+        assert_eq!(h.topic, b.topic);
+        assert_eq!((h.segment_id, h.chain_seq), (seg.segment_id, b.chain_seq));
+        assert_eq!((h.first_offset, h.block_len), (b.first_offset, b.block_len));
+        let data = &golden[pos + BLOCK_HEADER_LEN..pos + h.block_len as usize];
+        let mut d = FrameDecoder::new(data);
+        for (offset, first, left, payload) in &b.entries {
+            let Frame::Entry(e) = d.next_frame() else {
+                panic!("missing entry {offset}")
+            };
+            assert_eq!(e.offset, *offset);
+            assert_eq!((e.kind.is_first(), e.kind.batch_left()), (*first, *left));
+            assert_eq!(e.payload, &payload[..]);
+        }
+        assert!(matches!(d.next_frame(), Frame::End { .. }));
+        pos += h.block_len as usize;
+    }
+    assert_eq!(pos, golden.len());
+}
+
+#[test]
+fn corrupt_middle_fixture() {
+    let golden = check_or_bless("corrupt_middle_v1.bin", &build_corrupt_middle());
+    let mut d = FrameDecoder::new(&golden);
+    assert!(matches!(d.next_frame(), Frame::Entry(e) if e.payload == b"first"));
+    assert_eq!(
+        d.next_frame(),
+        Frame::Corrupt {
+            at: 29,
+            reason: CorruptReason::PayloadChecksum
+        }
+    );
+}
+
+#[test]
+fn torn_tail_fixture() {
+    let golden = check_or_bless("torn_tail_v1.bin", &build_torn_tail());
+    let mut d = FrameDecoder::new(&golden);
+    assert!(matches!(d.next_frame(), Frame::Entry(e) if e.payload == b"kept"));
+    assert!(
+        matches!(d.next_frame(), Frame::Entry(e) if e.payload == b"batch-one" && !e.kind.is_last())
+    );
+    assert_eq!(d.next_frame(), Frame::Torn { at: 28 + 33 });
+}

@@ -1,0 +1,218 @@
+//! Property tests of the format: round trips, every single-bit flip, every truncation, and
+//! arbitrary bytes. Case counts are bounded so the default suite stays fast; raise them with
+//! `PROPTEST_CASES=N` (or `cargo xtask proptest --cases N`); the default is 256.
+
+use proptest::prelude::*;
+use walrus_block::{
+    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, CorruptReason, Frame, FrameDecoder, FrameKind,
+    SegmentHeader, SequenceCheck, encode_frame, frame_len,
+};
+
+/// One entry as the tests know it: its offset, unit position and payload.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    offset: u64,
+    kind: FrameKind,
+    payload: Vec<u8>,
+}
+
+/// Units of 1..=4 entries (1 = a single entry), payloads of 0..=1100 bytes.
+fn units(max_units: usize) -> impl Strategy<Value = (u64, Vec<Vec<Vec<u8>>>)> {
+    (
+        0u64..(u64::MAX / 2),
+        prop::collection::vec(
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..=1100), 1..=4),
+            1..=max_units,
+        ),
+    )
+}
+
+fn layout(first: u64, units: &[Vec<Vec<u8>>]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut offset = first;
+    for unit in units {
+        for (i, payload) in unit.iter().enumerate() {
+            let kind = FrameKind::batch(i, unit.len()).unwrap();
+            out.push(Entry {
+                offset,
+                kind,
+                payload: payload.clone(),
+            });
+            offset += 1;
+        }
+    }
+    out
+}
+
+fn encode_all(entries: &[Entry]) -> (Vec<u8>, Vec<usize>) {
+    let mut buf = Vec::new();
+    let mut positions = Vec::new();
+    for e in entries {
+        positions.push(buf.len());
+        encode_frame(&mut buf, e.offset, e.kind, &e.payload).unwrap();
+    }
+    (buf, positions)
+}
+
+/// Decodes until the first non-entry; returns the entries and the terminal frame.
+fn decode_all(buf: &[u8]) -> (Vec<Entry>, Frame<'_>) {
+    let mut d = FrameDecoder::new(buf);
+    let mut out = Vec::new();
+    loop {
+        match d.next_frame() {
+            Frame::Entry(e) => out.push(Entry {
+                offset: e.offset,
+                kind: e.kind,
+                payload: e.payload.to_vec(),
+            }),
+            other => return (out, other),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::default())]
+
+    #[test]
+    fn frames_round_trip((first, units) in units(12), zeros in 0usize..64) {
+        let entries = layout(first, &units);
+        let (mut buf, _) = encode_all(&entries);
+        let end = buf.len();
+        buf.resize(end + zeros, 0);
+        let (decoded, terminal) = decode_all(&buf);
+        prop_assert_eq!(&decoded, &entries);
+        prop_assert_eq!(terminal, Frame::End { at: end });
+        let mut seq = SequenceCheck::new(first);
+        for e in &decoded {
+            prop_assert!(seq.check(e.offset, e.kind).is_ok());
+        }
+        prop_assert!(!seq.in_unit());
+        prop_assert_eq!(seq.committed_offset(), first + entries.len() as u64);
+    }
+
+    #[test]
+    fn blocks_round_trip(
+        topic in "[a-zA-Z0-9_./-]{1,40}|\\PC{1,60}",
+        segment_id in any::<u64>(),
+        chain_seq in any::<u64>(),
+        (first, units) in units(6),
+    ) {
+        prop_assume!(!topic.is_empty() && topic.len() <= 255);
+        let entries = layout(first, &units);
+        let (frames, _) = encode_all(&entries);
+        let need = (BLOCK_HEADER_LEN + frames.len()) as u64;
+        let block_len = need.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN;
+        let header = BlockHeader { topic, segment_id, chain_seq, first_offset: first, block_len };
+        let mut block = header.encode().unwrap().to_vec();
+        block.extend_from_slice(&frames);
+        block.resize(block_len as usize, 0);
+
+        let decoded_header = BlockHeader::decode(&block).unwrap().unwrap();
+        prop_assert_eq!(&decoded_header, &header);
+        let data = &block[BLOCK_HEADER_LEN..];
+        let (decoded, terminal) = decode_all(data);
+        prop_assert_eq!(decoded, entries);
+        prop_assert_eq!(terminal, Frame::End { at: frames.len() });
+    }
+
+    /// Every single-bit flip in a frame, header or payload, is corruption at that frame: never a
+    /// valid entry, never mistaken for the end of data or a torn write.
+    #[test]
+    fn every_bit_flip_is_corruption(
+        before in prop::collection::vec(any::<u8>(), 0..=64),
+        payload in prop::collection::vec(any::<u8>(), 0..=300),
+        after in prop::collection::vec(any::<u8>(), 0..=64),
+        offset in 1u64..u64::MAX / 2,
+        batch_shape in 1usize..=5,
+    ) {
+        let kind = FrameKind::batch(0, batch_shape).unwrap();
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, offset - 1, FrameKind::single(), &before).unwrap();
+        let at = buf.len();
+        encode_frame(&mut buf, offset, kind, &payload).unwrap();
+        let target_end = buf.len();
+        encode_frame(&mut buf, offset + 1, FrameKind::batch(1, batch_shape.max(2)).unwrap(), &after).unwrap();
+        buf.resize(buf.len() + 32, 0);
+
+        for bit in at * 8..target_end * 8 {
+            let mut b = buf.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            let mut d = FrameDecoder::new(&b);
+            let first = d.next_frame();
+            prop_assert!(matches!(first, Frame::Entry(e) if e.offset == offset - 1));
+            let hit = d.next_frame();
+            prop_assert!(
+                matches!(hit, Frame::Corrupt { at: a, .. } if a == at),
+                "bit {} of the frame gave {:?}", bit - at * 8, hit
+            );
+        }
+    }
+
+    /// Every truncation inside a frame is a torn write at that frame.
+    #[test]
+    fn every_truncation_is_torn(
+        before in prop::collection::vec(any::<u8>(), 0..=64),
+        payload in prop::collection::vec(any::<u8>(), 0..=300),
+        offset in 1u64..u64::MAX / 2,
+    ) {
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, offset - 1, FrameKind::single(), &before).unwrap();
+        let at = buf.len();
+        encode_frame(&mut buf, offset, FrameKind::single(), &payload).unwrap();
+        prop_assert_eq!(buf.len(), at + frame_len(payload.len()));
+        for cut in at + 1..buf.len() {
+            let mut d = FrameDecoder::new(&buf[..cut]);
+            prop_assert!(matches!(d.next_frame(), Frame::Entry(_)));
+            let hit = d.next_frame();
+            prop_assert_eq!(hit, Frame::Torn { at }, "cut {} bytes into the frame", cut - at);
+        }
+    }
+
+    /// Arbitrary bytes never panic any decoder, and the frame decoder always terminates.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..=4096)) {
+        let _ = SegmentHeader::decode(&bytes);
+        let _ = BlockHeader::decode(&bytes);
+        let mut steps = 0usize;
+        for frame in FrameDecoder::new(&bytes) {
+            steps += 1;
+            prop_assert!(steps <= bytes.len() / 24 + 2);
+            if let Frame::Entry(e) = frame {
+                prop_assert!(e.end() <= bytes.len());
+            }
+        }
+    }
+
+    /// Random damage to a valid run of frames: whatever the decoder hands out is an entry that was
+    /// written, at the position it was written; damage shows up as corruption or a torn tail.
+    #[test]
+    fn damage_never_forges_entries(
+        (first, units) in units(8),
+        hits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..=8),
+    ) {
+        let entries = layout(first, &units);
+        let (mut buf, positions) = encode_all(&entries);
+        buf.resize(buf.len() + 48, 0);
+        for (idx, byte) in &hits {
+            let i = idx.index(buf.len());
+            buf[i] = *byte;
+        }
+        let mut d = FrameDecoder::new(&buf);
+        loop {
+            match d.next_frame() {
+                Frame::Entry(e) => {
+                    let k = positions.iter().position(|&p| p == e.pos);
+                    prop_assert!(k.is_some(), "entry at unexpected position {}", e.pos);
+                    let original = &entries[k.unwrap()];
+                    prop_assert_eq!(e.offset, original.offset);
+                    prop_assert_eq!(e.payload, &original.payload[..]);
+                }
+                Frame::Corrupt { reason, .. } => {
+                    prop_assert!(reason != CorruptReason::Sequence);
+                    break;
+                }
+                _ => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Repository hygiene, checked as ordinary tests (the rust-analyzer "tidy" idea): rules that
+//! reviews would otherwise have to remember.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const LIBRARY_CRATES: &[&str] = &[
+    "walrus-block",
+    "walrus-alloc",
+    "walrus-io",
+    "walrus-topic",
+    "walrus",
+];
+const ALL_CRATES: &[&str] = &[
+    "walrus-block",
+    "walrus-alloc",
+    "walrus-io",
+    "walrus-topic",
+    "walrus",
+    "walrus-bench",
+    "xtask",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if !path.ends_with("target") && !path.ends_with("fixtures") {
+                rust_files(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn files_of(crates: &[&str]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for c in crates {
+        rust_files(&root().join(c), &mut out);
+    }
+    assert!(!out.is_empty());
+    out
+}
+
+#[test]
+fn every_rust_file_has_module_docs() {
+    let mut missing = Vec::new();
+    let mut files = files_of(ALL_CRATES);
+    rust_files(&root().join("fuzz"), &mut files);
+    for path in files {
+        let text = fs::read_to_string(&path).unwrap();
+        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        if !first.starts_with("//!") {
+            missing.push(path.display().to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "files without a `//!` module doc: {missing:#?}"
+    );
+}
+
+/// No process-global mutable state in the library crates: everything belongs to an instance.
+#[test]
+fn no_global_mutable_state_in_libraries() {
+    let forbidden = ["static mut ", "lazy_static!", "thread_local!"];
+    let interior = [
+        "Atomic", "Mutex", "RwLock", "OnceLock", "OnceCell", "LazyLock", "Cell<", "SpinLock",
+    ];
+    let mut offenders = Vec::new();
+    for path in files_of(LIBRARY_CRATES) {
+        let text = fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            let is_static = code.starts_with("static ")
+                || code.contains(" static ") && !code.contains("'static");
+            let global_mut = forbidden.iter().any(|f| code.contains(f))
+                || (is_static && interior.iter().any(|i| code.contains(i)));
+            if global_mut {
+                offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "process-global mutable state: {offenders:#?}"
+    );
+}
+
+/// Bytes read from disk go through rkyv's checked access only.
+#[test]
+fn no_unchecked_rkyv_access() {
+    for path in files_of(LIBRARY_CRATES) {
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("access_unchecked"),
+            "{} uses access_unchecked",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn every_crate_uses_workspace_lints() {
+    for c in ALL_CRATES {
+        let manifest = fs::read_to_string(root().join(c).join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains("[lints]\nworkspace = true"),
+            "{c}/Cargo.toml does not inherit [workspace.lints]"
+        );
+    }
+}
+
+/// The README's two commands stay the ones CI runs.
+#[test]
+fn readme_names_the_run_and_test_commands() {
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(readme.contains("cargo xtask bench"));
+    assert!(readme.contains("cargo test --workspace"));
+    let ci = fs::read_to_string(root().join(".ci/run")).unwrap();
+    assert!(ci.contains("cargo test --workspace"));
+}
