@@ -109,3 +109,27 @@ pub(crate) fn body_crc<T: PlainHeader>(value: &T) -> u32 {
         .map_or(bytes, |(body, _crc)| body);
     crate::checksum::crc32c(body)
 }
+
+/// Cursor record as archived on disk (284 bytes, stored in a 512-byte slot).
+#[derive(Archive)]
+#[rkyv(archived = CursorRecordV1)]
+#[allow(dead_code)]
+pub(crate) struct CursorRecordNative {
+    pub(crate) magic: [u8; 4],
+    pub(crate) topic_len: u8,
+    pub(crate) flags: u8,
+    pub(crate) reserved: u16,
+    pub(crate) generation: u64,
+    pub(crate) offset: u64,
+    pub(crate) topic: [u8; 255],
+    pub(crate) reserved2: u8,
+    pub(crate) crc: u32,
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<CursorRecordV1>() == 4 + 1 + 1 + 2 + 8 + 8 + 255 + 1 + 4);
+    assert!(std::mem::align_of::<CursorRecordV1>() == 1);
+};
+
+// SAFETY: as for the other headers: `repr(C)`, alignment 1, no padding (asserted above).
+unsafe impl PlainHeader for CursorRecordV1 {}

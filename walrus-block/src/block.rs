@@ -9,6 +9,8 @@ use crate::limits::{BLOCK_ALIGN, MAX_TOPIC_NAME_LEN, validate_topic_name};
 
 /// Magic bytes opening every block.
 pub const BLOCK_MAGIC: [u8; 4] = *b"WBLK";
+/// Block flag: the block was abandoned by its writer (a failed batch); it holds no entries.
+const FLAG_ABANDONED: u8 = 0x01;
 /// Encoded length of a [`BlockHeader`]; the block's first entry frame starts right after it.
 pub const BLOCK_HEADER_LEN: usize = std::mem::size_of::<BlockHeaderV1>();
 
@@ -26,6 +28,10 @@ pub struct BlockHeader {
     /// Length of the whole block in bytes, header included; a multiple of
     /// [`BLOCK_ALIGN`]. The next block of the segment starts right after it.
     pub block_len: u64,
+    /// Set when the writer gave the block up after a failed write: whatever it holds is not
+    /// part of the topic. (The header is rewritten with this flag; the block keeps its place in
+    /// the segment so the walk over blocks is unaffected.)
+    pub abandoned: bool,
 }
 
 impl BlockHeader {
@@ -52,7 +58,7 @@ impl BlockHeader {
         let mut h = BlockHeaderV1 {
             magic: BLOCK_MAGIC,
             topic_len: name.len() as u8, // validated: 1..=255
-            flags: 0,
+            flags: if self.abandoned { FLAG_ABANDONED } else { 0 },
             reserved: Archived::<u16>::from_native(0),
             block_len: Archived::<u64>::from_native(self.block_len),
             segment_id: Archived::<u64>::from_native(self.segment_id),
@@ -97,7 +103,7 @@ impl BlockHeader {
         if crc32c(body) != h.crc.to_native() {
             return Err(corrupt(CorruptReason::HeaderChecksum));
         }
-        if h.flags != 0 || h.reserved.to_native() != 0 || h.reserved2 != 0 {
+        if h.flags & !FLAG_ABANDONED != 0 || h.reserved.to_native() != 0 || h.reserved2 != 0 {
             return Err(corrupt(CorruptReason::ReservedBits));
         }
         let block_len = h.block_len.to_native();
@@ -119,6 +125,7 @@ impl BlockHeader {
             chain_seq: h.chain_seq.to_native(),
             first_offset: h.first_offset.to_native(),
             block_len,
+            abandoned: h.flags & FLAG_ABANDONED != 0,
         }))
     }
 
@@ -144,6 +151,7 @@ mod tests {
             chain_seq: 9,
             first_offset: 1234,
             block_len: 1 << 20,
+            abandoned: false,
         }
     }
 
@@ -156,7 +164,15 @@ mod tests {
             topic: "t".repeat(255),
             ..h
         };
-        assert_eq!(BlockHeader::decode(&long.encode().unwrap()), Ok(Some(long)));
+        assert_eq!(
+            BlockHeader::decode(&long.encode().unwrap()),
+            Ok(Some(long.clone()))
+        );
+        let dead = BlockHeader {
+            abandoned: true,
+            ..long
+        };
+        assert_eq!(BlockHeader::decode(&dead.encode().unwrap()), Ok(Some(dead)));
     }
 
     #[test]

@@ -48,12 +48,14 @@
 mod archived;
 mod block;
 pub mod checksum;
+mod cursor;
 mod error;
 mod frame;
 mod limits;
 mod segment;
 
 pub use block::{BLOCK_HEADER_LEN, BLOCK_MAGIC, BlockHeader};
+pub use cursor::{CURSOR_MAGIC, CURSOR_RECORD_LEN, CURSOR_SLOT_LEN, CursorRecord};
 pub use error::{CorruptReason, FormatError};
 pub use frame::{
     EntryRef, FRAME_HEADER_LEN, FRAME_MARKER, Frame, FrameDecoder, FrameHeader, FrameKind,

@@ -79,6 +79,7 @@ fn build_segment() -> Vec<u8> {
             chain_seq: b.chain_seq,
             first_offset: b.first_offset,
             block_len: b.block_len,
+            abandoned: false,
         };
         file.extend_from_slice(&header.encode().unwrap());
         let mut frames = Vec::new();
