@@ -1,8 +1,46 @@
 //! # walrus-topic
 //!
-//! Topics for Walrus (to be filled in): chains of blocks, writers, readers, cursors, tail reads,
-//! atomic batches, checkpoints and recovery of a data directory. It builds on
-//! [`walrus_block`] (format), [`walrus_alloc`] (allocation) and [`walrus_io`] (storage).
+//! The engine of Walrus: topics, their chains of blocks, writers, readers and cursors, atomic
+//! batches, and recovery of a data directory. The `walrus` facade adds fsync schedules, group
+//! commit and the familiar API on top of the [`Store`] defined here.
+//!
+//! A **topic** is an append-only sequence of entries, each with an **offset** (0, 1, 2, …)
+//! assigned at append and never reused. Its entries live in a **chain** of blocks handed out by
+//! the allocator ([`walrus_alloc`]) from segment files ([`walrus_io`]), in the format of
+//! [`walrus_block`]. A topic's **cursor** is the offset of the next entry a consuming read
+//! returns; it is persisted in the cursor file, in O(1) per update.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use walrus_topic::{Store, StoreOptions};
+//! use walrus_io::SimStorage;
+//!
+//! let storage = Arc::new(SimStorage::new(7));
+//! let store = Store::open("/data", storage.clone(), StoreOptions::new())?;
+//! assert_eq!(store.append("events", b"hello")?, 0);
+//! assert_eq!(store.append_batch("events", &[b"a", b"b"])?, 1..3);
+//! assert_eq!(store.read_next("events", true)?, Some((0, b"hello".to_vec())));
+//! assert_eq!(store.read_at("events", 2)?, Some(b"b".to_vec()));
+//! store.sync()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+mod chain;
+mod cursors;
+mod error;
+mod layout;
+mod options;
+mod recovery;
+mod store;
+mod topic;
+
+pub use layout::DirLock;
+pub use options::{RecoveryMode, StoreOptions};
+pub use recovery::{Action, Problem, RecoveryIssue, RecoveryReport};
+pub use store::Store;
 
 pub use walrus_alloc;
 pub use walrus_block;

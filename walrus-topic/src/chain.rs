@@ -1,0 +1,221 @@
+//! Blocks as the engine tracks them in memory, and reading frames back out of them.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use walrus_block::{BLOCK_HEADER_LEN, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameHeader};
+use walrus_io::SegmentFile;
+
+/// An open segment file and whether it has writes not yet synced.
+#[derive(Debug)]
+pub(crate) struct SegmentHandle {
+    pub(crate) id: u64,
+    pub(crate) file: Arc<dyn SegmentFile>,
+    dirty: AtomicBool,
+}
+
+impl SegmentHandle {
+    pub(crate) fn new(id: u64, file: Arc<dyn SegmentFile>) -> Self {
+        Self {
+            id,
+            file,
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Records that the file has writes a sync must cover. Called after the write returned.
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Syncs the file if it has unsynced writes. A write marked before this call is covered.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        if self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.file.sync_data()
+        {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// One block of a topic's chain.
+///
+/// `data_end` and `end_offset` grow as the writer appends; they are published with `Release`
+/// after the bytes are written, and a reader that loads them with `Acquire` may read every frame
+/// below them.
+#[derive(Debug)]
+pub(crate) struct Block {
+    pub(crate) segment: u64,
+    pub(crate) handle: Arc<SegmentHandle>,
+    /// Byte position of the block in its segment file.
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    pub(crate) first_offset: u64,
+    /// Byte position (in the file) just past the last committed frame.
+    data_end: AtomicU64,
+    /// Offset just past the last committed entry.
+    end_offset: AtomicU64,
+    /// The writer moved on: `data_end`/`end_offset` are final.
+    sealed: AtomicBool,
+}
+
+impl Block {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        handle: Arc<SegmentHandle>,
+        start: u64,
+        len: u64,
+        first_offset: u64,
+        data_end: u64,
+        end_offset: u64,
+        sealed: bool,
+    ) -> Self {
+        Self {
+            segment: handle.id,
+            handle,
+            start,
+            len,
+            first_offset,
+            data_end: AtomicU64::new(data_end),
+            end_offset: AtomicU64::new(end_offset),
+            sealed: AtomicBool::new(sealed),
+        }
+    }
+
+    /// The segment file the block lives in.
+    pub(crate) fn file(&self) -> &dyn SegmentFile {
+        &*self.handle.file
+    }
+
+    /// Byte position of the block's first frame.
+    pub(crate) fn data_start(&self) -> u64 {
+        self.start + BLOCK_HEADER_LEN as u64
+    }
+
+    /// One past the block's last byte.
+    pub(crate) fn end(&self) -> u64 {
+        self.start + self.len
+    }
+
+    pub(crate) fn data_end(&self) -> u64 {
+        self.data_end.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn end_offset(&self) -> u64 {
+        self.end_offset.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Publishes newly written frames (writer only).
+    pub(crate) fn publish(&self, data_end: u64, end_offset: u64) {
+        self.data_end.store(data_end, Ordering::Release);
+        self.end_offset.store(end_offset, Ordering::Release);
+    }
+
+    pub(crate) fn seal(&self) {
+        self.sealed.store(true, Ordering::Release);
+    }
+}
+
+/// A frame read back from a block.
+#[derive(Debug)]
+pub(crate) struct ReadFrame {
+    pub(crate) offset: u64,
+    /// Total frame length (header + payload).
+    pub(crate) len: u64,
+}
+
+/// A window of one block's bytes, refilled in large reads so that sequential reading costs one
+/// system call per window rather than one per entry.
+#[derive(Debug, Default)]
+pub(crate) struct ReadBuf {
+    /// (segment, block start) the window belongs to.
+    owner: Option<(u64, u64)>,
+    /// File position of `bytes[0]`.
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+/// Size of one read-ahead window.
+const WINDOW: u64 = 256 * 1024;
+
+impl ReadBuf {
+    /// Reads the frame at file position `pos` of `block`, which must lie below `limit` (a
+    /// published `data_end`). Returns the frame and its payload, borrowed from the window.
+    pub(crate) fn frame_at(
+        &mut self,
+        block: &Block,
+        pos: u64,
+        limit: u64,
+    ) -> io::Result<(ReadFrame, &[u8])> {
+        let file = block.file();
+        let corrupt = |what: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} at byte {pos}: {what}", file.path().display()),
+            )
+        };
+        if pos + FRAME_HEADER_LEN as u64 > limit {
+            return Err(corrupt(format!(
+                "frame header crosses the committed end {limit}"
+            )));
+        }
+        self.ensure(block, pos, FRAME_HEADER_LEN as u64, limit)?;
+        let rel = (pos - self.base) as usize;
+        let header_bytes = self
+            .bytes
+            .get(rel..rel + FRAME_HEADER_LEN)
+            .ok_or_else(|| corrupt("short read".into()))?;
+        let header = match FrameHeader::decode(header_bytes) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Err(corrupt("no frame where a committed entry should be".into())),
+            Err(reason) => return Err(corrupt(reason.to_string())),
+        };
+        let len = FRAME_HEADER_LEN as u64 + u64::from(header.len);
+        if pos + len > limit {
+            return Err(corrupt(format!(
+                "frame of {len} bytes crosses the committed end {limit}"
+            )));
+        }
+        self.ensure(block, pos, len, limit)?;
+        let rel = (pos - self.base) as usize;
+        let window = self
+            .bytes
+            .get(rel..rel + len as usize)
+            .ok_or_else(|| corrupt("short read".into()))?;
+        match FrameDecoder::new(window).next_frame() {
+            Frame::Entry(e) => {
+                let frame = ReadFrame {
+                    offset: e.offset,
+                    len,
+                };
+                Ok((frame, e.payload))
+            }
+            Frame::Corrupt { reason, .. } => Err(corrupt(reason.to_string())),
+            Frame::Torn { .. } | Frame::End { .. } => Err(corrupt("frame cut short".into())),
+        }
+    }
+
+    /// Makes `[pos, pos + len)` of `block` present in the window, reading up to `limit`.
+    fn ensure(&mut self, block: &Block, pos: u64, len: u64, limit: u64) -> io::Result<()> {
+        let owner = Some((block.segment, block.start));
+        if self.owner == owner
+            && pos >= self.base
+            && pos + len <= self.base + self.bytes.len() as u64
+        {
+            return Ok(());
+        }
+        let want = len.max(WINDOW).min(limit - pos).max(len);
+        self.bytes.resize(want as usize, 0);
+        block.file().read_exact_at(&mut self.bytes, pos)?;
+        self.owner = owner;
+        self.base = pos;
+        Ok(())
+    }
+}

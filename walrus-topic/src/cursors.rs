@@ -1,0 +1,173 @@
+//! The cursor file: one pair of 512-byte slots per topic, A/B-alternated so that a torn write
+//! can never yield a wrong cursor (format in `docs/FORMAT.md`, "Cursor record").
+//!
+//! Persisting a cursor is one positional write of one slot: O(1) in the number of topics.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use walrus_block::{CURSOR_SLOT_LEN, CursorRecord, FormatError};
+use walrus_io::{SegmentFile, Storage};
+
+use crate::error::data_error;
+
+/// File name of the cursor file inside a data directory.
+pub(crate) const CURSOR_FILE: &str = "cursors.wcur";
+
+/// A cursor as loaded from the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LoadedCursor {
+    pub(crate) pair: u64,
+    pub(crate) generation: u64,
+    pub(crate) offset: u64,
+}
+
+/// The open cursor file of one store.
+#[derive(Debug)]
+pub(crate) struct CursorStore {
+    file: Arc<dyn SegmentFile>,
+    /// Slot pairs handed out so far: topic → pair, and the next free pair.
+    pairs: Mutex<(HashMap<String, u64>, u64)>,
+    /// Set by every write, cleared by [`sync`](Self::sync).
+    dirty: AtomicBool,
+}
+
+impl CursorStore {
+    /// Opens (or creates) the cursor file in `dir` and loads every cursor in it.
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        dir: &Path,
+    ) -> io::Result<(Self, HashMap<String, LoadedCursor>)> {
+        let path = dir.join(CURSOR_FILE);
+        let file = match storage.open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let f = storage.create(&path, 0)?;
+                storage.sync_dir(dir)?;
+                f
+            }
+            Err(e) => return Err(e),
+        };
+        let len = file.len()?;
+        let mut bytes = vec![
+            0u8;
+            usize::try_from(len)
+                .map_err(|_| data_error(&path, "cursor file too large"))?
+        ];
+        file.read_exact_at(&mut bytes, 0)?;
+        let loaded = Self::load(&path, &bytes)?;
+        let next_pair = loaded.values().map(|c| c.pair + 1).max().unwrap_or(0);
+        let pairs = loaded.iter().map(|(t, c)| (t.clone(), c.pair)).collect();
+        let store = Self {
+            file,
+            pairs: Mutex::new((pairs, next_pair)),
+            dirty: AtomicBool::new(false),
+        };
+        Ok((store, loaded))
+    }
+
+    fn load(path: &Path, bytes: &[u8]) -> io::Result<HashMap<String, LoadedCursor>> {
+        let mut out: HashMap<String, LoadedCursor> = HashMap::new();
+        let pair_len = 2 * CURSOR_SLOT_LEN as usize;
+        for (pair, chunk) in bytes.chunks(pair_len).enumerate() {
+            let pair = pair as u64;
+            let (a, b) = chunk.split_at(chunk.len().min(CURSOR_SLOT_LEN as usize));
+            let decode = |slot: &[u8], which: u64| match CursorRecord::decode(slot) {
+                Ok(r) => Ok(r),
+                // A torn or damaged slot is what the A/B scheme exists for: the other slot holds
+                // the previous generation. Only both slots damaged loses the cursor.
+                Err(FormatError::Torn { .. } | FormatError::Corrupt { .. }) => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        slot = pair * 2 + which,
+                        "damaged cursor slot ignored; the other slot of the pair is used"
+                    );
+                    Ok(None)
+                }
+                Err(e) => Err(data_error(path, &e.to_string())),
+            };
+            let best = match (decode(a, 0)?, decode(b, 1)?) {
+                (Some(x), Some(y)) if x.topic != y.topic => {
+                    return Err(data_error(
+                        path,
+                        &format!(
+                            "cursor slot pair {pair} names two topics, {:?} and {:?}",
+                            x.topic, y.topic
+                        ),
+                    ));
+                }
+                (Some(x), Some(y)) => Some(if x.generation >= y.generation { x } else { y }),
+                (x, y) => x.or(y),
+            };
+            if let Some(r) = best {
+                let cursor = LoadedCursor {
+                    pair,
+                    generation: r.generation,
+                    offset: r.offset,
+                };
+                if out.insert(r.topic.clone(), cursor).is_some() {
+                    return Err(data_error(
+                        path,
+                        &format!("topic {:?} owns two cursor slot pairs", r.topic),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The slot pair of `topic`, assigning the next free one on first use.
+    pub(crate) fn pair_for(&self, topic: &str) -> u64 {
+        let mut guard = self.pairs.lock();
+        let (pairs, next) = &mut *guard;
+        if let Some(&p) = pairs.get(topic) {
+            return p;
+        }
+        let p = *next;
+        *next += 1;
+        pairs.insert(topic.to_owned(), p);
+        p
+    }
+
+    /// Writes generation `generation` of `topic`'s cursor; syncs the file if `sync`.
+    pub(crate) fn write(
+        &self,
+        topic: &str,
+        pair: u64,
+        generation: u64,
+        offset: u64,
+        sync: bool,
+    ) -> io::Result<()> {
+        let record = CursorRecord {
+            topic: topic.to_owned(),
+            generation,
+            offset,
+        }
+        .encode()
+        .map_err(io::Error::from)?;
+        let mut slot = [0u8; CURSOR_SLOT_LEN as usize];
+        slot[..record.len()].copy_from_slice(&record);
+        self.file
+            .write_at(&slot, CursorRecord::slot_position(pair, generation))?;
+        self.dirty.store(true, Ordering::Release);
+        if sync {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every cursor written so far durable.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        if self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.file.sync_data()
+        {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
+    }
+}

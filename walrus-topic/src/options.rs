@@ -1,0 +1,142 @@
+//! Options of a [`Store`](crate::Store): geometry, recovery mode and cursor policy.
+
+use std::io;
+
+use walrus_block::{
+    BLOCK_ALIGN, BLOCK_HEADER_LEN, DEFAULT_BLOCK_LEN, DEFAULT_SEGMENT_LEN, SEGMENT_DATA_OFFSET,
+};
+
+/// What recovery does when it finds an entry that fails validation.
+///
+/// Whatever the mode, a corrupt entry is never handed to a reader, and every problem is logged
+/// with its topic, offset and file. A *torn tail* — the last, partly written entry or batch of a
+/// topic, with nothing valid after it — is what a crash leaves behind and is always cut off,
+/// except under [`AbsoluteConsistency`](Self::AbsoluteConsistency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RecoveryMode {
+    /// Cut a torn or corrupt tail; refuse to open (`InvalidData`) if entries are missing or
+    /// corrupt *before* valid ones.
+    #[default]
+    TolerateCorruptedTail,
+    /// Refuse to open if anything at all has to be dropped, torn tails and unfinished batches
+    /// included. For checking a log that was shut down cleanly.
+    AbsoluteConsistency,
+    /// Keep each topic up to its first problem and drop everything after it: a consistent
+    /// point in time, at the price of valid entries after the damage.
+    PointInTime,
+    /// Skip damaged entries and keep every valid one after them; the offsets of the skipped
+    /// entries are left as a gap that readers step over.
+    SkipCorrupted,
+}
+
+/// How a [`Store`](crate::Store) is laid out and behaves. Build with [`StoreOptions::new`] and the
+/// `with_*` methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub(crate) segment_len: u64,
+    pub(crate) block_len: u64,
+    pub(crate) recovery: RecoveryMode,
+    pub(crate) persist_every: u32,
+    pub(crate) sync_cursor_writes: bool,
+    pub(crate) prepare_ahead: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StoreOptions {
+    /// Defaults: 1 GiB segments, 1 MiB blocks, [`RecoveryMode::TolerateCorruptedTail`], the
+    /// cursor persisted on every consuming read, cursor writes not synced.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            segment_len: DEFAULT_SEGMENT_LEN,
+            block_len: DEFAULT_BLOCK_LEN,
+            recovery: RecoveryMode::default(),
+            persist_every: 1,
+            sync_cursor_writes: false,
+            prepare_ahead: true,
+        }
+    }
+
+    /// Length of a segment file (a multiple of 4096, at least two blocks).
+    #[must_use]
+    pub fn with_segment_len(mut self, len: u64) -> Self {
+        self.segment_len = len;
+        self
+    }
+
+    /// Default length of a block (a multiple of 4096). One entry larger than a block gets a
+    /// block of its own, as large as it needs.
+    #[must_use]
+    pub fn with_block_len(mut self, len: u64) -> Self {
+        self.block_len = len;
+        self
+    }
+
+    /// What recovery does with damaged entries.
+    #[must_use]
+    pub fn with_recovery(mut self, mode: RecoveryMode) -> Self {
+        self.recovery = mode;
+        self
+    }
+
+    /// Persist a topic's cursor at least every `n` consuming reads (1 = before every consuming
+    /// read returns). Cursors are also persisted by [`Store::persist_cursors`](crate::Store::persist_cursors)
+    /// and when the store is dropped.
+    #[must_use]
+    pub fn with_persist_every(mut self, n: u32) -> Self {
+        self.persist_every = n.max(1);
+        self
+    }
+
+    /// Sync the cursor file after every cursor write (the `SyncEach` schedule).
+    #[must_use]
+    pub fn with_sync_cursor_writes(mut self, sync: bool) -> Self {
+        self.sync_cursor_writes = sync;
+        self
+    }
+
+    /// Prepare the next segment file before the current one is full (default: on).
+    #[must_use]
+    pub fn with_prepare_ahead(mut self, on: bool) -> Self {
+        self.prepare_ahead = on;
+        self
+    }
+
+    /// The recovery mode.
+    #[must_use]
+    pub fn recovery(&self) -> RecoveryMode {
+        self.recovery
+    }
+
+    /// Checks the geometry.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the bad value.
+    pub fn validate(&self) -> io::Result<()> {
+        let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if self.block_len < BLOCK_ALIGN
+            || !self.block_len.is_multiple_of(BLOCK_ALIGN)
+            || self.block_len < 2 * BLOCK_HEADER_LEN as u64
+        {
+            return bad(format!(
+                "block length {} is not a positive multiple of {BLOCK_ALIGN}",
+                self.block_len
+            ));
+        }
+        if !self.segment_len.is_multiple_of(BLOCK_ALIGN)
+            || self.segment_len < SEGMENT_DATA_OFFSET + 2 * self.block_len
+        {
+            return bad(format!(
+                "segment length {} must be a multiple of {BLOCK_ALIGN} holding the header and two blocks of {}",
+                self.segment_len, self.block_len
+            ));
+        }
+        Ok(())
+    }
+}

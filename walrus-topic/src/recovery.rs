@@ -1,0 +1,881 @@
+//! Recovery: rebuild every topic of a data directory from its files.
+//!
+//! 1. List the directory; anything Walrus did not write is refused.
+//! 2. Load the cursors.
+//! 3. Walk each segment's blocks by their headers (never by a fixed stride).
+//! 4. Per topic, order its blocks by chain position and validate them entry by entry with the
+//!    format's sequence rules — except blocks wholly below the cursor, which are released
+//!    unread, so the cost grows with unconsumed data rather than with history.
+//! 5. Decide every problem by the [`RecoveryMode`], and make each cut durable: bytes after a cut
+//!    are zeroed and blocks after it are marked abandoned, so the next open sees a clean log.
+//! 6. Rebuild the allocator's file tracker, delete segments that are fully consumed or empty,
+//!    and resume allocation in the last segment.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use walrus_alloc::{
+    AllocConfig, BlockAllocator, Deletion, FileTracker, RestoredBlock, Resume, SegmentCursor,
+};
+use walrus_block::{
+    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, CorruptReason, Frame, FrameDecoder,
+    SEGMENT_DATA_OFFSET, SegmentHeader, SequenceCheck, is_zeroed,
+};
+use walrus_io::Storage;
+
+use crate::chain::{Block, SegmentHandle};
+use crate::cursors::{CursorStore, LoadedCursor};
+use crate::error::data_error;
+use crate::layout::{FileKind, classify};
+use crate::options::{RecoveryMode, StoreOptions};
+use crate::store::{Files, Shared, segment_preparer};
+use crate::topic::TopicState;
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files found.
+    pub segments: usize,
+    /// Blocks found in them.
+    pub blocks: usize,
+    /// Blocks whose entries were read and validated (the rest were wholly consumed).
+    pub blocks_scanned: usize,
+    /// Entries validated.
+    pub entries_scanned: u64,
+    /// Segment files deleted because they were fully consumed or empty.
+    pub segments_deleted: Vec<u64>,
+    /// Every problem found, and what was done about it.
+    pub issues: Vec<RecoveryIssue>,
+}
+
+/// One problem found by recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryIssue {
+    /// The topic (empty when a block header itself was unreadable).
+    pub topic: String,
+    /// The offset of the first entry affected.
+    pub offset: u64,
+    /// The segment file.
+    pub file: PathBuf,
+    /// Byte position in that file.
+    pub position: u64,
+    /// What was wrong.
+    pub problem: Problem,
+    /// What recovery did about it.
+    pub action: Action,
+}
+
+/// A kind of damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// The last entry or batch of the topic was only partly written.
+    TornTail,
+    /// A batch was started and never finished.
+    UnfinishedBatch,
+    /// An entry failed validation.
+    Corrupt(CorruptReason),
+    /// Entries are missing between two blocks.
+    Gap {
+        /// How many offsets are missing.
+        missing: u64,
+    },
+    /// A block header failed validation; the blocks after it were found by scanning.
+    CorruptBlockHeader,
+    /// The stored cursor pointed past the end of the recovered topic.
+    CursorBeyondEnd,
+}
+
+/// What recovery did about a problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Everything from the problem on was dropped (the tail of the topic).
+    Cut,
+    /// The damaged entries were skipped; later entries were kept.
+    Skipped,
+    /// The stored value was corrected.
+    Corrected,
+}
+
+/// The result of recovery: the shared store state and each topic's state.
+pub(crate) struct Recovered {
+    pub(crate) shared: Shared,
+    pub(crate) topics: HashMap<Arc<str>, TopicState>,
+    pub(crate) report: RecoveryReport,
+}
+
+/// A block found on disk.
+#[derive(Debug, Clone)]
+struct FoundBlock {
+    header: BlockHeader,
+    start: u64,
+}
+
+/// A segment found on disk.
+struct FoundSegment {
+    id: u64,
+    path: PathBuf,
+    handle: Arc<SegmentHandle>,
+    capacity: u64,
+    blocks: Vec<FoundBlock>,
+    /// Where the next block would start.
+    next_start: u64,
+}
+
+/// Per-block outcome for the tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// In a topic's chain; the writer resumes it when `live`.
+    Retained { live: bool },
+    /// Holds nothing anyone will read again.
+    Released,
+}
+
+/// A block of the chain being rebuilt, with what scanning found in it.
+struct Scanned {
+    found: FoundBlock,
+    handle: Arc<SegmentHandle>,
+    /// File position after the last valid frame.
+    data_end: u64,
+    /// Offset after the last valid frame.
+    end_offset: u64,
+    /// File position after the last non-zero byte of the block (for erasing).
+    dirty_end: u64,
+    /// Emptied by a cut and marked abandoned on disk.
+    abandoned: bool,
+}
+
+/// A pending write that makes a recovery decision durable.
+enum Erase {
+    /// Zero `[from, to)` of a file.
+    Zero {
+        handle: Arc<SegmentHandle>,
+        from: u64,
+        to: u64,
+    },
+    /// Rewrite a block header with the abandoned flag.
+    Abandon {
+        handle: Arc<SegmentHandle>,
+        header: BlockHeader,
+        start: u64,
+    },
+}
+
+pub(crate) fn recover(
+    dir: &Path,
+    storage: Arc<dyn Storage>,
+    options: &StoreOptions,
+) -> io::Result<Recovered> {
+    let mut report = RecoveryReport::default();
+    let mut segment_paths = Vec::new();
+    for path in storage.list(dir)? {
+        match classify(&path)? {
+            FileKind::Segment(id) => segment_paths.push((id, path)),
+            FileKind::Lock | FileKind::Cursors => {}
+        }
+    }
+    segment_paths.sort();
+    let (cursors, loaded) = CursorStore::open(&*storage, dir)?;
+    let files = Arc::new(Files::default());
+
+    // Walk every segment's blocks.
+    let mut segments: Vec<FoundSegment> = Vec::new();
+    for (id, path) in segment_paths {
+        let file = storage.open(&path)?;
+        // A crash can lose a preallocation that was never synced: the file may be shorter than
+        // the blocks in it. Never-written bytes read as zeros either way.
+        let capacity = file.len()?.max(options.segment_len);
+        let mut head = vec![0u8; SEGMENT_DATA_OFFSET as usize];
+        read_zero_filled(&*file, &mut head, 0)?;
+        let header = SegmentHeader::decode(&head)
+            .map_err(|e| data_error(&path, &format!("not a valid Walrus segment file: {e}")))?;
+        let Some(header) = header else {
+            // Created, but its header never reached the disk: it holds nothing.
+            storage.remove(&path)?;
+            report.segments_deleted.push(id);
+            continue;
+        };
+        if header.segment_id != id {
+            return Err(data_error(
+                &path,
+                &format!(
+                    "header says segment {}, the name says {id}",
+                    header.segment_id
+                ),
+            ));
+        }
+        let handle = Arc::new(SegmentHandle::new(id, file));
+        let (blocks, next_start, capacity) = walk_blocks(&handle, &path, capacity, &mut report)?;
+        report.segments += 1;
+        report.blocks += blocks.len();
+        files.insert(handle.clone());
+        segments.push(FoundSegment {
+            id,
+            path,
+            handle,
+            capacity,
+            blocks,
+            next_start,
+        });
+    }
+
+    // Group blocks by topic, in chain order.
+    let mut by_topic: HashMap<String, Vec<(FoundBlock, Arc<SegmentHandle>)>> = HashMap::new();
+    let mut fates: HashMap<(u64, u64), Fate> = HashMap::new();
+    for seg in &segments {
+        for b in &seg.blocks {
+            if b.header.abandoned {
+                fates.insert((seg.id, b.start), Fate::Released);
+            } else {
+                by_topic
+                    .entry(b.header.topic.clone())
+                    .or_default()
+                    .push((b.clone(), seg.handle.clone()));
+            }
+        }
+    }
+    let mut erases = Vec::new();
+    let mut topics: HashMap<Arc<str>, TopicState> = HashMap::new();
+    let mut names: Vec<String> = by_topic.keys().cloned().collect();
+    names.extend(
+        loaded
+            .keys()
+            .filter(|k| !by_topic.contains_key(*k))
+            .cloned(),
+    );
+    names.sort();
+    for name in names {
+        let mut blocks = by_topic.remove(&name).unwrap_or_default();
+        blocks.sort_by_key(|(b, _)| b.header.chain_seq);
+        let cursor = loaded.get(&name).copied();
+        let mut state = rebuild_topic(
+            &name,
+            blocks,
+            cursor,
+            options.recovery,
+            &mut fates,
+            &mut erases,
+            &mut report,
+        )?;
+        if let Some(c) = cursor
+            && state.cursor != c.offset
+        {
+            // Corrected (clamped to what exists): persist the correction.
+            state.generation = c.generation + 1;
+            cursors.write(&name, c.pair, state.generation, state.cursor, false)?;
+        }
+        topics.insert(Arc::from(name.as_str()), state);
+    }
+
+    // Make the cuts durable before anything new is written after them.
+    apply_erases(&erases)?;
+    for seg in &segments {
+        seg.handle.sync()?;
+    }
+    cursors.sync()?;
+
+    // Rebuild the tracker; delete what is fully consumed or empty.
+    let tracker = Arc::new(FileTracker::new());
+    let last_id = segments.last().map(|s| s.id);
+    let mut tail = None;
+    for seg in &segments {
+        let is_last = Some(seg.id) == last_id;
+        if seg.blocks.is_empty() && !is_last {
+            delete(&*storage, seg, &files, &mut report)?;
+            continue;
+        }
+        let restored: Vec<RestoredBlock> = seg
+            .blocks
+            .iter()
+            .map(|b| {
+                let fate = fates
+                    .get(&(seg.id, b.start))
+                    .copied()
+                    .unwrap_or(Fate::Released);
+                RestoredBlock {
+                    start: b.start,
+                    len: b.header.block_len,
+                    sealed: !matches!(fate, Fate::Retained { live: true }),
+                    checkpointed: fate == Fate::Released,
+                }
+            })
+            .collect();
+        let resumable = is_last && seg.next_start + BLOCK_ALIGN <= seg.capacity;
+        match tracker.restore_file(seg.id, &restored, !resumable)? {
+            Deletion::Now { .. } => delete(&*storage, seg, &files, &mut report)?,
+            Deletion::NotYet => {}
+        }
+        if resumable {
+            tail = Some(SegmentCursor {
+                segment: seg.id,
+                capacity: seg.capacity,
+                next_start: seg.next_start,
+            });
+        }
+    }
+    if !report.segments_deleted.is_empty() {
+        storage.sync_dir(dir)?;
+    }
+
+    let next_segment = last_id.map_or(0, |id| id + 1);
+    let mut resume = Resume::new(next_segment);
+    if let Some(t) = tail {
+        resume = resume.with_tail(t);
+    }
+    let config = AllocConfig::new()
+        .with_segment_capacity(options.segment_len)
+        .with_block_size(options.block_len)
+        .with_data_offset(SEGMENT_DATA_OFFSET)
+        .with_alignment(BLOCK_ALIGN)
+        .with_prepare_ahead(options.prepare_ahead);
+    let preparer = segment_preparer(
+        storage.clone(),
+        dir.to_path_buf(),
+        files.clone(),
+        options.block_len,
+    );
+    let alloc = BlockAllocator::resume(config, preparer, tracker, resume)?;
+
+    for issue in &report.issues {
+        tracing::warn!(topic = %issue.topic, offset = issue.offset, file = %issue.file.display(),
+            position = issue.position, problem = ?issue.problem, action = ?issue.action, "recovery");
+    }
+    let shared = Shared::new(
+        dir.to_path_buf(),
+        storage,
+        alloc,
+        files,
+        cursors,
+        options.clone(),
+    );
+    Ok(Recovered {
+        shared,
+        topics,
+        report,
+    })
+}
+
+fn delete(
+    storage: &dyn Storage,
+    seg: &FoundSegment,
+    files: &Files,
+    report: &mut RecoveryReport,
+) -> io::Result<()> {
+    files.remove(seg.id);
+    storage.remove(&seg.path)?;
+    report.segments_deleted.push(seg.id);
+    Ok(())
+}
+
+/// Walks the blocks of one segment by their headers. A damaged header is skipped by scanning
+/// for the next valid header at block alignment.
+fn walk_blocks(
+    handle: &SegmentHandle,
+    path: &Path,
+    capacity: u64,
+    report: &mut RecoveryReport,
+) -> io::Result<(Vec<FoundBlock>, u64, u64)> {
+    let file = &*handle.file;
+    let mut blocks = Vec::new();
+    let mut pos = SEGMENT_DATA_OFFSET;
+    let mut raw = [0u8; BLOCK_HEADER_LEN];
+    let mut capacity = capacity;
+    while pos + BLOCK_HEADER_LEN as u64 <= capacity {
+        read_zero_filled(file, &mut raw, pos)?;
+        let decoded = BlockHeader::decode(&raw)
+            .ok()
+            .flatten()
+            .filter(|h| h.segment_id == handle.id);
+        match decoded {
+            Some(header) => {
+                let len = header.block_len;
+                blocks.push(FoundBlock { header, start: pos });
+                pos += len;
+                // A block longer than a normal segment has a segment of its own.
+                capacity = capacity.max(pos);
+            }
+            None if is_zeroed(&raw) => break,
+            None => {
+                report.issues.push(RecoveryIssue {
+                    topic: String::new(),
+                    offset: 0,
+                    file: path.to_path_buf(),
+                    position: pos,
+                    problem: Problem::CorruptBlockHeader,
+                    action: Action::Skipped,
+                });
+                // Resynchronise on the next valid header; blocks are BLOCK_ALIGN-aligned.
+                let mut next = pos + BLOCK_ALIGN;
+                let mut found = false;
+                while next + BLOCK_HEADER_LEN as u64 <= capacity {
+                    read_zero_filled(file, &mut raw, next)?;
+                    if let Ok(Some(h)) = BlockHeader::decode(&raw)
+                        && h.segment_id == handle.id
+                    {
+                        found = true;
+                        break;
+                    }
+                    next += BLOCK_ALIGN;
+                }
+                if !found {
+                    // Nothing valid after it: treat the damaged header as the end of the
+                    // segment's blocks, and never allocate over it.
+                    return Ok((blocks, capacity, capacity));
+                }
+                pos = next;
+            }
+        }
+    }
+    Ok((blocks, pos.min(capacity), capacity))
+}
+
+/// A problem at the end of what was decoded of a block.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    problem: Problem,
+    /// File position of the problem.
+    position: u64,
+    /// Index (in `scanned`) of the block it is in.
+    block: usize,
+}
+
+/// Rebuilds one topic's chain, applying the recovery mode.
+#[allow(clippy::too_many_lines)]
+fn rebuild_topic(
+    topic: &str,
+    blocks: Vec<(FoundBlock, Arc<SegmentHandle>)>,
+    cursor: Option<LoadedCursor>,
+    mode: RecoveryMode,
+    fates: &mut HashMap<(u64, u64), Fate>,
+    erases: &mut Vec<Erase>,
+    report: &mut RecoveryReport,
+) -> io::Result<TopicState> {
+    let stored_cursor = cursor.map_or(0, |c| c.offset);
+    let cursor_generation = |c: Option<LoadedCursor>| c.map_or(0, |c| c.generation);
+    let cursor_pair = |c: Option<LoadedCursor>| c.map(|c| c.pair);
+    let loaded_cursor = cursor;
+    let next_chain_seq = blocks.last().map_or(0, |(b, _)| b.header.chain_seq + 1);
+    let mut scanned: Vec<Scanned> = Vec::new();
+    let mut check: Option<SequenceCheck> = None;
+    // Where the currently open unit started: (index in `scanned`, file position).
+    let mut unit_start: Option<(usize, u64)> = None;
+    let mut pending: Option<Pending> = None;
+    let mut released: Vec<FoundBlock> = Vec::new();
+    // Blocks dropped by the recovery mode or left by failed writes: marked abandoned on disk.
+    let mut dropped: Vec<(FoundBlock, Arc<SegmentHandle>)> = Vec::new();
+    // Offset the cursor jumps to when everything before the first retained block was consumed.
+    let mut floor = 0u64;
+
+    let mut iter = blocks.into_iter().peekable();
+    while let Some((found, handle)) = iter.next() {
+        let first = found.header.first_offset;
+        // Wholly consumed: the next block starts at or below the cursor. Release it unread.
+        if scanned.is_empty()
+            && pending.is_none()
+            && let Some((next, _)) = iter.peek()
+            && next.header.first_offset <= stored_cursor
+            && next.header.first_offset > first
+        {
+            floor = next.header.first_offset;
+            released.push(found);
+            continue;
+        }
+        if let Some(c) = check {
+            let (expected, committed) = (c.next_offset(), c.committed_offset());
+            if let Some(p) = pending {
+                if first == committed {
+                    // The writer rolled back to the last complete unit and went on in this
+                    // block: what follows the problem was never acknowledged. No loss.
+                    cut_block_at(&mut scanned, unit_start, p, committed, erases);
+                    pending = None;
+                    check = Some(SequenceCheck::new(first));
+                } else if first > expected {
+                    let missing = first - committed;
+                    mid_chain(topic, mode, &scanned, p, committed, missing, report)?;
+                    if mode == RecoveryMode::PointInTime {
+                        cut_block_at(&mut scanned, unit_start, p, committed, erases);
+                        dropped.push((found, handle));
+                        dropped.extend(iter.by_ref());
+                        break;
+                    }
+                    cut_block_at(&mut scanned, unit_start, p, committed, erases);
+                    pending = None;
+                    check = Some(SequenceCheck::new(first));
+                } else {
+                    // Starts inside what came before: a block of a failed write that could not
+                    // be marked abandoned. It holds nothing of the topic.
+                    dropped.push((found, handle));
+                    continue;
+                }
+            } else if first != expected {
+                if first == committed && c.in_unit() {
+                    // A batch was abandoned at the end of the previous block and the writer
+                    // restarted from its first entry here.
+                    let p = Pending {
+                        problem: Problem::UnfinishedBatch,
+                        position: 0,
+                        block: scanned.len() - 1,
+                    };
+                    cut_block_at(&mut scanned, unit_start, p, committed, erases);
+                    check = Some(SequenceCheck::new(first));
+                } else if first > expected {
+                    let last = scanned.len() - 1;
+                    let p = Pending {
+                        problem: Problem::Gap {
+                            missing: first - expected,
+                        },
+                        position: scanned[last].data_end,
+                        block: last,
+                    };
+                    mid_chain(
+                        topic,
+                        mode,
+                        &scanned,
+                        p,
+                        committed,
+                        first - committed,
+                        report,
+                    )?;
+                    if mode == RecoveryMode::PointInTime {
+                        cut_block_at(&mut scanned, unit_start, p, committed, erases);
+                        dropped.push((found, handle));
+                        dropped.extend(iter.by_ref());
+                        break;
+                    }
+                    cut_block_at(&mut scanned, unit_start, p, committed, erases);
+                    check = Some(SequenceCheck::new(first));
+                } else {
+                    dropped.push((found, handle));
+                    continue;
+                }
+            }
+        }
+        let checker = check.get_or_insert(SequenceCheck::new(first));
+
+        // Scan the block.
+        let data_start = found.start + BLOCK_HEADER_LEN as u64;
+        let len = found.header.block_len - BLOCK_HEADER_LEN as u64;
+        let mut data = vec![0u8; len as usize];
+        read_zero_filled(&*handle.file, &mut data, data_start)?;
+        report.blocks_scanned += 1;
+        let dirty_end = data_start
+            + data
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| i as u64 + 1);
+        let index = scanned.len();
+        let mut data_end = data_start;
+        let mut decoder = FrameDecoder::new(&data);
+        let problem = loop {
+            match decoder.next_frame() {
+                Frame::Entry(e) => {
+                    if checker.check(e.offset, e.kind).is_err() {
+                        break Some((Problem::Corrupt(CorruptReason::Sequence), e.pos));
+                    }
+                    if e.kind.is_first() {
+                        unit_start = Some((index, data_start + e.pos as u64));
+                    }
+                    report.entries_scanned += 1;
+                    data_end = data_start + e.end() as u64;
+                }
+                Frame::End { at } => {
+                    // Zeros, then something: a sector that never made it to disk.
+                    let rest = data.get(at..).unwrap_or_default();
+                    break (!is_zeroed(rest))
+                        .then_some((Problem::Corrupt(CorruptReason::Malformed), at));
+                }
+                Frame::Torn { at } => break Some((Problem::TornTail, at)),
+                Frame::Corrupt { at, reason } => break Some((Problem::Corrupt(reason), at)),
+            }
+        };
+        scanned.push(Scanned {
+            found,
+            handle,
+            data_end,
+            end_offset: checker.next_offset(),
+            dirty_end,
+            abandoned: false,
+        });
+        if let Some((problem, at)) = problem {
+            pending = Some(Pending {
+                problem,
+                position: data_start + at as u64,
+                block: index,
+            });
+        }
+    }
+
+    // The tail: a problem with nothing after it, or a batch never finished.
+    if let Some(c) = check {
+        let committed = c.committed_offset();
+        let tail_problem = match pending {
+            Some(p) => Some(p),
+            None if c.in_unit() => {
+                let last = scanned.len() - 1;
+                Some(Pending {
+                    problem: Problem::UnfinishedBatch,
+                    position: scanned[last].data_end,
+                    block: last,
+                })
+            }
+            None => None,
+        };
+        if let Some(p) = tail_problem {
+            let issue = issue(
+                topic,
+                &scanned[p.block],
+                p.position,
+                committed,
+                p.problem,
+                Action::Cut,
+            );
+            if mode == RecoveryMode::AbsoluteConsistency {
+                return Err(absolute_error(&issue));
+            }
+            report.issues.push(issue);
+            cut_block_at(&mut scanned, unit_start, p, committed, erases);
+        }
+    }
+
+    // Blocks left with no entries after cuts are released; the last one may stay live.
+    let end = scanned
+        .iter()
+        .rev()
+        .find(|s| s.end_offset > s.found.header.first_offset)
+        .map(|s| s.end_offset);
+    let chain_start = scanned.first().map(|s| s.found.header.first_offset);
+    let committed_end = end.or(chain_start).unwrap_or(stored_cursor.max(floor));
+    let mut chain = VecDeque::new();
+    let mut live = None;
+    let count = scanned.len();
+    let mut cursor = stored_cursor.max(floor).max(chain_start.unwrap_or(0));
+    if cursor > committed_end {
+        report.issues.push(RecoveryIssue {
+            topic: topic.to_owned(),
+            offset: cursor,
+            file: PathBuf::new(),
+            position: 0,
+            problem: Problem::CursorBeyondEnd,
+            action: Action::Corrected,
+        });
+        cursor = committed_end;
+    }
+    for (i, s) in scanned.into_iter().enumerate() {
+        let is_last = i + 1 == count;
+        let empty = s.end_offset <= s.found.header.first_offset;
+        let clean_tail = s.dirty_end <= s.data_end;
+        let live_here =
+            is_last && clean_tail && !s.abandoned && s.found.header.first_offset <= committed_end;
+        let consumed = !live_here && s.end_offset <= cursor;
+        if (empty && !live_here) || consumed {
+            fates.insert((s.handle.id, s.found.start), Fate::Released);
+            continue;
+        }
+        fates.insert(
+            (s.handle.id, s.found.start),
+            Fate::Retained { live: live_here },
+        );
+        let block = Arc::new(Block::new(
+            s.handle,
+            s.found.start,
+            s.found.header.block_len,
+            s.found.header.first_offset,
+            s.data_end,
+            s.end_offset.max(s.found.header.first_offset),
+            !live_here,
+        ));
+        if live_here {
+            live = Some((block.clone(), s.data_end));
+        }
+        chain.push_back(block);
+    }
+    for b in released {
+        fates.insert((b.header.segment_id, b.start), Fate::Released);
+    }
+    for (b, handle) in dropped {
+        fates.insert((b.header.segment_id, b.start), Fate::Released);
+        let header = BlockHeader {
+            abandoned: true,
+            ..b.header
+        };
+        erases.push(Erase::Abandon {
+            handle,
+            header,
+            start: b.start,
+        });
+    }
+    Ok(TopicState {
+        chain,
+        live,
+        next_offset: committed_end,
+        next_chain_seq,
+        cursor,
+        generation: cursor_generation(loaded_cursor),
+        pair: cursor_pair(loaded_cursor),
+    })
+}
+
+/// Cuts the chain at `committed`: the block holding the start of the open unit (or the problem
+/// block when no unit is open) ends there, and every later block is emptied. The bytes after the
+/// cut are zeroed so the next open sees a clean end.
+fn cut_block_at(
+    scanned: &mut [Scanned],
+    unit_start: Option<(usize, u64)>,
+    p: Pending,
+    committed: u64,
+    erases: &mut Vec<Erase>,
+) {
+    // Where the cut falls: the first frame of the unfinished unit, if the unit is open.
+    let (cut_block, cut_pos) = match unit_start {
+        Some((b, pos))
+            if committed < scanned.get(b).map_or(0, |s| s.end_offset) && b <= p.block =>
+        {
+            (b, pos)
+        }
+        _ => (
+            p.block,
+            p.position.max(
+                scanned
+                    .get(p.block)
+                    .map_or(0, |s| s.found.start + BLOCK_HEADER_LEN as u64),
+            ),
+        ),
+    };
+    let cut_pos = match scanned.get(cut_block) {
+        Some(s) => cut_pos.min(s.data_end.max(cut_pos)),
+        None => return,
+    };
+    for (i, s) in scanned.iter_mut().enumerate().skip(cut_block) {
+        let data_start = s.found.start + BLOCK_HEADER_LEN as u64;
+        if i == cut_block {
+            if s.dirty_end > cut_pos {
+                erases.push(Erase::Zero {
+                    handle: s.handle.clone(),
+                    from: cut_pos,
+                    to: s.dirty_end,
+                });
+            }
+            s.dirty_end = s.dirty_end.min(cut_pos);
+            s.data_end = s.data_end.min(cut_pos);
+            s.end_offset = s.end_offset.min(committed).max(s.found.header.first_offset);
+        } else if !s.abandoned {
+            // Later blocks hold only dropped entries: marking the header is enough.
+            let header = BlockHeader {
+                abandoned: true,
+                ..s.found.header.clone()
+            };
+            erases.push(Erase::Abandon {
+                handle: s.handle.clone(),
+                header,
+                start: s.found.start,
+            });
+            s.abandoned = true;
+            s.data_end = data_start;
+            s.dirty_end = data_start;
+            s.end_offset = s.found.header.first_offset;
+        }
+    }
+}
+
+/// A problem with valid entries after it: entries were lost or damaged in the middle of the
+/// topic. Fatal unless the mode accepts it.
+fn mid_chain(
+    topic: &str,
+    mode: RecoveryMode,
+    scanned: &[Scanned],
+    p: Pending,
+    committed: u64,
+    missing: u64,
+    report: &mut RecoveryReport,
+) -> io::Result<()> {
+    let Some(block) = scanned.get(p.block) else {
+        return Ok(());
+    };
+    let problem = match p.problem {
+        Problem::Gap { .. } | Problem::TornTail | Problem::UnfinishedBatch => {
+            Problem::Gap { missing }
+        }
+        other => other,
+    };
+    let action = if mode == RecoveryMode::PointInTime {
+        Action::Cut
+    } else {
+        Action::Skipped
+    };
+    let issue = issue(topic, block, p.position, committed, problem, action);
+    match mode {
+        RecoveryMode::SkipCorrupted | RecoveryMode::PointInTime => {
+            report.issues.push(issue);
+            Ok(())
+        }
+        RecoveryMode::TolerateCorruptedTail | RecoveryMode::AbsoluteConsistency => {
+            Err(absolute_error(&issue))
+        }
+    }
+}
+
+fn issue(
+    topic: &str,
+    block: &Scanned,
+    position: u64,
+    offset: u64,
+    problem: Problem,
+    action: Action,
+) -> RecoveryIssue {
+    RecoveryIssue {
+        topic: topic.to_owned(),
+        offset,
+        file: block.handle.file.path().to_path_buf(),
+        position,
+        problem,
+        action,
+    }
+}
+
+fn absolute_error(issue: &RecoveryIssue) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "topic {:?} at offset {}: {:?} in {} at byte {}; refusing to open under this recovery mode \
+             (RecoveryMode::PointInTime or SkipCorrupted open it, dropping or skipping the damage)",
+            issue.topic,
+            issue.offset,
+            issue.problem,
+            issue.file.display(),
+            issue.position
+        ),
+    )
+}
+
+/// Reads `buf.len()` bytes at `pos`; whatever lies past the end of the file reads as zeros.
+fn read_zero_filled(file: &dyn walrus_io::SegmentFile, buf: &mut [u8], pos: u64) -> io::Result<()> {
+    let got = file.read_at(buf, pos)?;
+    if let Some(rest) = buf.get_mut(got..) {
+        rest.fill(0);
+    }
+    Ok(())
+}
+
+fn apply_erases(erases: &[Erase]) -> io::Result<()> {
+    for e in erases {
+        match e {
+            Erase::Zero { handle, from, to } => {
+                let zeros = vec![0u8; (to - from) as usize];
+                handle.file.write_at(&zeros, *from)?;
+                handle.mark_dirty();
+            }
+            Erase::Abandon {
+                handle,
+                header,
+                start,
+            } => {
+                handle.file.write_at(&header.encode()?, *start)?;
+                handle.mark_dirty();
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,489 @@
+//! The store: one data directory, its topics, segment files, allocator and cursor file.
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use walrus_alloc::{BlockAllocator, Deletion};
+use walrus_block::{
+    MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, SegmentHeader, validate_topic_name,
+};
+use walrus_io::{BackendKind, Storage};
+
+use crate::chain::{Block, SegmentHandle};
+use crate::cursors::CursorStore;
+use crate::error::invalid_input;
+use crate::layout::{DirLock, segment_path};
+use crate::options::StoreOptions;
+use crate::recovery::{self, RecoveryReport};
+use crate::topic::{Topic, TopicState};
+
+/// The open segment files of a store, by id. Shared with the allocator's preparer.
+#[derive(Debug, Default)]
+pub(crate) struct Files {
+    map: RwLock<HashMap<u64, Arc<SegmentHandle>>>,
+}
+
+impl Files {
+    pub(crate) fn get(&self, id: u64) -> Option<Arc<SegmentHandle>> {
+        self.map.read().get(&id).cloned()
+    }
+
+    pub(crate) fn insert(&self, handle: Arc<SegmentHandle>) {
+        self.map.write().insert(handle.id, handle);
+    }
+
+    pub(crate) fn remove(&self, id: u64) -> Option<Arc<SegmentHandle>> {
+        self.map.write().remove(&id)
+    }
+
+    fn all(&self) -> Vec<Arc<SegmentHandle>> {
+        self.map.read().values().cloned().collect()
+    }
+}
+
+/// A block just handed out by the allocator, with its open file.
+#[derive(Debug)]
+pub(crate) struct AllocatedBlock {
+    pub(crate) handle: Arc<SegmentHandle>,
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+}
+
+/// What every topic of a store shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) alloc: BlockAllocator,
+    pub(crate) files: Arc<Files>,
+    pub(crate) cursors: CursorStore,
+    pub(crate) options: StoreOptions,
+    poisoned: AtomicBool,
+    poison_reason: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        alloc: BlockAllocator,
+        files: Arc<Files>,
+        cursors: CursorStore,
+        options: StoreOptions,
+    ) -> Self {
+        Self {
+            dir,
+            storage,
+            alloc,
+            files,
+            cursors,
+            options,
+            poisoned: AtomicBool::new(false),
+            poison_reason: Mutex::new(None),
+        }
+    }
+
+    /// Fails once a sync has failed: the kernel may have dropped unsynced pages, so nothing
+    /// written since can be trusted until the store is reopened.
+    pub(crate) fn check_writable(&self) -> io::Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let reason = self.poison_reason.lock().clone().unwrap_or_default();
+            return Err(io::Error::other(format!(
+                "{}: writes refused after a failed sync ({reason}); reopen the directory to recover",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn poison(&self, e: &io::Error) {
+        let mut reason = self.poison_reason.lock();
+        if reason.is_none() {
+            *reason = Some(e.to_string());
+        }
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn alloc_block(&self, min_len: u64) -> io::Result<AllocatedBlock> {
+        let a = self.alloc.allocate(min_len)?;
+        for seg in a.deletable {
+            self.delete_segment(seg);
+        }
+        let handle = self.files.get(a.block.segment).ok_or_else(|| {
+            io::Error::other(format!(
+                "segment {} was handed out but is not open",
+                a.block.segment
+            ))
+        })?;
+        Ok(AllocatedBlock {
+            handle,
+            start: a.block.start,
+            len: a.block.len,
+        })
+    }
+
+    /// The writer is done with `block`.
+    pub(crate) fn seal_block(&self, block: &Block) {
+        let outcome = self.alloc.tracker().seal(block.segment, block.start);
+        self.settle(outcome, block);
+    }
+
+    /// Readers are done with `block` (or it never held entries).
+    pub(crate) fn release_block(&self, block: &Block) {
+        let outcome = self.alloc.tracker().checkpoint(block.segment, block.start);
+        self.settle(outcome, block);
+    }
+
+    fn settle(&self, outcome: io::Result<Deletion>, block: &Block) {
+        match outcome {
+            Ok(Deletion::Now { segment }) => self.delete_segment(segment),
+            Ok(Deletion::NotYet) => {}
+            Err(e) => tracing::warn!(segment = block.segment, block = block.start, error = %e,
+                "block tracking inconsistency; the segment is kept"),
+        }
+    }
+
+    /// Deletes a segment whose blocks are all sealed and consumed. The cursors that consumed it
+    /// are made durable first, so a crash can never bring back a cursor pointing into it.
+    /// Failures are logged and leave the file for the next open to delete.
+    pub(crate) fn delete_segment(&self, segment: u64) {
+        let path = segment_path(&self.dir, segment);
+        if let Err(e) = self.cursors.sync() {
+            tracing::warn!(file = %path.display(), error = %e, "cursor sync failed; segment kept");
+            self.poison(&e);
+            return;
+        }
+        self.files.remove(segment);
+        let removed = self
+            .storage
+            .remove(&path)
+            .and_then(|()| self.storage.sync_dir(&self.dir));
+        match removed {
+            Ok(()) => tracing::debug!(file = %path.display(), "deleted consumed segment"),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not delete consumed segment")
+            }
+        }
+    }
+
+    /// Makes every write and cursor persisted so far durable.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.check_writable()?;
+        for handle in self.files.all() {
+            if let Err(e) = handle.sync() {
+                self.poison(&e);
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.cursors.sync() {
+            self.poison(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Creates segment files for the allocator: create + preallocate, write the segment header,
+/// make the new name durable.
+pub(crate) fn segment_preparer(
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    files: Arc<Files>,
+    block_len: u64,
+) -> impl Fn(u64, u64) -> io::Result<()> + Send + Sync + 'static {
+    move |segment, capacity| {
+        let path = segment_path(&dir, segment);
+        let file = match storage.create(&path, capacity) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Left behind by a failed earlier preparation of this id: start over.
+                storage.remove(&path)?;
+                storage.create(&path, capacity)?
+            }
+            other => other?,
+        };
+        file.write_at(
+            &SegmentHeader {
+                segment_id: segment,
+                block_len,
+            }
+            .encode(),
+            0,
+        )?;
+        storage.sync_dir(&dir)?;
+        let handle = Arc::new(SegmentHandle::new(segment, file));
+        handle.mark_dirty();
+        files.insert(handle);
+        Ok(())
+    }
+}
+
+/// An open data directory: the topics, their segment files and cursors.
+///
+/// `Store` is the engine under the `walrus` facade. Appends are written (to the page cache, or
+/// the device for direct backends) when they return; [`sync`](Self::sync) makes them durable.
+/// Cursor persistence follows [`StoreOptions::with_persist_every`].
+#[derive(Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    report: RecoveryReport,
+    _lock: DirLock,
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory `dir` on `storage`, recovering every topic.
+    ///
+    /// # Errors
+    /// `InvalidInput` for bad options or a `dir` that is a file; `ResourceBusy` when another live
+    /// instance holds the directory; `InvalidData` for a foreign or corrupt file, or damage the
+    /// [recovery mode](crate::RecoveryMode) does not tolerate; any I/O error.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        storage: Arc<dyn Storage>,
+        options: StoreOptions,
+    ) -> io::Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        options.validate()?;
+        let real_fs = storage.kind() != BackendKind::Sim;
+        if real_fs && dir.exists() && !dir.is_dir() {
+            return Err(invalid_input(format!(
+                "data directory {} is not a directory",
+                dir.display()
+            )));
+        }
+        storage.create_dir_all(&dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create data directory {}: {e}", dir.display()),
+            )
+        })?;
+        let lock = if real_fs {
+            DirLock::acquire(&dir)?
+        } else {
+            DirLock::none()
+        };
+        let recovered = recovery::recover(&dir, storage.clone(), &options)?;
+        let shared = Arc::new(recovered.shared);
+        let topics = recovered
+            .topics
+            .into_iter()
+            .map(|(name, state)| (name.clone(), Arc::new(Topic::new(name, state))))
+            .collect();
+        Ok(Self {
+            shared,
+            topics: RwLock::new(topics),
+            report: recovered.report,
+            _lock: lock,
+        })
+    }
+
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().get(name).cloned()
+    }
+
+    fn topic_or_create(&self, name: &str) -> io::Result<Arc<Topic>> {
+        if let Some(t) = self.topic(name) {
+            return Ok(t);
+        }
+        validate_topic_name(name).map_err(io::Error::from)?;
+        let mut topics = self.topics.write();
+        let t = topics
+            .entry(Arc::from(name))
+            .or_insert_with_key(|k| Arc::new(Topic::new(k.clone(), TopicState::empty())));
+        Ok(t.clone())
+    }
+
+    /// Appends one entry to `topic` (created on first use) and returns its offset.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad topic name or an entry over [`MAX_ENTRY_LEN`]; an I/O error
+    /// leaves the topic exactly as before.
+    pub fn append(&self, topic: &str, payload: &[u8]) -> io::Result<u64> {
+        check_entry(topic, payload)?;
+        let t = self.topic_or_create(topic)?;
+        Ok(t.append(&self.shared, &[payload], false)?.start)
+    }
+
+    /// Appends `payloads` to `topic` as one atomic batch: after a crash all of them are there,
+    /// or none. Their offsets are contiguous; the range is returned.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an empty batch, more than [`MAX_BATCH_ENTRIES`] entries, more than
+    /// [`MAX_BATCH_BYTES`] bytes, or a bad entry or topic; an I/O error leaves the topic exactly
+    /// as before.
+    pub fn append_batch(&self, topic: &str, payloads: &[&[u8]]) -> io::Result<Range<u64>> {
+        if payloads.is_empty() {
+            return Err(invalid_input(format!("topic {topic:?}: empty batch")));
+        }
+        if payloads.len() > MAX_BATCH_ENTRIES {
+            return Err(invalid_input(format!(
+                "topic {topic:?}: batch of {} entries exceeds the limit of {MAX_BATCH_ENTRIES}",
+                payloads.len()
+            )));
+        }
+        let total: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+        if total > MAX_BATCH_BYTES {
+            return Err(invalid_input(format!(
+                "topic {topic:?}: batch of {total} bytes exceeds the limit of {MAX_BATCH_BYTES}"
+            )));
+        }
+        for p in payloads {
+            check_entry(topic, p)?;
+        }
+        let t = self.topic_or_create(topic)?;
+        t.append(&self.shared, payloads, true)
+    }
+
+    /// Reads the entry at `topic`'s cursor; with `consume`, moves the cursor past it.
+    /// `Ok(None)` when the topic has nothing unread (or does not exist).
+    ///
+    /// # Errors
+    /// `InvalidData` naming topic and offset if the entry fails validation (it is never
+    /// returned); an I/O error, after which the cursor is where it was.
+    pub fn read_next(&self, topic: &str, consume: bool) -> io::Result<Option<(u64, Vec<u8>)>> {
+        match self.topic(topic) {
+            Some(t) => t.read_next(&self.shared, consume),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads entries from `topic`'s cursor in commit order: at least one if any is unread, at
+    /// most [`MAX_BATCH_ENTRIES`], and no more than `max_bytes` of payload beyond the first.
+    /// With `consume`, moves the cursor past them.
+    ///
+    /// # Errors
+    /// As [`read_next`](Self::read_next).
+    pub fn read_batch(
+        &self,
+        topic: &str,
+        max_bytes: usize,
+        consume: bool,
+    ) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if let Some(t) = self.topic(topic) {
+            t.read_entries(
+                &self.shared,
+                consume,
+                MAX_BATCH_ENTRIES,
+                max_bytes,
+                &mut out,
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// Reads the entry at `offset` of `topic` without moving any cursor. `Ok(None)` if it has not
+    /// been written (or falls in a gap left by skipped corruption).
+    ///
+    /// # Errors
+    /// `NotFound` if the entry was consumed and its space released; `InvalidData` if it fails
+    /// validation.
+    pub fn read_at(&self, topic: &str, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        match self.topic(topic) {
+            Some(t) => t.read_at(offset),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves `topic`'s cursor to `offset` (forwards or backwards within retained entries) and
+    /// persists it.
+    ///
+    /// # Errors
+    /// `InvalidInput` past the end of the topic or below the retained entries; `NotFound` for an
+    /// unknown topic; an I/O error writing the cursor.
+    pub fn commit(&self, topic: &str, offset: u64) -> io::Result<()> {
+        let t = self.topic(topic).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("topic {topic:?} does not exist"),
+            )
+        })?;
+        t.commit(&self.shared, offset)
+    }
+
+    /// `topic`'s cursor: the offset the next consuming read returns.
+    pub fn cursor(&self, topic: &str) -> Option<u64> {
+        self.topic(topic).map(|t| t.cursor())
+    }
+
+    /// One past `topic`'s last entry: the offset its next append gets.
+    pub fn end_offset(&self, topic: &str) -> Option<u64> {
+        self.topic(topic).map(|t| t.committed())
+    }
+
+    /// The first offset of `topic` still stored (lower ones were consumed and released).
+    pub fn first_retained_offset(&self, topic: &str) -> Option<u64> {
+        self.topic(topic).map(|t| t.first_retained())
+    }
+
+    /// Names of every topic, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.topics.read().keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// Writes every cursor that moved since it was last persisted.
+    ///
+    /// # Errors
+    /// The first I/O error; the other topics are still attempted.
+    pub fn persist_cursors(&self) -> io::Result<()> {
+        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        let mut first_err = None;
+        for t in topics {
+            if let Err(e) = t.persist_cursor(&self.shared) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Makes every append that returned before this call, and every persisted cursor, durable.
+    ///
+    /// # Errors
+    /// The sync error. A failed sync poisons the store: later writes fail until it is reopened.
+    pub fn sync(&self) -> io::Result<()> {
+        self.shared.sync()
+    }
+
+    /// What recovery found when the store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Number of blocks `topic` still retains (for tests and diagnostics).
+    pub fn retained_blocks(&self, topic: &str) -> Option<usize> {
+        self.topic(topic).map(|t| t.chain_len())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .persist_cursors()
+            .and_then(|()| self.shared.cursors.sync())
+        {
+            tracing::warn!(dir = %self.shared.dir.display(), error = %e, "cursors not persisted at close");
+        }
+    }
+}
+
+fn check_entry(topic: &str, payload: &[u8]) -> io::Result<()> {
+    if payload.len() > MAX_ENTRY_LEN {
+        return Err(invalid_input(format!(
+            "topic {topic:?}: entry of {} bytes exceeds the limit of {MAX_ENTRY_LEN}",
+            payload.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,582 @@
+//! Integration tests of the engine: appends, reads, cursors, batches, recovery and deletion, on
+//! the simulated backend (crashes, faults) and on the real file system.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use walrus_io::{CrashMode, Fault, FaultRule, OpKind, PwriteStorage, SimStorage, Storage};
+use walrus_topic::{Problem, RecoveryMode, Store, StoreOptions};
+
+const DIR: &str = "/wal";
+
+/// Small geometry so tests cross blocks and segments quickly: 8 KiB blocks, 64 KiB segments.
+fn small() -> StoreOptions {
+    StoreOptions::new()
+        .with_block_len(8192)
+        .with_segment_len(64 * 1024)
+}
+
+fn open(sim: &SimStorage, options: StoreOptions) -> io::Result<Store> {
+    Store::open(DIR, Arc::new(sim.clone()) as Arc<dyn Storage>, options)
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let len = 100 + (i * 37 % 900) as usize;
+    (0..len).map(|k| (i as usize * 31 + k) as u8).collect()
+}
+
+fn segments(sim: &SimStorage) -> Vec<String> {
+    sim.files()
+        .into_iter()
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+        .filter(|n| n.ends_with(".wseg"))
+        .collect()
+}
+
+fn drain(store: &Store, topic: &str) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(e) = store.read_next(topic, true).unwrap() {
+        out.push(e);
+    }
+    out
+}
+
+#[test]
+fn append_read_peek_batch_commit() {
+    let sim = SimStorage::new(1);
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(store.read_next("t", true).unwrap(), None);
+    assert_eq!(store.append("t", b"zero").unwrap(), 0);
+    assert_eq!(
+        store.append_batch("t", &[b"one", b"two", b""]).unwrap(),
+        1..4
+    );
+    // Peek does not move the cursor.
+    assert_eq!(
+        store.read_next("t", false).unwrap(),
+        Some((0, b"zero".to_vec()))
+    );
+    assert_eq!(
+        store.read_next("t", false).unwrap(),
+        Some((0, b"zero".to_vec()))
+    );
+    assert_eq!(
+        store.read_next("t", true).unwrap(),
+        Some((0, b"zero".to_vec()))
+    );
+    assert_eq!(store.cursor("t"), Some(1));
+    let batch = store.read_batch("t", 1, true).unwrap();
+    assert_eq!(batch, vec![(1, b"one".to_vec())]); // at least one, then the byte limit
+    let batch = store.read_batch("t", 1 << 20, true).unwrap();
+    assert_eq!(batch, vec![(2, b"two".to_vec()), (3, Vec::new())]);
+    assert!(store.read_batch("t", 1 << 20, true).unwrap().is_empty());
+    assert_eq!(store.read_at("t", 2).unwrap(), Some(b"two".to_vec()));
+    assert_eq!(store.read_at("t", 4).unwrap(), None);
+    store.commit("t", 1).unwrap();
+    assert_eq!(
+        store.read_next("t", true).unwrap(),
+        Some((1, b"one".to_vec()))
+    );
+    assert!(store.commit("t", 99).is_err());
+    assert_eq!(store.end_offset("t"), Some(4));
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let sim = SimStorage::new(2);
+    let store = open(&sim, small()).unwrap();
+    let kind = |r: io::Result<u64>| r.unwrap_err().kind();
+    assert_eq!(kind(store.append("", b"x")), io::ErrorKind::InvalidInput);
+    assert_eq!(
+        kind(store.append(&"x".repeat(256), b"x")),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        store.append_batch("t", &[]).unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    let many: Vec<&[u8]> = vec![b"x"; 2001];
+    assert_eq!(
+        store.append_batch("t", &many).unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert!(store.topics().is_empty());
+    assert!(
+        segments(&sim).is_empty(),
+        "no segment file for refused input"
+    );
+}
+
+#[test]
+fn entries_cross_blocks_and_segments_and_survive_reopen() {
+    let sim = SimStorage::new(3);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..300 {
+            assert_eq!(store.append("a", &payload(i)).unwrap(), i);
+        }
+        let big = vec![7u8; 20_000]; // larger than a block: gets a block of its own
+        assert_eq!(store.append("a", &big).unwrap(), 300);
+        store.sync().unwrap();
+    }
+    assert!(segments(&sim).len() > 2);
+    sim.crash(CrashMode::DropUnsynced);
+    let store = open(&sim, small()).unwrap();
+    assert!(
+        store.recovery_report().issues.is_empty(),
+        "{:?}",
+        store.recovery_report()
+    );
+    for i in 0..300 {
+        assert_eq!(store.read_at("a", i).unwrap(), Some(payload(i)));
+    }
+    assert_eq!(store.read_at("a", 300).unwrap(), Some(vec![7u8; 20_000]));
+    assert_eq!(store.append("a", b"next").unwrap(), 301);
+}
+
+#[test]
+fn cursor_survives_reopen_strictly() {
+    let sim = SimStorage::new(4);
+    {
+        let store = open(&sim, small().with_sync_cursor_writes(true)).unwrap();
+        for i in 0..10 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        for i in 0..4 {
+            assert_eq!(store.read_next("t", true).unwrap().unwrap().0, i);
+        }
+        // Power cut without a clean close: the cursor was synced with each read.
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(store);
+    }
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(store.cursor("t"), Some(4));
+    assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 4);
+}
+
+#[test]
+fn at_least_once_redelivers_at_most_n_minus_one() {
+    let sim = SimStorage::new(5);
+    {
+        let store = open(
+            &sim,
+            small().with_persist_every(5).with_sync_cursor_writes(true),
+        )
+        .unwrap();
+        for i in 0..20 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        for _ in 0..13 {
+            store.read_next("t", true).unwrap();
+        }
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(store);
+    }
+    let store = open(&sim, small()).unwrap();
+    let cursor = store.cursor("t").unwrap();
+    assert!(
+        (9..=13).contains(&cursor),
+        "cursor {cursor}: at most 4 re-delivered"
+    );
+    assert_eq!(cursor, 10);
+}
+
+#[test]
+fn torn_tail_is_cut_and_synced_data_kept() {
+    for seed in 0..20 {
+        let sim = SimStorage::new(seed);
+        let synced;
+        {
+            let store = open(&sim, small()).unwrap();
+            for i in 0..50 {
+                store.append("t", &payload(i)).unwrap();
+            }
+            store.sync().unwrap();
+            synced = 50;
+            for i in 50..80 {
+                store.append("t", &payload(i)).unwrap();
+            }
+            store
+                .append_batch("t", &[&payload(80), &payload(81), &payload(82)])
+                .unwrap();
+            sim.crash(if seed % 2 == 0 {
+                CrashMode::TearLastWrite
+            } else {
+                CrashMode::DropUnsynced
+            });
+            std::mem::forget(store);
+        }
+        let store = open(&sim, small()).unwrap();
+        let end = store.end_offset("t").unwrap();
+        assert!(end >= synced, "seed {seed}: lost synced entries ({end})");
+        assert!(
+            end <= 80 || end == 83,
+            "seed {seed}: batch half there ({end})"
+        );
+        for i in 0..end {
+            assert_eq!(
+                store.read_at("t", i).unwrap(),
+                Some(payload(i)),
+                "seed {seed} offset {i}"
+            );
+        }
+        // New appends continue cleanly, and a second reopen sees the same plus them.
+        store.append("t", b"after").unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = open(
+            &sim,
+            small().with_recovery(RecoveryMode::AbsoluteConsistency),
+        )
+        .unwrap();
+        assert_eq!(store.end_offset("t"), Some(end + 1), "seed {seed}");
+        assert_eq!(store.read_at("t", end).unwrap(), Some(b"after".to_vec()));
+    }
+}
+
+#[test]
+fn process_crash_keeps_everything_written() {
+    let sim = SimStorage::new(9);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..200 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        sim.crash(CrashMode::KeepWritten);
+        std::mem::forget(store);
+    }
+    let store = open(
+        &sim,
+        small().with_recovery(RecoveryMode::AbsoluteConsistency),
+    )
+    .unwrap();
+    assert_eq!(store.end_offset("t"), Some(200));
+}
+
+#[test]
+fn failed_write_leaves_no_trace() {
+    for fault in [Fault::Eio, Fault::Enospc, Fault::ShortWrite] {
+        let sim = SimStorage::new(11);
+        let store = open(&sim, small()).unwrap();
+        for i in 0..10 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        sim.inject(FaultRule::new(fault).op(OpKind::Write));
+        let err = store
+            .append_batch("t", &[&payload(10), &payload(11)])
+            .unwrap_err();
+        assert!(err.to_string().contains("\"t\""), "{err}");
+        if fault == Fault::Enospc {
+            assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        }
+        assert_eq!(store.end_offset("t"), Some(10));
+        // Space comes back: appends work again and land where the failed one would have.
+        assert_eq!(store.append("t", b"ok").unwrap(), 10);
+        store.sync().unwrap();
+        drop(store);
+        let store = open(
+            &sim,
+            small().with_recovery(RecoveryMode::AbsoluteConsistency),
+        )
+        .unwrap();
+        assert_eq!(store.end_offset("t"), Some(11));
+        assert_eq!(store.read_at("t", 10).unwrap(), Some(b"ok".to_vec()));
+    }
+}
+
+#[test]
+fn failed_batch_across_blocks_leaves_no_trace() {
+    let sim = SimStorage::new(12);
+    let store = open(&sim, small()).unwrap();
+    store.append("t", &payload(0)).unwrap();
+    // A batch bigger than one block: it needs new blocks; fail its second write.
+    let big: Vec<Vec<u8>> = (0..30).map(|i| payload(100 + i)).collect();
+    let refs: Vec<&[u8]> = big.iter().map(Vec::as_slice).collect();
+    sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Write).nth(2));
+    assert!(store.append_batch("t", &refs).is_err());
+    assert_eq!(store.end_offset("t"), Some(1));
+    assert_eq!(store.append_batch("t", &refs).unwrap(), 1..31);
+    store.sync().unwrap();
+    drop(store);
+    let store = open(
+        &sim,
+        small().with_recovery(RecoveryMode::AbsoluteConsistency),
+    )
+    .unwrap();
+    assert_eq!(store.end_offset("t"), Some(31));
+    let all = drain(&store, "t");
+    assert_eq!(all.len(), 31);
+    assert_eq!(all[5].1, payload(104));
+}
+
+#[test]
+fn failed_sync_poisons_writes() {
+    let sim = SimStorage::new(13);
+    let store = open(&sim, small()).unwrap();
+    store.append("t", b"x").unwrap();
+    sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Sync));
+    assert!(store.sync().is_err());
+    let err = store.append("t", b"y").unwrap_err();
+    assert!(err.to_string().contains("reopen"), "{err}");
+    assert!(store.sync().is_err());
+}
+
+/// Flip one byte in the middle of a synced topic, in a segment file on the simulated disk.
+fn corrupt_middle(sim: &SimStorage) {
+    let store = open(sim, small()).unwrap();
+    for i in 0..100 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+    drop(store);
+    let seg = sim
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .min()
+        .unwrap();
+    let file = sim.open(&seg).unwrap();
+    // Block 0 starts at 4096, its header is 300 bytes; the 3rd entry is well inside.
+    let at = 4096 + 300 + 2000;
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_at(&[b[0] ^ 0x40], at).unwrap();
+    file.sync_data().unwrap();
+}
+
+#[test]
+fn corruption_in_the_middle_by_recovery_mode() {
+    let sim = SimStorage::new(14);
+    corrupt_middle(&sim);
+    // Default: refuses, naming topic and offset.
+    let err = open(&sim, small()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("topic \"t\""), "{err}");
+    let err = open(
+        &sim,
+        small().with_recovery(RecoveryMode::AbsoluteConsistency),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+
+    // Skip: every valid entry is kept, the damaged one is never returned.
+    let sim2 = SimStorage::new(14);
+    corrupt_middle(&sim2);
+    let store = open(&sim2, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
+    assert!(!store.recovery_report().issues.is_empty());
+    let got = drain(&store, "t");
+    assert!(got.len() < 100 && got.len() > 50, "{}", got.len());
+    for (off, data) in &got {
+        assert_eq!(data, &payload(*off));
+    }
+    assert_eq!(got.last().unwrap().0, 99);
+    drop(store);
+
+    // Point in time: everything before the damage, nothing after.
+    let store = open(&sim, small().with_recovery(RecoveryMode::PointInTime)).unwrap();
+    let got = drain(&store, "t");
+    let n = got.len() as u64;
+    assert!(n < 10, "{n}");
+    for (i, (off, data)) in got.iter().enumerate() {
+        assert_eq!(*off, i as u64);
+        assert_eq!(data, &payload(*off));
+    }
+    assert!(matches!(
+        store.recovery_report().issues[0].problem,
+        Problem::Corrupt(_) | Problem::Gap { .. }
+    ));
+    // The cut is durable: the default mode now opens cleanly.
+    store.append("t", b"new").unwrap();
+    store.sync().unwrap();
+    drop(store);
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(store.read_at("t", n).unwrap(), Some(b"new".to_vec()));
+}
+
+#[test]
+fn consumed_segments_are_deleted_and_unread_ones_kept() {
+    let sim = SimStorage::new(15);
+    let store = open(&sim, small()).unwrap();
+    for i in 0..400 {
+        store.append("a", &payload(i)).unwrap();
+        store.append("b", &payload(i)).unwrap();
+    }
+    let before = segments(&sim).len();
+    assert!(before >= 4, "{before}");
+    // Reading only "a" frees nothing: every segment also holds "b".
+    drain(&store, "a");
+    assert_eq!(segments(&sim).len(), before);
+    // Peeks and empty polls never release anything.
+    for _ in 0..10 {
+        store.read_next("b", false).unwrap();
+    }
+    assert_eq!(segments(&sim).len(), before);
+    let b = drain(&store, "b");
+    assert_eq!(b.len(), 400);
+    let after = segments(&sim).len();
+    assert!(after <= 2, "{after} of {before} segments left");
+    // Offsets stay stable after deletion.
+    assert_eq!(store.append("a", b"x").unwrap(), 400);
+    drop(store);
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(store.cursor("a"), Some(400));
+    assert_eq!(
+        store.read_next("a", true).unwrap(),
+        Some((400, b"x".to_vec()))
+    );
+    assert_eq!(store.read_next("b", true).unwrap(), None);
+    assert_eq!(store.append("b", b"y").unwrap(), 400);
+}
+
+#[test]
+fn fully_consumed_files_found_at_open_are_deleted() {
+    let sim = SimStorage::new(16);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..300 {
+            store.append("a", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        // The process dies between persisting the cursor and deleting the files: here, the
+        // deletions fail.
+        sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Remove).forever());
+        drain(&store, "a");
+        sim.crash(CrashMode::KeepWritten);
+        std::mem::forget(store);
+    }
+    sim.clear_faults();
+    let before = segments(&sim).len();
+    assert!(before >= 3);
+    let store = open(&sim, small()).unwrap();
+    assert!(
+        segments(&sim).len() < before,
+        "{:?}",
+        store.recovery_report()
+    );
+    assert_eq!(store.read_next("a", true).unwrap(), None);
+}
+
+#[test]
+fn opening_does_not_create_segments() {
+    let sim = SimStorage::new(17);
+    drop(open(&sim, small()).unwrap());
+    drop(open(&sim, small()).unwrap());
+    assert!(segments(&sim).is_empty());
+    let store = open(&sim, small()).unwrap();
+    store.append("t", b"x").unwrap();
+    drop(store);
+    let n = segments(&sim).len();
+    drop(open(&sim, small()).unwrap());
+    assert_eq!(
+        segments(&sim).len(),
+        n,
+        "reopen must reuse the room in existing segments"
+    );
+}
+
+#[test]
+fn concurrent_appends_to_one_topic() {
+    let sim = SimStorage::new(18);
+    let store = Arc::new(open(&sim, small()).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    let tag = |k: u64| format!("{t}:{k}").into_bytes();
+                    if i % 10 == 0 {
+                        let (a, b) = (tag(i * 10), tag(i * 10 + 1));
+                        store.append_batch("shared", &[&a, &b]).unwrap();
+                    } else {
+                        store.append("shared", &tag(i * 10)).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let all = drain(&store, "shared");
+    assert_eq!(all.len(), 8 * 220);
+    let mut seen = HashSet::new();
+    let mut last = [None::<u64>; 8];
+    for (i, (off, data)) in all.iter().enumerate() {
+        assert_eq!(*off, i as u64);
+        assert!(seen.insert(data.clone()), "duplicate");
+        let s = String::from_utf8(data.clone()).unwrap();
+        let (t, k) = s.split_once(':').unwrap();
+        let (t, k): (usize, u64) = (t.parse().unwrap(), k.parse().unwrap());
+        assert!(last[t].is_none_or(|p| p < k), "thread {t} out of order");
+        last[t] = Some(k);
+    }
+}
+
+#[test]
+fn ten_thousand_topics() {
+    let sim = SimStorage::new(19);
+    let opts = StoreOptions::new()
+        .with_block_len(4096)
+        .with_segment_len(8 << 20);
+    {
+        let store = open(&sim, opts.clone()).unwrap();
+        for t in 0..10_000 {
+            store
+                .append(&format!("topic-{t}"), format!("v{t}").as_bytes())
+                .unwrap();
+        }
+        for t in (0..10_000).step_by(3) {
+            store
+                .read_next(&format!("topic-{t}"), true)
+                .unwrap()
+                .unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let store = open(&sim, opts).unwrap();
+    assert_eq!(store.topics().len(), 10_000);
+    for t in [0, 1, 2, 9_999] {
+        let name = format!("topic-{t}");
+        let expect_cursor = u64::from(t % 3 == 0);
+        assert_eq!(store.cursor(&name), Some(expect_cursor), "{name}");
+        assert_eq!(
+            store.read_at(&name, 0).unwrap(),
+            Some(format!("v{t}").into_bytes())
+        );
+    }
+}
+
+#[test]
+fn real_filesystem_reopen_and_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(PwriteStorage::new());
+    {
+        let store = Store::open(dir.path(), storage.clone(), small()).unwrap();
+        for i in 0..100 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.read_next("t", true).unwrap();
+        let second = Store::open(dir.path(), storage.clone(), small()).unwrap_err();
+        assert_eq!(second.kind(), io::ErrorKind::ResourceBusy);
+    }
+    let store = Store::open(dir.path(), storage.clone(), small()).unwrap();
+    assert_eq!(store.cursor("t"), Some(1));
+    assert_eq!(store.end_offset("t"), Some(100));
+    // A foreign file in the directory is refused, and nothing is changed.
+    drop(store);
+    std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+    let err = Store::open(dir.path(), storage.clone(), small()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("notes.txt"));
+    // A data directory that is a file is refused.
+    let file = dir.path().join("notes.txt");
+    assert_eq!(
+        Store::open(&file, storage, small()).unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert!(Path::new(&file).is_file());
+}
