@@ -1,14 +1,86 @@
 //! # Walrus
 //!
-//! An embedded, topic-oriented write-ahead log. One instance owns a directory; topics are
-//! append-only sequences of byte entries with persistent cursors.
+//! An embedded, topic-oriented write-ahead log. One instance owns one directory; inside it live
+//! any number of named **topics**, each an append-only sequence of byte entries with a
+//! persistent read **cursor**. Entries live in preallocated segment files cut into blocks, each
+//! block owned by one topic; a segment file whose blocks are all consumed deletes itself.
 //!
-//! The engine is being built crate by crate; today this facade re-exports the member crates:
+//! ```
+//! use walrus::{FsyncSchedule, ReadConsistency, Walrus};
 //!
-//! - [`block`]: the on-disk format (segment and block headers, entry frames, CRC32C).
-//! - [`alloc`]: the block allocator and segment deletion tracker.
-//! - [`io`]: storage backends.
-//! - [`topic`]: topics, cursors and recovery.
+//! let dir = tempfile::tempdir()?;
+//! let wal = Walrus::builder()
+//!     .data_dir(dir.path())
+//!     .consistency(ReadConsistency::StrictlyAtOnce)
+//!     .fsync_schedule(FsyncSchedule::SyncEach)
+//!     .build()?;
+//!
+//! wal.append_for_topic("events", b"bytes")?;              // durable when it returns
+//! wal.batch_append_for_topic("events", &[b"a", b"b"])?;   // atomic
+//! let first = wal.read_next("events", true)?.unwrap();    // consume
+//! assert_eq!(first.data, b"bytes");
+//!
+//! // The native API: offsets.
+//! let offset = wal.append("events", b"c")?;
+//! assert_eq!(offset, 3);
+//! assert_eq!(wal.read_at("events", 1)?.unwrap().data, b"a");
+//! wal.commit("events", 1)?;                                // rewind the cursor
+//! assert_eq!(wal.read_next_record("events", true)?.unwrap().offset, 1);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! ## Durability contract
+//!
+//! | schedule | returns from `append` when | survives a process crash (`kill -9`) | survives power loss |
+//! |---|---|---|---|
+//! | [`FsyncSchedule::SyncEach`] | the entry is on stable storage (a sync that started after it was written finished) | everything acknowledged | everything acknowledged |
+//! | [`FsyncSchedule::Milliseconds`]`(n)` | the entry is written to the OS | everything acknowledged | everything acknowledged more than about `n` ms before the loss |
+//! | [`FsyncSchedule::NoFsync`] | the entry is written to the OS | everything acknowledged | what the last [`Walrus::flush`] covered |
+//!
+//! A process crash never loses an acknowledged append, whatever the schedule: the data is in
+//! the kernel. Cursors follow the same schedule as data. Under
+//! [`ReadConsistency::StrictlyAtOnce`] a consumed entry is never handed out again after a
+//! reopen (after power loss: when the schedule is `SyncEach`); under
+//! [`ReadConsistency::AtLeastOnce`] at most `persist_every - 1` are.
+//!
+//! After a failed sync the instance refuses further writes until it is reopened: the kernel may
+//! have dropped the unsynced pages, and a retried sync would lie.
+//!
+//! ## Recovery
+//!
+//! Opening a directory rebuilds every topic from its files. A torn tail (the last, partly
+//! written entry or batch) is cut off; a batch is there entirely or not at all. What happens to
+//! damage before the tail is the [`RecoveryMode`]; a corrupt entry is never handed to a reader.
+//!
+//! ## Environment
+//!
+//! Read once, when an instance is built; the builder's explicit values win.
+//!
+//! - `WALRUS_DATA_DIR`: the data root (default `./wal_files`).
+//! - `WALRUS_INSTANCE_KEY`: the key of the key-less constructors (data under `<root>/<key>/`).
+//! - `WALRUS_QUIET`: silence informational logging (Walrus logs through [`tracing`]).
+//!
+//! ## Crates
+//!
+//! The facade re-exports the member crates: [`block`] (on-disk format), [`alloc`] (block
+//! allocator), [`io`] (storage backends) and [`topic`] (the engine).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+mod builder;
+mod config;
+mod group_commit;
+mod key;
+mod wal;
+
+pub use builder::{DEFAULT_DATA_DIR, ENV_DATA_DIR, ENV_INSTANCE_KEY, ENV_QUIET, WalrusBuilder};
+pub use config::{FsyncSchedule, ReadConsistency};
+pub use wal::{Entry, Record, Walrus};
+#[doc(inline)]
+pub use walrus_io::BackendKind;
+#[doc(inline)]
+pub use walrus_topic::{RecoveryIssue, RecoveryMode, RecoveryReport};
 
 #[doc(inline)]
 pub use walrus_alloc as alloc;

@@ -1,0 +1,176 @@
+//! [`WalrusBuilder`]: every option of an instance, with the environment as fallback.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use walrus_io::{BackendKind, Storage};
+use walrus_topic::{RecoveryMode, StoreOptions};
+
+use crate::config::{FsyncSchedule, ReadConsistency};
+use crate::key::dir_name;
+use crate::wal::Walrus;
+
+/// Environment variable: the data root (default `./wal_files`).
+pub const ENV_DATA_DIR: &str = "WALRUS_DATA_DIR";
+/// Environment variable: the instance key used by the key-less constructors.
+pub const ENV_INSTANCE_KEY: &str = "WALRUS_INSTANCE_KEY";
+/// Environment variable: set (to anything but `0` or empty) to silence informational logs.
+pub const ENV_QUIET: &str = "WALRUS_QUIET";
+/// The data root when neither the builder nor the environment names one.
+pub const DEFAULT_DATA_DIR: &str = "./wal_files";
+
+/// Builds a [`Walrus`] instance. Values set here win over the environment, which is read once,
+/// in [`build`](Self::build).
+///
+/// ```
+/// use walrus::{FsyncSchedule, ReadConsistency, Walrus};
+///
+/// let dir = tempfile::tempdir()?;
+/// let wal = Walrus::builder()
+///     .data_dir(dir.path())
+///     .key("orders")
+///     .consistency(ReadConsistency::AtLeastOnce { persist_every: 100 })
+///     .fsync_schedule(FsyncSchedule::NoFsync)
+///     .build()?;
+/// wal.append_for_topic("events", b"hello")?;
+/// assert_eq!(wal.read_next("events", true)?.map(|e| e.data), Some(b"hello".to_vec()));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct WalrusBuilder {
+    data_dir: Option<PathBuf>,
+    key: Option<String>,
+    consistency: ReadConsistency,
+    schedule: FsyncSchedule,
+    backend: Option<BackendKind>,
+    storage: Option<Arc<dyn Storage>>,
+    recovery: RecoveryMode,
+    segment_len: Option<u64>,
+    block_len: Option<u64>,
+    quiet: Option<bool>,
+}
+
+impl WalrusBuilder {
+    /// A builder with the defaults: `StrictlyAtOnce`, `Milliseconds(200)`, the `pwrite`
+    /// backend, [`RecoveryMode::TolerateCorruptedTail`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The data root (instead of `WALRUS_DATA_DIR`, or `./wal_files`).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The instance key: data goes under `<data root>/<key>/` (instead of `WALRUS_INSTANCE_KEY`).
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// When read cursors are persisted.
+    pub fn consistency(mut self, mode: ReadConsistency) -> Self {
+        self.consistency = mode;
+        self
+    }
+
+    /// When data reaches stable storage.
+    pub fn fsync_schedule(mut self, schedule: FsyncSchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// The storage backend (default [`BackendKind::Pwrite`]; [`BackendKind::Auto`] picks
+    /// io_uring when the kernel supports it).
+    pub fn backend(mut self, kind: BackendKind) -> Self {
+        self.backend = Some(kind);
+        self
+    }
+
+    /// A storage backend instance, e.g. a [`SimStorage`](walrus_io::SimStorage) for tests.
+    /// Overrides [`backend`](Self::backend).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// What recovery does with damaged entries.
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
+        self.recovery = mode;
+        self
+    }
+
+    /// Segment file length in bytes (default 1 GiB; a multiple of 4096).
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_len = Some(bytes);
+        self
+    }
+
+    /// Default block length in bytes (default 1 MiB; a multiple of 4096).
+    pub fn block_size(mut self, bytes: u64) -> Self {
+        self.block_len = Some(bytes);
+        self
+    }
+
+    /// Silence informational logging (instead of `WALRUS_QUIET`).
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = Some(quiet);
+        self
+    }
+
+    /// Opens the instance: reads the environment for what was not set, creates the directory,
+    /// recovers it and starts the background flusher if the schedule needs one.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad key, geometry or a data directory that is a file;
+    /// `ResourceBusy` when another live instance holds the directory; `InvalidData` for foreign
+    /// or corrupt files; any I/O error.
+    pub fn build(self) -> io::Result<Walrus> {
+        let root = self
+            .data_dir
+            .clone()
+            .or_else(|| {
+                std::env::var_os(ENV_DATA_DIR)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let key = self.key.clone().or_else(|| {
+            std::env::var(ENV_INSTANCE_KEY)
+                .ok()
+                .filter(|k| !k.is_empty())
+        });
+        let dir = match &key {
+            Some(k) => root.join(dir_name(k)?),
+            None => root,
+        };
+        let quiet = self
+            .quiet
+            .unwrap_or_else(|| std::env::var(ENV_QUIET).is_ok_and(|v| !v.is_empty() && v != "0"));
+        let storage = match self.storage.clone() {
+            Some(s) => s,
+            None => walrus_io::open_backend(self.backend.unwrap_or(BackendKind::Pwrite))?,
+        };
+        let mut options = StoreOptions::new()
+            .with_recovery(self.recovery)
+            .with_persist_every(self.consistency.persist_every())
+            .with_sync_cursor_writes(self.schedule == FsyncSchedule::SyncEach);
+        if let Some(len) = self.segment_len {
+            options = options.with_segment_len(len);
+        }
+        if let Some(len) = self.block_len {
+            options = options.with_block_len(len);
+        }
+        Walrus::open(
+            dir,
+            storage,
+            options,
+            self.consistency,
+            self.schedule,
+            quiet,
+        )
+    }
+}

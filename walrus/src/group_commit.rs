@@ -1,0 +1,156 @@
+//! Group commit: many appenders, one sync.
+//!
+//! Each sync has a generation. An appender that has written its entry notes the generation of
+//! the *next* sync to start, then waits until a sync of at least that generation has finished;
+//! if no sync is running, it runs one itself (leader), covering everyone who wrote before it
+//! started. So an append is acknowledged only after a sync that started after its entry was
+//! written, and concurrent appenders share syncs.
+
+use std::io;
+
+use parking_lot::{Condvar, Mutex};
+
+#[derive(Debug, Default)]
+struct State {
+    /// Generation the next sync to start will have.
+    next: u64,
+    /// Highest generation whose sync has finished successfully.
+    done: u64,
+    /// A sync is running.
+    running: bool,
+    /// A sync failed: every waiter gets this error from then on.
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+/// Coordinates syncs between appenders of one instance.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCommit {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+impl GroupCommit {
+    /// The ticket for a write that has just completed: it is durable once sync generation
+    /// `ticket` has finished.
+    pub(crate) fn ticket(&self) -> u64 {
+        let st = self.state.lock();
+        st.next + 1
+    }
+
+    /// True once the sync `ticket` waits for has finished.
+    #[cfg(test)]
+    pub(crate) fn is_done(&self, ticket: u64) -> io::Result<bool> {
+        let st = self.state.lock();
+        if let Some((kind, msg)) = &st.failed {
+            return Err(io::Error::new(*kind, msg.clone()));
+        }
+        Ok(st.done >= ticket)
+    }
+
+    /// Waits until a sync started after the ticket was taken has finished, running it with
+    /// `sync` if no other thread is.
+    pub(crate) fn wait(&self, ticket: u64, sync: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some((kind, msg)) = &st.failed {
+                return Err(io::Error::new(*kind, msg.clone()));
+            }
+            if st.done >= ticket {
+                return Ok(());
+            }
+            if st.running {
+                self.cv.wait(&mut st);
+                continue;
+            }
+            // Lead: this sync starts now, after every write that took a ticket <= its number.
+            st.next += 1;
+            let generation = st.next;
+            st.running = true;
+            drop(st);
+            let result = sync();
+            st = self.state.lock();
+            st.running = false;
+            match &result {
+                Ok(()) => st.done = st.done.max(generation),
+                Err(e) => st.failed = Some((e.kind(), format!("sync failed: {e}"))),
+            }
+            self.cv.notify_all();
+        }
+    }
+
+    /// Records a sync run outside [`wait`](Self::wait) (the background flusher, `flush`): it
+    /// covers every ticket taken before `started`.
+    pub(crate) fn begin_external(&self) -> u64 {
+        let mut st = self.state.lock();
+        st.next += 1;
+        st.next
+    }
+
+    /// Completes a sync begun with [`begin_external`](Self::begin_external).
+    pub(crate) fn finish_external(&self, generation: u64, result: &io::Result<()>) {
+        let mut st = self.state.lock();
+        match result {
+            Ok(()) => st.done = st.done.max(generation),
+            Err(e) => st.failed = Some((e.kind(), format!("sync failed: {e}"))),
+        }
+        self.cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn concurrent_waiters_share_syncs() {
+        let gc = Arc::new(GroupCommit::default());
+        let syncs = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (gc, syncs) = (gc.clone(), syncs.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        let t = gc.ticket();
+                        gc.wait(t, || {
+                            syncs.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(std::time::Duration::from_micros(200));
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = syncs.load(Ordering::Relaxed);
+        assert!(n < 800, "{n} syncs for 800 appends");
+    }
+
+    #[test]
+    fn a_sync_running_when_the_write_completed_does_not_count() {
+        let gc = GroupCommit::default();
+        let g = gc.begin_external(); // a sync starts...
+        let t = gc.ticket(); // ...then a write completes
+        gc.finish_external(g, &Ok(()));
+        assert!(
+            !gc.is_done(t).unwrap(),
+            "covered by a sync that started before it was written"
+        );
+        gc.wait(t, || Ok(())).unwrap();
+        assert!(gc.is_done(t).unwrap());
+    }
+
+    #[test]
+    fn failure_reaches_every_waiter_and_sticks() {
+        let gc = GroupCommit::default();
+        let t = gc.ticket();
+        assert!(gc.wait(t, || Err(io::Error::other("EIO"))).is_err());
+        let t2 = gc.ticket();
+        assert!(gc.wait(t2, || Ok(())).is_err());
+        assert!(gc.is_done(t2).is_err());
+    }
+}

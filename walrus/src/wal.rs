@@ -1,0 +1,411 @@
+//! [`Walrus`]: the instance, its seed-compatible API and the native offset API.
+
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use walrus_io::Storage;
+use walrus_topic::{RecoveryReport, Store, StoreOptions};
+
+use crate::builder::WalrusBuilder;
+use crate::config::{FsyncSchedule, ReadConsistency};
+use crate::group_commit::GroupCommit;
+
+/// One entry as returned by the reads of the seed-compatible API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Entry {
+    /// The bytes that were appended.
+    pub data: Vec<u8>,
+}
+
+/// One entry with its offset, as returned by the native API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Record {
+    /// The entry's position in its topic: 0, 1, 2, … assigned at append, never reused.
+    pub offset: u64,
+    /// The bytes that were appended.
+    pub data: Vec<u8>,
+}
+
+/// An embedded write-ahead log instance: one data directory, any number of topics.
+///
+/// `Walrus` is `Send + Sync`; share it between threads with an [`Arc`]. Dropping it stops the
+/// background flusher, syncs (except under [`FsyncSchedule::NoFsync`]) and persists cursors.
+///
+/// ```
+/// use walrus::Walrus;
+///
+/// let dir = tempfile::tempdir()?;
+/// let wal = Walrus::builder().data_dir(dir.path()).build()?;
+/// wal.append_for_topic("events", b"first")?;
+/// wal.batch_append_for_topic("events", &[b"a", b"bb"])?;
+/// assert_eq!(wal.read_next("events", false)?.unwrap().data, b"first"); // peek
+/// assert_eq!(wal.read_next("events", true)?.unwrap().data, b"first"); // consume
+/// let rest = wal.batch_read_for_topic("events", 1 << 20, true)?;
+/// assert_eq!(rest.len(), 2);
+/// wal.flush()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Walrus {
+    inner: Arc<Inner>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    schedule: FsyncSchedule,
+    consistency: ReadConsistency,
+    commits: GroupCommit,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Inner {
+    /// One sync, accounted for in the group commit so waiting appenders it covers go free.
+    fn sync_now(&self) -> io::Result<()> {
+        let generation = self.commits.begin_external();
+        let result = self.store.sync();
+        self.commits.finish_external(generation, &result);
+        result
+    }
+
+    /// Applies the fsync schedule to a write that just completed.
+    fn after_write(&self) -> io::Result<()> {
+        if self.schedule == FsyncSchedule::SyncEach {
+            let ticket = self.commits.ticket();
+            self.commits.wait(ticket, || self.store.sync())?;
+        }
+        Ok(())
+    }
+}
+
+impl Walrus {
+    /// Opens the instance in the data root (`WALRUS_DATA_DIR`, default `./wal_files`), under
+    /// `WALRUS_INSTANCE_KEY` if set, with `StrictlyAtOnce` and `Milliseconds(200)`.
+    ///
+    /// # Errors
+    /// See [`WalrusBuilder::build`].
+    pub fn new() -> io::Result<Self> {
+        Self::builder().build()
+    }
+
+    /// Like [`new`](Self::new) with a read consistency.
+    ///
+    /// # Errors
+    /// See [`WalrusBuilder::build`].
+    pub fn with_consistency(mode: ReadConsistency) -> io::Result<Self> {
+        Self::builder().consistency(mode).build()
+    }
+
+    /// Like [`new`](Self::new) with a read consistency and an fsync schedule.
+    ///
+    /// # Errors
+    /// See [`WalrusBuilder::build`].
+    pub fn with_consistency_and_schedule(
+        mode: ReadConsistency,
+        schedule: FsyncSchedule,
+    ) -> io::Result<Self> {
+        Self::builder()
+            .consistency(mode)
+            .fsync_schedule(schedule)
+            .build()
+    }
+
+    /// Opens the instance for `key`: data under `<data root>/<key>/`.
+    ///
+    /// # Errors
+    /// See [`WalrusBuilder::build`].
+    pub fn new_for_key(key: &str) -> io::Result<Self> {
+        Self::builder().key(key).build()
+    }
+
+    /// Like [`new_for_key`](Self::new_for_key) with a read consistency.
+    ///
+    /// # Errors
+    /// See [`WalrusBuilder::build`].
+    pub fn with_consistency_for_key(key: &str, mode: ReadConsistency) -> io::Result<Self> {
+        Self::builder().key(key).consistency(mode).build()
+    }
+
+    /// Like [`new_for_key`](Self::new_for_key) with a read consistency and an fsync schedule.
+    ///
+    /// # Errors
+    /// See [`WalrusBuilder::build`].
+    pub fn with_consistency_and_schedule_for_key(
+        key: &str,
+        mode: ReadConsistency,
+        schedule: FsyncSchedule,
+    ) -> io::Result<Self> {
+        Self::builder()
+            .key(key)
+            .consistency(mode)
+            .fsync_schedule(schedule)
+            .build()
+    }
+
+    /// A builder for every option.
+    pub fn builder() -> WalrusBuilder {
+        WalrusBuilder::new()
+    }
+
+    pub(crate) fn open(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        options: StoreOptions,
+        consistency: ReadConsistency,
+        schedule: FsyncSchedule,
+        quiet: bool,
+    ) -> io::Result<Self> {
+        let store = Store::open(&dir, storage, options)?;
+        if !quiet {
+            let r = store.recovery_report();
+            tracing::info!(dir = %dir.display(), topics = store.topics().len(), segments = r.segments,
+                blocks_scanned = r.blocks_scanned, entries = r.entries_scanned, issues = r.issues.len(),
+                "walrus opened");
+        }
+        let inner = Arc::new(Inner {
+            store,
+            schedule,
+            consistency,
+            commits: GroupCommit::default(),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let flusher = match schedule {
+            FsyncSchedule::Milliseconds(ms) => {
+                let inner = inner.clone();
+                let period = Duration::from_millis(ms.max(1));
+                let handle = std::thread::Builder::new()
+                    .name("walrus-flusher".into())
+                    .spawn(move || flusher_loop(&inner, period))?;
+                Some(handle)
+            }
+            FsyncSchedule::SyncEach | FsyncSchedule::NoFsync => None,
+        };
+        Ok(Self { inner, flusher })
+    }
+
+    // ---- The API users already know ------------------------------------------------------
+
+    /// Appends `data` to `topic` (created on first use). Durability follows the fsync schedule.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad topic name or an entry over the size limit; an I/O error, which
+    /// leaves the topic as it was.
+    pub fn append_for_topic(&self, topic: &str, data: &[u8]) -> io::Result<()> {
+        self.append(topic, data).map(|_| ())
+    }
+
+    /// Appends `batch` to `topic` atomically: all entries, contiguous, or none — also across a
+    /// crash. At most 2000 entries and 10 GiB.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an empty or oversized batch, a bad topic name or entry; an I/O error,
+    /// which leaves the topic as it was.
+    pub fn batch_append_for_topic(&self, topic: &str, batch: &[&[u8]]) -> io::Result<()> {
+        self.append_batch(topic, batch).map(|_| ())
+    }
+
+    /// Reads the next entry of `topic` at its cursor; `consume` moves the cursor past it
+    /// (persisted as the read consistency says), otherwise it is a peek.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad topic name; `InvalidData` naming topic and offset for an entry
+    /// that fails validation (never returned); an I/O error.
+    pub fn read_next(&self, topic: &str, consume: bool) -> io::Result<Option<Entry>> {
+        Ok(self
+            .read_next_record(topic, consume)?
+            .map(|r| Entry { data: r.data }))
+    }
+
+    /// Reads entries of `topic` from its cursor in commit order: at least one if any is unread,
+    /// at most 2000, and no more than `max_bytes` of payload beyond the first.
+    ///
+    /// # Errors
+    /// As [`read_next`](Self::read_next).
+    pub fn batch_read_for_topic(
+        &self,
+        topic: &str,
+        max_bytes: usize,
+        consume: bool,
+    ) -> io::Result<Vec<Entry>> {
+        Ok(self
+            .read_records(topic, max_bytes, consume)?
+            .into_iter()
+            .map(|r| Entry { data: r.data })
+            .collect())
+    }
+
+    /// Makes everything appended so far durable, and persists every cursor.
+    ///
+    /// # Errors
+    /// The I/O error; a failed sync refuses further writes until the directory is reopened.
+    pub fn flush(&self) -> io::Result<()> {
+        self.inner.store.persist_cursors()?;
+        self.inner.sync_now()
+    }
+
+    // ---- The native API -------------------------------------------------------------------
+
+    /// Appends `data` to `topic` and returns its offset. Durability follows the fsync schedule
+    /// (under `SyncEach`, the entry is durable when this returns).
+    ///
+    /// # Errors
+    /// As [`append_for_topic`](Self::append_for_topic).
+    pub fn append(&self, topic: &str, data: &[u8]) -> io::Result<u64> {
+        let offset = self.inner.store.append(topic, data)?;
+        self.inner.after_write()?;
+        Ok(offset)
+    }
+
+    /// Appends `batch` to `topic` atomically and returns the range of offsets it got.
+    ///
+    /// # Errors
+    /// As [`batch_append_for_topic`](Self::batch_append_for_topic).
+    pub fn append_batch(&self, topic: &str, batch: &[&[u8]]) -> io::Result<Range<u64>> {
+        let range = self.inner.store.append_batch(topic, batch)?;
+        self.inner.after_write()?;
+        Ok(range)
+    }
+
+    /// Like [`read_next`](Self::read_next), with the entry's offset.
+    ///
+    /// # Errors
+    /// As [`read_next`](Self::read_next).
+    pub fn read_next_record(&self, topic: &str, consume: bool) -> io::Result<Option<Record>> {
+        check_topic(topic)?;
+        Ok(self
+            .inner
+            .store
+            .read_next(topic, consume)?
+            .map(|(offset, data)| Record { offset, data }))
+    }
+
+    /// Like [`batch_read_for_topic`](Self::batch_read_for_topic), with offsets.
+    ///
+    /// # Errors
+    /// As [`read_next`](Self::read_next).
+    pub fn read_records(
+        &self,
+        topic: &str,
+        max_bytes: usize,
+        consume: bool,
+    ) -> io::Result<Vec<Record>> {
+        check_topic(topic)?;
+        let entries = self.inner.store.read_batch(topic, max_bytes, consume)?;
+        Ok(entries
+            .into_iter()
+            .map(|(offset, data)| Record { offset, data })
+            .collect())
+    }
+
+    /// Reads the entry at `offset` of `topic` without moving any cursor. `Ok(None)` if it has
+    /// not been written yet.
+    ///
+    /// # Errors
+    /// `NotFound` if it was consumed and its space released; `InvalidData` if it fails
+    /// validation; an I/O error.
+    pub fn read_at(&self, topic: &str, offset: u64) -> io::Result<Option<Entry>> {
+        check_topic(topic)?;
+        Ok(self
+            .inner
+            .store
+            .read_at(topic, offset)?
+            .map(|data| Entry { data }))
+    }
+
+    /// Moves `topic`'s cursor to `offset` — the next consuming read returns that entry — and
+    /// persists it (synced under `SyncEach`).
+    ///
+    /// # Errors
+    /// `InvalidInput` past the end of the topic or below its retained entries; `NotFound` for an
+    /// unknown topic; an I/O error.
+    pub fn commit(&self, topic: &str, offset: u64) -> io::Result<()> {
+        check_topic(topic)?;
+        self.inner.store.commit(topic, offset)
+    }
+
+    /// `topic`'s cursor: the offset of the next entry a consuming read returns.
+    pub fn cursor(&self, topic: &str) -> Option<u64> {
+        self.inner.store.cursor(topic)
+    }
+
+    /// One past the last entry of `topic`: the offset its next append gets.
+    pub fn end_offset(&self, topic: &str) -> Option<u64> {
+        self.inner.store.end_offset(topic)
+    }
+
+    /// The names of every topic.
+    pub fn topics(&self) -> Vec<String> {
+        self.inner.store.topics()
+    }
+
+    /// The data directory of this instance.
+    pub fn dir(&self) -> &Path {
+        self.inner.store.dir()
+    }
+
+    /// The read consistency of this instance.
+    pub fn consistency(&self) -> ReadConsistency {
+        self.inner.consistency
+    }
+
+    /// The fsync schedule of this instance.
+    pub fn fsync_schedule(&self) -> FsyncSchedule {
+        self.inner.schedule
+    }
+
+    /// What recovery found when this instance opened its directory.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        self.inner.store.recovery_report()
+    }
+}
+
+impl Drop for Walrus {
+    fn drop(&mut self) {
+        *self.inner.stop.lock() = true;
+        self.inner.wake.notify_all();
+        if let Some(handle) = self.flusher.take()
+            && handle.join().is_err()
+        {
+            tracing::warn!("walrus flusher thread panicked");
+        }
+        if let Err(e) = self.inner.store.persist_cursors() {
+            tracing::warn!(error = %e, "cursors not persisted at close");
+        }
+        if self.inner.schedule != FsyncSchedule::NoFsync
+            && let Err(e) = self.inner.sync_now()
+        {
+            tracing::warn!(error = %e, "final sync at close failed");
+        }
+    }
+}
+
+fn flusher_loop(inner: &Inner, period: Duration) {
+    let mut stop = inner.stop.lock();
+    loop {
+        if *stop {
+            return;
+        }
+        let _ = inner.wake.wait_for(&mut stop, period);
+        if *stop {
+            return;
+        }
+        drop(stop);
+        if let Err(e) = inner.sync_now() {
+            // The store is poisoned now: writes fail with this cause until reopened.
+            tracing::error!(error = %e, "background sync failed; writes are refused until reopen");
+        }
+        stop = inner.stop.lock();
+    }
+}
+
+fn check_topic(topic: &str) -> io::Result<()> {
+    walrus_block::validate_topic_name(topic).map_err(io::Error::from)
+}

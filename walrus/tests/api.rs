@@ -1,0 +1,382 @@
+//! The facade end to end: every function of the seed-compatible API in every mode, the native
+//! offset API, reopen, durability on the simulated backend, concurrency, keys and locking.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use walrus::io::{CrashMode, Fault, FaultRule, OpKind, SimStorage, Storage};
+use walrus::{FsyncSchedule, ReadConsistency, RecoveryMode, Walrus};
+
+const MODES: [ReadConsistency; 2] = [
+    ReadConsistency::StrictlyAtOnce,
+    ReadConsistency::AtLeastOnce { persist_every: 3 },
+];
+const SCHEDULES: [FsyncSchedule; 3] = [
+    FsyncSchedule::SyncEach,
+    FsyncSchedule::Milliseconds(5),
+    FsyncSchedule::NoFsync,
+];
+
+fn on_disk(dir: &Path, mode: ReadConsistency, schedule: FsyncSchedule) -> Walrus {
+    Walrus::builder()
+        .data_dir(dir)
+        .key("k")
+        .consistency(mode)
+        .fsync_schedule(schedule)
+        .segment_size(256 * 1024)
+        .block_size(16 * 1024)
+        .build()
+        .unwrap()
+}
+
+fn on_sim(sim: &SimStorage, mode: ReadConsistency, schedule: FsyncSchedule) -> io::Result<Walrus> {
+    Walrus::builder()
+        .data_dir("/root")
+        .key("k")
+        .storage(Arc::new(sim.clone()) as Arc<dyn Storage>)
+        .consistency(mode)
+        .fsync_schedule(schedule)
+        .segment_size(256 * 1024)
+        .block_size(16 * 1024)
+        .build()
+}
+
+#[test]
+fn every_function_in_every_mode_and_reopen() {
+    for mode in MODES {
+        for schedule in SCHEDULES {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let wal = on_disk(dir.path(), mode, schedule);
+                assert_eq!(wal.read_next("t", true).unwrap(), None);
+                wal.append_for_topic("t", b"0").unwrap();
+                wal.batch_append_for_topic("t", &[b"1", b"22", b"333"])
+                    .unwrap();
+                for i in 4..20u32 {
+                    wal.append_for_topic("t", i.to_string().as_bytes()).unwrap();
+                }
+                assert_eq!(wal.read_next("t", false).unwrap().unwrap().data, b"0");
+                assert_eq!(wal.read_next("t", true).unwrap().unwrap().data, b"0");
+                let batch = wal.batch_read_for_topic("t", 3, true).unwrap();
+                assert_eq!(
+                    batch.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+                    vec![b"1".to_vec(), b"22".to_vec()]
+                );
+                assert_eq!(wal.read_next("t", true).unwrap().unwrap().data, b"333");
+                wal.flush().unwrap();
+            }
+            // A clean close persists the cursor in every mode.
+            let wal = on_disk(dir.path(), mode, schedule);
+            assert_eq!(
+                wal.read_next("t", true).unwrap().unwrap().data,
+                b"4",
+                "{mode:?} {schedule:?}"
+            );
+            assert_eq!(wal.end_offset("t"), Some(20));
+        }
+    }
+}
+
+#[test]
+fn native_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = on_disk(
+        dir.path(),
+        ReadConsistency::StrictlyAtOnce,
+        FsyncSchedule::NoFsync,
+    );
+    assert_eq!(wal.append("a", b"x").unwrap(), 0);
+    assert_eq!(wal.append_batch("a", &[b"y", b"z"]).unwrap(), 1..3);
+    assert_eq!(wal.read_at("a", 2).unwrap().unwrap().data, b"z");
+    assert_eq!(wal.read_at("a", 3).unwrap(), None);
+    assert_eq!(wal.read_next_record("a", true).unwrap().unwrap().offset, 0);
+    wal.commit("a", 2).unwrap();
+    assert_eq!(wal.cursor("a"), Some(2));
+    let recs = wal.read_records("a", 1 << 20, false).unwrap();
+    assert_eq!(recs.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(
+        wal.commit("a", 9).unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        wal.commit("nope", 0).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    assert_eq!(wal.topics(), vec!["a".to_string()]);
+}
+
+#[test]
+fn bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = on_disk(
+        dir.path(),
+        ReadConsistency::StrictlyAtOnce,
+        FsyncSchedule::NoFsync,
+    );
+    let k = |r: io::Result<()>| r.unwrap_err().kind();
+    assert_eq!(
+        k(wal.append_for_topic("", b"x")),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        k(wal.append_for_topic(&"n".repeat(256), b"x")),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        k(wal.batch_append_for_topic("t", &vec![&b"x"[..]; 2001])),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        wal.read_next("", true).unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert!(wal.topics().is_empty());
+    // A data directory that is a file.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = Walrus::builder().data_dir(&file).build().unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::InvalidInput
+                | io::ErrorKind::NotADirectory
+                | io::ErrorKind::AlreadyExists
+        ),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
+#[test]
+fn sync_each_acknowledges_only_durable_entries() {
+    let sim = SimStorage::new(21);
+    {
+        let wal = on_sim(
+            &sim,
+            ReadConsistency::StrictlyAtOnce,
+            FsyncSchedule::SyncEach,
+        )
+        .unwrap();
+        for i in 0..50u32 {
+            wal.append_for_topic("t", &i.to_le_bytes()).unwrap();
+        }
+        wal.batch_append_for_topic("t", &[b"a", b"b"]).unwrap();
+        assert_eq!(
+            wal.read_next("t", true).unwrap().unwrap().data,
+            0u32.to_le_bytes()
+        );
+        sim.crash(CrashMode::DropUnsynced); // power cut right after the acknowledgements
+        std::mem::forget(wal);
+    }
+    let wal = on_sim(
+        &sim,
+        ReadConsistency::StrictlyAtOnce,
+        FsyncSchedule::SyncEach,
+    )
+    .unwrap();
+    assert_eq!(wal.end_offset("t"), Some(52));
+    assert_eq!(
+        wal.read_next("t", true).unwrap().unwrap().data,
+        1u32.to_le_bytes(),
+        "consumed entry redelivered"
+    );
+}
+
+#[test]
+fn background_flusher_syncs_and_stops_on_drop() {
+    let sim = SimStorage::new(22);
+    {
+        let wal = on_sim(
+            &sim,
+            ReadConsistency::StrictlyAtOnce,
+            FsyncSchedule::Milliseconds(10),
+        )
+        .unwrap();
+        wal.append_for_topic("t", b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(wal);
+    }
+    let wal = on_sim(
+        &sim,
+        ReadConsistency::StrictlyAtOnce,
+        FsyncSchedule::Milliseconds(10),
+    )
+    .unwrap();
+    assert_eq!(wal.end_offset("t"), Some(1));
+    let started = std::time::Instant::now();
+    drop(wal);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "drop must stop the flusher promptly"
+    );
+}
+
+#[test]
+fn no_fsync_syncs_only_on_flush() {
+    let sim = SimStorage::new(23);
+    {
+        let wal = on_sim(
+            &sim,
+            ReadConsistency::StrictlyAtOnce,
+            FsyncSchedule::NoFsync,
+        )
+        .unwrap();
+        wal.append_for_topic("t", b"kept").unwrap();
+        wal.flush().unwrap();
+        wal.append_for_topic("t", b"lost").unwrap();
+        let syncs = sim.stats();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(sim.stats(), syncs, "no background syncs under NoFsync");
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(wal);
+    }
+    let wal = on_sim(
+        &sim,
+        ReadConsistency::StrictlyAtOnce,
+        FsyncSchedule::NoFsync,
+    )
+    .unwrap();
+    assert_eq!(wal.end_offset("t"), Some(1));
+}
+
+#[test]
+fn failed_sync_poisons_until_reopen_and_enospc_fails_one_append() {
+    let sim = SimStorage::new(24);
+    let wal = on_sim(
+        &sim,
+        ReadConsistency::StrictlyAtOnce,
+        FsyncSchedule::SyncEach,
+    )
+    .unwrap();
+    wal.append_for_topic("t", b"a").unwrap();
+    sim.inject(FaultRule::new(Fault::Enospc).op(OpKind::Write));
+    assert_eq!(
+        wal.append_for_topic("t", b"b").unwrap_err().kind(),
+        io::ErrorKind::StorageFull
+    );
+    wal.append_for_topic("t", b"c").unwrap(); // space is back
+    sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Sync));
+    assert!(wal.append_for_topic("t", b"d").is_err());
+    assert!(
+        wal.append_for_topic("t", b"e").is_err(),
+        "writes after a failed sync must be refused"
+    );
+    drop(wal);
+    sim.clear_faults();
+    // The process restarts (the sticky sync error belongs to the old process's handles).
+    sim.crash(CrashMode::KeepWritten);
+    let wal = on_sim(
+        &sim,
+        ReadConsistency::StrictlyAtOnce,
+        FsyncSchedule::SyncEach,
+    )
+    .unwrap();
+    let all = wal.batch_read_for_topic("t", usize::MAX, true).unwrap();
+    let data: Vec<&[u8]> = all.iter().map(|e| e.data.as_slice()).collect();
+    assert_eq!(&data[..2], &[&b"a"[..], b"c"]);
+    wal.append_for_topic("t", b"f").unwrap();
+}
+
+#[test]
+fn eight_threads_one_topic_mixed_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    for schedule in [FsyncSchedule::NoFsync, FsyncSchedule::SyncEach] {
+        let wal = Arc::new(on_disk(
+            dir.path(),
+            ReadConsistency::StrictlyAtOnce,
+            schedule,
+        ));
+        let topic = format!("{schedule:?}");
+        let per_thread: u32 = if schedule == FsyncSchedule::SyncEach {
+            30
+        } else {
+            300
+        };
+        let threads: Vec<_> = (0..8u32)
+            .map(|t| {
+                let (wal, topic) = (wal.clone(), topic.clone());
+                std::thread::spawn(move || {
+                    for i in 0..per_thread {
+                        let a = format!("{t}:{}", 2 * i);
+                        if i % 3 == 0 {
+                            let b = format!("{t}:{}", 2 * i + 1);
+                            wal.batch_append_for_topic(&topic, &[a.as_bytes(), b.as_bytes()])
+                                .unwrap();
+                        } else {
+                            wal.append_for_topic(&topic, a.as_bytes()).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut seen = HashSet::new();
+        let mut last = [None::<u32>; 8];
+        let mut n = 0;
+        loop {
+            let batch = wal.batch_read_for_topic(&topic, 1 << 20, true).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch {
+                n += 1;
+                let s = String::from_utf8(e.data).unwrap();
+                assert!(seen.insert(s.clone()), "{s} twice");
+                let (t, k) = s.split_once(':').unwrap();
+                let (t, k): (usize, u32) = (t.parse().unwrap(), k.parse().unwrap());
+                assert!(last[t].is_none_or(|p| p < k), "thread {t} out of order");
+                last[t] = Some(k);
+            }
+        }
+        let batches = per_thread.div_ceil(3);
+        assert_eq!(n, 8 * (per_thread + batches));
+    }
+}
+
+#[test]
+fn keys_namespaces_and_lock() {
+    let root = tempfile::tempdir().unwrap();
+    let open = |key: &str| {
+        Walrus::builder()
+            .data_dir(root.path())
+            .key(key)
+            .fsync_schedule(FsyncSchedule::NoFsync)
+            .build()
+    };
+    let a = open("alpha").unwrap();
+    let b = open("../escape").unwrap();
+    a.append_for_topic("t", b"a").unwrap();
+    b.append_for_topic("t", b"b").unwrap();
+    assert!(a.dir().starts_with(root.path()) && b.dir().starts_with(root.path()));
+    assert_ne!(a.dir(), b.dir());
+    assert_eq!(b.dir().parent(), Some(root.path()));
+    // Two instances never share state: each sees only its own entry.
+    assert_eq!(a.read_next("t", true).unwrap().unwrap().data, b"a");
+    assert_eq!(b.read_next("t", true).unwrap().unwrap().data, b"b");
+    assert_eq!(a.read_next("t", true).unwrap(), None);
+    // A second live instance on the same directory is refused.
+    let err = open("alpha").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ResourceBusy);
+    drop(a);
+    open("alpha").unwrap();
+    assert!(open("").is_err());
+}
+
+#[test]
+fn recovery_mode_is_a_builder_option() {
+    let sim = SimStorage::new(25);
+    let wal = Walrus::builder()
+        .data_dir("/r")
+        .storage(Arc::new(sim.clone()) as Arc<dyn Storage>)
+        .recovery_mode(RecoveryMode::AbsoluteConsistency)
+        .build()
+        .unwrap();
+    wal.append_for_topic("t", b"x").unwrap();
+    assert!(wal.recovery_report().issues.is_empty());
+}

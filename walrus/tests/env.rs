@@ -1,0 +1,60 @@
+//! The key-less constructors read the environment once, at construction. One test in its own
+//! process, because the environment is process-wide.
+
+use walrus::{FsyncSchedule, ReadConsistency, Walrus};
+
+#[test]
+fn constructors_use_the_environment_and_the_builder_wins() {
+    let root = tempfile::tempdir().unwrap();
+    // SAFETY: this test binary has a single test, so no other thread reads the environment.
+    unsafe {
+        std::env::set_var("WALRUS_DATA_DIR", root.path());
+        std::env::set_var("WALRUS_QUIET", "1");
+        std::env::remove_var("WALRUS_INSTANCE_KEY");
+    }
+    {
+        let wal = Walrus::new().unwrap();
+        assert_eq!(wal.dir(), root.path());
+        assert_eq!(wal.consistency(), ReadConsistency::StrictlyAtOnce);
+        assert_eq!(wal.fsync_schedule(), FsyncSchedule::Milliseconds(200));
+        wal.append_for_topic("t", b"x").unwrap();
+    }
+    let mode = ReadConsistency::AtLeastOnce {
+        persist_every: 1000,
+    };
+    drop(Walrus::with_consistency(mode).unwrap());
+    drop(Walrus::with_consistency_and_schedule(mode, FsyncSchedule::SyncEach).unwrap());
+    let keyed = Walrus::new_for_key("transactions").unwrap();
+    assert_eq!(keyed.dir(), root.path().join("transactions"));
+    drop(keyed);
+    drop(Walrus::with_consistency_for_key("transactions", mode).unwrap());
+    let w =
+        Walrus::with_consistency_and_schedule_for_key("transactions", mode, FsyncSchedule::NoFsync)
+            .unwrap();
+    assert_eq!(w.consistency(), mode);
+    drop(w);
+
+    // SAFETY: as above.
+    unsafe { std::env::set_var("WALRUS_INSTANCE_KEY", "ns") };
+    let w = Walrus::new().unwrap();
+    assert_eq!(w.dir(), root.path().join("ns"));
+    drop(w);
+    let other = tempfile::tempdir().unwrap();
+    let w = Walrus::builder()
+        .data_dir(other.path())
+        .key("mine")
+        .build()
+        .unwrap();
+    assert_eq!(
+        w.dir(),
+        other.path().join("mine"),
+        "explicit values win over the environment"
+    );
+    drop(w);
+    let w = Walrus::new().unwrap();
+    assert_eq!(
+        w.read_next("t", true).unwrap(),
+        None,
+        "namespace ns is separate from the root"
+    );
+}
