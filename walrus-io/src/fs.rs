@@ -1,0 +1,240 @@
+//! Real-file-system plumbing shared by the `pwrite`, io_uring and mmap backends: creating with
+//! preallocation, the namespace operations, and complete positional reads and writes with
+//! errors that name path and offset.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, IoSlice};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{op_error, write_zero};
+
+/// Most iovecs one `pwritev(2)` accepts (Linux `UIO_MAXIOV`).
+pub(crate) const IOV_MAX: usize = 1024;
+
+/// Largest offset the kernel accepts (`off_t` is signed).
+pub(crate) fn check_range(
+    op: &'static str,
+    path: &Path,
+    offset: u64,
+    len: usize,
+) -> io::Result<()> {
+    let end = offset.checked_add(len as u64);
+    if end.is_some_and(|end| end <= i64::MAX as u64) {
+        Ok(())
+    } else {
+        Err(op_error(
+            op,
+            path,
+            Some(offset),
+            io::Error::new(
+                ErrorKind::InvalidInput,
+                "range ends past the largest file offset",
+            ),
+        ))
+    }
+}
+
+/// Creates `path` (must not exist) and preallocates `len` bytes. Removes the file again if the
+/// preallocation fails, so a failed create leaves nothing behind.
+pub(crate) fn create_file(path: &Path, len: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| op_error("create", path, None, e))?;
+    if let Err(e) = preallocate(&file, path, len) {
+        drop(file);
+        // Best effort: the caller gets the preallocation error, which is the one that matters.
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(file)
+}
+
+/// Allocates `[0, len)` with `fallocate(2)` (keeps existing data; extends the size to `len` if
+/// shorter), falling back to a sparse `set_len` where the file system cannot allocate.
+pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let Ok(off_len) = libc::off_t::try_from(len) else {
+        return Err(op_error(
+            "fallocate",
+            path,
+            Some(0),
+            io::Error::new(
+                ErrorKind::InvalidInput,
+                "length past the largest file offset",
+            ),
+        ));
+    };
+    loop {
+        // SAFETY: fallocate takes a file descriptor we own (borrowed from `file`, open for the
+        // whole call) and plain integers; it touches no memory of ours.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => {
+                if file
+                    .metadata()
+                    .map_err(|e| op_error("fstat", path, None, e))?
+                    .len()
+                    < len
+                {
+                    file.set_len(len)
+                        .map_err(|e| op_error("ftruncate", path, Some(len), e))?;
+                }
+                return Ok(());
+            }
+            _ => return Err(op_error("fallocate", path, Some(0), err)),
+        }
+    }
+}
+
+/// Opens an existing file for reading and writing.
+pub(crate) fn open_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| op_error("open", path, None, e))
+}
+
+pub(crate) fn remove_file(path: &Path) -> io::Result<()> {
+    fs::remove_file(path).map_err(|e| op_error("remove", path, None, e))
+}
+
+pub(crate) fn list_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| op_error("list", dir, None, e))? {
+        let entry = entry.map_err(|e| op_error("list", dir, None, e))?;
+        let file_type = entry
+            .file_type()
+            .map_err(|e| op_error("list", &entry.path(), None, e))?;
+        if file_type.is_file() {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+pub(crate) fn create_dir_all(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir).map_err(|e| op_error("create_dir_all", dir, None, e))
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    let handle = File::open(dir).map_err(|e| op_error("open dir", dir, None, e))?;
+    handle
+        .sync_all()
+        .map_err(|e| op_error("fsync dir", dir, None, e))
+}
+
+pub(crate) fn file_len(file: &File, path: &Path) -> io::Result<u64> {
+    Ok(file
+        .metadata()
+        .map_err(|e| op_error("fstat", path, None, e))?
+        .len())
+}
+
+pub(crate) fn fdatasync(file: &File, path: &Path) -> io::Result<()> {
+    file.sync_data()
+        .map_err(|e| op_error("fdatasync", path, None, e))
+}
+
+/// `pwrite(2)` until all of `buf` is written.
+pub(crate) fn pwrite_all(
+    file: &File,
+    path: &Path,
+    mut buf: &[u8],
+    mut offset: u64,
+) -> io::Result<()> {
+    check_range("pwrite", path, offset, buf.len())?;
+    while !buf.is_empty() {
+        match file.write_at(buf, offset) {
+            Ok(0) => return Err(write_zero("pwrite", path, offset, buf.len())),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(op_error("pwrite", path, Some(offset), e)),
+        }
+    }
+    Ok(())
+}
+
+/// `pwritev(2)` until all of `bufs` is written, at most [`IOV_MAX`] buffers per call.
+pub(crate) fn pwritev_all(
+    file: &File,
+    path: &Path,
+    bufs: &[IoSlice<'_>],
+    offset: u64,
+) -> io::Result<()> {
+    match bufs {
+        [] => return Ok(()),
+        [one] => return pwrite_all(file, path, one, offset),
+        _ => {}
+    }
+    check_range("pwritev", path, offset, crate::storage::total_len(bufs))?;
+    let mut owned: Vec<IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).copied().collect();
+    let mut rest: &mut [IoSlice<'_>] = &mut owned;
+    let mut offset = offset;
+    while !rest.is_empty() {
+        let count = rest.len().min(IOV_MAX);
+        // SAFETY: `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix, so `rest` is
+        // `count` valid iovecs describing live, readable buffers borrowed for this call; the
+        // fd is owned by `file`, open for the call. `count` <= IOV_MAX fits in a c_int and
+        // `offset` <= i64::MAX (checked above), so the casts are lossless.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                rest.as_ptr().cast::<libc::iovec>(),
+                count as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(op_error("pwritev", path, Some(offset), err));
+        }
+        if n == 0 {
+            let remaining = rest.iter().map(|b| b.len()).sum();
+            return Err(write_zero("pwritev", path, offset, remaining));
+        }
+        let n = n as usize;
+        offset += n as u64;
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
+/// `pread(2)` until `buf` is full or the file ends; returns the bytes read.
+pub(crate) fn pread_full(
+    file: &File,
+    path: &Path,
+    buf: &mut [u8],
+    offset: u64,
+) -> io::Result<usize> {
+    check_range("pread", path, offset, buf.len())?;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(op_error("pread", path, Some(offset + done as u64), e)),
+        }
+    }
+    Ok(done)
+}
