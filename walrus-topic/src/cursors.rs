@@ -17,6 +17,9 @@ use crate::error::data_error;
 
 /// File name of the cursor file inside a data directory.
 pub(crate) const CURSOR_FILE: &str = "cursors.wcur";
+/// File name of the durable-watermark file: same record format, `offset` = the topic's durable
+/// watermark.
+pub(crate) const MARKS_FILE: &str = "durable.wcur";
 
 /// A cursor as loaded from the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +44,9 @@ impl CursorStore {
     pub(crate) fn open(
         storage: &dyn Storage,
         dir: &Path,
+        name: &str,
     ) -> io::Result<(Self, HashMap<String, LoadedCursor>)> {
-        let path = dir.join(CURSOR_FILE);
+        let path = dir.join(name);
         let file = match storage.open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

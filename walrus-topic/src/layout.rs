@@ -3,6 +3,7 @@
 //! ```text
 //! <dir>/LOCK                       advisory lock held by the live instance
 //! <dir>/cursors.wcur               cursor slots
+//! <dir>/durable.wcur               durable-watermark slots (same format)
 //! <dir>/00000000000000000042.wseg  segment file 42 (20 decimal digits)
 //! ```
 //!
@@ -12,7 +13,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::cursors::CURSOR_FILE;
+use crate::cursors::{CURSOR_FILE, MARKS_FILE};
 use crate::error::data_error;
 
 /// Name of the lock file.
@@ -41,7 +42,7 @@ pub(crate) fn classify(path: &Path) -> io::Result<FileKind> {
     if name == LOCK_FILE {
         return Ok(FileKind::Lock);
     }
-    if name == CURSOR_FILE {
+    if name == CURSOR_FILE || name == MARKS_FILE {
         return Ok(FileKind::Cursors);
     }
     if let Some(digits) = name.strip_suffix(SEGMENT_SUFFIX)

@@ -26,12 +26,12 @@ use walrus_block::{
 use walrus_io::Storage;
 
 use crate::chain::{Block, SegmentHandle};
-use crate::cursors::{CursorStore, LoadedCursor};
+use crate::cursors::{CURSOR_FILE, CursorStore, LoadedCursor, MARKS_FILE};
 use crate::error::data_error;
 use crate::layout::{FileKind, classify};
 use crate::options::{RecoveryMode, StoreOptions};
 use crate::store::{Files, Shared, segment_preparer};
-use crate::topic::TopicState;
+use crate::topic::{MarkState, TopicState};
 
 /// What recovery found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -178,7 +178,8 @@ pub(crate) fn recover(
         }
     }
     segment_paths.sort();
-    let (cursors, loaded) = CursorStore::open(&*storage, dir)?;
+    let (cursors, loaded) = CursorStore::open(&*storage, dir, CURSOR_FILE)?;
+    let (marks, loaded_marks) = CursorStore::open(&*storage, dir, MARKS_FILE)?;
     let files = Arc::new(Files::default());
 
     // Walk every segment's blocks.
@@ -251,10 +252,12 @@ pub(crate) fn recover(
         let mut blocks = by_topic.remove(&name).unwrap_or_default();
         blocks.sort_by_key(|(b, _)| b.header.chain_seq);
         let cursor = loaded.get(&name).copied();
+        let mark = loaded_marks.get(&name).copied();
         let mut state = rebuild_topic(
             &name,
             blocks,
             cursor,
+            mark,
             options.recovery,
             &mut fates,
             &mut erases,
@@ -270,9 +273,12 @@ pub(crate) fn recover(
         topics.insert(Arc::from(name.as_str()), state);
     }
 
-    // Make the cuts durable before anything new is written after them.
+    // Make the cuts durable before anything new is written after them, and make what was
+    // recovered durable (after a process crash it may still be only in the page cache), so
+    // that every recovered entry counts as durable.
     apply_erases(&erases)?;
     for seg in &segments {
+        seg.handle.mark_dirty();
         seg.handle.sync()?;
     }
     cursors.sync()?;
@@ -349,6 +355,7 @@ pub(crate) fn recover(
         alloc,
         files,
         cursors,
+        marks,
         options.clone(),
     );
     Ok(Recovered {
@@ -448,12 +455,15 @@ fn rebuild_topic(
     topic: &str,
     blocks: Vec<(FoundBlock, Arc<SegmentHandle>)>,
     cursor: Option<LoadedCursor>,
+    mark: Option<LoadedCursor>,
     mode: RecoveryMode,
     fates: &mut HashMap<(u64, u64), Fate>,
     erases: &mut Vec<Erase>,
     report: &mut RecoveryReport,
 ) -> io::Result<TopicState> {
     let stored_cursor = cursor.map_or(0, |c| c.offset);
+    // Everything below this offset was synced before the mark was written.
+    let durable_mark = mark.map_or(0, |m| m.offset);
     let cursor_generation = |c: Option<LoadedCursor>| c.map_or(0, |c| c.generation);
     let cursor_pair = |c: Option<LoadedCursor>| c.map(|c| c.pair);
     let loaded_cursor = cursor;
@@ -494,9 +504,19 @@ fn rebuild_topic(
                     check = Some(SequenceCheck::new(first));
                 } else if first > expected {
                     let missing = first - committed;
-                    mid_chain(topic, mode, &scanned, p, committed, missing, report)?;
-                    if mode == RecoveryMode::PointInTime {
+                    let action = mid_chain(
+                        topic,
+                        mode,
+                        durable_mark,
+                        &scanned,
+                        p,
+                        committed,
+                        missing,
+                        report,
+                    )?;
+                    if action == Action::Cut {
                         cut_block_at(&mut scanned, unit_start, p, committed, erases);
+                        pending = None;
                         dropped.push((found, handle));
                         dropped.extend(iter.by_ref());
                         break;
@@ -530,17 +550,19 @@ fn rebuild_topic(
                         position: scanned[last].data_end,
                         block: last,
                     };
-                    mid_chain(
+                    let action = mid_chain(
                         topic,
                         mode,
+                        durable_mark,
                         &scanned,
                         p,
                         committed,
                         first - committed,
                         report,
                     )?;
-                    if mode == RecoveryMode::PointInTime {
+                    if action == Action::Cut {
                         cut_block_at(&mut scanned, unit_start, p, committed, erases);
+                        pending = None;
                         dropped.push((found, handle));
                         dropped.extend(iter.by_ref());
                         break;
@@ -715,6 +737,11 @@ fn rebuild_topic(
         cursor,
         generation: cursor_generation(loaded_cursor),
         pair: cursor_pair(loaded_cursor),
+        mark: MarkState {
+            pair: mark.map(|m| m.pair),
+            generation: mark.map_or(0, |m| m.generation),
+            written: mark.map_or(0, |m| m.offset),
+        },
     })
 }
 
@@ -780,19 +807,23 @@ fn cut_block_at(
     }
 }
 
-/// A problem with valid entries after it: entries were lost or damaged in the middle of the
-/// topic. Fatal unless the mode accepts it.
+/// A problem with valid entries after it. Below the durable watermark that is damage to data
+/// that was on stable storage: fatal unless the mode accepts it. At or above the watermark it is
+/// what a power cut leaves of unsynced writes (sectors land in any order), so the default mode
+/// cuts it like a torn tail.
+#[allow(clippy::too_many_arguments)]
 fn mid_chain(
     topic: &str,
     mode: RecoveryMode,
+    durable_mark: u64,
     scanned: &[Scanned],
     p: Pending,
     committed: u64,
     missing: u64,
     report: &mut RecoveryReport,
-) -> io::Result<()> {
+) -> io::Result<Action> {
     let Some(block) = scanned.get(p.block) else {
-        return Ok(());
+        return Ok(Action::Skipped);
     };
     let problem = match p.problem {
         Problem::Gap { .. } | Problem::TornTail | Problem::UnfinishedBatch => {
@@ -800,21 +831,25 @@ fn mid_chain(
         }
         other => other,
     };
-    let action = if mode == RecoveryMode::PointInTime {
-        Action::Cut
-    } else {
-        Action::Skipped
-    };
-    let issue = issue(topic, block, p.position, committed, problem, action);
-    match mode {
-        RecoveryMode::SkipCorrupted | RecoveryMode::PointInTime => {
-            report.issues.push(issue);
-            Ok(())
-        }
+    let action = match mode {
+        RecoveryMode::SkipCorrupted => Action::Skipped,
+        RecoveryMode::PointInTime => Action::Cut,
+        RecoveryMode::TolerateCorruptedTail if committed >= durable_mark => Action::Cut,
         RecoveryMode::TolerateCorruptedTail | RecoveryMode::AbsoluteConsistency => {
-            Err(absolute_error(&issue))
+            return Err(absolute_error(&issue(
+                topic,
+                block,
+                p.position,
+                committed,
+                problem,
+                Action::Cut,
+            )));
         }
-    }
+    };
+    report
+        .issues
+        .push(issue(topic, block, p.position, committed, problem, action));
+    Ok(action)
 }
 
 fn issue(

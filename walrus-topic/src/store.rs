@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use walrus_alloc::{BlockAllocator, Deletion};
@@ -62,10 +63,19 @@ pub(crate) struct Shared {
     pub(crate) alloc: BlockAllocator,
     pub(crate) files: Arc<Files>,
     pub(crate) cursors: CursorStore,
+    /// Durable watermarks per topic, written lazily (see [`Shared::write_marks`]).
+    pub(crate) marks: CursorStore,
     pub(crate) options: StoreOptions,
     poisoned: AtomicBool,
     poison_reason: Mutex<Option<String>>,
+    /// Topics with appends not yet covered by a sync.
+    unsynced: Mutex<Vec<Arc<Topic>>>,
+    /// Topics whose durable watermark moved since the marks were last written, and when that was.
+    marks_pending: Mutex<(Vec<Arc<Topic>>, Instant)>,
 }
+
+/// How often durable watermarks are written to the marks file at most.
+const MARK_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Shared {
     pub(crate) fn new(
@@ -74,6 +84,7 @@ impl Shared {
         alloc: BlockAllocator,
         files: Arc<Files>,
         cursors: CursorStore,
+        marks: CursorStore,
         options: StoreOptions,
     ) -> Self {
         Self {
@@ -82,9 +93,19 @@ impl Shared {
             alloc,
             files,
             cursors,
+            marks,
             options,
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
+            unsynced: Mutex::new(Vec::new()),
+            marks_pending: Mutex::new((Vec::new(), Instant::now())),
+        }
+    }
+
+    /// Lists `topic` for the next sync after an append.
+    pub(crate) fn note_append(&self, topic: &Arc<Topic>) {
+        if topic.note_unsynced() {
+            self.unsynced.lock().push(topic.clone());
         }
     }
 
@@ -171,20 +192,70 @@ impl Shared {
         }
     }
 
-    /// Makes every write and cursor persisted so far durable.
+    /// Makes every write and cursor persisted so far durable, then advances the durable
+    /// watermark of every topic it covered.
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.check_writable()?;
-        for handle in self.files.all() {
-            if let Err(e) = handle.sync() {
-                self.poison(&e);
-                return Err(e);
-            }
-        }
-        if let Err(e) = self.cursors.sync() {
+        let topics = std::mem::take(&mut *self.unsynced.lock());
+        let snapshots: Vec<u64> = topics.iter().map(|t| t.snapshot_for_sync()).collect();
+        let synced = self
+            .files
+            .all()
+            .iter()
+            .try_for_each(|h| h.sync())
+            .and_then(|()| self.cursors.sync())
+            .and_then(|()| self.marks.sync());
+        if let Err(e) = synced {
             self.poison(&e);
             return Err(e);
         }
+        for (t, offset) in topics.iter().zip(snapshots) {
+            t.set_durable(offset);
+        }
+        self.queue_marks(topics, false);
         Ok(())
+    }
+
+    /// Durable watermarks go to the marks file at most every [`MARK_INTERVAL`], and become
+    /// durable with the next sync: on disk they lag, which keeps them a lower bound. Recovery
+    /// uses them to tell damage in data that was synced (corruption) from damage in data a
+    /// power cut caught unsynced (a torn tail, however ragged).
+    fn queue_marks(&self, topics: Vec<Arc<Topic>>, force: bool) {
+        let due = {
+            let mut pending = self.marks_pending.lock();
+            pending.0.extend(topics);
+            if (!force && pending.1.elapsed() < MARK_INTERVAL) || pending.0.is_empty() {
+                return;
+            }
+            pending.1 = Instant::now();
+            std::mem::take(&mut pending.0)
+        };
+        let mut done = std::collections::HashSet::new();
+        for t in due {
+            if !done.insert(Arc::as_ptr(&t)) {
+                continue;
+            }
+            let durable = t.durable();
+            let mut mark = t.mark_state();
+            if durable <= mark.written {
+                continue;
+            }
+            let pair = *mark
+                .pair
+                .get_or_insert_with(|| self.marks.pair_for(&t.name));
+            match self
+                .marks
+                .write(&t.name, pair, mark.generation + 1, durable, false)
+            {
+                Ok(()) => {
+                    mark.generation += 1;
+                    mark.written = durable;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %t.name, error = %e, "could not write durable watermark")
+                }
+            }
+        }
     }
 }
 
@@ -306,7 +377,9 @@ impl Store {
     pub fn append(&self, topic: &str, payload: &[u8]) -> io::Result<u64> {
         check_entry(topic, payload)?;
         let t = self.topic_or_create(topic)?;
-        Ok(t.append(&self.shared, &[payload], false)?.start)
+        let offset = t.append(&self.shared, &[payload], false)?.start;
+        self.shared.note_append(&t);
+        Ok(offset)
     }
 
     /// Appends `payloads` to `topic` as one atomic batch: after a crash all of them are there,
@@ -336,7 +409,9 @@ impl Store {
             check_entry(topic, p)?;
         }
         let t = self.topic_or_create(topic)?;
-        t.append(&self.shared, payloads, true)
+        let range = t.append(&self.shared, payloads, true)?;
+        self.shared.note_append(&t);
+        Ok(range)
     }
 
     /// Reads the entry at `topic`'s cursor; with `consume`, moves the cursor past it.
@@ -416,6 +491,12 @@ impl Store {
         self.topic(topic).map(|t| t.committed())
     }
 
+    /// One past `topic`'s last durable entry: every entry below it was covered by a completed
+    /// [`sync`](Self::sync) (or was recovered at open).
+    pub fn durable_offset(&self, topic: &str) -> Option<u64> {
+        self.topic(topic).map(|t| t.durable())
+    }
+
     /// The first offset of `topic` still stored (lower ones were consumed and released).
     pub fn first_retained_offset(&self, topic: &str) -> Option<u64> {
         self.topic(topic).map(|t| t.first_retained())
@@ -474,6 +555,14 @@ impl Drop for Store {
             .and_then(|()| self.shared.cursors.sync())
         {
             tracing::warn!(dir = %self.shared.dir.display(), error = %e, "cursors not persisted at close");
+        }
+        // Exact durable watermarks after a clean close: damage to anything synced is then
+        // reported as corruption rather than cut as a tail.
+        if self.shared.check_writable().is_ok() {
+            self.shared.queue_marks(Vec::new(), true);
+            if let Err(e) = self.shared.marks.sync() {
+                tracing::warn!(dir = %self.shared.dir.display(), error = %e, "durable watermarks not synced at close");
+            }
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use walrus_block::{
@@ -30,7 +30,23 @@ pub(crate) struct Topic {
     /// Mirror of the reader's persisted cursor, so the writer can release blocks it seals after
     /// they were already consumed without taking the reader's lock.
     persisted: AtomicU64,
+    /// Entries below this offset are on stable storage (as of the last completed sync).
+    durable: AtomicU64,
+    /// Set by an append, cleared when a sync takes the topic's snapshot: the topic is (or will
+    /// be) in the store's list of topics a sync must account for.
+    unsynced: AtomicBool,
+    /// The durable watermark as last written to the marks file: (slot pair, generation,
+    /// offset written).
+    mark: Mutex<MarkState>,
     reader: Mutex<Reader>,
+}
+
+/// Where a topic's durable watermark stands in the marks file.
+#[derive(Debug, Default)]
+pub(crate) struct MarkState {
+    pub(crate) pair: Option<u64>,
+    pub(crate) generation: u64,
+    pub(crate) written: u64,
 }
 
 #[derive(Debug)]
@@ -71,6 +87,8 @@ pub(crate) struct TopicState {
     pub(crate) cursor: u64,
     pub(crate) generation: u64,
     pub(crate) pair: Option<u64>,
+    /// The durable watermark's record in the marks file, if any.
+    pub(crate) mark: MarkState,
 }
 
 /// One planned write: `bufs` land at `pos` of `block`.
@@ -101,6 +119,9 @@ impl Topic {
             chain: RwLock::new(state.chain),
             committed: AtomicU64::new(state.next_offset),
             persisted: AtomicU64::new(state.cursor),
+            durable: AtomicU64::new(state.next_offset),
+            unsynced: AtomicBool::new(false),
+            mark: Mutex::new(state.mark),
             reader: Mutex::new(Reader {
                 cursor: state.cursor,
                 persisted: state.cursor,
@@ -116,6 +137,34 @@ impl Topic {
     /// Offset the next append gets; every entry below is readable.
     pub(crate) fn committed(&self) -> u64 {
         self.committed.load(Ordering::Acquire)
+    }
+
+    /// Entries below this offset are durable.
+    pub(crate) fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Records that the topic has appends a sync must cover; true if the caller must add it
+    /// to the store's list of such topics.
+    pub(crate) fn note_unsynced(&self) -> bool {
+        !self.unsynced.swap(true, Ordering::AcqRel)
+    }
+
+    /// Taken by a sync before it starts: the offset it will make durable. Appends after the
+    /// flag is cleared list the topic again for the next sync.
+    pub(crate) fn snapshot_for_sync(&self) -> u64 {
+        self.unsynced.store(false, Ordering::Release);
+        self.committed()
+    }
+
+    /// A sync covering `offset` completed.
+    pub(crate) fn set_durable(&self, offset: u64) {
+        self.durable.fetch_max(offset, Ordering::AcqRel);
+    }
+
+    /// The durable watermark's record state.
+    pub(crate) fn mark_state(&self) -> parking_lot::MutexGuard<'_, MarkState> {
+        self.mark.lock()
     }
 
     /// The cursor: next offset a consuming read hands out.
@@ -629,6 +678,7 @@ impl TopicState {
             cursor: 0,
             generation: 0,
             pair: None,
+            mark: MarkState::default(),
         }
     }
 }

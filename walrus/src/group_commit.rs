@@ -1,12 +1,14 @@
 //! Group commit: many appenders, one sync.
 //!
-//! Each sync has a generation. An appender that has written its entry notes the generation of
-//! the *next* sync to start, then waits until a sync of at least that generation has finished;
-//! if no sync is running, it runs one itself (leader), covering everyone who wrote before it
-//! started. So an append is acknowledged only after a sync that started after its entry was
-//! written, and concurrent appenders share syncs.
+//! Each sync has a generation. An appender that has written its entry takes a *ticket*: the
+//! generation of the next sync to start. Its entry is durable once a sync of at least that
+//! generation has finished. A waiter with no sync running runs one itself (leader), covering
+//! everyone who wrote before it started; the others wait on a condition variable or, for
+//! futures, register a waker. So an append is acknowledged only after a sync that started after
+//! its entry was written, and concurrent appenders share syncs.
 
 use std::io;
+use std::task::Waker;
 
 use parking_lot::{Condvar, Mutex};
 
@@ -16,10 +18,12 @@ struct State {
     next: u64,
     /// Highest generation whose sync has finished successfully.
     done: u64,
-    /// A sync is running.
+    /// A sync is running in [`GroupCommit::wait`].
     running: bool,
     /// A sync failed: every waiter gets this error from then on.
     failed: Option<(io::ErrorKind, String)>,
+    /// Futures waiting for a generation.
+    wakers: Vec<(u64, Waker)>,
 }
 
 /// Coordinates syncs between appenders of one instance.
@@ -33,18 +37,30 @@ impl GroupCommit {
     /// The ticket for a write that has just completed: it is durable once sync generation
     /// `ticket` has finished.
     pub(crate) fn ticket(&self) -> u64 {
-        let st = self.state.lock();
-        st.next + 1
+        self.state.lock().next + 1
     }
 
-    /// True once the sync `ticket` waits for has finished.
-    #[cfg(test)]
-    pub(crate) fn is_done(&self, ticket: u64) -> io::Result<bool> {
-        let st = self.state.lock();
+    /// `Ok(true)` once the sync `ticket` needs has finished; otherwise registers `waker` (if
+    /// given) to be woken when it does.
+    pub(crate) fn poll_done(&self, ticket: u64, waker: Option<&Waker>) -> io::Result<bool> {
+        let mut st = self.state.lock();
         if let Some((kind, msg)) = &st.failed {
             return Err(io::Error::new(*kind, msg.clone()));
         }
-        Ok(st.done >= ticket)
+        if st.done >= ticket {
+            return Ok(true);
+        }
+        if let Some(w) = waker {
+            match st
+                .wakers
+                .iter_mut()
+                .find(|(t, old)| *t == ticket && old.will_wake(w))
+            {
+                Some(_) => {}
+                None => st.wakers.push((ticket, w.clone())),
+            }
+        }
+        Ok(false)
     }
 
     /// Waits until a sync started after the ticket was taken has finished, running it with
@@ -70,16 +86,13 @@ impl GroupCommit {
             let result = sync();
             st = self.state.lock();
             st.running = false;
-            match &result {
-                Ok(()) => st.done = st.done.max(generation),
-                Err(e) => st.failed = Some((e.kind(), format!("sync failed: {e}"))),
-            }
+            Self::complete(&mut st, generation, &result);
             self.cv.notify_all();
         }
     }
 
-    /// Records a sync run outside [`wait`](Self::wait) (the background flusher, `flush`): it
-    /// covers every ticket taken before `started`.
+    /// Records a sync run outside [`wait`](Self::wait) (the background syncer, `flush`): it
+    /// covers every ticket taken before this call.
     pub(crate) fn begin_external(&self) -> u64 {
         let mut st = self.state.lock();
         st.next += 1;
@@ -89,11 +102,28 @@ impl GroupCommit {
     /// Completes a sync begun with [`begin_external`](Self::begin_external).
     pub(crate) fn finish_external(&self, generation: u64, result: &io::Result<()>) {
         let mut st = self.state.lock();
+        Self::complete(&mut st, generation, result);
+        self.cv.notify_all();
+    }
+
+    fn complete(st: &mut State, generation: u64, result: &io::Result<()>) {
         match result {
             Ok(()) => st.done = st.done.max(generation),
-            Err(e) => st.failed = Some((e.kind(), format!("sync failed: {e}"))),
+            Err(e) => {
+                if st.failed.is_none() {
+                    st.failed = Some((e.kind(), format!("sync failed: {e}")));
+                }
+            }
         }
-        self.cv.notify_all();
+        let (done, failed) = (st.done, st.failed.is_some());
+        let mut i = 0;
+        while i < st.wakers.len() {
+            if failed || st.wakers[i].0 <= done {
+                st.wakers.swap_remove(i).1.wake();
+            } else {
+                i += 1;
+            }
+        }
     }
 }
 
@@ -137,11 +167,11 @@ mod tests {
         let t = gc.ticket(); // ...then a write completes
         gc.finish_external(g, &Ok(()));
         assert!(
-            !gc.is_done(t).unwrap(),
+            !gc.poll_done(t, None).unwrap(),
             "covered by a sync that started before it was written"
         );
         gc.wait(t, || Ok(())).unwrap();
-        assert!(gc.is_done(t).unwrap());
+        assert!(gc.poll_done(t, None).unwrap());
     }
 
     #[test]
@@ -151,6 +181,6 @@ mod tests {
         assert!(gc.wait(t, || Err(io::Error::other("EIO"))).is_err());
         let t2 = gc.ticket();
         assert!(gc.wait(t2, || Ok(())).is_err());
-        assert!(gc.is_done(t2).is_err());
+        assert!(gc.poll_done(t2, None).is_err());
     }
 }

@@ -3,7 +3,9 @@
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -62,8 +64,16 @@ struct Inner {
     schedule: FsyncSchedule,
     consistency: ReadConsistency,
     commits: GroupCommit,
-    stop: Mutex<bool>,
+    /// What the background syncer is asked to do.
+    syncer: Mutex<SyncerState>,
     wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncerState {
+    stop: bool,
+    /// A durable ticket is being awaited: sync soon.
+    requested: bool,
 }
 
 impl Inner {
@@ -82,6 +92,89 @@ impl Inner {
             self.commits.wait(ticket, || self.store.sync())?;
         }
         Ok(())
+    }
+
+    /// Asks the background syncer for a sync (a ticket future is pending).
+    fn request_sync(&self) {
+        let mut st = self.syncer.lock();
+        if !st.requested {
+            st.requested = true;
+            self.wake.notify_all();
+        }
+    }
+}
+
+/// A handle on the durability of one append (or batch), from
+/// [`Walrus::append_with_ticket`]: the append is written when the ticket is handed out; the ticket
+/// says when it is on stable storage.
+///
+/// Wait for it with [`wait`](Self::wait), poll it with [`is_durable`](Self::is_durable), or
+/// `.await` it: it is a [`Future`] driven by the instance's background syncer, so it needs no
+/// particular async runtime.
+///
+/// ```
+/// use walrus::{FsyncSchedule, Walrus};
+///
+/// let dir = tempfile::tempdir()?;
+/// let wal = Walrus::builder().data_dir(dir.path()).fsync_schedule(FsyncSchedule::NoFsync).build()?;
+/// let ticket = wal.append_with_ticket("events", b"hello")?; // returns at once
+/// assert_eq!(ticket.offsets(), 0..1);
+/// let durable = ticket.wait()?; // one sync, shared with whoever else is waiting
+/// assert_eq!(durable, 0..1);
+/// assert_eq!(wal.durable_offset("events"), Some(1));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "a ticket does nothing unless waited on, polled or awaited"]
+pub struct DurableTicket {
+    inner: Arc<Inner>,
+    ticket: u64,
+    offsets: Range<u64>,
+}
+
+impl DurableTicket {
+    /// The offset of the (first) entry.
+    pub fn offset(&self) -> u64 {
+        self.offsets.start
+    }
+
+    /// The offsets of the entries this ticket covers.
+    pub fn offsets(&self) -> Range<u64> {
+        self.offsets.clone()
+    }
+
+    /// Whether the entries are durable yet (never blocks, never syncs).
+    ///
+    /// # Errors
+    /// The error of a failed sync: the entries may never become durable.
+    pub fn is_durable(&self) -> io::Result<bool> {
+        self.inner.commits.poll_done(self.ticket, None)
+    }
+
+    /// Blocks until the entries are durable, syncing now if no sync is running that covers
+    /// them; returns their offsets.
+    ///
+    /// # Errors
+    /// The error of the sync that failed.
+    pub fn wait(self) -> io::Result<Range<u64>> {
+        let inner = &self.inner;
+        inner.commits.wait(self.ticket, || inner.store.sync())?;
+        Ok(self.offsets)
+    }
+}
+
+impl Future for DurableTicket {
+    type Output = io::Result<Range<u64>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.inner.commits.poll_done(self.ticket, Some(cx.waker())) {
+            Ok(true) => Poll::Ready(Ok(self.offsets.clone())),
+            Ok(false) => {
+                self.inner.request_sync();
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -174,21 +267,23 @@ impl Walrus {
             schedule,
             consistency,
             commits: GroupCommit::default(),
-            stop: Mutex::new(false),
+            syncer: Mutex::new(SyncerState::default()),
             wake: Condvar::new(),
         });
-        let flusher = match schedule {
-            FsyncSchedule::Milliseconds(ms) => {
-                let inner = inner.clone();
-                let period = Duration::from_millis(ms.max(1));
-                let handle = std::thread::Builder::new()
-                    .name("walrus-flusher".into())
-                    .spawn(move || flusher_loop(&inner, period))?;
-                Some(handle)
-            }
+        // One background syncer per instance: the periodic flush of `Milliseconds(n)`, and the
+        // syncs that awaited tickets ask for under every schedule.
+        let period = match schedule {
+            FsyncSchedule::Milliseconds(ms) => Some(Duration::from_millis(ms.max(1))),
             FsyncSchedule::SyncEach | FsyncSchedule::NoFsync => None,
         };
-        Ok(Self { inner, flusher })
+        let worker = inner.clone();
+        let flusher = std::thread::Builder::new()
+            .name("walrus-syncer".into())
+            .spawn(move || syncer_loop(&worker, period))?;
+        Ok(Self {
+            inner,
+            flusher: Some(flusher),
+        })
     }
 
     // ---- The API users already know ------------------------------------------------------
@@ -272,6 +367,42 @@ impl Walrus {
         let range = self.inner.store.append_batch(topic, batch)?;
         self.inner.after_write()?;
         Ok(range)
+    }
+
+    /// Appends `data` to `topic` and returns at once (whatever the fsync schedule) with a
+    /// [`DurableTicket`] that says when the entry is on stable storage.
+    ///
+    /// # Errors
+    /// As [`append_for_topic`](Self::append_for_topic).
+    pub fn append_with_ticket(&self, topic: &str, data: &[u8]) -> io::Result<DurableTicket> {
+        let offset = self.inner.store.append(topic, data)?;
+        Ok(self.ticket(offset..offset + 1))
+    }
+
+    /// Appends `batch` atomically and returns at once with a [`DurableTicket`] for all of it.
+    ///
+    /// # Errors
+    /// As [`batch_append_for_topic`](Self::batch_append_for_topic).
+    pub fn append_batch_with_ticket(
+        &self,
+        topic: &str,
+        batch: &[&[u8]],
+    ) -> io::Result<DurableTicket> {
+        let offsets = self.inner.store.append_batch(topic, batch)?;
+        Ok(self.ticket(offsets))
+    }
+
+    fn ticket(&self, offsets: Range<u64>) -> DurableTicket {
+        DurableTicket {
+            inner: self.inner.clone(),
+            ticket: self.inner.commits.ticket(),
+            offsets,
+        }
+    }
+
+    /// One past the last durable entry of `topic`: every entry below it is on stable storage.
+    pub fn durable_offset(&self, topic: &str) -> Option<u64> {
+        self.inner.store.durable_offset(topic)
     }
 
     /// Like [`read_next`](Self::read_next), with the entry's offset.
@@ -369,7 +500,7 @@ impl Walrus {
 
 impl Drop for Walrus {
     fn drop(&mut self) {
-        *self.inner.stop.lock() = true;
+        self.inner.syncer.lock().stop = true;
         self.inner.wake.notify_all();
         if let Some(handle) = self.flusher.take()
             && handle.join().is_err()
@@ -387,22 +518,34 @@ impl Drop for Walrus {
     }
 }
 
-fn flusher_loop(inner: &Inner, period: Duration) {
-    let mut stop = inner.stop.lock();
+/// The background syncer: syncs every `period` (if any) and whenever a ticket asks.
+fn syncer_loop(inner: &Inner, period: Option<Duration>) {
+    let mut st = inner.syncer.lock();
     loop {
-        if *stop {
+        if st.stop {
             return;
         }
-        let _ = inner.wake.wait_for(&mut stop, period);
-        if *stop {
-            return;
+        if !st.requested {
+            match period {
+                Some(p) => {
+                    let _ = inner.wake.wait_for(&mut st, p);
+                }
+                None => inner.wake.wait(&mut st),
+            }
+            if st.stop {
+                return;
+            }
+            if !st.requested && period.is_none() {
+                continue;
+            }
         }
-        drop(stop);
+        st.requested = false;
+        drop(st);
         if let Err(e) = inner.sync_now() {
             // The store is poisoned now: writes fail with this cause until reopened.
             tracing::error!(error = %e, "background sync failed; writes are refused until reopen");
         }
-        stop = inner.stop.lock();
+        st = inner.syncer.lock();
     }
 }
 
