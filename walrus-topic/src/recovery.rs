@@ -450,7 +450,7 @@ struct Pending {
 }
 
 /// Rebuilds one topic's chain, applying the recovery mode.
-#[allow(clippy::too_many_lines)]
+#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 fn rebuild_topic(
     topic: &str,
     blocks: Vec<(FoundBlock, Arc<SegmentHandle>)>,
