@@ -378,6 +378,8 @@ pub struct SequenceCheck {
     /// Continuation frames still expected in the open unit (0 = at a unit boundary).
     open_left: u16,
     committed: u64,
+    /// The next frame may continue a unit that began before the checker started.
+    resuming: bool,
 }
 
 impl SequenceCheck {
@@ -388,6 +390,20 @@ impl SequenceCheck {
             next_offset: first_offset,
             open_left: 0,
             committed: first_offset,
+            resuming: false,
+        }
+    }
+
+    /// A checker starting at `first_offset` in the middle of a chain, where the preceding
+    /// entries were not checked (e.g. already consumed): the first entry may be a continuation
+    /// of a unit that began earlier. Such a unit counts as committed once its last frame is seen.
+    #[must_use]
+    pub const fn resume(first_offset: u64) -> Self {
+        Self {
+            next_offset: first_offset,
+            open_left: 0,
+            committed: first_offset,
+            resuming: true,
         }
     }
 
@@ -400,7 +416,9 @@ impl SequenceCheck {
         if offset != self.next_offset {
             return Err(CorruptReason::Sequence);
         }
-        let follows = if self.open_left == 0 {
+        let follows = if self.resuming {
+            true
+        } else if self.open_left == 0 {
             kind.first
         } else {
             !kind.first && kind.batch_left == self.open_left - 1
@@ -408,6 +426,7 @@ impl SequenceCheck {
         if !follows {
             return Err(CorruptReason::Sequence);
         }
+        self.resuming = false;
         self.next_offset = offset.checked_add(1).ok_or(CorruptReason::Sequence)?;
         self.open_left = kind.batch_left;
         if kind.is_last() {
@@ -535,6 +554,19 @@ mod tests {
         assert_eq!(
             (s.committed_offset(), s.next_offset(), s.in_unit()),
             (14, 14, false)
+        );
+    }
+
+    #[test]
+    fn resume_accepts_a_leading_continuation_once() {
+        let mut s = SequenceCheck::resume(7);
+        assert_eq!(s.check(7, FrameKind::batch(2, 4).unwrap()), Ok(false));
+        assert_eq!((s.committed_offset(), s.in_unit()), (7, true));
+        assert_eq!(s.check(8, FrameKind::batch(3, 4).unwrap()), Ok(true));
+        assert_eq!(s.committed_offset(), 9);
+        assert_eq!(
+            s.check(9, FrameKind::batch(1, 2).unwrap()),
+            Err(CorruptReason::Sequence)
         );
     }
 }

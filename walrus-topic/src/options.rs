@@ -1,6 +1,7 @@
 //! Options of a [`Store`](crate::Store): geometry, recovery mode and cursor policy.
 
 use std::io;
+use std::time::Duration;
 
 use walrus_block::{
     BLOCK_ALIGN, BLOCK_HEADER_LEN, DEFAULT_BLOCK_LEN, DEFAULT_SEGMENT_LEN, SEGMENT_DATA_OFFSET,
@@ -40,6 +41,7 @@ pub struct StoreOptions {
     pub(crate) persist_every: u32,
     pub(crate) sync_cursor_writes: bool,
     pub(crate) prepare_ahead: bool,
+    pub(crate) mark_interval: Duration,
 }
 
 impl Default for StoreOptions {
@@ -60,7 +62,19 @@ impl StoreOptions {
             persist_every: 1,
             sync_cursor_writes: false,
             prepare_ahead: true,
+            mark_interval: Duration::from_millis(50),
         }
+    }
+
+    /// How often, at most, the durable watermarks of topics are written to the marks file
+    /// (default 50 ms; zero = after every sync). Recovery treats damage above a topic's
+    /// persisted watermark as the torn tail of unsynced writes, and damage below it as
+    /// corruption: a shorter interval makes that line sharper, at the cost of a small write per
+    /// synced topic.
+    #[must_use]
+    pub fn with_mark_interval(mut self, interval: Duration) -> Self {
+        self.mark_interval = interval;
+        self
     }
 
     /// Length of a segment file (a multiple of 4096, at least two blocks).

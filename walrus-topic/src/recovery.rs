@@ -276,6 +276,13 @@ pub(crate) fn recover(
     // Make the cuts durable before anything new is written after them, and make what was
     // recovered durable (after a process crash it may still be only in the page cache), so
     // that every recovered entry counts as durable.
+    // Allocation resumes after the last block found in the last segment. A power cut can have
+    // kept sectors of blocks whose headers it lost: stale bytes that a new block must not
+    // inherit. Zero them now (reading preallocated space is cheap; writing happens only when
+    // something is there).
+    if let Some(tail) = segments.last() {
+        clear_stale_tail(tail, &mut erases)?;
+    }
     apply_erases(&erases)?;
     for seg in &segments {
         seg.handle.mark_dirty();
@@ -575,7 +582,14 @@ fn rebuild_topic(
                 }
             }
         }
-        let checker = check.get_or_insert(SequenceCheck::new(first));
+        // Unless the chain starts at its very first block, the blocks before were consumed (and
+        // maybe deleted), and the first block may open in the middle of a unit.
+        let start_checker = if released.is_empty() && found.header.chain_seq == 0 {
+            SequenceCheck::new(first)
+        } else {
+            SequenceCheck::resume(first)
+        };
+        let checker = check.get_or_insert(start_checker);
 
         // Scan the block.
         let data_start = found.start + BLOCK_HEADER_LEN as u64;
@@ -755,25 +769,22 @@ fn cut_block_at(
     committed: u64,
     erases: &mut Vec<Erase>,
 ) {
-    // Where the cut falls: the first frame of the unfinished unit, if the unit is open.
-    let (cut_block, cut_pos) = match unit_start {
-        Some((b, pos))
-            if committed < scanned.get(b).map_or(0, |s| s.end_offset) && b <= p.block =>
-        {
-            (b, pos)
-        }
-        _ => (
-            p.block,
-            p.position.max(
-                scanned
-                    .get(p.block)
-                    .map_or(0, |s| s.found.start + BLOCK_HEADER_LEN as u64),
-            ),
-        ),
+    // The cut falls at offset `committed`: in the first block holding entries at or past it,
+    // at that block's start, at the first frame of the unfinished unit, or at the problem.
+    let cut_block = scanned
+        .iter()
+        .position(|s| s.end_offset > committed)
+        .unwrap_or(p.block)
+        .min(p.block);
+    let Some(block) = scanned.get(cut_block) else {
+        return;
     };
-    let cut_pos = match scanned.get(cut_block) {
-        Some(s) => cut_pos.min(s.data_end.max(cut_pos)),
-        None => return,
+    let data_start = block.found.start + BLOCK_HEADER_LEN as u64;
+    let cut_pos = match unit_start {
+        _ if committed <= block.found.header.first_offset => data_start,
+        Some((b, pos)) if b == cut_block && committed < block.end_offset => pos,
+        _ if cut_block == p.block => p.position.max(data_start),
+        _ => block.data_end,
     };
     for (i, s) in scanned.iter_mut().enumerate().skip(cut_block) {
         let data_start = s.found.start + BLOCK_HEADER_LEN as u64;
@@ -890,6 +901,30 @@ fn read_zero_filled(file: &dyn walrus_io::SegmentFile, buf: &mut [u8], pos: u64)
     let got = file.read_at(buf, pos)?;
     if let Some(rest) = buf.get_mut(got..) {
         rest.fill(0);
+    }
+    Ok(())
+}
+
+/// Queues zeroing of every non-zero page after the last block of `seg`.
+fn clear_stale_tail(seg: &FoundSegment, erases: &mut Vec<Erase>) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut pos = seg.next_start;
+    while pos < seg.capacity {
+        let len = CHUNK.min(seg.capacity - pos) as usize;
+        let chunk = buf.get_mut(..len).unwrap_or_default();
+        read_zero_filled(&*seg.handle.file, chunk, pos)?;
+        for (i, page) in chunk.chunks(BLOCK_ALIGN as usize).enumerate() {
+            if !is_zeroed(page) {
+                let from = pos + i as u64 * BLOCK_ALIGN;
+                erases.push(Erase::Zero {
+                    handle: seg.handle.clone(),
+                    from,
+                    to: from + page.len() as u64,
+                });
+            }
+        }
+        pos += len as u64;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use walrus_alloc::{BlockAllocator, Deletion};
@@ -73,9 +73,6 @@ pub(crate) struct Shared {
     /// Topics whose durable watermark moved since the marks were last written, and when that was.
     marks_pending: Mutex<(Vec<Arc<Topic>>, Instant)>,
 }
-
-/// How often durable watermarks are written to the marks file at most.
-const MARK_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Shared {
     pub(crate) fn new(
@@ -216,7 +213,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Durable watermarks go to the marks file at most every [`MARK_INTERVAL`], and become
+    /// Durable watermarks go to the marks file at most every `mark_interval`, and become
     /// durable with the next sync: on disk they lag, which keeps them a lower bound. Recovery
     /// uses them to tell damage in data that was synced (corruption) from damage in data a
     /// power cut caught unsynced (a torn tail, however ragged).
@@ -224,7 +221,8 @@ impl Shared {
         let due = {
             let mut pending = self.marks_pending.lock();
             pending.0.extend(topics);
-            if (!force && pending.1.elapsed() < MARK_INTERVAL) || pending.0.is_empty() {
+            if (!force && pending.1.elapsed() < self.options.mark_interval) || pending.0.is_empty()
+            {
                 return;
             }
             pending.1 = Instant::now();

@@ -50,6 +50,7 @@ pub struct WalrusBuilder {
     segment_len: Option<u64>,
     block_len: Option<u64>,
     quiet: Option<bool>,
+    mark_interval: Option<std::time::Duration>,
 }
 
 impl WalrusBuilder {
@@ -115,6 +116,14 @@ impl WalrusBuilder {
         self
     }
 
+    /// How often, at most, topics' durable watermarks are persisted (default 50 ms; zero =
+    /// with every sync). Recovery treats damage above a topic's persisted watermark as the torn
+    /// tail of unsynced writes and damage below it as corruption.
+    pub fn durable_mark_interval(mut self, interval: std::time::Duration) -> Self {
+        self.mark_interval = Some(interval);
+        self
+    }
+
     /// Silence informational logging (instead of `WALRUS_QUIET`).
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.quiet = Some(quiet);
@@ -163,6 +172,9 @@ impl WalrusBuilder {
         }
         if let Some(len) = self.block_len {
             options = options.with_block_len(len);
+        }
+        if let Some(interval) = self.mark_interval {
+            options = options.with_mark_interval(interval);
         }
         Walrus::open(
             dir,
