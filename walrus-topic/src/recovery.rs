@@ -500,6 +500,40 @@ fn rebuild_topic(
             released.push(found);
             continue;
         }
+        // The first retained block must hold the cursor's entry: consumed blocks are only ever
+        // deleted after the cursor past them is durable. A chain starting beyond the cursor
+        // lost the entries in between.
+        if check.is_none() && first > stored_cursor {
+            let missing = first - stored_cursor;
+            let gap = Scanned {
+                found: found.clone(),
+                handle: handle.clone(),
+                data_end: found.start + BLOCK_HEADER_LEN as u64,
+                end_offset: first,
+                dirty_end: found.start + BLOCK_HEADER_LEN as u64,
+                abandoned: false,
+            };
+            let p = Pending {
+                problem: Problem::Gap { missing },
+                position: found.start,
+                block: 0,
+            };
+            let action = mid_chain(
+                topic,
+                mode,
+                durable_mark,
+                &[gap],
+                p,
+                stored_cursor,
+                missing,
+                report,
+            )?;
+            if action == Action::Cut {
+                dropped.push((found, handle));
+                dropped.extend(iter.by_ref());
+                break;
+            }
+        }
         if let Some(c) = check {
             let (expected, committed) = (c.next_offset(), c.committed_offset());
             if let Some(p) = pending {

@@ -2,7 +2,7 @@
 //! crashed at a random point (between operations or in the middle of one), reopened, and
 //! checked against an oracle of what was acknowledged.
 //!
-//! `WALRUS_CRASH_SEEDS=N` runs N seeds (default 200); `WALRUS_CRASH_SEED=S` replays one.
+//! `WALRUS_CRASH_SEEDS=N` runs N seeds (default 500); `WALRUS_CRASH_SEED=S` replays one.
 //! `cargo xtask crash --seeds N` runs many in release mode.
 
 use std::collections::HashMap;
@@ -370,7 +370,7 @@ fn simulated_crashes() {
     let seeds: u64 = std::env::var("WALRUS_CRASH_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(500);
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
     for seed in 0..seeds {

@@ -2,10 +2,13 @@
 //! Rust instead of shell scripts, run through the alias in `.cargo/config.toml`).
 //!
 //! ```text
-//! cargo xtask bench [--full]          micro-benchmarks (criterion); short unless --full
+//! cargo xtask bench [--full]          load generator (walrus vs walrus-rust); short unless --full
+//! cargo xtask bench --micro [--full]  criterion micro-benchmarks (format, alloc, io)
 //! cargo xtask loom                    loom models of the allocator and deletion tracker
 //! cargo xtask proptest [--cases N]    property tests with N cases each (default 2048)
 //! cargo xtask fuzz [--seconds N]      fuzz the format decoder for N seconds (default 60)
+//! cargo xtask crash [--seeds N] [--kills N]
+//!                                     crash suite: N simulated seeds (10000), N kill -9 (200)
 //! cargo xtask ci                      everything .ci/run checks, in order
 //! ```
 
@@ -22,6 +25,7 @@ fn main() -> ExitCode {
         Some("loom") => loom(),
         Some("proptest") => proptest(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("crash") => crash(&args[1..]),
         Some("ci") => ci(),
         _ => {
             eprintln!(
@@ -76,10 +80,49 @@ fn flag_value(args: &[String], name: &str, default: u64) -> Result<u64> {
     }
 }
 
+/// `cargo xtask bench [--full] [--micro] [-- <walrus-bench flags>]`: the load generator in
+/// release mode (short suite unless `--full`), or with `--micro` the criterion micro-benchmarks
+/// (short unless `--full`). Flags after `--` go to `walrus-bench` as they are (see its `--help`);
+/// the knobs also come from the environment (`FSYNC`, `THREADS`, `WALRUS_DURATION`,
+/// `WALRUS_BATCH_SIZE`, `BACKEND`).
 fn bench(args: &[String]) -> Result {
-    let full = args.iter().any(|a| a == "--full");
+    let (own, passed) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &args[args.len()..]),
+    };
+    let full = own.iter().any(|a| a == "--full");
+    if let Some(unknown) = own
+        .iter()
+        .find(|a| !matches!(a.as_str(), "--full" | "--micro"))
+    {
+        return Err(format!(
+            "bench: unknown flag {unknown} (use --full, --micro, or -- <walrus-bench flags>)"
+        ));
+    }
+    if own.iter().any(|a| a == "--micro") {
+        return bench_micro(full);
+    }
     let mut cmd = cargo();
-    cmd.args(["bench", "-p", "walrus-bench", "--"]);
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "walrus-bench",
+        "--bin",
+        "walrus-bench",
+        "--",
+    ]);
+    if full {
+        cmd.arg("--full");
+    }
+    cmd.args(passed);
+    run(&mut cmd)
+}
+
+/// The criterion micro-benchmarks of walrus-bench (format, alloc, io).
+fn bench_micro(full: bool) -> Result {
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "walrus-bench", "--benches", "--"]);
     if !full {
         cmd.args(["--warm-up-time", "1", "--measurement-time", "2"]);
     }
@@ -112,6 +155,32 @@ fn proptest(args: &[String]) -> Result {
     run(cargo()
         .args(["test", "--workspace", "--release", "--", "--skip", "loom"])
         .env("PROPTEST_CASES", cases.to_string()))
+}
+
+/// The crash-consistency suite: simulated seeds and real `kill -9` runs, in release mode.
+fn crash(args: &[String]) -> Result {
+    let seeds = flag_value(args, "--seeds", 10_000)?;
+    let kills = flag_value(args, "--kills", 200)?;
+    let started = std::time::Instant::now();
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "walrus",
+            "--release",
+            "--test",
+            "crash_sim",
+            "--test",
+            "crash_kill",
+        ])
+        .args(["--", "--nocapture"])
+        .env("WALRUS_CRASH_SEEDS", seeds.to_string())
+        .env("WALRUS_CRASH_KILLS", kills.to_string()))?;
+    eprintln!(
+        "crash suite: {seeds} seeds, {kills} kills in {:.1?}",
+        started.elapsed()
+    );
+    Ok(())
 }
 
 fn fuzz(args: &[String]) -> Result {

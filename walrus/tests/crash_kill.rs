@@ -1,0 +1,191 @@
+//! The real crash test: a child process appends (and consumes) with `SyncEach` and reports each
+//! acknowledged offset on a pipe; the parent kills it with SIGKILL at a random moment, reopens
+//! the directory and checks that every acknowledged entry is there, intact, in order, once,
+//! that no batch is cut, that nothing unwritten appears, and that no acknowledged consumed entry
+//! is handed out again.
+//!
+//! `WALRUS_CRASH_KILLS=N` sets the number of kills (default 30); `cargo xtask crash --kills N`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use walrus::{FsyncSchedule, ReadConsistency, Walrus};
+
+const TOPIC: &str = "killed";
+
+/// The payload of offset `o`: `[batch start u64][batch len u32]` then bytes derived from `o`.
+fn payload(o: u64, batch_start: u64, batch_len: u32) -> Vec<u8> {
+    let len = 16 + (o.wrapping_mul(2_654_435_761) % 1500) as usize;
+    let mut p = Vec::with_capacity(len);
+    p.extend_from_slice(&batch_start.to_le_bytes());
+    p.extend_from_slice(&batch_len.to_le_bytes());
+    let mut x = o ^ 0xA5A5_5A5A_DEAD_BEEF;
+    while p.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p.push(x as u8);
+    }
+    p
+}
+
+fn open(dir: &Path) -> Walrus {
+    Walrus::builder()
+        .data_dir(dir)
+        .consistency(ReadConsistency::StrictlyAtOnce)
+        .fsync_schedule(FsyncSchedule::SyncEach)
+        .segment_size(256 * 1024)
+        .block_size(16 * 1024)
+        .quiet(true)
+        .build()
+        .expect("open")
+}
+
+/// The child: appends singles and batches forever, consuming now and then; prints `A start len`
+/// after each acknowledged append and `C offset` after each acknowledged consuming read.
+#[test]
+#[ignore = "run by kill_nine_loop as a child process"]
+fn crash_child() {
+    let Some(dir) = std::env::var_os("WALRUS_KILL_CHILD_DIR") else {
+        return;
+    };
+    let wal = open(Path::new(&dir));
+    let mut i = 0u64;
+    loop {
+        let start = wal.end_offset(TOPIC).unwrap_or(0);
+        if i % 4 == 0 {
+            let n = 2 + (i % 7) as u32;
+            let batch: Vec<Vec<u8>> = (0..u64::from(n))
+                .map(|k| payload(start + k, start, n))
+                .collect();
+            let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+            let r = wal.append_batch(TOPIC, &refs).expect("batch");
+            assert_eq!(r.start, start);
+            println!("A {start} {n}");
+        } else {
+            let o = wal
+                .append(TOPIC, &payload(start, start, 1))
+                .expect("append");
+            assert_eq!(o, start);
+            println!("A {start} 1");
+        }
+        if i % 3 == 0 {
+            if let Some(r) = wal.read_next_record(TOPIC, true).expect("read") {
+                println!("C {}", r.offset);
+            }
+        }
+        i += 1;
+    }
+}
+
+#[test]
+fn kill_nine_loop() {
+    let kills: u64 = std::env::var("WALRUS_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = 0x1234_5678_9ABC_DEF0u64;
+    let mut acked_end = 0u64; // every offset below was acknowledged in some run
+    let mut consumed = None::<u64>; // highest offset whose consumption was acknowledged
+    let started = Instant::now();
+    for kill in 0..kills {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let delay = Duration::from_millis(20 + rng % 120);
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("WALRUS_KILL_CHILD_DIR", dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Let it get going (it must acknowledge something), then kill it at a random moment.
+        let first = rx.recv_timeout(Duration::from_secs(20));
+        assert!(first.is_ok(), "kill {kill}: child acknowledged nothing");
+        std::thread::sleep(delay);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        reader.join().unwrap();
+        for line in first.into_iter().chain(rx.try_iter()) {
+            let mut parts = line.split_whitespace();
+            match (
+                parts.next(),
+                parts.next().and_then(|v| v.parse::<u64>().ok()),
+            ) {
+                (Some("A"), Some(start)) => {
+                    let n: u64 = parts.next().and_then(|v| v.parse().ok()).unwrap();
+                    acked_end = acked_end.max(start + n);
+                }
+                (Some("C"), Some(o)) => consumed = Some(consumed.map_or(o, |c: u64| c.max(o))),
+                _ => {}
+            }
+        }
+
+        let wal = open(dir.path());
+        let end = wal.end_offset(TOPIC).unwrap_or(0);
+        assert!(
+            end >= acked_end,
+            "kill {kill}: acknowledged entries lost: end {end} < {acked_end}"
+        );
+        let cursor = wal.cursor(TOPIC).unwrap_or(0);
+        if let Some(c) = consumed {
+            assert!(
+                cursor > c,
+                "kill {kill}: consumed offset {c} would be handed out again (cursor {cursor})"
+            );
+        }
+        // Every unconsumed entry is the one written at its offset, and no batch is cut.
+        let mut o = cursor.min(end);
+        while o < end {
+            let entry = wal
+                .read_at(TOPIC, o)
+                .unwrap_or_else(|e| panic!("kill {kill} @{o}: {e}"));
+            let data = entry
+                .unwrap_or_else(|| panic!("kill {kill}: offset {o} missing below end {end}"))
+                .data;
+            let batch_start = u64::from_le_bytes(data[..8].try_into().unwrap());
+            let batch_len = u32::from_le_bytes(data[8..12].try_into().unwrap());
+            assert_eq!(
+                data,
+                payload(o, batch_start, batch_len),
+                "kill {kill}: offset {o} is not what was written"
+            );
+            assert!(
+                batch_start + u64::from(batch_len) <= end,
+                "kill {kill}: batch at {batch_start} cut at {end}"
+            );
+            o += 1;
+        }
+        acked_end = end; // what survived is the base of the next run
+        if let Some(c) = consumed {
+            consumed = Some(c.max(cursor.saturating_sub(1)));
+        }
+        drop(wal);
+    }
+    eprintln!(
+        "kill -9 loop: {kills} kills in {:.1?}, {acked_end} entries",
+        started.elapsed()
+    );
+}
