@@ -56,7 +56,7 @@ fn crash_child() {
     let mut i = 0u64;
     loop {
         let start = wal.end_offset(TOPIC).unwrap_or(0);
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             let n = 2 + (i % 7) as u32;
             let batch: Vec<Vec<u8>> = (0..u64::from(n))
                 .map(|k| payload(start + k, start, n))
@@ -72,10 +72,10 @@ fn crash_child() {
             assert_eq!(o, start);
             println!("A {start} 1");
         }
-        if i % 3 == 0 {
-            if let Some(r) = wal.read_next_record(TOPIC, true).expect("read") {
-                println!("C {}", r.offset);
-            }
+        if i.is_multiple_of(3)
+            && let Some(r) = wal.read_next_record(TOPIC, true).expect("read")
+        {
+            println!("C {}", r.offset);
         }
         i += 1;
     }
