@@ -90,3 +90,8 @@ pub use walrus_block as block;
 pub use walrus_io as io;
 #[doc(inline)]
 pub use walrus_topic as topic;
+
+/// The README's examples, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
