@@ -133,3 +133,71 @@ const _: () = {
 
 // SAFETY: as for the other headers: `repr(C)`, alignment 1, no padding (asserted above).
 unsafe impl PlainHeader for CursorRecordV1 {}
+
+/// The common prologue of decoding a CRC-protected header at the start of `bytes`: `Ok(None)`
+/// when it was never written (all zero), `Torn` for a short non-zero prefix, then rkyv's checked
+/// access, the magic, and the CRC of everything before the last four bytes.
+pub(crate) fn decode_checked<'a, T>(
+    bytes: &'a [u8],
+    magic_ok: impl FnOnce(&T) -> bool,
+    stored_crc: impl FnOnce(&T) -> u32,
+) -> Result<Option<&'a T>, crate::FormatError>
+where
+    T: PlainHeader
+        + for<'b> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, Failure>>,
+{
+    use crate::{CorruptReason, FormatError};
+    let len = std::mem::size_of::<T>();
+    let Some(raw) = bytes.get(..len) else {
+        return if crate::is_zeroed(bytes) {
+            Ok(None)
+        } else {
+            Err(FormatError::Torn { at: 0 })
+        };
+    };
+    if crate::is_zeroed(raw) {
+        return Ok(None);
+    }
+    let corrupt = |reason| FormatError::Corrupt { at: 0, reason };
+    let h = access::<T>(raw).ok_or(corrupt(CorruptReason::Malformed))?;
+    if !magic_ok(h) {
+        return Err(corrupt(CorruptReason::BadMagic));
+    }
+    let body = raw
+        .get(..len - 4)
+        .ok_or(corrupt(CorruptReason::Malformed))?;
+    if crate::checksum::crc32c(body) != stored_crc(h) {
+        return Err(corrupt(CorruptReason::HeaderChecksum));
+    }
+    Ok(Some(h))
+}
+
+/// A topic name as stored in a fixed 255-byte field: its length and the zero-padded bytes.
+pub(crate) fn topic_field(topic: &str) -> Result<(u8, [u8; 255]), crate::FormatError> {
+    crate::validate_topic_name(topic)?;
+    let mut field = [0u8; 255];
+    let name = topic.as_bytes();
+    let too_long = || crate::FormatError::InvalidTopic("topic name too long".into());
+    field
+        .get_mut(..name.len())
+        .ok_or_else(too_long)?
+        .copy_from_slice(name);
+    Ok((u8::try_from(name.len()).map_err(|_| too_long())?, field))
+}
+
+/// The topic name stored in a fixed field: `len` bytes of UTF-8, the rest zero.
+pub(crate) fn topic_from_field(len: u8, field: &[u8; 255]) -> Result<String, crate::CorruptReason> {
+    use crate::CorruptReason;
+    let (name, padding) = field
+        .split_at_checked(usize::from(len))
+        .ok_or(CorruptReason::BadLength)?;
+    if name.is_empty() {
+        return Err(CorruptReason::BadLength);
+    }
+    if !crate::is_zeroed(padding) {
+        return Err(CorruptReason::ReservedBits);
+    }
+    std::str::from_utf8(name)
+        .map(str::to_owned)
+        .map_err(|_| CorruptReason::TopicNotUtf8)
+}

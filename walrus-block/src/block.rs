@@ -2,10 +2,11 @@
 
 use rkyv::Archived;
 
-use crate::archived::{BlockHeaderV1, access, body_crc, bytes_of};
-use crate::checksum::crc32c;
+use crate::archived::{
+    BlockHeaderV1, body_crc, bytes_of, decode_checked, topic_field, topic_from_field,
+};
 use crate::error::{CorruptReason, FormatError};
-use crate::limits::{BLOCK_ALIGN, MAX_TOPIC_NAME_LEN, validate_topic_name};
+use crate::limits::BLOCK_ALIGN;
 
 /// Magic bytes opening every block.
 pub const BLOCK_MAGIC: [u8; 4] = *b"WBLK";
@@ -42,22 +43,16 @@ impl BlockHeader {
     /// [`FormatError::InvalidInput`] when `block_len` is not a positive multiple of
     /// [`BLOCK_ALIGN`] or cannot hold the header.
     pub fn encode(&self) -> Result<[u8; BLOCK_HEADER_LEN], FormatError> {
-        validate_topic_name(&self.topic)?;
+        let (topic_len, topic) = topic_field(&self.topic)?;
         if !block_len_ok(self.block_len) {
             return Err(FormatError::InvalidInput(format!(
                 "block length {} is not a multiple of {BLOCK_ALIGN} holding a {BLOCK_HEADER_LEN}-byte header",
                 self.block_len
             )));
         }
-        let mut topic = [0u8; MAX_TOPIC_NAME_LEN];
-        let name = self.topic.as_bytes();
-        let Some(dst) = topic.get_mut(..name.len()) else {
-            return Err(FormatError::InvalidTopic("topic name too long".into()));
-        };
-        dst.copy_from_slice(name);
         let mut h = BlockHeaderV1 {
             magic: BLOCK_MAGIC,
-            topic_len: name.len() as u8, // validated: 1..=255
+            topic_len,
             flags: if self.abandoned { FLAG_ABANDONED } else { 0 },
             reserved: Archived::<u16>::from_native(0),
             block_len: Archived::<u64>::from_native(self.block_len),
@@ -82,45 +77,25 @@ impl BlockHeader {
     /// [`FormatError::Torn`] when `bytes` ends inside a header that is not all zero;
     /// [`FormatError::Corrupt`] (at 0) for a bad magic, checksum, reserved bits, length or topic.
     pub fn decode(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
-        let Some(raw) = bytes.get(..BLOCK_HEADER_LEN) else {
-            return if crate::is_zeroed(bytes) {
-                Ok(None)
-            } else {
-                Err(FormatError::Torn { at: 0 })
-            };
-        };
-        if crate::is_zeroed(raw) {
+        let Some(h) = decode_checked::<BlockHeaderV1>(
+            bytes,
+            |h| h.magic == BLOCK_MAGIC,
+            |h| h.crc.to_native(),
+        )?
+        else {
             return Ok(None);
-        }
+        };
         let corrupt = |reason| FormatError::Corrupt { at: 0, reason };
-        let h = access::<BlockHeaderV1>(raw).ok_or(corrupt(CorruptReason::Malformed))?;
-        if h.magic != BLOCK_MAGIC {
-            return Err(corrupt(CorruptReason::BadMagic));
-        }
-        let body = raw
-            .get(..BLOCK_HEADER_LEN - 4)
-            .ok_or(corrupt(CorruptReason::Malformed))?;
-        if crc32c(body) != h.crc.to_native() {
-            return Err(corrupt(CorruptReason::HeaderChecksum));
-        }
         if h.flags & !FLAG_ABANDONED != 0 || h.reserved.to_native() != 0 || h.reserved2 != 0 {
             return Err(corrupt(CorruptReason::ReservedBits));
         }
         let block_len = h.block_len.to_native();
-        let topic_len = usize::from(h.topic_len);
-        if topic_len == 0 || !block_len_ok(block_len) {
+        if !block_len_ok(block_len) {
             return Err(corrupt(CorruptReason::BadLength));
         }
-        let (name, padding) = h
-            .topic
-            .split_at_checked(topic_len)
-            .ok_or(corrupt(CorruptReason::BadLength))?;
-        if !crate::is_zeroed(padding) {
-            return Err(corrupt(CorruptReason::ReservedBits));
-        }
-        let topic = std::str::from_utf8(name).map_err(|_| corrupt(CorruptReason::TopicNotUtf8))?;
+        let topic = topic_from_field(h.topic_len, &h.topic).map_err(corrupt)?;
         Ok(Some(Self {
-            topic: topic.to_owned(),
+            topic,
             segment_id: h.segment_id.to_native(),
             chain_seq: h.chain_seq.to_native(),
             first_offset: h.first_offset.to_native(),

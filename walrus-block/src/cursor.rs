@@ -8,10 +8,10 @@
 
 use rkyv::Archived;
 
-use crate::archived::{CursorRecordV1, access, body_crc, bytes_of};
-use crate::checksum::crc32c;
+use crate::archived::{
+    CursorRecordV1, body_crc, bytes_of, decode_checked, topic_field, topic_from_field,
+};
 use crate::error::{CorruptReason, FormatError};
-use crate::limits::{MAX_TOPIC_NAME_LEN, validate_topic_name};
 
 /// Magic bytes opening every cursor record.
 pub const CURSOR_MAGIC: [u8; 4] = *b"WCUR";
@@ -44,16 +44,10 @@ impl CursorRecord {
     /// # Errors
     /// [`FormatError::InvalidTopic`] for an empty or over-long topic name.
     pub fn encode(&self) -> Result<[u8; CURSOR_RECORD_LEN], FormatError> {
-        validate_topic_name(&self.topic)?;
-        let mut topic = [0u8; MAX_TOPIC_NAME_LEN];
-        let name = self.topic.as_bytes();
-        topic
-            .get_mut(..name.len())
-            .ok_or_else(|| FormatError::InvalidTopic("topic name too long".into()))?
-            .copy_from_slice(name);
+        let (topic_len, topic) = topic_field(&self.topic)?;
         let mut r = CursorRecordV1 {
             magic: CURSOR_MAGIC,
-            topic_len: name.len() as u8, // validated: 1..=255
+            topic_len,
             flags: 0,
             reserved: Archived::<u16>::from_native(0),
             generation: Archived::<u64>::from_native(self.generation),
@@ -74,43 +68,18 @@ impl CursorRecord {
     /// [`FormatError::Torn`] for a short slot that is not all zero; [`FormatError::Corrupt`] for
     /// a bad magic, checksum, reserved field or topic name.
     pub fn decode(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
-        let Some(raw) = bytes.get(..CURSOR_RECORD_LEN) else {
-            return if crate::is_zeroed(bytes) {
-                Ok(None)
-            } else {
-                Err(FormatError::Torn { at: 0 })
-            };
-        };
-        if crate::is_zeroed(raw) {
+        let magic_ok = |r: &CursorRecordV1| r.magic == CURSOR_MAGIC;
+        let Some(r) = decode_checked::<CursorRecordV1>(bytes, magic_ok, |r| r.crc.to_native())?
+        else {
             return Ok(None);
-        }
+        };
         let corrupt = |reason| FormatError::Corrupt { at: 0, reason };
-        let r = access::<CursorRecordV1>(raw).ok_or(corrupt(CorruptReason::Malformed))?;
-        if r.magic != CURSOR_MAGIC {
-            return Err(corrupt(CorruptReason::BadMagic));
-        }
-        let body = raw
-            .get(..CURSOR_RECORD_LEN - 4)
-            .ok_or(corrupt(CorruptReason::Malformed))?;
-        if crc32c(body) != r.crc.to_native() {
-            return Err(corrupt(CorruptReason::HeaderChecksum));
-        }
         if r.flags != 0 || r.reserved.to_native() != 0 || r.reserved2 != 0 {
             return Err(corrupt(CorruptReason::ReservedBits));
         }
-        let (name, padding) = r
-            .topic
-            .split_at_checked(usize::from(r.topic_len))
-            .ok_or(corrupt(CorruptReason::BadLength))?;
-        if name.is_empty() {
-            return Err(corrupt(CorruptReason::BadLength));
-        }
-        if !crate::is_zeroed(padding) {
-            return Err(corrupt(CorruptReason::ReservedBits));
-        }
-        let topic = std::str::from_utf8(name).map_err(|_| corrupt(CorruptReason::TopicNotUtf8))?;
+        let topic = topic_from_field(r.topic_len, &r.topic).map_err(corrupt)?;
         Ok(Some(Self {
-            topic: topic.to_owned(),
+            topic,
             generation: r.generation.to_native(),
             offset: r.offset.to_native(),
         }))

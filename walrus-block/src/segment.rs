@@ -2,8 +2,7 @@
 
 use rkyv::Archived;
 
-use crate::archived::{SegmentHeaderV1, access, body_crc, bytes_of};
-use crate::checksum::crc32c;
+use crate::archived::{SegmentHeaderV1, body_crc, bytes_of, decode_checked};
 use crate::error::{CorruptReason, FormatError};
 use crate::limits::BLOCK_ALIGN;
 
@@ -58,27 +57,12 @@ impl SegmentHeader {
     /// [`FormatError::Corrupt`] for a bad magic (foreign file), checksum, version, checksum
     /// algorithm, reserved bits, data offset or block length.
     pub fn decode(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
-        let Some(raw) = bytes.get(..SEGMENT_HEADER_LEN) else {
-            return if crate::is_zeroed(bytes) {
-                Ok(None)
-            } else {
-                Err(FormatError::Torn { at: 0 })
-            };
-        };
-        if crate::is_zeroed(raw) {
+        let magic_ok = |h: &SegmentHeaderV1| h.magic == SEGMENT_MAGIC;
+        let Some(h) = decode_checked::<SegmentHeaderV1>(bytes, magic_ok, |h| h.crc.to_native())?
+        else {
             return Ok(None);
-        }
+        };
         let corrupt = |reason| FormatError::Corrupt { at: 0, reason };
-        let h = access::<SegmentHeaderV1>(raw).ok_or(corrupt(CorruptReason::Malformed))?;
-        if h.magic != SEGMENT_MAGIC {
-            return Err(corrupt(CorruptReason::BadMagic));
-        }
-        let body = raw
-            .get(..SEGMENT_HEADER_LEN - 4)
-            .ok_or(corrupt(CorruptReason::Malformed))?;
-        if crc32c(body) != h.crc.to_native() {
-            return Err(corrupt(CorruptReason::HeaderChecksum));
-        }
         if h.version.to_native() != FORMAT_VERSION {
             return Err(corrupt(CorruptReason::UnsupportedVersion));
         }

@@ -7,12 +7,35 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use walrus_block::{BLOCK_HEADER_LEN, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameHeader};
 use walrus_io::SegmentFile;
 
+/// Whether a file has writes not yet synced, so that a sync of a clean file costs nothing.
+#[derive(Debug, Default)]
+pub(crate) struct DirtyFlag(AtomicBool);
+
+impl DirtyFlag {
+    /// Records writes a sync must cover. Called after the write returned.
+    pub(crate) fn mark(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Syncs `file` if it has unsynced writes. A write marked before this call is covered; on
+    /// failure the flag stays set.
+    pub(crate) fn sync(&self, file: &dyn SegmentFile) -> io::Result<()> {
+        if self.0.swap(false, Ordering::AcqRel)
+            && let Err(e) = file.sync_data()
+        {
+            self.0.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
 /// An open segment file and whether it has writes not yet synced.
 #[derive(Debug)]
 pub(crate) struct SegmentHandle {
     pub(crate) id: u64,
     pub(crate) file: Arc<dyn SegmentFile>,
-    dirty: AtomicBool,
+    dirty: DirtyFlag,
 }
 
 impl SegmentHandle {
@@ -20,24 +43,18 @@ impl SegmentHandle {
         Self {
             id,
             file,
-            dirty: AtomicBool::new(false),
+            dirty: DirtyFlag::default(),
         }
     }
 
     /// Records that the file has writes a sync must cover. Called after the write returned.
     pub(crate) fn mark_dirty(&self) {
-        self.dirty.store(true, Ordering::Release);
+        self.dirty.mark();
     }
 
-    /// Syncs the file if it has unsynced writes. A write marked before this call is covered.
+    /// Syncs the file if it has unsynced writes.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        if self.dirty.swap(false, Ordering::AcqRel)
-            && let Err(e) = self.file.sync_data()
-        {
-            self.dirty.store(true, Ordering::Release);
-            return Err(e);
-        }
-        Ok(())
+        self.dirty.sync(&*self.file)
     }
 }
 

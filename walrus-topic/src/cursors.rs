@@ -3,11 +3,11 @@
 //!
 //! Persisting a cursor is one positional write of one slot: O(1) in the number of topics.
 
+use crate::chain::DirtyFlag;
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use walrus_block::{CURSOR_SLOT_LEN, CursorRecord, FormatError};
@@ -36,7 +36,7 @@ pub(crate) struct CursorStore {
     /// Slot pairs handed out so far: topic → pair, and the next free pair.
     pairs: Mutex<(HashMap<String, u64>, u64)>,
     /// Set by every write, cleared by [`sync`](Self::sync).
-    dirty: AtomicBool,
+    dirty: DirtyFlag,
 }
 
 impl CursorStore {
@@ -69,7 +69,7 @@ impl CursorStore {
         let store = Self {
             file,
             pairs: Mutex::new((pairs, next_pair)),
-            dirty: AtomicBool::new(false),
+            dirty: DirtyFlag::default(),
         };
         Ok((store, loaded))
     }
@@ -157,7 +157,7 @@ impl CursorStore {
         slot[..record.len()].copy_from_slice(&record);
         self.file
             .write_at(&slot, CursorRecord::slot_position(pair, generation))?;
-        self.dirty.store(true, Ordering::Release);
+        self.dirty.mark();
         if sync {
             self.sync()?;
         }
@@ -166,12 +166,6 @@ impl CursorStore {
 
     /// Makes every cursor written so far durable.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        if self.dirty.swap(false, Ordering::AcqRel)
-            && let Err(e) = self.file.sync_data()
-        {
-            self.dirty.store(true, Ordering::Release);
-            return Err(e);
-        }
-        Ok(())
+        self.dirty.sync(&*self.file)
     }
 }
