@@ -70,6 +70,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("concurrent_disjoint_writers", concurrent_disjoint_writers),
     ("unwritten_and_past_end_reads", unwritten_and_past_end_reads),
     ("sync_and_len", sync_and_len),
+    ("holes_read_as_zero", holes_read_as_zero),
     ("handles_share_a_file", handles_share_a_file),
     ("reopen_persistence", reopen_persistence),
     ("error_reporting", error_reporting),
@@ -463,6 +464,61 @@ pub fn unwritten_and_past_end_reads(t: &mut Target) {
         20_004,
         "{k}: empty write extended the file"
     );
+}
+
+/// [`SegmentFile::next_data`] never skips written bytes: whatever it reports as a hole reads
+/// as zeros, and written bytes are found.
+pub fn holes_read_as_zero(t: &mut Target) {
+    let k = kind_name(t);
+    let dir = workdir(t, "holes");
+    let len = 4u64 << 20;
+    let f = t.storage.create(&dir.join("f"), len).unwrap();
+    let marks = [
+        (0u64, &b"head"[..]),
+        (1 << 20, b"middle"),
+        ((3 << 20) + 100, b"tail"),
+    ];
+    for (at, bytes) in marks {
+        f.write_at(bytes, at).unwrap();
+    }
+    for probe in [
+        0u64,
+        5,
+        4096,
+        (1 << 20) - 1,
+        (1 << 20) + 10,
+        2 << 20,
+        (3 << 20) + 200,
+        len - 1,
+        len,
+    ] {
+        let range = f.next_data(probe).unwrap();
+        let next = range.as_ref().map(|r| r.start);
+        if let Some(r) = &range {
+            assert!(r.start < r.end, "{k}: empty data range {r:?}");
+        }
+        let hole_end = next.unwrap_or(len).min(len);
+        assert!(
+            hole_end >= probe,
+            "{k}: next_data({probe}) went backwards: {next:?}"
+        );
+        if hole_end > probe {
+            let mut buf = vec![0u8; (hole_end - probe) as usize];
+            f.read_exact_at(&mut buf, probe).unwrap();
+            assert!(
+                buf.iter().all(|&b| b == 0),
+                "{k}: next_data({probe}) = {next:?} skips written bytes"
+            );
+        }
+        for (at, _) in marks {
+            if at >= probe {
+                assert!(
+                    next.is_some_and(|n| n <= at),
+                    "{k}: next_data({probe}) = {next:?} misses data at {at}"
+                );
+            }
+        }
+    }
 }
 
 /// Syncs succeed repeatedly; lengths follow preallocation and extension.

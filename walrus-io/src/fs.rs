@@ -238,3 +238,39 @@ pub(crate) fn pread_full(
     }
     Ok(done)
 }
+
+/// `lseek(SEEK_DATA)` then `lseek(SEEK_HOLE)`: the next range at or after `offset` holding data,
+/// `None` in a final hole. File systems without hole reporting answer "all data".
+pub(crate) fn seek_data(
+    file: &File,
+    path: &Path,
+    offset: u64,
+) -> io::Result<Option<std::ops::Range<u64>>> {
+    let Some(start) = seek(file, path, offset, libc::SEEK_DATA)? else {
+        return Ok(None);
+    };
+    let end = seek(file, path, start, libc::SEEK_HOLE)?.unwrap_or(u64::MAX);
+    Ok(Some(start..end.max(start)))
+}
+
+fn seek(file: &File, path: &Path, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return Ok(None);
+    };
+    // SAFETY: the fd is owned by `file`, open for the duration of the call; lseek has no
+    // memory effects.
+    let rc = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
+    if rc >= 0 {
+        return Ok(Some(rc as u64));
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(Some(if whence == libc::SEEK_HOLE {
+            u64::MAX
+        } else {
+            offset
+        })),
+        _ => Err(op_error("lseek", path, Some(offset), err)),
+    }
+}

@@ -140,6 +140,10 @@ impl SegmentFile for PwriteFile {
         fs::file_len(&self.file, &self.path)
     }
 
+    fn next_data(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        fs::seek_data(&self.file, &self.path, offset)
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }

@@ -537,6 +537,12 @@ impl SegmentFile for SimFile {
         Ok(state.inodes[&self.inode].len)
     }
 
+    fn next_data(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        let state = self.state("lseek")?;
+        let inode = &state.inodes[&self.inode];
+        Ok(inode.pages.next_data(offset, inode.len))
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -783,6 +789,24 @@ struct LastWrite {
 struct Pages(BTreeMap<u64, Box<[u8; PAGE]>>);
 
 impl Pages {
+    /// The first run of stored pages at or after `offset`, below `len` (unwritten pages are
+    /// holes, as `SEEK_DATA` / `SEEK_HOLE` report them).
+    fn next_data(&self, offset: u64, len: u64) -> Option<std::ops::Range<u64>> {
+        let page = PAGE as u64;
+        let mut pages = self.0.range(offset / page..).map(|(&i, _)| i);
+        let first = pages.next()?;
+        let mut last = first;
+        for i in pages {
+            if i != last + 1 {
+                break;
+            }
+            last = i;
+        }
+        let start = (first * page).max(offset);
+        let end = ((last + 1) * page).min(len);
+        (start < end).then_some(start..end)
+    }
+
     fn read(&self, mut offset: u64, mut out: &mut [u8]) {
         while !out.is_empty() {
             let (index, within) = (offset / PAGE as u64, (offset % PAGE as u64) as usize);

@@ -186,6 +186,16 @@ pub trait SegmentFile: Send + Sync + fmt::Debug {
     /// The file's current length in bytes.
     fn len(&self) -> io::Result<u64>;
 
+    /// The first range at or after `offset` that may hold written bytes, as `start..end`, or
+    /// `None` when everything from `offset` on reads as zeros (`lseek(SEEK_DATA / SEEK_HOLE)`:
+    /// preallocated, never written space is a hole). Lets recovery skip a gigabyte of
+    /// preallocation without reading it — reading a hole would also fill the page cache with
+    /// zero pages that later count as data. The default is the conservative `offset..u64::MAX`:
+    /// "assume data".
+    fn next_data(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        Ok(Some(offset..u64::MAX))
+    }
+
     /// Whether the file is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)

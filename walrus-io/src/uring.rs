@@ -258,6 +258,10 @@ impl SegmentFile for UringFile {
         self.base.len()
     }
 
+    fn next_data(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        self.base.next_data(offset)
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }

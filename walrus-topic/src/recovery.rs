@@ -223,6 +223,14 @@ pub(crate) fn recover(
         });
     }
 
+    // A spare segment prepared ahead of need and never used: delete it, so that allocation
+    // resumes in the room left in the last segment that holds blocks.
+    while segments.len() > 1 && segments.last().is_some_and(|s| s.blocks.is_empty()) {
+        if let Some(spare) = segments.pop() {
+            delete(&*storage, &spare, &files, &mut report)?;
+        }
+    }
+
     // Group blocks by topic, in chain order.
     let mut by_topic: HashMap<String, Vec<(FoundBlock, Arc<SegmentHandle>)>> = HashMap::new();
     let mut fates: HashMap<(u64, u64), Fate> = HashMap::new();
@@ -281,7 +289,7 @@ pub(crate) fn recover(
     // inherit. Zero them now (reading preallocated space is cheap; writing happens only when
     // something is there).
     if let Some(tail) = segments.last() {
-        clear_stale_tail(tail, &mut erases)?;
+        clear_stale_tail(tail, options.block_len, &mut erases)?;
     }
     apply_erases(&erases)?;
     for seg in &segments {
@@ -939,13 +947,31 @@ fn read_zero_filled(file: &dyn walrus_io::SegmentFile, buf: &mut [u8], pos: u64)
     Ok(())
 }
 
-/// Queues zeroing of every non-zero page after the last block of `seg`.
-fn clear_stale_tail(seg: &FoundSegment, erases: &mut Vec<Erase>) -> io::Result<()> {
+/// Queues zeroing of every non-zero page in a window after the last block of `seg`.
+///
+/// The window is 16 default blocks (at least 16 MiB): stale blocks are the ones handed out
+/// just before the crash whose headers never reached the disk, right after the last one found.
+/// Bounding it keeps opening cheap whatever the segment size; a power cut that kept sectors of
+/// a block further out but lost every header in between is not covered.
+fn clear_stale_tail(seg: &FoundSegment, block_len: u64, erases: &mut Vec<Erase>) -> io::Result<()> {
     const CHUNK: u64 = 1 << 20;
+    let window_end = seg.capacity.min(
+        seg.next_start
+            .saturating_add((16 * block_len).max(16 << 20)),
+    );
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = seg.next_start;
-    while pos < seg.capacity {
-        let len = CHUNK.min(seg.capacity - pos) as usize;
+    // Holes (preallocated, never written) are skipped without reading them.
+    while let Some(data) = seg.handle.file.next_data(pos)? {
+        pos = data.start - data.start % BLOCK_ALIGN;
+        if pos >= window_end {
+            break;
+        }
+        // Read only the data range: reading a hole would cache zero pages that the next
+        // open's SEEK_DATA would report as data.
+        let len = CHUNK
+            .min(window_end - pos)
+            .min(data.end.saturating_sub(pos).max(1)) as usize;
         let chunk = buf.get_mut(..len).unwrap_or_default();
         read_zero_filled(&*seg.handle.file, chunk, pos)?;
         for (i, page) in chunk.chunks(BLOCK_ALIGN as usize).enumerate() {
