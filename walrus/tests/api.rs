@@ -380,3 +380,10 @@ fn recovery_mode_is_a_builder_option() {
     wal.append_for_topic("t", b"x").unwrap();
     assert!(wal.recovery_report().issues.is_empty());
 }
+
+#[test]
+fn walrus_is_send_and_sync() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Walrus>();
+    shareable::<walrus::topic::Store>();
+}
