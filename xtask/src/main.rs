@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo xtask bench [--full]          load generator (walrus vs walrus-rust); short unless --full
+//! cargo xtask bench --others          the same, with RocksDB and okaywal (opt-in features)
 //! cargo xtask bench --micro [--full]  criterion micro-benchmarks (format, alloc, io)
 //! cargo xtask loom                    loom models of the allocator and deletion tracker
 //! cargo xtask proptest [--cases N]    property tests with N cases each (default 2048)
@@ -80,27 +81,28 @@ fn flag_value(args: &[String], name: &str, default: u64) -> Result<u64> {
     }
 }
 
-/// `cargo xtask bench [--full] [--micro] [-- <walrus-bench flags>]`: the load generator in
-/// release mode (short suite unless `--full`), or with `--micro` the criterion micro-benchmarks
-/// (short unless `--full`). Flags after `--` go to `walrus-bench` as they are (see its `--help`);
-/// the knobs also come from the environment (`FSYNC`, `THREADS`, `WALRUS_DURATION`,
-/// `WALRUS_BATCH_SIZE`, `BACKEND`).
+/// `cargo xtask bench [--full] [--micro] [--others] [-- <walrus-bench flags>]`: the load
+/// generator in release mode (short suite unless `--full`), or with `--micro` the criterion
+/// micro-benchmarks (short unless `--full`). `--others` also builds and runs the opt-in engines
+/// (RocksDB through Debian's librocksdb-dev, okaywal). Flags after `--` go to `walrus-bench` as
+/// they are (see its `--help`); the knobs also come from the environment (`FSYNC`, `THREADS`,
+/// `WALRUS_DURATION`, `WALRUS_BATCH_SIZE`, `BACKEND`).
 fn bench(args: &[String]) -> Result {
     let (own, passed) = match args.iter().position(|a| a == "--") {
         Some(i) => (&args[..i], &args[i + 1..]),
         None => (args, &args[args.len()..]),
     };
-    let full = own.iter().any(|a| a == "--full");
+    let has = |flag: &str| own.iter().any(|a| a == flag);
     if let Some(unknown) = own
         .iter()
-        .find(|a| !matches!(a.as_str(), "--full" | "--micro"))
+        .find(|a| !matches!(a.as_str(), "--full" | "--micro" | "--others"))
     {
         return Err(format!(
-            "bench: unknown flag {unknown} (use --full, --micro, or -- <walrus-bench flags>)"
+            "bench: unknown flag {unknown} (use --full, --micro, --others, or -- <walrus-bench flags>)"
         ));
     }
-    if own.iter().any(|a| a == "--micro") {
-        return bench_micro(full);
+    if has("--micro") {
+        return bench_micro(has("--full"));
     }
     let mut cmd = cargo();
     cmd.args([
@@ -110,10 +112,21 @@ fn bench(args: &[String]) -> Result {
         "walrus-bench",
         "--bin",
         "walrus-bench",
-        "--",
     ]);
-    if full {
+    if has("--others") {
+        cmd.args(["--features", "rocksdb,okaywal"]);
+        // librocksdb-sys links the system library instead of building RocksDB (half an hour).
+        let debian = Path::new("/usr/lib/x86_64-linux-gnu/librocksdb.so");
+        if env::var_os("ROCKSDB_LIB_DIR").is_none() && debian.exists() {
+            cmd.env("ROCKSDB_LIB_DIR", "/usr/lib/x86_64-linux-gnu");
+        }
+    }
+    cmd.arg("--");
+    if has("--full") {
         cmd.arg("--full");
+    }
+    if has("--others") {
+        cmd.args(["--engines", "walrus,walrus-rust,rocksdb,okaywal"]);
     }
     cmd.args(passed);
     run(&mut cmd)

@@ -1,0 +1,240 @@
+//! `walrus-bench`: the load generator. Runs the standard suite and prints the table; with the
+//! hidden `--engine E --workload JSON` it runs one workload and prints its result as JSON (the
+//! child-process mode used for engines with process-global state).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use walrus_bench::config::{Backend, Fsync, ThreadRange};
+use walrus_bench::engine::EngineKind;
+use walrus_bench::report::{self, Machine, Report};
+use walrus_bench::suite::{self, Group, SuiteConfig};
+use walrus_bench::workload::{self, WorkloadSpec};
+
+/// Walrus load generator: the standard workloads on walrus and walrus-rust 0.2.0, side by side.
+#[derive(Debug, Parser)]
+#[command(name = "walrus-bench", version)]
+struct Cli {
+    /// The long suite (10 s per workload, threads 1-8) instead of the short default.
+    #[arg(long)]
+    full: bool,
+    /// Fsync schedule of the unsynced workloads: sync-each, no-fsync or <N>ms.
+    #[arg(long, env = "FSYNC")]
+    fsync: Option<Fsync>,
+    /// Thread counts of the scaling sweeps: N or A-B.
+    #[arg(long, env = "THREADS")]
+    threads: Option<ThreadRange>,
+    /// Seconds per measured loop.
+    #[arg(long, env = "WALRUS_DURATION")]
+    duration: Option<f64>,
+    /// Entries per batch in the batch workloads (at most 2000).
+    #[arg(long, env = "WALRUS_BATCH_SIZE")]
+    batch_size: Option<usize>,
+    /// Storage backend of our engine: pwrite, io_uring, mmap or auto.
+    #[arg(long, env = "BACKEND")]
+    backend: Option<Backend>,
+    /// Engines to compare, comma-separated (default walrus,walrus-rust).
+    #[arg(long, value_delimiter = ',')]
+    engines: Option<Vec<EngineKind>>,
+    /// Workload families, comma-separated: physical, writes, batch-writes, synced, reads, space.
+    #[arg(long, value_delimiter = ',')]
+    workloads: Option<Vec<Group>>,
+    /// Entries prefilled into each topic before a read workload.
+    #[arg(long)]
+    prefill: Option<u64>,
+    /// Where JSON and charts go (default target/walrus-bench).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the engines write (default <out>/data; must be a real disk, not a tmpfs).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the planned runs and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// Skip the charts.
+    #[arg(long)]
+    no_plot: bool,
+    /// Child mode: the engine of the one workload to run.
+    #[arg(long, hide = true, requires = "workload")]
+    engine: Option<EngineKind>,
+    /// Child mode: the workload, as JSON.
+    #[arg(long, hide = true, requires = "engine")]
+    workload: Option<String>,
+}
+
+impl Cli {
+    fn suite_config(&self) -> SuiteConfig {
+        let mut c = if self.full {
+            SuiteConfig::full()
+        } else {
+            SuiteConfig::quick()
+        };
+        if let Some(v) = self.fsync {
+            c.fsync = v;
+        }
+        if let Some(v) = self.threads {
+            c.threads = v;
+        }
+        if let Some(v) = self.duration {
+            c.duration_secs = v;
+        }
+        if let Some(v) = self.batch_size {
+            c.batch_size = v;
+        }
+        if let Some(v) = self.backend {
+            c.backend = v;
+        }
+        if let Some(v) = &self.engines {
+            c.engines.clone_from(v);
+        }
+        if let Some(v) = &self.workloads {
+            c.groups.clone_from(v);
+        }
+        if let Some(v) = self.prefill {
+            c.prefill = v;
+        }
+        c
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = cli
+        .out
+        .clone()
+        .unwrap_or_else(walrus_bench::default_out_dir);
+    let data_dir = cli.data_dir.clone().unwrap_or_else(|| out.join("data"));
+    if let (Some(engine), Some(json)) = (cli.engine, &cli.workload) {
+        return child(engine, json, data_dir);
+    }
+    let config = cli.suite_config();
+    let plan = config.plan();
+    if cli.dry_run {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config).unwrap_or_default()
+        );
+        for (engine, spec) in &plan {
+            println!("{engine:<11} {}", spec.label());
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = std::fs::create_dir_all(&data_dir) {
+        eprintln!("walrus-bench: {}: {e}", data_dir.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "walrus-bench: {} runs of {} s, data in {}",
+        plan.len(),
+        config.duration_secs,
+        data_dir.display()
+    );
+    let mut machine = Machine::probe(&data_dir);
+    let started = Instant::now();
+    let results = suite::run_plan(&plan, &data_dir);
+    machine.loadavg_end = report::loadavg();
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let targets = report::targets(&results);
+    let report = Report {
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        wall_secs: started.elapsed().as_secs_f64(),
+        machine,
+        config,
+        results,
+        targets,
+    };
+    let m = &report.machine;
+    println!(
+        "walrus-bench: {} CPUs ({}), Linux {}, data on {}; load average {} at start, {} at end",
+        m.cpus, m.cpu_model, m.kernel, m.data_fs, m.loadavg_start, m.loadavg_end
+    );
+    print!("{}", report::table(&report.results));
+    println!();
+    print!("{}", report::targets_text(&report.targets));
+    match report.write_json(&out) {
+        Ok(path) => println!("\nJSON: {}", path.display()),
+        Err(e) => eprintln!("walrus-bench: cannot write JSON to {}: {e}", out.display()),
+    }
+    if !cli.no_plot {
+        match walrus_bench::plot::scaling_chart(&report.results, &out) {
+            Ok(files) => {
+                for f in files {
+                    println!("chart: {}", f.display());
+                }
+            }
+            Err(e) => eprintln!("walrus-bench: no chart: {e}"),
+        }
+    }
+    println!("suite wall time: {:.1} s", report.wall_secs);
+    if report.results.iter().any(|r| r.error.is_some()) {
+        eprintln!("walrus-bench: some runs failed (see the table)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs one workload and prints its result as one JSON line on stdout.
+fn child(engine: EngineKind, json: &str, data_dir: PathBuf) -> ExitCode {
+    let spec: WorkloadSpec = match serde_json::from_str(json) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("walrus-bench: bad --workload: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match workload::run(engine, &spec, &data_dir)
+        .and_then(|r| serde_json::to_string(&r).map_err(std::io::Error::other))
+    {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("walrus-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_quick_suite() {
+        let cli = Cli::try_parse_from([
+            "walrus-bench",
+            "--fsync",
+            "sync-each",
+            "--threads",
+            "2-3",
+            "--duration",
+            "0.5",
+            "--batch-size",
+            "64",
+            "--backend",
+            "io_uring",
+            "--engines",
+            "walrus",
+            "--workloads",
+            "writes,reads",
+        ])
+        .unwrap();
+        let c = cli.suite_config();
+        assert_eq!(c.fsync, Fsync::SyncEach);
+        assert_eq!(c.threads, ThreadRange { min: 2, max: 3 });
+        assert!((c.duration_secs - 0.5).abs() < 1e-9);
+        assert_eq!((c.batch_size, c.backend), (64, Backend::IoUring));
+        assert_eq!(c.engines, vec![EngineKind::Walrus]);
+        assert_eq!(c.groups, vec![Group::Writes, Group::Reads]);
+        assert!(!c.full);
+        assert!(Cli::try_parse_from(["walrus-bench", "--threads", "0"]).is_err());
+        assert!(Cli::try_parse_from(["walrus-bench", "--engine", "walrus"]).is_err());
+        let full = Cli::try_parse_from(["walrus-bench", "--full"]).unwrap();
+        assert!(full.suite_config().full);
+    }
+}

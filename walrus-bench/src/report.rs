@@ -1,0 +1,603 @@
+//! The report: the stdout table with ratios, the standing of each performance target, and the
+//! JSON file under `target/walrus-bench/`.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Fsync;
+use crate::engine::EngineKind;
+use crate::suite::SuiteConfig;
+use crate::workload::{Op, Prealloc, RunResult};
+
+/// The machine a report was measured on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Machine {
+    /// Logical CPUs this process may use.
+    pub cpus: usize,
+    /// `/proc/cpuinfo` model name.
+    pub cpu_model: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// File system of the data directory, as `/proc/mounts` names it.
+    pub data_fs: String,
+    /// `/proc/loadavg` (1, 5, 15 minutes) when the suite started: the machine is shared.
+    pub loadavg_start: String,
+    /// `/proc/loadavg` when it ended.
+    pub loadavg_end: String,
+}
+
+/// The 1, 5 and 15 minute load averages.
+#[must_use]
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Machine {
+    /// What can be learnt about this machine without privileges.
+    #[must_use]
+    pub fn probe(data_dir: &Path) -> Self {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpu_model = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_default();
+        // The mount with the longest prefix of the data directory holds it.
+        let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let data_fs = read("/proc/mounts")
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let (dev, mnt, fs) = (f.next()?, f.next()?, f.next()?);
+                dir.starts_with(mnt)
+                    .then(|| (mnt.len(), format!("{fs} on {dev} ({mnt})")))
+            })
+            .max()
+            .map(|(_, s)| s)
+            .unwrap_or_default();
+        Self {
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            cpu_model,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            data_fs,
+            loadavg_start: loadavg(),
+            loadavg_end: String::new(),
+        }
+    }
+}
+
+/// Where a performance target stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    /// The target as stated.
+    pub goal: String,
+    /// The measured figure, with what it was computed from.
+    pub measured: String,
+    /// Met, missed, or `None` when the runs it needs did not happen.
+    pub met: Option<bool>,
+}
+
+/// A whole suite run, as written to JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Seconds since the Unix epoch when it finished.
+    pub created_unix: u64,
+    /// Wall time of the whole suite.
+    pub wall_secs: f64,
+    /// The machine.
+    pub machine: Machine,
+    /// The knobs.
+    pub config: SuiteConfig,
+    /// Every run.
+    pub results: Vec<RunResult>,
+    /// The targets.
+    pub targets: Vec<Target>,
+}
+
+impl Report {
+    /// Writes `results-<time>.json` and `latest.json` into `out_dir`; returns the first.
+    ///
+    /// # Errors
+    /// An I/O error.
+    pub fn write_json(&self, out_dir: &Path) -> io::Result<PathBuf> {
+        std::fs::create_dir_all(out_dir)?;
+        let json = serde_json::to_string_pretty(self).map_err(io::Error::other)?;
+        let path = out_dir.join(format!("results-{}.json", self.created_unix));
+        std::fs::write(&path, &json)?;
+        std::fs::write(out_dir.join("latest.json"), &json)?;
+        Ok(path)
+    }
+}
+
+/// `1.23M`, `456k`, `789`.
+#[must_use]
+pub fn fmt_count(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// `850ns`, `12.3µs`, `1.20ms`, `2.50s`.
+#[must_use]
+pub fn fmt_ns(ns: f64) -> String {
+    if ns < 1e3 {
+        format!("{ns:.0}ns")
+    } else if ns < 1e4 {
+        format!("{:.2}µs", ns / 1e3)
+    } else if ns < 1e6 {
+        format!("{:.1}µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2}ms", ns / 1e6)
+    } else {
+        format!("{:.2}s", ns / 1e9)
+    }
+}
+
+/// `3.2x`, `0.45x`, `123x`.
+#[must_use]
+pub fn fmt_ratio(r: f64) -> String {
+    if !r.is_finite() {
+        "-".into()
+    } else if r >= 100.0 {
+        format!("{r:.0}x")
+    } else if r >= 10.0 {
+        format!("{r:.1}x")
+    } else {
+        format!("{r:.2}x")
+    }
+}
+
+fn fmt_pct(r: f64) -> String {
+    if r.is_finite() {
+        format!("{:.0}%", r * 100.0)
+    } else {
+        "-".into()
+    }
+}
+
+/// A one-line summary of a run, for the progress log.
+#[must_use]
+pub fn one_line(r: &RunResult) -> String {
+    match &r.error {
+        Some(e) => format!("FAILED: {e}"),
+        None => format!(
+            "{} entries/s, {:.1} MiB/s, p99 {}",
+            fmt_count(r.entries_per_sec()),
+            r.mib_per_sec(),
+            fmt_ns(r.latency.p99_ns as f64)
+        ),
+    }
+}
+
+/// The physical figures of a run set.
+#[derive(Debug, Clone, Default)]
+struct Physical {
+    /// `pwrite` per entry: (threads, MiB/s).
+    pwrite_mib: Vec<(usize, f64)>,
+    /// `pwrite`+`fdatasync` per entry: mean seconds per call.
+    sync_secs: Option<f64>,
+}
+
+impl Physical {
+    fn of(results: &[RunResult]) -> Self {
+        let mut p = Self::default();
+        for r in results.iter().filter(|r| r.ok()) {
+            match r.spec.op {
+                Op::Pwrite {
+                    chunk: 1,
+                    fdatasync: false,
+                    prealloc: Prealloc::Extend,
+                } => p.pwrite_mib.push((r.spec.threads, r.mib_per_sec())),
+                // The fastest way the disk syncs one entry sets the ceiling.
+                Op::Pwrite {
+                    chunk: 1,
+                    fdatasync: true,
+                    ..
+                } => {
+                    let secs = r.latency.mean_ns / 1e9;
+                    p.sync_secs = Some(p.sync_secs.map_or(secs, |s: f64| s.min(secs)));
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// MiB/s of the plain `pwrite` loop with `threads` threads, else with one.
+    fn pwrite(&self, threads: usize) -> Option<f64> {
+        let at = |t: usize| self.pwrite_mib.iter().find(|p| p.0 == t).map(|p| p.1);
+        at(threads).or_else(|| at(1))
+    }
+
+    /// The fraction of what the disk gives that `r` reached, where that is defined: MiB/s of
+    /// the plain `pwrite` loop (same thread count) for unsynced writes, the group-commit
+    /// ceiling for synced ones.
+    fn share(&self, r: &RunResult) -> Option<f64> {
+        if !r.ok() {
+            return None;
+        }
+        match r.spec.op {
+            Op::Append if r.spec.fsync == Fsync::SyncEach => self
+                .sync_ceiling(r.spec.threads)
+                .map(|c| r.entries_per_sec() / c),
+            Op::Append | Op::AppendBatch { .. } if r.spec.fsync != Fsync::SyncEach => {
+                self.pwrite(r.spec.threads).map(|p| r.mib_per_sec() / p)
+            }
+            Op::Pwrite {
+                fdatasync: false, ..
+            } => self.pwrite(r.spec.threads).map(|p| r.mib_per_sec() / p),
+            _ => None,
+        }
+    }
+
+    /// Entries/s that `threads` waiters sharing every sync can reach: each sync acknowledges
+    /// at most one entry per waiter.
+    fn sync_ceiling(&self, threads: usize) -> Option<f64> {
+        self.sync_secs.map(|s| threads as f64 / s)
+    }
+}
+
+/// Ours ÷ theirs in entries/s, for runs with the same spec.
+fn ratio_vs(results: &[RunResult], ours: &RunResult, theirs: EngineKind) -> Option<f64> {
+    let other = results
+        .iter()
+        .find(|r| r.engine == theirs && r.spec == ours.spec && r.ok())?;
+    ours.ok()
+        .then(|| ours.entries_per_sec() / other.entries_per_sec())
+}
+
+/// The table of every run, grouped by workload family, with ratios.
+#[must_use]
+pub fn table(results: &[RunResult]) -> String {
+    let phys = Physical::of(results);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<34} {:<11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
+        "workload",
+        "engine",
+        "entries/s",
+        "MiB/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "alloc/B",
+        "appar/B",
+        "walrus/x",
+        "of disk"
+    );
+    let mut group = String::new();
+    for r in results {
+        if r.spec.group != group {
+            group.clone_from(&r.spec.group);
+            let _ = writeln!(out, "-- {group} (fsync {}) --", r.spec.fsync);
+        }
+        let label = r.spec.label();
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "{label:<34} {:<11} FAILED: {e}", r.engine.to_string());
+            continue;
+        }
+        let l = &r.latency;
+        let (alloc, appar) = r.disk.map_or(("-".into(), "-".into()), |d| {
+            (
+                format!("{:.3}", d.allocated_per_payload(r.payload_bytes)),
+                format!("{:.2}", d.apparent_per_payload(r.payload_bytes)),
+            )
+        });
+        // On each other engine's row: ours / that engine, same workload.
+        let vs = match r.engine {
+            EngineKind::Walrus | EngineKind::Disk => String::new(),
+            other => find(results, EngineKind::Walrus, |o| o.spec == r.spec)
+                .and_then(|ours| ratio_vs(results, ours, other))
+                .map_or("-".into(), fmt_ratio),
+        };
+        let share = phys.share(r).map_or(String::new(), fmt_pct);
+        let _ = writeln!(
+            out,
+            "{label:<34} {:<11} {:>9} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
+            r.engine.to_string(),
+            fmt_count(r.entries_per_sec()),
+            r.mib_per_sec(),
+            fmt_ns(l.p50_ns as f64),
+            fmt_ns(l.p99_ns as f64),
+            fmt_ns(l.p999_ns as f64),
+            fmt_ns(l.max_ns as f64),
+            alloc,
+            appar,
+            vs,
+            share,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "latency is per call (one entry, one batch, one pwrite); alloc/B and appar/B: bytes on disk \
+         (allocated, apparent) per payload byte after the writes; walrus/x: entries/s of walrus / \
+         entries/s of this row's engine, same workload; of disk: MiB/s / plain pwrite (unsynced), or \
+         entries/s / (threads / fdatasync latency) (sync-each)"
+    );
+    out
+}
+
+fn find(
+    results: &[RunResult],
+    engine: EngineKind,
+    pred: impl Fn(&RunResult) -> bool,
+) -> Option<&RunResult> {
+    results
+        .iter()
+        .find(|r| r.engine == engine && r.ok() && pred(r))
+}
+
+/// Where each performance target stands in `results`.
+#[must_use]
+pub fn targets(results: &[RunResult]) -> Vec<Target> {
+    let phys = Physical::of(results);
+    let ours = |pred: &dyn Fn(&RunResult) -> bool| find(results, EngineKind::Walrus, pred);
+    let mut out = Vec::new();
+    let mut push = |goal: &str, measured: Option<(String, bool)>| {
+        out.push(Target {
+            goal: goal.into(),
+            measured: measured
+                .as_ref()
+                .map_or("not measured in this run".into(), |m| m.0.clone()),
+            met: measured.map(|m| m.1),
+        });
+    };
+
+    let append2 = ours(&|r| r.spec.group == "writes" && r.spec.threads == 2);
+    push(
+        "unsynced single appends, 2 threads >= 3x walrus-rust",
+        append2.and_then(|r| {
+            let x = ratio_vs(results, r, EngineKind::WalrusRust)?;
+            Some((
+                format!(
+                    "{} ({} vs {} entries/s)",
+                    fmt_ratio(x),
+                    fmt_count(r.entries_per_sec()),
+                    fmt_count(r.entries_per_sec() / x)
+                ),
+                x >= 3.0,
+            ))
+        }),
+    );
+
+    let batch1 = ours(&|r| r.spec.group == "batch-writes" && r.spec.threads == 1);
+    let chunked = results.iter().find(|r| {
+        r.ok() && matches!(r.spec.op, Op::Pwrite { chunk, fdatasync: false, .. } if chunk > 1)
+    });
+    push(
+        "256-entry batches >= 80% of the physical pwrite baseline",
+        batch1.zip(phys.pwrite(1)).map(|(r, p)| {
+            let share = r.mib_per_sec() / p;
+            let vs_chunked = chunked.map_or(String::new(), |c| {
+                format!(
+                    "; {} of {} ({:.0} MiB/s)",
+                    fmt_pct(r.mib_per_sec() / c.mib_per_sec()),
+                    c.spec.name,
+                    c.mib_per_sec()
+                )
+            });
+            (
+                format!(
+                    "{} at t=1 ({:.0} of {:.0} MiB/s){vs_chunked}",
+                    fmt_pct(share),
+                    r.mib_per_sec(),
+                    p,
+                ),
+                share >= 0.8,
+            )
+        }),
+    );
+
+    let sync16 = ours(&|r| r.spec.group == "synced" && r.spec.threads == 16);
+    push(
+        "sync-each, 16 threads >= 80% of the physical ceiling (16 / fdatasync latency)",
+        sync16.and_then(|r| {
+            let ceiling = phys.sync_ceiling(16)?;
+            let share = r.entries_per_sec() / ceiling;
+            Some((
+                format!(
+                    "{} ({} of {} entries/s; fdatasync loop {})",
+                    fmt_pct(share),
+                    fmt_count(r.entries_per_sec()),
+                    fmt_count(ceiling),
+                    fmt_ns(phys.sync_secs.unwrap_or(0.0) * 1e9)
+                ),
+                share >= 0.8,
+            ))
+        }),
+    );
+    push(
+        "sync-each, 16 threads >= 4x walrus-rust",
+        sync16.and_then(|r| {
+            let x = ratio_vs(results, r, EngineKind::WalrusRust)?;
+            Some((fmt_ratio(x), x >= 4.0))
+        }),
+    );
+
+    let alo = ours(&|r| r.spec.op == Op::ReadNext && r.spec.name.contains("at-least-once"));
+    push(
+        "read_next at-least-once >= 2 M entries/s",
+        alo.map(|r| {
+            (
+                format!("{} entries/s", fmt_count(r.entries_per_sec())),
+                r.entries_per_sec() >= 2e6,
+            )
+        }),
+    );
+    let strict = ours(&|r| r.spec.op == Op::ReadNext && r.spec.name.contains("strict"));
+    push(
+        "read_next strict >= 100x walrus-rust (same fsync schedule)",
+        strict.and_then(|r| {
+            let x = ratio_vs(results, r, EngineKind::WalrusRust)?;
+            Some((
+                format!("{} (fsync {})", fmt_ratio(x), r.spec.fsync),
+                x >= 100.0,
+            ))
+        }),
+    );
+
+    let space = |seg: bool| {
+        ours(&|r| r.spec.group == "space" && r.spec.segment_size.is_some() == seg)
+            .and_then(|r| Some((r, r.disk?.allocated_per_payload(r.payload_bytes))))
+    };
+    push(
+        "<= 1.04 bytes on disk per payload byte at 700 B entries",
+        space(false).map(|(r, x)| {
+            let small = space(true).map_or(String::new(), |(s, y)| {
+                format!(
+                    "; {y:.3} with {} MiB segments",
+                    s.spec.segment_size.unwrap_or(0) >> 20
+                )
+            });
+            (
+                format!(
+                    "{x:.3} allocated after {:.0} MiB of payload, default segments{small}",
+                    r.payload_bytes as f64 / f64::from(1 << 20)
+                ),
+                x <= 1.04,
+            )
+        }),
+    );
+    out
+}
+
+/// The targets as text lines.
+#[must_use]
+pub fn targets_text(targets: &[Target]) -> String {
+    let mut out = String::new();
+    for t in targets {
+        let mark = match t.met {
+            Some(true) => "MET   ",
+            Some(false) => "MISSED",
+            None => "n/a   ",
+        };
+        let _ = writeln!(out, "{mark} {}: {}", t.goal, t.measured);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, Consistency};
+    use crate::payload::Sizes;
+    use crate::stats::{DiskUsage, LatencySummary};
+    use crate::workload::WorkloadSpec;
+
+    fn result(engine: EngineKind, group: &str, op: Op, threads: usize, eps: f64) -> RunResult {
+        RunResult {
+            engine,
+            spec: WorkloadSpec {
+                group: group.into(),
+                name: "append".into(),
+                op,
+                threads,
+                fsync: if group == "synced" || op == Op::pwrite(1, true) {
+                    Fsync::SyncEach
+                } else {
+                    Fsync::NoFsync
+                },
+                consistency: Consistency::StrictlyAtOnce,
+                sizes: Sizes::STANDARD,
+                duration_secs: 1.0,
+                prefill: 0,
+                backend: Backend::Pwrite,
+                segment_size: None,
+            },
+            entries: eps as u64,
+            payload_bytes: eps as u64 * 1024,
+            elapsed_secs: 1.0,
+            latency: LatencySummary {
+                calls: eps as u64,
+                mean_ns: 1e9 / eps,
+                p50_ns: 1_500,
+                p99_ns: 12_345,
+                p999_ns: 2_500_000,
+                max_ns: 3_000_000_000,
+            },
+            disk: Some(DiskUsage {
+                allocated_bytes: eps as u64 * 1024 * 2,
+                apparent_bytes: eps as u64 * 1024 * 3,
+                files: 1,
+            }),
+            prefill_secs: 0.0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(fmt_count(1_234_567.0), "1.23M");
+        assert_eq!(fmt_count(45_600.0), "46k");
+        assert_eq!(fmt_count(2_500.0), "2.5k");
+        assert_eq!(fmt_count(12.0), "12");
+        assert_eq!(fmt_ns(850.0), "850ns");
+        assert_eq!(fmt_ns(1_500.0), "1.50µs");
+        assert_eq!(fmt_ns(12_345.0), "12.3µs");
+        assert_eq!(fmt_ns(2_500_000.0), "2.50ms");
+        assert_eq!(fmt_ns(3e9), "3.00s");
+        assert_eq!(fmt_ratio(3.216), "3.22x");
+        assert_eq!(fmt_ratio(f64::NAN), "-");
+        assert_eq!(fmt_ratio(250.0), "250x");
+    }
+
+    #[test]
+    fn table_and_targets_compute_ratios() {
+        let results = vec![
+            result(EngineKind::Disk, "physical", Op::pwrite(1, false), 1, 1e6),
+            result(EngineKind::Disk, "physical", Op::pwrite(1, true), 1, 5e3),
+            result(EngineKind::Walrus, "writes", Op::Append, 2, 2e6),
+            result(EngineKind::WalrusRust, "writes", Op::Append, 2, 5e5),
+            result(
+                EngineKind::Walrus,
+                "batch-writes",
+                Op::AppendBatch { size: 256 },
+                1,
+                9e5,
+            ),
+            result(EngineKind::Walrus, "synced", Op::Append, 16, 7.6e4),
+            result(EngineKind::WalrusRust, "synced", Op::Append, 16, 1e4),
+        ];
+        let t = table(&results);
+        assert!(t.contains("-- writes (fsync no-fsync) --"), "{t}");
+        assert!(t.contains("4.00x"), "ours/theirs ratio: {t}");
+        assert!(t.contains("200%"), "writes vs pwrite: {t}");
+        assert!(t.contains("95%"), "synced vs 16 x 5k ceiling: {t}");
+        assert!(
+            t.contains("2.000") && t.contains("3.00"),
+            "disk ratios: {t}"
+        );
+        assert!(t.contains("12.3µs") && t.contains("3.00s"), "{t}");
+
+        let ts = targets(&results);
+        assert_eq!(ts.len(), 7);
+        assert_eq!(ts[0].met, Some(true), "{:?}", ts[0]);
+        assert_eq!(ts[1].met, Some(true), "{:?}", ts[1]);
+        assert!(ts[1].measured.starts_with("90%"), "{:?}", ts[1]);
+        assert_eq!(ts[2].met, Some(true), "{:?}", ts[2]);
+        assert_eq!(ts[3].met, Some(true), "{:?}", ts[3]);
+        assert_eq!(ts[4].met, None);
+        let text = targets_text(&ts);
+        assert!(text.contains("MET") && text.contains("n/a"), "{text}");
+    }
+}

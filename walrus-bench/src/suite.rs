@@ -1,0 +1,487 @@
+//! The standard suite: which workloads run on which engine, in what order, and how each run is
+//! executed — in this process, or in a child process of its own for engines with
+//! process-global state.
+
+use std::fmt;
+use std::io::{self, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Backend, Consistency, Fsync, ThreadRange};
+use crate::engine::EngineKind;
+use crate::payload::Sizes;
+use crate::workload::{self, Op, Prealloc, RunResult, WorkloadSpec};
+
+/// A family of workloads, selectable with `--workloads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Group {
+    /// The plain `pwrite` and `pwrite`+`fdatasync` loops (the disk's ceiling).
+    Physical,
+    /// Single appends, for each thread count of the range (the scaling sweep).
+    Writes,
+    /// Batches, for each thread count of the range (the batch scaling sweep).
+    BatchWrites,
+    /// `SyncEach` single appends with 1, 4 and 16 threads (group commit).
+    Synced,
+    /// Draining a prefilled topic: `read_next` in both consistency modes, and batch reads.
+    Reads,
+    /// 700-byte entries: bytes on disk per payload byte.
+    Space,
+}
+
+impl Group {
+    /// Every group, in suite order.
+    pub const ALL: [Self; 6] = [
+        Self::Physical,
+        Self::Writes,
+        Self::BatchWrites,
+        Self::Synced,
+        Self::Reads,
+        Self::Space,
+    ];
+}
+
+impl FromStr for Group {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "physical" | "disk" => Ok(Self::Physical),
+            "writes" | "scaling" => Ok(Self::Writes),
+            "batch-writes" | "batch" | "batch-scaling" => Ok(Self::BatchWrites),
+            "synced" | "sync" => Ok(Self::Synced),
+            "reads" => Ok(Self::Reads),
+            "space" => Ok(Self::Space),
+            _ => Err(format!(
+                "workload {s:?}: expected physical, writes, batch-writes, synced, reads or space"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Physical => "physical",
+            Self::Writes => "writes",
+            Self::BatchWrites => "batch-writes",
+            Self::Synced => "synced",
+            Self::Reads => "reads",
+            Self::Space => "space",
+        })
+    }
+}
+
+impl From<Group> for String {
+    fn from(v: Group) -> Self {
+        v.to_string()
+    }
+}
+
+impl TryFrom<String> for Group {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// Everything that shapes a suite run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuiteConfig {
+    /// The long suite (`--full`) rather than the default short one.
+    pub full: bool,
+    /// Fsync schedule of the unsynced workloads (writes, batches, reads, space).
+    pub fsync: Fsync,
+    /// Thread counts of the scaling sweeps.
+    pub threads: ThreadRange,
+    /// Seconds per measured loop.
+    pub duration_secs: f64,
+    /// Entries per batch in the batch workloads.
+    pub batch_size: usize,
+    /// Storage backend of our engine.
+    pub backend: Backend,
+    /// Engines compared, in order (the physical baseline runs on `disk` regardless).
+    pub engines: Vec<EngineKind>,
+    /// Workload families to run.
+    pub groups: Vec<Group>,
+    /// Entries prefilled into each topic before a read workload.
+    pub prefill: u64,
+    /// `max_bytes` of a batch read.
+    pub read_batch_bytes: usize,
+    /// `persist_every` of the at-least-once reads.
+    pub persist_every: u32,
+    /// Thread counts of the synced workload.
+    pub synced_threads: Vec<usize>,
+}
+
+impl SuiteConfig {
+    /// The default suite (`cargo xtask bench`): about two minutes on two cores.
+    #[must_use]
+    pub fn quick() -> Self {
+        Self {
+            full: false,
+            fsync: Fsync::NoFsync,
+            threads: ThreadRange { min: 1, max: 4 },
+            duration_secs: 2.0,
+            batch_size: 256,
+            backend: Backend::Pwrite,
+            engines: EngineKind::COMPARED.to_vec(),
+            groups: Group::ALL.to_vec(),
+            prefill: 400_000,
+            read_batch_bytes: 256 << 10,
+            persist_every: 1000,
+            synced_threads: vec![1, 4, 16],
+        }
+    }
+
+    /// The long suite (`cargo xtask bench --full`).
+    #[must_use]
+    pub fn full() -> Self {
+        Self {
+            full: true,
+            threads: ThreadRange { min: 1, max: 8 },
+            duration_secs: 10.0,
+            prefill: 2_000_000,
+            ..Self::quick()
+        }
+    }
+
+    /// Every run of the suite, in order: the physical baseline first, then each workload on
+    /// each engine back to back, so that compared figures are taken close together.
+    #[must_use]
+    pub fn plan(&self) -> Vec<(EngineKind, WorkloadSpec)> {
+        let base = WorkloadSpec {
+            group: String::new(),
+            name: String::new(),
+            op: Op::Append,
+            threads: 1,
+            fsync: self.fsync,
+            consistency: Consistency::AtLeastOnce(self.persist_every),
+            sizes: Sizes::STANDARD,
+            duration_secs: self.duration_secs,
+            prefill: 0,
+            backend: self.backend,
+            segment_size: None,
+        };
+        let spec = |group: Group, name: &str, op: Op, threads: usize| WorkloadSpec {
+            group: group.to_string(),
+            name: name.to_string(),
+            op,
+            threads,
+            ..base.clone()
+        };
+        let mut plan = Vec::new();
+        // Each engine that can run the workload: reads need cursors, and an engine that syncs
+        // every write runs only the synced workloads.
+        let each_engine = |s: WorkloadSpec, plan: &mut Vec<_>| {
+            for &e in &self.engines {
+                let fits = (e.has_cursors() || !s.op.is_read())
+                    && (!e.always_syncs() || s.fsync == Fsync::SyncEach);
+                if fits {
+                    plan.push((e, s.clone()));
+                }
+            }
+        };
+        let batch = self.batch_size.clamp(1, 2000);
+        for &group in &self.groups {
+            match group {
+                Group::Physical => {
+                    let phys = |name: &str, chunk, fdatasync| {
+                        let mut s = spec(group, name, Op::pwrite(chunk, fdatasync), 1);
+                        s.fsync = if fdatasync {
+                            Fsync::SyncEach
+                        } else {
+                            Fsync::NoFsync
+                        };
+                        (EngineKind::Disk, s)
+                    };
+                    // One per thread count of the sweeps: what the disk gives at that
+                    // concurrency, each thread appending to a file of its own.
+                    for t in self.threads.counts() {
+                        let mut p = phys("pwrite", 1, false);
+                        p.1.threads = t;
+                        plan.push(p);
+                    }
+                    plan.push(phys(&format!("pwrite x{batch}"), batch, false));
+                    // Syncs: into a file each write extends, into fallocated (unwritten)
+                    // space as segment files are, and over zero-filled written space.
+                    plan.push(phys("pwrite+fdatasync", 1, true));
+                    for (name, prealloc) in [
+                        ("pwrite+fdatasync fallocated", Prealloc::Fallocate),
+                        ("pwrite+fdatasync zeroed", Prealloc::Zeroed),
+                    ] {
+                        let mut p = phys(name, 1, true);
+                        p.1.op = Op::Pwrite {
+                            chunk: 1,
+                            fdatasync: true,
+                            prealloc,
+                        };
+                        plan.push(p);
+                    }
+                }
+                Group::Writes => {
+                    for t in self.threads.counts() {
+                        each_engine(spec(group, "append", Op::Append, t), &mut plan);
+                    }
+                }
+                Group::BatchWrites => {
+                    for t in self.threads.counts() {
+                        let name = format!("batch {batch}");
+                        let s = spec(group, &name, Op::AppendBatch { size: batch }, t);
+                        each_engine(s, &mut plan);
+                    }
+                }
+                Group::Synced => {
+                    for &t in &self.synced_threads {
+                        let mut s = spec(group, "append sync-each", Op::Append, t);
+                        s.fsync = Fsync::SyncEach;
+                        each_engine(s, &mut plan);
+                    }
+                }
+                Group::Reads => {
+                    let reads = [
+                        (
+                            format!("read_next at-least-once/{}", self.persist_every),
+                            Op::ReadNext,
+                            Consistency::AtLeastOnce(self.persist_every),
+                        ),
+                        (
+                            "read_next strict".to_string(),
+                            Op::ReadNext,
+                            Consistency::StrictlyAtOnce,
+                        ),
+                        (
+                            format!("batch_read {}KiB strict", self.read_batch_bytes >> 10),
+                            Op::ReadBatch {
+                                max_bytes: self.read_batch_bytes,
+                            },
+                            Consistency::StrictlyAtOnce,
+                        ),
+                    ];
+                    for (name, op, consistency) in reads {
+                        let mut s = spec(group, &name, op, 1);
+                        s.consistency = consistency;
+                        s.prefill = self.prefill;
+                        each_engine(s, &mut plan);
+                    }
+                }
+                Group::Space => {
+                    let mut s = spec(group, "append 700B", Op::Append, 1);
+                    s.sizes = Sizes::fixed(700);
+                    each_engine(s.clone(), &mut plan);
+                    // Our segments are preallocated whole, 1 GiB by default plus one spare:
+                    // a short run is dominated by that. With small segments the figure
+                    // converges to the format's own overhead within one run. The segment
+                    // header takes 4 KiB, so 16 MiB + 4 KiB holds exactly 16 blocks of 1 MiB.
+                    if self.engines.contains(&EngineKind::Walrus) {
+                        s.segment_size = Some((16 << 20) + 4096);
+                        plan.push((EngineKind::Walrus, s));
+                    }
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// Runs `plan` with data under `data_dir`: a progress bar on a terminal, and one line per
+/// finished run (above the bar, or on stderr when there is no terminal).
+#[must_use]
+pub fn run_plan(plan: &[(EngineKind, WorkloadSpec)], data_dir: &Path) -> Vec<RunResult> {
+    let bar = progress_bar(plan.len() as u64);
+    let mut results = Vec::with_capacity(plan.len());
+    for (i, (engine, spec)) in plan.iter().enumerate() {
+        bar.set_message(format!("{} on {engine}", spec.label()));
+        let r = run_one(*engine, spec, data_dir);
+        let line = format!(
+            "[{}/{}] {:<34} {:<11} {}",
+            i + 1,
+            plan.len(),
+            spec.label(),
+            engine.to_string(),
+            crate::report::one_line(&r)
+        );
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+        bar.inc(1);
+        results.push(r);
+    }
+    bar.finish_and_clear();
+    results
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    let tty = io::stdout().is_terminal() && io::stderr().is_terminal();
+    let target = if tty {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), target);
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+    {
+        bar.set_style(style);
+    }
+    if tty {
+        bar.enable_steady_tick(Duration::from_millis(200));
+    }
+    bar
+}
+
+/// One run, in this process or in a child.
+#[must_use]
+pub fn run_one(engine: EngineKind, spec: &WorkloadSpec, data_dir: &Path) -> RunResult {
+    let dir = data_dir.join(format!("{engine}"));
+    let outcome = if engine.needs_child_process() {
+        run_in_child(engine, spec, &dir)
+    } else {
+        workload::run(engine, spec, &dir)
+    };
+    outcome.unwrap_or_else(|e| RunResult::failed(engine, spec, e.to_string()))
+}
+
+/// Re-executes this binary as `--engine E --workload JSON --data-dir D` and reads the result,
+/// the last line of the child's stdout, as JSON.
+fn run_in_child(engine: EngineKind, spec: &WorkloadSpec, dir: &Path) -> io::Result<RunResult> {
+    let exe = child_exe()?;
+    let json = serde_json::to_string(spec).map_err(io::Error::other)?;
+    let mut child = Command::new(exe)
+        .arg("--engine")
+        .arg(engine.to_string())
+        .arg("--workload")
+        .arg(json)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("WALRUS_DATA_DIR", dir)
+        .env("WALRUS_QUIET", "1")
+        .env_remove("WALRUS_INSTANCE_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let readers = (
+        std::thread::spawn(move || read_all(out.as_mut())),
+        std::thread::spawn(move || read_all(err.as_mut())),
+    );
+    // A hung child (a deadlocked engine) must not hang the suite.
+    let limit = Duration::from_secs_f64(spec.duration_secs * 4.0 + 120.0);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("child killed after {:.0} s", limit.as_secs_f64()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = readers.0.join().unwrap_or_default();
+    let stderr = readers.1.join().unwrap_or_default();
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "child {status}: {}",
+            last_lines(&stderr, 5)
+        )));
+    }
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "child printed no result: {}",
+                last_lines(&stderr, 5)
+            ))
+        })?;
+    serde_json::from_str(line).map_err(io::Error::other)
+}
+
+fn read_all(r: Option<&mut impl Read>) -> String {
+    let mut s = String::new();
+    if let Some(r) = r {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        s = String::from_utf8_lossy(&buf).into_owned();
+    }
+    s
+}
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// The binary to re-execute: this one, unless tests name the real bench binary.
+fn child_exe() -> io::Result<PathBuf> {
+    match std::env::var_os("WALRUS_BENCH_EXE") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => std::env::current_exe(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_plan_covers_every_workload_on_both_engines() {
+        let plan = SuiteConfig::quick().plan();
+        let count = |engine: EngineKind, group: Group| {
+            plan.iter()
+                .filter(|(e, s)| *e == engine && s.group == group.to_string())
+                .count()
+        };
+        assert_eq!(count(EngineKind::Disk, Group::Physical), 8);
+        for e in EngineKind::COMPARED {
+            assert_eq!(count(e, Group::Writes), 4);
+            assert_eq!(count(e, Group::BatchWrites), 4);
+            assert_eq!(count(e, Group::Synced), 3);
+            assert_eq!(count(e, Group::Reads), 3);
+        }
+        assert_eq!(count(EngineKind::Walrus, Group::Space), 2);
+        assert!(
+            plan.iter()
+                .all(|(_, s)| s.group != "synced" || s.fsync == Fsync::SyncEach)
+        );
+        // Compared runs are adjacent: ours, then theirs, same spec.
+        let w = plan
+            .iter()
+            .position(|(e, _)| *e == EngineKind::Walrus)
+            .unwrap();
+        assert_eq!(plan[w].1, plan[w + 1].1);
+        assert_eq!(plan[w + 1].0, EngineKind::WalrusRust);
+    }
+
+    #[test]
+    fn plan_follows_the_knobs() {
+        let cfg = SuiteConfig {
+            threads: "2".parse().unwrap(),
+            batch_size: 64,
+            engines: vec![EngineKind::Walrus],
+            groups: vec![Group::BatchWrites],
+            ..SuiteConfig::quick()
+        };
+        let plan = cfg.plan();
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].1.op, Op::AppendBatch { size: 64 });
+        assert_eq!(plan[0].1.threads, 2);
+        assert_eq!("batch".parse(), Ok(Group::BatchWrites));
+        assert!("everything".parse::<Group>().is_err());
+    }
+}

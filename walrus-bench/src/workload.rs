@@ -1,0 +1,606 @@
+//! One workload run: its specification, the closed-loop driver threads, and its result.
+//!
+//! Every thread works on a topic (or file) of its own, starts at a barrier and loops until the
+//! deadline. Each call is timed on its own — the histogram holds every call's duration, so a
+//! slow call shows up as itself instead of being averaged away — and payloads come from a
+//! pregenerated pool.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Backend, Consistency, Fsync};
+use crate::engine::{self, Engine, EngineKind, OpenOptions};
+use crate::payload::{PayloadPool, Sizes};
+use crate::stats::{self, DiskUsage, LatencySummary};
+
+/// What each call of a workload does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Op {
+    /// One entry per call (`append_for_topic`).
+    Append,
+    /// `size` entries per call, atomically (`batch_append_for_topic`).
+    AppendBatch {
+        /// Entries per batch.
+        size: usize,
+    },
+    /// Drain a prefilled topic one consuming `read_next` at a time.
+    ReadNext,
+    /// Drain a prefilled topic with consuming `batch_read_for_topic` calls.
+    ReadBatch {
+        /// Payload bytes asked for per call.
+        max_bytes: usize,
+    },
+    /// The physical baseline: sequential `pwrite` of `chunk` entries' bytes per call to a plain
+    /// file, followed by `fdatasync` when asked.
+    Pwrite {
+        /// Entries per `pwrite`.
+        chunk: usize,
+        /// `fdatasync` after every `pwrite`.
+        fdatasync: bool,
+        /// How the file is prepared before the loop.
+        #[serde(default)]
+        prealloc: Prealloc,
+    },
+}
+
+/// How the physical baseline prepares its file before the measured loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prealloc {
+    /// Nothing: every write extends the file.
+    #[default]
+    Extend,
+    /// `fallocate` (unwritten extents, as segment files are prepared).
+    Fallocate,
+    /// Written with zeros and synced: the loop overwrites blocks that are already allocated
+    /// and initialised, so a sync has no extent to convert.
+    Zeroed,
+}
+
+impl Prealloc {
+    /// Bytes prepared ahead of the loop (the loop extends the file past them if it must).
+    pub const LEN: u64 = 64 << 20;
+}
+
+impl Op {
+    /// The plain `pwrite` loop on a file that each write extends.
+    #[must_use]
+    pub const fn pwrite(chunk: usize, fdatasync: bool) -> Self {
+        Self::Pwrite {
+            chunk,
+            fdatasync,
+            prealloc: Prealloc::Extend,
+        }
+    }
+
+    /// True for the reads (they need a prefilled topic).
+    #[must_use]
+    pub fn is_read(self) -> bool {
+        matches!(self, Self::ReadNext | Self::ReadBatch { .. })
+    }
+}
+
+/// Everything that defines a run except the engine: equal specs on two engines are compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// The family it belongs to (`writes`, `batch-writes`, `synced`, `reads`, `space`,
+    /// `physical`).
+    pub group: String,
+    /// A short human label, e.g. `append`, `batch 256`, `read_next strict`.
+    pub name: String,
+    /// What each call does.
+    pub op: Op,
+    /// Concurrent threads, each on its own topic.
+    pub threads: usize,
+    /// The fsync schedule.
+    pub fsync: Fsync,
+    /// The read consistency.
+    pub consistency: Consistency,
+    /// Entry lengths.
+    pub sizes: Sizes,
+    /// How long the measured loop runs, at most.
+    pub duration_secs: f64,
+    /// Entries written to each topic before a read workload starts.
+    pub prefill: u64,
+    /// Storage backend of the engine under test.
+    pub backend: Backend,
+    /// Segment length (ours), `None` = the engine's default.
+    pub segment_size: Option<u64>,
+}
+
+impl WorkloadSpec {
+    /// `name t=N`, as the tables show it.
+    #[must_use]
+    pub fn label(&self) -> String {
+        let mut s = format!("{} t={}", self.name, self.threads);
+        if let Some(len) = self.segment_size {
+            let (mib, kib) = (len >> 20, (len % (1 << 20)) >> 10);
+            s.push_str(&format!(" seg={mib}MiB"));
+            if kib > 0 {
+                s.push_str(&format!("+{kib}KiB"));
+            }
+        }
+        s
+    }
+}
+
+/// What one run of a workload on one engine measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The engine.
+    pub engine: EngineKind,
+    /// The workload.
+    pub spec: WorkloadSpec,
+    /// Entries written or read in the measured loop.
+    pub entries: u64,
+    /// Their payload bytes.
+    pub payload_bytes: u64,
+    /// Wall time of the measured loop, from the common start to the last thread's last call.
+    pub elapsed_secs: f64,
+    /// Per-call latency (one call = one entry, one batch or one `pwrite`).
+    pub latency: LatencySummary,
+    /// The data directory after the writes (write workloads only).
+    pub disk: Option<DiskUsage>,
+    /// Wall time of the prefill (reads only; not measured).
+    pub prefill_secs: f64,
+    /// Why the run failed, if it did (the figures are then meaningless).
+    pub error: Option<String>,
+}
+
+impl RunResult {
+    /// A failed run.
+    #[must_use]
+    pub fn failed(engine: EngineKind, spec: &WorkloadSpec, error: String) -> Self {
+        Self {
+            engine,
+            spec: spec.clone(),
+            entries: 0,
+            payload_bytes: 0,
+            elapsed_secs: 0.0,
+            latency: LatencySummary::default(),
+            disk: None,
+            prefill_secs: 0.0,
+            error: Some(error),
+        }
+    }
+
+    /// Entries per second.
+    #[must_use]
+    pub fn entries_per_sec(&self) -> f64 {
+        per_sec(self.entries as f64, self.elapsed_secs)
+    }
+
+    /// Payload MiB per second.
+    #[must_use]
+    pub fn mib_per_sec(&self) -> f64 {
+        per_sec(
+            self.payload_bytes as f64 / (1024.0 * 1024.0),
+            self.elapsed_secs,
+        )
+    }
+
+    /// True if it ran and measured something.
+    #[must_use]
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.entries > 0
+    }
+}
+
+fn per_sec(n: f64, secs: f64) -> f64 {
+    if secs > 0.0 { n / secs } else { 0.0 }
+}
+
+/// What one driver thread measured.
+struct ThreadTally {
+    entries: u64,
+    bytes: u64,
+    hist: Histogram<u64>,
+    end: Instant,
+}
+
+/// Runs `spec` on `kind` in this process, in `dir` (emptied first, removed after).
+///
+/// # Errors
+/// Setting up the directory or the engine; a failing call inside the loop is reported in the
+/// result's `error` instead.
+pub fn run(kind: EngineKind, spec: &WorkloadSpec, dir: &Path) -> io::Result<RunResult> {
+    reset_dir(dir)?;
+    let pool = PayloadPool::new(spec.sizes, PayloadPool::DEFAULT_COUNT, 0x5eed_0000 + 1);
+    let result = match spec.op {
+        Op::Pwrite {
+            chunk,
+            fdatasync,
+            prealloc,
+        } => run_pwrite(spec, dir, &pool, chunk, fdatasync, prealloc),
+        _ => run_engine(kind, spec, dir, &pool),
+    };
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => RunResult::failed(kind, spec, e.to_string()),
+    };
+    // Best effort: a leftover directory is emptied by the next run anyway.
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(result)
+}
+
+fn reset_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(dir)
+}
+
+fn run_engine(
+    kind: EngineKind,
+    spec: &WorkloadSpec,
+    dir: &Path,
+    pool: &PayloadPool,
+) -> io::Result<RunResult> {
+    let engine = engine::open(
+        kind,
+        &OpenOptions {
+            dir: dir.to_path_buf(),
+            fsync: spec.fsync,
+            consistency: spec.consistency,
+            backend: spec.backend,
+            segment_size: spec.segment_size,
+        },
+    )?;
+    let topics: Vec<String> = (0..spec.threads).map(|i| format!("topic-{i}")).collect();
+    let prefill_secs = if spec.op.is_read() {
+        let t = Instant::now();
+        prefill(&*engine, &topics, pool, spec.prefill)?;
+        t.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
+    let windows = pool.windows(match spec.op {
+        Op::AppendBatch { size } => size,
+        _ => 0,
+    });
+    let (tallies, start) = drive(spec, |i, deadline| {
+        drive_engine(&*engine, &topics[i], spec.op, &windows, i, deadline)
+    })?;
+    let disk = if spec.op.is_read() {
+        None
+    } else {
+        Some(stats::disk_usage(dir)?)
+    };
+    drop(engine);
+    Ok(finish(kind, spec, tallies, start, disk, prefill_secs))
+}
+
+/// Fills every topic with `per_topic` entries, in batches of 256 (not measured).
+fn prefill(
+    engine: &dyn Engine,
+    topics: &[String],
+    pool: &PayloadPool,
+    per_topic: u64,
+) -> io::Result<()> {
+    const BATCH: usize = 256;
+    let windows = pool.windows(BATCH);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = topics
+            .iter()
+            .enumerate()
+            .map(|(t, topic)| {
+                let windows = &windows;
+                s.spawn(move || -> io::Result<()> {
+                    let mut left = per_topic;
+                    let mut k = t * 977;
+                    while left > 0 {
+                        let n = usize::try_from(left.min(BATCH as u64)).unwrap_or(BATCH);
+                        let start = k % pool.len();
+                        engine.append_batch(topic, &windows[start..start + n])?;
+                        k += n;
+                        left -= n as u64;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(io::Error::other("prefill panicked")))
+        })
+    })
+}
+
+/// Starts `spec.threads` threads running `body(thread index, deadline)` together.
+fn drive<F>(spec: &WorkloadSpec, body: F) -> io::Result<(Vec<ThreadTally>, Instant)>
+where
+    F: Fn(usize, Instant) -> io::Result<ThreadTally> + Sync,
+{
+    let duration = Duration::from_secs_f64(spec.duration_secs.max(0.001));
+    let barrier = Barrier::new(spec.threads + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..spec.threads)
+            .map(|i| {
+                let (barrier, body) = (&barrier, &body);
+                s.spawn(move || {
+                    barrier.wait();
+                    body(i, Instant::now() + duration)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let tallies = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("driver thread panicked")))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok((tallies, start))
+    })
+}
+
+/// The closed loop of one thread on one topic.
+fn drive_engine(
+    engine: &dyn Engine,
+    topic: &str,
+    op: Op,
+    windows: &[&[u8]],
+    thread: usize,
+    deadline: Instant,
+) -> io::Result<ThreadTally> {
+    let pool_len = windows.len().max(1);
+    let mut hist = stats::new_histogram();
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    // Threads start at different places in the pool so they do not write identical streams.
+    let mut k = thread * 997;
+    let mut end = Instant::now();
+    loop {
+        let t0 = Instant::now();
+        let (n, b) = match op {
+            Op::Append => {
+                let p = windows[k % pool_len];
+                engine.append(topic, p)?;
+                k += 1;
+                (1, p.len())
+            }
+            Op::AppendBatch { size } => {
+                let start = k % (pool_len - size);
+                let batch = &windows[start..start + size];
+                engine.append_batch(topic, batch)?;
+                k += size;
+                (size, batch.iter().map(|p| p.len()).sum())
+            }
+            Op::ReadNext => match engine.read_next(topic)? {
+                Some(len) => (1, len),
+                None => (0, 0),
+            },
+            Op::ReadBatch { max_bytes } => engine.read_batch(topic, max_bytes)?,
+            Op::Pwrite { .. } => unreachable!("pwrite runs on files"),
+        };
+        let t1 = Instant::now();
+        if n == 0 {
+            break; // drained
+        }
+        stats::record(&mut hist, t1 - t0);
+        entries += n as u64;
+        bytes += b as u64;
+        end = t1;
+        if t1 >= deadline {
+            break;
+        }
+    }
+    Ok(ThreadTally {
+        entries,
+        bytes,
+        hist,
+        end,
+    })
+}
+
+/// The physical baseline: each thread appends to a plain file of its own with `pwrite`.
+fn run_pwrite(
+    spec: &WorkloadSpec,
+    dir: &Path,
+    pool: &PayloadPool,
+    chunk: usize,
+    fdatasync: bool,
+    prealloc: Prealloc,
+) -> io::Result<RunResult> {
+    let chunk = chunk.max(1);
+    // Chunks concatenated ahead of time, like the pool: the loop only writes.
+    let chunks: Vec<(Vec<u8>, usize)> = (0..64)
+        .map(|c| {
+            let buf: Vec<u8> = (0..chunk)
+                .flat_map(|j| pool.get(c * chunk + j).iter().copied())
+                .collect();
+            (buf, chunk)
+        })
+        .collect();
+    let files = (0..spec.threads)
+        .map(|i| prepare_file(&dir.join(format!("pwrite-{i}")), prealloc))
+        .collect::<io::Result<Vec<_>>>()?;
+    let (tallies, start) = drive(spec, |i, deadline| {
+        let file = &files[i];
+        let mut hist = stats::new_histogram();
+        let (mut entries, mut bytes, mut offset) = (0u64, 0u64, 0u64);
+        let mut k = i * 7;
+        loop {
+            let (buf, n) = &chunks[k % chunks.len()];
+            k += 1;
+            let t0 = Instant::now();
+            file.write_all_at(buf, offset)?;
+            if fdatasync {
+                file.sync_data()?;
+            }
+            let t1 = Instant::now();
+            stats::record(&mut hist, t1 - t0);
+            offset += buf.len() as u64;
+            entries += *n as u64;
+            bytes += buf.len() as u64;
+            if t1 >= deadline {
+                return Ok(ThreadTally {
+                    entries,
+                    bytes,
+                    hist,
+                    end: t1,
+                });
+            }
+        }
+    })?;
+    let disk = stats::disk_usage(dir)?;
+    Ok(finish(
+        EngineKind::Disk,
+        spec,
+        tallies,
+        start,
+        Some(disk),
+        0.0,
+    ))
+}
+
+/// Creates a baseline file prepared as `prealloc` says (not measured).
+fn prepare_file(path: &Path, prealloc: Prealloc) -> io::Result<File> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    match prealloc {
+        Prealloc::Extend => {}
+        Prealloc::Fallocate => {
+            let len = libc::off_t::try_from(Prealloc::LEN).map_err(io::Error::other)?;
+            // SAFETY: fallocate on a descriptor this function owns and keeps open; no memory
+            // is passed.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            file.sync_all()?;
+        }
+        Prealloc::Zeroed => {
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = 0;
+            while at < Prealloc::LEN {
+                file.write_all_at(&zeros, at)?;
+                at += zeros.len() as u64;
+            }
+            file.sync_all()?;
+        }
+    }
+    Ok(file)
+}
+
+fn finish(
+    kind: EngineKind,
+    spec: &WorkloadSpec,
+    tallies: Vec<ThreadTally>,
+    start: Instant,
+    disk: Option<DiskUsage>,
+    prefill_secs: f64,
+) -> RunResult {
+    let mut hist = stats::new_histogram();
+    let (mut entries, mut bytes, mut end) = (0, 0, start);
+    for t in tallies {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = hist.add(&t.hist);
+        entries += t.entries;
+        bytes += t.bytes;
+        end = end.max(t.end);
+    }
+    RunResult {
+        engine: kind,
+        spec: spec.clone(),
+        entries,
+        payload_bytes: bytes,
+        elapsed_secs: end.saturating_duration_since(start).as_secs_f64(),
+        latency: LatencySummary::of(&hist),
+        disk,
+        prefill_secs,
+        error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(op: Op, threads: usize) -> WorkloadSpec {
+        WorkloadSpec {
+            group: "test".into(),
+            name: "test".into(),
+            op,
+            threads,
+            fsync: Fsync::NoFsync,
+            consistency: Consistency::AtLeastOnce(100),
+            sizes: Sizes::STANDARD,
+            duration_secs: 0.2,
+            prefill: 2000,
+            backend: Backend::Pwrite,
+            segment_size: Some(8 << 20),
+        }
+    }
+
+    fn check(r: &RunResult) {
+        assert!(r.ok(), "{r:?}");
+        assert!(r.elapsed_secs > 0.0 && r.elapsed_secs < 5.0, "{r:?}");
+        assert_eq!(r.latency.calls > 0, r.entries > 0);
+        assert!(r.payload_bytes >= r.entries * 500 && r.payload_bytes <= r.entries * 1024);
+        assert!(r.latency.p50_ns <= r.latency.p99_ns && r.latency.p99_ns <= r.latency.max_ns);
+    }
+
+    #[test]
+    fn tiny_end_to_end_runs_on_our_engine_and_the_disk() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let w = run(EngineKind::Walrus, &spec(Op::Append, 2), &dir).unwrap();
+        check(&w);
+        let disk = w.disk.unwrap();
+        assert!(disk.allocated_bytes >= w.payload_bytes, "{disk:?}");
+        assert!(!dir.exists(), "the run's directory is removed");
+
+        let b = run(
+            EngineKind::Walrus,
+            &spec(Op::AppendBatch { size: 16 }, 1),
+            &dir,
+        )
+        .unwrap();
+        check(&b);
+        assert_eq!(b.entries % 16, 0);
+        assert_eq!(b.latency.calls * 16, b.entries);
+
+        let r = run(EngineKind::Walrus, &spec(Op::ReadNext, 1), &dir).unwrap();
+        check(&r);
+        assert!(r.entries <= 2000 && r.disk.is_none());
+        let rb = run(
+            EngineKind::Walrus,
+            &spec(Op::ReadBatch { max_bytes: 8192 }, 1),
+            &dir,
+        );
+        check(&rb.unwrap());
+
+        let p = run(EngineKind::Disk, &spec(Op::pwrite(4, false), 1), &dir).unwrap();
+        check(&p);
+        assert_eq!(p.latency.calls * 4, p.entries);
+    }
+
+    #[test]
+    fn a_failing_engine_reports_instead_of_panicking() {
+        let root = tempfile::tempdir().unwrap();
+        let r = run(
+            EngineKind::Disk,
+            &spec(Op::Append, 1),
+            &root.path().join("d"),
+        )
+        .unwrap();
+        assert!(!r.ok());
+        assert!(r.error.unwrap().contains("physical"));
+    }
+}
