@@ -4,7 +4,8 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use walrus_block::{BLOCK_HEADER_LEN, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameHeader};
+use walrus_block::checksum::crc32c;
+use walrus_block::{BLOCK_HEADER_LEN, CorruptReason, FRAME_HEADER_LEN, FrameHeader};
 use walrus_io::SegmentFile;
 
 /// Whether a file has writes not yet synced, so that a sync of a clean file costs nothing.
@@ -201,22 +202,22 @@ impl ReadBuf {
             )));
         }
         self.ensure(block, pos, len, limit)?;
-        let rel = (pos - self.base) as usize;
-        let window = self
+        let rel = (pos - self.base) as usize + FRAME_HEADER_LEN;
+        // The header was proved intact above; only the payload is left to check.
+        let payload = self
             .bytes
-            .get(rel..rel + len as usize)
+            .get(rel..rel + header.len as usize)
             .ok_or_else(|| corrupt("short read".into()))?;
-        match FrameDecoder::new(window).next_frame() {
-            Frame::Entry(e) => {
-                let frame = ReadFrame {
-                    offset: e.offset,
-                    len,
-                };
-                Ok((frame, e.payload))
-            }
-            Frame::Corrupt { reason, .. } => Err(corrupt(reason.to_string())),
-            Frame::Torn { .. } | Frame::End { .. } => Err(corrupt("frame cut short".into())),
+        if crc32c(payload) != header.payload_crc {
+            return Err(corrupt(CorruptReason::PayloadChecksum.to_string()));
         }
+        Ok((
+            ReadFrame {
+                offset: header.offset,
+                len,
+            },
+            payload,
+        ))
     }
 
     /// Makes `[pos, pos + len)` of `block` present in the window, reading up to `limit`.

@@ -42,6 +42,7 @@ pub struct StoreOptions {
     pub(crate) sync_cursor_writes: bool,
     pub(crate) prepare_ahead: bool,
     pub(crate) mark_interval: Duration,
+    pub(crate) background_maintenance: bool,
 }
 
 impl Default for StoreOptions {
@@ -63,7 +64,18 @@ impl StoreOptions {
             sync_cursor_writes: false,
             prepare_ahead: true,
             mark_interval: Duration::from_millis(50),
+            background_maintenance: false,
         }
+    }
+
+    /// Leave slow file-system work — deleting consumed segments, preparing the next segment
+    /// file — to whoever calls [`Store::maintain`](crate::Store::maintain) (a background
+    /// thread), instead of doing it on the appending or reading thread that triggers it.
+    /// Default: off (done inline).
+    #[must_use]
+    pub fn with_background_maintenance(mut self, on: bool) -> Self {
+        self.background_maintenance = on;
+        self
     }
 
     /// How often, at most, the durable watermarks of topics are written to the marks file

@@ -351,7 +351,7 @@ pub(crate) fn recover(
         .with_block_size(options.block_len)
         .with_data_offset(SEGMENT_DATA_OFFSET)
         .with_alignment(BLOCK_ALIGN)
-        .with_prepare_ahead(options.prepare_ahead);
+        .with_prepare_ahead(options.prepare_ahead && !options.background_maintenance);
     let preparer = segment_preparer(
         storage.clone(),
         dir.to_path_buf(),

@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     unsynced: Mutex<Vec<Arc<Topic>>>,
     /// Topics whose durable watermark moved since the marks were last written, and when that was.
     marks_pending: Mutex<(Vec<Arc<Topic>>, Instant)>,
+    /// Consumed segments waiting for [`Store::maintain`] (background maintenance only).
+    deletions: Mutex<Vec<u64>>,
 }
 
 impl Shared {
@@ -96,6 +98,7 @@ impl Shared {
             poison_reason: Mutex::new(None),
             unsynced: Mutex::new(Vec::new()),
             marks_pending: Mutex::new((Vec::new(), Instant::now())),
+            deletions: Mutex::new(Vec::new()),
         }
     }
 
@@ -170,6 +173,14 @@ impl Shared {
     /// are made durable first, so a crash can never bring back a cursor pointing into it.
     /// Failures are logged and leave the file for the next open to delete.
     pub(crate) fn delete_segment(&self, segment: u64) {
+        if self.options.background_maintenance {
+            self.deletions.lock().push(segment);
+            return;
+        }
+        self.delete_segment_now(segment);
+    }
+
+    fn delete_segment_now(&self, segment: u64) {
         let path = segment_path(&self.dir, segment);
         if let Err(e) = self.cursors.sync() {
             tracing::warn!(file = %path.display(), error = %e, "cursor sync failed; segment kept");
@@ -530,6 +541,24 @@ impl Store {
         self.shared.sync()
     }
 
+    /// Does the slow file-system work left for the background under
+    /// [`StoreOptions::with_background_maintenance`]: deletes consumed segments and prepares
+    /// the next segment file before an append needs it. Cheap when there is nothing to do.
+    ///
+    /// # Errors
+    /// The error of preparing the next segment (an append that needs it will retry).
+    pub fn maintain(&self) -> io::Result<()> {
+        let due = std::mem::take(&mut *self.shared.deletions.lock());
+        for segment in due {
+            self.shared.delete_segment_now(segment);
+        }
+        // Only once something was written: opening must not create segment files.
+        if self.shared.alloc.position().current.is_some() && self.shared.check_writable().is_ok() {
+            self.shared.alloc.prepare_spare()?;
+        }
+        Ok(())
+    }
+
     /// What recovery found when the store was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report
@@ -553,6 +582,9 @@ impl Drop for Store {
             .and_then(|()| self.shared.cursors.sync())
         {
             tracing::warn!(dir = %self.shared.dir.display(), error = %e, "cursors not persisted at close");
+        }
+        for segment in std::mem::take(&mut *self.shared.deletions.lock()) {
+            self.shared.delete_segment_now(segment);
         }
         // Exact durable watermarks after a clean close: damage to anything synced is then
         // reported as corruption rather than cut as a tail.

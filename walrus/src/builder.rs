@@ -51,6 +51,7 @@ pub struct WalrusBuilder {
     block_len: Option<u64>,
     quiet: Option<bool>,
     mark_interval: Option<std::time::Duration>,
+    inline_maintenance: bool,
 }
 
 impl WalrusBuilder {
@@ -124,6 +125,15 @@ impl WalrusBuilder {
         self
     }
 
+    /// Do slow file-system work (deleting consumed segments, preparing the next segment file) on
+    /// the thread that triggers it instead of the background thread. Costs latency spikes;
+    /// makes every storage operation happen on the caller's thread, which deterministic
+    /// simulation tests need. Default: off.
+    pub fn inline_maintenance(mut self, inline: bool) -> Self {
+        self.inline_maintenance = inline;
+        self
+    }
+
     /// Silence informational logging (instead of `WALRUS_QUIET`).
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.quiet = Some(quiet);
@@ -166,7 +176,8 @@ impl WalrusBuilder {
         let mut options = StoreOptions::new()
             .with_recovery(self.recovery)
             .with_persist_every(self.consistency.persist_every())
-            .with_sync_cursor_writes(self.schedule == FsyncSchedule::SyncEach);
+            .with_sync_cursor_writes(self.schedule == FsyncSchedule::SyncEach)
+            .with_background_maintenance(!self.inline_maintenance);
         if let Some(len) = self.segment_len {
             options = options.with_segment_len(len);
         }

@@ -8,7 +8,9 @@
 //! its entry was written, and concurrent appenders share syncs.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -31,13 +33,59 @@ struct State {
 pub(crate) struct GroupCommit {
     state: Mutex<State>,
     cv: Condvar,
+    /// Appends that have started writing but not yet taken their ticket.
+    writing: AtomicUsize,
+    /// How long the last sync took, in nanoseconds: bounds how long a leader waits for
+    /// appends still being written before starting the next one.
+    last_sync_nanos: AtomicU64,
+    /// Tickets taken since the last sync was numbered, and how many the last sync covered:
+    /// a leader waits (briefly) for a group as large as the last one.
+    tickets_since: AtomicUsize,
+    last_group: AtomicUsize,
+}
+
+/// An append in progress: counted until its ticket is taken (or it fails).
+#[derive(Debug)]
+pub(crate) struct Writing<'a>(&'a GroupCommit);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.writing.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl GroupCommit {
+    /// Marks an append as being written, until the returned guard is dropped (after its ticket
+    /// is taken). A leader about to sync waits a little for such appends, so that one sync
+    /// covers them instead of the next one.
+    pub(crate) fn writing(&self) -> Writing<'_> {
+        self.writing.fetch_add(1, Ordering::AcqRel);
+        Writing(self)
+    }
+
     /// The ticket for a write that has just completed: it is durable once sync generation
     /// `ticket` has finished.
     pub(crate) fn ticket(&self) -> u64 {
-        self.state.lock().next + 1
+        let st = self.state.lock();
+        self.tickets_since.fetch_add(1, Ordering::AcqRel);
+        st.next + 1
+    }
+
+    /// Gives appends being written a moment to finish and take their tickets, so that one sync
+    /// covers them: while some are being written, or fewer tickets than the last sync covered
+    /// have been taken, for at most half the last sync's duration (capped at 1 ms). A lone
+    /// appender never waits.
+    fn gather(&self) {
+        let budget = Duration::from_nanos(self.last_sync_nanos.load(Ordering::Relaxed) / 2)
+            .min(Duration::from_millis(1));
+        let group = self.last_group.load(Ordering::Relaxed);
+        let started = Instant::now();
+        while (self.writing.load(Ordering::Acquire) > 0
+            || self.tickets_since.load(Ordering::Acquire) < group)
+            && started.elapsed() < budget
+        {
+            std::thread::yield_now();
+        }
     }
 
     /// `Ok(true)` once the sync `ticket` needs has finished; otherwise registers `waker` (if
@@ -78,12 +126,23 @@ impl GroupCommit {
                 self.cv.wait(&mut st);
                 continue;
             }
-            // Lead: this sync starts now, after every write that took a ticket <= its number.
-            st.next += 1;
-            let generation = st.next;
+            // Lead: gather the appends still being written, then sync; the sync covers every
+            // write that took a ticket <= its generation, all finished before it starts.
             st.running = true;
             drop(st);
+            self.gather();
+            st = self.state.lock();
+            st.next += 1;
+            let generation = st.next;
+            self.last_group.store(
+                self.tickets_since.swap(0, Ordering::AcqRel),
+                Ordering::Relaxed,
+            );
+            drop(st);
+            let started = Instant::now();
             let result = sync();
+            self.last_sync_nanos
+                .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             st = self.state.lock();
             st.running = false;
             Self::complete(&mut st, generation, &result);
@@ -96,6 +155,7 @@ impl GroupCommit {
     pub(crate) fn begin_external(&self) -> u64 {
         let mut st = self.state.lock();
         st.next += 1;
+        self.tickets_since.store(0, Ordering::Release);
         st.next
     }
 

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use walrus_io::Storage;
@@ -15,7 +15,7 @@ use walrus_topic::{RecoveryReport, Store, StoreOptions};
 
 use crate::builder::WalrusBuilder;
 use crate::config::{FsyncSchedule, ReadConsistency};
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, Writing};
 
 /// One entry as returned by the reads of the seed-compatible API.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -86,9 +86,10 @@ impl Inner {
     }
 
     /// Applies the fsync schedule to a write that just completed.
-    fn after_write(&self) -> io::Result<()> {
+    fn after_write(&self, writing: Writing<'_>) -> io::Result<()> {
         if self.schedule == FsyncSchedule::SyncEach {
             let ticket = self.commits.ticket();
+            drop(writing);
             self.commits.wait(ticket, || self.store.sync())?;
         }
         Ok(())
@@ -354,8 +355,9 @@ impl Walrus {
     /// # Errors
     /// As [`append_for_topic`](Self::append_for_topic).
     pub fn append(&self, topic: &str, data: &[u8]) -> io::Result<u64> {
+        let writing = self.inner.commits.writing();
         let offset = self.inner.store.append(topic, data)?;
-        self.inner.after_write()?;
+        self.inner.after_write(writing)?;
         Ok(offset)
     }
 
@@ -364,8 +366,9 @@ impl Walrus {
     /// # Errors
     /// As [`batch_append_for_topic`](Self::batch_append_for_topic).
     pub fn append_batch(&self, topic: &str, batch: &[&[u8]]) -> io::Result<Range<u64>> {
+        let writing = self.inner.commits.writing();
         let range = self.inner.store.append_batch(topic, batch)?;
-        self.inner.after_write()?;
+        self.inner.after_write(writing)?;
         Ok(range)
     }
 
@@ -518,32 +521,41 @@ impl Drop for Walrus {
     }
 }
 
-/// The background syncer: syncs every `period` (if any) and whenever a ticket asks.
+/// How often the background thread looks for maintenance (deleting consumed segments,
+/// preparing the next segment file) when nothing else wakes it.
+const MAINTENANCE_PERIOD: Duration = Duration::from_millis(50);
+
+/// The background thread: syncs every `period` (if any) and whenever a ticket asks, and does
+/// the store's slow file-system maintenance off the appending and reading threads.
 fn syncer_loop(inner: &Inner, period: Option<Duration>) {
+    let mut last_sync = Instant::now();
     let mut st = inner.syncer.lock();
     loop {
         if st.stop {
             return;
         }
         if !st.requested {
-            match period {
-                Some(p) => {
-                    let _ = inner.wake.wait_for(&mut st, p);
-                }
-                None => inner.wake.wait(&mut st),
-            }
+            let wait = period.map_or(MAINTENANCE_PERIOD, |p| {
+                p.saturating_sub(last_sync.elapsed())
+                    .min(MAINTENANCE_PERIOD)
+            });
+            let _ = inner.wake.wait_for(&mut st, wait);
             if st.stop {
                 return;
             }
-            if !st.requested && period.is_none() {
-                continue;
-            }
         }
+        let sync_due = st.requested || period.is_some_and(|p| last_sync.elapsed() >= p);
         st.requested = false;
         drop(st);
-        if let Err(e) = inner.sync_now() {
-            // The store is poisoned now: writes fail with this cause until reopened.
-            tracing::error!(error = %e, "background sync failed; writes are refused until reopen");
+        if sync_due {
+            last_sync = Instant::now();
+            if let Err(e) = inner.sync_now() {
+                // The store is poisoned now: writes fail with this cause until reopened.
+                tracing::error!(error = %e, "background sync failed; writes are refused until reopen");
+            }
+        }
+        if let Err(e) = inner.store.maintain() {
+            tracing::warn!(error = %e, "background maintenance failed; an append will retry");
         }
         st = inner.syncer.lock();
     }

@@ -69,6 +69,7 @@ fn open(sim: &SimStorage, s: &Setup, recovery: RecoveryMode) -> std::io::Result<
         .block_size(8 * 1024)
         // Deterministic: no wall-clock decisions (a replayed seed must do the same storage ops).
         .durable_mark_interval(s.mark_interval)
+        .inline_maintenance(true)
         .quiet(true)
         .build()
 }
