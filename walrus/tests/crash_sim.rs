@@ -256,7 +256,9 @@ fn run_seed(seed: u64) -> Result<(), String> {
         }
     }
     sim.clear_faults();
-    std::mem::forget(wal); // the process died: no clean close
+    // The process died: after the crash every old handle fails, so dropping runs no clean
+    // close (and stops the instance's background thread).
+    drop(wal);
 
     let wal = open(&sim, &setup, RecoveryMode::TolerateCorruptedTail)
         .map_err(|e| format!("{ctx}: reopen: {e}"))?;
