@@ -274,3 +274,28 @@ fn seek(file: &File, path: &Path, offset: u64, whence: libc::c_int) -> io::Resul
         _ => Err(op_error("lseek", path, Some(offset), err)),
     }
 }
+
+/// The namespace methods of [`Storage`](crate::Storage) that every real-file-system backend
+/// shares (each backend has a `poison: Arc<SyncPoison>` registry that forgets removed paths).
+macro_rules! real_fs_namespace {
+    () => {
+        fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+            crate::fs::remove_file(path)?;
+            self.poison.forget(path);
+            Ok(())
+        }
+
+        fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+            crate::fs::list_dir(dir)
+        }
+
+        fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            crate::fs::create_dir_all(dir)
+        }
+
+        fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            crate::fs::sync_dir(dir)
+        }
+    };
+}
+pub(crate) use real_fs_namespace;

@@ -20,7 +20,7 @@
 use std::any::Any;
 use std::fs::File;
 use std::io::{self, IoSlice};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -90,23 +90,7 @@ impl Storage for MmapStorage {
         self.wrap(file, path)
     }
 
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)?;
-        self.poison.forget(path);
-        Ok(())
-    }
-
-    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        fs::list_dir(dir)
-    }
-
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        fs::sync_dir(dir)
-    }
+    crate::fs::real_fs_namespace!();
 
     fn submit(&self, writes: &[WriteOp<'_>], then_sync: bool) -> io::Result<()> {
         if then_sync {

@@ -29,7 +29,7 @@ use std::any::Any;
 use std::fmt;
 use std::io::{self, ErrorKind, IoSlice};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -155,23 +155,7 @@ impl Storage for UringStorage {
         Ok(self.wrap(fs::open_file(path)?, path))
     }
 
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)?;
-        self.poison.forget(path);
-        Ok(())
-    }
-
-    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        fs::list_dir(dir)
-    }
-
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        fs::sync_dir(dir)
-    }
+    crate::fs::real_fs_namespace!();
 
     fn submit(&self, writes: &[WriteOp<'_>], then_sync: bool) -> io::Result<()> {
         let files = distinct_files(writes);
@@ -544,13 +528,48 @@ fn clamp_len(len: usize) -> u32 {
     len.min(MAX_RW) as u32
 }
 
+/// An operation driven to completion over as many ring rounds as it takes.
+trait RingOp {
+    fn status(&self) -> &Status;
+    fn status_mut(&mut self) -> &mut Status;
+    fn entry(&self) -> squeue::Entry;
+    /// Records a completion; true if it made progress.
+    fn complete(&mut self, res: i32) -> bool;
+}
+
+impl RingOp for Io<'_> {
+    fn status(&self) -> &Status {
+        &self.status
+    }
+
+    fn status_mut(&mut self) -> &mut Status {
+        &mut self.status
+    }
+
+    fn entry(&self) -> squeue::Entry {
+        Io::entry(self)
+    }
+
+    fn complete(&mut self, res: i32) -> bool {
+        Io::complete(self, res)
+    }
+}
+
 /// A data sync of one file within a run.
 struct SyncIo<'a> {
     file: &'a UringFile,
     status: Status,
 }
 
-impl SyncIo<'_> {
+impl RingOp for SyncIo<'_> {
+    fn status(&self) -> &Status {
+        &self.status
+    }
+
+    fn status_mut(&mut self) -> &mut Status {
+        &mut self.status
+    }
+
     fn entry(&self) -> squeue::Entry {
         opcode::Fsync::new(types::Fd(self.file.base.file().as_raw_fd()))
             .flags(types::FsyncFlags::DATASYNC)
@@ -598,6 +617,41 @@ impl RingGuard<'_> {
             .unwrap_or_else(|| unreachable!("ring taken before drop"))
     }
 
+    /// Submits every pending op of `ops` in rounds of at most `cap` entries until none is
+    /// pending; with `stop_on_error`, returns the first failure as soon as one is known.
+    fn drive<T: RingOp>(
+        &mut self,
+        ops: &mut [T],
+        cap: usize,
+        stop_on_error: bool,
+    ) -> io::Result<()> {
+        let mut fruitless = 0;
+        loop {
+            if stop_on_error
+                && let Some(err) = take_first_error(ops.iter_mut().map(RingOp::status_mut))
+            {
+                return Err(err);
+            }
+            let pending: Vec<usize> = (0..ops.len())
+                .filter(|&i| matches!(ops[i].status(), Status::Pending))
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let mut progress = false;
+            for chunk in pending.chunks(cap) {
+                let entries: Vec<squeue::Entry> = chunk
+                    .iter()
+                    .map(|&i| ops[i].entry().user_data(i as u64))
+                    .collect();
+                for (user_data, res) in self.round(&entries)? {
+                    progress |= ops[user_data as usize].complete(res);
+                }
+            }
+            check_progress(progress, &mut fruitless)?;
+        }
+    }
+
     /// Drives `ios` to completion, then syncs `syncs` (each at most once, after all writes).
     /// Returns the first error in `ios` order, else the first sync error.
     fn run(&mut self, ios: &mut [Io<'_>], syncs: &[&UringFile]) -> io::Result<()> {
@@ -613,49 +667,8 @@ impl RingGuard<'_> {
         if !syncs.is_empty() && ios.len() + syncs.len() <= cap {
             self.linked_round(ios, &mut syncs)?;
         }
-        let mut fruitless = 0;
-        loop {
-            if let Some(err) = take_first_error(ios.iter_mut().map(|io| &mut io.status)) {
-                return Err(err);
-            }
-            let pending: Vec<usize> = (0..ios.len())
-                .filter(|&i| matches!(ios[i].status, Status::Pending))
-                .collect();
-            if pending.is_empty() {
-                break;
-            }
-            let mut progress = false;
-            for chunk in pending.chunks(cap) {
-                let entries: Vec<squeue::Entry> = chunk
-                    .iter()
-                    .map(|&i| ios[i].entry().user_data(i as u64))
-                    .collect();
-                for (user_data, res) in self.round(&entries)? {
-                    progress |= ios[user_data as usize].complete(res);
-                }
-            }
-            check_progress(progress, &mut fruitless)?;
-        }
-        let mut fruitless = 0;
-        loop {
-            let pending: Vec<usize> = (0..syncs.len())
-                .filter(|&j| matches!(syncs[j].status, Status::Pending))
-                .collect();
-            if pending.is_empty() {
-                break;
-            }
-            let mut progress = false;
-            for chunk in pending.chunks(cap) {
-                let entries: Vec<squeue::Entry> = chunk
-                    .iter()
-                    .map(|&j| syncs[j].entry().user_data(j as u64))
-                    .collect();
-                for (user_data, res) in self.round(&entries)? {
-                    progress |= syncs[user_data as usize].complete(res);
-                }
-            }
-            check_progress(progress, &mut fruitless)?;
-        }
+        self.drive(ios, cap, true)?;
+        self.drive(&mut syncs, cap, false)?;
         match take_first_error(syncs.iter_mut().map(|s| &mut s.status)) {
             Some(err) => Err(err),
             None => Ok(()),
