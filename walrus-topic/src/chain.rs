@@ -18,6 +18,11 @@ impl DirtyFlag {
         self.0.store(true, Ordering::Release);
     }
 
+    /// Whether writes were marked since the last sync.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
     /// Syncs `file` if it has unsynced writes. A write marked before this call is covered; on
     /// failure the flag stays set.
     pub(crate) fn sync(&self, file: &dyn SegmentFile) -> io::Result<()> {
@@ -56,6 +61,11 @@ impl SegmentHandle {
     /// Syncs the file if it has unsynced writes.
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.dirty.sync(&*self.file)
+    }
+
+    /// Whether the file has writes a sync must cover.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.is_set()
     }
 }
 

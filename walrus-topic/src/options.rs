@@ -43,6 +43,7 @@ pub struct StoreOptions {
     pub(crate) prepare_ahead: bool,
     pub(crate) mark_interval: Duration,
     pub(crate) background_maintenance: bool,
+    pub(crate) lanes: usize,
 }
 
 impl Default for StoreOptions {
@@ -65,7 +66,18 @@ impl StoreOptions {
             prepare_ahead: true,
             mark_interval: Duration::from_millis(50),
             background_maintenance: false,
+            lanes: 2,
         }
+    }
+
+    /// Number of allocation lanes (1–16, default 2): topics are spread round-robin over the
+    /// lanes, each with its own current segment file, so that appends to different topics do
+    /// not queue on one file (the kernel serialises buffered writes per file). Each lane keeps
+    /// its own preallocated segment.
+    #[must_use]
+    pub fn with_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes;
+        self
     }
 
     /// Leave slow file-system work — deleting consumed segments, preparing the next segment
@@ -153,6 +165,12 @@ impl StoreOptions {
             return bad(format!(
                 "block length {} is not a positive multiple of {BLOCK_ALIGN}",
                 self.block_len
+            ));
+        }
+        if !(1..=16).contains(&self.lanes) {
+            return bad(format!(
+                "{} allocation lanes: 1 to 16 are supported",
+                self.lanes
             ));
         }
         if !self.segment_len.is_multiple_of(BLOCK_ALIGN)

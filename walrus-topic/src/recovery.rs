@@ -30,7 +30,7 @@ use crate::cursors::{CURSOR_FILE, CursorStore, LoadedCursor, MARKS_FILE};
 use crate::error::data_error;
 use crate::layout::{FileKind, classify};
 use crate::options::{RecoveryMode, StoreOptions};
-use crate::store::{Files, Shared, segment_preparer};
+use crate::store::{Files, Shared, lane_base, lane_of, segment_preparer};
 use crate::topic::{MarkState, TopicState};
 
 /// What recovery found and did.
@@ -224,11 +224,24 @@ pub(crate) fn recover(
     }
 
     // A spare segment prepared ahead of need and never used: delete it, so that allocation
-    // resumes in the room left in the last segment that holds blocks.
-    while segments.len() > 1 && segments.last().is_some_and(|s| s.blocks.is_empty()) {
-        if let Some(spare) = segments.pop() {
-            delete(&*storage, &spare, &files, &mut report)?;
+    // resumes in the room left in the last segment of its lane that holds blocks.
+    let mut by_lane: std::collections::BTreeMap<usize, Vec<FoundSegment>> = Default::default();
+    for seg in segments {
+        by_lane.entry(lane_of(seg.id)).or_default().push(seg);
+    }
+    let mut segments = Vec::new();
+    for (_, mut lane) in by_lane {
+        while lane.len() > 1 && lane.last().is_some_and(|s| s.blocks.is_empty()) {
+            if let Some(spare) = lane.pop() {
+                delete(&*storage, &spare, &files, &mut report)?;
+            }
         }
+        segments.extend(lane);
+    }
+    // The last segment of each lane: allocation resumes in it.
+    let mut lane_tails: HashMap<usize, u64> = HashMap::new();
+    for seg in &segments {
+        lane_tails.insert(lane_of(seg.id), seg.id);
     }
 
     // Group blocks by topic, in chain order.
@@ -288,8 +301,11 @@ pub(crate) fn recover(
     // kept sectors of blocks whose headers it lost: stale bytes that a new block must not
     // inherit. Zero them now (reading preallocated space is cheap; writing happens only when
     // something is there).
-    if let Some(tail) = segments.last() {
-        clear_stale_tail(tail, options.block_len, &mut erases)?;
+    for seg in segments
+        .iter()
+        .filter(|s| lane_tails.get(&lane_of(s.id)) == Some(&s.id))
+    {
+        clear_stale_tail(seg, options.block_len, &mut erases)?;
     }
     apply_erases(&erases)?;
     for seg in &segments {
@@ -300,10 +316,11 @@ pub(crate) fn recover(
 
     // Rebuild the tracker; delete what is fully consumed or empty.
     let tracker = Arc::new(FileTracker::new());
-    let last_id = segments.last().map(|s| s.id);
-    let mut tail = None;
+    let mut tails: HashMap<usize, SegmentCursor> = HashMap::new();
     for seg in &segments {
-        let is_last = Some(seg.id) == last_id;
+        // Segments of lanes beyond the configured count are only read, never extended.
+        let is_last =
+            lane_tails.get(&lane_of(seg.id)) == Some(&seg.id) && lane_of(seg.id) < options.lanes;
         if seg.blocks.is_empty() && !is_last {
             delete(&*storage, seg, &files, &mut report)?;
             continue;
@@ -330,35 +347,44 @@ pub(crate) fn recover(
             Deletion::NotYet => {}
         }
         if resumable {
-            tail = Some(SegmentCursor {
+            let cursor = SegmentCursor {
                 segment: seg.id,
                 capacity: seg.capacity,
                 next_start: seg.next_start,
-            });
+            };
+            tails.insert(lane_of(seg.id), cursor);
         }
     }
     if !report.segments_deleted.is_empty() {
         storage.sync_dir(dir)?;
     }
 
-    let next_segment = last_id.map_or(0, |id| id + 1);
-    let mut resume = Resume::new(next_segment);
-    if let Some(t) = tail {
-        resume = resume.with_tail(t);
-    }
     let config = AllocConfig::new()
         .with_segment_capacity(options.segment_len)
         .with_block_size(options.block_len)
         .with_data_offset(SEGMENT_DATA_OFFSET)
         .with_alignment(BLOCK_ALIGN)
         .with_prepare_ahead(options.prepare_ahead && !options.background_maintenance);
-    let preparer = segment_preparer(
-        storage.clone(),
-        dir.to_path_buf(),
-        files.clone(),
-        options.block_len,
-    );
-    let alloc = BlockAllocator::resume(config, preparer, tracker, resume)?;
+    let mut lanes = Vec::with_capacity(options.lanes);
+    for lane in 0..options.lanes {
+        let next_segment = lane_tails.get(&lane).map_or(lane_base(lane), |id| id + 1);
+        let mut resume = Resume::new(next_segment);
+        if let Some(t) = tails.get(&lane) {
+            resume = resume.with_tail(*t);
+        }
+        let preparer = segment_preparer(
+            storage.clone(),
+            dir.to_path_buf(),
+            files.clone(),
+            options.block_len,
+        );
+        lanes.push(BlockAllocator::resume(
+            config,
+            preparer,
+            tracker.clone(),
+            resume,
+        )?);
+    }
 
     for issue in &report.issues {
         tracing::warn!(topic = %issue.topic, offset = issue.offset, file = %issue.file.display(),
@@ -367,7 +393,8 @@ pub(crate) fn recover(
     let shared = Shared::new(
         dir.to_path_buf(),
         storage,
-        alloc,
+        lanes,
+        tracker,
         files,
         cursors,
         marks,

@@ -5,11 +5,11 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
-use walrus_alloc::{BlockAllocator, Deletion};
+use walrus_alloc::{BlockAllocator, Deletion, FileTracker};
 use walrus_block::{
     MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, SegmentHeader, validate_topic_name,
 };
@@ -22,6 +22,20 @@ use crate::layout::{DirLock, segment_path};
 use crate::options::StoreOptions;
 use crate::recovery::{self, RecoveryReport};
 use crate::topic::{Topic, TopicState};
+
+/// Segment ids carry their allocation lane in the bits above this one: lane `k` numbers its
+/// segments from `k << LANE_SHIFT`.
+const LANE_SHIFT: u32 = 48;
+
+/// The allocation lane of a segment.
+pub(crate) fn lane_of(segment: u64) -> usize {
+    (segment >> LANE_SHIFT) as usize
+}
+
+/// The first segment id of a lane.
+pub(crate) fn lane_base(lane: usize) -> u64 {
+    (lane as u64) << LANE_SHIFT
+}
 
 /// The open segment files of a store, by id. Shared with the allocator's preparer.
 #[derive(Debug, Default)]
@@ -60,7 +74,13 @@ pub(crate) struct AllocatedBlock {
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     pub(crate) storage: Arc<dyn Storage>,
-    pub(crate) alloc: BlockAllocator,
+    /// One allocator per lane: topics are spread over lanes so that appends to different
+    /// topics land in different segment files (the kernel serialises buffered writes to one
+    /// file). All lanes share one file tracker.
+    pub(crate) lanes: Vec<BlockAllocator>,
+    pub(crate) tracker: Arc<FileTracker>,
+    /// Lane of the next topic created.
+    next_lane: AtomicUsize,
     pub(crate) files: Arc<Files>,
     pub(crate) cursors: CursorStore,
     /// Durable watermarks per topic, written lazily (see [`Shared::write_marks`]).
@@ -77,10 +97,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)] // one per field, called once, from recovery
     pub(crate) fn new(
         dir: PathBuf,
         storage: Arc<dyn Storage>,
-        alloc: BlockAllocator,
+        lanes: Vec<BlockAllocator>,
+        tracker: Arc<FileTracker>,
         files: Arc<Files>,
         cursors: CursorStore,
         marks: CursorStore,
@@ -89,7 +111,9 @@ impl Shared {
         Self {
             dir,
             storage,
-            alloc,
+            lanes,
+            tracker,
+            next_lane: AtomicUsize::new(0),
             files,
             cursors,
             marks,
@@ -100,6 +124,11 @@ impl Shared {
             marks_pending: Mutex::new((Vec::new(), Instant::now())),
             deletions: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The lane for a topic created now: round robin, so that topics spread evenly.
+    pub(crate) fn pick_lane(&self) -> usize {
+        self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len().max(1)
     }
 
     /// Lists `topic` for the next sync after an append.
@@ -130,8 +159,12 @@ impl Shared {
         self.poisoned.store(true, Ordering::Release);
     }
 
-    pub(crate) fn alloc_block(&self, min_len: u64) -> io::Result<AllocatedBlock> {
-        let a = self.alloc.allocate(min_len)?;
+    pub(crate) fn alloc_block(&self, min_len: u64, lane: usize) -> io::Result<AllocatedBlock> {
+        let allocator = self
+            .lanes
+            .get(lane % self.lanes.len().max(1))
+            .ok_or_else(|| io::Error::other("no allocation lane"))?;
+        let a = allocator.allocate(min_len)?;
         for seg in a.deletable {
             self.delete_segment(seg);
         }
@@ -150,13 +183,13 @@ impl Shared {
 
     /// The writer is done with `block`.
     pub(crate) fn seal_block(&self, block: &Block) {
-        let outcome = self.alloc.tracker().seal(block.segment, block.start);
+        let outcome = self.tracker.seal(block.segment, block.start);
         self.settle(outcome, block);
     }
 
     /// Readers are done with `block` (or it never held entries).
     pub(crate) fn release_block(&self, block: &Block) {
-        let outcome = self.alloc.tracker().checkpoint(block.segment, block.start);
+        let outcome = self.tracker.checkpoint(block.segment, block.start);
         self.settle(outcome, block);
     }
 
@@ -206,11 +239,7 @@ impl Shared {
         self.check_writable()?;
         let topics = std::mem::take(&mut *self.unsynced.lock());
         let snapshots: Vec<u64> = topics.iter().map(|t| t.snapshot_for_sync()).collect();
-        let synced = self
-            .files
-            .all()
-            .iter()
-            .try_for_each(|h| h.sync())
+        let synced = sync_all(&self.files.all())
             .and_then(|()| self.cursors.sync())
             .and_then(|()| self.marks.sync());
         if let Err(e) = synced {
@@ -265,6 +294,27 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// Syncs every dirty file; several at once in parallel (one per lane is common), since each
+/// `fdatasync` mostly waits on the device.
+fn sync_all(files: &[Arc<SegmentHandle>]) -> io::Result<()> {
+    let dirty: Vec<&Arc<SegmentHandle>> = files.iter().filter(|h| h.is_dirty()).collect();
+    match dirty.as_slice() {
+        [] => Ok(()),
+        [one] => one.sync(),
+        [first, rest @ ..] => std::thread::scope(|s| {
+            let others: Vec<_> = rest.iter().map(|h| s.spawn(move || h.sync())).collect();
+            let mut result = first.sync();
+            for handle in others {
+                let r = handle
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")));
+                result = result.and(r);
+            }
+            result
+        }),
     }
 }
 
@@ -352,7 +402,10 @@ impl Store {
         let topics = recovered
             .topics
             .into_iter()
-            .map(|(name, state)| (name.clone(), Arc::new(Topic::new(name, state))))
+            .map(|(name, state)| {
+                let lane = shared.pick_lane();
+                (name.clone(), Arc::new(Topic::new(name, state, lane)))
+            })
             .collect();
         Ok(Self {
             shared,
@@ -372,9 +425,13 @@ impl Store {
         }
         validate_topic_name(name).map_err(io::Error::from)?;
         let mut topics = self.topics.write();
-        let t = topics
-            .entry(Arc::from(name))
-            .or_insert_with_key(|k| Arc::new(Topic::new(k.clone(), TopicState::empty())));
+        let t = topics.entry(Arc::from(name)).or_insert_with_key(|k| {
+            Arc::new(Topic::new(
+                k.clone(),
+                TopicState::empty(),
+                self.shared.pick_lane(),
+            ))
+        });
         Ok(t.clone())
     }
 
@@ -553,8 +610,10 @@ impl Store {
             self.shared.delete_segment_now(segment);
         }
         // Only once something was written: opening must not create segment files.
-        if self.shared.alloc.position().current.is_some() && self.shared.check_writable().is_ok() {
-            self.shared.alloc.prepare_spare()?;
+        for lane in &self.shared.lanes {
+            if lane.position().current.is_some() && self.shared.check_writable().is_ok() {
+                lane.prepare_spare()?;
+            }
         }
         Ok(())
     }

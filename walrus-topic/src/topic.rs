@@ -22,6 +22,8 @@ use crate::store::Shared;
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: Arc<str>,
+    /// The allocation lane new blocks come from.
+    lane: usize,
     writer: Mutex<Writer>,
     /// Blocks not yet released by the reader, oldest first. The last one is the writer's.
     chain: RwLock<VecDeque<Arc<Block>>>,
@@ -102,13 +104,14 @@ struct Chunk<'a> {
 }
 
 impl Topic {
-    pub(crate) fn new(name: Arc<str>, state: TopicState) -> Self {
+    pub(crate) fn new(name: Arc<str>, state: TopicState, lane: usize) -> Self {
         let (block, pos) = match state.live {
             Some((b, p)) => (Some(b), p),
             None => (None, 0),
         };
         Self {
             name,
+            lane,
             writer: Mutex::new(Writer {
                 block,
                 pos,
@@ -238,7 +241,7 @@ impl Topic {
             let flen = frame_len(p.len()) as u64;
             let fits = cur.as_ref().is_some_and(|b| pos + flen <= b.end());
             if !fits {
-                let alloc = match shared.alloc_block(BLOCK_HEADER_LEN as u64 + flen) {
+                let alloc = match shared.alloc_block(BLOCK_HEADER_LEN as u64 + flen, self.lane) {
                     Ok(a) => a,
                     Err(e) => {
                         self.abandon(shared, &new_blocks, w.next_chain_seq);

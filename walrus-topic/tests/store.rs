@@ -400,7 +400,8 @@ fn corruption_in_the_middle_by_recovery_mode() {
 #[test]
 fn consumed_segments_are_deleted_and_unread_ones_kept() {
     let sim = SimStorage::new(15);
-    let store = open(&sim, small()).unwrap();
+    // One lane: both topics share every segment.
+    let store = open(&sim, small().with_lanes(1)).unwrap();
     for i in 0..400 {
         store.append("a", &payload(i)).unwrap();
         store.append("b", &payload(i)).unwrap();
@@ -422,7 +423,7 @@ fn consumed_segments_are_deleted_and_unread_ones_kept() {
     // Offsets stay stable after deletion.
     assert_eq!(store.append("a", b"x").unwrap(), 400);
     drop(store);
-    let store = open(&sim, small()).unwrap();
+    let store = open(&sim, small().with_lanes(1)).unwrap();
     assert_eq!(store.cursor("a"), Some(400));
     assert_eq!(
         store.read_next("a", true).unwrap(),
@@ -587,4 +588,31 @@ fn real_filesystem_reopen_and_lock() {
         io::ErrorKind::InvalidInput
     );
     assert!(Path::new(&file).is_file());
+}
+
+#[test]
+fn lanes_keep_topics_in_separate_segments() {
+    let sim = SimStorage::new(26);
+    let store = open(&sim, small()).unwrap(); // two lanes
+    for i in 0..300 {
+        store.append("a", &payload(i)).unwrap();
+        store.append("b", &payload(i)).unwrap();
+    }
+    let before = segments(&sim).len();
+    // "a" and "b" live in different lanes: consuming "a" alone frees its segments.
+    drain(&store, "a");
+    let after = segments(&sim).len();
+    assert!(after < before, "{after} of {before} segments left");
+    assert_eq!(drain(&store, "b").len(), 300);
+    drop(store);
+    // Reopen with one lane: the other lane's segments are still read.
+    let store = open(&sim, small().with_lanes(1)).unwrap();
+    assert_eq!(store.end_offset("b"), Some(300));
+    assert_eq!(store.append("a", b"x").unwrap(), 300);
+    drop(store);
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(
+        store.read_next("a", true).unwrap(),
+        Some((300, b"x".to_vec()))
+    );
 }

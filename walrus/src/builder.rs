@@ -52,6 +52,7 @@ pub struct WalrusBuilder {
     quiet: Option<bool>,
     mark_interval: Option<std::time::Duration>,
     inline_maintenance: bool,
+    lanes: Option<usize>,
 }
 
 impl WalrusBuilder {
@@ -134,6 +135,13 @@ impl WalrusBuilder {
         self
     }
 
+    /// Number of allocation lanes (1–16, default 2): topics are spread over lanes, each with
+    /// its own current segment file, so appends to different topics don't queue on one file.
+    pub fn allocation_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = Some(lanes);
+        self
+    }
+
     /// Silence informational logging (instead of `WALRUS_QUIET`).
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.quiet = Some(quiet);
@@ -183,6 +191,9 @@ impl WalrusBuilder {
         }
         if let Some(len) = self.block_len {
             options = options.with_block_len(len);
+        }
+        if let Some(lanes) = self.lanes {
+            options = options.with_lanes(lanes);
         }
         if let Some(interval) = self.mark_interval {
             options = options.with_mark_interval(interval);
