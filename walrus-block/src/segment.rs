@@ -21,7 +21,7 @@ pub const SEGMENT_DATA_OFFSET: u64 = BLOCK_ALIGN;
 /// The header of a segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SegmentHeader {
-    /// The segment's id, unique within a data directory and increasing with creation order.
+    /// The segment's id, unique within a data directory.
     pub segment_id: u64,
     /// The default block length in this segment (blocks may be longer to hold one big entry).
     pub block_len: u64,
