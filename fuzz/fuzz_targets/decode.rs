@@ -5,12 +5,15 @@
 
 use libfuzzer_sys::fuzz_target;
 use walrus_block::{
-    BlockHeader, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameHeader, SegmentHeader, SequenceCheck,
-    checksum::crc32c,
+    BlockHeader, CursorRecord, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameHeader, SegmentHeader,
+    SequenceCheck, checksum::crc32c,
 };
 
 fuzz_target!(|data: &[u8]| {
     let _ = SegmentHeader::decode(data);
+    if let Ok(Some(c)) = CursorRecord::decode(data) {
+        assert!(!c.topic.is_empty() && c.topic.len() <= 255);
+    }
     if let Ok(Some(h)) = BlockHeader::decode(data) {
         assert!(!h.topic.is_empty() && h.topic.len() <= 255);
     }
@@ -18,9 +21,15 @@ fuzz_target!(|data: &[u8]| {
     for frame in FrameDecoder::new(data) {
         if let Frame::Entry(e) = frame {
             let raw = &data[e.pos..e.pos + FRAME_HEADER_LEN];
-            let header = FrameHeader::decode(raw).expect("entry header re-validates").expect("non-zero");
+            let header = FrameHeader::decode(raw)
+                .expect("entry header re-validates")
+                .expect("non-zero");
             assert_eq!(header.len as usize, e.payload.len());
-            assert_eq!(crc32c(e.payload), header.payload_crc, "entry fails its checksum");
+            assert_eq!(
+                crc32c(e.payload),
+                header.payload_crc,
+                "entry fails its checksum"
+            );
             assert!(e.end() <= data.len());
             let s = seq.get_or_insert(SequenceCheck::new(e.offset));
             let _ = s.check(e.offset, e.kind);

@@ -4,8 +4,8 @@
 
 use proptest::prelude::*;
 use walrus_block::{
-    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, CorruptReason, Frame, FrameDecoder, FrameKind,
-    SegmentHeader, SequenceCheck, encode_frame, frame_len,
+    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, CorruptReason, CursorRecord, Frame, FrameDecoder,
+    FrameKind, SegmentHeader, SequenceCheck, encode_frame, frame_len,
 };
 
 /// One entry as the tests know it: its offset, unit position and payload.
@@ -173,6 +173,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..=4096)) {
         let _ = SegmentHeader::decode(&bytes);
         let _ = BlockHeader::decode(&bytes);
+        let _ = CursorRecord::decode(&bytes);
         let mut steps = 0usize;
         for frame in FrameDecoder::new(&bytes) {
             steps += 1;
