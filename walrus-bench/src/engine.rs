@@ -5,7 +5,6 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -224,9 +223,6 @@ impl fmt::Debug for Seed {
     }
 }
 
-/// `walrus-rust` keeps global state: one instance per process, in a process set up for it.
-static SEED_OPENED: AtomicBool = AtomicBool::new(false);
-
 impl Seed {
     fn open(o: &OpenOptions) -> io::Result<Self> {
         // It takes its root from the environment, read at construction; the parent sets it on
@@ -241,12 +237,7 @@ impl Seed {
                 ),
             ));
         }
-        if SEED_OPENED.swap(true, Ordering::SeqCst) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "walrus-rust keeps process-global state: one instance per process",
-            ));
-        }
+
         if o.backend == Backend::Mmap {
             walrus_rust::disable_fd_backend();
         } else {

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -19,16 +18,14 @@ const FONT_CANDIDATES: [&str; 4] = [
     "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
 ];
 
-/// Registers a system font as `sans-serif`, once; false if none was found.
+/// Registers a system font as `sans-serif` with plotters (whose font registry is its own,
+/// process-wide); false if none was found. Called once per chart: the bench draws one.
 fn ensure_font() -> bool {
-    static FONT: OnceLock<bool> = OnceLock::new();
-    *FONT.get_or_init(|| {
-        FONT_CANDIDATES.iter().any(|path| {
-            std::fs::read(path).is_ok_and(|bytes| {
-                // Registered fonts must live as long as the process: leak the one file.
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-            })
+    FONT_CANDIDATES.iter().any(|path| {
+        std::fs::read(path).is_ok_and(|bytes| {
+            // plotters keeps registered fonts for the life of the process: leak the one file.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
         })
     })
 }

@@ -171,11 +171,12 @@ impl SegmentFile for MmapFile {
                     break;
                 }
                 let n = buf.len().min(start + len - at);
-                // SAFETY: `[at, at + n)` lies inside `[start, start + len)`, which `split` keeps
-                // inside the mapping, alive as long as `self`. No reference into the mapping
-                // exists anywhere, and the exclusive range lock held here keeps every other
-                // access to these bytes out until the copy is done. `buf` is caller memory,
-                // never part of the mapping, so the ranges do not overlap.
+                // Why this is sound: `[at, at + n)` lies inside `[start, start + len)`, which
+                // `split` keeps inside the mapping, alive as long as `self`; no reference into
+                // the mapping exists, and the exclusive range lock held here keeps every other
+                // access to these bytes out until the copy is done.
+                // SAFETY: `buf` is caller memory, never part of the mapping (no overlap), and
+                // the destination range is in bounds and exclusively locked, as shown above.
                 unsafe {
                     std::ptr::copy_nonoverlapping(buf.as_ptr(), map.as_mut_ptr().add(at), n);
                 }
