@@ -571,62 +571,53 @@ fn rebuild_topic(
         }
         if let Some(c) = check {
             let (expected, committed) = (c.next_offset(), c.committed_offset());
-            if let Some(p) = pending {
-                if first == committed {
-                    // The writer rolled back to the last complete unit and went on in this
-                    // block: what follows the problem was never acknowledged. No loss.
-                    cut_block_at(&mut scanned, unit_start, p, committed, erases);
-                    pending = None;
-                    check = Some(SequenceCheck::new(first));
-                } else if first > expected {
-                    let missing = first - committed;
-                    let action = mid_chain(
-                        topic,
-                        mode,
-                        durable_mark,
-                        &scanned,
-                        p,
-                        committed,
-                        missing,
-                        report,
-                    )?;
-                    if action == Action::Cut {
-                        cut_block_at(&mut scanned, unit_start, p, committed, erases);
-                        pending = None;
-                        dropped.push((found, handle));
-                        dropped.extend(iter.by_ref());
-                        break;
-                    }
-                    cut_block_at(&mut scanned, unit_start, p, committed, erases);
-                    pending = None;
-                    check = Some(SequenceCheck::new(first));
-                } else {
-                    // Starts inside what came before: a block of a failed write that could not
-                    // be marked abandoned. It holds nothing of the topic.
+            // How this block joins the chain: continues it, restarts at the last complete
+            // unit (what lay after was never acknowledged), leaves a gap, or is stale.
+            let (problem, restart) = match pending {
+                Some(p) if first == committed => (Some(p), true),
+                Some(p) if first > expected => (Some(p), false),
+                None if first == expected => (None, false),
+                None if first == committed && c.in_unit() => {
+                    // A batch was abandoned at the end of the previous block and the writer
+                    // restarted from its first entry here.
+                    let block = scanned.len() - 1;
+                    (
+                        Some(Pending {
+                            problem: Problem::UnfinishedBatch,
+                            position: 0,
+                            block,
+                        }),
+                        true,
+                    )
+                }
+                None if first > expected => {
+                    let block = scanned.len() - 1;
+                    let position = scanned.get(block).map_or(0, |s| s.data_end);
+                    let gap = Problem::Gap {
+                        missing: first - expected,
+                    };
+                    (
+                        Some(Pending {
+                            problem: gap,
+                            position,
+                            block,
+                        }),
+                        false,
+                    )
+                }
+                // Starts inside what came before: a block of a failed write that could not be
+                // marked abandoned. It holds nothing of the topic.
+                _ => {
                     dropped.push((found, handle));
                     continue;
                 }
-            } else if first != expected {
-                if first == committed && c.in_unit() {
-                    // A batch was abandoned at the end of the previous block and the writer
-                    // restarted from its first entry here.
-                    let p = Pending {
-                        problem: Problem::UnfinishedBatch,
-                        position: 0,
-                        block: scanned.len() - 1,
-                    };
-                    cut_block_at(&mut scanned, unit_start, p, committed, erases);
-                    check = Some(SequenceCheck::new(first));
-                } else if first > expected {
-                    let last = scanned.len() - 1;
-                    let p = Pending {
-                        problem: Problem::Gap {
-                            missing: first - expected,
-                        },
-                        position: scanned[last].data_end,
-                        block: last,
-                    };
-                    let action = mid_chain(
+            };
+            if let Some(p) = problem {
+                // A gap means entries are missing before valid ones: the mode decides.
+                let action = if restart {
+                    Action::Skipped
+                } else {
+                    mid_chain(
                         topic,
                         mode,
                         durable_mark,
@@ -635,20 +626,16 @@ fn rebuild_topic(
                         committed,
                         first - committed,
                         report,
-                    )?;
-                    if action == Action::Cut {
-                        cut_block_at(&mut scanned, unit_start, p, committed, erases);
-                        pending = None;
-                        dropped.push((found, handle));
-                        dropped.extend(iter.by_ref());
-                        break;
-                    }
-                    cut_block_at(&mut scanned, unit_start, p, committed, erases);
-                    check = Some(SequenceCheck::new(first));
-                } else {
+                    )?
+                };
+                cut_block_at(&mut scanned, unit_start, p, committed, erases);
+                pending = None;
+                if action == Action::Cut {
                     dropped.push((found, handle));
-                    continue;
+                    dropped.extend(iter.by_ref());
+                    break;
                 }
+                check = Some(SequenceCheck::new(first));
             }
         }
         // Unless the chain starts at its very first block, the blocks before were consumed (and
