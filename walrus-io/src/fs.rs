@@ -299,3 +299,27 @@ macro_rules! real_fs_namespace {
     };
 }
 pub(crate) use real_fs_namespace;
+
+/// `create` and `open` of a real-file-system backend whose files need no setup beyond
+/// `self.wrap(file, path)`.
+macro_rules! real_fs_create_open {
+    () => {
+        fn create(
+            &self,
+            path: &std::path::Path,
+            len: u64,
+        ) -> std::io::Result<std::sync::Arc<dyn crate::SegmentFile>> {
+            let file = crate::fs::create_file(path, len)?;
+            self.poison.forget(path);
+            Ok(self.wrap(file, path))
+        }
+
+        fn open(
+            &self,
+            path: &std::path::Path,
+        ) -> std::io::Result<std::sync::Arc<dyn crate::SegmentFile>> {
+            Ok(self.wrap(crate::fs::open_file(path)?, path))
+        }
+    };
+}
+pub(crate) use real_fs_create_open;

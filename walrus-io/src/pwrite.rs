@@ -33,15 +33,7 @@ impl Storage for PwriteStorage {
         BackendKind::Pwrite
     }
 
-    fn create(&self, path: &Path, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
-        let file = fs::create_file(path, len)?;
-        self.poison.forget(path);
-        Ok(self.wrap(file, path))
-    }
-
-    fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
-        Ok(self.wrap(fs::open_file(path)?, path))
-    }
+    crate::fs::real_fs_create_open!();
 
     crate::fs::real_fs_namespace!();
 
