@@ -30,6 +30,12 @@ pub use parking_lot::{Mutex, MutexGuard};
 pub use self::loom_mutex::{Mutex, MutexGuard};
 
 #[cfg(not(loom))]
+pub use self::std_condvar::Condvar;
+
+#[cfg(loom)]
+pub use self::loom_condvar::Condvar;
+
+#[cfg(not(loom))]
 pub use crossbeam_utils::Backoff;
 
 #[cfg(loom)]
@@ -101,6 +107,61 @@ pub mod cell {
             pub fn into_inner(self) -> T {
                 self.0.into_inner()
             }
+        }
+    }
+}
+
+#[cfg(not(loom))]
+mod std_condvar {
+    use super::MutexGuard;
+
+    /// parking_lot's `Condvar` with a guard-by-value `wait`, the shape both worlds share.
+    #[derive(Debug, Default)]
+    pub struct Condvar(parking_lot::Condvar);
+
+    impl Condvar {
+        /// A condition variable nobody waits on yet.
+        pub const fn new() -> Self {
+            Self(parking_lot::Condvar::new())
+        }
+
+        /// Releases `guard`, waits for a notification, and takes the lock again.
+        pub fn wait<'a, T>(&self, mut guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+            self.0.wait(&mut guard);
+            guard
+        }
+
+        /// Wakes every waiter.
+        pub fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+}
+
+#[cfg(loom)]
+mod loom_condvar {
+    use super::MutexGuard;
+
+    /// loom's `Condvar` with the same API as the production side; poisoning is ignored.
+    #[derive(Debug, Default)]
+    pub struct Condvar(loom::sync::Condvar);
+
+    impl Condvar {
+        /// A condition variable nobody waits on yet.
+        pub fn new() -> Self {
+            Self(loom::sync::Condvar::new())
+        }
+
+        /// Releases `guard`, waits for a notification, and takes the lock again.
+        pub fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+            self.0
+                .wait(guard)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+
+        /// Wakes every waiter.
+        pub fn notify_all(&self) {
+            self.0.notify_all();
         }
     }
 }

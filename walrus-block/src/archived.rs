@@ -22,9 +22,9 @@ pub(crate) struct SegmentHeaderNative {
     pub(crate) crc: u32,
 }
 
-/// Block header as archived on disk (300 bytes).
+/// Block header as archived on disk (308 bytes).
 #[derive(Archive)]
-#[rkyv(archived = BlockHeaderV1)]
+#[rkyv(archived = BlockHeaderV2)]
 #[allow(dead_code)]
 pub(crate) struct BlockHeaderNative {
     pub(crate) magic: [u8; 4],
@@ -35,6 +35,7 @@ pub(crate) struct BlockHeaderNative {
     pub(crate) segment_id: u64,
     pub(crate) chain_seq: u64,
     pub(crate) first_offset: u64,
+    pub(crate) prev_end: u64,
     pub(crate) topic: [u8; 255],
     pub(crate) reserved2: u8,
     pub(crate) crc: u32,
@@ -58,8 +59,8 @@ const _: () = {
     use std::mem::{align_of, size_of};
     assert!(size_of::<SegmentHeaderV1>() == 8 + 2 + 1 + 1 + 4 + 8 + 8 + 4);
     assert!(align_of::<SegmentHeaderV1>() == 1);
-    assert!(size_of::<BlockHeaderV1>() == 4 + 1 + 1 + 2 + 8 + 8 + 8 + 8 + 255 + 1 + 4);
-    assert!(align_of::<BlockHeaderV1>() == 1);
+    assert!(size_of::<BlockHeaderV2>() == 4 + 1 + 1 + 2 + 8 + 8 + 8 + 8 + 8 + 255 + 1 + 4);
+    assert!(align_of::<BlockHeaderV2>() == 1);
     assert!(size_of::<FrameHeaderV1>() == 1 + 1 + 2 + 4 + 8 + 4 + 4);
     assert!(align_of::<FrameHeaderV1>() == 1);
 };
@@ -75,7 +76,7 @@ pub(crate) unsafe trait PlainHeader: Portable + Sized {}
 // a size equal to the sum of the fields, hence no padding.
 unsafe impl PlainHeader for SegmentHeaderV1 {}
 // SAFETY: as above.
-unsafe impl PlainHeader for BlockHeaderV1 {}
+unsafe impl PlainHeader for BlockHeaderV2 {}
 // SAFETY: as above.
 unsafe impl PlainHeader for FrameHeaderV1 {}
 

@@ -3,7 +3,7 @@
 use rkyv::Archived;
 
 use crate::archived::{
-    BlockHeaderV1, body_crc, bytes_of, decode_checked, topic_field, topic_from_field,
+    BlockHeaderV2, body_crc, bytes_of, decode_checked, topic_field, topic_from_field,
 };
 use crate::error::{CorruptReason, FormatError};
 use crate::limits::BLOCK_ALIGN;
@@ -13,7 +13,7 @@ pub const BLOCK_MAGIC: [u8; 4] = *b"WBLK";
 /// Block flag: the block was abandoned by its writer (a failed batch); it holds no entries.
 const FLAG_ABANDONED: u8 = 0x01;
 /// Encoded length of a [`BlockHeader`]; the block's first entry frame starts right after it.
-pub const BLOCK_HEADER_LEN: usize = std::mem::size_of::<BlockHeaderV1>();
+pub const BLOCK_HEADER_LEN: usize = std::mem::size_of::<BlockHeaderV2>();
 
 /// The header of a block: which topic owns it and where it sits in that topic's chain.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,6 +26,11 @@ pub struct BlockHeader {
     pub chain_seq: u64,
     /// The topic offset of the first entry in this block.
     pub first_offset: u64,
+    /// Where the topic ended, as its writer saw it, when this block was started: equal to
+    /// `first_offset` unless the offsets in `prev_end..first_offset` are a *recorded gap* —
+    /// entries a recovery cut or found lost, whose offsets are never handed out again.
+    /// Recovery treats missing entries in a recorded gap as decided, not as new damage.
+    pub prev_end: u64,
     /// Length of the whole block in bytes, header included; a multiple of
     /// [`BLOCK_ALIGN`]. The next block of the segment starts right after it.
     pub block_len: u64,
@@ -44,13 +49,19 @@ impl BlockHeader {
     /// [`BLOCK_ALIGN`] or cannot hold the header.
     pub fn encode(&self) -> Result<[u8; BLOCK_HEADER_LEN], FormatError> {
         let (topic_len, topic) = topic_field(&self.topic)?;
+        if self.prev_end > self.first_offset {
+            return Err(FormatError::InvalidInput(format!(
+                "block starts at offset {} after a chain end of {}",
+                self.first_offset, self.prev_end
+            )));
+        }
         if !block_len_ok(self.block_len) {
             return Err(FormatError::InvalidInput(format!(
                 "block length {} is not a multiple of {BLOCK_ALIGN} holding a {BLOCK_HEADER_LEN}-byte header",
                 self.block_len
             )));
         }
-        let mut h = BlockHeaderV1 {
+        let mut h = BlockHeaderV2 {
             magic: BLOCK_MAGIC,
             topic_len,
             flags: if self.abandoned { FLAG_ABANDONED } else { 0 },
@@ -59,6 +70,7 @@ impl BlockHeader {
             segment_id: Archived::<u64>::from_native(self.segment_id),
             chain_seq: Archived::<u64>::from_native(self.chain_seq),
             first_offset: Archived::<u64>::from_native(self.first_offset),
+            prev_end: Archived::<u64>::from_native(self.prev_end),
             topic,
             reserved2: 0,
             crc: Archived::<u32>::from_native(0),
@@ -77,7 +89,7 @@ impl BlockHeader {
     /// [`FormatError::Torn`] when `bytes` ends inside a header that is not all zero;
     /// [`FormatError::Corrupt`] (at 0) for a bad magic, checksum, reserved bits, length or topic.
     pub fn decode(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
-        let Some(h) = decode_checked::<BlockHeaderV1>(
+        let Some(h) = decode_checked::<BlockHeaderV2>(
             bytes,
             |h| h.magic == BLOCK_MAGIC,
             |h| h.crc.to_native(),
@@ -94,11 +106,16 @@ impl BlockHeader {
             return Err(corrupt(CorruptReason::BadLength));
         }
         let topic = topic_from_field(h.topic_len, &h.topic).map_err(corrupt)?;
+        let (first_offset, prev_end) = (h.first_offset.to_native(), h.prev_end.to_native());
+        if prev_end > first_offset {
+            return Err(corrupt(CorruptReason::Sequence));
+        }
         Ok(Some(Self {
             topic,
             segment_id: h.segment_id.to_native(),
             chain_seq: h.chain_seq.to_native(),
-            first_offset: h.first_offset.to_native(),
+            first_offset,
+            prev_end,
             block_len,
             abandoned: h.flags & FLAG_ABANDONED != 0,
         }))
@@ -125,6 +142,7 @@ mod tests {
             segment_id: 3,
             chain_seq: 9,
             first_offset: 1234,
+            prev_end: 1200,
             block_len: 1 << 20,
             abandoned: false,
         }

@@ -288,6 +288,29 @@ impl<'a> Iterator for FrameDecoder<'a> {
     }
 }
 
+/// The first valid entry frame at or after byte `from` of `buf`, found by trying every byte
+/// position: how a reader resynchronises after damage, when the damaged frame's header (and so
+/// its length) cannot be trusted. A frame is only accepted with a valid header checksum *and*
+/// a valid payload checksum, so random bytes pass for a frame with odds of about 2^-64.
+#[must_use]
+pub fn resync(buf: &[u8], from: usize) -> Option<EntryRef<'_>> {
+    let last = buf.len().checked_sub(FRAME_HEADER_LEN)?;
+    let mut pos = from;
+    while pos <= last {
+        // Cheap filter first: a frame starts with its marker byte.
+        let next = buf
+            .get(pos..=last)?
+            .iter()
+            .position(|&b| b == FRAME_MARKER)?;
+        pos += next;
+        if let Frame::Entry(e) = decode_at(buf, pos) {
+            return Some(e);
+        }
+        pos += 1;
+    }
+    None
+}
+
 /// Decodes the single frame starting at `pos` in `buf`.
 fn decode_at(buf: &[u8], pos: usize) -> Frame<'_> {
     let Some(rest) = buf.get(pos..) else {

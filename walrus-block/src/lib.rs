@@ -59,7 +59,7 @@ pub use cursor::{CURSOR_MAGIC, CURSOR_RECORD_LEN, CURSOR_SLOT_LEN, CursorRecord}
 pub use error::{CorruptReason, FormatError};
 pub use frame::{
     EntryRef, FRAME_HEADER_LEN, FRAME_MARKER, Frame, FrameDecoder, FrameHeader, FrameKind,
-    SequenceCheck, encode_frame, encode_frame_header, frame_len, write_frame,
+    SequenceCheck, encode_frame, encode_frame_header, frame_len, resync, write_frame,
 };
 pub use limits::{
     BLOCK_ALIGN, DEFAULT_BLOCK_LEN, DEFAULT_SEGMENT_LEN, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES,

@@ -9,7 +9,7 @@ use crate::limits::BLOCK_ALIGN;
 /// Magic bytes opening every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WALRUSSG";
 /// The on-disk format version this crate writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Checksum algorithm id for CRC32C (Castagnoli), the only one format v1 defines.
 pub const CHECKSUM_CRC32C: u8 = 1;
 /// Encoded length of a [`SegmentHeader`].

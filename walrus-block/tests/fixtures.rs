@@ -1,4 +1,4 @@
-//! Golden v1 fixtures: segment files written by this version of the format, checked in under
+//! Golden v2 fixtures: segment files written by this version of the format, checked in under
 //! `tests/fixtures/`. The expected contents below are spelled out literally, not recomputed by
 //! the encoder, so any change to the format — in encoding or decoding — fails this test.
 //!
@@ -23,6 +23,7 @@ struct ExpectedBlock {
     topic: &'static str,
     chain_seq: u64,
     first_offset: u64,
+    prev_end: u64,
     block_len: u64,
     entries: Vec<(u64, bool, u16, Vec<u8>)>,
 }
@@ -37,6 +38,7 @@ fn expected_segment() -> (SegmentHeader, Vec<ExpectedBlock>) {
             topic: "orders",
             chain_seq: 0,
             first_offset: 0,
+            prev_end: 0,
             block_len: 4096,
             entries: vec![
                 (0, true, 0, b"hello".to_vec()),
@@ -50,6 +52,7 @@ fn expected_segment() -> (SegmentHeader, Vec<ExpectedBlock>) {
             topic: "événements",
             chain_seq: 3,
             first_offset: 1000,
+            prev_end: 990,
             block_len: 8192,
             entries: vec![
                 (
@@ -78,6 +81,7 @@ fn build_segment() -> Vec<u8> {
             segment_id: seg.segment_id,
             chain_seq: b.chain_seq,
             first_offset: b.first_offset,
+            prev_end: b.prev_end,
             block_len: b.block_len,
             abandoned: false,
         };
@@ -141,13 +145,13 @@ fn check_or_bless(name: &str, built: &[u8]) -> Vec<u8> {
 
 #[test]
 fn segment_fixture_decodes() {
-    let golden = check_or_bless("segment_v1.bin", &build_segment());
+    let golden = check_or_bless("segment_v2.bin", &build_segment());
     let (seg, blocks) = expected_segment();
-    assert_eq!(FORMAT_VERSION, 1);
+    assert_eq!(FORMAT_VERSION, 2);
     assert_eq!(golden.len(), 4096 + 4096 + 8192);
     // Spot-check raw bytes so that FORMAT.md's worked example stays true.
     assert_eq!(&golden[0..8], b"WALRUSSG");
-    assert_eq!(&golden[8..12], &[1, 0, 1, 0]);
+    assert_eq!(&golden[8..12], &[2, 0, 1, 0]);
     assert_eq!(&golden[4096..4100], b"WBLK");
     assert_eq!(golden[4096 + BLOCK_HEADER_LEN], 0x57);
 
@@ -158,6 +162,7 @@ fn segment_fixture_decodes() {
         assert_eq!(h.topic, b.topic);
         assert_eq!((h.segment_id, h.chain_seq), (seg.segment_id, b.chain_seq));
         assert_eq!((h.first_offset, h.block_len), (b.first_offset, b.block_len));
+        assert_eq!(h.prev_end, b.prev_end);
         let data = &golden[pos + BLOCK_HEADER_LEN..pos + h.block_len as usize];
         let mut d = FrameDecoder::new(data);
         for (offset, first, left, payload) in &b.entries {
@@ -176,7 +181,7 @@ fn segment_fixture_decodes() {
 
 #[test]
 fn corrupt_middle_fixture() {
-    let golden = check_or_bless("corrupt_middle_v1.bin", &build_corrupt_middle());
+    let golden = check_or_bless("corrupt_middle_v2.bin", &build_corrupt_middle());
     let mut d = FrameDecoder::new(&golden);
     assert!(matches!(d.next_frame(), Frame::Entry(e) if e.payload == b"first"));
     assert_eq!(
@@ -190,7 +195,7 @@ fn corrupt_middle_fixture() {
 
 #[test]
 fn torn_tail_fixture() {
-    let golden = check_or_bless("torn_tail_v1.bin", &build_torn_tail());
+    let golden = check_or_bless("torn_tail_v2.bin", &build_torn_tail());
     let mut d = FrameDecoder::new(&golden);
     assert!(matches!(d.next_frame(), Frame::Entry(e) if e.payload == b"kept"));
     assert!(

@@ -102,7 +102,7 @@ proptest! {
         let (frames, _) = encode_all(&entries);
         let need = (BLOCK_HEADER_LEN + frames.len()) as u64;
         let block_len = need.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN;
-        let header = BlockHeader { topic, segment_id, chain_seq, first_offset: first, block_len, abandoned: false };
+        let header = BlockHeader { topic, segment_id, chain_seq, first_offset: first, prev_end: first, block_len, abandoned: false };
         let mut block = header.encode().unwrap().to_vec();
         block.extend_from_slice(&frames);
         block.resize(block_len as usize, 0);

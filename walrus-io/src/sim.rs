@@ -231,6 +231,7 @@ impl SimStorage {
                 stats: SimStats::default(),
                 write_seq: 0,
                 poison: SyncPoison::default(),
+                sync_latency: std::time::Duration::ZERO,
             })),
         }
     }
@@ -254,6 +255,15 @@ impl SimStorage {
     /// Fails the `n`th operation from now (of any kind, on any path) with `fault`.
     pub fn fail_nth(&self, n: u64, fault: Fault) {
         self.inject(FaultRule::new(fault).nth(n));
+    }
+
+    /// Makes every data sync take up to `latency` (a seeded random share of it): the sync
+    /// captures what was written when it was called, waits, and makes that durable only when
+    /// it returns. A crash while it waits keeps none of it, as a power cut during a real
+    /// `fdatasync` may; writes made while it waits are not covered. This opens the window in
+    /// which concurrent writers, syncers and crashes meet, for the concurrent crash tests.
+    pub fn set_sync_latency(&self, latency: std::time::Duration) {
+        self.state.lock().sync_latency = latency;
     }
 
     /// Removes every fault rule not yet spent.
@@ -528,7 +538,18 @@ impl SegmentFile for SimFile {
             }
             return Err(e);
         }
-        state.sync(self.inode);
+        let latency = state.sync_latency;
+        if latency.is_zero() {
+            state.sync(self.inode);
+            return Ok(());
+        }
+        // In flight: capture now, land when the wait is over (unless the power failed).
+        let captured = state.capture(self.inode);
+        let wait = latency.mul_f64(state.rng.below(1001) as f64 / 1000.0);
+        drop(state);
+        std::thread::sleep(wait);
+        let mut state = self.state("fdatasync")?;
+        state.land(self.inode, captured);
         Ok(())
     }
 
@@ -582,6 +603,8 @@ struct SimState {
     /// Orders writes, to find the most recent unsynced one.
     write_seq: u64,
     poison: SyncPoison,
+    /// See [`SimStorage::set_sync_latency`].
+    sync_latency: std::time::Duration,
 }
 
 impl SimState {
@@ -681,6 +704,52 @@ impl SimState {
         self.stats.data_syncs += 1;
     }
 
+    /// What a sync of `id` starting now covers: the dirty sectors' contents and the length.
+    fn capture(&mut self, id: u64) -> Captured {
+        let inode = self
+            .inodes
+            .get_mut(&id)
+            .unwrap_or_else(|| unreachable!("open inode"));
+        let sectors = inode
+            .dirty
+            .iter()
+            .map(|&sector| {
+                let mut buf = [0u8; SECTOR_SIZE as usize];
+                inode.pages.read(sector * SECTOR_SIZE, &mut buf);
+                (sector, buf)
+            })
+            .collect();
+        let last_write = inode.last_write;
+        Captured {
+            sectors,
+            len: inode.len,
+            last_write,
+        }
+    }
+
+    /// A sync begun with [`capture`](Self::capture) completes. Sectors written again while it
+    /// was in flight stay dirty for the next sync.
+    fn land(&mut self, id: u64, captured: Captured) {
+        let inode = self
+            .inodes
+            .get_mut(&id)
+            .unwrap_or_else(|| unreachable!("open inode"));
+        for (sector, buf) in &captured.sectors {
+            inode.durable_pages.write(sector * SECTOR_SIZE, buf);
+            let mut now = [0u8; SECTOR_SIZE as usize];
+            inode.pages.read(sector * SECTOR_SIZE, &mut now);
+            if now == *buf {
+                inode.dirty.remove(sector);
+            }
+        }
+        inode.durable_len = inode.durable_len.max(captured.len);
+        let rewritten = inode.last_write.map(|w| w.seq) != captured.last_write.map(|w| w.seq);
+        if inode.dirty.is_empty() || !rewritten {
+            inode.last_write = None;
+        }
+        self.stats.data_syncs += 1;
+    }
+
     fn crash(&mut self, mode: CrashMode) {
         self.generation += 1;
         self.stats.crashes += 1;
@@ -751,6 +820,13 @@ impl SimState {
 }
 
 /// One simulated file.
+/// What an in-flight sync of a file covers (see [`SimStorage::set_sync_latency`]).
+struct Captured {
+    sectors: Vec<(u64, [u8; SECTOR_SIZE as usize])>,
+    len: u64,
+    last_write: Option<LastWrite>,
+}
+
 struct Inode {
     /// Length as the running process sees it.
     len: u64,

@@ -8,40 +8,14 @@ use walrus_block::checksum::crc32c;
 use walrus_block::{BLOCK_HEADER_LEN, CorruptReason, FRAME_HEADER_LEN, FrameHeader};
 use walrus_io::SegmentFile;
 
-/// Whether a file has writes not yet synced, so that a sync of a clean file costs nothing.
-#[derive(Debug, Default)]
-pub(crate) struct DirtyFlag(AtomicBool);
-
-impl DirtyFlag {
-    /// Records writes a sync must cover. Called after the write returned.
-    pub(crate) fn mark(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    /// Whether writes were marked since the last sync.
-    pub(crate) fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-
-    /// Syncs `file` if it has unsynced writes. A write marked before this call is covered; on
-    /// failure the flag stays set.
-    pub(crate) fn sync(&self, file: &dyn SegmentFile) -> io::Result<()> {
-        if self.0.swap(false, Ordering::AcqRel)
-            && let Err(e) = file.sync_data()
-        {
-            self.0.store(true, Ordering::Release);
-            return Err(e);
-        }
-        Ok(())
-    }
-}
+use crate::durability::FileSync;
 
 /// An open segment file and whether it has writes not yet synced.
 #[derive(Debug)]
 pub(crate) struct SegmentHandle {
     pub(crate) id: u64,
     pub(crate) file: Arc<dyn SegmentFile>,
-    dirty: DirtyFlag,
+    sync: FileSync,
 }
 
 impl SegmentHandle {
@@ -49,27 +23,45 @@ impl SegmentHandle {
         Self {
             id,
             file,
-            dirty: DirtyFlag::default(),
+            sync: FileSync::default(),
         }
     }
 
     /// Records that the file has writes a sync must cover. Called after the write returned.
     pub(crate) fn mark_dirty(&self) {
-        self.dirty.mark();
+        self.sync.mark();
     }
 
-    /// Syncs the file if it has unsynced writes.
+    /// Makes every write marked before this call durable (see [`FileSync`]).
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.dirty.sync(&*self.file)
+        self.sync.sync(|| self.file.sync_data())
     }
 
-    /// Whether the file has writes a sync must cover.
+    /// Whether the file has marked writes no completed sync covers.
     pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty.is_set()
+        self.sync.is_dirty()
     }
 }
 
-/// One block of a topic's chain.
+/// Where a span of a block lies and what it holds (see [`Block::span`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    /// Byte position and length of the whole block in its segment file.
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    /// File positions of the span's first frame and just past its last.
+    pub(crate) data_start: u64,
+    pub(crate) data_end: u64,
+    /// Offsets of its first entry and just past its last.
+    pub(crate) first_offset: u64,
+    pub(crate) end_offset: u64,
+    pub(crate) sealed: bool,
+    /// The last span of its block: releasing it releases the block.
+    pub(crate) releases: bool,
+}
+
+/// One span of a topic's chain: a run of consecutive frames in one block. A block written
+/// normally is one span; recovery splits a block around skipped damage into several.
 ///
 /// `data_end` and `end_offset` grow as the writer appends; they are published with `Release`
 /// after the bytes are written, and a reader that loads them with `Acquire` may read every frame
@@ -82,6 +74,10 @@ pub(crate) struct Block {
     pub(crate) start: u64,
     pub(crate) len: u64,
     pub(crate) first_offset: u64,
+    /// Byte position of the span's first frame.
+    data_start: u64,
+    /// Releasing this span releases the block (it is the block's last).
+    pub(crate) releases: bool,
     /// Byte position (in the file) just past the last committed frame.
     data_end: AtomicU64,
     /// Offset just past the last committed entry.
@@ -91,25 +87,42 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
+    /// A block just handed to a writer: empty, its first entry will be `first_offset`.
+    pub(crate) fn fresh(
         handle: Arc<SegmentHandle>,
         start: u64,
         len: u64,
         first_offset: u64,
-        data_end: u64,
-        end_offset: u64,
-        sealed: bool,
     ) -> Self {
+        let data_start = start + BLOCK_HEADER_LEN as u64;
+        Self::span(
+            handle,
+            Span {
+                start,
+                len,
+                data_start,
+                data_end: data_start,
+                first_offset,
+                end_offset: first_offset,
+                sealed: false,
+                releases: true,
+            },
+        )
+    }
+
+    /// A span of a block, as recovery found it.
+    pub(crate) fn span(handle: Arc<SegmentHandle>, span: Span) -> Self {
         Self {
             segment: handle.id,
             handle,
-            start,
-            len,
-            first_offset,
-            data_end: AtomicU64::new(data_end),
-            end_offset: AtomicU64::new(end_offset),
-            sealed: AtomicBool::new(sealed),
+            start: span.start,
+            len: span.len,
+            first_offset: span.first_offset,
+            data_start: span.data_start,
+            releases: span.releases,
+            data_end: AtomicU64::new(span.data_end),
+            end_offset: AtomicU64::new(span.end_offset),
+            sealed: AtomicBool::new(span.sealed),
         }
     }
 
@@ -118,9 +131,9 @@ impl Block {
         &*self.handle.file
     }
 
-    /// Byte position of the block's first frame.
+    /// Byte position of the span's first frame.
     pub(crate) fn data_start(&self) -> u64 {
-        self.start + BLOCK_HEADER_LEN as u64
+        self.data_start
     }
 
     /// One past the block's last byte.

@@ -3,7 +3,7 @@
 //!
 //! Persisting a cursor is one positional write of one slot: O(1) in the number of topics.
 
-use crate::chain::DirtyFlag;
+use crate::durability::FileSync;
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
@@ -29,19 +29,18 @@ pub(crate) struct LoadedCursor {
     pub(crate) offset: u64,
 }
 
-/// The open cursor file of one store.
+/// A cursor file as found by recovery, before anything is written: created only once the
+/// open is sure to succeed.
 #[derive(Debug)]
-pub(crate) struct CursorStore {
-    file: Arc<dyn SegmentFile>,
-    /// Slot pairs handed out so far: topic → pair, and the next free pair.
-    pairs: Mutex<(HashMap<String, u64>, u64)>,
-    /// Set by every write, cleared by [`sync`](Self::sync).
-    dirty: DirtyFlag,
+pub(crate) struct CursorFile {
+    file: Option<Arc<dyn SegmentFile>>,
+    pairs: HashMap<String, u64>,
+    next_pair: u64,
 }
 
-impl CursorStore {
-    /// Opens (or creates) the cursor file in `dir` and loads every cursor in it.
-    pub(crate) fn open(
+impl CursorFile {
+    /// Loads every record of the cursor file `name` in `dir`, if it exists. Writes nothing.
+    pub(crate) fn load(
         storage: &dyn Storage,
         dir: &Path,
         name: &str,
@@ -50,9 +49,12 @@ impl CursorStore {
         let file = match storage.open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let f = storage.create(&path, 0)?;
-                storage.sync_dir(dir)?;
-                f
+                let empty = Self {
+                    file: None,
+                    pairs: HashMap::new(),
+                    next_pair: 0,
+                };
+                return Ok((empty, HashMap::new()));
             }
             Err(e) => return Err(e),
         };
@@ -63,17 +65,54 @@ impl CursorStore {
                 .map_err(|_| data_error(&path, "cursor file too large"))?
         ];
         file.read_exact_at(&mut bytes, 0)?;
-        let loaded = Self::load(&path, &bytes)?;
+        let loaded = CursorStore::load(&path, &bytes)?;
         let next_pair = loaded.values().map(|c| c.pair + 1).max().unwrap_or(0);
         let pairs = loaded.iter().map(|(t, c)| (t.clone(), c.pair)).collect();
-        let store = Self {
-            file,
-            pairs: Mutex::new((pairs, next_pair)),
-            dirty: DirtyFlag::default(),
-        };
-        Ok((store, loaded))
+        Ok((
+            Self {
+                file: Some(file),
+                pairs,
+                next_pair,
+            },
+            loaded,
+        ))
     }
 
+    /// The store on this file, creating the file (and making its name durable) if it did not
+    /// exist.
+    pub(crate) fn create_if_missing(
+        self,
+        storage: &dyn Storage,
+        dir: &Path,
+        name: &str,
+    ) -> io::Result<CursorStore> {
+        let file = match self.file {
+            Some(f) => f,
+            None => {
+                let f = storage.create(&dir.join(name), 0)?;
+                storage.sync_dir(dir)?;
+                f
+            }
+        };
+        Ok(CursorStore {
+            file,
+            pairs: Mutex::new((self.pairs, self.next_pair)),
+            sync: FileSync::default(),
+        })
+    }
+}
+
+/// The open cursor file of one store.
+#[derive(Debug)]
+pub(crate) struct CursorStore {
+    file: Arc<dyn SegmentFile>,
+    /// Slot pairs handed out so far: topic → pair, and the next free pair.
+    pairs: Mutex<(HashMap<String, u64>, u64)>,
+    /// Which cursor writes a completed sync covers.
+    sync: FileSync,
+}
+
+impl CursorStore {
     fn load(path: &Path, bytes: &[u8]) -> io::Result<HashMap<String, LoadedCursor>> {
         let mut out: HashMap<String, LoadedCursor> = HashMap::new();
         let pair_len = 2 * CURSOR_SLOT_LEN as usize;
@@ -157,7 +196,7 @@ impl CursorStore {
         slot[..record.len()].copy_from_slice(&record);
         self.file
             .write_at(&slot, CursorRecord::slot_position(pair, generation))?;
-        self.dirty.mark();
+        self.sync.mark();
         if sync {
             self.sync()?;
         }
@@ -166,6 +205,6 @@ impl CursorStore {
 
     /// Makes every cursor written so far durable.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.dirty.sync(&*self.file)
+        self.sync.sync(|| self.file.sync_data())
     }
 }

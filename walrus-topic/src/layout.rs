@@ -20,6 +20,20 @@ use crate::error::data_error;
 pub(crate) const LOCK_FILE: &str = "LOCK";
 const SEGMENT_SUFFIX: &str = ".wseg";
 
+/// Segment ids carry their allocation lane in the bits above this one: lane `k` numbers its
+/// segments from `k << LANE_SHIFT`.
+const LANE_SHIFT: u32 = 48;
+
+/// The allocation lane of a segment.
+pub(crate) fn lane_of(segment: u64) -> usize {
+    usize::try_from(segment >> LANE_SHIFT).unwrap_or(usize::MAX)
+}
+
+/// The first segment id of a lane.
+pub(crate) fn lane_base(lane: usize) -> u64 {
+    (lane as u64) << LANE_SHIFT
+}
+
 /// Path of segment `id` in `dir`.
 pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}{SEGMENT_SUFFIX}"))
@@ -61,7 +75,9 @@ pub(crate) fn classify(path: &Path) -> io::Result<FileKind> {
 /// An exclusive advisory lock on a data directory, released on drop.
 #[derive(Debug)]
 pub struct DirLock {
-    _file: Option<File>,
+    file: Option<File>,
+    /// The lock file did not exist before this lock created it.
+    created: Option<PathBuf>,
 }
 
 impl DirLock {
@@ -72,6 +88,7 @@ impl DirLock {
     /// process or another, holds it; the open error if the lock file cannot be opened.
     pub fn acquire(dir: &Path) -> io::Result<Self> {
         let path = dir.join(LOCK_FILE);
+        let existed = std::fs::symlink_metadata(&path).is_ok();
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -85,7 +102,10 @@ impl DirLock {
                 )
             })?;
         match file.try_lock() {
-            Ok(()) => Ok(Self { _file: Some(file) }),
+            Ok(()) => Ok(Self {
+                file: Some(file),
+                created: (!existed).then_some(path),
+            }),
             Err(TryLockError::WouldBlock) => Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
                 format!(
@@ -104,7 +124,20 @@ impl DirLock {
     /// No lock, for storage that is not a real file system (the simulated backend).
     #[must_use]
     pub fn none() -> Self {
-        Self { _file: None }
+        Self {
+            file: None,
+            created: None,
+        }
+    }
+
+    /// Releases the lock of an open that failed, removing the lock file if this lock created
+    /// it: a refused open leaves the directory as it found it.
+    pub(crate) fn release_created(mut self) {
+        if let Some(path) = self.created.take() {
+            // Still held: nobody else can be using it.
+            let _ = std::fs::remove_file(path);
+        }
+        self.file = None;
     }
 }
 

@@ -30,6 +30,7 @@
 
 mod chain;
 mod cursors;
+pub mod durability;
 mod error;
 mod layout;
 mod options;
@@ -37,6 +38,8 @@ mod recovery;
 mod store;
 mod topic;
 
+pub use durability::{GroupCommit, Writing};
+pub use error::{Poisoned, is_poisoned, poisoned_cause};
 pub use layout::DirLock;
 pub use options::{RecoveryMode, StoreOptions};
 pub use recovery::{Action, Problem, RecoveryIssue, RecoveryReport};

@@ -44,6 +44,7 @@ pub struct StoreOptions {
     pub(crate) mark_interval: Duration,
     pub(crate) background_maintenance: bool,
     pub(crate) lanes: usize,
+    pub(crate) visible_when_durable: bool,
 }
 
 impl Default for StoreOptions {
@@ -67,7 +68,18 @@ impl StoreOptions {
             mark_interval: Duration::from_millis(50),
             background_maintenance: false,
             lanes: 2,
+            visible_when_durable: false,
         }
+    }
+
+    /// Hand entries to readers only once they are durable (default: off, readers see every
+    /// written entry). For instances that acknowledge appends at durability (`SyncEach`):
+    /// then "visible" means "acknowledged", and no reader ever sees an entry a power cut can
+    /// take back.
+    #[must_use]
+    pub fn with_visible_when_durable(mut self, on: bool) -> Self {
+        self.visible_when_durable = on;
+        self
     }
 
     /// Number of allocation lanes (1–16, default 2): topics are spread round-robin over the
@@ -144,6 +156,13 @@ impl StoreOptions {
     pub fn with_prepare_ahead(mut self, on: bool) -> Self {
         self.prepare_ahead = on;
         self
+    }
+
+    /// How often, at most, durable watermarks are written (see
+    /// [`with_mark_interval`](Self::with_mark_interval)).
+    #[must_use]
+    pub fn mark_interval(&self) -> Duration {
+        self.mark_interval
     }
 
     /// The recovery mode.

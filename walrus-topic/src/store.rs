@@ -9,33 +9,20 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
-use walrus_alloc::{BlockAllocator, Deletion, FileTracker};
+use walrus_alloc::{AllocConfig, BlockAllocator, Deletion, FileTracker, Resume};
 use walrus_block::{
-    MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, SegmentHeader, validate_topic_name,
+    BLOCK_ALIGN, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, SEGMENT_DATA_OFFSET,
+    SegmentHeader, validate_topic_name,
 };
 use walrus_io::{BackendKind, Storage};
 
 use crate::chain::{Block, SegmentHandle};
 use crate::cursors::CursorStore;
-use crate::error::invalid_input;
-use crate::layout::{DirLock, segment_path};
+use crate::error::{Poisoned, invalid_input, poisoned_error};
+use crate::layout::{DirLock, lane_base, segment_path};
 use crate::options::StoreOptions;
-use crate::recovery::{self, RecoveryReport};
+use crate::recovery::{self, Recovered, RecoveryReport};
 use crate::topic::{Topic, TopicState};
-
-/// Segment ids carry their allocation lane in the bits above this one: lane `k` numbers its
-/// segments from `k << LANE_SHIFT`.
-const LANE_SHIFT: u32 = 48;
-
-/// The allocation lane of a segment.
-pub(crate) fn lane_of(segment: u64) -> usize {
-    (segment >> LANE_SHIFT) as usize
-}
-
-/// The first segment id of a lane.
-pub(crate) fn lane_base(lane: usize) -> u64 {
-    (lane as u64) << LANE_SHIFT
-}
 
 /// The open segment files of a store, by id. Shared with the allocator's preparer.
 #[derive(Debug, Default)]
@@ -86,8 +73,12 @@ pub(crate) struct Shared {
     /// Durable watermarks per topic, written lazily (see [`Shared::write_marks`]).
     pub(crate) marks: CursorStore,
     pub(crate) options: StoreOptions,
+    /// Set when a sync (or the cleanup of a failed write) failed: see [`Poisoned`].
     poisoned: AtomicBool,
-    poison_reason: Mutex<Option<String>>,
+    poison: Mutex<Option<Arc<Poisoned>>>,
+    /// Topics whose cursor moved without being persisted (`AtLeastOnce`): the background
+    /// maintenance persists them, so an idle reader's progress is not lost until drop.
+    cursors_pending: Mutex<Vec<Arc<Topic>>>,
     /// Topics with appends not yet covered by a sync.
     unsynced: Mutex<Vec<Arc<Topic>>>,
     /// Topics whose durable watermark moved since the marks were last written, and when that was.
@@ -97,43 +88,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    #[allow(clippy::too_many_arguments)] // one per field, called once, from recovery
-    pub(crate) fn new(
-        dir: PathBuf,
-        storage: Arc<dyn Storage>,
-        lanes: Vec<BlockAllocator>,
-        tracker: Arc<FileTracker>,
-        files: Arc<Files>,
-        cursors: CursorStore,
-        marks: CursorStore,
-        options: StoreOptions,
-    ) -> Self {
-        Self {
-            dir,
-            storage,
-            lanes,
-            tracker,
-            next_lane: AtomicUsize::new(0),
-            files,
-            cursors,
-            marks,
-            options,
-            poisoned: AtomicBool::new(false),
-            poison_reason: Mutex::new(None),
-            unsynced: Mutex::new(Vec::new()),
-            marks_pending: Mutex::new((Vec::new(), Instant::now())),
-            deletions: Mutex::new(Vec::new()),
-        }
-    }
-
     /// The lane for a topic created now: round robin, so that topics spread evenly.
     pub(crate) fn pick_lane(&self) -> usize {
         self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len().max(1)
     }
 
-    /// Lists `topic` for the next sync after an append.
+    /// Lists `topic` for the next syncs after an append (its committed end moved).
     pub(crate) fn note_append(&self, topic: &Arc<Topic>) {
-        if topic.note_unsynced() {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if topic.set_listed(true) {
             self.unsynced.lock().push(topic.clone());
         }
     }
@@ -141,22 +104,33 @@ impl Shared {
     /// Fails once a sync has failed: the kernel may have dropped unsynced pages, so nothing
     /// written since can be trusted until the store is reopened.
     pub(crate) fn check_writable(&self) -> io::Result<()> {
-        if self.poisoned.load(Ordering::Acquire) {
-            let reason = self.poison_reason.lock().clone().unwrap_or_default();
-            return Err(io::Error::other(format!(
-                "{}: writes refused after a failed sync ({reason}); reopen the directory to recover",
-                self.dir.display()
-            )));
+        if self.poisoned.load(Ordering::Acquire)
+            && let Some(p) = &*self.poison.lock()
+        {
+            return Err(poisoned_error(p));
         }
         Ok(())
     }
 
-    fn poison(&self, e: &io::Error) {
-        let mut reason = self.poison_reason.lock();
-        if reason.is_none() {
-            *reason = Some(e.to_string());
+    /// Refuses every later write: `e` may have lost data the instance cannot account for.
+    pub(crate) fn poison(&self, e: &io::Error) {
+        let mut poison = self.poison.lock();
+        if poison.is_none() {
+            tracing::error!(dir = %self.dir.display(), error = %e,
+                "writes refused until the directory is reopened");
+            *poison = Some(Arc::new(Poisoned::from_error(e)));
         }
         self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// The cause, once poisoned.
+    pub(crate) fn poisoned(&self) -> Option<Arc<Poisoned>> {
+        self.poison.lock().clone()
+    }
+
+    /// Lists `topic` for the background persistence of cursors that moved.
+    pub(crate) fn note_cursor(&self, topic: &Arc<Topic>) {
+        self.cursors_pending.lock().push(topic.clone());
     }
 
     pub(crate) fn alloc_block(&self, min_len: u64, lane: usize) -> io::Result<AllocatedBlock> {
@@ -168,12 +142,15 @@ impl Shared {
         for seg in a.deletable {
             self.delete_segment(seg);
         }
-        let handle = self.files.get(a.block.segment).ok_or_else(|| {
-            io::Error::other(format!(
+        let Some(handle) = self.files.get(a.block.segment) else {
+            // Tracked as handed out: give it back, or its segment could never be deleted.
+            let _ = self.tracker.seal(a.block.segment, a.block.start);
+            let _ = self.tracker.checkpoint(a.block.segment, a.block.start);
+            return Err(io::Error::other(format!(
                 "segment {} was handed out but is not open",
                 a.block.segment
-            ))
-        })?;
+            )));
+        };
         Ok(AllocatedBlock {
             handle,
             start: a.block.start,
@@ -235,10 +212,18 @@ impl Shared {
 
     /// Makes every write and cursor persisted so far durable, then advances the durable
     /// watermark of every topic it covered.
+    ///
+    /// Safe to run from several threads at once: each file's sync covers every write marked
+    /// before it (waiting for a sync already in flight, see [`FileSync`](crate::durability::FileSync)), and each topic's
+    /// watermark moves to what this sync saw committed when it started.
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.check_writable()?;
-        let topics = std::mem::take(&mut *self.unsynced.lock());
-        let snapshots: Vec<u64> = topics.iter().map(|t| t.snapshot_for_sync()).collect();
+        let snapshot: Vec<(Arc<Topic>, u64)> = self
+            .unsynced
+            .lock()
+            .iter()
+            .map(|t| (t.clone(), t.committed()))
+            .collect();
         let synced = sync_all(&self.files.all())
             .and_then(|()| self.cursors.sync())
             .and_then(|()| self.marks.sync());
@@ -246,11 +231,36 @@ impl Shared {
             self.poison(&e);
             return Err(e);
         }
-        for (t, offset) in topics.iter().zip(snapshots) {
-            t.set_durable(offset);
+        for (t, offset) in &snapshot {
+            t.set_durable(*offset);
         }
-        self.queue_marks(topics, false);
+        // Topics now wholly durable leave the list. An append racing with this keeps (or puts)
+        // its topic listed: it sets the flag after publishing, this clears it before checking.
+        self.unsynced.lock().retain(|t| {
+            if t.durable() < t.committed() {
+                return true;
+            }
+            t.set_listed(false);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if t.durable() < t.committed() {
+                t.set_listed(true);
+                return true;
+            }
+            false
+        });
+        self.queue_marks(snapshot.into_iter().map(|(t, _)| t).collect(), false);
         Ok(())
+    }
+
+    /// Writes the durable watermarks that are due and makes them durable, so that they stay
+    /// close behind the acknowledged end also when the instance goes idle. For the background
+    /// maintenance.
+    pub(crate) fn flush_marks(&self) -> io::Result<()> {
+        if self.check_writable().is_err() {
+            return Ok(());
+        }
+        self.queue_marks(Vec::new(), false);
+        self.marks.sync()
     }
 
     /// Durable watermarks go to the marks file at most every `mark_interval`, and become
@@ -380,12 +390,7 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         options.validate()?;
         let real_fs = storage.kind() != BackendKind::Sim;
-        if real_fs && dir.exists() && !dir.is_dir() {
-            return Err(invalid_input(format!(
-                "data directory {} is not a directory",
-                dir.display()
-            )));
-        }
+        let existed = if real_fs { check_dir(&dir)? } else { true };
         storage.create_dir_all(&dir).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -397,8 +402,84 @@ impl Store {
         } else {
             DirLock::none()
         };
-        let recovered = recovery::recover(&dir, storage.clone(), &options)?;
-        let shared = Arc::new(recovered.shared);
+        match recovery::recover(&dir, storage.clone(), &options) {
+            Ok(recovered) => Self::wire(dir, storage, options, recovered, lock),
+            Err(e) => {
+                // A refused open leaves the directory as it found it.
+                lock.release_created();
+                if !existed {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Builds the running store from what recovery found.
+    fn wire(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        options: StoreOptions,
+        recovered: Recovered,
+        lock: DirLock,
+    ) -> io::Result<Self> {
+        let files = Arc::new(Files::default());
+        let tracker = Arc::new(FileTracker::new());
+        let mut deletable = Vec::new();
+        for seg in recovered.segments {
+            files.insert(seg.handle.clone());
+            if let Deletion::Now { segment } =
+                tracker.restore_file(seg.handle.id, &seg.blocks, seg.fully_allocated)?
+            {
+                deletable.push(segment);
+            }
+        }
+        let config = AllocConfig::new()
+            .with_segment_capacity(options.segment_len)
+            .with_block_size(options.block_len)
+            .with_data_offset(SEGMENT_DATA_OFFSET)
+            .with_alignment(BLOCK_ALIGN)
+            .with_prepare_ahead(options.prepare_ahead && !options.background_maintenance);
+        let mut lanes = Vec::with_capacity(options.lanes);
+        for lane in 0..options.lanes {
+            let found = recovered.lanes.get(&lane).copied().unwrap_or_default();
+            let mut resume = Resume::new(found.next_segment.unwrap_or_else(|| lane_base(lane)));
+            if let Some(t) = found.tail {
+                resume = resume.with_tail(t);
+            }
+            let preparer = segment_preparer(
+                storage.clone(),
+                dir.clone(),
+                files.clone(),
+                options.block_len,
+            );
+            lanes.push(BlockAllocator::resume(
+                config,
+                preparer,
+                tracker.clone(),
+                resume,
+            )?);
+        }
+        let shared = Arc::new(Shared {
+            dir,
+            storage,
+            lanes,
+            tracker,
+            next_lane: AtomicUsize::new(0),
+            files,
+            cursors: recovered.cursors,
+            marks: recovered.marks,
+            options,
+            poisoned: AtomicBool::new(false),
+            poison: Mutex::new(None),
+            cursors_pending: Mutex::new(Vec::new()),
+            unsynced: Mutex::new(Vec::new()),
+            marks_pending: Mutex::new((Vec::new(), Instant::now())),
+            deletions: Mutex::new(Vec::new()),
+        });
+        for segment in deletable {
+            shared.delete_segment(segment);
+        }
         let topics = recovered
             .topics
             .into_iter()
@@ -413,6 +494,14 @@ impl Store {
             report: recovered.report,
             _lock: lock,
         })
+    }
+
+    /// Lists a topic whose consuming reads were not all persisted (`AtLeastOnce`), for the
+    /// background maintenance to persist.
+    fn note_reads(&self, t: &Arc<Topic>, consume: bool) {
+        if consume && self.shared.options.persist_every > 1 && t.has_unpersisted_reads() {
+            self.shared.note_cursor(t);
+        }
     }
 
     fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -488,7 +577,11 @@ impl Store {
     /// returned); an I/O error, after which the cursor is where it was.
     pub fn read_next(&self, topic: &str, consume: bool) -> io::Result<Option<(u64, Vec<u8>)>> {
         match self.topic(topic) {
-            Some(t) => t.read_next(&self.shared, consume),
+            Some(t) => {
+                let read = t.read_next(&self.shared, consume);
+                self.note_reads(&t, consume);
+                read
+            }
             None => Ok(None),
         }
     }
@@ -507,13 +600,15 @@ impl Store {
     ) -> io::Result<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
         if let Some(t) = self.topic(topic) {
-            t.read_entries(
+            let read = t.read_entries(
                 &self.shared,
                 consume,
                 MAX_BATCH_ENTRIES,
                 max_bytes,
                 &mut out,
-            )?;
+            );
+            self.note_reads(&t, consume);
+            read?;
         }
         Ok(out)
     }
@@ -526,7 +621,7 @@ impl Store {
     /// validation.
     pub fn read_at(&self, topic: &str, offset: u64) -> io::Result<Option<Vec<u8>>> {
         match self.topic(topic) {
-            Some(t) => t.read_at(offset),
+            Some(t) => t.read_at(&self.shared, offset),
             None => Ok(None),
         }
     }
@@ -609,6 +704,22 @@ impl Store {
         for segment in due {
             self.shared.delete_segment_now(segment);
         }
+        let pending = std::mem::take(&mut *self.shared.cursors_pending.lock());
+        let mut seen = std::collections::HashSet::new();
+        for t in pending {
+            if seen.insert(Arc::as_ptr(&t))
+                && let Err(e) = t.persist_cursor(&self.shared)
+            {
+                tracing::warn!(topic = %t.name, error = %e, "could not persist a cursor");
+            }
+        }
+        // Under SyncEach (syncs are what the schedule asks for), keep the persisted
+        // watermarks close behind also when appends stop; other schedules sync them with data.
+        if self.shared.options.sync_cursor_writes
+            && let Err(e) = self.shared.flush_marks()
+        {
+            tracing::warn!(error = %e, "could not sync the durable watermarks");
+        }
         // Only once something was written: opening must not create segment files.
         for lane in &self.shared.lanes {
             if lane.position().current.is_some() && self.shared.check_writable().is_ok() {
@@ -616,6 +727,12 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Whether the store refuses writes after a failed sync, and why (see
+    /// [`Poisoned`](crate::Poisoned)).
+    pub fn poisoned(&self) -> Option<Arc<Poisoned>> {
+        self.shared.poisoned()
     }
 
     /// What recovery found when the store was opened.
@@ -654,6 +771,42 @@ impl Drop for Store {
             }
         }
     }
+}
+
+/// Checks a data directory before anything is created in it: it must be a directory (if it
+/// exists) holding only regular files. Returns whether it existed.
+fn check_dir(dir: &Path) -> io::Result<bool> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("data directory {}: {e}", dir.display()),
+            ));
+        }
+    };
+    if !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) || !(meta.is_dir() || meta.is_symlink()) {
+        return Err(invalid_input(format!(
+            "data directory {} is not a directory",
+            dir.display()
+        )));
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if !kind.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: not a regular file (a directory or symlink); a Walrus data directory \
+                     holds only the files Walrus writes",
+                    entry.path().display()
+                ),
+            ));
+        }
+    }
+    Ok(true)
 }
 
 fn check_entry(topic: &str, payload: &[u8]) -> io::Result<()> {

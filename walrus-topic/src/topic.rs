@@ -34,8 +34,7 @@ pub(crate) struct Topic {
     persisted: AtomicU64,
     /// Entries below this offset are on stable storage (as of the last completed sync).
     durable: AtomicU64,
-    /// Set by an append, cleared when a sync takes the topic's snapshot: the topic is (or will
-    /// be) in the store's list of topics a sync must account for.
+    /// The topic is in the store's list of topics with appends not yet durable.
     unsynced: AtomicBool,
     /// The durable watermark as last written to the marks file: (slot pair, generation,
     /// offset written).
@@ -59,6 +58,9 @@ struct Writer {
     pos: u64,
     next_offset: u64,
     next_chain_seq: u64,
+    /// Set after recovery left a gap: the next block records that the topic's entries ended
+    /// here (its `prev_end`).
+    gap_from: Option<u64>,
     /// Frame headers of the append in progress (reused between appends).
     headers: Vec<u8>,
 }
@@ -86,6 +88,9 @@ pub(crate) struct TopicState {
     pub(crate) live: Option<(Arc<Block>, u64)>,
     pub(crate) next_offset: u64,
     pub(crate) next_chain_seq: u64,
+    /// The topic's entries end here, before `next_offset`: the writer's next block records the
+    /// gap (its `prev_end`).
+    pub(crate) gap_from: Option<u64>,
     pub(crate) cursor: u64,
     pub(crate) generation: u64,
     pub(crate) pair: Option<u64>,
@@ -93,14 +98,58 @@ pub(crate) struct TopicState {
     pub(crate) mark: MarkState,
 }
 
+/// Where one append goes: pieces of frames, each in one block.
+struct Plan {
+    /// Blocks allocated for this unit, with their encoded headers.
+    new_blocks: Vec<(Arc<Block>, [u8; BLOCK_HEADER_LEN])>,
+    pieces: Vec<Piece>,
+    /// The writer's block and position after the unit.
+    end: (Option<Arc<Block>>, u64),
+}
+
+/// Consecutive frames of a unit in one block, starting at `pos` (with the block header first
+/// when `header` indexes a new block).
+struct Piece {
+    block: Arc<Block>,
+    pos: u64,
+    header: Option<usize>,
+    frames: Range<usize>,
+    data_end: u64,
+}
+
 /// One planned write: `bufs` land at `pos` of `block`.
 struct Chunk<'a> {
     block: Arc<Block>,
     pos: u64,
     bufs: Vec<IoSlice<'a>>,
-    /// After this chunk, the block's committed end and end offset.
-    data_end: u64,
-    end_offset: u64,
+}
+
+impl Plan {
+    /// The buffers of each piece: [block header], then header/payload pairs.
+    fn chunks<'a>(&'a self, headers: &'a [u8], payloads: &[&'a [u8]]) -> Vec<Chunk<'a>> {
+        self.pieces
+            .iter()
+            .map(|p| {
+                let mut bufs = Vec::with_capacity(1 + 2 * p.frames.len());
+                if let Some((_, h)) = p.header.and_then(|i| self.new_blocks.get(i)) {
+                    bufs.push(IoSlice::new(h));
+                }
+                for i in p.frames.clone() {
+                    if let Some(h) = headers.get(i * FRAME_HEADER_LEN..(i + 1) * FRAME_HEADER_LEN) {
+                        bufs.push(IoSlice::new(h));
+                    }
+                    if let Some(payload) = payloads.get(i).filter(|p| !p.is_empty()) {
+                        bufs.push(IoSlice::new(payload));
+                    }
+                }
+                Chunk {
+                    block: p.block.clone(),
+                    pos: p.pos,
+                    bufs,
+                }
+            })
+            .collect()
+    }
 }
 
 impl Topic {
@@ -117,6 +166,7 @@ impl Topic {
                 pos,
                 next_offset: state.next_offset,
                 next_chain_seq: state.next_chain_seq,
+                gap_from: state.gap_from,
                 headers: Vec::new(),
             }),
             chain: RwLock::new(state.chain),
@@ -147,17 +197,26 @@ impl Topic {
         self.durable.load(Ordering::Acquire)
     }
 
-    /// Records that the topic has appends a sync must cover; true if the caller must add it
-    /// to the store's list of such topics.
-    pub(crate) fn note_unsynced(&self) -> bool {
-        !self.unsynced.swap(true, Ordering::AcqRel)
+    /// Entries below this offset may be handed to readers: the acknowledged ones. Under a
+    /// store that acknowledges at durability (`SyncEach`) that is the durable watermark, as
+    /// Kafka's high watermark; otherwise every written entry.
+    pub(crate) fn visible(&self, shared: &Shared) -> u64 {
+        if shared.options.visible_when_durable {
+            self.durable()
+        } else {
+            self.committed()
+        }
     }
 
-    /// Taken by a sync before it starts: the offset it will make durable. Appends after the
-    /// flag is cleared list the topic again for the next sync.
-    pub(crate) fn snapshot_for_sync(&self) -> u64 {
-        self.unsynced.store(false, Ordering::Release);
-        self.committed()
+    /// Sets whether the topic is in the store's list of topics with appends not yet durable;
+    /// true if it was not listed before.
+    pub(crate) fn set_listed(&self, listed: bool) -> bool {
+        !self.unsynced.swap(listed, Ordering::SeqCst)
+    }
+
+    /// Whether consuming reads moved the cursor past what was last persisted.
+    pub(crate) fn has_unpersisted_reads(&self) -> bool {
+        self.reader.lock().unpersisted > 0
     }
 
     /// A sync covering `offset` completed.
@@ -212,178 +271,175 @@ impl Topic {
         batch: bool,
     ) -> io::Result<()> {
         let first = w.next_offset;
-        let count = payloads.len();
         // Encode every frame header first, so the plan below can borrow them.
-        headers.reserve(count * FRAME_HEADER_LEN);
+        headers.reserve(payloads.len() * FRAME_HEADER_LEN);
         for (i, p) in payloads.iter().enumerate() {
             let kind = if batch {
-                FrameKind::batch(i, count)?
+                FrameKind::batch(i, payloads.len())?
             } else {
                 FrameKind::single()
             };
             headers.extend_from_slice(&encode_frame_header(first + i as u64, kind, p)?);
         }
-
-        // Plan: place frames in the current block, rolling over to new blocks as needed.
-        let mut new_blocks: Vec<(Arc<Block>, [u8; BLOCK_HEADER_LEN])> = Vec::new();
-        let mut cur = w.block.clone();
-        let mut pos = w.pos;
-        // Frame index where each chunk starts, and its (block, pos); built as we go.
-        struct Plan {
-            block: Arc<Block>,
-            pos: u64,
-            with_header: Option<usize>,
-            frames: Range<usize>,
-            data_end: u64,
-        }
-        let mut plans: Vec<Plan> = Vec::new();
-        for (i, p) in payloads.iter().enumerate() {
-            let flen = frame_len(p.len()) as u64;
-            let fits = cur.as_ref().is_some_and(|b| pos + flen <= b.end());
-            if !fits {
-                let alloc = match shared.alloc_block(BLOCK_HEADER_LEN as u64 + flen, self.lane) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        self.abandon(shared, &new_blocks, w.next_chain_seq);
-                        return Err(e);
-                    }
-                };
-                let chain_seq = w.next_chain_seq + new_blocks.len() as u64;
-                let offset = first + i as u64;
-                let header = BlockHeader {
-                    topic: self.name.to_string(),
-                    segment_id: alloc.handle.id,
-                    chain_seq,
-                    first_offset: offset,
-                    block_len: alloc.len,
-                    abandoned: false,
-                }
-                .encode()?;
-                let block = Arc::new(Block::new(
-                    alloc.handle,
-                    alloc.start,
-                    alloc.len,
-                    offset,
-                    alloc.start + BLOCK_HEADER_LEN as u64,
-                    offset,
-                    false,
-                ));
-                pos = block.data_start();
-                new_blocks.push((block.clone(), header));
-                plans.push(Plan {
-                    block: block.clone(),
-                    pos: block.start,
-                    with_header: Some(new_blocks.len() - 1),
-                    frames: i..i,
-                    data_end: pos,
-                });
-                cur = Some(block);
-            } else if plans.is_empty() {
-                let b = cur
-                    .clone()
-                    .ok_or_else(|| io::Error::other("no current block"))?;
-                plans.push(Plan {
-                    block: b,
-                    pos,
-                    with_header: None,
-                    frames: i..i,
-                    data_end: pos,
-                });
+        let plan = self.plan(shared, w, payloads)?;
+        let chunks = plan.chunks(headers, payloads);
+        let written = match chunks.as_slice() {
+            [only] => only.block.file().write_vectored_at(&only.bufs, only.pos),
+            _ => {
+                let ops: Vec<WriteOp<'_>> = chunks
+                    .iter()
+                    .map(|c| WriteOp::new(c.block.file(), c.pos, &c.bufs))
+                    .collect();
+                shared.storage.submit(&ops, false)
             }
-            pos += flen;
-            if let Some(last) = plans.last_mut() {
-                last.frames.end = i + 1;
-                last.data_end = pos;
-            }
-        }
-
-        // Gather each chunk's buffers: [block header], then header/payload pairs.
-        let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(plans.len());
-        for plan in &plans {
-            let mut bufs = Vec::with_capacity(1 + 2 * plan.frames.len());
-            if let Some(h) = plan.with_header {
-                bufs.push(IoSlice::new(&new_blocks[h].1));
-            }
-            for i in plan.frames.clone() {
-                bufs.push(IoSlice::new(
-                    &headers[i * FRAME_HEADER_LEN..(i + 1) * FRAME_HEADER_LEN],
-                ));
-                if !payloads[i].is_empty() {
-                    bufs.push(IoSlice::new(payloads[i]));
-                }
-            }
-            chunks.push(Chunk {
-                block: plan.block.clone(),
-                pos: plan.pos,
-                bufs,
-                data_end: plan.data_end,
-                end_offset: first + plan.frames.end as u64,
-            });
-        }
-
-        let written = if let [only] = chunks.as_slice() {
-            only.block.file().write_vectored_at(&only.bufs, only.pos)
-        } else {
-            let ops: Vec<WriteOp<'_>> = chunks
-                .iter()
-                .map(|c| WriteOp::new(c.block.file(), c.pos, &c.bufs))
-                .collect();
-            shared.storage.submit(&ops, false)
         };
         if let Err(e) = written {
-            // Part of the unit may have landed after the committed end of the current block.
-            // It could never be taken for an entry (its first frame is overwritten by the next
-            // append, and the rest are continuation frames), but zeroing it keeps the log
-            // clean for AbsoluteConsistency. Best effort: the device just failed a write.
-            if let Some(c) = chunks
-                .first()
-                .filter(|c| w.block.as_ref().is_some_and(|b| Arc::ptr_eq(b, &c.block)))
-            {
-                let zeros = vec![0u8; (c.data_end - c.pos) as usize];
-                if let Err(z) = c.block.file().write_at(&zeros, c.pos) {
-                    tracing::debug!(topic = %self.name, error = %z, "could not clear a failed write");
-                }
-            }
-            self.abandon(shared, &new_blocks, w.next_chain_seq);
+            self.roll_back(shared, w, &plan);
             return Err(e);
         }
+        self.publish(shared, w, plan, payloads.len());
+        Ok(())
+    }
 
-        // Success: publish. Blocks are published before they are sealed, new blocks join the
-        // chain before the committed offset moves, so a reader never sees a partial unit.
-        for c in &chunks {
-            c.block.handle.mark_dirty();
-            c.block.publish(c.data_end, c.end_offset);
+    /// Places the unit's frames: in the current block, then in new blocks as needed. Blocks
+    /// allocated for a plan that cannot complete are given up before returning the error.
+    fn plan(&self, shared: &Shared, w: &Writer, payloads: &[&[u8]]) -> io::Result<Plan> {
+        let first = w.next_offset;
+        let mut plan = Plan {
+            new_blocks: Vec::new(),
+            pieces: Vec::new(),
+            end: (w.block.clone(), w.pos),
+        };
+        for (i, p) in payloads.iter().enumerate() {
+            let flen = frame_len(p.len()) as u64;
+            let (cur, pos) = plan.end.clone();
+            let fits = cur.as_ref().is_some_and(|b| pos + flen <= b.end());
+            if fits {
+                if plan.pieces.is_empty()
+                    && let Some(b) = cur
+                {
+                    plan.pieces.push(Piece {
+                        block: b,
+                        pos,
+                        header: None,
+                        frames: i..i,
+                        data_end: pos,
+                    });
+                }
+            } else if let Err(e) = self.open_block(shared, w, &mut plan, i, first + i as u64, flen)
+            {
+                self.give_up(shared, &plan.new_blocks, w.next_chain_seq);
+                return Err(e);
+            }
+            if let Some(last) = plan.pieces.last_mut() {
+                last.frames.end = i + 1;
+                last.data_end += flen;
+                plan.end.1 = last.data_end;
+            }
         }
-        if !new_blocks.is_empty() {
+        Ok(plan)
+    }
+
+    /// Allocates a new block for the frame of `offset` and adds it to the plan.
+    fn open_block(
+        &self,
+        shared: &Shared,
+        w: &Writer,
+        plan: &mut Plan,
+        index: usize,
+        offset: u64,
+        frame: u64,
+    ) -> io::Result<()> {
+        let alloc = shared.alloc_block(BLOCK_HEADER_LEN as u64 + frame, self.lane)?;
+        let block = Arc::new(Block::fresh(alloc.handle, alloc.start, alloc.len, offset));
+        // Track it first: whatever fails below, the block is given up with the others.
+        plan.new_blocks
+            .push((block.clone(), [0u8; BLOCK_HEADER_LEN]));
+        let prev_end = match (plan.new_blocks.len(), w.gap_from) {
+            (1, Some(gap)) => gap.min(offset),
+            _ => offset,
+        };
+        let header = BlockHeader {
+            topic: self.name.to_string(),
+            segment_id: block.segment,
+            chain_seq: w.next_chain_seq + plan.new_blocks.len() as u64 - 1,
+            first_offset: offset,
+            prev_end,
+            block_len: block.len,
+            abandoned: false,
+        }
+        .encode()?;
+        if let Some(last) = plan.new_blocks.last_mut() {
+            last.1 = header;
+        }
+        plan.pieces.push(Piece {
+            block: block.clone(),
+            pos: block.start,
+            header: Some(plan.new_blocks.len() - 1),
+            frames: index..index,
+            data_end: block.data_start(),
+        });
+        plan.end = (Some(block.clone()), block.data_start());
+        Ok(())
+    }
+
+    /// Undoes a failed write: clears what may have landed after the committed end of the
+    /// current block and gives up new blocks. If that cleanup itself fails, the instance is
+    /// poisoned: bytes of a failed write could otherwise be read back as entries later.
+    fn roll_back(&self, shared: &Shared, w: &Writer, plan: &Plan) {
+        if let Some(p) = plan
+            .pieces
+            .first()
+            .filter(|p| p.header.is_none())
+            .filter(|p| w.block.as_ref().is_some_and(|b| Arc::ptr_eq(b, &p.block)))
+        {
+            let zeros = vec![0u8; usize::try_from(p.data_end - p.pos).unwrap_or(0)];
+            if let Err(e) = p.block.file().write_at(&zeros, p.pos) {
+                shared.poison(&e);
+            }
+        }
+        self.give_up(shared, &plan.new_blocks, w.next_chain_seq);
+    }
+
+    /// Publishes a written unit: blocks before the committed offset, so a reader never sees a
+    /// partial unit; full blocks are sealed.
+    fn publish(&self, shared: &Shared, w: &mut Writer, plan: Plan, count: usize) {
+        let first = w.next_offset;
+        for p in &plan.pieces {
+            p.block.handle.mark_dirty();
+            p.block.publish(p.data_end, first + p.frames.end as u64);
+        }
+        if !plan.new_blocks.is_empty() {
             let mut to_seal: Vec<Arc<Block>> = w.block.iter().cloned().collect();
             to_seal.extend(
-                new_blocks[..new_blocks.len() - 1]
+                plan.new_blocks[..plan.new_blocks.len() - 1]
                     .iter()
                     .map(|(b, _)| b.clone()),
             );
             self.chain
                 .write()
-                .extend(new_blocks.iter().map(|(b, _)| b.clone()));
+                .extend(plan.new_blocks.iter().map(|(b, _)| b.clone()));
             for b in &to_seal {
                 b.seal();
                 shared.seal_block(b);
             }
-            w.next_chain_seq += new_blocks.len() as u64;
+            w.next_chain_seq += plan.new_blocks.len() as u64;
+            w.gap_from = None;
         }
-        w.block = cur;
-        w.pos = pos;
+        w.block = plan.end.0;
+        w.pos = plan.end.1;
         w.next_offset = first + count as u64;
         self.committed.store(w.next_offset, Ordering::Release);
-        if !new_blocks.is_empty() {
+        if !plan.new_blocks.is_empty() {
             // A block sealed just now may already be wholly consumed.
-            self.release_consumed(shared, self.persisted.load(Ordering::Acquire));
+            self.release_consumed(shared);
         }
-        Ok(())
     }
 
-    /// Gives up blocks allocated for a failed write: marks them abandoned on disk (best effort)
-    /// and releases them, so their segment can still be deleted.
-    fn abandon(
+    /// Gives up blocks allocated for a failed write: marks them abandoned on disk and releases
+    /// them, so their segment can still be deleted. A block that cannot be marked would look
+    /// like part of the chain to the next open: the instance is poisoned instead.
+    fn give_up(
         &self,
         shared: &Shared,
         blocks: &[(Arc<Block>, [u8; BLOCK_HEADER_LEN])],
@@ -395,6 +451,7 @@ impl Topic {
                 segment_id: b.segment,
                 chain_seq: base_seq + i as u64,
                 first_offset: b.first_offset,
+                prev_end: b.first_offset,
                 block_len: b.len,
                 abandoned: true,
             };
@@ -404,7 +461,8 @@ impl Topic {
                 .and_then(|h| b.file().write_at(&h, b.start));
             if let Err(e) = marked {
                 tracing::warn!(topic = %self.name, segment = b.segment, block = b.start, error = %e,
-                    "could not mark an abandoned block; recovery will skip it by its offsets");
+                    "could not mark an abandoned block; writes are refused until reopen");
+                shared.poison(&e);
             }
             b.seal();
             shared.seal_block(b);
@@ -434,7 +492,7 @@ impl Topic {
         out: &mut Vec<(u64, Vec<u8>)>,
     ) -> io::Result<()> {
         let mut r = self.reader.lock();
-        let committed = self.committed();
+        let committed = self.visible(shared);
         let start_cursor = r.cursor;
         let start_pos = r.pos.clone();
         let mut cursor = r.cursor;
@@ -494,8 +552,8 @@ impl Topic {
     }
 
     /// Reads the entry at `offset` without touching the cursor.
-    pub(crate) fn read_at(&self, offset: u64) -> io::Result<Option<Vec<u8>>> {
-        if offset >= self.committed() {
+    pub(crate) fn read_at(&self, shared: &Shared, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        if offset >= self.visible(shared) {
             return Ok(None);
         }
         if offset < self.first_retained() {
@@ -575,35 +633,47 @@ impl Topic {
     }
 
     /// Moves the cursor to `offset` and persists it.
+    ///
+    /// A rewind must not race with a writer releasing blocks by the persisted cursor: the
+    /// check that `offset` is still retained and the lowering of the release bound happen
+    /// under the chain lock, which every release takes.
     pub(crate) fn commit(&self, shared: &Shared, offset: u64) -> io::Result<()> {
         let mut r = self.reader.lock();
-        let committed = self.committed();
-        if offset > committed {
+        let visible = self.visible(shared);
+        if offset > visible {
             return Err(on_topic(
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("cannot commit past the end of the topic ({committed})"),
+                    format!("cannot commit past the end of the topic ({visible})"),
                 ),
                 &self.name,
                 Some(offset),
             ));
         }
-        let retained = self.first_retained();
-        if offset < retained {
-            return Err(on_topic(
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("offsets below {retained} were consumed and released"),
-                ),
-                &self.name,
-                Some(offset),
-            ));
+        {
+            let chain = self.chain.read();
+            let retained = chain
+                .front()
+                .map_or_else(|| self.committed(), |b| b.first_offset);
+            if offset < retained {
+                return Err(on_topic(
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("offsets below {retained} were consumed and released"),
+                    ),
+                    &self.name,
+                    Some(offset),
+                ));
+            }
+            // Nothing at or after `offset` may be released from now on.
+            self.persisted.fetch_min(offset, Ordering::AcqRel);
         }
         let (old, old_pos) = (r.cursor, r.pos.take());
         r.cursor = offset;
         if let Err(e) = self.persist(shared, &mut r) {
             r.cursor = old;
             r.pos = old_pos;
+            self.persisted.store(r.persisted, Ordering::Release);
             return Err(on_topic(e, &self.name, Some(offset)));
         }
         Ok(())
@@ -640,15 +710,17 @@ impl Topic {
         r.persisted = r.cursor;
         r.unpersisted = 0;
         self.persisted.store(r.persisted, Ordering::Release);
-        self.release_consumed(shared, r.persisted);
+        self.release_consumed(shared);
         Ok(())
     }
 
-    /// Releases every sealed block wholly below the persisted cursor.
-    fn release_consumed(&self, shared: &Shared, persisted: u64) {
+    /// Releases every sealed span wholly below the persisted cursor. The bound is read under
+    /// the chain lock (see [`commit`](Self::commit)).
+    fn release_consumed(&self, shared: &Shared) {
         let mut released = Vec::new();
         {
             let mut chain = self.chain.write();
+            let persisted = self.persisted.load(Ordering::Acquire);
             while let Some(front) = chain.front() {
                 if front.is_sealed() && front.end_offset() <= persisted {
                     if let Some(b) = chain.pop_front() {
@@ -659,8 +731,8 @@ impl Topic {
                 }
             }
         }
-        for b in released {
-            shared.release_block(&b);
+        for b in released.iter().filter(|b| b.releases) {
+            shared.release_block(b);
         }
     }
 
@@ -678,6 +750,7 @@ impl TopicState {
             live: None,
             next_offset: 0,
             next_chain_seq: 0,
+            gap_from: None,
             cursor: 0,
             generation: 0,
             pair: None,

@@ -369,7 +369,8 @@ fn corruption_in_the_middle_by_recovery_mode() {
     let store = open(&sim2, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
     assert!(!store.recovery_report().issues.is_empty());
     let got = drain(&store, "t");
-    assert!(got.len() < 100 && got.len() > 50, "{}", got.len());
+    // Exactly the damaged entry is skipped; the rest of its block is kept.
+    assert_eq!(got.len(), 99, "{}", got.len());
     for (off, data) in &got {
         assert_eq!(data, &payload(*off));
     }
@@ -387,14 +388,28 @@ fn corruption_in_the_middle_by_recovery_mode() {
     }
     assert!(matches!(
         store.recovery_report().issues[0].problem,
-        Problem::Corrupt(_) | Problem::Gap { .. }
+        Problem::Corrupt(_) | Problem::Missing { .. }
     ));
-    // The cut is durable: the default mode now opens cleanly.
-    store.append("t", b"new").unwrap();
+    // Offsets are never reused: the next entry goes after everything on disk, and its block
+    // records the cut, so the default mode now opens cleanly.
+    let next = store.append("t", b"new").unwrap();
+    assert_eq!(next, 100);
     store.sync().unwrap();
     drop(store);
     let store = open(&sim, small()).unwrap();
-    assert_eq!(store.read_at("t", n).unwrap(), Some(b"new".to_vec()));
+    assert_eq!(store.read_at("t", next).unwrap(), Some(b"new".to_vec()));
+    assert_eq!(store.read_at("t", n).unwrap(), None);
+    drop(store);
+    // And the entries behind the cut were never erased: SkipCorrupted still finds them.
+    let store = open(&sim, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
+    // (The point-in-time open consumed the entries before the cut.)
+    let got = drain(&store, "t");
+    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+    let expect: Vec<u64> = (n + 1..100).chain([next]).collect();
+    assert_eq!(
+        offsets, expect,
+        "every valid old entry after the cut, and the new one"
+    );
 }
 
 #[test]

@@ -156,6 +156,9 @@ impl WalrusBuilder {
     /// `ResourceBusy` when another live instance holds the directory; `InvalidData` for foreign
     /// or corrupt files; any I/O error.
     pub fn build(self) -> io::Result<Walrus> {
+        /// Under `SyncEach`, how far (at most, plus one background tick of the same length) the
+        /// persisted durable watermark trails the acknowledged end.
+        const SYNC_EACH_MARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
         let root = self
             .data_dir
             .clone()
@@ -185,7 +188,13 @@ impl WalrusBuilder {
             .with_recovery(self.recovery)
             .with_persist_every(self.consistency.persist_every())
             .with_sync_cursor_writes(self.schedule == FsyncSchedule::SyncEach)
+            .with_visible_when_durable(self.schedule == FsyncSchedule::SyncEach)
             .with_background_maintenance(!self.inline_maintenance);
+        if self.schedule == FsyncSchedule::SyncEach {
+            // Acknowledged data is durable at once: keep the persisted watermark close behind,
+            // so that damage to it is recognised as corruption, not as a torn tail.
+            options = options.with_mark_interval(SYNC_EACH_MARK_INTERVAL);
+        }
         if let Some(len) = self.segment_len {
             options = options.with_segment_len(len);
         }

@@ -70,17 +70,16 @@
 
 mod builder;
 mod config;
-mod group_commit;
 mod key;
 mod wal;
 
 pub use builder::{DEFAULT_DATA_DIR, ENV_DATA_DIR, ENV_INSTANCE_KEY, ENV_QUIET, WalrusBuilder};
 pub use config::{FsyncSchedule, ReadConsistency};
-pub use wal::{Entry, Record, Walrus};
+pub use wal::{DurableTicket, Entry, Record, Walrus};
 #[doc(inline)]
 pub use walrus_io::BackendKind;
 #[doc(inline)]
-pub use walrus_topic::{RecoveryIssue, RecoveryMode, RecoveryReport};
+pub use walrus_topic::{Poisoned, RecoveryIssue, RecoveryMode, RecoveryReport, is_poisoned};
 
 #[doc(inline)]
 pub use walrus_alloc as alloc;

@@ -15,7 +15,7 @@ use walrus_topic::{RecoveryReport, Store, StoreOptions};
 
 use crate::builder::WalrusBuilder;
 use crate::config::{FsyncSchedule, ReadConsistency};
-use crate::group_commit::{GroupCommit, Writing};
+use walrus_topic::{GroupCommit, Writing};
 
 /// One entry as returned by the reads of the seed-compatible API.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -63,10 +63,30 @@ struct Inner {
     store: Store,
     schedule: FsyncSchedule,
     consistency: ReadConsistency,
+    /// Shared with the tickets, which must not keep the store alive.
+    sync: Arc<SyncShared>,
+    /// How often the background thread does its maintenance when nothing wakes it.
+    maintenance_period: Duration,
+}
+
+/// What the instance shares with its [`DurableTicket`]s: group commit, and the way to ask the
+/// background syncer for a sync.
+#[derive(Debug, Default)]
+struct SyncShared {
     commits: GroupCommit,
-    /// What the background syncer is asked to do.
     syncer: Mutex<SyncerState>,
     wake: Condvar,
+}
+
+impl SyncShared {
+    /// Asks the background syncer for a sync (a ticket is waited on or awaited).
+    fn request_sync(&self) {
+        let mut st = self.syncer.lock();
+        if !st.requested && !st.stop {
+            st.requested = true;
+            self.wake.notify_all();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -79,29 +99,20 @@ struct SyncerState {
 impl Inner {
     /// One sync, accounted for in the group commit so waiting appenders it covers go free.
     fn sync_now(&self) -> io::Result<()> {
-        let generation = self.commits.begin_external();
+        let number = self.sync.commits.begin_external();
         let result = self.store.sync();
-        self.commits.finish_external(generation, &result);
+        self.sync.commits.finish_external(number, &result);
         result
     }
 
     /// Applies the fsync schedule to a write that just completed.
     fn after_write(&self, writing: Writing<'_>) -> io::Result<()> {
         if self.schedule == FsyncSchedule::SyncEach {
-            let ticket = self.commits.ticket();
+            let ticket = self.sync.commits.ticket();
             drop(writing);
-            self.commits.wait(ticket, || self.store.sync())?;
+            self.sync.commits.wait(ticket, || self.store.sync())?;
         }
         Ok(())
-    }
-
-    /// Asks the background syncer for a sync (a ticket future is pending).
-    fn request_sync(&self) {
-        let mut st = self.syncer.lock();
-        if !st.requested {
-            st.requested = true;
-            self.wake.notify_all();
-        }
     }
 }
 
@@ -128,7 +139,8 @@ impl Inner {
 #[derive(Debug)]
 #[must_use = "a ticket does nothing unless waited on, polled or awaited"]
 pub struct DurableTicket {
-    inner: Arc<Inner>,
+    /// Not the instance: a ticket never keeps a dropped instance (its lock, its files) alive.
+    sync: Arc<SyncShared>,
     ticket: u64,
     offsets: Range<u64>,
 }
@@ -149,17 +161,20 @@ impl DurableTicket {
     /// # Errors
     /// The error of a failed sync: the entries may never become durable.
     pub fn is_durable(&self) -> io::Result<bool> {
-        self.inner.commits.poll_done(self.ticket, None)
+        self.sync.commits.poll_done(self.ticket, None)
     }
 
-    /// Blocks until the entries are durable, syncing now if no sync is running that covers
-    /// them; returns their offsets.
+    /// Blocks until the entries are durable (asking the instance's background syncer for a
+    /// sync now, shared with whoever else waits); returns their offsets.
     ///
     /// # Errors
-    /// The error of the sync that failed.
+    /// The error of the sync that failed (the instance is poisoned, see
+    /// [`is_poisoned`](crate::is_poisoned)), or `BrokenPipe` when the instance was dropped
+    /// before any sync covered the entries (under `NoFsync`; other schedules sync at drop).
     pub fn wait(self) -> io::Result<Range<u64>> {
-        let inner = &self.inner;
-        inner.commits.wait(self.ticket, || inner.store.sync())?;
+        let sync = &self.sync;
+        sync.commits
+            .wait_passive(self.ticket, || sync.request_sync())?;
         Ok(self.offsets)
     }
 }
@@ -168,10 +183,10 @@ impl Future for DurableTicket {
     type Output = io::Result<Range<u64>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.inner.commits.poll_done(self.ticket, Some(cx.waker())) {
+        match self.sync.commits.poll_done(self.ticket, Some(cx.waker())) {
             Ok(true) => Poll::Ready(Ok(self.offsets.clone())),
             Ok(false) => {
-                self.inner.request_sync();
+                self.sync.request_sync();
                 Poll::Pending
             }
             Err(e) => Poll::Ready(Err(e)),
@@ -256,6 +271,7 @@ impl Walrus {
         schedule: FsyncSchedule,
         quiet: bool,
     ) -> io::Result<Self> {
+        let mark_interval = options.mark_interval();
         let store = Store::open(&dir, storage, options)?;
         if !quiet {
             let r = store.recovery_report();
@@ -263,13 +279,14 @@ impl Walrus {
                 blocks_scanned = r.blocks_scanned, entries = r.entries_scanned, issues = r.issues.len(),
                 "walrus opened");
         }
+        let maintenance_period =
+            MAINTENANCE_PERIOD.min(mark_interval.max(Duration::from_millis(1)));
         let inner = Arc::new(Inner {
             store,
             schedule,
             consistency,
-            commits: GroupCommit::default(),
-            syncer: Mutex::new(SyncerState::default()),
-            wake: Condvar::new(),
+            sync: Arc::new(SyncShared::default()),
+            maintenance_period,
         });
         // One background syncer per instance: the periodic flush of `Milliseconds(n)`, and the
         // syncs that awaited tickets ask for under every schedule.
@@ -355,7 +372,7 @@ impl Walrus {
     /// # Errors
     /// As [`append_for_topic`](Self::append_for_topic).
     pub fn append(&self, topic: &str, data: &[u8]) -> io::Result<u64> {
-        let writing = self.inner.commits.writing();
+        let writing = self.inner.sync.commits.writing();
         let offset = self.inner.store.append(topic, data)?;
         self.inner.after_write(writing)?;
         Ok(offset)
@@ -366,7 +383,7 @@ impl Walrus {
     /// # Errors
     /// As [`batch_append_for_topic`](Self::batch_append_for_topic).
     pub fn append_batch(&self, topic: &str, batch: &[&[u8]]) -> io::Result<Range<u64>> {
-        let writing = self.inner.commits.writing();
+        let writing = self.inner.sync.commits.writing();
         let range = self.inner.store.append_batch(topic, batch)?;
         self.inner.after_write(writing)?;
         Ok(range)
@@ -397,8 +414,8 @@ impl Walrus {
 
     fn ticket(&self, offsets: Range<u64>) -> DurableTicket {
         DurableTicket {
-            inner: self.inner.clone(),
-            ticket: self.inner.commits.ticket(),
+            sync: self.inner.sync.clone(),
+            ticket: self.inner.sync.commits.ticket(),
             offsets,
         }
     }
@@ -503,8 +520,11 @@ impl Walrus {
 
 impl Drop for Walrus {
     fn drop(&mut self) {
-        self.inner.syncer.lock().stop = true;
-        self.inner.wake.notify_all();
+        // The whole shutdown happens here, whatever tickets are still around: stop the
+        // syncer, persist cursors, sync, settle every ticket; the store (lock, files) goes
+        // with `inner`.
+        self.inner.sync.syncer.lock().stop = true;
+        self.inner.sync.wake.notify_all();
         if let Some(handle) = self.flusher.take()
             && handle.join().is_err()
         {
@@ -518,6 +538,7 @@ impl Drop for Walrus {
         {
             tracing::warn!(error = %e, "final sync at close failed");
         }
+        self.inner.sync.commits.close();
     }
 }
 
@@ -529,17 +550,18 @@ const MAINTENANCE_PERIOD: Duration = Duration::from_millis(50);
 /// the store's slow file-system maintenance off the appending and reading threads.
 fn syncer_loop(inner: &Inner, period: Option<Duration>) {
     let mut last_sync = Instant::now();
-    let mut st = inner.syncer.lock();
+    let shared = &inner.sync;
+    let mut st = shared.syncer.lock();
     loop {
         if st.stop {
             return;
         }
         if !st.requested {
-            let wait = period.map_or(MAINTENANCE_PERIOD, |p| {
+            let wait = period.map_or(inner.maintenance_period, |p| {
                 p.saturating_sub(last_sync.elapsed())
-                    .min(MAINTENANCE_PERIOD)
+                    .min(inner.maintenance_period)
             });
-            let _ = inner.wake.wait_for(&mut st, wait);
+            let _ = shared.wake.wait_for(&mut st, wait);
             if st.stop {
                 return;
             }
@@ -557,7 +579,7 @@ fn syncer_loop(inner: &Inner, period: Option<Duration>) {
         if let Err(e) = inner.store.maintain() {
             tracing::warn!(error = %e, "background maintenance failed; an append will retry");
         }
-        st = inner.syncer.lock();
+        st = shared.syncer.lock();
     }
 }
 

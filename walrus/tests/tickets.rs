@@ -89,9 +89,20 @@ fn a_failed_sync_fails_the_ticket() {
     let t = wal.append_with_ticket("t", b"x").unwrap();
     sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Sync));
     let err: io::Error = block_on(t).unwrap_err();
-    assert!(err.to_string().contains("sync failed"), "{err}");
+    // Recognisable, with the original error kept: EIO, not a bare `Other`.
+    assert!(walrus::is_poisoned(&err), "{err:?}");
+    let cause = walrus::topic::poisoned_cause(&err).unwrap();
+    assert_eq!(cause.raw_os_error(), Some(libc_eio()), "{err}");
+    assert_eq!(err.kind(), io::Error::from_raw_os_error(libc_eio()).kind());
+    let refused = wal.append_with_ticket("t", b"y").unwrap_err();
     assert!(
-        wal.append_with_ticket("t", b"y").is_err(),
-        "writes refused after a failed sync"
+        walrus::is_poisoned(&refused),
+        "writes refused after a failed sync: {refused:?}"
     );
+    assert_eq!(refused.kind(), err.kind(), "the original kind, not Other");
+}
+
+/// EIO's number on Linux.
+fn libc_eio() -> i32 {
+    5
 }

@@ -8,8 +8,10 @@
 //! cargo xtask loom                    loom models of the allocator and deletion tracker
 //! cargo xtask proptest [--cases N]    property tests with N cases each (default 2048)
 //! cargo xtask fuzz [--seconds N]      fuzz the format decoder for N seconds (default 60)
-//! cargo xtask crash [--seeds N] [--kills N]
-//!                                     crash suite: N simulated seeds (10000), N kill -9 (200)
+//! cargo xtask crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N]
+//!                                     crash suite: N simulated seeds (10000), N concurrent
+//!                                     simulated seeds (2000), N corruption seeds (2000),
+//!                                     N kill -9 runs (200)
 //! cargo xtask ci                      everything .ci/run checks, in order
 //! ```
 
@@ -30,7 +32,8 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <bench [--full] | loom | proptest [--cases N] | fuzz [--seconds N] | ci>"
+                "usage: cargo xtask <bench [--full] [--others] [--micro] | loom | proptest [--cases N] \
+                 | fuzz [--seconds N] | crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N] | ci>"
             );
             return ExitCode::from(2);
         }
@@ -173,6 +176,8 @@ fn proptest(args: &[String]) -> Result {
 /// The crash-consistency suite: simulated seeds and real `kill -9` runs, in release mode.
 fn crash(args: &[String]) -> Result {
     let seeds = flag_value(args, "--seeds", 10_000)?;
+    let concurrent = flag_value(args, "--concurrent", 2_000)?;
+    let corrupt = flag_value(args, "--corrupt", 2_000)?;
     let kills = flag_value(args, "--kills", 200)?;
     let started = std::time::Instant::now();
     run(cargo()
@@ -184,13 +189,20 @@ fn crash(args: &[String]) -> Result {
             "--test",
             "crash_sim",
             "--test",
+            "crash_concurrent",
+            "--test",
+            "corruption",
+            "--test",
             "crash_kill",
         ])
-        .args(["--", "--nocapture"])
+        .args(["--", "--nocapture", "--test-threads", "1"])
         .env("WALRUS_CRASH_SEEDS", seeds.to_string())
+        .env("WALRUS_CRASH_CONCURRENT_SEEDS", concurrent.to_string())
+        .env("WALRUS_CORRUPTION_CASES", corrupt.to_string())
         .env("WALRUS_CRASH_KILLS", kills.to_string()))?;
     eprintln!(
-        "crash suite: {seeds} seeds, {kills} kills in {:.1?}",
+        "crash suite: {seeds} simulated seeds, {concurrent} concurrent seeds, {corrupt} \
+         corruption seeds, {kills} kills in {:.1?}",
         started.elapsed()
     );
     Ok(())

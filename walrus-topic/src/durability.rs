@@ -1,0 +1,440 @@
+//! What makes "acknowledged" mean "durable": per-file sync generations and group commit.
+//!
+//! The rule (docs/DESIGN.md, "Durability"): a write is covered only by a sync that *started
+//! after the write completed* and *finished successfully*. Two pieces enforce it, and every
+//! path that syncs — group commit, `flush`, the background syncer, drop, tickets — goes
+//! through both:
+//!
+//! - [`FileSync`] counts the writes marked on one file and the count the last *completed* sync
+//!   covered. A sync reads the count before it starts and publishes it only after it finished,
+//!   under a per-file lock, so a sync that finds another one in flight waits for it and then
+//!   syncs again if writes were marked after that one started. Dirty state is never cleared
+//!   before the sync that covers it completes.
+//! - [`GroupCommit`] numbers syncs. A writer takes a ticket after its write is marked: the
+//!   number of the next sync to *start*. It is durable once a sync of at least that number has
+//!   *finished*. Concurrent writers share one sync.
+//!
+//! Both use the `walrus-alloc` sync shim, so the loom models (`tests/loom.rs`, `cargo xtask
+//! loom`) check exactly this code.
+
+use std::io;
+use std::sync::Arc;
+use std::task::Waker;
+
+use walrus_alloc::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use walrus_alloc::sync::{Condvar, Mutex};
+
+use crate::error::{Poisoned, poisoned_error};
+
+/// Sync generations of one file. See the [module docs](self).
+#[derive(Debug, Default)]
+pub struct FileSync {
+    /// Writes marked so far (a count, not bytes).
+    marked: AtomicU64,
+    /// The value of `marked` the last completed sync read before it started.
+    synced: AtomicU64,
+    /// Serialises syncs of the file, so "completed" is well defined.
+    syncing: Mutex<()>,
+    /// A sync of this file failed: the kernel may have dropped its dirty pages, so a later
+    /// "successful" sync would lie. Every later sync fails.
+    failed: Mutex<Option<Arc<Poisoned>>>,
+}
+
+impl FileSync {
+    /// Records a completed write that a sync must cover. Call after the write returned.
+    pub fn mark(&self) {
+        self.marked.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether some marked write is not yet covered by a completed sync.
+    pub fn is_dirty(&self) -> bool {
+        self.synced.load(Ordering::Acquire) < self.marked.load(Ordering::Acquire)
+    }
+
+    /// Makes every write marked before this call durable with `sync_data`, unless a completed
+    /// sync already covers them. When it returns `Ok`, they are on stable storage; on error the
+    /// file stays dirty.
+    ///
+    /// # Errors
+    /// The error of `sync_data`.
+    pub fn sync(&self, sync_data: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let target = self.marked.load(Ordering::Acquire);
+        if self.synced.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let _serial = self.syncing.lock();
+        // A sync that was in flight when we arrived may have covered us meanwhile.
+        if self.synced.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        if let Some(p) = &*self.failed.lock() {
+            return Err(poisoned_error(p));
+        }
+        // Everything marked up to now is covered by a sync that starts now.
+        let covers = self.marked.load(Ordering::Acquire);
+        if let Err(e) = sync_data() {
+            *self.failed.lock() = Some(Arc::new(Poisoned::from_error(&e)));
+            return Err(e);
+        }
+        self.synced.fetch_max(covers, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Number the next sync to start will have.
+    next: u64,
+    /// Highest number whose sync has finished successfully (all below finished or were
+    /// superseded: a later sync covers everything an earlier one would).
+    done: u64,
+    /// A sync is running in [`GroupCommit::wait`].
+    running: bool,
+    /// A sync failed: every unfinished waiter gets this error from then on.
+    failed: Option<Arc<Poisoned>>,
+    /// The instance closed: waiters whose sync never came get an error.
+    closed: bool,
+    /// Futures waiting for a sync number.
+    wakers: Vec<(u64, Waker)>,
+}
+
+/// Coordinates the syncs of one instance between its writers. See the [module docs](self).
+#[derive(Debug, Default)]
+pub struct GroupCommit {
+    state: Mutex<State>,
+    cv: Condvar,
+    /// Appends that have started writing but not yet taken their ticket.
+    writing: AtomicUsize,
+    /// How long the last sync took, in nanoseconds: bounds how long a leader waits for
+    /// appends still being written.
+    last_sync_nanos: AtomicU64,
+    /// Tickets taken since the last sync was numbered, and how many the last sync covered:
+    /// a leader waits (briefly) for a group as large as the last one.
+    tickets_since: AtomicUsize,
+    last_group: AtomicUsize,
+}
+
+/// An append in progress, counted until its ticket is taken (or it fails).
+#[derive(Debug)]
+pub struct Writing<'a>(&'a GroupCommit);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.writing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl GroupCommit {
+    /// Marks an append as being written until the guard drops (after its ticket is taken). A
+    /// leader about to sync waits a little for such appends, so one sync covers them.
+    pub fn writing(&self) -> Writing<'_> {
+        self.writing.fetch_add(1, Ordering::AcqRel);
+        Writing(self)
+    }
+
+    /// The ticket of a write that has completed (and been marked on its file): it is durable
+    /// once sync number `ticket` has finished.
+    pub fn ticket(&self) -> u64 {
+        let st = self.state.lock();
+        self.tickets_since.fetch_add(1, Ordering::AcqRel);
+        st.next + 1
+    }
+
+    /// Gives appends being written a moment to take their tickets, so one sync covers them:
+    /// at most half the last sync's duration (capped at 1 ms). A lone appender never waits.
+    #[cfg(not(loom))]
+    fn gather(&self) {
+        use std::time::{Duration, Instant};
+        let budget = Duration::from_nanos(self.last_sync_nanos.load(Ordering::Relaxed) / 2)
+            .min(Duration::from_millis(1));
+        let group = self.last_group.load(Ordering::Relaxed);
+        let started = Instant::now();
+        while (self.writing.load(Ordering::Acquire) > 0
+            || self.tickets_since.load(Ordering::Acquire) < group)
+            && started.elapsed() < budget
+        {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Under loom, timing is the model checker's business: no gathering.
+    #[cfg(loom)]
+    fn gather(&self) {}
+
+    /// The answer for `ticket` now: `Some(Ok)` durable, `Some(Err)` never will be, `None` not
+    /// yet.
+    fn settled(st: &State, ticket: u64) -> Option<io::Result<()>> {
+        if st.done >= ticket {
+            return Some(Ok(()));
+        }
+        if let Some(p) = &st.failed {
+            return Some(Err(poisoned_error(p)));
+        }
+        if st.closed {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the Walrus instance was closed before this write was synced",
+            )));
+        }
+        None
+    }
+
+    /// `Ok(true)` once the sync `ticket` needs has finished; otherwise registers `waker` (if
+    /// given) to be woken when it does.
+    ///
+    /// # Errors
+    /// The sync failed (the instance is poisoned), or the instance closed first.
+    pub fn poll_done(&self, ticket: u64, waker: Option<&Waker>) -> io::Result<bool> {
+        let mut st = self.state.lock();
+        if let Some(r) = Self::settled(&st, ticket) {
+            return r.map(|()| true);
+        }
+        if let Some(w) = waker
+            && !st
+                .wakers
+                .iter()
+                .any(|(t, old)| *t == ticket && old.will_wake(w))
+        {
+            st.wakers.push((ticket, w.clone()));
+        }
+        Ok(false)
+    }
+
+    /// Waits until a sync started after the ticket was taken has finished, running it with
+    /// `sync` if no other thread is (this thread leads the group).
+    ///
+    /// # Errors
+    /// As [`poll_done`](Self::poll_done), or the error `sync` returned.
+    pub fn wait(&self, ticket: u64, sync: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(r) = Self::settled(&st, ticket) {
+                return r;
+            }
+            if st.running {
+                st = self.cv.wait(st);
+                continue;
+            }
+            // Lead: gather the appends still being written, then sync; the sync covers every
+            // write that took a ticket <= its number, all marked before it starts.
+            st.running = true;
+            drop(st);
+            self.gather();
+            st = self.state.lock();
+            st.next += 1;
+            let number = st.next;
+            self.last_group.store(
+                self.tickets_since.swap(0, Ordering::AcqRel),
+                Ordering::Relaxed,
+            );
+            drop(st);
+            let started = std::time::Instant::now();
+            let result = sync();
+            self.last_sync_nanos.store(
+                u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            st = self.state.lock();
+            st.running = false;
+            Self::complete(&mut st, number, &result);
+            self.cv.notify_all();
+            result?;
+        }
+    }
+
+    /// Waits, without syncing itself, until `ticket` is settled; `request` asks whoever syncs
+    /// (the background syncer) for a sync and is called before every wait.
+    ///
+    /// # Errors
+    /// As [`poll_done`](Self::poll_done).
+    pub fn wait_passive(&self, ticket: u64, request: impl Fn()) -> io::Result<()> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(r) = Self::settled(&st, ticket) {
+                return r;
+            }
+            drop(st);
+            request();
+            st = self.state.lock();
+            if Self::settled(&st, ticket).is_none() {
+                st = self.cv.wait(st);
+            }
+        }
+    }
+
+    /// Numbers a sync run outside [`wait`](Self::wait) (the background syncer, `flush`, drop):
+    /// it covers every ticket taken before this call.
+    pub fn begin_external(&self) -> u64 {
+        let mut st = self.state.lock();
+        st.next += 1;
+        self.tickets_since.store(0, Ordering::Release);
+        st.next
+    }
+
+    /// Completes a sync begun with [`begin_external`](Self::begin_external).
+    pub fn finish_external(&self, number: u64, result: &io::Result<()>) {
+        let mut st = self.state.lock();
+        Self::complete(&mut st, number, result);
+        self.cv.notify_all();
+    }
+
+    /// The instance is gone: waiters not yet covered get an error instead of waiting forever.
+    pub fn close(&self) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        Self::wake(&mut st);
+        self.cv.notify_all();
+    }
+
+    /// Records that the instance is poisoned by `failure` (a sync failed elsewhere).
+    pub fn poison(&self, failure: &Arc<Poisoned>) {
+        let mut st = self.state.lock();
+        st.failed.get_or_insert_with(|| failure.clone());
+        Self::wake(&mut st);
+        self.cv.notify_all();
+    }
+
+    fn complete(st: &mut State, number: u64, result: &io::Result<()>) {
+        match result {
+            Ok(()) => st.done = st.done.max(number),
+            Err(e) => {
+                if st.failed.is_none() {
+                    st.failed = Some(Arc::new(Poisoned::from_error(e)));
+                }
+            }
+        }
+        Self::wake(st);
+    }
+
+    fn wake(st: &mut State) {
+        let settled_all = st.failed.is_some() || st.closed;
+        let done = st.done;
+        let mut i = 0;
+        while i < st.wakers.len() {
+            if settled_all || st.wakers[i].0 <= done {
+                st.wakers.swap_remove(i).1.wake();
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_waiters_share_syncs() {
+        let gc = Arc::new(GroupCommit::default());
+        let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (gc, syncs) = (gc.clone(), syncs.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        let t = gc.ticket();
+                        gc.wait(t, || {
+                            syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            std::thread::sleep(std::time::Duration::from_micros(200));
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = syncs.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 800, "{n} syncs for 800 appends");
+    }
+
+    #[test]
+    fn a_sync_running_when_the_write_completed_does_not_count() {
+        let gc = GroupCommit::default();
+        let g = gc.begin_external(); // a sync starts...
+        let t = gc.ticket(); // ...then a write completes
+        gc.finish_external(g, &Ok(()));
+        assert!(!gc.poll_done(t, None).unwrap());
+        gc.wait(t, || Ok(())).unwrap();
+        assert!(gc.poll_done(t, None).unwrap());
+    }
+
+    #[test]
+    fn failure_reaches_every_waiter_and_sticks() {
+        let gc = GroupCommit::default();
+        let t = gc.ticket();
+        let first = gc
+            .wait(t, || Err(io::Error::from_raw_os_error(5)))
+            .unwrap_err();
+        assert_eq!(
+            first.raw_os_error(),
+            Some(5),
+            "the first caller gets the error itself"
+        );
+        let t2 = gc.ticket();
+        let later = gc.wait(t2, || Ok(())).unwrap_err();
+        assert_eq!(later.kind(), first.kind());
+        assert!(crate::is_poisoned(&later));
+        assert!(crate::is_poisoned(&gc.poll_done(t2, None).unwrap_err()));
+    }
+
+    #[test]
+    fn close_settles_waiters_not_covered() {
+        let gc = GroupCommit::default();
+        let covered = gc.ticket();
+        let g = gc.begin_external();
+        gc.finish_external(g, &Ok(()));
+        let uncovered = gc.ticket();
+        gc.close();
+        assert!(gc.poll_done(covered, None).unwrap());
+        let e = gc.wait_passive(uncovered, || {}).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn a_file_sync_in_flight_does_not_cover_later_marks() {
+        // The defect this type exists for: a sync that starts while another is running must
+        // not return before a sync that started after its write has finished.
+        let fs = Arc::new(FileSync::default());
+        fs.mark();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let slow = {
+            let fs = fs.clone();
+            std::thread::spawn(move || {
+                fs.sync(|| {
+                    entered_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        entered_rx.recv().unwrap();
+        fs.mark(); // a write completes while the first sync is in flight
+        let synced = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let second = s.spawn(|| {
+                fs.sync(|| {
+                    synced.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok(())
+                })
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(
+                !second.is_finished(),
+                "returned while the first sync was in flight"
+            );
+            release_tx.send(()).unwrap();
+            second.join().unwrap().unwrap();
+        });
+        slow.join().unwrap().unwrap();
+        assert!(
+            synced.load(std::sync::atomic::Ordering::SeqCst),
+            "second write never synced"
+        );
+        assert!(!fs.is_dirty());
+    }
+}

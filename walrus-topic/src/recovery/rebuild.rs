@@ -1,0 +1,670 @@
+//! Rebuilding one topic from its blocks: which entries it keeps, and what each problem means.
+//!
+//! Everything here is decided before anything is written (the open may still fail on a later
+//! topic). The rules, per problem found at offset `a` with the topic's persisted durable
+//! watermark `m` (docs/DESIGN.md, "Recovery decision table"):
+//!
+//! | where | `AbsoluteConsistency` | `TolerateCorruptedTail` | `PointInTime` | `SkipCorrupted` |
+//! |---|---|---|---|---|
+//! | `a >= m` (torn tail of unsynced writes) | refuse | cut, erase | cut, erase | cut, erase |
+//! | `a < m` (damage to synced data) | refuse | refuse | cut, keep bytes | skip exactly it |
+//!
+//! A cut at or below the watermark never erases: the bytes stay for a later open in another
+//! mode, and the next block the writer starts records the cut (its `prev_end`), so later opens
+//! step over it without calling it damage. Offsets are never reused: the topic continues after
+//! the highest offset found on disk, the stored cursor and the watermark.
+
+use std::io;
+use std::sync::Arc;
+
+use walrus_block::{BLOCK_HEADER_LEN, BlockHeader, CorruptReason};
+
+use super::walk::{FoundBlock, FoundFrame, ScannedBlock, scan_block};
+use super::{Action, Erase, Fate, Problem, RecoveryIssue, RecoveryReport};
+use crate::chain::{Block, SegmentHandle, Span};
+use crate::cursors::LoadedCursor;
+use crate::options::RecoveryMode;
+use crate::topic::{MarkState, TopicState};
+
+/// What recovery decided for one topic.
+pub(super) struct TopicPlan {
+    pub(super) state: TopicState,
+    pub(super) fates: Vec<((u64, u64), Fate)>,
+    pub(super) erases: Vec<Erase>,
+    /// Entries at or below the watermark were found damaged or missing and the mode opened
+    /// anyway: nothing may be erased that recovery cannot attribute.
+    pub(super) damaged_durable: bool,
+}
+
+/// A block of the chain being rebuilt.
+struct Retained {
+    found: FoundBlock,
+    handle: Arc<SegmentHandle>,
+    scanned: ScannedBlock,
+    pieces: Vec<Piece>,
+}
+
+/// A run of consecutive valid frames in one block, readable as one span.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    data_start: u64,
+    data_end: u64,
+    first_offset: u64,
+    end_offset: u64,
+}
+
+/// Where an open atomic unit (a batch) started.
+#[derive(Debug, Clone, Copy)]
+struct UnitStart {
+    offset: u64,
+    block: usize,
+    pos: u64,
+    /// Continuation frames still expected.
+    left: u16,
+}
+
+/// Where the topic is cut.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    offset: u64,
+    block: usize,
+    pos: u64,
+    /// Above the watermark: the bytes after the cut may be erased.
+    erase: bool,
+}
+
+struct Rebuild<'a> {
+    topic: &'a str,
+    mode: RecoveryMode,
+    mark: u64,
+    /// The stored cursor: entries below it were consumed.
+    cursor: u64,
+    expected: u64,
+    /// The next frame may continue a unit whose start was not seen (consumed, or skipped).
+    resuming: bool,
+    /// Consumed entries still stored were found damaged: none of them is served.
+    history_broken: bool,
+    unit: Option<UnitStart>,
+    retained: Vec<Retained>,
+    cut: Option<Cut>,
+    damaged_durable: bool,
+    report: &'a mut RecoveryReport,
+}
+
+/// Rebuilds `topic` from its blocks (sorted by chain position).
+pub(super) fn rebuild_topic(
+    topic: &str,
+    blocks: Vec<(FoundBlock, Arc<SegmentHandle>)>,
+    stored: Option<LoadedCursor>,
+    mark: Option<LoadedCursor>,
+    mode: RecoveryMode,
+    report: &mut RecoveryReport,
+) -> io::Result<TopicPlan> {
+    let stored_cursor = stored.map_or(0, |c| c.offset);
+    let next_chain_seq = blocks.last().map_or(0, |(b, _)| b.header.chain_seq + 1);
+    let mut fates = Vec::new();
+    let mut erases = Vec::new();
+
+    // Blocks wholly below the cursor (the next block starts at or below it) are released
+    // unread: recovery cost grows with unconsumed data, not with history.
+    let mut first = 0;
+    while let (Some((b, _)), Some((next, _))) = (blocks.get(first), blocks.get(first + 1)) {
+        if next.header.first_offset <= stored_cursor
+            && next.header.first_offset > b.header.first_offset
+        {
+            fates.push(((b.header.segment_id, b.start), Fate::Released));
+            first += 1;
+        } else {
+            break;
+        }
+    }
+    let floor = blocks
+        .get(first)
+        .filter(|_| first > 0)
+        .map_or(0, |(b, _)| b.header.first_offset);
+
+    let mut r = Rebuild {
+        topic,
+        mode,
+        mark: mark.map_or(0, |m| m.offset),
+        cursor: stored_cursor,
+        // From the first stored entry: damage among consumed entries matters too (a torn
+        // batch is cut whole, consumed or not).
+        expected: stored_cursor.max(floor).min(
+            blocks
+                .get(first)
+                .map_or(u64::MAX, |(b, _)| b.header.first_offset),
+        ),
+        resuming: true,
+        history_broken: false,
+        unit: None,
+        retained: Vec::new(),
+        cut: None,
+        damaged_durable: false,
+        report,
+    };
+    let mut highest = 0u64;
+    let mut after_cut: Vec<(FoundBlock, Arc<SegmentHandle>)> = Vec::new();
+    let rest: Vec<_> = blocks.into_iter().skip(first).collect();
+    // Offsets from a later block's recorded gap on are not an earlier block's to serve
+    // (except for SkipCorrupted, which recovers whatever is valid).
+    let mut limits = vec![u64::MAX; rest.len()];
+    if mode != RecoveryMode::SkipCorrupted {
+        let mut limit = u64::MAX;
+        for (i, (b, _)) in rest.iter().enumerate().rev() {
+            limits[i] = limit;
+            if b.header.prev_end < b.header.first_offset {
+                limit = limit.min(b.header.prev_end);
+            }
+        }
+    }
+    let mut hidden: Vec<(FoundBlock, Arc<SegmentHandle>)> = Vec::new();
+    for (i, (found, handle)) in rest.into_iter().enumerate() {
+        if r.cut.is_some() {
+            after_cut.push((found, handle));
+            continue;
+        }
+        let limit = limits[i];
+        if found.header.first_offset >= limit {
+            // Wholly inside a gap an earlier recovery recorded: kept as it is.
+            hidden.push((found, handle));
+            continue;
+        }
+        let scanned = scan_block(&*handle.file, &found)?;
+        highest = scanned
+            .frames
+            .iter()
+            .map(|f| f.offset + 1)
+            .fold(highest, u64::max);
+        r.retained.push(Retained {
+            found,
+            handle,
+            scanned,
+            pieces: Vec::new(),
+        });
+        r.enter_block()?;
+        if r.cut.is_none() {
+            r.scan_frames(limit)?;
+        }
+    }
+    if r.cut.is_none() {
+        r.finish_chain()?;
+    }
+
+    // Apply the cut: trim the block it falls in; later blocks are erased (above the
+    // watermark) or kept untouched and out of the chain (at or below it).
+    let end = match r.cut {
+        Some(cut) => {
+            r.trim(cut, &mut erases);
+            for dropped in r.retained.drain(cut.block + 1..) {
+                after_cut.push((dropped.found, dropped.handle));
+            }
+            for (b, handle) in after_cut {
+                let key = (b.header.segment_id, b.start);
+                if cut.erase {
+                    fates.push((key, Fate::Released));
+                    erases.push(Erase::Abandon {
+                        handle,
+                        header: BlockHeader {
+                            abandoned: true,
+                            ..b.header
+                        },
+                        start: b.start,
+                    });
+                } else {
+                    let scanned = scan_block(&*handle.file, &b)?;
+                    highest = scanned
+                        .frames
+                        .iter()
+                        .map(|f| f.offset + 1)
+                        .fold(highest, u64::max);
+                    fates.push((key, Fate::Kept));
+                }
+            }
+            if cut.erase {
+                highest = highest.min(cut.offset);
+            }
+            cut.offset
+        }
+        None => r.expected,
+    };
+    for (b, handle) in hidden {
+        let scanned = scan_block(&*handle.file, &b)?;
+        highest = scanned
+            .frames
+            .iter()
+            .map(|f| f.offset + 1)
+            .fold(highest, u64::max);
+        fates.push(((b.header.segment_id, b.start), Fate::Kept));
+    }
+    let next_offset = end.max(stored_cursor).max(r.mark).max(highest);
+    let cursor = stored_cursor.max(floor);
+    if cursor > end {
+        r.report.issues.push(RecoveryIssue {
+            topic: topic.to_owned(),
+            offset: end,
+            file: std::path::PathBuf::new(),
+            position: 0,
+            problem: Problem::CursorBeyondEnd,
+            action: Action::Skipped,
+        });
+    }
+
+    // The writer resumes in the last block only if it ends cleanly right at the end.
+    let last = r.retained.len().checked_sub(1);
+    let mut chain = std::collections::VecDeque::new();
+    let mut live = None;
+    let damaged_durable = r.damaged_durable;
+    for (i, mut b) in r.retained.into_iter().enumerate() {
+        let key = (b.found.header.segment_id, b.found.start);
+        let tail = b.pieces.last().map_or_else(
+            || {
+                // Nothing unread in it: a live piece would start after its last frame.
+                let at = b
+                    .scanned
+                    .frames
+                    .last()
+                    .map_or(b.found.start + BLOCK_HEADER_LEN as u64, |f| f.end);
+                (at, b.found.header.first_offset.max(end))
+            },
+            |p| (p.data_end, p.end_offset),
+        );
+        let clean = b.scanned.dirty_end <= tail.0 && b.scanned.trailing_damage.is_none();
+        let is_live = Some(i) == last
+            && clean
+            && next_offset == end
+            && tail.1 == end
+            && (b.pieces.is_empty() || b.pieces.last().is_some_and(|p| p.end_offset == end))
+            && !b.found.header.abandoned;
+        if is_live && b.pieces.is_empty() {
+            b.pieces.push(Piece {
+                data_start: tail.0,
+                data_end: tail.0,
+                first_offset: end,
+                end_offset: end,
+            });
+        }
+        if b.pieces.is_empty() {
+            // Nothing readable; but unread entries a cut hid stay on disk (never released).
+            let hides = b.scanned.frames.iter().any(|f| f.offset >= cursor);
+            fates.push((key, if hides { Fate::Kept } else { Fate::Released }));
+            continue;
+        }
+        fates.push((key, Fate::Retained { live: is_live }));
+        let count = b.pieces.len();
+        for (k, p) in b.pieces.iter().enumerate() {
+            let last_piece = k + 1 == count;
+            let block = Arc::new(Block::span(
+                b.handle.clone(),
+                Span {
+                    start: b.found.start,
+                    len: b.found.header.block_len,
+                    data_start: p.data_start,
+                    data_end: p.data_end,
+                    first_offset: p.first_offset,
+                    end_offset: p.end_offset,
+                    sealed: !(is_live && last_piece),
+                    releases: last_piece,
+                },
+            ));
+            if is_live && last_piece {
+                live = Some((block.clone(), p.data_end));
+            }
+            chain.push_back(block);
+        }
+    }
+    let gap_from = (live.is_none() && next_offset > end).then_some(end);
+    Ok(TopicPlan {
+        state: TopicState {
+            chain,
+            live,
+            next_offset,
+            next_chain_seq,
+            gap_from,
+            cursor,
+            generation: stored.map_or(0, |c| c.generation),
+            pair: stored.map(|c| c.pair),
+            mark: MarkState {
+                pair: mark.map(|m| m.pair),
+                generation: mark.map_or(0, |m| m.generation),
+                written: mark.map_or(0, |m| m.offset),
+            },
+        },
+        fates,
+        erases,
+        damaged_durable,
+    })
+}
+
+impl Rebuild<'_> {
+    /// The block just pushed joins the chain: a recorded gap is stepped over; entries missing
+    /// before it are a problem.
+    fn enter_block(&mut self) -> io::Result<()> {
+        let idx = self.retained.len() - 1;
+        let (prev_end, first, start) = {
+            let b = &self.retained[idx];
+            let h = &b.found.header;
+            (h.prev_end, h.first_offset, b.found.start)
+        };
+        let recorded = prev_end < first;
+        let missing_to = if recorded { prev_end } else { first };
+        if missing_to > self.expected {
+            let problem = Problem::Missing {
+                count: missing_to - self.expected,
+            };
+            if !self.loss(idx, start, problem)? {
+                return Ok(());
+            }
+        }
+        if recorded || first > self.expected {
+            // Stepped over: whatever unit was open lost its tail with the gap.
+            self.expected = self.expected.max(first);
+            self.unit = None;
+            self.resuming = true;
+        }
+        Ok(())
+    }
+
+    /// Accepts the frames of the last retained block that continue the topic, below `limit`.
+    fn scan_frames(&mut self, limit: u64) -> io::Result<()> {
+        let idx = self.retained.len() - 1;
+        let frames = std::mem::take(&mut self.retained[idx].scanned.frames);
+        let result = self.accept_frames(idx, &frames, limit);
+        self.retained[idx].scanned.frames = frames;
+        result
+    }
+
+    fn accept_frames(&mut self, idx: usize, frames: &[FoundFrame], limit: u64) -> io::Result<()> {
+        for f in frames {
+            if f.offset < self.expected || f.offset >= limit {
+                // Stale, or inside a recorded gap.
+                continue;
+            }
+            if f.offset > self.expected {
+                let at = f.after_damage.unwrap_or(f.pos);
+                let problem = match f.after_damage {
+                    Some(_) => Problem::Corrupt(CorruptReason::PayloadChecksum),
+                    None => Problem::Missing {
+                        count: f.offset - self.expected,
+                    },
+                };
+                if !self.loss(idx, at, problem)? {
+                    return Ok(());
+                }
+                self.expected = f.offset;
+                self.unit = None;
+                self.resuming = true;
+            }
+            let follows = match self.unit {
+                _ if self.resuming => true,
+                None => f.kind.is_first(),
+                Some(u) => !f.kind.is_first() && f.kind.batch_left() + 1 == u.left,
+            };
+            if !follows {
+                let problem = Problem::Corrupt(CorruptReason::Sequence);
+                if !self.loss(idx, f.pos, problem)? {
+                    return Ok(());
+                }
+                self.expected = f.offset + 1;
+                self.unit = None;
+                self.resuming = true;
+                continue;
+            }
+            self.resuming = false;
+            self.follow_unit(idx, f);
+            self.expected = f.offset + 1;
+            // Consumed entries still stored stay readable with `read_at` until released, as
+            // long as none of them was found damaged.
+            if f.offset < self.cursor && self.history_broken {
+                continue;
+            }
+            let pieces = &mut self.retained[idx].pieces;
+            match pieces.last_mut() {
+                Some(p) if p.data_end == f.pos && p.end_offset == f.offset => {
+                    p.data_end = f.end;
+                    p.end_offset = f.offset + 1;
+                }
+                _ => pieces.push(Piece {
+                    data_start: f.pos,
+                    data_end: f.end,
+                    first_offset: f.offset,
+                    end_offset: f.offset + 1,
+                }),
+            }
+        }
+        // Damage after the last frame of a block that is not the last one is harmless when
+        // the next block continues the topic; the next block's boundary check decides.
+        Ok(())
+    }
+
+    /// Entries from `self.expected` on are missing or damaged (found at `pos` of retained block
+    /// `idx`). Among consumed entries, damage at or below the watermark costs nothing but their
+    /// history (they are not served again, whatever the mode); anything else is decided by
+    /// [`decide`](Self::decide). Returns whether scanning goes on.
+    fn loss(&mut self, idx: usize, pos: u64, problem: Problem) -> io::Result<bool> {
+        let a = self.expected;
+        if a < self.cursor && a < self.mark {
+            let file = self.retained.get(idx).map(|b| b.handle.clone());
+            let issue = self.issue(a, file.as_deref(), pos, problem, Action::Skipped);
+            self.report.issues.push(issue);
+            self.history_broken = true;
+            let cursor = self.cursor;
+            for b in &mut self.retained {
+                b.pieces.retain(|p| p.first_offset >= cursor);
+            }
+            return Ok(true);
+        }
+        self.decide(a, idx, pos, problem)
+    }
+
+    /// Follows the atomic unit `f` belongs to (where it started, how many frames are left).
+    fn follow_unit(&mut self, idx: usize, f: &FoundFrame) {
+        self.unit = if f.kind.is_last() {
+            None
+        } else if f.kind.is_first() || self.unit.is_none() {
+            // A continuation whose start is not here (released with consumed blocks) is
+            // followed from the first frame seen.
+            Some(UnitStart {
+                offset: f.offset,
+                block: idx,
+                pos: f.pos,
+                left: f.kind.batch_left(),
+            })
+        } else {
+            self.unit.map(|u| UnitStart {
+                left: f.kind.batch_left(),
+                ..u
+            })
+        };
+    }
+
+    /// The end of the chain: an unfinished batch, damage after the last entry, or entries the
+    /// watermark says were synced and are not there.
+    fn finish_chain(&mut self) -> io::Result<()> {
+        let Some(idx) = self.retained.len().checked_sub(1) else {
+            if self.mark > self.expected {
+                let problem = Problem::Missing {
+                    count: self.mark - self.expected,
+                };
+                return self.refuse_or_note(self.expected, None, 0, problem);
+            }
+            return Ok(());
+        };
+        let b = &self.retained[idx];
+        let last_end = b
+            .pieces
+            .last()
+            .map_or(b.found.start + BLOCK_HEADER_LEN as u64, |p| p.data_end);
+        let trailing = b.scanned.trailing_damage;
+        if self.unit.is_some() {
+            // Above the watermark it is cut whole; below it (skipped) it keeps what survived.
+            self.loss(idx, last_end, Problem::UnfinishedBatch)?;
+            return Ok(());
+        }
+        if let Some(at) = trailing
+            && self.expected >= self.mark
+        {
+            return self.loss(idx, at, Problem::TornTail).map(|_| ());
+        }
+        if self.mark > self.expected {
+            let at = trailing.unwrap_or(last_end);
+            let problem = Problem::Missing {
+                count: self.mark - self.expected,
+            };
+            self.loss(idx, at, problem)?;
+        }
+        Ok(())
+    }
+
+    /// Decides a problem at offset `a` (file position `pos` of retained block `block`).
+    /// Returns whether scanning goes on (the problem was skipped).
+    fn decide(&mut self, a: u64, block: usize, pos: u64, problem: Problem) -> io::Result<bool> {
+        let file = self.retained.get(block).map(|b| b.handle.clone());
+        if a >= self.mark {
+            // What a power cut leaves of unsynced writes: cut at the start of the unit the
+            // damage falls in, and erase what follows.
+            let (offset, block, pos) = match self.unit {
+                Some(u) => (u.offset, u.block, u.pos),
+                None => (a, block, pos),
+            };
+            let problem = match problem {
+                Problem::UnfinishedBatch => Problem::UnfinishedBatch,
+                _ => Problem::TornTail,
+            };
+            let issue = self.issue(offset, file.as_deref(), pos, problem, Action::Cut);
+            if self.mode == RecoveryMode::AbsoluteConsistency {
+                return Err(refusal(&issue, self.mode));
+            }
+            self.report.issues.push(issue);
+            self.cut = Some(Cut {
+                offset,
+                block,
+                pos,
+                erase: true,
+            });
+            return Ok(false);
+        }
+        match self.mode {
+            RecoveryMode::SkipCorrupted => {
+                let issue = self.issue(a, file.as_deref(), pos, problem, Action::Skipped);
+                self.report.issues.push(issue);
+                self.damaged_durable = true;
+                Ok(true)
+            }
+            RecoveryMode::PointInTime => {
+                let (offset, block, pos) = match self.unit {
+                    Some(u) => (u.offset, u.block, u.pos),
+                    None => (a, block, pos),
+                };
+                let issue = self.issue(offset, file.as_deref(), pos, problem, Action::Cut);
+                self.report.issues.push(issue);
+                self.damaged_durable = true;
+                self.cut = Some(Cut {
+                    offset,
+                    block,
+                    pos,
+                    erase: false,
+                });
+                Ok(false)
+            }
+            _ => {
+                let issue = self.issue(a, file.as_deref(), pos, problem, Action::Cut);
+                Err(refusal(&issue, self.mode))
+            }
+        }
+    }
+
+    /// For a chain with no blocks left: nothing can be cut, only refused or noted.
+    fn refuse_or_note(
+        &mut self,
+        a: u64,
+        file: Option<&SegmentHandle>,
+        pos: u64,
+        problem: Problem,
+    ) -> io::Result<()> {
+        match self.mode {
+            RecoveryMode::SkipCorrupted | RecoveryMode::PointInTime => {
+                let issue = self.issue(a, file, pos, problem, Action::Skipped);
+                self.report.issues.push(issue);
+                self.damaged_durable = true;
+                Ok(())
+            }
+            _ => Err(refusal(
+                &self.issue(a, file, pos, problem, Action::Cut),
+                self.mode,
+            )),
+        }
+    }
+
+    fn issue(
+        &self,
+        offset: u64,
+        file: Option<&SegmentHandle>,
+        position: u64,
+        problem: Problem,
+        action: Action,
+    ) -> RecoveryIssue {
+        RecoveryIssue {
+            topic: self.topic.to_owned(),
+            offset,
+            file: file
+                .map(|h| h.file.path().to_path_buf())
+                .unwrap_or_default(),
+            position,
+            problem,
+            action,
+        }
+    }
+
+    /// Trims the block the cut falls in to end at the cut; erases what follows when allowed.
+    fn trim(&mut self, cut: Cut, erases: &mut Vec<Erase>) {
+        let Some(b) = self.retained.get_mut(cut.block) else {
+            return;
+        };
+        b.pieces.retain(|p| p.first_offset < cut.offset);
+        if let Some(p) = b.pieces.last_mut()
+            && p.end_offset > cut.offset
+        {
+            p.end_offset = cut.offset;
+            p.data_end = cut.pos;
+        }
+        if cut.erase {
+            if b.scanned.dirty_end > cut.pos {
+                erases.push(Erase::Zero {
+                    handle: b.handle.clone(),
+                    from: cut.pos,
+                    to: b.scanned.dirty_end,
+                });
+            }
+            b.scanned.dirty_end = b.scanned.dirty_end.min(cut.pos);
+            b.scanned.trailing_damage = None;
+            b.scanned.frames.retain(|f| f.offset < cut.offset);
+        }
+    }
+}
+
+/// The refusal of a mode that does not accept `issue`, naming what would open it.
+pub(super) fn refusal(issue: &RecoveryIssue, mode: RecoveryMode) -> io::Error {
+    let would = match mode {
+        RecoveryMode::AbsoluteConsistency => {
+            "RecoveryMode::TolerateCorruptedTail opens it if the damage is a torn tail; \
+             RecoveryMode::PointInTime or RecoveryMode::SkipCorrupted open it in any case"
+        }
+        _ => {
+            "RecoveryMode::PointInTime opens it up to the damage, RecoveryMode::SkipCorrupted \
+             opens it skipping exactly the damaged entries"
+        }
+    };
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "topic {:?} at offset {}: {} in {} at byte {}; refused by {mode:?} ({would}); \
+             nothing was changed on disk",
+            issue.topic,
+            issue.offset,
+            issue.problem,
+            issue.file.display(),
+            issue.position,
+        ),
+    )
+}

@@ -1,0 +1,236 @@
+//! Reading what is on disk, without changing it: the blocks of a segment (found by their
+//! headers, resynchronising over damaged or missing ones) and the frames of a block (found by
+//! decoding, resynchronising over damaged ones).
+
+use std::io;
+use std::path::Path;
+
+use walrus_block::{
+    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, Frame, FrameDecoder, FrameKind,
+    SEGMENT_DATA_OFFSET, is_zeroed, resync,
+};
+use walrus_io::SegmentFile;
+
+use super::{Action, Problem, RecoveryIssue, RecoveryReport};
+
+/// A block found on disk.
+#[derive(Debug, Clone)]
+pub(super) struct FoundBlock {
+    pub(super) header: BlockHeader,
+    /// Byte position of the block in its segment file.
+    pub(super) start: u64,
+}
+
+/// The blocks of one segment, and where the next block would start.
+#[derive(Debug)]
+pub(super) struct Walked {
+    pub(super) blocks: Vec<FoundBlock>,
+    /// Where allocation may resume: after the last block, or the capacity when the walk ended
+    /// on a damaged header (never allocate over damage).
+    pub(super) next_start: u64,
+    pub(super) capacity: u64,
+}
+
+/// Reads `buf.len()` bytes at `pos`; whatever lies past the end of the file reads as zeros.
+pub(super) fn read_zero_filled(file: &dyn SegmentFile, buf: &mut [u8], pos: u64) -> io::Result<()> {
+    let got = file.read_at(buf, pos)?;
+    if let Some(rest) = buf.get_mut(got..) {
+        rest.fill(0);
+    }
+    Ok(())
+}
+
+fn decode_block_header(raw: &[u8], segment: u64) -> Option<BlockHeader> {
+    BlockHeader::decode(raw)
+        .ok()
+        .flatten()
+        .filter(|h| h.segment_id == segment)
+}
+
+/// Walks the blocks of segment `segment` by their headers. A header that is damaged, or zero
+/// where later blocks exist (a block handed out whose header a power cut lost, or damage), is
+/// stepped over by looking for the next valid header at block alignment in the file's data.
+pub(super) fn walk_blocks(
+    file: &dyn SegmentFile,
+    segment: u64,
+    path: &Path,
+    capacity: u64,
+    report: &mut RecoveryReport,
+) -> io::Result<Walked> {
+    let mut blocks = Vec::new();
+    let mut pos = SEGMENT_DATA_OFFSET;
+    let mut raw = [0u8; BLOCK_HEADER_LEN];
+    let mut capacity = capacity;
+    while pos + BLOCK_HEADER_LEN as u64 <= capacity {
+        read_zero_filled(file, &mut raw, pos)?;
+        if let Some(header) = decode_block_header(&raw, segment) {
+            let len = header.block_len;
+            blocks.push(FoundBlock { header, start: pos });
+            pos += len;
+            // A block longer than a normal segment has a segment of its own.
+            capacity = capacity.max(pos);
+            continue;
+        }
+        let damaged = !is_zeroed(&raw);
+        if damaged {
+            report.issues.push(RecoveryIssue {
+                topic: String::new(),
+                offset: 0,
+                file: path.to_path_buf(),
+                position: pos,
+                problem: Problem::CorruptBlockHeader,
+                action: Action::Skipped,
+            });
+        }
+        match next_header(file, segment, pos + BLOCK_ALIGN, capacity)? {
+            Some(next) => pos = next,
+            None => {
+                // Nothing valid after it. A zero header is the end of the blocks handed out;
+                // a damaged one may hide a block: never allocate over it.
+                let next_start = if damaged { capacity } else { pos };
+                return Ok(Walked {
+                    blocks,
+                    next_start,
+                    capacity,
+                });
+            }
+        }
+    }
+    Ok(Walked {
+        blocks,
+        next_start: pos.min(capacity),
+        capacity,
+    })
+}
+
+/// The position of the next valid block header of `segment` at or after `from`, looking only
+/// where the file holds data (preallocated space is skipped without reading it).
+fn next_header(
+    file: &dyn SegmentFile,
+    segment: u64,
+    from: u64,
+    capacity: u64,
+) -> io::Result<Option<u64>> {
+    let mut raw = [0u8; BLOCK_HEADER_LEN];
+    let mut pos = from.next_multiple_of(BLOCK_ALIGN);
+    while pos + BLOCK_HEADER_LEN as u64 <= capacity {
+        let Some(data) = file.next_data(pos)? else {
+            return Ok(None);
+        };
+        pos = pos.max(data.start - data.start % BLOCK_ALIGN);
+        let end = data.end.min(capacity);
+        while pos < end && pos + BLOCK_HEADER_LEN as u64 <= capacity {
+            read_zero_filled(file, &mut raw, pos)?;
+            if decode_block_header(&raw, segment).is_some() {
+                return Ok(Some(pos));
+            }
+            pos += BLOCK_ALIGN;
+        }
+        pos = pos.max(end.next_multiple_of(BLOCK_ALIGN));
+    }
+    Ok(None)
+}
+
+/// Whether the file holds any non-zero byte from `from` on.
+pub(super) fn has_data(file: &dyn SegmentFile, from: u64) -> io::Result<bool> {
+    const CHUNK: u64 = 1 << 20;
+    let len = file.len()?;
+    let mut pos = from;
+    let mut buf = vec![0u8; CHUNK as usize];
+    while pos < len {
+        let Some(data) = file.next_data(pos)? else {
+            return Ok(false);
+        };
+        pos = pos.max(data.start);
+        let end = data.end.min(len);
+        while pos < end {
+            let n = CHUNK.min(end - pos) as usize;
+            let chunk = buf.get_mut(..n).unwrap_or_default();
+            read_zero_filled(file, chunk, pos)?;
+            if !is_zeroed(chunk) {
+                return Ok(true);
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(false)
+}
+
+/// One valid frame of a block.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FoundFrame {
+    pub(super) offset: u64,
+    pub(super) kind: FrameKind,
+    /// Absolute file positions of the frame.
+    pub(super) pos: u64,
+    pub(super) end: u64,
+    /// Bytes that are neither a valid frame nor zero lie between the previous frame (or the
+    /// block's data start) and this one.
+    pub(super) after_damage: Option<u64>,
+}
+
+/// The frames of one block, in position order.
+#[derive(Debug)]
+pub(super) struct ScannedBlock {
+    pub(super) frames: Vec<FoundFrame>,
+    /// Damage after the last valid frame: where it starts.
+    pub(super) trailing_damage: Option<u64>,
+    /// One past the last non-zero byte of the data area (what a cut must zero up to).
+    pub(super) dirty_end: u64,
+}
+
+/// Decodes every valid frame of the block at `block.start`, stepping over damage by
+/// resynchronising on the next valid frame.
+pub(super) fn scan_block(file: &dyn SegmentFile, block: &FoundBlock) -> io::Result<ScannedBlock> {
+    let data_start = block.start + BLOCK_HEADER_LEN as u64;
+    let len = block.header.data_capacity();
+    let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    read_zero_filled(file, &mut data, data_start)?;
+    let dirty_end = data_start
+        + data
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |i| i as u64 + 1);
+    let mut frames = Vec::new();
+    let mut at = 0usize;
+    let mut damage: Option<u64> = None;
+    loop {
+        let mut decoder = FrameDecoder::at(&data, at);
+        let stop = loop {
+            match decoder.next_frame() {
+                Frame::Entry(e) => {
+                    frames.push(FoundFrame {
+                        offset: e.offset,
+                        kind: e.kind,
+                        pos: data_start + e.pos as u64,
+                        end: data_start + e.end() as u64,
+                        after_damage: damage.take(),
+                    });
+                }
+                Frame::End { at } => {
+                    // Zeros to the end, or zeros and then something: a sector that never
+                    // reached the disk, or damage.
+                    let rest = data.get(at..).unwrap_or_default();
+                    if is_zeroed(rest) {
+                        break None;
+                    }
+                    break Some(at);
+                }
+                Frame::Torn { at } | Frame::Corrupt { at, .. } => break Some(at),
+            }
+        };
+        let Some(bad) = stop else {
+            break;
+        };
+        damage.get_or_insert(data_start + bad as u64);
+        match resync(&data, bad + 1) {
+            Some(e) => at = e.pos,
+            None => break,
+        }
+    }
+    Ok(ScannedBlock {
+        frames,
+        trailing_damage: damage,
+        dirty_end,
+    })
+}
