@@ -65,7 +65,7 @@ pub(crate) struct Shared {
     /// topics land in different segment files (the kernel serialises buffered writes to one
     /// file). All lanes share one file tracker.
     pub(crate) lanes: Vec<BlockAllocator>,
-    pub(crate) tracker: Arc<FileTracker>,
+    pub(crate) tracker: walrus_alloc::sync::Arc<FileTracker>,
     /// Lane of the next topic created.
     next_lane: AtomicUsize,
     pub(crate) files: Arc<Files>,
@@ -424,7 +424,7 @@ impl Store {
         lock: DirLock,
     ) -> io::Result<Self> {
         let files = Arc::new(Files::default());
-        let tracker = Arc::new(FileTracker::new());
+        let tracker = walrus_alloc::sync::Arc::new(FileTracker::new());
         let mut deletable = Vec::new();
         for seg in recovered.segments {
             files.insert(seg.handle.clone());

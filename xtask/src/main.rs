@@ -5,7 +5,8 @@
 //! cargo xtask bench [--full]          load generator (walrus vs walrus-rust); short unless --full
 //! cargo xtask bench --others          the same, with RocksDB and okaywal (opt-in features)
 //! cargo xtask bench --micro [--full]  criterion micro-benchmarks (format, alloc, io)
-//! cargo xtask loom                    loom models of the allocator and deletion tracker
+//! cargo xtask loom                    loom models: allocator, deletion tracker, group commit
+//!                                     with per-file sync tracking
 //! cargo xtask proptest [--cases N]    property tests with N cases each (default 2048)
 //! cargo xtask fuzz [--seconds N]      fuzz the format decoder for N seconds (default 60)
 //! cargo xtask crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N]
@@ -153,6 +154,8 @@ fn loom() -> Result {
             "test",
             "-p",
             "walrus-alloc",
+            "-p",
+            "walrus-topic",
             "--release",
             "--test",
             "loom",
