@@ -1,0 +1,207 @@
+//! The durability contract, one defect at a time: each test here failed before the fix it is
+//! named after (see issue "Durability you can trust"), and pins the behaviour down.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use walrus::io::{CrashMode, SimStorage, Storage};
+use walrus::{FsyncSchedule, ReadConsistency, Walrus};
+
+fn sim_wal(sim: &SimStorage, schedule: FsyncSchedule, consistency: ReadConsistency) -> Walrus {
+    Walrus::builder()
+        .data_dir("/d")
+        .storage(Arc::new(sim.clone()) as Arc<dyn Storage>)
+        .fsync_schedule(schedule)
+        .consistency(consistency)
+        .segment_size(64 * 1024)
+        .block_size(8 * 1024)
+        .quiet(true)
+        .build()
+        .unwrap()
+}
+
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Defect 2: under `SyncEach` a reader sees an entry only once its append is acknowledged
+/// (durable), so no reader can see an entry a power cut takes back.
+#[test]
+fn sync_each_entries_are_visible_only_when_durable() {
+    let sim = SimStorage::new(1);
+    let wal = sim_wal(
+        &sim,
+        FsyncSchedule::SyncEach,
+        ReadConsistency::StrictlyAtOnce,
+    );
+    let ticket = wal.append_with_ticket("t", b"pending").unwrap();
+    assert_eq!(
+        wal.read_at("t", 0).unwrap(),
+        None,
+        "visible before it is durable"
+    );
+    assert_eq!(wal.read_next("t", false).unwrap(), None);
+    assert_eq!(wal.end_offset("t"), Some(1), "written, offset taken");
+    ticket.wait().unwrap();
+    assert_eq!(wal.read_at("t", 0).unwrap().unwrap().data, b"pending");
+    assert_eq!(wal.read_next("t", true).unwrap().unwrap().data, b"pending");
+    // A plain SyncEach append is visible as soon as it returns (read-your-writes).
+    wal.append("t", b"acked").unwrap();
+    assert_eq!(wal.read_next("t", true).unwrap().unwrap().data, b"acked");
+}
+
+/// Defect 5: outstanding tickets do not keep a dropped instance (its lock, its files) alive;
+/// they resolve when it closes.
+#[test]
+fn dropping_the_instance_settles_tickets_and_releases_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    for schedule in [
+        FsyncSchedule::Milliseconds(3_600_000),
+        FsyncSchedule::NoFsync,
+    ] {
+        let wal = Walrus::builder()
+            .data_dir(dir.path())
+            .fsync_schedule(schedule)
+            .quiet(true)
+            .build()
+            .unwrap();
+        let ticket = wal.append_with_ticket("t", b"x").unwrap();
+        drop(wal);
+        // The directory is free at once, the final writes done.
+        let again = Walrus::builder()
+            .data_dir(dir.path())
+            .quiet(true)
+            .build()
+            .unwrap();
+        drop(again);
+        match schedule {
+            // The final sync at drop covered it.
+            FsyncSchedule::Milliseconds(_) => assert_eq!(ticket.wait().unwrap(), 0..1),
+            // Nothing syncs under NoFsync: the ticket says so instead of waiting forever.
+            _ => assert_eq!(ticket.wait().unwrap_err().kind(), io::ErrorKind::BrokenPipe),
+        }
+    }
+}
+
+/// Defect 6: an open that is refused leaves the directory exactly as it was.
+#[test]
+fn a_refused_open_changes_nothing() {
+    // A foreign file in a directory that never held Walrus data.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    let err = Walrus::builder()
+        .data_dir(dir.path())
+        .quiet(true)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert_eq!(
+        listing(dir.path()),
+        ["notes.txt"],
+        "no LOCK, no cursor files"
+    );
+
+    // A subdirectory, and a symlink, named like segments: refused, nothing created.
+    for make in ["dir", "symlink"] {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join("00000000000000000000.wseg");
+        if make == "dir" {
+            std::fs::create_dir(&name).unwrap();
+        } else {
+            std::os::unix::fs::symlink("/dev/null", &name).unwrap();
+        }
+        let err = Walrus::builder()
+            .data_dir(dir.path())
+            .quiet(true)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{make}: {err}");
+        assert_eq!(listing(dir.path()), ["00000000000000000000.wseg"], "{make}");
+    }
+
+    // A directory of real data whose open the recovery mode refuses: every byte unchanged.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Walrus::builder()
+            .data_dir(dir.path())
+            .fsync_schedule(FsyncSchedule::SyncEach)
+            .quiet(true)
+            .build()
+            .unwrap();
+        for i in 0..50u32 {
+            wal.append("t", &[i as u8; 300]).unwrap();
+        }
+    }
+    let seg = dir.path().join("00000000000000000000.wseg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[4096 + 400] ^= 0x10; // inside the first block's entries: below the watermark
+    std::fs::write(&seg, &bytes).unwrap();
+    std::fs::remove_file(dir.path().join("LOCK")).unwrap();
+    let before: Vec<(String, Vec<u8>)> = listing(dir.path())
+        .into_iter()
+        .map(|n| {
+            let data = std::fs::read(dir.path().join(&n)).unwrap();
+            (n, data)
+        })
+        .collect();
+    let err = Walrus::builder()
+        .data_dir(dir.path())
+        .quiet(true)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    let after: Vec<(String, Vec<u8>)> = listing(dir.path())
+        .into_iter()
+        .map(|n| {
+            let data = std::fs::read(dir.path().join(&n)).unwrap();
+            (n, data)
+        })
+        .collect();
+    assert!(before == after, "a refused open changed the directory");
+}
+
+/// An `AtLeastOnce` reader that goes idle has its progress persisted by the background
+/// maintenance, not only at drop.
+#[test]
+fn an_idle_at_least_once_cursor_is_persisted_in_the_background() {
+    let sim = SimStorage::new(3);
+    {
+        let wal = Walrus::builder()
+            .data_dir("/d")
+            .storage(Arc::new(sim.clone()) as Arc<dyn Storage>)
+            .fsync_schedule(FsyncSchedule::Milliseconds(3_600_000))
+            .consistency(ReadConsistency::AtLeastOnce {
+                persist_every: 1000,
+            })
+            .quiet(true)
+            .build()
+            .unwrap();
+        for i in 0..5u8 {
+            wal.append("t", &[i]).unwrap();
+        }
+        for _ in 0..3 {
+            wal.read_next("t", true).unwrap().unwrap();
+        }
+        // Idle: the background thread persists the cursor within a maintenance period (50 ms).
+        std::thread::sleep(Duration::from_millis(400));
+        sim.crash(CrashMode::KeepWritten); // a process crash: what was written survives
+        std::mem::forget(wal); // its handles died with the crash
+    }
+    let wal = Walrus::builder()
+        .data_dir("/d")
+        .storage(Arc::new(sim.clone()) as Arc<dyn Storage>)
+        .quiet(true)
+        .build()
+        .unwrap();
+    assert_eq!(
+        wal.cursor("t"),
+        Some(3),
+        "the idle reader's progress was lost"
+    );
+}
