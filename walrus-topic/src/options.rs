@@ -7,27 +7,49 @@ use walrus_block::{
     BLOCK_ALIGN, BLOCK_HEADER_LEN, DEFAULT_BLOCK_LEN, DEFAULT_SEGMENT_LEN, SEGMENT_DATA_OFFSET,
 };
 
-/// What recovery does when it finds an entry that fails validation.
+/// What recovery does with damage: entries that fail validation, or that are missing.
 ///
-/// Whatever the mode, a corrupt entry is never handed to a reader, and every problem is logged
-/// with its topic, offset and file. A *torn tail* — the last, partly written entry or batch of a
-/// topic, with nothing valid after it — is what a crash leaves behind and is always cut off,
-/// except under [`AbsoluteConsistency`](Self::AbsoluteConsistency).
+/// Every topic has a persisted **durable watermark** (in `durable.wcur`): every entry below it
+/// was on stable storage when it was recorded. Where damage lies against it decides what it is:
+///
+/// - **At or above the watermark** it is the *torn tail* of writes a crash caught unsynced
+///   (after a power cut the disk may have kept later pages and not earlier ones, so the tail
+///   can be ragged). The topic is cut at the start of the first damaged entry's unit (a batch
+///   is cut whole) in every mode but [`AbsoluteConsistency`](Self::AbsoluteConsistency), and
+///   the bytes after the cut are erased.
+/// - **Below the watermark** it is *corruption* of synced data, and the mode decides, as the
+///   variants say. **No mode ever erases bytes below the watermark**: a cut there is recorded
+///   (the next block the topic writes says where its entries ended), not zeroed, so a later
+///   open in another mode can still recover what lies behind it.
+///
+/// In every mode a damaged entry is never handed to a reader, every problem is reported in the
+/// [`RecoveryReport`](crate::RecoveryReport) and logged with topic, offset, file and byte
+/// position, offsets are never reused (a topic continues after the highest offset found on
+/// disk, its cursor and its watermark), and an open that is refused changes nothing on disk.
+///
+/// How close the watermark stays behind the acknowledged end: under `SyncEach` it is written at
+/// most every 5 ms and synced within one more background tick of 5 ms, so after a clean close,
+/// and almost always after a crash, every acknowledged entry is below it; under the other
+/// schedules it trails the last sync by at most the mark interval (50 ms by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum RecoveryMode {
-    /// Cut a torn or corrupt tail; refuse to open (`InvalidData`) if entries are missing or
-    /// corrupt *before* valid ones.
+    /// The default: cut a torn tail; **refuse to open** (`InvalidData`, naming topic, offset,
+    /// file and the modes that would open it) on corruption below the watermark. Silent loss
+    /// of synced data is never the default — the operator chooses `PointInTime` or
+    /// `SkipCorrupted` knowing what they do.
     #[default]
     TolerateCorruptedTail,
     /// Refuse to open if anything at all has to be dropped, torn tails and unfinished batches
     /// included. For checking a log that was shut down cleanly.
     AbsoluteConsistency,
-    /// Keep each topic up to its first problem and drop everything after it: a consistent
-    /// point in time, at the price of valid entries after the damage.
+    /// Keep each topic up to its first corruption (cut at the start of its unit), a consistent
+    /// point in time; the entries after it stay on disk, unserved, for a later open in
+    /// `SkipCorrupted`.
     PointInTime,
-    /// Skip damaged entries and keep every valid one after them; the offsets of the skipped
-    /// entries are left as a gap that readers step over.
+    /// Skip exactly the damaged entries and keep every valid one, resynchronising on the next
+    /// valid frame even when a frame header is damaged; the skipped offsets are a gap that
+    /// readers step over. This is the seed product's "skip corrupted entries and continue".
     SkipCorrupted,
 }
 

@@ -11,7 +11,7 @@
 //! cargo xtask fuzz [--seconds N]      fuzz the format decoder for N seconds (default 60)
 //! cargo xtask crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N]
 //!                                     crash suite: N simulated seeds (10000), N concurrent
-//!                                     simulated seeds (2000), N corruption seeds (2000),
+//!                                     simulated seeds (5000), N corruption seeds (5000),
 //!                                     N kill -9 runs (200)
 //! cargo xtask ci                      everything .ci/run checks, in order
 //! ```
@@ -179,8 +179,8 @@ fn proptest(args: &[String]) -> Result {
 /// The crash-consistency suite: simulated seeds and real `kill -9` runs, in release mode.
 fn crash(args: &[String]) -> Result {
     let seeds = flag_value(args, "--seeds", 10_000)?;
-    let concurrent = flag_value(args, "--concurrent", 2_000)?;
-    let corrupt = flag_value(args, "--corrupt", 2_000)?;
+    let concurrent = flag_value(args, "--concurrent", 5_000)?;
+    let corrupt = flag_value(args, "--corrupt", 5_000)?;
     let kills = flag_value(args, "--kills", 200)?;
     let started = std::time::Instant::now();
     run(cargo()
