@@ -42,27 +42,8 @@ const TOPICS: [&str; 3] = ["alpha", "bravo", "charlie"];
 /// Smallest block length: bounds the walk over a segment's blocks.
 const MIN_BLOCK_LEN: usize = BLOCK_ALIGN as usize;
 
-/// SplitMix64: small, seeded, the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn index(&mut self, len: usize) -> usize {
-        self.below(len as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+/// The workspace's seeded generator: a failing seed replays on any build.
+use walrus::io::SeededRng as Rng;
 
 #[derive(Debug, Clone, Copy)]
 struct Setup {
@@ -177,7 +158,7 @@ fn payload(rng: &mut Rng) -> Vec<u8> {
         15..=18 => 1 + rng.below(3000),
         _ => 8 * 1024 + rng.below(10_000 - 8 * 1024), // larger than a block
     } as usize;
-    let fill = rng.next();
+    let fill = rng.next_u64();
     (0..len)
         .map(|i| (fill >> (i % 8 * 8)) as u8 ^ i as u8)
         .collect()
@@ -794,7 +775,7 @@ fn check_modes(
 }
 
 fn run_seed(seed: u64) -> Result<(), String> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let schedule = match rng.below(3) {
         0 => FsyncSchedule::SyncEach,
         1 => FsyncSchedule::NoFsync,

@@ -50,28 +50,8 @@ const SEED_TIME_LIMIT: Duration = Duration::from_secs(120);
 /// Events of the log printed for a failing seed in a multi-seed run (a replay prints all).
 const LOG_TAIL: usize = 150;
 
-/// SplitMix64: small, seeded, the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    /// An independent generator for one thread, derived from this one.
-    fn fork(&mut self, k: u64) -> Rng {
-        Rng(self.next() ^ k.wrapping_mul(0xD6E8_FEB8_6659_FD93))
-    }
-}
+/// The workspace's seeded generator: a failing seed replays on any build.
+use walrus::io::SeededRng as Rng;
 
 #[derive(Debug, Clone, Copy)]
 struct Setup {
@@ -157,7 +137,7 @@ fn payload(rng: &mut Rng, tag: &str) -> Vec<u8> {
         17 | 18 => 600 + rng.below(2500),
         _ => 8200 + rng.below(4000), // larger than a block
     } as usize;
-    let fill = rng.next();
+    let fill = rng.next_u64();
     let mut p = Vec::with_capacity(tag.len() + 1 + filler);
     p.extend_from_slice(tag.as_bytes());
     p.push(b'|');
@@ -617,7 +597,7 @@ fn with_watchdog<T>(label: String, f: impl FnOnce() -> T) -> T {
 }
 
 fn run_seed(seed: u64) -> Result<(), Box<Failure>> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let setup = Setup::from_seed(&mut rng);
     let sim = SimStorage::new(seed);
     sim.set_sync_latency(setup.sync_latency);

@@ -11,24 +11,8 @@ use std::sync::Arc;
 use walrus::io::{CrashMode, Fault, FaultRule, SimStorage, Storage};
 use walrus::{FsyncSchedule, ReadConsistency, RecoveryMode, Walrus};
 
-/// SplitMix64: small, seeded, the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+/// The workspace's seeded generator: a failing seed replays on any build.
+use walrus::io::SeededRng as Rng;
 
 /// What the oracle knows about one topic.
 #[derive(Debug, Default)]
@@ -81,14 +65,14 @@ fn payload(rng: &mut Rng) -> Vec<u8> {
         7 | 8 => 1 + rng.below(3000),
         _ => 5000 + rng.below(12_000), // larger than a block
     } as usize;
-    let fill = rng.next();
+    let fill = rng.next_u64();
     (0..len)
         .map(|i| (fill >> (i % 8 * 8)) as u8 ^ i as u8)
         .collect()
 }
 
 fn run_seed(seed: u64) -> Result<(), String> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let schedule = match rng.below(3) {
         0 => FsyncSchedule::SyncEach,
         1 => FsyncSchedule::NoFsync,

@@ -75,6 +75,20 @@ pub struct RecoveryIssue {
     pub action: Action,
 }
 
+impl RecoveryIssue {
+    /// A segment file left untouched because nothing in it can be read.
+    fn unreadable(file: PathBuf) -> Self {
+        Self {
+            topic: String::new(),
+            offset: 0,
+            file,
+            position: 0,
+            problem: Problem::UnreadableSegment,
+            action: Action::Kept,
+        }
+    }
+}
+
 /// A kind of damage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -368,14 +382,7 @@ pub(crate) fn recover(
     // data, unless damage to synced data was found somewhere, when it is kept for inspection.
     for (id, path) in orphans {
         if damaged_durable {
-            report.issues.push(RecoveryIssue {
-                topic: String::new(),
-                offset: 0,
-                file: path,
-                position: 0,
-                problem: Problem::UnreadableSegment,
-                action: Action::Kept,
-            });
+            report.issues.push(RecoveryIssue::unreadable(path));
         } else {
             deletions.push((id, path));
         }
@@ -559,14 +566,7 @@ fn find_segment(
                  leaving it untouched",
             )));
         }
-        report.issues.push(RecoveryIssue {
-            topic: String::new(),
-            offset: 0,
-            file: path,
-            position: 0,
-            problem: Problem::UnreadableSegment,
-            action: Action::Kept,
-        });
+        report.issues.push(RecoveryIssue::unreadable(path));
         return Ok(Found::Unreadable);
     }
     Ok(Found::Segment(FoundSegment {

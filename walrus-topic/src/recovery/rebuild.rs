@@ -171,11 +171,7 @@ pub(super) fn rebuild_topic(
             continue;
         }
         let scanned = scan_block(&*handle.file, &found)?;
-        highest = scanned
-            .frames
-            .iter()
-            .map(|f| f.offset + 1)
-            .fold(highest, u64::max);
+        highest = highest.max(frames_end(&scanned.frames));
         r.retained.push(Retained {
             found,
             handle,
@@ -212,12 +208,7 @@ pub(super) fn rebuild_topic(
                         start: b.start,
                     });
                 } else {
-                    let scanned = scan_block(&*handle.file, &b)?;
-                    highest = scanned
-                        .frames
-                        .iter()
-                        .map(|f| f.offset + 1)
-                        .fold(highest, u64::max);
+                    highest = highest.max(hidden_end(&b, &handle)?);
                     fates.push((key, Fate::Kept));
                 }
             }
@@ -229,12 +220,7 @@ pub(super) fn rebuild_topic(
         None => r.expected,
     };
     for (b, handle) in hidden {
-        let scanned = scan_block(&*handle.file, &b)?;
-        highest = scanned
-            .frames
-            .iter()
-            .map(|f| f.offset + 1)
-            .fold(highest, u64::max);
+        highest = highest.max(hidden_end(&b, &handle)?);
         fates.push(((b.header.segment_id, b.start), Fate::Kept));
     }
     let next_offset = end.max(stored_cursor).max(r.mark).max(highest);
@@ -334,6 +320,17 @@ pub(super) fn rebuild_topic(
         erases,
         damaged_durable,
     })
+}
+
+/// One past the highest offset among `frames` (0 for none).
+fn frames_end(frames: &[FoundFrame]) -> u64 {
+    frames.iter().map(|f| f.offset + 1).max().unwrap_or(0)
+}
+
+/// One past the highest offset stored in a block kept out of the chain: offsets up to it are
+/// never handed out again.
+fn hidden_end(b: &FoundBlock, handle: &SegmentHandle) -> io::Result<u64> {
+    Ok(frames_end(&scan_block(&*handle.file, b)?.frames))
 }
 
 impl Rebuild<'_> {
