@@ -722,3 +722,38 @@ fn commit_rewind_races_block_release() {
     writer.join().unwrap();
     assert!(rewinds > 300, "{rewinds}");
 }
+
+/// A topic whose every block is lost still has its durable watermark: the default mode refuses,
+/// and a point-in-time open never hands its offsets out again.
+#[test]
+fn a_topic_whose_blocks_are_all_lost_keeps_its_offsets() {
+    let sim = SimStorage::new(43);
+    {
+        let store = open(&sim, small().with_lanes(1)).unwrap();
+        for i in 0..10 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let seg = sim
+        .files()
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .unwrap();
+    let file = sim.open(&seg).unwrap();
+    file.write_at(&vec![0u8; 8192], 4096).unwrap(); // the only block, header included
+    file.sync_data().unwrap();
+    let err = open(&sim, small().with_lanes(1)).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    let store = open(
+        &sim,
+        small()
+            .with_lanes(1)
+            .with_recovery(RecoveryMode::PointInTime),
+    )
+    .unwrap();
+    assert!(
+        store.append("t", b"new").unwrap() >= 10,
+        "offsets below the watermark reused"
+    );
+}

@@ -309,9 +309,12 @@ pub(crate) fn recover(
     let mut topics = Vec::new();
     let mut damaged_durable = false;
     let mut names: Vec<String> = by_topic.keys().cloned().collect();
+    // A topic whose every block is gone still has its cursor or watermark: its offsets up to
+    // them must never be handed out again (and below the watermark the loss is corruption).
     names.extend(
         loaded
             .keys()
+            .chain(loaded_marks.keys())
             .filter(|k| !by_topic.contains_key(*k))
             .cloned(),
     );
