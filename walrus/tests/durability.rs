@@ -30,6 +30,17 @@ fn listing(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// Every file of `dir` with its bytes, by name.
+fn contents(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    listing(dir)
+        .into_iter()
+        .map(|n| {
+            let data = std::fs::read(dir.join(&n)).unwrap();
+            (n, data)
+        })
+        .collect()
+}
+
 /// Defect 2: under `SyncEach` a reader sees an entry only once its append is acknowledged
 /// (durable), so no reader can see an entry a power cut takes back.
 #[test]
@@ -89,6 +100,34 @@ fn dropping_the_instance_settles_tickets_and_releases_the_directory() {
     }
 }
 
+/// Defect 5, with the ticket being waited on in another thread while the instance drops: the
+/// waiter is woken and told, the directory is free at once.
+#[test]
+fn a_ticket_waited_on_during_drop_is_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Walrus::builder()
+        .data_dir(dir.path())
+        .fsync_schedule(FsyncSchedule::NoFsync)
+        .quiet(true)
+        .build()
+        .unwrap();
+    let ticket = wal.append_with_ticket("t", b"x").unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        started_tx.send(()).unwrap();
+        ticket.wait()
+    });
+    started_rx.recv().unwrap();
+    drop(wal);
+    let again = Walrus::builder().data_dir(dir.path()).quiet(true).build();
+    assert!(again.is_ok(), "the directory is still held: {again:?}");
+    // Either the waiter's own request got a sync in before the drop, or the close settled it.
+    match waiter.join().unwrap() {
+        Ok(offsets) => assert_eq!(offsets, 0..1),
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}"),
+    }
+}
+
 /// Defect 6: an open that is refused leaves the directory exactly as it was.
 #[test]
 fn a_refused_open_changes_nothing() {
@@ -143,26 +182,14 @@ fn a_refused_open_changes_nothing() {
     bytes[4096 + 400] ^= 0x10; // inside the first block's entries: below the watermark
     std::fs::write(&seg, &bytes).unwrap();
     std::fs::remove_file(dir.path().join("LOCK")).unwrap();
-    let before: Vec<(String, Vec<u8>)> = listing(dir.path())
-        .into_iter()
-        .map(|n| {
-            let data = std::fs::read(dir.path().join(&n)).unwrap();
-            (n, data)
-        })
-        .collect();
+    let before = contents(dir.path());
     let err = Walrus::builder()
         .data_dir(dir.path())
         .quiet(true)
         .build()
         .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
-    let after: Vec<(String, Vec<u8>)> = listing(dir.path())
-        .into_iter()
-        .map(|n| {
-            let data = std::fs::read(dir.path().join(&n)).unwrap();
-            (n, data)
-        })
-        .collect();
+    let after = contents(dir.path());
     assert!(before == after, "a refused open changed the directory");
 }
 
