@@ -70,6 +70,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("concurrent_disjoint_writers", concurrent_disjoint_writers),
     ("unwritten_and_past_end_reads", unwritten_and_past_end_reads),
     ("sync_and_len", sync_and_len),
+    ("allocate", allocate),
     ("holes_read_as_zero", holes_read_as_zero),
     ("handles_share_a_file", handles_share_a_file),
     ("reopen_persistence", reopen_persistence),
@@ -519,6 +520,58 @@ pub fn holes_read_as_zero(t: &mut Target) {
             }
         }
     }
+}
+
+/// `allocate` keeps data, extends the length, reads as zeros, rejects impossible ranges; on a
+/// real file system, a created file is sparse (except on mmap, which allocates whole) and
+/// `allocate` claims space.
+pub fn allocate(t: &mut Target) {
+    let k = kind_name(t);
+    let dir = workdir(t, "allocate");
+    let path = dir.join("f");
+    let f = t.storage.create(&path, 4096).unwrap();
+    f.write_at(b"kept", 100).unwrap();
+    f.allocate(8192, 16384).unwrap();
+    f.allocate(0, 0).unwrap();
+    f.allocate(0, 4096).unwrap();
+    assert_eq!(f.len().unwrap(), 8192 + 16384, "{k}: allocate extends");
+    let all = read_vec(&*f, 0, 8192 + 16384);
+    assert_eq!(&all[100..104], b"kept", "{k}: allocate keeps data");
+    assert!(
+        all[..100].iter().chain(&all[104..]).all(|&b| b == 0),
+        "{k}: allocated space not zero"
+    );
+    f.allocate(0, 4096).unwrap();
+    assert_eq!(
+        f.len().unwrap(),
+        8192 + 16384,
+        "{k}: allocate inside keeps the length"
+    );
+    let e = f.allocate(i64::MAX as u64, 2).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{k}: {e}");
+
+    if matches!(k, BackendKind::Sim) {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+    let big = dir.join("big");
+    let g = t.storage.create(&big, 64 << 20).unwrap();
+    assert_eq!(g.len().unwrap(), 64 << 20, "{k}: created length");
+    if matches!(k, BackendKind::Mmap) {
+        assert!(
+            allocated(&big) >= 64 << 20,
+            "{k}: mmap allocates whole files"
+        );
+        return;
+    }
+    assert!(allocated(&big) < 1 << 20, "{k}: a created file is sparse");
+    g.allocate(1 << 20, 4 << 20).unwrap();
+    let after = allocated(&big);
+    assert!(
+        after >= 4 << 20,
+        "{k}: allocate claimed {after} bytes of 4 MiB"
+    );
 }
 
 /// Syncs succeed repeatedly; lengths follow preallocation and extension.

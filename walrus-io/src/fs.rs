@@ -36,8 +36,9 @@ pub(crate) fn check_range(
     }
 }
 
-/// Creates `path` (must not exist) and preallocates `len` bytes. Removes the file again if the
-/// preallocation fails, so a failed create leaves nothing behind.
+/// Creates `path` (must not exist) with length `len`, sparse: no space is allocated until
+/// [`allocate`] or a write claims it. Removes the file again if setting the length fails, so a
+/// failed create leaves nothing behind.
 pub(crate) fn create_file(path: &Path, len: u64) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
@@ -45,36 +46,47 @@ pub(crate) fn create_file(path: &Path, len: u64) -> io::Result<File> {
         .create_new(true)
         .open(path)
         .map_err(|e| op_error("create", path, None, e))?;
-    if let Err(e) = preallocate(&file, path, len) {
+    if let Err(e) = file
+        .set_len(len)
+        .map_err(|e| op_error("ftruncate", path, Some(len), e))
+    {
         drop(file);
-        // Best effort: the caller gets the preallocation error, which is the one that matters.
+        // Best effort: the caller gets the length error, which is the one that matters.
         let _ = fs::remove_file(path);
         return Err(e);
     }
     Ok(file)
 }
 
-/// Allocates `[0, len)` with `fallocate(2)` (keeps existing data; extends the size to `len` if
-/// shorter), falling back to a sparse `set_len` where the file system cannot allocate.
-pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> io::Result<()> {
+/// Allocates `[offset, offset + len)` with `fallocate(2)`: keeps existing data, extends the size
+/// to `offset + len` if shorter, and afterwards a write into the range cannot fail for lack of
+/// space. Where the file system cannot allocate, only the size is extended (sparse).
+pub(crate) fn allocate(file: &File, path: &Path, offset: u64, len: u64) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    let Ok(off_len) = libc::off_t::try_from(len) else {
+    let fits = offset
+        .checked_add(len)
+        .is_some_and(|end| libc::off_t::try_from(end).is_ok());
+    let (Ok(off), Ok(off_len), true) = (
+        libc::off_t::try_from(offset),
+        libc::off_t::try_from(len),
+        fits,
+    ) else {
         return Err(op_error(
             "fallocate",
             path,
-            Some(0),
+            Some(offset),
             io::Error::new(
                 ErrorKind::InvalidInput,
-                "length past the largest file offset",
+                "range ends past the largest file offset",
             ),
         ));
     };
     loop {
         // SAFETY: fallocate takes a file descriptor we own (borrowed from `file`, open for the
         // whole call) and plain integers; it touches no memory of ours.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, off, off_len) };
         if rc == 0 {
             return Ok(());
         }
@@ -82,18 +94,19 @@ pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> io::Result<()> 
         match err.raw_os_error() {
             Some(libc::EINTR) => continue,
             Some(libc::EOPNOTSUPP | libc::ENOSYS) => {
+                let end = offset + len;
                 if file
                     .metadata()
                     .map_err(|e| op_error("fstat", path, None, e))?
                     .len()
-                    < len
+                    < end
                 {
-                    file.set_len(len)
-                        .map_err(|e| op_error("ftruncate", path, Some(len), e))?;
+                    file.set_len(end)
+                        .map_err(|e| op_error("ftruncate", path, Some(end), e))?;
                 }
                 return Ok(());
             }
-            _ => return Err(op_error("fallocate", path, Some(0), err)),
+            _ => return Err(op_error("fallocate", path, Some(offset), err)),
         }
     }
 }

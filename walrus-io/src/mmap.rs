@@ -12,8 +12,10 @@
 //! ranges, as a WAL does, never wait.
 //!
 //! What the type system cannot check is left to the owner of the directory: nothing else may
-//! truncate a mapped file (the process would get `SIGBUS`). Holes are filled with `fallocate`
-//! when a file is opened, so a full disk cannot turn a write into a `SIGBUS` either; an I/O
+//! truncate a mapped file (the process would get `SIGBUS`). Files are allocated whole with
+//! `fallocate` when created and their holes filled when opened, so a full disk cannot turn a
+//! write into a `SIGBUS` either — which is why this backend, unlike the others, pays for the
+//! whole length of every file up front; an I/O
 //! error while writing pages back surfaces at the next sync. A device error while *faulting a
 //! page in* still raises `SIGBUS`; that is the price of this backend.
 
@@ -69,6 +71,13 @@ impl Storage for MmapStorage {
 
     fn create(&self, path: &Path, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
         let file = fs::create_file(path, len)?;
+        // The whole mapping is allocated up front (see the module docs): a store into a hole
+        // of a mapping cannot report a full disk.
+        if let Err(e) = fs::allocate(&file, path, 0, len) {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
         self.poison.forget(path);
         self.wrap(file, path).inspect_err(|_| {
             // Keep "a failed create leaves nothing behind".
@@ -85,7 +94,7 @@ impl Storage for MmapStorage {
             .metadata()
             .map_err(|e| op_error("fstat", path, None, e))?;
         if meta.is_file() {
-            fs::preallocate(&file, path, meta.len())?;
+            fs::allocate(&file, path, 0, meta.len())?;
         }
         self.wrap(file, path)
     }
@@ -224,6 +233,11 @@ impl SegmentFile for MmapFile {
             )?;
         }
         Ok(done)
+    }
+
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        // Inside the mapping this is already allocated; past it, writes go through pwrite.
+        self.base.allocate(offset, len)
     }
 
     fn sync_data(&self) -> io::Result<()> {

@@ -107,6 +107,10 @@ impl SegmentFile for PwriteFile {
         fs::pread_full(&self.file, &self.path, buf, offset)
     }
 
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        fs::allocate(&self.file, &self.path, offset, len)
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         self.check_sync()?;
         fs::fdatasync(&self.file, &self.path).inspect_err(|e| self.poison_sync(e))

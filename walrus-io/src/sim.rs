@@ -91,6 +91,8 @@ pub enum OpKind {
     Read,
     /// [`SegmentFile::sync_data`], or one file's sync in a `then_sync` batch.
     Sync,
+    /// [`SegmentFile::allocate`].
+    Allocate,
 }
 
 /// What a [`FaultRule`] does to the operation it hits.
@@ -526,6 +528,29 @@ impl SegmentFile for SimFile {
         let n = (inode.len - offset).min(buf.len() as u64) as usize;
         inode.pages.read(offset, &mut buf[..n]);
         Ok(n)
+    }
+
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut state = self.state("fallocate")?;
+        if len == 0 {
+            return Ok(());
+        }
+        check_range(
+            "fallocate",
+            &self.path,
+            offset,
+            usize::try_from(len).unwrap_or(usize::MAX),
+        )?;
+        state
+            .fault("fallocate", OpKind::Allocate, &self.path, Some(offset))
+            .map_err(io::Error::from)?;
+        // Space is not modelled; the length grows as a write's would (durable at the next sync).
+        let inode = state
+            .inodes
+            .get_mut(&self.inode)
+            .unwrap_or_else(|| unreachable!("open inode"));
+        inode.len = inode.len.max(offset + len);
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {

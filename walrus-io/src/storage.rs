@@ -109,10 +109,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The concrete backend (never [`BackendKind::Auto`]: that resolves when constructed).
     fn kind(&self) -> BackendKind;
 
-    /// Creates a new file at `path` and preallocates `len` bytes (`fallocate(2)` where the file
-    /// system supports it, else the length is set sparse). The preallocated range reads as
-    /// zeros. Fails with `AlreadyExists` if `path` exists and `NotFound` if its directory does
-    /// not; on failure no file is left behind.
+    /// Creates a new file at `path` of length `len`, reading as zeros. The pwrite, io_uring and
+    /// simulated backends leave it sparse: disk space is claimed by
+    /// [`SegmentFile::allocate`] (or by writes), so a large file costs only what is used. The
+    /// mmap backend allocates the whole length (a store into an unallocated page of a mapping
+    /// cannot report a full disk). Fails with `AlreadyExists` if `path` exists and `NotFound`
+    /// if its directory does not; on failure no file is left behind.
     fn create(&self, path: &Path, len: u64) -> io::Result<Arc<dyn SegmentFile>>;
 
     /// Opens an existing file for reading and writing.
@@ -176,6 +178,13 @@ pub trait SegmentFile: Send + Sync + fmt::Debug {
             Err(unexpected_eof(self.path(), offset, buf.len(), got))
         }
     }
+
+    /// Claims disk space for `[offset, offset + len)` (`fallocate(2)`), extending the file if it
+    /// is shorter; existing bytes are kept and never-written ones still read as zeros. After
+    /// `Ok`, writes into the range do not fail for lack of space; a full disk fails here
+    /// instead, with [`io::ErrorKind::StorageFull`], before anything is written. Where the file
+    /// system cannot allocate, only the length is extended.
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
 
     /// Makes every write that returned before this call durable (`fdatasync(2)`).
     ///

@@ -222,6 +222,10 @@ impl SegmentFile for UringFile {
         Ok(ios[0].moved)
     }
 
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.base.allocate(offset, len)
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         if !self.single_ops_on_ring {
             return self.base.sync_data();

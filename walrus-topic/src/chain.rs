@@ -4,11 +4,16 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use parking_lot::Mutex;
 use walrus_block::checksum::crc32c;
 use walrus_block::{BLOCK_HEADER_LEN, CorruptReason, FRAME_HEADER_LEN, FrameHeader};
 use walrus_io::SegmentFile;
 
 use crate::durability::FileSync;
+
+/// Disk space of a segment is claimed this far ahead of the blocks handed out, so that a file
+/// costs what it holds (plus at most this), in few `fallocate` calls.
+const CLAIM_AHEAD: u64 = 1 << 20;
 
 /// An open segment file and whether it has writes not yet synced.
 #[derive(Debug)]
@@ -16,15 +21,45 @@ pub(crate) struct SegmentHandle {
     pub(crate) id: u64,
     pub(crate) file: Arc<dyn SegmentFile>,
     sync: FileSync,
+    /// The file's length: blocks lie below it.
+    capacity: u64,
+    /// Disk space below this is claimed (see [`claim`](Self::claim)).
+    claimed: Mutex<u64>,
 }
 
 impl SegmentHandle {
-    pub(crate) fn new(id: u64, file: Arc<dyn SegmentFile>) -> Self {
+    /// A segment file of `capacity` bytes whose space below `claimed` is allocated.
+    pub(crate) fn new(id: u64, file: Arc<dyn SegmentFile>, claimed: u64, capacity: u64) -> Self {
         Self {
             id,
             file,
             sync: FileSync::default(),
+            capacity,
+            claimed: Mutex::new(claimed),
         }
+    }
+
+    /// Allocates disk space for the file up to at least `end` (and up to [`CLAIM_AHEAD`] more),
+    /// before a block there is written: a full disk then fails the block's allocation with
+    /// `StorageFull`, before anything is written, instead of failing a write halfway.
+    pub(crate) fn claim(&self, end: u64) -> io::Result<()> {
+        let mut claimed = self.claimed.lock();
+        if *claimed >= end {
+            return Ok(());
+        }
+        let to = end
+            .next_multiple_of(CLAIM_AHEAD)
+            .min(self.capacity)
+            .max(end);
+        self.file.allocate(*claimed, to - *claimed)?;
+        *claimed = to;
+        Ok(())
+    }
+
+    /// Space below `at` is taken as claimed, and beyond it as not (a recovered segment that
+    /// blocks are handed out from again).
+    pub(crate) fn resume_claim(&self, at: u64) {
+        *self.claimed.lock() = at;
     }
 
     /// Records that the file has writes a sync must cover. Called after the write returned.

@@ -142,14 +142,24 @@ impl Shared {
         for seg in a.deletable {
             self.delete_segment(seg);
         }
-        let Some(handle) = self.files.get(a.block.segment) else {
-            // Tracked as handed out: give it back, or its segment could never be deleted.
-            let _ = self.tracker.seal(a.block.segment, a.block.start);
-            let _ = self.tracker.checkpoint(a.block.segment, a.block.start);
-            return Err(io::Error::other(format!(
-                "segment {} was handed out but is not open",
-                a.block.segment
-            )));
+        let handle = self.files.get(a.block.segment).map_or_else(
+            || {
+                Err(io::Error::other(format!(
+                    "segment {} was handed out but is not open",
+                    a.block.segment
+                )))
+            },
+            |h| h.claim(a.block.end()).map(|()| h),
+        );
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                // Tracked as handed out: give it back, or its segment could never be deleted.
+                // Nothing was written to it, so it is simply left unused.
+                let _ = self.tracker.seal(a.block.segment, a.block.start);
+                let _ = self.tracker.checkpoint(a.block.segment, a.block.start);
+                return Err(e);
+            }
         };
         Ok(AllocatedBlock {
             handle,
@@ -346,6 +356,7 @@ pub(crate) fn segment_preparer(
             }
             other => other?,
         };
+        file.allocate(0, SEGMENT_DATA_OFFSET)?;
         file.write_at(
             &SegmentHeader {
                 segment_id: segment,
@@ -355,7 +366,12 @@ pub(crate) fn segment_preparer(
             0,
         )?;
         storage.sync_dir(&dir)?;
-        let handle = Arc::new(SegmentHandle::new(segment, file));
+        let handle = Arc::new(SegmentHandle::new(
+            segment,
+            file,
+            SEGMENT_DATA_OFFSET,
+            capacity,
+        ));
         handle.mark_dirty();
         files.insert(handle);
         Ok(())
@@ -436,7 +452,8 @@ impl Store {
         }
         let config = AllocConfig::new()
             .with_segment_capacity(options.segment_len)
-            .with_block_size(options.block_len)
+            // The smallest block: each topic chooses its blocks' lengths (`grown_block_len`).
+            .with_block_size(BLOCK_ALIGN)
             .with_data_offset(SEGMENT_DATA_OFFSET)
             .with_alignment(BLOCK_ALIGN)
             .with_prepare_ahead(options.prepare_ahead && !options.background_maintenance);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use walrus_block::{
-    BLOCK_HEADER_LEN, BlockHeader, FRAME_HEADER_LEN, FrameKind, MAX_BATCH_ENTRIES,
+    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, FRAME_HEADER_LEN, FrameKind, MAX_BATCH_ENTRIES,
     encode_frame_header, frame_len,
 };
 use walrus_io::WriteOp;
@@ -61,6 +61,9 @@ struct Writer {
     /// Set after recovery left a gap: the next block records that the topic's entries ended
     /// here (its `prev_end`).
     gap_from: Option<u64>,
+    /// Length of the topic's newest block when the writer has none (after recovery), 0 for a
+    /// topic without blocks: where the next block's length grows from.
+    last_len: u64,
     /// Frame headers of the append in progress (reused between appends).
     headers: Vec<u8>,
 }
@@ -78,6 +81,22 @@ struct Reader {
     /// Where the frame at `cursor` is, when known.
     pos: Option<(Arc<Block>, u64)>,
     buf: ReadBuf,
+}
+
+/// Length of a topic's first block: an idle topic costs this much disk.
+pub(crate) const FIRST_BLOCK_LEN: u64 = BLOCK_ALIGN;
+
+/// Length of the block after one of `prev` bytes (0: the topic's first): each block doubles
+/// the previous, from [`FIRST_BLOCK_LEN`] up to `max`, so a busy topic soon writes large
+/// contiguous blocks while an idle one holds a few KiB. An entry longer than this still gets a
+/// block as long as it needs.
+pub(crate) fn grown_block_len(prev: u64, max: u64) -> u64 {
+    if prev == 0 {
+        FIRST_BLOCK_LEN.min(max)
+    } else {
+        prev.saturating_mul(2)
+            .clamp(FIRST_BLOCK_LEN, max.max(FIRST_BLOCK_LEN))
+    }
 }
 
 /// State a topic is rebuilt with at recovery.
@@ -154,6 +173,12 @@ impl Plan {
 
 impl Topic {
     pub(crate) fn new(name: Arc<str>, state: TopicState, lane: usize) -> Self {
+        let last_len = state
+            .live
+            .as_ref()
+            .map(|(b, _)| b)
+            .or(state.chain.back())
+            .map_or(0, |b| b.len);
         let (block, pos) = match state.live {
             Some((b, p)) => (Some(b), p),
             None => (None, 0),
@@ -167,6 +192,7 @@ impl Topic {
                 next_offset: state.next_offset,
                 next_chain_seq: state.next_chain_seq,
                 gap_from: state.gap_from,
+                last_len,
                 headers: Vec::new(),
             }),
             chain: RwLock::new(state.chain),
@@ -350,7 +376,15 @@ impl Topic {
         offset: u64,
         frame: u64,
     ) -> io::Result<()> {
-        let alloc = shared.alloc_block(BLOCK_HEADER_LEN as u64 + frame, self.lane)?;
+        let prev_len = plan
+            .new_blocks
+            .last()
+            .map(|(b, _)| b.len)
+            .or(w.block.as_ref().map(|b| b.len))
+            .unwrap_or(w.last_len);
+        let len = grown_block_len(prev_len, shared.options.block_len)
+            .max(BLOCK_HEADER_LEN as u64 + frame);
+        let alloc = shared.alloc_block(len, self.lane)?;
         let block = Arc::new(Block::fresh(alloc.handle, alloc.start, alloc.len, offset));
         // Track it first: whatever fails below, the block is given up with the others.
         plan.new_blocks
@@ -556,23 +590,26 @@ impl Topic {
         if offset >= self.visible(shared) {
             return Ok(None);
         }
-        if offset < self.first_retained() {
-            return Err(on_topic(
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "entry was consumed and its space released",
-                ),
-                &self.name,
-                Some(offset),
-            ));
-        }
         let mut buf = ReadBuf::default();
-        let Some((block, at, found)) = self.locate(&mut buf, None, offset)? else {
+        let held = self
+            .locate(&mut buf, None, offset)?
+            .filter(|&(_, _, found)| found == offset);
+        let Some((block, at, _)) = held else {
+            // Not stored. Below the persisted cursor it was consumed (its block released, or
+            // its segment deleted before a crash took the blocks after it); at or above it, it
+            // is in a gap (entries recovery cut or skipped).
+            if offset < self.persisted.load(Ordering::Acquire) {
+                return Err(on_topic(
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "entry was consumed and is no longer stored",
+                    ),
+                    &self.name,
+                    Some(offset),
+                ));
+            }
             return Ok(None);
         };
-        if found != offset {
-            return Ok(None); // in a gap left by skipped corruption
-        }
         let (frame, payload) = buf
             .frame_at(&block, at, block.data_end())
             .map_err(|e| on_topic(e, &self.name, Some(offset)))?;

@@ -449,6 +449,50 @@ fn consumed_segments_are_deleted_and_unread_ones_kept() {
 }
 
 #[test]
+fn consumed_offsets_whose_blocks_are_gone_read_as_released_not_missing() {
+    // Found by the concurrent crash suite (seed 7021): a topic's consumed blocks survive in a
+    // segment another topic keeps, the blocks after them went with a deleted segment, and the
+    // block after those was lost unsynced in the power cut. The offsets between the surviving
+    // block and the reopened cursor were consumed; they must read as released (`NotFound`),
+    // not as nothing (`None`, what a lost entry reads as).
+    let sim = SimStorage::new(17);
+    let big = |i: u64| vec![i as u8; 6000]; // one entry per 8 KiB block
+    {
+        let store = open(&sim, small().with_lanes(1)).unwrap();
+        // Segment 0: "keep" (never consumed) and t@0..7; segment 1: t@7..14.
+        store.append("keep", b"k").unwrap();
+        for i in 0..14 {
+            assert_eq!(store.append("t", &big(i)).unwrap(), i);
+        }
+        store.sync().unwrap();
+        assert_eq!(drain(&store, "t").len(), 14);
+        // t@14 opens a block in segment 2; segment 1 is then wholly consumed and deleted
+        // (the cursor made durable first). Nothing of segment 2 is synced.
+        store.append("t", &big(14)).unwrap();
+        assert!(
+            !segments(&sim).contains(&"00000000000000000001.wseg".to_owned()),
+            "{:?}",
+            segments(&sim)
+        );
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(store);
+    }
+    let store = open(&sim, small().with_lanes(1)).unwrap();
+    let cursor = store.cursor("t").unwrap();
+    assert_eq!(cursor, 14, "{:?}", store.recovery_report());
+    // The surviving consumed block still serves its entry; everything else below the cursor
+    // is released.
+    assert_eq!(store.read_at("t", 6).unwrap(), Some(big(6)));
+    for off in 7..cursor {
+        let e = store.read_at("t", off).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "@{off}: {e}");
+        assert!(e.to_string().contains("consumed"), "@{off}: {e}");
+    }
+    assert_eq!(store.read_next("t", true).unwrap(), None);
+    assert_eq!(store.append("t", b"next").unwrap(), 14);
+}
+
+#[test]
 fn fully_consumed_files_found_at_open_are_deleted() {
     let sim = SimStorage::new(16);
     {

@@ -447,6 +447,7 @@ pub(crate) fn recover(
             continue;
         }
         if resumable {
+            seg.handle.resume_claim(seg.next_start);
             lanes.entry(lane).or_default().tail = Some(SegmentCursor {
                 segment: seg.id,
                 capacity: seg.capacity,
@@ -547,7 +548,8 @@ fn find_segment(
         }
         Ok(None) | Err(_) => HeaderState::Damaged,
     };
-    let handle = Arc::new(SegmentHandle::new(id, file));
+    // Nothing more is claimed in a recovered segment unless it is a lane's tail (see `resume_claim`).
+    let handle = Arc::new(SegmentHandle::new(id, file, capacity, capacity));
     let walked = walk_blocks(&*handle.file, id, &path, capacity, report)?;
     if header == HeaderState::Damaged && walked.blocks.is_empty() {
         let zero_header = is_zeroed(head.get(..walrus_block::SEGMENT_HEADER_LEN).unwrap_or(&[]));

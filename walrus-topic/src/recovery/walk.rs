@@ -156,6 +156,24 @@ pub(super) fn has_data(file: &dyn SegmentFile, from: u64) -> io::Result<bool> {
     Ok(false)
 }
 
+/// One past the last byte in `from..to` that may hold data (`from` if none): the end of the
+/// last data range of the file that starts below `to`.
+fn written_end(file: &dyn SegmentFile, from: u64, to: u64) -> io::Result<u64> {
+    let mut end = from;
+    let mut pos = from;
+    while pos < to {
+        let Some(data) = file.next_data(pos)? else {
+            break;
+        };
+        if data.start >= to || data.end <= pos {
+            break;
+        }
+        end = data.end.min(to);
+        pos = data.end;
+    }
+    Ok(end)
+}
+
 /// One valid frame of a block.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct FoundFrame {
@@ -183,7 +201,10 @@ pub(super) struct ScannedBlock {
 /// resynchronising on the next valid frame.
 pub(super) fn scan_block(file: &dyn SegmentFile, block: &FoundBlock) -> io::Result<ScannedBlock> {
     let data_start = block.start + BLOCK_HEADER_LEN as u64;
-    let len = block.header.data_capacity();
+    let block_end = data_start + block.header.data_capacity();
+    // Only the written part is read: what lies past the file's last data in the block reads as
+    // zeros, so a mostly empty block costs what it holds.
+    let len = written_end(file, data_start, block_end)? - data_start;
     let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
     read_zero_filled(file, &mut data, data_start)?;
     let dirty_end = data_start
