@@ -28,6 +28,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod footprint;
 pub mod payload;
 pub mod plot;
 pub mod report;

@@ -38,7 +38,8 @@ struct Cli {
     /// Engines to compare, comma-separated (default walrus,walrus-rust).
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<EngineKind>>,
-    /// Workload families, comma-separated: physical, writes, batch-writes, synced, reads, space.
+    /// Workload families, comma-separated: physical, writes, batch-writes, synced, reads, space,
+    /// footprint.
     #[arg(long, value_delimiter = ',')]
     workloads: Option<Vec<Group>>,
     /// Entries prefilled into each topic before a read workload.
@@ -134,9 +135,22 @@ fn main() -> ExitCode {
     let mut machine = Machine::probe(&data_dir);
     let started = Instant::now();
     let results = suite::run_plan(&plan, &data_dir);
+    let mut footprint_failed = None;
+    let footprint = if config.groups.contains(&Group::Footprint) {
+        walrus_bench::footprint::run(&data_dir, config.full, config.backend).unwrap_or_else(|e| {
+            eprintln!("walrus-bench: footprint: {e}");
+            footprint_failed = Some(e);
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
     machine.loadavg_end = report::loadavg();
     let _ = std::fs::remove_dir_all(&data_dir);
-    let targets = report::targets(&results);
+    let mut targets = report::targets(&results);
+    if config.groups.contains(&Group::Footprint) {
+        targets.extend(walrus_bench::footprint::targets(&footprint));
+    }
     let report = Report {
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -145,6 +159,7 @@ fn main() -> ExitCode {
         machine,
         config,
         results,
+        footprint,
         targets,
     };
     let m = &report.machine;
@@ -154,6 +169,10 @@ fn main() -> ExitCode {
     );
     print!("{}", report::table(&report.results));
     println!();
+    if !report.footprint.is_empty() {
+        print!("{}", walrus_bench::footprint::table(&report.footprint));
+        println!();
+    }
     print!("{}", report::targets_text(&report.targets));
     match report.write_json(&out) {
         Ok(path) => println!("\nJSON: {}", path.display()),
@@ -170,7 +189,7 @@ fn main() -> ExitCode {
         }
     }
     println!("suite wall time: {:.1} s", report.wall_secs);
-    if report.results.iter().any(|r| r.error.is_some()) {
+    if report.results.iter().any(|r| r.error.is_some()) || footprint_failed.is_some() {
         eprintln!("walrus-bench: some runs failed (see the table)");
         return ExitCode::FAILURE;
     }

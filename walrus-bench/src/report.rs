@@ -98,6 +98,9 @@ pub struct Report {
     pub config: SuiteConfig,
     /// Every run.
     pub results: Vec<RunResult>,
+    /// The footprint cases, when that family ran.
+    #[serde(default)]
+    pub footprint: Vec<crate::footprint::Case>,
     /// The targets.
     pub targets: Vec<Target>,
 }

@@ -240,25 +240,9 @@ fn failed_create_leaves_no_file_behind() {
         assert!(err.to_string().contains("ftruncate"), "{kind}: {err}");
         assert!(!path.exists(), "{kind}: failed create left {path:?}");
     }
-    // 8 TiB: a length ext4 allows and no disk here has. Sparse backends create it at no cost;
-    // mmap must allocate it, fails with ENOSPC, and leaves nothing behind.
-    let tib8 = 8u64 << 40;
-    for kind in [BackendKind::Pwrite, BackendKind::IoUring] {
-        let storage = open_backend(kind).unwrap();
-        let path = dir.path().join(format!("sparse-{kind}"));
-        let f = storage.create(&path, tib8).unwrap();
-        assert_eq!(f.len().unwrap(), tib8, "{kind}");
-        let err = f.allocate(0, tib8).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::StorageFull, "{kind}: {err}");
-        assert!(err.to_string().contains("fallocate"), "{kind}: {err}");
-        storage.remove(&path).unwrap();
-    }
-    let storage = open_backend(BackendKind::Mmap).unwrap();
-    let path = dir.path().join("huge-mmap-allocated");
-    let err = storage.create(&path, tib8).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::StorageFull, "mmap: {err}");
-    assert!(err.to_string().contains("fallocate"), "mmap: {err}");
-    assert!(!path.exists(), "mmap: failed create left {path:?}");
+    // (A failing `allocate` is not tried on the real disk: ext4 allocates what it can before
+    // failing with ENOSPC, which would fill the shared disk for a moment. The simulated
+    // backend's `OpKind::Allocate` faults cover that path.)
 }
 
 #[test]

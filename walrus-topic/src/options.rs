@@ -107,7 +107,7 @@ impl StoreOptions {
     /// Number of allocation lanes (1–16, default 2): topics are spread round-robin over the
     /// lanes, each with its own current segment file, so that appends to different topics do
     /// not queue on one file (the kernel serialises buffered writes per file). Each lane keeps
-    /// its own preallocated segment.
+    /// its own current segment (sparse: it costs what its blocks hold).
     #[must_use]
     pub fn with_lanes(mut self, lanes: usize) -> Self {
         self.lanes = lanes;
@@ -142,8 +142,9 @@ impl StoreOptions {
         self
     }
 
-    /// Default length of a block (a multiple of 4096). One entry larger than a block gets a
-    /// block of its own, as large as it needs.
+    /// Longest block a topic is given (a multiple of 4096, default 1 MiB): a topic's blocks grow
+    /// from 4 KiB, each twice the last, up to this. One entry larger than a block gets a block
+    /// of its own, as large as it needs.
     #[must_use]
     pub fn with_block_len(mut self, len: u64) -> Self {
         self.block_len = len;

@@ -795,3 +795,29 @@ impl TopicState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_grow_from_4_kib_doubling_to_the_maximum() {
+        let max = 1 << 20;
+        let mut len = 0;
+        let mut seen = Vec::new();
+        for _ in 0..12 {
+            len = grown_block_len(len, max);
+            seen.push(len >> 10);
+        }
+        assert_eq!(
+            seen,
+            [4, 8, 16, 32, 64, 128, 256, 512, 1024, 1024, 1024, 1024]
+        );
+        // After a block for one large entry, the next is back to the maximum.
+        assert_eq!(grown_block_len(64 << 20, max), max);
+        // A maximum below the first length (the smallest geometry) caps it.
+        assert_eq!(grown_block_len(0, 4096), 4096);
+        assert_eq!(grown_block_len(4096, 4096), 4096);
+        assert_eq!(grown_block_len(u64::MAX, 8192), 8192);
+    }
+}

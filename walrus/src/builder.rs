@@ -106,13 +106,15 @@ impl WalrusBuilder {
         self
     }
 
-    /// Segment file length in bytes (default 1 GiB; a multiple of 4096).
+    /// Segment file length in bytes (default 1 GiB; a multiple of 4096). Files are sparse: disk
+    /// space is claimed as blocks are handed out.
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_len = Some(bytes);
         self
     }
 
-    /// Default block length in bytes (default 1 MiB; a multiple of 4096).
+    /// Longest block a topic is given, in bytes (default 1 MiB; a multiple of 4096): a topic's
+    /// blocks grow from 4 KiB, doubling up to this. One larger entry gets a block of its own.
     pub fn block_size(mut self, bytes: u64) -> Self {
         self.block_len = Some(bytes);
         self

@@ -285,6 +285,106 @@ fn failed_sync_poisons_until_reopen_and_enospc_fails_one_append() {
     wal.append_for_topic("t", b"f").unwrap();
 }
 
+/// Bytes the file system allocated under `dir` (`st_blocks` x 512).
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let meta = entry.as_ref().unwrap().metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.unwrap().path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn a_small_instance_costs_little_disk_and_reopening_adds_nothing() {
+    // Default geometry (1 GiB segments, 1 MiB blocks): space follows what is written.
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Walrus::builder()
+            .data_dir(dir.path())
+            .key("k")
+            .build()
+            .unwrap()
+    };
+    {
+        let wal = open();
+        for i in 0..5u8 {
+            wal.append_for_topic("t", &[i; 32]).unwrap();
+        }
+    }
+    let fresh = allocated(dir.path());
+    assert!(fresh <= 8 << 20, "5 entries take {fresh} bytes");
+    drop(open());
+    assert_eq!(allocated(dir.path()), fresh, "reopening allocated more");
+    {
+        let wal = open();
+        assert_eq!(wal.read_next("t", false).unwrap().unwrap().data, [0u8; 32]);
+        for t in 0..1000 {
+            wal.append_for_topic(&format!("topic-{t}"), b"one small entry")
+                .unwrap();
+        }
+    }
+    let many = allocated(dir.path());
+    assert!(
+        many <= 8 << 20,
+        "1000 topics of one entry take {many} bytes"
+    );
+    let wal = open();
+    assert_eq!(
+        wal.read_next("topic-999", true).unwrap().unwrap().data,
+        b"one small entry"
+    );
+}
+
+#[test]
+fn a_full_disk_fails_the_block_allocation_cleanly() {
+    let sim = SimStorage::new(25);
+    let wal = on_sim(
+        &sim,
+        ReadConsistency::StrictlyAtOnce,
+        FsyncSchedule::SyncEach,
+    )
+    .unwrap();
+    wal.append_for_topic("t", b"a").unwrap();
+    // A new segment is needed once the first (256 KiB) is used up; its space cannot be had.
+    sim.inject(FaultRule::new(Fault::Enospc).op(OpKind::Allocate).forever());
+    let big = vec![7u8; 100 * 1024];
+    let mut refused = None;
+    for i in 0..8 {
+        match wal.append_for_topic("t", &big) {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (at, e) = refused.expect("a segment's worth of appends never needed new space");
+    assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+    assert!(e.to_string().contains("fallocate"), "{e}");
+    // Nothing was written for the refused append, and the instance is not poisoned.
+    sim.clear_faults();
+    wal.append_for_topic("t", b"after").unwrap();
+    drop(wal);
+    let wal = on_sim(
+        &sim,
+        ReadConsistency::StrictlyAtOnce,
+        FsyncSchedule::SyncEach,
+    )
+    .unwrap();
+    let all = wal.batch_read_for_topic("t", usize::MAX, true).unwrap();
+    assert_eq!(all.len(), at + 2, "a, {at} big entries, after");
+    assert_eq!(all.last().unwrap().data, b"after");
+}
+
 #[test]
 fn eight_threads_one_topic_mixed_batches() {
     let dir = tempfile::tempdir().unwrap();
