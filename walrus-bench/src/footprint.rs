@@ -188,15 +188,7 @@ pub fn targets(cases: &[Case]) -> Vec<Target> {
             .find(|c| c.topics == topics && c.name.starts_with(name_start))
     };
     let mut out = Vec::new();
-    let mut push = |goal: &str, measured: Option<(String, bool)>| {
-        out.push(Target {
-            goal: goal.into(),
-            measured: measured
-                .as_ref()
-                .map_or("not measured in this run".into(), |m| m.0.clone()),
-            met: measured.map(|m| m.1),
-        });
-    };
+    let mut push = |goal: &str, measured| out.push(Target::judged(goal, measured));
     push(
         "fresh instance, 1 topic, 5 small entries: <= 8 MiB allocated, reopening adds nothing",
         find(1, "fresh").map(|c| {

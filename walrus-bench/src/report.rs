@@ -85,6 +85,19 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+impl Target {
+    /// `goal`, judged by `measured` (the figure and whether it meets the goal), or "not
+    /// measured" when the runs it needs did not happen.
+    #[must_use]
+    pub fn judged(goal: &str, measured: Option<(String, bool)>) -> Self {
+        Self {
+            goal: goal.into(),
+            met: measured.as_ref().map(|m| m.1),
+            measured: measured.map_or_else(|| "not measured in this run".into(), |m| m.0),
+        }
+    }
+}
+
 /// A whole suite run, as written to JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -356,15 +369,7 @@ pub fn targets(results: &[RunResult]) -> Vec<Target> {
     let phys = Physical::of(results);
     let ours = |pred: &dyn Fn(&RunResult) -> bool| find(results, EngineKind::Walrus, pred);
     let mut out = Vec::new();
-    let mut push = |goal: &str, measured: Option<(String, bool)>| {
-        out.push(Target {
-            goal: goal.into(),
-            measured: measured
-                .as_ref()
-                .map_or("not measured in this run".into(), |m| m.0.clone()),
-            met: measured.map(|m| m.1),
-        });
-    };
+    let mut push = |goal: &str, measured| out.push(Target::judged(goal, measured));
 
     let append2 = ours(&|r| r.spec.group == "writes" && r.spec.threads == 2);
     push(
