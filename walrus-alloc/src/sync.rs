@@ -59,13 +59,13 @@ pub mod hint {
     pub use loom::hint::spin_loop;
 }
 
-/// Threads (`spawn`, `yield_now`), so tests and background workers can be modelled too.
+/// Threads (`spawn`, `yield_now`, parking), so tests and background workers can be modelled too.
 pub mod thread {
     #[cfg(not(loom))]
-    pub use std::thread::{JoinHandle, spawn, yield_now};
+    pub use std::thread::{JoinHandle, Thread, current, park, spawn, yield_now};
 
     #[cfg(loom)]
-    pub use loom::thread::{JoinHandle, spawn, yield_now};
+    pub use loom::thread::{JoinHandle, Thread, current, park, spawn, yield_now};
 }
 
 /// Interior mutability with loom's access checking.

@@ -27,7 +27,8 @@ pub enum Group {
     Writes,
     /// Batches, for each thread count of the range (the batch scaling sweep).
     BatchWrites,
-    /// `SyncEach` single appends with 1, 4 and 16 threads (group commit).
+    /// `SyncEach` single appends with 1, 4, 16 and 64 threads, each on a topic of its own, and
+    /// 16 threads on one topic (group commit).
     Synced,
     /// Draining a prefilled topic: `read_next` in both consistency modes, and batch reads.
     Reads,
@@ -98,6 +99,9 @@ impl TryFrom<String> for Group {
     }
 }
 
+/// The thread count of the synced workload that also runs with every thread on one topic.
+pub const SHARED_TOPIC_THREADS: usize = 16;
+
 /// Everything that shapes a suite run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SuiteConfig {
@@ -143,7 +147,7 @@ impl SuiteConfig {
             prefill: 400_000,
             read_batch_bytes: 256 << 10,
             persist_every: 1000,
-            synced_threads: vec![1, 4, 16],
+            synced_threads: vec![1, 4, 16, 64],
         }
     }
 
@@ -168,6 +172,7 @@ impl SuiteConfig {
             name: String::new(),
             op: Op::Append,
             threads: 1,
+            topics: None,
             fsync: self.fsync,
             consistency: Consistency::AtLeastOnce(self.persist_every),
             sizes: Sizes::STANDARD,
@@ -248,7 +253,12 @@ impl SuiteConfig {
                     for &t in &self.synced_threads {
                         let mut s = spec(group, "append sync-each", Op::Append, t);
                         s.fsync = Fsync::SyncEach;
-                        each_engine(s, &mut plan);
+                        each_engine(s.clone(), &mut plan);
+                        // And all threads on one topic: the group commit of one chain.
+                        if t == SHARED_TOPIC_THREADS {
+                            s.topics = Some(1);
+                            each_engine(s, &mut plan);
+                        }
                     }
                 }
                 Group::Reads => {
@@ -458,13 +468,22 @@ mod tests {
         for e in EngineKind::COMPARED {
             assert_eq!(count(e, Group::Writes), 4);
             assert_eq!(count(e, Group::BatchWrites), 4);
-            assert_eq!(count(e, Group::Synced), 3);
+            // 1, 4, 16 and 64 threads on a topic each, and 16 threads on one topic.
+            assert_eq!(count(e, Group::Synced), 5);
             assert_eq!(count(e, Group::Reads), 3);
         }
         assert_eq!(count(EngineKind::Walrus, Group::Space), 2);
         assert!(
             plan.iter()
                 .all(|(_, s)| s.group != "synced" || s.fsync == Fsync::SyncEach)
+        );
+        let shared = plan
+            .iter()
+            .filter(|(_, s)| s.topics == Some(1))
+            .collect::<Vec<_>>();
+        assert!(
+            shared.len() == 2 && shared.iter().all(|(_, s)| s.threads == 16),
+            "{shared:?}"
         );
         // Compared runs are adjacent: ours, then theirs, same spec.
         let w = plan

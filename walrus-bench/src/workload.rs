@@ -99,8 +99,11 @@ pub struct WorkloadSpec {
     pub name: String,
     /// What each call does.
     pub op: Op,
-    /// Concurrent threads, each on its own topic.
+    /// Concurrent threads, each on its own topic unless `topics` says otherwise.
     pub threads: usize,
+    /// Topics the threads share, thread `i` on topic `i % topics`; `None` = one per thread.
+    #[serde(default)]
+    pub topics: Option<usize>,
     /// The fsync schedule.
     pub fsync: Fsync,
     /// The read consistency.
@@ -122,6 +125,9 @@ impl WorkloadSpec {
     #[must_use]
     pub fn label(&self) -> String {
         let mut s = format!("{} t={}", self.name, self.threads);
+        if let Some(n) = self.topics {
+            s.push_str(&format!(" topics={n}"));
+        }
         if let Some(len) = self.segment_size {
             let (mib, kib) = (len >> 20, (len % (1 << 20)) >> 10);
             s.push_str(&format!(" seg={mib}MiB"));
@@ -257,7 +263,11 @@ fn run_engine(
             segment_size: spec.segment_size,
         },
     )?;
-    let topics: Vec<String> = (0..spec.threads).map(|i| format!("topic-{i}")).collect();
+    let topic_count = spec
+        .topics
+        .unwrap_or(spec.threads)
+        .clamp(1, spec.threads.max(1));
+    let topics: Vec<String> = (0..topic_count).map(|i| format!("topic-{i}")).collect();
     let prefill_secs = if spec.op.is_read() {
         let t = Instant::now();
         prefill(&*engine, &topics, pool, spec.prefill)?;
@@ -270,7 +280,14 @@ fn run_engine(
         _ => 0,
     });
     let (tallies, start) = drive(spec, |i, deadline| {
-        drive_engine(&*engine, &topics[i], spec.op, &windows, i, deadline)
+        drive_engine(
+            &*engine,
+            &topics[i % topics.len()],
+            spec.op,
+            &windows,
+            i,
+            deadline,
+        )
     })?;
     let disk = if spec.op.is_read() {
         None
@@ -538,6 +555,7 @@ mod tests {
             name: "test".into(),
             op,
             threads,
+            topics: None,
             fsync: Fsync::NoFsync,
             consistency: Consistency::AtLeastOnce(100),
             sizes: Sizes::STANDARD,
@@ -565,6 +583,15 @@ mod tests {
         let disk = w.disk.unwrap();
         assert!(disk.allocated_bytes >= w.payload_bytes, "{disk:?}");
         assert!(!dir.exists(), "the run's directory is removed");
+
+        // Three threads sharing one topic, synced: one group commit of one chain.
+        let mut shared = spec(Op::Append, 3);
+        shared.topics = Some(1);
+        shared.fsync = Fsync::SyncEach;
+        let s = run(EngineKind::Walrus, &shared, &dir).unwrap();
+        check(&s);
+        assert_eq!(s.latency.calls, s.entries);
+        assert!(shared.label().contains("t=3 topics=1"), "{}", shared.label());
 
         let b = run(
             EngineKind::Walrus,

@@ -71,6 +71,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("unwritten_and_past_end_reads", unwritten_and_past_end_reads),
     ("sync_and_len", sync_and_len),
     ("allocate", allocate),
+    ("start_write_back", start_write_back),
     ("holes_read_as_zero", holes_read_as_zero),
     ("handles_share_a_file", handles_share_a_file),
     ("reopen_persistence", reopen_persistence),
@@ -520,6 +521,30 @@ pub fn holes_read_as_zero(t: &mut Target) {
             }
         }
     }
+}
+
+/// `start_write_back` is a hint: it changes no byte and no length, leaves the data to be synced
+/// as usual, and accepts ranges past the end and empty ones.
+pub fn start_write_back(t: &mut Target) {
+    let k = kind_name(t);
+    let dir = workdir(t, "start_write_back");
+    let f = t.storage.create(&dir.join("f"), 8192).unwrap();
+    f.write_at(b"written back", 4000).unwrap();
+    f.start_write_back(0, 8192).unwrap();
+    f.start_write_back(4096, 0).unwrap();
+    f.start_write_back(8192, 1 << 20).unwrap();
+    assert_eq!(
+        f.len().unwrap(),
+        8192,
+        "{k}: start_write_back keeps the length"
+    );
+    let all = read_vec(&*f, 0, 8192);
+    assert_eq!(
+        &all[4000..4012],
+        b"written back",
+        "{k}: start_write_back keeps data"
+    );
+    f.sync_data().unwrap();
 }
 
 /// `allocate` keeps data, extends the length, reads as zeros, rejects impossible ranges; on a

@@ -157,6 +157,42 @@ pub(crate) fn file_len(file: &File, path: &Path) -> io::Result<u64> {
         .len())
 }
 
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts write-back of the range's dirty pages
+/// without waiting for it. Without a wait flag the call checks no write-back error, so it
+/// cannot take one away from the next `fdatasync`.
+pub(crate) fn start_write_back(file: &File, path: &Path, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return Err(op_error(
+            "sync_file_range",
+            path,
+            Some(offset),
+            io::Error::new(
+                ErrorKind::InvalidInput,
+                "range past the largest file offset",
+            ),
+        ));
+    };
+    loop {
+        // SAFETY: sync_file_range takes a file descriptor we own (borrowed from `file`, open
+        // for the whole call) and plain integers; it touches no memory of ours.
+        let rc =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => {}
+            // Not every file system has it; it is only a hint.
+            Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::ESPIPE) => return Ok(()),
+            _ => return Err(op_error("sync_file_range", path, Some(offset), err)),
+        }
+    }
+}
+
 pub(crate) fn fdatasync(file: &File, path: &Path) -> io::Result<()> {
     file.sync_data()
         .map_err(|e| op_error("fdatasync", path, None, e))

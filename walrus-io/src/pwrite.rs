@@ -116,6 +116,10 @@ impl SegmentFile for PwriteFile {
         fs::fdatasync(&self.file, &self.path).inspect_err(|e| self.poison_sync(e))
     }
 
+    fn start_write_back(&self, offset: u64, len: u64) -> io::Result<()> {
+        fs::start_write_back(&self.file, &self.path, offset, len)
+    }
+
     fn len(&self) -> io::Result<u64> {
         fs::file_len(&self.file, &self.path)
     }

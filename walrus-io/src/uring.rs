@@ -234,6 +234,10 @@ impl SegmentFile for UringFile {
         self.rings.acquire()?.run(&mut [], &[self])
     }
 
+    fn start_write_back(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.base.start_write_back(offset, len)
+    }
+
     fn len(&self) -> io::Result<u64> {
         self.base.len()
     }

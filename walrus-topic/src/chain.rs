@@ -23,8 +23,11 @@ pub(crate) struct SegmentHandle {
     sync: FileSync,
     /// The file's length: blocks lie below it.
     capacity: u64,
-    /// Disk space below this is claimed (see [`claim`](Self::claim)).
-    claimed: Mutex<u64>,
+    /// Disk space below this is claimed (see [`claim`](Self::claim)); read without the lock
+    /// by claims that find their space already there.
+    claimed: AtomicU64,
+    /// Serialises the claims that extend `claimed`.
+    claiming: Mutex<()>,
 }
 
 impl SegmentHandle {
@@ -35,31 +38,61 @@ impl SegmentHandle {
             file,
             sync: FileSync::default(),
             capacity,
-            claimed: Mutex::new(claimed),
+            claimed: AtomicU64::new(claimed),
+            claiming: Mutex::new(()),
         }
     }
 
     /// Allocates disk space for the file up to at least `end` (and up to [`CLAIM_AHEAD`] more),
     /// before a block there is written: a full disk then fails the block's allocation with
-    /// `StorageFull`, before anything is written, instead of failing a write halfway.
-    pub(crate) fn claim(&self, end: u64) -> io::Result<()> {
-        let mut claimed = self.claimed.lock();
-        if *claimed >= end {
-            return Ok(());
+    /// `StorageFull`, before anything is written, instead of failing a write halfway. Whether
+    /// it claimed anything (`false`: the space was there already).
+    ///
+    /// With `zero_fill` the space is claimed by writing zeros to it (see
+    /// [`StoreOptions::with_zero_fill`](crate::StoreOptions::with_zero_fill)). Nothing was ever
+    /// written above `claimed`, so the zeros overwrite nothing; recovery reads zeros there as
+    /// space no block was written to, as it does a hole.
+    pub(crate) fn claim(&self, end: u64, zero_fill: bool) -> io::Result<bool> {
+        if self.claimed.load(Ordering::Acquire) >= end {
+            return Ok(false);
+        }
+        let _serial = self.claiming.lock();
+        let claimed = self.claimed.load(Ordering::Acquire);
+        if claimed >= end {
+            return Ok(false);
         }
         let to = end
             .next_multiple_of(CLAIM_AHEAD)
             .min(self.capacity)
             .max(end);
-        self.file.allocate(*claimed, to - *claimed)?;
-        *claimed = to;
+        if zero_fill {
+            write_zeros(&*self.file, claimed, to)?;
+        } else {
+            self.file.allocate(claimed, to - claimed)?;
+        }
+        self.claimed.store(to, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Claims the space of the next blocks after `at` ahead of time, for the background
+    /// maintenance. With `zero_fill` it also starts writing the zeros out, so that the syncs of
+    /// the appends that land there write their own pages, not the zeros. (Not a sync: a sync
+    /// here, concurrent with a group commit's on the same file, could take a write-back error
+    /// away from it.)
+    pub(crate) fn claim_ahead(&self, at: u64, zero_fill: bool) -> io::Result<()> {
+        let from = self.claimed.load(Ordering::Acquire);
+        if self.claim(at.saturating_add(CLAIM_AHEAD), zero_fill)? && zero_fill {
+            let to = self.claimed.load(Ordering::Acquire);
+            self.file.start_write_back(from, to.saturating_sub(from))?;
+        }
         Ok(())
     }
 
     /// Space below `at` is taken as claimed, and beyond it as not (a recovered segment that
     /// blocks are handed out from again).
     pub(crate) fn resume_claim(&self, at: u64) {
-        *self.claimed.lock() = at;
+        let _serial = self.claiming.lock();
+        self.claimed.store(at, Ordering::Release);
     }
 
     /// Records that the file has writes a sync must cover. Called after the write returned.
@@ -76,6 +109,23 @@ impl SegmentHandle {
     pub(crate) fn is_dirty(&self) -> bool {
         self.sync.is_dirty()
     }
+}
+
+/// Writes zeros to `file` from `from` to `to`, in pieces of 64 KiB: each write holds the
+/// file's write lock, which appends to the file wait for.
+fn write_zeros(file: &dyn SegmentFile, from: u64, to: u64) -> io::Result<()> {
+    const PIECE: u64 = 64 << 10;
+    // `PIECE` is 64 KiB: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    let zeros = vec![0u8; (to - from).min(PIECE) as usize];
+    let mut at = from;
+    while at < to {
+        #[allow(clippy::cast_possible_truncation)]
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        file.write_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Where a span of a block lies and what it holds (see [`Block::span`]).
@@ -293,5 +343,66 @@ impl ReadBuf {
         self.owner = owner;
         self.base = pos;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use walrus_io::sim::{Fault, FaultRule, OpKind, SimStorage};
+    use walrus_io::{SegmentFile, Storage};
+
+    use super::*;
+
+    fn segment(sim: &SimStorage, capacity: u64) -> Arc<dyn SegmentFile> {
+        sim.create_dir_all(Path::new("/d")).unwrap();
+        let file = sim.create(Path::new("/d/s"), capacity).unwrap();
+        file.write_at(&[0xAB; 4096], 0).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_zero_fill_claim_writes_zeros_only_above_what_was_claimed() {
+        let sim = SimStorage::new(1);
+        let file = segment(&sim, 4 << 20);
+        let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20);
+        assert!(handle.claim(8192, true).unwrap());
+        // Rounded up to the next MiB, and the claimed header page kept.
+        assert_eq!(handle.claimed.load(Ordering::Acquire), 1 << 20);
+        let mut buf = vec![1u8; 1 << 20];
+        file.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 0xAB));
+        assert!(buf[4096..].iter().all(|&b| b == 0));
+        assert!(!handle.claim(1 << 20, true).unwrap(), "already claimed");
+        // Ahead of a block at 1 MiB - 4 KiB: up to 2 MiB, zeros written back but not synced.
+        handle.claim_ahead((1 << 20) - 4096, true).unwrap();
+        assert_eq!(handle.claimed.load(Ordering::Acquire), 2 << 20);
+        assert_eq!(file.len().unwrap(), 4 << 20);
+    }
+
+    #[test]
+    fn a_full_disk_fails_a_zero_fill_claim_and_a_later_one_succeeds() {
+        let sim = SimStorage::new(2);
+        let file = segment(&sim, 4 << 20);
+        let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20);
+        sim.inject(
+            FaultRule::new(Fault::Enospc)
+                .op(OpKind::Write)
+                .nth(3)
+                .forever(),
+        );
+        let e = handle.claim(8192, true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+        assert_eq!(
+            handle.claimed.load(Ordering::Acquire),
+            4096,
+            "a failed claim claims nothing"
+        );
+        sim.clear_faults();
+        assert!(handle.claim(8192, true).unwrap());
+        let mut buf = vec![1u8; (1 << 20) - 4096];
+        file.read_exact_at(&mut buf, 4096).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
     }
 }

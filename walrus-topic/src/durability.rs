@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use walrus_alloc::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use walrus_alloc::sync::{Condvar, Mutex};
+use walrus_alloc::sync::thread::{Thread, current, park};
+use walrus_alloc::sync::{Mutex, MutexGuard};
 
 use crate::error::{Poisoned, poisoned_error};
 
@@ -96,13 +97,30 @@ struct State {
     closed: bool,
     /// Futures waiting for a sync number.
     wakers: Vec<(u64, Waker)>,
+    /// Threads parked until their sync finishes.
+    sleepers: Vec<Sleeper>,
+}
+
+/// A thread parked in [`GroupCommit::wait`] or [`GroupCommit::wait_passive`].
+#[derive(Debug)]
+struct Sleeper {
+    ticket: u64,
+    thread: Thread,
+    /// It runs a sync itself when none is running ([`GroupCommit::wait`]): when a sync ends
+    /// without covering it, one such sleeper is woken to lead the next.
+    leads: bool,
 }
 
 /// Coordinates the syncs of one instance between its writers. See the [module docs](self).
+///
+/// Waiters park their own thread and the thread that completes a sync unparks exactly those
+/// it covered (and one to lead the next sync), each directly: no wake-up chain through a lock,
+/// no herd.
 #[derive(Debug, Default)]
 pub struct GroupCommit {
     state: Mutex<State>,
-    cv: Condvar,
+    /// `State::done`, for the check a woken waiter makes without the lock.
+    done: AtomicU64,
     /// Appends that have started writing but not yet taken their ticket.
     writing: AtomicUsize,
     /// How long the last sync took, in nanoseconds: bounds how long a leader waits for
@@ -185,6 +203,9 @@ impl GroupCommit {
     /// # Errors
     /// The sync failed (the instance is poisoned), or the instance closed first.
     pub fn poll_done(&self, ticket: u64, waker: Option<&Waker>) -> io::Result<bool> {
+        if self.done.load(Ordering::Acquire) >= ticket {
+            return Ok(true);
+        }
         let mut st = self.state.lock();
         if let Some(r) = Self::settled(&st, ticket) {
             return r.map(|()| true);
@@ -206,13 +227,16 @@ impl GroupCommit {
     /// # Errors
     /// As [`poll_done`](Self::poll_done), or the error `sync` returned.
     pub fn wait(&self, ticket: u64, sync: impl Fn() -> io::Result<()>) -> io::Result<()> {
-        let mut st = self.state.lock();
         loop {
+            if self.done.load(Ordering::Acquire) >= ticket {
+                return Ok(());
+            }
+            let mut st = self.state.lock();
             if let Some(r) = Self::settled(&st, ticket) {
                 return r;
             }
             if st.running {
-                st = self.cv.wait(st);
+                Self::sleep(st, ticket, true);
                 continue;
             }
             // Lead: gather the appends still being written, then sync; the sync covers every
@@ -236,30 +260,52 @@ impl GroupCommit {
             );
             st = self.state.lock();
             st.running = false;
-            Self::complete(&mut st, number, &result);
-            self.cv.notify_all();
+            let woken = self.complete(&mut st, number, &result);
+            drop(st);
+            unpark(woken);
             result?;
         }
     }
 
     /// Waits, without syncing itself, until `ticket` is settled; `request` asks whoever syncs
-    /// (the background syncer) for a sync and is called before every wait.
+    /// (the background syncer) for a sync that starts after it is called.
     ///
     /// # Errors
     /// As [`poll_done`](Self::poll_done).
     pub fn wait_passive(&self, ticket: u64, request: impl Fn()) -> io::Result<()> {
-        let mut st = self.state.lock();
+        let mut requested = false;
         loop {
+            if self.done.load(Ordering::Acquire) >= ticket {
+                return Ok(());
+            }
+            let st = self.state.lock();
             if let Some(r) = Self::settled(&st, ticket) {
                 return r;
             }
-            drop(st);
-            request();
-            st = self.state.lock();
-            if Self::settled(&st, ticket).is_none() {
-                st = self.cv.wait(st);
+            if !requested {
+                // Outside the lock: the syncer takes it to number its sync.
+                drop(st);
+                request();
+                requested = true;
+                continue;
             }
+            Self::sleep(st, ticket, false);
         }
+    }
+
+    /// Parks the calling thread until a sync covering `ticket` ends, the commits settle, or (if
+    /// `leads`) it is picked to lead the next sync. Wake-ups may be spurious: callers re-check.
+    fn sleep(mut st: MutexGuard<'_, State>, ticket: u64, leads: bool) {
+        let thread = current();
+        // An earlier, spuriously ended sleep of this thread may still be listed.
+        st.sleepers.retain(|s| s.thread.id() != thread.id());
+        st.sleepers.push(Sleeper {
+            ticket,
+            thread,
+            leads,
+        });
+        drop(st);
+        park();
     }
 
     /// Numbers a sync run outside [`wait`](Self::wait) (the background syncer, `flush`, drop):
@@ -274,39 +320,51 @@ impl GroupCommit {
     /// Completes a sync begun with [`begin_external`](Self::begin_external).
     pub fn finish_external(&self, number: u64, result: &io::Result<()>) {
         let mut st = self.state.lock();
-        Self::complete(&mut st, number, result);
-        self.cv.notify_all();
+        let woken = self.complete(&mut st, number, result);
+        drop(st);
+        unpark(woken);
     }
 
     /// The instance is gone: waiters not yet covered get an error instead of waiting forever.
     pub fn close(&self) {
         let mut st = self.state.lock();
         st.closed = true;
-        Self::wake(&mut st);
-        self.cv.notify_all();
+        let woken = Self::wake(&mut st);
+        drop(st);
+        unpark(woken);
     }
 
     /// Records that the instance is poisoned by `failure` (a sync failed elsewhere).
     pub fn poison(&self, failure: &Arc<Poisoned>) {
         let mut st = self.state.lock();
         st.failed.get_or_insert_with(|| failure.clone());
-        Self::wake(&mut st);
-        self.cv.notify_all();
+        let woken = Self::wake(&mut st);
+        drop(st);
+        unpark(woken);
     }
 
-    fn complete(st: &mut State, number: u64, result: &io::Result<()>) {
+    /// Records the end of sync `number`; the threads to unpark.
+    #[must_use]
+    fn complete(&self, st: &mut State, number: u64, result: &io::Result<()>) -> Vec<Thread> {
         match result {
-            Ok(()) => st.done = st.done.max(number),
+            Ok(()) => {
+                st.done = st.done.max(number);
+                self.done.store(st.done, Ordering::Release);
+            }
             Err(e) => {
                 if st.failed.is_none() {
                     st.failed = Some(Arc::new(Poisoned::from_error(e)));
                 }
             }
         }
-        Self::wake(st);
+        Self::wake(st)
     }
 
-    fn wake(st: &mut State) {
+    /// Wakes the futures that are settled now and lists the threads to unpark: those settled,
+    /// and, when no sync runs but some leading waiter is still uncovered, one of those to
+    /// lead the next.
+    #[must_use]
+    fn wake(st: &mut State) -> Vec<Thread> {
         let settled_all = st.failed.is_some() || st.closed;
         let done = st.done;
         let mut i = 0;
@@ -317,6 +375,27 @@ impl GroupCommit {
                 i += 1;
             }
         }
+        let mut woken = Vec::new();
+        st.sleepers.retain(|s| {
+            let settled = settled_all || s.ticket <= done;
+            if settled {
+                woken.push(s.thread.clone());
+            }
+            !settled
+        });
+        if !st.running
+            && let Some(i) = st.sleepers.iter().position(|s| s.leads)
+        {
+            woken.push(st.sleepers.swap_remove(i).thread);
+        }
+        woken
+    }
+}
+
+/// Unparks `threads`, outside the lock so that they find it free.
+fn unpark(threads: Vec<Thread>) {
+    for t in threads {
+        t.unpark();
     }
 }
 

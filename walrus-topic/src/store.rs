@@ -149,7 +149,7 @@ impl Shared {
                     a.block.segment
                 )))
             },
-            |h| h.claim(a.block.end()).map(|()| h),
+            |h| h.claim(a.block.end(), self.options.zero_fill).map(|_| h),
         );
         let handle = match handle {
             Ok(h) => h,
@@ -166,6 +166,33 @@ impl Shared {
             start: a.block.start,
             len: a.block.len,
         })
+    }
+
+    /// Claims the space of each lane's next blocks ahead of the appends (see
+    /// [`SegmentHandle::claim_ahead`]), in the current segment and the prepared spare: for the
+    /// background maintenance, so that appends rarely claim space themselves.
+    ///
+    /// # Errors
+    /// The error of the claim or of the sync of the zeros; the appends claim for themselves
+    /// then, and report it if it persists.
+    fn claim_ahead(&self) -> io::Result<()> {
+        if self.check_writable().is_err() {
+            return Ok(());
+        }
+        for lane in &self.lanes {
+            let position = lane.position();
+            let ahead = position
+                .current
+                .map(|c| (c.segment, c.next_start))
+                .into_iter()
+                .chain(position.spare.map(|s| (s, SEGMENT_DATA_OFFSET)));
+            for (segment, at) in ahead {
+                if let Some(handle) = self.files.get(segment) {
+                    handle.claim_ahead(at, self.options.zero_fill)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The writer is done with `block`.
@@ -234,9 +261,19 @@ impl Shared {
             .iter()
             .map(|t| (t.clone(), t.committed()))
             .collect();
+        // Where appends wait for every sync (`SyncEach`) and a background maintenance runs,
+        // the watermarks are written and synced there, off their path; otherwise here, a sync
+        // late (a lower bound).
+        let inline_marks = !self.options.marks_in_background();
         let synced = sync_all(&self.files.all())
             .and_then(|()| self.cursors.sync())
-            .and_then(|()| self.marks.sync());
+            .and_then(|()| {
+                if inline_marks {
+                    self.marks.sync()
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(e) = synced {
             self.poison(&e);
             return Err(e);
@@ -258,7 +295,12 @@ impl Shared {
             }
             false
         });
-        self.queue_marks(snapshot.into_iter().map(|(t, _)| t).collect(), false);
+        let topics = snapshot.into_iter().map(|(t, _)| t).collect();
+        if inline_marks {
+            self.queue_marks(topics, false);
+        } else {
+            self.marks_pending.lock().0.extend(topics);
+        }
         Ok(())
     }
 
@@ -730,9 +772,9 @@ impl Store {
                 tracing::warn!(topic = %t.name, error = %e, "could not persist a cursor");
             }
         }
-        // Under SyncEach (syncs are what the schedule asks for), keep the persisted
-        // watermarks close behind also when appends stop; other schedules sync them with data.
-        if self.shared.options.sync_cursor_writes
+        // The persisted watermarks follow the syncs from here (see `Shared::sync`), also when
+        // appends stop.
+        if self.shared.options.marks_in_background()
             && let Err(e) = self.shared.flush_marks()
         {
             tracing::warn!(error = %e, "could not sync the durable watermarks");
@@ -743,7 +785,7 @@ impl Store {
                 lane.prepare_spare()?;
             }
         }
-        Ok(())
+        self.shared.claim_ahead()
     }
 
     /// Whether the store refuses writes after a failed sync, and why (see

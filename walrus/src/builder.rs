@@ -113,8 +113,11 @@ impl WalrusBuilder {
         self
     }
 
-    /// Longest block a topic is given, in bytes (default 1 MiB; a multiple of 4096): a topic's
-    /// blocks grow from 4 KiB, doubling up to this. One larger entry gets a block of its own.
+    /// Longest block a topic is given, in bytes (default 1 MiB, 4 KiB under `SyncEach`; a
+    /// multiple of 4096): a topic's blocks grow from 4 KiB, doubling up to this. One larger
+    /// entry gets a block of its own. `SyncEach` keeps blocks at one page so that the pages
+    /// its syncs write lie together (docs/BENCHMARKS.md, "Synced appends"); a larger value there
+    /// trades sync cost with many topics for fewer, longer blocks.
     pub fn block_size(mut self, bytes: u64) -> Self {
         self.block_len = Some(bytes);
         self
@@ -137,8 +140,9 @@ impl WalrusBuilder {
         self
     }
 
-    /// Number of allocation lanes (1–16, default 2): topics are spread over lanes, each with
-    /// its own current segment file, so appends to different topics don't queue on one file.
+    /// Number of allocation lanes (1–16, default 2, 1 under `SyncEach`): topics are spread over
+    /// lanes, each with its own current segment file, so appends to different topics don't
+    /// queue on one file. Under `SyncEach` one file means one `fdatasync` per group commit.
     pub fn allocation_lanes(mut self, lanes: usize) -> Self {
         self.lanes = Some(lanes);
         self
@@ -161,6 +165,8 @@ impl WalrusBuilder {
         /// Under `SyncEach`, how far (at most, plus one background tick of the same length) the
         /// persisted durable watermark trails the acknowledged end.
         const SYNC_EACH_MARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+        /// Under `SyncEach`, the longest block (see the comment where it is used).
+        const SYNC_EACH_BLOCK_LEN: u64 = 4096;
         let root = self
             .data_dir
             .clone()
@@ -191,11 +197,18 @@ impl WalrusBuilder {
             .with_persist_every(self.consistency.persist_every())
             .with_sync_cursor_writes(self.schedule == FsyncSchedule::SyncEach)
             .with_visible_when_durable(self.schedule == FsyncSchedule::SyncEach)
+            .with_zero_fill(self.schedule == FsyncSchedule::SyncEach)
             .with_background_maintenance(!self.inline_maintenance);
         if self.schedule == FsyncSchedule::SyncEach {
             // Acknowledged data is durable at once: keep the persisted watermark close behind,
             // so that damage to it is recognised as corruption, not as a torn tail.
             options = options.with_mark_interval(SYNC_EACH_MARK_INTERVAL);
+            // A sync writes one page per topic that appended since the last. In one file, with
+            // 4 KiB blocks handed out one after another, the pages of topics appending together
+            // lie side by side and reach the disk as one request instead of one each (2.5x
+            // cheaper syncs for 16 topics: docs/BENCHMARKS.md, "Synced appends"), and one
+            // `fdatasync` covers them all.
+            options = options.with_lanes(1).with_block_len(SYNC_EACH_BLOCK_LEN);
         }
         if let Some(len) = self.segment_len {
             options = options.with_segment_len(len);

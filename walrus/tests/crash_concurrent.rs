@@ -24,7 +24,8 @@
 //! move forward) and `acknowledged_appends_survive_a_concurrent_flush`, a focused reproduction
 //! of an acknowledged `SyncEach` append lost to a sync that was already in flight.
 //!
-//! `WALRUS_CRASH_CONCURRENT_SEEDS=N` runs seeds 0..N (default 24);
+//! `WALRUS_CRASH_CONCURRENT_SEEDS=N` runs seeds 0..N (default 24), or F..F+N with
+//! `WALRUS_CRASH_CONCURRENT_FROM=F`;
 //! `WALRUS_CRASH_CONCURRENT_SEED=S` replays one seed and prints its whole event log on failure.
 //! The seed fixes the setup and every thread's sequence of choices (topics, operations,
 //! payloads, crash delay); the interleaving is the scheduler's, so a replay may interleave
@@ -1268,10 +1269,14 @@ fn concurrent_simulated_crashes() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(24);
+    let from: u64 = std::env::var("WALRUS_CRASH_CONCURRENT_FROM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let started = Instant::now();
     let mut failed = Vec::new();
     let mut first = None;
-    for seed in 0..seeds {
+    for seed in from..from.saturating_add(seeds) {
         if let Err(f) = run_seed(seed) {
             let text = f.render(false);
             eprintln!("{text}");
