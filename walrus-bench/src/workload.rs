@@ -591,7 +591,11 @@ mod tests {
         let s = run(EngineKind::Walrus, &shared, &dir).unwrap();
         check(&s);
         assert_eq!(s.latency.calls, s.entries);
-        assert!(shared.label().contains("t=3 topics=1"), "{}", shared.label());
+        assert!(
+            shared.label().contains("t=3 topics=1"),
+            "{}",
+            shared.label()
+        );
 
         let b = run(
             EngineKind::Walrus,

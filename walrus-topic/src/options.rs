@@ -69,6 +69,7 @@ pub struct StoreOptions {
     pub(crate) lanes: usize,
     pub(crate) visible_when_durable: bool,
     pub(crate) zero_fill: bool,
+    pub(crate) small_blocks: bool,
 }
 
 impl Default for StoreOptions {
@@ -94,6 +95,7 @@ impl StoreOptions {
             lanes: 2,
             visible_when_durable: false,
             zero_fill: false,
+            small_blocks: false,
         }
     }
 
@@ -116,6 +118,19 @@ impl StoreOptions {
     #[must_use]
     pub fn with_zero_fill(mut self, on: bool) -> Self {
         self.zero_fill = on;
+        self
+    }
+
+    /// Keep blocks as short as the entries allow (default: off): a topic's blocks still grow
+    /// from 4 KiB, but only to 32 times its entries' frames and at least 32 block headers (so
+    /// that a block's header and the unused end an entry that does not fit leaves each stay
+    /// within 1/32 of it), not to [`with_block_len`](Self::with_block_len). Where every append
+    /// is synced, each sync writes the last page of every topic that appended; short blocks
+    /// handed out one after another keep those pages close together, which makes the sync
+    /// cheaper (docs/BENCHMARKS.md, "Synced appends").
+    #[must_use]
+    pub fn with_small_blocks(mut self, on: bool) -> Self {
+        self.small_blocks = on;
         self
     }
 

@@ -99,6 +99,22 @@ pub(crate) fn grown_block_len(prev: u64, max: u64) -> u64 {
     }
 }
 
+/// Under [`StoreOptions::with_small_blocks`](crate::StoreOptions::with_small_blocks) a block
+/// is made this many times as long as both the frame at hand and the block header: what an
+/// entry that does not fit leaves unused at its end, and its header, each stay within 1/32.
+const SMALL_BLOCK_FACTOR: u64 = 32;
+
+/// The longest block under `with_small_blocks` for frames of `frame` bytes (see
+/// [`SMALL_BLOCK_FACTOR`]), as a power of two from [`FIRST_BLOCK_LEN`] up to `max`.
+pub(crate) fn small_block_cap(frame: u64, max: u64) -> u64 {
+    frame
+        .max(BLOCK_HEADER_LEN as u64)
+        .saturating_mul(SMALL_BLOCK_FACTOR)
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
+        .clamp(FIRST_BLOCK_LEN, max.max(FIRST_BLOCK_LEN))
+}
+
 /// State a topic is rebuilt with at recovery.
 #[derive(Debug)]
 pub(crate) struct TopicState {
@@ -382,8 +398,11 @@ impl Topic {
             .map(|(b, _)| b.len)
             .or(w.block.as_ref().map(|b| b.len))
             .unwrap_or(w.last_len);
-        let len = grown_block_len(prev_len, shared.options.block_len)
-            .max(BLOCK_HEADER_LEN as u64 + frame);
+        let mut len = grown_block_len(prev_len, shared.options.block_len);
+        if shared.options.small_blocks {
+            len = len.min(small_block_cap(frame, shared.options.block_len));
+        }
+        let len = len.max(BLOCK_HEADER_LEN as u64 + frame);
         let alloc = shared.alloc_block(len, self.lane)?;
         let block = Arc::new(Block::fresh(alloc.handle, alloc.start, alloc.len, offset));
         // Track it first: whatever fails below, the block is given up with the others.
@@ -819,5 +838,18 @@ mod tests {
         assert_eq!(grown_block_len(0, 4096), 4096);
         assert_eq!(grown_block_len(4096, 4096), 4096);
         assert_eq!(grown_block_len(u64::MAX, 8192), 8192);
+    }
+
+    #[test]
+    fn small_blocks_hold_32_frames_of_the_size_at_hand() {
+        let max = 1 << 20;
+        // Small entries: 32 block headers' worth (308 bytes each), 16 KiB.
+        assert_eq!(small_block_cap(124, max), 16 << 10);
+        assert_eq!(small_block_cap(1, max), 16 << 10);
+        // 700-byte entries: 32 KiB, so at most one frame's worth (2 %) is left unused.
+        assert_eq!(small_block_cap(724, max), 32 << 10);
+        assert_eq!(small_block_cap(100 << 10, max), max);
+        assert_eq!(small_block_cap(u64::MAX, max), max);
+        assert_eq!(small_block_cap(724, 4096), 4096);
     }
 }

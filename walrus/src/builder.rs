@@ -113,11 +113,14 @@ impl WalrusBuilder {
         self
     }
 
-    /// Longest block a topic is given, in bytes (default 1 MiB, 4 KiB under `SyncEach`; a
-    /// multiple of 4096): a topic's blocks grow from 4 KiB, doubling up to this. One larger
-    /// entry gets a block of its own. `SyncEach` keeps blocks at one page so that the pages
-    /// its syncs write lie together (docs/BENCHMARKS.md, "Synced appends"); a larger value there
-    /// trades sync cost with many topics for fewer, longer blocks.
+    /// Longest block a topic is given, in bytes (default 1 MiB; a multiple of 4096): a topic's
+    /// blocks grow from 4 KiB, doubling up to this. One larger entry gets a block of its own.
+    /// Under `SyncEach` blocks grow only to 32 times the topic's entries (at least 16 KiB), so
+    /// that the pages a group sync writes for many topics lie close together
+    /// ([`StoreOptions::with_small_blocks`](walrus_topic::StoreOptions::with_small_blocks));
+    /// `4096` there keeps them side by side, for cheaper syncs, at the cost of a 308-byte
+    /// header per page and the unused ends of one-page blocks (about 20 % more disk at 700-byte
+    /// entries; docs/BENCHMARKS.md, "Synced appends").
     pub fn block_size(mut self, bytes: u64) -> Self {
         self.block_len = Some(bytes);
         self
@@ -165,8 +168,6 @@ impl WalrusBuilder {
         /// Under `SyncEach`, how far (at most, plus one background tick of the same length) the
         /// persisted durable watermark trails the acknowledged end.
         const SYNC_EACH_MARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
-        /// Under `SyncEach`, the longest block (see the comment where it is used).
-        const SYNC_EACH_BLOCK_LEN: u64 = 4096;
         let root = self
             .data_dir
             .clone()
@@ -204,11 +205,10 @@ impl WalrusBuilder {
             // so that damage to it is recognised as corruption, not as a torn tail.
             options = options.with_mark_interval(SYNC_EACH_MARK_INTERVAL);
             // A sync writes one page per topic that appended since the last. In one file, with
-            // 4 KiB blocks handed out one after another, the pages of topics appending together
-            // lie side by side and reach the disk as one request instead of one each (2.5x
-            // cheaper syncs for 16 topics: docs/BENCHMARKS.md, "Synced appends"), and one
-            // `fdatasync` covers them all.
-            options = options.with_lanes(1).with_block_len(SYNC_EACH_BLOCK_LEN);
+            // short blocks handed out one after another, the pages of topics appending together
+            // lie close, side by side for small entries, and reach the disk in few requests
+            // (docs/BENCHMARKS.md, "Synced appends"); one `fdatasync` covers them all.
+            options = options.with_lanes(1).with_small_blocks(true);
         }
         if let Some(len) = self.segment_len {
             options = options.with_segment_len(len);

@@ -1277,6 +1277,14 @@ fn concurrent_simulated_crashes() {
     let mut failed = Vec::new();
     let mut first = None;
     for seed in from..from.saturating_add(seeds) {
+        if seed > from && (seed - from).is_multiple_of(5000) {
+            eprintln!(
+                "concurrent simulated crashes: {} seeds done ({from}..{seed}) in {:.1?}, {} failed",
+                seed - from,
+                started.elapsed(),
+                failed.len()
+            );
+        }
         if let Err(f) = run_seed(seed) {
             let text = f.render(false);
             eprintln!("{text}");
