@@ -168,15 +168,17 @@ impl Shared {
         })
     }
 
-    /// Claims the space of each lane's next blocks ahead of the appends (see
-    /// [`SegmentHandle::claim_ahead`]), in the current segment and the prepared spare: for the
-    /// background maintenance, so that appends rarely claim space themselves.
+    /// Claims the space of each lane's next blocks ahead of the appends when claims write zeros
+    /// (see [`SegmentHandle::claim_ahead`]), in the current segment and the prepared spare:
+    /// for the background maintenance, so that appends rarely claim space themselves.
     ///
     /// # Errors
     /// The error of the claim or of the sync of the zeros; the appends claim for themselves
     /// then, and report it if it persists.
     fn claim_ahead(&self) -> io::Result<()> {
-        if self.check_writable().is_err() {
+        // Claims by `fallocate` are cheap enough on the appending thread, and claiming early
+        // would only cost space.
+        if !self.options.zero_fill || self.check_writable().is_err() {
             return Ok(());
         }
         for lane in &self.lanes {
