@@ -60,10 +60,17 @@
 //! - `WALRUS_INSTANCE_KEY`: the key of the key-less constructors (data under `<root>/<key>/`).
 //! - `WALRUS_QUIET`: silence informational logging (Walrus logs through [`tracing`]).
 //!
+//! ## Storage, and testing against power cuts
+//!
+//! An instance writes through a [`Storage`] backend ([`BackendKind`] picks one of the built-in
+//! ones: `pwrite`, io_uring, mmap). [`sim`] is a simulated disk with power cuts and injected
+//! faults, for testing code built on Walrus the way Walrus itself is tested.
+//!
 //! ## Crates
 //!
-//! The facade re-exports the member crates: [`block`] (on-disk format), [`alloc`] (block
-//! allocator), [`io`] (storage backends) and [`topic`] (the engine).
+//! This crate is the API; the engine underneath is split into crates usable on their own:
+//! `walrus-block` (the on-disk format), `walrus-alloc` (block allocator), `walrus-io`
+//! (storage backends) and `walrus-topic` (the engine, [`walrus_topic::Store`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
@@ -77,18 +84,16 @@ pub use builder::{DEFAULT_DATA_DIR, ENV_DATA_DIR, ENV_INSTANCE_KEY, ENV_QUIET, W
 pub use config::{FsyncSchedule, ReadConsistency};
 pub use wal::{DurableTicket, Entry, Record, Walrus};
 #[doc(inline)]
-pub use walrus_io::BackendKind;
+pub use walrus_io::{BackendKind, SegmentFile, Storage};
 #[doc(inline)]
 pub use walrus_topic::{Poisoned, RecoveryIssue, RecoveryMode, RecoveryReport, is_poisoned};
 
-#[doc(inline)]
-pub use walrus_alloc as alloc;
-#[doc(inline)]
-pub use walrus_block as block;
-#[doc(inline)]
-pub use walrus_io as io;
-#[doc(inline)]
-pub use walrus_topic as topic;
+/// A simulated disk: power cuts that keep, drop or tear unsynced writes, and injected faults
+/// (`walrus-io`'s simulator, re-exported). Pass it to [`WalrusBuilder::storage`].
+pub mod sim {
+    #[doc(inline)]
+    pub use walrus_io::sim::{CrashMode, Fault, FaultRule, OpKind, SimStats, SimStorage};
+}
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use walrus::io::{CrashMode, Fault, FaultRule, OpKind, SimStorage, Storage};
+use walrus::Storage;
+use walrus::sim::{CrashMode, Fault, FaultRule, OpKind, SimStorage};
 use walrus::{FsyncSchedule, ReadConsistency, RecoveryMode, Walrus};
 
 const MODES: [ReadConsistency; 2] = [
@@ -489,5 +490,26 @@ fn recovery_mode_is_a_builder_option() {
 fn walrus_is_send_and_sync() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<Walrus>();
-    shareable::<walrus::topic::Store>();
+    shareable::<walrus_topic::Store>();
+}
+
+#[test]
+fn the_facade_names_every_type_its_api_returns() {
+    let sim = SimStorage::new(31);
+    let wal = on_sim(
+        &sim,
+        ReadConsistency::StrictlyAtOnce,
+        FsyncSchedule::SyncEach,
+    )
+    .unwrap();
+    let ticket: walrus::DurableTicket = wal.append_with_ticket("t", b"x").unwrap();
+    ticket.wait().unwrap();
+    let record: Option<walrus::Record> = wal.read_next_record("t", false).unwrap();
+    assert_eq!(record.unwrap().offset, 0);
+    let entry: Option<walrus::Entry> = wal.read_next("t", true).unwrap();
+    assert_eq!(entry.unwrap().data, b"x");
+    let report: &walrus::RecoveryReport = wal.recovery_report();
+    assert!(report.issues.is_empty());
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<walrus::DurableTicket>();
 }

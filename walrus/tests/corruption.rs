@@ -29,12 +29,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use walrus::block::{
+use walrus::Storage;
+use walrus::sim::SimStorage;
+use walrus::{Entry, FsyncSchedule, RecoveryMode, Walrus};
+use walrus_block::{
     BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, FRAME_HEADER_LEN, Frame, FrameDecoder,
     SEGMENT_DATA_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
 };
-use walrus::io::{SimStorage, Storage};
-use walrus::{Entry, FsyncSchedule, RecoveryMode, Walrus};
 
 const DIR: &str = "/corrupt";
 /// No digits in the names, so that an offset found in an error message is not part of a name.
@@ -43,7 +44,7 @@ const TOPICS: [&str; 3] = ["alpha", "bravo", "charlie"];
 const MIN_BLOCK_LEN: usize = BLOCK_ALIGN as usize;
 
 /// The workspace's seeded generator: a failing seed replays on any build.
-use walrus::io::SeededRng as Rng;
+use walrus_io::SeededRng as Rng;
 
 #[derive(Debug, Clone, Copy)]
 struct Setup {

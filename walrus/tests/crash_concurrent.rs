@@ -41,7 +41,8 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use walrus::io::{CrashMode, SimStorage, Storage};
+use walrus::Storage;
+use walrus::sim::{CrashMode, SimStorage};
 use walrus::{FsyncSchedule, ReadConsistency, RecoveryMode, Walrus};
 
 /// Every worker loop stops after this many operations, if the crash has not stopped it first.
@@ -52,7 +53,7 @@ const SEED_TIME_LIMIT: Duration = Duration::from_secs(120);
 const LOG_TAIL: usize = 150;
 
 /// The workspace's seeded generator: a failing seed replays on any build.
-use walrus::io::SeededRng as Rng;
+use walrus_io::SeededRng as Rng;
 
 #[derive(Debug, Clone, Copy)]
 struct Setup {

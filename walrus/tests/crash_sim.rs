@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use walrus::io::{CrashMode, Fault, FaultRule, SimStorage, Storage};
+use walrus::Storage;
+use walrus::sim::{CrashMode, Fault, FaultRule, SimStorage};
 use walrus::{FsyncSchedule, ReadConsistency, RecoveryMode, Walrus};
 
 /// The workspace's seeded generator: a failing seed replays on any build.
-use walrus::io::SeededRng as Rng;
+use walrus_io::SeededRng as Rng;
 
 /// What the oracle knows about one topic.
 #[derive(Debug, Default)]

@@ -5,7 +5,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use walrus::io::{CrashMode, SimStorage, Storage};
+use walrus::Storage;
+use walrus::sim::{CrashMode, SimStorage};
 use walrus::{FsyncSchedule, ReadConsistency, Walrus};
 
 fn sim_wal(sim: &SimStorage, schedule: FsyncSchedule, consistency: ReadConsistency) -> Walrus {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 
-use walrus::io::{CrashMode, Fault, FaultRule, OpKind, SimStorage, Storage};
+use walrus::Storage;
+use walrus::sim::{CrashMode, Fault, FaultRule, OpKind, SimStorage};
 use walrus::{FsyncSchedule, Walrus};
 
 /// Runs a future to completion on this thread, parking between polls.
@@ -91,7 +92,7 @@ fn a_failed_sync_fails_the_ticket() {
     let err: io::Error = block_on(t).unwrap_err();
     // Recognisable, with the original error kept: EIO, not a bare `Other`.
     assert!(walrus::is_poisoned(&err), "{err:?}");
-    let cause = walrus::topic::poisoned_cause(&err).unwrap();
+    let cause = walrus_topic::poisoned_cause(&err).unwrap();
     assert_eq!(cause.raw_os_error(), Some(libc_eio()), "{err}");
     assert_eq!(err.kind(), io::Error::from_raw_os_error(libc_eio()).kind());
     let refused = wal.append_with_ticket("t", b"y").unwrap_err();
