@@ -22,24 +22,39 @@ use std::process::{Command, ExitCode};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
+/// What `cargo xtask` without a known task prints: every task and flag.
+const USAGE: &str = "usage: cargo xtask <task>
+  bench [--full] [--others] [walrus-bench flags, e.g. --workloads synced --dry-run]
+  bench --micro [--full]
+  loom
+  proptest [--cases N]
+  fuzz [--seconds N]
+  crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N]
+  ci";
+
+/// Every task [`task`] knows, in the order of [`USAGE`].
+const TASKS: [&str; 6] = ["bench", "loom", "proptest", "fuzz", "crash", "ci"];
+
+/// The task called `name`, as `main` runs it.
+fn task(name: &str) -> Option<fn(&[String]) -> Result> {
+    Some(match name {
+        "bench" => bench,
+        "loom" => |_| loom(),
+        "proptest" => proptest,
+        "fuzz" => fuzz,
+        "crash" => crash,
+        "ci" => |_| ci(),
+        _ => return None,
+    })
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
-    let outcome = match args.first().map(String::as_str) {
-        Some("bench") => bench(&args[1..]),
-        Some("loom") => loom(),
-        Some("proptest") => proptest(&args[1..]),
-        Some("fuzz") => fuzz(&args[1..]),
-        Some("crash") => crash(&args[1..]),
-        Some("ci") => ci(),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask <bench [--full] [--others] [--micro] | loom | proptest [--cases N] \
-                 | fuzz [--seconds N] | crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N] | ci>"
-            );
-            return ExitCode::from(2);
-        }
+    let Some(run_task) = args.first().and_then(|name| task(name)) else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
     };
-    match outcome {
+    match run_task(&args[1..]) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask: {e}");
@@ -92,19 +107,9 @@ fn flag_value(args: &[String], name: &str, default: u64) -> Result<u64> {
 /// they are (see its `--help`); the knobs also come from the environment (`FSYNC`, `THREADS`,
 /// `WALRUS_DURATION`, `WALRUS_BATCH_SIZE`, `BACKEND`).
 fn bench(args: &[String]) -> Result {
-    let (own, passed) = match args.iter().position(|a| a == "--") {
-        Some(i) => (&args[..i], &args[i + 1..]),
-        None => (args, &args[args.len()..]),
-    };
+    // Our flags anywhere (before a `--`); everything else goes to walrus-bench as it is.
+    let (own, passed) = split_bench_args(args);
     let has = |flag: &str| own.iter().any(|a| a == flag);
-    if let Some(unknown) = own
-        .iter()
-        .find(|a| !matches!(a.as_str(), "--full" | "--micro" | "--others"))
-    {
-        return Err(format!(
-            "bench: unknown flag {unknown} (use --full, --micro, --others, or -- <walrus-bench flags>)"
-        ));
-    }
     if has("--micro") {
         return bench_micro(has("--full"));
     }
@@ -132,8 +137,26 @@ fn bench(args: &[String]) -> Result {
     if has("--others") {
         cmd.args(["--engines", "walrus,walrus-rust,rocksdb,okaywal"]);
     }
-    cmd.args(passed);
+    cmd.args(&passed);
     run(&mut cmd)
+}
+
+/// Splits `cargo xtask bench` arguments into xtask's own flags and walrus-bench's: `--full`,
+/// `--micro` and `--others` are ours unless they come after a `--`.
+fn split_bench_args(args: &[String]) -> (Vec<String>, Vec<String>) {
+    let ours = |a: &str| matches!(a, "--full" | "--micro" | "--others");
+    let (head, tail) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &args[args.len()..]),
+    };
+    let own = head.iter().filter(|a| ours(a)).cloned().collect();
+    let passed = head
+        .iter()
+        .filter(|a| !ours(a))
+        .chain(tail)
+        .cloned()
+        .collect();
+    (own, passed)
 }
 
 /// The criterion micro-benchmarks of walrus-bench (format, alloc, io).
@@ -260,4 +283,51 @@ fn ci() -> Result {
     run(cargo().args(["test", "--workspace"]))?;
     loom()?;
     fuzz(&["--seconds".into(), "30".into()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_lists_every_task_and_flag() {
+        for name in TASKS {
+            assert!(task(name).is_some(), "{name} is not a task");
+            assert!(
+                USAGE.lines().any(|l| l.trim_start().starts_with(name)),
+                "{name} missing from the usage"
+            );
+        }
+        assert!(task("nonsense").is_none());
+        for flag in [
+            "--full",
+            "--others",
+            "--micro",
+            "--cases",
+            "--seconds",
+            "--seeds",
+            "--concurrent",
+            "--corrupt",
+            "--kills",
+        ] {
+            assert!(USAGE.contains(flag), "{flag} missing from the usage");
+        }
+    }
+
+    #[test]
+    fn bench_flags_pass_through_to_the_load_generator() {
+        let args: Vec<String> = [
+            "--others",
+            "--dry-run",
+            "--workloads",
+            "synced",
+            "--",
+            "--full",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (own, passed) = split_bench_args(&args);
+        assert_eq!(own, ["--others"]);
+        assert_eq!(passed, ["--dry-run", "--workloads", "synced", "--full"]);
+    }
 }
