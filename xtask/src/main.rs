@@ -32,7 +32,8 @@ const USAGE: &str = "usage: cargo xtask <task>
   crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N]
   ci";
 
-/// Every task [`task`] knows, in the order of [`USAGE`].
+/// Every task [`task`] knows, in the order of [`USAGE`] (checked by the tests).
+#[cfg(test)]
 const TASKS: [&str; 6] = ["bench", "loom", "proptest", "fuzz", "crash", "ci"];
 
 /// The task called `name`, as `main` runs it.
