@@ -131,6 +131,12 @@ fn readme_names_the_run_and_test_commands() {
     let readme = fs::read_to_string(root().join("README.md")).unwrap();
     assert!(readme.contains("cargo xtask bench"));
     assert!(readme.contains("cargo test --workspace"));
+    // CI runs `cargo xtask ci`, whose test step is the README's command.
     let ci = fs::read_to_string(root().join(".ci/run")).unwrap();
-    assert!(ci.contains("cargo test --workspace"));
+    assert!(ci.contains("cargo xtask ci"));
+    let xtask = fs::read_to_string(root().join("xtask/src/main.rs")).unwrap();
+    let ci_task = &xtask[xtask
+        .find("fn ci() -> Result {")
+        .expect("xtask has a ci task")..];
+    assert!(ci_task.contains(r#"cargo().args(["test", "--workspace"])"#));
 }
