@@ -36,6 +36,7 @@ mod layout;
 mod options;
 mod recovery;
 mod store;
+mod syncers;
 mod topic;
 
 pub use durability::{GroupCommit, Writing};

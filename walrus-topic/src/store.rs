@@ -22,6 +22,7 @@ use crate::error::{Poisoned, invalid_input, poisoned_error};
 use crate::layout::{DirLock, lane_base, segment_path};
 use crate::options::StoreOptions;
 use crate::recovery::{self, Recovered, RecoveryReport};
+use crate::syncers::Syncers;
 use crate::topic::{Topic, TopicState};
 
 /// The open segment files of a store, by id. Shared with the allocator's preparer.
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) cursors: CursorStore,
     /// Durable watermarks per topic, written lazily (see [`Shared::write_marks`]).
     pub(crate) marks: CursorStore,
+    /// Sync the files of several lanes at once.
+    syncers: Syncers,
     pub(crate) options: StoreOptions,
     /// Set when a sync (or the cleanup of a failed write) failed: see [`Poisoned`].
     poisoned: AtomicBool,
@@ -267,7 +270,9 @@ impl Shared {
         // the watermarks are written and synced there, off their path; otherwise here, a sync
         // late (a lower bound).
         let inline_marks = !self.options.marks_in_background();
-        let synced = sync_all(&self.files.all())
+        let synced = self
+            .syncers
+            .sync_all(&self.files.all())
             .and_then(|()| self.cursors.sync())
             .and_then(|()| {
                 if inline_marks {
@@ -358,27 +363,6 @@ impl Shared {
                 }
             }
         }
-    }
-}
-
-/// Syncs every dirty file; several at once in parallel (one per lane is common), since each
-/// `fdatasync` mostly waits on the device.
-fn sync_all(files: &[Arc<SegmentHandle>]) -> io::Result<()> {
-    let dirty: Vec<&Arc<SegmentHandle>> = files.iter().filter(|h| h.is_dirty()).collect();
-    match dirty.as_slice() {
-        [] => Ok(()),
-        [one] => one.sync(),
-        [first, rest @ ..] => std::thread::scope(|s| {
-            let others: Vec<_> = rest.iter().map(|h| s.spawn(move || h.sync())).collect();
-            let mut result = first.sync();
-            for handle in others {
-                let r = handle
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")));
-                result = result.and(r);
-            }
-            result
-        }),
     }
 }
 
@@ -530,6 +514,8 @@ impl Store {
             files,
             cursors: recovered.cursors,
             marks: recovered.marks,
+            // Two files are dirty at once even with one lane, when a segment fills.
+            syncers: Syncers::new(options.lanes.max(2) - 1),
             options,
             poisoned: AtomicBool::new(false),
             poison: Mutex::new(None),
