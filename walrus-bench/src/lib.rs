@@ -5,8 +5,9 @@
 //!
 //! The load generator (`cargo xtask bench`, or the `walrus-bench` binary) runs the standard
 //! workloads — single appends and batches for each thread count of a range, `SyncEach` appends
-//! with 1, 4, 16 and 64 threads (and 16 threads on one topic), reads in both consistency modes, and bytes on disk at 700-byte
-//! entries — on this workspace's engine and, side by side in the same run, on the published
+//! with 1, 4, 16 and 64 threads (and 16 threads on one topic), reads in both consistency modes,
+//! and bytes on disk at 700-byte entries — on this workspace's engine and, side by side in the
+//! same run, on the published
 //! `walrus-rust` 0.2.0, beside the physical baseline of plain `pwrite` and `pwrite`+`fdatasync`
 //! loops. Entries are 500–1024 random bytes from a pool generated before timing. Every call's
 //! own duration goes into an HDR histogram (p50, p99, p99.9, max).
