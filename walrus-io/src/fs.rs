@@ -232,7 +232,7 @@ pub(crate) fn pwritev_all(
         [one] => return pwrite_all(file, path, one, offset),
         _ => {}
     }
-    check_range("pwritev", path, offset, crate::storage::total_len(bufs))?;
+    check_range("pwritev", path, offset, total_len(bufs))?;
     let mut owned: Vec<IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).copied().collect();
     let mut rest: &mut [IoSlice<'_>] = &mut owned;
     let mut offset = offset;
@@ -372,3 +372,8 @@ macro_rules! real_fs_create_open {
     };
 }
 pub(crate) use real_fs_create_open;
+
+/// Bytes in `bufs`, all together.
+pub(crate) fn total_len(bufs: &[IoSlice<'_>]) -> usize {
+    bufs.iter().map(|b| b.len()).sum()
+}

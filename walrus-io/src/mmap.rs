@@ -165,7 +165,7 @@ impl SegmentFile for MmapFile {
     }
 
     fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
-        let total = crate::storage::total_len(bufs);
+        let total = crate::fs::total_len(bufs);
         fs::check_range("mmap write", self.path(), offset, total)?;
         if total == 0 {
             return Ok(());

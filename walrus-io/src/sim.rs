@@ -490,7 +490,7 @@ impl SegmentFile for SimFile {
     }
 
     fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
-        let total = crate::storage::total_len(bufs);
+        let total = crate::fs::total_len(bufs);
         let mut state = self.state("write")?;
         if total == 0 {
             return Ok(());

@@ -304,11 +304,6 @@ pub(crate) fn distinct_files<'a>(writes: &[WriteOp<'a>]) -> Vec<&'a dyn SegmentF
     files
 }
 
-/// Total length of `bufs`.
-pub(crate) fn total_len(bufs: &[IoSlice<'_>]) -> usize {
-    bufs.iter().map(|b| b.len()).sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -400,7 +400,7 @@ impl<'a> Io<'a> {
             "io_uring write",
             file.path(),
             offset,
-            crate::storage::total_len(bufs),
+            crate::fs::total_len(bufs),
         )?;
         let iov: Vec<libc::iovec> = bufs
             .iter()

@@ -5,406 +5,21 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use walrus_alloc::{AllocConfig, BlockAllocator, Deletion, FileTracker, Resume};
 use walrus_block::{
     BLOCK_ALIGN, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, SEGMENT_DATA_OFFSET,
-    SegmentHeader, validate_topic_name,
+    validate_topic_name,
 };
 use walrus_io::{BackendKind, Storage};
 
-use crate::chain::{Block, SegmentHandle};
-use crate::cursors::CursorStore;
-use crate::error::{Poisoned, invalid_input, poisoned_error};
-use crate::layout::{DirLock, lane_base, segment_path};
+use crate::error::{Poisoned, invalid_input};
+use crate::layout::{DirLock, lane_base};
 use crate::options::StoreOptions;
 use crate::recovery::{self, Recovered, RecoveryReport};
-use crate::syncers::Syncers;
+use crate::shared::{Files, Shared, segment_preparer};
 use crate::topic::{Topic, TopicState};
-
-/// The open segment files of a store, by id. Shared with the allocator's preparer.
-#[derive(Debug, Default)]
-pub(crate) struct Files {
-    map: RwLock<HashMap<u64, Arc<SegmentHandle>>>,
-}
-
-impl Files {
-    pub(crate) fn get(&self, id: u64) -> Option<Arc<SegmentHandle>> {
-        self.map.read().get(&id).cloned()
-    }
-
-    pub(crate) fn insert(&self, handle: Arc<SegmentHandle>) {
-        self.map.write().insert(handle.id, handle);
-    }
-
-    pub(crate) fn remove(&self, id: u64) -> Option<Arc<SegmentHandle>> {
-        self.map.write().remove(&id)
-    }
-
-    fn all(&self) -> Vec<Arc<SegmentHandle>> {
-        self.map.read().values().cloned().collect()
-    }
-}
-
-/// A block just handed out by the allocator, with its open file.
-#[derive(Debug)]
-pub(crate) struct AllocatedBlock {
-    pub(crate) handle: Arc<SegmentHandle>,
-    pub(crate) start: u64,
-    pub(crate) len: u64,
-}
-
-/// What every topic of a store shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) dir: PathBuf,
-    pub(crate) storage: Arc<dyn Storage>,
-    /// One allocator per lane: topics are spread over lanes so that appends to different
-    /// topics land in different segment files (the kernel serialises buffered writes to one
-    /// file). All lanes share one file tracker.
-    pub(crate) lanes: Vec<BlockAllocator>,
-    pub(crate) tracker: walrus_alloc::sync::Arc<FileTracker>,
-    /// Lane of the next topic created.
-    next_lane: AtomicUsize,
-    pub(crate) files: Arc<Files>,
-    pub(crate) cursors: CursorStore,
-    /// Durable watermarks per topic, written lazily (see [`Shared::write_marks`]).
-    pub(crate) marks: CursorStore,
-    /// Sync the files of several lanes at once.
-    syncers: Syncers,
-    pub(crate) options: StoreOptions,
-    /// Set when a sync (or the cleanup of a failed write) failed: see [`Poisoned`].
-    poisoned: AtomicBool,
-    poison: Mutex<Option<Arc<Poisoned>>>,
-    /// Topics whose cursor moved without being persisted (`AtLeastOnce`): the background
-    /// maintenance persists them, so an idle reader's progress is not lost until drop.
-    cursors_pending: Mutex<Vec<Arc<Topic>>>,
-    /// Topics with appends not yet covered by a sync.
-    unsynced: Mutex<Vec<Arc<Topic>>>,
-    /// Topics whose durable watermark moved since the marks were last written, and when that was.
-    marks_pending: Mutex<(Vec<Arc<Topic>>, Instant)>,
-    /// Consumed segments waiting for [`Store::maintain`] (background maintenance only).
-    deletions: Mutex<Vec<u64>>,
-}
-
-impl Shared {
-    /// The lane for a topic created now: round robin, so that topics spread evenly.
-    pub(crate) fn pick_lane(&self) -> usize {
-        self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len().max(1)
-    }
-
-    /// Lists `topic` for the next syncs after an append (its committed end moved).
-    pub(crate) fn note_append(&self, topic: &Arc<Topic>) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if topic.set_listed(true) {
-            self.unsynced.lock().push(topic.clone());
-        }
-    }
-
-    /// Fails once a sync has failed: the kernel may have dropped unsynced pages, so nothing
-    /// written since can be trusted until the store is reopened.
-    pub(crate) fn check_writable(&self) -> io::Result<()> {
-        if self.poisoned.load(Ordering::Acquire)
-            && let Some(p) = &*self.poison.lock()
-        {
-            return Err(poisoned_error(p));
-        }
-        Ok(())
-    }
-
-    /// Refuses every later write: `e` may have lost data the instance cannot account for.
-    pub(crate) fn poison(&self, e: &io::Error) {
-        let mut poison = self.poison.lock();
-        if poison.is_none() {
-            tracing::error!(dir = %self.dir.display(), error = %e,
-                "writes refused until the directory is reopened");
-            *poison = Some(Arc::new(Poisoned::from_error(e)));
-        }
-        self.poisoned.store(true, Ordering::Release);
-    }
-
-    /// The cause, once poisoned.
-    pub(crate) fn poisoned(&self) -> Option<Arc<Poisoned>> {
-        self.poison.lock().clone()
-    }
-
-    /// Lists `topic` for the background persistence of cursors that moved.
-    pub(crate) fn note_cursor(&self, topic: &Arc<Topic>) {
-        self.cursors_pending.lock().push(topic.clone());
-    }
-
-    pub(crate) fn alloc_block(&self, min_len: u64, lane: usize) -> io::Result<AllocatedBlock> {
-        let allocator = self
-            .lanes
-            .get(lane % self.lanes.len().max(1))
-            .ok_or_else(|| io::Error::other("no allocation lane"))?;
-        let a = allocator.allocate(min_len)?;
-        for seg in a.deletable {
-            self.delete_segment(seg);
-        }
-        let handle = self.files.get(a.block.segment).map_or_else(
-            || {
-                Err(io::Error::other(format!(
-                    "segment {} was handed out but is not open",
-                    a.block.segment
-                )))
-            },
-            |h| h.claim(a.block.end(), self.options.zero_fill).map(|_| h),
-        );
-        let handle = match handle {
-            Ok(h) => h,
-            Err(e) => {
-                // Tracked as handed out: give it back, or its segment could never be deleted.
-                // Nothing was written to it, so it is simply left unused.
-                let _ = self.tracker.seal(a.block.segment, a.block.start);
-                let _ = self.tracker.checkpoint(a.block.segment, a.block.start);
-                return Err(e);
-            }
-        };
-        Ok(AllocatedBlock {
-            handle,
-            start: a.block.start,
-            len: a.block.len,
-        })
-    }
-
-    /// Claims the space of each lane's next blocks ahead of the appends when claims write zeros
-    /// (see [`SegmentHandle::claim_ahead`]), in the current segment and the prepared spare:
-    /// for the background maintenance, so that appends rarely claim space themselves.
-    ///
-    /// # Errors
-    /// The error of the claim or of the sync of the zeros; the appends claim for themselves
-    /// then, and report it if it persists.
-    fn claim_ahead(&self) -> io::Result<()> {
-        // Claims by `fallocate` are cheap enough on the appending thread, and claiming early
-        // would only cost space.
-        if !self.options.zero_fill || self.check_writable().is_err() {
-            return Ok(());
-        }
-        for lane in &self.lanes {
-            let position = lane.position();
-            let ahead = position
-                .current
-                .map(|c| (c.segment, c.next_start))
-                .into_iter()
-                .chain(position.spare.map(|s| (s, SEGMENT_DATA_OFFSET)));
-            for (segment, at) in ahead {
-                if let Some(handle) = self.files.get(segment) {
-                    handle.claim_ahead(at, self.options.zero_fill)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The writer is done with `block`.
-    pub(crate) fn seal_block(&self, block: &Block) {
-        let outcome = self.tracker.seal(block.segment, block.start);
-        self.settle(outcome, block);
-    }
-
-    /// Readers are done with `block` (or it never held entries).
-    pub(crate) fn release_block(&self, block: &Block) {
-        let outcome = self.tracker.checkpoint(block.segment, block.start);
-        self.settle(outcome, block);
-    }
-
-    fn settle(&self, outcome: io::Result<Deletion>, block: &Block) {
-        match outcome {
-            Ok(Deletion::Now { segment }) => self.delete_segment(segment),
-            Ok(Deletion::NotYet) => {}
-            Err(e) => tracing::warn!(segment = block.segment, block = block.start, error = %e,
-                "block tracking inconsistency; the segment is kept"),
-        }
-    }
-
-    /// Deletes a segment whose blocks are all sealed and consumed. The cursors that consumed it
-    /// are made durable first, so a crash can never bring back a cursor pointing into it.
-    /// Failures are logged and leave the file for the next open to delete.
-    pub(crate) fn delete_segment(&self, segment: u64) {
-        if self.options.background_maintenance {
-            self.deletions.lock().push(segment);
-            return;
-        }
-        self.delete_segment_now(segment);
-    }
-
-    fn delete_segment_now(&self, segment: u64) {
-        let path = segment_path(&self.dir, segment);
-        if let Err(e) = self.cursors.sync() {
-            tracing::warn!(file = %path.display(), error = %e, "cursor sync failed; segment kept");
-            self.poison(&e);
-            return;
-        }
-        self.files.remove(segment);
-        let removed = self
-            .storage
-            .remove(&path)
-            .and_then(|()| self.storage.sync_dir(&self.dir));
-        match removed {
-            Ok(()) => tracing::debug!(file = %path.display(), "deleted consumed segment"),
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "could not delete consumed segment")
-            }
-        }
-    }
-
-    /// Makes every write and cursor persisted so far durable, then advances the durable
-    /// watermark of every topic it covered.
-    ///
-    /// Safe to run from several threads at once: each file's sync covers every write marked
-    /// before it (waiting for a sync already in flight, see [`FileSync`](crate::durability::FileSync)), and each topic's
-    /// watermark moves to what this sync saw committed when it started.
-    pub(crate) fn sync(&self) -> io::Result<()> {
-        self.check_writable()?;
-        let snapshot: Vec<(Arc<Topic>, u64)> = self
-            .unsynced
-            .lock()
-            .iter()
-            .map(|t| (t.clone(), t.committed()))
-            .collect();
-        // Where appends wait for every sync (`SyncEach`) and a background maintenance runs,
-        // the watermarks are written and synced there, off their path; otherwise here, a sync
-        // late (a lower bound).
-        let inline_marks = !self.options.marks_in_background();
-        let synced = self
-            .syncers
-            .sync_all(&self.files.all())
-            .and_then(|()| self.cursors.sync())
-            .and_then(|()| {
-                if inline_marks {
-                    self.marks.sync()
-                } else {
-                    Ok(())
-                }
-            });
-        if let Err(e) = synced {
-            self.poison(&e);
-            return Err(e);
-        }
-        for (t, offset) in &snapshot {
-            t.set_durable(*offset);
-        }
-        // Topics now wholly durable leave the list. An append racing with this keeps (or puts)
-        // its topic listed: it sets the flag after publishing, this clears it before checking.
-        self.unsynced.lock().retain(|t| {
-            if t.durable() < t.committed() {
-                return true;
-            }
-            t.set_listed(false);
-            std::sync::atomic::fence(Ordering::SeqCst);
-            if t.durable() < t.committed() {
-                t.set_listed(true);
-                return true;
-            }
-            false
-        });
-        let topics = snapshot.into_iter().map(|(t, _)| t).collect();
-        if inline_marks {
-            self.queue_marks(topics, false);
-        } else {
-            self.marks_pending.lock().0.extend(topics);
-        }
-        Ok(())
-    }
-
-    /// Writes the durable watermarks that are due and makes them durable, so that they stay
-    /// close behind the acknowledged end also when the instance goes idle. For the background
-    /// maintenance.
-    pub(crate) fn flush_marks(&self) -> io::Result<()> {
-        if self.check_writable().is_err() {
-            return Ok(());
-        }
-        self.queue_marks(Vec::new(), false);
-        self.marks.sync()
-    }
-
-    /// Durable watermarks go to the marks file at most every `mark_interval`, and become
-    /// durable with the next sync: on disk they lag, which keeps them a lower bound. Recovery
-    /// uses them to tell damage in data that was synced (corruption) from damage in data a
-    /// power cut caught unsynced (a torn tail, however ragged).
-    fn queue_marks(&self, topics: Vec<Arc<Topic>>, force: bool) {
-        let due = {
-            let mut pending = self.marks_pending.lock();
-            pending.0.extend(topics);
-            if (!force && pending.1.elapsed() < self.options.mark_interval) || pending.0.is_empty()
-            {
-                return;
-            }
-            pending.1 = Instant::now();
-            std::mem::take(&mut pending.0)
-        };
-        let mut done = std::collections::HashSet::new();
-        for t in due {
-            if !done.insert(Arc::as_ptr(&t)) {
-                continue;
-            }
-            let durable = t.durable();
-            let mut mark = t.mark_state();
-            if durable <= mark.written {
-                continue;
-            }
-            let pair = *mark
-                .pair
-                .get_or_insert_with(|| self.marks.pair_for(&t.name));
-            match self
-                .marks
-                .write(&t.name, pair, mark.generation + 1, durable, false)
-            {
-                Ok(()) => {
-                    mark.generation += 1;
-                    mark.written = durable;
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %t.name, error = %e, "could not write durable watermark")
-                }
-            }
-        }
-    }
-}
-
-/// Creates segment files for the allocator: create + preallocate, write the segment header,
-/// make the new name durable.
-pub(crate) fn segment_preparer(
-    storage: Arc<dyn Storage>,
-    dir: PathBuf,
-    files: Arc<Files>,
-    block_len: u64,
-) -> impl Fn(u64, u64) -> io::Result<()> + Send + Sync + 'static {
-    move |segment, capacity| {
-        let path = segment_path(&dir, segment);
-        let file = match storage.create(&path, capacity) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                // Left behind by a failed earlier preparation of this id: start over.
-                storage.remove(&path)?;
-                storage.create(&path, capacity)?
-            }
-            other => other?,
-        };
-        file.allocate(0, SEGMENT_DATA_OFFSET)?;
-        file.write_at(
-            &SegmentHeader {
-                segment_id: segment,
-                block_len,
-            }
-            .encode(),
-            0,
-        )?;
-        storage.sync_dir(&dir)?;
-        let handle = Arc::new(SegmentHandle::new(
-            segment,
-            file,
-            SEGMENT_DATA_OFFSET,
-            capacity,
-        ));
-        handle.mark_dirty();
-        files.insert(handle);
-        Ok(())
-    }
-}
 
 /// An open data directory: the topics, their segment files and cursors.
 ///
@@ -505,25 +120,15 @@ impl Store {
                 resume,
             )?);
         }
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             dir,
             storage,
             lanes,
             tracker,
-            next_lane: AtomicUsize::new(0),
             files,
-            cursors: recovered.cursors,
-            marks: recovered.marks,
-            // Two files are dirty at once even with one lane, when a segment fills.
-            syncers: Syncers::new(options.lanes.max(2) - 1),
+            (recovered.cursors, recovered.marks),
             options,
-            poisoned: AtomicBool::new(false),
-            poison: Mutex::new(None),
-            cursors_pending: Mutex::new(Vec::new()),
-            unsynced: Mutex::new(Vec::new()),
-            marks_pending: Mutex::new((Vec::new(), Instant::now())),
-            deletions: Mutex::new(Vec::new()),
-        });
+        ));
         for segment in deletable {
             shared.delete_segment(segment);
         }
@@ -547,7 +152,7 @@ impl Store {
     /// background maintenance to persist.
     fn note_reads(&self, t: &Arc<Topic>, consume: bool) {
         if consume && self.shared.options.persist_every > 1 && t.has_unpersisted_reads() {
-            self.shared.note_cursor(t);
+            self.shared.note_cursor(&t.name);
         }
     }
 
@@ -580,7 +185,7 @@ impl Store {
         check_entry(topic, payload)?;
         let t = self.topic_or_create(topic)?;
         let offset = t.append(&self.shared, &[payload], false)?.start;
-        self.shared.note_append(&t);
+        self.shared.note_append(&t.progress);
         Ok(offset)
     }
 
@@ -612,7 +217,7 @@ impl Store {
         }
         let t = self.topic_or_create(topic)?;
         let range = t.append(&self.shared, payloads, true)?;
-        self.shared.note_append(&t);
+        self.shared.note_append(&t.progress);
         Ok(range)
     }
 
@@ -747,14 +352,15 @@ impl Store {
     /// # Errors
     /// The error of preparing the next segment (an append that needs it will retry).
     pub fn maintain(&self) -> io::Result<()> {
-        let due = std::mem::take(&mut *self.shared.deletions.lock());
+        let due = self.shared.take_deletions();
         for segment in due {
             self.shared.delete_segment_now(segment);
         }
         let pending = std::mem::take(&mut *self.shared.cursors_pending.lock());
         let mut seen = std::collections::HashSet::new();
-        for t in pending {
-            if seen.insert(Arc::as_ptr(&t))
+        for name in pending {
+            if seen.insert(name.clone())
+                && let Some(t) = self.topic(&name)
                 && let Err(e) = t.persist_cursor(&self.shared)
             {
                 tracing::warn!(topic = %t.name, error = %e, "could not persist a cursor");
@@ -806,7 +412,7 @@ impl Drop for Store {
         {
             tracing::warn!(dir = %self.shared.dir.display(), error = %e, "cursors not persisted at close");
         }
-        for segment in std::mem::take(&mut *self.shared.deletions.lock()) {
+        for segment in self.shared.take_deletions() {
             self.shared.delete_segment_now(segment);
         }
         // Exact durable watermarks after a clean close: damage to anything synced is then

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use walrus_block::{
@@ -16,7 +16,8 @@ use walrus_io::WriteOp;
 
 use crate::chain::{Block, ReadBuf};
 use crate::error::on_topic;
-use crate::store::Shared;
+use crate::progress::{MarkState, Progress};
+use crate::shared::Shared;
 
 /// A topic: writer, chain, reader.
 #[derive(Debug)]
@@ -27,27 +28,12 @@ pub(crate) struct Topic {
     writer: Mutex<Writer>,
     /// Blocks not yet released by the reader, oldest first. The last one is the writer's.
     chain: RwLock<VecDeque<Arc<Block>>>,
-    /// Entries below this offset are written and readable.
-    committed: AtomicU64,
+    /// Written, durable and listed-for-sync ends, shared with the store-wide sync.
+    pub(crate) progress: Arc<Progress>,
     /// Mirror of the reader's persisted cursor, so the writer can release blocks it seals after
     /// they were already consumed without taking the reader's lock.
     persisted: AtomicU64,
-    /// Entries below this offset are on stable storage (as of the last completed sync).
-    durable: AtomicU64,
-    /// The topic is in the store's list of topics with appends not yet durable.
-    unsynced: AtomicBool,
-    /// The durable watermark as last written to the marks file: (slot pair, generation,
-    /// offset written).
-    mark: Mutex<MarkState>,
     reader: Mutex<Reader>,
-}
-
-/// Where a topic's durable watermark stands in the marks file.
-#[derive(Debug, Default)]
-pub(crate) struct MarkState {
-    pub(crate) pair: Option<u64>,
-    pub(crate) generation: u64,
-    pub(crate) written: u64,
 }
 
 #[derive(Debug)]
@@ -200,6 +186,7 @@ impl Topic {
             None => (None, 0),
         };
         Self {
+            progress: Arc::new(Progress::new(name.clone(), state.next_offset, state.mark)),
             name,
             lane,
             writer: Mutex::new(Writer {
@@ -212,11 +199,7 @@ impl Topic {
                 headers: Vec::new(),
             }),
             chain: RwLock::new(state.chain),
-            committed: AtomicU64::new(state.next_offset),
             persisted: AtomicU64::new(state.cursor),
-            durable: AtomicU64::new(state.next_offset),
-            unsynced: AtomicBool::new(false),
-            mark: Mutex::new(state.mark),
             reader: Mutex::new(Reader {
                 cursor: state.cursor,
                 persisted: state.cursor,
@@ -231,12 +214,12 @@ impl Topic {
 
     /// Offset the next append gets; every entry below is readable.
     pub(crate) fn committed(&self) -> u64 {
-        self.committed.load(Ordering::Acquire)
+        self.progress.committed()
     }
 
     /// Entries below this offset are durable.
     pub(crate) fn durable(&self) -> u64 {
-        self.durable.load(Ordering::Acquire)
+        self.progress.durable()
     }
 
     /// Entries below this offset may be handed to readers: the acknowledged ones. Under a
@@ -250,25 +233,9 @@ impl Topic {
         }
     }
 
-    /// Sets whether the topic is in the store's list of topics with appends not yet durable;
-    /// true if it was not listed before.
-    pub(crate) fn set_listed(&self, listed: bool) -> bool {
-        !self.unsynced.swap(listed, Ordering::SeqCst)
-    }
-
     /// Whether consuming reads moved the cursor past what was last persisted.
     pub(crate) fn has_unpersisted_reads(&self) -> bool {
         self.reader.lock().unpersisted > 0
-    }
-
-    /// A sync covering `offset` completed.
-    pub(crate) fn set_durable(&self, offset: u64) {
-        self.durable.fetch_max(offset, Ordering::AcqRel);
-    }
-
-    /// The durable watermark's record state.
-    pub(crate) fn mark_state(&self) -> parking_lot::MutexGuard<'_, MarkState> {
-        self.mark.lock()
     }
 
     /// The cursor: next offset a consuming read hands out.
@@ -482,7 +449,7 @@ impl Topic {
         w.block = plan.end.0;
         w.pos = plan.end.1;
         w.next_offset = first + count as u64;
-        self.committed.store(w.next_offset, Ordering::Release);
+        self.progress.set_committed(w.next_offset);
         if !plan.new_blocks.is_empty() {
             // A block sealed just now may already be wholly consumed.
             self.release_consumed(shared);

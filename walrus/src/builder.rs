@@ -9,7 +9,6 @@ use walrus_topic::{RecoveryMode, StoreOptions};
 
 use crate::config::{FsyncSchedule, ReadConsistency};
 use crate::key::dir_name;
-use crate::wal::Walrus;
 
 /// Environment variable: the data root (default `./wal_files`).
 pub const ENV_DATA_DIR: &str = "WALRUS_DATA_DIR";
@@ -20,7 +19,7 @@ pub const ENV_QUIET: &str = "WALRUS_QUIET";
 /// The data root when neither the builder nor the environment names one.
 pub const DEFAULT_DATA_DIR: &str = "./wal_files";
 
-/// Builds a [`Walrus`] instance. Values set here win over the environment, which is read once,
+/// Builds a [`Walrus`](crate::Walrus) instance. Values set here win over the environment, which is read once,
 /// in [`build`](Self::build).
 ///
 /// ```
@@ -157,14 +156,12 @@ impl WalrusBuilder {
         self
     }
 
-    /// Opens the instance: reads the environment for what was not set, creates the directory,
-    /// recovers it and starts the background flusher if the schedule needs one.
+    /// What the instance opens with: the builder's values, then the environment, then the
+    /// defaults ([`build`](Self::build) opens it).
     ///
     /// # Errors
-    /// `InvalidInput` for a bad key, geometry or a data directory that is a file;
-    /// `ResourceBusy` when another live instance holds the directory; `InvalidData` for foreign
-    /// or corrupt files; any I/O error.
-    pub fn build(self) -> io::Result<Walrus> {
+    /// `InvalidInput` for a bad key; an error opening the storage backend.
+    pub(crate) fn settings(self) -> io::Result<Settings> {
         /// Under `SyncEach`, how far (at most, plus one background tick of the same length) the
         /// persisted durable watermark trails the acknowledged end.
         const SYNC_EACH_MARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
@@ -222,13 +219,24 @@ impl WalrusBuilder {
         if let Some(interval) = self.mark_interval {
             options = options.with_mark_interval(interval);
         }
-        Walrus::open(
+        Ok(Settings {
             dir,
             storage,
             options,
-            self.consistency,
-            self.schedule,
+            consistency: self.consistency,
+            schedule: self.schedule,
             quiet,
-        )
+        })
     }
+}
+
+/// Everything an instance opens with, resolved by [`WalrusBuilder::settings`].
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) dir: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) options: StoreOptions,
+    pub(crate) consistency: ReadConsistency,
+    pub(crate) schedule: FsyncSchedule,
+    pub(crate) quiet: bool,
 }

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,10 +10,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use walrus_io::Storage;
-use walrus_topic::{RecoveryReport, Store, StoreOptions};
+use walrus_topic::{RecoveryReport, Store};
 
-use crate::builder::WalrusBuilder;
+use crate::builder::{Settings, WalrusBuilder};
 use crate::config::{FsyncSchedule, ReadConsistency};
 use walrus_topic::{GroupCommit, Writing};
 
@@ -263,14 +262,15 @@ impl Walrus {
         WalrusBuilder::new()
     }
 
-    pub(crate) fn open(
-        dir: PathBuf,
-        storage: Arc<dyn Storage>,
-        options: StoreOptions,
-        consistency: ReadConsistency,
-        schedule: FsyncSchedule,
-        quiet: bool,
-    ) -> io::Result<Self> {
+    fn open(settings: Settings) -> io::Result<Self> {
+        let Settings {
+            dir,
+            storage,
+            options,
+            consistency,
+            schedule,
+            quiet,
+        } = settings;
         let mark_interval = options.mark_interval();
         let store = Store::open(&dir, storage, options)?;
         if !quiet {
@@ -585,4 +585,17 @@ fn syncer_loop(inner: &Inner, period: Option<Duration>) {
 
 fn check_topic(topic: &str) -> io::Result<()> {
     walrus_block::validate_topic_name(topic).map_err(io::Error::from)
+}
+
+impl WalrusBuilder {
+    /// Opens the instance: reads the environment for what was not set, creates the directory,
+    /// recovers it and starts the background flusher if the schedule needs one.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad key, geometry or a data directory that is a file;
+    /// `ResourceBusy` when another live instance holds the directory; `InvalidData` for foreign
+    /// or corrupt files; any I/O error.
+    pub fn build(self) -> io::Result<Walrus> {
+        Walrus::open(self.settings()?)
+    }
 }

@@ -140,3 +140,69 @@ fn readme_names_the_run_and_test_commands() {
         .expect("xtask has a ci task")..];
     assert!(ci_task.contains(r#"cargo().args(["test", "--workspace"])"#));
 }
+
+/// The top-level module a source file of `src` belongs to (`recovery/walk.rs` → `recovery`),
+/// or `None` for the crate root.
+fn top_module(src: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src).ok()?;
+    let first = rel.components().next()?.as_os_str().to_str()?.to_string();
+    let name = first.strip_suffix(".rs").unwrap_or(&first).to_string();
+    (name != "lib" && name != "main").then_some(name)
+}
+
+/// Layers point down inside a crate too: no two top-level modules of a library crate use each
+/// other, directly or through others (`use crate::x` and `crate::x::` paths, tests excluded).
+#[test]
+fn no_library_crate_has_a_module_cycle() {
+    for c in LIBRARY_CRATES {
+        let src = root().join(c).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            std::collections::BTreeMap::new();
+        for f in &files {
+            let Some(from) = top_module(&src, f) else {
+                continue;
+            };
+            let text = fs::read_to_string(f).unwrap();
+            // Unit tests may reach anywhere.
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let code = code.split("#[cfg(all(test").next().unwrap_or_default();
+            for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                let mut rest = line;
+                while let Some(i) = rest.find("crate::") {
+                    rest = &rest[i + "crate::".len()..];
+                    let to: String = rest
+                        .chars()
+                        .take_while(|ch| ch.is_alphanumeric() || *ch == '_')
+                        .collect();
+                    if !to.is_empty() && to != from && src.join(format!("{to}.rs")).exists()
+                        || src.join(&to).join("mod.rs").exists() && to != from
+                    {
+                        edges.entry(from.clone()).or_default().insert(to);
+                    }
+                }
+            }
+        }
+        // Depth-first search for a path back to the start.
+        for start in edges.keys() {
+            let mut stack: Vec<Vec<String>> = vec![vec![start.clone()]];
+            let mut seen = std::collections::BTreeSet::new();
+            while let Some(path) = stack.pop() {
+                let last = path.last().unwrap();
+                for next in edges.get(last).into_iter().flatten() {
+                    assert!(
+                        next != start,
+                        "{c}: module cycle {} -> {start}",
+                        path.join(" -> ")
+                    );
+                    if seen.insert(next.clone()) {
+                        let mut longer = path.clone();
+                        longer.push(next.clone());
+                        stack.push(longer);
+                    }
+                }
+            }
+        }
+    }
+}

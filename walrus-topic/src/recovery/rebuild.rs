@@ -24,7 +24,8 @@ use super::{Action, Erase, Fate, Problem, RecoveryIssue, RecoveryReport};
 use crate::chain::{Block, SegmentHandle, Span};
 use crate::cursors::LoadedCursor;
 use crate::options::RecoveryMode;
-use crate::topic::{MarkState, TopicState};
+use crate::progress::MarkState;
+use crate::topic::TopicState;
 
 /// What recovery decided for one topic.
 pub(super) struct TopicPlan {

@@ -1,0 +1,73 @@
+//! How far one topic's entries have come — written, durable, listed for the next sync — and
+//! where its durable watermark stands in the marks file. The store-wide sync machinery
+//! ([`Shared`](crate::shared::Shared)) needs only this of a topic, so it lives below both.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
+
+/// Where a topic's durable watermark stands in the marks file.
+#[derive(Debug, Default)]
+pub(crate) struct MarkState {
+    pub(crate) pair: Option<u64>,
+    pub(crate) generation: u64,
+    pub(crate) written: u64,
+}
+
+/// The progress of one topic. See the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Progress {
+    pub(crate) name: Arc<str>,
+    /// Entries below this offset are written and readable.
+    committed: AtomicU64,
+    /// Entries below this offset are on stable storage (as of the last completed sync).
+    durable: AtomicU64,
+    /// The topic is in the store's list of topics with appends not yet durable.
+    listed: AtomicBool,
+    /// The durable watermark as last written to the marks file.
+    mark: Mutex<MarkState>,
+}
+
+impl Progress {
+    /// A topic whose entries below `end` are written and durable.
+    pub(crate) fn new(name: Arc<str>, end: u64, mark: MarkState) -> Self {
+        Self {
+            name,
+            committed: AtomicU64::new(end),
+            durable: AtomicU64::new(end),
+            listed: AtomicBool::new(false),
+            mark: Mutex::new(mark),
+        }
+    }
+
+    /// Entries below this offset are written and readable.
+    pub(crate) fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Publishes entries below `end` as written (after their bytes are).
+    pub(crate) fn set_committed(&self, end: u64) {
+        self.committed.store(end, Ordering::Release);
+    }
+
+    /// Entries below this offset are durable.
+    pub(crate) fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// A sync covering `offset` completed.
+    pub(crate) fn set_durable(&self, offset: u64) {
+        self.durable.fetch_max(offset, Ordering::AcqRel);
+    }
+
+    /// Marks the topic as listed (or not) for the next syncs; whether it was not listed.
+    pub(crate) fn set_listed(&self, listed: bool) -> bool {
+        !self.listed.swap(listed, Ordering::SeqCst)
+    }
+
+    /// The durable watermark's record state.
+    pub(crate) fn mark_state(&self) -> MutexGuard<'_, MarkState> {
+        self.mark.lock()
+    }
+}
