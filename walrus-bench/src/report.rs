@@ -363,6 +363,26 @@ pub fn table(results: &[RunResult]) -> String {
     out
 }
 
+/// A target of `ours` running at least `factor` times the entries/s of `theirs` (by name) in
+/// the same workload: the ratio with both rates, and whether it is met.
+fn ratio_target(
+    results: &[RunResult],
+    ours: &RunResult,
+    theirs: &str,
+    factor: f64,
+) -> Option<(String, bool)> {
+    let x = ratio_vs_named(results, ours, theirs)?;
+    Some((
+        format!(
+            "{} ({} vs {} entries/s)",
+            fmt_ratio(x),
+            fmt_count(ours.entries_per_sec()),
+            fmt_count(ours.entries_per_sec() / x)
+        ),
+        x >= factor,
+    ))
+}
+
 fn find(
     results: &[RunResult],
     engine: EngineKind,
@@ -384,18 +404,7 @@ pub fn targets(results: &[RunResult]) -> Vec<Target> {
     let append2 = ours(&|r| r.spec.group == "writes" && r.spec.threads == 2);
     push(
         "unsynced single appends, 2 threads >= 3x walrus-rust",
-        append2.and_then(|r| {
-            let x = ratio_vs(results, r, EngineKind::WalrusRust)?;
-            Some((
-                format!(
-                    "{} ({} vs {} entries/s)",
-                    fmt_ratio(x),
-                    fmt_count(r.entries_per_sec()),
-                    fmt_count(r.entries_per_sec() / x)
-                ),
-                x >= 3.0,
-            ))
-        }),
+        append2.and_then(|r| ratio_target(results, r, "walrus-rust", 3.0)),
     );
 
     let batch1 = ours(&|r| r.spec.group == "batch-writes" && r.spec.threads == 1);
@@ -452,18 +461,7 @@ pub fn targets(results: &[RunResult]) -> Vec<Target> {
         for (engine, factor) in [("okaywal", 2.0), ("rocksdb", 3.0), ("walrus-rust", 4.0)] {
             push(
                 &format!("sync-each, {label} >= {factor}x {engine}"),
-                run.and_then(|r| {
-                    let x = ratio_vs_named(results, r, engine)?;
-                    Some((
-                        format!(
-                            "{} ({} vs {} entries/s)",
-                            fmt_ratio(x),
-                            fmt_count(r.entries_per_sec()),
-                            fmt_count(r.entries_per_sec() / x)
-                        ),
-                        x >= factor,
-                    ))
-                }),
+                run.and_then(|r| ratio_target(results, r, engine, factor)),
             );
         }
         push(
