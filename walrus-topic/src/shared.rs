@@ -211,8 +211,12 @@ impl Shared {
     /// then, and report it if it persists.
     pub(crate) fn claim_ahead(&self) -> io::Result<()> {
         // Claims by `fallocate` are cheap enough on the appending thread, and claiming early
-        // would only cost space.
-        if !self.options.zero_fill || self.check_writable().is_err() {
+        // would only cost space; with inline maintenance every storage operation stays on the
+        // thread that needs it.
+        if !self.options.zero_fill
+            || !self.options.background_maintenance
+            || self.check_writable().is_err()
+        {
             return Ok(());
         }
         for lane in &self.lanes {

@@ -251,12 +251,19 @@ fn no_fsync_syncs_only_on_flush() {
 #[test]
 fn failed_sync_poisons_until_reopen_and_enospc_fails_one_append() {
     let sim = SimStorage::new(24);
-    let wal = on_sim(
-        &sim,
-        ReadConsistency::StrictlyAtOnce,
-        FsyncSchedule::SyncEach,
-    )
-    .unwrap();
+    // Maintenance on this thread: under SyncEach the background one writes zeros ahead, and
+    // the one-shot faults below must hit the appends' own writes and syncs.
+    let wal = Walrus::builder()
+        .data_dir("/root")
+        .key("k")
+        .storage(Arc::new(sim.clone()) as Arc<dyn Storage>)
+        .consistency(ReadConsistency::StrictlyAtOnce)
+        .fsync_schedule(FsyncSchedule::SyncEach)
+        .segment_size(256 * 1024)
+        .block_size(16 * 1024)
+        .inline_maintenance(true)
+        .build()
+        .unwrap();
     wal.append_for_topic("t", b"a").unwrap();
     sim.inject(FaultRule::new(Fault::Enospc).op(OpKind::Write));
     assert_eq!(
