@@ -10,6 +10,7 @@ const LIBRARY_CRATES: &[&str] = &[
     "walrus-io",
     "walrus-topic",
     "walrus",
+    "walrus-s3",
 ];
 const ALL_CRATES: &[&str] = &[
     "walrus-block",
@@ -17,6 +18,7 @@ const ALL_CRATES: &[&str] = &[
     "walrus-io",
     "walrus-topic",
     "walrus",
+    "walrus-s3",
     "walrus-bench",
     "xtask",
 ];
@@ -111,6 +113,26 @@ fn no_unchecked_rkyv_access() {
             "{} uses access_unchecked",
             path.display()
         );
+    }
+}
+
+/// Layers point down: a library crate's `[dependencies]` name only crates listed before it in
+/// `LIBRARY_CRATES` (the bottom-up order of SPEC.md).
+#[test]
+fn library_crates_depend_only_on_crates_below_them() {
+    for (i, c) in LIBRARY_CRATES.iter().enumerate() {
+        let manifest = fs::read_to_string(root().join(c).join("Cargo.toml")).unwrap();
+        let mut in_deps = false;
+        for line in manifest.lines() {
+            if line.starts_with('[') {
+                in_deps = line == "[dependencies]";
+                continue;
+            }
+            let name = line.split(['.', ' ', '=']).next().unwrap_or("");
+            if in_deps && let Some(j) = LIBRARY_CRATES.iter().position(|l| *l == name) {
+                assert!(j < i, "{c} depends on {name}, which is not below it");
+            }
+        }
     }
 }
 

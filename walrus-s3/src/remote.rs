@@ -1,0 +1,258 @@
+//! The object store as the rest of the crate sees it: blocking calls with a deadline each, run
+//! on a Tokio runtime the crate owns, and `object_store` errors turned into `io::Error`s that
+//! name the operation and the object.
+
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
+
+use crate::format::{self, BatchHeader, HEADER_PROBE_LEN, HeaderProbe};
+
+/// How many header GETs an open keeps in flight.
+const HEADER_FETCH_CONCURRENCY: usize = 16;
+
+/// A batch object as listed: its sequence, its name, its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listed {
+    pub(crate) sequence: u64,
+    pub(crate) path: Path,
+    pub(crate) size: u64,
+}
+
+/// What a conditional PUT found.
+#[derive(Debug)]
+pub(crate) enum PutOutcome {
+    /// Written now.
+    Created,
+    /// The name was taken.
+    Exists,
+}
+
+/// One prefix of one object store, with the runtime its futures run on.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    store: Arc<dyn ObjectStore>,
+    runtime: Arc<tokio::runtime::Runtime>,
+    prefix: String,
+    timeout: Duration,
+}
+
+fn store_error(op: &str, what: &str, e: object_store::Error) -> io::Error {
+    use object_store::Error as E;
+    let kind = match &e {
+        E::NotFound { .. } => io::ErrorKind::NotFound,
+        E::AlreadyExists { .. } | E::Precondition { .. } => io::ErrorKind::AlreadyExists,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => io::ErrorKind::PermissionDenied,
+        E::InvalidPath { .. } => io::ErrorKind::InvalidInput,
+        E::NotSupported { .. } | E::NotImplemented { .. } => io::ErrorKind::Unsupported,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, format!("S3 {op} of {what}: {e}"))
+}
+
+impl Remote {
+    /// A remote over `store` under `prefix`, with a runtime of its own.
+    pub(crate) fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("walrus-s3-io")
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            store,
+            runtime: Arc::new(runtime),
+            prefix: prefix.trim_matches('/').to_owned(),
+            timeout,
+        })
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn path(&self, sequence: u64) -> Path {
+        Path::from(format::object_name(&self.prefix, sequence))
+    }
+
+    /// Runs `fut` on the runtime with the per-request deadline.
+    fn run<T>(
+        &self,
+        op: &str,
+        what: &str,
+        fut: impl Future<Output = object_store::Result<T>>,
+    ) -> io::Result<T> {
+        let timeout = self.timeout;
+        self.runtime.block_on(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r.map_err(|e| store_error(op, what, e)),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("S3 {op} of {what}: no answer within {timeout:?}"),
+                )),
+            }
+        })
+    }
+
+    /// Every batch object under the prefix with a sequence of at least `from`, by sequence.
+    /// Objects whose names are not batch names are ignored.
+    pub(crate) fn list(&self, from: u64) -> io::Result<Vec<Listed>> {
+        let prefix = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+        let what = format!("prefix {:?}", self.prefix);
+        let stream = self.store.list(prefix.as_ref());
+        let metas: Vec<_> = self.run("LIST", &what, stream.try_collect::<Vec<_>>())?;
+        let mut out: Vec<Listed> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let sequence = format::parse_object_name(m.location.as_ref())?;
+                // Only direct children of the prefix: `a/b` must not pick up `a/b/c/…`.
+                (sequence >= from && m.location == self.path(sequence)).then_some(Listed {
+                    sequence,
+                    path: m.location,
+                    size: m.size,
+                })
+            })
+            .collect();
+        out.sort_by_key(|l| l.sequence);
+        Ok(out)
+    }
+
+    /// The validated headers of `objects`, fetched concurrently, in the same order.
+    pub(crate) fn headers(&self, objects: &[Listed]) -> io::Result<Vec<BatchHeader>> {
+        let timeout = self.timeout;
+        let fetches = objects.iter().map(|l| {
+            let store = Arc::clone(&self.store);
+            let l = l.clone();
+            async move {
+                match tokio::time::timeout(timeout, fetch_header(&*store, &l)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("S3 GET of {}: no answer within {timeout:?}", l.path),
+                    )),
+                }
+            }
+        });
+        self.runtime.block_on(
+            futures::stream::iter(fetches)
+                .buffered(HEADER_FETCH_CONCURRENCY)
+                .try_collect(),
+        )
+    }
+
+    /// Bytes `range` of `path`, exactly (a short answer is an error).
+    pub(crate) fn get_range(&self, path: &Path, range: Range<u64>) -> io::Result<Bytes> {
+        let want = range.end - range.start;
+        let what = format!("{path} bytes {range:?}");
+        let bytes = self.run("GET", &what, self.store.get_range(path, range.clone()))?;
+        if bytes.len() as u64 != want {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("S3 GET of {what}: {} bytes came back", bytes.len()),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// The whole object.
+    pub(crate) fn get(&self, path: &Path) -> io::Result<Bytes> {
+        let what = path.to_string();
+        self.run("GET", &what, async {
+            self.store
+                .get_opts(path, GetOptions::default())
+                .await?
+                .bytes()
+                .await
+        })
+    }
+
+    /// PUT `bytes` at `path` only if nothing is there (If-None-Match).
+    pub(crate) fn put_create(&self, path: &Path, bytes: Bytes) -> io::Result<PutOutcome> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        let what = path.to_string();
+        match self.run(
+            "PUT",
+            &what,
+            self.store
+                .put_opts(path, PutPayload::from_bytes(bytes), opts),
+        ) {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn fetch_header(store: &dyn ObjectStore, l: &Listed) -> io::Result<BatchHeader> {
+    let what = l.path.to_string();
+    if l.size < (format::FIXED_HEADER_LEN + 4) as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "batch object {what}: {} bytes, shorter than a batch header",
+                l.size
+            ),
+        ));
+    }
+    let probe = get_bounded(store, l, 0..HEADER_PROBE_LEN.min(l.size)).await?;
+    let header = match format::decode_header(&what, &probe)? {
+        HeaderProbe::Header(h) => h,
+        HeaderProbe::NeedBytes(n) if n <= l.size => {
+            let whole = get_bounded(store, l, 0..n).await?;
+            match format::decode_header(&what, &whole)? {
+                HeaderProbe::Header(h) => h,
+                HeaderProbe::NeedBytes(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("batch object {what}: header length changed between reads"),
+                    ));
+                }
+            }
+        }
+        HeaderProbe::NeedBytes(n) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "batch object {what}: header of {n} bytes in a {}-byte object",
+                    l.size
+                ),
+            ));
+        }
+    };
+    if header.sequence != l.sequence || header.object_len != l.size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "batch object {what}: header says batch {} of {} bytes, the listing says batch {} of {} bytes",
+                header.sequence, header.object_len, l.sequence, l.size
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+async fn get_bounded(store: &dyn ObjectStore, l: &Listed, range: Range<u64>) -> io::Result<Bytes> {
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(range)),
+        ..GetOptions::default()
+    };
+    let what = l.path.to_string();
+    match store.get_opts(&l.path, opts).await {
+        Ok(r) => r.bytes().await.map_err(|e| store_error("GET", &what, e)),
+        Err(e) => Err(store_error("GET", &what, e)),
+    }
+}

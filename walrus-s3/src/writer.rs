@@ -1,0 +1,813 @@
+//! The writer: producers queue entries (waiting when the queue is full), one flusher thread
+//! drains the queue into one batch object per flush, PUTs it conditionally, and only then
+//! completes the tickets of that batch.
+//!
+//! Offsets are assigned by the flusher, in queue order, so a topic's offsets follow the order
+//! of the batch objects. A batch that cannot be written within its retry budget fails its
+//! tickets and stops the writer: later batches would leave a hole in the offsets, and an
+//! acknowledged entry must never sit after a missing one. Reopen to resume.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use object_store::ObjectStore;
+use parking_lot::{Condvar, Mutex};
+use walrus_block::{FrameKind, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, validate_topic_name};
+
+use crate::format::{self, BatchId, HeaderProbe, TopicEntries};
+use crate::options::S3Options;
+use crate::reader::Index;
+use crate::remote::{PutOutcome, Remote};
+use crate::ticket::{Failure, S3Ticket, Slot};
+
+/// How often an open retries the fence when another writer keeps taking the next name.
+const FENCE_ROUNDS: u32 = 16;
+
+/// Counters of one writer, read with [`S3Wal::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct S3Stats {
+    /// Entries handed to `append*` and queued.
+    pub entries_queued: u64,
+    /// Entries in S3, their tickets completed.
+    pub entries_acknowledged: u64,
+    /// Batch objects written (the open's fence included).
+    pub batches: u64,
+    /// PUT requests sent, retries included.
+    pub put_requests: u64,
+    /// PUT requests that were retries.
+    pub put_retries: u64,
+    /// Bytes of the batch objects written.
+    pub bytes_written: u64,
+    /// Batches whose tickets failed.
+    pub batches_failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    entries_queued: AtomicU64,
+    entries_acknowledged: AtomicU64,
+    batches: AtomicU64,
+    put_requests: AtomicU64,
+    put_retries: AtomicU64,
+    bytes_written: AtomicU64,
+    batches_failed: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> S3Stats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        S3Stats {
+            entries_queued: g(&self.entries_queued),
+            entries_acknowledged: g(&self.entries_acknowledged),
+            batches: g(&self.batches),
+            put_requests: g(&self.put_requests),
+            put_retries: g(&self.put_retries),
+            bytes_written: g(&self.bytes_written),
+            batches_failed: g(&self.batches_failed),
+        }
+    }
+}
+
+/// What an append queues.
+#[derive(Debug)]
+enum Payload {
+    One(Vec<u8>),
+    /// An atomic batch: always in one object, offsets consecutive.
+    Many(Vec<Vec<u8>>),
+}
+
+#[derive(Debug)]
+enum Pending {
+    Entries {
+        topic: String,
+        payload: Payload,
+        slot: Arc<Slot>,
+    },
+    /// A `flush()` marker: completed once everything queued before it is in S3.
+    Flush(Arc<Slot>),
+}
+
+impl Pending {
+    fn bytes(&self) -> u64 {
+        match self {
+            Self::Entries {
+                payload: Payload::One(p),
+                ..
+            } => p.len() as u64,
+            Self::Entries {
+                payload: Payload::Many(ps),
+                ..
+            } => ps.iter().map(|p| p.len() as u64).sum(),
+            Self::Flush(_) => 0,
+        }
+    }
+
+    fn slot(&self) -> &Arc<Slot> {
+        match self {
+            Self::Entries { slot, .. } | Self::Flush(slot) => slot,
+        }
+    }
+
+    fn into_payload(self) -> Option<Vec<u8>> {
+        match self {
+            Self::Entries {
+                payload: Payload::One(p),
+                ..
+            } => Some(p),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Wake {
+    /// Flush now: a `flush()`, a full queue, or the size threshold.
+    urgent: bool,
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: S3Options,
+    epoch: u64,
+    queue: ArrayQueue<Pending>,
+    /// Payload bytes queued and not yet taken by the flusher.
+    queued_bytes: AtomicU64,
+    /// Bumped after every drain: appends waiting for room watch it.
+    space: Mutex<u64>,
+    space_freed: Condvar,
+    wake: Mutex<Wake>,
+    woken: Condvar,
+    failed: AtomicBool,
+    failure: Mutex<Option<Failure>>,
+    closed: AtomicBool,
+    /// One past the last acknowledged offset of each topic.
+    ends: Mutex<HashMap<String, u64>>,
+    counters: Counters,
+}
+
+/// An entry handed back by [`S3Wal::append_timeout`], with why it was not queued.
+#[derive(Debug)]
+pub struct Rejected {
+    /// `TimedOut` when the queue stayed full, or the writer's failure.
+    pub error: io::Error,
+    /// The entry, untouched.
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "entry of {} bytes not queued: {}",
+            self.data.len(),
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for Rejected {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The S3 WAL buffer: entries from any thread, group-committed to S3 one batch object per
+/// flush, each producer told through its [`S3Ticket`] once its entry is in S3.
+///
+/// Opening a prefix fences every earlier writer of it: the open claims the next object name
+/// with a conditional PUT under a higher epoch, and a fenced writer's next PUT finds its name
+/// taken. Dropping the writer flushes what is queued.
+#[derive(Debug)]
+pub struct S3Wal {
+    inner: Arc<Inner>,
+    flusher: Option<JoinHandle<()>>,
+    prefix: String,
+}
+
+impl S3Wal {
+    /// Opens `prefix` of `store` for writing: reads the prefix's batches (to continue every
+    /// topic's offsets), then fences earlier writers.
+    ///
+    /// # Errors
+    /// `InvalidInput` for bad options; the store's errors; `InvalidData` when the prefix holds
+    /// damaged batches; `AlreadyExists` when other writers kept winning the fence.
+    pub fn open(store: Arc<dyn ObjectStore>, prefix: &str, options: S3Options) -> io::Result<Self> {
+        options.validate()?;
+        let remote = Remote::new(store, prefix, options.request_timeout)?;
+        let mut index = Index::load(&remote)?;
+        let counters = Counters::default();
+        let writer = random_id();
+        let mut round = 0;
+        let (epoch, sequence) = loop {
+            let id = BatchId {
+                epoch: index.max_epoch() + 1,
+                sequence: index.next_sequence(),
+                writer,
+            };
+            let fence = format::encode_batch(id, &[])?;
+            match put_batch(&remote, &options, &counters, id, fence.into()) {
+                Ok(()) => break (id.epoch, id.sequence),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && round < FENCE_ROUNDS => {
+                    round += 1;
+                    index.refresh(&remote)?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        tracing::info!(prefix, epoch, sequence, "walrus-s3 writer opened");
+        let inner = Arc::new(Inner {
+            queue: ArrayQueue::new(options.queue_capacity),
+            options,
+            epoch,
+            queued_bytes: AtomicU64::new(0),
+            space: Mutex::new(0),
+            space_freed: Condvar::new(),
+            wake: Mutex::new(Wake::default()),
+            woken: Condvar::new(),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            ends: Mutex::new(index.ends()),
+            counters,
+        });
+        let flusher = Flusher {
+            ends: index.ends(),
+            inner: Arc::clone(&inner),
+            remote,
+            writer,
+            next_sequence: sequence + 1,
+        };
+        let handle = std::thread::Builder::new()
+            .name("walrus-s3-flusher".into())
+            .spawn(move || flusher.run())?;
+        Ok(Self {
+            inner,
+            flusher: Some(handle),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// Queues one entry for `topic`, waiting while the queue is full.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad topic name or an entry over the frame limit (nothing queued);
+    /// the writer's failure once a batch failed or the writer was fenced.
+    pub fn append(&self, topic: &str, data: &[u8]) -> io::Result<S3Ticket> {
+        check_entry(topic, data.len())?;
+        let slot = Slot::new();
+        let item = Pending::Entries {
+            topic: topic.to_owned(),
+            payload: Payload::One(data.to_vec()),
+            slot: Arc::clone(&slot),
+        };
+        self.queue(item, 1, None).map_err(|(e, _)| e)?;
+        Ok(S3Ticket::new(slot))
+    }
+
+    /// Like [`append`](Self::append), waiting at most `timeout` for room in the queue; the
+    /// entry comes back when there was none.
+    ///
+    /// # Errors
+    /// [`Rejected`] with `TimedOut`, `InvalidInput` or the writer's failure, and the entry.
+    pub fn append_timeout(
+        &self,
+        topic: &str,
+        data: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<S3Ticket, Rejected> {
+        if let Err(error) = check_entry(topic, data.len()) {
+            return Err(Rejected { error, data });
+        }
+        let slot = Slot::new();
+        let item = Pending::Entries {
+            topic: topic.to_owned(),
+            payload: Payload::One(data),
+            slot: Arc::clone(&slot),
+        };
+        match self.queue(item, 1, Some(Instant::now() + timeout)) {
+            Ok(()) => Ok(S3Ticket::new(slot)),
+            Err((error, item)) => Err(Rejected {
+                error,
+                data: item.into_payload().unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Queues `entries` for `topic` as one atomic unit: they land in one batch object at
+    /// consecutive offsets, or not at all.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an empty batch, more than 2000 entries, a bad topic or an entry over
+    /// the frame limit; the writer's failure.
+    pub fn append_batch(&self, topic: &str, entries: &[&[u8]]) -> io::Result<S3Ticket> {
+        if entries.is_empty() || entries.len() > MAX_BATCH_ENTRIES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "topic {topic:?}: a batch holds 1 to {MAX_BATCH_ENTRIES} entries, not {}",
+                    entries.len()
+                ),
+            ));
+        }
+        for e in entries {
+            check_entry(topic, e.len())?;
+        }
+        let slot = Slot::new();
+        let item = Pending::Entries {
+            topic: topic.to_owned(),
+            payload: Payload::Many(entries.iter().map(|e| e.to_vec()).collect()),
+            slot: Arc::clone(&slot),
+        };
+        self.queue(item, entries.len() as u64, None)
+            .map_err(|(e, _)| e)?;
+        Ok(S3Ticket::new(slot))
+    }
+
+    /// Returns once everything queued before the call is in S3 (sends a batch now).
+    ///
+    /// # Errors
+    /// The writer's failure.
+    pub fn flush(&self) -> io::Result<()> {
+        let slot = Slot::new();
+        self.queue(Pending::Flush(Arc::clone(&slot)), 0, None)
+            .map_err(|(e, _)| e)?;
+        self.inner.wake_flusher();
+        S3Ticket::new(slot).wait().map(|_| ())
+    }
+
+    /// One past the last offset of `topic` known to be in S3 (`None` for a topic with none).
+    #[must_use]
+    pub fn end_offset(&self, topic: &str) -> Option<u64> {
+        self.inner.ends.lock().get(topic).copied()
+    }
+
+    /// This writer's epoch (one more than any earlier writer's of the prefix).
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+
+    /// The prefix written to.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The writer's counters.
+    #[must_use]
+    pub fn stats(&self) -> S3Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Flushes what is queued and stops the flusher.
+    ///
+    /// # Errors
+    /// The writer's failure, if a batch failed (now or earlier).
+    pub fn close(mut self) -> io::Result<()> {
+        self.stop();
+        match &*self.inner.failure.lock() {
+            Some(f) => Err(f.to_error()),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(handle) = self.flusher.take() {
+            {
+                let mut w = self.inner.wake.lock();
+                w.closing = true;
+            }
+            self.inner.woken.notify_one();
+            if handle.join().is_err() {
+                tracing::error!(prefix = %self.prefix, "walrus-s3 flusher panicked");
+            }
+        }
+    }
+
+    fn queue(
+        &self,
+        item: Pending,
+        entries: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), (io::Error, Pending)> {
+        let inner = &*self.inner;
+        let len = item.bytes();
+        if let Some(e) = inner.refusal() {
+            return Err((e, item));
+        }
+        let mut item = match inner.try_push(item, len) {
+            Ok(()) => {
+                inner
+                    .counters
+                    .entries_queued
+                    .fetch_add(entries, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(item) => item,
+        };
+        let mut generation = inner.space.lock();
+        loop {
+            if let Some(e) = inner.refusal() {
+                return Err((e, item));
+            }
+            let seen = *generation;
+            match inner.try_push(item, len) {
+                Ok(()) => {
+                    inner
+                        .counters
+                        .entries_queued
+                        .fetch_add(entries, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(back) => item = back,
+            }
+            // A full queue is flushed now rather than at the end of the interval.
+            inner.wake_flusher();
+            while *generation == seen && inner.refusal().is_none() {
+                match deadline {
+                    None => inner.space_freed.wait(&mut generation),
+                    Some(d) => {
+                        if inner.space_freed.wait_until(&mut generation, d).timed_out()
+                            && *generation == seen
+                        {
+                            return Err((
+                                io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    format!("prefix {:?}: the queue stayed full", self.prefix),
+                                ),
+                                item,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for S3Wal {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn check_entry(topic: &str, len: usize) -> io::Result<()> {
+    validate_topic_name(topic)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    if len > MAX_ENTRY_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("topic {topic:?}: entry of {len} bytes exceeds the limit of {MAX_ENTRY_LEN}"),
+        ));
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn refusal(&self) -> Option<io::Error> {
+        if self.failed.load(Ordering::Acquire) {
+            return self.failure.lock().as_ref().map(Failure::to_error);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Some(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the S3 writer is closed",
+            ));
+        }
+        None
+    }
+
+    /// Queues `item` if the queue and the byte budget have room.
+    fn try_push(&self, item: Pending, len: u64) -> Result<(), Pending> {
+        let prior = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let max = self.options.max_buffered_bytes;
+        if prior > 0 && prior.saturating_add(len) > max {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return Err(item);
+        }
+        match self.queue.push(item) {
+            Ok(()) => {
+                let threshold = self.options.flush_bytes;
+                let crossed = prior < threshold && prior + len >= threshold;
+                if crossed || self.options.flush_interval.is_zero() {
+                    self.wake_flusher();
+                }
+                Ok(())
+            }
+            Err(item) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                Err(item)
+            }
+        }
+    }
+
+    fn wake_flusher(&self) {
+        self.wake.lock().urgent = true;
+        self.woken.notify_one();
+    }
+
+    fn space_freed(&self) {
+        *self.space.lock() += 1;
+        self.space_freed.notify_all();
+    }
+
+    fn fail(&self, failure: &Failure) {
+        self.failure.lock().get_or_insert_with(|| failure.clone());
+        self.failed.store(true, Ordering::Release);
+        self.space_freed();
+    }
+}
+
+/// The flusher thread's state.
+struct Flusher {
+    inner: Arc<Inner>,
+    remote: Remote,
+    writer: u64,
+    next_sequence: u64,
+    ends: HashMap<String, u64>,
+}
+
+impl Flusher {
+    fn run(mut self) {
+        let interval = self.inner.options.flush_interval;
+        let mut deadline = Instant::now() + interval;
+        loop {
+            let closing = self.wait_for_work(&mut deadline);
+            deadline = Instant::now() + interval;
+            loop {
+                let batch = self.drain();
+                if batch.is_empty() {
+                    break;
+                }
+                self.commit(batch);
+                if !closing {
+                    break;
+                }
+            }
+            if closing {
+                break;
+            }
+        }
+        self.inner.closed.store(true, Ordering::Release);
+        // Nothing can be queued after the close (appends borrow the writer), but never strand
+        // a ticket: whatever is left fails.
+        let left = self.drain();
+        let closed = Failure {
+            kind: io::ErrorKind::BrokenPipe,
+            message: "the S3 writer closed before the entry was sent".into(),
+        };
+        for item in left {
+            item.slot().complete(Err(closed.clone()));
+        }
+        self.inner.space_freed();
+    }
+
+    /// Sleeps until a flush is due; true when the writer is closing.
+    fn wait_for_work(&self, deadline: &mut Instant) -> bool {
+        let inner = &*self.inner;
+        let interval = inner.options.flush_interval;
+        let mut wake = inner.wake.lock();
+        loop {
+            if wake.closing {
+                return true;
+            }
+            if wake.urgent {
+                wake.urgent = false;
+                return false;
+            }
+            if inner.queued_bytes.load(Ordering::Acquire) >= inner.options.flush_bytes {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= *deadline {
+                if !inner.queue.is_empty() {
+                    return false;
+                }
+                *deadline = now + interval;
+            }
+            if interval.is_zero() {
+                // Every append wakes the flusher: no tick needed.
+                inner.woken.wait(&mut wake);
+            } else {
+                inner.woken.wait_until(&mut wake, *deadline);
+            }
+        }
+    }
+
+    /// Takes up to a batch's worth of queued items.
+    fn drain(&self) -> Vec<Pending> {
+        let inner = &*self.inner;
+        let mut items = Vec::new();
+        let mut bytes = 0u64;
+        while items.is_empty() || bytes < inner.options.flush_bytes {
+            let Some(item) = inner.queue.pop() else { break };
+            bytes += item.bytes();
+            items.push(item);
+        }
+        if !items.is_empty() {
+            inner.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            inner.space_freed();
+        }
+        items
+    }
+
+    /// Writes one batch and completes its tickets.
+    fn commit(&mut self, items: Vec<Pending>) {
+        let inner = Arc::clone(&self.inner);
+        if inner.failed.load(Ordering::Acquire) {
+            let failure = inner.failure.lock().clone();
+            if let Some(f) = failure {
+                for item in &items {
+                    item.slot().complete(Err(f.clone()));
+                }
+                return;
+            }
+        }
+        let mut groups: Vec<TopicEntries<'_>> = Vec::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        let mut ranges: Vec<Range<u64>> = Vec::with_capacity(items.len());
+        let mut entries = 0u64;
+        let mut kind_error = None;
+        for item in &items {
+            let Pending::Entries { topic, payload, .. } = item else {
+                ranges.push(0..0);
+                continue;
+            };
+            let g = *group_of.entry(topic.as_str()).or_insert_with(|| {
+                groups.push(TopicEntries {
+                    topic,
+                    first: self.ends.get(topic.as_str()).copied().unwrap_or(0),
+                    entries: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            let group = &mut groups[g];
+            let start = group.first + group.entries.len() as u64;
+            match payload {
+                Payload::One(p) => group.entries.push((FrameKind::single(), p)),
+                Payload::Many(ps) => {
+                    for (i, p) in ps.iter().enumerate() {
+                        match FrameKind::batch(i, ps.len()) {
+                            Ok(kind) => group.entries.push((kind, p)),
+                            Err(e) => kind_error = Some(e.to_string()),
+                        }
+                    }
+                }
+            }
+            let end = group.first + group.entries.len() as u64;
+            entries += end - start;
+            ranges.push(start..end);
+        }
+        let result = if groups.is_empty() {
+            Ok(())
+        } else {
+            let id = BatchId {
+                epoch: inner.epoch,
+                sequence: self.next_sequence,
+                writer: self.writer,
+            };
+            match kind_error {
+                Some(msg) => Err(io::Error::new(io::ErrorKind::InvalidInput, msg)),
+                None => format::encode_batch(id, &groups).and_then(|bytes| {
+                    put_batch(
+                        &self.remote,
+                        &inner.options,
+                        &inner.counters,
+                        id,
+                        bytes.into(),
+                    )
+                }),
+            }
+        };
+        match result {
+            Ok(()) => {
+                if !groups.is_empty() {
+                    self.next_sequence += 1;
+                    let mut shared = inner.ends.lock();
+                    for g in &groups {
+                        let end = g.first + g.entries.len() as u64;
+                        self.ends.insert(g.topic.to_owned(), end);
+                        shared.insert(g.topic.to_owned(), end);
+                    }
+                }
+                drop(groups);
+                inner
+                    .counters
+                    .entries_acknowledged
+                    .fetch_add(entries, Ordering::Relaxed);
+                for (item, range) in items.iter().zip(ranges) {
+                    item.slot().complete(Ok(range));
+                }
+            }
+            Err(e) => {
+                drop(groups);
+                let failure = Failure::of(&e);
+                tracing::error!(prefix = %self.remote.prefix(), error = %e, "walrus-s3 batch failed; the writer stops");
+                inner
+                    .counters
+                    .batches_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                inner.fail(&failure);
+                for item in &items {
+                    item.slot().complete(Err(failure.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Whether another attempt can succeed where this one failed.
+fn retryable(e: &io::Error) -> bool {
+    !matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+    )
+}
+
+/// PUTs batch `id` under its name with If-None-Match, retrying within the budget. A taken name
+/// holding exactly these bytes is an earlier attempt of ours that landed; any other content is
+/// another writer's, and fences this one (`AlreadyExists`, no retry).
+fn put_batch(
+    remote: &Remote,
+    options: &S3Options,
+    counters: &Counters,
+    id: BatchId,
+    bytes: Bytes,
+) -> io::Result<()> {
+    let path = remote.path(id.sequence);
+    let mut last: Option<io::Error> = None;
+    for attempt in 1..=options.put_attempts {
+        if attempt > 1 {
+            counters.put_retries.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(options.backoff_for(attempt - 1));
+        }
+        counters.put_requests.fetch_add(1, Ordering::Relaxed);
+        let landed = match remote.put_create(&path, bytes.clone()) {
+            Ok(PutOutcome::Created) => Ok(()),
+            Ok(PutOutcome::Exists) => match remote.get(&path) {
+                Ok(found) if found == bytes => Ok(()),
+                Ok(found) => return Err(fenced(&path, id, &found)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match landed {
+            Ok(()) => {
+                counters.batches.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .bytes_written
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) if !retryable(&e) => return Err(e),
+            Err(e) => {
+                tracing::warn!(%path, attempt, error = %e, "walrus-s3 PUT failed");
+                last = Some(e);
+            }
+        }
+    }
+    let last = last.unwrap_or_else(|| io::Error::other("no attempt was made"));
+    Err(io::Error::new(
+        last.kind(),
+        format!(
+            "batch {} ({path}): not in S3 after {} attempts: {last}",
+            id.sequence, options.put_attempts
+        ),
+    ))
+}
+
+fn fenced(path: &object_store::path::Path, id: BatchId, found: &[u8]) -> io::Error {
+    let theirs = match format::decode_header(path.as_ref(), found) {
+        Ok(HeaderProbe::Header(h)) => format!("epoch {}", h.epoch),
+        _ => "an object that is not a batch of ours".into(),
+    };
+    io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "batch {} ({path}) was written by another writer ({theirs}; this writer has epoch {}): this writer is fenced",
+            id.sequence, id.epoch
+        ),
+    )
+}
+
+/// A writer id that differs between opens and processes (std's per-process random keys).
+fn random_id() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish()
+}

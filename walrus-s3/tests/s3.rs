@@ -1,0 +1,523 @@
+//! The S3 WAL buffer against a real S3-compatible server (moto on 127.0.0.1), with faults made
+//! at the server (paused with SIGSTOP) or between client and server (a lost PUT answer, added
+//! latency). Every wait is bounded.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::throttle::{ThrottleConfig, ThrottledStore};
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use walrus_s3::moto::MotoServer;
+use walrus_s3::{Durability, LocalFirst, S3Options, S3Reader, S3Wal};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn server() -> (MotoServer, Arc<dyn ObjectStore>) {
+    let server = MotoServer::start().expect("moto_server (pip install 'moto[server]')");
+    let store = server.store("walrus").expect("bucket");
+    (server, store)
+}
+
+fn read_all(store: &Arc<dyn ObjectStore>, prefix: &str, topic: &str) -> Vec<(u64, Vec<u8>)> {
+    let reader = S3Reader::open(Arc::clone(store), prefix).expect("open reader");
+    reader
+        .read(topic, 0)
+        .map(|r| r.map(|r| (r.offset, r.data)))
+        .collect::<io::Result<_>>()
+        .expect("read back")
+}
+
+fn fast() -> S3Options {
+    S3Options::default().flush_interval(Duration::from_millis(10))
+}
+
+#[test]
+fn many_producers_round_trip_in_order_with_few_puts() {
+    let (_server, store) = server();
+    let wal = Arc::new(S3Wal::open(Arc::clone(&store), "rt", fast()).unwrap());
+    let threads = 8;
+    let per = 150;
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                let topic = format!("topic-{}", t % 3);
+                let tickets: Vec<_> = (0..per)
+                    .map(|i| wal.append(&topic, format!("{t}:{i}").as_bytes()).unwrap())
+                    .collect();
+                tickets
+                    .into_iter()
+                    .map(|tk| tk.wait_timeout(WAIT).unwrap().start)
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let offsets: Vec<Vec<u64>> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    for o in &offsets {
+        assert!(
+            o.windows(2).all(|w| w[0] < w[1]),
+            "a producer's entries keep their order"
+        );
+    }
+    let stats = wal.stats();
+    assert_eq!(stats.entries_acknowledged, (threads * per) as u64);
+    assert!(
+        stats.batches < (threads * per / 4) as u64,
+        "group commit: {} PUTs for {} entries",
+        stats.batches,
+        threads * per
+    );
+    let wal = Arc::into_inner(wal).unwrap();
+    wal.close().unwrap();
+
+    let reader = S3Reader::open(Arc::clone(&store), "rt").unwrap();
+    assert_eq!(reader.batch_count() as u64, stats.batches);
+    let mut seen = 0;
+    for topic in reader.topics() {
+        let records = read_all(&store, "rt", &topic);
+        let mut last_of: HashMap<String, i64> = HashMap::new();
+        for (i, (offset, data)) in records.iter().enumerate() {
+            assert_eq!(*offset, i as u64, "dense offsets in {topic}");
+            let s = String::from_utf8(data.clone()).unwrap();
+            let (t, n) = s.split_once(':').unwrap();
+            let n: i64 = n.parse().unwrap();
+            let last = last_of.entry(t.to_owned()).or_insert(-1);
+            assert_eq!(
+                n,
+                *last + 1,
+                "producer {t}'s entries in order, none missing"
+            );
+            *last = n;
+        }
+        seen += records.len();
+    }
+    assert_eq!(seen, threads * per);
+}
+
+#[test]
+fn entries_wait_for_the_interval_or_the_size_threshold() {
+    let (_server, store) = server();
+    let options = S3Options::default()
+        .flush_interval(Duration::from_secs(3600))
+        .flush_bytes(64 << 10);
+    let wal = S3Wal::open(Arc::clone(&store), "size", options).unwrap();
+    let lone = wal.append("t", b"alone").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !lone.is_durable().unwrap(),
+        "a lone entry waits for company"
+    );
+    let tickets: Vec<_> = (0..100)
+        .map(|_| wal.append("t", &[7u8; 1024]).unwrap())
+        .collect();
+    // 64 KiB queued: flushed long before the hour is up.
+    for t in &tickets[..60] {
+        t.wait_timeout(WAIT).unwrap();
+    }
+    assert!(lone.is_durable().unwrap());
+    wal.flush().unwrap();
+    assert_eq!(wal.end_offset("t"), Some(101));
+    drop(wal);
+    assert_eq!(read_all(&store, "size", "t").len(), 101);
+}
+
+#[test]
+fn a_full_queue_waits_and_a_timed_append_hands_the_entry_back() {
+    let (server, store) = server();
+    let options = S3Options::default()
+        .queue_capacity(2)
+        .flush_interval(Duration::from_secs(3600))
+        .request_timeout(Duration::from_secs(20));
+    let wal = S3Wal::open(Arc::clone(&store), "full", options).unwrap();
+    server.pause().unwrap();
+    // Two fill the queue; the next append finds it full and wakes the flusher, which takes
+    // them and hangs in its PUT; two more fill the queue again, and the one after times out.
+    let mut tickets = Vec::new();
+    let rejected = loop {
+        assert!(tickets.len() < 10, "the queue never stayed full");
+        let data = format!("x{}", tickets.len()).into_bytes();
+        match wal.append_timeout("t", data, Duration::from_millis(500)) {
+            Ok(t) => tickets.push(t),
+            Err(r) => break r,
+        }
+    };
+    assert_eq!(rejected.error.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(rejected.data, format!("x{}", tickets.len()).into_bytes());
+    assert_eq!(tickets.len(), 4, "two in the hung PUT, two queued");
+    // A blocking append waits until the server is back.
+    let wal = Arc::new(wal);
+    let blocked = {
+        let wal = Arc::clone(&wal);
+        std::thread::spawn(move || wal.append("t", b"waited"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!blocked.is_finished(), "a full queue makes append wait");
+    server.resume().unwrap();
+    tickets.push(blocked.join().unwrap().unwrap());
+    // The hour-long interval is not waited out: flush sends what is queued now.
+    wal.flush().unwrap();
+    for t in tickets {
+        t.wait_timeout(WAIT).unwrap();
+    }
+    let wal = Arc::into_inner(wal).unwrap();
+    wal.close().unwrap();
+    let data: Vec<Vec<u8>> = read_all(&store, "full", "t")
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    let handed_back = format!("x{}", data.len() - 1).into_bytes();
+    assert!(
+        !data.contains(&handed_back),
+        "a rejected entry is not written"
+    );
+    assert_eq!(data.len(), 5);
+    assert_eq!(data.last().unwrap(), b"waited");
+}
+
+#[test]
+fn a_second_writer_fences_the_first() {
+    let (_server, store) = server();
+    let a = S3Wal::open(Arc::clone(&store), "fence", fast()).unwrap();
+    assert_eq!(
+        a.append("t", b"a0").unwrap().wait_timeout(WAIT).unwrap(),
+        0..1
+    );
+    let b = S3Wal::open(Arc::clone(&store), "fence", fast()).unwrap();
+    assert!(b.epoch() > a.epoch());
+    let err = a
+        .append("t", b"a1")
+        .unwrap()
+        .wait_timeout(WAIT)
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+    assert!(err.to_string().contains("fenced"), "{err}");
+    let again = a.append("t", b"a2").unwrap_err();
+    assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+    assert_eq!(
+        b.append("t", b"b0").unwrap().wait_timeout(WAIT).unwrap(),
+        1..2
+    );
+    assert!(a.close().is_err());
+    b.close().unwrap();
+    let data: Vec<(u64, Vec<u8>)> = read_all(&store, "fence", "t");
+    assert_eq!(data, [(0, b"a0".to_vec()), (1, b"b0".to_vec())]);
+}
+
+#[test]
+fn a_paused_server_is_ridden_out_by_retries_and_nothing_acknowledged_is_lost() {
+    let (server, store) = server();
+    let options = fast()
+        .request_timeout(Duration::from_millis(400))
+        .put_attempts(40)
+        .backoff(Duration::from_millis(50), Duration::from_millis(200));
+    let wal = Arc::new(S3Wal::open(Arc::clone(&store), "pause", options).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (wal, stop) = (Arc::clone(&wal), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0..10_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let data = format!("{p}:{i}").into_bytes();
+                    let t = wal.append("t", &data).unwrap();
+                    let offsets = t.wait_timeout(WAIT).unwrap();
+                    acked.push((offsets.start, data));
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    server.pause().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<(u64, Vec<u8>)> = producers
+        .into_iter()
+        .flat_map(|p| p.join().unwrap())
+        .collect();
+    let stats = wal.stats();
+    assert!(stats.put_retries > 0, "the pause forced retries: {stats:?}");
+    Arc::into_inner(wal).unwrap().close().unwrap();
+    let stored: HashMap<u64, Vec<u8>> = read_all(&store, "pause", "t").into_iter().collect();
+    for (offset, data) in &acked {
+        assert_eq!(
+            stored.get(offset),
+            Some(data),
+            "acknowledged offset {offset}"
+        );
+    }
+}
+
+#[test]
+fn a_spent_retry_budget_fails_the_batch_and_stops_the_writer() {
+    let (server, store) = server();
+    let options = fast()
+        .request_timeout(Duration::from_millis(200))
+        .put_attempts(2)
+        .backoff(Duration::from_millis(10), Duration::from_millis(10));
+    let wal = S3Wal::open(Arc::clone(&store), "budget", options).unwrap();
+    wal.append("t", b"before")
+        .unwrap()
+        .wait_timeout(WAIT)
+        .unwrap();
+    server.pause().unwrap();
+    let err = wal
+        .append("t", b"during")
+        .unwrap()
+        .wait_timeout(WAIT)
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(err.to_string().contains("after 2 attempts"), "{err}");
+    let refused = wal.append("t", b"after").unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::TimedOut);
+    server.resume().unwrap();
+    assert!(wal.close().is_err());
+    // A new writer resumes the prefix: what was acknowledged is there.
+    let wal = S3Wal::open(Arc::clone(&store), "budget", fast()).unwrap();
+    let next = wal
+        .append("t", b"later")
+        .unwrap()
+        .wait_timeout(WAIT)
+        .unwrap();
+    wal.close().unwrap();
+    let data = read_all(&store, "budget", "t");
+    assert_eq!(data[0], (0, b"before".to_vec()));
+    assert_eq!(data.last().unwrap(), &(next.start, b"later".to_vec()));
+}
+
+/// Passes everything to the real store, but loses the answer of the first `lose` PUTs of
+/// batch objects after they were written: the client sees an error for a PUT that landed.
+#[derive(Debug)]
+struct LostAnswers {
+    inner: Arc<dyn ObjectStore>,
+    lose: std::sync::atomic::AtomicU32,
+}
+
+impl std::fmt::Display for LostAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LostAnswers({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LostAnswers {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let r = self.inner.put_opts(location, payload, opts).await?;
+        let lose = self
+            .lose
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lose {
+            return Err(object_store::Error::Generic {
+                store: "LostAnswers",
+                source: "connection reset before the answer".into(),
+            });
+        }
+        Ok(r)
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[test]
+fn a_retried_put_that_landed_is_recognised_as_ours() {
+    let (_server, store) = server();
+    let lossy: Arc<dyn ObjectStore> = Arc::new(LostAnswers {
+        inner: Arc::clone(&store),
+        lose: 2.into(), // the fence's answer and the first batch's
+    });
+    let options = fast().backoff(Duration::from_millis(10), Duration::from_millis(10));
+    let wal = S3Wal::open(lossy, "lost", options).unwrap();
+    assert_eq!(
+        wal.append("t", b"once")
+            .unwrap()
+            .wait_timeout(WAIT)
+            .unwrap(),
+        0..1
+    );
+    let stats = wal.stats();
+    assert_eq!(stats.put_retries, 2, "{stats:?}");
+    wal.close().unwrap();
+    let reader = S3Reader::open(Arc::clone(&store), "lost").unwrap();
+    assert_eq!(
+        reader.batch_count(),
+        2,
+        "the fence and one batch, each written once"
+    );
+    assert_eq!(read_all(&store, "lost", "t"), [(0, b"once".to_vec())]);
+}
+
+#[test]
+fn added_latency_is_absorbed_by_batching() {
+    let (_server, store) = server();
+    let slow: Arc<dyn ObjectStore> = Arc::new(ThrottledStore::new(
+        Arc::clone(&store),
+        ThrottleConfig {
+            wait_put_per_call: Duration::from_millis(150),
+            ..ThrottleConfig::default()
+        },
+    ));
+    let wal = Arc::new(S3Wal::open(slow, "slow", fast()).unwrap());
+    let started = Instant::now();
+    let producers: Vec<_> = (0..16)
+        .map(|p| {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let t = wal.append("t", format!("{p}:{i}").as_bytes()).unwrap();
+                    t.wait_timeout(WAIT).unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+    let stats = wal.stats();
+    // 160 synchronous appends, each waiting for its PUT: one PUT per entry would take 24 s.
+    assert!(stats.batches <= 40, "{stats:?} in {elapsed:?}");
+    Arc::into_inner(wal).unwrap().close().unwrap();
+    assert_eq!(read_all(&store, "slow", "t").len(), 160);
+}
+
+#[test]
+fn an_atomic_batch_lands_in_one_object_at_consecutive_offsets() {
+    let (_server, store) = server();
+    let wal = S3Wal::open(Arc::clone(&store), "atomic", fast()).unwrap();
+    let single = wal.append("t", b"x").unwrap();
+    let batch = wal.append_batch("t", &[b"a", b"b", b"c"]).unwrap();
+    assert_eq!(single.wait_timeout(WAIT).unwrap(), 0..1);
+    assert_eq!(batch.wait_timeout(WAIT).unwrap(), 1..4);
+    assert_eq!(
+        wal.append_batch("t", &[]).unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        wal.append("", b"x").unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    wal.close().unwrap();
+    let data: Vec<Vec<u8>> = read_all(&store, "atomic", "t")
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(
+        data,
+        [b"x".to_vec(), b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+    );
+    let reader = S3Reader::open(Arc::clone(&store), "atomic").unwrap();
+    let from_two: Vec<u64> = reader.read("t", 2).map(|r| r.unwrap().offset).collect();
+    assert_eq!(from_two, [2, 3]);
+    assert_eq!(reader.read("t", 9).count(), 0);
+}
+
+#[test]
+fn a_damaged_object_is_refused_by_name() {
+    let (server, store) = server();
+    let wal = S3Wal::open(Arc::clone(&store), "bad", fast()).unwrap();
+    wal.append("t", b"fine")
+        .unwrap()
+        .wait_timeout(WAIT)
+        .unwrap();
+    wal.close().unwrap();
+    // Flip one payload byte of batch 1 (batch 0 is the fence), rewriting it in place.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let path = Path::from(walrus_s3::format::object_name("bad", 1));
+    use object_store::ObjectStoreExt;
+    let mut bytes = rt
+        .block_on(async { store.get(&path).await?.bytes().await })
+        .unwrap()
+        .to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    rt.block_on(store.put(&path, bytes.into())).unwrap();
+    let reader = S3Reader::open(Arc::clone(&store), "bad").unwrap();
+    let err = reader.read("t", 0).next().unwrap().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("00000000000000000001.batch") && msg.contains("\"t\""),
+        "{msg}"
+    );
+    drop(server);
+}
+
+#[test]
+fn local_first_appends_wait_for_the_durability_asked_for() {
+    let (_server, store) = server();
+    let dir = tempfile::tempdir().unwrap();
+    let local = walrus::Walrus::builder()
+        .data_dir(dir.path())
+        .fsync_schedule(walrus::FsyncSchedule::NoFsync)
+        .build()
+        .unwrap();
+    let s3 = S3Wal::open(Arc::clone(&store), "lf", fast()).unwrap();
+    let both = LocalFirst::new(local, s3);
+    let t = both.append("t", b"one").unwrap();
+    let placed = t.wait(Durability::Both).unwrap();
+    assert_eq!(placed.local, 0..1);
+    assert_eq!(placed.s3, Some(0..1));
+    let t = both.append("t", b"two").unwrap();
+    assert_eq!(t.wait(Durability::Local).unwrap().s3, None);
+    both.flush().unwrap();
+    assert_eq!(both.local().read_at("t", 1).unwrap().unwrap().data, b"two");
+    let (local, s3) = both.into_parts();
+    s3.close().unwrap();
+    drop(local);
+    assert_eq!(read_all(&store, "lf", "t").len(), 2);
+}
