@@ -33,6 +33,7 @@ pub mod footprint;
 pub mod payload;
 pub mod plot;
 pub mod report;
+pub mod s3;
 pub mod stats;
 pub mod suite;
 pub mod workload;

@@ -39,12 +39,15 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<EngineKind>>,
     /// Workload families, comma-separated: physical, writes, batch-writes, synced, reads, space,
-    /// footprint.
+    /// footprint, s3.
     #[arg(long, value_delimiter = ',')]
     workloads: Option<Vec<Group>>,
     /// Entries prefilled into each topic before a read workload.
     #[arg(long)]
     prefill: Option<u64>,
+    /// Dollars per 1,000 S3 PUT requests, for the s3 family's cost column (default 0.005).
+    #[arg(long)]
+    put_price: Option<f64>,
     /// Where JSON and charts go (default target/walrus-bench).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -96,6 +99,9 @@ impl Cli {
         if let Some(v) = self.prefill {
             c.prefill = v;
         }
+        if let Some(v) = self.put_price {
+            c.put_price = v;
+        }
         c
     }
 }
@@ -145,11 +151,25 @@ fn main() -> ExitCode {
     } else {
         Vec::new()
     };
+    let mut s3_failed = None;
+    let s3 = if config.groups.contains(&Group::S3) {
+        walrus_bench::s3::run(std::time::Duration::from_secs_f64(config.duration_secs))
+            .unwrap_or_else(|e| {
+                eprintln!("walrus-bench: s3: {e}");
+                s3_failed = Some(e);
+                Vec::new()
+            })
+    } else {
+        Vec::new()
+    };
     machine.loadavg_end = report::loadavg();
     let _ = std::fs::remove_dir_all(&data_dir);
     let mut targets = report::targets(&results);
     if config.groups.contains(&Group::Footprint) {
         targets.extend(walrus_bench::footprint::targets(&footprint));
+    }
+    if config.groups.contains(&Group::S3) {
+        targets.extend(walrus_bench::s3::targets(&s3));
     }
     let report = Report {
         created_unix: std::time::SystemTime::now()
@@ -160,6 +180,7 @@ fn main() -> ExitCode {
         config,
         results,
         footprint,
+        s3,
         targets,
     };
     let m = &report.machine;
@@ -171,6 +192,13 @@ fn main() -> ExitCode {
     println!();
     if !report.footprint.is_empty() {
         print!("{}", walrus_bench::footprint::table(&report.footprint));
+        println!();
+    }
+    if !report.s3.is_empty() {
+        print!(
+            "{}",
+            walrus_bench::s3::table(&report.s3, report.config.put_price)
+        );
         println!();
     }
     print!("{}", report::targets_text(&report.targets));
@@ -189,7 +217,12 @@ fn main() -> ExitCode {
         }
     }
     println!("suite wall time: {:.1} s", report.wall_secs);
-    if report.results.iter().any(|r| r.error.is_some()) || footprint_failed.is_some() {
+    let s3_case_failed = report.s3.iter().any(|c| c.error.is_some());
+    if report.results.iter().any(|r| r.error.is_some())
+        || footprint_failed.is_some()
+        || s3_failed.is_some()
+        || s3_case_failed
+    {
         eprintln!("walrus-bench: some runs failed (see the table)");
         return ExitCode::FAILURE;
     }

@@ -114,6 +114,9 @@ pub struct Report {
     /// The footprint cases, when that family ran.
     #[serde(default)]
     pub footprint: Vec<crate::footprint::Case>,
+    /// The s3 cases, when that family ran.
+    #[serde(default)]
+    pub s3: Vec<crate::s3::S3Case>,
     /// The targets.
     pub targets: Vec<Target>,
 }

@@ -37,11 +37,14 @@ pub enum Group {
     /// Disk footprint and reopen time: a fresh instance, 10,000 and 100,000 topics, 1 GiB
     /// (and with `--full` 4 GiB) of entries (ours only; see [`crate::footprint`]).
     Footprint,
+    /// The S3 WAL buffer on a local moto server: producers 1-64 x flush intervals, beside one
+    /// PUT per entry (see [`crate::s3`]).
+    S3,
 }
 
 impl Group {
     /// Every group, in suite order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Physical,
         Self::Writes,
         Self::BatchWrites,
@@ -49,6 +52,7 @@ impl Group {
         Self::Reads,
         Self::Space,
         Self::Footprint,
+        Self::S3,
     ];
 }
 
@@ -64,9 +68,10 @@ impl FromStr for Group {
             "reads" => Ok(Self::Reads),
             "space" => Ok(Self::Space),
             "footprint" => Ok(Self::Footprint),
+            "s3" => Ok(Self::S3),
             _ => Err(format!(
-                "workload {s:?}: expected physical, writes, batch-writes, synced, reads, space \
-                 or footprint"
+                "workload {s:?}: expected physical, writes, batch-writes, synced, reads, space, \
+                 footprint or s3"
             )),
         }
     }
@@ -82,6 +87,7 @@ impl fmt::Display for Group {
             Self::Reads => "reads",
             Self::Space => "space",
             Self::Footprint => "footprint",
+            Self::S3 => "s3",
         })
     }
 }
@@ -129,6 +135,13 @@ pub struct SuiteConfig {
     pub persist_every: u32,
     /// Thread counts of the synced workload.
     pub synced_threads: Vec<usize>,
+    /// Dollars per 1,000 PUT requests, for the `s3` family's cost column.
+    #[serde(default = "default_put_price")]
+    pub put_price: f64,
+}
+
+fn default_put_price() -> f64 {
+    crate::s3::DEFAULT_PUT_PRICE
 }
 
 impl SuiteConfig {
@@ -148,6 +161,7 @@ impl SuiteConfig {
             read_batch_bytes: 256 << 10,
             persist_every: 1000,
             synced_threads: vec![1, 4, 16, 64],
+            put_price: crate::s3::DEFAULT_PUT_PRICE,
         }
     }
 
@@ -288,8 +302,9 @@ impl SuiteConfig {
                         each_engine(s, &mut plan);
                     }
                 }
-                // Not a timed workload: run by `crate::footprint` after the plan.
-                Group::Footprint => {}
+                // Not timed engine workloads: run by `crate::footprint` and `crate::s3` after
+                // the plan.
+                Group::Footprint | Group::S3 => {}
                 Group::Space => {
                     let mut s = spec(group, "append 700B", Op::Append, 1);
                     s.sizes = Sizes::fixed(700);

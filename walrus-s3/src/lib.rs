@@ -64,3 +64,9 @@ pub use writer::{Rejected, S3Stats, S3Wal};
 
 /// The object store client this crate is built on, re-exported so callers use the same version.
 pub use object_store;
+
+/// The README's examples, compiled as doc tests so they cannot rot. They live here, in the
+/// topmost library crate, because the README shows every layer (this one included).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

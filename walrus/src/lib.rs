@@ -94,8 +94,3 @@ pub mod sim {
     #[doc(inline)]
     pub use walrus_io::sim::{CrashMode, Fault, FaultRule, OpKind, SimStats, SimStorage};
 }
-
-/// The README's examples, compiled as doc tests so they cannot rot.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;
