@@ -25,8 +25,9 @@ use crate::stats::{LatencySummary, new_histogram, record};
 
 /// Producer counts of the family.
 pub const PRODUCERS: [usize; 4] = [1, 4, 16, 64];
-/// Flush intervals of the buffered cases, in milliseconds.
-pub const INTERVALS_MS: [u64; 2] = [10, 50];
+/// Flush intervals of the buffered cases, in milliseconds (0: a PUT as soon as the previous one
+/// is done and anything is queued, so groups form while a PUT is in flight).
+pub const INTERVALS_MS: [u64; 3] = [0, 10, 50];
 /// The default price of S3 Standard PUTs, in dollars per 1,000 requests.
 pub const DEFAULT_PUT_PRICE: f64 = 0.005;
 

@@ -274,6 +274,7 @@ pub fn decode_header(object: &str, bytes: &[u8]) -> io::Result<HeaderProbe> {
     }
     let object_len = (header_len as u64).checked_add(body_len).ok_or_else(bad)?;
     let mut sections = Vec::with_capacity(topics.min(1024));
+    let mut seen = std::collections::HashSet::with_capacity(topics.min(1024));
     let mut expect_start = 0u64;
     let mut total = 0u64;
     for _ in 0..topics {
@@ -295,7 +296,13 @@ pub fn decode_header(object: &str, bytes: &[u8]) -> io::Result<HeaderProbe> {
                 format!("topic {topic:?}: section out of range"),
             ));
         }
-        if sections.iter().any(|s: &Section| s.topic == topic) {
+        if (count == 0) != (len == 0) {
+            return Err(corrupt(
+                object,
+                format!("topic {topic:?}: section length does not match its count"),
+            ));
+        }
+        if !seen.insert(topic.clone()) {
             return Err(corrupt(object, format!("topic {topic:?} listed twice")));
         }
         expect_start = end;
@@ -326,12 +333,14 @@ pub fn decode_header(object: &str, bytes: &[u8]) -> io::Result<HeaderProbe> {
 /// # Errors
 /// `InvalidData` naming the object, the topic and the offset of the first bad entry.
 pub fn decode_section(object: &str, section: &Section, bytes: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-    let want = section.bytes.end - section.bytes.start;
     let fail = |offset: u64, what: &dyn std::fmt::Display| {
         corrupt(
             object,
             format!("topic {:?} offset {offset}: {what}", section.topic),
         )
+    };
+    let Some(want) = section.bytes.end.checked_sub(section.bytes.start) else {
+        return Err(fail(section.first, &"section ends before it starts"));
     };
     if bytes.len() as u64 != want {
         return Err(fail(

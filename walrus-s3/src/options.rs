@@ -3,6 +3,9 @@
 use std::io;
 use std::time::Duration;
 
+/// The largest `flush_bytes` accepted.
+pub(crate) const MAX_FLUSH_BYTES: u64 = 2 << 30;
+
 /// How an [`S3Wal`](crate::S3Wal) batches, bounds its memory and retries.
 ///
 /// ```
@@ -115,6 +118,11 @@ impl S3Options {
         if self.flush_bytes == 0 || self.max_buffered_bytes == 0 {
             return bad("flush_bytes and max_buffered_bytes must be at least 1");
         }
+        // A batch object holds up to flush_bytes plus one append (at most 1 GiB): this keeps
+        // it under S3's 5 GiB limit for a single PUT.
+        if self.flush_bytes > MAX_FLUSH_BYTES {
+            return bad("flush_bytes must be at most 2 GiB");
+        }
         if self.put_attempts == 0 {
             return bad("put_attempts must be at least 1");
         }
@@ -142,6 +150,7 @@ mod tests {
         for o in [
             S3Options::default().queue_capacity(0),
             S3Options::default().flush_bytes(0),
+            S3Options::default().flush_bytes(MAX_FLUSH_BYTES + 1),
             S3Options::default().put_attempts(0),
             S3Options::default().request_timeout(Duration::ZERO),
         ] {

@@ -278,9 +278,14 @@ impl Iterator for TopicReader<'_> {
                 Ok(records) => self.pending = records.into_iter(),
                 Err(e) => {
                     self.next_run = self.runs.len();
+                    // A decoding error names the object, topic and offset already; a fetch
+                    // error names the object: add the offsets it was fetched for.
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        return Some(Err(e));
+                    }
                     return Some(Err(io::Error::new(
                         e.kind(),
-                        format!("topic {:?} offset {}: {e}", self.topic, run.offsets.start),
+                        format!("topic {:?} offsets {:?}: {e}", self.topic, run.offsets),
                     )));
                 }
             }

@@ -106,12 +106,38 @@ impl Remote {
     }
 
     /// Every batch object under the prefix with a sequence of at least `from`, by sequence.
-    /// Objects whose names are not batch names are ignored.
+    /// Objects whose names are not batch names are ignored. The listing starts after batch
+    /// `from - 1` (S3 lists in name order), and the deadline applies to each answer of the
+    /// paginated listing, not to the whole of a long prefix.
     pub(crate) fn list(&self, from: u64) -> io::Result<Vec<Listed>> {
         let prefix = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
         let what = format!("prefix {:?}", self.prefix);
-        let stream = self.store.list(prefix.as_ref());
-        let metas: Vec<_> = self.run("LIST", &what, stream.try_collect::<Vec<_>>())?;
+        let mut stream = match from.checked_sub(1) {
+            Some(last_seen) => self
+                .store
+                .list_with_offset(prefix.as_ref(), &self.path(last_seen)),
+            None => self.store.list(prefix.as_ref()),
+        };
+        let timeout = self.timeout;
+        let metas = self.runtime.block_on(async {
+            let mut metas = Vec::new();
+            loop {
+                match tokio::time::timeout(timeout, stream.next()).await {
+                    Ok(Some(Ok(meta))) => metas.push(meta),
+                    Ok(Some(Err(e))) => return Err(store_error("LIST", &what, e)),
+                    Ok(None) => return Ok(metas),
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "S3 LIST of {what}: no answer within {timeout:?} after {} objects",
+                                metas.len()
+                            ),
+                        ));
+                    }
+                }
+            }
+        })?;
         let mut out: Vec<Listed> = metas
             .into_iter()
             .filter_map(|m| {
@@ -215,10 +241,13 @@ async fn fetch_header(store: &dyn ObjectStore, l: &Listed) -> io::Result<BatchHe
             let whole = get_bounded(store, l, 0..n).await?;
             match format::decode_header(&what, &whole)? {
                 HeaderProbe::Header(h) => h,
-                HeaderProbe::NeedBytes(_) => {
+                HeaderProbe::NeedBytes(m) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("batch object {what}: header length changed between reads"),
+                        format!(
+                            "batch object {what}: a GET of {n} header bytes returned {} (needs {m})",
+                            whole.len()
+                        ),
                     ));
                 }
             }

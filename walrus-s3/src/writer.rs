@@ -23,7 +23,7 @@ use object_store::ObjectStore;
 use parking_lot::{Condvar, Mutex};
 use walrus_block::{FrameKind, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, validate_topic_name};
 
-use crate::format::{self, BatchId, HeaderProbe, TopicEntries};
+use crate::format::{self, BatchId, HeaderProbe, MAX_BATCH_TOPICS, TopicEntries};
 use crate::options::S3Options;
 use crate::reader::Index;
 use crate::remote::{PutOutcome, Remote};
@@ -86,41 +86,52 @@ enum Payload {
     Many(Vec<Vec<u8>>),
 }
 
+/// What a queued item asks for.
 #[derive(Debug)]
-enum Pending {
+enum Work {
     Entries {
         topic: String,
         payload: Payload,
-        slot: Arc<Slot>,
     },
     /// A `flush()` marker: completed once everything queued before it is in S3.
-    Flush(Arc<Slot>),
+    Flush,
+}
+
+/// A queued item and the slot its ticket waits on. Dropping an item whose slot is still open
+/// completes it with an error, so no path (a panic included) can strand a ticket.
+#[derive(Debug)]
+struct Pending {
+    work: Work,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.slot.complete(Err(Failure {
+            kind: io::ErrorKind::BrokenPipe,
+            message: "the S3 writer dropped the entry without an outcome".into(),
+        }));
+    }
 }
 
 impl Pending {
     fn bytes(&self) -> u64 {
-        match self {
-            Self::Entries {
+        match &self.work {
+            Work::Entries {
                 payload: Payload::One(p),
                 ..
             } => p.len() as u64,
-            Self::Entries {
+            Work::Entries {
                 payload: Payload::Many(ps),
                 ..
             } => ps.iter().map(|p| p.len() as u64).sum(),
-            Self::Flush(_) => 0,
+            Work::Flush => 0,
         }
     }
 
-    fn slot(&self) -> &Arc<Slot> {
-        match self {
-            Self::Entries { slot, .. } | Self::Flush(slot) => slot,
-        }
-    }
-
-    fn into_payload(self) -> Option<Vec<u8>> {
-        match self {
-            Self::Entries {
+    fn into_payload(mut self) -> Option<Vec<u8>> {
+        match std::mem::replace(&mut self.work, Work::Flush) {
+            Work::Entries {
                 payload: Payload::One(p),
                 ..
             } => Some(p),
@@ -139,6 +150,7 @@ struct Wake {
 #[derive(Debug)]
 struct Inner {
     options: S3Options,
+    prefix: String,
     epoch: u64,
     queue: ArrayQueue<Pending>,
     /// Payload bytes queued and not yet taken by the flusher.
@@ -148,6 +160,8 @@ struct Inner {
     space_freed: Condvar,
     wake: Mutex<Wake>,
     woken: Condvar,
+    /// `flush()` markers queued and not yet taken.
+    flushes: AtomicU64,
     failed: AtomicBool,
     failure: Mutex<Option<Failure>>,
     closed: AtomicBool,
@@ -229,12 +243,14 @@ impl S3Wal {
         let inner = Arc::new(Inner {
             queue: ArrayQueue::new(options.queue_capacity),
             options,
+            prefix: prefix.to_owned(),
             epoch,
             queued_bytes: AtomicU64::new(0),
             space: Mutex::new(0),
             space_freed: Condvar::new(),
             wake: Mutex::new(Wake::default()),
             woken: Condvar::new(),
+            flushes: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             closed: AtomicBool::new(false),
@@ -250,7 +266,7 @@ impl S3Wal {
         };
         let handle = std::thread::Builder::new()
             .name("walrus-s3-flusher".into())
-            .spawn(move || flusher.run())?;
+            .spawn(move || flusher.guarded())?;
         Ok(Self {
             inner,
             flusher: Some(handle),
@@ -266,9 +282,11 @@ impl S3Wal {
     pub fn append(&self, topic: &str, data: &[u8]) -> io::Result<S3Ticket> {
         check_entry(topic, data.len())?;
         let slot = Slot::new();
-        let item = Pending::Entries {
-            topic: topic.to_owned(),
-            payload: Payload::One(data.to_vec()),
+        let item = Pending {
+            work: Work::Entries {
+                topic: topic.to_owned(),
+                payload: Payload::One(data.to_vec()),
+            },
             slot: Arc::clone(&slot),
         };
         self.queue(item, 1, None).map_err(|(e, _)| e)?;
@@ -290,9 +308,11 @@ impl S3Wal {
             return Err(Rejected { error, data });
         }
         let slot = Slot::new();
-        let item = Pending::Entries {
-            topic: topic.to_owned(),
-            payload: Payload::One(data),
+        let item = Pending {
+            work: Work::Entries {
+                topic: topic.to_owned(),
+                payload: Payload::One(data),
+            },
             slot: Arc::clone(&slot),
         };
         match self.queue(item, 1, Some(Instant::now() + timeout)) {
@@ -308,8 +328,8 @@ impl S3Wal {
     /// consecutive offsets, or not at all.
     ///
     /// # Errors
-    /// `InvalidInput` for an empty batch, more than 2000 entries, a bad topic or an entry over
-    /// the frame limit; the writer's failure.
+    /// `InvalidInput` for an empty batch, more than 2000 entries or 1 GiB, a bad topic or an
+    /// entry over the frame limit; the writer's failure.
     pub fn append_batch(&self, topic: &str, entries: &[&[u8]]) -> io::Result<S3Ticket> {
         if entries.is_empty() || entries.len() > MAX_BATCH_ENTRIES {
             return Err(io::Error::new(
@@ -323,10 +343,21 @@ impl S3Wal {
         for e in entries {
             check_entry(topic, e.len())?;
         }
+        let total: u64 = entries.iter().map(|e| e.len() as u64).sum();
+        if total > MAX_ENTRY_LEN as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "topic {topic:?}: a batch of {total} bytes exceeds the limit of {MAX_ENTRY_LEN}"
+                ),
+            ));
+        }
         let slot = Slot::new();
-        let item = Pending::Entries {
-            topic: topic.to_owned(),
-            payload: Payload::Many(entries.iter().map(|e| e.to_vec()).collect()),
+        let item = Pending {
+            work: Work::Entries {
+                topic: topic.to_owned(),
+                payload: Payload::Many(entries.iter().map(|e| e.to_vec()).collect()),
+            },
             slot: Arc::clone(&slot),
         };
         self.queue(item, entries.len() as u64, None)
@@ -340,8 +371,18 @@ impl S3Wal {
     /// The writer's failure.
     pub fn flush(&self) -> io::Result<()> {
         let slot = Slot::new();
-        self.queue(Pending::Flush(Arc::clone(&slot)), 0, None)
-            .map_err(|(e, _)| e)?;
+        let marker = Pending {
+            work: Work::Flush,
+            slot: Arc::clone(&slot),
+        };
+        // Counted before it is queued: the flusher keeps sending batches without waiting for
+        // the interval while a marker is queued, however many batches lie before it.
+        self.inner.flushes.fetch_add(1, Ordering::AcqRel);
+        let queued = self.queue(marker, 0, None);
+        if queued.is_err() {
+            self.inner.flushes.fetch_sub(1, Ordering::AcqRel);
+        }
+        queued.map_err(|(e, _)| e)?;
         self.inner.wake_flusher();
         S3Ticket::new(slot).wait().map(|_| ())
     }
@@ -389,9 +430,8 @@ impl S3Wal {
                 w.closing = true;
             }
             self.inner.woken.notify_one();
-            if handle.join().is_err() {
-                tracing::error!(prefix = %self.prefix, "walrus-s3 flusher panicked");
-            }
+            // A panic was caught inside the thread and recorded as the writer's failure.
+            let _ = handle.join();
         }
     }
 
@@ -475,14 +515,27 @@ fn check_entry(topic: &str, len: usize) -> io::Result<()> {
 }
 
 impl Inner {
+    /// Why appends are refused, if they are: always `BrokenPipe` (so a caller retrying on
+    /// `TimedOut`, a full queue, never spins on a dead writer), the cause in the message.
     fn refusal(&self) -> Option<io::Error> {
         if self.failed.load(Ordering::Acquire) {
-            return self.failure.lock().as_ref().map(Failure::to_error);
+            let cause = self
+                .failure
+                .lock()
+                .as_ref()
+                .map_or_else(String::new, |f| f.message.clone());
+            return Some(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!(
+                    "prefix {:?}: the S3 writer stopped (reopen to resume): {cause}",
+                    self.prefix
+                ),
+            ));
         }
         if self.closed.load(Ordering::Acquire) {
             return Some(io::Error::new(
                 io::ErrorKind::BrokenPipe,
-                "the S3 writer is closed",
+                format!("prefix {:?}: the S3 writer is closed", self.prefix),
             ));
         }
         None
@@ -527,6 +580,26 @@ impl Inner {
         self.failed.store(true, Ordering::Release);
         self.space_freed();
     }
+
+    /// Completes everything queued with the writer's failure (or "closed"), and wakes the
+    /// producers waiting for room so they see the refusal.
+    fn fail_queued(&self) {
+        let failure = self.failure.lock().clone().unwrap_or_else(|| Failure {
+            kind: io::ErrorKind::BrokenPipe,
+            message: format!(
+                "prefix {:?}: the S3 writer closed before the entry was sent",
+                self.prefix
+            ),
+        });
+        while let Some(item) = self.queue.pop() {
+            self.queued_bytes.fetch_sub(item.bytes(), Ordering::AcqRel);
+            if matches!(item.work, Work::Flush) {
+                self.flushes.fetch_sub(1, Ordering::AcqRel);
+            }
+            item.slot.complete(Err(failure.clone()));
+        }
+        self.space_freed();
+    }
 }
 
 /// The flusher thread's state.
@@ -539,7 +612,31 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn run(mut self) {
+    /// The thread's body: [`run`](Self::run), and should it panic (a user's `ObjectStore`
+    /// can), the writer stops as after a failed batch instead of leaving producers waiting.
+    fn guarded(mut self) {
+        let inner = Arc::clone(&self.inner);
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).is_err() {
+            tracing::error!(prefix = %inner.prefix, "walrus-s3 flusher panicked; the writer stops");
+            inner.fail(&Failure {
+                kind: io::ErrorKind::Other,
+                message: format!("prefix {:?}: the S3 flusher panicked", inner.prefix),
+            });
+            // An append that passed the refusal check just before may still queue: keep
+            // failing what arrives until the writer closes.
+            let mut deadline = Instant::now();
+            loop {
+                inner.fail_queued();
+                if self.wait_for_work(&mut deadline) {
+                    break;
+                }
+            }
+            inner.closed.store(true, Ordering::Release);
+            inner.fail_queued();
+        }
+    }
+
+    fn run(&mut self) {
         let interval = self.inner.options.flush_interval;
         let mut deadline = Instant::now() + interval;
         loop {
@@ -551,7 +648,7 @@ impl Flusher {
                     break;
                 }
                 self.commit(batch);
-                if !closing {
+                if !closing && self.inner.flushes.load(Ordering::Acquire) == 0 {
                     break;
                 }
             }
@@ -560,17 +657,9 @@ impl Flusher {
             }
         }
         self.inner.closed.store(true, Ordering::Release);
-        // Nothing can be queued after the close (appends borrow the writer), but never strand
-        // a ticket: whatever is left fails.
-        let left = self.drain();
-        let closed = Failure {
-            kind: io::ErrorKind::BrokenPipe,
-            message: "the S3 writer closed before the entry was sent".into(),
-        };
-        for item in left {
-            item.slot().complete(Err(closed.clone()));
-        }
-        self.inner.space_freed();
+        // Nothing can be queued after the close (appends borrow the writer), but whatever is
+        // left fails rather than waits.
+        self.inner.fail_queued();
     }
 
     /// Sleeps until a flush is due; true when the writer is closing.
@@ -584,6 +673,9 @@ impl Flusher {
             }
             if wake.urgent {
                 wake.urgent = false;
+                return false;
+            }
+            if inner.flushes.load(Ordering::Acquire) > 0 {
                 return false;
             }
             if inner.queued_bytes.load(Ordering::Acquire) >= inner.options.flush_bytes {
@@ -605,20 +697,26 @@ impl Flusher {
         }
     }
 
-    /// Takes up to a batch's worth of queued items.
+    /// Takes up to a batch's worth of queued items: `flush_bytes` (at least one item), and at
+    /// most as many items as a batch has room for topics.
     fn drain(&self) -> Vec<Pending> {
         let inner = &*self.inner;
         let mut items = Vec::new();
         let mut bytes = 0u64;
-        while items.is_empty() || bytes < inner.options.flush_bytes {
+        while items.is_empty()
+            || (bytes < inner.options.flush_bytes && items.len() < MAX_BATCH_TOPICS)
+        {
             let Some(item) = inner.queue.pop() else { break };
             bytes += item.bytes();
+            if matches!(item.work, Work::Flush) {
+                inner.flushes.fetch_sub(1, Ordering::AcqRel);
+            }
             items.push(item);
         }
-        if !items.is_empty() {
-            inner.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            inner.space_freed();
-        }
+        inner.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        // Also when nothing was taken: a producer that found the byte budget full may be
+        // waiting for a generation change that the empty drain must still give it.
+        inner.space_freed();
         items
     }
 
@@ -629,7 +727,7 @@ impl Flusher {
             let failure = inner.failure.lock().clone();
             if let Some(f) = failure {
                 for item in &items {
-                    item.slot().complete(Err(f.clone()));
+                    item.slot.complete(Err(f.clone()));
                 }
                 return;
             }
@@ -640,7 +738,7 @@ impl Flusher {
         let mut entries = 0u64;
         let mut kind_error = None;
         for item in &items {
-            let Pending::Entries { topic, payload, .. } = item else {
+            let Work::Entries { topic, payload } = &item.work else {
                 ranges.push(0..0);
                 continue;
             };
@@ -707,7 +805,7 @@ impl Flusher {
                     .entries_acknowledged
                     .fetch_add(entries, Ordering::Relaxed);
                 for (item, range) in items.iter().zip(ranges) {
-                    item.slot().complete(Ok(range));
+                    item.slot.complete(Ok(range));
                 }
             }
             Err(e) => {
@@ -720,8 +818,10 @@ impl Flusher {
                     .fetch_add(1, Ordering::Relaxed);
                 inner.fail(&failure);
                 for item in &items {
-                    item.slot().complete(Err(failure.clone()));
+                    item.slot.complete(Err(failure.clone()));
                 }
+                // What is still queued would only fail at the next drain: fail it now.
+                inner.fail_queued();
             }
         }
     }

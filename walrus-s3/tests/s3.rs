@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -201,7 +201,8 @@ fn a_second_writer_fences_the_first() {
     assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
     assert!(err.to_string().contains("fenced"), "{err}");
     let again = a.append("t", b"a2").unwrap_err();
-    assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+    assert_eq!(again.kind(), io::ErrorKind::BrokenPipe, "{again}");
+    assert!(again.to_string().contains("fenced"), "{again}");
     assert_eq!(
         b.append("t", b"b0").unwrap().wait_timeout(WAIT).unwrap(),
         1..2
@@ -282,8 +283,9 @@ fn a_spent_retry_budget_fails_the_batch_and_stops_the_writer() {
         .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     assert!(err.to_string().contains("after 2 attempts"), "{err}");
+    // Refused as a stopped writer, not as a full queue: retrying on TimedOut would spin.
     let refused = wal.append("t", b"after").unwrap_err();
-    assert_eq!(refused.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(refused.kind(), io::ErrorKind::BrokenPipe, "{refused}");
     server.resume().unwrap();
     assert!(wal.close().is_err());
     // A new writer resumes the prefix: what was acknowledged is there.
@@ -299,12 +301,15 @@ fn a_spent_retry_budget_fails_the_batch_and_stops_the_writer() {
     assert_eq!(data.last().unwrap(), &(next.start, b"later".to_vec()));
 }
 
-/// Passes everything to the real store, but loses the answer of the first `lose` PUTs of
-/// batch objects after they were written: the client sees an error for a PUT that landed.
+/// Passes everything to the real store, but loses the answer of the first `lose` PUTs after
+/// they were written (the client sees an error for a PUT that landed), and panics in PUT
+/// number `panic_at` (1-based; 0 never).
 #[derive(Debug)]
 struct LostAnswers {
     inner: Arc<dyn ObjectStore>,
-    lose: std::sync::atomic::AtomicU32,
+    lose: AtomicU32,
+    panic_at: u32,
+    puts: AtomicU32,
 }
 
 impl std::fmt::Display for LostAnswers {
@@ -321,6 +326,8 @@ impl ObjectStore for LostAnswers {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        let n = self.puts.fetch_add(1, Ordering::SeqCst) + 1;
+        assert_ne!(n, self.panic_at, "injected panic in PUT {n}");
         let r = self.inner.put_opts(location, payload, opts).await?;
         let lose = self
             .lose
@@ -376,6 +383,8 @@ fn a_retried_put_that_landed_is_recognised_as_ours() {
     let lossy: Arc<dyn ObjectStore> = Arc::new(LostAnswers {
         inner: Arc::clone(&store),
         lose: 2.into(), // the fence's answer and the first batch's
+        panic_at: 0,
+        puts: 0.into(),
     });
     let options = fast().backoff(Duration::from_millis(10), Duration::from_millis(10));
     let wal = S3Wal::open(lossy, "lost", options).unwrap();
@@ -520,4 +529,56 @@ fn local_first_appends_wait_for_the_durability_asked_for() {
     s3.close().unwrap();
     drop(local);
     assert_eq!(read_all(&store, "lf", "t").len(), 2);
+}
+
+#[test]
+fn a_panicking_store_fails_the_tickets_and_stops_the_writer() {
+    let (_server, store) = server();
+    let panicky: Arc<dyn ObjectStore> = Arc::new(LostAnswers {
+        inner: Arc::clone(&store),
+        lose: 0.into(),
+        panic_at: 2, // the first batch after the fence
+        puts: 0.into(),
+    });
+    let wal = S3Wal::open(panicky, "panic", fast()).unwrap();
+    let err = wal
+        .append("t", b"x")
+        .unwrap()
+        .wait_timeout(WAIT)
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+    // Refused, or (racing with the panic) queued and then failed: never left waiting.
+    let failure = match wal.append("t", b"y") {
+        Err(e) => e,
+        Ok(t) => t.wait_timeout(WAIT).unwrap_err(),
+    };
+    assert!(failure.to_string().contains("panicked"), "{failure}");
+    let refused = wal.append("t", b"z").unwrap_err();
+    assert!(refused.to_string().contains("panicked"), "{refused}");
+    assert!(wal.close().is_err());
+}
+
+#[test]
+fn flush_sends_a_long_backlog_without_waiting_for_the_interval() {
+    let (_server, store) = server();
+    let options = S3Options::default()
+        .flush_interval(Duration::from_secs(3600))
+        .flush_bytes(4096);
+    let wal = Arc::new(S3Wal::open(Arc::clone(&store), "backlog", options).unwrap());
+    let tickets: Vec<_> = (0..100)
+        .map(|_| wal.append("t", &[1u8; 1000]).unwrap())
+        .collect();
+    // 25 batches lie before the flush marker; one hour per batch would be the bug.
+    let (done, finished) = std::sync::mpsc::channel();
+    let flusher = {
+        let wal = Arc::clone(&wal);
+        std::thread::spawn(move || done.send(wal.flush()))
+    };
+    finished.recv_timeout(WAIT).unwrap().unwrap();
+    flusher.join().unwrap().unwrap();
+    for t in &tickets {
+        assert!(t.is_durable().unwrap());
+    }
+    assert_eq!(wal.end_offset("t"), Some(100));
+    Arc::into_inner(wal).unwrap().close().unwrap();
 }
