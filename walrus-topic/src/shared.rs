@@ -1,6 +1,6 @@
 //! What every topic of a store shares: the segment files, the allocation lanes and the file
 //! tracker, the cursor and marks files, the poison state, and the store-wide sync (which topics
-//! have appends not yet durable, and their watermarks). Below `Topic` (`topic.rs`):
+//! have appends not yet durable, and their watermarks). Below `Topic` (`topic/`):
 //! it knows a topic only by its [`Progress`].
 
 use std::collections::HashMap;

@@ -17,133 +17,30 @@
 //! The store wires the result (plain data) into its allocator and tracker.
 
 mod rebuild;
+mod report;
+mod segments;
 mod walk;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use walrus_alloc::{RestoredBlock, SegmentCursor};
-use walrus_block::{
-    BLOCK_ALIGN, BlockHeader, CorruptReason, FormatError, SEGMENT_DATA_OFFSET, SegmentHeader,
-    is_zeroed,
-};
+use walrus_block::{BLOCK_ALIGN, BlockHeader, SegmentHeader};
 use walrus_io::Storage;
 
 use self::rebuild::{TopicPlan, rebuild_topic};
-use self::walk::{FoundBlock, has_data, read_zero_filled, walk_blocks};
+pub use self::report::{Action, Problem, RecoveryIssue, RecoveryReport};
+use self::segments::{
+    Found, FoundSegment, HeaderState, apply_erases, clear_stale_tail, find_segment,
+};
+use self::walk::FoundBlock;
 use crate::chain::SegmentHandle;
 use crate::cursors::{CURSOR_FILE, CursorFile, CursorStore, MARKS_FILE};
-use crate::error::data_error;
 use crate::layout::{FileKind, classify, lane_of};
 use crate::options::{RecoveryMode, StoreOptions};
 use crate::topic::TopicState;
-
-/// What recovery found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Segment files found.
-    pub segments: usize,
-    /// Blocks found in them.
-    pub blocks: usize,
-    /// Blocks whose entries were read and validated (the rest were wholly consumed).
-    pub blocks_scanned: usize,
-    /// Entries validated.
-    pub entries_scanned: u64,
-    /// Segment files deleted because they held nothing (fully consumed, or never written).
-    pub segments_deleted: Vec<u64>,
-    /// Every problem found, and what was done about it.
-    pub issues: Vec<RecoveryIssue>,
-}
-
-/// One problem found by recovery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecoveryIssue {
-    /// The topic (empty when it could not be told, e.g. for a damaged block header).
-    pub topic: String,
-    /// The offset of the first entry affected.
-    pub offset: u64,
-    /// The file.
-    pub file: PathBuf,
-    /// Byte position in that file.
-    pub position: u64,
-    /// What was wrong.
-    pub problem: Problem,
-    /// What recovery did about it.
-    pub action: Action,
-}
-
-impl RecoveryIssue {
-    /// A segment file left untouched because nothing in it can be read.
-    fn unreadable(file: PathBuf) -> Self {
-        Self {
-            topic: String::new(),
-            offset: 0,
-            file,
-            position: 0,
-            problem: Problem::UnreadableSegment,
-            action: Action::Kept,
-        }
-    }
-}
-
-/// A kind of damage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Problem {
-    /// Damage above the topic's durable watermark: the unsynced tail a crash left.
-    TornTail,
-    /// A batch was started and never finished (above the watermark).
-    UnfinishedBatch,
-    /// An entry failed validation.
-    Corrupt(CorruptReason),
-    /// Entries are missing (e.g. a lost block, or entries the watermark says were synced).
-    Missing {
-        /// How many offsets are missing.
-        count: u64,
-    },
-    /// A block header failed validation; the blocks after it were found by scanning.
-    CorruptBlockHeader,
-    /// A segment header failed validation; its blocks were recovered using the file name.
-    CorruptSegmentHeader,
-    /// A segment file with no readable header and no readable block, but data: kept as is.
-    UnreadableSegment,
-    /// The stored cursor pointed past the recovered entries (they were lost unsynced).
-    CursorBeyondEnd,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::TornTail => f.write_str("torn tail"),
-            Self::UnfinishedBatch => f.write_str("unfinished batch"),
-            Self::Corrupt(reason) => write!(f, "corrupt entry ({reason})"),
-            Self::Missing { count } => write!(f, "{count} missing entries"),
-            Self::CorruptBlockHeader => f.write_str("corrupt block header"),
-            Self::CorruptSegmentHeader => f.write_str("corrupt segment header"),
-            Self::UnreadableSegment => f.write_str("unreadable segment"),
-            Self::CursorBeyondEnd => f.write_str("cursor beyond the recovered end"),
-        }
-    }
-}
-
-/// What recovery did about a problem.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Action {
-    /// The topic ends before the problem. Above the watermark the bytes after the cut are
-    /// erased; at or below it they are kept on disk and the cut is recorded.
-    Cut,
-    /// The damaged or missing entries are a gap that readers step over; everything valid
-    /// after them is kept.
-    Skipped,
-    /// A redundant header was rewritten from what the file name and blocks say.
-    Repaired,
-    /// The file was left untouched and is not used.
-    Kept,
-}
 
 /// Per-block outcome for the tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,25 +99,6 @@ pub(crate) struct Recovered {
     pub(crate) cursors: CursorStore,
     pub(crate) marks: CursorStore,
     pub(crate) report: RecoveryReport,
-}
-
-/// How a segment's header read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HeaderState {
-    Valid,
-    /// Damaged (or never written) while blocks follow: repaired from the file name.
-    Damaged,
-}
-
-/// A segment found on disk.
-struct FoundSegment {
-    id: u64,
-    path: PathBuf,
-    handle: Arc<SegmentHandle>,
-    capacity: u64,
-    blocks: Vec<FoundBlock>,
-    next_start: u64,
-    header: HeaderState,
 }
 
 pub(crate) fn recover(
@@ -496,156 +374,4 @@ pub(crate) fn recover(
         marks,
         report,
     })
-}
-
-/// What a segment file turned out to be.
-enum Found {
-    Segment(FoundSegment),
-    /// Never written beyond (at most) a lost header: holds nothing.
-    Empty(PathBuf),
-    /// No header and no block reached the disk, but some sectors of unsynced block data did
-    /// (a power cut right after the segment was prepared): nothing in it was ever synced.
-    Orphan(PathBuf),
-    /// Unreadable but not empty: left untouched (and its id never reused).
-    Unreadable,
-    /// Not a segment the mode accepts.
-    Refused(io::Error),
-}
-
-fn find_segment(
-    storage: &dyn Storage,
-    id: u64,
-    path: PathBuf,
-    options: &StoreOptions,
-    report: &mut RecoveryReport,
-) -> io::Result<Found> {
-    let file = storage.open(&path)?;
-    // A crash can lose a preallocation that was never synced: the file may be shorter than
-    // the blocks in it. Never-written bytes read as zeros either way.
-    let capacity = file.len()?.max(options.segment_len);
-    let mut head = vec![0u8; SEGMENT_DATA_OFFSET as usize];
-    read_zero_filled(&*file, &mut head, 0)?;
-    let header = match SegmentHeader::decode(&head) {
-        Ok(Some(h)) if h.segment_id == id => HeaderState::Valid,
-        Ok(Some(h)) => {
-            return Err(data_error(
-                &path,
-                &format!("header says segment {}, the name says {id}", h.segment_id),
-            ));
-        }
-        Err(FormatError::Corrupt {
-            reason: CorruptReason::UnsupportedVersion,
-            ..
-        }) => {
-            return Err(data_error(
-                &path,
-                &format!(
-                    "written by another on-disk format version; this build reads format v{} \
-                     only (there is no migration from earlier versions)",
-                    walrus_block::FORMAT_VERSION
-                ),
-            ));
-        }
-        Ok(None) | Err(_) => HeaderState::Damaged,
-    };
-    // Nothing more is claimed in a recovered segment unless it is a lane's tail (see `resume_claim`).
-    let handle = Arc::new(SegmentHandle::new(id, file, capacity, capacity));
-    let walked = walk_blocks(&*handle.file, id, &path, capacity, report)?;
-    if header == HeaderState::Damaged && walked.blocks.is_empty() {
-        let zero_header = is_zeroed(head.get(..walrus_block::SEGMENT_HEADER_LEN).unwrap_or(&[]));
-        if !has_data(&*handle.file, SEGMENT_DATA_OFFSET)? {
-            // Created (maybe its header damaged since), but no block ever reached the disk.
-            return Ok(Found::Empty(path));
-        }
-        if zero_header {
-            return Ok(Found::Orphan(path));
-        }
-        if matches!(
-            options.recovery,
-            RecoveryMode::TolerateCorruptedTail | RecoveryMode::AbsoluteConsistency
-        ) {
-            return Ok(Found::Refused(data_error(
-                &path,
-                "not a valid Walrus segment file (no readable header or block); \
-                 RecoveryMode::PointInTime or RecoveryMode::SkipCorrupted open the directory \
-                 leaving it untouched",
-            )));
-        }
-        report.issues.push(RecoveryIssue::unreadable(path));
-        return Ok(Found::Unreadable);
-    }
-    Ok(Found::Segment(FoundSegment {
-        id,
-        path,
-        handle,
-        capacity: walked.capacity,
-        blocks: walked.blocks,
-        next_start: walked.next_start,
-        header,
-    }))
-}
-
-/// Queues zeroing of every non-zero page in a window after the last block of `seg`.
-///
-/// The window is 16 default blocks (at least 16 MiB): stale blocks are the ones handed out
-/// just before the crash whose headers never reached the disk, right after the last one found.
-fn clear_stale_tail(seg: &FoundSegment, block_len: u64, erases: &mut Vec<Erase>) -> io::Result<()> {
-    const CHUNK: u64 = 1 << 20;
-    let window_end = seg.capacity.min(
-        seg.next_start
-            .saturating_add((16 * block_len).max(16 << 20)),
-    );
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut pos = seg.next_start;
-    // Holes (preallocated, never written) are skipped without reading them.
-    while let Some(data) = seg.handle.file.next_data(pos)? {
-        pos = pos.max(data.start - data.start % BLOCK_ALIGN);
-        if pos >= window_end {
-            break;
-        }
-        // Read only the data range: reading a hole would cache zero pages that the next
-        // open's SEEK_DATA would report as data.
-        let len = CHUNK
-            .min(window_end - pos)
-            .min(data.end.saturating_sub(pos).max(1)) as usize;
-        let chunk = buf.get_mut(..len).unwrap_or_default();
-        read_zero_filled(&*seg.handle.file, chunk, pos)?;
-        for (i, page) in chunk.chunks(BLOCK_ALIGN as usize).enumerate() {
-            if !is_zeroed(page) {
-                let from = pos + i as u64 * BLOCK_ALIGN;
-                erases.push(Erase::Zero {
-                    handle: seg.handle.clone(),
-                    from,
-                    to: from + page.len() as u64,
-                });
-            }
-        }
-        pos += len as u64;
-    }
-    Ok(())
-}
-
-fn apply_erases(erases: &[Erase]) -> io::Result<()> {
-    for e in erases {
-        match e {
-            Erase::Zero { handle, from, to } => {
-                let zeros = vec![0u8; usize::try_from(to - from).unwrap_or(0)];
-                handle.file.write_at(&zeros, *from)?;
-                handle.mark_dirty();
-            }
-            Erase::Abandon {
-                handle,
-                header,
-                start,
-            } => {
-                handle.file.write_at(&header.encode()?, *start)?;
-                handle.mark_dirty();
-            }
-            Erase::Repair { handle, header } => {
-                handle.file.write_at(&header.encode(), 0)?;
-                handle.mark_dirty();
-            }
-        }
-    }
-    Ok(())
 }

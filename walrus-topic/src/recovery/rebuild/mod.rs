@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 use walrus_block::{BLOCK_HEADER_LEN, BlockHeader, CorruptReason};
 
+mod decide;
+
 use super::walk::{FoundBlock, FoundFrame, ScannedBlock, scan_block};
 use super::{Action, Erase, Fate, Problem, RecoveryIssue, RecoveryReport};
 use crate::chain::{Block, SegmentHandle, Span};
@@ -514,106 +516,6 @@ impl Rebuild<'_> {
         Ok(())
     }
 
-    /// Decides a problem at offset `a` (file position `pos` of retained block `block`).
-    /// Returns whether scanning goes on (the problem was skipped).
-    fn decide(&mut self, a: u64, block: usize, pos: u64, problem: Problem) -> io::Result<bool> {
-        let file = self.retained.get(block).map(|b| b.handle.clone());
-        if a >= self.mark {
-            // What a power cut leaves of unsynced writes: cut at the start of the unit the
-            // damage falls in, and erase what follows.
-            let (offset, block, pos) = match self.unit {
-                Some(u) => (u.offset, u.block, u.pos),
-                None => (a, block, pos),
-            };
-            let problem = match problem {
-                Problem::UnfinishedBatch => Problem::UnfinishedBatch,
-                _ => Problem::TornTail,
-            };
-            let issue = self.issue(offset, file.as_deref(), pos, problem, Action::Cut);
-            if self.mode == RecoveryMode::AbsoluteConsistency {
-                return Err(refusal(&issue, self.mode));
-            }
-            self.report.issues.push(issue);
-            self.cut = Some(Cut {
-                offset,
-                block,
-                pos,
-                erase: true,
-            });
-            return Ok(false);
-        }
-        match self.mode {
-            RecoveryMode::SkipCorrupted => {
-                let issue = self.issue(a, file.as_deref(), pos, problem, Action::Skipped);
-                self.report.issues.push(issue);
-                self.damaged_durable = true;
-                Ok(true)
-            }
-            RecoveryMode::PointInTime => {
-                let (offset, block, pos) = match self.unit {
-                    Some(u) => (u.offset, u.block, u.pos),
-                    None => (a, block, pos),
-                };
-                let issue = self.issue(offset, file.as_deref(), pos, problem, Action::Cut);
-                self.report.issues.push(issue);
-                self.damaged_durable = true;
-                self.cut = Some(Cut {
-                    offset,
-                    block,
-                    pos,
-                    erase: false,
-                });
-                Ok(false)
-            }
-            _ => {
-                let issue = self.issue(a, file.as_deref(), pos, problem, Action::Cut);
-                Err(refusal(&issue, self.mode))
-            }
-        }
-    }
-
-    /// For a chain with no blocks left: nothing can be cut, only refused or noted.
-    fn refuse_or_note(
-        &mut self,
-        a: u64,
-        file: Option<&SegmentHandle>,
-        pos: u64,
-        problem: Problem,
-    ) -> io::Result<()> {
-        match self.mode {
-            RecoveryMode::SkipCorrupted | RecoveryMode::PointInTime => {
-                let issue = self.issue(a, file, pos, problem, Action::Skipped);
-                self.report.issues.push(issue);
-                self.damaged_durable = true;
-                Ok(())
-            }
-            _ => Err(refusal(
-                &self.issue(a, file, pos, problem, Action::Cut),
-                self.mode,
-            )),
-        }
-    }
-
-    fn issue(
-        &self,
-        offset: u64,
-        file: Option<&SegmentHandle>,
-        position: u64,
-        problem: Problem,
-        action: Action,
-    ) -> RecoveryIssue {
-        RecoveryIssue {
-            topic: self.topic.to_owned(),
-            offset,
-            file: file
-                .map(|h| h.file.path().to_path_buf())
-                .unwrap_or_default(),
-            position,
-            problem,
-            action,
-        }
-    }
-
     /// Trims the block the cut falls in to end at the cut; erases what follows when allowed.
     fn trim(&mut self, cut: Cut, erases: &mut Vec<Erase>) {
         let Some(b) = self.retained.get_mut(cut.block) else {
@@ -639,30 +541,4 @@ impl Rebuild<'_> {
             b.scanned.frames.retain(|f| f.offset < cut.offset);
         }
     }
-}
-
-/// The refusal of a mode that does not accept `issue`, naming what would open it.
-pub(super) fn refusal(issue: &RecoveryIssue, mode: RecoveryMode) -> io::Error {
-    let would = match mode {
-        RecoveryMode::AbsoluteConsistency => {
-            "RecoveryMode::TolerateCorruptedTail opens it if the damage is a torn tail; \
-             RecoveryMode::PointInTime or RecoveryMode::SkipCorrupted open it in any case"
-        }
-        _ => {
-            "RecoveryMode::PointInTime opens it up to the damage, RecoveryMode::SkipCorrupted \
-             opens it skipping exactly the damaged entries"
-        }
-    };
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!(
-            "topic {:?} at offset {}: {} in {} at byte {}; refused by {mode:?} ({would}); \
-             nothing was changed on disk",
-            issue.topic,
-            issue.offset,
-            issue.problem,
-            issue.file.display(),
-            issue.position,
-        ),
-    )
 }

@@ -1,0 +1,195 @@
+//! One segment file at a time: reading its header and walking its blocks into a
+//! [`FoundSegment`], clearing stale pages after its last block, and applying the erases recovery
+//! decided.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use walrus_block::{
+    BLOCK_ALIGN, CorruptReason, FormatError, SEGMENT_DATA_OFFSET, SegmentHeader, is_zeroed,
+};
+use walrus_io::Storage;
+
+use super::walk::{FoundBlock, has_data, read_zero_filled, walk_blocks};
+use crate::chain::SegmentHandle;
+use crate::error::data_error;
+use crate::options::{RecoveryMode, StoreOptions};
+
+use super::Erase;
+use super::report::{RecoveryIssue, RecoveryReport};
+
+/// How a segment's header read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HeaderState {
+    Valid,
+    /// Damaged (or never written) while blocks follow: repaired from the file name.
+    Damaged,
+}
+
+/// A segment found on disk.
+pub(super) struct FoundSegment {
+    pub(super) id: u64,
+    pub(super) path: PathBuf,
+    pub(super) handle: Arc<SegmentHandle>,
+    pub(super) capacity: u64,
+    pub(super) blocks: Vec<FoundBlock>,
+    pub(super) next_start: u64,
+    pub(super) header: HeaderState,
+}
+
+/// What a segment file turned out to be.
+pub(super) enum Found {
+    Segment(FoundSegment),
+    /// Never written beyond (at most) a lost header: holds nothing.
+    Empty(PathBuf),
+    /// No header and no block reached the disk, but some sectors of unsynced block data did
+    /// (a power cut right after the segment was prepared): nothing in it was ever synced.
+    Orphan(PathBuf),
+    /// Unreadable but not empty: left untouched (and its id never reused).
+    Unreadable,
+    /// Not a segment the mode accepts.
+    Refused(io::Error),
+}
+
+pub(super) fn find_segment(
+    storage: &dyn Storage,
+    id: u64,
+    path: PathBuf,
+    options: &StoreOptions,
+    report: &mut RecoveryReport,
+) -> io::Result<Found> {
+    let file = storage.open(&path)?;
+    // A crash can lose a preallocation that was never synced: the file may be shorter than
+    // the blocks in it. Never-written bytes read as zeros either way.
+    let capacity = file.len()?.max(options.segment_len);
+    let mut head = vec![0u8; SEGMENT_DATA_OFFSET as usize];
+    read_zero_filled(&*file, &mut head, 0)?;
+    let header = match SegmentHeader::decode(&head) {
+        Ok(Some(h)) if h.segment_id == id => HeaderState::Valid,
+        Ok(Some(h)) => {
+            return Err(data_error(
+                &path,
+                &format!("header says segment {}, the name says {id}", h.segment_id),
+            ));
+        }
+        Err(FormatError::Corrupt {
+            reason: CorruptReason::UnsupportedVersion,
+            ..
+        }) => {
+            return Err(data_error(
+                &path,
+                &format!(
+                    "written by another on-disk format version; this build reads format v{} \
+                     only (there is no migration from earlier versions)",
+                    walrus_block::FORMAT_VERSION
+                ),
+            ));
+        }
+        Ok(None) | Err(_) => HeaderState::Damaged,
+    };
+    // Nothing more is claimed in a recovered segment unless it is a lane's tail (see `resume_claim`).
+    let handle = Arc::new(SegmentHandle::new(id, file, capacity, capacity));
+    let walked = walk_blocks(&*handle.file, id, &path, capacity, report)?;
+    if header == HeaderState::Damaged && walked.blocks.is_empty() {
+        let zero_header = is_zeroed(head.get(..walrus_block::SEGMENT_HEADER_LEN).unwrap_or(&[]));
+        if !has_data(&*handle.file, SEGMENT_DATA_OFFSET)? {
+            // Created (maybe its header damaged since), but no block ever reached the disk.
+            return Ok(Found::Empty(path));
+        }
+        if zero_header {
+            return Ok(Found::Orphan(path));
+        }
+        if matches!(
+            options.recovery,
+            RecoveryMode::TolerateCorruptedTail | RecoveryMode::AbsoluteConsistency
+        ) {
+            return Ok(Found::Refused(data_error(
+                &path,
+                "not a valid Walrus segment file (no readable header or block); \
+                 RecoveryMode::PointInTime or RecoveryMode::SkipCorrupted open the directory \
+                 leaving it untouched",
+            )));
+        }
+        report.issues.push(RecoveryIssue::unreadable(path));
+        return Ok(Found::Unreadable);
+    }
+    Ok(Found::Segment(FoundSegment {
+        id,
+        path,
+        handle,
+        capacity: walked.capacity,
+        blocks: walked.blocks,
+        next_start: walked.next_start,
+        header,
+    }))
+}
+
+/// Queues zeroing of every non-zero page in a window after the last block of `seg`.
+///
+/// The window is 16 default blocks (at least 16 MiB): stale blocks are the ones handed out
+/// just before the crash whose headers never reached the disk, right after the last one found.
+pub(super) fn clear_stale_tail(
+    seg: &FoundSegment,
+    block_len: u64,
+    erases: &mut Vec<Erase>,
+) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let window_end = seg.capacity.min(
+        seg.next_start
+            .saturating_add((16 * block_len).max(16 << 20)),
+    );
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut pos = seg.next_start;
+    // Holes (preallocated, never written) are skipped without reading them.
+    while let Some(data) = seg.handle.file.next_data(pos)? {
+        pos = pos.max(data.start - data.start % BLOCK_ALIGN);
+        if pos >= window_end {
+            break;
+        }
+        // Read only the data range: reading a hole would cache zero pages that the next
+        // open's SEEK_DATA would report as data.
+        let len = CHUNK
+            .min(window_end - pos)
+            .min(data.end.saturating_sub(pos).max(1)) as usize;
+        let chunk = buf.get_mut(..len).unwrap_or_default();
+        read_zero_filled(&*seg.handle.file, chunk, pos)?;
+        for (i, page) in chunk.chunks(BLOCK_ALIGN as usize).enumerate() {
+            if !is_zeroed(page) {
+                let from = pos + i as u64 * BLOCK_ALIGN;
+                erases.push(Erase::Zero {
+                    handle: seg.handle.clone(),
+                    from,
+                    to: from + page.len() as u64,
+                });
+            }
+        }
+        pos += len as u64;
+    }
+    Ok(())
+}
+
+pub(super) fn apply_erases(erases: &[Erase]) -> io::Result<()> {
+    for e in erases {
+        match e {
+            Erase::Zero { handle, from, to } => {
+                let zeros = vec![0u8; usize::try_from(to - from).unwrap_or(0)];
+                handle.file.write_at(&zeros, *from)?;
+                handle.mark_dirty();
+            }
+            Erase::Abandon {
+                handle,
+                header,
+                start,
+            } => {
+                handle.file.write_at(&header.encode()?, *start)?;
+                handle.mark_dirty();
+            }
+            Erase::Repair { handle, header } => {
+                handle.file.write_at(&header.encode(), 0)?;
+                handle.mark_dirty();
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! One topic: its writer (appends, batches, block roll-over), its chain of blocks, and its
+//! cursor reader (consuming reads, peeks, batch reads, commits).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use parking_lot::{Mutex, RwLock};
+use walrus_block::{BLOCK_ALIGN, BLOCK_HEADER_LEN};
+
+use crate::chain::{Block, ReadBuf};
+use crate::progress::{MarkState, Progress};
+use crate::shared::Shared;
+
+mod read;
+mod write;
+
+/// A topic: writer, chain, reader.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) name: Arc<str>,
+    /// The allocation lane new blocks come from.
+    lane: usize,
+    writer: Mutex<Writer>,
+    /// Blocks not yet released by the reader, oldest first. The last one is the writer's.
+    chain: RwLock<VecDeque<Arc<Block>>>,
+    /// Written, durable and listed-for-sync ends, shared with the store-wide sync.
+    pub(crate) progress: Arc<Progress>,
+    /// Mirror of the reader's persisted cursor, so the writer can release blocks it seals after
+    /// they were already consumed without taking the reader's lock.
+    persisted: AtomicU64,
+    reader: Mutex<Reader>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    /// The block being filled, if any.
+    block: Option<Arc<Block>>,
+    /// File position of the next frame in `block`.
+    pos: u64,
+    next_offset: u64,
+    next_chain_seq: u64,
+    /// Set after recovery left a gap: the next block records that the topic's entries ended
+    /// here (its `prev_end`).
+    gap_from: Option<u64>,
+    /// Length of the topic's newest block when the writer has none (after recovery), 0 for a
+    /// topic without blocks: where the next block's length grows from.
+    last_len: u64,
+    /// Frame headers of the append in progress (reused between appends).
+    headers: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Reader {
+    /// Next offset a consuming read hands out.
+    cursor: u64,
+    /// Cursor value last written to the cursor file.
+    persisted: u64,
+    generation: u64,
+    pair: Option<u64>,
+    /// Consuming reads since the last persist.
+    unpersisted: u32,
+    /// Where the frame at `cursor` is, when known.
+    pos: Option<(Arc<Block>, u64)>,
+    buf: ReadBuf,
+}
+
+/// Length of a topic's first block: an idle topic costs this much disk.
+pub(crate) const FIRST_BLOCK_LEN: u64 = BLOCK_ALIGN;
+
+/// Length of the block after one of `prev` bytes (0: the topic's first): each block doubles
+/// the previous, from [`FIRST_BLOCK_LEN`] up to `max`, so a busy topic soon writes large
+/// contiguous blocks while an idle one holds a few KiB. An entry longer than this still gets a
+/// block as long as it needs.
+pub(crate) fn grown_block_len(prev: u64, max: u64) -> u64 {
+    if prev == 0 {
+        FIRST_BLOCK_LEN.min(max)
+    } else {
+        prev.saturating_mul(2)
+            .clamp(FIRST_BLOCK_LEN, max.max(FIRST_BLOCK_LEN))
+    }
+}
+
+/// Under [`StoreOptions::with_small_blocks`](crate::StoreOptions::with_small_blocks) a block
+/// is made this many times as long as both the frame at hand and the block header: what an
+/// entry that does not fit leaves unused at its end, and its header, each stay within 1/32.
+const SMALL_BLOCK_FACTOR: u64 = 32;
+
+/// The longest block under `with_small_blocks` for frames of `frame` bytes (see
+/// [`SMALL_BLOCK_FACTOR`]), as a power of two from [`FIRST_BLOCK_LEN`] up to `max`.
+pub(crate) fn small_block_cap(frame: u64, max: u64) -> u64 {
+    frame
+        .max(BLOCK_HEADER_LEN as u64)
+        .saturating_mul(SMALL_BLOCK_FACTOR)
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
+        .clamp(FIRST_BLOCK_LEN, max.max(FIRST_BLOCK_LEN))
+}
+
+/// State a topic is rebuilt with at recovery.
+#[derive(Debug)]
+pub(crate) struct TopicState {
+    pub(crate) chain: VecDeque<Arc<Block>>,
+    /// The block the writer continues in, with the file position of its next frame.
+    pub(crate) live: Option<(Arc<Block>, u64)>,
+    pub(crate) next_offset: u64,
+    pub(crate) next_chain_seq: u64,
+    /// The topic's entries end here, before `next_offset`: the writer's next block records the
+    /// gap (its `prev_end`).
+    pub(crate) gap_from: Option<u64>,
+    pub(crate) cursor: u64,
+    pub(crate) generation: u64,
+    pub(crate) pair: Option<u64>,
+    /// The durable watermark's record in the marks file, if any.
+    pub(crate) mark: MarkState,
+}
+
+impl Topic {
+    pub(crate) fn new(name: Arc<str>, state: TopicState, lane: usize) -> Self {
+        let last_len = state
+            .live
+            .as_ref()
+            .map(|(b, _)| b)
+            .or(state.chain.back())
+            .map_or(0, |b| b.len);
+        let (block, pos) = match state.live {
+            Some((b, p)) => (Some(b), p),
+            None => (None, 0),
+        };
+        Self {
+            progress: Arc::new(Progress::new(name.clone(), state.next_offset, state.mark)),
+            name,
+            lane,
+            writer: Mutex::new(Writer {
+                block,
+                pos,
+                next_offset: state.next_offset,
+                next_chain_seq: state.next_chain_seq,
+                gap_from: state.gap_from,
+                last_len,
+                headers: Vec::new(),
+            }),
+            chain: RwLock::new(state.chain),
+            persisted: AtomicU64::new(state.cursor),
+            reader: Mutex::new(Reader {
+                cursor: state.cursor,
+                persisted: state.cursor,
+                generation: state.generation,
+                pair: state.pair,
+                unpersisted: 0,
+                pos: None,
+                buf: ReadBuf::default(),
+            }),
+        }
+    }
+
+    /// Offset the next append gets; every entry below is readable.
+    pub(crate) fn committed(&self) -> u64 {
+        self.progress.committed()
+    }
+
+    /// Entries below this offset are durable.
+    pub(crate) fn durable(&self) -> u64 {
+        self.progress.durable()
+    }
+
+    /// Entries below this offset may be handed to readers: the acknowledged ones. Under a
+    /// store that acknowledges at durability (`SyncEach`) that is the durable watermark, as
+    /// Kafka's high watermark; otherwise every written entry.
+    pub(crate) fn visible(&self, shared: &Shared) -> u64 {
+        if shared.options.visible_when_durable {
+            self.durable()
+        } else {
+            self.committed()
+        }
+    }
+
+    /// Whether consuming reads moved the cursor past what was last persisted.
+    pub(crate) fn has_unpersisted_reads(&self) -> bool {
+        self.reader.lock().unpersisted > 0
+    }
+
+    /// The cursor: next offset a consuming read hands out.
+    pub(crate) fn cursor(&self) -> u64 {
+        self.reader.lock().cursor
+    }
+
+    /// First offset still retained (not released after consumption).
+    pub(crate) fn first_retained(&self) -> u64 {
+        self.chain
+            .read()
+            .front()
+            .map_or_else(|| self.committed(), |b| b.first_offset)
+    }
+
+    /// Number of blocks in the chain (retained, not yet released).
+    pub(crate) fn chain_len(&self) -> usize {
+        self.chain.read().len()
+    }
+}
+
+impl TopicState {
+    /// A topic that has never been written.
+    pub(crate) fn empty() -> Self {
+        Self {
+            chain: VecDeque::new(),
+            live: None,
+            next_offset: 0,
+            next_chain_seq: 0,
+            gap_from: None,
+            cursor: 0,
+            generation: 0,
+            pair: None,
+            mark: MarkState::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_grow_from_4_kib_doubling_to_the_maximum() {
+        let max = 1 << 20;
+        let mut len = 0;
+        let mut seen = Vec::new();
+        for _ in 0..12 {
+            len = grown_block_len(len, max);
+            seen.push(len >> 10);
+        }
+        assert_eq!(
+            seen,
+            [4, 8, 16, 32, 64, 128, 256, 512, 1024, 1024, 1024, 1024]
+        );
+        // After a block for one large entry, the next is back to the maximum.
+        assert_eq!(grown_block_len(64 << 20, max), max);
+        // A maximum below the first length (the smallest geometry) caps it.
+        assert_eq!(grown_block_len(0, 4096), 4096);
+        assert_eq!(grown_block_len(4096, 4096), 4096);
+        assert_eq!(grown_block_len(u64::MAX, 8192), 8192);
+    }
+
+    #[test]
+    fn small_blocks_hold_32_frames_of_the_size_at_hand() {
+        let max = 1 << 20;
+        // Small entries: 32 block headers' worth (308 bytes each), 16 KiB.
+        assert_eq!(small_block_cap(124, max), 16 << 10);
+        assert_eq!(small_block_cap(1, max), 16 << 10);
+        // 700-byte entries: 32 KiB, so at most one frame's worth (2 %) is left unused.
+        assert_eq!(small_block_cap(724, max), 32 << 10);
+        assert_eq!(small_block_cap(100 << 10, max), max);
+        assert_eq!(small_block_cap(u64::MAX, max), max);
+        assert_eq!(small_block_cap(724, 4096), 4096);
+    }
+}
