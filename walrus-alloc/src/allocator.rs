@@ -1,6 +1,6 @@
 //! The block allocator: hands out blocks of segment files under a spin lock.
 //!
-//! The lock guards a few integers (current segment, cursor, spare segment, next id). Everything
+//! The lock guards a few integers (current segment, tail, spare segment, next id). Everything
 //! slow happens outside it: the caller-supplied [`SegmentPreparer`] creates and preallocates
 //! segment files, and the [`FileTracker`] records blocks and closed files. A thread that needs a
 //! new segment *reserves* the next id under the lock (at most one reservation is outstanding, so
@@ -26,30 +26,30 @@ use crate::tracker::{Deletion, FileTracker};
 /// preparation, so an implementation must overwrite or remove whatever a failed call left
 /// behind. Closures `Fn(u64, u64) -> io::Result<()>` implement this trait.
 pub trait SegmentPreparer: Send + Sync {
-    /// Makes segment `segment` ready to receive blocks anywhere in `[0, capacity)`.
+    /// Makes segment `segment` ready to receive blocks anywhere in `[0, segment_len)`.
     ///
-    /// `capacity` is the allocator's segment capacity, or more for a segment dedicated to a
+    /// `segment_len` is the allocator's segment length, or more for a segment dedicated to a
     /// block larger than a normal segment can hold.
     ///
     /// # Errors
     ///
     /// Any I/O error; it is returned to the allocating caller, wrapped with the segment id.
-    fn prepare(&self, segment: u64, capacity: u64) -> io::Result<()>;
+    fn prepare(&self, segment: u64, segment_len: u64) -> io::Result<()>;
 }
 
 impl<F> SegmentPreparer for F
 where
     F: Fn(u64, u64) -> io::Result<()> + Send + Sync,
 {
-    fn prepare(&self, segment: u64, capacity: u64) -> io::Result<()> {
-        self(segment, capacity)
+    fn prepare(&self, segment: u64, segment_len: u64) -> io::Result<()> {
+        self(segment, segment_len)
     }
 }
 
 /// A shared preparer, e.g. the storage backend of an instance.
 impl<P: SegmentPreparer + ?Sized> SegmentPreparer for std::sync::Arc<P> {
-    fn prepare(&self, segment: u64, capacity: u64) -> io::Result<()> {
-        (**self).prepare(segment, capacity)
+    fn prepare(&self, segment: u64, segment_len: u64) -> io::Result<()> {
+        (**self).prepare(segment, segment_len)
     }
 }
 
@@ -85,11 +85,11 @@ pub struct Allocation {
 
 /// Where a segment's allocation stands: the next block would start at `next_start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SegmentCursor {
+pub struct SegmentTail {
     /// The segment file.
     pub segment: u64,
-    /// Its capacity in bytes.
-    pub capacity: u64,
+    /// Its length in bytes.
+    pub segment_len: u64,
     /// Offset of the next block.
     pub next_start: u64,
 }
@@ -102,7 +102,7 @@ pub struct SegmentCursor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Resume {
     next_segment: u64,
-    tail: Option<SegmentCursor>,
+    tail: Option<SegmentTail>,
 }
 
 impl Resume {
@@ -119,7 +119,7 @@ impl Resume {
     /// ([`FileTracker::restore_file`] with `fully_allocated = false`), so that the file's final
     /// block count includes them.
     #[must_use]
-    pub const fn with_tail(mut self, tail: SegmentCursor) -> Self {
+    pub const fn with_tail(mut self, tail: SegmentTail) -> Self {
         self.tail = Some(tail);
         self
     }
@@ -129,7 +129,7 @@ impl Resume {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AllocPosition {
     /// The segment blocks are handed out from, if any.
-    pub current: Option<SegmentCursor>,
+    pub current: Option<SegmentTail>,
     /// A prepared segment waiting to become current (an empty file on disk).
     pub spare: Option<u64>,
     /// The id the next prepared segment will get.
@@ -138,8 +138,8 @@ pub struct AllocPosition {
 
 /// Instance-scoped block allocator.
 ///
-/// Hands out blocks of at least the configured block size (larger on request) from the current
-/// segment by bumping a cursor under a spin lock. When a request does not fit in the rest of
+/// Hands out blocks of at least the configured minimum block length (larger on request) from the current
+/// segment by bumping a tail under a spin lock. When a request does not fit in the rest of
 /// the current segment, that segment is closed (its tail is wasted) and the next one is used;
 /// a request larger than a whole segment gets a dedicated segment of its own. Every block is
 /// recorded in the allocator's [`FileTracker`] as handed out and locked, and every closed
@@ -154,8 +154,8 @@ pub struct AllocPosition {
 /// let created = std::sync::Arc::new(Mutex::new(Vec::new()));
 /// let log = created.clone();
 /// let config = AllocConfig::new()
-///     .with_segment_capacity(1 << 20)
-///     .with_block_size(64 << 10)
+///     .with_segment_len(1 << 20)
+///     .with_min_block_len(64 << 10)
 ///     .with_prepare_ahead(false);
 /// let alloc = BlockAllocator::new(config, move |segment, _capacity| {
 ///     log.lock().unwrap().push(segment); // create + preallocate the file here
@@ -201,8 +201,8 @@ struct State {
 #[derive(Debug, Clone, Copy)]
 struct Open {
     segment: u64,
-    capacity: u64,
-    cursor: u64,
+    segment_len: u64,
+    tail: u64,
     /// Blocks handed out from this segment, including any restored at recovery.
     blocks: u64,
 }
@@ -210,7 +210,7 @@ struct Open {
 #[derive(Debug, Clone, Copy)]
 struct Prepared {
     segment: u64,
-    capacity: u64,
+    segment_len: u64,
 }
 
 /// A block taken under the lock, with the work to do once it is released.
@@ -233,7 +233,7 @@ enum Step<'a> {
 struct Reservation<'a> {
     alloc: &'a BlockAllocator,
     segment: u64,
-    capacity: u64,
+    segment_len: u64,
     /// `Some(len)`: a dedicated segment for one block of `len` bytes.
     dedicated: Option<u64>,
     armed: bool,
@@ -257,7 +257,7 @@ impl Reservation<'_> {
     fn install(mut self) -> Option<Handout<'static>> {
         self.armed = false;
         let data_offset = self.alloc.config.data_offset();
-        let (segment, capacity) = (self.segment, self.capacity);
+        let (segment, segment_len) = (self.segment, self.segment_len);
         self.alloc.state.with(|st| {
             self.alloc.set_preparing(st, false);
             if let Some(len) = self.dedicated {
@@ -276,12 +276,15 @@ impl Reservation<'_> {
             if st.current.is_none() {
                 st.current = Some(Open {
                     segment,
-                    capacity,
-                    cursor: data_offset,
+                    segment_len,
+                    tail: data_offset,
                     blocks: 0,
                 });
             } else if st.spare.is_none() {
-                st.spare = Some(Prepared { segment, capacity });
+                st.spare = Some(Prepared {
+                    segment,
+                    segment_len,
+                });
             } else {
                 // Cannot happen (one reservation at a time fills one empty slot); if it did,
                 // close the file empty so it is reported deletable rather than leaked.
@@ -322,7 +325,7 @@ impl BlockAllocator {
     /// # Errors
     ///
     /// [`io::ErrorKind::InvalidInput`] if `config` is invalid, or the tail segment is not
-    /// below `next_segment`, its cursor is not aligned or outside `[data offset, capacity]`, or
+    /// below `next_segment`, its tail is not aligned or outside `[data offset, segment_len]`, or
     /// the tracker already has it fully allocated.
     pub fn resume(
         config: AllocConfig,
@@ -359,11 +362,11 @@ impl BlockAllocator {
         config: &AllocConfig,
         tracker: &FileTracker,
         next_segment: u64,
-        tail: SegmentCursor,
+        tail: SegmentTail,
     ) -> io::Result<Open> {
-        let SegmentCursor {
+        let SegmentTail {
             segment,
-            capacity,
+            segment_len,
             next_start,
         } = tail;
         let invalid = |msg: String| segment_error(io::ErrorKind::InvalidInput, segment, msg);
@@ -375,10 +378,10 @@ impl BlockAllocator {
         let align = config.alignment();
         if !next_start.is_multiple_of(align)
             || next_start < config.data_offset()
-            || next_start > capacity
+            || next_start > segment_len
         {
             return Err(invalid(format!(
-                "resume cursor {next_start} is unaligned or outside [{}, {capacity}]",
+                "resume tail {next_start} is unaligned or outside [{}, {segment_len}]",
                 config.data_offset()
             )));
         }
@@ -393,8 +396,8 @@ impl BlockAllocator {
         };
         Ok(Open {
             segment,
-            capacity,
-            cursor: next_start,
+            segment_len,
+            tail: next_start,
             blocks,
         })
     }
@@ -413,20 +416,20 @@ impl BlockAllocator {
     /// A snapshot of the current segment, the spare and the next id.
     pub fn position(&self) -> AllocPosition {
         self.state.with(|st| AllocPosition {
-            current: st.current.map(|o| SegmentCursor {
+            current: st.current.map(|o| SegmentTail {
                 segment: o.segment,
-                capacity: o.capacity,
-                next_start: o.cursor,
+                segment_len: o.segment_len,
+                next_start: o.tail,
             }),
             spare: st.spare.map(|p| p.segment),
             next_segment: st.next_segment,
         })
     }
 
-    /// Hands out a block of at least `min_len` bytes (at least the default block size, rounded
+    /// Hands out a block of at least `min_len` bytes (at least the minimum block length, rounded
     /// up to the alignment), tracked as handed out and locked.
     ///
-    /// The common path bumps a cursor under the spin lock. When a segment has to be prepared
+    /// The common path bumps a tail under the spin lock. When a segment has to be prepared
     /// first, this thread prepares it outside the lock (or waits for the thread already doing
     /// so); with [`AllocConfig::with_prepare_ahead`] the thread that puts the spare segment
     /// into use also prepares the next spare before returning, so that is rare.
@@ -485,8 +488,8 @@ impl BlockAllocator {
             if st.spare.is_some() || st.preparing {
                 Ok(None)
             } else {
-                let capacity = self.config.segment_capacity();
-                self.reserve(st, capacity, None).map(Some)
+                let segment_len = self.config.segment_len();
+                self.reserve(st, segment_len, None).map(Some)
             }
         })?;
         match reservation {
@@ -503,18 +506,18 @@ impl BlockAllocator {
                 return Ok(Step::Wait);
             }
             // `allocate` checked that this does not overflow.
-            let capacity = data_offset.saturating_add(len);
-            return self.reserve(st, capacity, Some(len)).map(Step::Prepare);
+            let segment_len = data_offset.saturating_add(len);
+            return self.reserve(st, segment_len, Some(len)).map(Step::Prepare);
         }
         loop {
             if let Some(cur) = st.current.as_mut() {
-                if cur.capacity - cur.cursor >= len {
+                if cur.segment_len - cur.tail >= len {
                     let block = BlockAlloc {
                         segment: cur.segment,
-                        start: cur.cursor,
+                        start: cur.tail,
                         len,
                     };
-                    cur.cursor += len;
+                    cur.tail += len;
                     cur.blocks += 1;
                     return Ok(Step::Block(Handout {
                         block,
@@ -530,8 +533,8 @@ impl BlockAllocator {
                 Some(spare) => {
                     st.current = Some(Open {
                         segment: spare.segment,
-                        capacity: spare.capacity,
-                        cursor: data_offset,
+                        segment_len: spare.segment_len,
+                        tail: data_offset,
                         blocks: 0,
                     });
                 }
@@ -541,14 +544,14 @@ impl BlockAllocator {
         if st.preparing {
             return Ok(Step::Wait);
         }
-        let capacity = self.config.segment_capacity();
-        self.reserve(st, capacity, None).map(Step::Prepare)
+        let segment_len = self.config.segment_len();
+        self.reserve(st, segment_len, None).map(Step::Prepare)
     }
 
     fn reserve<'a>(
         &'a self,
         st: &mut State,
-        capacity: u64,
+        segment_len: u64,
         dedicated: Option<u64>,
     ) -> io::Result<Reservation<'a>> {
         let segment = st.next_segment;
@@ -559,7 +562,7 @@ impl BlockAllocator {
         Ok(Reservation {
             alloc: self,
             segment,
-            capacity,
+            segment_len,
             dedicated,
             armed: true,
         })
@@ -576,18 +579,18 @@ impl BlockAllocator {
             return None;
         }
         // Running out of ids is reported by the allocation that actually needs one.
-        self.reserve(st, self.config.segment_capacity(), None).ok()
+        self.reserve(st, self.config.segment_len(), None).ok()
     }
 
     /// Runs the preparer outside the lock and installs the segment.
     fn prepare(&self, reservation: Reservation<'_>) -> io::Result<Option<Handout<'static>>> {
-        let (segment, capacity) = (reservation.segment, reservation.capacity);
-        match self.preparer.prepare(segment, capacity) {
+        let (segment, segment_len) = (reservation.segment, reservation.segment_len);
+        match self.preparer.prepare(segment, segment_len) {
             Ok(()) => Ok(reservation.install()),
             Err(e) => {
                 // Dropping the reservation releases the id before the error is returned.
                 drop(reservation);
-                Err(prepare_error(segment, capacity, e))
+                Err(prepare_error(segment, segment_len, e))
             }
         }
     }

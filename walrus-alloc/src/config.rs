@@ -1,15 +1,10 @@
-//! Allocator geometry: segment capacity, data offset, default block size, alignment.
+//! Allocator geometry: segment length, data offset, minimum block length, alignment. The
+//! defaults are the format's (walrus-block's `DEFAULT_SEGMENT_LEN`, `SEGMENT_DATA_OFFSET`,
+//! `DEFAULT_BLOCK_LEN`, `BLOCK_ALIGN`), defined once there.
 
 use std::io;
 
-/// Default capacity of a segment file: 1 GiB.
-pub const DEFAULT_SEGMENT_CAPACITY: u64 = 1 << 30;
-/// Default offset of the first block in a segment, after the segment header: 4 KiB.
-pub const DEFAULT_DATA_OFFSET: u64 = 4096;
-/// Default block size: 1 MiB.
-pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
-/// Default alignment of block starts and lengths: 4 KiB.
-pub const DEFAULT_ALIGNMENT: u64 = 4096;
+use walrus_block::{BLOCK_ALIGN, DEFAULT_BLOCK_LEN, DEFAULT_SEGMENT_LEN, SEGMENT_DATA_OFFSET};
 
 /// Geometry of the segments and blocks an allocator hands out.
 ///
@@ -21,16 +16,16 @@ pub const DEFAULT_ALIGNMENT: u64 = 4096;
 /// use walrus_alloc::AllocConfig;
 ///
 /// let config = AllocConfig::new()
-///     .with_segment_capacity(64 << 20)
-///     .with_block_size(256 << 10);
+///     .with_segment_len(64 << 20)
+///     .with_min_block_len(256 << 10);
 /// assert!(config.validate().is_ok());
-/// assert_eq!(config.block_size(), 256 << 10);
+/// assert_eq!(config.min_block_len(), 256 << 10);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AllocConfig {
-    segment_capacity: u64,
+    segment_len: u64,
     data_offset: u64,
-    block_size: u64,
+    min_block_len: u64,
     alignment: u64,
     prepare_ahead: bool,
 }
@@ -46,18 +41,18 @@ impl AllocConfig {
     /// segment prepared ahead.
     pub const fn new() -> Self {
         Self {
-            segment_capacity: DEFAULT_SEGMENT_CAPACITY,
-            data_offset: DEFAULT_DATA_OFFSET,
-            block_size: DEFAULT_BLOCK_SIZE,
-            alignment: DEFAULT_ALIGNMENT,
+            segment_len: DEFAULT_SEGMENT_LEN,
+            data_offset: SEGMENT_DATA_OFFSET,
+            min_block_len: DEFAULT_BLOCK_LEN,
+            alignment: BLOCK_ALIGN,
             prepare_ahead: true,
         }
     }
 
-    /// Sets the capacity in bytes of a normal segment file (header included).
+    /// Sets the length in bytes of a normal segment file (header included).
     #[must_use]
-    pub const fn with_segment_capacity(mut self, bytes: u64) -> Self {
-        self.segment_capacity = bytes;
+    pub const fn with_segment_len(mut self, bytes: u64) -> Self {
+        self.segment_len = bytes;
         self
     }
 
@@ -68,10 +63,10 @@ impl AllocConfig {
         self
     }
 
-    /// Sets the default (and minimum) block size.
+    /// Sets the minimum block length: every block handed out is at least this long.
     #[must_use]
-    pub const fn with_block_size(mut self, bytes: u64) -> Self {
-        self.block_size = bytes;
+    pub const fn with_min_block_len(mut self, bytes: u64) -> Self {
+        self.min_block_len = bytes;
         self
     }
 
@@ -93,9 +88,9 @@ impl AllocConfig {
         self
     }
 
-    /// Capacity in bytes of a normal segment file.
-    pub const fn segment_capacity(&self) -> u64 {
-        self.segment_capacity
+    /// Length in bytes of a normal segment file.
+    pub const fn segment_len(&self) -> u64 {
+        self.segment_len
     }
 
     /// Offset of the first block in a segment.
@@ -103,9 +98,9 @@ impl AllocConfig {
         self.data_offset
     }
 
-    /// Default (and minimum) block size.
-    pub const fn block_size(&self) -> u64 {
-        self.block_size
+    /// Minimum block length.
+    pub const fn min_block_len(&self) -> u64 {
+        self.min_block_len
     }
 
     /// Alignment of block starts and lengths.
@@ -132,8 +127,8 @@ impl AllocConfig {
             return invalid(format!("alignment {align} is not a power of two"));
         }
         for (name, value) in [
-            ("segment capacity", self.segment_capacity),
-            ("block size", self.block_size),
+            ("segment length", self.segment_len),
+            ("minimum block length", self.min_block_len),
         ] {
             if value == 0 || !value.is_multiple_of(align) {
                 return invalid(format!(
@@ -147,25 +142,25 @@ impl AllocConfig {
                 self.data_offset
             ));
         }
-        match self.data_offset.checked_add(self.block_size) {
-            Some(end) if end <= self.segment_capacity => Ok(()),
+        match self.data_offset.checked_add(self.min_block_len) {
+            Some(end) if end <= self.segment_len => Ok(()),
             _ => invalid(format!(
                 "a block of {} bytes after the data offset {} does not fit in a segment of {} bytes",
-                self.block_size, self.data_offset, self.segment_capacity
+                self.min_block_len, self.data_offset, self.segment_len
             )),
         }
     }
 
     /// Usable bytes of a normal segment.
     pub(crate) const fn segment_room(&self) -> u64 {
-        self.segment_capacity - self.data_offset
+        self.segment_len - self.data_offset
     }
 
-    /// The length actually handed out for a request of `min_len` bytes: at least the default
-    /// block size, rounded up to the alignment. `None` on overflow.
+    /// The length actually handed out for a request of `min_len` bytes: at least the minimum
+    /// block length, rounded up to the alignment. `None` on overflow.
     pub(crate) fn block_len(&self, min_len: u64) -> Option<u64> {
         let mask = self.alignment - 1;
-        Some(min_len.max(self.block_size).checked_add(mask)? & !mask)
+        Some(min_len.max(self.min_block_len).checked_add(mask)? & !mask)
     }
 }
 
@@ -177,9 +172,9 @@ mod tests {
     fn defaults_are_valid() {
         let c = AllocConfig::default();
         c.validate().unwrap();
-        assert_eq!(c.segment_capacity(), 1 << 30);
+        assert_eq!(c.segment_len(), 1 << 30);
         assert_eq!(c.data_offset(), 4096);
-        assert_eq!(c.block_size(), 1 << 20);
+        assert_eq!(c.min_block_len(), 1 << 20);
         assert_eq!(c.alignment(), 4096);
         assert!(c.prepare_ahead());
     }
@@ -189,13 +184,13 @@ mod tests {
         let bad = [
             AllocConfig::new().with_alignment(3000),
             AllocConfig::new().with_alignment(0),
-            AllocConfig::new().with_block_size(0),
-            AllocConfig::new().with_block_size(5000),
+            AllocConfig::new().with_min_block_len(0),
+            AllocConfig::new().with_min_block_len(5000),
             AllocConfig::new().with_data_offset(100),
-            AllocConfig::new().with_segment_capacity(8192 + 4096),
+            AllocConfig::new().with_segment_len(8192 + 4096),
             AllocConfig::new()
-                .with_segment_capacity(1 << 20)
-                .with_block_size(1 << 20),
+                .with_segment_len(1 << 20)
+                .with_min_block_len(1 << 20),
         ];
         for c in bad {
             let e = c.validate().unwrap_err();
@@ -206,7 +201,7 @@ mod tests {
 
     #[test]
     fn block_len_rounds_up() {
-        let c = AllocConfig::new().with_block_size(8192);
+        let c = AllocConfig::new().with_min_block_len(8192);
         assert_eq!(c.block_len(0), Some(8192));
         assert_eq!(c.block_len(8193), Some(12288));
         assert_eq!(c.block_len(12288), Some(12288));

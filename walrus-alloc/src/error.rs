@@ -18,7 +18,7 @@ pub(crate) fn segment_error(
 #[derive(Debug)]
 struct PrepareError {
     segment: u64,
-    capacity: u64,
+    segment_len: u64,
     source: io::Error,
 }
 
@@ -27,7 +27,7 @@ impl fmt::Display for PrepareError {
         write!(
             f,
             "segment {}: preparing a file of {} bytes failed: {}",
-            self.segment, self.capacity, self.source
+            self.segment, self.segment_len, self.source
         )
     }
 }
@@ -39,12 +39,12 @@ impl Error for PrepareError {
 }
 
 /// Wraps an error returned by a [`SegmentPreparer`](crate::SegmentPreparer).
-pub(crate) fn prepare_error(segment: u64, capacity: u64, source: io::Error) -> io::Error {
+pub(crate) fn prepare_error(segment: u64, segment_len: u64, source: io::Error) -> io::Error {
     io::Error::new(
         source.kind(),
         PrepareError {
             segment,
-            capacity,
+            segment_len,
             source,
         },
     )

@@ -8,13 +8,13 @@
 //!
 //! ## Block allocator
 //!
-//! [`BlockAllocator`] cuts segment files (identified by a `u64` id, of a configurable capacity,
+//! [`BlockAllocator`] cuts segment files (identified by a `u64` id, of a configurable length,
 //! default 1 GiB) into blocks. A block starts at or after the segment's data offset (default
 //! 4 KiB, room for the segment header); starts and lengths are multiples of the alignment
-//! (default 4 KiB). A request for `min_len` bytes gets at least the default block size
+//! (default 4 KiB). A request for `min_len` bytes gets at least the minimum block length
 //! (default 1 MiB), rounded up to the alignment, so blocks have no fixed stride:
 //!
-//! - the common path bumps a cursor under a spin lock (crossbeam-utils `Backoff`) that guards
+//! - the common path bumps a segment tail under a spin lock (crossbeam-utils `Backoff`) that guards
 //!   only that hand-out, never file creation, preallocation or fsync;
 //! - a request that does not fit in the rest of the current segment closes it (the tail is
 //!   wasted) and moves to the next segment; a request larger than a whole segment gets a
@@ -56,10 +56,7 @@ pub mod sync;
 mod tracker;
 
 pub use allocator::{
-    AllocPosition, Allocation, BlockAlloc, BlockAllocator, Resume, SegmentCursor, SegmentPreparer,
+    AllocPosition, Allocation, BlockAlloc, BlockAllocator, Resume, SegmentPreparer, SegmentTail,
 };
-pub use config::{
-    AllocConfig, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, DEFAULT_DATA_OFFSET,
-    DEFAULT_SEGMENT_CAPACITY,
-};
+pub use config::AllocConfig;
 pub use tracker::{Deletion, FileStats, FileTracker, RestoredBlock};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use walrus_alloc::{
     AllocConfig, BlockAlloc, BlockAllocator, Deletion, FileTracker, RestoredBlock, Resume,
-    SegmentCursor, SegmentPreparer,
+    SegmentPreparer, SegmentTail,
 };
 
 const KIB: u64 = 1024;
@@ -40,14 +40,14 @@ fn take_one(counter: &AtomicU32) -> bool {
 }
 
 impl SegmentPreparer for Recorder {
-    fn prepare(&self, segment: u64, capacity: u64) -> io::Result<()> {
+    fn prepare(&self, segment: u64, segment_len: u64) -> io::Result<()> {
         if take_one(&self.panic) {
             panic!("preparer panicked on purpose");
         }
         if take_one(&self.fail) {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
         }
-        self.prepared.lock().unwrap().push((segment, capacity));
+        self.prepared.lock().unwrap().push((segment, segment_len));
         Ok(())
     }
 }
@@ -55,9 +55,9 @@ impl SegmentPreparer for Recorder {
 /// 64 KiB segments, data from 4 KiB, 16 KiB blocks: three default blocks per segment.
 fn small() -> AllocConfig {
     AllocConfig::new()
-        .with_segment_capacity(64 * KIB)
+        .with_segment_len(64 * KIB)
         .with_data_offset(4 * KIB)
-        .with_block_size(16 * KIB)
+        .with_min_block_len(16 * KIB)
 }
 
 fn allocator(config: AllocConfig) -> (BlockAllocator, Arc<Recorder>) {
@@ -284,10 +284,10 @@ fn assert_no_overlap(blocks: &[BlockAlloc], prepared: &BTreeMap<u64, u64>) {
         }
     }
     for b in &sorted {
-        let capacity = prepared
+        let segment_len = prepared
             .get(&b.segment)
             .unwrap_or_else(|| panic!("{b:?} in an unprepared segment"));
-        assert!(b.end() <= *capacity, "{b:?} past {capacity}");
+        assert!(b.end() <= *segment_len, "{b:?} past {segment_len}");
         assert!(b.start >= 4 * KIB && b.start % (4 * KIB) == 0 && b.len % (4 * KIB) == 0);
     }
 }
@@ -330,7 +330,7 @@ fn threads_never_get_overlapping_blocks() {
 #[test]
 fn two_allocators_are_independent() {
     let (a, rec_a) = allocator(small());
-    let (b, rec_b) = allocator(small().with_block_size(8 * KIB));
+    let (b, rec_b) = allocator(small().with_min_block_len(8 * KIB));
     let (solo, _) = allocator(small());
     let mut from_a = Vec::new();
     let mut from_b = Vec::new();
@@ -362,9 +362,9 @@ fn two_allocators_are_independent() {
 
 #[test]
 fn two_allocators_on_threads_do_not_interfere() {
-    let run = |block_size: u64| {
+    let run = |min_block_len: u64| {
         std::thread::spawn(move || {
-            let (alloc, rec) = allocator(small().with_block_size(block_size));
+            let (alloc, rec) = allocator(small().with_min_block_len(min_block_len));
             let blocks: Vec<_> = (0..500).map(|_| alloc.allocate(0).unwrap().block).collect();
             (blocks, rec.ids())
         })
@@ -404,9 +404,9 @@ fn resume_continues_in_the_tail_and_counts_restored_blocks() {
         Deletion::NotYet
     );
     let rec = Arc::new(Recorder::default());
-    let resume = Resume::new(6).with_tail(SegmentCursor {
+    let resume = Resume::new(6).with_tail(SegmentTail {
         segment: 5,
-        capacity: 64 * KIB,
+        segment_len: 64 * KIB,
         next_start: 36 * KIB,
     });
     let alloc = BlockAllocator::resume(
@@ -436,9 +436,9 @@ fn resume_continues_in_the_tail_and_counts_restored_blocks() {
 fn an_empty_tail_that_is_closed_is_reported_deletable() {
     let rec = Arc::new(Recorder::default());
     // A 32 KiB file from an older configuration, never used.
-    let resume = Resume::new(3).with_tail(SegmentCursor {
+    let resume = Resume::new(3).with_tail(SegmentTail {
         segment: 2,
-        capacity: 32 * KIB,
+        segment_len: 32 * KIB,
         next_start: 4 * KIB,
     });
     let tracker = Arc::new(FileTracker::new());
@@ -453,12 +453,12 @@ fn resume_rejects_inconsistent_tails() {
     let tracker = Arc::new(FileTracker::new());
     let _ = tracker.restore_file(1, &[], true).unwrap();
     let cases = [
-        (Resume::new(2).with_tail(cursor(2, 4 * KIB)), "not below"),
-        (Resume::new(3).with_tail(cursor(2, 5000)), "unaligned"),
-        (Resume::new(3).with_tail(cursor(2, 0)), "outside"),
-        (Resume::new(3).with_tail(cursor(2, 128 * KIB)), "outside"),
+        (Resume::new(2).with_tail(tail_at(2, 4 * KIB)), "not below"),
+        (Resume::new(3).with_tail(tail_at(2, 5000)), "unaligned"),
+        (Resume::new(3).with_tail(tail_at(2, 0)), "outside"),
+        (Resume::new(3).with_tail(tail_at(2, 128 * KIB)), "outside"),
         (
-            Resume::new(3).with_tail(cursor(1, 4 * KIB)),
+            Resume::new(3).with_tail(tail_at(1, 4 * KIB)),
             "fully allocated",
         ),
     ];
@@ -476,16 +476,17 @@ fn resume_rejects_inconsistent_tails() {
     }
 }
 
-fn cursor(segment: u64, next_start: u64) -> SegmentCursor {
-    SegmentCursor {
+fn tail_at(segment: u64, next_start: u64) -> SegmentTail {
+    SegmentTail {
         segment,
-        capacity: 64 * KIB,
+        segment_len: 64 * KIB,
         next_start,
     }
 }
 
 #[test]
 fn invalid_config_is_rejected() {
-    let e = BlockAllocator::new(small().with_block_size(3), |_: u64, _: u64| Ok(())).unwrap_err();
+    let e =
+        BlockAllocator::new(small().with_min_block_len(3), |_: u64, _: u64| Ok(())).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
 }

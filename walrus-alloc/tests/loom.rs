@@ -18,14 +18,14 @@ const BLOCK: u64 = 4096;
 
 fn config(blocks_per_segment: u64, prepare_ahead: bool) -> AllocConfig {
     AllocConfig::new()
-        .with_segment_capacity(BLOCK * (1 + blocks_per_segment))
+        .with_segment_len(BLOCK * (1 + blocks_per_segment))
         .with_data_offset(BLOCK)
-        .with_block_size(BLOCK)
+        .with_min_block_len(BLOCK)
         .with_alignment(BLOCK)
         .with_prepare_ahead(prepare_ahead)
 }
 
-/// (segment, capacity) of every successful preparation.
+/// (segment, segment_len) of every successful preparation.
 type Prepared = Arc<Mutex<Vec<(u64, u64)>>>;
 
 /// Records prepared segments; fails the call numbered `fail_call` (from 0), if any.
@@ -33,11 +33,11 @@ fn allocator(config: AllocConfig, fail_call: Option<u32>) -> (Arc<BlockAllocator
     let prepared = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&prepared);
     let calls = AtomicU32::new(0);
-    let alloc = BlockAllocator::new(config, move |segment: u64, capacity: u64| {
+    let alloc = BlockAllocator::new(config, move |segment: u64, segment_len: u64| {
         if Some(calls.fetch_add(1, Ordering::SeqCst)) == fail_call {
             return Err(io::Error::other("injected"));
         }
-        log.lock().push((segment, capacity));
+        log.lock().push((segment, segment_len));
         Ok(())
     })
     .unwrap();
@@ -50,12 +50,12 @@ fn assert_disjoint(blocks: &[BlockAlloc], prepared: &[(u64, u64)]) {
     ids.dedup();
     assert_eq!(ids.len(), prepared.len(), "a segment was prepared twice");
     for (i, a) in blocks.iter().enumerate() {
-        let capacity = prepared
+        let segment_len = prepared
             .iter()
             .find(|p| p.0 == a.segment)
             .map(|p| p.1)
             .expect("block in an unprepared segment");
-        assert!(a.start >= BLOCK && a.end() <= capacity, "{a:?}");
+        assert!(a.start >= BLOCK && a.end() <= segment_len, "{a:?}");
         for b in &blocks[i + 1..] {
             assert!(
                 a.segment != b.segment || a.end() <= b.start || b.end() <= a.start,

@@ -189,11 +189,11 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let fail = Arc::new(AtomicBool::new(false));
     let fail_flag = Arc::clone(&fail);
     let config = AllocConfig::new()
-        .with_segment_capacity(CAPACITY)
+        .with_segment_len(CAPACITY)
         .with_data_offset(DATA_OFFSET)
-        .with_block_size(BLOCK)
+        .with_min_block_len(BLOCK)
         .with_prepare_ahead(false);
-    let alloc = BlockAllocator::new(config, move |segment: u64, _capacity: u64| {
+    let alloc = BlockAllocator::new(config, move |segment: u64, _segment_len: u64| {
         if fail_flag.swap(false, Ordering::SeqCst) {
             Err(io::Error::other(format!("injected failure for {segment}")))
         } else {

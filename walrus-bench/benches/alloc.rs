@@ -21,8 +21,11 @@ use walrus_alloc::{AllocConfig, BlockAlloc, BlockAllocator};
 const BATCH: u64 = 256;
 
 fn allocator() -> BlockAllocator {
-    BlockAllocator::new(AllocConfig::new(), |_segment: u64, _capacity: u64| Ok(()))
-        .expect("default config is valid")
+    BlockAllocator::new(
+        AllocConfig::new(),
+        |_segment: u64, _segment_len: u64| Ok(()),
+    )
+    .expect("default config is valid")
 }
 
 fn release(alloc: &BlockAllocator, blocks: &[BlockAlloc]) {

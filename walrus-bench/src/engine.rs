@@ -149,7 +149,7 @@ pub struct OpenOptions {
     /// mode).
     pub backend: Backend,
     /// Segment file length (ours only; `None` = the default, 1 GiB).
-    pub segment_size: Option<u64>,
+    pub segment_len: Option<u64>,
 }
 
 /// The key both engines put their data under, inside the run's data root.
@@ -188,8 +188,8 @@ impl Ours {
             .fsync_schedule(o.fsync.to_walrus())
             .backend(o.backend.to_walrus())
             .quiet(true);
-        if let Some(len) = o.segment_size {
-            b = b.segment_size(len);
+        if let Some(len) = o.segment_len {
+            b = b.segment_len(len);
         }
         b.build().map(Self)
     }
@@ -416,7 +416,7 @@ mod tests {
             fsync: Fsync::NoFsync,
             consistency: Consistency::StrictlyAtOnce,
             backend: Backend::Pwrite,
-            segment_size: None,
+            segment_len: None,
         };
         let err = open(EngineKind::WalrusRust, &o).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::Unsupported);

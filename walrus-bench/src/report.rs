@@ -537,7 +537,7 @@ pub fn targets(results: &[RunResult]) -> Vec<Target> {
     );
 
     let space = |seg: bool| {
-        ours(&|r| r.spec.group == "space" && r.spec.segment_size.is_some() == seg)
+        ours(&|r| r.spec.group == "space" && r.spec.segment_len.is_some() == seg)
             .and_then(|r| Some((r, r.disk?.allocated_per_payload(r.payload_bytes))))
     };
     push(
@@ -546,7 +546,7 @@ pub fn targets(results: &[RunResult]) -> Vec<Target> {
             let small = space(true).map_or(String::new(), |(s, y)| {
                 format!(
                     "; {y:.3} with {} MiB segments",
-                    s.spec.segment_size.unwrap_or(0) >> 20
+                    s.spec.segment_len.unwrap_or(0) >> 20
                 )
             });
             (
@@ -603,7 +603,7 @@ mod tests {
                 duration_secs: 1.0,
                 prefill: 0,
                 backend: Backend::Pwrite,
-                segment_size: None,
+                segment_len: None,
             },
             entries: eps as u64,
             payload_bytes: eps as u64 * 1024,

@@ -193,7 +193,7 @@ impl SuiteConfig {
             duration_secs: self.duration_secs,
             prefill: 0,
             backend: self.backend,
-            segment_size: None,
+            segment_len: None,
         };
         let spec = |group: Group, name: &str, op: Op, threads: usize| WorkloadSpec {
             group: group.to_string(),
@@ -312,7 +312,7 @@ impl SuiteConfig {
                     // And with small segments (16 MiB + the 4 KiB header: exactly 16 blocks
                     // of 1 MiB), where a segment's wasted tail would show.
                     if self.engines.contains(&EngineKind::Walrus) {
-                        s.segment_size = Some((16 << 20) + 4096);
+                        s.segment_len = Some((16 << 20) + 4096);
                         plan.push((EngineKind::Walrus, s));
                     }
                 }

@@ -117,7 +117,7 @@ pub struct WorkloadSpec {
     /// Storage backend of the engine under test.
     pub backend: Backend,
     /// Segment length (ours), `None` = the engine's default.
-    pub segment_size: Option<u64>,
+    pub segment_len: Option<u64>,
 }
 
 impl WorkloadSpec {
@@ -128,7 +128,7 @@ impl WorkloadSpec {
         if let Some(n) = self.topics {
             s.push_str(&format!(" topics={n}"));
         }
-        if let Some(len) = self.segment_size {
+        if let Some(len) = self.segment_len {
             let (mib, kib) = (len >> 20, (len % (1 << 20)) >> 10);
             s.push_str(&format!(" seg={mib}MiB"));
             if kib > 0 {
@@ -260,7 +260,7 @@ fn run_engine(
             fsync: spec.fsync,
             consistency: spec.consistency,
             backend: spec.backend,
-            segment_size: spec.segment_size,
+            segment_len: spec.segment_len,
         },
     )?;
     let topic_count = spec
@@ -562,7 +562,7 @@ mod tests {
             duration_secs: 0.2,
             prefill: 2000,
             backend: Backend::Pwrite,
-            segment_size: Some(8 << 20),
+            segment_len: Some(8 << 20),
         }
     }
 

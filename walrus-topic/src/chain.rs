@@ -22,7 +22,7 @@ pub(crate) struct SegmentHandle {
     pub(crate) file: Arc<dyn SegmentFile>,
     sync: FileSync,
     /// The file's length: blocks lie below it.
-    capacity: u64,
+    segment_len: u64,
     /// Disk space below this is claimed (see [`claim`](Self::claim)); read without the lock
     /// by claims that find their space already there.
     claimed: AtomicU64,
@@ -31,13 +31,13 @@ pub(crate) struct SegmentHandle {
 }
 
 impl SegmentHandle {
-    /// A segment file of `capacity` bytes whose space below `claimed` is allocated.
-    pub(crate) fn new(id: u64, file: Arc<dyn SegmentFile>, claimed: u64, capacity: u64) -> Self {
+    /// A segment file of `segment_len` bytes whose space below `claimed` is allocated.
+    pub(crate) fn new(id: u64, file: Arc<dyn SegmentFile>, claimed: u64, segment_len: u64) -> Self {
         Self {
             id,
             file,
             sync: FileSync::default(),
-            capacity,
+            segment_len,
             claimed: AtomicU64::new(claimed),
             claiming: Mutex::new(()),
         }
@@ -63,7 +63,7 @@ impl SegmentHandle {
         }
         let to = end
             .next_multiple_of(CLAIM_AHEAD)
-            .min(self.capacity)
+            .min(self.segment_len)
             .max(end);
         if zero_fill {
             write_zeros(&*self.file, claimed, to)?;
@@ -355,9 +355,9 @@ mod tests {
 
     use super::*;
 
-    fn segment(sim: &SimStorage, capacity: u64) -> Arc<dyn SegmentFile> {
+    fn segment(sim: &SimStorage, segment_len: u64) -> Arc<dyn SegmentFile> {
         sim.create_dir_all(Path::new("/d")).unwrap();
-        let file = sim.create(Path::new("/d/s"), capacity).unwrap();
+        let file = sim.create(Path::new("/d/s"), segment_len).unwrap();
         file.write_at(&[0xAB; 4096], 0).unwrap();
         file
     }

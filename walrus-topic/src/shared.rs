@@ -414,13 +414,13 @@ pub(crate) fn segment_preparer(
     files: Arc<Files>,
     block_len: u64,
 ) -> impl Fn(u64, u64) -> io::Result<()> + Send + Sync + 'static {
-    move |segment, capacity| {
+    move |segment, segment_len| {
         let path = segment_path(&dir, segment);
-        let file = match storage.create(&path, capacity) {
+        let file = match storage.create(&path, segment_len) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // Left behind by a failed earlier preparation of this id: start over.
                 storage.remove(&path)?;
-                storage.create(&path, capacity)?
+                storage.create(&path, segment_len)?
             }
             other => other?,
         };
@@ -438,7 +438,7 @@ pub(crate) fn segment_preparer(
             segment,
             file,
             SEGMENT_DATA_OFFSET,
-            capacity,
+            segment_len,
         ));
         handle.mark_dirty();
         files.insert(handle);

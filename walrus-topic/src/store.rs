@@ -94,9 +94,9 @@ impl Store {
             }
         }
         let config = AllocConfig::new()
-            .with_segment_capacity(options.segment_len)
+            .with_segment_len(options.segment_len)
             // The smallest block: each topic chooses its blocks' lengths (`grown_block_len`).
-            .with_block_size(BLOCK_ALIGN)
+            .with_min_block_len(BLOCK_ALIGN)
             .with_data_offset(SEGMENT_DATA_OFFSET)
             .with_alignment(BLOCK_ALIGN)
             .with_prepare_ahead(options.prepare_ahead && !options.background_maintenance);

@@ -107,7 +107,7 @@ impl WalrusBuilder {
 
     /// Segment file length in bytes (default 1 GiB; a multiple of 4096). Files are sparse: disk
     /// space is claimed as blocks are handed out.
-    pub fn segment_size(mut self, bytes: u64) -> Self {
+    pub fn segment_len(mut self, bytes: u64) -> Self {
         self.segment_len = Some(bytes);
         self
     }
@@ -120,7 +120,7 @@ impl WalrusBuilder {
     /// `4096` there keeps them side by side, for cheaper syncs, at the cost of a 308-byte
     /// header per page and the unused ends of one-page blocks (about 20 % more disk at 700-byte
     /// entries; docs/BENCHMARKS.md, "Synced appends").
-    pub fn block_size(mut self, bytes: u64) -> Self {
+    pub fn block_len(mut self, bytes: u64) -> Self {
         self.block_len = Some(bytes);
         self
     }

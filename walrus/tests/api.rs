@@ -27,8 +27,8 @@ fn on_disk(dir: &Path, mode: ReadConsistency, schedule: FsyncSchedule) -> Walrus
         .key("k")
         .consistency(mode)
         .fsync_schedule(schedule)
-        .segment_size(256 * 1024)
-        .block_size(16 * 1024)
+        .segment_len(256 * 1024)
+        .block_len(16 * 1024)
         .build()
         .unwrap()
 }
@@ -40,8 +40,8 @@ fn on_sim(sim: &SimStorage, mode: ReadConsistency, schedule: FsyncSchedule) -> i
         .storage(Arc::new(sim.clone()) as Arc<dyn Storage>)
         .consistency(mode)
         .fsync_schedule(schedule)
-        .segment_size(256 * 1024)
-        .block_size(16 * 1024)
+        .segment_len(256 * 1024)
+        .block_len(16 * 1024)
         .build()
 }
 
@@ -259,8 +259,8 @@ fn failed_sync_poisons_until_reopen_and_enospc_fails_one_append() {
         .storage(Arc::new(sim.clone()) as Arc<dyn Storage>)
         .consistency(ReadConsistency::StrictlyAtOnce)
         .fsync_schedule(FsyncSchedule::SyncEach)
-        .segment_size(256 * 1024)
-        .block_size(16 * 1024)
+        .segment_len(256 * 1024)
+        .block_len(16 * 1024)
         .inline_maintenance(true)
         .build()
         .unwrap();

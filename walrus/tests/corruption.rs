@@ -63,8 +63,8 @@ fn open(sim: &SimStorage, setup: Setup, mode: RecoveryMode) -> io::Result<Walrus
         .data_dir(DIR)
         .storage(Arc::new(sim.clone()) as Arc<dyn Storage>)
         .fsync_schedule(setup.schedule)
-        .segment_size(64 * 1024)
-        .block_size(8 * 1024)
+        .segment_len(64 * 1024)
+        .block_len(8 * 1024)
         .allocation_lanes(setup.lanes)
         // Deterministic, and the persisted watermark follows every sync exactly.
         .durable_mark_interval(Duration::ZERO)

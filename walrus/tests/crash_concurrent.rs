@@ -119,8 +119,8 @@ fn open(sim: &SimStorage, s: &Setup) -> io::Result<Walrus> {
         .consistency(s.consistency)
         .fsync_schedule(s.schedule)
         .recovery_mode(RecoveryMode::TolerateCorruptedTail)
-        .segment_size(64 * 1024)
-        .block_size(8 * 1024)
+        .segment_len(64 * 1024)
+        .block_len(8 * 1024)
         .durable_mark_interval(Duration::from_millis(1))
         // Background maintenance (the default): segment deletion and preparation race too.
         .quiet(true)

@@ -50,8 +50,8 @@ fn open(sim: &SimStorage, s: &Setup, recovery: RecoveryMode) -> std::io::Result<
         .consistency(s.consistency)
         .fsync_schedule(s.schedule)
         .recovery_mode(recovery)
-        .segment_size(64 * 1024)
-        .block_size(8 * 1024)
+        .segment_len(64 * 1024)
+        .block_len(8 * 1024)
         // Deterministic: no wall-clock decisions (a replayed seed must do the same storage ops).
         .durable_mark_interval(s.mark_interval)
         .inline_maintenance(true)

@@ -26,7 +26,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use walrus_alloc::{RestoredBlock, SegmentCursor};
+use walrus_alloc::{RestoredBlock, SegmentTail};
 use walrus_block::{BLOCK_ALIGN, BlockHeader, SegmentHeader};
 use walrus_io::Storage;
 
@@ -87,7 +87,7 @@ pub(crate) struct RecoveredSegment {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct LaneResume {
     pub(crate) next_segment: Option<u64>,
-    pub(crate) tail: Option<SegmentCursor>,
+    pub(crate) tail: Option<SegmentTail>,
 }
 
 /// The result of recovery, as plain data for the store to wire up.
@@ -302,7 +302,7 @@ pub(crate) fn recover(
         let is_last = lane_tails.get(&lane) == Some(&seg.id) && lane < options.lanes;
         let resumable = is_last
             && !sealed_tails.contains(&seg.id)
-            && seg.next_start + BLOCK_ALIGN <= seg.capacity;
+            && seg.next_start + BLOCK_ALIGN <= seg.segment_len;
         let restored: Vec<RestoredBlock> = seg
             .blocks
             .iter()
@@ -326,9 +326,9 @@ pub(crate) fn recover(
         }
         if resumable {
             seg.handle.resume_claim(seg.next_start);
-            lanes.entry(lane).or_default().tail = Some(SegmentCursor {
+            lanes.entry(lane).or_default().tail = Some(SegmentTail {
                 segment: seg.id,
-                capacity: seg.capacity,
+                segment_len: seg.segment_len,
                 next_start: seg.next_start,
             });
         }

@@ -32,7 +32,7 @@ pub(super) struct FoundSegment {
     pub(super) id: u64,
     pub(super) path: PathBuf,
     pub(super) handle: Arc<SegmentHandle>,
-    pub(super) capacity: u64,
+    pub(super) segment_len: u64,
     pub(super) blocks: Vec<FoundBlock>,
     pub(super) next_start: u64,
     pub(super) header: HeaderState,
@@ -62,7 +62,7 @@ pub(super) fn find_segment(
     let file = storage.open(&path)?;
     // A crash can lose a preallocation that was never synced: the file may be shorter than
     // the blocks in it. Never-written bytes read as zeros either way.
-    let capacity = file.len()?.max(options.segment_len);
+    let segment_len = file.len()?.max(options.segment_len);
     let mut head = vec![0u8; SEGMENT_DATA_OFFSET as usize];
     read_zero_filled(&*file, &mut head, 0)?;
     let header = match SegmentHeader::decode(&head) {
@@ -89,8 +89,8 @@ pub(super) fn find_segment(
         Ok(None) | Err(_) => HeaderState::Damaged,
     };
     // Nothing more is claimed in a recovered segment unless it is a lane's tail (see `resume_claim`).
-    let handle = Arc::new(SegmentHandle::new(id, file, capacity, capacity));
-    let walked = walk_blocks(&*handle.file, id, &path, capacity, report)?;
+    let handle = Arc::new(SegmentHandle::new(id, file, segment_len, segment_len));
+    let walked = walk_blocks(&*handle.file, id, &path, segment_len, report)?;
     if header == HeaderState::Damaged && walked.blocks.is_empty() {
         let zero_header = is_zeroed(head.get(..walrus_block::SEGMENT_HEADER_LEN).unwrap_or(&[]));
         if !has_data(&*handle.file, SEGMENT_DATA_OFFSET)? {
@@ -118,7 +118,7 @@ pub(super) fn find_segment(
         id,
         path,
         handle,
-        capacity: walked.capacity,
+        segment_len: walked.segment_len,
         blocks: walked.blocks,
         next_start: walked.next_start,
         header,
@@ -135,7 +135,7 @@ pub(super) fn clear_stale_tail(
     erases: &mut Vec<Erase>,
 ) -> io::Result<()> {
     const CHUNK: u64 = 1 << 20;
-    let window_end = seg.capacity.min(
+    let window_end = seg.segment_len.min(
         seg.next_start
             .saturating_add((16 * block_len).max(16 << 20)),
     );

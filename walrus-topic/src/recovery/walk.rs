@@ -25,10 +25,10 @@ pub(super) struct FoundBlock {
 #[derive(Debug)]
 pub(super) struct Walked {
     pub(super) blocks: Vec<FoundBlock>,
-    /// Where allocation may resume: after the last block, or the capacity when the walk ended
+    /// Where allocation may resume: after the last block, or the segment length when the walk ended
     /// on a damaged header (never allocate over damage).
     pub(super) next_start: u64,
-    pub(super) capacity: u64,
+    pub(super) segment_len: u64,
 }
 
 /// Reads `buf.len()` bytes at `pos`; whatever lies past the end of the file reads as zeros.
@@ -54,21 +54,21 @@ pub(super) fn walk_blocks(
     file: &dyn SegmentFile,
     segment: u64,
     path: &Path,
-    capacity: u64,
+    segment_len: u64,
     report: &mut RecoveryReport,
 ) -> io::Result<Walked> {
     let mut blocks = Vec::new();
     let mut pos = SEGMENT_DATA_OFFSET;
     let mut raw = [0u8; BLOCK_HEADER_LEN];
-    let mut capacity = capacity;
-    while pos + BLOCK_HEADER_LEN as u64 <= capacity {
+    let mut segment_len = segment_len;
+    while pos + BLOCK_HEADER_LEN as u64 <= segment_len {
         read_zero_filled(file, &mut raw, pos)?;
         if let Some(header) = decode_block_header(&raw, segment) {
             let len = header.block_len;
             blocks.push(FoundBlock { header, start: pos });
             pos += len;
             // A block longer than a normal segment has a segment of its own.
-            capacity = capacity.max(pos);
+            segment_len = segment_len.max(pos);
             continue;
         }
         let damaged = !is_zeroed(&raw);
@@ -82,24 +82,24 @@ pub(super) fn walk_blocks(
                 action: Action::Skipped,
             });
         }
-        match next_header(file, segment, pos + BLOCK_ALIGN, capacity)? {
+        match next_header(file, segment, pos + BLOCK_ALIGN, segment_len)? {
             Some(next) => pos = next,
             None => {
                 // Nothing valid after it. A zero header is the end of the blocks handed out;
                 // a damaged one may hide a block: never allocate over it.
-                let next_start = if damaged { capacity } else { pos };
+                let next_start = if damaged { segment_len } else { pos };
                 return Ok(Walked {
                     blocks,
                     next_start,
-                    capacity,
+                    segment_len,
                 });
             }
         }
     }
     Ok(Walked {
         blocks,
-        next_start: pos.min(capacity),
-        capacity,
+        next_start: pos.min(segment_len),
+        segment_len,
     })
 }
 
@@ -109,17 +109,17 @@ fn next_header(
     file: &dyn SegmentFile,
     segment: u64,
     from: u64,
-    capacity: u64,
+    segment_len: u64,
 ) -> io::Result<Option<u64>> {
     let mut raw = [0u8; BLOCK_HEADER_LEN];
     let mut pos = from.next_multiple_of(BLOCK_ALIGN);
-    while pos + BLOCK_HEADER_LEN as u64 <= capacity {
+    while pos + BLOCK_HEADER_LEN as u64 <= segment_len {
         let Some(data) = file.next_data(pos)? else {
             return Ok(None);
         };
         pos = pos.max(data.start - data.start % BLOCK_ALIGN);
-        let end = data.end.min(capacity);
-        while pos < end && pos + BLOCK_HEADER_LEN as u64 <= capacity {
+        let end = data.end.min(segment_len);
+        while pos < end && pos + BLOCK_HEADER_LEN as u64 <= segment_len {
             read_zero_filled(file, &mut raw, pos)?;
             if decode_block_header(&raw, segment).is_some() {
                 return Ok(Some(pos));
