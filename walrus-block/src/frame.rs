@@ -394,7 +394,7 @@ fn decode_header(raw: &[u8]) -> Result<Option<FrameHeader>, CorruptReason> {
 ///
 /// One checker follows a whole topic chain, across blocks (a batch may span blocks). Entries
 /// of a unit must not be handed to readers until the unit is complete:
-/// [`committed_offset`](Self::committed_offset) says how far that is.
+/// [`complete_end`](Self::complete_end) says how far that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SequenceCheck {
     next_offset: u64,
@@ -466,7 +466,7 @@ impl SequenceCheck {
 
     /// One past the last entry of the last complete unit: entries below it may be read.
     #[must_use]
-    pub const fn committed_offset(&self) -> u64 {
+    pub const fn complete_end(&self) -> u64 {
         self.committed
     }
 
@@ -563,7 +563,7 @@ mod tests {
         );
         assert_eq!(s.check(11, FrameKind::batch(0, 3).unwrap()), Ok(false));
         assert!(s.in_unit());
-        assert_eq!(s.committed_offset(), 11);
+        assert_eq!(s.complete_end(), 11);
         assert_eq!(
             s.check(12, FrameKind::single()),
             Err(CorruptReason::Sequence)
@@ -575,7 +575,7 @@ mod tests {
         assert_eq!(s.check(12, FrameKind::batch(1, 3).unwrap()), Ok(false));
         assert_eq!(s.check(13, FrameKind::batch(2, 3).unwrap()), Ok(true));
         assert_eq!(
-            (s.committed_offset(), s.next_offset(), s.in_unit()),
+            (s.complete_end(), s.next_offset(), s.in_unit()),
             (14, 14, false)
         );
     }
@@ -584,9 +584,9 @@ mod tests {
     fn resume_accepts_a_leading_continuation_once() {
         let mut s = SequenceCheck::resume(7);
         assert_eq!(s.check(7, FrameKind::batch(2, 4).unwrap()), Ok(false));
-        assert_eq!((s.committed_offset(), s.in_unit()), (7, true));
+        assert_eq!((s.complete_end(), s.in_unit()), (7, true));
         assert_eq!(s.check(8, FrameKind::batch(3, 4).unwrap()), Ok(true));
-        assert_eq!(s.committed_offset(), 9);
+        assert_eq!(s.complete_end(), 9);
         assert_eq!(
             s.check(9, FrameKind::batch(1, 2).unwrap()),
             Err(CorruptReason::Sequence)

@@ -87,7 +87,7 @@ proptest! {
             prop_assert!(seq.check(e.offset, e.kind).is_ok());
         }
         prop_assert!(!seq.in_unit());
-        prop_assert_eq!(seq.committed_offset(), first + entries.len() as u64);
+        prop_assert_eq!(seq.complete_end(), first + entries.len() as u64);
     }
 
     #[test]

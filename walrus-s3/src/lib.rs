@@ -44,7 +44,7 @@
 //!
 //! ## Object layout
 //!
-//! `PREFIX/00000000000000000042.batch`, see [`format`] for the bytes.
+//! `PREFIX/00000000000000000042.batch`, see [`format`](mod@format) for the bytes.
 #![forbid(unsafe_code)]
 
 pub mod format;

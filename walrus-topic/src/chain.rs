@@ -163,9 +163,9 @@ pub(crate) struct Block {
     data_start: u64,
     /// Releasing this span releases the block (it is the block's last).
     pub(crate) releases: bool,
-    /// Byte position (in the file) just past the last committed frame.
+    /// Byte position (in the file) just past the last written frame.
     data_end: AtomicU64,
-    /// Offset just past the last committed entry.
+    /// Offset just past the last written entry.
     end_offset: AtomicU64,
     /// The writer moved on: `data_end`/`end_offset` are final.
     sealed: AtomicBool,
@@ -289,7 +289,7 @@ impl ReadBuf {
         };
         if pos + FRAME_HEADER_LEN as u64 > limit {
             return Err(corrupt(format!(
-                "frame header crosses the committed end {limit}"
+                "frame header crosses the written end {limit}"
             )));
         }
         self.ensure(block, pos, FRAME_HEADER_LEN as u64, limit)?;
@@ -300,13 +300,13 @@ impl ReadBuf {
             .ok_or_else(|| corrupt("short read".into()))?;
         let header = match FrameHeader::decode(header_bytes) {
             Ok(Some(h)) => h,
-            Ok(None) => return Err(corrupt("no frame where a committed entry should be".into())),
+            Ok(None) => return Err(corrupt("no frame where a written entry should be".into())),
             Err(reason) => return Err(corrupt(reason.to_string())),
         };
         let len = FRAME_HEADER_LEN as u64 + u64::from(header.len);
         if pos + len > limit {
             return Err(corrupt(format!(
-                "frame of {len} bytes crosses the committed end {limit}"
+                "frame of {len} bytes crosses the written end {limit}"
             )));
         }
         self.ensure(block, pos, len, limit)?;

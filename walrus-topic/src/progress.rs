@@ -20,7 +20,7 @@ pub(crate) struct MarkState {
 pub(crate) struct Progress {
     pub(crate) name: Arc<str>,
     /// Entries below this offset are written and readable.
-    committed: AtomicU64,
+    written_end: AtomicU64,
     /// Entries below this offset are on stable storage (as of the last completed sync).
     durable: AtomicU64,
     /// The topic is in the store's list of topics with appends not yet durable.
@@ -34,7 +34,7 @@ impl Progress {
     pub(crate) fn new(name: Arc<str>, end: u64, mark: MarkState) -> Self {
         Self {
             name,
-            committed: AtomicU64::new(end),
+            written_end: AtomicU64::new(end),
             durable: AtomicU64::new(end),
             listed: AtomicBool::new(false),
             mark: Mutex::new(mark),
@@ -42,13 +42,13 @@ impl Progress {
     }
 
     /// Entries below this offset are written and readable.
-    pub(crate) fn committed(&self) -> u64 {
-        self.committed.load(Ordering::Acquire)
+    pub(crate) fn written_end(&self) -> u64 {
+        self.written_end.load(Ordering::Acquire)
     }
 
     /// Publishes entries below `end` as written (after their bytes are).
-    pub(crate) fn set_committed(&self, end: u64) {
-        self.committed.store(end, Ordering::Release);
+    pub(crate) fn set_written_end(&self, end: u64) {
+        self.written_end.store(end, Ordering::Release);
     }
 
     /// Entries below this offset are durable.

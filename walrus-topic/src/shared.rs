@@ -127,7 +127,7 @@ impl Shared {
         self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len().max(1)
     }
 
-    /// Lists a topic for the next syncs after an append (its committed end moved).
+    /// Lists a topic for the next syncs after an append (its written end moved).
     pub(crate) fn note_append(&self, topic: &Arc<Progress>) {
         std::sync::atomic::fence(Ordering::SeqCst);
         if topic.set_listed(true) {
@@ -297,14 +297,14 @@ impl Shared {
     ///
     /// Safe to run from several threads at once: each file's sync covers every write marked
     /// before it (waiting for a sync already in flight, see [`FileSync`](crate::durability::FileSync)), and each topic's
-    /// watermark moves to what this sync saw committed when it started.
+    /// watermark moves to what this sync saw written when it started.
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.check_writable()?;
         let snapshot: Vec<(Arc<Progress>, u64)> = self
             .unsynced
             .lock()
             .iter()
-            .map(|t| (t.clone(), t.committed()))
+            .map(|t| (t.clone(), t.written_end()))
             .collect();
         // Where appends wait for every sync (`SyncEach`) and a background maintenance runs,
         // the watermarks are written and synced there, off their path; otherwise here, a sync
@@ -331,12 +331,12 @@ impl Shared {
         // Topics now wholly durable leave the list. An append racing with this keeps (or puts)
         // its topic listed: it sets the flag after publishing, this clears it before checking.
         self.unsynced.lock().retain(|t| {
-            if t.durable() < t.committed() {
+            if t.durable() < t.written_end() {
                 return true;
             }
             t.set_listed(false);
             std::sync::atomic::fence(Ordering::SeqCst);
-            if t.durable() < t.committed() {
+            if t.durable() < t.written_end() {
                 t.set_listed(true);
                 return true;
             }

@@ -301,7 +301,7 @@ impl Store {
 
     /// One past `topic`'s last entry: the offset its next append gets.
     pub fn end_offset(&self, topic: &str) -> Option<u64> {
-        self.topic(topic).map(|t| t.committed())
+        self.topic(topic).map(|t| t.written_end())
     }
 
     /// One past `topic`'s last durable entry: every entry below it was covered by a completed

@@ -712,7 +712,7 @@ fn offsets_a_cursor_passed_are_never_reused() {
 }
 
 /// A failed write whose cleanup also fails poisons the store: the bytes it left after the
-/// committed end could otherwise be read back as entries.
+/// written end could otherwise be read back as entries.
 #[test]
 fn a_failed_write_that_cannot_be_cleared_poisons() {
     let sim = SimStorage::new(41);
@@ -729,7 +729,7 @@ fn a_failed_write_that_cannot_be_cleared_poisons() {
 }
 
 /// Rewinding a cursor while the writer seals and releases blocks by the persisted cursor: the
-/// next read always returns exactly the committed offset (the rewind and the release bound are
+/// next read always returns exactly the offset committed to (the rewind and the release bound are
 /// ordered by the chain lock).
 #[test]
 fn commit_rewind_races_block_release() {

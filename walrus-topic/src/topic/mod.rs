@@ -155,8 +155,8 @@ impl Topic {
     }
 
     /// Offset the next append gets; every entry below is readable.
-    pub(crate) fn committed(&self) -> u64 {
-        self.progress.committed()
+    pub(crate) fn written_end(&self) -> u64 {
+        self.progress.written_end()
     }
 
     /// Entries below this offset are durable.
@@ -171,7 +171,7 @@ impl Topic {
         if shared.options.visible_when_durable {
             self.durable()
         } else {
-            self.committed()
+            self.written_end()
         }
     }
 
@@ -190,7 +190,7 @@ impl Topic {
         self.chain
             .read()
             .front()
-            .map_or_else(|| self.committed(), |b| b.first_offset)
+            .map_or_else(|| self.written_end(), |b| b.first_offset)
     }
 
     /// Number of blocks in the chain (retained, not yet released).

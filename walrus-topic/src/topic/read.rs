@@ -36,14 +36,14 @@ impl Topic {
         out: &mut Vec<(u64, Vec<u8>)>,
     ) -> io::Result<()> {
         let mut r = self.reader.lock();
-        let committed = self.visible(shared);
+        let written_end = self.visible(shared);
         let start_cursor = r.cursor;
         let start_pos = r.pos.clone();
         let mut cursor = r.cursor;
         let mut pos = r.pos.clone();
         let mut bytes = 0usize;
         let max_entries = max_entries.min(MAX_BATCH_ENTRIES);
-        while cursor < committed && out.len() < max_entries {
+        while cursor < written_end && out.len() < max_entries {
             let (block, at, offset) = match self.locate(&mut r.buf, pos.take(), cursor)? {
                 Some(found) => found,
                 None => break,
@@ -201,7 +201,7 @@ impl Topic {
             let chain = self.chain.read();
             let retained = chain
                 .front()
-                .map_or_else(|| self.committed(), |b| b.first_offset);
+                .map_or_else(|| self.written_end(), |b| b.first_offset);
             if offset < retained {
                 return Err(on_topic(
                     io::Error::new(

@@ -224,7 +224,7 @@ impl Topic {
         Ok(())
     }
 
-    /// Undoes a failed write: clears what may have landed after the committed end of the
+    /// Undoes a failed write: clears what may have landed after the written end of the
     /// current block and gives up new blocks. If that cleanup itself fails, the instance is
     /// poisoned: bytes of a failed write could otherwise be read back as entries later.
     fn roll_back(&self, shared: &Shared, w: &Writer, plan: &Plan) {
@@ -242,7 +242,7 @@ impl Topic {
         self.give_up(shared, &plan.new_blocks, w.next_chain_seq);
     }
 
-    /// Publishes a written unit: blocks before the committed offset, so a reader never sees a
+    /// Publishes a written unit: blocks before the written end, so a reader never sees a
     /// partial unit; full blocks are sealed.
     fn publish(&self, shared: &Shared, w: &mut Writer, plan: Plan, count: usize) {
         let first = w.next_offset;
@@ -270,7 +270,7 @@ impl Topic {
         w.block = plan.end.0;
         w.pos = plan.end.1;
         w.next_offset = first + count as u64;
-        self.progress.set_committed(w.next_offset);
+        self.progress.set_written_end(w.next_offset);
         if !plan.new_blocks.is_empty() {
             // A block sealed just now may already be wholly consumed.
             self.release_consumed(shared);
