@@ -281,6 +281,10 @@ fn ci() -> Result {
         "-D",
         "warnings",
     ]))?;
+    // The docs build clean: a broken intra-doc link is a defect like a failing test.
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo().args(["test", "--workspace"]))?;
     loom()?;
     fuzz(&["--seconds".into(), "30".into()])
