@@ -31,6 +31,7 @@
 mod chain;
 mod cursors;
 pub mod durability;
+mod engine;
 mod error;
 mod layout;
 mod options;
@@ -42,6 +43,7 @@ mod syncers;
 mod topic;
 
 pub use durability::{GroupCommit, Writing};
+pub use engine::{DurableTicket, Engine, SyncPolicy};
 pub use error::{Poisoned, is_poisoned, poisoned_cause};
 pub use layout::DirLock;
 pub use options::{RecoveryMode, StoreOptions};

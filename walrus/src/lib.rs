@@ -82,9 +82,11 @@ mod wal;
 
 pub use builder::{DEFAULT_DATA_DIR, ENV_DATA_DIR, ENV_INSTANCE_KEY, ENV_QUIET, WalrusBuilder};
 pub use config::{FsyncSchedule, ReadConsistency};
-pub use wal::{DurableTicket, Entry, Record, Walrus};
+pub use wal::{Entry, Record, Walrus};
 #[doc(inline)]
 pub use walrus_io::{BackendKind, SegmentFile, Storage};
+#[doc(inline)]
+pub use walrus_topic::DurableTicket;
 #[doc(inline)]
 pub use walrus_topic::{Poisoned, RecoveryIssue, RecoveryMode, RecoveryReport, is_poisoned};
 

@@ -1,0 +1,337 @@
+//! The store with its sync policy: group commit for appends that wait for durability, the
+//! background syncer thread (periodic syncs, syncs that awaited tickets ask for, file-system
+//! maintenance), durable tickets, and the close (stop the syncer, persist cursors, sync, settle
+//! every ticket). The facade only maps its configuration onto this.
+
+use std::io;
+use std::ops::Range;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use walrus_io::Storage;
+
+use crate::durability::{GroupCommit, Writing};
+use crate::options::StoreOptions;
+use crate::store::Store;
+
+/// When appended entries reach stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncPolicy {
+    /// Every append returns once it is durable; concurrent appenders share one sync.
+    Each,
+    /// The background syncer syncs at least this often.
+    Every(Duration),
+    /// Only [`Engine::flush`], a waited-on ticket, or the close syncs.
+    OnFlush,
+}
+
+/// How often the background thread looks for maintenance (deleting consumed segments,
+/// preparing the next segment file) when nothing else wakes it.
+const MAINTENANCE_PERIOD: Duration = Duration::from_millis(50);
+
+/// A [`Store`] run under a [`SyncPolicy`], with its background syncer.
+///
+/// Dropping it stops the syncer, persists the cursors, syncs (except under
+/// [`SyncPolicy::OnFlush`]) and settles every outstanding [`DurableTicket`].
+#[derive(Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    policy: SyncPolicy,
+    /// Shared with the tickets, which must not keep the store alive.
+    sync: Arc<SyncShared>,
+    /// How often the background thread does its maintenance when nothing wakes it.
+    maintenance_period: Duration,
+}
+
+/// What the engine shares with its [`DurableTicket`]s: group commit, and the way to ask the
+/// background syncer for a sync.
+#[derive(Debug, Default)]
+struct SyncShared {
+    commits: GroupCommit,
+    syncer: Mutex<SyncerState>,
+    wake: Condvar,
+}
+
+impl SyncShared {
+    /// Asks the background syncer for a sync (a ticket is waited on or awaited).
+    fn request_sync(&self) {
+        let mut st = self.syncer.lock();
+        if !st.requested && !st.stop {
+            st.requested = true;
+            self.wake.notify_all();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SyncerState {
+    stop: bool,
+    /// A durable ticket is being awaited: sync soon.
+    requested: bool,
+}
+
+impl Inner {
+    /// One sync, accounted for in the group commit so waiting appenders it covers go free.
+    fn sync_now(&self) -> io::Result<()> {
+        let number = self.sync.commits.begin_external();
+        let result = self.store.sync();
+        self.sync.commits.finish_external(number, &result);
+        result
+    }
+
+    /// Applies the sync policy to a write that just completed.
+    fn after_write(&self, writing: Writing<'_>) -> io::Result<()> {
+        if self.policy == SyncPolicy::Each {
+            let ticket = self.sync.commits.ticket();
+            drop(writing);
+            self.sync.commits.wait(ticket, || self.store.sync())?;
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Opens (recovers) the store in `dir` and starts its background syncer.
+    ///
+    /// # Errors
+    /// See [`Store::open`]; the syncer thread failing to start.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        storage: Arc<dyn Storage>,
+        options: StoreOptions,
+        policy: SyncPolicy,
+    ) -> io::Result<Self> {
+        let mark_interval = options.mark_interval();
+        let store = Store::open(dir, storage, options)?;
+        let maintenance_period =
+            MAINTENANCE_PERIOD.min(mark_interval.max(Duration::from_millis(1)));
+        let inner = Arc::new(Inner {
+            store,
+            policy,
+            sync: Arc::new(SyncShared::default()),
+            maintenance_period,
+        });
+        // One background syncer per engine: the periodic sync of `Every`, and the syncs that
+        // awaited tickets ask for under every policy.
+        let period = match policy {
+            SyncPolicy::Every(p) => Some(p.max(Duration::from_millis(1))),
+            SyncPolicy::Each | SyncPolicy::OnFlush => None,
+        };
+        let worker = Arc::clone(&inner);
+        let syncer = std::thread::Builder::new()
+            .name("walrus-syncer".into())
+            .spawn(move || syncer_loop(&worker, period))?;
+        Ok(Self {
+            inner,
+            syncer: Some(syncer),
+        })
+    }
+
+    /// The store, for reads, cursors and what does not depend on the sync policy.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The sync policy.
+    pub fn policy(&self) -> SyncPolicy {
+        self.inner.policy
+    }
+
+    /// Appends one entry; under [`SyncPolicy::Each`] it is durable when this returns.
+    ///
+    /// # Errors
+    /// See [`Store::append`]; the sync's error under `Each`.
+    pub fn append(&self, topic: &str, data: &[u8]) -> io::Result<u64> {
+        let writing = self.inner.sync.commits.writing();
+        let offset = self.inner.store.append(topic, data)?;
+        self.inner.after_write(writing)?;
+        Ok(offset)
+    }
+
+    /// Appends an atomic batch; under [`SyncPolicy::Each`] it is durable when this returns.
+    ///
+    /// # Errors
+    /// See [`Store::append_batch`]; the sync's error under `Each`.
+    pub fn append_batch(&self, topic: &str, batch: &[&[u8]]) -> io::Result<Range<u64>> {
+        let writing = self.inner.sync.commits.writing();
+        let range = self.inner.store.append_batch(topic, batch)?;
+        self.inner.after_write(writing)?;
+        Ok(range)
+    }
+
+    /// Appends one entry and returns at once, whatever the policy, with its ticket.
+    ///
+    /// # Errors
+    /// See [`Store::append`].
+    pub fn append_with_ticket(&self, topic: &str, data: &[u8]) -> io::Result<DurableTicket> {
+        let offset = self.inner.store.append(topic, data)?;
+        Ok(self.ticket(offset..offset + 1))
+    }
+
+    /// Appends an atomic batch and returns at once with one ticket for all of it.
+    ///
+    /// # Errors
+    /// See [`Store::append_batch`].
+    pub fn append_batch_with_ticket(
+        &self,
+        topic: &str,
+        batch: &[&[u8]],
+    ) -> io::Result<DurableTicket> {
+        let offsets = self.inner.store.append_batch(topic, batch)?;
+        Ok(self.ticket(offsets))
+    }
+
+    fn ticket(&self, offsets: Range<u64>) -> DurableTicket {
+        DurableTicket {
+            sync: Arc::clone(&self.inner.sync),
+            ticket: self.inner.sync.commits.ticket(),
+            offsets,
+        }
+    }
+
+    /// Persists every cursor, then makes everything appended so far durable.
+    ///
+    /// # Errors
+    /// The I/O error; a failed sync refuses further writes until the directory is reopened.
+    pub fn flush(&self) -> io::Result<()> {
+        self.inner.store.persist_cursors()?;
+        self.inner.sync_now()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // The whole shutdown happens here, whatever tickets are still around: stop the
+        // syncer, persist cursors, sync, settle every ticket; the store (lock, files) goes
+        // with `inner`.
+        self.inner.sync.syncer.lock().stop = true;
+        self.inner.sync.wake.notify_all();
+        if let Some(handle) = self.syncer.take()
+            && handle.join().is_err()
+        {
+            tracing::warn!("walrus syncer thread panicked");
+        }
+        if let Err(e) = self.inner.store.persist_cursors() {
+            tracing::warn!(error = %e, "cursors not persisted at close");
+        }
+        if self.inner.policy != SyncPolicy::OnFlush
+            && let Err(e) = self.inner.sync_now()
+        {
+            tracing::warn!(error = %e, "final sync at close failed");
+        }
+        self.inner.sync.commits.close();
+    }
+}
+
+/// The background thread: syncs every `period` (if any) and whenever a ticket asks, and does
+/// the store's slow file-system maintenance off the appending and reading threads.
+fn syncer_loop(inner: &Inner, period: Option<Duration>) {
+    let mut last_sync = Instant::now();
+    let shared = &inner.sync;
+    let mut st = shared.syncer.lock();
+    loop {
+        if st.stop {
+            return;
+        }
+        if !st.requested {
+            let wait = period.map_or(inner.maintenance_period, |p| {
+                p.saturating_sub(last_sync.elapsed())
+                    .min(inner.maintenance_period)
+            });
+            let _ = shared.wake.wait_for(&mut st, wait);
+            if st.stop {
+                return;
+            }
+        }
+        let sync_due = st.requested || period.is_some_and(|p| last_sync.elapsed() >= p);
+        st.requested = false;
+        drop(st);
+        if sync_due {
+            last_sync = Instant::now();
+            if let Err(e) = inner.sync_now() {
+                // The store is poisoned now: writes fail with this cause until reopened.
+                tracing::error!(error = %e, "background sync failed; writes are refused until reopen");
+            }
+        }
+        if let Err(e) = inner.store.maintain() {
+            tracing::warn!(error = %e, "background maintenance failed; an append will retry");
+        }
+        st = shared.syncer.lock();
+    }
+}
+
+/// A handle on the durability of one append (or batch): the append is written when the ticket
+/// is handed out; the ticket says when it is on stable storage.
+///
+/// Wait for it with [`wait`](Self::wait), poll it with [`is_durable`](Self::is_durable), or
+/// `.await` it: it is a [`Future`] driven by the engine's background syncer, so it needs no
+/// particular async runtime.
+#[derive(Debug)]
+#[must_use = "a ticket does nothing unless waited on, polled or awaited"]
+pub struct DurableTicket {
+    /// Not the engine: a ticket never keeps a dropped instance (its lock, its files) alive.
+    sync: Arc<SyncShared>,
+    ticket: u64,
+    offsets: Range<u64>,
+}
+
+impl DurableTicket {
+    /// The offset of the (first) entry.
+    pub fn offset(&self) -> u64 {
+        self.offsets.start
+    }
+
+    /// The offsets of the entries this ticket covers.
+    pub fn offsets(&self) -> Range<u64> {
+        self.offsets.clone()
+    }
+
+    /// Whether the entries are durable yet (never blocks, never syncs).
+    ///
+    /// # Errors
+    /// The error of a failed sync: the entries may never become durable.
+    pub fn is_durable(&self) -> io::Result<bool> {
+        self.sync.commits.poll_done(self.ticket, None)
+    }
+
+    /// Blocks until the entries are durable (asking the background syncer for a sync now,
+    /// shared with whoever else waits); returns their offsets.
+    ///
+    /// # Errors
+    /// The error of the sync that failed (the store is poisoned, see
+    /// [`is_poisoned`](crate::is_poisoned)), or `BrokenPipe` when the engine was dropped
+    /// before any sync covered the entries (under [`SyncPolicy::OnFlush`]; the other policies
+    /// sync at close).
+    pub fn wait(self) -> io::Result<Range<u64>> {
+        let sync = &self.sync;
+        sync.commits
+            .wait_passive(self.ticket, || sync.request_sync())?;
+        Ok(self.offsets)
+    }
+}
+
+impl Future for DurableTicket {
+    type Output = io::Result<Range<u64>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.sync.commits.poll_done(self.ticket, Some(cx.waker())) {
+            Ok(true) => Poll::Ready(Ok(self.offsets.clone())),
+            Ok(false) => {
+                self.sync.request_sync();
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
