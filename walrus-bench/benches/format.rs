@@ -12,19 +12,13 @@ use walrus_block::{Frame, FrameDecoder, FrameKind, encode_frame};
 
 const ENTRIES: usize = 1024;
 
-/// Deterministic payloads of 500..=1024 bytes (xorshift; no rand dependency needed).
+/// Deterministic payloads of 500..=1024 bytes (the workspace's one seeded generator).
 fn payloads() -> Vec<Vec<u8>> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = walrus_io::SeededRng::new(0x9E37_79B9_7F4A_7C15);
     (0..ENTRIES)
         .map(|_| {
-            let len = 500 + (next() % 525) as usize;
-            (0..len).map(|_| next() as u8).collect()
+            let len = 500 + rng.below(525) as usize;
+            (0..len).map(|_| rng.next_u64() as u8).collect()
         })
         .collect()
 }

@@ -1,35 +1,15 @@
-//! Durable tickets: wait, poll, await (with a minimal executor: no runtime needed), and the
+//! Durable tickets: wait, poll, await (with pollster's one-thread executor: no runtime needed), and the
 //! durable-offset watermark.
 
-use std::future::Future;
 use std::io;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::Thread;
 
 use walrus::Storage;
 use walrus::sim::{CrashMode, Fault, FaultRule, OpKind, SimStorage};
 use walrus::{FsyncSchedule, Walrus};
 
-/// Runs a future to completion on this thread, parking between polls.
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
-    }
-}
+// Runs a future to completion on this thread, parking between polls (no runtime).
+use pollster::block_on;
 
 fn sim_wal(sim: &SimStorage, schedule: FsyncSchedule) -> Walrus {
     Walrus::builder()
