@@ -6,6 +6,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, IoSlice};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+
+use rustix::io::Errno;
 use std::path::{Path, PathBuf};
 
 use crate::error::{op_error, write_zero};
@@ -67,12 +69,8 @@ pub(crate) fn allocate(file: &File, path: &Path, offset: u64, len: u64) -> io::R
     }
     let fits = offset
         .checked_add(len)
-        .is_some_and(|end| libc::off_t::try_from(end).is_ok());
-    let (Ok(off), Ok(off_len), true) = (
-        libc::off_t::try_from(offset),
-        libc::off_t::try_from(len),
-        fits,
-    ) else {
+        .is_some_and(|end| i64::try_from(end).is_ok());
+    if !fits {
         return Err(op_error(
             "fallocate",
             path,
@@ -84,16 +82,10 @@ pub(crate) fn allocate(file: &File, path: &Path, offset: u64, len: u64) -> io::R
         ));
     };
     loop {
-        // SAFETY: fallocate takes a file descriptor we own (borrowed from `file`, open for the
-        // whole call) and plain integers; it touches no memory of ours.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, off, off_len) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EOPNOTSUPP | libc::ENOSYS) => {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(Errno::OPNOTSUPP | Errno::NOSYS) => {
                 let end = offset + len;
                 if file
                     .metadata()
@@ -106,7 +98,7 @@ pub(crate) fn allocate(file: &File, path: &Path, offset: u64, len: u64) -> io::R
                 }
                 return Ok(());
             }
-            _ => return Err(op_error("fallocate", path, Some(offset), err)),
+            Err(e) => return Err(op_error("fallocate", path, Some(offset), e.into())),
         }
     }
 }
@@ -238,30 +230,15 @@ pub(crate) fn pwritev_all(
     let mut offset = offset;
     while !rest.is_empty() {
         let count = rest.len().min(IOV_MAX);
-        // SAFETY: `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix, so `rest` is
-        // `count` valid iovecs describing live, readable buffers borrowed for this call; the
-        // fd is owned by `file`, open for the call. `count` <= IOV_MAX fits in a c_int and
-        // `offset` <= i64::MAX (checked above), so the casts are lossless.
-        let n = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                rest.as_ptr().cast::<libc::iovec>(),
-                count as libc::c_int,
-                offset as libc::off_t,
-            )
+        let n = match rustix::io::pwritev(file, &rest[..count], offset) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(op_error("pwritev", path, Some(offset), e.into())),
         };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(op_error("pwritev", path, Some(offset), err));
-        }
         if n == 0 {
             let remaining = rest.iter().map(|b| b.len()).sum();
             return Err(write_zero("pwritev", path, offset, remaining));
         }
-        let n = n as usize;
         offset += n as u64;
         IoSlice::advance_slices(&mut rest, n);
     }
@@ -295,32 +272,37 @@ pub(crate) fn seek_data(
     path: &Path,
     offset: u64,
 ) -> io::Result<Option<std::ops::Range<u64>>> {
-    let Some(start) = seek(file, path, offset, libc::SEEK_DATA)? else {
+    let Some(start) = seek(file, path, offset, Whence::Data)? else {
         return Ok(None);
     };
-    let end = seek(file, path, start, libc::SEEK_HOLE)?.unwrap_or(u64::MAX);
+    let end = seek(file, path, start, Whence::Hole)?.unwrap_or(u64::MAX);
     Ok(Some(start..end.max(start)))
 }
 
-fn seek(file: &File, path: &Path, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let Ok(off) = libc::off_t::try_from(offset) else {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Whence {
+    Data,
+    Hole,
+}
+
+fn seek(file: &File, path: &Path, offset: u64, whence: Whence) -> io::Result<Option<u64>> {
+    if i64::try_from(offset).is_err() {
         return Ok(None);
-    };
-    // SAFETY: the fd is owned by `file`, open for the duration of the call; lseek has no
-    // memory effects.
-    let rc = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
-    if rc >= 0 {
-        return Ok(Some(rc as u64));
     }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::ENXIO) => Ok(None),
-        Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(Some(if whence == libc::SEEK_HOLE {
+    let pos = match whence {
+        Whence::Data => rustix::fs::SeekFrom::Data(offset),
+        Whence::Hole => rustix::fs::SeekFrom::Hole(offset),
+    };
+    match rustix::fs::seek(file, pos) {
+        Ok(at) => Ok(Some(at)),
+        Err(Errno::NXIO) => Ok(None),
+        // No hole reporting: all data.
+        Err(Errno::INVAL | Errno::OPNOTSUPP) => Ok(Some(if whence == Whence::Hole {
             u64::MAX
         } else {
             offset
         })),
-        _ => Err(op_error("lseek", path, Some(offset), err)),
+        Err(e) => Err(op_error("lseek", path, Some(offset), e.into())),
     }
 }
 
