@@ -28,7 +28,7 @@ pub struct Record {
 
 /// An embedded write-ahead log instance: one data directory, any number of topics.
 ///
-/// `Walrus` is `Send + Sync`; share it between threads with an [`Arc`]. Dropping it stops the
+/// `Walrus` is `Send + Sync`; share it between threads with an [`Arc`](std::sync::Arc). Dropping it stops the
 /// background flusher, syncs (except under [`FsyncSchedule::NoFsync`]) and persists cursors.
 ///
 /// ```

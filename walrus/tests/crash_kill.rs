@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use walrus::{FsyncSchedule, ReadConsistency, Walrus};
+use walrus_io::SeededRng;
 
 const TOPIC: &str = "killed";
 
@@ -22,12 +23,9 @@ fn payload(o: u64, batch_start: u64, batch_len: u32) -> Vec<u8> {
     let mut p = Vec::with_capacity(len);
     p.extend_from_slice(&batch_start.to_le_bytes());
     p.extend_from_slice(&batch_len.to_le_bytes());
-    let mut x = o ^ 0xA5A5_5A5A_DEAD_BEEF;
+    let mut rng = SeededRng::new(o ^ 0xA5A5_5A5A_DEAD_BEEF);
     while p.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        p.push(x as u8);
+        p.push(rng.next_u64() as u8);
     }
     p
 }
@@ -89,15 +87,12 @@ fn kill_nine_loop() {
         .unwrap_or(30);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut rng = 0x1234_5678_9ABC_DEF0u64;
+    let mut rng = SeededRng::new(0x1234_5678_9ABC_DEF0);
     let mut acked_end = 0u64; // every offset below was acknowledged in some run
     let mut consumed = None::<u64>; // highest offset whose consumption was acknowledged
     let started = Instant::now();
     for kill in 0..kills {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let delay = Duration::from_millis(20 + rng % 120);
+        let delay = Duration::from_millis(20 + rng.below(120));
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
