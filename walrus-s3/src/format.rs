@@ -120,6 +120,7 @@ pub fn encode_batch(id: BatchId, topics: &[TopicEntries<'_>]) -> io::Result<Vec<
     let mut table_len = 0usize;
     let mut body_len = 0u64;
     let mut entries = 0u32;
+    let mut section_lens = Vec::with_capacity(topics.len());
     for t in topics {
         validate_topic_name(t.topic).map_err(|e| invalid_input(e.to_string()))?;
         table_len += 2 + t.topic.len() + 8 + 4 + 8 + 8;
@@ -128,11 +129,13 @@ pub fn encode_batch(id: BatchId, topics: &[TopicEntries<'_>]) -> io::Result<Vec<
         entries = entries
             .checked_add(count)
             .ok_or_else(|| invalid_input("too many entries in one batch".into()))?;
-        body_len += t
+        let len: u64 = t
             .entries
             .iter()
             .map(|(_, p)| frame_len(p.len()) as u64)
-            .sum::<u64>();
+            .sum();
+        section_lens.push(len);
+        body_len += len;
     }
     let header_len = FIXED_HEADER_LEN + table_len + 4;
     let header_len_u32 = u32::try_from(header_len)
@@ -152,12 +155,7 @@ pub fn encode_batch(id: BatchId, topics: &[TopicEntries<'_>]) -> io::Result<Vec<
     // Cannot truncate: checked against MAX_BATCH_TOPICS above.
     out.extend_from_slice(&(topics.len() as u32).to_le_bytes());
     let mut start = 0u64;
-    for t in topics {
-        let len: u64 = t
-            .entries
-            .iter()
-            .map(|(_, p)| frame_len(p.len()) as u64)
-            .sum();
+    for (t, len) in topics.iter().zip(section_lens) {
         // Cannot truncate: validate_topic_name bounds names to 255 bytes.
         out.extend_from_slice(&(t.topic.len() as u16).to_le_bytes());
         out.extend_from_slice(t.topic.as_bytes());

@@ -93,16 +93,9 @@ impl Remote {
         what: &str,
         fut: impl Future<Output = object_store::Result<T>>,
     ) -> io::Result<T> {
-        let timeout = self.timeout;
-        self.runtime.block_on(async move {
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(r) => r.map_err(|e| store_error(op, what, e)),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("S3 {op} of {what}: no answer within {timeout:?}"),
-                )),
-            }
-        })
+        self.runtime.block_on(within(self.timeout, op, what, async {
+            fut.await.map_err(|e| store_error(op, what, e))
+        }))
     }
 
     /// Every batch object under the prefix with a sequence of at least `from`, by sequence.
@@ -122,19 +115,11 @@ impl Remote {
         let metas = self.runtime.block_on(async {
             let mut metas = Vec::new();
             loop {
-                match tokio::time::timeout(timeout, stream.next()).await {
-                    Ok(Some(Ok(meta))) => metas.push(meta),
-                    Ok(Some(Err(e))) => return Err(store_error("LIST", &what, e)),
-                    Ok(None) => return Ok(metas),
-                    Err(_) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!(
-                                "S3 LIST of {what}: no answer within {timeout:?} after {} objects",
-                                metas.len()
-                            ),
-                        ));
-                    }
+                let page = format!("{what} (after {} objects)", metas.len());
+                match within(timeout, "LIST", &page, async { Ok(stream.next().await) }).await? {
+                    Some(Ok(meta)) => metas.push(meta),
+                    Some(Err(e)) => return Err(store_error("LIST", &what, e)),
+                    None => return Ok(metas),
                 }
             }
         })?;
@@ -161,13 +146,8 @@ impl Remote {
             let store = Arc::clone(&self.store);
             let l = l.clone();
             async move {
-                match tokio::time::timeout(timeout, fetch_header(&*store, &l)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("S3 GET of {}: no answer within {timeout:?}", l.path),
-                    )),
-                }
+                let what = l.path.to_string();
+                within(timeout, "GET", &what, fetch_header(&*store, &l)).await
             }
         });
         self.runtime.block_on(
@@ -221,6 +201,23 @@ impl Remote {
             Err(e) => Err(e),
         }
     }
+}
+
+/// `fut`, or `TimedOut` naming the operation when it takes longer than `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    op: &str,
+    what: &str,
+    fut: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("S3 {op} of {what}: no answer within {timeout:?}"),
+            ))
+        })
 }
 
 async fn fetch_header(store: &dyn ObjectStore, l: &Listed) -> io::Result<BatchHeader> {

@@ -129,6 +129,21 @@ impl Pending {
         }
     }
 
+    /// Entries it adds to its topic.
+    fn entries(&self) -> u64 {
+        match &self.work {
+            Work::Entries {
+                payload: Payload::One(_),
+                ..
+            } => 1,
+            Work::Entries {
+                payload: Payload::Many(ps),
+                ..
+            } => ps.len() as u64,
+            Work::Flush => 0,
+        }
+    }
+
     fn into_payload(mut self) -> Option<Vec<u8>> {
         match std::mem::replace(&mut self.work, Work::Flush) {
             Work::Entries {
@@ -289,7 +304,7 @@ impl S3Wal {
             },
             slot: Arc::clone(&slot),
         };
-        self.queue(item, 1, None).map_err(|(e, _)| e)?;
+        self.queue(item, None).map_err(|(e, _)| e)?;
         Ok(S3Ticket::new(slot))
     }
 
@@ -315,7 +330,7 @@ impl S3Wal {
             },
             slot: Arc::clone(&slot),
         };
-        match self.queue(item, 1, Some(Instant::now() + timeout)) {
+        match self.queue(item, Some(Instant::now() + timeout)) {
             Ok(()) => Ok(S3Ticket::new(slot)),
             Err((error, item)) => Err(Rejected {
                 error,
@@ -360,8 +375,7 @@ impl S3Wal {
             },
             slot: Arc::clone(&slot),
         };
-        self.queue(item, entries.len() as u64, None)
-            .map_err(|(e, _)| e)?;
+        self.queue(item, None).map_err(|(e, _)| e)?;
         Ok(S3Ticket::new(slot))
     }
 
@@ -378,7 +392,7 @@ impl S3Wal {
         // Counted before it is queued: the flusher keeps sending batches without waiting for
         // the interval while a marker is queued, however many batches lie before it.
         self.inner.flushes.fetch_add(1, Ordering::AcqRel);
-        let queued = self.queue(marker, 0, None);
+        let queued = self.queue(marker, None);
         if queued.is_err() {
             self.inner.flushes.fetch_sub(1, Ordering::AcqRel);
         }
@@ -435,25 +449,14 @@ impl S3Wal {
         }
     }
 
-    fn queue(
-        &self,
-        item: Pending,
-        entries: u64,
-        deadline: Option<Instant>,
-    ) -> Result<(), (io::Error, Pending)> {
+    fn queue(&self, item: Pending, deadline: Option<Instant>) -> Result<(), (io::Error, Pending)> {
         let inner = &*self.inner;
         let len = item.bytes();
         if let Some(e) = inner.refusal() {
             return Err((e, item));
         }
         let mut item = match inner.try_push(item, len) {
-            Ok(()) => {
-                inner
-                    .counters
-                    .entries_queued
-                    .fetch_add(entries, Ordering::Relaxed);
-                return Ok(());
-            }
+            Ok(()) => return Ok(()),
             Err(item) => item,
         };
         let mut generation = inner.space.lock();
@@ -463,13 +466,7 @@ impl S3Wal {
             }
             let seen = *generation;
             match inner.try_push(item, len) {
-                Ok(()) => {
-                    inner
-                        .counters
-                        .entries_queued
-                        .fetch_add(entries, Ordering::Relaxed);
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(back) => item = back,
             }
             // A full queue is flushed now rather than at the end of the interval.
@@ -549,8 +546,12 @@ impl Inner {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             return Err(item);
         }
+        let entries = item.entries();
         match self.queue.push(item) {
             Ok(()) => {
+                self.counters
+                    .entries_queued
+                    .fetch_add(entries, Ordering::Relaxed);
                 let threshold = self.options.flush_bytes;
                 let crossed = prior < threshold && prior + len >= threshold;
                 if crossed || self.options.flush_interval.is_zero() {
