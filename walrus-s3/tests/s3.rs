@@ -582,3 +582,43 @@ fn flush_sends_a_long_backlog_without_waiting_for_the_interval() {
     assert_eq!(wal.end_offset("t"), Some(100));
     Arc::into_inner(wal).unwrap().close().unwrap();
 }
+
+#[test]
+fn dropping_the_writer_while_a_ticket_is_waited_on_sends_the_entry() {
+    let (_server, store) = server();
+    // An hour-long interval: only the drop's flush can send the entry.
+    let options = S3Options::default().flush_interval(Duration::from_secs(3600));
+    let wal = S3Wal::open(Arc::clone(&store), "drop", options).unwrap();
+    let ticket = wal.append("t", b"queued at the drop").unwrap();
+    let waiter = std::thread::spawn(move || ticket.wait_timeout(WAIT));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !waiter.is_finished(),
+        "nothing sends the entry before the drop"
+    );
+    drop(wal);
+    assert_eq!(waiter.join().unwrap().unwrap(), 0..1);
+    assert_eq!(
+        read_all(&store, "drop", "t"),
+        [(0, b"queued at the drop".to_vec())]
+    );
+}
+
+#[test]
+fn a_reader_follows_a_live_writer_with_refresh() {
+    let (_server, store) = server();
+    let wal = S3Wal::open(Arc::clone(&store), "live", fast()).unwrap();
+    let mut reader = S3Reader::open(Arc::clone(&store), "live").unwrap();
+    for round in 0..5u64 {
+        let offsets = wal
+            .append("t", &round.to_le_bytes())
+            .unwrap()
+            .wait_timeout(WAIT)
+            .unwrap();
+        reader.refresh().unwrap();
+        assert_eq!(reader.end_offset("t"), Some(offsets.end));
+        let last = reader.read("t", offsets.start).next().unwrap().unwrap();
+        assert_eq!(last.data, round.to_le_bytes());
+    }
+    wal.close().unwrap();
+}
