@@ -131,6 +131,16 @@ mod std_condvar {
             guard
         }
 
+        /// As [`wait`](Self::wait), for at most `timeout`; whether it timed out.
+        pub fn wait_timeout<'a, T>(
+            &self,
+            mut guard: MutexGuard<'a, T>,
+            timeout: std::time::Duration,
+        ) -> (MutexGuard<'a, T>, bool) {
+            let timed_out = self.0.wait_for(&mut guard, timeout).timed_out();
+            (guard, timed_out)
+        }
+
         /// Wakes every waiter.
         pub fn notify_all(&self) {
             self.0.notify_all();
@@ -157,6 +167,22 @@ mod loom_condvar {
             self.0
                 .wait(guard)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+
+        /// As [`wait`](Self::wait), for at most `timeout`; whether it timed out. (loom models
+        /// no time: it may return either way.)
+        pub fn wait_timeout<'a, T>(
+            &self,
+            guard: MutexGuard<'a, T>,
+            timeout: std::time::Duration,
+        ) -> (MutexGuard<'a, T>, bool) {
+            match self.0.wait_timeout(guard, timeout) {
+                Ok((g, t)) => (g, t.timed_out()),
+                Err(p) => {
+                    let (g, t) = p.into_inner();
+                    (g, t.timed_out())
+                }
+            }
         }
 
         /// Wakes every waiter.

@@ -135,6 +135,33 @@ const _: () = {
 // SAFETY: as for the other headers: `repr(C)`, alignment 1, no padding (asserted above).
 unsafe impl PlainHeader for CursorRecordV1 {}
 
+/// Cursor record of a named consumer or a topic's floor, as archived on disk (412 bytes, stored
+/// in a 512-byte slot).
+#[derive(Archive)]
+#[rkyv(archived = CursorRecordV2)]
+#[allow(dead_code)]
+pub(crate) struct CursorRecordV2Native {
+    pub(crate) magic: [u8; 4],
+    pub(crate) topic_len: u8,
+    pub(crate) consumer_len: u8,
+    pub(crate) kind: u8,
+    pub(crate) flags: u8,
+    pub(crate) generation: u64,
+    pub(crate) offset: u64,
+    pub(crate) topic: [u8; 255],
+    pub(crate) consumer: [u8; 128],
+    pub(crate) reserved: u8,
+    pub(crate) crc: u32,
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<CursorRecordV2>() == 4 + 4 + 8 + 8 + 255 + 128 + 1 + 4);
+    assert!(std::mem::align_of::<CursorRecordV2>() == 1);
+};
+
+// SAFETY: as for the other headers: `repr(C)`, alignment 1, no padding (asserted above).
+unsafe impl PlainHeader for CursorRecordV2 {}
+
 /// The common prologue of decoding a CRC-protected header at the start of `bytes`: `Ok(None)`
 /// when it was never written (all zero), `Torn` for a short non-zero prefix, then rkyv's checked
 /// access, the magic, and the CRC of everything before the last four bytes.

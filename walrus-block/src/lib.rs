@@ -55,7 +55,10 @@ mod limits;
 mod segment;
 
 pub use block::{BLOCK_HEADER_LEN, BLOCK_MAGIC, BlockHeader};
-pub use cursor::{CURSOR_MAGIC, CURSOR_RECORD_LEN, CURSOR_SLOT_LEN, CursorRecord};
+pub use cursor::{
+    CURSOR_MAGIC, CURSOR_MAGIC_V2, CURSOR_RECORD_LEN, CURSOR_RECORD_V2_LEN, CURSOR_SLOT_LEN,
+    CursorKind, CursorRecord,
+};
 pub use error::{CorruptReason, FormatError};
 pub use frame::{
     EntryRef, FRAME_HEADER_LEN, FRAME_MARKER, Frame, FrameDecoder, FrameHeader, FrameKind,
@@ -63,7 +66,8 @@ pub use frame::{
 };
 pub use limits::{
     BLOCK_ALIGN, DEFAULT_BLOCK_LEN, DEFAULT_SEGMENT_LEN, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES,
-    MAX_ENTRY_LEN, MAX_TOPIC_NAME_LEN, validate_topic_name,
+    MAX_CONSUMER_NAME_LEN, MAX_ENTRY_LEN, MAX_TOPIC_NAME_LEN, validate_consumer_name,
+    validate_topic_name,
 };
 pub use segment::{
     CHECKSUM_CRC32C, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,

@@ -5,6 +5,9 @@ use crate::error::FormatError;
 /// Longest topic name, in bytes of UTF-8 (the block header stores it in 255 bytes).
 pub const MAX_TOPIC_NAME_LEN: usize = 255;
 
+/// Longest consumer name, in bytes of UTF-8 (the cursor record stores it in 128 bytes).
+pub const MAX_CONSUMER_NAME_LEN: usize = 128;
+
 /// Largest payload of one entry: 1 GiB. The frame stores the length in 32 bits; the lower limit
 /// keeps one entry well inside an ordinary segment and bounds what a reader must buffer.
 pub const MAX_ENTRY_LEN: usize = 1 << 30;
@@ -42,6 +45,24 @@ pub fn validate_topic_name(topic: &str) -> Result<(), FormatError> {
     Ok(())
 }
 
+/// Checks a consumer name: 1 to [`MAX_CONSUMER_NAME_LEN`] bytes. (The empty name is the
+/// topic's default consumer, which is not named.)
+///
+/// # Errors
+/// [`FormatError::InvalidInput`] naming the problem.
+pub fn validate_consumer_name(consumer: &str) -> Result<(), FormatError> {
+    if consumer.is_empty() {
+        return Err(FormatError::InvalidInput("consumer name is empty".into()));
+    }
+    if consumer.len() > MAX_CONSUMER_NAME_LEN {
+        return Err(FormatError::InvalidInput(format!(
+            "consumer name is {} bytes, the limit is {MAX_CONSUMER_NAME_LEN}",
+            consumer.len()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +74,9 @@ mod tests {
         assert!(validate_topic_name(&"é".repeat(127)).is_ok()); // 254 bytes
         assert!(validate_topic_name(&"x".repeat(255)).is_ok());
         assert!(validate_topic_name(&"x".repeat(256)).is_err());
+        assert!(validate_consumer_name("").is_err());
+        assert!(validate_consumer_name(&"c".repeat(128)).is_ok());
+        assert!(validate_consumer_name(&"c".repeat(129)).is_err());
     }
 
     #[test]

@@ -169,6 +169,14 @@ pub(crate) struct Block {
     end_offset: AtomicU64,
     /// The writer moved on: `data_end`/`end_offset` are final.
     sealed: AtomicBool,
+    /// When it was sealed, in milliseconds since the Unix epoch (for age-based retention).
+    sealed_at: AtomicU64,
+}
+
+/// Now, in milliseconds since the Unix epoch (0 for a clock before it).
+pub(crate) fn unix_millis(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Block {
@@ -208,6 +216,11 @@ impl Block {
             data_end: AtomicU64::new(span.data_end),
             end_offset: AtomicU64::new(span.end_offset),
             sealed: AtomicBool::new(span.sealed),
+            sealed_at: AtomicU64::new(if span.sealed {
+                unix_millis(std::time::SystemTime::now())
+            } else {
+                0
+            }),
         }
     }
 
@@ -245,9 +258,25 @@ impl Block {
     }
 
     pub(crate) fn seal(&self) {
+        self.sealed_at
+            .store(unix_millis(std::time::SystemTime::now()), Ordering::Relaxed);
         self.sealed.store(true, Ordering::Release);
     }
+
+    /// When the block was sealed, in milliseconds since the Unix epoch (if it is sealed).
+    pub(crate) fn sealed_at(&self) -> Option<u64> {
+        self.is_sealed()
+            .then(|| self.sealed_at.load(Ordering::Relaxed))
+    }
+
+    /// Dates a block found sealed at open (by its file's modification time).
+    pub(crate) fn set_sealed_at(&self, millis: u64) {
+        self.sealed_at.store(millis, Ordering::Relaxed);
+    }
 }
+
+/// Where a frame is: its block and its byte position in the segment file.
+pub(crate) type FramePos = (Arc<Block>, u64);
 
 /// A frame read back from a block.
 #[derive(Debug)]

@@ -1,7 +1,8 @@
-//! The cursor file: one pair of 512-byte slots per topic, A/B-alternated so that a torn write
-//! can never yield a wrong cursor (format in `docs/FORMAT.md`, "Cursor record").
+//! The cursor file: one pair of 512-byte slots per record — a topic's default consumer, each
+//! named consumer, each topic's floor — A/B-alternated so that a torn write can never yield a
+//! wrong cursor (format in `docs/FORMAT.md`, "Cursor record").
 //!
-//! Persisting a cursor is one positional write of one slot: O(1) in the number of topics.
+//! Persisting a cursor is one positional write of one slot: O(1) in the number of records.
 
 use crate::durability::FileSync;
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use walrus_block::{CURSOR_SLOT_LEN, CursorRecord, FormatError};
+use walrus_block::{CURSOR_SLOT_LEN, CursorKind, CursorRecord, FormatError};
 use walrus_io::{SegmentFile, Storage};
 
 use crate::error::data_error;
@@ -21,12 +22,43 @@ pub(crate) const CURSOR_FILE: &str = "cursors.wcur";
 /// watermark.
 pub(crate) const MARKS_FILE: &str = "durable.wcur";
 
+/// Which record of the file: a consumer of a topic (the default one has the empty name), or
+/// the topic's floor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct RecordKey {
+    pub(crate) topic: String,
+    pub(crate) kind: CursorKind,
+    pub(crate) consumer: String,
+}
+
+impl RecordKey {
+    /// The record of `consumer` of `topic` (`""`: the default consumer).
+    pub(crate) fn consumer(topic: &str, consumer: &str) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            kind: CursorKind::Consumer,
+            consumer: consumer.to_owned(),
+        }
+    }
+
+    /// The floor record of `topic`.
+    pub(crate) fn floor(topic: &str) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            kind: CursorKind::Floor,
+            consumer: String::new(),
+        }
+    }
+}
+
 /// A cursor as loaded from the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LoadedCursor {
     pub(crate) pair: u64,
     pub(crate) generation: u64,
     pub(crate) offset: u64,
+    /// The consumer was removed (for a floor: the topic deleted).
+    pub(crate) removed: bool,
 }
 
 /// A cursor file as found by recovery, before anything is written: created only once the
@@ -34,7 +66,9 @@ pub(crate) struct LoadedCursor {
 #[derive(Debug)]
 pub(crate) struct CursorFile {
     file: Option<Arc<dyn SegmentFile>>,
-    pairs: HashMap<String, u64>,
+    pairs: HashMap<RecordKey, u64>,
+    /// The generation last written to each pair, by pair.
+    last: Vec<u64>,
     next_pair: u64,
 }
 
@@ -44,7 +78,7 @@ impl CursorFile {
         storage: &dyn Storage,
         dir: &Path,
         name: &str,
-    ) -> io::Result<(Self, HashMap<String, LoadedCursor>)> {
+    ) -> io::Result<(Self, HashMap<RecordKey, LoadedCursor>)> {
         let path = dir.join(name);
         let file = match storage.open(&path) {
             Ok(f) => f,
@@ -52,6 +86,7 @@ impl CursorFile {
                 let empty = Self {
                     file: None,
                     pairs: HashMap::new(),
+                    last: Vec::new(),
                     next_pair: 0,
                 };
                 return Ok((empty, HashMap::new()));
@@ -68,10 +103,17 @@ impl CursorFile {
         let loaded = CursorStore::load(&path, &bytes)?;
         let next_pair = loaded.values().map(|c| c.pair + 1).max().unwrap_or(0);
         let pairs = loaded.iter().map(|(t, c)| (t.clone(), c.pair)).collect();
+        let mut last = vec![0; usize::try_from(next_pair).unwrap_or(0)];
+        for c in loaded.values() {
+            if let Some(g) = usize::try_from(c.pair).ok().and_then(|p| last.get_mut(p)) {
+                *g = c.generation;
+            }
+        }
         Ok((
             Self {
                 file: Some(file),
                 pairs,
+                last,
                 next_pair,
             },
             loaded,
@@ -96,7 +138,7 @@ impl CursorFile {
         };
         Ok(CursorStore {
             file,
-            pairs: Mutex::new((self.pairs, self.next_pair)),
+            pairs: Mutex::new((self.pairs, self.next_pair, self.last)),
             sync: FileSync::default(),
         })
     }
@@ -106,15 +148,16 @@ impl CursorFile {
 #[derive(Debug)]
 pub(crate) struct CursorStore {
     file: Arc<dyn SegmentFile>,
-    /// Slot pairs handed out so far: topic → pair, and the next free pair.
-    pairs: Mutex<(HashMap<String, u64>, u64)>,
+    /// Slot pairs handed out so far: record → pair, the generation last written to each
+    /// pair, and the next free pair.
+    pairs: Mutex<(HashMap<RecordKey, u64>, u64, Vec<u64>)>,
     /// Which cursor writes a completed sync covers.
     sync: FileSync,
 }
 
 impl CursorStore {
-    fn load(path: &Path, bytes: &[u8]) -> io::Result<HashMap<String, LoadedCursor>> {
-        let mut out: HashMap<String, LoadedCursor> = HashMap::new();
+    fn load(path: &Path, bytes: &[u8]) -> io::Result<HashMap<RecordKey, LoadedCursor>> {
+        let mut out: HashMap<RecordKey, LoadedCursor> = HashMap::new();
         let pair_len = 2 * CURSOR_SLOT_LEN as usize;
         for (pair, chunk) in bytes.chunks(pair_len).enumerate() {
             let pair = pair as u64;
@@ -133,13 +176,19 @@ impl CursorStore {
                 }
                 Err(e) => Err(data_error(path, &e.to_string())),
             };
+            let key = |r: &CursorRecord| RecordKey {
+                topic: r.topic.clone(),
+                kind: r.kind,
+                consumer: r.consumer.clone(),
+            };
             let best = match (decode(a, 0)?, decode(b, 1)?) {
-                (Some(x), Some(y)) if x.topic != y.topic => {
+                (Some(x), Some(y)) if key(&x) != key(&y) => {
                     return Err(data_error(
                         path,
                         &format!(
-                            "cursor slot pair {pair} names two topics, {:?} and {:?}",
-                            x.topic, y.topic
+                            "cursor slot pair {pair} names two records, {:?} and {:?}",
+                            key(&x),
+                            key(&y)
                         ),
                     ));
                 }
@@ -151,52 +200,58 @@ impl CursorStore {
                     pair,
                     generation: r.generation,
                     offset: r.offset,
+                    removed: r.removed,
                 };
-                if out.insert(r.topic.clone(), cursor).is_some() {
+                let k = key(&r);
+                if out.contains_key(&k) {
                     return Err(data_error(
                         path,
-                        &format!("topic {:?} owns two cursor slot pairs", r.topic),
+                        &format!("record {k:?} owns two cursor slot pairs"),
                     ));
                 }
+                out.insert(k, cursor);
             }
         }
         Ok(out)
     }
 
-    /// The slot pair of `topic`, assigning the next free one on first use.
-    pub(crate) fn pair_for(&self, topic: &str) -> u64 {
+    /// The slot pair of `key`, assigning the next free one on first use, with the last
+    /// generation written to it (a record written again, say a consumer re-created after its
+    /// removal, must continue from there to win over the older slot).
+    pub(crate) fn pair_for(&self, key: &RecordKey) -> (u64, u64) {
         let mut guard = self.pairs.lock();
-        let (pairs, next) = &mut *guard;
-        if let Some(&p) = pairs.get(topic) {
-            return p;
+        let (pairs, next, last) = &mut *guard;
+        if let Some(&p) = pairs.get(key) {
+            let generation = usize::try_from(p)
+                .ok()
+                .and_then(|i| last.get(i))
+                .copied()
+                .unwrap_or(0);
+            return (p, generation);
         }
         let p = *next;
         *next += 1;
-        pairs.insert(topic.to_owned(), p);
-        p
+        last.push(0);
+        pairs.insert(key.clone(), p);
+        (p, 0)
     }
 
-    /// Writes generation `generation` of `topic`'s cursor; syncs the file if `sync`.
-    pub(crate) fn write(
-        &self,
-        topic: &str,
-        pair: u64,
-        generation: u64,
-        offset: u64,
-        sync: bool,
-    ) -> io::Result<()> {
-        let record = CursorRecord {
-            topic: topic.to_owned(),
-            generation,
-            offset,
-        }
-        .encode()
-        .map_err(io::Error::from)?;
+    /// Writes `record` (its generation selects the slot of `pair`); syncs the file if `sync`.
+    pub(crate) fn write(&self, record: &CursorRecord, pair: u64, sync: bool) -> io::Result<()> {
+        let generation = record.generation;
+        let record = record.encode().map_err(io::Error::from)?;
         let mut slot = [0u8; CURSOR_SLOT_LEN as usize];
         slot[..record.len()].copy_from_slice(&record);
         self.file
             .write_at(&slot, CursorRecord::slot_position(pair, generation))?;
         self.sync.mark();
+        {
+            let mut guard = self.pairs.lock();
+            let last = &mut guard.2;
+            if let Some(g) = usize::try_from(pair).ok().and_then(|p| last.get_mut(p)) {
+                *g = (*g).max(generation);
+            }
+        }
         if sync {
             self.sync()?;
         }

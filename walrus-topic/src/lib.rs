@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod arrival;
 mod chain;
 mod cursors;
 pub mod durability;
@@ -46,9 +47,10 @@ pub use durability::{GroupCommit, Writing};
 pub use engine::{DurableTicket, Engine, SyncPolicy};
 pub use error::{Poisoned, is_poisoned, poisoned_cause};
 pub use layout::DirLock;
-pub use options::{RecoveryMode, StoreOptions};
+pub use options::{RecoveryMode, Retention, StoreOptions};
 pub use recovery::{Action, Problem, RecoveryIssue, RecoveryReport};
-pub use store::Store;
+pub use store::{Arrival, Entries, Store};
+pub use topic::ConsumerInfo;
 
 pub use walrus_alloc;
 pub use walrus_block;

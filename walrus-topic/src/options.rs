@@ -54,6 +54,47 @@ pub enum RecoveryMode {
     SkipCorrupted,
 }
 
+/// How much of a topic is kept, whatever its consumers have read: the oldest blocks beyond
+/// either limit are released (their entries are gone for every consumer; a consumer behind
+/// them continues at the oldest entry kept). The topic's newest block, being written, is never
+/// released. `Retention::default()` keeps everything until it is consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep at most this many bytes of blocks on disk (the newest block may exceed it alone).
+    pub max_bytes: Option<u64>,
+    /// Release a block once this long has passed since it was sealed (filled, or ended by a
+    /// topic roll-over). Blocks found at open count from the segment file's modification time.
+    pub max_age: Option<Duration>,
+}
+
+impl Retention {
+    /// Keeps everything until consumed.
+    #[must_use]
+    pub fn unlimited() -> Self {
+        Self::default()
+    }
+
+    /// Keeps at most `bytes` of blocks.
+    #[must_use]
+    pub fn with_max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+
+    /// Releases blocks sealed more than `age` ago.
+    #[must_use]
+    pub fn with_max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// Whether a limit is set.
+    #[must_use]
+    pub fn is_limited(&self) -> bool {
+        self.max_bytes.is_some() || self.max_age.is_some()
+    }
+}
+
 /// How a [`Store`](crate::Store) is laid out and behaves. Build with [`StoreOptions::new`] and the
 /// `with_*` methods.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +111,8 @@ pub struct StoreOptions {
     pub(crate) visible_when_durable: bool,
     pub(crate) zero_fill: bool,
     pub(crate) small_blocks: bool,
+    pub(crate) retention: Retention,
+    pub(crate) topic_retention: std::collections::BTreeMap<String, Retention>,
 }
 
 impl Default for StoreOptions {
@@ -96,7 +139,33 @@ impl StoreOptions {
             visible_when_durable: false,
             zero_fill: false,
             small_blocks: false,
+            retention: Retention::default(),
+            topic_retention: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Retention of every topic without its own ([`with_topic_retention`](Self::with_topic_retention)).
+    /// Enforced when a topic seals a block and by [`Store::maintain`](crate::Store::maintain)
+    /// (which background maintenance runs).
+    #[must_use]
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Retention of `topic`, overriding the instance default.
+    #[must_use]
+    pub fn with_topic_retention(mut self, topic: impl Into<String>, retention: Retention) -> Self {
+        self.topic_retention.insert(topic.into(), retention);
+        self
+    }
+
+    /// The retention that applies to `topic`.
+    pub(crate) fn retention_for(&self, topic: &str) -> Retention {
+        self.topic_retention
+            .get(topic)
+            .copied()
+            .unwrap_or(self.retention)
     }
 
     /// Hand entries to readers only once they are durable (default: off, readers see every
@@ -245,6 +314,19 @@ impl StoreOptions {
                 "block length {} is not a positive multiple of {BLOCK_ALIGN}",
                 self.block_len
             ));
+        }
+        for (topic, r) in std::iter::once(("(default)", &self.retention))
+            .chain(self.topic_retention.iter().map(|(t, r)| (t.as_str(), r)))
+        {
+            if r.max_bytes == Some(0) || r.max_age == Some(Duration::ZERO) {
+                return bad(format!(
+                    "retention of topic {topic:?}: a limit of zero would release every entry at once; \
+                     leave the limit unset to keep everything"
+                ));
+            }
+        }
+        for topic in self.topic_retention.keys() {
+            walrus_block::validate_topic_name(topic).map_err(io::Error::from)?;
         }
         if !(1..=16).contains(&self.lanes) {
             return bad(format!(

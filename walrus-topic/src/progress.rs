@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::arrival::Arrivals;
+
 /// Where a topic's durable watermark stands in the marks file.
 #[derive(Debug, Default)]
 pub(crate) struct MarkState {
@@ -27,6 +29,8 @@ pub(crate) struct Progress {
     listed: AtomicBool,
     /// The durable watermark as last written to the marks file.
     mark: Mutex<MarkState>,
+    /// Readers waiting for the topic's next entry.
+    pub(crate) arrivals: Arrivals,
 }
 
 impl Progress {
@@ -38,6 +42,7 @@ impl Progress {
             durable: AtomicU64::new(end),
             listed: AtomicBool::new(false),
             mark: Mutex::new(mark),
+            arrivals: Arrivals::default(),
         }
     }
 
@@ -49,6 +54,17 @@ impl Progress {
     /// Publishes entries below `end` as written (after their bytes are).
     pub(crate) fn set_written_end(&self, end: u64) {
         self.written_end.store(end, Ordering::Release);
+        self.arrivals.notify();
+    }
+
+    /// Entries below this offset may be handed to readers: the durable ones if
+    /// `when_durable`, else every written one.
+    pub(crate) fn visible(&self, when_durable: bool) -> u64 {
+        if when_durable {
+            self.durable()
+        } else {
+            self.written_end()
+        }
     }
 
     /// Entries below this offset are durable.
@@ -58,7 +74,9 @@ impl Progress {
 
     /// A sync covering `offset` completed.
     pub(crate) fn set_durable(&self, offset: u64) {
-        self.durable.fetch_max(offset, Ordering::AcqRel);
+        if self.durable.fetch_max(offset, Ordering::AcqRel) < offset {
+            self.arrivals.notify();
+        }
     }
 
     /// Marks the topic as listed (or not) for the next syncs; whether it was not listed.

@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use walrus_alloc::{BlockAllocator, Deletion, FileTracker};
-use walrus_block::{SEGMENT_DATA_OFFSET, SegmentHeader};
+use walrus_block::{CursorRecord, SEGMENT_DATA_OFFSET, SegmentHeader};
 use walrus_io::Storage;
 
 use crate::chain::{Block, SegmentHandle};
-use crate::cursors::CursorStore;
+use crate::cursors::{CursorStore, RecordKey};
 use crate::error::{Poisoned, poisoned_error};
 use crate::layout::segment_path;
 use crate::options::StoreOptions;
@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     /// Consumed segments waiting for [`Store::maintain`](crate::Store::maintain) (background
     /// maintenance only).
     deletions: Mutex<Vec<u64>>,
+    /// The store was dropped: waits for entries end.
+    pub(crate) closed: AtomicBool,
 }
 
 impl Shared {
@@ -119,6 +121,7 @@ impl Shared {
             unsynced: Mutex::new(Vec::new()),
             marks_pending: Mutex::new((Vec::new(), Instant::now())),
             deletions: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -389,11 +392,9 @@ impl Shared {
             }
             let pair = *mark
                 .pair
-                .get_or_insert_with(|| self.marks.pair_for(&t.name));
-            match self
-                .marks
-                .write(&t.name, pair, mark.generation + 1, durable, false)
-            {
+                .get_or_insert_with(|| self.marks.pair_for(&RecordKey::consumer(&t.name, "")).0);
+            let record = CursorRecord::new(&*t.name, mark.generation + 1, durable);
+            match self.marks.write(&record, pair, false) {
                 Ok(()) => {
                     mark.generation += 1;
                     mark.written = durable;

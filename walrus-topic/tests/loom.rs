@@ -160,3 +160,96 @@ fn file_sync_alone_never_reports_an_uncovered_write() {
         other.join().unwrap();
     });
 }
+
+/// A topic's end, published with `Release` as the writer does, then announced.
+struct Topic {
+    end: AtomicU64,
+    arrivals: walrus_topic::arrival::Arrivals,
+}
+
+fn topic() -> Arc<Topic> {
+    Arc::new(Topic {
+        end: AtomicU64::new(0),
+        arrivals: walrus_topic::arrival::Arrivals::default(),
+    })
+}
+
+/// A waker that unparks the polling thread (a minimal `block_on`).
+struct Unpark(loom::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn publish(t: &Topic, end: u64) {
+    t.end.store(end, Ordering::Release);
+    t.arrivals.notify();
+}
+
+#[test]
+fn a_blocked_reader_is_never_left_asleep_after_an_append() {
+    // loom reports a deadlock if the waiter can sleep through the only notification.
+    loom::model(|| {
+        let t = topic();
+        let writer = {
+            let t = t.clone();
+            thread::spawn(move || publish(&t, 1))
+        };
+        assert!(t.arrivals.wait(None, || t.end.load(Ordering::Acquire) > 0));
+        writer.join().unwrap();
+        assert_eq!(t.arrivals.waiting(), 0);
+    });
+}
+
+#[test]
+fn an_arrival_future_is_never_left_pending_after_an_append() {
+    loom::model(|| {
+        let t = topic();
+        let writer = {
+            let t = t.clone();
+            thread::spawn(move || {
+                publish(&t, 1);
+                publish(&t, 2);
+            })
+        };
+        let mut registration = t.arrivals.register();
+        let ready = || t.end.load(Ordering::Acquire) > 1;
+        let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        // Bounded: each pending poll parks until a wake (loom flags a lost one as a deadlock).
+        for _ in 0..8 {
+            if t.arrivals
+                .poll(&mut registration, &mut cx, ready)
+                .is_ready()
+            {
+                break;
+            }
+            thread::park();
+        }
+        assert!(ready(), "woken but never ready");
+        writer.join().unwrap();
+        assert_eq!(t.arrivals.waiting(), 0);
+    });
+}
+
+#[test]
+fn a_future_dropped_while_pending_unregisters() {
+    loom::model(|| {
+        let t = topic();
+        let writer = {
+            let t = t.clone();
+            thread::spawn(move || publish(&t, 1))
+        };
+        let mut registration = t.arrivals.register();
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let _ = t.arrivals.poll(&mut registration, &mut cx, || {
+            t.end.load(Ordering::Acquire) > 0
+        });
+        t.arrivals.unregister(&mut registration);
+        writer.join().unwrap();
+        assert_eq!(t.arrivals.waiting(), 0);
+    });
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use walrus_io::{BackendKind, Storage};
-use walrus_topic::{RecoveryMode, StoreOptions};
+use walrus_topic::{RecoveryMode, Retention, StoreOptions};
 
 use crate::config::{FsyncSchedule, ReadConsistency};
 use crate::key::dir_name;
@@ -52,6 +52,8 @@ pub struct WalrusBuilder {
     mark_interval: Option<std::time::Duration>,
     inline_maintenance: bool,
     lanes: Option<usize>,
+    retention: Retention,
+    topic_retention: Vec<(String, Retention)>,
 }
 
 impl WalrusBuilder {
@@ -150,6 +152,19 @@ impl WalrusBuilder {
         self
     }
 
+    /// Retention of every topic without its own: the oldest blocks beyond `max_bytes` or
+    /// older than `max_age` are released, read or not (default: keep until consumed).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Retention of `topic`, overriding [`retention`](Self::retention).
+    pub fn topic_retention(mut self, topic: impl Into<String>, retention: Retention) -> Self {
+        self.topic_retention.push((topic.into(), retention));
+        self
+    }
+
     /// Silence informational logging (instead of `WALRUS_QUIET`).
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.quiet = Some(quiet);
@@ -196,7 +211,11 @@ impl WalrusBuilder {
             .with_sync_cursor_writes(self.schedule == FsyncSchedule::SyncEach)
             .with_visible_when_durable(self.schedule == FsyncSchedule::SyncEach)
             .with_zero_fill(self.schedule == FsyncSchedule::SyncEach)
-            .with_background_maintenance(!self.inline_maintenance);
+            .with_background_maintenance(!self.inline_maintenance)
+            .with_retention(self.retention);
+        for (topic, retention) in &self.topic_retention {
+            options = options.with_topic_retention(topic.clone(), *retention);
+        }
         if self.schedule == FsyncSchedule::SyncEach {
             // Acknowledged data is durable at once: keep the persisted watermark close behind,
             // so that damage to it is recognised as corruption, not as a torn tail.

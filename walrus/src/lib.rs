@@ -86,7 +86,7 @@ pub use wal::{Entry, Record, Walrus};
 #[doc(inline)]
 pub use walrus_io::{BackendKind, SegmentFile, Storage};
 #[doc(inline)]
-pub use walrus_topic::DurableTicket;
+pub use walrus_topic::{Arrival, ConsumerInfo, DurableTicket, Retention};
 #[doc(inline)]
 pub use walrus_topic::{Poisoned, RecoveryIssue, RecoveryMode, RecoveryReport, is_poisoned};
 

@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use walrus_topic::{DurableTicket, Engine, RecoveryReport, SyncPolicy};
+use walrus_topic::{Arrival, ConsumerInfo, DurableTicket, Engine, RecoveryReport, SyncPolicy};
 
 use crate::builder::{Settings, WalrusBuilder};
 use crate::config::{FsyncSchedule, ReadConsistency};
@@ -358,6 +358,164 @@ impl Walrus {
     /// What recovery found when this instance opened its directory.
     pub fn recovery_report(&self) -> &RecoveryReport {
         self.engine.store().recovery_report()
+    }
+
+    /// [`read_next_record`](Self::read_next_record) for the named consumer `consumer` of
+    /// `topic`: each consumer has its own persistent cursor (under this instance's
+    /// [`ReadConsistency`]), created by its first consuming read or commit at the oldest entry
+    /// retained. `""` is the topic's default consumer, the cursor of [`read_next`](Self::read_next).
+    /// A block is released once every consumer of its topic has consumed it (or retention
+    /// drops it: a consumer behind continues at the oldest entry kept, its offset jumping).
+    ///
+    /// # Errors
+    /// As [`read_next`](Self::read_next); `InvalidInput` for a consumer name over 128 bytes.
+    pub fn read_next_as(
+        &self,
+        topic: &str,
+        consumer: &str,
+        consume: bool,
+    ) -> io::Result<Option<Record>> {
+        check_topic(topic)?;
+        Ok(self
+            .engine
+            .store()
+            .read_next_as(topic, consumer, consume)?
+            .map(|(offset, data)| Record { offset, data }))
+    }
+
+    /// [`read_records`](Self::read_records) for consumer `consumer` (see
+    /// [`read_next_as`](Self::read_next_as)).
+    ///
+    /// # Errors
+    /// As [`read_next_as`](Self::read_next_as).
+    pub fn read_records_as(
+        &self,
+        topic: &str,
+        consumer: &str,
+        max_bytes: usize,
+        consume: bool,
+    ) -> io::Result<Vec<Record>> {
+        check_topic(topic)?;
+        let entries = self
+            .engine
+            .store()
+            .read_batch_as(topic, consumer, max_bytes, consume)?;
+        Ok(entries
+            .into_iter()
+            .map(|(offset, data)| Record { offset, data })
+            .collect())
+    }
+
+    /// A consuming read by `consumer` that waits up to `timeout` for an entry when none is
+    /// unread: consumers need not poll. `Ok(None)` when the timeout passed.
+    ///
+    /// # Errors
+    /// As [`read_next_as`](Self::read_next_as).
+    pub fn read_next_timeout(
+        &self,
+        topic: &str,
+        consumer: &str,
+        timeout: Duration,
+    ) -> io::Result<Option<Record>> {
+        check_topic(topic)?;
+        Ok(self
+            .engine
+            .store()
+            .read_next_timeout(topic, consumer, timeout)?
+            .map(|(offset, data)| Record { offset, data }))
+    }
+
+    /// Blocks until `topic` has an entry at or after `offset` for readers (under `SyncEach`:
+    /// a durable one), or `timeout` passes; whether it has.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad topic name.
+    pub fn wait_for(&self, topic: &str, offset: u64, timeout: Duration) -> io::Result<bool> {
+        check_topic(topic)?;
+        self.engine.store().wait_for(topic, offset, timeout)
+    }
+
+    /// A future completing once `topic` has an entry at or after `offset` for readers, with
+    /// the topic's visible end. No runtime needed; `'static`, so it can be spawned; fails with
+    /// `BrokenPipe` if the instance is dropped first.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad topic name.
+    pub fn arrival(&self, topic: &str, offset: u64) -> io::Result<Arrival> {
+        check_topic(topic)?;
+        self.engine.store().arrival(topic, offset)
+    }
+
+    /// An iterator over `topic`'s entries from `from` on, for replay and event sourcing: moves
+    /// no cursor, reads ahead in batches, ends at the visible end (a later `next` continues
+    /// with what was appended since).
+    pub fn iter(&self, topic: &str, from: u64) -> impl Iterator<Item = io::Result<Record>> + '_ {
+        self.engine
+            .store()
+            .iter(topic, from)
+            .map(|e| e.map(|(offset, data)| Record { offset, data }))
+    }
+
+    /// Hands `visit` up to `max_entries` entries of `topic` from `from` on, borrowing each
+    /// payload (no copy); moves no cursor. Returns the offset to continue from.
+    ///
+    /// # Errors
+    /// `NotFound` if entries at `from` were released; `InvalidData` for a damaged entry.
+    pub fn scan(
+        &self,
+        topic: &str,
+        from: u64,
+        max_entries: usize,
+        visit: impl FnMut(u64, &[u8]),
+    ) -> io::Result<u64> {
+        check_topic(topic)?;
+        self.engine.store().scan(topic, from, max_entries, visit)
+    }
+
+    /// [`commit`](Self::commit) for consumer `consumer` (created if needed).
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit); `InvalidInput` for a bad consumer name.
+    pub fn commit_as(&self, topic: &str, consumer: &str, offset: u64) -> io::Result<()> {
+        check_topic(topic)?;
+        self.engine.store().commit_as(topic, consumer, offset)
+    }
+
+    /// The cursor of consumer `consumer` of `topic`, if both exist.
+    pub fn cursor_as(&self, topic: &str, consumer: &str) -> Option<u64> {
+        self.engine.store().cursor_as(topic, consumer)
+    }
+
+    /// The consumers of `topic` with their cursors, lag and skipped entries, sorted by name.
+    pub fn consumers(&self, topic: &str) -> Vec<ConsumerInfo> {
+        self.engine.store().consumers(topic)
+    }
+
+    /// Removes consumer `consumer` of `topic`, durably: it no longer holds back the release
+    /// of blocks. Whether it existed.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad name; an I/O error (the consumer is then kept).
+    pub fn remove_consumer(&self, topic: &str, consumer: &str) -> io::Result<bool> {
+        check_topic(topic)?;
+        self.engine.store().remove_consumer(topic, consumer)
+    }
+
+    /// Deletes `topic` with its consumers, durably once this returns, and releases its
+    /// blocks. Offsets are never reused: appending to the name again continues from the
+    /// deleted topic's end. Whether it existed.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad name; an I/O error (the topic is then unchanged).
+    pub fn delete_topic(&self, topic: &str) -> io::Result<bool> {
+        check_topic(topic)?;
+        self.engine.store().delete_topic(topic)
+    }
+
+    /// The first offset of `topic` still stored (lower ones were consumed by every consumer,
+    /// or dropped by retention).
+    pub fn first_retained_offset(&self, topic: &str) -> Option<u64> {
+        self.engine.store().first_retained_offset(topic)
     }
 }
 

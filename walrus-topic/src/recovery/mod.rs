@@ -17,6 +17,7 @@
 //! The store wires the result (plain data) into its allocator and tracker.
 
 mod rebuild;
+mod records;
 mod report;
 mod segments;
 mod walk;
@@ -37,7 +38,7 @@ use self::segments::{
 };
 use self::walk::FoundBlock;
 use crate::chain::SegmentHandle;
-use crate::cursors::{CURSOR_FILE, CursorFile, CursorStore, MARKS_FILE};
+use crate::cursors::{CURSOR_FILE, CursorFile, CursorStore, MARKS_FILE, RecordKey};
 use crate::layout::{FileKind, classify, lane_of};
 use crate::options::{RecoveryMode, StoreOptions};
 use crate::topic::TopicState;
@@ -189,11 +190,13 @@ pub(crate) fn recover(
     let mut names: Vec<String> = by_topic.keys().cloned().collect();
     // A topic whose every block is gone still has its cursor or watermark: its offsets up to
     // them must never be handed out again (and below the watermark the loss is corruption).
+    let mut records = records::group(&loaded);
     names.extend(
         loaded
             .keys()
             .chain(loaded_marks.keys())
-            .filter(|k| !by_topic.contains_key(*k))
+            .map(|k| &k.topic)
+            .filter(|t| !by_topic.contains_key(*t))
             .cloned(),
     );
     names.sort();
@@ -201,14 +204,24 @@ pub(crate) fn recover(
     for name in names {
         let mut blocks = by_topic.remove(&name).unwrap_or_default();
         blocks.sort_by_key(|(b, _)| b.header.chain_seq);
-        let plan: TopicPlan = rebuild_topic(
+        let found = records.remove(&name).unwrap_or_default();
+        let mut plan: TopicPlan = rebuild_topic(
             &name,
             blocks,
-            loaded.get(&name).copied(),
-            loaded_marks.get(&name).copied(),
+            found.consumed(),
+            loaded_marks.get(&RecordKey::consumer(&name, "")).copied(),
             mode,
             &mut report,
         )?;
+        // A deleted topic stays unlisted until appended to (no entry past its floor).
+        plan.state.hidden = found.floor.deleted
+            && plan
+                .state
+                .chain
+                .back()
+                .is_none_or(|b| b.end_offset() <= found.floor.offset);
+        plan.state.consumers = found.consumers;
+        plan.state.floor = found.floor;
         report.blocks_scanned += plan.state.chain.len();
         report.entries_scanned += plan
             .state
@@ -226,7 +239,7 @@ pub(crate) fn recover(
     for seg in segments.iter().filter(|s| s.header == HeaderState::Damaged) {
         let durable = seg.blocks.iter().any(|b| {
             loaded_marks
-                .get(&b.header.topic)
+                .get(&RecordKey::consumer(&b.header.topic, ""))
                 .is_some_and(|m| b.header.first_offset < m.offset)
         });
         let issue = RecoveryIssue {

@@ -1,35 +1,47 @@
-//! One topic: its writer (appends, batches, block roll-over), its chain of blocks, and its
-//! cursor reader (consuming reads, peeks, batch reads, commits).
+//! One topic: its writer (appends, batches, block roll-over), its chain of blocks, its
+//! consumers (consuming reads, peeks, batch reads, commits), and what releases its blocks
+//! (consumption, retention, deletion).
+//!
+//! Lock order, outermost first: writer → floor → a consumer's reader → chain → consumers map.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::{Mutex, RwLock};
 use walrus_block::{BLOCK_ALIGN, BLOCK_HEADER_LEN};
 
-use crate::chain::{Block, ReadBuf};
+use crate::chain::Block;
 use crate::progress::{MarkState, Progress};
 use crate::shared::Shared;
 
+mod consumer;
 mod read;
 mod write;
 
-/// A topic: writer, chain, reader.
+pub use consumer::ConsumerInfo;
+use consumer::{Consumer, Floor};
+pub(crate) use consumer::{ConsumerState, DEFAULT_CONSUMER, FloorState, StaleRecord};
+
+/// A topic: writer, chain, consumers.
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: Arc<str>,
     /// The allocation lane new blocks come from.
     lane: usize,
     writer: Mutex<Writer>,
-    /// Blocks not yet released by the reader, oldest first. The last one is the writer's.
+    /// Blocks not yet released, oldest first. The last one is the writer's.
     chain: RwLock<VecDeque<Arc<Block>>>,
     /// Written, durable and listed-for-sync ends, shared with the store-wide sync.
     pub(crate) progress: Arc<Progress>,
-    /// Mirror of the reader's persisted cursor, so the writer can release blocks it seals after
-    /// they were already consumed without taking the reader's lock.
-    persisted: AtomicU64,
-    reader: Mutex<Reader>,
+    /// The consumers, by name (`""`: the default consumer). Each is created on first use.
+    consumers: RwLock<BTreeMap<Arc<str>, Arc<Consumer>>>,
+    /// Entries below the floor were released by retention or deletion.
+    floor: Mutex<Floor>,
+    /// Mirror of the floor's offset, read without its lock.
+    floor_at: AtomicU64,
+    /// Not listed: deleted (and not appended to since), or only waited on.
+    hidden: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -48,21 +60,6 @@ struct Writer {
     last_len: u64,
     /// Frame headers of the append in progress (reused between appends).
     headers: Vec<u8>,
-}
-
-#[derive(Debug)]
-struct Reader {
-    /// Next offset a consuming read hands out.
-    cursor: u64,
-    /// Cursor value last written to the cursor file.
-    persisted: u64,
-    generation: u64,
-    pair: Option<u64>,
-    /// Consuming reads since the last persist.
-    unpersisted: u32,
-    /// Where the frame at `cursor` is, when known.
-    pos: Option<(Arc<Block>, u64)>,
-    buf: ReadBuf,
 }
 
 /// Length of a topic's first block: an idle topic costs this much disk.
@@ -108,9 +105,11 @@ pub(crate) struct TopicState {
     /// The topic's entries end here, before `next_offset`: the writer's next block records the
     /// gap (its `prev_end`).
     pub(crate) gap_from: Option<u64>,
-    pub(crate) cursor: u64,
-    pub(crate) generation: u64,
-    pub(crate) pair: Option<u64>,
+    /// The consumers found in the cursor file.
+    pub(crate) consumers: Vec<ConsumerState>,
+    pub(crate) floor: FloorState,
+    /// Deleted, and not appended to since.
+    pub(crate) hidden: bool,
     /// The durable watermark's record in the marks file, if any.
     pub(crate) mark: MarkState,
 }
@@ -127,6 +126,15 @@ impl Topic {
             Some((b, p)) => (Some(b), p),
             None => (None, 0),
         };
+        let consumers = state
+            .consumers
+            .into_iter()
+            .map(|c| {
+                let name: Arc<str> = Arc::from(c.name.as_str());
+                (name.clone(), Arc::new(Consumer::recovered(name, &c)))
+            })
+            .collect();
+        let floor_at = state.floor.offset;
         Self {
             progress: Arc::new(Progress::new(name.clone(), state.next_offset, state.mark)),
             name,
@@ -141,16 +149,10 @@ impl Topic {
                 headers: Vec::new(),
             }),
             chain: RwLock::new(state.chain),
-            persisted: AtomicU64::new(state.cursor),
-            reader: Mutex::new(Reader {
-                cursor: state.cursor,
-                persisted: state.cursor,
-                generation: state.generation,
-                pair: state.pair,
-                unpersisted: 0,
-                pos: None,
-                buf: ReadBuf::default(),
-            }),
+            consumers: RwLock::new(consumers),
+            floor: Mutex::new(Floor::from(state.floor)),
+            floor_at: AtomicU64::new(floor_at),
+            hidden: AtomicBool::new(state.hidden),
         }
     }
 
@@ -168,29 +170,36 @@ impl Topic {
     /// store that acknowledges at durability (`SyncEach`) that is the durable watermark, as
     /// Kafka's high watermark; otherwise every written entry.
     pub(crate) fn visible(&self, shared: &Shared) -> u64 {
-        if shared.options.visible_when_durable {
-            self.durable()
-        } else {
-            self.written_end()
-        }
-    }
-
-    /// Whether consuming reads moved the cursor past what was last persisted.
-    pub(crate) fn has_unpersisted_reads(&self) -> bool {
-        self.reader.lock().unpersisted > 0
-    }
-
-    /// The cursor: next offset a consuming read hands out.
-    pub(crate) fn cursor(&self) -> u64 {
-        self.reader.lock().cursor
+        self.progress.visible(shared.options.visible_when_durable)
     }
 
     /// First offset still retained (not released after consumption).
     pub(crate) fn first_retained(&self) -> u64 {
-        self.chain
-            .read()
+        let chain = self.chain.read();
+        self.first_retained_in(&chain)
+    }
+
+    /// First offset still retained, with the chain lock held.
+    fn first_retained_in(&self, chain: &VecDeque<Arc<Block>>) -> u64 {
+        chain
             .front()
             .map_or_else(|| self.written_end(), |b| b.first_offset)
+            .max(self.floor_at.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Whether the topic is unlisted (deleted, or only waited on).
+    pub(crate) fn is_hidden(&self) -> bool {
+        self.hidden.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Dates the sealed blocks found at open by their segment files' modification times
+    /// (`None`: unknown, they count from now).
+    pub(crate) fn date_blocks(&self, modified: &mut dyn FnMut(&Block) -> Option<u64>) {
+        for b in self.chain.read().iter().filter(|b| b.is_sealed()) {
+            if let Some(at) = modified(b) {
+                b.set_sealed_at(at);
+            }
+        }
     }
 
     /// Number of blocks in the chain (retained, not yet released).
@@ -208,9 +217,9 @@ impl TopicState {
             next_offset: 0,
             next_chain_seq: 0,
             gap_from: None,
-            cursor: 0,
-            generation: 0,
-            pair: None,
+            consumers: Vec::new(),
+            floor: FloorState::default(),
+            hidden: false,
             mark: MarkState::default(),
         }
     }

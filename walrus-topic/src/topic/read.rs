@@ -1,5 +1,5 @@
-//! The reading half of a topic: consuming reads and peeks at the cursor, batch reads,
-//! reads at an offset, cursor moves and persistence, and releasing consumed blocks.
+//! The reading half of a topic: consuming reads and peeks at a consumer's cursor, batch reads,
+//! reads at an offset and from one (iterators), and cursor moves.
 
 use std::io::{self};
 use std::sync::Arc;
@@ -7,49 +7,128 @@ use std::sync::atomic::Ordering;
 
 use walrus_block::MAX_BATCH_ENTRIES;
 
-use crate::chain::{Block, ReadBuf};
+use crate::chain::{Block, FramePos, ReadBuf};
 use crate::error::on_topic;
 use crate::shared::Shared;
 
-use super::{Reader, Topic};
+use super::Topic;
+use super::consumer::{Consumer, Reader};
 
 impl Topic {
-    /// Reads the next entry at the cursor; moves the cursor past it if `consume`.
-    pub(crate) fn read_next(
-        &self,
-        shared: &Shared,
-        consume: bool,
-    ) -> io::Result<Option<(u64, Vec<u8>)>> {
-        let mut out = Vec::with_capacity(1);
-        self.read_entries(shared, consume, 1, usize::MAX, &mut out)?;
-        Ok(out.pop())
-    }
-
     /// Reads up to `max_entries` entries (and `max_bytes` of payload, but at least one entry)
-    /// from the cursor, in commit order; moves the cursor past them if `consume`.
+    /// from the cursor of consumer `name`, in commit order; moves the cursor past them if
+    /// `consume` (creating the consumer). A peek by a consumer that does not exist reads from
+    /// the oldest entry retained.
     pub(crate) fn read_entries(
         &self,
         shared: &Shared,
+        name: &str,
         consume: bool,
         max_entries: usize,
         max_bytes: usize,
         out: &mut Vec<(u64, Vec<u8>)>,
     ) -> io::Result<()> {
-        let mut r = self.reader.lock();
-        let written_end = self.visible(shared);
-        let start_cursor = r.cursor;
-        let start_pos = r.pos.clone();
-        let mut cursor = r.cursor;
-        let mut pos = r.pos.clone();
+        let read = self.with_reader(shared, name, consume, |c, r| {
+            self.read_as(shared, c, r, consume, max_entries, max_bytes, out)
+        })?;
+        if read.is_none() {
+            let mut buf = ReadBuf::default();
+            let from = self.first_retained();
+            self.gather(
+                shared,
+                &mut buf,
+                (from, None),
+                max_entries,
+                max_bytes,
+                &mut |offset, payload| out.push((offset, payload.to_vec())),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// [`read_entries`](Self::read_entries) with the consumer's reader held.
+    #[allow(clippy::too_many_arguments)]
+    fn read_as(
+        &self,
+        shared: &Shared,
+        c: &Consumer,
+        r: &mut Reader,
+        consume: bool,
+        max_entries: usize,
+        max_bytes: usize,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> io::Result<()> {
+        let floor = self.floor();
+        let (start_cursor, start_pos) = (r.cursor, r.pos.clone());
+        let from = if r.cursor < floor {
+            // Retention released entries this consumer had not read: it continues at the
+            // oldest entry kept, and the skip is counted.
+            (floor, None)
+        } else {
+            (r.cursor, r.pos.clone())
+        };
+        let mut buf = std::mem::take(&mut r.buf);
+        let gathered = self.gather(
+            shared,
+            &mut buf,
+            from,
+            max_entries,
+            max_bytes,
+            &mut |offset, payload| out.push((offset, payload.to_vec())),
+        );
+        r.buf = buf;
+        let (cursor, pos) = gathered?;
+        if !consume || out.is_empty() {
+            return Ok(());
+        }
+        if start_cursor < floor {
+            let skipped = floor - start_cursor;
+            r.skipped += skipped;
+            tracing::warn!(topic = %self.name, consumer = %c.name, from = start_cursor,
+                to = floor, "retention released entries before this consumer read them");
+        }
+        r.cursor = cursor;
+        r.pos = pos;
+        r.unpersisted = r.unpersisted.saturating_add(out.len() as u32);
+        if r.unpersisted >= shared.options.persist_every
+            && let Err(e) = self.persist(shared, c, r)
+        {
+            // The entries were not handed out: the cursor stays where it was.
+            r.cursor = start_cursor;
+            r.pos = start_pos;
+            r.unpersisted = r.unpersisted.saturating_sub(out.len() as u32);
+            out.clear();
+            return Err(on_topic(e, &self.name, Some(start_cursor)));
+        }
+        Ok(())
+    }
+
+    /// Hands `visit` the entries from `from` (an offset, with its frame's position if known)
+    /// in commit order: at least one if any is visible, at most `max_entries`, and no more
+    /// than `max_bytes` of payload beyond the first. Returns where the next read starts.
+    pub(crate) fn gather(
+        &self,
+        shared: &Shared,
+        buf: &mut ReadBuf,
+        from: (u64, Option<FramePos>),
+        max_entries: usize,
+        max_bytes: usize,
+        visit: &mut dyn FnMut(u64, &[u8]),
+    ) -> io::Result<(u64, Option<FramePos>)> {
+        let visible = self.visible(shared);
+        let (mut cursor, mut pos) = from;
         let mut bytes = 0usize;
+        let mut count = 0usize;
         let max_entries = max_entries.min(MAX_BATCH_ENTRIES);
-        while cursor < written_end && out.len() < max_entries {
-            let (block, at, offset) = match self.locate(&mut r.buf, pos.take(), cursor)? {
+        while cursor < visible && count < max_entries {
+            let (block, at, offset) = match self.locate(buf, pos.take(), cursor)? {
                 Some(found) => found,
                 None => break,
             };
-            let (frame, payload) = r
-                .buf
+            if offset >= visible {
+                break;
+            }
+            let (frame, payload) = buf
                 .frame_at(&block, at, block.data_end())
                 .map_err(|e| on_topic(e, &self.name, Some(offset)))?;
             if frame.offset != offset {
@@ -62,13 +141,14 @@ impl Topic {
                     Some(offset),
                 ));
             }
-            if !out.is_empty() && bytes + payload.len() > max_bytes {
+            if count > 0 && bytes + payload.len() > max_bytes {
                 pos = Some((block, at));
                 cursor = offset;
                 break;
             }
             bytes += payload.len();
-            out.push((offset, payload.to_vec()));
+            count += 1;
+            visit(offset, payload);
             cursor = offset + 1;
             pos = if cursor < block.end_offset() || !block.is_sealed() {
                 Some((block, at + frame.len))
@@ -76,29 +156,24 @@ impl Topic {
                 None
             };
         }
-        if !consume || out.is_empty() {
-            return Ok(());
-        }
-        r.cursor = cursor;
-        r.pos = pos;
-        r.unpersisted = r.unpersisted.saturating_add(out.len() as u32);
-        if r.unpersisted >= shared.options.persist_every
-            && let Err(e) = self.persist(shared, &mut r)
-        {
-            // The entries were not handed out: the cursor stays where it was.
-            r.cursor = start_cursor;
-            r.pos = start_pos;
-            r.unpersisted = r.unpersisted.saturating_sub(out.len() as u32);
-            out.clear();
-            return Err(on_topic(e, &self.name, Some(start_cursor)));
-        }
-        Ok(())
+        Ok((cursor, pos))
     }
 
     /// Reads the entry at `offset` without touching the cursor.
     pub(crate) fn read_at(&self, shared: &Shared, offset: u64) -> io::Result<Option<Vec<u8>>> {
         if offset >= self.visible(shared) {
             return Ok(None);
+        }
+        if offset < self.floor() {
+            // Released by retention or deletion, even if its block is still on disk.
+            return Err(on_topic(
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "entry was released by retention or deletion",
+                ),
+                &self.name,
+                Some(offset),
+            ));
         }
         let mut buf = ReadBuf::default();
         let held = self
@@ -108,7 +183,7 @@ impl Topic {
             // Not stored. Below the persisted cursor it was consumed (its block released, or
             // its segment deleted before a crash took the blocks after it); at or above it, it
             // is in a gap (entries recovery cut or skipped).
-            if offset < self.persisted.load(Ordering::Acquire) {
+            if offset < self.released_below() {
                 return Err(on_topic(
                     io::Error::new(
                         io::ErrorKind::NotFound,
@@ -138,7 +213,7 @@ impl Topic {
     fn locate(
         &self,
         buf: &mut ReadBuf,
-        hint: Option<(Arc<Block>, u64)>,
+        hint: Option<FramePos>,
         offset: u64,
     ) -> io::Result<Option<(Arc<Block>, u64, u64)>> {
         if let Some((b, at)) = hint {
@@ -179,13 +254,12 @@ impl Topic {
         }
     }
 
-    /// Moves the cursor to `offset` and persists it.
+    /// Moves the cursor of consumer `name` (created if needed) to `offset` and persists it.
     ///
-    /// A rewind must not race with a writer releasing blocks by the persisted cursor: the
-    /// check that `offset` is still retained and the lowering of the release bound happen
-    /// under the chain lock, which every release takes.
-    pub(crate) fn commit(&self, shared: &Shared, offset: u64) -> io::Result<()> {
-        let mut r = self.reader.lock();
+    /// A rewind must not race with a release: the check that `offset` is still retained and
+    /// the lowering of the consumer's part of the release bound happen under the chain lock,
+    /// which every release takes.
+    pub(crate) fn commit(&self, shared: &Shared, name: &str, offset: u64) -> io::Result<()> {
         let visible = self.visible(shared);
         if offset > visible {
             return Err(on_topic(
@@ -197,89 +271,33 @@ impl Topic {
                 Some(offset),
             ));
         }
-        {
-            let chain = self.chain.read();
-            let retained = chain
-                .front()
-                .map_or_else(|| self.written_end(), |b| b.first_offset);
-            if offset < retained {
-                return Err(on_topic(
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("offsets below {retained} were consumed and released"),
-                    ),
-                    &self.name,
-                    Some(offset),
-                ));
-            }
-            // Nothing at or after `offset` may be released from now on.
-            self.persisted.fetch_min(offset, Ordering::AcqRel);
-        }
-        let (old, old_pos) = (r.cursor, r.pos.take());
-        r.cursor = offset;
-        if let Err(e) = self.persist(shared, &mut r) {
-            r.cursor = old;
-            r.pos = old_pos;
-            self.persisted.store(r.persisted, Ordering::Release);
-            return Err(on_topic(e, &self.name, Some(offset)));
-        }
-        Ok(())
-    }
-
-    /// Persists the cursor if it moved since the last persist.
-    pub(crate) fn persist_cursor(&self, shared: &Shared) -> io::Result<()> {
-        let mut r = self.reader.lock();
-        if r.cursor == r.persisted && r.unpersisted == 0 {
-            return Ok(());
-        }
-        self.persist(shared, &mut r)
-            .map_err(|e| on_topic(e, &self.name, None))
-    }
-
-    fn persist(&self, shared: &Shared, r: &mut Reader) -> io::Result<()> {
-        let pair = match r.pair {
-            Some(p) => p,
-            None => {
-                let p = shared.cursors.pair_for(&self.name);
-                r.pair = Some(p);
-                p
-            }
-        };
-        let generation = r.generation + 1;
-        shared.cursors.write(
-            &self.name,
-            pair,
-            generation,
-            r.cursor,
-            shared.options.sync_cursor_writes,
-        )?;
-        r.generation = generation;
-        r.persisted = r.cursor;
-        r.unpersisted = 0;
-        self.persisted.store(r.persisted, Ordering::Release);
-        self.release_consumed(shared);
-        Ok(())
-    }
-
-    /// Releases every sealed span wholly below the persisted cursor. The bound is read under
-    /// the chain lock (see [`commit`](Self::commit)).
-    pub(super) fn release_consumed(&self, shared: &Shared) {
-        let mut released = Vec::new();
-        {
-            let mut chain = self.chain.write();
-            let persisted = self.persisted.load(Ordering::Acquire);
-            while let Some(front) = chain.front() {
-                if front.is_sealed() && front.end_offset() <= persisted {
-                    if let Some(b) = chain.pop_front() {
-                        released.push(b);
-                    }
-                } else {
-                    break;
+        self.with_reader(shared, name, true, |c, r| {
+            {
+                let chain = self.chain.read();
+                let retained = self.first_retained_in(&chain);
+                if offset < retained {
+                    return Err(on_topic(
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("offsets below {retained} were consumed and released"),
+                        ),
+                        &self.name,
+                        Some(offset),
+                    ));
                 }
+                // Nothing at or after `offset` may be released from now on.
+                c.persisted.fetch_min(offset, Ordering::AcqRel);
             }
-        }
-        for b in released.iter().filter(|b| b.releases) {
-            shared.release_block(b);
-        }
+            let (old, old_pos) = (r.cursor, r.pos.take());
+            r.cursor = offset;
+            if let Err(e) = self.persist(shared, c, r) {
+                r.cursor = old;
+                r.pos = old_pos;
+                c.persisted.store(r.persisted, Ordering::Release);
+                return Err(on_topic(e, &self.name, Some(offset)));
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 }

@@ -82,6 +82,10 @@ impl Topic {
     ) -> io::Result<Range<u64>> {
         let mut w = self.writer.lock();
         shared.check_writable()?;
+        if self.is_hidden() {
+            self.revive(shared)
+                .map_err(|e| on_topic(e, &self.name, Some(w.next_offset)))?;
+        }
         let first = w.next_offset;
         let n = payloads.len() as u64;
         let mut headers = std::mem::take(&mut w.headers);
@@ -272,8 +276,11 @@ impl Topic {
         w.next_offset = first + count as u64;
         self.progress.set_written_end(w.next_offset);
         if !plan.new_blocks.is_empty() {
-            // A block sealed just now may already be wholly consumed.
+            // A block sealed just now may already be wholly consumed, or beyond retention.
             self.release_consumed(shared);
+            if let Err(e) = self.apply_retention(shared, std::time::SystemTime::now()) {
+                tracing::warn!(topic = %self.name, error = %e, "retention not applied");
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use crate::chain::{Block, SegmentHandle, Span};
 use crate::cursors::LoadedCursor;
 use crate::options::RecoveryMode;
 use crate::progress::MarkState;
-use crate::topic::TopicState;
+use crate::topic::{FloorState, TopicState};
 
 /// What recovery decided for one topic.
 pub(super) struct TopicPlan {
@@ -94,16 +94,26 @@ struct Rebuild<'a> {
     report: &'a mut RecoveryReport,
 }
 
+/// What the cursor file says a topic's consumers have consumed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Consumed {
+    /// Every entry below this is consumed by every consumer, or below the floor.
+    pub(super) bound: u64,
+    /// The highest cursor or floor of any consumer: offsets below it are never handed out
+    /// again.
+    pub(super) highest: u64,
+}
+
 /// Rebuilds `topic` from its blocks (sorted by chain position).
 pub(super) fn rebuild_topic(
     topic: &str,
     blocks: Vec<(FoundBlock, Arc<SegmentHandle>)>,
-    stored: Option<LoadedCursor>,
+    consumed: Consumed,
     mark: Option<LoadedCursor>,
     mode: RecoveryMode,
     report: &mut RecoveryReport,
 ) -> io::Result<TopicPlan> {
-    let stored_cursor = stored.map_or(0, |c| c.offset);
+    let stored_cursor = consumed.bound;
     let next_chain_seq = blocks.last().map_or(0, |(b, _)| b.header.chain_seq + 1);
     let mut fates = Vec::new();
     let mut erases = Vec::new();
@@ -226,9 +236,13 @@ pub(super) fn rebuild_topic(
         highest = highest.max(hidden_end(&b, &handle)?);
         fates.push(((b.header.segment_id, b.start), Fate::Kept));
     }
-    let next_offset = end.max(stored_cursor).max(r.mark).max(highest);
+    let next_offset = end
+        .max(stored_cursor)
+        .max(consumed.highest)
+        .max(r.mark)
+        .max(highest);
     let cursor = stored_cursor.max(floor);
-    if cursor > end {
+    if cursor.max(consumed.highest) > end {
         r.report.issues.push(RecoveryIssue {
             topic: topic.to_owned(),
             offset: end,
@@ -310,9 +324,9 @@ pub(super) fn rebuild_topic(
             next_offset,
             next_chain_seq,
             gap_from,
-            cursor,
-            generation: stored.map_or(0, |c| c.generation),
-            pair: stored.map(|c| c.pair),
+            consumers: Vec::new(),
+            floor: FloorState::default(),
+            hidden: false,
             mark: MarkState {
                 pair: mark.map(|m| m.pair),
                 generation: mark.map_or(0, |m| m.generation),

@@ -1,4 +1,6 @@
 //! The store: one data directory, its topics, segment files, allocator and cursor file.
+//! Opening, appending, syncing and maintenance are here; reading, consumers, waiting and
+//! deletion in [`read`].
 
 use std::collections::HashMap;
 use std::io;
@@ -20,6 +22,10 @@ use crate::options::StoreOptions;
 use crate::recovery::{self, Recovered, RecoveryReport};
 use crate::shared::{Files, Shared, segment_preparer};
 use crate::topic::{Topic, TopicState};
+
+mod read;
+
+pub use read::{Arrival, Entries};
 
 /// An open data directory: the topics, their segment files and cursors.
 ///
@@ -132,7 +138,7 @@ impl Store {
         for segment in deletable {
             shared.delete_segment(segment);
         }
-        let topics = recovered
+        let topics: HashMap<Arc<str>, Arc<Topic>> = recovered
             .topics
             .into_iter()
             .map(|(name, state)| {
@@ -140,6 +146,24 @@ impl Store {
                 (name.clone(), Arc::new(Topic::new(name, state, lane)))
             })
             .collect();
+        let mut modified: HashMap<u64, Option<u64>> = HashMap::new();
+        for t in topics.values() {
+            // A deleted topic appended to before the crash: its stale consumer records are
+            // marked now, before it gets new consumers.
+            if !t.is_hidden() {
+                t.revive(&shared)?;
+            }
+            if real_fs(&*shared.storage) {
+                t.date_blocks(&mut |b| {
+                    *modified.entry(b.segment).or_insert_with(|| {
+                        std::fs::metadata(b.handle.file.path())
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .map(crate::chain::unix_millis)
+                    })
+                });
+            }
+        }
         Ok(Self {
             shared,
             topics: RwLock::new(topics),
@@ -150,26 +174,36 @@ impl Store {
 
     /// Lists a topic whose consuming reads were not all persisted (`AtLeastOnce`), for the
     /// background maintenance to persist.
-    fn note_reads(&self, t: &Arc<Topic>, consume: bool) {
+    pub(crate) fn note_reads(&self, t: &Arc<Topic>, consume: bool) {
         if consume && self.shared.options.persist_every > 1 && t.has_unpersisted_reads() {
             self.shared.note_cursor(&t.name);
         }
     }
 
+    /// The listed topic `name` (not deleted, not only waited on).
     fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().get(name).cloned()
+        self.topics
+            .read()
+            .get(name)
+            .filter(|t| !t.is_hidden())
+            .cloned()
     }
 
-    fn topic_or_create(&self, name: &str) -> io::Result<Arc<Topic>> {
-        if let Some(t) = self.topic(name) {
-            return Ok(t);
+    /// The topic `name`, created (unlisted if `hidden`) if it is not known. An append to an
+    /// unlisted topic lists it.
+    fn topic_or_create(&self, name: &str, hidden: bool) -> io::Result<Arc<Topic>> {
+        if let Some(t) = self.topics.read().get(name) {
+            return Ok(t.clone());
         }
         validate_topic_name(name).map_err(io::Error::from)?;
         let mut topics = self.topics.write();
         let t = topics.entry(Arc::from(name)).or_insert_with_key(|k| {
             Arc::new(Topic::new(
                 k.clone(),
-                TopicState::empty(),
+                TopicState {
+                    hidden,
+                    ..TopicState::empty()
+                },
                 self.shared.pick_lane(),
             ))
         });
@@ -183,7 +217,7 @@ impl Store {
     /// leaves the topic exactly as before.
     pub fn append(&self, topic: &str, payload: &[u8]) -> io::Result<u64> {
         check_entry(topic, payload)?;
-        let t = self.topic_or_create(topic)?;
+        let t = self.topic_or_create(topic, false)?;
         let offset = t.append(&self.shared, &[payload], false)?.start;
         self.shared.note_append(&t.progress);
         Ok(offset)
@@ -215,88 +249,10 @@ impl Store {
         for p in payloads {
             check_entry(topic, p)?;
         }
-        let t = self.topic_or_create(topic)?;
+        let t = self.topic_or_create(topic, false)?;
         let range = t.append(&self.shared, payloads, true)?;
         self.shared.note_append(&t.progress);
         Ok(range)
-    }
-
-    /// Reads the entry at `topic`'s cursor; with `consume`, moves the cursor past it.
-    /// `Ok(None)` when the topic has nothing unread (or does not exist).
-    ///
-    /// # Errors
-    /// `InvalidData` naming topic and offset if the entry fails validation (it is never
-    /// returned); an I/O error, after which the cursor is where it was.
-    pub fn read_next(&self, topic: &str, consume: bool) -> io::Result<Option<(u64, Vec<u8>)>> {
-        match self.topic(topic) {
-            Some(t) => {
-                let read = t.read_next(&self.shared, consume);
-                self.note_reads(&t, consume);
-                read
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Reads entries from `topic`'s cursor in commit order: at least one if any is unread, at
-    /// most [`MAX_BATCH_ENTRIES`], and no more than `max_bytes` of payload beyond the first.
-    /// With `consume`, moves the cursor past them.
-    ///
-    /// # Errors
-    /// As [`read_next`](Self::read_next).
-    pub fn read_batch(
-        &self,
-        topic: &str,
-        max_bytes: usize,
-        consume: bool,
-    ) -> io::Result<Vec<(u64, Vec<u8>)>> {
-        let mut out = Vec::new();
-        if let Some(t) = self.topic(topic) {
-            let read = t.read_entries(
-                &self.shared,
-                consume,
-                MAX_BATCH_ENTRIES,
-                max_bytes,
-                &mut out,
-            );
-            self.note_reads(&t, consume);
-            read?;
-        }
-        Ok(out)
-    }
-
-    /// Reads the entry at `offset` of `topic` without moving any cursor. `Ok(None)` if it has not
-    /// been written (or falls in a gap left by skipped corruption).
-    ///
-    /// # Errors
-    /// `NotFound` if the entry was consumed and its space released; `InvalidData` if it fails
-    /// validation.
-    pub fn read_at(&self, topic: &str, offset: u64) -> io::Result<Option<Vec<u8>>> {
-        match self.topic(topic) {
-            Some(t) => t.read_at(&self.shared, offset),
-            None => Ok(None),
-        }
-    }
-
-    /// Moves `topic`'s cursor to `offset` (forwards or backwards within retained entries) and
-    /// persists it.
-    ///
-    /// # Errors
-    /// `InvalidInput` past the end of the topic or below the retained entries; `NotFound` for an
-    /// unknown topic; an I/O error writing the cursor.
-    pub fn commit(&self, topic: &str, offset: u64) -> io::Result<()> {
-        let t = self.topic(topic).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("topic {topic:?} does not exist"),
-            )
-        })?;
-        t.commit(&self.shared, offset)
-    }
-
-    /// `topic`'s cursor: the offset the next consuming read returns.
-    pub fn cursor(&self, topic: &str) -> Option<u64> {
-        self.topic(topic).map(|t| t.cursor())
     }
 
     /// One past `topic`'s last entry: the offset its next append gets.
@@ -315,14 +271,20 @@ impl Store {
         self.topic(topic).map(|t| t.first_retained())
     }
 
-    /// Names of every topic, sorted.
+    /// Names of every topic, sorted (deleted topics are not listed).
     pub fn topics(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.topics.read().keys().map(|k| k.to_string()).collect();
+        let mut names: Vec<String> = self
+            .topics
+            .read()
+            .iter()
+            .filter(|(_, t)| !t.is_hidden())
+            .map(|(k, _)| k.to_string())
+            .collect();
         names.sort();
         names
     }
 
-    /// Writes every cursor that moved since it was last persisted.
+    /// Writes every cursor (of every consumer) that moved since it was last persisted.
     ///
     /// # Errors
     /// The first I/O error; the other topics are still attempted.
@@ -330,7 +292,7 @@ impl Store {
         let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
         let mut first_err = None;
         for t in topics {
-            if let Err(e) = t.persist_cursor(&self.shared) {
+            if let Err(e) = t.persist_cursors(&self.shared) {
                 first_err.get_or_insert(e);
             }
         }
@@ -361,11 +323,12 @@ impl Store {
         for name in pending {
             if seen.insert(name.clone())
                 && let Some(t) = self.topic(&name)
-                && let Err(e) = t.persist_cursor(&self.shared)
+                && let Err(e) = t.persist_cursors(&self.shared)
             {
                 tracing::warn!(topic = %t.name, error = %e, "could not persist a cursor");
             }
         }
+        self.apply_retention();
         // The persisted watermarks follow the syncs from here (see `Shared::sync`), also when
         // appends stop.
         if self.shared.options.marks_in_background()
@@ -406,6 +369,13 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // Futures waiting for entries end with an error instead of waiting forever.
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.topics.read().values() {
+            t.progress.arrivals.notify();
+        }
         if let Err(e) = self
             .persist_cursors()
             .and_then(|()| self.shared.cursors.sync())
@@ -460,6 +430,11 @@ fn check_dir(dir: &Path) -> io::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Whether `storage` is a real file system (the simulated one has no modification times).
+fn real_fs(storage: &dyn Storage) -> bool {
+    storage.kind() != BackendKind::Sim
 }
 
 fn check_entry(topic: &str, payload: &[u8]) -> io::Result<()> {

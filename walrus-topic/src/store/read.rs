@@ -1,0 +1,453 @@
+//! Reading a store: consuming reads and peeks by the default or a named consumer, reads at and
+//! from an offset (iterators), waiting for entries (blocking, or a future), the consumers'
+//! state, and removing consumers and topics.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use walrus_block::{MAX_BATCH_ENTRIES, validate_consumer_name};
+
+use super::Store;
+use crate::arrival::Registration;
+use crate::chain::{FramePos, ReadBuf};
+use crate::error::{invalid_input, on_topic};
+use crate::progress::Progress;
+use crate::shared::Shared;
+use crate::topic::{ConsumerInfo, DEFAULT_CONSUMER, Topic};
+
+/// Entries an [`Entries`] iterator reads ahead at a time.
+const ITER_BATCH: usize = 256;
+
+impl Store {
+    /// Reads the entry at `topic`'s cursor (its default consumer's); with `consume`, moves the
+    /// cursor past it. `Ok(None)` when the topic has nothing unread (or does not exist).
+    ///
+    /// # Errors
+    /// `InvalidData` naming topic and offset if the entry fails validation (it is never
+    /// returned); an I/O error, after which the cursor is where it was.
+    pub fn read_next(&self, topic: &str, consume: bool) -> io::Result<Option<(u64, Vec<u8>)>> {
+        self.read_next_as(topic, DEFAULT_CONSUMER, consume)
+    }
+
+    /// [`read_next`](Self::read_next) for consumer `consumer` of `topic` (`""`: the default
+    /// consumer). A consuming read creates the consumer on first use, at the oldest entry
+    /// retained. If retention released entries the consumer had not read, it continues at the
+    /// oldest entry kept: the returned offset jumps, and [`consumers`](Self::consumers)
+    /// counts the skipped entries.
+    ///
+    /// # Errors
+    /// As [`read_next`](Self::read_next); `InvalidInput` for a consumer name over
+    /// [`MAX_CONSUMER_NAME_LEN`](walrus_block::MAX_CONSUMER_NAME_LEN) bytes.
+    pub fn read_next_as(
+        &self,
+        topic: &str,
+        consumer: &str,
+        consume: bool,
+    ) -> io::Result<Option<(u64, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(1);
+        self.read_into(topic, consumer, consume, 1, usize::MAX, &mut out)?;
+        Ok(out.pop())
+    }
+
+    /// Reads entries from `topic`'s cursor in commit order: at least one if any is unread, at
+    /// most [`MAX_BATCH_ENTRIES`], and no more than `max_bytes` of payload beyond the first.
+    /// With `consume`, moves the cursor past them.
+    ///
+    /// # Errors
+    /// As [`read_next`](Self::read_next).
+    pub fn read_batch(
+        &self,
+        topic: &str,
+        max_bytes: usize,
+        consume: bool,
+    ) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        self.read_batch_as(topic, DEFAULT_CONSUMER, max_bytes, consume)
+    }
+
+    /// [`read_batch`](Self::read_batch) for consumer `consumer` (see
+    /// [`read_next_as`](Self::read_next_as)).
+    ///
+    /// # Errors
+    /// As [`read_next_as`](Self::read_next_as).
+    pub fn read_batch_as(
+        &self,
+        topic: &str,
+        consumer: &str,
+        max_bytes: usize,
+        consume: bool,
+    ) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.read_into(
+            topic,
+            consumer,
+            consume,
+            MAX_BATCH_ENTRIES,
+            max_bytes,
+            &mut out,
+        )?;
+        Ok(out)
+    }
+
+    fn read_into(
+        &self,
+        topic: &str,
+        consumer: &str,
+        consume: bool,
+        max_entries: usize,
+        max_bytes: usize,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> io::Result<()> {
+        check_consumer(topic, consumer)?;
+        if let Some(t) = self.topic(topic) {
+            let read = t.read_entries(&self.shared, consumer, consume, max_entries, max_bytes, out);
+            self.note_reads(&t, consume);
+            read?;
+        }
+        Ok(())
+    }
+
+    /// Like [`read_next_as`](Self::read_next_as) with `consume`, but waits up to `timeout` for
+    /// an entry when none is unread. `Ok(None)` once the timeout passed with nothing new.
+    ///
+    /// # Errors
+    /// As [`read_next_as`](Self::read_next_as).
+    pub fn read_next_timeout(
+        &self,
+        topic: &str,
+        consumer: &str,
+        timeout: Duration,
+    ) -> io::Result<Option<(u64, Vec<u8>)>> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if let Some(entry) = self.read_next_as(topic, consumer, true)? {
+                return Ok(Some(entry));
+            }
+            let t = self.topic_or_create(topic, true)?;
+            let from = t
+                .cursor(consumer)
+                .unwrap_or_else(|| t.first_retained())
+                .max(t.floor());
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => timeout,
+            };
+            if left.is_zero() || !self.wait_on(&t, from, left) {
+                return self.read_next_as(topic, consumer, true);
+            }
+        }
+    }
+
+    /// Blocks until `topic` has an entry at or after `offset` for readers (see
+    /// [`StoreOptions::with_visible_when_durable`](crate::StoreOptions::with_visible_when_durable)),
+    /// or `timeout` passes; whether it has. The topic need not exist yet.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad topic name.
+    pub fn wait_for(&self, topic: &str, offset: u64, timeout: Duration) -> io::Result<bool> {
+        let t = self.topic_or_create(topic, true)?;
+        Ok(self.wait_on(&t, offset, timeout))
+    }
+
+    fn wait_on(&self, t: &Topic, offset: u64, timeout: Duration) -> bool {
+        t.progress
+            .arrivals
+            .wait(Some(timeout), || t.visible(&self.shared) > offset)
+    }
+
+    /// A future that completes once `topic` has an entry at or after `offset` for readers,
+    /// with the topic's visible end. It needs no runtime (the writer wakes it) and is
+    /// `'static`, so it can be spawned; combine it with your runtime's timeout. The topic need
+    /// not exist yet.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad topic name. The future fails with `BrokenPipe` if the store is
+    /// dropped first.
+    pub fn arrival(&self, topic: &str, offset: u64) -> io::Result<Arrival> {
+        let t = self.topic_or_create(topic, true)?;
+        let registration = t.progress.arrivals.register();
+        Ok(Arrival {
+            progress: t.progress.clone(),
+            shared: self.shared.clone(),
+            offset,
+            registration,
+        })
+    }
+
+    /// Reads the entry at `offset` of `topic` without moving any cursor. `Ok(None)` if it has not
+    /// been written (or falls in a gap left by skipped corruption).
+    ///
+    /// # Errors
+    /// `NotFound` if the entry was consumed (or removed by retention) and its space released;
+    /// `InvalidData` if it fails validation.
+    pub fn read_at(&self, topic: &str, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        match self.topic(topic) {
+            Some(t) => t.read_at(&self.shared, offset),
+            None => Ok(None),
+        }
+    }
+
+    /// Hands `visit` the entries of `topic` from `from` on, in commit order, borrowing each
+    /// payload from the read buffer (no copy): at most `max_entries` (and
+    /// [`MAX_BATCH_ENTRIES`]), stopping at the visible end. Moves no cursor. Returns the
+    /// offset to continue from.
+    ///
+    /// # Errors
+    /// `NotFound` if entries at `from` were released; `InvalidData` naming topic and offset
+    /// for an entry that fails validation (entries before it were visited).
+    pub fn scan(
+        &self,
+        topic: &str,
+        from: u64,
+        max_entries: usize,
+        mut visit: impl FnMut(u64, &[u8]),
+    ) -> io::Result<u64> {
+        let Some(t) = self.topic(topic) else {
+            return Ok(from);
+        };
+        check_retained(&t, from)?;
+        let mut buf = ReadBuf::default();
+        let (next, _) = t.gather(
+            &self.shared,
+            &mut buf,
+            (from, None),
+            max_entries,
+            usize::MAX,
+            &mut visit,
+        )?;
+        Ok(next)
+    }
+
+    /// An iterator over the entries of `topic` from `from` on, as `(offset, payload)`, for
+    /// replay: it moves no cursor, reads ahead in batches, and returns `None` at the visible
+    /// end (a later `next` continues with entries appended since).
+    pub fn iter(&self, topic: &str, from: u64) -> Entries<'_> {
+        Entries {
+            store: self,
+            topic: topic.to_owned(),
+            next: from,
+            pos: None,
+            buf: ReadBuf::default(),
+            ahead: VecDeque::new(),
+            failed: false,
+        }
+    }
+
+    /// Moves `topic`'s cursor to `offset` (forwards or backwards within retained entries) and
+    /// persists it.
+    ///
+    /// # Errors
+    /// `InvalidInput` past the end of the topic or below the retained entries; `NotFound` for an
+    /// unknown topic; an I/O error writing the cursor.
+    pub fn commit(&self, topic: &str, offset: u64) -> io::Result<()> {
+        self.commit_as(topic, DEFAULT_CONSUMER, offset)
+    }
+
+    /// [`commit`](Self::commit) for consumer `consumer` (created if needed).
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit); `InvalidInput` for a bad consumer name.
+    pub fn commit_as(&self, topic: &str, consumer: &str, offset: u64) -> io::Result<()> {
+        check_consumer(topic, consumer)?;
+        self.existing(topic)?.commit(&self.shared, consumer, offset)
+    }
+
+    /// `topic`'s cursor: the offset the next consuming read returns.
+    pub fn cursor(&self, topic: &str) -> Option<u64> {
+        self.cursor_as(topic, DEFAULT_CONSUMER)
+    }
+
+    /// The cursor of consumer `consumer` of `topic`; `None` if either does not exist (the
+    /// default consumer of an existing topic always has one).
+    pub fn cursor_as(&self, topic: &str, consumer: &str) -> Option<u64> {
+        self.topic(topic).and_then(|t| t.cursor(consumer))
+    }
+
+    /// The consumers of `topic` (created by a consuming read or a commit), sorted by name,
+    /// with their cursors and lag. Empty for an unknown topic.
+    pub fn consumers(&self, topic: &str) -> Vec<ConsumerInfo> {
+        self.topic(topic)
+            .map(|t| t.consumer_infos(&self.shared))
+            .unwrap_or_default()
+    }
+
+    /// Removes consumer `consumer` of `topic` (`""`: the default consumer): its cursor is
+    /// forgotten, durably, and it no longer holds back the release of blocks. Whether it
+    /// existed. Using the name again creates a new consumer at the oldest entry retained.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad consumer name; an I/O error writing or syncing the cursor file
+    /// (the consumer is then kept).
+    pub fn remove_consumer(&self, topic: &str, consumer: &str) -> io::Result<bool> {
+        check_consumer(topic, consumer)?;
+        match self.topic(topic) {
+            Some(t) => t.remove_consumer(&self.shared, consumer),
+            None => Ok(false),
+        }
+    }
+
+    /// Deletes `topic`: its entries and consumers are gone (durably, once this returns) and
+    /// its blocks released; it is no longer listed. Whether it existed.
+    ///
+    /// Offsets are never reused: appending to the name again continues from the deleted
+    /// topic's end offset, so a reader holding an old offset can never confuse the two.
+    ///
+    /// # Errors
+    /// An I/O error writing or syncing the cursor file; the topic is then unchanged.
+    pub fn delete_topic(&self, topic: &str) -> io::Result<bool> {
+        match self.topic(topic) {
+            Some(t) => t.delete(&self.shared).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Applies every topic's retention now (also done by [`maintain`](Self::maintain) and when
+    /// a topic seals a block).
+    pub(crate) fn apply_retention(&self) {
+        let now = SystemTime::now();
+        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        for t in topics {
+            if let Err(e) = t.apply_retention(&self.shared, now) {
+                tracing::warn!(topic = %t.name, error = %e, "retention not applied");
+            }
+        }
+    }
+
+    fn existing(&self, topic: &str) -> io::Result<Arc<Topic>> {
+        self.topic(topic).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("topic {topic:?} does not exist"),
+            )
+        })
+    }
+}
+
+fn check_consumer(topic: &str, consumer: &str) -> io::Result<()> {
+    if consumer.is_empty() {
+        return Ok(());
+    }
+    validate_consumer_name(consumer).map_err(|e| invalid_input(format!("topic {topic:?}: {e}")))
+}
+
+fn check_retained(t: &Topic, from: u64) -> io::Result<()> {
+    let first = t.first_retained();
+    if from < first {
+        return Err(on_topic(
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("entries below {first} were consumed or removed by retention"),
+            ),
+            &t.name,
+            Some(from),
+        ));
+    }
+    Ok(())
+}
+
+/// The future of [`Store::arrival`].
+#[derive(Debug)]
+#[must_use = "a future does nothing unless polled"]
+pub struct Arrival {
+    progress: Arc<Progress>,
+    shared: Arc<Shared>,
+    offset: u64,
+    registration: Registration,
+}
+
+impl Future for Arrival {
+    type Output = io::Result<u64>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let when_durable = this.shared.options.visible_when_durable;
+        let (progress, shared, offset) = (&this.progress, &this.shared, this.offset);
+        let ready =
+            || progress.visible(when_durable) > offset || shared.closed.load(Ordering::SeqCst);
+        match progress.arrivals.poll(&mut this.registration, cx, ready) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                let end = progress.visible(when_durable);
+                Poll::Ready(if end > offset {
+                    Ok(end)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        format!(
+                            "topic {:?}: the store was closed before offset {offset} arrived",
+                            progress.name
+                        ),
+                    ))
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.progress.arrivals.unregister(&mut self.registration);
+    }
+}
+
+/// The iterator of [`Store::iter`].
+#[derive(Debug)]
+pub struct Entries<'a> {
+    store: &'a Store,
+    topic: String,
+    next: u64,
+    pos: Option<FramePos>,
+    buf: ReadBuf,
+    ahead: VecDeque<(u64, Vec<u8>)>,
+    failed: bool,
+}
+
+impl Entries<'_> {
+    /// The offset the iterator continues from.
+    pub fn position(&self) -> u64 {
+        self.ahead.front().map_or(self.next, |(o, _)| *o)
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        let Some(t) = self.store.topic(&self.topic) else {
+            return Ok(());
+        };
+        if self.pos.is_none() {
+            check_retained(&t, self.next)?;
+        }
+        let ahead = &mut self.ahead;
+        let (next, pos) = t.gather(
+            &self.store.shared,
+            &mut self.buf,
+            (self.next, self.pos.take()),
+            ITER_BATCH,
+            usize::MAX,
+            &mut |offset, payload| ahead.push_back((offset, payload.to_vec())),
+        )?;
+        self.next = next;
+        self.pos = pos;
+        Ok(())
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = io::Result<(u64, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.ahead.is_empty()
+            && let Err(e) = self.fill()
+        {
+            self.failed = true;
+            return Some(Err(e));
+        }
+        self.ahead.pop_front().map(Ok)
+    }
+}

@@ -1,0 +1,546 @@
+//! A topic's consumers and floor, and what releases its blocks.
+//!
+//! Each consumer has its own cursor, persisted in its own record of the cursor file; the
+//! default consumer (`""`) is the seed API's cursor. A consumer exists from its first consuming
+//! read or commit (its record is written then, so a crash cannot forget it) and starts at the
+//! oldest entry retained. The floor is the topic's own record: entries below it were released
+//! by retention or deletion, whatever the consumers read.
+//!
+//! A block is released once it is sealed and wholly below the *release bound*:
+//! `max(floor, min over consumers of the persisted cursor)`, or the floor alone while the topic
+//! has no consumer. The bound is read under the chain's write lock; everything that lowers a
+//! consumer's persisted cursor (a rewind) or adds a consumer does so under the chain's read
+//! lock, so a release never frees what someone is about to read.
+//!
+//! Deletion writes the floor at the topic's end with the deleted flag (the crash-atomic point:
+//! recovery then ignores every consumer record of the topic), then marks each consumer's record
+//! removed. The topic stays known, unlisted, so that its offsets are never handed out again: an
+//! append to the name continues from the deleted topic's end, after marking any consumer record
+//! still unmarked and clearing the flag.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use walrus_block::{CursorKind, CursorRecord};
+
+use crate::chain::{Block, FramePos, ReadBuf, unix_millis};
+use crate::cursors::RecordKey;
+use crate::error::on_topic;
+use crate::shared::Shared;
+
+use super::Topic;
+
+/// The name of a topic's default consumer: the seed API's cursor.
+pub(crate) const DEFAULT_CONSUMER: &str = "";
+
+/// A consumer as recovery found it.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerState {
+    pub(crate) name: String,
+    pub(crate) cursor: u64,
+    pub(crate) generation: u64,
+    pub(crate) pair: u64,
+}
+
+/// A consumer record that must be marked removed before the topic is used again (its topic was
+/// deleted).
+#[derive(Debug, Clone)]
+pub(crate) struct StaleRecord {
+    pub(crate) name: String,
+    pub(crate) pair: u64,
+    pub(crate) generation: u64,
+}
+
+/// The floor record's state.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FloorState {
+    pub(crate) offset: u64,
+    pub(crate) generation: u64,
+    pub(crate) pair: Option<u64>,
+    /// The topic was deleted and not appended to since.
+    pub(crate) deleted: bool,
+    /// Consumer records of the deleted topic not yet marked removed.
+    pub(crate) stale: Vec<StaleRecord>,
+}
+
+pub(super) type Floor = FloorState;
+
+/// One consumer of a topic.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    pub(super) name: Arc<str>,
+    /// Mirror of the persisted cursor: the release bound reads it without the reader's lock.
+    pub(super) persisted: AtomicU64,
+    pub(super) reader: Mutex<Reader>,
+}
+
+#[derive(Debug)]
+pub(super) struct Reader {
+    /// Next offset a consuming read hands out.
+    pub(super) cursor: u64,
+    /// Cursor value last written to the cursor file.
+    pub(super) persisted: u64,
+    pub(super) generation: u64,
+    pub(super) pair: Option<u64>,
+    /// Consuming reads since the last persist.
+    pub(super) unpersisted: u32,
+    /// Where the frame at `cursor` is, when known.
+    pub(super) pos: Option<FramePos>,
+    pub(super) buf: ReadBuf,
+    /// Removed (or its topic deleted): look the consumer up again.
+    pub(super) removed: bool,
+    /// Entries released by retention before this consumer read them, since the store opened.
+    pub(super) skipped: u64,
+}
+
+/// What [`Store::consumers`](crate::Store::consumers) reports of one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// The consumer's name (`""`: the topic's default consumer, the seed API's cursor).
+    pub name: String,
+    /// The next offset its consuming read returns.
+    pub cursor: u64,
+    /// The cursor as last persisted: after a crash, reading resumes here (or later).
+    pub persisted: u64,
+    /// Entries between the cursor and the topic's visible end.
+    pub lag: u64,
+    /// Entries released by retention before the consumer read them, since the store opened
+    /// (the consumer continued at the oldest entry kept).
+    pub skipped: u64,
+}
+
+impl Consumer {
+    fn new(name: Arc<str>, cursor: u64, generation: u64, pair: Option<u64>) -> Self {
+        Self {
+            name,
+            persisted: AtomicU64::new(cursor),
+            reader: Mutex::new(Reader {
+                cursor,
+                persisted: cursor,
+                generation,
+                pair,
+                unpersisted: 0,
+                pos: None,
+                buf: ReadBuf::default(),
+                removed: false,
+                skipped: 0,
+            }),
+        }
+    }
+
+    pub(super) fn recovered(name: Arc<str>, state: &ConsumerState) -> Self {
+        Self::new(name, state.cursor, state.generation, Some(state.pair))
+    }
+}
+
+/// How many times an operation looks a consumer up again after finding it removed under it.
+const LOOKUPS: usize = 8;
+
+impl Topic {
+    /// The consumer `name`, if it exists.
+    fn consumer(&self, name: &str) -> Option<Arc<Consumer>> {
+        self.consumers.read().get(name).cloned()
+    }
+
+    /// Runs `f` with the reader of consumer `name`, creating the consumer if `create` (else
+    /// `Ok(None)` when it does not exist).
+    pub(super) fn with_reader<R>(
+        &self,
+        shared: &Shared,
+        name: &str,
+        create: bool,
+        mut f: impl FnMut(&Consumer, &mut Reader) -> io::Result<R>,
+    ) -> io::Result<Option<R>> {
+        for _ in 0..LOOKUPS {
+            let c = match self.consumer(name) {
+                Some(c) => c,
+                None if create => match self.create_consumer(shared, name)? {
+                    Some(c) => c,
+                    None => continue,
+                },
+                None => return Ok(None),
+            };
+            let mut r = c.reader.lock();
+            if r.removed {
+                continue;
+            }
+            return f(&c, &mut r).map(Some);
+        }
+        Err(on_topic(
+            io::Error::new(
+                io::ErrorKind::Interrupted,
+                format!("consumer {name:?} was removed and re-created {LOOKUPS} times meanwhile"),
+            ),
+            &self.name,
+            None,
+        ))
+    }
+
+    /// Creates consumer `name` at the oldest retained entry and persists its record. `None` if
+    /// another thread created it meanwhile.
+    fn create_consumer(&self, shared: &Shared, name: &str) -> io::Result<Option<Arc<Consumer>>> {
+        let c = Arc::new(Consumer::new(Arc::from(name), 0, 0, None));
+        let mut r = c.reader.lock();
+        {
+            let chain = self.chain.read();
+            let mut map = self.consumers.write();
+            if map.contains_key(name) {
+                return Ok(None);
+            }
+            if self.is_hidden() {
+                return Err(on_topic(
+                    io::Error::new(io::ErrorKind::NotFound, "topic does not exist"),
+                    &self.name,
+                    None,
+                ));
+            }
+            // Under the chain lock: nothing from here on is released before the consumer
+            // counts in the release bound.
+            let start = self.first_retained_in(&chain);
+            r.cursor = start;
+            r.persisted = start;
+            c.persisted.store(start, Ordering::Release);
+            map.insert(c.name.clone(), c.clone());
+        }
+        if let Err(e) = self.persist(shared, &c, &mut r) {
+            r.removed = true;
+            let mut map = self.consumers.write();
+            if map.get(name).is_some_and(|m| Arc::ptr_eq(m, &c)) {
+                map.remove(name);
+            }
+            return Err(on_topic(e, &self.name, None));
+        }
+        drop(r);
+        Ok(Some(c))
+    }
+
+    /// Writes the cursor of `c` and releases what it consumed.
+    pub(super) fn persist(&self, shared: &Shared, c: &Consumer, r: &mut Reader) -> io::Result<()> {
+        let pair = match r.pair {
+            Some(p) => p,
+            None => {
+                let (p, last) = shared
+                    .cursors
+                    .pair_for(&RecordKey::consumer(&self.name, &c.name));
+                r.pair = Some(p);
+                r.generation = r.generation.max(last);
+                p
+            }
+        };
+        let record = CursorRecord {
+            consumer: c.name.to_string(),
+            ..CursorRecord::new(&*self.name, r.generation + 1, r.cursor)
+        };
+        shared
+            .cursors
+            .write(&record, pair, shared.options.sync_cursor_writes)?;
+        r.generation += 1;
+        r.persisted = r.cursor;
+        r.unpersisted = 0;
+        c.persisted.store(r.persisted, Ordering::Release);
+        self.release_consumed(shared);
+        Ok(())
+    }
+
+    /// Persists every consumer's cursor that moved since its last persist.
+    pub(crate) fn persist_cursors(&self, shared: &Shared) -> io::Result<()> {
+        let all: Vec<Arc<Consumer>> = self.consumers.read().values().cloned().collect();
+        let mut first_err = None;
+        for c in all {
+            let mut r = c.reader.lock();
+            if r.removed || (r.cursor == r.persisted && r.unpersisted == 0) {
+                continue;
+            }
+            if let Err(e) = self.persist(shared, &c, &mut r) {
+                first_err.get_or_insert(on_topic(e, &self.name, None));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Whether consuming reads moved some cursor past what was last persisted.
+    pub(crate) fn has_unpersisted_reads(&self) -> bool {
+        let all: Vec<Arc<Consumer>> = self.consumers.read().values().cloned().collect();
+        all.iter().any(|c| c.reader.lock().unpersisted > 0)
+    }
+
+    /// The cursor of consumer `name`: the next offset its consuming read returns. A default
+    /// consumer not yet created reads from the oldest entry retained.
+    pub(crate) fn cursor(&self, name: &str) -> Option<u64> {
+        match self.consumer(name) {
+            Some(c) => Some(c.reader.lock().cursor.max(self.floor())),
+            None if name == DEFAULT_CONSUMER => Some(self.first_retained()),
+            None => None,
+        }
+    }
+
+    /// The topic's consumers, sorted by name.
+    pub(crate) fn consumer_infos(&self, shared: &Shared) -> Vec<ConsumerInfo> {
+        let all: Vec<Arc<Consumer>> = self.consumers.read().values().cloned().collect();
+        let end = self.visible(shared);
+        let floor = self.floor();
+        all.iter()
+            .filter_map(|c| {
+                let r = c.reader.lock();
+                let cursor = r.cursor.max(floor);
+                (!r.removed).then(|| ConsumerInfo {
+                    name: c.name.to_string(),
+                    cursor,
+                    persisted: r.persisted,
+                    lag: end.saturating_sub(cursor),
+                    skipped: r.skipped + floor.saturating_sub(r.cursor),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes consumer `name`: its record is marked removed and it no longer holds back the
+    /// release of blocks. Whether it existed.
+    pub(crate) fn remove_consumer(&self, shared: &Shared, name: &str) -> io::Result<bool> {
+        let mut f = self.floor.lock();
+        let Some(c) = self.consumer(name) else {
+            return Ok(false);
+        };
+        let mut r = c.reader.lock();
+        if r.removed {
+            return Ok(false);
+        }
+        // What was released while this consumer counted must stay released once it is gone:
+        // the floor takes over the bound it held (recovery would bring those blocks back).
+        let bound = self.released_below();
+        if bound > f.offset {
+            self.write_floor(shared, &mut f, bound, false, false)?;
+        }
+        self.write_removed(shared, &c.name, &mut r)?;
+        shared.cursors.sync()?;
+        {
+            let mut map = self.consumers.write();
+            if map.get(name).is_some_and(|m| Arc::ptr_eq(m, &c)) {
+                map.remove(name);
+            }
+        }
+        drop(r);
+        drop(f);
+        self.release_consumed(shared);
+        Ok(true)
+    }
+
+    /// Marks the record of a consumer removed (in memory too, on success).
+    fn write_removed(&self, shared: &Shared, name: &str, r: &mut Reader) -> io::Result<()> {
+        if let Some(pair) = r.pair {
+            let record = CursorRecord {
+                consumer: name.to_owned(),
+                removed: true,
+                ..CursorRecord::new(&*self.name, r.generation + 1, r.persisted)
+            };
+            shared.cursors.write(&record, pair, false)?;
+            r.generation += 1;
+        }
+        r.removed = true;
+        Ok(())
+    }
+
+    /// Entries below this were released by retention or deletion.
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor_at.load(Ordering::Acquire)
+    }
+
+    /// Raises the floor to `offset` (marking the topic deleted if `deleted`) and persists it.
+    fn write_floor(
+        &self,
+        shared: &Shared,
+        f: &mut Floor,
+        offset: u64,
+        deleted: bool,
+        sync: bool,
+    ) -> io::Result<()> {
+        let pair = match f.pair {
+            Some(p) => p,
+            None => {
+                let (p, last) = shared.cursors.pair_for(&RecordKey::floor(&self.name));
+                f.pair = Some(p);
+                f.generation = f.generation.max(last);
+                p
+            }
+        };
+        let record = CursorRecord {
+            kind: CursorKind::Floor,
+            removed: deleted,
+            ..CursorRecord::new(&*self.name, f.generation + 1, offset)
+        };
+        shared.cursors.write(&record, pair, sync)?;
+        f.generation += 1;
+        f.offset = offset;
+        f.deleted = deleted;
+        self.floor_at.fetch_max(offset, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The release bound (see the [module docs](self)); call with the chain lock held.
+    fn release_bound(&self) -> u64 {
+        let floor = self.floor();
+        let map = self.consumers.read();
+        map.values()
+            .map(|c| c.persisted.load(Ordering::Acquire))
+            .min()
+            .map_or(floor, |m| m.max(floor))
+    }
+
+    /// Releases every sealed span wholly below the release bound.
+    pub(super) fn release_consumed(&self, shared: &Shared) {
+        let mut released = Vec::new();
+        {
+            let mut chain = self.chain.write();
+            let bound = self.release_bound();
+            while let Some(front) = chain.front() {
+                if front.is_sealed() && front.end_offset() <= bound {
+                    if let Some(b) = chain.pop_front() {
+                        released.push(b);
+                    }
+                } else {
+                    break;
+                }
+            }
+        }
+        for b in released.iter().filter(|b| b.releases) {
+            shared.release_block(b);
+        }
+    }
+
+    /// Offsets below this may not be read at: released (below the bound) or never stored.
+    pub(super) fn released_below(&self) -> u64 {
+        let _chain = self.chain.read();
+        self.release_bound()
+    }
+
+    /// Releases the oldest sealed blocks beyond the topic's retention, raising its floor.
+    pub(crate) fn apply_retention(&self, shared: &Shared, now: SystemTime) -> io::Result<()> {
+        let retention = shared.options.retention_for(&self.name);
+        if !retention.is_limited() || self.is_hidden() {
+            return Ok(());
+        }
+        let mut f = self.floor.lock();
+        let target = {
+            let chain = self.chain.read();
+            retention_floor(&chain, retention, unix_millis(now))
+        };
+        let Some(target) = target.filter(|&t| t > f.offset) else {
+            return Ok(());
+        };
+        self.write_floor(shared, &mut f, target, false, false)
+            .map_err(|e| on_topic(e, &self.name, Some(target)))?;
+        drop(f);
+        tracing::debug!(topic = %self.name, floor = target, "retention released old blocks");
+        self.release_consumed(shared);
+        Ok(())
+    }
+
+    /// Deletes the topic: see the [module docs](self).
+    pub(crate) fn delete(&self, shared: &Shared) -> io::Result<()> {
+        let mut w = self.writer.lock();
+        let end = w.next_offset;
+        let mut f = self.floor.lock();
+        if f.deleted {
+            return Ok(());
+        }
+        self.write_floor(shared, &mut f, end, true, false)
+            .and_then(|()| shared.cursors.sync())
+            .map_err(|e| on_topic(e, &self.name, Some(end)))?;
+        // The writer's block is done: the next append (to a re-created topic) starts a new one.
+        if let Some(b) = w.block.take() {
+            w.last_len = b.len;
+            w.pos = 0;
+            b.seal();
+            shared.seal_block(&b);
+        }
+        let drained: Vec<Arc<Consumer>> = {
+            let _chain = self.chain.read();
+            let mut map = self.consumers.write();
+            self.hidden.store(true, Ordering::Release);
+            std::mem::take(&mut *map).into_values().collect()
+        };
+        for c in drained {
+            let mut r = c.reader.lock();
+            if r.removed {
+                continue;
+            }
+            let (pair, generation) = (r.pair, r.generation);
+            if let Err(e) = self.write_removed(shared, &c.name, &mut r) {
+                tracing::warn!(topic = %self.name, consumer = %c.name, error = %e,
+                    "consumer record of a deleted topic not yet marked removed; retried on reuse");
+                r.removed = true;
+                if let Some(pair) = pair {
+                    f.stale.push(StaleRecord {
+                        name: c.name.to_string(),
+                        pair,
+                        generation,
+                    });
+                }
+            }
+        }
+        drop(f);
+        drop(w);
+        self.release_consumed(shared);
+        self.progress.arrivals.notify();
+        Ok(())
+    }
+
+    /// Makes a hidden topic listed again before its first append: a deleted topic first marks
+    /// its stale consumer records removed and clears the deleted flag.
+    pub(crate) fn revive(&self, shared: &Shared) -> io::Result<()> {
+        let mut f = self.floor.lock();
+        if f.deleted {
+            while let Some(stale) = f.stale.last().cloned() {
+                let record = CursorRecord {
+                    consumer: stale.name.clone(),
+                    removed: true,
+                    ..CursorRecord::new(&*self.name, stale.generation + 1, f.offset)
+                };
+                shared.cursors.write(&record, stale.pair, false)?;
+                f.stale.pop();
+            }
+            let offset = f.offset;
+            self.write_floor(shared, &mut f, offset, false, false)?;
+        }
+        self.hidden.store(false, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// The floor retention asks for: the first offset of the oldest block to keep, if some sealed
+/// block is beyond the limits. The newest block is always kept.
+fn retention_floor(
+    chain: &VecDeque<Arc<Block>>,
+    retention: crate::Retention,
+    now_millis: u64,
+) -> Option<u64> {
+    // A block recovered as several spans counts once, by its last span.
+    let mut bytes: u64 = chain.iter().filter(|b| b.releases).map(|b| b.len).sum();
+    let max_age = retention
+        .max_age
+        .map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX));
+    let mut target = None;
+    let count = chain.len();
+    for (i, b) in chain.iter().enumerate() {
+        if i + 1 == count {
+            break;
+        }
+        let Some(sealed_at) = b.sealed_at() else {
+            break;
+        };
+        let too_big = retention.max_bytes.is_some_and(|m| bytes > m);
+        let too_old = max_age.is_some_and(|a| now_millis.saturating_sub(sealed_at) >= a);
+        if !(too_big || too_old) {
+            break;
+        }
+        if b.releases {
+            bytes = bytes.saturating_sub(b.len);
+        }
+        target = chain.get(i + 1).map(|next| next.first_offset);
+    }
+    target
+}

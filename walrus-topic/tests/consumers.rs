@@ -1,0 +1,525 @@
+//! Named consumers, retention, topic deletion, waiting reads and iterators, on the simulated
+//! backend (crashes at every step of a deletion) and on the real file system.
+
+use std::io;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use walrus_io::{CrashMode, Fault, FaultRule, OpKind, SimStorage, Storage};
+use walrus_topic::{Retention, Store, StoreOptions};
+
+const DIR: &str = "/wal";
+
+/// 8 KiB blocks, 64 KiB segments: tests cross blocks and segments quickly.
+fn small() -> StoreOptions {
+    StoreOptions::new()
+        .with_block_len(8192)
+        .with_segment_len(64 * 1024)
+}
+
+fn open(sim: &SimStorage, options: StoreOptions) -> io::Result<Store> {
+    Store::open(DIR, Arc::new(sim.clone()) as Arc<dyn Storage>, options)
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let len = 200 + (i * 37 % 600) as usize;
+    (0..len).map(|k| (i as usize * 31 + k) as u8).collect()
+}
+
+fn segments(sim: &SimStorage) -> usize {
+    sim.files()
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .count()
+}
+
+fn drain_as(store: &Store, topic: &str, consumer: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for _ in 0..100_000 {
+        match store.read_next_as(topic, consumer, true).unwrap() {
+            Some((o, data)) => {
+                assert_eq!(data, payload(o), "{topic}/{consumer} at {o}");
+                out.push(o);
+            }
+            None => return out,
+        }
+    }
+    panic!("{topic}/{consumer} never drained");
+}
+
+#[test]
+fn named_consumers_read_independently_and_their_cursors_survive_reopen() {
+    let sim = SimStorage::new(1);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..50 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        // Consumers exist from their first consuming read or commit.
+        store.commit_as("t", "audit", 0).unwrap();
+        store.commit("t", 0).unwrap();
+        assert_eq!(
+            drain_as(&store, "t", "billing"),
+            (0..50).collect::<Vec<_>>()
+        );
+        for _ in 0..10 {
+            store.read_next_as("t", "audit", true).unwrap().unwrap();
+        }
+        // The default consumer (the seed API's cursor) is a consumer like the others.
+        assert_eq!(store.read_next("t", true).unwrap().map(|e| e.0), Some(0));
+        assert_eq!(store.cursor_as("t", "billing"), Some(50));
+        assert_eq!(store.cursor_as("t", "audit"), Some(10));
+        assert_eq!(store.cursor("t"), Some(1));
+        assert_eq!(store.cursor_as("t", "nobody"), None);
+        // A peek by a consumer that does not exist reads the oldest entry and creates nothing.
+        assert_eq!(
+            store
+                .read_next_as("t", "nobody", false)
+                .unwrap()
+                .map(|e| e.0),
+            Some(0)
+        );
+        let names: Vec<String> = store.consumers("t").into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["", "audit", "billing"]);
+        store.sync().unwrap();
+    }
+    sim.crash(CrashMode::DropUnsynced);
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(store.cursor_as("t", "billing"), Some(50));
+    assert_eq!(store.cursor_as("t", "audit"), Some(10));
+    assert_eq!(store.cursor("t"), Some(1));
+    assert_eq!(drain_as(&store, "t", "audit"), (10..50).collect::<Vec<_>>());
+    let infos = store.consumers("t");
+    let lag: Vec<(String, u64)> = infos.iter().map(|c| (c.name.clone(), c.lag)).collect();
+    assert_eq!(
+        lag,
+        [("".into(), 49), ("audit".into(), 0), ("billing".into(), 0)]
+    );
+}
+
+#[test]
+fn blocks_are_released_only_once_every_consumer_consumed_them() {
+    let sim = SimStorage::new(2);
+    let store = open(&sim, small()).unwrap();
+    for i in 0..400 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+    let before = store.retained_blocks("t").unwrap();
+    let segs = segments(&sim);
+    assert!(
+        before > 10 && segs > 2,
+        "{before} blocks in {segs} segments"
+    );
+    store.read_next_as("t", "slow", true).unwrap();
+    drain_as(&store, "t", "fast");
+    // "slow" holds back every block.
+    assert_eq!(store.retained_blocks("t"), Some(before));
+    assert_eq!(segments(&sim), segs);
+    drain_as(&store, "t", "slow");
+    assert!(store.retained_blocks("t").unwrap() <= 1);
+    assert!(segments(&sim) < segs, "consumed segments deleted");
+    assert_eq!(
+        store.read_at("t", 0).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn removing_a_consumer_releases_what_it_held_and_survives_reopen() {
+    let sim = SimStorage::new(3);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..300 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.read_next_as("t", "stuck", true).unwrap();
+        drain_as(&store, "t", "live");
+        let held = store.retained_blocks("t").unwrap();
+        assert!(held > 5);
+        assert!(store.remove_consumer("t", "stuck").unwrap());
+        assert!(!store.remove_consumer("t", "stuck").unwrap());
+        assert!(store.retained_blocks("t").unwrap() <= 1);
+        assert_eq!(store.cursor_as("t", "stuck"), None);
+        store.sync().unwrap();
+    }
+    sim.crash(CrashMode::DropUnsynced);
+    let store = open(&sim, small()).unwrap();
+    let names: Vec<String> = store.consumers("t").into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["live"]);
+    // The name again: a new consumer, at the oldest entry retained.
+    let first = store.first_retained_offset("t").unwrap();
+    assert!(first > 0);
+    assert_eq!(
+        store.read_next_as("t", "stuck", true).unwrap().map(|e| e.0),
+        Some(first)
+    );
+}
+
+#[test]
+fn consumer_names_are_checked_and_a_bad_one_changes_nothing() {
+    let sim = SimStorage::new(4);
+    let store = open(&sim, small()).unwrap();
+    store.append("t", b"x").unwrap();
+    let long = "c".repeat(129);
+    let kinds = [
+        store.read_next_as("t", &long, true).unwrap_err().kind(),
+        store.commit_as("t", &long, 0).unwrap_err().kind(),
+        store.remove_consumer("t", &long).unwrap_err().kind(),
+        store
+            .read_batch_as("t", &long, 1024, true)
+            .unwrap_err()
+            .kind(),
+    ];
+    assert!(
+        kinds.iter().all(|k| *k == io::ErrorKind::InvalidInput),
+        "{kinds:?}"
+    );
+    assert!(store.consumers("t").is_empty());
+    assert_eq!(
+        store.commit_as("t", "c", 5).unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert!(
+        store.consumers("t").is_empty(),
+        "a refused commit creates nothing"
+    );
+}
+
+#[test]
+fn retention_by_size_releases_unread_entries_and_a_consumer_behind_skips_them() {
+    let sim = SimStorage::new(5);
+    let options =
+        small().with_topic_retention("capped", Retention::default().with_max_bytes(32 << 10));
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        store.read_next_as("capped", "reader", true).unwrap();
+        store.append("capped", &payload(0)).unwrap();
+        assert_eq!(
+            store
+                .read_next_as("capped", "reader", true)
+                .unwrap()
+                .map(|e| e.0),
+            Some(0)
+        );
+        for i in 1..600 {
+            store.append("capped", &payload(i)).unwrap();
+            store.append("free", &payload(i)).unwrap();
+        }
+        let first = store.first_retained_offset("capped").unwrap();
+        assert!(
+            first > 100,
+            "retention released the oldest blocks: first kept {first}"
+        );
+        assert_eq!(
+            store.first_retained_offset("free"),
+            Some(0),
+            "no retention: all kept"
+        );
+        let (o, data) = store
+            .read_next_as("capped", "reader", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((o, data), (first, payload(first)));
+        let info = &store.consumers("capped")[0];
+        assert_eq!(info.skipped, first - 1);
+        assert_eq!(
+            store.read_at("capped", 5).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        store.sync().unwrap();
+    }
+    sim.crash(CrashMode::DropUnsynced);
+    let store = open(&sim, options).unwrap();
+    let first = store.first_retained_offset("capped").unwrap();
+    assert!(first > 100, "the floor survives: {first}");
+    for o in first..600 {
+        assert_eq!(store.read_at("capped", o).unwrap(), Some(payload(o)), "{o}");
+    }
+    assert_eq!(store.read_at("free", 0).unwrap(), Some(payload(1)));
+}
+
+#[test]
+fn a_consumer_created_after_a_release_starts_at_the_oldest_entry_retained() {
+    let sim = SimStorage::new(12);
+    let store = open(&sim, small()).unwrap();
+    for i in 0..300 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    drain_as(&store, "t", "first");
+    let oldest = store.first_retained_offset("t").unwrap();
+    assert!(oldest > 0, "the only consumer released what it read");
+    assert_eq!(store.cursor_as("t", "late"), None);
+    assert_eq!(
+        store.read_next_as("t", "late", true).unwrap().map(|e| e.0),
+        Some(oldest)
+    );
+}
+
+#[test]
+fn retention_by_age_releases_old_blocks_at_maintenance() {
+    let sim = SimStorage::new(6);
+    let options =
+        small().with_retention(Retention::default().with_max_age(Duration::from_millis(30)));
+    let store = open(&sim, options).unwrap();
+    for i in 0..100 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    store.maintain().unwrap();
+    assert_eq!(
+        store.first_retained_offset("t"),
+        Some(0),
+        "young blocks stay"
+    );
+    thread::sleep(Duration::from_millis(60));
+    store.maintain().unwrap();
+    let first = store.first_retained_offset("t").unwrap();
+    assert!(first > 50, "old sealed blocks released: first kept {first}");
+    assert_eq!(
+        store.retained_blocks("t"),
+        Some(1),
+        "the newest block is kept"
+    );
+    assert_eq!(store.read_at("t", 99).unwrap(), Some(payload(99)));
+    assert!(
+        StoreOptions::new()
+            .with_retention(Retention::default().with_max_bytes(0))
+            .validate()
+            .is_err()
+    );
+}
+
+#[test]
+fn a_deleted_topic_is_gone_after_reopen_and_its_name_continues_past_its_offsets() {
+    let sim = SimStorage::new(7);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..200 {
+            store.append("gone", &payload(i)).unwrap();
+            store.append("kept", &payload(i)).unwrap();
+        }
+        store.read_next_as("gone", "c", true).unwrap();
+        let segs = segments(&sim);
+        assert!(store.delete_topic("gone").unwrap());
+        assert!(!store.delete_topic("gone").unwrap());
+        assert_eq!(store.topics(), ["kept"]);
+        assert_eq!(store.end_offset("gone"), None);
+        assert_eq!(store.read_next("gone", true).unwrap(), None);
+        assert!(store.consumers("gone").is_empty());
+        assert!(segments(&sim) < segs, "its segments went with it");
+        store.sync().unwrap();
+    }
+    sim.crash(CrashMode::DropUnsynced);
+    {
+        let store = open(&sim, small()).unwrap();
+        assert_eq!(store.topics(), ["kept"]);
+        assert_eq!(store.read_at("gone", 0).unwrap(), None);
+        // Reused: offsets continue where the deleted topic ended; no old consumer comes back.
+        assert_eq!(store.append("gone", b"again").unwrap(), 200);
+        assert_eq!(store.topics(), ["gone", "kept"]);
+        assert!(store.consumers("gone").is_empty());
+        assert_eq!(
+            store.read_next_as("gone", "c", true).unwrap(),
+            Some((200, b"again".to_vec()))
+        );
+        store.sync().unwrap();
+    }
+    sim.crash(CrashMode::DropUnsynced);
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(store.topics(), ["gone", "kept"]);
+    assert_eq!(
+        store.cursor_as("gone", "c"),
+        Some(201),
+        "the new consumer survives"
+    );
+    assert_eq!(store.read_at("gone", 200).unwrap(), Some(b"again".to_vec()));
+    assert_eq!(store.read_at("kept", 199).unwrap(), Some(payload(199)));
+}
+
+#[test]
+fn a_crash_at_any_write_of_a_deletion_leaves_the_topic_whole_or_deleted() {
+    let (mut deleted, mut whole) = (0, 0);
+    for nth in 0..12 {
+        let sim = SimStorage::new(100 + nth);
+        {
+            let store = open(&sim, small()).unwrap();
+            for i in 0..120 {
+                store.append("t", &payload(i)).unwrap();
+            }
+            store.read_next_as("t", "a", true).unwrap();
+            store.read_next_as("t", "b", true).unwrap();
+            store.sync().unwrap();
+            sim.inject(
+                FaultRule::new(Fault::Crash(CrashMode::DropUnsynced))
+                    .op(OpKind::Write)
+                    .nth(nth),
+            );
+            let _ = store.delete_topic("t");
+        }
+        sim.clear_faults();
+        sim.crash(CrashMode::DropUnsynced);
+        let store = open(&sim, small()).unwrap();
+        if store.topics().is_empty() {
+            deleted += 1;
+            assert_eq!(store.read_at("t", 1).unwrap(), None, "crash at write {nth}");
+            assert!(store.consumers("t").is_empty());
+            assert_eq!(store.append("t", b"new").unwrap(), 120);
+            assert!(
+                store.consumers("t").is_empty(),
+                "crash at write {nth}: stale consumer"
+            );
+        } else {
+            whole += 1;
+            assert_eq!(store.topics(), ["t"]);
+            for i in 1..120 {
+                assert_eq!(
+                    store.read_at("t", i).unwrap(),
+                    Some(payload(i)),
+                    "crash at write {nth}"
+                );
+            }
+            let names: Vec<String> = store.consumers("t").into_iter().map(|c| c.name).collect();
+            assert_eq!(names, ["a", "b"], "crash at write {nth}");
+        }
+        drop(store);
+        // A second reopen agrees with the first.
+        let again = open(&sim, small()).unwrap();
+        assert!(again.consumers("t").is_empty() || again.consumers("t").len() == 2);
+    }
+    assert!(
+        deleted > 0 && whole > 0,
+        "both sides of the crash point: {deleted} deleted, {whole} whole"
+    );
+}
+
+#[test]
+fn a_waiting_read_wakes_on_an_append_and_times_out_without_one() {
+    let sim = SimStorage::new(8);
+    let store = Arc::new(open(&sim, small()).unwrap());
+    let started = Instant::now();
+    assert_eq!(
+        store
+            .read_next_timeout("t", "c", Duration::from_millis(50))
+            .unwrap(),
+        None
+    );
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert!(
+        store.topics().is_empty(),
+        "waiting on a topic does not create it"
+    );
+    let writer = {
+        let store = store.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(30));
+            store.append("t", b"hello").unwrap();
+        })
+    };
+    let got = store
+        .read_next_timeout("t", "c", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(got, Some((0, b"hello".to_vec())));
+    writer.join().unwrap();
+    assert!(store.wait_for("t", 0, Duration::from_secs(1)).unwrap());
+    assert!(!store.wait_for("t", 1, Duration::from_millis(20)).unwrap());
+}
+
+#[test]
+fn an_arrival_future_completes_on_append_and_fails_when_the_store_closes() {
+    let sim = SimStorage::new(9);
+    let store = Arc::new(open(&sim, small()).unwrap());
+    let pending = store.arrival("t", 0).unwrap();
+    let waiter = thread::spawn(move || pollster::block_on(pending));
+    thread::sleep(Duration::from_millis(20));
+    store.append("t", b"a").unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), 1);
+    // Already there: completes at once.
+    assert_eq!(
+        pollster::block_on(store.arrival("t", 0).unwrap()).unwrap(),
+        1
+    );
+    let orphan = store.arrival("t", 5).unwrap();
+    let waiter = thread::spawn(move || pollster::block_on(orphan));
+    thread::sleep(Duration::from_millis(20));
+    drop(Arc::try_unwrap(store).unwrap());
+    assert_eq!(
+        waiter.join().unwrap().unwrap_err().kind(),
+        io::ErrorKind::BrokenPipe
+    );
+}
+
+#[test]
+fn with_visible_when_durable_a_waiting_read_wakes_on_the_sync() {
+    let sim = SimStorage::new(10);
+    let store = Arc::new(open(&sim, small().with_visible_when_durable(true)).unwrap());
+    store.append("t", b"x").unwrap();
+    assert!(
+        !store.wait_for("t", 0, Duration::from_millis(20)).unwrap(),
+        "not durable yet"
+    );
+    let syncer = {
+        let store = store.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            store.sync().unwrap();
+        })
+    };
+    assert!(store.wait_for("t", 0, Duration::from_secs(10)).unwrap());
+    syncer.join().unwrap();
+}
+
+#[test]
+fn iterators_replay_from_an_offset_and_scan_borrows_payloads() {
+    let sim = SimStorage::new(11);
+    let store = open(&sim, small()).unwrap();
+    for i in 0..700 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    let replay: Vec<(u64, Vec<u8>)> = store.iter("t", 100).map(Result::unwrap).collect();
+    assert_eq!(replay.len(), 600);
+    assert!(replay.iter().all(|(o, d)| *d == payload(*o)));
+    assert_eq!(replay.first().map(|e| e.0), Some(100));
+    let mut it = store.iter("t", 699);
+    assert_eq!(it.next().unwrap().unwrap().0, 699);
+    assert!(it.next().is_none());
+    store.append("t", &payload(700)).unwrap();
+    assert_eq!(
+        it.next().unwrap().unwrap().0,
+        700,
+        "continues with what was appended"
+    );
+    let mut seen = Vec::new();
+    let next = store
+        .scan("t", 10, 20, |o, p| {
+            assert_eq!(p, payload(o).as_slice());
+            seen.push(o);
+        })
+        .unwrap();
+    assert_eq!(seen, (10..30).collect::<Vec<_>>());
+    assert_eq!(next, 30);
+    assert_eq!(store.cursor("t"), Some(0), "no cursor moved");
+    drain_as(&store, "t", "");
+    let err = store.iter("t", 0).next().unwrap().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    assert!(err.to_string().contains("\"t\""), "{err}");
+}
+
+#[test]
+fn consumers_and_deletion_on_the_real_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal");
+    let storage: Arc<dyn Storage> = Arc::new(walrus_io::PwriteStorage::new());
+    {
+        let store = Store::open(&path, storage.clone(), small()).unwrap();
+        for i in 0..50 {
+            store.append("t", &payload(i)).unwrap();
+            store.append("d", &payload(i)).unwrap();
+        }
+        drain_as(&store, "t", "x");
+        store.delete_topic("d").unwrap();
+    }
+    let store = Store::open(&path, storage, small()).unwrap();
+    assert_eq!(store.topics(), ["t"]);
+    assert_eq!(store.cursor_as("t", "x"), Some(50));
+}
