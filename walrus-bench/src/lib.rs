@@ -28,6 +28,7 @@
 //! `target/walrus-bench/` (`latest.json`, `results-<time>.json`, `scaling.svg`, `scaling.png`).
 
 pub mod config;
+pub mod consumers;
 pub mod engine;
 pub mod footprint;
 pub mod payload;

@@ -39,7 +39,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<EngineKind>>,
     /// Workload families, comma-separated: physical, writes, batch-writes, synced, reads, space,
-    /// footprint, s3.
+    /// footprint, s3, consumers.
     #[arg(long, value_delimiter = ',')]
     workloads: Option<Vec<Group>>,
     /// Entries prefilled into each topic before a read workload.
@@ -162,6 +162,16 @@ fn main() -> ExitCode {
     } else {
         Vec::new()
     };
+    let consumers = if config.groups.contains(&Group::Consumers) {
+        let entries = if config.full { 1_000_000 } else { 200_000 };
+        walrus_bench::consumers::run(
+            &data_dir,
+            entries,
+            std::time::Duration::from_secs_f64(config.duration_secs),
+        )
+    } else {
+        Vec::new()
+    };
     machine.loadavg_end = report::loadavg();
     let _ = std::fs::remove_dir_all(&data_dir);
     let mut targets = report::targets(&results);
@@ -170,6 +180,9 @@ fn main() -> ExitCode {
     }
     if config.groups.contains(&Group::S3) {
         targets.extend(walrus_bench::s3::targets(&s3));
+    }
+    if config.groups.contains(&Group::Consumers) {
+        targets.extend(walrus_bench::consumers::targets(&consumers));
     }
     let report = Report {
         created_unix: std::time::SystemTime::now()
@@ -181,6 +194,7 @@ fn main() -> ExitCode {
         results,
         footprint,
         s3,
+        consumers,
         targets,
     };
     let m = &report.machine;
@@ -201,6 +215,10 @@ fn main() -> ExitCode {
         );
         println!();
     }
+    if !report.consumers.is_empty() {
+        print!("{}", walrus_bench::consumers::table(&report.consumers));
+        println!();
+    }
     print!("{}", report::targets_text(&report.targets));
     match report.write_json(&out) {
         Ok(path) => println!("\nJSON: {}", path.display()),
@@ -217,7 +235,8 @@ fn main() -> ExitCode {
         }
     }
     println!("suite wall time: {:.1} s", report.wall_secs);
-    let s3_case_failed = report.s3.iter().any(|c| c.error.is_some());
+    let s3_case_failed = report.s3.iter().any(|c| c.error.is_some())
+        || report.consumers.iter().any(|c| c.error.is_some());
     if report.results.iter().any(|r| r.error.is_some())
         || footprint_failed.is_some()
         || s3_failed.is_some()

@@ -117,6 +117,9 @@ pub struct Report {
     /// The s3 cases, when that family ran.
     #[serde(default)]
     pub s3: Vec<crate::s3::S3Case>,
+    /// The consumers cases, when that family ran.
+    #[serde(default)]
+    pub consumers: Vec<crate::consumers::ConsumersCase>,
     /// The targets.
     pub targets: Vec<Target>,
 }

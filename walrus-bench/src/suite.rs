@@ -40,11 +40,14 @@ pub enum Group {
     /// The S3 WAL buffer on a local moto server: producers 1-64 x flush intervals, beside one
     /// PUT per entry (see [`crate::s3`]).
     S3,
+    /// 1-8 named consumers draining one topic, and the wake-up latency of a waiting read
+    /// (ours only; see [`crate::consumers`]).
+    Consumers,
 }
 
 impl Group {
     /// Every group, in suite order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Physical,
         Self::Writes,
         Self::BatchWrites,
@@ -53,6 +56,7 @@ impl Group {
         Self::Space,
         Self::Footprint,
         Self::S3,
+        Self::Consumers,
     ];
 }
 
@@ -69,9 +73,10 @@ impl FromStr for Group {
             "space" => Ok(Self::Space),
             "footprint" => Ok(Self::Footprint),
             "s3" => Ok(Self::S3),
+            "consumers" => Ok(Self::Consumers),
             _ => Err(format!(
                 "workload {s:?}: expected physical, writes, batch-writes, synced, reads, space, \
-                 footprint or s3"
+                 footprint, s3 or consumers"
             )),
         }
     }
@@ -88,6 +93,7 @@ impl fmt::Display for Group {
             Self::Space => "space",
             Self::Footprint => "footprint",
             Self::S3 => "s3",
+            Self::Consumers => "consumers",
         })
     }
 }
@@ -302,9 +308,9 @@ impl SuiteConfig {
                         each_engine(s, &mut plan);
                     }
                 }
-                // Not timed engine workloads: run by `crate::footprint` and `crate::s3` after
-                // the plan.
-                Group::Footprint | Group::S3 => {}
+                // Not timed engine workloads: run by `crate::footprint`, `crate::s3` and
+                // `crate::consumers` after the plan.
+                Group::Footprint | Group::S3 | Group::Consumers => {}
                 Group::Space => {
                     let mut s = spec(group, "append 700B", Op::Append, 1);
                     s.sizes = Sizes::fixed(700);
