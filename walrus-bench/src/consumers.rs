@@ -146,7 +146,10 @@ fn fan_out(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("consumer panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("consumer panicked")))
+            })
             .collect()
     });
     let secs = started.elapsed().as_secs_f64();
@@ -300,7 +303,8 @@ mod tests {
 
     #[test]
     fn the_family_runs_small_and_meets_its_own_accounting() {
-        let dir = std::env::temp_dir().join(format!("walrus-bench-consumers-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("walrus-bench-consumers-{}", std::process::id()));
         let cases = run(&dir, 2_000, Duration::from_millis(100));
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(cases.len(), CONSUMERS.len() + 2);
@@ -308,9 +312,18 @@ mod tests {
             assert!(c.error.is_none(), "{c:?}");
         }
         for (c, n) in cases.iter().zip(CONSUMERS) {
-            assert_eq!(c.entries, 2_000 * n as u64, "every consumer read everything");
+            assert_eq!(
+                c.entries,
+                2_000 * n as u64,
+                "every consumer read everything"
+            );
         }
-        assert!(cases.iter().filter(|c| c.kind == "wake-up").all(|c| c.wake.calls > 0));
+        assert!(
+            cases
+                .iter()
+                .filter(|c| c.kind == "wake-up")
+                .all(|c| c.wake.calls > 0)
+        );
         assert_eq!(targets(&cases).len(), 2);
     }
 }

@@ -523,3 +523,128 @@ fn consumers_and_deletion_on_the_real_file_system() {
     assert_eq!(store.topics(), ["t"]);
     assert_eq!(store.cursor_as("t", "x"), Some(50));
 }
+
+#[test]
+fn a_failed_sync_while_removing_keeps_the_consumer_usable_and_a_failed_deletion_keeps_the_topic() {
+    let sim = SimStorage::new(13);
+    let store = open(&sim, small()).unwrap();
+    for i in 0..20 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    store.read_next_as("t", "c", true).unwrap();
+    sim.inject(
+        FaultRule::new(Fault::Eio)
+            .op(OpKind::Sync)
+            .path(format!("{DIR}/cursors.wcur")),
+    );
+    let err = store.remove_consumer("t", "c").unwrap_err();
+    assert!(
+        err.to_string().contains("\"c\"") && err.to_string().contains("\"t\""),
+        "{err}"
+    );
+    assert_eq!(store.cursor_as("t", "c"), Some(1), "kept");
+    assert_eq!(
+        store.read_next_as("t", "c", false).unwrap().map(|e| e.0),
+        Some(1),
+        "and usable"
+    );
+    sim.clear_faults();
+    drop(store);
+    let store = open(&sim, small()).unwrap();
+    sim.inject(
+        FaultRule::new(Fault::Eio)
+            .op(OpKind::Sync)
+            .path(format!("{DIR}/cursors.wcur")),
+    );
+    assert!(store.delete_topic("t").is_err());
+    assert_eq!(store.topics(), ["t"], "a failed deletion leaves the topic");
+    assert_eq!(store.read_at("t", 5).unwrap(), Some(payload(5)));
+}
+
+#[test]
+fn a_refused_commit_below_the_retained_entries_creates_no_consumer() {
+    let sim = SimStorage::new(14);
+    let store = open(&sim, small()).unwrap();
+    for i in 0..300 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    drain_as(&store, "t", "only");
+    let first = store.first_retained_offset("t").unwrap();
+    assert!(first > 0);
+    let err = store.commit_as("t", "new", 0).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    let names: Vec<String> = store.consumers("t").into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["only"]);
+}
+
+#[test]
+fn an_iterator_stops_at_entries_retention_released_under_it() {
+    let sim = SimStorage::new(15);
+    let options = small().with_topic_retention("t", Retention::default().with_max_bytes(64 << 10));
+    let store = open(&sim, options).unwrap();
+    for i in 0..30 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    let mut it = store.iter("t", 0);
+    assert_eq!(it.next().unwrap().unwrap().0, 0);
+    for i in 30..400 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    let first = store.first_retained_offset("t").unwrap();
+    assert!(first > 30);
+    // What it read ahead while it was retained is served; then it stops.
+    for o in 1..30 {
+        assert_eq!(it.next().unwrap().unwrap().0, o);
+    }
+    let err = it.next().unwrap().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    assert!(it.next().is_none());
+    assert_eq!(store.iter("t", first).next().unwrap().unwrap().0, first);
+}
+
+#[test]
+fn a_waiting_read_past_a_gap_recovery_left_waits_for_the_next_append() {
+    let sim = SimStorage::new(16);
+    let options = small().with_sync_cursor_writes(true);
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        store.commit_as("t", "slow", 0).unwrap_err();
+        store.append("t", &payload(0)).unwrap();
+        store.commit_as("t", "slow", 0).unwrap();
+        for i in 1..10 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        for i in 10..20 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        // "fast" consumes entries the power cut will take; its cursor is synced.
+        assert_eq!(drain_as(&store, "t", "fast").len(), 20);
+    }
+    sim.crash(CrashMode::DropUnsynced);
+    let store = open(&sim, options).unwrap();
+    assert_eq!(store.cursor_as("t", "fast"), Some(20));
+    assert_eq!(drain_as(&store, "t", "slow"), (0..10).collect::<Vec<_>>());
+    let started = Instant::now();
+    assert_eq!(
+        store
+            .read_next_timeout("t", "slow", Duration::from_millis(40))
+            .unwrap(),
+        None
+    );
+    assert!(started.elapsed() >= Duration::from_millis(40));
+    let next = store.append("t", b"after").unwrap();
+    assert!(
+        next >= 20,
+        "offsets the fast consumer passed are never reused: {next}"
+    );
+    assert_eq!(
+        store
+            .read_next_timeout("t", "slow", Duration::from_secs(5))
+            .unwrap(),
+        Some((next, b"after".to_vec()))
+    );
+    // Waits on a deleted topic wait for its next incarnation.
+    store.delete_topic("t").unwrap();
+    assert!(!store.wait_for("t", 0, Duration::from_millis(20)).unwrap());
+}

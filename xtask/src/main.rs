@@ -6,13 +6,14 @@
 //! cargo xtask bench --others          the same, with RocksDB and okaywal (opt-in features)
 //! cargo xtask bench --micro [--full]  criterion micro-benchmarks (format, alloc, io)
 //! cargo xtask loom                    loom models: allocator, deletion tracker, group commit
-//!                                     with per-file sync tracking
+//!                                     with per-file sync tracking, waiting readers
 //! cargo xtask proptest [--cases N]    property tests with N cases each (default 2048)
 //! cargo xtask fuzz [--seconds N]      fuzz the format decoder for N seconds (default 60)
-//! cargo xtask crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N]
+//! cargo xtask crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N] [--consumers N]
 //!                                     crash suite: N simulated seeds (10000), N concurrent
 //!                                     simulated seeds (5000), N corruption seeds (5000),
-//!                                     N kill -9 runs (200)
+//!                                     N kill -9 runs (200), N concurrent seeds with
+//!                                     consumers, retention and deletion (2000)
 //! cargo xtask ci                      everything .ci/run checks, in order
 //! ```
 
@@ -29,7 +30,7 @@ const USAGE: &str = "usage: cargo xtask <task>
   loom
   proptest [--cases N]
   fuzz [--seconds N]
-  crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N]
+  crash [--seeds N] [--concurrent N] [--corrupt N] [--kills N] [--consumers N]
   ci";
 
 /// Every task [`task`] knows, in the order of [`USAGE`] (checked by the tests).
@@ -206,6 +207,7 @@ fn crash(args: &[String]) -> Result {
     let concurrent = flag_value(args, "--concurrent", 5_000)?;
     let corrupt = flag_value(args, "--corrupt", 5_000)?;
     let kills = flag_value(args, "--kills", 200)?;
+    let consumers = flag_value(args, "--consumers", 2_000)?;
     let started = std::time::Instant::now();
     run(cargo()
         .args([
@@ -221,15 +223,18 @@ fn crash(args: &[String]) -> Result {
             "corruption",
             "--test",
             "crash_kill",
+            "--test",
+            "crash_consumers",
         ])
         .args(["--", "--nocapture", "--test-threads", "1"])
         .env("WALRUS_CRASH_SEEDS", seeds.to_string())
         .env("WALRUS_CRASH_CONCURRENT_SEEDS", concurrent.to_string())
         .env("WALRUS_CORRUPTION_CASES", corrupt.to_string())
-        .env("WALRUS_CRASH_KILLS", kills.to_string()))?;
+        .env("WALRUS_CRASH_KILLS", kills.to_string())
+        .env("WALRUS_CRASH_CONSUMERS_SEEDS", consumers.to_string()))?;
     eprintln!(
         "crash suite: {seeds} simulated seeds, {concurrent} concurrent seeds, {corrupt} \
-         corruption seeds, {kills} kills in {:.1?}",
+         corruption seeds, {kills} kills, {consumers} consumer seeds in {:.1?}",
         started.elapsed()
     );
     Ok(())
@@ -314,6 +319,7 @@ mod tests {
             "--concurrent",
             "--corrupt",
             "--kills",
+            "--consumers",
         ] {
             assert!(USAGE.contains(flag), "{flag} missing from the usage");
         }

@@ -151,7 +151,8 @@ impl Store {
             // A deleted topic appended to before the crash: its stale consumer records are
             // marked now, before it gets new consumers.
             if !t.is_hidden() {
-                t.revive(&shared)?;
+                t.revive(&shared)
+                    .map_err(|e| crate::error::on_topic(e, &t.name, None))?;
             }
             if real_fs(&*shared.storage) {
                 t.date_blocks(&mut |b| {
@@ -174,8 +175,8 @@ impl Store {
 
     /// Lists a topic whose consuming reads were not all persisted (`AtLeastOnce`), for the
     /// background maintenance to persist.
-    pub(crate) fn note_reads(&self, t: &Arc<Topic>, consume: bool) {
-        if consume && self.shared.options.persist_every > 1 && t.has_unpersisted_reads() {
+    pub(crate) fn note_reads(&self, t: &Arc<Topic>, unpersisted: bool) {
+        if unpersisted {
             self.shared.note_cursor(&t.name);
         }
     }

@@ -17,7 +17,6 @@ use super::Store;
 use crate::arrival::Registration;
 use crate::chain::{FramePos, ReadBuf};
 use crate::error::{invalid_input, on_topic};
-use crate::progress::Progress;
 use crate::shared::Shared;
 use crate::topic::{ConsumerInfo, DEFAULT_CONSUMER, Topic};
 
@@ -105,9 +104,9 @@ impl Store {
     ) -> io::Result<()> {
         check_consumer(topic, consumer)?;
         if let Some(t) = self.topic(topic) {
-            let read = t.read_entries(&self.shared, consumer, consume, max_entries, max_bytes, out);
-            self.note_reads(&t, consume);
-            read?;
+            let unpersisted =
+                t.read_entries(&self.shared, consumer, consume, max_entries, max_bytes, out)?;
+            self.note_reads(&t, unpersisted);
         }
         Ok(())
     }
@@ -123,16 +122,23 @@ impl Store {
         consumer: &str,
         timeout: Duration,
     ) -> io::Result<Option<(u64, Vec<u8>)>> {
+        check_consumer(topic, consumer)?;
+        let t = self.topic_or_create(topic, true)?;
         let deadline = Instant::now().checked_add(timeout);
+        // Bounded: each round waits for the visible end to pass what the read before it saw.
         loop {
+            // Captured before the read: an entry appended after it is either read, or makes
+            // the wait below return at once.
+            let end = t.visible(&self.shared);
             if let Some(entry) = self.read_next_as(topic, consumer, true)? {
                 return Ok(Some(entry));
             }
-            let t = self.topic_or_create(topic, true)?;
+            // Nothing readable below `end` (a gap recovery left, or everything read): wait
+            // for an entry at or after both the cursor and `end`.
             let from = t
                 .cursor(consumer)
                 .unwrap_or_else(|| t.first_retained())
-                .max(t.floor());
+                .max(end);
             let left = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => timeout,
@@ -157,7 +163,7 @@ impl Store {
     fn wait_on(&self, t: &Topic, offset: u64, timeout: Duration) -> bool {
         t.progress
             .arrivals
-            .wait(Some(timeout), || t.visible(&self.shared) > offset)
+            .wait(Some(timeout), || t.has_entry_from(&self.shared, offset))
     }
 
     /// A future that completes once `topic` has an entry at or after `offset` for readers,
@@ -172,7 +178,7 @@ impl Store {
         let t = self.topic_or_create(topic, true)?;
         let registration = t.progress.arrivals.register();
         Ok(Arrival {
-            progress: t.progress.clone(),
+            topic: t,
             shared: self.shared.clone(),
             offset,
             registration,
@@ -309,8 +315,19 @@ impl Store {
     /// Applies every topic's retention now (also done by [`maintain`](Self::maintain) and when
     /// a topic seals a block).
     pub(crate) fn apply_retention(&self) {
+        let options = &self.shared.options;
+        let topics: Vec<Arc<Topic>> = if options.retention.is_limited() {
+            self.topics.read().values().cloned().collect()
+        } else {
+            // Only the topics with a retention of their own: no walk over every topic.
+            let known = self.topics.read();
+            options
+                .topic_retention
+                .keys()
+                .filter_map(|name| known.get(name.as_str()).cloned())
+                .collect()
+        };
         let now = SystemTime::now();
-        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
         for t in topics {
             if let Err(e) = t.apply_retention(&self.shared, now) {
                 tracing::warn!(topic = %t.name, error = %e, "retention not applied");
@@ -354,7 +371,7 @@ fn check_retained(t: &Topic, from: u64) -> io::Result<()> {
 #[derive(Debug)]
 #[must_use = "a future does nothing unless polled"]
 pub struct Arrival {
-    progress: Arc<Progress>,
+    topic: Arc<Topic>,
     shared: Arc<Shared>,
     offset: u64,
     registration: Registration,
@@ -365,33 +382,35 @@ impl Future for Arrival {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let when_durable = this.shared.options.visible_when_durable;
-        let (progress, shared, offset) = (&this.progress, &this.shared, this.offset);
-        let ready =
-            || progress.visible(when_durable) > offset || shared.closed.load(Ordering::SeqCst);
-        match progress.arrivals.poll(&mut this.registration, cx, ready) {
+        let (topic, shared, offset) = (&this.topic, &this.shared, this.offset);
+        let ready = || topic.has_entry_from(shared, offset) || shared.closed.load(Ordering::SeqCst);
+        match topic
+            .progress
+            .arrivals
+            .poll(&mut this.registration, cx, ready)
+        {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => {
-                let end = progress.visible(when_durable);
-                Poll::Ready(if end > offset {
-                    Ok(end)
-                } else {
-                    Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        format!(
-                            "topic {:?}: the store was closed before offset {offset} arrived",
-                            progress.name
-                        ),
-                    ))
-                })
-            }
+            Poll::Ready(()) => Poll::Ready(if topic.has_entry_from(shared, offset) {
+                Ok(topic.visible(shared))
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!(
+                        "topic {:?}: the store was closed before offset {offset} arrived",
+                        topic.name
+                    ),
+                ))
+            }),
         }
     }
 }
 
 impl Drop for Arrival {
     fn drop(&mut self) {
-        self.progress.arrivals.unregister(&mut self.registration);
+        self.topic
+            .progress
+            .arrivals
+            .unregister(&mut self.registration);
     }
 }
 
@@ -417,9 +436,9 @@ impl Entries<'_> {
         let Some(t) = self.store.topic(&self.topic) else {
             return Ok(());
         };
-        if self.pos.is_none() {
-            check_retained(&t, self.next)?;
-        }
+        // Also with a saved position: its block may have been released (retention, deletion)
+        // since, and must not be served from the still open file.
+        check_retained(&t, self.next)?;
         let ahead = &mut self.ahead;
         let (next, pos) = t.gather(
             &self.store.shared,

@@ -262,12 +262,6 @@ impl Topic {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Whether consuming reads moved some cursor past what was last persisted.
-    pub(crate) fn has_unpersisted_reads(&self) -> bool {
-        let all: Vec<Arc<Consumer>> = self.consumers.read().values().cloned().collect();
-        all.iter().any(|c| c.reader.lock().unpersisted > 0)
-    }
-
     /// The cursor of consumer `name`: the next offset its consuming read returns. A default
     /// consumer not yet created reads from the oldest entry retained.
     pub(crate) fn cursor(&self, name: &str) -> Option<u64> {
@@ -309,14 +303,40 @@ impl Topic {
         if r.removed {
             return Ok(false);
         }
-        // What was released while this consumer counted must stay released once it is gone:
-        // the floor takes over the bound it held (recovery would bring those blocks back).
-        let bound = self.released_below();
-        if bound > f.offset {
-            self.write_floor(shared, &mut f, bound, false, false)?;
+        let context = |e: io::Error| {
+            on_topic(
+                io::Error::new(e.kind(), format!("removing consumer {name:?}: {e}")),
+                &self.name,
+                None,
+            )
+        };
+        // What was released while this consumer counted must stay released once it is gone
+        // (recovery would bring those blocks back): the floor takes over the bound it held.
+        // Raised under the chain's write lock, so that no rewind or new consumer can slip
+        // below it between reading the bound and raising the floor.
+        let old_floor = self.floor();
+        let bound = {
+            let _chain = self.chain.write();
+            let bound = self.release_bound();
+            self.floor_at.fetch_max(bound, Ordering::AcqRel);
+            bound
+        };
+        let written = if bound > f.offset {
+            self.write_floor(shared, &mut f, bound, false, false)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = written
+            .and_then(|()| self.write_removed(shared, &c.name, &mut r))
+            .and_then(|()| shared.cursors.sync())
+        {
+            // Kept, usable (after a crash it may or may not be gone: the error leaves that
+            // open, as any failed write does).
+            r.removed = false;
+            self.floor_at
+                .store(old_floor.max(f.offset), Ordering::Release);
+            return Err(context(e));
         }
-        self.write_removed(shared, &c.name, &mut r)?;
-        shared.cursors.sync()?;
         {
             let mut map = self.consumers.write();
             if map.get(name).is_some_and(|m| Arc::ptr_eq(m, &c)) {
@@ -349,7 +369,8 @@ impl Topic {
         self.floor_at.load(Ordering::Acquire)
     }
 
-    /// Raises the floor to `offset` (marking the topic deleted if `deleted`) and persists it.
+    /// Raises the floor to `offset` (marking the topic deleted if `deleted`) and persists it
+    /// (synced if `sync`); memory follows only once that succeeded.
     fn write_floor(
         &self,
         shared: &Shared,
@@ -358,22 +379,21 @@ impl Topic {
         deleted: bool,
         sync: bool,
     ) -> io::Result<()> {
-        let pair = match f.pair {
-            Some(p) => p,
+        let (pair, generation) = match f.pair {
+            Some(p) => (p, f.generation),
             None => {
                 let (p, last) = shared.cursors.pair_for(&RecordKey::floor(&self.name));
-                f.pair = Some(p);
-                f.generation = f.generation.max(last);
-                p
+                (p, f.generation.max(last))
             }
         };
         let record = CursorRecord {
             kind: CursorKind::Floor,
             removed: deleted,
-            ..CursorRecord::new(&*self.name, f.generation + 1, offset)
+            ..CursorRecord::new(&*self.name, generation + 1, offset)
         };
         shared.cursors.write(&record, pair, sync)?;
-        f.generation += 1;
+        f.pair = Some(pair);
+        f.generation = generation + 1;
         f.offset = offset;
         f.deleted = deleted;
         self.floor_at.fetch_max(offset, Ordering::AcqRel);
@@ -447,8 +467,8 @@ impl Topic {
         if f.deleted {
             return Ok(());
         }
-        self.write_floor(shared, &mut f, end, true, false)
-            .and_then(|()| shared.cursors.sync())
+        // The crash-atomic point: synced before anything else changes.
+        self.write_floor(shared, &mut f, end, true, true)
             .map_err(|e| on_topic(e, &self.name, Some(end)))?;
         // The writer's block is done: the next append (to a re-created topic) starts a new one.
         if let Some(b) = w.block.take() {
@@ -503,6 +523,10 @@ impl Topic {
                 shared.cursors.write(&record, stale.pair, false)?;
                 f.stale.pop();
             }
+            // Every removal (these, and those the deletion wrote) durable before the flag goes:
+            // otherwise a crash could keep the cleared floor and lose a removal, bringing a
+            // consumer of the deleted topic back.
+            shared.cursors.sync()?;
             let offset = f.offset;
             self.write_floor(shared, &mut f, offset, false, false)?;
         }

@@ -173,6 +173,13 @@ impl Topic {
         self.progress.visible(shared.options.visible_when_durable)
     }
 
+    /// Whether an entry at or after `offset` may be handed to readers: the visible end is past
+    /// both `offset` and the floor (nothing below the floor is ever served).
+    pub(crate) fn has_entry_from(&self, shared: &Shared, offset: u64) -> bool {
+        let floor = self.floor_at.load(std::sync::atomic::Ordering::Acquire);
+        self.visible(shared) > offset.max(floor)
+    }
+
     /// First offset still retained (not released after consumption).
     pub(crate) fn first_retained(&self) -> u64 {
         let chain = self.chain.read();

@@ -18,7 +18,7 @@ impl Topic {
     /// Reads up to `max_entries` entries (and `max_bytes` of payload, but at least one entry)
     /// from the cursor of consumer `name`, in commit order; moves the cursor past them if
     /// `consume` (creating the consumer). A peek by a consumer that does not exist reads from
-    /// the oldest entry retained.
+    /// the oldest entry retained. Whether the consumer has reads not yet persisted.
     pub(crate) fn read_entries(
         &self,
         shared: &Shared,
@@ -27,11 +27,15 @@ impl Topic {
         max_entries: usize,
         max_bytes: usize,
         out: &mut Vec<(u64, Vec<u8>)>,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let read = self.with_reader(shared, name, consume, |c, r| {
             self.read_as(shared, c, r, consume, max_entries, max_bytes, out)
+                .map(|()| r.unpersisted > 0)
         })?;
-        if read.is_none() {
+        if let Some(unpersisted) = read {
+            return Ok(unpersisted);
+        }
+        {
             let mut buf = ReadBuf::default();
             let from = self.first_retained();
             self.gather(
@@ -43,7 +47,7 @@ impl Topic {
                 &mut |offset, payload| out.push((offset, payload.to_vec())),
             )?;
         }
-        Ok(())
+        Ok(false)
     }
 
     /// [`read_entries`](Self::read_entries) with the consumer's reader held.
@@ -266,6 +270,18 @@ impl Topic {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("cannot commit past the end of the topic ({visible})"),
+                ),
+                &self.name,
+                Some(offset),
+            ));
+        }
+        let retained = self.first_retained();
+        if offset < retained {
+            // Refused before the consumer is created: bad input changes nothing.
+            return Err(on_topic(
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("offsets below {retained} were consumed and released"),
                 ),
                 &self.name,
                 Some(offset),
