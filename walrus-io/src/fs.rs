@@ -112,6 +112,14 @@ pub(crate) fn open_file(path: &Path) -> io::Result<File> {
         .map_err(|e| op_error("open", path, None, e))
 }
 
+/// Opens `path` for reading only: a handle that cannot change the file.
+pub(crate) fn open_file_read(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| op_error("open", path, None, e))
+}
+
 pub(crate) fn remove_file(path: &Path) -> io::Result<()> {
     fs::remove_file(path).map_err(|e| op_error("remove", path, None, e))
 }
@@ -350,6 +358,13 @@ macro_rules! real_fs_create_open {
             path: &std::path::Path,
         ) -> std::io::Result<std::sync::Arc<dyn crate::SegmentFile>> {
             Ok(self.wrap(crate::fs::open_file(path)?, path))
+        }
+
+        fn open_read(
+            &self,
+            path: &std::path::Path,
+        ) -> std::io::Result<std::sync::Arc<dyn crate::SegmentFile>> {
+            Ok(self.wrap(crate::fs::open_file_read(path)?, path))
         }
     };
 }

@@ -120,6 +120,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Opens an existing file for reading and writing.
     fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>>;
 
+    /// Opens an existing file for reading only (a read-only store's files). The default opens
+    /// it as [`open`](Self::open) does, for backends whose handles need write access (mmap);
+    /// the store never writes through it either way.
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
+        self.open(path)
+    }
+
     /// Removes the file at `path`. Open handles keep working on the unlinked file.
     fn remove(&self, path: &Path) -> io::Result<()>;
 

@@ -78,9 +78,15 @@ impl CursorFile {
         storage: &dyn Storage,
         dir: &Path,
         name: &str,
+        read_only: bool,
     ) -> io::Result<(Self, HashMap<RecordKey, LoadedCursor>)> {
         let path = dir.join(name);
-        let file = match storage.open(&path) {
+        let opened = if read_only {
+            storage.open_read(&path)
+        } else {
+            storage.open(&path)
+        };
+        let file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let empty = Self {
@@ -137,17 +143,27 @@ impl CursorFile {
             }
         };
         Ok(CursorStore {
-            file,
+            file: Some(file),
             pairs: Mutex::new((self.pairs, self.next_pair, self.last)),
             sync: FileSync::default(),
         })
+    }
+
+    /// The store on this file for a read-only open: every write is refused.
+    pub(crate) fn without_writes(self) -> CursorStore {
+        CursorStore {
+            file: None,
+            pairs: Mutex::new((self.pairs, self.next_pair, self.last)),
+            sync: FileSync::default(),
+        }
     }
 }
 
 /// The open cursor file of one store.
 #[derive(Debug)]
 pub(crate) struct CursorStore {
-    file: Arc<dyn SegmentFile>,
+    /// `None` in a read-only store.
+    file: Option<Arc<dyn SegmentFile>>,
     /// Slot pairs handed out so far: record → pair, the generation last written to each
     /// pair, and the next free pair.
     pairs: Mutex<(HashMap<RecordKey, u64>, u64, Vec<u64>)>,
@@ -242,8 +258,10 @@ impl CursorStore {
         let record = record.encode().map_err(io::Error::from)?;
         let mut slot = [0u8; CURSOR_SLOT_LEN as usize];
         slot[..record.len()].copy_from_slice(&record);
-        self.file
-            .write_at(&slot, CursorRecord::slot_position(pair, generation))?;
+        let Some(file) = &self.file else {
+            return Err(crate::error::read_only_error());
+        };
+        file.write_at(&slot, CursorRecord::slot_position(pair, generation))?;
         self.sync.mark();
         {
             let mut guard = self.pairs.lock();
@@ -260,6 +278,10 @@ impl CursorStore {
 
     /// Makes every cursor written so far durable.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.sync.sync(|| self.file.sync_data())
+        match &self.file {
+            Some(file) => self.sync.sync(|| file.sync_data()),
+            // Read-only: nothing was written.
+            None => Ok(()),
+        }
     }
 }

@@ -172,3 +172,11 @@ pub fn poisoned_cause(e: &io::Error) -> Option<&Poisoned> {
     }
     None
 }
+
+/// The error of a write to a store opened read-only.
+pub(crate) fn read_only_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "the store was opened read-only (Store::open_read_only): nothing is written",
+    )
+}

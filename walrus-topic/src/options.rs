@@ -113,6 +113,8 @@ pub struct StoreOptions {
     pub(crate) small_blocks: bool,
     pub(crate) retention: Retention,
     pub(crate) topic_retention: std::collections::BTreeMap<String, Retention>,
+    /// Set by [`Store::open_read_only`](crate::Store::open_read_only): nothing is written.
+    pub(crate) read_only: bool,
 }
 
 impl Default for StoreOptions {
@@ -141,6 +143,7 @@ impl StoreOptions {
             small_blocks: false,
             retention: Retention::default(),
             topic_retention: std::collections::BTreeMap::new(),
+            read_only: false,
         }
     }
 

@@ -141,6 +141,9 @@ impl Shared {
     /// Fails once a sync has failed: the kernel may have dropped unsynced pages, so nothing
     /// written since can be trusted until the store is reopened.
     pub(crate) fn check_writable(&self) -> io::Result<()> {
+        if self.options.read_only {
+            return Err(crate::error::read_only_error());
+        }
         if self.poisoned.load(Ordering::Acquire)
             && let Some(p) = &*self.poison.lock()
         {

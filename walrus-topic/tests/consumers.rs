@@ -1,4 +1,4 @@
-//! Named consumers, retention, topic deletion, waiting reads and iterators, on the simulated
+//! Named consumers, retention, topic deletion, waiting reads, iterators and read-only opens, on the simulated
 //! backend (crashes at every step of a deletion) and on the real file system.
 
 use std::io;
@@ -647,4 +647,105 @@ fn a_waiting_read_past_a_gap_recovery_left_waits_for_the_next_append() {
     // Waits on a deleted topic wait for its next incarnation.
     store.delete_topic("t").unwrap();
     assert!(!store.wait_for("t", 0, Duration::from_millis(20)).unwrap());
+}
+
+/// Every file of `dir` with its bytes.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_read_only_open_reads_a_directory_a_live_writer_holds_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal");
+    let storage: Arc<dyn Storage> = Arc::new(walrus_io::PwriteStorage::new());
+    let writer = Store::open(&path, storage.clone(), small()).unwrap();
+    for i in 0..120 {
+        writer.append("t", &payload(i)).unwrap();
+    }
+    writer.read_next_as("t", "c", true).unwrap();
+    writer.sync().unwrap();
+    // The writer holds the directory: a second writer is refused, a reader is not.
+    assert!(Store::open(&path, storage.clone(), small()).is_err());
+    let before = snapshot(&path);
+    {
+        let reader = Store::open_read_only(&path, storage.clone(), small()).unwrap();
+        assert_eq!(reader.topics(), ["t"]);
+        assert_eq!(reader.end_offset("t"), Some(120));
+        assert_eq!(reader.cursor_as("t", "c"), Some(1));
+        assert_eq!(reader.read_at("t", 77).unwrap(), Some(payload(77)));
+        assert_eq!(reader.iter("t", 0).count(), 120);
+        assert_eq!(
+            reader.read_next_as("t", "c", false).unwrap().map(|e| e.0),
+            Some(1)
+        );
+        let refused = [
+            reader.append("t", b"x").unwrap_err().kind(),
+            reader.append("new", b"x").unwrap_err().kind(),
+            reader.read_next_as("t", "c", true).unwrap_err().kind(),
+            reader.commit_as("t", "c", 0).unwrap_err().kind(),
+            reader.remove_consumer("t", "c").unwrap_err().kind(),
+            reader.delete_topic("t").unwrap_err().kind(),
+        ];
+        assert!(
+            refused
+                .iter()
+                .all(|k| *k == io::ErrorKind::PermissionDenied),
+            "{refused:?}"
+        );
+        assert_eq!(reader.topics(), ["t"], "a refused append creates no topic");
+        reader.sync().unwrap();
+        reader.maintain().unwrap();
+    }
+    assert_eq!(snapshot(&path), before, "the read-only open wrote nothing");
+    // The writer goes on as if nothing happened.
+    writer.append("t", b"more").unwrap();
+    drop(writer);
+    assert!(
+        Store::open_read_only(dir.path().join("missing"), storage, small())
+            .unwrap_err()
+            .kind()
+            == io::ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn a_read_only_open_of_a_crashed_directory_repairs_nothing() {
+    let sim = SimStorage::new(17);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..50 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        for i in 50..60 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        sim.crash(CrashMode::TearLastWrite);
+    }
+    let files: Vec<_> = sim.files();
+    let before: Vec<Vec<u8>> = files.iter().map(|p| sim.contents(p).unwrap()).collect();
+    {
+        let reader =
+            Store::open_read_only(DIR, Arc::new(sim.clone()) as Arc<dyn Storage>, small()).unwrap();
+        let end = reader.end_offset("t").unwrap();
+        assert!((50..=60).contains(&end), "{end}");
+        for o in 0..end {
+            assert_eq!(reader.read_at("t", o).unwrap(), Some(payload(o)));
+        }
+    }
+    assert_eq!(sim.files(), files);
+    let after: Vec<Vec<u8>> = files.iter().map(|p| sim.contents(p).unwrap()).collect();
+    assert!(after == before, "nothing repaired on disk");
+    // A writable open then repairs as usual.
+    assert!(open(&sim, small()).is_ok());
 }

@@ -19,6 +19,7 @@ const ALL_CRATES: &[&str] = &[
     "walrus-topic",
     "walrus",
     "walrus-s3",
+    "walrus-cli",
     "walrus-bench",
     "xtask",
 ];

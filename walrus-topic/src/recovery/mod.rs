@@ -123,8 +123,9 @@ pub(crate) fn recover(
         let next = next_ids.entry(lane_of(*id)).or_default();
         *next = (*next).max(id + 1);
     }
-    let (cursor_file, loaded) = CursorFile::load(&*storage, dir, CURSOR_FILE)?;
-    let (marks_file, loaded_marks) = CursorFile::load(&*storage, dir, MARKS_FILE)?;
+    let read_only = options.read_only;
+    let (cursor_file, loaded) = CursorFile::load(&*storage, dir, CURSOR_FILE, read_only)?;
+    let (marks_file, loaded_marks) = CursorFile::load(&*storage, dir, MARKS_FILE, read_only)?;
 
     // --- Decide (read only) -------------------------------------------------------------
     let mut segments: Vec<FoundSegment> = Vec::new();
@@ -138,7 +139,7 @@ pub(crate) fn recover(
             Found::Segment(seg) => segments.push(seg),
             Found::Empty(path) => deletions.push((id, path)),
             Found::Orphan(path) => orphans.push((id, path)),
-            Found::Unreadable => {}
+            Found::Unreadable | Found::Vanished => {}
             Found::Refused(e) => {
                 refusal.get_or_insert(e);
             }
@@ -357,6 +358,20 @@ pub(crate) fn recover(
     }
 
     // --- Apply ---------------------------------------------------------------------------
+    if read_only {
+        // Nothing is repaired, deleted, synced or created: the state decided above is served
+        // as it is (a torn tail is cut in memory, its bytes stay).
+        report.segments = kept.len();
+        report.blocks = kept.iter().map(|s| s.blocks.len()).sum();
+        return Ok(Recovered {
+            topics,
+            segments: kept,
+            lanes,
+            cursors: cursor_file.without_writes(),
+            marks: marks_file.without_writes(),
+            report,
+        });
+    }
     let cursors = cursor_file.create_if_missing(&*storage, dir, CURSOR_FILE)?;
     let marks = marks_file.create_if_missing(&*storage, dir, MARKS_FILE)?;
     apply_erases(&erases)?;

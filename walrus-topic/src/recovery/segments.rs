@@ -50,6 +50,8 @@ pub(super) enum Found {
     Unreadable,
     /// Not a segment the mode accepts.
     Refused(io::Error),
+    /// Gone by the time a read-only open got to it (a live writer deleted it).
+    Vanished,
 }
 
 pub(super) fn find_segment(
@@ -59,7 +61,15 @@ pub(super) fn find_segment(
     options: &StoreOptions,
     report: &mut RecoveryReport,
 ) -> io::Result<Found> {
-    let file = storage.open(&path)?;
+    let file = if options.read_only {
+        match storage.open_read(&path) {
+            // Deleted by a live writer between the listing and now: it held nothing unread.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Vanished),
+            other => other?,
+        }
+    } else {
+        storage.open(&path)?
+    };
     // A crash can lose a preallocation that was never synced: the file may be shorter than
     // the blocks in it. Never-written bytes read as zeros either way.
     let segment_len = file.len()?.max(options.segment_len);

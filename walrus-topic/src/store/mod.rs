@@ -80,6 +80,41 @@ impl Store {
         }
     }
 
+    /// Opens the data directory `dir` read-only: recovers every topic in memory, and never
+    /// writes, repairs, deletes or creates anything, nor takes the directory's lock, so it can
+    /// look at a directory a live writer holds (seeing it as of the open: what the writer had
+    /// not synced may show as a torn tail). Appends, consuming reads, commits, consumer
+    /// removal and deletion fail with `PermissionDenied`; peeks, reads at an offset, iterators
+    /// and every query work. For inspection tools (`walrus inspect`, `verify`, `dump`).
+    ///
+    /// # Errors
+    /// `NotFound` if `dir` does not exist; `InvalidInput` for bad options or a `dir` that is a
+    /// file; `InvalidData` as [`open`](Self::open) for damage `options`' recovery mode does not
+    /// tolerate; any I/O error.
+    pub fn open_read_only(
+        dir: impl AsRef<Path>,
+        storage: Arc<dyn Storage>,
+        options: StoreOptions,
+    ) -> io::Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let options = StoreOptions {
+            read_only: true,
+            // Nothing runs in the background of a read-only store.
+            background_maintenance: false,
+            prepare_ahead: false,
+            ..options
+        };
+        options.validate()?;
+        if storage.kind() != BackendKind::Sim && !check_dir(&dir)? {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("data directory {} does not exist", dir.display()),
+            ));
+        }
+        let recovered = recovery::recover(&dir, storage.clone(), &options)?;
+        Self::wire(dir, storage, options, recovered, DirLock::none())
+    }
+
     /// Builds the running store from what recovery found.
     fn wire(
         dir: PathBuf,
@@ -135,8 +170,10 @@ impl Store {
             (recovered.cursors, recovered.marks),
             options,
         ));
-        for segment in deletable {
-            shared.delete_segment(segment);
+        if !shared.options.read_only {
+            for segment in deletable {
+                shared.delete_segment(segment);
+            }
         }
         let topics: HashMap<Arc<str>, Arc<Topic>> = recovered
             .topics
@@ -150,7 +187,7 @@ impl Store {
         for t in topics.values() {
             // A deleted topic appended to before the crash: its stale consumer records are
             // marked now, before it gets new consumers.
-            if !t.is_hidden() {
+            if !t.is_hidden() && !shared.options.read_only {
                 t.revive(&shared)
                     .map_err(|e| crate::error::on_topic(e, &t.name, None))?;
             }
@@ -218,6 +255,7 @@ impl Store {
     /// leaves the topic exactly as before.
     pub fn append(&self, topic: &str, payload: &[u8]) -> io::Result<u64> {
         check_entry(topic, payload)?;
+        self.shared.check_writable()?;
         let t = self.topic_or_create(topic, false)?;
         let offset = t.append(&self.shared, &[payload], false)?.start;
         self.shared.note_append(&t.progress);
@@ -250,6 +288,7 @@ impl Store {
         for p in payloads {
             check_entry(topic, p)?;
         }
+        self.shared.check_writable()?;
         let t = self.topic_or_create(topic, false)?;
         let range = t.append(&self.shared, payloads, true)?;
         self.shared.note_append(&t.progress);
@@ -305,6 +344,10 @@ impl Store {
     /// # Errors
     /// The sync error. A failed sync poisons the store: later writes fail until it is reopened.
     pub fn sync(&self) -> io::Result<()> {
+        if self.shared.options.read_only {
+            // Nothing was written.
+            return Ok(());
+        }
         self.shared.sync()
     }
 
@@ -315,6 +358,9 @@ impl Store {
     /// # Errors
     /// The error of preparing the next segment (an append that needs it will retry).
     pub fn maintain(&self) -> io::Result<()> {
+        if self.shared.options.read_only {
+            return Ok(());
+        }
         let due = self.shared.take_deletions();
         for segment in due {
             self.shared.delete_segment_now(segment);
@@ -376,6 +422,9 @@ impl Drop for Store {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         for t in self.topics.read().values() {
             t.progress.arrivals.notify();
+        }
+        if self.shared.options.read_only {
+            return;
         }
         if let Err(e) = self
             .persist_cursors()

@@ -103,6 +103,9 @@ impl Store {
         out: &mut Vec<(u64, Vec<u8>)>,
     ) -> io::Result<()> {
         check_consumer(topic, consumer)?;
+        if consume && self.shared.options.read_only {
+            return Err(crate::error::read_only_error());
+        }
         if let Some(t) = self.topic(topic) {
             let unpersisted =
                 t.read_entries(&self.shared, consumer, consume, max_entries, max_bytes, out)?;

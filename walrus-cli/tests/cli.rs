@@ -1,0 +1,231 @@
+//! The `walrus` command against data directories written by the engine: a clean one, a
+//! damaged one (verify exits 1 and names topic, offset and file) and one a live writer holds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use walrus_io::{PwriteStorage, Storage};
+use walrus_topic::{Store, StoreOptions};
+
+fn walrus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_walrus"))
+        .args(args)
+        .output()
+        .expect("the walrus binary runs")
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn entry(i: u64) -> Vec<u8> {
+    format!("entry-{i:04}-{}", "x".repeat((i % 50) as usize)).into_bytes()
+}
+
+fn options() -> StoreOptions {
+    StoreOptions::new()
+        .with_block_len(8192)
+        .with_segment_len(64 * 1024)
+}
+
+fn storage() -> Arc<dyn Storage> {
+    Arc::new(PwriteStorage::new())
+}
+
+/// A directory with topics `orders` (200 entries, consumers `billing` at 150 and `audit` at
+/// 20) and `events` (3 entries), closed cleanly.
+fn written(root: &Path) -> PathBuf {
+    let dir = root.join("wal");
+    let store = Store::open(&dir, storage(), options()).unwrap();
+    fill(&store);
+    dir
+}
+
+fn fill(store: &Store) {
+    store.append("orders", &entry(0)).unwrap();
+    store.commit_as("orders", "audit", 0).unwrap();
+    for i in 1..200 {
+        store.append("orders", &entry(i)).unwrap();
+    }
+    for _ in 0..150 {
+        store.read_next_as("orders", "billing", true).unwrap();
+    }
+    for _ in 0..20 {
+        store.read_next_as("orders", "audit", true).unwrap();
+    }
+    for i in 0..3 {
+        store.append("events", &[0xff, 0xfe, i as u8]).unwrap();
+    }
+    store.sync().unwrap();
+}
+
+#[test]
+fn inspect_and_stats_show_topics_consumers_and_disk() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = written(root.path());
+    let o = walrus(&["inspect", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o);
+    assert!(out.contains("topic \"orders\": retained ["), "{out}");
+    assert!(out.contains(", 200), durable to 200"), "{out}");
+    assert!(
+        out.contains("consumer \"billing\": cursor 150, lag 50"),
+        "{out}"
+    );
+    assert!(
+        out.contains("consumer \"audit\": cursor 20, lag 180"),
+        "{out}"
+    );
+    assert!(out.contains("topic \"events\""), "{out}");
+    assert!(out.contains("recovery: 0 issues"), "{out}");
+    let o = walrus(&["stats", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o);
+    for line in [
+        "topics 2",
+        "consumers 2",
+        "consumer_lag_total 230",
+        "recovery_issues 0",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} in {out}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("segments ") && l != "segments 0"),
+        "{out}"
+    );
+}
+
+#[test]
+fn dump_prints_text_hex_and_json_from_an_offset() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = written(root.path());
+    let d = dir.to_str().unwrap();
+    let o = walrus(&[
+        "dump", d, "--topic", "orders", "--from", "190", "--count", "3",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let expected: String = (190..193)
+        .map(|i| format!("{i}\t{}\n", String::from_utf8(entry(i)).unwrap()))
+        .collect();
+    assert_eq!(text(&o), expected);
+    let o = walrus(&["dump", d, "--topic", "events", "--format", "hex"]);
+    assert_eq!(text(&o), "0\tfffe00\n1\tfffe01\n2\tfffe02\n");
+    let o = walrus(&[
+        "dump", d, "--topic", "events", "--format", "json", "--count", "1",
+    ]);
+    let line: serde_json::Value = serde_json::from_str(text(&o).trim()).unwrap();
+    assert_eq!(
+        line,
+        serde_json::json!({"offset": 0, "len": 3, "hex": "fffe00"})
+    );
+    let o = walrus(&[
+        "dump", d, "--topic", "orders", "--format", "json", "--from", "5", "--count", "1",
+    ]);
+    let line: serde_json::Value = serde_json::from_str(text(&o).trim()).unwrap();
+    assert_eq!(line["utf8"], String::from_utf8(entry(5)).unwrap());
+    let o = walrus(&["dump", d, "--topic", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"nope\""));
+}
+
+#[test]
+fn verify_exits_0_when_clean_and_1_naming_topic_offset_and_file_when_damaged() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = written(root.path());
+    let o = walrus(&["verify", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(text(&o).starts_with("ok: "), "{}", text(&o));
+    // Flip one payload byte of entry 120 of `orders` (synced, unconsumed by `audit`).
+    let needle = entry(120);
+    let mut hit = None;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+        {
+            hit = Some((path, bytes, at));
+        }
+    }
+    let (path, mut bytes, at) = hit.expect("entry 120 is on disk");
+    bytes[at + 3] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let o = walrus(&["verify", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let out = text(&o);
+    let line = out.lines().find(|l| l.starts_with("damaged:")).expect(&out);
+    assert!(line.contains("topic \"orders\" offset 120"), "{line}");
+    assert!(
+        line.contains(path.file_name().unwrap().to_str().unwrap()),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "verify modified nothing"
+    );
+    // The other commands still read the rest.
+    let o = walrus(&[
+        "dump",
+        dir.to_str().unwrap(),
+        "--topic",
+        "orders",
+        "--from",
+        "119",
+        "--count",
+        "2",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(text(&o).starts_with("119\t"), "{}", text(&o));
+}
+
+#[test]
+fn every_command_works_beside_a_live_writer_and_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("live");
+    let store = Store::open(&dir, storage(), options()).unwrap();
+    fill(&store);
+    let files = |dir: &Path| {
+        let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&dir);
+    let d = dir.to_str().unwrap();
+    for args in [
+        vec!["inspect", d],
+        vec!["verify", d],
+        vec!["stats", d],
+        vec!["dump", d, "--topic", "orders", "--count", "5"],
+    ] {
+        let o = walrus(&args);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+    }
+    assert_eq!(files(&dir), before, "nothing on disk changed");
+    // The writer carries on.
+    store.append("orders", b"after").unwrap();
+    store.sync().unwrap();
+    let o = walrus(&["dump", d, "--topic", "orders", "--from", "200"]);
+    assert_eq!(text(&o), "200\tafter\n");
+}
+
+#[test]
+fn a_missing_directory_is_reported_with_exit_code_2() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("none");
+    let o = walrus(&["inspect", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not exist"),
+        "{o:?}"
+    );
+    assert!(!missing.exists(), "nothing created");
+}
