@@ -186,12 +186,8 @@ fn dump(
             ),
         ));
     };
-    let limit = count.unwrap_or(u64::MAX);
-    let mut written = 0u64;
-    for entry in store.iter(topic, from.unwrap_or(first)) {
-        if written >= limit {
-            break;
-        }
+    let limit = usize::try_from(count.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
+    for entry in store.iter(topic, from.unwrap_or(first)).take(limit) {
         let (offset, data) = entry?;
         match format {
             Format::Text => writeln!(out, "{offset}\t{}", String::from_utf8_lossy(&data))?,
@@ -205,7 +201,6 @@ fn dump(
                 writeln!(out, "{line}")?;
             }
         }
-        written += 1;
     }
     Ok(())
 }
