@@ -96,6 +96,11 @@ impl SegmentHandle {
     }
 
     /// Records that the file has writes a sync must cover. Called after the write returned.
+    /// Disk space claimed for the file so far.
+    pub(crate) fn claimed(&self) -> u64 {
+        self.claimed.load(Ordering::Acquire)
+    }
+
     pub(crate) fn mark_dirty(&self) {
         self.sync.mark();
     }

@@ -39,6 +39,7 @@ mod options;
 mod progress;
 mod recovery;
 mod shared;
+mod stats;
 mod store;
 mod syncers;
 mod topic;
@@ -49,8 +50,9 @@ pub use error::{Poisoned, is_poisoned, poisoned_cause};
 pub use layout::DirLock;
 pub use options::{RecoveryMode, Retention, StoreOptions};
 pub use recovery::{Action, Problem, RecoveryIssue, RecoveryReport};
+pub use stats::ConsumerInfo;
+pub use stats::{Stats, TopicStats};
 pub use store::{Arrival, Entries, Store};
-pub use topic::ConsumerInfo;
 
 pub use walrus_alloc;
 pub use walrus_block;

@@ -45,6 +45,12 @@ impl Files {
     fn all(&self) -> Vec<Arc<SegmentHandle>> {
         self.map.read().values().cloned().collect()
     }
+
+    /// Open segment files, and the disk space they claimed.
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        let map = self.map.read();
+        (map.len() as u64, map.values().map(|h| h.claimed()).sum())
+    }
 }
 
 /// A block just handed out by the allocator, with its open file.
@@ -89,6 +95,8 @@ pub(crate) struct Shared {
     deletions: Mutex<Vec<u64>>,
     /// The store was dropped: waits for entries end.
     pub(crate) closed: AtomicBool,
+    /// Syncs and segment deletions since the store opened.
+    pub(crate) sync_counters: crate::stats::SyncCounters,
 }
 
 impl Shared {
@@ -122,6 +130,7 @@ impl Shared {
             marks_pending: Mutex::new((Vec::new(), Instant::now())),
             deletions: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            sync_counters: crate::stats::SyncCounters::default(),
         }
     }
 
@@ -279,6 +288,7 @@ impl Shared {
     }
 
     pub(crate) fn delete_segment_now(&self, segment: u64) {
+        let _span = tracing::debug_span!("walrus.delete_segment", segment).entered();
         let path = segment_path(&self.dir, segment);
         if let Err(e) = self.cursors.sync() {
             tracing::warn!(file = %path.display(), error = %e, "cursor sync failed; segment kept");
@@ -291,7 +301,10 @@ impl Shared {
             .remove(&path)
             .and_then(|()| self.storage.sync_dir(&self.dir));
         match removed {
-            Ok(()) => tracing::debug!(file = %path.display(), "deleted consumed segment"),
+            Ok(()) => {
+                self.sync_counters.segment_deleted();
+                tracing::debug!(file = %path.display(), "deleted consumed segment");
+            }
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "could not delete consumed segment")
             }
@@ -306,6 +319,8 @@ impl Shared {
     /// watermark moves to what this sync saw written when it started.
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.check_writable()?;
+        let _span = tracing::trace_span!("walrus.sync").entered();
+        let started = Instant::now();
         let snapshot: Vec<(Arc<Progress>, u64)> = self
             .unsynced
             .lock()
@@ -331,9 +346,14 @@ impl Shared {
             self.poison(&e);
             return Err(e);
         }
+        let mut entries = 0;
         for (t, offset) in &snapshot {
+            entries += offset.saturating_sub(t.durable());
             t.set_durable(*offset);
         }
+        let took = started.elapsed();
+        self.sync_counters.synced(took, entries);
+        tracing::trace!(entries, micros = took.as_micros() as u64, "synced");
         // Topics now wholly durable leave the list. An append racing with this keeps (or puts)
         // its topic listed: it sets the flag after publishing, this clears it before checking.
         self.unsynced.lock().retain(|t| {
@@ -419,6 +439,7 @@ pub(crate) fn segment_preparer(
     block_len: u64,
 ) -> impl Fn(u64, u64) -> io::Result<()> + Send + Sync + 'static {
     move |segment, segment_len| {
+        let _span = tracing::debug_span!("walrus.prepare_segment", segment, segment_len).entered();
         let path = segment_path(&dir, segment);
         let file = match storage.create(&path, segment_len) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

@@ -749,3 +749,38 @@ fn a_read_only_open_of_a_crashed_directory_repairs_nothing() {
     // A writable open then repairs as usual.
     assert!(open(&sim, small()).is_ok());
 }
+
+#[test]
+fn stats_count_appends_reads_syncs_and_segments() {
+    let sim = SimStorage::new(18);
+    let store = open(&sim, small()).unwrap();
+    for i in 0..300 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    store.append_batch("b", &[b"x", b"yy"]).unwrap();
+    store.sync().unwrap();
+    store.sync().unwrap();
+    drain_as(&store, "t", "c");
+    assert_eq!(store.read_at("b", 1).unwrap(), Some(b"yy".to_vec()));
+    let s = store.stats();
+    assert_eq!(s.appends, 302);
+    assert_eq!(
+        s.append_bytes,
+        (0..300).map(|i| payload(i).len() as u64).sum::<u64>() + 3
+    );
+    assert_eq!(s.batches, 1);
+    assert_eq!(s.reads, 301);
+    assert_eq!(s.syncs, 2);
+    assert_eq!(s.entries_synced, 302, "each entry made durable once");
+    assert_eq!(s.largest_sync_group, 302);
+    assert!(s.sync_p50_micros >= 1 && s.sync_p99_micros >= s.sync_p50_micros);
+    assert!(s.segments_deleted > 0, "the consumed segments went");
+    assert_eq!(s.segments_live as usize, segments(&sim));
+    assert!(s.segment_bytes > 0);
+    let names: Vec<&str> = s.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["b", "t"]);
+    let t = &s.topics[1];
+    assert_eq!((t.end, t.durable), (300, 300));
+    assert_eq!(t.consumers.len(), 1);
+    assert_eq!(t.consumers[0].lag, 0);
+}

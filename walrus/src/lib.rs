@@ -60,6 +60,18 @@
 //! - `WALRUS_INSTANCE_KEY`: the key of the key-less constructors (data under `<root>/<key>/`).
 //! - `WALRUS_QUIET`: silence informational logging (Walrus logs through [`tracing`]).
 //!
+//! ## Logging
+//!
+//! Walrus never prints; it emits [`tracing`] events and spans, and the application chooses the
+//! subscriber and the level. `warn`: recovery issues (one event per problem, naming topic,
+//! offset and file), failed background work, retention skipping unread entries. `info`: the
+//! `walrus.open` span and the "walrus opened" summary (topics, segments, entries scanned,
+//! issues) — the only event `WALRUS_QUIET` (or [`WalrusBuilder::quiet`]) suppresses. `debug`:
+//! the `walrus.recovery` span with its report, `walrus.prepare_segment` and
+//! `walrus.delete_segment` spans, retention raising a floor. `trace`: a `walrus.sync` span and
+//! event per store-wide sync (entries made durable, µs). [`Walrus::stats`] has the same
+//! figures as counters.
+//!
 //! ## Storage, and testing against power cuts
 //!
 //! An instance writes through a [`Storage`] backend ([`BackendKind`] picks one of the built-in
@@ -86,7 +98,7 @@ pub use wal::{Entry, Record, Walrus};
 #[doc(inline)]
 pub use walrus_io::{BackendKind, SegmentFile, Storage};
 #[doc(inline)]
-pub use walrus_topic::{Arrival, ConsumerInfo, DurableTicket, Retention};
+pub use walrus_topic::{Arrival, ConsumerInfo, DurableTicket, Retention, Stats, TopicStats};
 #[doc(inline)]
 pub use walrus_topic::{Poisoned, RecoveryIssue, RecoveryMode, RecoveryReport, is_poisoned};
 

@@ -5,7 +5,9 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use walrus_topic::{Arrival, ConsumerInfo, DurableTicket, Engine, RecoveryReport, SyncPolicy};
+use walrus_topic::{
+    Arrival, ConsumerInfo, DurableTicket, Engine, RecoveryReport, Stats, SyncPolicy,
+};
 
 use crate::builder::{Settings, WalrusBuilder};
 use crate::config::{FsyncSchedule, ReadConsistency};
@@ -510,6 +512,14 @@ impl Walrus {
     pub fn delete_topic(&self, topic: &str) -> io::Result<bool> {
         check_topic(topic)?;
         self.engine.store().delete_topic(topic)
+    }
+
+    /// What this instance did since it opened — appends, bytes, batches, reads, syncs with
+    /// their latency and group sizes, segments live and deleted, bytes claimed — and every
+    /// topic's end, durable end, oldest retained offset and consumers. Cheap enough to call
+    /// every second.
+    pub fn stats(&self) -> Stats {
+        self.engine.store().stats()
     }
 
     /// The first offset of `topic` still stored (lower ones were consumed by every consumer,

@@ -104,6 +104,31 @@ fn no_global_mutable_state_in_libraries() {
     );
 }
 
+/// Libraries log through `tracing` (the application picks the subscriber and the level);
+/// they never print to stdout.
+#[test]
+fn no_println_in_libraries() {
+    // Their sources; examples and tests print as they like.
+    let sources = files_of(LIBRARY_CRATES)
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "src"));
+    for path in sources {
+        let text = fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            assert!(
+                !code.contains("println!(") || code.contains("eprintln!("),
+                "{}:{}: println! in a library crate",
+                path.display(),
+                n + 1
+            );
+        }
+    }
+}
+
 /// Bytes read from disk go through rkyv's checked access only.
 #[test]
 fn no_unchecked_rkyv_access() {

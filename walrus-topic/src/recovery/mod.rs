@@ -107,6 +107,29 @@ pub(crate) fn recover(
     storage: Arc<dyn Storage>,
     options: &StoreOptions,
 ) -> io::Result<Recovered> {
+    let _span = tracing::debug_span!("walrus.recovery", mode = ?options.recovery).entered();
+    let started = std::time::Instant::now();
+    let recovered = recover_in(dir, storage, options)?;
+    let r = &recovered.report;
+    tracing::debug!(
+        topics = recovered.topics.len(),
+        segments = r.segments,
+        segments_deleted = r.segments_deleted.len(),
+        blocks = r.blocks,
+        blocks_scanned = r.blocks_scanned,
+        entries_scanned = r.entries_scanned,
+        issues = r.issues.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "recovered"
+    );
+    Ok(recovered)
+}
+
+fn recover_in(
+    dir: &Path,
+    storage: Arc<dyn Storage>,
+    options: &StoreOptions,
+) -> io::Result<Recovered> {
     let mode = options.recovery;
     let mut report = RecoveryReport::default();
     let mut segment_paths = Vec::new();

@@ -53,6 +53,7 @@ impl Store {
         options: StoreOptions,
     ) -> io::Result<Self> {
         let dir = dir.as_ref().to_path_buf();
+        let _span = tracing::info_span!("walrus.open", dir = %dir.display()).entered();
         options.validate()?;
         let real_fs = storage.kind() != BackendKind::Sim;
         let existed = if real_fs { check_dir(&dir)? } else { true };
@@ -111,6 +112,7 @@ impl Store {
                 format!("data directory {} does not exist", dir.display()),
             ));
         }
+        let _span = tracing::info_span!("walrus.open_read_only", dir = %dir.display()).entered();
         let recovered = recovery::recover(&dir, storage.clone(), &options)?;
         Self::wire(dir, storage, options, recovered, DirLock::none())
     }

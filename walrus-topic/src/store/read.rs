@@ -18,7 +18,9 @@ use crate::arrival::Registration;
 use crate::chain::{FramePos, ReadBuf};
 use crate::error::{invalid_input, on_topic};
 use crate::shared::Shared;
-use crate::topic::{ConsumerInfo, DEFAULT_CONSUMER, Topic};
+use crate::stats::ConsumerInfo;
+use crate::stats::{Stats, TopicStats};
+use crate::topic::{DEFAULT_CONSUMER, Topic};
 
 /// Entries an [`Entries`] iterator reads ahead at a time.
 const ITER_BATCH: usize = 256;
@@ -313,6 +315,32 @@ impl Store {
             Some(t) => t.delete(&self.shared).map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// What the store did since it opened (appends, reads, syncs and their latency and group
+    /// sizes, segments) and where every topic stands. Cheap: a few loads per topic and per
+    /// consumer; fine to call every second.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        self.shared.sync_counters.fill(&mut s);
+        (s.segments_live, s.segment_bytes) = self.shared.files.usage();
+        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        for t in &topics {
+            t.counters.add_to(&mut s);
+            if t.is_hidden() {
+                continue;
+            }
+            s.topics.push(TopicStats {
+                name: t.name.to_string(),
+                end: t.written_end(),
+                durable: t.durable(),
+                first_retained: t.first_retained(),
+                blocks: t.chain_len(),
+                consumers: t.consumer_infos(&self.shared),
+            });
+        }
+        s.topics.sort_by(|a, b| a.name.cmp(&b.name));
+        s
     }
 
     /// Applies every topic's retention now (also done by [`maintain`](Self::maintain) and when

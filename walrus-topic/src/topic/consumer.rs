@@ -31,6 +31,7 @@ use crate::chain::{Block, FramePos, ReadBuf, unix_millis};
 use crate::cursors::RecordKey;
 use crate::error::on_topic;
 use crate::shared::Shared;
+use crate::stats::ConsumerInfo;
 
 use super::Topic;
 
@@ -95,22 +96,6 @@ pub(super) struct Reader {
     pub(super) removed: bool,
     /// Entries released by retention before this consumer read them, since the store opened.
     pub(super) skipped: u64,
-}
-
-/// What [`Store::consumers`](crate::Store::consumers) reports of one consumer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumerInfo {
-    /// The consumer's name (`""`: the topic's default consumer, the seed API's cursor).
-    pub name: String,
-    /// The next offset its consuming read returns.
-    pub cursor: u64,
-    /// The cursor as last persisted: after a crash, reading resumes here (or later).
-    pub persisted: u64,
-    /// Entries between the cursor and the topic's visible end.
-    pub lag: u64,
-    /// Entries released by retention before the consumer read them, since the store opened
-    /// (the consumer continued at the oldest entry kept).
-    pub skipped: u64,
 }
 
 impl Consumer {

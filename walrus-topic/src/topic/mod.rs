@@ -19,7 +19,6 @@ mod consumer;
 mod read;
 mod write;
 
-pub use consumer::ConsumerInfo;
 use consumer::{Consumer, Floor};
 pub(crate) use consumer::{ConsumerState, DEFAULT_CONSUMER, FloorState, StaleRecord};
 
@@ -42,6 +41,8 @@ pub(crate) struct Topic {
     floor_at: AtomicU64,
     /// Not listed: deleted (and not appended to since), or only waited on.
     hidden: AtomicBool,
+    /// Appends and reads since the store opened.
+    pub(crate) counters: crate::stats::TopicCounters,
 }
 
 #[derive(Debug)]
@@ -153,6 +154,7 @@ impl Topic {
             floor: Mutex::new(Floor::from(state.floor)),
             floor_at: AtomicU64::new(floor_at),
             hidden: AtomicBool::new(state.hidden),
+            counters: crate::stats::TopicCounters::default(),
         }
     }
 

@@ -160,6 +160,7 @@ impl Topic {
                 None
             };
         }
+        self.counters.read(count as u64);
         Ok((cursor, pos))
     }
 
@@ -209,6 +210,7 @@ impl Topic {
                 Some(offset),
             ));
         }
+        self.counters.read(1);
         Ok(Some(payload.to_vec()))
     }
 

@@ -93,6 +93,8 @@ impl Topic {
         let result = self.write_unit(shared, &mut w, &mut headers, payloads, batch);
         w.headers = headers;
         result.map_err(|e| on_topic(e, &self.name, Some(first)))?;
+        let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+        self.counters.appended(n, bytes, batch);
         Ok(first..first + n)
     }
 

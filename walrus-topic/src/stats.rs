@@ -1,0 +1,185 @@
+//! What a store has done since it opened, cheaply: counters kept where the work happens
+//! (per topic under its writer's lock, per sync), summed only when [`Store::stats`] is asked.
+//!
+//! [`Store::stats`]: crate::Store::stats
+
+use std::time::Duration;
+
+use walrus_alloc::sync::atomic::{AtomicU64, Ordering};
+
+/// Buckets of the sync latency histogram: bucket `i` counts syncs of `[2^i, 2^(i+1))` µs.
+const BUCKETS: usize = 32;
+
+/// Counters of the store-wide syncs.
+#[derive(Debug)]
+pub(crate) struct SyncCounters {
+    syncs: AtomicU64,
+    /// Entries a sync made durable, summed.
+    entries: AtomicU64,
+    /// The largest number of entries one sync made durable.
+    largest: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
+    segments_deleted: AtomicU64,
+}
+
+impl Default for SyncCounters {
+    fn default() -> Self {
+        Self {
+            syncs: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            largest: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            segments_deleted: AtomicU64::new(0),
+        }
+    }
+}
+
+impl SyncCounters {
+    /// A sync that took `took` and made `entries` entries durable completed.
+    pub(crate) fn synced(&self, took: Duration, entries: u64) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.entries.fetch_add(entries, Ordering::Relaxed);
+        self.largest.fetch_max(entries, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let bucket = (63 - micros.leading_zeros() as usize).min(BUCKETS - 1);
+        if let Some(b) = self.latency.get(bucket) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A consumed segment file was deleted.
+    pub(crate) fn segment_deleted(&self) {
+        self.segments_deleted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upper bound, in µs, of the bucket holding quantile `q` of the sync latencies.
+    fn quantile_micros(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .latency
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return 1u64 << (i + 1).min(63);
+            }
+        }
+        u64::MAX
+    }
+
+    pub(crate) fn fill(&self, s: &mut Stats) {
+        s.syncs = self.syncs.load(Ordering::Relaxed);
+        s.entries_synced = self.entries.load(Ordering::Relaxed);
+        s.largest_sync_group = self.largest.load(Ordering::Relaxed);
+        s.sync_p50_micros = self.quantile_micros(0.50);
+        s.sync_p99_micros = self.quantile_micros(0.99);
+        s.segments_deleted = self.segments_deleted.load(Ordering::Relaxed);
+    }
+}
+
+/// Appends and reads of one topic.
+#[derive(Debug, Default)]
+pub(crate) struct TopicCounters {
+    appends: AtomicU64,
+    bytes: AtomicU64,
+    batches: AtomicU64,
+    reads: AtomicU64,
+}
+
+impl TopicCounters {
+    /// A unit of `entries` entries and `bytes` bytes of payload was appended (`batch`: as
+    /// one atomic batch). Called under the topic's writer lock: never contended.
+    pub(crate) fn appended(&self, entries: u64, bytes: u64, batch: bool) {
+        self.appends.fetch_add(entries, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if batch {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `entries` entries were handed to a reader.
+    pub(crate) fn read(&self, entries: u64) {
+        self.reads.fetch_add(entries, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_to(&self, s: &mut Stats) {
+        s.appends += self.appends.load(Ordering::Relaxed);
+        s.append_bytes += self.bytes.load(Ordering::Relaxed);
+        s.batches += self.batches.load(Ordering::Relaxed);
+        s.reads += self.reads.load(Ordering::Relaxed);
+    }
+}
+
+/// What [`Store::stats`](crate::Store::stats) reports: counters since the store opened, and
+/// where every topic stands now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Entries appended.
+    pub appends: u64,
+    /// Payload bytes appended.
+    pub append_bytes: u64,
+    /// Atomic batches appended (their entries count in `appends`).
+    pub batches: u64,
+    /// Entries handed to readers (consuming reads and peeks, batch reads, iterators).
+    pub reads: u64,
+    /// Completed store-wide syncs.
+    pub syncs: u64,
+    /// Entries made durable by those syncs; `entries_synced / syncs` is the mean group size.
+    pub entries_synced: u64,
+    /// The most entries one sync made durable.
+    pub largest_sync_group: u64,
+    /// Median sync latency, as the upper bound of its power-of-two bucket, in µs.
+    pub sync_p50_micros: u64,
+    /// 99th percentile sync latency, likewise.
+    pub sync_p99_micros: u64,
+    /// Segment files open now.
+    pub segments_live: u64,
+    /// Segment files deleted (wholly consumed) since the store opened.
+    pub segments_deleted: u64,
+    /// Disk space claimed by the segment files (blocks handed out, plus space claimed ahead).
+    pub segment_bytes: u64,
+    /// Every listed topic, sorted by name.
+    pub topics: Vec<TopicStats>,
+}
+
+/// Where one topic stands, in [`Stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicStats {
+    /// The topic.
+    pub name: String,
+    /// One past its last entry.
+    pub end: u64,
+    /// One past its last durable entry.
+    pub durable: u64,
+    /// Its oldest retained entry.
+    pub first_retained: u64,
+    /// Blocks it retains.
+    pub blocks: usize,
+    /// Its consumers, with cursor and lag.
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+/// What [`Store::consumers`](crate::Store::consumers) reports of one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// The consumer's name (`""`: the topic's default consumer, the seed API's cursor).
+    pub name: String,
+    /// The next offset its consuming read returns.
+    pub cursor: u64,
+    /// The cursor as last persisted: after a crash, reading resumes here (or later).
+    pub persisted: u64,
+    /// Entries between the cursor and the topic's visible end.
+    pub lag: u64,
+    /// Entries released by retention before the consumer read them, since the store opened
+    /// (the consumer continued at the oldest entry kept).
+    pub skipped: u64,
+}
