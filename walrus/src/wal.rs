@@ -522,6 +522,54 @@ impl Walrus {
         self.engine.store().stats()
     }
 
+    /// Publishes [`stats`](Self::stats) through the [`metrics`] facade (feature `metrics`):
+    /// counters `walrus_appends_total`, `walrus_append_bytes_total`, `walrus_batches_total`,
+    /// `walrus_reads_total`, `walrus_syncs_total`, `walrus_entries_synced_total`,
+    /// `walrus_segments_deleted_total`; gauges `walrus_sync_p50_micros`,
+    /// `walrus_sync_p99_micros`, `walrus_segments_live`, `walrus_segment_bytes`; per topic
+    /// (label `topic`) `walrus_topic_end`, `walrus_topic_durable`, `walrus_topic_first_retained`,
+    /// and per consumer (labels `topic`, `consumer`) `walrus_consumer_lag`. Every metric carries
+    /// the label `dir`. Call it as often as the exporter scrapes (it costs one `stats`).
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        let s = self.stats();
+        let dir = self.dir().display().to_string();
+        for (name, value) in [
+            ("walrus_appends_total", s.appends),
+            ("walrus_append_bytes_total", s.append_bytes),
+            ("walrus_batches_total", s.batches),
+            ("walrus_reads_total", s.reads),
+            ("walrus_syncs_total", s.syncs),
+            ("walrus_entries_synced_total", s.entries_synced),
+            ("walrus_segments_deleted_total", s.segments_deleted),
+        ] {
+            metrics::counter!(name, "dir" => dir.clone()).absolute(value);
+        }
+        for (name, value) in [
+            ("walrus_sync_p50_micros", s.sync_p50_micros),
+            ("walrus_sync_p99_micros", s.sync_p99_micros),
+            ("walrus_segments_live", s.segments_live),
+            ("walrus_segment_bytes", s.segment_bytes),
+        ] {
+            metrics::gauge!(name, "dir" => dir.clone()).set(value as f64);
+        }
+        for t in &s.topics {
+            for (name, value) in [
+                ("walrus_topic_end", t.end),
+                ("walrus_topic_durable", t.durable),
+                ("walrus_topic_first_retained", t.first_retained),
+            ] {
+                metrics::gauge!(name, "dir" => dir.clone(), "topic" => t.name.clone())
+                    .set(value as f64);
+            }
+            for c in &t.consumers {
+                metrics::gauge!("walrus_consumer_lag", "dir" => dir.clone(),
+                    "topic" => t.name.clone(), "consumer" => c.name.clone())
+                .set(c.lag as f64);
+            }
+        }
+    }
+
     /// The first offset of `topic` still stored (lower ones were consumed by every consumer,
     /// or dropped by retention).
     pub fn first_retained_offset(&self, topic: &str) -> Option<u64> {

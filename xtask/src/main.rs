@@ -291,6 +291,27 @@ fn ci() -> Result {
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo().args(["test", "--workspace"]))?;
+    // The optional `metrics` integration: linted and tested with its feature on.
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "walrus",
+        "--features",
+        "metrics",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args([
+        "test",
+        "-p",
+        "walrus",
+        "--features",
+        "metrics",
+        "--test",
+        "metrics",
+    ]))?;
     loom()?;
     fuzz(&["--seconds".into(), "30".into()])
 }
