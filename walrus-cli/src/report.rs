@@ -109,7 +109,6 @@ pub(crate) fn stats(store: &Store, out: &mut impl Write) -> io::Result<()> {
         }
     }
     let report = store.recovery_report();
-    let engine = store.stats();
     for (name, value) in [
         ("topics", topics.len() as u64),
         ("consumers", consumers),
@@ -117,7 +116,6 @@ pub(crate) fn stats(store: &Store, out: &mut impl Write) -> io::Result<()> {
         ("consumer_lag_total", lag),
         ("blocks_retained", blocks),
         ("segments", d.segments),
-        ("segment_bytes_claimed", engine.segment_bytes),
         ("bytes_on_disk", d.allocated),
         ("bytes_apparent", d.apparent),
         ("recovery_issues", report.issues.len() as u64),

@@ -74,6 +74,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("start_write_back", start_write_back),
     ("holes_read_as_zero", holes_read_as_zero),
     ("handles_share_a_file", handles_share_a_file),
+    ("read_only_handles", read_only_handles),
     ("reopen_persistence", reopen_persistence),
     ("error_reporting", error_reporting),
     ("storage_full", storage_full),
@@ -642,6 +643,56 @@ pub fn handles_share_a_file(t: &mut Target) {
     r.write_at(b"from r", 9000).unwrap();
     assert_eq!(read_vec(&*w, 9000, 6), b"from r", "{k}: and back");
     assert_eq!(w.len().unwrap(), 9006, "{k}: len through the other handle");
+}
+
+/// `open_read` reads what was written and changes nothing: on a real file system its handle
+/// refuses writes and opening it allocates no hole (a read-only store beside a live writer).
+pub fn read_only_handles(t: &mut Target) {
+    let k = kind_name(t);
+    let dir = workdir(t, "read-only");
+    let path = dir.join("f");
+    let data = pattern(7, 5000);
+    {
+        let w = t.storage.create(&path, 1 << 20).unwrap();
+        w.write_at(&data, 0).unwrap();
+        w.sync_data().unwrap();
+    }
+    let r = t.storage.open_read(&path).unwrap();
+    assert_eq!(
+        read_vec(&*r, 0, data.len()),
+        data,
+        "{k}: read-only handle reads"
+    );
+    if k == BackendKind::Sim {
+        // The simulator's files are in memory: no handle modes, no holes to allocate.
+        return;
+    }
+    assert!(
+        r.write_at(b"no", 0).is_err(),
+        "{k}: a read-only handle refuses writes"
+    );
+    // A sparse file made by another writer: opening it read-only must not allocate it.
+    let sparse = dir.join("sparse");
+    let f = std::fs::File::create(&sparse).unwrap();
+    f.set_len(1 << 20).unwrap();
+    let blocks = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().blocks()
+    };
+    let before = blocks(&sparse);
+    let h = t.storage.open_read(&sparse).unwrap();
+    assert_eq!(
+        read_vec(&*h, 1000, 10),
+        vec![0; 10],
+        "{k}: a hole reads as zeros"
+    );
+    drop(h);
+    assert_eq!(
+        blocks(&sparse),
+        before,
+        "{k}: opening read-only allocated space"
+    );
+    assert_eq!(read_vec(&*r, 0, data.len()), data, "{k}: unchanged");
 }
 
 /// Synced data in dir-synced files survives a restart; so does a synced removal.

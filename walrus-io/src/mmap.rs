@@ -85,6 +85,12 @@ impl Storage for MmapStorage {
         })
     }
 
+    /// Read-only handles read with `pread` (the same page cache the mappings share): a shared
+    /// writable mapping needs a writable file, and opening one allocates its holes.
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
+        crate::PwriteStorage::new().open_read(path)
+    }
+
     fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
         let file = fs::open_file(path)?;
         // Allocate any holes (keeps data, keeps the size) so stores into the mapping cannot

@@ -77,7 +77,8 @@ macro_rules! suite {
             suite!(@checks $target;
                 kind_is_concrete namespace round_trip vectored_writes batched_writes large_batches
                 large_offsets concurrent_disjoint_writers unwritten_and_past_end_reads
-                sync_and_len allocate start_write_back holes_read_as_zero handles_share_a_file reopen_persistence error_reporting
+                sync_and_len allocate start_write_back holes_read_as_zero handles_share_a_file read_only_handles
+                reopen_persistence error_reporting
                 storage_full);
         }
     };

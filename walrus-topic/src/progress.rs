@@ -72,11 +72,13 @@ impl Progress {
         self.durable.load(Ordering::Acquire)
     }
 
-    /// A sync covering `offset` completed.
-    pub(crate) fn set_durable(&self, offset: u64) {
-        if self.durable.fetch_max(offset, Ordering::AcqRel) < offset {
+    /// A sync covering `offset` completed; the durable end before it.
+    pub(crate) fn set_durable(&self, offset: u64) -> u64 {
+        let before = self.durable.fetch_max(offset, Ordering::AcqRel);
+        if before < offset {
             self.arrivals.notify();
         }
+        before
     }
 
     /// Marks the topic as listed (or not) for the next syncs; whether it was not listed.

@@ -289,6 +289,11 @@ impl Shared {
 
     pub(crate) fn delete_segment_now(&self, segment: u64) {
         let _span = tracing::debug_span!("walrus.delete_segment", segment).entered();
+        if self.options.read_only {
+            // Never reached (every release follows a cursor write, which a read-only store
+            // refuses); kept so that no future path can unlink a live writer's file.
+            return;
+        }
         let path = segment_path(&self.dir, segment);
         if let Err(e) = self.cursors.sync() {
             tracing::warn!(file = %path.display(), error = %e, "cursor sync failed; segment kept");
@@ -348,11 +353,13 @@ impl Shared {
         }
         let mut entries = 0;
         for (t, offset) in &snapshot {
-            entries += offset.saturating_sub(t.durable());
-            t.set_durable(*offset);
+            // What this sync moved, not what a concurrent one already counted.
+            entries += offset.saturating_sub(t.set_durable(*offset));
         }
         let took = started.elapsed();
-        self.sync_counters.synced(took, entries);
+        if entries > 0 {
+            self.sync_counters.synced(took, entries);
+        }
         tracing::trace!(entries, micros = took.as_micros() as u64, "synced");
         // Topics now wholly durable leave the list. An append racing with this keeps (or puts)
         // its topic listed: it sets the flag after publishing, this clears it before checking.

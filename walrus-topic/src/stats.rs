@@ -130,7 +130,7 @@ pub struct Stats {
     pub batches: u64,
     /// Entries handed to readers (consuming reads and peeks, batch reads, iterators).
     pub reads: u64,
-    /// Completed store-wide syncs.
+    /// Completed store-wide syncs that made entries durable (the latency figures are theirs).
     pub syncs: u64,
     /// Entries made durable by those syncs; `entries_synced / syncs` is the mean group size.
     pub entries_synced: u64,

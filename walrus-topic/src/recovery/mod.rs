@@ -132,6 +132,12 @@ fn recover_in(
 ) -> io::Result<Recovered> {
     let mode = options.recovery;
     let mut report = RecoveryReport::default();
+    let read_only = options.read_only;
+    // The watermarks before the listing, the cursors after the segments are open: beside a
+    // live writer (read-only), a watermark then never covers a segment the listing missed,
+    // and a cursor never lags behind a segment deleted before it was opened (the writer
+    // makes the cursors that consumed a segment durable before deleting it).
+    let (marks_file, loaded_marks) = CursorFile::load(&*storage, dir, MARKS_FILE, read_only)?;
     let mut segment_paths = Vec::new();
     for path in storage.list(dir)? {
         match classify(&path)? {
@@ -146,9 +152,6 @@ fn recover_in(
         let next = next_ids.entry(lane_of(*id)).or_default();
         *next = (*next).max(id + 1);
     }
-    let read_only = options.read_only;
-    let (cursor_file, loaded) = CursorFile::load(&*storage, dir, CURSOR_FILE, read_only)?;
-    let (marks_file, loaded_marks) = CursorFile::load(&*storage, dir, MARKS_FILE, read_only)?;
 
     // --- Decide (read only) -------------------------------------------------------------
     let mut segments: Vec<FoundSegment> = Vec::new();
@@ -168,6 +171,8 @@ fn recover_in(
             }
         }
     }
+
+    let (cursor_file, loaded) = CursorFile::load(&*storage, dir, CURSOR_FILE, read_only)?;
 
     // A spare segment prepared ahead of need and never used: delete it, so that allocation
     // resumes in the room left in the last segment of its lane that holds blocks.

@@ -256,8 +256,8 @@ impl Store {
     /// `InvalidInput` for a bad topic name or an entry over [`MAX_ENTRY_LEN`]; an I/O error
     /// leaves the topic exactly as before.
     pub fn append(&self, topic: &str, payload: &[u8]) -> io::Result<u64> {
-        check_entry(topic, payload)?;
         self.shared.check_writable()?;
+        check_entry(topic, payload)?;
         let t = self.topic_or_create(topic, false)?;
         let offset = t.append(&self.shared, &[payload], false)?.start;
         self.shared.note_append(&t.progress);
@@ -272,6 +272,7 @@ impl Store {
     /// [`MAX_BATCH_BYTES`] bytes, or a bad entry or topic; an I/O error leaves the topic exactly
     /// as before.
     pub fn append_batch(&self, topic: &str, payloads: &[&[u8]]) -> io::Result<Range<u64>> {
+        self.shared.check_writable()?;
         if payloads.is_empty() {
             return Err(invalid_input(format!("topic {topic:?}: empty batch")));
         }
@@ -331,6 +332,9 @@ impl Store {
     /// # Errors
     /// The first I/O error; the other topics are still attempted.
     pub fn persist_cursors(&self) -> io::Result<()> {
+        if self.shared.options.read_only {
+            return Err(crate::error::read_only_error());
+        }
         let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
         let mut first_err = None;
         for t in topics {

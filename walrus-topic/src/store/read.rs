@@ -223,14 +223,19 @@ impl Store {
         };
         check_retained(&t, from)?;
         let mut buf = ReadBuf::default();
+        let mut visited = 0;
         let (next, _) = t.gather(
             &self.shared,
             &mut buf,
             (from, None),
             max_entries,
             usize::MAX,
-            &mut visit,
+            &mut |offset, payload| {
+                visited += 1;
+                visit(offset, payload);
+            },
         )?;
+        t.counters.read(visited);
         Ok(next)
     }
 
@@ -264,6 +269,7 @@ impl Store {
     /// # Errors
     /// As [`commit`](Self::commit); `InvalidInput` for a bad consumer name.
     pub fn commit_as(&self, topic: &str, consumer: &str, offset: u64) -> io::Result<()> {
+        self.shared.check_writable()?;
         check_consumer(topic, consumer)?;
         self.existing(topic)?.commit(&self.shared, consumer, offset)
     }
@@ -295,6 +301,7 @@ impl Store {
     /// `InvalidInput` for a bad consumer name; an I/O error writing or syncing the cursor file
     /// (the consumer is then kept).
     pub fn remove_consumer(&self, topic: &str, consumer: &str) -> io::Result<bool> {
+        self.shared.check_writable()?;
         check_consumer(topic, consumer)?;
         match self.topic(topic) {
             Some(t) => t.remove_consumer(&self.shared, consumer),
@@ -311,6 +318,7 @@ impl Store {
     /// # Errors
     /// An I/O error writing or syncing the cursor file; the topic is then unchanged.
     pub fn delete_topic(&self, topic: &str) -> io::Result<bool> {
+        self.shared.check_writable()?;
         match self.topic(topic) {
             Some(t) => t.delete(&self.shared).map(|()| true),
             None => Ok(false),
@@ -498,6 +506,10 @@ impl Iterator for Entries<'_> {
             self.failed = true;
             return Some(Err(e));
         }
-        self.ahead.pop_front().map(Ok)
+        let entry = self.ahead.pop_front()?;
+        if let Some(t) = self.store.topic(&self.topic) {
+            t.counters.read(1);
+        }
+        Some(Ok(entry))
     }
 }

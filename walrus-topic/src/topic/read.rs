@@ -33,6 +33,9 @@ impl Topic {
                 .map(|()| r.unpersisted > 0)
         })?;
         if let Some(unpersisted) = read {
+            // Only what was handed out: a read whose cursor could not be persisted returns
+            // nothing.
+            self.counters.read(out.len() as u64);
             return Ok(unpersisted);
         }
         {
@@ -47,6 +50,7 @@ impl Topic {
                 &mut |offset, payload| out.push((offset, payload.to_vec())),
             )?;
         }
+        self.counters.read(out.len() as u64);
         Ok(false)
     }
 
@@ -160,7 +164,6 @@ impl Topic {
                 None
             };
         }
-        self.counters.read(count as u64);
         Ok((cursor, pos))
     }
 
