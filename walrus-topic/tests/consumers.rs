@@ -829,3 +829,48 @@ fn a_read_only_open_on_the_mmap_backend_changes_no_file() {
     assert_eq!(snapshot(&path), before);
     assert_eq!(blocks(&path), allocated, "no hole was allocated");
 }
+
+#[test]
+fn concurrent_syncs_count_each_synced_entry_once() {
+    let sim = SimStorage::new(19);
+    sim.set_sync_latency(Duration::from_micros(200));
+    let store = Arc::new(open(&sim, small()).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let syncers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            thread::spawn(move || {
+                // Bounded: stops when the appenders are done, or after 10 000 syncs.
+                for _ in 0..10_000 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    store.sync().unwrap();
+                }
+            })
+        })
+        .collect();
+    let appenders: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|t| {
+            let store = store.clone();
+            thread::spawn(move || {
+                for i in 0..300 {
+                    store.append(t, &payload(i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for a in appenders {
+        a.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for s in syncers {
+        s.join().unwrap();
+    }
+    store.sync().unwrap();
+    let s = store.stats();
+    assert_eq!(s.appends, 600);
+    assert_eq!(s.entries_synced, 600, "{s:?}");
+    assert!(s.syncs >= 1 && s.largest_sync_group <= 600);
+}

@@ -16,7 +16,7 @@ use walrus_block::{MAX_BATCH_ENTRIES, validate_consumer_name};
 use super::Store;
 use crate::arrival::Registration;
 use crate::chain::{FramePos, ReadBuf};
-use crate::error::{invalid_input, on_topic};
+use crate::error::invalid_input;
 use crate::shared::Shared;
 use crate::stats::ConsumerInfo;
 use crate::stats::{Stats, TopicStats};
@@ -250,6 +250,7 @@ impl Store {
             pos: None,
             buf: ReadBuf::default(),
             ahead: VecDeque::new(),
+            source: None,
             failed: false,
         }
     }
@@ -394,12 +395,9 @@ fn check_consumer(topic: &str, consumer: &str) -> io::Result<()> {
 fn check_retained(t: &Topic, from: u64) -> io::Result<()> {
     let first = t.first_retained();
     if from < first {
-        return Err(on_topic(
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("entries below {first} were consumed or removed by retention"),
-            ),
-            &t.name,
+        return Err(t.error(
+            io::ErrorKind::NotFound,
+            format!("entries below {first} were consumed or removed by retention"),
             Some(from),
         ));
     }
@@ -462,6 +460,8 @@ pub struct Entries<'a> {
     pos: Option<FramePos>,
     buf: ReadBuf,
     ahead: VecDeque<(u64, Vec<u8>)>,
+    /// The topic of the entries in `ahead` (their reads are counted there as they are taken).
+    source: Option<Arc<Topic>>,
     failed: bool,
 }
 
@@ -489,6 +489,7 @@ impl Entries<'_> {
         )?;
         self.next = next;
         self.pos = pos;
+        self.source = Some(t);
         Ok(())
     }
 }
@@ -507,7 +508,7 @@ impl Iterator for Entries<'_> {
             return Some(Err(e));
         }
         let entry = self.ahead.pop_front()?;
-        if let Some(t) = self.store.topic(&self.topic) {
+        if let Some(t) = &self.source {
             t.counters.read(1);
         }
         Some(Ok(entry))

@@ -155,12 +155,9 @@ impl Topic {
             }
             return f(&c, &mut r).map(Some);
         }
-        Err(on_topic(
-            io::Error::new(
-                io::ErrorKind::Interrupted,
-                format!("consumer {name:?} was removed and re-created {LOOKUPS} times meanwhile"),
-            ),
-            &self.name,
+        Err(self.error(
+            io::ErrorKind::Interrupted,
+            format!("consumer {name:?} was removed and re-created {LOOKUPS} times meanwhile"),
             None,
         ))
     }
@@ -177,11 +174,7 @@ impl Topic {
                 return Ok(None);
             }
             if self.is_hidden() {
-                return Err(on_topic(
-                    io::Error::new(io::ErrorKind::NotFound, "topic does not exist"),
-                    &self.name,
-                    None,
-                ));
+                return Err(self.error(io::ErrorKind::NotFound, "topic does not exist", None));
             }
             // Under the chain lock: nothing from here on is released before the consumer
             // counts in the release bound.

@@ -196,6 +196,20 @@ impl Topic {
             .max(self.floor_at.load(std::sync::atomic::Ordering::Acquire))
     }
 
+    /// An error of `kind` about this topic (at `offset`, if one is concerned).
+    pub(crate) fn error(
+        &self,
+        kind: std::io::ErrorKind,
+        message: impl Into<String>,
+        offset: Option<u64>,
+    ) -> std::io::Error {
+        crate::error::on_topic(
+            std::io::Error::new(kind, message.into()),
+            &self.name,
+            offset,
+        )
+    }
+
     /// Whether the topic is unlisted (deleted, or only waited on).
     pub(crate) fn is_hidden(&self) -> bool {
         self.hidden.load(std::sync::atomic::Ordering::Acquire)

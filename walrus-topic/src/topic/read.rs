@@ -140,12 +140,9 @@ impl Topic {
                 .frame_at(&block, at, block.data_end())
                 .map_err(|e| on_topic(e, &self.name, Some(offset)))?;
             if frame.offset != offset {
-                return Err(on_topic(
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("found offset {} where {offset} should be", frame.offset),
-                    ),
-                    &self.name,
+                return Err(self.error(
+                    io::ErrorKind::InvalidData,
+                    format!("found offset {} where {offset} should be", frame.offset),
                     Some(offset),
                 ));
             }
@@ -174,12 +171,9 @@ impl Topic {
         }
         if offset < self.floor() {
             // Released by retention or deletion, even if its block is still on disk.
-            return Err(on_topic(
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "entry was released by retention or deletion",
-                ),
-                &self.name,
+            return Err(self.error(
+                io::ErrorKind::NotFound,
+                "entry was released by retention or deletion",
                 Some(offset),
             ));
         }
@@ -192,12 +186,9 @@ impl Topic {
             // its segment deleted before a crash took the blocks after it); at or above it, it
             // is in a gap (entries recovery cut or skipped).
             if offset < self.released_below() {
-                return Err(on_topic(
-                    io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "entry was consumed and is no longer stored",
-                    ),
-                    &self.name,
+                return Err(self.error(
+                    io::ErrorKind::NotFound,
+                    "entry was consumed and is no longer stored",
                     Some(offset),
                 ));
             }
@@ -207,11 +198,7 @@ impl Topic {
             .frame_at(&block, at, block.data_end())
             .map_err(|e| on_topic(e, &self.name, Some(offset)))?;
         if frame.offset != offset {
-            return Err(on_topic(
-                io::Error::new(io::ErrorKind::InvalidData, "offset mismatch"),
-                &self.name,
-                Some(offset),
-            ));
+            return Err(self.error(io::ErrorKind::InvalidData, "offset mismatch", Some(offset)));
         }
         self.counters.read(1);
         Ok(Some(payload.to_vec()))
@@ -271,40 +258,30 @@ impl Topic {
     pub(crate) fn commit(&self, shared: &Shared, name: &str, offset: u64) -> io::Result<()> {
         let visible = self.visible(shared);
         if offset > visible {
-            return Err(on_topic(
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("cannot commit past the end of the topic ({visible})"),
-                ),
-                &self.name,
+            return Err(self.error(
+                io::ErrorKind::InvalidInput,
+                format!("cannot commit past the end of the topic ({visible})"),
                 Some(offset),
             ));
         }
+        let released = |retained: u64| {
+            self.error(
+                io::ErrorKind::InvalidInput,
+                format!("offsets below {retained} were consumed and released"),
+                Some(offset),
+            )
+        };
         let retained = self.first_retained();
         if offset < retained {
             // Refused before the consumer is created: bad input changes nothing.
-            return Err(on_topic(
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("offsets below {retained} were consumed and released"),
-                ),
-                &self.name,
-                Some(offset),
-            ));
+            return Err(released(retained));
         }
         self.with_reader(shared, name, true, |c, r| {
             {
                 let chain = self.chain.read();
                 let retained = self.first_retained_in(&chain);
                 if offset < retained {
-                    return Err(on_topic(
-                        io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            format!("offsets below {retained} were consumed and released"),
-                        ),
-                        &self.name,
-                        Some(offset),
-                    ));
+                    return Err(released(retained));
                 }
                 // Nothing at or after `offset` may be released from now on.
                 c.persisted.fetch_min(offset, Ordering::AcqRel);
