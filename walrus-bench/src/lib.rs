@@ -33,6 +33,7 @@ pub mod engine;
 pub mod footprint;
 pub mod payload;
 pub mod plot;
+pub mod raft;
 pub mod report;
 pub mod s3;
 pub mod stats;

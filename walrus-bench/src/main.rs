@@ -39,7 +39,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<EngineKind>>,
     /// Workload families, comma-separated: physical, writes, batch-writes, synced, reads, space,
-    /// footprint, s3, consumers.
+    /// footprint, s3, consumers, raft.
     #[arg(long, value_delimiter = ',')]
     workloads: Option<Vec<Group>>,
     /// Entries prefilled into each topic before a read workload.
@@ -172,6 +172,14 @@ fn main() -> ExitCode {
     } else {
         Vec::new()
     };
+    let raft = if config.groups.contains(&Group::Raft) {
+        walrus_bench::raft::run(
+            &data_dir,
+            std::time::Duration::from_secs_f64(config.duration_secs),
+        )
+    } else {
+        Vec::new()
+    };
     machine.loadavg_end = report::loadavg();
     let _ = std::fs::remove_dir_all(&data_dir);
     let mut targets = report::targets(&results);
@@ -184,6 +192,9 @@ fn main() -> ExitCode {
     if config.groups.contains(&Group::Consumers) {
         targets.extend(walrus_bench::consumers::targets(&consumers));
     }
+    if config.groups.contains(&Group::Raft) {
+        targets.extend(walrus_bench::raft::targets(&raft));
+    }
     let report = Report {
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -195,6 +206,7 @@ fn main() -> ExitCode {
         footprint,
         s3,
         consumers,
+        raft,
         targets,
     };
     let m = &report.machine;
@@ -219,6 +231,10 @@ fn main() -> ExitCode {
         print!("{}", walrus_bench::consumers::table(&report.consumers));
         println!();
     }
+    if !report.raft.is_empty() {
+        print!("{}", walrus_bench::raft::table(&report.raft));
+        println!();
+    }
     print!("{}", report::targets_text(&report.targets));
     match report.write_json(&out) {
         Ok(path) => println!("\nJSON: {}", path.display()),
@@ -236,7 +252,8 @@ fn main() -> ExitCode {
     }
     println!("suite wall time: {:.1} s", report.wall_secs);
     let s3_case_failed = report.s3.iter().any(|c| c.error.is_some())
-        || report.consumers.iter().any(|c| c.error.is_some());
+        || report.consumers.iter().any(|c| c.error.is_some())
+        || report.raft.iter().any(|c| c.error.is_some());
     if report.results.iter().any(|r| r.error.is_some())
         || footprint_failed.is_some()
         || s3_failed.is_some()

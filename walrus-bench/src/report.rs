@@ -120,6 +120,9 @@ pub struct Report {
     /// The consumers cases, when that family ran.
     #[serde(default)]
     pub consumers: Vec<crate::consumers::ConsumersCase>,
+    /// The raft family's cases.
+    #[serde(default)]
+    pub raft: Vec<crate::raft::RaftCase>,
     /// The targets.
     pub targets: Vec<Target>,
 }

@@ -43,11 +43,14 @@ pub enum Group {
     /// 1-8 named consumers draining one topic, and the wake-up latency of a waiting read
     /// (ours only; see [`crate::consumers`]).
     Consumers,
+    /// Replicated appends on a 3-node raft cluster on loopback, 1-16 clients, beside one
+    /// node's `SyncEach` (ours only; see [`crate::raft`]).
+    Raft,
 }
 
 impl Group {
     /// Every group, in suite order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Physical,
         Self::Writes,
         Self::BatchWrites,
@@ -57,6 +60,7 @@ impl Group {
         Self::Footprint,
         Self::S3,
         Self::Consumers,
+        Self::Raft,
     ];
 }
 
@@ -74,9 +78,10 @@ impl FromStr for Group {
             "footprint" => Ok(Self::Footprint),
             "s3" => Ok(Self::S3),
             "consumers" => Ok(Self::Consumers),
+            "raft" => Ok(Self::Raft),
             _ => Err(format!(
                 "workload {s:?}: expected physical, writes, batch-writes, synced, reads, space, \
-                 footprint, s3 or consumers"
+                 footprint, s3, consumers or raft"
             )),
         }
     }
@@ -94,6 +99,7 @@ impl fmt::Display for Group {
             Self::Footprint => "footprint",
             Self::S3 => "s3",
             Self::Consumers => "consumers",
+            Self::Raft => "raft",
         })
     }
 }
@@ -309,8 +315,8 @@ impl SuiteConfig {
                     }
                 }
                 // Not timed engine workloads: run by `crate::footprint`, `crate::s3` and
-                // `crate::consumers` after the plan.
-                Group::Footprint | Group::S3 | Group::Consumers => {}
+                // `crate::consumers` and `crate::raft` after the plan.
+                Group::Footprint | Group::S3 | Group::Consumers | Group::Raft => {}
                 Group::Space => {
                     let mut s = spec(group, "append 700B", Op::Append, 1);
                     s.sizes = Sizes::fixed(700);

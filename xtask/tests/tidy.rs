@@ -11,6 +11,7 @@ const LIBRARY_CRATES: &[&str] = &[
     "walrus-topic",
     "walrus",
     "walrus-s3",
+    "walrus-raft",
 ];
 const ALL_CRATES: &[&str] = &[
     "walrus-block",
@@ -20,6 +21,7 @@ const ALL_CRATES: &[&str] = &[
     "walrus",
     "walrus-s3",
     "walrus-cli",
+    "walrus-raft",
     "walrus-bench",
     "xtask",
 ];

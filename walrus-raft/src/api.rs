@@ -1,0 +1,349 @@
+//! The HTTP API of a node (axum).
+//!
+//! Clients:
+//! - `POST /topics/{topic}` with the entry as the body → `{"offset": N}` once a quorum committed
+//!   it. A follower answers `307 Temporary Redirect` to the leader (`curl -L` follows).
+//! - `GET /topics` → every topic with its end offset.
+//! - `GET /topics/{topic}/entries/{offset}` → the entry's bytes (`404` if not there).
+//! - `GET /topics/{topic}/entries?from=N&max=K` → `{"entries": [{"offset", "data"}], "next"}`,
+//!   `data` in base64.
+//! - `GET /topics/{topic}/consumers/{consumer}?max=K` → the consumer's cursor and up to `K`
+//!   entries from it (nothing moves); `POST /topics/{topic}/consumers/{consumer}/commit` with
+//!   `{"offset": N}` moves it, through raft (`_` names the default consumer). Read, process,
+//!   commit: at-least-once, as in Kafka.
+//! - `POST /cluster/init` `{"nodes": {"1": "127.0.0.1:21001", …}}`, `POST /cluster/learners`
+//!   `{"id", "addr"}`, `POST /cluster/membership` `{"members": [1, 2, 3]}`, `GET
+//!   /cluster/metrics` (openraft's metrics as JSON).
+//!
+//! Peers: `POST /raft/append`, `/raft/vote`, `/raft/snapshot` (see [`crate::network`]).
+//!
+//! Errors are JSON `{"error": "..."}`: `400` for bad input (nothing changed), `404` for what is
+//! not there, `413` for an entry over [`MAX_CLIENT_BODY`], `503` when raft could not commit (no
+//! quorum, shutting down).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use openraft::BasicNode;
+use openraft::raft::VoteRequest;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use walrus::Walrus;
+
+use crate::client::{WriteError, write};
+use crate::codec;
+use crate::{NodeId, Raft, Request, Response};
+
+/// The largest entry a client may append over HTTP (`413` beyond).
+pub const MAX_CLIENT_BODY: usize = 16 << 20;
+/// The largest raft RPC a node accepts from a peer.
+const MAX_PEER_BODY: usize = 1 << 30;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// This node's id.
+    pub id: NodeId,
+    /// Its raft handle.
+    pub raft: Raft,
+    /// Its replicated topics.
+    pub data: Arc<Walrus>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The router of a node.
+pub fn router(state: AppState) -> axum::Router {
+    // Peers are trusted; a batch of large entries must fit.
+    let peers = axum::Router::new()
+        .route("/raft/append", post(raft_append))
+        .route("/raft/vote", post(raft_vote))
+        .route("/raft/snapshot", post(raft_snapshot))
+        .layer(DefaultBodyLimit::max(MAX_PEER_BODY));
+    axum::Router::new()
+        .route("/topics", get(list_topics))
+        .route("/topics/{topic}", post(append))
+        .route("/topics/{topic}/entries", get(read_entries))
+        .route("/topics/{topic}/entries/{offset}", get(read_entry))
+        .route("/topics/{topic}/consumers/{consumer}", get(poll))
+        .route("/topics/{topic}/consumers/{consumer}/commit", post(commit))
+        .route("/cluster/init", post(init))
+        .route("/cluster/learners", post(add_learner))
+        .route("/cluster/membership", post(change_membership))
+        .route("/cluster/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_CLIENT_BODY))
+        .merge(peers)
+        .with_state(Arc::new(state))
+}
+
+type Shared = State<Arc<AppState>>;
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> HttpResponse {
+    (status, Json(json!({ "error": msg.to_string() }))).into_response()
+}
+
+fn io_error(e: &io::Error) -> HttpResponse {
+    let status = match e.kind() {
+        io::ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        io::ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e)
+}
+
+/// The answer to a failed write: a redirect to the leader, or an error.
+fn write_error(e: WriteError, path: &str) -> HttpResponse {
+    match &e {
+        WriteError::NotLeader(Some((id, node))) => {
+            let location = format!("http://{}{path}", node.addr);
+            let mut resp = (
+                StatusCode::TEMPORARY_REDIRECT,
+                Json(json!({ "error": e.to_string(), "leader_id": id, "leader_addr": node.addr })),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+        WriteError::NotLeader(None) | WriteError::Raft(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
+        WriteError::Refused(_) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn append(State(s): Shared, Path(topic): Path<String>, body: Bytes) -> HttpResponse {
+    let path = format!("/topics/{}", encode_segment(&topic));
+    let request = Request::Append {
+        topic,
+        data: body.to_vec(),
+    };
+    match write(&s.raft, request).await {
+        Ok(Response::Appended { offset }) => Json(json!({ "offset": offset })).into_response(),
+        Ok(other) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected {other:?}"),
+        ),
+        Err(e) => write_error(e, &path),
+    }
+}
+
+/// Percent-encodes a path segment (a topic name may hold any byte).
+fn encode_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn list_topics(State(s): Shared) -> HttpResponse {
+    let topics: BTreeMap<String, u64> = s
+        .data
+        .topics()
+        .into_iter()
+        .map(|t| {
+            let end = s.data.end_offset(&t).unwrap_or(0);
+            (t, end)
+        })
+        .collect();
+    Json(json!({ "node": s.id, "topics": topics })).into_response()
+}
+
+async fn read_entry(State(s): Shared, Path((topic, offset)): Path<(String, u64)>) -> HttpResponse {
+    match s.data.read_at(&topic, offset) {
+        Ok(Some(e)) => (StatusCode::OK, e.data).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("topic {topic:?} has no entry at offset {offset} yet"),
+        ),
+        Err(e) => io_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Range {
+    from: Option<u64>,
+    max: Option<usize>,
+}
+
+/// One entry as JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EntryJson {
+    /// Its offset.
+    pub offset: u64,
+    /// Its bytes, base64.
+    pub data: String,
+}
+
+/// Up to `max` entries of `topic` from `from`, and the offset after the last.
+fn entries(data: &Walrus, topic: &str, from: u64, max: usize) -> io::Result<(Vec<EntryJson>, u64)> {
+    let mut out = Vec::new();
+    let mut next = from;
+    for rec in data.iter(topic, from).take(max) {
+        let rec = rec?;
+        next = rec.offset + 1;
+        out.push(EntryJson {
+            offset: rec.offset,
+            data: base64::engine::general_purpose::STANDARD.encode(&rec.data),
+        });
+    }
+    Ok((out, next))
+}
+
+const MAX_READ: usize = 10_000;
+
+async fn read_entries(
+    State(s): Shared,
+    Path(topic): Path<String>,
+    Query(q): Query<Range>,
+) -> HttpResponse {
+    let from = q.from.unwrap_or(0);
+    let max = q.max.unwrap_or(100).min(MAX_READ);
+    match entries(&s.data, &topic, from, max) {
+        Ok((list, next)) => Json(json!({ "entries": list, "next": next })).into_response(),
+        Err(e) => io_error(&e),
+    }
+}
+
+/// `_` in a path names the default consumer (an empty path segment cannot).
+fn consumer_name(c: String) -> String {
+    if c == "_" { String::new() } else { c }
+}
+
+async fn poll(
+    State(s): Shared,
+    Path((topic, consumer)): Path<(String, String)>,
+    Query(q): Query<Range>,
+) -> HttpResponse {
+    let consumer = consumer_name(consumer);
+    let cursor = s
+        .data
+        .cursor_as(&topic, &consumer)
+        .or_else(|| s.data.first_retained_offset(&topic))
+        .unwrap_or(0);
+    let max = q.max.unwrap_or(100).min(MAX_READ);
+    match entries(&s.data, &topic, cursor, max) {
+        Ok((list, next)) => {
+            Json(json!({ "cursor": cursor, "entries": list, "next": next })).into_response()
+        }
+        Err(e) => io_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CommitBody {
+    offset: u64,
+}
+
+async fn commit(
+    State(s): Shared,
+    Path((topic, consumer)): Path<(String, String)>,
+    Json(body): Json<CommitBody>,
+) -> HttpResponse {
+    let path = format!(
+        "/topics/{}/consumers/{}/commit",
+        encode_segment(&topic),
+        encode_segment(&consumer)
+    );
+    let request = Request::Commit {
+        topic,
+        consumer: consumer_name(consumer),
+        offset: body.offset,
+    };
+    match write(&s.raft, request).await {
+        Ok(_) => Json(json!({ "offset": body.offset })).into_response(),
+        Err(e) => write_error(e, &path),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct InitBody {
+    nodes: BTreeMap<NodeId, String>,
+}
+
+async fn init(State(s): Shared, Json(body): Json<InitBody>) -> HttpResponse {
+    let nodes: BTreeMap<NodeId, BasicNode> = body
+        .nodes
+        .into_iter()
+        .map(|(id, addr)| (id, BasicNode { addr }))
+        .collect();
+    match s.raft.initialize(nodes).await {
+        Ok(()) => Json(json!({ "initialized": true })).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LearnerBody {
+    id: NodeId,
+    addr: String,
+}
+
+async fn add_learner(State(s): Shared, Json(body): Json<LearnerBody>) -> HttpResponse {
+    match s
+        .raft
+        .add_learner(body.id, BasicNode { addr: body.addr }, true)
+        .await
+    {
+        Ok(r) => Json(json!({ "log_id": r.log_id })).into_response(),
+        Err(e) => write_error(e.into(), "/cluster/learners"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct MembershipBody {
+    members: BTreeSet<NodeId>,
+}
+
+async fn change_membership(State(s): Shared, Json(body): Json<MembershipBody>) -> HttpResponse {
+    match s.raft.change_membership(body.members, false).await {
+        Ok(r) => Json(json!({ "log_id": r.log_id })).into_response(),
+        Err(e) => write_error(e.into(), "/cluster/membership"),
+    }
+}
+
+async fn metrics(State(s): Shared) -> HttpResponse {
+    let m = s.raft.metrics().borrow().clone();
+    Json(m).into_response()
+}
+
+async fn raft_append(State(s): Shared, body: Bytes) -> HttpResponse {
+    match codec::decode_append_rpc(&body) {
+        Ok(req) => Json(s.raft.append_entries(req).await).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn raft_vote(State(s): Shared, body: Bytes) -> HttpResponse {
+    match serde_json::from_slice::<VoteRequest<NodeId>>(&body) {
+        Ok(req) => Json(s.raft.vote(req).await).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("vote RPC: {e}")),
+    }
+}
+
+async fn raft_snapshot(State(s): Shared, body: Bytes) -> HttpResponse {
+    match codec::decode_snapshot_rpc(&body) {
+        Ok(req) => Json(s.raft.install_snapshot(req).await).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}

@@ -1,0 +1,424 @@
+//! The raft log on a Walrus instance.
+//!
+//! The log instance has three topics:
+//! - `log`: one Walrus entry per raft entry, plus truncation marks. Walrus topics only grow, so
+//!   a raft entry written at index `i` replaces every entry at `i` and above (raft only ever
+//!   appends right after what it kept), and a truncation mark drops `since..`. Memory keeps one
+//!   slot per live index: the Walrus offset holding it and its leader id. Purging records the
+//!   purged id in `meta`, synced, then moves the `raft` consumer's cursor past the purged
+//!   entries, which releases their blocks.
+//! - `meta`: vote, committed and purged ids (JSON, the last record wins; earlier ones are
+//!   released by the same cursor move).
+//! - `applied`: the state machine's own record (see [`crate::StateMachine`]).
+//!
+//! Reopening replays `log` from the `raft` cursor: entries at or below the purged index are
+//! skipped, every other entry and mark applies the rule above, and a gap is `InvalidData`.
+//!
+//! Durability: `append` returns once the entries are written and hands openraft's flush
+//! callback to a task that awaits their [`DurableTicket`](walrus::DurableTicket) (one group
+//! sync shared by whatever is in flight); vote, purge and truncation wait for their sync before
+//! they return. `committed` is written unsynced: it only shortens the replay after a restart.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, CommittedLeaderId, ErrorSubject, ErrorVerb, LogId, LogState, RaftLogReader,
+    StorageError, StorageIOError, Vote,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use walrus::{FsyncSchedule, ReadConsistency, Walrus};
+
+use crate::codec::{self, Entry, LogRecord};
+use crate::{NodeId, TypeConfig};
+
+const LOG: &str = "log";
+const META: &str = "meta";
+/// The consumer whose cursor marks what the log no longer needs.
+pub(crate) const OWNER: &str = "raft";
+/// Walrus batches hold at most this many entries.
+const MAX_BATCH: usize = 2000;
+
+/// The raft log of one node: see the [module docs](self). Cloning shares it (the clone is
+/// openraft's log reader).
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    wal: Arc<Walrus>,
+    index: Mutex<Index>,
+    /// Serializes `meta` writes, so the last record is the newest state.
+    meta: tokio::sync::Mutex<Meta>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    purged: Option<LogId<NodeId>>,
+}
+
+/// Where each live index is.
+#[derive(Debug, Default)]
+struct Index {
+    /// The index of `slots[0]`: one past the purged index.
+    first: u64,
+    slots: VecDeque<Slot>,
+    purged: Option<LogId<NodeId>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    offset: u64,
+    leader: CommittedLeaderId<NodeId>,
+}
+
+impl Index {
+    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        match self.slots.back() {
+            Some(s) => Some(LogId::new(
+                s.leader,
+                self.first + self.slots.len() as u64 - 1,
+            )),
+            None => self.purged,
+        }
+    }
+
+    /// Places the entry `log_id`, written at `offset`: it replaces `log_id.index` and above.
+    fn place(&mut self, log_id: &LogId<NodeId>, offset: u64) -> io::Result<()> {
+        let i = log_id.index;
+        if i < self.first {
+            return Ok(()); // purged already
+        }
+        if self.slots.is_empty() {
+            // An empty log may start anywhere past the purged index (openraft starts at 1,
+            // or after a snapshot).
+            self.first = i;
+        }
+        let pos = usize::try_from(i - self.first).unwrap_or(usize::MAX);
+        if pos > self.slots.len() {
+            return Err(codec::invalid(format!(
+                "raft log: entry {i} at offset {offset} of topic {LOG:?} leaves a gap after {}",
+                self.first + self.slots.len() as u64
+            )));
+        }
+        self.slots.truncate(pos);
+        self.slots.push_back(Slot {
+            offset,
+            leader: log_id.leader_id,
+        });
+        Ok(())
+    }
+
+    fn truncate(&mut self, since: u64) {
+        let keep = since.saturating_sub(self.first);
+        self.slots
+            .truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+    }
+
+    /// Drops everything up to and including `upto`; returns the Walrus offset the log now
+    /// starts at, if some entry is left.
+    fn purge(&mut self, upto: &LogId<NodeId>) -> Option<u64> {
+        let n = (upto.index + 1).saturating_sub(self.first);
+        let n = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(self.slots.len());
+        self.slots.drain(..n);
+        self.first = self.first.max(upto.index + 1);
+        self.purged = Some(*upto);
+        self.slots.front().map(|s| s.offset)
+    }
+}
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: io::Error) -> StorageError<NodeId> {
+    StorageError::IO {
+        source: StorageIOError::new(subject, verb, AnyError::new(&e)),
+    }
+}
+
+fn logs_err(verb: ErrorVerb, e: io::Error) -> StorageError<NodeId> {
+    io_err(ErrorSubject::Logs, verb, e)
+}
+
+/// Opens (creating if needed) the Walrus instance that holds a node's raft log and the state
+/// machine's record. Syncs are driven by durability tickets, never by a timer.
+pub(crate) fn open_instance(dir: &Path) -> io::Result<Walrus> {
+    Walrus::builder()
+        .data_dir(dir)
+        .fsync_schedule(FsyncSchedule::NoFsync)
+        .consistency(ReadConsistency::AtLeastOnce { persist_every: 1 })
+        .quiet(true)
+        .build()
+}
+
+/// The last record of `topic` from its owner's cursor on, decoded by `decode`.
+pub(crate) fn last_record<T>(
+    wal: &Walrus,
+    topic: &str,
+    decode: impl Fn(&[u8]) -> io::Result<T>,
+) -> io::Result<Option<(u64, T)>> {
+    let from = wal
+        .cursor_as(topic, OWNER)
+        .or_else(|| wal.first_retained_offset(topic))
+        .unwrap_or(0);
+    let mut last = None;
+    for rec in wal.iter(topic, from) {
+        let rec = rec?;
+        last = Some(rec);
+    }
+    last.map(|r| decode(&r.data).map(|v| (r.offset, v)))
+        .transpose()
+}
+
+/// Appends `record` to `topic`, waits until it is durable, then releases the records before it.
+pub(crate) async fn save_record(wal: &Walrus, topic: &str, record: &[u8]) -> io::Result<()> {
+    let offset = wal.append_with_ticket(topic, record)?.await?.start;
+    wal.commit_as(topic, OWNER, offset)
+}
+
+impl LogStore {
+    /// Opens the log kept in `wal`, replaying it. `wal` is the node's log instance (its
+    /// topics `log`, `meta` and `applied` belong to walrus-raft); [`crate::open_stores`] opens
+    /// one on disk, tests pass one on a simulated disk. Syncs come from durability tickets, so
+    /// any fsync schedule works; `NoFsync` adds none of its own.
+    ///
+    /// # Errors
+    /// `InvalidData` for a record that does not decode or a gap; an I/O error.
+    pub fn open(wal: Arc<Walrus>) -> io::Result<Self> {
+        let meta = last_record(&wal, META, |b| {
+            serde_json::from_slice::<Meta>(b)
+                .map_err(|e| codec::invalid(format!("raft log: topic {META:?}: {e}")))
+        })?
+        .map(|(_, m)| m)
+        .unwrap_or_default();
+        let mut index = Index {
+            first: meta.purged.map_or(0, |p| p.index + 1),
+            slots: VecDeque::new(),
+            purged: meta.purged,
+        };
+        let from = wal
+            .cursor_as(LOG, OWNER)
+            .or_else(|| wal.first_retained_offset(LOG))
+            .unwrap_or(0);
+        for rec in wal.iter(LOG, from) {
+            let rec = rec?;
+            let record = codec::decode_record(&rec.data).map_err(|e| {
+                codec::invalid(format!("{e} (topic {LOG:?}, offset {})", rec.offset))
+            })?;
+            match record {
+                LogRecord::Entry(entry) => index.place(&entry.log_id, rec.offset)?,
+                LogRecord::Truncate { since } => index.truncate(since),
+            }
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                wal,
+                index: Mutex::new(index),
+                meta: tokio::sync::Mutex::new(meta),
+            }),
+        })
+    }
+
+    /// The Walrus instance the log lives in.
+    pub fn instance(&self) -> &Arc<Walrus> {
+        &self.shared.wal
+    }
+
+    async fn save_meta(&self, change: impl FnOnce(&mut Meta), durable: bool) -> io::Result<()> {
+        let mut meta = self.shared.meta.lock().await;
+        let mut next = meta.clone();
+        change(&mut next);
+        let bytes = serde_json::to_vec(&next).map_err(io::Error::other)?;
+        if durable {
+            save_record(&self.shared.wal, META, &bytes).await?;
+        } else {
+            self.shared.wal.append(META, &bytes)?;
+        }
+        *meta = next;
+        Ok(())
+    }
+
+    fn read_range(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let wanted: Vec<(u64, u64)> = {
+            let index = self.shared.index.lock();
+            let lo = start.max(index.first);
+            let hi = end.min(index.first + index.slots.len() as u64);
+            (lo..hi)
+                .map(|i| (i, index.slots[(i - index.first) as usize].offset))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(wanted.len());
+        for (i, offset) in wanted {
+            let named = |e: io::Error| {
+                io::Error::new(
+                    e.kind(),
+                    format!("raft log index {i} (topic {LOG:?}, offset {offset}): {e}"),
+                )
+            };
+            let data = self
+                .shared
+                .wal
+                .read_at(LOG, offset)
+                .map_err(named)?
+                .ok_or_else(|| named(io::Error::new(io::ErrorKind::NotFound, "not written")))?
+                .data;
+            match codec::decode_record(&data).map_err(named)? {
+                LogRecord::Entry(e) if e.log_id.index == i => out.push(e),
+                other => return Err(named(codec::invalid(format!("holds {other:?}")))),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.read_range(start, end)
+            .map_err(|e| logs_err(ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let index = self.shared.index.lock();
+        Ok(LogState {
+            last_purged_log_id: index.purged,
+            last_log_id: index.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let vote = *vote;
+        self.save_meta(|m| m.vote = Some(vote), true)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.shared.meta.lock().await.vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.save_meta(|m| m.committed = committed, false)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.shared.meta.lock().await.committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut pending = Vec::new();
+        let mut ids = Vec::new();
+        let mut tickets = Vec::new();
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            pending.clear();
+            ids.clear();
+            for e in entries.by_ref().take(MAX_BATCH) {
+                pending
+                    .push(codec::encode_entry(&e).map_err(|err| logs_err(ErrorVerb::Write, err))?);
+                ids.push(e.log_id);
+            }
+            let batch: Vec<&[u8]> = pending.iter().map(Vec::as_slice).collect();
+            let mut index = self.shared.index.lock();
+            let ticket = self
+                .shared
+                .wal
+                .append_batch_with_ticket(LOG, &batch)
+                .map_err(|err| logs_err(ErrorVerb::Write, err))?;
+            for (id, offset) in ids.iter().zip(ticket.offsets()) {
+                index
+                    .place(id, offset)
+                    .map_err(|err| logs_err(ErrorVerb::Write, err))?;
+            }
+            drop(index);
+            tickets.push(ticket);
+        }
+        tokio::spawn(async move {
+            let mut result = Ok(());
+            // Walrus makes a topic durable in order: the last ticket covers the rest, but every
+            // ticket is awaited so that a failure of any sync is reported.
+            for t in tickets {
+                if let Err(e) = t.await {
+                    result = Err(e);
+                    break;
+                }
+            }
+            callback.log_io_completed(result);
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let since = log_id.index;
+        save_record_raw(&self.shared.wal, &codec::encode_truncate(since))
+            .await
+            .map_err(|e| logs_err(ErrorVerb::Delete, e))?;
+        self.shared.index.lock().truncate(since);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.save_meta(|m| m.purged = Some(log_id), true)
+            .await
+            .map_err(|e| logs_err(ErrorVerb::Delete, e))?;
+        let start = self.shared.index.lock().purge(&log_id);
+        let wal = &self.shared.wal;
+        let cursor = match start {
+            Some(offset) => offset,
+            None => wal.end_offset(LOG).unwrap_or(0),
+        };
+        // Only a release hint: the purged id is already durable, and replay skips below it.
+        if cursor > wal.cursor_as(LOG, OWNER).unwrap_or(0) {
+            wal.commit_as(LOG, OWNER, cursor)
+                .map_err(|e| logs_err(ErrorVerb::Delete, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends a log record and waits until it is durable.
+async fn save_record_raw(wal: &Walrus, record: &[u8]) -> io::Result<()> {
+    wal.append_with_ticket(LOG, record)?.await.map(|_| ())
+}

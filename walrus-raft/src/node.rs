@@ -1,0 +1,225 @@
+//! One node: its two Walrus instances, openraft, and the HTTP server.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt as _;
+use openraft::{Config, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use walrus::Walrus;
+
+use crate::client::{WriteError, write};
+use crate::log_store::{self, LogStore};
+use crate::network::Network;
+use crate::state_machine::{self, StateMachine};
+use crate::{NodeId, Raft, Request, Response};
+
+/// How to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Its id in the cluster.
+    pub id: NodeId,
+    /// Its directory (created if needed): `raft/`, `data/`, `snapshot`.
+    pub dir: PathBuf,
+    /// Where its HTTP server listens (port 0: any free port; [`Node::addr`] tells which).
+    pub listen: SocketAddr,
+    /// Raft's heartbeat; elections time out after 3–6 heartbeats.
+    pub heartbeat: Duration,
+    /// A snapshot is built after this many entries past the last one.
+    pub snapshot_after: u64,
+    /// Entries kept in the log below the last snapshot (a follower that far behind is sent
+    /// entries, not the snapshot).
+    pub keep_logs: u64,
+}
+
+impl NodeConfig {
+    /// A node with the defaults: heartbeat 100 ms, a snapshot every 10 000 entries.
+    pub fn new(id: NodeId, dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            id,
+            dir: dir.into(),
+            listen,
+            heartbeat: Duration::from_millis(100),
+            snapshot_after: 10_000,
+            keep_logs: 1000,
+        }
+    }
+}
+
+/// A running node. Dropping it stops nothing; call [`shutdown`](Self::shutdown).
+pub struct Node {
+    id: NodeId,
+    addr: SocketAddr,
+    raft: Raft,
+    state: StateMachine,
+    log: LogStore,
+    server: Option<JoinHandle<()>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the raft log and the state machine kept in a node's directory `dir` (see the
+/// [crate docs](crate) for its layout), creating them if needed.
+///
+/// # Errors
+/// `ResourceBusy` if another live instance holds them; `InvalidData` for damage; an I/O error.
+pub fn open_stores(dir: &Path) -> io::Result<(LogStore, StateMachine)> {
+    let log_wal = Arc::new(log_store::open_instance(&dir.join("raft"))?);
+    let data = Arc::new(state_machine::open_data(&dir.join("data"))?);
+    let log = LogStore::open(Arc::clone(&log_wal))?;
+    let state = StateMachine::open(data, log_wal, dir.join("snapshot"))?;
+    Ok((log, state))
+}
+
+impl Node {
+    /// Opens the node's directory, starts raft and the HTTP server. A new node waits to be
+    /// initialized or added to a cluster.
+    ///
+    /// # Errors
+    /// Opening the instances (`ResourceBusy` if another process holds the directory,
+    /// `InvalidData` for damage), binding the address, or starting raft.
+    pub async fn start(config: NodeConfig) -> io::Result<Self> {
+        std::fs::create_dir_all(&config.dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("node directory {}: {e}", config.dir.display()),
+            )
+        })?;
+        let (log, state) = open_stores(&config.dir)?;
+
+        let hb = config.heartbeat.as_millis().max(10) as u64;
+        let raft_config = Config {
+            cluster_name: "walrus".into(),
+            heartbeat_interval: hb,
+            election_timeout_min: hb * 3,
+            election_timeout_max: hb * 6,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after),
+            max_in_snapshot_log_to_keep: config.keep_logs,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let network = Network::new(Duration::from_secs(10))?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            network,
+            log.clone(),
+            state.clone(),
+        )
+        .await
+        .map_err(|e| io::Error::other(format!("node {}: starting raft: {e}", config.id)))?;
+
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("node {}: binding {}: {e}", config.id, config.listen),
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let app = crate::api::router(crate::api::AppState {
+            id: config.id,
+            raft: raft.clone(),
+            data: Arc::clone(state.data()),
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            // Small RPCs and answers: never held back waiting for an ACK (Nagle).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "TCP_NODELAY not set");
+                }
+            });
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(id = config.id, %addr, dir = %config.dir.display(), "walrus node started");
+        Ok(Self {
+            id: config.id,
+            addr,
+            raft,
+            state,
+            log,
+            server: Some(server),
+            stop: Some(stop),
+        })
+    }
+
+    /// Its id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address its HTTP server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The raft handle (metrics, membership).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The replicated topics as this node holds them (read only: only raft writes them).
+    pub fn data(&self) -> &Arc<Walrus> {
+        self.state.data()
+    }
+
+    /// The Walrus instance holding the raft log.
+    pub fn log_instance(&self) -> &Arc<Walrus> {
+        self.log.instance()
+    }
+
+    /// Appends `data` to `topic` through raft; the offset, once a quorum committed it.
+    ///
+    /// # Errors
+    /// See [`WriteError`].
+    pub async fn append(&self, topic: &str, data: &[u8]) -> Result<u64, WriteError> {
+        let request = Request::Append {
+            topic: topic.to_owned(),
+            data: data.to_vec(),
+        };
+        match write(&self.raft, request).await? {
+            Response::Appended { offset } => Ok(offset),
+            other => Err(WriteError::Raft(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    /// Stops raft and the server, and closes the instances (flushing them).
+    ///
+    /// # Errors
+    /// Raft's core task failed.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        let result = self
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| io::Error::other(format!("node {}: raft shutdown: {e}", self.id)));
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+        result
+    }
+}

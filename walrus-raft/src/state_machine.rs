@@ -1,0 +1,499 @@
+//! The state machine: a replicated Walrus.
+//!
+//! Applying `Append { topic, data }` appends to `topic` of the node's data instance; applying
+//! `Commit` moves a consumer's cursor there. Applying is deterministic, so every node holds the
+//! same topics with the same offsets, and refuses the same bad requests.
+//!
+//! The data instance is never synced per entry: the raft log is the durable copy. Every
+//! 1024 entries (`SAVE_EVERY`; and at each snapshot) the data instance is flushed and then the
+//! *applied record* — last applied id, membership, and each topic's end at that point — is
+//! written, synced, to the log instance's `applied` topic. After a crash, openraft re-applies
+//! the committed entries past that record; an `Append` whose topic already extends past the end
+//! the record expects was applied before the crash (and survived: Walrus keeps a durable prefix),
+//! so it is counted, not appended again.
+//!
+//! A snapshot is every topic's retained entries, first offset, end and cursors, in one sealed
+//! byte body (see `docs/FORMAT.md`); installing it appends what the node lacks, so offsets stay
+//! the same. A node whose topic is shorter than the snapshot's first retained offset fills the
+//! gap with empty entries, which its replicated cursors then release.
+
+use std::collections::BTreeMap;
+use std::io::{self, Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use walrus::{FsyncSchedule, ReadConsistency, Walrus};
+
+use crate::codec::{self, Dec, Enc, Entry};
+use crate::log_store::{last_record, save_record};
+use crate::{NodeId, Request, Response, TypeConfig};
+
+/// Entries applied between two applied records.
+pub(crate) const SAVE_EVERY: u64 = 1024;
+const APPLIED: &str = "applied";
+const SNAPSHOT_MAGIC: &[u8; 4] = b"WRS1";
+const MAX_BATCH: usize = 2000;
+
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+/// The replicated Walrus of one node: see the [module docs](self). Cloning shares it (a clone
+/// is openraft's snapshot builder).
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    data: Arc<Walrus>,
+    log: Arc<Walrus>,
+    snapshot_path: PathBuf,
+    state: tokio::sync::Mutex<State>,
+    current: parking_lot::Mutex<Option<Stored>>,
+}
+
+/// What the applied record holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Applied {
+    last: Option<LogId<NodeId>>,
+    membership: Membership,
+    /// Each topic's end after `last`.
+    ends: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    applied: Applied,
+    unsaved: u64,
+    snapshots: u64,
+}
+
+/// A snapshot as kept: its metadata and sealed body.
+#[derive(Debug, Clone)]
+struct Stored {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    body: Vec<u8>,
+}
+
+fn sm_err(verb: ErrorVerb, e: io::Error) -> StorageError<NodeId> {
+    StorageError::IO {
+        source: StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)),
+    }
+}
+
+fn snap_err(verb: ErrorVerb, e: io::Error) -> StorageError<NodeId> {
+    StorageError::IO {
+        source: StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&e)),
+    }
+}
+
+/// Opens (creating if needed) a node's data instance.
+pub(crate) fn open_data(dir: &Path) -> io::Result<Walrus> {
+    Walrus::builder()
+        .data_dir(dir)
+        .fsync_schedule(FsyncSchedule::NoFsync)
+        .consistency(ReadConsistency::AtLeastOnce { persist_every: 1 })
+        .quiet(true)
+        .build()
+}
+
+impl StateMachine {
+    /// Opens the state machine over `data` (the replicated topics), recording what it applied
+    /// in `log` (the node's log instance) and its snapshot at `snapshot_path`.
+    ///
+    /// # Errors
+    /// `InvalidData` for a damaged applied record or snapshot file; an I/O error.
+    pub fn open(data: Arc<Walrus>, log: Arc<Walrus>, snapshot_path: PathBuf) -> io::Result<Self> {
+        let applied = last_record(&log, APPLIED, |b| {
+            serde_json::from_slice::<Applied>(b)
+                .map_err(|e| codec::invalid(format!("raft state machine: topic {APPLIED:?}: {e}")))
+        })?
+        .map(|(_, a)| a)
+        .unwrap_or_default();
+        let current = match std::fs::read(&snapshot_path) {
+            Ok(bytes) => Some(decode_stored(&bytes).map_err(|e| {
+                codec::invalid(format!("snapshot file {}: {e}", snapshot_path.display()))
+            })?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("snapshot file {}: {e}", snapshot_path.display()),
+                ));
+            }
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                data,
+                log,
+                snapshot_path,
+                state: tokio::sync::Mutex::new(State {
+                    applied,
+                    ..State::default()
+                }),
+                current: parking_lot::Mutex::new(current),
+            }),
+        })
+    }
+
+    /// The data instance: the replicated topics (read it; only the state machine writes).
+    pub fn data(&self) -> &Arc<Walrus> {
+        &self.shared.data
+    }
+
+    /// Flushes the data instance, then writes the applied record, synced.
+    async fn save_applied(&self, st: &mut State) -> io::Result<()> {
+        self.shared.data.flush()?;
+        let bytes = serde_json::to_vec(&st.applied).map_err(io::Error::other)?;
+        save_record(&self.shared.log, APPLIED, &bytes).await?;
+        st.unsaved = 0;
+        Ok(())
+    }
+
+    fn apply_request(&self, st: &mut State, request: &Request) -> io::Result<Response> {
+        let data = &self.shared.data;
+        match request {
+            Request::Append { topic, data: entry } => {
+                let expected = st.applied.ends.get(topic).copied().unwrap_or(0);
+                if data.end_offset(topic).unwrap_or(0) > expected {
+                    // Applied before a restart, and kept.
+                    st.applied.ends.insert(topic.clone(), expected + 1);
+                    return Ok(Response::Appended { offset: expected });
+                }
+                match data.append(topic, entry) {
+                    Ok(offset) if offset == expected => {
+                        st.applied.ends.insert(topic.clone(), offset + 1);
+                        Ok(Response::Appended { offset })
+                    }
+                    Ok(offset) => Err(codec::invalid(format!(
+                        "replicated topic {topic:?} diverged: entry appended at offset {offset}, \
+                         the log says {expected}"
+                    ))),
+                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(Response::Refused {
+                        reason: e.to_string(),
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            Request::Commit {
+                topic,
+                consumer,
+                offset,
+            } => {
+                let end = st.applied.ends.get(topic).copied();
+                if end.is_none_or(|end| *offset > end) {
+                    return Ok(Response::Refused {
+                        reason: format!(
+                            "offset {offset} is past the end of topic {topic:?} ({})",
+                            end.unwrap_or(0)
+                        ),
+                    });
+                }
+                match data.commit_as(topic, consumer, *offset) {
+                    Ok(()) => Ok(Response::Committed),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::InvalidInput | io::ErrorKind::NotFound
+                        ) =>
+                    {
+                        Ok(Response::Refused {
+                            reason: e.to_string(),
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// The snapshot body of the current state.
+    fn encode_body(&self, st: &State) -> io::Result<Vec<u8>> {
+        let data = &self.shared.data;
+        let mut e = Enc::default();
+        e.0.extend_from_slice(SNAPSHOT_MAGIC);
+        e.bytes(&serde_json::to_vec(&st.applied).map_err(io::Error::other)?);
+        e.u64(st.applied.ends.len() as u64);
+        for (topic, &end) in &st.applied.ends {
+            let first = data.first_retained_offset(topic).unwrap_or(end).min(end);
+            let consumers: Vec<_> = data
+                .consumers(topic)
+                .into_iter()
+                .map(|c| (c.name, c.cursor.clamp(first, end)))
+                .collect();
+            e.bytes(topic.as_bytes()).u64(first).u64(end);
+            e.u64(consumers.len() as u64);
+            for (name, cursor) in &consumers {
+                e.bytes(name.as_bytes()).u64(*cursor);
+            }
+            let mut next = first;
+            for rec in data.iter(topic, first) {
+                let rec = rec?;
+                if rec.offset >= end {
+                    break;
+                }
+                if rec.offset != next {
+                    return Err(codec::invalid(format!(
+                        "topic {topic:?}: offset {next} missing while building a snapshot"
+                    )));
+                }
+                e.bytes(&rec.data);
+                next += 1;
+            }
+            if next != end {
+                return Err(codec::invalid(format!(
+                    "topic {topic:?}: entries {next}..{end} missing while building a snapshot"
+                )));
+            }
+        }
+        Ok(codec::seal(e.0))
+    }
+
+    /// Applies a snapshot body: appends what each topic lacks, moves the cursors.
+    fn install_body(&self, body: &[u8]) -> io::Result<Applied> {
+        let data = &self.shared.data;
+        let body = codec::unseal(body, "snapshot")?;
+        let mut d = Dec::new(body, "snapshot");
+        let magic = [d.u8()?, d.u8()?, d.u8()?, d.u8()?];
+        if &magic != SNAPSHOT_MAGIC {
+            return Err(codec::invalid(format!("snapshot: magic {magic:?}")));
+        }
+        let applied: Applied = serde_json::from_slice(d.bytes()?)
+            .map_err(|e| codec::invalid(format!("snapshot: applied record: {e}")))?;
+        let topics = d.u64()?;
+        for _ in 0..topics {
+            let topic = d.string()?;
+            let first = d.u64()?;
+            let end = d.u64()?;
+            if first > end || applied.ends.get(&topic) != Some(&end) {
+                return Err(codec::invalid(format!(
+                    "snapshot: topic {topic:?} range {first}..{end} disagrees with its record"
+                )));
+            }
+            let n = d.u64()?;
+            let mut consumers = Vec::new();
+            for _ in 0..n {
+                consumers.push((d.string()?, d.u64()?));
+            }
+            let local = data.end_offset(&topic).unwrap_or(0);
+            if local > end {
+                return Err(codec::invalid(format!(
+                    "snapshot: local topic {topic:?} ends at {local}, past the snapshot's {end}"
+                )));
+            }
+            // Offsets the snapshot no longer holds: empty entries keep the numbering.
+            let mut at = local;
+            while at < first {
+                let n = usize::try_from(first - at)
+                    .unwrap_or(MAX_BATCH)
+                    .min(MAX_BATCH);
+                let blanks = vec![&[][..]; n];
+                at = data.append_batch(&topic, &blanks)?.end;
+            }
+            let mut batch: Vec<&[u8]> = Vec::new();
+            for offset in first..end {
+                let entry = d.bytes()?;
+                if offset >= at {
+                    batch.push(entry);
+                }
+                if batch.len() == MAX_BATCH {
+                    data.append_batch(&topic, &batch)?;
+                    batch.clear();
+                }
+            }
+            if !batch.is_empty() {
+                data.append_batch(&topic, &batch)?;
+            }
+            if data.end_offset(&topic).unwrap_or(0) != end {
+                return Err(codec::invalid(format!(
+                    "snapshot: topic {topic:?} did not end at {end} after installing"
+                )));
+            }
+            for (consumer, cursor) in consumers {
+                data.commit_as(&topic, &consumer, cursor)?;
+            }
+        }
+        d.end()?;
+        Ok(applied)
+    }
+
+    fn persist_snapshot(&self, stored: &Stored) -> io::Result<()> {
+        let path = &self.shared.snapshot_path;
+        let tmp = path.with_extension("tmp");
+        let bytes = encode_stored(stored)?;
+        let named = |e: io::Error| {
+            io::Error::new(e.kind(), format!("snapshot file {}: {e}", path.display()))
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(named)?;
+        f.write_all(&bytes).map_err(named)?;
+        f.sync_all().map_err(named)?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(named)?;
+        if let Some(parent) = path.parent() {
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(named)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_stored(s: &Stored) -> io::Result<Vec<u8>> {
+    let mut e = Enc::default();
+    e.bytes(&serde_json::to_vec(&s.meta).map_err(io::Error::other)?);
+    e.bytes(&s.body);
+    Ok(codec::seal(e.0))
+}
+
+fn decode_stored(bytes: &[u8]) -> io::Result<Stored> {
+    let mut d = Dec::new(codec::unseal(bytes, "snapshot file")?, "snapshot file");
+    let meta = serde_json::from_slice(d.bytes()?)
+        .map_err(|e| codec::invalid(format!("snapshot file: metadata: {e}")))?;
+    let body = d.bytes()?.to_vec();
+    d.end()?;
+    Ok(Stored { meta, body })
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let mut st = self.shared.state.lock().await;
+        let body = self
+            .encode_body(&st)
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        // The snapshot's state must survive a crash as well as the log it replaces.
+        self.save_applied(&mut st)
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        st.snapshots += 1;
+        let last = st.applied.last;
+        let snapshot_id = match last {
+            Some(l) => format!(
+                "{}-{}-{}-{}",
+                l.leader_id.term, l.leader_id.node_id, l.index, st.snapshots
+            ),
+            None => format!("none-{}", st.snapshots),
+        };
+        let stored = Stored {
+            meta: SnapshotMeta {
+                last_log_id: last,
+                last_membership: st.applied.membership.clone(),
+                snapshot_id,
+            },
+            body,
+        };
+        drop(st);
+        self.persist_snapshot(&stored)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        *self.shared.current.lock() = Some(stored.clone());
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.body)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        let st = self.shared.state.lock().await;
+        Ok((st.applied.last, st.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut st = self.shared.state.lock().await;
+        let mut out = Vec::new();
+        for entry in entries {
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response::Nothing,
+                EntryPayload::Normal(request) => {
+                    self.apply_request(&mut st, request)
+                        .map_err(|e| StorageError::IO {
+                            source: StorageIOError::apply(entry.log_id, AnyError::new(&e)),
+                        })?
+                }
+                EntryPayload::Membership(m) => {
+                    st.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    Response::Nothing
+                }
+            };
+            st.applied.last = Some(entry.log_id);
+            st.unsaved += 1;
+            out.push(response);
+        }
+        if st.unsaved >= SAVE_EVERY {
+            self.save_applied(&mut st)
+                .await
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let body = snapshot.into_inner();
+        let mut st = self.shared.state.lock().await;
+        let applied = self
+            .install_body(&body)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        if applied.last != meta.last_log_id {
+            return Err(snap_err(
+                ErrorVerb::Write,
+                codec::invalid(format!(
+                    "snapshot {}: body is at {:?}, metadata says {:?}",
+                    meta.snapshot_id, applied.last, meta.last_log_id
+                )),
+            ));
+        }
+        st.applied = Applied {
+            membership: meta.last_membership.clone(),
+            ..applied
+        };
+        self.save_applied(&mut st)
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        drop(st);
+        let stored = Stored {
+            meta: meta.clone(),
+            body,
+        };
+        self.persist_snapshot(&stored)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        *self.shared.current.lock() = Some(stored);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.shared.current.lock().clone().map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.body)),
+        }))
+    }
+}
