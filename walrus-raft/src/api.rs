@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use walrus::Walrus;
 
-use crate::client::{WriteError, write};
+use crate::client::{WriteError, Writer};
 use crate::codec;
 use crate::{NodeId, Raft, Request, Response};
 
@@ -54,6 +54,8 @@ pub struct AppState {
     pub id: NodeId,
     /// Its raft handle.
     pub raft: Raft,
+    /// Its group-committing writer.
+    pub writer: Writer,
     /// Its replicated topics.
     pub data: Arc<Walrus>,
 }
@@ -133,7 +135,7 @@ async fn append(State(s): Shared, Path(topic): Path<String>, body: Bytes) -> Htt
         topic,
         data: body.to_vec(),
     };
-    match write(&s.raft, request).await {
+    match s.writer.write(request).await {
         Ok(Response::Appended { offset }) => Json(json!({ "offset": offset })).into_response(),
         Ok(other) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -270,7 +272,7 @@ async fn commit(
         consumer: consumer_name(consumer),
         offset: body.offset,
     };
-    match write(&s.raft, request).await {
+    match s.writer.write(request).await {
         Ok(_) => Json(json!({ "offset": body.offset })).into_response(),
         Err(e) => write_error(e, &path),
     }

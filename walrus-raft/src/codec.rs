@@ -25,6 +25,7 @@ const PAYLOAD_MEMBERSHIP: u8 = 2;
 
 const REQUEST_APPEND: u8 = 1;
 const REQUEST_COMMIT: u8 = 2;
+const REQUEST_BATCH: u8 = 3;
 
 /// What one entry of the log topic says.
 #[derive(Debug)]
@@ -155,7 +156,7 @@ pub(crate) fn decode_record(buf: &[u8]) -> io::Result<LogRecord> {
             let log_id = decode_log_id(&mut d)?;
             let payload = match d.u8()? {
                 PAYLOAD_BLANK => EntryPayload::Blank,
-                PAYLOAD_NORMAL => EntryPayload::Normal(decode_request(&mut d)?),
+                PAYLOAD_NORMAL => EntryPayload::Normal(decode_request(&mut d, true)?),
                 PAYLOAD_MEMBERSHIP => {
                     let m: Membership<NodeId, openraft::BasicNode> =
                         serde_json::from_slice(d.rest()).map_err(|e| {
@@ -208,11 +209,26 @@ fn encode_request(e: &mut Enc, r: &Request) {
                 .bytes(consumer.as_bytes())
                 .u64(*offset);
         }
+        Request::Batch { requests } => {
+            e.u8(REQUEST_BATCH).u64(requests.len() as u64);
+            for r in requests {
+                encode_request(e, r);
+            }
+        }
     }
 }
 
-fn decode_request(d: &mut Dec<'_>) -> io::Result<Request> {
+/// Decodes a request; a batch only at the top (`outer`), so nesting is bounded.
+fn decode_request(d: &mut Dec<'_>, outer: bool) -> io::Result<Request> {
     match d.u8()? {
+        REQUEST_BATCH if outer => {
+            let n = d.u64()?;
+            let mut requests = Vec::new();
+            for _ in 0..n {
+                requests.push(decode_request(d, false)?);
+            }
+            Ok(Request::Batch { requests })
+        }
         REQUEST_APPEND => Ok(Request::Append {
             topic: d.string()?,
             data: d.bytes()?.to_vec(),
@@ -366,6 +382,22 @@ mod tests {
                 }),
             },
             Entry {
+                log_id: id(9, 1, 10),
+                payload: EntryPayload::Normal(Request::Batch {
+                    requests: vec![
+                        Request::Append {
+                            topic: "a".into(),
+                            data: vec![1, 2],
+                        },
+                        Request::Commit {
+                            topic: "b".into(),
+                            consumer: String::new(),
+                            offset: 0,
+                        },
+                    ],
+                }),
+            },
+            Entry {
                 log_id: id(10, 1, 11),
                 payload: EntryPayload::Membership(Membership::new(
                     vec![BTreeSet::from([1, 2, 3])],
@@ -410,6 +442,19 @@ mod tests {
                 }
             }
         }
+        // A batch inside a batch does not decode (nesting stays bounded).
+        let inner = Request::Batch { requests: vec![] };
+        let mut e = Enc::default();
+        e.u8(RECORD_ENTRY);
+        encode_log_id(&mut e, &LogId::new(CommittedLeaderId::new(1, 1), 1));
+        e.u8(PAYLOAD_NORMAL);
+        encode_request(
+            &mut e,
+            &Request::Batch {
+                requests: vec![inner],
+            },
+        );
+        assert!(decode_record(&e.0).is_err());
         let mut long = encode_truncate(1);
         long.push(0);
         assert!(decode_record(&long).is_err());

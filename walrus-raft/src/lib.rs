@@ -14,7 +14,7 @@
 //! `applied`), `data/` (the replicated topics), `snapshot` (the last snapshot). The formats are
 //! drawn in `docs/FORMAT.md` under "walrus-raft".
 
-mod client;
+pub mod client;
 mod codec;
 pub mod log_store;
 pub mod state_machine;
@@ -27,7 +27,8 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::WriteError;
+#[doc(inline)]
+pub use client::{WriteError, Writer};
 #[doc(inline)]
 pub use log_store::LogStore;
 pub use node::{Node, NodeConfig, open_stores};
@@ -70,6 +71,12 @@ pub enum Request {
         /// The offset of the next entry the consumer reads.
         offset: u64,
     },
+    /// Several requests in one raft entry, applied in order (made by the node's group commit;
+    /// a batch inside a batch is refused).
+    Batch {
+        /// The requests.
+        requests: Vec<Request>,
+    },
 }
 
 /// What applying a [`Request`] did. Every node computes the same response for the same entry.
@@ -90,4 +97,9 @@ pub enum Response {
     },
     /// A blank or membership entry: nothing for a client.
     Nothing,
+    /// A batch's responses, one per request, in order.
+    Batch {
+        /// The responses.
+        responses: Vec<Response>,
+    },
 }

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use walrus::Walrus;
 
-use crate::client::{WriteError, write};
+use crate::client::{WriteError, Writer};
 use crate::log_store::{self, LogStore};
 use crate::network::Network;
 use crate::state_machine::{self, StateMachine};
@@ -56,6 +56,7 @@ pub struct Node {
     id: NodeId,
     addr: SocketAddr,
     raft: Raft,
+    writer: Writer,
     state: StateMachine,
     log: LogStore,
     server: Option<JoinHandle<()>>,
@@ -131,9 +132,11 @@ impl Node {
             )
         })?;
         let addr = listener.local_addr()?;
+        let writer = Writer::start(raft.clone());
         let app = crate::api::router(crate::api::AppState {
             id: config.id,
             raft: raft.clone(),
+            writer: writer.clone(),
             data: Arc::clone(state.data()),
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -156,6 +159,7 @@ impl Node {
             id: config.id,
             addr,
             raft,
+            writer,
             state,
             log,
             server: Some(server),
@@ -197,10 +201,24 @@ impl Node {
             topic: topic.to_owned(),
             data: data.to_vec(),
         };
-        match write(&self.raft, request).await? {
+        match self.writer.write(request).await? {
             Response::Appended { offset } => Ok(offset),
             other => Err(WriteError::Raft(format!("unexpected response {other:?}"))),
         }
+    }
+
+    /// The node's group-committing writer (cheap to clone, `'static`: for tasks).
+    pub fn writer(&self) -> Writer {
+        self.writer.clone()
+    }
+
+    /// Writes `request` through raft (group-committed with concurrent writes): its response,
+    /// once a quorum committed it and this node applied it.
+    ///
+    /// # Errors
+    /// See [`WriteError`].
+    pub async fn write(&self, request: Request) -> Result<Response, WriteError> {
+        self.writer.write(request).await
     }
 
     /// Stops raft and the server, and closes the instances (flushing them).

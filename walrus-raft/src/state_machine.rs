@@ -159,6 +159,18 @@ impl StateMachine {
     fn apply_request(&self, st: &mut State, request: &Request) -> io::Result<Response> {
         let data = &self.shared.data;
         match request {
+            Request::Batch { requests } => {
+                let mut responses = Vec::with_capacity(requests.len());
+                for r in requests {
+                    responses.push(match r {
+                        Request::Batch { .. } => Response::Refused {
+                            reason: "a batch inside a batch".into(),
+                        },
+                        r => self.apply_request(st, r)?,
+                    });
+                }
+                Ok(Response::Batch { responses })
+            }
             Request::Append { topic, data: entry } => {
                 let expected = st.applied.ends.get(topic).copied().unwrap_or(0);
                 if data.end_offset(topic).unwrap_or(0) > expected {

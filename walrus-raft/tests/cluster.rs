@@ -128,6 +128,56 @@ async fn quorum_writes_redirects_and_consumers() {
     let got = converge(&all, "orders", 50).await;
     assert_eq!(got[7], b"order-7");
 
+    // Concurrent writers are group-committed into batch entries: every append gets its own
+    // offset, contiguous, and a refused request in a batch changes nothing for the others.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64u64 {
+        let w = nodes[l].writer();
+        tasks.spawn(async move {
+            let topic = if i == 13 {
+                String::new()
+            } else {
+                "burst".to_string()
+            };
+            let r = w
+                .write(walrus_raft::Request::Append {
+                    topic,
+                    data: format!("b{i}").into_bytes(),
+                })
+                .await;
+            (i, r)
+        });
+    }
+    let mut offsets = std::collections::BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, r) = joined.unwrap();
+        match r {
+            Ok(walrus_raft::Response::Appended { offset }) => {
+                assert!(offsets.insert(offset, i).is_none())
+            }
+            Err(WriteError::Refused(_)) if i == 13 => {}
+            other => panic!("append {i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        offsets.keys().copied().collect::<Vec<_>>(),
+        (0..63).collect::<Vec<_>>()
+    );
+    let burst = converge(&all, "burst", 63).await;
+    for (o, i) in &offsets {
+        assert_eq!(burst[*o as usize], format!("b{i}").into_bytes());
+    }
+    let batches = nodes[l]
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap_or(0);
+    assert!(
+        batches < 2 + 50 + 32,
+        "64 concurrent writes took {batches} log entries in all: not batched"
+    );
+
     // A follower refuses a direct write and names the leader...
     let f = (l + 1) % 3;
     match nodes[f].append("orders", b"x").await {
