@@ -18,8 +18,8 @@
 //! Peers: `POST /raft/append`, `/raft/vote`, `/raft/snapshot` (see [`crate::network`]).
 //!
 //! Errors are JSON `{"error": "..."}`: `400` for bad input (nothing changed), `404` for what is
-//! not there, `413` for an entry over [`MAX_CLIENT_BODY`], `503` when raft could not commit (no
-//! quorum, shutting down).
+//! not there, `413` for an entry over [`MAX_CLIENT_BODY`], `503` when no leader is known (nothing
+//! written) or raft gave no answer (shutting down: the entry may still be committed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

@@ -26,11 +26,14 @@ const IN_FLIGHT: usize = 1;
 /// What a client write ends in, once raft is done with it.
 #[derive(Debug, Clone)]
 pub enum WriteError {
-    /// This node is not the leader; the leader, if one is known.
+    /// This node is not the leader; the leader, if one is known. Nothing was written: openraft
+    /// answers so only for a request it never proposed or whose entry a new leader truncated
+    /// (such an entry is never committed), so retrying at the leader cannot write twice.
     NotLeader(Option<(NodeId, BasicNode)>),
     /// The state machine refused the request (nothing changed anywhere).
     Refused(String),
-    /// Raft could not commit it (no quorum in time, shutting down, storage failure).
+    /// No answer from raft (shutting down, storage failure): the outcome is unknown, the entry
+    /// may still be committed by the next leader.
     Raft(String),
 }
 
@@ -42,7 +45,7 @@ impl std::fmt::Display for WriteError {
             }
             Self::NotLeader(None) => write!(f, "not the leader; no leader known"),
             Self::Refused(r) => write!(f, "refused: {r}"),
-            Self::Raft(r) => write!(f, "not committed: {r}"),
+            Self::Raft(r) => write!(f, "outcome unknown: {r}"),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! A 3-node cluster in one process, on 127.0.0.1: quorum writes, redirects, consumers,
 //! failover, a minority that cannot acknowledge, restart and catch-up, snapshots to a new node.
-//! Every wait is bounded.
+//! Every wait is bounded. Leadership may move at any time (two cores shared by nine nodes and
+//! the other tests): every write goes through whichever node leads and retries a `NotLeader`,
+//! which openraft answers only for a request it never proposed or whose entry it truncated, so
+//! a retry never writes twice.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,10 +15,7 @@ use walrus_raft::{Node, NodeConfig, NodeId, WriteError};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config(id: NodeId, dir: &Path, listen: SocketAddr) -> NodeConfig {
-    NodeConfig {
-        heartbeat: Duration::from_millis(50),
-        ..NodeConfig::new(id, dir.join(format!("n{id}")), listen)
-    }
+    NodeConfig::new(id, dir.join(format!("n{id}")), listen)
 }
 
 fn any_port() -> SocketAddr {
@@ -66,6 +66,48 @@ async fn leader(nodes: &[&Node]) -> usize {
     }
 }
 
+/// Writes through whichever of `nodes` leads (group-committed with concurrent writes),
+/// retrying while leadership moves, for [`WAIT`] at most.
+async fn write(
+    nodes: &[&Node],
+    request: walrus_raft::Request,
+) -> Result<walrus_raft::Response, WriteError> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let l = leader(nodes).await;
+        match tokio::time::timeout_at(deadline, nodes[l].write(request.clone())).await {
+            Ok(Err(WriteError::NotLeader(_))) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(r) => return r,
+            Err(_) => panic!(
+                "nothing committed within {WAIT:?} (through node {})",
+                nodes[l].id()
+            ),
+        }
+    }
+}
+
+/// Appends through whichever of `nodes` leads; the offset.
+async fn append(nodes: &[&Node], topic: &str, data: &[u8]) -> u64 {
+    match write(nodes, append_req(topic, data.to_vec())).await {
+        Ok(walrus_raft::Response::Appended { offset }) => offset,
+        other => panic!("append to {topic}: {other:?}"),
+    }
+}
+
+/// Sends what `request` builds until the answer is not 503 (no leader known right now).
+async fn send(request: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
+    for _ in 0..50 {
+        let resp = request().send().await.unwrap();
+        if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return resp;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader known for 50 tries");
+}
+
 /// Every entry of `topic` on `node`.
 fn contents(node: &Node, topic: &str) -> Vec<Vec<u8>> {
     let end = node.data().end_offset(topic).unwrap_or(0);
@@ -110,19 +152,24 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The highest log index any of `nodes` holds (the leader's).
+fn last_log_index(nodes: &[&Node]) -> u64 {
+    nodes
+        .iter()
+        .filter_map(|n| n.raft().metrics().borrow().last_log_index)
+        .max()
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_writes_redirects_and_consumers() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = start(&[1, 2, 3], dir.path(), |_| {}).await;
     let all: Vec<&Node> = nodes.iter().collect();
-    let l = leader(&all).await;
 
     // Writes through the leader: offsets in order, identical on every node.
     for i in 0..50u64 {
-        let offset = nodes[l]
-            .append("orders", format!("order-{i}").as_bytes())
-            .await
-            .unwrap();
+        let offset = append(&all, "orders", format!("order-{i}").as_bytes()).await;
         assert_eq!(offset, i);
     }
     let got = converge(&all, "orders", 50).await;
@@ -130,22 +177,30 @@ async fn quorum_writes_redirects_and_consumers() {
 
     // Concurrent writers are group-committed into batch entries: every append gets its own
     // offset, contiguous, and a refused request in a batch changes nothing for the others.
+    let writers: BTreeMap<NodeId, walrus_raft::Writer> =
+        nodes.iter().map(|n| (n.id(), n.writer())).collect();
+    let first = nodes[leader(&all).await].id();
+    let entries_before = last_log_index(&all);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..64u64 {
-        let w = nodes[l].writer();
+        let writers = writers.clone();
         tasks.spawn(async move {
-            let topic = if i == 13 {
-                String::new()
-            } else {
-                "burst".to_string()
-            };
-            let r = w
-                .write(walrus_raft::Request::Append {
-                    topic,
-                    data: format!("b{i}").into_bytes(),
-                })
-                .await;
-            (i, r)
+            let topic = if i == 13 { "" } else { "burst" };
+            let mut to = first;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let r = writers[&to].write(append_req(topic, format!("b{i}").into_bytes()));
+                match tokio::time::timeout_at(deadline, r).await {
+                    Ok(Err(WriteError::NotLeader(l))) => {
+                        if let Some((id, _)) = l {
+                            to = id;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Ok(r) => return (i, r),
+                    Err(_) => panic!("append {i}: nothing committed within {WAIT:?}"),
+                }
+            }
         });
     }
     let mut offsets = std::collections::BTreeMap::new();
@@ -167,31 +222,41 @@ async fn quorum_writes_redirects_and_consumers() {
     for (o, i) in &offsets {
         assert_eq!(burst[*o as usize], format!("b{i}").into_bytes());
     }
-    let batches = nodes[l]
-        .raft()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap_or(0);
+    let batches = last_log_index(&all) - entries_before;
     assert!(
-        batches < 2 + 50 + 32,
-        "64 concurrent writes took {batches} log entries in all: not batched"
+        batches < 32,
+        "64 concurrent writes took {batches} log entries: not batched"
     );
 
-    // A follower refuses a direct write and names the leader...
-    let f = (l + 1) % 3;
-    match nodes[f].append("orders", b"x").await {
-        Err(WriteError::NotLeader(Some((id, _)))) => assert_eq!(id, nodes[l].id()),
-        other => panic!("a follower wrote: {other:?}"),
+    // A follower refuses a direct write and names the leader (asked again if leadership moved
+    // meanwhile; a node that wrote was the leader by then).
+    let mut named = false;
+    for _ in 0..50 {
+        let l = leader(&all).await;
+        let f = (l + 1) % 3;
+        let r = tokio::time::timeout(WAIT, nodes[f].append("elsewhere", b"x")).await;
+        match r.expect("a write to a follower hung") {
+            Err(WriteError::NotLeader(Some((id, _)))) if id == nodes[l].id() => {
+                named = true;
+                break;
+            }
+            Err(WriteError::NotLeader(_)) | Ok(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
     }
-    // ...and over HTTP redirects to it (307 keeps the method and body).
+    assert!(named, "no follower ever named the leader");
+    assert_eq!(nodes[0].data().end_offset("orders"), Some(50));
+
+    // Over HTTP a follower redirects to the leader (307 keeps the method and body).
     let http = client();
-    let resp = http
-        .post(format!("http://{}/topics/orders", nodes[f].addr()))
-        .body("via-follower")
-        .send()
-        .await
-        .unwrap();
+    let f = (leader(&all).await + 1) % 3;
+    let resp = send(|| {
+        http.post(format!("http://{}/topics/orders", nodes[f].addr()))
+            .body("via-follower")
+    })
+    .await;
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["offset"], 50);
@@ -222,7 +287,7 @@ async fn quorum_writes_redirects_and_consumers() {
     assert_eq!(v["entries"][0]["offset"], 48);
 
     // A named consumer: poll, commit through raft, the cursor moves on every node.
-    let base = format!("http://{}/topics/orders/consumers/billing", nodes[l].addr());
+    let base = format!("http://{}/topics/orders/consumers/billing", nodes[f].addr());
     let v: serde_json::Value = http
         .get(format!("{base}?max=10"))
         .send()
@@ -233,13 +298,11 @@ async fn quorum_writes_redirects_and_consumers() {
         .unwrap();
     assert_eq!(v["cursor"], 0);
     assert_eq!(v["next"], 10);
-    let resp = http
-        .post(format!("{base}/commit"))
-        .json(&serde_json::json!({ "offset": 10 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let commit = |offset: u64| {
+        http.post(format!("{base}/commit"))
+            .json(&serde_json::json!({ "offset": offset }))
+    };
+    assert_eq!(send(|| commit(10)).await.status(), 200);
     let deadline = Instant::now() + WAIT;
     while nodes
         .iter()
@@ -252,18 +315,15 @@ async fn quorum_writes_redirects_and_consumers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Bad input changes nothing: a commit past the end, an empty topic name.
-    let resp = http
-        .post(format!("{base}/commit"))
-        .json(&serde_json::json!({ "offset": 1000 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    assert_eq!(send(|| commit(1000)).await.status(), 400);
     assert!(matches!(
-        nodes[l].append("", b"x").await,
+        write(&all, append_req("", b"x".to_vec())).await,
         Err(WriteError::Refused(_))
     ));
-    assert_eq!(nodes[l].data().cursor_as("orders", "billing"), Some(10));
+    for n in &nodes {
+        assert_eq!(n.data().cursor_as("orders", "billing"), Some(10));
+        assert_eq!(n.data().end_offset("orders"), Some(51));
+    }
 
     for n in nodes {
         n.shutdown().await.unwrap();
@@ -276,19 +336,20 @@ async fn quorum_writes_redirects_and_consumers() {
 async fn failover_minority_and_catch_up() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start(&[1, 2, 3], dir.path(), |_| {}).await;
-    let l = leader(&nodes.iter().collect::<Vec<_>>()).await;
     let mut acked = Vec::new();
     for i in 0..30u64 {
         let data = format!("e{i}");
-        acked.push((nodes[l].append("t", data.as_bytes()).await.unwrap(), data));
+        let all: Vec<&Node> = nodes.iter().collect();
+        acked.push((append(&all, "t", data.as_bytes()).await, data));
     }
 
     // The leader goes away.
+    let l = leader(&nodes.iter().collect::<Vec<_>>()).await;
     let old = nodes.remove(l);
     let (old_id, old_addr) = (old.id(), old.addr());
     old.shutdown().await.unwrap();
     let start = Instant::now();
-    let l = leader(&nodes.iter().collect::<Vec<_>>()).await;
+    leader(&nodes.iter().collect::<Vec<_>>()).await;
     let elected = start.elapsed();
     assert!(
         elected < Duration::from_secs(10),
@@ -296,7 +357,8 @@ async fn failover_minority_and_catch_up() {
     );
     for i in 30..60u64 {
         let data = format!("e{i}");
-        acked.push((nodes[l].append("t", data.as_bytes()).await.unwrap(), data));
+        let two: Vec<&Node> = nodes.iter().collect();
+        acked.push((append(&two, "t", data.as_bytes()).await, data));
     }
     for (offset, data) in &acked {
         for n in &nodes {
@@ -321,7 +383,7 @@ async fn failover_minority_and_catch_up() {
     }
 
     // Only one of three left: a minority cannot acknowledge.
-    let follower = nodes.remove(1 - l);
+    let follower = nodes.remove(1 - leader(&nodes.iter().collect::<Vec<_>>()).await);
     let f_id = follower.id();
     let f_addr = follower.addr();
     follower.shutdown().await.unwrap();
@@ -348,18 +410,9 @@ async fn failover_minority_and_catch_up() {
     ];
     back.push(nodes.remove(0));
     let all: Vec<&Node> = back.iter().collect();
-    let l = leader(&all).await;
-    let offset = loop {
-        // The write the minority could not commit may be committed now by the new leader (it
-        // was in the log of a node that became part of a quorum) or dropped: either is raft.
-        match back[l].append("t", b"after").await {
-            Ok(o) => break o,
-            Err(WriteError::NotLeader(_)) => {
-                let _ = leader(&all).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    // The write the minority could not commit may be committed now by the new leader (it was
+    // in the log of a node that became part of a quorum) or dropped: either is raft.
+    let offset = append(&all, "t", b"after").await;
     let got = converge(&all, "t", offset + 1).await;
     for (o, data) in &acked {
         assert_eq!(got[*o as usize], data.as_bytes());
@@ -367,22 +420,6 @@ async fn failover_minority_and_catch_up() {
     for n in back {
         n.shutdown().await.unwrap();
     }
-}
-
-/// Writes through whichever node leads, retrying while leadership moves (large entries on a
-/// short election timeout can move it).
-async fn write(nodes: &[&Node], request: walrus_raft::Request) -> walrus_raft::Response {
-    for _ in 0..50 {
-        let l = leader(nodes).await;
-        let write = nodes[l].raft().client_write(request.clone());
-        match tokio::time::timeout(WAIT, write).await {
-            Ok(Ok(r)) => return r.data,
-            Ok(Err(e)) if e.forward_to_leader().is_some() => continue,
-            Ok(Err(e)) => panic!("{e}"),
-            Err(_) => panic!("a write to node {} hung for {WAIT:?}", nodes[l].id()),
-        }
-    }
-    panic!("no leader kept long enough to write");
 }
 
 fn append_req(topic: &str, data: Vec<u8>) -> walrus_raft::Request {
@@ -405,11 +442,11 @@ async fn snapshots_catch_up_new_nodes() {
     let three: Vec<&Node> = nodes.iter().collect();
     for i in 0..200u64 {
         let topic = if i % 2 == 0 { "a" } else { "b" };
-        write(&three, append_req(topic, format!("v{i}").into_bytes())).await;
+        append(&three, topic, format!("v{i}").as_bytes()).await;
     }
     // Entries larger than a snapshot chunk and than axum's default body limit (2 MiB).
     for i in 0..3u8 {
-        write(&three, append_req("big", vec![i; 3 << 20])).await;
+        append(&three, "big", &vec![i; 3 << 20]).await;
     }
     // A consumer that read part of "a", so its entries below the cursor may be released.
     let r = write(
@@ -421,7 +458,7 @@ async fn snapshots_catch_up_new_nodes() {
         },
     )
     .await;
-    assert_eq!(r, walrus_raft::Response::Committed);
+    assert!(matches!(r, Ok(walrus_raft::Response::Committed)), "{r:?}");
     let deadline = Instant::now() + WAIT;
     loop {
         let l = leader(&three).await;
@@ -465,8 +502,7 @@ async fn snapshots_catch_up_new_nodes() {
     assert_eq!(big[2], vec![2u8; 3 << 20]);
     assert_eq!(new.data().cursor_as("a", "c"), Some(60));
     // It keeps following new writes.
-    let r = write(&three, append_req("a", b"later".to_vec())).await;
-    assert_eq!(r, walrus_raft::Response::Appended { offset: 100 });
+    assert_eq!(append(&three, "a", b"later").await, 100);
     converge_from(&all, "a", 101).await;
     new.shutdown().await.unwrap();
     for n in nodes {
