@@ -13,6 +13,11 @@
 //! | [`BackendKind::Auto`] | (resolves) | io_uring if the kernel has what it needs, else `pwrite` |
 //! | [`BackendKind::Sim`] | [`SimStorage`] | in memory, seeded: crashes, torn writes, injected faults |
 //!
+//! Beside segment files, the crate defines the remote tier the engine uploads sealed data to:
+//! [`RemoteTier`] (an object store: create-once PUTs, ranged GETs, listings, deletes), with
+//! [`MemoryTier`] in memory and faults, and its own conformance suite
+//! ([`tier::conformance`]); `walrus-s3` implements it on S3.
+//!
 //! A backend is chosen per instance, at run time ([`open_backend`]); there is no process-wide
 //! switch and no global state. Errors keep their kind (ENOSPC is
 //! [`ErrorKind::StorageFull`](std::io::ErrorKind::StorageFull)) and carry an [`OpError`] naming
@@ -47,6 +52,7 @@ pub mod pwrite;
 mod rng;
 pub mod sim;
 mod storage;
+pub mod tier;
 pub mod uring;
 
 #[cfg(feature = "conformance")]
@@ -58,6 +64,7 @@ pub use pwrite::{PwriteFile, PwriteStorage};
 pub use rng::SeededRng;
 pub use sim::{CrashMode, Fault, FaultRule, OpKind, SECTOR_SIZE, SimFile, SimStats, SimStorage};
 pub use storage::{BackendKind, SegmentFile, Storage, WriteOp};
+pub use tier::{MemoryTier, RemoteTier};
 pub use uring::{UringFile, UringOptions, UringStorage};
 
 /// How [`open_backend_with`] builds a backend.

@@ -45,6 +45,12 @@
 //! ## Object layout
 //!
 //! `PREFIX/00000000000000000042.batch`, see [`format`](mod@format) for the bytes.
+//!
+//! ## The remote tier
+//!
+//! [`S3Tier`] is the engine's remote tier ([`walrus::tier::RemoteTier`]) on S3: create-once
+//! PUTs with user metadata, ranged GETs, listings and deletes under a prefix, each request with
+//! a deadline. It passes the same conformance suite as the in-memory tier.
 #![forbid(unsafe_code)]
 
 pub mod format;
@@ -54,12 +60,14 @@ mod options;
 mod reader;
 mod remote;
 mod ticket;
+mod tier;
 mod writer;
 
 pub use local::{Durability, LocalFirst, LocalFirstTicket, Placed};
 pub use options::S3Options;
 pub use reader::{S3Reader, TopicReader};
 pub use ticket::S3Ticket;
+pub use tier::S3Tier;
 pub use writer::{Rejected, S3Stats, S3Wal};
 
 /// The object store client this crate is built on, re-exported so callers use the same version.

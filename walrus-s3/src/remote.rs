@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    Attribute, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload,
 };
 
 use crate::format::{self, BatchHeader, HEADER_PROBE_LEN, HeaderProbe};
@@ -34,6 +36,13 @@ pub(crate) enum PutOutcome {
     Created,
     /// The name was taken.
     Exists,
+}
+
+/// An object's size and user metadata, as a HEAD shows them.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) size: u64,
+    pub(crate) metadata: Vec<(String, String)>,
 }
 
 /// One prefix of one object store, with the runtime its futures run on.
@@ -111,18 +120,7 @@ impl Remote {
                 .list_with_offset(prefix.as_ref(), &self.path(last_seen)),
             None => self.store.list(prefix.as_ref()),
         };
-        let timeout = self.timeout;
-        let metas = self.runtime.block_on(async {
-            let mut metas = Vec::new();
-            loop {
-                let page = format!("{what} (after {} objects)", metas.len());
-                match within(timeout, "LIST", &page, async { Ok(stream.next().await) }).await? {
-                    Some(Ok(meta)) => metas.push(meta),
-                    Some(Err(e)) => return Err(store_error("LIST", &what, e)),
-                    None => return Ok(metas),
-                }
-            }
-        })?;
+        let metas = self.drain(&what, &mut stream)?;
         let mut out: Vec<Listed> = metas
             .into_iter()
             .filter_map(|m| {
@@ -185,8 +183,23 @@ impl Remote {
 
     /// PUT `bytes` at `path` only if nothing is there (If-None-Match).
     pub(crate) fn put_create(&self, path: &Path, bytes: Bytes) -> io::Result<PutOutcome> {
+        self.put_create_with(path, bytes, &[])
+    }
+
+    /// PUT `bytes` with user `metadata` at `path` only if nothing is there (If-None-Match).
+    pub(crate) fn put_create_with(
+        &self,
+        path: &Path,
+        bytes: Bytes,
+        metadata: &[(String, String)],
+    ) -> io::Result<PutOutcome> {
+        let attributes: Attributes = metadata
+            .iter()
+            .map(|(k, v)| (Attribute::Metadata(k.clone().into()), v.clone()))
+            .collect();
         let opts = PutOptions {
             mode: PutMode::Create,
+            attributes,
             ..PutOptions::default()
         };
         let what = path.to_string();
@@ -199,6 +212,73 @@ impl Remote {
             Ok(_) => Ok(PutOutcome::Created),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The size and user metadata of `path`; `None` if there is no such object.
+    pub(crate) fn head(&self, path: &Path) -> io::Result<Option<Head>> {
+        let opts = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        let what = path.to_string();
+        match self.run("HEAD", &what, self.store.get_opts(path, opts)) {
+            Ok(r) => Ok(Some(Head {
+                size: r.meta.size,
+                metadata: r
+                    .attributes
+                    .iter()
+                    .filter_map(|(k, v)| match k {
+                        Attribute::Metadata(k) => Some((k.to_string(), v.to_string())),
+                        _ => None,
+                    })
+                    .collect(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every object under `dir` (at any depth): its path and size, sorted by path. The deadline
+    /// applies to each answer of the paginated listing.
+    pub(crate) fn list_under(&self, dir: &Path) -> io::Result<Vec<(Path, u64)>> {
+        let what = format!("prefix {dir}");
+        let mut stream = self.store.list(Some(dir));
+        let mut out: Vec<(Path, u64)> = self
+            .drain(&what, &mut stream)?
+            .into_iter()
+            .map(|m| (m.location, m.size))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every answer of a listing, with the deadline on each page.
+    fn drain(
+        &self,
+        what: &str,
+        stream: &mut BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> io::Result<Vec<ObjectMeta>> {
+        let timeout = self.timeout;
+        self.runtime.block_on(async {
+            let mut metas = Vec::new();
+            loop {
+                let page = format!("{what} (after {} objects)", metas.len());
+                match within(timeout, "LIST", &page, async { Ok(stream.next().await) }).await? {
+                    Some(Ok(meta)) => metas.push(meta),
+                    Some(Err(e)) => return Err(store_error("LIST", what, e)),
+                    None => return Ok(metas),
+                }
+            }
+        })
+    }
+
+    /// DELETE `path`; an object that is not there is no error.
+    pub(crate) fn delete(&self, path: &Path) -> io::Result<()> {
+        let what = path.to_string();
+        match self.run("DELETE", &what, self.store.delete(path)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 }

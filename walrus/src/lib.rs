@@ -102,6 +102,12 @@ pub use walrus_topic::{Arrival, ConsumerInfo, DurableTicket, Retention, Stats, T
 #[doc(inline)]
 pub use walrus_topic::{Poisoned, RecoveryIssue, RecoveryMode, RecoveryReport, is_poisoned};
 
+/// The remote tier sealed data is uploaded to: the contract ([`tier::RemoteTier`]) and the
+/// in-memory implementation with faults (`walrus-io`'s, re-exported); `walrus-s3` implements it
+/// on S3.
+#[doc(inline)]
+pub use walrus_io::tier;
+
 /// A simulated disk: power cuts that keep, drop or tear unsynced writes, and injected faults
 /// (`walrus-io`'s simulator, re-exported). Pass it to [`WalrusBuilder::storage`].
 pub mod sim {
