@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use walrus_block::{
     BlockHeader, CursorRecord, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameHeader, SegmentHeader,
-    SequenceCheck, checksum::crc32c,
+    SequenceCheck, TierIndex, checksum::crc32c,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -16,6 +16,13 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(Some(h)) = BlockHeader::decode(data) {
         assert!(!h.topic.is_empty() && h.topic.len() <= 255);
+    }
+    if let Ok(i) = TierIndex::decode(data) {
+        // What decodes, encodes back to the same bytes, and its ranges lie inside the data.
+        assert_eq!(i.encode().expect("a decoded index encodes"), data);
+        if let Some(r) = i.byte_range(i.first_offset..i.end_offset()) {
+            assert!(r.start <= r.end && r.end <= i.data_len);
+        }
     }
     let mut seq: Option<SequenceCheck> = None;
     for frame in FrameDecoder::new(data) {

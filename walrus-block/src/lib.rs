@@ -53,6 +53,7 @@ mod error;
 mod frame;
 mod limits;
 mod segment;
+pub mod tier;
 
 pub use block::{BLOCK_HEADER_LEN, BLOCK_MAGIC, BlockHeader};
 pub use cursor::{
@@ -73,6 +74,7 @@ pub use segment::{
     CHECKSUM_CRC32C, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
     SegmentHeader,
 };
+pub use tier::{TIER_INDEX_MAGIC, TierIndex, tier_object_names, topic_key};
 
 /// True when every byte of `bytes` is zero: space that was preallocated but never written.
 #[must_use]

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use walrus_block::{
     BLOCK_HEADER_LEN, BlockHeader, CorruptReason, FORMAT_VERSION, Frame, FrameDecoder, FrameKind,
-    SEGMENT_DATA_OFFSET, SegmentHeader, encode_frame,
+    SEGMENT_DATA_OFFSET, SegmentHeader, TierIndex, encode_frame,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -202,4 +202,37 @@ fn torn_tail_fixture() {
         matches!(d.next_frame(), Frame::Entry(e) if e.payload == b"batch-one" && !e.kind.is_last())
     );
     assert_eq!(d.next_frame(), Frame::Torn { at: 28 + 33 });
+}
+
+/// A tiered block's index object (`walrus_block::tier`): the index of the fixture segment's
+/// first block, a point every 2 entries. The header bytes are spelled out.
+#[test]
+fn tier_index_fixture() {
+    let segment = build_segment();
+    let at = SEGMENT_DATA_OFFSET as usize + BLOCK_HEADER_LEN;
+    // The block's frames and nothing after them: what the data object holds.
+    let mut d = FrameDecoder::new(&segment[at..at + 4096 - BLOCK_HEADER_LEN]);
+    let end = loop {
+        match d.next_frame() {
+            Frame::Entry(_) => {}
+            Frame::End { at } => break at,
+            other => panic!("{other:?}"),
+        }
+    };
+    let data = &segment[at..at + end];
+    let index = TierIndex::build("orders", 0, 0, data, 2).unwrap();
+    let golden = check_or_bless("tier_index_v1.bin", &index.encode().unwrap());
+    assert_eq!(&golden[0..4], b"WTIX");
+    assert_eq!(&golden[4..6], &[1, 0]);
+    assert_eq!(golden[6], 6);
+    assert_eq!(&golden[7..13], b"orders");
+    // chain_seq 0, first_offset 0, entries 5.
+    assert_eq!(&golden[13..29], &[0; 16]);
+    assert_eq!(&golden[29..37], &5u64.to_le_bytes());
+    assert_eq!(&golden[37..45], &(data.len() as u64).to_le_bytes());
+    assert_eq!(golden.len(), 45 + 4 + 4 + 4 + 3 * 8 + 4);
+    let decoded = TierIndex::decode(&golden).unwrap();
+    assert_eq!(decoded, index);
+    assert_eq!(decoded.points[0], 0);
+    assert_eq!(decoded.data_crc, walrus_block::checksum::crc32c(data));
 }

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use walrus_block::{
     BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, CorruptReason, CursorRecord, Frame, FrameDecoder,
-    FrameKind, SegmentHeader, SequenceCheck, encode_frame, frame_len,
+    FrameKind, SegmentHeader, SequenceCheck, TierIndex, encode_frame, frame_len,
 };
 
 /// One entry as the tests know it: its offset, unit position and payload.
@@ -174,6 +174,7 @@ proptest! {
         let _ = SegmentHeader::decode(&bytes);
         let _ = BlockHeader::decode(&bytes);
         let _ = CursorRecord::decode(&bytes);
+        let _ = TierIndex::decode(&bytes);
         let mut steps = 0usize;
         for frame in FrameDecoder::new(&bytes) {
             steps += 1;
@@ -182,6 +183,39 @@ proptest! {
                 prop_assert!(e.end() <= bytes.len());
             }
         }
+    }
+
+    /// A tiered block's index round-trips, and the byte range it gives for any offsets decodes
+    /// to a run of whole frames covering exactly those offsets and at most a stride more.
+    #[test]
+    fn tier_index_ranges_cover_what_is_asked(
+        (first, units) in units(8),
+        stride in 1u32..=5,
+        a in any::<prop::sample::Index>(),
+        b in any::<prop::sample::Index>(),
+    ) {
+        let entries = layout(first, &units);
+        let (buf, _) = encode_all(&entries);
+        let idx = TierIndex::build("t", 1, first, &buf, stride).unwrap();
+        prop_assert_eq!(idx.entries, entries.len() as u64);
+        prop_assert_eq!(&TierIndex::decode(&idx.encode().unwrap()).unwrap(), &idx);
+        let n = entries.len() as u64;
+        let (x, y) = (a.index(n as usize) as u64, b.index(n as usize) as u64);
+        let want = first + x.min(y)..first + x.max(y) + 1;
+        let r = idx.byte_range(want.clone()).unwrap();
+        let slice = &buf[r.start as usize..r.end as usize];
+        let mut got = Vec::new();
+        let mut frames = FrameDecoder::new(slice);
+        let end = loop {
+            match frames.next_frame() {
+                Frame::Entry(e) => got.push(e.offset),
+                other => break other,
+            }
+        };
+        prop_assert_eq!(end, Frame::End { at: slice.len() }, "the range cuts a frame");
+        prop_assert!(got.first().is_some_and(|f| *f <= want.start && want.start - f < u64::from(stride)));
+        prop_assert!(got.last().is_some_and(|l| *l + 1 >= want.end && *l + 1 - want.end < u64::from(stride)));
+        prop_assert!(got.windows(2).all(|w| w[1] == w[0] + 1));
     }
 
     /// Random damage to a valid run of frames: whatever the decoder hands out is an entry that was
