@@ -2,21 +2,21 @@
 //!
 //! A sealed block is uploaded as two objects under its topic's directory:
 //!
-//! * the **data object** `…/<first offset>-<chain seq>.blk`: the block's frames exactly as
+//! * the **data object** `…/<first offset>-<end offset>.blk`: the block's frames exactly as
 //!   they sit after its header on disk (each frame keeps its own CRC32C and offset, so a
 //!   ranged GET of any frames validates on its own);
-//! * the **index object** `…/<first offset>-<chain seq>.idx`, written only after the data
+//! * the **index object** `…/<first offset>-<end offset>.idx`, written only after the data
 //!   object is confirmed, and so the upload's commit point: a [`TierIndex`] saying which
-//!   topic, chain position and offsets the data object holds, its length and CRC32C, and the
+//!   topic, segment and offsets the data object holds, its length and CRC32C, and the
 //!   byte position of every `stride`-th entry, so that a read of a few entries fetches only the
 //!   bytes between two index points.
 //!
-//! Names derive from the block alone, so an upload redone after a crash uses the same names.
+//! Names derive from the block's offsets alone, so an upload redone after a crash uses the same names.
 //! Index layout (little-endian), followed by nothing:
 //!
 //! ```text
 //! magic "WTIX" | version u16 = 1 | topic length u8 | topic bytes
-//! | chain_seq u64 | first_offset u64 | entries u64 | data_len u64 | data_crc u32
+//! | segment u64 | first_offset u64 | entries u64 | data_len u64 | data_crc u32
 //! | stride u32 | points u32 | point positions u64 × points | CRC32C u32 of all before
 //! ```
 
@@ -42,8 +42,8 @@ pub const MAX_TIER_STRIDE: u32 = 1 << 16;
 pub struct TierIndex {
     /// The topic the block belongs to.
     pub topic: String,
-    /// The block's place in its topic's chain.
-    pub chain_seq: u64,
+    /// The segment file the block was uploaded from (for operators: which local file it was).
+    pub segment: u64,
     /// Offset of the first entry in the data object.
     pub first_offset: u64,
     /// Entries in the data object (offsets `first_offset..first_offset + entries`).
@@ -63,7 +63,7 @@ fn bad(at: usize, reason: CorruptReason) -> FormatError {
 }
 
 impl TierIndex {
-    /// The index of `data`, the frames of block `chain_seq` of `topic` starting at
+    /// The index of `data`, the frames of a block of `topic` in segment `segment` starting at
     /// `first_offset`, with a point every `stride` entries. Every frame is validated; the
     /// entries must be dense from `first_offset` (the first may continue a batch begun in the
     /// block before, the last may leave one open for the next) and fill `data` exactly.
@@ -73,7 +73,7 @@ impl TierIndex {
     /// (positions within `data`) for frames that do not validate or do not follow.
     pub fn build(
         topic: &str,
-        chain_seq: u64,
+        segment: u64,
         first_offset: u64,
         data: &[u8],
         stride: u32,
@@ -109,12 +109,12 @@ impl TierIndex {
         }
         if entries == 0 {
             return Err(FormatError::InvalidInput(format!(
-                "block {chain_seq} of topic {topic:?}: no entries to tier"
+                "topic {topic:?} at offset {first_offset}: no entries to tier"
             )));
         }
         Ok(Self {
             topic: topic.to_owned(),
-            chain_seq,
+            segment,
             first_offset,
             entries,
             data_len: data.len() as u64,
@@ -163,9 +163,9 @@ impl TierIndex {
             || self.entries == 0
         {
             return Err(FormatError::InvalidInput(format!(
-                "tier index of topic {:?} block {}: {} points for {} entries at stride {}",
+                "tier index of topic {:?} at offset {}: {} points for {} entries at stride {}",
                 self.topic,
-                self.chain_seq,
+                self.first_offset,
                 self.points.len(),
                 self.entries,
                 self.stride
@@ -179,12 +179,7 @@ impl TierIndex {
         // validate_topic_name bounds the name to 255 bytes.
         out.push(self.topic.len() as u8);
         out.extend_from_slice(self.topic.as_bytes());
-        for v in [
-            self.chain_seq,
-            self.first_offset,
-            self.entries,
-            self.data_len,
-        ] {
+        for v in [self.segment, self.first_offset, self.entries, self.data_len] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&self.data_crc.to_le_bytes());
@@ -227,7 +222,7 @@ impl TierIndex {
             .map_err(|_| bad(topic_at, CorruptReason::TopicNotUtf8))?
             .to_owned();
         validate_topic_name(&topic).map_err(|_| bad(topic_at, CorruptReason::BadLength))?;
-        let chain_seq = r.u64()?;
+        let segment = r.u64()?;
         let first_offset = r.u64()?;
         let entries_at = r.at;
         let entries = r.u64()?;
@@ -268,7 +263,7 @@ impl TierIndex {
         }
         Ok(Self {
             topic,
-            chain_seq,
+            segment,
             first_offset,
             entries,
             data_len,
@@ -281,22 +276,22 @@ impl TierIndex {
     /// The data and index object names of this block under `dir` (see [`tier_object_names`]).
     #[must_use]
     pub fn object_names(&self, dir: &str) -> (String, String) {
-        tier_object_names(dir, &self.topic, self.first_offset, self.chain_seq)
+        tier_object_names(dir, &self.topic, self.first_offset, self.end_offset())
     }
 }
 
-/// The names of the data and index objects of block `chain_seq` of `topic`, whose first entry
-/// is `first_offset`, under `dir`: `dir/<topic key>/<first offset, 20 digits>-<chain seq, 20
-/// digits>.blk` and `.idx`. Zero-padded, so a listing is in offset order.
+/// The names of the data and index objects of the block of `topic` holding offsets
+/// `first_offset..end_offset`, under `dir`: `dir/<topic key>/<first offset, 20 digits>-<end
+/// offset, 20 digits>.blk` and `.idx`. Zero-padded, so a listing is in offset order.
 #[must_use]
 pub fn tier_object_names(
     dir: &str,
     topic: &str,
     first_offset: u64,
-    chain_seq: u64,
+    end_offset: u64,
 ) -> (String, String) {
     let base = format!(
-        "{dir}/{}/{first_offset:020}-{chain_seq:020}",
+        "{dir}/{}/{first_offset:020}-{end_offset:020}",
         topic_key(topic)
     );
     (format!("{base}.blk"), format!("{base}.idx"))
@@ -448,17 +443,17 @@ mod tests {
 
     #[test]
     fn object_names_are_keys_in_offset_order() {
-        let (blk, idx) = tier_object_names("tier", "a/b.c", 42, 7);
+        let (blk, idx) = tier_object_names("tier", "a/b.c", 42, 70);
         assert_eq!(
             blk,
-            "tier/a=2Fb=2Ec/00000000000000000042-00000000000000000007.blk"
+            "tier/a=2Fb=2Ec/00000000000000000042-00000000000000000070.blk"
         );
         assert!(idx.ends_with(".idx"));
         assert_eq!(topic_key(".."), "=2E=2E");
         assert_eq!(topic_key("Ünï"), "=C3=9Cn=C3=AF");
         assert_ne!(topic_key("a=2F"), topic_key("a/"));
-        let (a, _) = tier_object_names("d", "t", 9, 0);
-        let (b, _) = tier_object_names("d", "t", 10, 1);
+        let (a, _) = tier_object_names("d", "t", 9, 10);
+        let (b, _) = tier_object_names("d", "t", 10, 11);
         assert!(a < b);
     }
 }

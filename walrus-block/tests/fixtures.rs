@@ -226,7 +226,7 @@ fn tier_index_fixture() {
     assert_eq!(&golden[4..6], &[1, 0]);
     assert_eq!(golden[6], 6);
     assert_eq!(&golden[7..13], b"orders");
-    // chain_seq 0, first_offset 0, entries 5.
+    // segment 0, first_offset 0, entries 5.
     assert_eq!(&golden[13..29], &[0; 16]);
     assert_eq!(&golden[29..37], &5u64.to_le_bytes());
     assert_eq!(&golden[37..45], &(data.len() as u64).to_le_bytes());

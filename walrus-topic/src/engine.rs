@@ -1,7 +1,7 @@
 //! The store with its sync policy: group commit for appends that wait for durability, the
 //! background syncer thread (periodic syncs, syncs that awaited tickets ask for, file-system
-//! maintenance), durable tickets, and the close (stop the syncer, persist cursors, sync, settle
-//! every ticket). The facade only maps its configuration onto this.
+//! maintenance), the tier thread (uploads to a remote tier, if one is set), durable tickets,
+//! and the close (stop both threads, persist cursors, sync, settle every ticket). The facade only maps its configuration onto this.
 
 use std::io;
 use std::ops::Range;
@@ -42,6 +42,19 @@ const MAINTENANCE_PERIOD: Duration = Duration::from_millis(50);
 pub struct Engine {
     inner: Arc<Inner>,
     syncer: Option<JoinHandle<()>>,
+    /// The tier thread, when a remote tier is set: uploads off the syncer, so a slow remote
+    /// delays only the uploads.
+    tier: Option<(Arc<Stop>, JoinHandle<()>)>,
+}
+
+/// How often the tier thread looks for sealed blocks to upload.
+const TIER_PERIOD: Duration = Duration::from_millis(100);
+
+/// A stop flag a thread sleeps on.
+#[derive(Debug, Default)]
+struct Stop {
+    stopped: Mutex<bool>,
+    wake: Condvar,
 }
 
 #[derive(Debug)]
@@ -132,10 +145,20 @@ impl Engine {
         let syncer = std::thread::Builder::new()
             .name("walrus-syncer".into())
             .spawn(move || syncer_loop(&worker, period))?;
-        Ok(Self {
+        let mut engine = Self {
             inner,
             syncer: Some(syncer),
-        })
+            tier: None,
+        };
+        if engine.inner.store.has_tier() {
+            let stop = Arc::new(Stop::default());
+            let (worker, flag) = (Arc::clone(&engine.inner), Arc::clone(&stop));
+            let thread = std::thread::Builder::new()
+                .name("walrus-tier".into())
+                .spawn(move || tier_loop(&worker, &flag))?;
+            engine.tier = Some((stop, thread));
+        }
+        Ok(engine)
     }
 
     /// The store, for reads, cursors and what does not depend on the sync policy.
@@ -215,6 +238,15 @@ impl Drop for Engine {
         // The whole shutdown happens here, whatever tickets are still around: stop the
         // syncer, persist cursors, sync, settle every ticket; the store (lock, files) goes
         // with `inner`.
+        // The tier thread finishes the pass it is in (each call to the remote has its own
+        // deadline) and uploads nothing more.
+        if let Some((stop, thread)) = self.tier.take() {
+            *stop.stopped.lock() = true;
+            stop.wake.notify_all();
+            if thread.join().is_err() {
+                tracing::warn!("walrus tier thread panicked");
+            }
+        }
         self.inner.sync.syncer.lock().stop = true;
         self.inner.sync.wake.notify_all();
         if let Some(handle) = self.syncer.take()
@@ -231,6 +263,20 @@ impl Drop for Engine {
             tracing::warn!(error = %e, "final sync at close failed");
         }
         self.inner.sync.commits.close();
+    }
+}
+
+/// The tier thread: a tier pass every [`TIER_PERIOD`] until stopped (failures are logged by
+/// the pass and retried by the next).
+fn tier_loop(inner: &Inner, stop: &Stop) {
+    let mut stopped = stop.stopped.lock();
+    while !*stopped {
+        drop(stopped);
+        let _ = inner.store.tier_pass();
+        stopped = stop.stopped.lock();
+        if !*stopped {
+            let _ = stop.wake.wait_for(&mut stopped, TIER_PERIOD);
+        }
     }
 }
 

@@ -42,17 +42,19 @@ mod shared;
 mod stats;
 mod store;
 mod syncers;
+mod tier;
 mod topic;
 
 pub use durability::{GroupCommit, Writing};
 pub use engine::{DurableTicket, Engine, SyncPolicy};
 pub use error::{Poisoned, is_poisoned, poisoned_cause};
 pub use layout::DirLock;
-pub use options::{RecoveryMode, Retention, StoreOptions};
+pub use options::{RecoveryMode, Retention, StoreOptions, Tiering};
 pub use recovery::{Action, Problem, RecoveryIssue, RecoveryReport};
 pub use stats::ConsumerInfo;
 pub use stats::{Stats, TopicStats};
 pub use store::{Arrival, Entries, Store};
+pub use tier::TierPass;
 
 pub use walrus_alloc;
 pub use walrus_block;

@@ -1,7 +1,11 @@
 //! Options of a [`Store`](crate::Store): geometry, recovery mode and cursor policy.
 
+use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
+
+use walrus_io::RemoteTier;
 
 use walrus_block::{
     BLOCK_ALIGN, BLOCK_HEADER_LEN, DEFAULT_BLOCK_LEN, DEFAULT_SEGMENT_LEN, SEGMENT_DATA_OFFSET,
@@ -113,6 +117,11 @@ pub struct StoreOptions {
     pub(crate) small_blocks: bool,
     pub(crate) retention: Retention,
     pub(crate) topic_retention: std::collections::BTreeMap<String, Retention>,
+    /// The remote tier, if any (see [`with_tier`](Self::with_tier)).
+    pub(crate) tier: Option<TierOptions>,
+    /// Tiering of every topic without its own; `None`: only the named topics tier.
+    pub(crate) tiering: Option<Tiering>,
+    pub(crate) topic_tiering: std::collections::BTreeMap<String, Tiering>,
     /// Set by [`Store::open_read_only`](crate::Store::open_read_only): nothing is written.
     pub(crate) read_only: bool,
 }
@@ -143,6 +152,9 @@ impl StoreOptions {
             small_blocks: false,
             retention: Retention::default(),
             topic_retention: std::collections::BTreeMap::new(),
+            tier: None,
+            tiering: None,
+            topic_tiering: std::collections::BTreeMap::new(),
             read_only: false,
         }
     }
@@ -161,6 +173,40 @@ impl StoreOptions {
     pub fn with_topic_retention(mut self, topic: impl Into<String>, retention: Retention) -> Self {
         self.topic_retention.insert(topic.into(), retention);
         self
+    }
+
+    /// Uploads the sealed blocks of tiered topics (see [`with_tiering`](Self::with_tiering)) to
+    /// `remote`, under the key prefix `dir` (1–128 bytes of `[A-Za-z0-9._=-/]`). Uploads run in
+    /// [`Store::tier_pass`](crate::Store::tier_pass), which an
+    /// [`Engine`](crate::Engine) calls from a thread of its own.
+    #[must_use]
+    pub fn with_tier(mut self, remote: Arc<dyn RemoteTier>, dir: impl Into<String>) -> Self {
+        self.tier = Some(TierOptions {
+            remote,
+            dir: dir.into(),
+        });
+        self
+    }
+
+    /// Tiering of every topic without its own ([`with_topic_tiering`](Self::with_topic_tiering)).
+    #[must_use]
+    pub fn with_tiering(mut self, tiering: Tiering) -> Self {
+        self.tiering = Some(tiering);
+        self
+    }
+
+    /// Tiering of `topic`, overriding the instance default.
+    #[must_use]
+    pub fn with_topic_tiering(mut self, topic: impl Into<String>, tiering: Tiering) -> Self {
+        self.topic_tiering.insert(topic.into(), tiering);
+        self
+    }
+
+    /// The tiering of `topic`, if it tiers (a remote tier is set and the topic or the default
+    /// has a tiering).
+    pub(crate) fn tiering_for(&self, topic: &str) -> Option<Tiering> {
+        self.tier.as_ref()?;
+        self.topic_tiering.get(topic).copied().or(self.tiering)
     }
 
     /// The retention that applies to `topic`.
@@ -328,8 +374,44 @@ impl StoreOptions {
                 ));
             }
         }
-        for topic in self.topic_retention.keys() {
+        for topic in self.topic_retention.keys().chain(self.topic_tiering.keys()) {
             walrus_block::validate_topic_name(topic).map_err(io::Error::from)?;
+        }
+        match &self.tier {
+            Some(tier) => tier.validate()?,
+            None if self.tiering.is_some() || !self.topic_tiering.is_empty() => {
+                return bad("tiering is set but no remote tier (StoreOptions::with_tier)".into());
+            }
+            None => {}
+        }
+        for topic in self.topic_tiering.keys().chain(self.topic_retention.keys()) {
+            if self.tiering_for(topic).is_some() && self.retention_for(topic).is_limited() {
+                return bad(format!(
+                    "topic {topic:?} has both a retention and tiering: retention of tiered \
+                     topics (what the remote keeps) is not supported yet"
+                ));
+            }
+        }
+        if self.retention.is_limited() && self.tier.is_some() && self.tiering.is_some() {
+            return bad(
+                "a default retention and a default tiering: retention of tiered topics (what \
+                 the remote keeps) is not supported yet"
+                    .into(),
+            );
+        }
+        for (topic, t) in std::iter::once(("(default)", self.tiering.as_ref())).chain(
+            self.topic_tiering
+                .iter()
+                .map(|(n, t)| (n.as_str(), Some(t))),
+        ) {
+            if let Some(t) = t
+                && (t.local.max_bytes == Some(0) || t.local.max_age == Some(Duration::ZERO))
+            {
+                return bad(format!(
+                    "local retention of tiered topic {topic:?}: a limit of zero would release \
+                     every uploaded block at once; leave the limit unset to keep everything"
+                ));
+            }
         }
         if !(1..=16).contains(&self.lanes) {
             return bad(format!(
@@ -343,6 +425,68 @@ impl StoreOptions {
             return bad(format!(
                 "segment length {} must be a multiple of {BLOCK_ALIGN} holding the header and two blocks of {}",
                 self.segment_len, self.block_len
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Longest tier directory (a key also holds the escaped topic name and 46 bytes of offsets).
+const MAX_TIER_DIR_LEN: usize = 128;
+
+/// How a topic tiers: its sealed blocks are uploaded, and the local copy of an uploaded block
+/// is kept while `local` retention allows. (What is kept at all is the topic's
+/// [`Retention`] as for any topic.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tiering {
+    /// How much of the uploaded data stays on local disk.
+    pub local: Retention,
+}
+
+impl Tiering {
+    /// Tiering that keeps `local` of the uploaded blocks on local disk.
+    #[must_use]
+    pub fn keeping(local: Retention) -> Self {
+        Self { local }
+    }
+}
+
+/// The remote tier of a store and where in it its objects go (part of [`StoreOptions`]).
+#[derive(Clone)]
+pub(crate) struct TierOptions {
+    pub(crate) remote: Arc<dyn RemoteTier>,
+    /// Key prefix of every object.
+    pub(crate) dir: String,
+}
+
+impl fmt::Debug for TierOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TierOptions")
+            .field("remote", &self.remote.describe())
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl PartialEq for TierOptions {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.remote, &other.remote) && self.dir == other.dir
+    }
+}
+
+impl Eq for TierOptions {}
+
+impl TierOptions {
+    /// Checks the directory.
+    pub(crate) fn validate(&self) -> io::Result<()> {
+        walrus_io::tier::validate_key(&self.dir)?;
+        if self.dir.len() > MAX_TIER_DIR_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "tier directory {:?}: longer than {MAX_TIER_DIR_LEN} bytes",
+                    self.dir
+                ),
             ));
         }
         Ok(())

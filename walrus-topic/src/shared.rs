@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     /// Syncs and segment deletions since the store opened.
     pub(crate) sync_counters: crate::stats::SyncCounters,
+    /// The remote tier and the catalogues of the tiered topics, if a tier is set.
+    pub(crate) tier: Option<crate::tier::TierState>,
 }
 
 impl Shared {
@@ -111,6 +113,7 @@ impl Shared {
         (cursors, marks): (CursorStore, CursorStore),
         options: StoreOptions,
     ) -> Self {
+        let tier = options.tier.clone().map(crate::tier::TierState::new);
         Self {
             dir,
             storage,
@@ -131,7 +134,13 @@ impl Shared {
             deletions: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             sync_counters: crate::stats::SyncCounters::default(),
+            tier,
         }
+    }
+
+    /// The remote tier and `topic`'s tiering, if the topic tiers.
+    pub(crate) fn tiered(&self, topic: &str) -> Option<(&crate::tier::TierState, crate::Tiering)> {
+        Some((self.tier.as_ref()?, self.options.tiering_for(topic)?))
     }
 
     /// The lane for a topic created now: round robin, so that topics spread evenly.

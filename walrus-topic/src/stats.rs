@@ -166,6 +166,11 @@ pub struct TopicStats {
     pub blocks: usize,
     /// Its consumers, with cursor and lag.
     pub consumers: Vec<ConsumerInfo>,
+    /// Entries held by the remote tier (uploaded blocks), as far as this instance knows (0
+    /// until its first tier pass for the topic).
+    pub tiered_entries: u64,
+    /// The offsets the uploaded blocks span, first to end.
+    pub tiered: Option<std::ops::Range<u64>>,
 }
 
 /// What [`Store::consumers`](crate::Store::consumers) reports of one consumer.

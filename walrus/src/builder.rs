@@ -54,6 +54,9 @@ pub struct WalrusBuilder {
     lanes: Option<usize>,
     retention: Retention,
     topic_retention: Vec<(String, Retention)>,
+    tier: Option<(Arc<dyn walrus_io::RemoteTier>, String)>,
+    tiering: Option<walrus_topic::Tiering>,
+    topic_tiering: Vec<(String, walrus_topic::Tiering)>,
 }
 
 impl WalrusBuilder {
@@ -165,6 +168,30 @@ impl WalrusBuilder {
         self
     }
 
+    /// Uploads the sealed blocks of tiered topics ([`tiering`](Self::tiering),
+    /// [`topic_tiering`](Self::topic_tiering)) to `remote` under the key prefix `dir`, from a
+    /// thread of the instance's own (e.g. `walrus_s3::S3Tier`).
+    pub fn tier(mut self, remote: Arc<dyn walrus_io::RemoteTier>, dir: impl Into<String>) -> Self {
+        self.tier = Some((remote, dir.into()));
+        self
+    }
+
+    /// Tiering of every topic without its own (needs [`tier`](Self::tier)).
+    pub fn tiering(mut self, tiering: walrus_topic::Tiering) -> Self {
+        self.tiering = Some(tiering);
+        self
+    }
+
+    /// Tiering of `topic`, overriding [`tiering`](Self::tiering).
+    pub fn topic_tiering(
+        mut self,
+        topic: impl Into<String>,
+        tiering: walrus_topic::Tiering,
+    ) -> Self {
+        self.topic_tiering.push((topic.into(), tiering));
+        self
+    }
+
     /// Silence informational logging (instead of `WALRUS_QUIET`).
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.quiet = Some(quiet);
@@ -215,6 +242,15 @@ impl WalrusBuilder {
             .with_retention(self.retention);
         for (topic, retention) in &self.topic_retention {
             options = options.with_topic_retention(topic.clone(), *retention);
+        }
+        if let Some((remote, dir)) = &self.tier {
+            options = options.with_tier(Arc::clone(remote), dir.clone());
+        }
+        if let Some(tiering) = self.tiering {
+            options = options.with_tiering(tiering);
+        }
+        for (topic, tiering) in &self.topic_tiering {
+            options = options.with_topic_tiering(topic.clone(), *tiering);
         }
         if self.schedule == FsyncSchedule::SyncEach {
             // Acknowledged data is durable at once: keep the persisted watermark close behind,

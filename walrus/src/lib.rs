@@ -98,7 +98,9 @@ pub use wal::{Entry, Record, Walrus};
 #[doc(inline)]
 pub use walrus_io::{BackendKind, SegmentFile, Storage};
 #[doc(inline)]
-pub use walrus_topic::{Arrival, ConsumerInfo, DurableTicket, Retention, Stats, TopicStats};
+pub use walrus_topic::{
+    Arrival, ConsumerInfo, DurableTicket, Retention, Stats, TierPass, Tiering, TopicStats,
+};
 #[doc(inline)]
 pub use walrus_topic::{Poisoned, RecoveryIssue, RecoveryMode, RecoveryReport, is_poisoned};
 

@@ -46,6 +46,8 @@ struct State {
     fail: [u32; OPS],
     /// PUTs to carry out and then answer with an error.
     lose_answers: u32,
+    /// PUTs to let through before one fails, and whether that one stores first.
+    put_fault: Option<(u32, bool)>,
     calls: [u64; OPS],
     bytes_read: u64,
 }
@@ -82,6 +84,12 @@ impl MemoryTier {
         self.state.lock().lose_answers = n;
     }
 
+    /// Lets the next `ok` PUTs through, then fails one: with `ConnectionReset` before it
+    /// stores anything, or (`lose_answer`) with `TimedOut` after it stored its object.
+    pub fn fail_put_after(&self, ok: u32, lose_answer: bool) {
+        self.state.lock().put_fault = Some((ok, lose_answer));
+    }
+
     /// Calls of `op` so far (failed ones included).
     pub fn calls(&self, op: TierOp) -> u64 {
         self.state.lock().calls[slot(op)]
@@ -100,6 +108,18 @@ impl MemoryTier {
     /// The whole of `key`, if stored (for tests; not counted as a call).
     pub fn object(&self, key: &str) -> Option<Vec<u8>> {
         self.state.lock().objects.get(key).map(|(b, _)| b.to_vec())
+    }
+
+    /// Replaces the bytes of `key` in place, keeping its metadata: damage in the remote (bit
+    /// rot, or a writer that bypassed the create-once PUT), for tests. Whether it existed.
+    pub fn overwrite(&self, key: &str, bytes: &[u8]) -> bool {
+        match self.state.lock().objects.get_mut(key) {
+            Some(object) => {
+                object.0 = Arc::from(bytes);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Counts the call, sleeps its delay, then fails it if the store is down or a failure is
@@ -141,6 +161,22 @@ impl RemoteTier for MemoryTier {
         validate_metadata(key, meta)?;
         self.enter(TierOp::Put, key)?;
         let mut s = self.state.lock();
+        let mut lose = false;
+        match s.put_fault {
+            Some((0, false)) => {
+                s.put_fault = None;
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("memory tier Put of {key:?}: injected failure"),
+                ));
+            }
+            Some((0, true)) => {
+                s.put_fault = None;
+                lose = true;
+            }
+            Some((ok, l)) => s.put_fault = Some((ok - 1, l)),
+            None => {}
+        }
         let outcome = if s.objects.contains_key(key) {
             PutOutcome::Exists
         } else {
@@ -148,8 +184,8 @@ impl RemoteTier for MemoryTier {
                 .insert(key.to_owned(), (Arc::from(bytes), meta.clone()));
             PutOutcome::Created
         };
-        if s.lose_answers > 0 {
-            s.lose_answers -= 1;
+        if lose || s.lose_answers > 0 {
+            s.lose_answers = s.lose_answers.saturating_sub(u32::from(!lose));
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("memory tier PUT of {key:?}: the answer was lost"),

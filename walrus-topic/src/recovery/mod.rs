@@ -234,14 +234,27 @@ fn recover_in(
         let mut blocks = by_topic.remove(&name).unwrap_or_default();
         blocks.sort_by_key(|(b, _)| b.header.chain_seq);
         let found = records.remove(&name).unwrap_or_default();
+        let tier_mark = loaded_marks
+            .get(&RecordKey::consumer(&name, crate::tier::TIER_MARK))
+            .copied();
         let mut plan: TopicPlan = rebuild_topic(
             &name,
             blocks,
-            found.consumed(),
+            found.consumed(
+                options.tiering_for(&name).is_some(),
+                tier_mark.map_or(0, |m| m.offset),
+            ),
             loaded_marks.get(&RecordKey::consumer(&name, "")).copied(),
             mode,
             &mut report,
         )?;
+        if let Some(m) = tier_mark {
+            plan.state.tier_mark = crate::progress::MarkState {
+                pair: Some(m.pair),
+                generation: m.generation,
+                written: m.offset,
+            };
+        }
         // A deleted topic stays unlisted until appended to (no entry past its floor).
         plan.state.hidden = found.floor.deleted
             && plan

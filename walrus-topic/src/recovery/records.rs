@@ -19,8 +19,10 @@ pub(super) struct TopicRecords {
 
 impl TopicRecords {
     /// What the records say is consumed: below the smallest consumer cursor (or the floor,
-    /// if higher or if there is no consumer).
-    pub(super) fn consumed(&self) -> Consumed {
+    /// if higher or if there is no consumer), and below `tier_mark` (entries that left the
+    /// disk once the remote tier held them). A `tiered` topic releases unread only what is
+    /// below its floor or its tier mark.
+    pub(super) fn consumed(&self, tiered: bool, tier_mark: u64) -> Consumed {
         let floor = self.floor.offset;
         let bound = self
             .consumers
@@ -35,7 +37,13 @@ impl TopicRecords {
             .max()
             .unwrap_or(0)
             .max(floor);
-        Consumed { bound, highest }
+        let bound = bound.max(tier_mark);
+        let release = if tiered { floor.max(tier_mark) } else { bound };
+        Consumed {
+            bound,
+            highest,
+            release,
+        }
     }
 }
 

@@ -204,6 +204,18 @@ impl Store {
                 });
             }
         }
+        // What the remote tier holds of each tiered topic, so that its first retained offset is
+        // right from the start. Best effort: an open never depends on the remote (the first
+        // tier pass or tiered read loads what could not be loaded here).
+        for t in topics.values() {
+            if let Some((tier, _)) = shared.tiered(&t.name) {
+                match tier.ensure_loaded(&t.name) {
+                    Ok(first) => t.note_tiered(first),
+                    Err(e) => tracing::warn!(topic = %t.name, error = %e,
+                        "the remote tier's catalogue could not be loaded at open; retried later"),
+                }
+            }
+        }
         Ok(Self {
             shared,
             topics: RwLock::new(topics),
@@ -355,6 +367,56 @@ impl Store {
             return Ok(());
         }
         self.shared.sync()
+    }
+
+    /// Whether a remote tier is set (and the store writes: a read-only store uploads nothing).
+    pub fn has_tier(&self) -> bool {
+        self.shared.tier.is_some() && !self.shared.options.read_only
+    }
+
+    /// One pass of the remote tier (see [`StoreOptions::with_tier`]): uploads every sealed,
+    /// durable block of every tiered topic that is not uploaded yet, oldest first. A topic
+    /// whose upload fails stops there for this pass (the next pass retries it); the others go
+    /// on. An [`Engine`](crate::Engine) runs passes from a thread of its own; without one, call
+    /// this periodically. Nothing to do without a tier, or in a read-only store.
+    ///
+    /// # Errors
+    /// The first topic's failure (with the topic named; every failure is also logged).
+    pub fn tier_pass(&self) -> io::Result<crate::TierPass> {
+        let mut pass = crate::TierPass::default();
+        let Some(tier) = &self.shared.tier else {
+            return Ok(pass);
+        };
+        if self.shared.options.read_only {
+            return Ok(pass);
+        }
+        let topics: Vec<Arc<Topic>> = self
+            .topics
+            .read()
+            .values()
+            .filter(|t| !t.is_hidden() && self.shared.options.tiering_for(&t.name).is_some())
+            .cloned()
+            .collect();
+        let mut first_err = None;
+        for t in topics {
+            let uploaded = tier.upload(&t.name, &t.blocks(), t.durable(), &mut pass);
+            let state = tier.topic(&t.name);
+            let (first, through) = {
+                let catalog = state.catalog.lock();
+                (catalog.first(), catalog.contiguous_end())
+            };
+            t.note_tiered(first);
+            // What is uploaded now may leave the local disk (local retention, consumption),
+            // once the tier mark says so durably.
+            let marked = through.map_or(Ok(()), |through| t.write_tier_mark(&self.shared, through));
+            t.release_consumed(&self.shared);
+            let uploaded = uploaded.and(marked);
+            if let Err(e) = uploaded {
+                tracing::warn!(topic = %t.name, error = %e, "tier upload failed; retried next pass");
+                first_err.get_or_insert(crate::error::on_topic(e, &t.name, None));
+            }
+        }
+        first_err.map_or(Ok(pass), Err)
     }
 
     /// Does the slow file-system work left for the background under

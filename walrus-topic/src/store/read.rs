@@ -339,6 +339,12 @@ impl Store {
             if t.is_hidden() {
                 continue;
             }
+            let (tiered_entries, tiered) = match &self.shared.tier {
+                Some(tier) if self.shared.options.tiering_for(&t.name).is_some() => {
+                    tier.topic(&t.name).catalog.lock().summary()
+                }
+                _ => (0, None),
+            };
             s.topics.push(TopicStats {
                 name: t.name.to_string(),
                 end: t.written_end(),
@@ -346,6 +352,8 @@ impl Store {
                 first_retained: t.first_retained(),
                 blocks: t.chain_len(),
                 consumers: t.consumer_infos(&self.shared),
+                tiered_entries,
+                tiered,
             });
         }
         s.topics.sort_by(|a, b| a.name.cmp(&b.name));

@@ -388,19 +388,39 @@ impl Topic {
             .map_or(floor, |m| m.max(floor))
     }
 
-    /// Releases every sealed span wholly below the release bound.
-    pub(super) fn release_consumed(&self, shared: &Shared) {
+    /// Releases every sealed span wholly below the release bound. A tiered topic's span
+    /// leaves the local disk only once the remote tier holds all of it, then when consumed or
+    /// beyond the topic's local retention (below the floor it goes whatever the tier holds:
+    /// those entries are gone for every reader).
+    pub(crate) fn release_consumed(&self, shared: &Shared) {
+        let tiered = shared
+            .tiered(&self.name)
+            .map(|(tier, tiering)| (tier.topic(&self.name), tiering));
         let mut released = Vec::new();
         {
             let mut chain = self.chain.write();
             let bound = self.release_bound();
+            let floor = self.floor();
+            let beyond_local = tiered.as_ref().and_then(|(_, tiering)| {
+                retention_floor(&chain, tiering.local, unix_millis(SystemTime::now()))
+            });
             while let Some(front) = chain.front() {
-                if front.is_sealed() && front.end_offset() <= bound {
-                    if let Some(b) = chain.pop_front() {
-                        released.push(b);
-                    }
-                } else {
+                let end = front.end_offset();
+                let go = front.is_sealed()
+                    && match &tiered {
+                        None => end <= bound,
+                        Some((tier, _)) => {
+                            end <= floor
+                                || ((end <= bound || beyond_local.is_some_and(|k| end <= k))
+                                    && end <= self.tier_mark()
+                                    && tier.catalog.lock().covers(front.first_offset, end))
+                        }
+                    };
+                if !go {
                     break;
+                }
+                if let Some(b) = chain.pop_front() {
+                    released.push(b);
                 }
             }
         }

@@ -39,6 +39,14 @@ pub(crate) struct Topic {
     floor: Mutex<Floor>,
     /// Mirror of the floor's offset, read without its lock.
     floor_at: AtomicU64,
+    /// First offset the remote tier holds (`u64::MAX`: none, or the topic does not tier):
+    /// entries from there on are retained even once their blocks left the local disk.
+    tiered_from: AtomicU64,
+    /// The tier mark as persisted: entries below it that are not on local disk are in the
+    /// remote tier. A block leaves the disk only below it.
+    tier_mark: Mutex<MarkState>,
+    /// Mirror of the persisted tier mark, read without its lock.
+    tier_mark_at: AtomicU64,
     /// Not listed: deleted (and not appended to since), or only waited on.
     hidden: AtomicBool,
     /// Appends and reads since the store opened.
@@ -113,6 +121,8 @@ pub(crate) struct TopicState {
     pub(crate) hidden: bool,
     /// The durable watermark's record in the marks file, if any.
     pub(crate) mark: MarkState,
+    /// The tier mark's record in the marks file, if any (see [`Topic::write_tier_mark`]).
+    pub(crate) tier_mark: MarkState,
 }
 
 impl Topic {
@@ -153,6 +163,9 @@ impl Topic {
             consumers: RwLock::new(consumers),
             floor: Mutex::new(Floor::from(state.floor)),
             floor_at: AtomicU64::new(floor_at),
+            tiered_from: AtomicU64::new(u64::MAX),
+            tier_mark_at: AtomicU64::new(state.tier_mark.written),
+            tier_mark: Mutex::new(state.tier_mark),
             hidden: AtomicBool::new(state.hidden),
             counters: crate::stats::TopicCounters::default(),
         }
@@ -188,12 +201,57 @@ impl Topic {
         self.first_retained_in(&chain)
     }
 
-    /// First offset still retained, with the chain lock held.
+    /// First offset still retained (locally or in the remote tier), with the chain lock held.
     fn first_retained_in(&self, chain: &VecDeque<Arc<Block>>) -> u64 {
         chain
             .front()
             .map_or_else(|| self.written_end(), |b| b.first_offset)
+            .min(self.tiered_from.load(std::sync::atomic::Ordering::Acquire))
             .max(self.floor_at.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Below this, entries missing on local disk are in the remote tier.
+    pub(crate) fn tier_mark(&self) -> u64 {
+        self.tier_mark_at.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Raises the tier mark to `through` and makes it durable (the marks file synced) before
+    /// anything below it may leave the local disk: after a crash, recovery then knows the
+    /// entries missing below it are in the remote tier, not lost.
+    pub(crate) fn write_tier_mark(&self, shared: &Shared, through: u64) -> std::io::Result<()> {
+        let mut mark = self.tier_mark.lock();
+        if through <= mark.written {
+            return Ok(());
+        }
+        let pair = match mark.pair {
+            Some(p) => p,
+            None => {
+                let key = crate::cursors::RecordKey::consumer(&self.name, crate::tier::TIER_MARK);
+                let (p, last) = shared.marks.pair_for(&key);
+                mark.generation = mark.generation.max(last);
+                p
+            }
+        };
+        let record = walrus_block::CursorRecord {
+            consumer: crate::tier::TIER_MARK.to_owned(),
+            ..walrus_block::CursorRecord::new(&*self.name, mark.generation + 1, through)
+        };
+        shared.marks.write(&record, pair, true)?;
+        mark.pair = Some(pair);
+        mark.generation += 1;
+        mark.written = through;
+        self.tier_mark_at
+            .store(through, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Records the first offset the remote tier holds (after a tier pass or a load of the
+    /// catalogue). Only ever lowered: an upload is never forgotten.
+    pub(crate) fn note_tiered(&self, first: Option<u64>) {
+        if let Some(first) = first {
+            self.tiered_from
+                .fetch_min(first, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     /// An error of `kind` about this topic (at `offset`, if one is concerned).
@@ -225,6 +283,11 @@ impl Topic {
         }
     }
 
+    /// The blocks of the chain, oldest first (a snapshot).
+    pub(crate) fn blocks(&self) -> Vec<Arc<Block>> {
+        self.chain.read().iter().cloned().collect()
+    }
+
     /// Number of blocks in the chain (retained, not yet released).
     pub(crate) fn chain_len(&self) -> usize {
         self.chain.read().len()
@@ -244,6 +307,7 @@ impl TopicState {
             floor: FloorState::default(),
             hidden: false,
             mark: MarkState::default(),
+            tier_mark: MarkState::default(),
         }
     }
 }

@@ -128,8 +128,27 @@ impl Topic {
         let mut bytes = 0usize;
         let mut count = 0usize;
         let max_entries = max_entries.min(MAX_BATCH_ENTRIES);
-        while cursor < visible && count < max_entries {
-            let (block, at, offset) = match self.locate(buf, pos.take(), cursor)? {
+        'entries: while cursor < visible && count < max_entries {
+            let found = self.locate(buf, pos.take(), cursor)?;
+            if found.as_ref().is_none_or(|f| f.2 != cursor)
+                && let Some(run) = self.tiered_run(shared, cursor, (max_entries - count) as u64)?
+            {
+                // Not on local disk, but in the remote tier.
+                while cursor < run.end().min(visible) && count < max_entries {
+                    let Some(payload) = run.get(cursor) else {
+                        break;
+                    };
+                    if count > 0 && bytes + payload.len() > max_bytes {
+                        break 'entries;
+                    }
+                    bytes += payload.len();
+                    count += 1;
+                    visit(cursor, payload);
+                    cursor += 1;
+                }
+                continue;
+            }
+            let (block, at, offset) = match found {
                 Some(found) => found,
                 None => break,
             };
@@ -182,6 +201,12 @@ impl Topic {
             .locate(&mut buf, None, offset)?
             .filter(|&(_, _, found)| found == offset);
         let Some((block, at, _)) = held else {
+            if let Some(run) = self.tiered_run(shared, offset, 1)?
+                && let Some(payload) = run.get(offset)
+            {
+                self.counters.read(1);
+                return Ok(Some(payload.to_vec()));
+            }
             // Not stored. Below the persisted cursor it was consumed (its block released, or
             // its segment deleted before a crash took the blocks after it); at or above it, it
             // is in a gap (entries recovery cut or skipped).
@@ -202,6 +227,24 @@ impl Topic {
         }
         self.counters.read(1);
         Ok(Some(payload.to_vec()))
+    }
+
+    /// Entries from `offset` on that the remote tier holds, if the topic tiers and a tiered
+    /// block holds `offset` (see [`TierState::read`](crate::tier::TierState::read)).
+    fn tiered_run(
+        &self,
+        shared: &Shared,
+        offset: u64,
+        want: u64,
+    ) -> io::Result<Option<Arc<crate::tier::Run>>> {
+        let Some((tier, _)) = shared.tiered(&self.name) else {
+            return Ok(None);
+        };
+        if offset < self.floor() {
+            return Ok(None);
+        }
+        tier.read(&self.name, offset, want)
+            .map_err(|e| on_topic(e, &self.name, Some(offset)))
     }
 
     /// Finds the frame of the first entry at or after `offset`: its block, file position and

@@ -102,6 +102,10 @@ pub(super) struct Consumed {
     /// The highest cursor or floor of any consumer: offsets below it are never handed out
     /// again.
     pub(super) highest: u64,
+    /// Blocks wholly below this may be released unread: `bound`, except for a tiered topic,
+    /// whose blocks leave the disk only once the remote tier holds them (its floor or its
+    /// tier mark).
+    pub(super) release: u64,
 }
 
 /// Rebuilds `topic` from its blocks (sorted by chain position).
@@ -122,7 +126,7 @@ pub(super) fn rebuild_topic(
     // unread: recovery cost grows with unconsumed data, not with history.
     let mut first = 0;
     while let (Some((b, _)), Some((next, _))) = (blocks.get(first), blocks.get(first + 1)) {
-        if next.header.first_offset <= stored_cursor
+        if next.header.first_offset <= consumed.release
             && next.header.first_offset > b.header.first_offset
         {
             fates.push(((b.header.segment_id, b.start), Fate::Released));
@@ -327,6 +331,7 @@ pub(super) fn rebuild_topic(
             consumers: Vec::new(),
             floor: FloorState::default(),
             hidden: false,
+            tier_mark: MarkState::default(),
             mark: MarkState {
                 pair: mark.map(|m| m.pair),
                 generation: mark.map_or(0, |m| m.generation),

@@ -1,0 +1,445 @@
+//! Tiered storage, the engine's half: which topics tier, and the upload of their sealed blocks
+//! to the remote tier ([`RemoteTier`]) as tiered-block objects ([`walrus_block::tier`]).
+//!
+//! A block is uploaded once it is sealed and durable: its data object first, then its index
+//! object — the commit point; only then does the topic's catalogue (in memory) count it as
+//! tiered. Both names derive from the block's offsets and both PUTs are create-once, so an
+//! upload redone after a crash, or after an answer lost on the way back, finds what the first
+//! attempt stored and checks it (its length and CRC32C) instead of storing it again under
+//! another name. The catalogue is rebuilt from the remote listing (the index objects) on the
+//! first pass after an open; an index object that does not decode or does not match its name is
+//! an error, never skipped.
+//!
+//! Uploads run in [`Store::tier_pass`](crate::Store::tier_pass) — the engine's own tier thread,
+//! never the syncer or an appending thread — so a slow or failing remote delays only the
+//! uploads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use walrus_block::checksum::crc32c;
+use walrus_block::tier::{TierIndex, topic_key};
+use walrus_io::tier::{Metadata, PutOutcome, RemoteTier};
+
+use crate::chain::Block;
+use crate::options::TierOptions;
+
+/// The consumer name of the tier mark's record in the marks file (where only watermarks live,
+/// under `""`: no user consumer is ever stored there).
+pub(crate) const TIER_MARK: &str = "tier";
+
+/// Entries a read fetches from the tier at least (the rest of their index stride included):
+/// a sequential reader's next reads are then served from the cache.
+const READ_AHEAD_ENTRIES: u64 = 256;
+
+/// Bytes of fetched entries the read cache keeps at most, across the store's topics.
+const CACHE_BYTES: usize = 8 << 20;
+
+/// Entries between two index points of an uploaded block: a read of one entry fetches at
+/// most this many.
+const INDEX_STRIDE: u32 = 32;
+
+/// What one [`Store::tier_pass`](crate::Store::tier_pass) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TierPass {
+    /// Blocks whose upload completed in this pass (their index object confirmed).
+    pub uploaded: u64,
+    /// Bytes of data objects those uploads stored (or found stored by an earlier attempt).
+    pub uploaded_bytes: u64,
+    /// Of those, blocks an earlier attempt had already stored in part or in full.
+    pub resumed: u64,
+}
+
+/// One topic's tiered blocks, as the remote holds them.
+#[derive(Debug, Default)]
+pub(crate) struct Catalog {
+    /// Rebuilt from the remote listing since the open.
+    pub(crate) loaded: bool,
+    /// Uploaded blocks by first offset.
+    pub(crate) blocks: BTreeMap<u64, Arc<TierIndex>>,
+}
+
+impl Catalog {
+    /// Whether a tiered block holds any offset of `first..end`.
+    fn overlaps(&self, first: u64, end: u64) -> bool {
+        self.blocks
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, i)| i.end_offset() > first)
+    }
+
+    /// Whether every offset of `first..end` is held by tiered blocks.
+    pub(crate) fn covers(&self, first: u64, end: u64) -> bool {
+        let mut at = first;
+        // Walk forward from the block that starts at or before `first`.
+        let start = self
+            .blocks
+            .range(..=first)
+            .next_back()
+            .map_or(first, |(k, _)| *k);
+        for (_, i) in self.blocks.range(start..) {
+            if at >= end {
+                break;
+            }
+            if i.first_offset > at {
+                return false;
+            }
+            at = at.max(i.end_offset());
+        }
+        at >= end
+    }
+
+    /// The tiered block holding `offset`.
+    fn holding(&self, offset: u64) -> Option<Arc<TierIndex>> {
+        self.blocks
+            .range(..=offset)
+            .next_back()
+            .filter(|(_, i)| offset < i.end_offset())
+            .map(|(_, i)| Arc::clone(i))
+    }
+
+    /// One past the run of tiered offsets that starts at the first tiered block and has no
+    /// hole: what the tier mark may say.
+    pub(crate) fn contiguous_end(&self) -> Option<u64> {
+        let mut blocks = self.blocks.values();
+        let mut end = blocks.next()?.end_offset();
+        for i in blocks {
+            if i.first_offset > end {
+                break;
+            }
+            end = end.max(i.end_offset());
+        }
+        Some(end)
+    }
+
+    /// The first offset tiered.
+    pub(crate) fn first(&self) -> Option<u64> {
+        self.blocks.keys().next().copied()
+    }
+
+    /// Entries tiered, and the offsets they span (first to end, gaps included).
+    pub(crate) fn summary(&self) -> (u64, Option<std::ops::Range<u64>>) {
+        let entries = self.blocks.values().map(|i| i.entries).sum();
+        let span = self
+            .blocks
+            .values()
+            .next()
+            .zip(self.blocks.values().next_back())
+            .map(|(a, b)| a.first_offset..b.end_offset());
+        (entries, span)
+    }
+}
+
+/// Consecutive entries fetched from one tiered block: `entries[i]` is offset `first + i`.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) first: u64,
+    pub(crate) entries: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Run {
+    /// One past the last offset held.
+    pub(crate) fn end(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    /// The payload of `offset`, if the run holds it.
+    pub(crate) fn get(&self, offset: u64) -> Option<&[u8]> {
+        let i = usize::try_from(offset.checked_sub(self.first)?).ok()?;
+        self.entries.get(i).map(Vec::as_slice)
+    }
+}
+
+/// The runs read last, newest at the back, within [`CACHE_BYTES`].
+#[derive(Debug, Default)]
+struct Cache {
+    runs: std::collections::VecDeque<(Arc<str>, Arc<Run>)>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn find(&mut self, topic: &str, offset: u64) -> Option<Arc<Run>> {
+        let i = self
+            .runs
+            .iter()
+            .position(|(t, r)| &**t == topic && r.first <= offset && offset < r.end())?;
+        let hit = self.runs.remove(i)?;
+        let run = Arc::clone(&hit.1);
+        self.runs.push_back(hit);
+        Some(run)
+    }
+
+    fn insert(&mut self, topic: &Arc<str>, run: &Arc<Run>) {
+        self.bytes += run.bytes;
+        self.runs.push_back((Arc::clone(topic), Arc::clone(run)));
+        while self.bytes > CACHE_BYTES && self.runs.len() > 1 {
+            if let Some((_, old)) = self.runs.pop_front() {
+                self.bytes -= old.bytes;
+            }
+        }
+    }
+}
+
+/// One tiered topic's state: its catalogue, and the lock that serialises its uploads.
+#[derive(Debug, Default)]
+pub(crate) struct TopicTier {
+    /// Held for a whole upload pass of the topic (network calls included).
+    uploading: Mutex<()>,
+    /// Held only to read or change the catalogue, never across a call to the remote: stats
+    /// and reads never wait for an upload.
+    pub(crate) catalog: Mutex<Catalog>,
+}
+
+/// The remote tier of an open store: its options and every tiered topic's state.
+#[derive(Debug)]
+pub(crate) struct TierState {
+    pub(crate) options: TierOptions,
+    topics: Mutex<HashMap<Arc<str>, Arc<TopicTier>>>,
+    /// Entries fetched for reads, shared by the topics.
+    cache: Mutex<Cache>,
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+impl TierState {
+    pub(crate) fn new(options: TierOptions) -> Self {
+        Self {
+            options,
+            topics: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    /// Loads the catalogue of `topic` from the remote if this open has not yet; the first
+    /// offset it holds.
+    pub(crate) fn ensure_loaded(&self, topic: &Arc<str>) -> io::Result<Option<u64>> {
+        let state = self.topic(topic);
+        if !state.catalog.lock().loaded {
+            // The listing without a lock held; an upload that loaded meanwhile wins.
+            let blocks = self.list_catalog(topic)?;
+            let mut catalog = state.catalog.lock();
+            if !catalog.loaded {
+                catalog.blocks = blocks;
+                catalog.loaded = true;
+            }
+        }
+        Ok(state.catalog.lock().first())
+    }
+
+    /// Entries of `topic` from `offset` on, as the tier holds them: at least the one at
+    /// `offset` and up to `want` (more, to the end of an index stride), from the cache or one
+    /// ranged GET. `None` if no tiered block holds `offset`.
+    pub(crate) fn read(
+        &self,
+        topic: &Arc<str>,
+        offset: u64,
+        want: u64,
+    ) -> io::Result<Option<Arc<Run>>> {
+        if let Some(run) = self.cache.lock().find(topic, offset) {
+            return Ok(Some(run));
+        }
+        self.ensure_loaded(topic)?;
+        let Some(index) = self.topic(topic).catalog.lock().holding(offset) else {
+            return Ok(None);
+        };
+        let want = want.max(READ_AHEAD_ENTRIES);
+        let Some(range) = index.byte_range(offset..offset.saturating_add(want)) else {
+            return Ok(None);
+        };
+        let stride = u64::from(index.stride.max(1));
+        let first = index.first_offset + (offset - index.first_offset) / stride * stride;
+        let (data_key, _) = index.object_names(&self.options.dir);
+        let bytes = self.remote().get_range(&data_key, range.clone())?;
+        let damaged = |what: String| {
+            invalid(format!(
+                "tier data object {data_key} bytes {range:?} ({}): {what}",
+                self.remote().describe()
+            ))
+        };
+        let mut entries = Vec::new();
+        let mut size = 0;
+        let mut frames = walrus_block::FrameDecoder::new(&bytes);
+        loop {
+            match frames.next_frame() {
+                walrus_block::Frame::Entry(e) => {
+                    let expected = first + entries.len() as u64;
+                    if e.offset != expected {
+                        return Err(damaged(format!(
+                            "offset {} where {expected} should be",
+                            e.offset
+                        )));
+                    }
+                    size += e.payload.len();
+                    entries.push(e.payload.to_vec());
+                }
+                walrus_block::Frame::End { at } if at == bytes.len() => break,
+                other => return Err(damaged(format!("{other:?}"))),
+            }
+        }
+        let run = Arc::new(Run {
+            first,
+            entries,
+            bytes: size,
+        });
+        if run.get(offset).is_none() {
+            return Err(damaged(format!("offset {offset} is not in it")));
+        }
+        self.cache.lock().insert(topic, &run);
+        Ok(Some(run))
+    }
+
+    /// The state of tiered topic `topic` (an empty catalogue, not loaded, at first).
+    pub(crate) fn topic(&self, topic: &Arc<str>) -> Arc<TopicTier> {
+        Arc::clone(self.topics.lock().entry(Arc::clone(topic)).or_default())
+    }
+
+    fn remote(&self) -> &dyn RemoteTier {
+        &*self.options.remote
+    }
+
+    /// The catalogue of `topic` as the remote's index objects say (one listing, one GET per
+    /// index object).
+    fn list_catalog(&self, topic: &str) -> io::Result<BTreeMap<u64, Arc<TierIndex>>> {
+        let dir = format!("{}/{}", self.options.dir, topic_key(topic));
+        let mut blocks = BTreeMap::new();
+        for listed in self.remote().list(&dir)? {
+            if !listed.key.ends_with(".idx") {
+                // Data objects; one without its index is an upload a crash interrupted, which
+                // the next upload of its block finds and checks.
+                continue;
+            }
+            let bytes = self.remote().get_range(&listed.key, 0..listed.size)?;
+            let index = TierIndex::decode(&bytes).map_err(|e| {
+                invalid(format!(
+                    "tier index object {} ({}): {e}",
+                    listed.key,
+                    self.remote().describe()
+                ))
+            })?;
+            let (_, expected) = index.object_names(&self.options.dir);
+            if index.topic != topic || expected != listed.key {
+                return Err(invalid(format!(
+                    "tier index object {} holds topic {:?} offsets {}..{}: not what its name says",
+                    listed.key,
+                    index.topic,
+                    index.first_offset,
+                    index.end_offset()
+                )));
+            }
+            blocks.insert(index.first_offset, Arc::new(index));
+        }
+        Ok(blocks)
+    }
+
+    /// Uploads every sealed block of `topic` in `chain` (oldest first) whose entries are all
+    /// below `durable` and not yet tiered. Stops at the first failure (a later pass retries).
+    pub(crate) fn upload(
+        &self,
+        topic: &Arc<str>,
+        chain: &[Arc<Block>],
+        durable: u64,
+        pass: &mut TierPass,
+    ) -> io::Result<()> {
+        let state = self.topic(topic);
+        let _uploading = state.uploading.lock();
+        self.ensure_loaded(topic)?;
+        for block in chain {
+            let (first, end) = (block.first_offset, block.end_offset());
+            if !block.is_sealed() || end > durable {
+                break;
+            }
+            if end == first || state.catalog.lock().overlaps(first, end) {
+                continue;
+            }
+            let index = self.upload_block(topic, block, pass)?;
+            state.catalog.lock().blocks.insert(first, Arc::new(index));
+        }
+        Ok(())
+    }
+
+    /// Stores one block's data and index objects (or checks what an earlier attempt stored).
+    fn upload_block(
+        &self,
+        topic: &str,
+        block: &Block,
+        pass: &mut TierPass,
+    ) -> io::Result<TierIndex> {
+        let (from, to) = (block.data_start(), block.data_end());
+        let file = block.file();
+        let len = usize::try_from(to - from).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "block at byte {from} of {}: too long",
+                    file.path().display()
+                ),
+            )
+        })?;
+        let mut data = vec![0; len];
+        file.read_exact_at(&mut data, from)?;
+        let index = TierIndex::build(
+            topic,
+            block.segment,
+            block.first_offset,
+            &data,
+            INDEX_STRIDE,
+        )
+        .map_err(|e| {
+            invalid(format!(
+                "topic {topic:?}: the block at byte {from} of {} does not validate for upload: {e}",
+                file.path().display()
+            ))
+        })?;
+        let (data_key, index_key) = index.object_names(&self.options.dir);
+        let meta = Metadata::from([
+            ("walrus-topic".to_owned(), topic_key(topic)),
+            (
+                "walrus-offsets".to_owned(),
+                format!("{}-{}", index.first_offset, index.end_offset()),
+            ),
+            ("walrus-segment".to_owned(), block.segment.to_string()),
+        ]);
+        let mut resumed = false;
+        if self.remote().put_new(&data_key, &data, &meta)? == PutOutcome::Exists {
+            self.check_data(&data_key, &index)?;
+            resumed = true;
+        }
+        let encoded = index.encode().map_err(io::Error::from)?;
+        if self.remote().put_new(&index_key, &encoded, &meta)? == PutOutcome::Exists {
+            let stored = self.remote().get_range(&index_key, 0..encoded.len() as u64);
+            if stored.as_deref().ok() != Some(&encoded[..]) {
+                return Err(invalid(format!(
+                    "tier index object {index_key} exists and differs from the block it names"
+                )));
+            }
+            resumed = true;
+        }
+        pass.uploaded += 1;
+        pass.uploaded_bytes += index.data_len;
+        pass.resumed += u64::from(resumed);
+        tracing::debug!(topic, key = %data_key, bytes = index.data_len, resumed, "tiered a block");
+        Ok(index)
+    }
+
+    /// Checks that the data object an earlier attempt stored under `key` is the block's.
+    fn check_data(&self, key: &str, index: &TierIndex) -> io::Result<()> {
+        let size = self.remote().head(key)?.map(|i| i.size);
+        let same = size == Some(index.data_len)
+            && crc32c(&self.remote().get_range(key, 0..index.data_len)?) == index.data_crc;
+        if same {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "tier data object {key} exists and differs from the block it names \
+                 ({size:?} bytes, want {})",
+                index.data_len
+            )))
+        }
+    }
+}

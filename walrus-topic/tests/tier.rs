@@ -1,0 +1,555 @@
+//! Uploads to the remote tier, on the simulated disk and the in-memory tier: what is uploaded
+//! (sealed, durable blocks of tiered topics, as valid tiered-block objects), that a pass is
+//! idempotent, that a failure or a crash at any step of an upload loses nothing and stores
+//! nothing twice under different names, that a remote that is down or slow holds up nothing
+//! but the uploads, and that a conflicting object is refused, never replaced.
+
+use std::collections::BTreeMap;
+use std::io::{self, ErrorKind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use walrus_block::tier::TierIndex;
+use walrus_block::{Frame, FrameDecoder};
+use walrus_io::tier::{Metadata, TierOp};
+use walrus_io::{CrashMode, MemoryTier, RemoteTier, SimStorage, Storage};
+use walrus_topic::{Engine, Retention, Store, StoreOptions, SyncPolicy, Tiering};
+
+const DIR: &str = "/wal";
+
+/// 8 KiB blocks, 64 KiB segments, "orders" tiered into `tier` under `tier-dir`.
+fn options(tier: &MemoryTier) -> StoreOptions {
+    StoreOptions::new()
+        .with_block_len(8192)
+        .with_segment_len(64 * 1024)
+        .with_tier(Arc::new(tier.clone()), "tier-dir")
+        .with_topic_tiering("orders", Tiering::default())
+}
+
+fn open(sim: &SimStorage, options: StoreOptions) -> io::Result<Store> {
+    Store::open(DIR, Arc::new(sim.clone()) as Arc<dyn Storage>, options)
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let len = 100 + (i * 37 % 400) as usize;
+    (0..len).map(|k| (i as usize * 31 + k) as u8).collect()
+}
+
+/// Every entry the tier holds for `topic`, by offset, read back through the index objects (each
+/// checked against its name and data object) — what a reader of the tier would get.
+fn tiered_entries(tier: &MemoryTier, topic_dir: &str) -> BTreeMap<u64, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for listed in tier.list(topic_dir).unwrap() {
+        let Some(base) = listed.key.strip_suffix(".idx") else {
+            continue;
+        };
+        let index = TierIndex::decode(&tier.object(&listed.key).unwrap()).unwrap();
+        let (blk, idx) = index.object_names("tier-dir");
+        assert_eq!(
+            (idx.as_str(), blk.as_str()),
+            (listed.key.as_str(), &*format!("{base}.blk"))
+        );
+        let data = tier.object(&blk).expect("an index without its data object");
+        assert_eq!(data.len() as u64, index.data_len);
+        assert_eq!(walrus_block::checksum::crc32c(&data), index.data_crc);
+        let mut n = 0;
+        for f in FrameDecoder::new(&data) {
+            match f {
+                Frame::Entry(e) => {
+                    assert!(
+                        out.insert(e.offset, e.payload.to_vec()).is_none(),
+                        "offset {} twice",
+                        e.offset
+                    );
+                    n += 1;
+                }
+                Frame::End { at } => assert_eq!(at, data.len()),
+                other => panic!("{blk}: {other:?}"),
+            }
+        }
+        assert_eq!(n, index.entries);
+    }
+    out
+}
+
+fn keys_by_kind(tier: &MemoryTier) -> (usize, usize) {
+    let keys = tier.keys();
+    (
+        keys.iter().filter(|k| k.ends_with(".blk")).count(),
+        keys.iter().filter(|k| k.ends_with(".idx")).count(),
+    )
+}
+
+#[test]
+fn sealed_durable_blocks_of_tiered_topics_are_uploaded_once() {
+    let sim = SimStorage::new(1);
+    let tier = MemoryTier::new();
+    let store = open(&sim, options(&tier)).unwrap();
+    for i in 0..300 {
+        store.append("orders", &payload(i)).unwrap();
+        store.append("other", &payload(i)).unwrap();
+    }
+    // Nothing durable yet: nothing uploaded.
+    assert_eq!(store.tier_pass().unwrap().uploaded, 0);
+    assert!(tier.keys().is_empty());
+    store.sync().unwrap();
+    let pass = store.tier_pass().unwrap();
+    let blocks = store.retained_blocks("orders").unwrap() as u64;
+    assert!(pass.uploaded >= 3, "{pass:?}");
+    // Every sealed block; the block being written stays local only.
+    assert_eq!(pass.uploaded, blocks - 1, "{pass:?}");
+    assert_eq!(pass.resumed, 0);
+    let got = tiered_entries(&tier, "tier-dir/orders");
+    let end = *got.keys().last().unwrap() + 1;
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        (0..end).collect::<Vec<_>>()
+    );
+    for (o, data) in &got {
+        assert_eq!(data, &payload(*o), "offset {o}");
+    }
+    assert_eq!(
+        keys_by_kind(&tier),
+        (blocks as usize - 1, blocks as usize - 1)
+    );
+    assert!(
+        tier.list("tier-dir/other").unwrap().is_empty(),
+        "an untiered topic was uploaded"
+    );
+    // The objects carry what they hold as metadata.
+    let first = tier.list("tier-dir/orders").unwrap()[0].key.clone();
+    let meta = tier.head(&first).unwrap().unwrap().meta;
+    assert_eq!(meta["walrus-topic"], "orders");
+    assert!(meta["walrus-offsets"].starts_with("0-"), "{meta:?}");
+
+    // Idempotent: a second pass stores nothing, not even a PUT.
+    let puts = tier.calls(TierOp::Put);
+    assert_eq!(store.tier_pass().unwrap().uploaded, 0);
+    assert_eq!(tier.calls(TierOp::Put), puts);
+    let stats = store.stats();
+    let orders = stats.topics.iter().find(|t| t.name == "orders").unwrap();
+    assert_eq!(orders.tiered_entries, end);
+    assert_eq!(orders.tiered, Some(0..end));
+
+    // After a reopen the catalogue comes back from the remote's listing: nothing re-uploaded.
+    drop(store);
+    let store = open(&sim, options(&tier)).unwrap();
+    let pass = store.tier_pass().unwrap();
+    assert_eq!(pass.uploaded, 0);
+    assert_eq!(tier.calls(TierOp::Put), puts);
+    let stats = store.stats();
+    let orders = stats.topics.iter().find(|t| t.name == "orders").unwrap();
+    assert_eq!(orders.tiered, Some(0..end));
+    // More appends: the next blocks follow.
+    for i in 300..400 {
+        store.append("orders", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+    assert!(store.tier_pass().unwrap().uploaded > 0);
+    let got = tiered_entries(&tier, "tier-dir/orders");
+    assert!(*got.keys().last().unwrap() >= end);
+    assert_eq!(
+        got.len() as u64,
+        got.keys().last().unwrap() + 1,
+        "a hole in the tier"
+    );
+}
+
+/// Fails the `n`th PUT, or loses its answer, then crashes the disk and reopens: the next
+/// passes finish the upload under the same names, nothing twice, nothing missing.
+#[test]
+fn a_failure_or_crash_at_any_step_of_an_upload_loses_nothing_and_duplicates_nothing() {
+    // The reference run: which objects a clean upload stores.
+    let reference = {
+        let sim = SimStorage::new(7);
+        let tier = MemoryTier::new();
+        let store = open(&sim, options(&tier)).unwrap();
+        for i in 0..200 {
+            store.append("orders", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        store.tier_pass().unwrap();
+        tier.keys()
+    };
+    let puts = reference.len() as u32;
+    assert!(puts >= 6, "{reference:?}");
+    for n in 0..puts {
+        for lose_answer in [false, true] {
+            let sim = SimStorage::new(7);
+            let tier = MemoryTier::new();
+            {
+                let store = open(&sim, options(&tier)).unwrap();
+                for i in 0..200 {
+                    store.append("orders", &payload(i)).unwrap();
+                }
+                store.sync().unwrap();
+                // PUT number n + 1 fails: before storing anything, or after (answer lost).
+                tier.fail_put_after(n, lose_answer);
+                let e = store
+                    .tier_pass()
+                    .expect_err(&format!("PUT {} did not fail the pass", n + 1));
+                assert!(e.to_string().contains("orders"), "{e}");
+                assert!(tier.keys().len() <= reference.len());
+            }
+            // The machine dies (what was not synced is gone) and comes back.
+            sim.crash(CrashMode::DropUnsynced);
+            let store = open(&sim, options(&tier)).unwrap();
+            let pass = store.tier_pass().unwrap();
+            // PUTs go data, index, data, index…: a data object whose answer was lost is found
+            // and checked, not stored again (its index was never written).
+            if lose_answer && n % 2 == 0 {
+                assert_eq!(pass.resumed, 1, "PUT {}: {pass:?}", n + 1);
+            }
+            assert_eq!(
+                tier.keys(),
+                reference,
+                "PUT {} failed (answer lost: {lose_answer})",
+                n + 1
+            );
+            let got = tiered_entries(&tier, "tier-dir/orders");
+            for (o, data) in &got {
+                assert_eq!(data, &payload(*o));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_down_or_slow_remote_holds_up_only_the_uploads() {
+    let sim = SimStorage::new(3);
+    let tier = MemoryTier::new();
+    let store = open(&sim, options(&tier)).unwrap();
+    for i in 0..200 {
+        store.append("orders", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+    tier.set_down(true);
+    let e = store.tier_pass().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    assert!(e.to_string().contains("orders"), "{e}");
+    // The store carries on: appends, syncs, reads.
+    for i in 200..300 {
+        store.append("orders", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+    assert_eq!(store.read_at("orders", 5).unwrap(), Some(payload(5)));
+    tier.set_down(false);
+    assert!(store.tier_pass().unwrap().uploaded > 0);
+    drop(store);
+
+    // An engine's tier thread uploads by itself; a stalled remote delays neither synced
+    // appends nor the close beyond one call's delay.
+    let sim = SimStorage::new(4);
+    let tier = MemoryTier::new();
+    let engine = Engine::open(
+        DIR,
+        Arc::new(sim.clone()) as Arc<dyn Storage>,
+        options(&tier),
+        SyncPolicy::Each,
+    )
+    .unwrap();
+    for i in 0..200 {
+        engine.append("orders", &payload(i)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while keys_by_kind(&tier).1 < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the tier thread uploaded nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tier.set_delay(Duration::from_millis(1500));
+    let started = Instant::now();
+    for i in 200..400 {
+        engine.append("orders", &payload(i)).unwrap();
+    }
+    let appends = started.elapsed();
+    assert!(
+        appends < Duration::from_millis(1400),
+        "synced appends waited for the remote: {appends:?}"
+    );
+    drop(engine);
+}
+
+#[test]
+fn an_object_that_differs_from_its_block_is_refused_not_replaced() {
+    let sim = SimStorage::new(5);
+    let tier = MemoryTier::new();
+    let store = open(&sim, options(&tier)).unwrap();
+    for i in 0..100 {
+        store.append("orders", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+    // Another writer's object under the first block's name.
+    let clean = {
+        let sim = SimStorage::new(5);
+        let other = MemoryTier::new();
+        let s = open(&sim, options(&other)).unwrap();
+        for i in 0..100 {
+            s.append("orders", &payload(i)).unwrap();
+        }
+        s.sync().unwrap();
+        s.tier_pass().unwrap();
+        other.keys()
+    };
+    let first_blk = clean.iter().find(|k| k.ends_with(".blk")).unwrap().clone();
+    tier.put_new(&first_blk, b"not this block", &Metadata::new())
+        .unwrap();
+    let e = store.tier_pass().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains(&first_blk), "{e}");
+    assert_eq!(tier.object(&first_blk).unwrap(), b"not this block");
+    assert_eq!(
+        keys_by_kind(&tier),
+        (1, 0),
+        "nothing was committed past the conflict"
+    );
+}
+
+#[test]
+fn tiering_needs_a_tier_and_a_valid_directory() {
+    let sim = SimStorage::new(6);
+    let no_tier = StoreOptions::new().with_tiering(Tiering::keeping(Retention::unlimited()));
+    assert_eq!(
+        open(&sim, no_tier).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    let tier = Arc::new(MemoryTier::new());
+    for dir in ["", "a//b", "/a", &"d".repeat(200)] {
+        let bad = StoreOptions::new().with_tier(tier.clone(), dir);
+        assert_eq!(
+            open(&sim, bad).unwrap_err().kind(),
+            ErrorKind::InvalidInput,
+            "{dir:?}"
+        );
+    }
+    assert!(sim.files().is_empty(), "a refused open created files");
+}
+
+/// "orders" tiered keeping at most 16 KiB of uploaded blocks locally.
+fn bounded(tier: &MemoryTier) -> StoreOptions {
+    StoreOptions::new()
+        .with_block_len(8192)
+        .with_segment_len(64 * 1024)
+        .with_tier(Arc::new(tier.clone()), "tier-dir")
+        .with_topic_tiering(
+            "orders",
+            Tiering::keeping(Retention::unlimited().with_max_bytes(16 * 1024)),
+        )
+}
+
+fn segment_files(sim: &SimStorage) -> usize {
+    sim.files()
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .count()
+}
+
+/// Every way of reading `orders` returns exactly entries `0..n`, wherever they live.
+fn check_reads(store: &Store, n: u64, consumer: &str) {
+    for o in 0..n {
+        assert_eq!(
+            store.read_at("orders", o).unwrap(),
+            Some(payload(o)),
+            "read_at {o}"
+        );
+    }
+    assert_eq!(store.read_at("orders", n).unwrap(), None);
+    // A new consumer starts at the oldest entry, in the tier.
+    let mut next = 0;
+    for _ in 0..10 * n {
+        match store.read_next_as("orders", consumer, true).unwrap() {
+            Some((o, data)) => {
+                assert_eq!((o, &data), (next, &payload(next)));
+                next += 1;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(next, n, "the consumer stopped early");
+    // Scans of 37 entries across the boundary between the tier and the local disk.
+    let mut from = 0;
+    while from < n {
+        let mut got = Vec::new();
+        let next = store
+            .scan("orders", from, 37, |o, data| got.push((o, data.to_vec())))
+            .unwrap();
+        assert!(!got.is_empty(), "an empty scan at {from}");
+        for (o, data) in &got {
+            assert_eq!((*o, data), (from, &payload(from)));
+            from += 1;
+        }
+        assert_eq!(next, from);
+    }
+    // The iterator.
+    let all: Vec<(u64, Vec<u8>)> = store.iter("orders", 0).collect::<io::Result<_>>().unwrap();
+    assert_eq!(all.len() as u64, n);
+    assert!(all.iter().all(|(o, d)| d == &payload(*o)));
+}
+
+#[test]
+fn uploaded_blocks_leave_the_local_disk_and_are_read_back_from_the_tier() {
+    let sim = SimStorage::new(11);
+    let tier = MemoryTier::new();
+    let n = 600;
+    {
+        let store = open(&sim, bounded(&tier)).unwrap();
+        for i in 0..n {
+            store.append("orders", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        let before = store.retained_blocks("orders").unwrap();
+        let files_before = segment_files(&sim);
+        store.tier_pass().unwrap();
+        store.maintain().unwrap();
+        let after = store.retained_blocks("orders").unwrap();
+        // 16 KiB of 8 KiB blocks and the one being written.
+        assert!(after <= 4, "{before} blocks before, {after} after");
+        assert!(
+            segment_files(&sim) < files_before,
+            "no segment left the disk"
+        );
+        assert_eq!(store.first_retained_offset("orders"), Some(0));
+        let gets = tier.calls(TierOp::Get);
+        check_reads(&store, n, "before");
+        assert!(
+            tier.calls(TierOp::Get) > gets,
+            "nothing was read from the tier"
+        );
+        // Sequential reads are served by ranged GETs of many entries, not one per entry.
+        let per_entry = tier.calls(TierOp::Get) - gets;
+        assert!(per_entry < n, "{per_entry} GETs for 3 × {n} reads");
+    }
+    // A crash, then a reopen: the catalogue comes back from the tier, and with it every entry.
+    sim.crash(CrashMode::DropUnsynced);
+    let store = open(&sim, bounded(&tier)).unwrap();
+    assert_eq!(store.first_retained_offset("orders"), Some(0));
+    check_reads(&store, n, "after");
+    // The consumer of the first run resumes where it stopped.
+    assert_eq!(store.cursor_as("orders", "before"), Some(n));
+}
+
+#[test]
+fn nothing_leaves_the_local_disk_before_its_upload_is_confirmed() {
+    let sim = SimStorage::new(12);
+    let tier = MemoryTier::new();
+    let n = 400;
+    {
+        let store = open(&sim, bounded(&tier)).unwrap();
+        for i in 0..n {
+            store.append("orders", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        // Consumed entirely while the tier is down: consumption releases nothing.
+        for _ in 0..n {
+            store.read_next("orders", true).unwrap().unwrap();
+        }
+        tier.set_down(true);
+        assert!(store.tier_pass().is_err());
+        store.maintain().unwrap();
+        let blocks = store.retained_blocks("orders").unwrap();
+        assert!(blocks > 10, "{blocks} blocks kept");
+        store.persist_cursors().unwrap();
+        store.sync().unwrap();
+    }
+    // Recovery does not release them either, though the cursor is past them.
+    sim.crash(CrashMode::DropUnsynced);
+    let store = open(&sim, bounded(&tier)).unwrap();
+    assert_eq!(store.read_at("orders", 0).unwrap(), Some(payload(0)));
+    assert!(store.retained_blocks("orders").unwrap() > 10);
+    tier.set_down(false);
+    store.tier_pass().unwrap();
+    assert!(store.retained_blocks("orders").unwrap() <= 4);
+    for o in 0..n {
+        assert_eq!(
+            store.read_at("orders", o).unwrap(),
+            Some(payload(o)),
+            "read_at {o}"
+        );
+    }
+    // The default consumer consumed all of it: nothing more to read.
+    assert_eq!(store.read_next("orders", true).unwrap(), None);
+}
+
+#[test]
+fn a_failing_remote_fails_the_tiered_read_only() {
+    let sim = SimStorage::new(13);
+    let tier = MemoryTier::new();
+    let store = Arc::new(open(&sim, bounded(&tier)).unwrap());
+    for i in 0..300 {
+        store.append("orders", &payload(i)).unwrap();
+        store.append("local", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+    store.tier_pass().unwrap();
+    tier.set_down(true);
+    let e = store.read_at("orders", 3).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    assert!(
+        e.to_string().contains("orders") && e.to_string().contains('3'),
+        "{e}"
+    );
+    let e = store.read_next_as("orders", "c", true).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    // The local part of the topic and the other topics read on.
+    assert_eq!(store.read_at("orders", 299).unwrap(), Some(payload(299)));
+    assert_eq!(store.read_at("local", 3).unwrap(), Some(payload(3)));
+    tier.set_down(false);
+    assert_eq!(store.read_at("orders", 3).unwrap(), Some(payload(3)));
+    // A slow remote holds up the reader that waits for it, not the others.
+    tier.set_delay(Duration::from_millis(1500));
+    let slow = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.read_at("orders", 200))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    for o in 0..300 {
+        assert_eq!(store.read_at("local", o).unwrap(), Some(payload(o)));
+    }
+    store.append("orders", b"more").unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.join().unwrap().unwrap(), Some(payload(200)));
+    tier.set_delay(Duration::ZERO);
+
+    // Damage in the remote is an error on the read, never a wrong entry.
+    let key = tier
+        .keys()
+        .into_iter()
+        .find(|k| k.ends_with(".blk"))
+        .unwrap();
+    let mut bytes = tier.object(&key).unwrap();
+    bytes[40] ^= 1;
+    assert!(tier.overwrite(&key, &bytes));
+    let store = open_again(&sim, &tier, store);
+    let e = store.read_at("orders", 0).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains(&key), "{e}");
+}
+
+/// Closes `store` and opens the directory again (an empty read cache).
+fn open_again(sim: &SimStorage, tier: &MemoryTier, store: Arc<Store>) -> Store {
+    drop(Arc::into_inner(store).expect("the store is still shared"));
+    open(sim, bounded(tier)).unwrap()
+}
+
+#[test]
+fn tiering_and_retention_of_one_topic_are_refused_for_now() {
+    let sim = SimStorage::new(14);
+    let tier = MemoryTier::new();
+    let both = bounded(&tier)
+        .with_topic_retention("orders", Retention::unlimited().with_max_bytes(1 << 20));
+    let e = open(&sim, both).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let default_both =
+        bounded(&tier).with_retention(Retention::unlimited().with_max_bytes(1 << 20));
+    assert_eq!(
+        open(&sim, default_both).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}
