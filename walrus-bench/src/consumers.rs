@@ -54,7 +54,7 @@ impl ConsumersCase {
     /// Entries read per second, over every consumer.
     #[must_use]
     pub fn entries_per_sec(&self) -> f64 {
-        self.entries as f64 / self.secs.max(f64::MIN_POSITIVE)
+        crate::stats::per_sec(self.entries as f64, self.secs)
     }
 
     fn failed(kind: &str, label: String, e: &io::Error) -> Self {

@@ -38,6 +38,7 @@ pub mod report;
 pub mod s3;
 pub mod stats;
 pub mod suite;
+pub mod tiering;
 pub mod workload;
 
 use std::path::PathBuf;

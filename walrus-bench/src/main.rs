@@ -39,7 +39,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<EngineKind>>,
     /// Workload families, comma-separated: physical, writes, batch-writes, synced, reads, space,
-    /// footprint, s3, consumers, raft.
+    /// footprint, s3, consumers, raft, tiering.
     #[arg(long, value_delimiter = ',')]
     workloads: Option<Vec<Group>>,
     /// Entries prefilled into each topic before a read workload.
@@ -180,6 +180,12 @@ fn main() -> ExitCode {
     } else {
         Vec::new()
     };
+    let tiering = if config.groups.contains(&Group::Tiering) {
+        let entries = if config.full { 200_000 } else { 30_000 };
+        walrus_bench::tiering::run(&data_dir, entries)
+    } else {
+        Vec::new()
+    };
     machine.loadavg_end = report::loadavg();
     let _ = std::fs::remove_dir_all(&data_dir);
     let mut targets = report::targets(&results);
@@ -195,6 +201,9 @@ fn main() -> ExitCode {
     if config.groups.contains(&Group::Raft) {
         targets.extend(walrus_bench::raft::targets(&raft));
     }
+    if config.groups.contains(&Group::Tiering) {
+        targets.extend(walrus_bench::tiering::targets(&tiering));
+    }
     let report = Report {
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -207,6 +216,7 @@ fn main() -> ExitCode {
         s3,
         consumers,
         raft,
+        tiering,
         targets,
     };
     let m = &report.machine;
@@ -235,6 +245,10 @@ fn main() -> ExitCode {
         print!("{}", walrus_bench::raft::table(&report.raft));
         println!();
     }
+    if !report.tiering.is_empty() {
+        print!("{}", walrus_bench::tiering::table(&report.tiering));
+        println!();
+    }
     print!("{}", report::targets_text(&report.targets));
     match report.write_json(&out) {
         Ok(path) => println!("\nJSON: {}", path.display()),
@@ -253,7 +267,8 @@ fn main() -> ExitCode {
     println!("suite wall time: {:.1} s", report.wall_secs);
     let s3_case_failed = report.s3.iter().any(|c| c.error.is_some())
         || report.consumers.iter().any(|c| c.error.is_some())
-        || report.raft.iter().any(|c| c.error.is_some());
+        || report.raft.iter().any(|c| c.error.is_some())
+        || report.tiering.iter().any(|c| c.error.is_some());
     if report.results.iter().any(|r| r.error.is_some())
         || footprint_failed.is_some()
         || s3_failed.is_some()

@@ -47,7 +47,7 @@ impl RaftCase {
     /// Acknowledged appends per second.
     #[must_use]
     pub fn per_sec(&self) -> f64 {
-        self.appends as f64 / self.secs.max(f64::MIN_POSITIVE)
+        crate::stats::per_sec(self.appends as f64, self.secs)
     }
 }
 

@@ -123,6 +123,9 @@ pub struct Report {
     /// The raft family's cases.
     #[serde(default)]
     pub raft: Vec<crate::raft::RaftCase>,
+    /// The tiering family's cases.
+    #[serde(default)]
+    pub tiering: Vec<crate::tiering::TieringCase>,
     /// The targets.
     pub targets: Vec<Target>,
 }

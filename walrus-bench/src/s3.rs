@@ -58,13 +58,13 @@ impl S3Case {
     /// Acknowledged entries per second.
     #[must_use]
     pub fn entries_per_sec(&self) -> f64 {
-        self.entries as f64 / self.secs.max(f64::MIN_POSITIVE)
+        crate::stats::per_sec(self.entries as f64, self.secs)
     }
 
     /// PUT requests per second.
     #[must_use]
     pub fn puts_per_sec(&self) -> f64 {
-        self.puts as f64 / self.secs.max(f64::MIN_POSITIVE)
+        crate::stats::per_sec(self.puts as f64, self.secs)
     }
 
     /// Mean bytes per PUT.

@@ -124,6 +124,12 @@ pub fn disk_usage(dir: &Path) -> io::Result<DiskUsage> {
     Ok(total)
 }
 
+/// `count` per second over `secs` (0 seconds count as the smallest positive duration).
+#[must_use]
+pub fn per_sec(count: f64, secs: f64) -> f64 {
+    count / secs.max(f64::MIN_POSITIVE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

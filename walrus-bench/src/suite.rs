@@ -46,11 +46,14 @@ pub enum Group {
     /// Replicated appends on a 3-node raft cluster on loopback, 1-16 clients, beside one
     /// node's `SyncEach` (ours only; see [`crate::raft`]).
     Raft,
+    /// Tiered storage on a local moto server: upload throughput, sequential reads of tiered
+    /// data beside local reads (ours only; see [`crate::tiering`]).
+    Tiering,
 }
 
 impl Group {
     /// Every group, in suite order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Physical,
         Self::Writes,
         Self::BatchWrites,
@@ -61,6 +64,7 @@ impl Group {
         Self::S3,
         Self::Consumers,
         Self::Raft,
+        Self::Tiering,
     ];
 }
 
@@ -79,9 +83,10 @@ impl FromStr for Group {
             "s3" => Ok(Self::S3),
             "consumers" => Ok(Self::Consumers),
             "raft" => Ok(Self::Raft),
+            "tiering" | "tier" => Ok(Self::Tiering),
             _ => Err(format!(
                 "workload {s:?}: expected physical, writes, batch-writes, synced, reads, space, \
-                 footprint, s3, consumers or raft"
+                 footprint, s3, consumers, raft or tiering"
             )),
         }
     }
@@ -100,6 +105,7 @@ impl fmt::Display for Group {
             Self::S3 => "s3",
             Self::Consumers => "consumers",
             Self::Raft => "raft",
+            Self::Tiering => "tiering",
         })
     }
 }
@@ -316,7 +322,7 @@ impl SuiteConfig {
                 }
                 // Not timed engine workloads: run by `crate::footprint`, `crate::s3` and
                 // `crate::consumers` and `crate::raft` after the plan.
-                Group::Footprint | Group::S3 | Group::Consumers | Group::Raft => {}
+                Group::Footprint | Group::S3 | Group::Consumers | Group::Raft | Group::Tiering => {}
                 Group::Space => {
                     let mut s = spec(group, "append 700B", Op::Append, 1);
                     s.sizes = Sizes::fixed(700);

@@ -64,6 +64,12 @@ pub(crate) fn inspect(store: &Store, out: &mut impl Write) -> io::Result<()> {
     )?;
     let topics = store.topics();
     writeln!(out, "  {} topics", topics.len())?;
+    let tier_marks: std::collections::HashMap<String, u64> = store
+        .stats()
+        .topics
+        .into_iter()
+        .map(|t| (t.name, t.tier_mark))
+        .collect();
     for topic in &topics {
         let end = store.end_offset(topic).unwrap_or(0);
         let first = store.first_retained_offset(topic).unwrap_or(end);
@@ -73,6 +79,12 @@ pub(crate) fn inspect(store: &Store, out: &mut impl Write) -> io::Result<()> {
             store.durable_offset(topic).unwrap_or(0),
             store.retained_blocks(topic).unwrap_or(0)
         )?;
+        if let Some(mark) = tier_marks.get(topic).filter(|m| **m > 0) {
+            writeln!(
+                out,
+                "  tiered: entries below {mark} not on this disk are in the remote tier"
+            )?;
+        }
         for c in store.consumers(topic) {
             let name = if c.name.is_empty() {
                 "(default)".to_owned()

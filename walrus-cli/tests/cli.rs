@@ -229,3 +229,45 @@ fn a_missing_directory_is_reported_with_exit_code_2() {
     );
     assert!(!missing.exists(), "nothing created");
 }
+
+/// A directory whose tiered topic's old blocks left the disk for the remote tier: `inspect`
+/// says which entries are in the tier, and `verify` checks what is on disk without calling them
+/// missing.
+#[test]
+fn inspect_and_verify_know_what_left_the_disk_for_the_tier() {
+    use walrus_io::MemoryTier;
+    use walrus_topic::{Retention, Tiering};
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("wal");
+    let tier = MemoryTier::new();
+    {
+        let options = options()
+            .with_tier(Arc::new(tier.clone()), "t")
+            .with_topic_tiering(
+                "orders",
+                Tiering::keeping(Retention::unlimited().with_max_bytes(16 * 1024)),
+            );
+        let store = Store::open(&dir, storage(), options).unwrap();
+        for i in 0..2000 {
+            store.append("orders", &entry(i)).unwrap();
+        }
+        store.sync().unwrap();
+        store.tier_pass().unwrap();
+        assert!(store.retained_blocks("orders").unwrap() <= 4);
+    }
+    let o = walrus(&["inspect", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o);
+    let line = out
+        .lines()
+        .find(|l| l.contains("tiered: entries below"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let mark: u64 = line
+        .split_whitespace()
+        .nth(3)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(mark > 1000, "{line}");
+    let o = walrus(&["verify", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

@@ -16,7 +16,7 @@
 //! Beside segment files, the crate defines the remote tier the engine uploads sealed data to:
 //! [`RemoteTier`] (an object store: create-once PUTs, ranged GETs, listings, deletes), with
 //! [`MemoryTier`] in memory and faults, and its own conformance suite
-//! ([`tier::conformance`]); `walrus-s3` implements it on S3.
+//! (`tier::conformance`, cargo feature `conformance`); `walrus-s3` implements it on S3.
 //!
 //! A backend is chosen per instance, at run time ([`open_backend`]); there is no process-wide
 //! switch and no global state. Errors keep their kind (ENOSPC is

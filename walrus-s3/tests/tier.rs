@@ -78,12 +78,14 @@ fn a_hung_server_fails_each_call_within_its_deadline() {
     assert_eq!(tier.get_range("t/a", 1..3).unwrap(), b"bc");
 }
 
-/// A Walrus instance tiering a topic into S3: its thread uploads the sealed blocks, the objects
-/// are valid tiered blocks holding exactly what was appended, and after a reopen the catalogue
-/// comes back from S3 with nothing uploaded twice.
+/// A Walrus instance tiering a topic into S3, keeping 64 KiB of it locally: its thread uploads
+/// the sealed blocks, the objects are valid tiered blocks holding exactly what was appended,
+/// the local copies leave the disk, and after a reopen the catalogue comes back from S3 with
+/// nothing uploaded twice and every entry readable (at an offset, by a consumer, in batches,
+/// by the iterator), most of them from S3.
 #[test]
-fn an_instance_tiers_sealed_blocks_into_s3_and_finds_them_after_a_reopen() {
-    use walrus::{FsyncSchedule, Tiering, WalrusBuilder};
+fn an_instance_tiers_sealed_blocks_into_s3_and_reads_them_back_after_a_reopen() {
+    use walrus::{FsyncSchedule, Retention, Tiering, WalrusBuilder};
     use walrus_block::tier::TierIndex;
     use walrus_block::{Frame, FrameDecoder};
 
@@ -98,7 +100,10 @@ fn an_instance_tiers_sealed_blocks_into_s3_and_finds_them_after_a_reopen() {
             .block_len(16 * 1024)
             .fsync_schedule(FsyncSchedule::Milliseconds(5))
             .tier(Arc::clone(&tier), "tier")
-            .topic_tiering("orders", Tiering::default())
+            .topic_tiering(
+                "orders",
+                Tiering::keeping(Retention::unlimited().with_max_bytes(64 * 1024)),
+            )
             .quiet(true)
             .build()
             .unwrap()
@@ -154,6 +159,36 @@ fn an_instance_tiers_sealed_blocks_into_s3_and_finds_them_after_a_reopen() {
         assert!(Instant::now() < deadline, "the catalogue did not come back");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let orders = wal
+        .stats()
+        .topics
+        .into_iter()
+        .find(|t| t.name == "orders")
+        .unwrap();
+    assert!(orders.blocks <= 8, "{} blocks still local", orders.blocks);
+    assert_eq!(wal.first_retained_offset("orders"), Some(0));
+    for o in 0..2000 {
+        let got = wal.read_at("orders", o).unwrap().map(|e| e.data);
+        assert_eq!(got, Some(entry(o)), "read_at {o}");
+    }
+    let mut read = 0;
+    for _ in 0..100_000 {
+        let batch = wal.read_records("orders", 64 * 1024, true).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for r in batch {
+            assert_eq!((r.offset, r.data), (read, entry(read)));
+            read += 1;
+        }
+    }
+    assert_eq!(read, 2000);
+    let all: Vec<u64> = wal
+        .iter("orders", 0)
+        .map(|r| r.map(|r| r.offset))
+        .collect::<std::io::Result<_>>()
+        .unwrap();
+    assert_eq!(all, (0..2000).collect::<Vec<_>>());
     drop(wal);
     let again = tier.list("tier/orders").unwrap();
     assert!(again.len() >= listed.len());

@@ -171,6 +171,9 @@ pub struct TopicStats {
     pub tiered_entries: u64,
     /// The offsets the uploaded blocks span, first to end.
     pub tiered: Option<std::ops::Range<u64>>,
+    /// The persisted tier mark: entries below it that are not on local disk are in the remote
+    /// tier (0: nothing left the disk for the tier). Known without the tier (read-only opens).
+    pub tier_mark: u64,
 }
 
 /// What [`Store::consumers`](crate::Store::consumers) reports of one consumer.

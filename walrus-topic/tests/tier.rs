@@ -346,8 +346,8 @@ fn segment_files(sim: &SimStorage) -> usize {
         .count()
 }
 
-/// Every way of reading `orders` returns exactly entries `0..n`, wherever they live.
-fn check_reads(store: &Store, n: u64, consumer: &str) {
+/// `read_at` returns entries `0..n` of `orders`.
+fn assert_read_at(store: &Store, n: u64) {
     for o in 0..n {
         assert_eq!(
             store.read_at("orders", o).unwrap(),
@@ -355,6 +355,11 @@ fn check_reads(store: &Store, n: u64, consumer: &str) {
             "read_at {o}"
         );
     }
+}
+
+/// Every way of reading `orders` returns exactly entries `0..n`, wherever they live.
+fn check_reads(store: &Store, n: u64, consumer: &str) {
+    assert_read_at(store, n);
     assert_eq!(store.read_at("orders", n).unwrap(), None);
     // A new consumer starts at the oldest entry, in the tier.
     let mut next = 0;
@@ -461,13 +466,7 @@ fn nothing_leaves_the_local_disk_before_its_upload_is_confirmed() {
     tier.set_down(false);
     store.tier_pass().unwrap();
     assert!(store.retained_blocks("orders").unwrap() <= 4);
-    for o in 0..n {
-        assert_eq!(
-            store.read_at("orders", o).unwrap(),
-            Some(payload(o)),
-            "read_at {o}"
-        );
-    }
+    assert_read_at(&store, n);
     // The default consumer consumed all of it: nothing more to read.
     assert_eq!(store.read_next("orders", true).unwrap(), None);
 }
@@ -552,4 +551,90 @@ fn tiering_and_retention_of_one_topic_are_refused_for_now() {
         open(&sim, default_both).unwrap_err().kind(),
         ErrorKind::InvalidInput
     );
+}
+
+/// Appends, syncs, tier passes and readers at once: every entry a reader gets is the one
+/// appended at its offset, wherever it was read from, while blocks leave the disk under the
+/// readers; at the end every entry is readable.
+#[test]
+fn readers_see_every_entry_while_blocks_leave_the_disk_under_them() {
+    let sim = SimStorage::new(15);
+    let tier = MemoryTier::new();
+    let store = Arc::new(open(&sim, bounded(&tier)).unwrap());
+    let n = 1500u64;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        std::thread::spawn(move || {
+            for i in 0..n {
+                store.append("orders", &payload(i)).unwrap();
+                if i % 50 == 49 {
+                    store.sync().unwrap();
+                }
+            }
+            store.sync().unwrap();
+            done.store(true, std::sync::atomic::Ordering::Release);
+        })
+    };
+    let tierer = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut passes = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) && passes < 100_000 {
+                store.tier_pass().unwrap();
+                passes += 1;
+            }
+            store.tier_pass().unwrap();
+        })
+    };
+    let consumer = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut next = 0;
+            for _ in 0..10_000_000u64 {
+                match store.read_next_as("orders", "follower", true).unwrap() {
+                    Some((o, data)) => {
+                        assert_eq!(o, next);
+                        assert_eq!(data, payload(o), "offset {o}");
+                        next += 1;
+                        if next == n {
+                            break;
+                        }
+                    }
+                    None if done.load(std::sync::atomic::Ordering::Acquire) && next == n => break,
+                    None => std::thread::yield_now(),
+                }
+            }
+            next
+        })
+    };
+    let sampler = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut rng = walrus_io::SeededRng::new(9);
+            let mut checked = 0u64;
+            for _ in 0..100_000 {
+                let end = store.end_offset("orders").unwrap_or(0);
+                if end > 0 {
+                    let o = rng.below(end);
+                    assert_eq!(
+                        store.read_at("orders", o).unwrap(),
+                        Some(payload(o)),
+                        "read_at {o}"
+                    );
+                    checked += 1;
+                }
+                if done.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+            }
+            checked
+        })
+    };
+    writer.join().unwrap();
+    tierer.join().unwrap();
+    assert_eq!(consumer.join().unwrap(), n);
+    assert!(sampler.join().unwrap() > 0);
+    assert!(store.retained_blocks("orders").unwrap() <= 4);
+    assert_read_at(&store, n);
 }

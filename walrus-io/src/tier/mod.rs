@@ -2,7 +2,7 @@
 //! engine needs it — in the spirit of [`Storage`](crate::Storage) for segment files. This
 //! module defines the contract ([`RemoteTier`]); [`MemoryTier`] implements it in memory (with
 //! injected faults, for the simulated crash tests); `walrus-s3` implements it on S3. One
-//! conformance suite ([`conformance`], cargo feature `conformance`) holds every implementation
+//! conformance suite (`conformance`, cargo feature `conformance`) holds every implementation
 //! to the same behaviour.
 //!
 //! The contract, beyond the method docs:

@@ -354,6 +354,7 @@ impl Store {
                 consumers: t.consumer_infos(&self.shared),
                 tiered_entries,
                 tiered,
+                tier_mark: t.tier_mark(),
             });
         }
         s.topics.sort_by(|a, b| a.name.cmp(&b.name));
