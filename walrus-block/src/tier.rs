@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! magic "WTIX" | version u16 = 1 | topic length u8 | topic bytes
-//! | segment u64 | first_offset u64 | entries u64 | data_len u64 | data_crc u32
+//! | segment u64 | first_offset u64 | entries u64 | data_len u64 | sealed_ms u64 | data_crc u32
 //! | stride u32 | points u32 | point positions u64 × points | CRC32C u32 of all before
 //! ```
 
@@ -50,6 +50,9 @@ pub struct TierIndex {
     pub entries: u64,
     /// Length of the data object in bytes.
     pub data_len: u64,
+    /// When the block was sealed, in milliseconds since the Unix epoch (0: unknown): what
+    /// age-based retention of the tier counts from. [`build`](Self::build) leaves it 0.
+    pub sealed_ms: u64,
     /// CRC32C of the whole data object.
     pub data_crc: u32,
     /// An index point every `stride` entries.
@@ -118,6 +121,7 @@ impl TierIndex {
             first_offset,
             entries,
             data_len: data.len() as u64,
+            sealed_ms: 0,
             data_crc: crc32c(data),
             stride,
             points,
@@ -179,7 +183,13 @@ impl TierIndex {
         // validate_topic_name bounds the name to 255 bytes.
         out.push(self.topic.len() as u8);
         out.extend_from_slice(self.topic.as_bytes());
-        for v in [self.segment, self.first_offset, self.entries, self.data_len] {
+        for v in [
+            self.segment,
+            self.first_offset,
+            self.entries,
+            self.data_len,
+            self.sealed_ms,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&self.data_crc.to_le_bytes());
@@ -227,6 +237,7 @@ impl TierIndex {
         let entries_at = r.at;
         let entries = r.u64()?;
         let data_len = r.u64()?;
+        let sealed_ms = r.u64()?;
         let data_crc = r.u32()?;
         let stride_at = r.at;
         let stride = r.u32()?;
@@ -267,6 +278,7 @@ impl TierIndex {
             first_offset,
             entries,
             data_len,
+            sealed_ms,
             data_crc,
             stride,
             points,

@@ -220,7 +220,8 @@ fn tier_index_fixture() {
         }
     };
     let data = &segment[at..at + end];
-    let index = TierIndex::build("orders", 0, 0, data, 2).unwrap();
+    let mut index = TierIndex::build("orders", 0, 0, data, 2).unwrap();
+    index.sealed_ms = 1_796_000_000_000;
     let golden = check_or_bless("tier_index_v1.bin", &index.encode().unwrap());
     assert_eq!(&golden[0..4], b"WTIX");
     assert_eq!(&golden[4..6], &[1, 0]);
@@ -230,7 +231,8 @@ fn tier_index_fixture() {
     assert_eq!(&golden[13..29], &[0; 16]);
     assert_eq!(&golden[29..37], &5u64.to_le_bytes());
     assert_eq!(&golden[37..45], &(data.len() as u64).to_le_bytes());
-    assert_eq!(golden.len(), 45 + 4 + 4 + 4 + 3 * 8 + 4);
+    assert_eq!(&golden[45..53], &1_796_000_000_000u64.to_le_bytes());
+    assert_eq!(golden.len(), 53 + 4 + 4 + 4 + 3 * 8 + 4);
     let decoded = TierIndex::decode(&golden).unwrap();
     assert_eq!(decoded, index);
     assert_eq!(decoded.points[0], 0);

@@ -272,7 +272,7 @@ fn tier_loop(inner: &Inner, stop: &Stop) {
     let mut stopped = stop.stopped.lock();
     while !*stopped {
         drop(stopped);
-        let _ = inner.store.tier_pass();
+        let _ = inner.store.tier_pass_until(&|| *stop.stopped.lock());
         stopped = stop.stopped.lock();
         if !*stopped {
             let _ = stop.wake.wait_for(&mut stopped, TIER_PERIOD);

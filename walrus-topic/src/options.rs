@@ -384,21 +384,6 @@ impl StoreOptions {
             }
             None => {}
         }
-        for topic in self.topic_tiering.keys().chain(self.topic_retention.keys()) {
-            if self.tiering_for(topic).is_some() && self.retention_for(topic).is_limited() {
-                return bad(format!(
-                    "topic {topic:?} has both a retention and tiering: retention of tiered \
-                     topics (what the remote keeps) is not supported yet"
-                ));
-            }
-        }
-        if self.retention.is_limited() && self.tier.is_some() && self.tiering.is_some() {
-            return bad(
-                "a default retention and a default tiering: retention of tiered topics (what \
-                 the remote keeps) is not supported yet"
-                    .into(),
-            );
-        }
         for (topic, t) in std::iter::once(("(default)", self.tiering.as_ref())).chain(
             self.topic_tiering
                 .iter()
@@ -435,8 +420,9 @@ impl StoreOptions {
 const MAX_TIER_DIR_LEN: usize = 128;
 
 /// How a topic tiers: its sealed blocks are uploaded, and the local copy of an uploaded block
-/// is kept while `local` retention allows. (What is kept at all is the topic's
-/// [`Retention`] as for any topic.)
+/// is kept while `local` retention allows. What is kept at all is the topic's [`Retention`],
+/// as for any topic, counted over the local blocks and the tiered ones together: blocks beyond
+/// it are released for every reader and their objects deleted from the remote tier.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tiering {
     /// How much of the uploaded data stays on local disk.

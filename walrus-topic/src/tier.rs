@@ -51,6 +51,9 @@ pub struct TierPass {
     pub uploaded_bytes: u64,
     /// Of those, blocks an earlier attempt had already stored in part or in full.
     pub resumed: u64,
+    /// Tiered blocks deleted from the remote: wholly below their topic's floor (retention, or
+    /// the topic deleted).
+    pub expired: u64,
 }
 
 /// One topic's tiered blocks, as the remote holds them.
@@ -101,18 +104,23 @@ impl Catalog {
             .map(|(_, i)| Arc::clone(i))
     }
 
-    /// One past the run of tiered offsets that starts at the first tiered block and has no
-    /// hole: what the tier mark may say.
-    pub(crate) fn contiguous_end(&self) -> Option<u64> {
-        let mut blocks = self.blocks.values();
-        let mut end = blocks.next()?.end_offset();
-        for i in blocks {
+    /// One past the hole-free run of tiered offsets from `from` (`from` itself if the tier
+    /// does not hold it): what the tier mark may say, `from` being the first offset still on
+    /// local disk (below it, what is missing locally is in the tier or was consumed).
+    pub(crate) fn covered_end_from(&self, from: u64) -> u64 {
+        let mut end = from;
+        let start = self
+            .blocks
+            .range(..=from)
+            .next_back()
+            .map_or(from, |(k, _)| *k);
+        for i in self.blocks.range(start..).map(|(_, i)| i) {
             if i.first_offset > end {
                 break;
             }
             end = end.max(i.end_offset());
         }
-        Some(end)
+        end
     }
 
     /// The first offset tiered.
@@ -192,7 +200,13 @@ pub(crate) struct TopicTier {
     /// Held only to read or change the catalogue, never across a call to the remote: stats
     /// and reads never wait for an upload.
     pub(crate) catalog: Mutex<Catalog>,
+    /// The last failed load of the catalogue: reads within [`LOAD_BACKOFF`] of it fail at once
+    /// with its error instead of each waiting for the remote again.
+    failed_load: Mutex<Option<(std::time::Instant, io::ErrorKind, String)>>,
 }
+
+/// How long a failed catalogue load is answered from memory.
+const LOAD_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The remote tier of an open store: its options and every tiered topic's state.
 #[derive(Debug)]
@@ -216,13 +230,35 @@ impl TierState {
         }
     }
 
-    /// Loads the catalogue of `topic` from the remote if this open has not yet; the first
-    /// offset it holds.
-    pub(crate) fn ensure_loaded(&self, topic: &Arc<str>) -> io::Result<Option<u64>> {
+    /// Loads the catalogue of `topic` (whose entries end at `end`) from the remote if this
+    /// open has not yet; the first offset it holds. A read (`backoff`) within
+    /// [`LOAD_BACKOFF`] of a failed load fails at once; a tier pass always tries.
+    pub(crate) fn ensure_loaded(
+        &self,
+        topic: &Arc<str>,
+        end: u64,
+        backoff: bool,
+    ) -> io::Result<Option<u64>> {
         let state = self.topic(topic);
         if !state.catalog.lock().loaded {
+            if let Some((at, kind, why)) = &*state.failed_load.lock()
+                && backoff
+                && at.elapsed() < LOAD_BACKOFF
+            {
+                return Err(io::Error::new(
+                    *kind,
+                    format!("the remote tier's catalogue is unavailable: {why}"),
+                ));
+            }
             // The listing without a lock held; an upload that loaded meanwhile wins.
-            let blocks = self.list_catalog(topic)?;
+            let blocks = match self.list_catalog(topic, end) {
+                Ok(b) => b,
+                Err(e) => {
+                    *state.failed_load.lock() =
+                        Some((std::time::Instant::now(), e.kind(), e.to_string()));
+                    return Err(e);
+                }
+            };
             let mut catalog = state.catalog.lock();
             if !catalog.loaded {
                 catalog.blocks = blocks;
@@ -238,13 +274,14 @@ impl TierState {
     pub(crate) fn read(
         &self,
         topic: &Arc<str>,
+        end: u64,
         offset: u64,
         want: u64,
     ) -> io::Result<Option<Arc<Run>>> {
         if let Some(run) = self.cache.lock().find(topic, offset) {
             return Ok(Some(run));
         }
-        self.ensure_loaded(topic)?;
+        self.ensure_loaded(topic, end, true)?;
         let Some(index) = self.topic(topic).catalog.lock().holding(offset) else {
             return Ok(None);
         };
@@ -305,7 +342,7 @@ impl TierState {
 
     /// The catalogue of `topic` as the remote's index objects say (one listing, one GET per
     /// index object).
-    fn list_catalog(&self, topic: &str) -> io::Result<BTreeMap<u64, Arc<TierIndex>>> {
+    fn list_catalog(&self, topic: &str, end: u64) -> io::Result<BTreeMap<u64, Arc<TierIndex>>> {
         let dir = format!("{}/{}", self.options.dir, topic_key(topic));
         let mut blocks = BTreeMap::new();
         for listed in self.remote().list(&dir)? {
@@ -332,6 +369,15 @@ impl TierState {
                     index.end_offset()
                 )));
             }
+            if index.end_offset() > end {
+                return Err(invalid(format!(
+                    "tier index object {} holds offsets up to {}, past the end {end} of topic \
+                     {topic:?} here: is the directory {:?} shared with another store?",
+                    listed.key,
+                    index.end_offset(),
+                    self.options.dir
+                )));
+            }
             blocks.insert(index.first_offset, Arc::new(index));
         }
         Ok(blocks)
@@ -343,22 +389,70 @@ impl TierState {
         &self,
         topic: &Arc<str>,
         chain: &[Arc<Block>],
-        durable: u64,
+        (durable, end): (u64, u64),
+        stop: &dyn Fn() -> bool,
         pass: &mut TierPass,
     ) -> io::Result<()> {
         let state = self.topic(topic);
         let _uploading = state.uploading.lock();
-        self.ensure_loaded(topic)?;
+        self.ensure_loaded(topic, end, false)?;
         for block in chain {
             let (first, end) = (block.first_offset, block.end_offset());
-            if !block.is_sealed() || end > durable {
+            if !block.is_sealed() || end > durable || stop() {
                 break;
             }
-            if end == first || state.catalog.lock().overlaps(first, end) {
+            if end == first {
                 continue;
+            }
+            match state.catalog.lock().blocks.get(&first) {
+                Some(i) if i.end_offset() == end => continue,
+                _ => {}
+            }
+            if state.catalog.lock().overlaps(first, end) {
+                // Not this block's objects: another store's, under the same directory.
+                return Err(invalid(format!(
+                    "the remote tier ({}) holds other blocks for offsets {first}..{end} of topic \
+                     {topic:?}: is its directory {:?} shared with another store?",
+                    self.remote().describe(),
+                    self.options.dir
+                )));
             }
             let index = self.upload_block(topic, block, pass)?;
             state.catalog.lock().blocks.insert(first, Arc::new(index));
+        }
+        Ok(())
+    }
+
+    /// Deletes the tiered blocks of `topic` wholly below `floor` (released for every reader by
+    /// retention or deletion): the data object first, then the index object, then the
+    /// catalogue entry, so that an expiry a failure or a crash interrupted leaves the index,
+    /// which the next pass finds (from the catalogue, or the listing after an open) and
+    /// finishes; deletes are idempotent. An index left without its data lies below the floor
+    /// (persisted before), where no read goes.
+    pub(crate) fn expire(
+        &self,
+        topic: &Arc<str>,
+        (floor, end): (u64, u64),
+        pass: &mut TierPass,
+    ) -> io::Result<()> {
+        let state = self.topic(topic);
+        let _uploading = state.uploading.lock();
+        self.ensure_loaded(topic, end, false)?;
+        let doomed: Vec<Arc<TierIndex>> = state
+            .catalog
+            .lock()
+            .blocks
+            .values()
+            .take_while(|i| i.end_offset() <= floor)
+            .cloned()
+            .collect();
+        for index in doomed {
+            let (data_key, index_key) = index.object_names(&self.options.dir);
+            self.remote().delete(&data_key)?;
+            self.remote().delete(&index_key)?;
+            state.catalog.lock().blocks.remove(&index.first_offset);
+            pass.expired += 1;
+            tracing::debug!(topic = %topic, key = %data_key, "expired a tiered block");
         }
         Ok(())
     }
@@ -382,8 +476,16 @@ impl TierState {
             )
         })?;
         let mut data = vec![0; len];
-        file.read_exact_at(&mut data, from)?;
-        let index = TierIndex::build(
+        file.read_exact_at(&mut data, from).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "reading the block at byte {from} of {} for upload: {e}",
+                    file.path().display()
+                ),
+            )
+        })?;
+        let mut index = TierIndex::build(
             topic,
             block.segment,
             block.first_offset,
@@ -396,6 +498,7 @@ impl TierState {
                 file.path().display()
             ))
         })?;
+        index.sealed_ms = block.sealed_at().unwrap_or(0);
         let (data_key, index_key) = index.object_names(&self.options.dir);
         let meta = Metadata::from([
             ("walrus-topic".to_owned(), topic_key(topic)),
@@ -412,8 +515,13 @@ impl TierState {
         }
         let encoded = index.encode().map_err(io::Error::from)?;
         if self.remote().put_new(&index_key, &encoded, &meta)? == PutOutcome::Exists {
-            let stored = self.remote().get_range(&index_key, 0..encoded.len() as u64);
-            if stored.as_deref().ok() != Some(&encoded[..]) {
+            let size = self.remote().head(&index_key)?.map(|i| i.size);
+            let same = size == Some(encoded.len() as u64)
+                && self
+                    .remote()
+                    .get_range(&index_key, 0..encoded.len() as u64)?
+                    == encoded;
+            if !same {
                 return Err(invalid(format!(
                     "tier index object {index_key} exists and differs from the block it names"
                 )));

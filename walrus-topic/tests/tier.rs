@@ -537,22 +537,139 @@ fn open_again(sim: &SimStorage, tier: &MemoryTier, store: Arc<Store>) -> Store {
     open(sim, bounded(tier)).unwrap()
 }
 
-#[test]
-fn tiering_and_retention_of_one_topic_are_refused_for_now() {
-    let sim = SimStorage::new(14);
-    let tier = MemoryTier::new();
-    let both = bounded(&tier)
-        .with_topic_retention("orders", Retention::unlimited().with_max_bytes(1 << 20));
-    let e = open(&sim, both).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-    let default_both =
-        bounded(&tier).with_retention(Retention::unlimited().with_max_bytes(1 << 20));
-    assert_eq!(
-        open(&sim, default_both).unwrap_err().kind(),
-        ErrorKind::InvalidInput
-    );
+/// Bytes the tier holds for `orders` (data objects).
+fn tiered_bytes(tier: &MemoryTier) -> u64 {
+    tier.list("tier-dir/orders")
+        .unwrap()
+        .iter()
+        .filter(|l| l.key.ends_with(".blk"))
+        .map(|l| l.size)
+        .sum()
 }
 
+#[test]
+fn retention_of_a_tiered_topic_counts_the_tier_and_deletes_expired_objects() {
+    let sim = SimStorage::new(14);
+    let tier = MemoryTier::new();
+    let limit = 64 * 1024;
+    let options =
+        bounded(&tier).with_topic_retention("orders", Retention::unlimited().with_max_bytes(limit));
+    let n = 1200;
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        let mut expired = 0;
+        for i in 0..n {
+            store.append("orders", &payload(i)).unwrap();
+            if i % 100 == 99 {
+                store.sync().unwrap();
+                expired += store.tier_pass().unwrap().expired;
+                store.maintain().unwrap();
+            }
+        }
+        store.sync().unwrap();
+        expired += store.tier_pass().unwrap().expired;
+        store.maintain().unwrap();
+        expired += store.tier_pass().unwrap().expired;
+        assert!(expired > 0, "nothing expired in the tier");
+        // Local and tiered together within the limit (plus the newest block, kept whole), far
+        // below what was appended.
+        let floor = store.first_retained_offset("orders").unwrap();
+        assert!(floor > 0, "nothing expired");
+        assert!(
+            tiered_bytes(&tier) <= limit + 8192,
+            "{} bytes tiered",
+            tiered_bytes(&tier)
+        );
+        // Below the floor: gone for every reader, locally and in the tier.
+        let e = store.read_at("orders", floor - 1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        for o in floor..n {
+            assert_eq!(
+                store.read_at("orders", o).unwrap(),
+                Some(payload(o)),
+                "read_at {o}"
+            );
+        }
+        // No tiered block lies wholly below the floor.
+        for l in tier.list("tier-dir/orders").unwrap() {
+            if l.key.ends_with(".idx") {
+                let index = TierIndex::decode(&tier.object(&l.key).unwrap()).unwrap();
+                assert!(index.end_offset() > floor, "{} is expired", l.key);
+            }
+        }
+    }
+    // Reopened: the same floor, every entry above it.
+    sim.crash(CrashMode::DropUnsynced);
+    let store = open(&sim, options).unwrap();
+    let floor = store.first_retained_offset("orders").unwrap();
+    assert!(floor > 0);
+    for o in floor..n {
+        assert_eq!(
+            store.read_at("orders", o).unwrap(),
+            Some(payload(o)),
+            "read_at {o}"
+        );
+    }
+}
+
+#[test]
+fn age_retention_and_deletion_remove_a_tiered_topic_from_the_tier() {
+    let sim = SimStorage::new(16);
+    let tier = MemoryTier::new();
+    let options = bounded(&tier).with_topic_retention(
+        "orders",
+        Retention::unlimited().with_max_age(Duration::from_millis(300)),
+    );
+    let store = open(&sim, options).unwrap();
+    for i in 0..400 {
+        store.append("orders", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+    store.tier_pass().unwrap();
+    let uploaded = keys_by_kind(&tier).1;
+    assert!(uploaded > 5);
+    std::thread::sleep(Duration::from_millis(400));
+    store.maintain().unwrap();
+    let pass = store.tier_pass().unwrap();
+    // Every sealed block is older than the limit: all but the newest went.
+    assert!(
+        pass.expired as usize >= uploaded - 1,
+        "{pass:?} of {uploaded}"
+    );
+    assert!(keys_by_kind(&tier).1 <= 1);
+    let (blk, idx) = keys_by_kind(&tier);
+    assert_eq!(blk, idx, "an index without its data or the reverse");
+
+    // A deleted topic's objects go with it; a crash in the middle of the deletes is finished
+    // by the next pass.
+    let tier2 = MemoryTier::new();
+    let sim2 = SimStorage::new(17);
+    {
+        let store = open(&sim2, bounded(&tier2)).unwrap();
+        for i in 0..400 {
+            store.append("orders", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        store.tier_pass().unwrap();
+        assert!(keys_by_kind(&tier2).1 > 5);
+        assert!(store.delete_topic("orders").unwrap());
+        // An earlier expiry crashed after deleting one data object, before its index.
+        let first_blk = tier2
+            .keys()
+            .into_iter()
+            .find(|k| k.ends_with(".blk"))
+            .unwrap();
+        tier2.delete(&first_blk).unwrap();
+        tier2.fail_next(TierOp::Delete, 1);
+        let e = store.tier_pass().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+    }
+    sim2.crash(CrashMode::DropUnsynced);
+    let store = open(&sim2, bounded(&tier2)).unwrap();
+    store.tier_pass().unwrap();
+    assert!(tier2.keys().is_empty(), "{:?}", tier2.keys());
+    assert_eq!(store.read_at("orders", 3).unwrap(), None);
+}
 /// Appends, syncs, tier passes and readers at once: every entry a reader gets is the one
 /// appended at its offset, wherever it was read from, while blocks leave the disk under the
 /// readers; at the end every entry is readable.
@@ -637,4 +754,56 @@ fn readers_see_every_entry_while_blocks_leave_the_disk_under_them() {
     assert!(sampler.join().unwrap() > 0);
     assert!(store.retained_blocks("orders").unwrap() <= 4);
     assert_read_at(&store, n);
+}
+
+/// Review findings, pinned: a reopen keeps what local retention keeps (it releases only what
+/// is consumed *and* tiered); removing a consumer of a tiered topic raises no floor; another
+/// store's objects under the same directory are refused, not taken for this topic's.
+#[test]
+fn reopens_consumer_removal_and_a_shared_directory_keep_the_contract() {
+    let sim = SimStorage::new(18);
+    let tier = MemoryTier::new();
+    let n = 400;
+    let blocks = {
+        let store = open(&sim, options(&tier)).unwrap();
+        for i in 0..n {
+            store.append("orders", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        for _ in 0..100 {
+            store.read_next_as("orders", "half", true).unwrap().unwrap();
+        }
+        store.tier_pass().unwrap();
+        store.retained_blocks("orders").unwrap()
+    };
+    sim.crash(CrashMode::DropUnsynced);
+    let store = open(&sim, options(&tier)).unwrap();
+    // Everything uploaded; without local retention only what the consumer read left the disk
+    // (at run time), and the reopen released nothing more: what it has not read is local.
+    assert_eq!(store.retained_blocks("orders").unwrap(), blocks);
+    tier.set_down(true);
+    for o in 100..n {
+        assert_eq!(
+            store.read_at("orders", o).unwrap(),
+            Some(payload(o)),
+            "read_at {o}"
+        );
+    }
+    tier.set_down(false);
+    assert!(store.remove_consumer("orders", "half").unwrap());
+    assert_eq!(store.first_retained_offset("orders"), Some(0));
+    assert_eq!(store.read_at("orders", 0).unwrap(), Some(payload(0)));
+    drop(store);
+
+    // A second store with the same directory in the same tier: its blocks are not these.
+    let other = SimStorage::new(19);
+    let store = open(&other, options(&tier)).unwrap();
+    for i in 0..50 {
+        store.append("orders", &payload(i + 7)).unwrap();
+    }
+    store.sync().unwrap();
+    let e = store.tier_pass().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("another store"), "{e}");
+    assert_eq!(store.read_at("orders", 3).unwrap(), Some(payload(10)));
 }

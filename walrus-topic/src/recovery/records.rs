@@ -20,8 +20,9 @@ pub(super) struct TopicRecords {
 impl TopicRecords {
     /// What the records say is consumed: below the smallest consumer cursor (or the floor,
     /// if higher or if there is no consumer), and below `tier_mark` (entries that left the
-    /// disk once the remote tier held them). A `tiered` topic releases unread only what is
-    /// below its floor or its tier mark.
+    /// disk once the remote tier held them: missing, they are not damage). What may be
+    /// released unread at the open: for a `tiered` topic what is consumed *and* below the
+    /// tier mark (or below the floor); for any other what is consumed.
     pub(super) fn consumed(&self, tiered: bool, tier_mark: u64) -> Consumed {
         let floor = self.floor.offset;
         let bound = self
@@ -37,10 +38,15 @@ impl TopicRecords {
             .max()
             .unwrap_or(0)
             .max(floor);
-        let bound = bound.max(tier_mark);
-        let release = if tiered { floor.max(tier_mark) } else { bound };
+        // Consumed and uploaded for a tiered topic; consumed for any other (a topic that no
+        // longer tiers keeps what is still on its disk).
+        let release = if tiered {
+            floor.max(bound.min(tier_mark))
+        } else {
+            bound
+        };
         Consumed {
-            bound,
+            bound: bound.max(tier_mark),
             highest,
             release,
         }

@@ -204,16 +204,12 @@ impl Store {
                 });
             }
         }
-        // What the remote tier holds of each tiered topic, so that its first retained offset is
-        // right from the start. Best effort: an open never depends on the remote (the first
-        // tier pass or tiered read loads what could not be loaded here).
+        // An open never calls the remote. Until the first tier pass loads the catalogue, a
+        // tiered topic whose blocks left the disk counts as retained from its floor: a consumer
+        // created meanwhile starts there and steps over what the tier does not hold.
         for t in topics.values() {
-            if let Some((tier, _)) = shared.tiered(&t.name) {
-                match tier.ensure_loaded(&t.name) {
-                    Ok(first) => t.note_tiered(first),
-                    Err(e) => tracing::warn!(topic = %t.name, error = %e,
-                        "the remote tier's catalogue could not be loaded at open; retried later"),
-                }
+            if shared.tiered(&t.name).is_some() && t.tier_mark() > 0 {
+                t.set_tiered_from(Some(t.floor()));
             }
         }
         Ok(Self {
@@ -383,6 +379,12 @@ impl Store {
     /// # Errors
     /// The first topic's failure (with the topic named; every failure is also logged).
     pub fn tier_pass(&self) -> io::Result<crate::TierPass> {
+        self.tier_pass_until(&|| false)
+    }
+
+    /// [`tier_pass`](Self::tier_pass), giving up between two blocks once `stop` says so (the
+    /// engine's close waits for one remote call at most, not for a whole backlog).
+    pub(crate) fn tier_pass_until(&self, stop: &dyn Fn() -> bool) -> io::Result<crate::TierPass> {
         let mut pass = crate::TierPass::default();
         let Some(tier) = &self.shared.tier else {
             return Ok(pass);
@@ -390,25 +392,48 @@ impl Store {
         if self.shared.options.read_only {
             return Ok(pass);
         }
+        // Deleted (hidden) topics too: their objects expire.
         let topics: Vec<Arc<Topic>> = self
             .topics
             .read()
             .values()
-            .filter(|t| !t.is_hidden() && self.shared.options.tiering_for(&t.name).is_some())
+            .filter(|t| self.shared.options.tiering_for(&t.name).is_some())
             .cloned()
             .collect();
         let mut first_err = None;
         for t in topics {
-            let uploaded = tier.upload(&t.name, &t.blocks(), t.durable(), &mut pass);
-            let state = tier.topic(&t.name);
-            let (first, through) = {
-                let catalog = state.catalog.lock();
-                (catalog.first(), catalog.contiguous_end())
+            if stop() {
+                break;
+            }
+            let uploaded = if t.is_hidden() {
+                Ok(())
+            } else {
+                let ends = (t.durable(), t.written_end());
+                tier.upload(&t.name, &t.blocks(), ends, stop, &mut pass)
             };
-            t.note_tiered(first);
+            // Expiry whatever the upload did: a topic whose uploads fail still sheds what
+            // retention released.
+            let expired = tier.expire(&t.name, (t.floor(), t.written_end()), &mut pass);
+            let uploaded = uploaded.and(expired);
+            let state = tier.topic(&t.name);
+            let local_first = t
+                .blocks()
+                .first()
+                .map_or_else(|| t.written_end(), |b| b.first_offset);
+            let (loaded, first, through) = {
+                let catalog = state.catalog.lock();
+                (
+                    catalog.loaded,
+                    catalog.first(),
+                    catalog.covered_end_from(local_first),
+                )
+            };
+            if loaded {
+                t.set_tiered_from(first);
+            }
             // What is uploaded now may leave the local disk (local retention, consumption),
-            // once the tier mark says so durably.
-            let marked = through.map_or(Ok(()), |through| t.write_tier_mark(&self.shared, through));
+            // once the tier mark says so durably; never past what this store made durable.
+            let marked = t.write_tier_mark(&self.shared, through.min(t.durable()));
             t.release_consumed(&self.shared);
             let uploaded = uploaded.and(marked);
             if let Err(e) = uploaded {

@@ -293,7 +293,11 @@ impl Topic {
         // Raised under the chain's write lock, so that no rewind or new consumer can slip
         // below it between reading the bound and raising the floor.
         let old_floor = self.floor();
-        let bound = {
+        let bound = if shared.tiered(&self.name).is_some() {
+            // Not for a tiered topic: what its consumers released is in the remote tier, still
+            // readable, and what they consumed but the tier does not hold yet was not released.
+            old_floor
+        } else {
             let _chain = self.chain.write();
             let bound = self.release_bound();
             self.floor_at.fetch_max(bound, Ordering::AcqRel);
@@ -444,7 +448,28 @@ impl Topic {
         let mut f = self.floor.lock();
         let target = {
             let chain = self.chain.read();
-            retention_floor(&chain, retention, unix_millis(now))
+            let now = unix_millis(now);
+            match shared.tiered(&self.name) {
+                None => retention_floor(&chain, retention, now),
+                // What the remote tier holds counts too: the retention of a tiered topic is
+                // of all it keeps, local or not.
+                Some((tier, _)) => {
+                    let state = tier.topic(&self.name);
+                    let catalog = state.catalog.lock();
+                    let local_first = chain.front().map_or(u64::MAX, |b| b.first_offset);
+                    let tiered = catalog
+                        .blocks
+                        .values()
+                        .filter(|i| i.first_offset < local_first)
+                        .map(|i| RetainedUnit {
+                            first: i.first_offset,
+                            bytes: i.data_len,
+                            // Unknown (0): counted from now, never early.
+                            sealed_at: Some(if i.sealed_ms == 0 { now } else { i.sealed_ms }),
+                        });
+                    retention_target(tiered.chain(chain_units(&chain)), retention, now)
+                }
+            }
         };
         let Some(target) = target.filter(|&t| t > f.offset) else {
             return Ok(());
@@ -533,6 +558,24 @@ impl Topic {
     }
 }
 
+/// A unit retention counts and releases whole: a local span or a tiered block.
+struct RetainedUnit {
+    first: u64,
+    /// Bytes it holds against `max_bytes` (a block recovered as several spans counts once).
+    bytes: u64,
+    /// When it was sealed (`None`: not yet, and so neither is anything after it).
+    sealed_at: Option<u64>,
+}
+
+/// The units of a local chain, oldest first.
+fn chain_units(chain: &VecDeque<Arc<Block>>) -> impl Iterator<Item = RetainedUnit> + '_ {
+    chain.iter().map(|b| RetainedUnit {
+        first: b.first_offset,
+        bytes: if b.releases { b.len } else { 0 },
+        sealed_at: b.sealed_at(),
+    })
+}
+
 /// The floor retention asks for: the first offset of the oldest block to keep, if some sealed
 /// block is beyond the limits. The newest block is always kept.
 fn retention_floor(
@@ -540,18 +583,26 @@ fn retention_floor(
     retention: crate::Retention,
     now_millis: u64,
 ) -> Option<u64> {
-    // A block recovered as several spans counts once, by its last span.
-    let mut bytes: u64 = chain.iter().filter(|b| b.releases).map(|b| b.len).sum();
+    retention_target(chain_units(chain), retention, now_millis)
+}
+
+/// [`retention_floor`] over `units`, oldest first.
+fn retention_target(
+    units: impl Iterator<Item = RetainedUnit>,
+    retention: crate::Retention,
+    now_millis: u64,
+) -> Option<u64> {
+    let units: Vec<RetainedUnit> = units.collect();
+    let mut bytes: u64 = units.iter().map(|u| u.bytes).sum();
     let max_age = retention
         .max_age
         .map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX));
     let mut target = None;
-    let count = chain.len();
-    for (i, b) in chain.iter().enumerate() {
-        if i + 1 == count {
+    for (i, u) in units.iter().enumerate() {
+        if i + 1 == units.len() {
             break;
         }
-        let Some(sealed_at) = b.sealed_at() else {
+        let Some(sealed_at) = u.sealed_at else {
             break;
         };
         let too_big = retention.max_bytes.is_some_and(|m| bytes > m);
@@ -559,10 +610,8 @@ fn retention_floor(
         if !(too_big || too_old) {
             break;
         }
-        if b.releases {
-            bytes = bytes.saturating_sub(b.len);
-        }
-        target = chain.get(i + 1).map(|next| next.first_offset);
+        bytes = bytes.saturating_sub(u.bytes);
+        target = units.get(i + 1).map(|next| next.first);
     }
     target
 }

@@ -245,13 +245,13 @@ impl Topic {
         Ok(())
     }
 
-    /// Records the first offset the remote tier holds (after a tier pass or a load of the
-    /// catalogue). Only ever lowered: an upload is never forgotten.
-    pub(crate) fn note_tiered(&self, first: Option<u64>) {
-        if let Some(first) = first {
-            self.tiered_from
-                .fetch_min(first, std::sync::atomic::Ordering::AcqRel);
-        }
+    /// Records the first offset the remote tier holds (`None`: nothing), as a tier pass
+    /// found it.
+    pub(crate) fn set_tiered_from(&self, first: Option<u64>) {
+        self.tiered_from.store(
+            first.unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Release,
+        );
     }
 
     /// An error of `kind` about this topic (at `offset`, if one is concerned).

@@ -243,7 +243,7 @@ impl Topic {
         if offset < self.floor() {
             return Ok(None);
         }
-        tier.read(&self.name, offset, want)
+        tier.read(&self.name, self.written_end(), offset, want)
             .map_err(|e| on_topic(e, &self.name, Some(offset)))
     }
 

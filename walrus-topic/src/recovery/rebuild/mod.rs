@@ -102,9 +102,8 @@ pub(super) struct Consumed {
     /// The highest cursor or floor of any consumer: offsets below it are never handed out
     /// again.
     pub(super) highest: u64,
-    /// Blocks wholly below this may be released unread: `bound`, except for a tiered topic,
-    /// whose blocks leave the disk only once the remote tier holds them (its floor or its
-    /// tier mark).
+    /// Blocks wholly below this may be released unread (at most `bound`: for a tiered topic
+    /// only what the remote tier holds, see `TopicRecords::consumed`).
     pub(super) release: u64,
 }
 
