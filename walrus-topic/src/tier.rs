@@ -205,6 +205,9 @@ pub(crate) struct TopicTier {
     failed_load: Mutex<Option<(std::time::Instant, io::ErrorKind, String)>>,
 }
 
+/// Threads fetching index objects when a catalogue loads.
+const LOAD_FETCHERS: usize = 8;
+
 /// How long a failed catalogue load is answered from memory.
 const LOAD_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -344,43 +347,74 @@ impl TierState {
     /// index object).
     fn list_catalog(&self, topic: &str, end: u64) -> io::Result<BTreeMap<u64, Arc<TierIndex>>> {
         let dir = format!("{}/{}", self.options.dir, topic_key(topic));
+        // Data objects are skipped: one without its index is an upload a crash interrupted,
+        // which the next upload of its block finds and checks.
+        let listed: Vec<_> = self
+            .remote()
+            .list(&dir)?
+            .into_iter()
+            .filter(|l| l.key.ends_with(".idx"))
+            .collect();
+        // The index objects fetched side by side: a load costs a few round trips, not one per
+        // tiered block.
+        let chunk = listed.len().div_ceil(LOAD_FETCHERS).max(1);
+        let fetched: Vec<io::Result<TierIndex>> = std::thread::scope(|s| {
+            let workers: Vec<_> = listed
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|l| self.fetch_index(topic, &l.key, l.size, end))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        vec![Err(io::Error::other(format!(
+                            "loading the tier catalogue of topic {topic:?}: a fetcher panicked"
+                        )))]
+                    })
+                })
+                .collect()
+        });
         let mut blocks = BTreeMap::new();
-        for listed in self.remote().list(&dir)? {
-            if !listed.key.ends_with(".idx") {
-                // Data objects; one without its index is an upload a crash interrupted, which
-                // the next upload of its block finds and checks.
-                continue;
-            }
-            let bytes = self.remote().get_range(&listed.key, 0..listed.size)?;
-            let index = TierIndex::decode(&bytes).map_err(|e| {
-                invalid(format!(
-                    "tier index object {} ({}): {e}",
-                    listed.key,
-                    self.remote().describe()
-                ))
-            })?;
-            let (_, expected) = index.object_names(&self.options.dir);
-            if index.topic != topic || expected != listed.key {
-                return Err(invalid(format!(
-                    "tier index object {} holds topic {:?} offsets {}..{}: not what its name says",
-                    listed.key,
-                    index.topic,
-                    index.first_offset,
-                    index.end_offset()
-                )));
-            }
-            if index.end_offset() > end {
-                return Err(invalid(format!(
-                    "tier index object {} holds offsets up to {}, past the end {end} of topic \
-                     {topic:?} here: is the directory {:?} shared with another store?",
-                    listed.key,
-                    index.end_offset(),
-                    self.options.dir
-                )));
-            }
+        for index in fetched {
+            let index = index?;
             blocks.insert(index.first_offset, Arc::new(index));
         }
         Ok(blocks)
+    }
+
+    /// One index object of `topic`, validated against its name and the topic's `end`.
+    fn fetch_index(&self, topic: &str, key: &str, size: u64, end: u64) -> io::Result<TierIndex> {
+        let bytes = self.remote().get_range(key, 0..size)?;
+        let index = TierIndex::decode(&bytes).map_err(|e| {
+            invalid(format!(
+                "tier index object {key} ({}): {e}",
+                self.remote().describe()
+            ))
+        })?;
+        let (_, expected) = index.object_names(&self.options.dir);
+        if index.topic != topic || expected != key {
+            return Err(invalid(format!(
+                "tier index object {key} holds topic {:?} offsets {}..{}: not what its name says",
+                index.topic,
+                index.first_offset,
+                index.end_offset()
+            )));
+        }
+        if index.end_offset() > end {
+            return Err(invalid(format!(
+                "tier index object {key} holds offsets up to {}, past the end {end} of topic \
+                 {topic:?} here: is the directory {:?} shared with another store?",
+                index.end_offset(),
+                self.options.dir
+            )));
+        }
+        Ok(index)
     }
 
     /// Uploads every sealed block of `topic` in `chain` (oldest first) whose entries are all

@@ -807,3 +807,34 @@ fn reopens_consumer_removal_and_a_shared_directory_keep_the_contract() {
     assert!(e.to_string().contains("another store"), "{e}");
     assert_eq!(store.read_at("orders", 3).unwrap(), Some(payload(10)));
 }
+
+/// A consumer waiting for a slow remote holds up neither the stats nor the appends of its
+/// topic.
+#[test]
+fn a_consumer_waiting_for_the_remote_holds_up_neither_stats_nor_appends() {
+    let sim = SimStorage::new(20);
+    let tier = MemoryTier::new();
+    {
+        let store = open(&sim, bounded(&tier)).unwrap();
+        for i in 0..300 {
+            store.append("orders", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        store.tier_pass().unwrap();
+    }
+    // Reopened: an empty read cache, the catalogue not loaded.
+    let store = Arc::new(open(&sim, bounded(&tier)).unwrap());
+    tier.set_delay(Duration::from_millis(1000));
+    let reader = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.read_next_as("orders", "slow", true))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let stats = store.stats();
+    store.append("orders", b"meanwhile").unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(700), "{took:?}");
+    assert!(stats.topics.iter().any(|t| t.name == "orders"));
+    assert_eq!(reader.join().unwrap().unwrap(), Some((0, payload(0))));
+}

@@ -257,7 +257,19 @@ impl Topic {
         let floor = self.floor();
         all.iter()
             .filter_map(|c| {
-                let r = c.reader.lock();
+                // A reader may be waiting for the remote tier with its lock held: stats never
+                // wait for it, they report the consumer as last persisted.
+                let Some(r) = c.reader.try_lock_for(std::time::Duration::from_millis(5)) else {
+                    let persisted = c.persisted.load(Ordering::Acquire);
+                    let cursor = persisted.max(floor);
+                    return Some(ConsumerInfo {
+                        name: c.name.to_string(),
+                        cursor,
+                        persisted,
+                        lag: end.saturating_sub(cursor),
+                        skipped: floor.saturating_sub(persisted),
+                    });
+                };
                 let cursor = r.cursor.max(floor);
                 (!r.removed).then(|| ConsumerInfo {
                     name: c.name.to_string(),
