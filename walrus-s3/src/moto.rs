@@ -105,26 +105,7 @@ impl MotoServer {
     /// See [`create_bucket`](Self::create_bucket); the client failing to build.
     pub fn store(&self, bucket: &str) -> io::Result<Arc<dyn ObjectStore>> {
         self.create_bucket(bucket)?;
-        let store = AmazonS3Builder::new()
-            .with_endpoint(self.endpoint())
-            .with_allow_http(true)
-            .with_bucket_name(bucket)
-            .with_region("us-east-1")
-            .with_access_key_id("walrus-test")
-            .with_secret_access_key("walrus-test")
-            .with_virtual_hosted_style_request(false)
-            .with_retry(RetryConfig {
-                max_retries: 0,
-                ..RetryConfig::default()
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(true)
-                    .with_connect_timeout(Duration::from_secs(2)),
-            )
-            .build()
-            .map_err(|e| io::Error::other(format!("S3 client for {}: {e}", self.endpoint())))?;
-        Ok(Arc::new(store))
+        client(&self.endpoint(), bucket)
     }
 
     /// Freezes the server (SIGSTOP): connections are accepted by the kernel but nothing is
@@ -180,4 +161,33 @@ impl Drop for MotoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A client for `bucket` of the moto server at `endpoint` (another process's, say), with
+/// object_store's own retries off and a short connect timeout, as [`MotoServer::store`]
+/// builds it; the bucket must exist.
+///
+/// # Errors
+/// The client failing to build.
+pub fn client(endpoint: &str, bucket: &str) -> io::Result<Arc<dyn ObjectStore>> {
+    let store = AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("walrus-test")
+        .with_secret_access_key("walrus-test")
+        .with_virtual_hosted_style_request(false)
+        .with_retry(RetryConfig {
+            max_retries: 0,
+            ..RetryConfig::default()
+        })
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(true)
+                .with_connect_timeout(Duration::from_secs(2)),
+        )
+        .build()
+        .map_err(|e| io::Error::other(format!("S3 client for {endpoint}: {e}")))?;
+    Ok(Arc::new(store))
 }
