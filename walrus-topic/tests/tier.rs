@@ -35,6 +35,14 @@ fn payload(i: u64) -> Vec<u8> {
     (0..len).map(|k| (i as usize * 31 + k) as u8).collect()
 }
 
+/// Appends entries `0..n` to `orders` and syncs them.
+fn fill(store: &Store, n: u64) {
+    for i in 0..n {
+        store.append("orders", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+}
+
 /// Every entry the tier holds for `topic`, by offset, read back through the index objects (each
 /// checked against its name and data object) — what a reader of the tier would get.
 fn tiered_entries(tier: &MemoryTier, topic_dir: &str) -> BTreeMap<u64, Vec<u8>> {
@@ -164,10 +172,7 @@ fn a_failure_or_crash_at_any_step_of_an_upload_loses_nothing_and_duplicates_noth
         let sim = SimStorage::new(7);
         let tier = MemoryTier::new();
         let store = open(&sim, options(&tier)).unwrap();
-        for i in 0..200 {
-            store.append("orders", &payload(i)).unwrap();
-        }
-        store.sync().unwrap();
+        fill(&store, 200);
         store.tier_pass().unwrap();
         tier.keys()
     };
@@ -179,10 +184,7 @@ fn a_failure_or_crash_at_any_step_of_an_upload_loses_nothing_and_duplicates_noth
             let tier = MemoryTier::new();
             {
                 let store = open(&sim, options(&tier)).unwrap();
-                for i in 0..200 {
-                    store.append("orders", &payload(i)).unwrap();
-                }
-                store.sync().unwrap();
+                fill(&store, 200);
                 // PUT number n + 1 fails: before storing anything, or after (answer lost).
                 tier.fail_put_after(n, lose_answer);
                 let e = store
@@ -219,10 +221,7 @@ fn a_down_or_slow_remote_holds_up_only_the_uploads() {
     let sim = SimStorage::new(3);
     let tier = MemoryTier::new();
     let store = open(&sim, options(&tier)).unwrap();
-    for i in 0..200 {
-        store.append("orders", &payload(i)).unwrap();
-    }
-    store.sync().unwrap();
+    fill(&store, 200);
     tier.set_down(true);
     let e = store.tier_pass().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
@@ -277,19 +276,13 @@ fn an_object_that_differs_from_its_block_is_refused_not_replaced() {
     let sim = SimStorage::new(5);
     let tier = MemoryTier::new();
     let store = open(&sim, options(&tier)).unwrap();
-    for i in 0..100 {
-        store.append("orders", &payload(i)).unwrap();
-    }
-    store.sync().unwrap();
+    fill(&store, 100);
     // Another writer's object under the first block's name.
     let clean = {
         let sim = SimStorage::new(5);
         let other = MemoryTier::new();
         let s = open(&sim, options(&other)).unwrap();
-        for i in 0..100 {
-            s.append("orders", &payload(i)).unwrap();
-        }
-        s.sync().unwrap();
+        fill(&s, 100);
         s.tier_pass().unwrap();
         other.keys()
     };
@@ -400,10 +393,7 @@ fn uploaded_blocks_leave_the_local_disk_and_are_read_back_from_the_tier() {
     let n = 600;
     {
         let store = open(&sim, bounded(&tier)).unwrap();
-        for i in 0..n {
-            store.append("orders", &payload(i)).unwrap();
-        }
-        store.sync().unwrap();
+        fill(&store, n);
         let before = store.retained_blocks("orders").unwrap();
         let files_before = segment_files(&sim);
         store.tier_pass().unwrap();
@@ -442,10 +432,7 @@ fn nothing_leaves_the_local_disk_before_its_upload_is_confirmed() {
     let n = 400;
     {
         let store = open(&sim, bounded(&tier)).unwrap();
-        for i in 0..n {
-            store.append("orders", &payload(i)).unwrap();
-        }
-        store.sync().unwrap();
+        fill(&store, n);
         // Consumed entirely while the tier is down: consumption releases nothing.
         for _ in 0..n {
             store.read_next("orders", true).unwrap().unwrap();
@@ -621,10 +608,7 @@ fn age_retention_and_deletion_remove_a_tiered_topic_from_the_tier() {
         Retention::unlimited().with_max_age(Duration::from_millis(300)),
     );
     let store = open(&sim, options).unwrap();
-    for i in 0..400 {
-        store.append("orders", &payload(i)).unwrap();
-    }
-    store.sync().unwrap();
+    fill(&store, 400);
     store.tier_pass().unwrap();
     let uploaded = keys_by_kind(&tier).1;
     assert!(uploaded > 5);
@@ -646,10 +630,7 @@ fn age_retention_and_deletion_remove_a_tiered_topic_from_the_tier() {
     let sim2 = SimStorage::new(17);
     {
         let store = open(&sim2, bounded(&tier2)).unwrap();
-        for i in 0..400 {
-            store.append("orders", &payload(i)).unwrap();
-        }
-        store.sync().unwrap();
+        fill(&store, 400);
         store.tier_pass().unwrap();
         assert!(keys_by_kind(&tier2).1 > 5);
         assert!(store.delete_topic("orders").unwrap());
@@ -766,10 +747,7 @@ fn reopens_consumer_removal_and_a_shared_directory_keep_the_contract() {
     let n = 400;
     let blocks = {
         let store = open(&sim, options(&tier)).unwrap();
-        for i in 0..n {
-            store.append("orders", &payload(i)).unwrap();
-        }
-        store.sync().unwrap();
+        fill(&store, n);
         for _ in 0..100 {
             store.read_next_as("orders", "half", true).unwrap().unwrap();
         }
@@ -816,10 +794,7 @@ fn a_consumer_waiting_for_the_remote_holds_up_neither_stats_nor_appends() {
     let tier = MemoryTier::new();
     {
         let store = open(&sim, bounded(&tier)).unwrap();
-        for i in 0..300 {
-            store.append("orders", &payload(i)).unwrap();
-        }
-        store.sync().unwrap();
+        fill(&store, 300);
         store.tier_pass().unwrap();
     }
     // Reopened: an empty read cache, the catalogue not loaded.
@@ -837,4 +812,42 @@ fn a_consumer_waiting_for_the_remote_holds_up_neither_stats_nor_appends() {
     assert!(took < Duration::from_millis(700), "{took:?}");
     assert!(stats.topics.iter().any(|t| t.name == "orders"));
     assert_eq!(reader.join().unwrap().unwrap(), Some((0, payload(0))));
+}
+
+/// Dropping an engine while its tier thread works through a backlog on a slow remote waits
+/// for one remote call, not for the backlog; what was uploaded is whole.
+#[test]
+fn dropping_an_engine_mid_backlog_waits_for_one_call_not_the_backlog() {
+    let sim = SimStorage::new(21);
+    let tier = MemoryTier::new();
+    tier.set_delay(Duration::from_millis(300));
+    let engine = Engine::open(
+        DIR,
+        Arc::new(sim.clone()) as Arc<dyn Storage>,
+        options(&tier),
+        SyncPolicy::Every(Duration::from_millis(5)),
+    )
+    .unwrap();
+    for i in 0..600 {
+        engine.append("orders", &payload(i)).unwrap();
+    }
+    engine.flush().unwrap();
+    // The backlog is 20-odd blocks, two PUTs each: about 15 s at 300 ms a call.
+    std::thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    drop(engine);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "the close waited {took:?}"
+    );
+    let (blk, idx) = keys_by_kind(&tier);
+    assert!(
+        blk >= idx && blk <= idx + 1,
+        "{blk} data objects, {idx} index objects"
+    );
+    tier.set_delay(Duration::ZERO);
+    for (o, data) in tiered_entries(&tier, "tier-dir/orders") {
+        assert_eq!(data, payload(o), "offset {o}");
+    }
 }
