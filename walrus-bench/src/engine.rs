@@ -37,6 +37,55 @@ pub trait Engine: Send + Sync {
     /// # Errors
     /// The engine's error.
     fn read_batch(&self, topic: &str, max_bytes: usize) -> io::Result<(usize, usize)>;
+
+    /// The engine's group-commit counters since it opened, if it keeps any (ours does).
+    fn group_commit(&self) -> Option<GroupCommit> {
+        None
+    }
+}
+
+/// Group-commit counters of an engine: syncs that made entries durable, those entries, and the
+/// time spent in the syncs. A run reports what its measured loop added.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCommit {
+    /// Syncs that made entries durable.
+    pub syncs: u64,
+    /// Entries those syncs made durable.
+    pub entries_synced: u64,
+    /// Time spent in those syncs, in µs.
+    pub sync_micros: u64,
+}
+
+impl GroupCommit {
+    /// What happened between `earlier` and `self`.
+    #[must_use]
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            syncs: self.syncs.saturating_sub(earlier.syncs),
+            entries_synced: self.entries_synced.saturating_sub(earlier.entries_synced),
+            sync_micros: self.sync_micros.saturating_sub(earlier.sync_micros),
+        }
+    }
+
+    /// Mean entries per sync (0 without syncs).
+    #[must_use]
+    pub fn entries_per_sync(&self) -> f64 {
+        if self.syncs == 0 {
+            0.0
+        } else {
+            self.entries_synced as f64 / self.syncs as f64
+        }
+    }
+
+    /// Mean time of one sync, in µs (0 without syncs).
+    #[must_use]
+    pub fn mean_sync_micros(&self) -> f64 {
+        if self.syncs == 0 {
+            0.0
+        } else {
+            self.sync_micros as f64 / self.syncs as f64
+        }
+    }
 }
 
 /// An engine the load generator knows.
@@ -211,6 +260,15 @@ impl Engine for Ours {
     fn read_batch(&self, topic: &str, max_bytes: usize) -> io::Result<(usize, usize)> {
         let entries = self.0.batch_read_for_topic(topic, max_bytes, true)?;
         Ok((entries.len(), entries.iter().map(|e| e.data.len()).sum()))
+    }
+
+    fn group_commit(&self) -> Option<GroupCommit> {
+        let s = self.0.stats();
+        Some(GroupCommit {
+            syncs: s.syncs,
+            entries_synced: s.entries_synced,
+            sync_micros: s.sync_micros,
+        })
     }
 }
 

@@ -365,6 +365,7 @@ pub fn table(results: &[RunResult]) -> String {
             share,
         );
     }
+    out.push_str(&group_commits(results));
     let _ = writeln!(
         out,
         "latency is per call (one entry, one batch, one pwrite); alloc/B and appar/B: bytes on disk \
@@ -372,6 +373,30 @@ pub fn table(results: &[RunResult]) -> String {
          entries/s of this row's engine, same workload; of disk: MiB/s / plain pwrite (unsynced), or \
          entries/s / (threads / fdatasync latency) (sync-each)"
     );
+    out
+}
+
+/// One line per run of an engine that counts its group commits, for the `SyncEach` rows: how
+/// many syncs the measured loop ran, how many entries each covered and how long one took.
+fn group_commits(results: &[RunResult]) -> String {
+    let mut out = String::new();
+    for r in results {
+        let Some(g) = r.group_commit.filter(|g| g.syncs > 0) else {
+            continue;
+        };
+        if !r.ok() || r.spec.fsync != Fsync::SyncEach {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "group commit of {} in {}: {} syncs/s, {:.1} entries per sync, mean sync {}",
+            r.engine,
+            r.spec.label(),
+            fmt_count(crate::stats::per_sec(g.syncs as f64, r.elapsed_secs)),
+            g.entries_per_sync(),
+            fmt_ns(g.mean_sync_micros() * 1000.0),
+        );
+    }
     out
 }
 
@@ -632,6 +657,7 @@ mod tests {
             }),
             prefill_secs: 0.0,
             error: None,
+            group_commit: None,
         }
     }
 
@@ -679,6 +705,24 @@ mod tests {
             "disk ratios: {t}"
         );
         assert!(t.contains("12.3µs") && t.contains("3.00s"), "{t}");
+        assert!(
+            !t.contains("group commit of"),
+            "no run counted its syncs: {t}"
+        );
+        let mut counted = results.clone();
+        counted[6].group_commit = Some(crate::engine::GroupCommit {
+            syncs: 5_000,
+            entries_synced: 71_000,
+            sync_micros: 1_050_000,
+        });
+        let t = table(&counted);
+        assert!(
+            t.contains(
+                "group commit of walrus in append t=16: 5.0k syncs/s, 14.2 entries per sync, \
+                 mean sync 210.0µs"
+            ),
+            "{t}"
+        );
 
         let ts = targets(&results);
         assert_eq!(ts.len(), 16);

@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Backend, Consistency, Fsync};
-use crate::engine::{self, Engine, EngineKind, OpenOptions};
+use crate::engine::{self, Engine, EngineKind, GroupCommit, OpenOptions};
 use crate::payload::{PayloadPool, Sizes};
 use crate::stats::{self, DiskUsage, LatencySummary};
 
@@ -160,6 +160,9 @@ pub struct RunResult {
     pub prefill_secs: f64,
     /// Why the run failed, if it did (the figures are then meaningless).
     pub error: Option<String>,
+    /// What the engine's group commit did during the measured loop (engines that count it).
+    #[serde(default)]
+    pub group_commit: Option<GroupCommit>,
 }
 
 impl RunResult {
@@ -176,6 +179,7 @@ impl RunResult {
             disk: None,
             prefill_secs: 0.0,
             error: Some(error),
+            group_commit: None,
         }
     }
 
@@ -279,6 +283,7 @@ fn run_engine(
         Op::AppendBatch { size } => size,
         _ => 0,
     });
+    let commits_before = engine.group_commit();
     let (tallies, start) = drive(spec, |i, deadline| {
         drive_engine(
             &*engine,
@@ -294,8 +299,14 @@ fn run_engine(
     } else {
         Some(stats::disk_usage(dir)?)
     };
+    let group_commit = engine
+        .group_commit()
+        .zip(commits_before)
+        .map(|(after, before)| after.since(before));
     drop(engine);
-    Ok(finish(kind, spec, tallies, start, disk, prefill_secs))
+    let mut result = finish(kind, spec, tallies, start, disk, prefill_secs);
+    result.group_commit = group_commit;
+    Ok(result)
 }
 
 /// Fills every topic with `per_topic` entries, in batches of 256 (not measured).
@@ -542,6 +553,7 @@ fn finish(
         disk,
         prefill_secs,
         error: None,
+        group_commit: None,
     }
 }
 
@@ -591,6 +603,11 @@ mod tests {
         let s = run(EngineKind::Walrus, &shared, &dir).unwrap();
         check(&s);
         assert_eq!(s.latency.calls, s.entries);
+        // Every acknowledged entry was made durable by a sync of the loop, once.
+        let g = s.group_commit.unwrap();
+        assert!(g.syncs > 0 && g.syncs <= s.entries, "{g:?}");
+        assert_eq!(g.entries_synced, s.entries, "{g:?}");
+        assert!(g.sync_micros > 0, "{g:?}");
         assert!(
             shared.label().contains("t=3 topics=1"),
             "{}",

@@ -18,6 +18,8 @@ pub(crate) struct SyncCounters {
     entries: AtomicU64,
     /// The largest number of entries one sync made durable.
     largest: AtomicU64,
+    /// Time spent in those syncs, summed.
+    nanos: AtomicU64,
     latency: [AtomicU64; BUCKETS],
     segments_deleted: AtomicU64,
 }
@@ -28,6 +30,7 @@ impl Default for SyncCounters {
             syncs: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             largest: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             segments_deleted: AtomicU64::new(0),
         }
@@ -40,6 +43,10 @@ impl SyncCounters {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.entries.fetch_add(entries, Ordering::Relaxed);
         self.largest.fetch_max(entries, Ordering::Relaxed);
+        self.nanos.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         let bucket = (63 - micros.leading_zeros() as usize).min(BUCKETS - 1);
         if let Some(b) = self.latency.get(bucket) {
@@ -78,6 +85,7 @@ impl SyncCounters {
         s.syncs = self.syncs.load(Ordering::Relaxed);
         s.entries_synced = self.entries.load(Ordering::Relaxed);
         s.largest_sync_group = self.largest.load(Ordering::Relaxed);
+        s.sync_micros = self.nanos.load(Ordering::Relaxed) / 1000;
         s.sync_p50_micros = self.quantile_micros(0.50);
         s.sync_p99_micros = self.quantile_micros(0.99);
         s.segments_deleted = self.segments_deleted.load(Ordering::Relaxed);
@@ -136,6 +144,8 @@ pub struct Stats {
     pub entries_synced: u64,
     /// The most entries one sync made durable.
     pub largest_sync_group: u64,
+    /// Time spent in those syncs, summed, in µs; `sync_micros / syncs` is the mean sync.
+    pub sync_micros: u64,
     /// Median sync latency, as the upper bound of its power-of-two bucket, in µs.
     pub sync_p50_micros: u64,
     /// 99th percentile sync latency, likewise.

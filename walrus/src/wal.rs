@@ -525,7 +525,7 @@ impl Walrus {
     /// Publishes [`stats`](Self::stats) through the [`metrics`] facade (feature `metrics`):
     /// counters `walrus_appends_total`, `walrus_append_bytes_total`, `walrus_batches_total`,
     /// `walrus_reads_total`, `walrus_syncs_total`, `walrus_entries_synced_total`,
-    /// `walrus_segments_deleted_total`; gauges `walrus_sync_p50_micros`,
+    /// `walrus_sync_micros_total`, `walrus_segments_deleted_total`; gauges `walrus_sync_p50_micros`,
     /// `walrus_sync_p99_micros`, `walrus_segments_live`, `walrus_segment_bytes`; per topic
     /// (label `topic`) `walrus_topic_end`, `walrus_topic_durable`, `walrus_topic_first_retained`,
     /// and per consumer (labels `topic`, `consumer`) `walrus_consumer_lag`. Every metric carries
@@ -541,6 +541,7 @@ impl Walrus {
             ("walrus_reads_total", s.reads),
             ("walrus_syncs_total", s.syncs),
             ("walrus_entries_synced_total", s.entries_synced),
+            ("walrus_sync_micros_total", s.sync_micros),
             ("walrus_segments_deleted_total", s.segments_deleted),
         ] {
             metrics::counter!(name, "dir" => dir.clone()).absolute(value);
