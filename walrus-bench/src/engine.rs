@@ -70,20 +70,21 @@ impl GroupCommit {
     /// Mean entries per sync (0 without syncs).
     #[must_use]
     pub fn entries_per_sync(&self) -> f64 {
-        if self.syncs == 0 {
-            0.0
-        } else {
-            self.entries_synced as f64 / self.syncs as f64
-        }
+        self.per_sync(self.entries_synced)
     }
 
     /// Mean time of one sync, in µs (0 without syncs).
     #[must_use]
     pub fn mean_sync_micros(&self) -> f64 {
+        self.per_sync(self.sync_micros)
+    }
+
+    /// `total` shared out over the syncs (0 without syncs).
+    fn per_sync(&self, total: u64) -> f64 {
         if self.syncs == 0 {
             0.0
         } else {
-            self.sync_micros as f64 / self.syncs as f64
+            total as f64 / self.syncs as f64
         }
     }
 }
