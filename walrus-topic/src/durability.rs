@@ -21,11 +21,12 @@ use std::io;
 use std::sync::Arc;
 use std::task::Waker;
 
-use walrus_alloc::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use walrus_alloc::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use walrus_alloc::sync::thread::{Thread, current, park};
 use walrus_alloc::sync::{Mutex, MutexGuard};
 
 use crate::error::{Poisoned, poisoned_error};
+use crate::yield_wait::YieldWait;
 
 /// Sync generations of one file. See the [module docs](self).
 #[derive(Debug, Default)]
@@ -113,10 +114,12 @@ struct Sleeper {
 
 /// Coordinates the syncs of one instance between its writers. See the [module docs](self).
 ///
-/// Waiters park their own thread and the thread that completes a sync unparks exactly those
-/// it covered (and one to lead the next sync), each directly: no wake-up chain through a lock,
-/// no herd.
-#[derive(Debug, Default)]
+/// A waiter whose sync is running first polls for its end, yielding the CPU between polls
+/// (for at most two syncs' time, and only while polls see syncs end in time: see
+/// [`with_yield_wait`](Self::with_yield_wait)); then it parks its own thread, and the thread
+/// that completes a sync unparks exactly those it covered (and one to lead the next sync),
+/// each directly: no wake-up chain through a lock, no herd.
+#[derive(Debug)]
 pub struct GroupCommit {
     state: Mutex<State>,
     /// `State::done`, for the check a woken waiter makes without the lock.
@@ -130,6 +133,16 @@ pub struct GroupCommit {
     /// a leader waits (briefly) for a group as large as the last one.
     tickets_since: AtomicUsize,
     last_group: AtomicUsize,
+    /// `State::running`, for yield-waiters, who poll without the lock.
+    running: AtomicBool,
+    yielding: YieldWait,
+}
+
+impl Default for GroupCommit {
+    /// Yield-waiting on.
+    fn default() -> Self {
+        Self::with_yield_wait(true)
+    }
 }
 
 /// An append in progress, counted until its ticket is taken (or it fails).
@@ -143,6 +156,23 @@ impl Drop for Writing<'_> {
 }
 
 impl GroupCommit {
+    /// A group commit whose waiters yield-wait for a running sync before they park (`on`), or
+    /// park at once. Yield-waiting spends CPU that would otherwise be idle to end each wait
+    /// sooner, and turns itself off while polls see the syncs end late (other work has the
+    /// CPU).
+    pub fn with_yield_wait(on: bool) -> Self {
+        Self {
+            state: Mutex::default(),
+            done: AtomicU64::default(),
+            writing: AtomicUsize::default(),
+            last_sync_nanos: AtomicU64::default(),
+            tickets_since: AtomicUsize::default(),
+            last_group: AtomicUsize::default(),
+            running: AtomicBool::default(),
+            yielding: YieldWait::new(on),
+        }
+    }
+
     /// Marks an append as being written until the guard drops (after its ticket is taken). A
     /// leader about to sync waits a little for such appends, so one sync covers them.
     pub fn writing(&self) -> Writing<'_> {
@@ -178,6 +208,27 @@ impl GroupCommit {
     /// Under loom, timing is the model checker's business: no gathering.
     #[cfg(loom)]
     fn gather(&self) {}
+
+    /// Yield-waits (see [`crate::yield_wait`]) while the sync that is running may cover
+    /// `ticket`: for at most two syncs' time, since a ticket taken while a sync runs needs the
+    /// next one (capped at 1 ms).
+    #[cfg(not(loom))]
+    fn yield_wait(&self, ticket: u64) {
+        let budget = std::time::Duration::from_nanos(
+            self.last_sync_nanos
+                .load(Ordering::Relaxed)
+                .saturating_mul(2),
+        )
+        .min(std::time::Duration::from_millis(1));
+        self.yielding.wait(budget, || {
+            self.done.load(Ordering::Acquire) >= ticket || !self.running.load(Ordering::Acquire)
+        });
+    }
+
+    /// Under loom, waiters park at once: the model explores the parking protocol, and a
+    /// poll loop would only multiply its interleavings.
+    #[cfg(loom)]
+    fn yield_wait(&self, _ticket: u64) {}
 
     /// The answer for `ticket` now: `Some(Ok)` durable, `Some(Err)` never will be, `None` not
     /// yet.
@@ -227,6 +278,7 @@ impl GroupCommit {
     /// # Errors
     /// As [`poll_done`](Self::poll_done), or the error `sync` returned.
     pub fn wait(&self, ticket: u64, sync: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        let mut yielded = false;
         loop {
             if self.done.load(Ordering::Acquire) >= ticket {
                 return Ok(());
@@ -236,12 +288,20 @@ impl GroupCommit {
                 return r;
             }
             if st.running {
+                if !yielded {
+                    // Once per wait: afterwards, or if the poll gave up, park.
+                    yielded = true;
+                    drop(st);
+                    self.yield_wait(ticket);
+                    continue;
+                }
                 Self::sleep(st, ticket, true);
                 continue;
             }
             // Lead: gather the appends still being written, then sync; the sync covers every
             // write that took a ticket <= its number, all marked before it starts.
             st.running = true;
+            self.running.store(true, Ordering::Release);
             drop(st);
             self.gather();
             st = self.state.lock();
@@ -261,6 +321,9 @@ impl GroupCommit {
             st = self.state.lock();
             st.running = false;
             let woken = self.complete(&mut st, number, &result);
+            // After `complete` stamped the end: a yield-waiter that sees no sync running
+            // measures its lateness from it.
+            self.running.store(false, Ordering::Release);
             drop(st);
             unpark(woken);
             result?;
@@ -346,6 +409,7 @@ impl GroupCommit {
     /// Records the end of sync `number`; the threads to unpark.
     #[must_use]
     fn complete(&self, st: &mut State, number: u64, result: &io::Result<()>) -> Vec<Thread> {
+        self.yielding.happened();
         match result {
             Ok(()) => {
                 st.done = st.done.max(number);
@@ -428,6 +492,57 @@ mod tests {
         }
         let n = syncs.load(std::sync::atomic::Ordering::Relaxed);
         assert!(n < 800, "{n} syncs for 800 appends");
+    }
+
+    /// The rule, under 8 concurrent writers: an append returns only once a sync that started
+    /// after its write has finished — whether waiters poll (yield-wait) or park.
+    fn waiters_return_only_after_a_sync_that_started_after_their_write(yield_wait: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let gc = Arc::new(GroupCommit::with_yield_wait(yield_wait));
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let durable = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (gc, written, durable, syncs) =
+                    (gc.clone(), written.clone(), durable.clone(), syncs.clone());
+                std::thread::spawn(move || {
+                    for j in 0..150u64 {
+                        let mine = written.fetch_add(1, SeqCst) + 1;
+                        let t = gc.ticket();
+                        gc.wait(t, || {
+                            let covers = written.load(SeqCst);
+                            syncs.fetch_add(1, SeqCst);
+                            std::thread::sleep(std::time::Duration::from_micros(
+                                50 + (i * 31 + j * 17) % 200,
+                            ));
+                            durable.fetch_max(covers, SeqCst);
+                            Ok(())
+                        })
+                        .unwrap();
+                        assert!(
+                            durable.load(SeqCst) >= mine,
+                            "write {mine} returned before a sync covered it"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = syncs.load(SeqCst);
+        assert!(n < 1200, "{n} syncs for 1200 appends: none shared");
+    }
+
+    #[test]
+    fn yield_waiters_return_only_after_a_covering_sync() {
+        waiters_return_only_after_a_sync_that_started_after_their_write(true);
+    }
+
+    #[test]
+    fn parked_waiters_return_only_after_a_covering_sync() {
+        waiters_return_only_after_a_sync_that_started_after_their_write(false);
     }
 
     #[test]

@@ -69,7 +69,7 @@ struct Inner {
 
 /// What the engine shares with its [`DurableTicket`]s: group commit, and the way to ask the
 /// background syncer for a sync.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SyncShared {
     commits: GroupCommit,
     syncer: Mutex<SyncerState>,
@@ -126,13 +126,18 @@ impl Engine {
         policy: SyncPolicy,
     ) -> io::Result<Self> {
         let mark_interval = options.mark_interval();
+        let sync = Arc::new(SyncShared {
+            commits: GroupCommit::with_yield_wait(options.yield_wait()),
+            syncer: Mutex::default(),
+            wake: Condvar::new(),
+        });
         let store = Store::open(dir, storage, options)?;
         let maintenance_period =
             MAINTENANCE_PERIOD.min(mark_interval.max(Duration::from_millis(1)));
         let inner = Arc::new(Inner {
             store,
             policy,
-            sync: Arc::new(SyncShared::default()),
+            sync,
             maintenance_period,
         });
         // One background syncer per engine: the periodic sync of `Every`, and the syncs that

@@ -44,6 +44,7 @@ mod store;
 mod syncers;
 mod tier;
 mod topic;
+mod yield_wait;
 
 pub use durability::{GroupCommit, Writing};
 pub use engine::{DurableTicket, Engine, SyncPolicy};
