@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use walrus_alloc::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A poll that sees its event this much after it happened lost to parking: other work had the
-/// CPU. (Without other work, 16 pollers on 2 cores see it within 50 µs 97 % of the time and
-/// within 100 µs 98.5 %.)
+/// CPU. (Without other work, 16 pollers on 2 cores saw it within 50 µs 96–97 % of the time and
+/// within 100 µs 99 %.)
 pub(crate) const LATE: Duration = Duration::from_micros(100);
 /// While yield-waiting is off, one wait in this many polls again.
 pub(crate) const SAMPLE_EVERY: u32 = 256;
