@@ -28,7 +28,7 @@ pub(crate) const SAMPLE_EVERY: u32 = 256;
 const FULL: u32 = 64;
 /// Yield-waiting is on while the score is above this.
 const ON_ABOVE: u32 = FULL / 2;
-/// What a late poll costs the score: two strikes from full turn yield-waiting off.
+/// What an event seen late costs the score: two strikes from full turn yield-waiting off.
 const STRIKE: u32 = FULL / 4;
 
 /// How a yield-wait ended.
@@ -87,8 +87,7 @@ impl YieldWait {
     }
 
     fn nanos(&self, at: Instant) -> u64 {
-        // Saturates after 584 years of uptime.
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+        nanos_of(at.saturating_duration_since(self.epoch))
     }
 
     /// Whether this wait should poll.
@@ -163,6 +162,7 @@ impl YieldWait {
     }
 }
 
+/// `d` in nanoseconds (saturating after 584 years).
 fn nanos_of(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
