@@ -188,15 +188,26 @@ impl GroupCommit {
         st.next + 1
     }
 
+    /// `num / den` of the last sync's duration, capped at 1 ms: how long a thread may poll
+    /// instead of sleeping.
+    #[cfg(not(loom))]
+    fn last_syncs(&self, num: u64, den: u64) -> std::time::Duration {
+        std::time::Duration::from_nanos(
+            self.last_sync_nanos
+                .load(Ordering::Relaxed)
+                .saturating_mul(num)
+                / den,
+        )
+        .min(std::time::Duration::from_millis(1))
+    }
+
     /// Gives appends being written a moment to take their tickets, so one sync covers them:
     /// at most half the last sync's duration (capped at 1 ms). A lone appender never waits.
     #[cfg(not(loom))]
     fn gather(&self) {
-        use std::time::{Duration, Instant};
-        let budget = Duration::from_nanos(self.last_sync_nanos.load(Ordering::Relaxed) / 2)
-            .min(Duration::from_millis(1));
+        let budget = self.last_syncs(1, 2);
         let group = self.last_group.load(Ordering::Relaxed);
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         while (self.writing.load(Ordering::Acquire) > 0
             || self.tickets_since.load(Ordering::Acquire) < group)
             && started.elapsed() < budget
@@ -214,12 +225,7 @@ impl GroupCommit {
     /// next one (capped at 1 ms).
     #[cfg(not(loom))]
     fn yield_wait(&self, ticket: u64) {
-        let budget = std::time::Duration::from_nanos(
-            self.last_sync_nanos
-                .load(Ordering::Relaxed)
-                .saturating_mul(2),
-        )
-        .min(std::time::Duration::from_millis(1));
+        let budget = self.last_syncs(2, 1);
         self.yielding.wait(budget, || {
             self.done.load(Ordering::Acquire) >= ticket || !self.running.load(Ordering::Acquire)
         });
