@@ -552,6 +552,47 @@ mod tests {
     }
 
     #[test]
+    fn closing_while_a_waiter_yield_waits_settles_it() {
+        // A leader's sync is in flight; a writer whose ticket it does not cover yield-waits;
+        // the instance closes, then the sync ends. The writer must get BrokenPipe, neither hang
+        // nor report its write durable.
+        let gc = Arc::new(GroupCommit::with_yield_wait(true));
+        // A first sync of 2 ms sets the poll budget to its cap, 1 ms.
+        let t = gc.ticket();
+        gc.wait(t, || {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            Ok(())
+        })
+        .unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let leader = {
+            let gc = gc.clone();
+            std::thread::spawn(move || {
+                let t = gc.ticket();
+                gc.wait(t, || {
+                    entered_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        entered_rx.recv().unwrap();
+        let late = gc.ticket(); // taken while the sync runs: it needs the next one
+        let writer = {
+            let gc = gc.clone();
+            std::thread::spawn(move || gc.wait(late, || Ok(())))
+        };
+        // Close within the writer's poll (as a rule; if it already parked, close wakes it).
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        gc.close();
+        release_tx.send(()).unwrap();
+        leader.join().unwrap().unwrap();
+        let e = writer.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
     fn a_sync_running_when_the_write_completed_does_not_count() {
         let gc = GroupCommit::default();
         let g = gc.begin_external(); // a sync starts...
