@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Fsync;
 use crate::engine::EngineKind;
 use crate::suite::SuiteConfig;
-use crate::workload::{Op, Prealloc, RunResult};
+use crate::workload::{Op, Prealloc, RunResult, Spread};
 
 /// The machine a report was measured on.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -235,6 +235,7 @@ impl Physical {
                     chunk: 1,
                     fdatasync: false,
                     prealloc: Prealloc::Extend,
+                    spread: Spread::Contiguous,
                 } => p.pwrite_mib.push((r.spec.threads, r.mib_per_sec())),
                 // The fastest way the disk syncs one entry sets the ceiling.
                 Op::Pwrite {
@@ -366,6 +367,7 @@ pub fn table(results: &[RunResult]) -> String {
         );
     }
     out.push_str(&group_commits(results));
+    out.push_str(&layout_bounds(results));
     let _ = writeln!(
         out,
         "latency is per call (one entry, one batch, one pwrite); alloc/B and appar/B: bytes on disk \
@@ -396,6 +398,55 @@ fn group_commits(results: &[RunResult]) -> String {
             g.entries_per_sync(),
             fmt_ns(g.mean_sync_micros() * 1000.0),
         );
+    }
+    out
+}
+
+/// For our synced rows whose thread count a physical block-spread loop matches: the rate as a
+/// share of what the disk gives when every sync carries one entry per thread, by where those
+/// entries' pages lie (a perfect group commit with that block layout).
+fn layout_bounds(results: &[RunResult]) -> String {
+    let bounds: Vec<(usize, u64, f64)> = results
+        .iter()
+        .filter(|r| r.ok())
+        .filter_map(|r| match r.spec.op {
+            Op::Pwrite {
+                chunk,
+                fdatasync: true,
+                spread: Spread::Blocks { block },
+                ..
+            } => Some((chunk, block, r.entries_per_sec())),
+            _ => None,
+        })
+        .collect();
+    let mut out = String::new();
+    for r in results
+        .iter()
+        .filter(|r| r.ok() && r.engine == EngineKind::Walrus && r.spec.fsync == Fsync::SyncEach)
+    {
+        let shares: Vec<String> = bounds
+            .iter()
+            .filter(|b| b.0 == r.spec.threads)
+            .map(|&(_, block, rate)| {
+                format!(
+                    "{} of {} with pages {} KiB apart",
+                    fmt_pct(r.entries_per_sec() / rate),
+                    fmt_count(rate),
+                    block >> 10
+                )
+            })
+            .collect();
+        if !shares.is_empty() {
+            let _ = writeln!(
+                out,
+                "disk bound of {} in {}: {} entries/s = {} (one sync per {} entries, one thread)",
+                r.engine,
+                r.spec.label(),
+                fmt_count(r.entries_per_sec()),
+                shares.join(", "),
+                r.spec.threads
+            );
+        }
     }
     out
 }
@@ -675,6 +726,40 @@ mod tests {
         assert_eq!(fmt_ratio(3.216), "3.22x");
         assert_eq!(fmt_ratio(f64::NAN), "-");
         assert_eq!(fmt_ratio(250.0), "250x");
+    }
+
+    #[test]
+    fn synced_rows_are_set_against_the_disks_bound_for_their_block_layout() {
+        let spread = |block| Op::Pwrite {
+            chunk: 16,
+            fdatasync: true,
+            prealloc: Prealloc::Zeroed,
+            spread: Spread::Blocks { block },
+        };
+        let mut results = vec![
+            result(EngineKind::Disk, "physical", spread(4096), 1, 8e4),
+            result(EngineKind::Disk, "physical", spread(32768), 1, 6e4),
+            result(EngineKind::Walrus, "synced", Op::Append, 16, 7.6e4),
+            result(EngineKind::Walrus, "synced", Op::Append, 4, 2e4),
+        ];
+        let t = table(&results);
+        assert!(
+            t.contains(
+                "disk bound of walrus in append t=16: 76k entries/s = 95% of 80k with pages 4 \
+                 KiB apart, 127% of 60k with pages 32 KiB apart (one sync per 16 entries, one \
+                 thread)"
+            ),
+            "{t}"
+        );
+        assert!(
+            !t.contains("disk bound of walrus in append t=4"),
+            "no 4-entry spread was measured: {t}"
+        );
+        results[2].error = Some("failed".into());
+        assert!(
+            !table(&results).contains("disk bound"),
+            "a failed run has no share"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Backend, Consistency, Fsync, ThreadRange};
 use crate::engine::EngineKind;
 use crate::payload::Sizes;
-use crate::workload::{self, Op, Prealloc, RunResult, WorkloadSpec};
+use crate::workload::{self, Op, Prealloc, RunResult, Spread, WorkloadSpec};
 
 /// A family of workloads, selectable with `--workloads`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -265,6 +265,24 @@ impl SuiteConfig {
                             chunk: 1,
                             fdatasync: true,
                             prealloc,
+                            spread: Spread::Contiguous,
+                        };
+                        plan.push(p);
+                    }
+                    // What one group sync of 16 topics costs the disk, by where their last
+                    // pages lie: side by side (blocks of a page) or a block apart (the
+                    // blocks `SyncEach` topics grow to). The bound of any block layout.
+                    for block in [4 << 10, 32 << 10] {
+                        let name = format!(
+                            "pwrite+fdatasync x{SHARED_TOPIC_THREADS} {}KiB blocks",
+                            block >> 10
+                        );
+                        let mut p = phys(&name, SHARED_TOPIC_THREADS, true);
+                        p.1.op = Op::Pwrite {
+                            chunk: SHARED_TOPIC_THREADS,
+                            fdatasync: true,
+                            prealloc: Prealloc::Zeroed,
+                            spread: Spread::Blocks { block },
                         };
                         plan.push(p);
                     }
@@ -497,7 +515,8 @@ mod tests {
                 .filter(|(e, s)| *e == engine && s.group == group.to_string())
                 .count()
         };
-        assert_eq!(count(EngineKind::Disk, Group::Physical), 8);
+        // pwrite at 1-4 threads, a 256-entry pwrite, 3 syncs of one entry, 2 of 16 spread.
+        assert_eq!(count(EngineKind::Disk, Group::Physical), 10);
         for e in EngineKind::COMPARED {
             assert_eq!(count(e, Group::Writes), 4);
             assert_eq!(count(e, Group::BatchWrites), 4);

@@ -49,6 +49,27 @@ pub enum Op {
         /// How the file is prepared before the loop.
         #[serde(default)]
         prealloc: Prealloc,
+        /// Where a call's entries go.
+        #[serde(default)]
+        spread: Spread,
+    },
+}
+
+/// Where the physical baseline puts the entries of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Spread {
+    /// One `pwrite` of all of them, appended to the file.
+    #[default]
+    Contiguous,
+    /// One `pwrite` per entry: entry `j` of every call goes to region `j`, the way `chunk`
+    /// topics append to their current blocks in one segment file. Blocks of `block` bytes are
+    /// handed out in turn as the regions fill, so with small blocks the regions' last pages
+    /// lie side by side and with large ones they lie a block apart. The file wraps around at
+    /// [`Prealloc::LEN`], overwriting space it already wrote.
+    Blocks {
+        /// Bytes per block.
+        block: u64,
     },
 }
 
@@ -79,6 +100,7 @@ impl Op {
             chunk,
             fdatasync,
             prealloc: Prealloc::Extend,
+            spread: Spread::Contiguous,
         }
     }
 
@@ -230,7 +252,8 @@ pub fn run(kind: EngineKind, spec: &WorkloadSpec, dir: &Path) -> io::Result<RunR
             chunk,
             fdatasync,
             prealloc,
-        } => run_pwrite(spec, dir, &pool, chunk, fdatasync, prealloc),
+            spread,
+        } => run_pwrite(spec, dir, &pool, chunk, fdatasync, prealloc, spread),
         _ => run_engine(kind, spec, dir, &pool),
     };
     let result = match result {
@@ -433,7 +456,8 @@ fn drive_engine(
     })
 }
 
-/// The physical baseline: each thread appends to a plain file of its own with `pwrite`.
+/// The physical baseline: each thread writes to a plain file of its own with `pwrite`, its
+/// calls' entries appended or spread over blocks as `spread` says.
 fn run_pwrite(
     spec: &WorkloadSpec,
     dir: &Path,
@@ -441,15 +465,27 @@ fn run_pwrite(
     chunk: usize,
     fdatasync: bool,
     prealloc: Prealloc,
+    spread: Spread,
 ) -> io::Result<RunResult> {
     let chunk = chunk.max(1);
+    if let Spread::Blocks { block } = spread
+        && (block == 0 || spec.sizes.max as u64 > block || block > Prealloc::LEN)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "blocks of {block} bytes cannot hold entries of up to {} bytes in a {} byte file",
+                spec.sizes.max,
+                Prealloc::LEN
+            ),
+        ));
+    }
     // Chunks concatenated ahead of time, like the pool: the loop only writes.
-    let chunks: Vec<(Vec<u8>, usize)> = (0..64)
+    let chunks: Vec<Vec<u8>> = (0..64)
         .map(|c| {
-            let buf: Vec<u8> = (0..chunk)
+            (0..chunk)
                 .flat_map(|j| pool.get(c * chunk + j).iter().copied())
-                .collect();
-            (buf, chunk)
+                .collect()
         })
         .collect();
     let files = (0..spec.threads)
@@ -459,20 +495,36 @@ fn run_pwrite(
         let file = &files[i];
         let mut hist = stats::new_histogram();
         let (mut entries, mut bytes, mut offset) = (0u64, 0u64, 0u64);
+        let mut blocks = match spread {
+            Spread::Contiguous => None,
+            Spread::Blocks { block } => Some(BlockCursor::new(chunk, block)),
+        };
         let mut k = i * 7;
         loop {
-            let (buf, n) = &chunks[k % chunks.len()];
-            k += 1;
             let t0 = Instant::now();
-            file.write_all_at(buf, offset)?;
+            let written = if let Some(blocks) = &mut blocks {
+                let mut written = 0;
+                for region in 0..chunk {
+                    let buf = pool.get(k);
+                    k += 1;
+                    file.write_all_at(buf, blocks.place(region, buf.len() as u64))?;
+                    written += buf.len() as u64;
+                }
+                written
+            } else {
+                let buf = &chunks[k % chunks.len()];
+                k += 1;
+                file.write_all_at(buf, offset)?;
+                offset += buf.len() as u64;
+                buf.len() as u64
+            };
             if fdatasync {
                 file.sync_data()?;
             }
             let t1 = Instant::now();
             stats::record(&mut hist, t1 - t0);
-            offset += buf.len() as u64;
-            entries += *n as u64;
-            bytes += buf.len() as u64;
+            entries += chunk as u64;
+            bytes += written;
             if t1 >= deadline {
                 return Ok(ThreadTally {
                     entries,
@@ -492,6 +544,42 @@ fn run_pwrite(
         Some(disk),
         0.0,
     ))
+}
+
+/// Where [`Spread::Blocks`] puts each entry: every region fills a block of its own, and a
+/// region whose entry does not fit gets the next block handed out (as the allocator hands
+/// blocks to topics). Offsets wrap around at the last whole block of [`Prealloc::LEN`].
+#[derive(Debug)]
+struct BlockCursor {
+    block: u64,
+    wrap: u64,
+    /// Per region: its block's start, and the bytes written into it.
+    at: Vec<(u64, u64)>,
+    next_block: u64,
+}
+
+impl BlockCursor {
+    /// Regions `0..regions` start in blocks `0..regions`. `block` must be in `1..=LEN`.
+    fn new(regions: usize, block: u64) -> Self {
+        Self {
+            block,
+            wrap: Prealloc::LEN - Prealloc::LEN % block,
+            at: (0..regions as u64).map(|r| (r * block, 0)).collect(),
+            next_block: regions as u64,
+        }
+    }
+
+    /// The file offset of the next entry of `len` bytes (at most a block) in `region`.
+    fn place(&mut self, region: usize, len: u64) -> u64 {
+        let at = &mut self.at[region];
+        if at.1 + len > self.block {
+            *at = (self.next_block * self.block, 0);
+            self.next_block += 1;
+        }
+        let offset = (at.0 + at.1) % self.wrap;
+        at.1 += len;
+        offset
+    }
 }
 
 /// Creates a baseline file prepared as `prealloc` says (not measured).
@@ -637,6 +725,46 @@ mod tests {
         let p = run(EngineKind::Disk, &spec(Op::pwrite(4, false), 1), &dir).unwrap();
         check(&p);
         assert_eq!(p.latency.calls * 4, p.entries);
+    }
+
+    #[test]
+    fn block_spread_fills_each_regions_block_then_takes_the_next_one() {
+        let mut c = BlockCursor::new(2, 4096);
+        let places: Vec<u64> = (0..5)
+            .flat_map(|_| [c.place(0, 1000), c.place(1, 1000)])
+            .collect();
+        // Four entries fill each first block; the fifth of region 0 takes block 2, region 1's
+        // takes block 3.
+        assert_eq!(
+            places,
+            [0, 4096, 1000, 5096, 2000, 6096, 3000, 7096, 8192, 12288]
+        );
+        // The offsets wrap at the last whole block of the prepared file.
+        let mut c = BlockCursor::new(1, Prealloc::LEN / 2 + 1);
+        assert_eq!(c.place(0, Prealloc::LEN / 2), 0);
+        assert_eq!(
+            c.place(0, 2),
+            0,
+            "the second block wraps to the file's start"
+        );
+    }
+
+    #[test]
+    fn the_block_spread_loop_syncs_one_entry_per_region_per_call() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let op = |block| Op::Pwrite {
+            chunk: 4,
+            fdatasync: true,
+            prealloc: Prealloc::Zeroed,
+            spread: Spread::Blocks { block },
+        };
+        let p = run(EngineKind::Disk, &spec(op(4096), 1), &dir).unwrap();
+        check(&p);
+        assert_eq!(p.latency.calls * 4, p.entries);
+        // A block smaller than the longest entry is refused, not run.
+        let small = run(EngineKind::Disk, &spec(op(512), 1), &dir).unwrap();
+        assert!(small.error.unwrap().contains("512"));
     }
 
     #[test]
