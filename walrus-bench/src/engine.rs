@@ -200,6 +200,8 @@ pub struct OpenOptions {
     pub backend: Backend,
     /// Segment file length (ours only; `None` = the default, 1 GiB).
     pub segment_len: Option<u64>,
+    /// Longest block (ours only; `None` = the default).
+    pub block_len: Option<u64>,
 }
 
 /// The key both engines put their data under, inside the run's data root.
@@ -240,6 +242,9 @@ impl Ours {
             .quiet(true);
         if let Some(len) = o.segment_len {
             b = b.segment_len(len);
+        }
+        if let Some(len) = o.block_len {
+            b = b.block_len(len);
         }
         b.build().map(Self)
     }
@@ -476,6 +481,7 @@ mod tests {
             consistency: Consistency::StrictlyAtOnce,
             backend: Backend::Pwrite,
             segment_len: None,
+            block_len: None,
         };
         let err = open(EngineKind::WalrusRust, &o).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::Unsupported);

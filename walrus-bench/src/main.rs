@@ -35,6 +35,10 @@ struct Cli {
     /// Storage backend of our engine: pwrite, io_uring, mmap or auto.
     #[arg(long, env = "BACKEND")]
     backend: Option<Backend>,
+    /// Longest block of our engine's topics, in bytes (a multiple of 4096; default the
+    /// engine's: 1 MiB, and under `SyncEach` 32 entries' worth).
+    #[arg(long)]
+    block_len: Option<u64>,
     /// Engines to compare, comma-separated (default walrus,walrus-rust).
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<EngineKind>>,
@@ -89,6 +93,9 @@ impl Cli {
         }
         if let Some(v) = self.backend {
             c.backend = v;
+        }
+        if self.block_len.is_some() {
+            c.block_len = self.block_len;
         }
         if let Some(v) = &self.engines {
             c.engines.clone_from(v);

@@ -689,6 +689,7 @@ mod tests {
                 prefill: 0,
                 backend: Backend::Pwrite,
                 segment_len: None,
+                block_len: None,
             },
             entries: eps as u64,
             payload_bytes: eps as u64 * 1024,

@@ -141,6 +141,9 @@ pub struct SuiteConfig {
     pub batch_size: usize,
     /// Storage backend of our engine.
     pub backend: Backend,
+    /// Longest block of our engine's topics; `None` = the engine's default.
+    #[serde(default)]
+    pub block_len: Option<u64>,
     /// Engines compared, in order (the physical baseline runs on `disk` regardless).
     pub engines: Vec<EngineKind>,
     /// Workload families to run.
@@ -173,6 +176,7 @@ impl SuiteConfig {
             duration_secs: 2.0,
             batch_size: 256,
             backend: Backend::Pwrite,
+            block_len: None,
             engines: EngineKind::COMPARED.to_vec(),
             groups: Group::ALL.to_vec(),
             prefill: 400_000,
@@ -212,6 +216,7 @@ impl SuiteConfig {
             prefill: 0,
             backend: self.backend,
             segment_len: None,
+            block_len: self.block_len,
         };
         let spec = |group: Group, name: &str, op: Op, threads: usize| WorkloadSpec {
             group: group.to_string(),

@@ -140,6 +140,9 @@ pub struct WorkloadSpec {
     pub backend: Backend,
     /// Segment length (ours), `None` = the engine's default.
     pub segment_len: Option<u64>,
+    /// Longest block (ours), `None` = the engine's default.
+    #[serde(default)]
+    pub block_len: Option<u64>,
 }
 
 impl WorkloadSpec {
@@ -156,6 +159,9 @@ impl WorkloadSpec {
             if kib > 0 {
                 s.push_str(&format!("+{kib}KiB"));
             }
+        }
+        if let Some(len) = self.block_len {
+            s.push_str(&format!(" blk={}KiB", len >> 10));
         }
         s
     }
@@ -288,6 +294,7 @@ fn run_engine(
             consistency: spec.consistency,
             backend: spec.backend,
             segment_len: spec.segment_len,
+            block_len: spec.block_len,
         },
     )?;
     let topic_count = spec
@@ -663,6 +670,7 @@ mod tests {
             prefill: 2000,
             backend: Backend::Pwrite,
             segment_len: Some(8 << 20),
+            block_len: None,
         }
     }
 
@@ -700,6 +708,17 @@ mod tests {
             shared.label().contains("t=3 topics=1"),
             "{}",
             shared.label()
+        );
+        // The block length reaches the engine: one it refuses fails the run.
+        let mut paged = shared.clone();
+        paged.block_len = Some(4096);
+        check(&run(EngineKind::Walrus, &paged, &dir).unwrap());
+        assert!(paged.label().ends_with("blk=4KiB"), "{}", paged.label());
+        paged.block_len = Some(4097);
+        let refused = run(EngineKind::Walrus, &paged, &dir).unwrap();
+        assert!(
+            refused.error.as_deref().is_some_and(|e| e.contains("4097")),
+            "{refused:?}"
         );
 
         let b = run(
