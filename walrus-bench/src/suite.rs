@@ -243,6 +243,8 @@ impl SuiteConfig {
                 Group::Physical => {
                     let phys = |name: &str, chunk, fdatasync| {
                         let mut s = spec(group, name, Op::pwrite(chunk, fdatasync), 1);
+                        // Plain files: our engine's block length does not apply.
+                        s.block_len = None;
                         s.fsync = if fdatasync {
                             Fsync::SyncEach
                         } else {
@@ -522,6 +524,17 @@ mod tests {
         };
         // pwrite at 1-4 threads, a 256-entry pwrite, 3 syncs of one entry, 2 of 16 spread.
         assert_eq!(count(EngineKind::Disk, Group::Physical), 10);
+        let paged = SuiteConfig {
+            block_len: Some(4096),
+            ..SuiteConfig::quick()
+        }
+        .plan();
+        assert!(
+            paged
+                .iter()
+                .all(|(e, s)| s.block_len == (*e != EngineKind::Disk).then_some(4096)),
+            "the block length is our engine's, not the plain files'"
+        );
         for e in EngineKind::COMPARED {
             assert_eq!(count(e, Group::Writes), 4);
             assert_eq!(count(e, Group::BatchWrites), 4);
