@@ -149,8 +149,9 @@ fn logs_err(verb: ErrorVerb, e: io::Error) -> StorageError<NodeId> {
     io_err(ErrorSubject::Logs, verb, e)
 }
 
-/// Opens (creating if needed) the Walrus instance that holds a node's raft log and the state
-/// machine's record. Syncs are driven by durability tickets, never by a timer.
+/// Opens (creating if needed) one of a node's Walrus instances: the one that holds its raft
+/// log and the state machine's record, or its data. Syncs are driven by durability tickets,
+/// never by a timer.
 pub(crate) fn open_instance(dir: &Path) -> io::Result<Walrus> {
     Walrus::builder()
         .data_dir(dir)

@@ -16,7 +16,7 @@ use walrus::Walrus;
 use crate::client::{WriteError, Writer};
 use crate::log_store::{self, LogStore};
 use crate::network::Network;
-use crate::state_machine::{self, StateMachine};
+use crate::state_machine::StateMachine;
 use crate::{NodeId, Raft, Request, Response};
 
 /// How to start a node.
@@ -79,7 +79,7 @@ impl std::fmt::Debug for Node {
 /// `ResourceBusy` if another live instance holds them; `InvalidData` for damage; an I/O error.
 pub fn open_stores(dir: &Path) -> io::Result<(LogStore, StateMachine)> {
     let log_wal = Arc::new(log_store::open_instance(&dir.join("raft"))?);
-    let data = Arc::new(state_machine::open_data(&dir.join("data"))?);
+    let data = Arc::new(log_store::open_instance(&dir.join("data"))?);
     let log = LogStore::open(Arc::clone(&log_wal))?;
     let state = StateMachine::open(data, log_wal, dir.join("snapshot"))?;
     Ok((log, state))

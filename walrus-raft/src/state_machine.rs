@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Cursor, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -28,7 +28,7 @@ use openraft::{
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use walrus::{FsyncSchedule, ReadConsistency, Walrus};
+use walrus::Walrus;
 
 use crate::codec::{self, Dec, Enc, Entry};
 use crate::log_store::{last_record, save_record};
@@ -91,16 +91,6 @@ fn snap_err(verb: ErrorVerb, e: io::Error) -> StorageError<NodeId> {
     StorageError::IO {
         source: StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&e)),
     }
-}
-
-/// Opens (creating if needed) a node's data instance.
-pub(crate) fn open_data(dir: &Path) -> io::Result<Walrus> {
-    Walrus::builder()
-        .data_dir(dir)
-        .fsync_schedule(FsyncSchedule::NoFsync)
-        .consistency(ReadConsistency::AtLeastOnce { persist_every: 1 })
-        .quiet(true)
-        .build()
 }
 
 impl StateMachine {
