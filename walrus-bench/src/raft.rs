@@ -103,17 +103,8 @@ fn replicated(dir: &Path, clients: usize, duration: Duration) -> io::Result<(His
                 Node::start(NodeConfig::new(id, dir.join(format!("n{id}")), listen)).await?,
             ));
         }
-        let members: std::collections::BTreeMap<u64, openraft::BasicNode> = nodes
-            .iter()
-            .map(|n| {
-                (
-                    n.id(),
-                    openraft::BasicNode {
-                        addr: n.addr().to_string(),
-                    },
-                )
-            })
-            .collect();
+        let members: std::collections::BTreeMap<u64, openraft::BasicNode> =
+            nodes.iter().map(|n| (n.id(), n.member())).collect();
         nodes[0]
             .raft()
             .initialize(members)

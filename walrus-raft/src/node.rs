@@ -177,6 +177,13 @@ impl Node {
         self.addr
     }
 
+    /// This node as a member of a cluster's membership: its address.
+    pub fn member(&self) -> openraft::BasicNode {
+        openraft::BasicNode {
+            addr: self.addr.to_string(),
+        }
+    }
+
     /// The raft handle (metrics, membership).
     pub fn raft(&self) -> &Raft {
         &self.raft

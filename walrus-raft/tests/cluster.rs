@@ -29,17 +29,8 @@ async fn start(ids: &[NodeId], dir: &Path, tweak: impl Fn(&mut NodeConfig)) -> V
         tweak(&mut c);
         nodes.push(Node::start(c).await.unwrap());
     }
-    let members: BTreeMap<NodeId, openraft::BasicNode> = nodes
-        .iter()
-        .map(|n| {
-            (
-                n.id(),
-                openraft::BasicNode {
-                    addr: n.addr().to_string(),
-                },
-            )
-        })
-        .collect();
+    let members: BTreeMap<NodeId, openraft::BasicNode> =
+        nodes.iter().map(|n| (n.id(), n.member())).collect();
     nodes[0].raft().initialize(members).await.unwrap();
     nodes
 }
@@ -478,10 +469,7 @@ async fn snapshots_catch_up_new_nodes() {
     let new = Node::start(c).await.unwrap();
     let added = loop {
         let l = leader(&three).await;
-        let learner = openraft::BasicNode {
-            addr: new.addr().to_string(),
-        };
-        match nodes[l].raft().add_learner(4, learner, true).await {
+        match nodes[l].raft().add_learner(4, new.member(), true).await {
             Ok(r) => break r,
             Err(e) if e.forward_to_leader().is_some() => continue,
             Err(e) => panic!("{e}"),
