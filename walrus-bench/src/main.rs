@@ -39,6 +39,9 @@ struct Cli {
     /// engine's: 1 MiB, and under `SyncEach` 32 entries' worth).
     #[arg(long)]
     block_len: Option<u64>,
+    /// Run the plan this many times, in rounds, and report each row's median run (default 1).
+    #[arg(long)]
+    repeat: Option<usize>,
     /// Engines to compare, comma-separated (default walrus,walrus-rust).
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<EngineKind>>,
@@ -109,6 +112,9 @@ impl Cli {
         if let Some(v) = self.put_price {
             c.put_price = v;
         }
+        if let Some(v) = self.repeat {
+            c.repeat = v;
+        }
         c
     }
 }
@@ -147,7 +153,7 @@ fn main() -> ExitCode {
     );
     let mut machine = Machine::probe(&data_dir);
     let started = Instant::now();
-    let results = suite::run_plan(&plan, &data_dir);
+    let results = suite::run_plan(&plan, &data_dir, config.repeat);
     let mut footprint_failed = None;
     let footprint = if config.groups.contains(&Group::Footprint) {
         walrus_bench::footprint::run(&data_dir, config.full, config.backend).unwrap_or_else(|e| {

@@ -310,7 +310,7 @@ pub fn table(results: &[RunResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:<11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
+        "{:<34} {:<11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {}",
         "workload",
         "engine",
         "entries/s",
@@ -322,7 +322,12 @@ pub fn table(results: &[RunResult]) -> String {
         "alloc/B",
         "appar/B",
         "walrus/x",
-        "of disk"
+        "of disk",
+        if results.iter().any(|r| !r.rates.is_empty()) {
+            "runs (entries/s)"
+        } else {
+            ""
+        }
     );
     let mut group = String::new();
     for r in results {
@@ -352,7 +357,7 @@ pub fn table(results: &[RunResult]) -> String {
         let share = phys.share(r).map_or(String::new(), fmt_pct);
         let _ = writeln!(
             out,
-            "{label:<34} {:<11} {:>9} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
+            "{label:<34} {:<11} {:>9} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {}",
             r.engine.to_string(),
             fmt_count(r.entries_per_sec()),
             r.mib_per_sec(),
@@ -364,6 +369,7 @@ pub fn table(results: &[RunResult]) -> String {
             appar,
             vs,
             share,
+            runs(r),
         );
     }
     out.push_str(&group_commits(results));
@@ -373,9 +379,20 @@ pub fn table(results: &[RunResult]) -> String {
         "latency is per call (one entry, one batch, one pwrite); alloc/B and appar/B: bytes on disk \
          (allocated, apparent) per payload byte after the writes; walrus/x: entries/s of walrus / \
          entries/s of this row's engine, same workload; of disk: MiB/s / plain pwrite (unsynced), or \
-         entries/s / (threads / fdatasync latency) (sync-each)"
+         entries/s / (threads / fdatasync latency) (sync-each); runs: with --repeat, the lowest and \
+         highest entries/s of the row's runs (its figures are those of the median run)"
     );
     out
+}
+
+/// The range of a repeated row's rates, `min–max`, or nothing for a single run.
+fn runs(r: &RunResult) -> String {
+    let min = r.rates.iter().copied().reduce(f64::min);
+    let max = r.rates.iter().copied().reduce(f64::max);
+    match min.zip(max) {
+        Some((lo, hi)) => format!("{}–{} ({})", fmt_count(lo), fmt_count(hi), r.rates.len()),
+        None => String::new(),
+    }
 }
 
 /// One line per run of an engine that counts its group commits, for the `SyncEach` rows: how
@@ -710,6 +727,7 @@ mod tests {
             prefill_secs: 0.0,
             error: None,
             group_commit: None,
+            rates: Vec::new(),
         }
     }
 

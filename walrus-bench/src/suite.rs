@@ -159,6 +159,14 @@ pub struct SuiteConfig {
     /// Dollars per 1,000 PUT requests, for the `s3` family's cost column.
     #[serde(default = "default_put_price")]
     pub put_price: f64,
+    /// How many times the plan runs (in rounds, so that every engine sees the same stretch of
+    /// a noisy machine); each row reports its median run.
+    #[serde(default = "default_repeat")]
+    pub repeat: usize,
+}
+
+fn default_repeat() -> usize {
+    1
 }
 
 fn default_put_price() -> f64 {
@@ -184,6 +192,7 @@ impl SuiteConfig {
             persist_every: 1000,
             synced_threads: vec![1, 4, 16, 64],
             put_price: crate::s3::DEFAULT_PUT_PRICE,
+            repeat: 1,
         }
     }
 
@@ -365,33 +374,58 @@ impl SuiteConfig {
     }
 }
 
-/// Runs `plan` with data under `data_dir`: a progress bar on a terminal, and one line per
-/// finished run (above the bar, or on stderr when there is no terminal).
+/// Runs `plan` `repeat` times (at least once) with data under `data_dir`, in rounds: a
+/// progress bar on a terminal, and one line per finished run (above the bar, or on stderr when
+/// there is no terminal). Each row's result is its median run (see [`median_run`]).
 #[must_use]
-pub fn run_plan(plan: &[(EngineKind, WorkloadSpec)], data_dir: &Path) -> Vec<RunResult> {
-    let bar = progress_bar(plan.len() as u64);
-    let mut results = Vec::with_capacity(plan.len());
-    for (i, (engine, spec)) in plan.iter().enumerate() {
-        bar.set_message(format!("{} on {engine}", spec.label()));
-        let r = run_one(*engine, spec, data_dir);
-        let line = format!(
-            "[{}/{}] {:<34} {:<11} {}",
-            i + 1,
-            plan.len(),
-            spec.label(),
-            engine.to_string(),
-            crate::report::one_line(&r)
-        );
-        if bar.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            bar.println(line);
+pub fn run_plan(
+    plan: &[(EngineKind, WorkloadSpec)],
+    data_dir: &Path,
+    repeat: usize,
+) -> Vec<RunResult> {
+    let repeat = repeat.max(1);
+    let total = plan.len() * repeat;
+    let bar = progress_bar(total as u64);
+    let mut runs: Vec<Vec<RunResult>> = vec![Vec::with_capacity(repeat); plan.len()];
+    for round in 0..repeat {
+        for (i, (engine, spec)) in plan.iter().enumerate() {
+            bar.set_message(format!("{} on {engine}", spec.label()));
+            let r = run_one(*engine, spec, data_dir);
+            let line = format!(
+                "[{}/{total}] {:<34} {:<11} {}",
+                round * plan.len() + i + 1,
+                spec.label(),
+                engine.to_string(),
+                crate::report::one_line(&r)
+            );
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+            bar.inc(1);
+            runs[i].push(r);
         }
-        bar.inc(1);
-        results.push(r);
     }
     bar.finish_and_clear();
-    results
+    runs.into_iter().filter_map(median_run).collect()
+}
+
+/// The run of a row with the median entries/s (the lower middle one of an even count), with
+/// every run's rate in [`RunResult::rates`] when there was more than one. A failed run makes
+/// the row failed: a repeat must not hide an error.
+fn median_run(mut runs: Vec<RunResult>) -> Option<RunResult> {
+    if runs.len() <= 1 {
+        return runs.pop();
+    }
+    if let Some(i) = runs.iter().position(|r| !r.ok()) {
+        return Some(runs.swap_remove(i));
+    }
+    let rates: Vec<f64> = runs.iter().map(RunResult::entries_per_sec).collect();
+    runs.sort_by(|a, b| a.entries_per_sec().total_cmp(&b.entries_per_sec()));
+    let mut median = runs.swap_remove((runs.len() - 1) / 2);
+    median.rates = rates;
+    Some(median)
 }
 
 fn progress_bar(len: u64) -> ProgressBar {
@@ -513,6 +547,36 @@ fn child_exe() -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_row_reports_its_median_run_and_every_rate() {
+        let spec = SuiteConfig::quick().plan()[0].1.clone();
+        let run = |entries: u64| RunResult {
+            entries,
+            elapsed_secs: 1.0,
+            error: None,
+            ..RunResult::failed(EngineKind::Disk, &spec, String::new())
+        };
+        let m = median_run(vec![run(10), run(30), run(20)]).unwrap();
+        assert_eq!(m.entries, 20);
+        assert_eq!(m.rates, [10.0, 30.0, 20.0]);
+        // An even count takes the lower middle run.
+        assert_eq!(median_run(vec![run(40), run(10)]).unwrap().entries, 10);
+        // One run stays as it is; a failed run is never hidden by the others.
+        let one = median_run(vec![run(7)]).unwrap();
+        assert!(one.entries == 7 && one.rates.is_empty());
+        let mut failed = run(0);
+        failed.error = Some("boom".into());
+        let m = median_run(vec![run(10), failed, run(30)]).unwrap();
+        assert_eq!(m.error.as_deref(), Some("boom"));
+        assert!(median_run(Vec::new()).is_none());
+        let t = crate::report::table(&[median_run(vec![run(1000), run(3000), run(2000)]).unwrap()]);
+        assert!(
+            t.contains("runs (entries/s)") && t.contains("1.0k–3.0k (3)"),
+            "{t}"
+        );
+        assert!(!crate::report::table(&[run(5)]).contains("runs (entries/s)"));
+    }
 
     #[test]
     fn quick_plan_covers_every_workload_on_both_engines() {

@@ -191,6 +191,10 @@ pub struct RunResult {
     /// What the engine's group commit did during the measured loop (engines that count it).
     #[serde(default)]
     pub group_commit: Option<GroupCommit>,
+    /// Entries/s of every run of this row when the suite repeats its plan (`--repeat`); the
+    /// figures above are those of the median run. Empty for a single run.
+    #[serde(default)]
+    pub rates: Vec<f64>,
 }
 
 impl RunResult {
@@ -208,6 +212,7 @@ impl RunResult {
             prefill_secs: 0.0,
             error: Some(error),
             group_commit: None,
+            rates: Vec::new(),
         }
     }
 
@@ -649,6 +654,7 @@ fn finish(
         prefill_secs,
         error: None,
         group_commit: None,
+        rates: Vec::new(),
     }
 }
 
