@@ -376,7 +376,8 @@ impl SuiteConfig {
 
 /// Runs `plan` `repeat` times (at least once) with data under `data_dir`, in rounds: a
 /// progress bar on a terminal, and one line per finished run (above the bar, or on stderr when
-/// there is no terminal). Each row's result is its median run (see [`median_run`]).
+/// there is no terminal). Each row's result is its median run by entries/s, with every run's
+/// rate in [`RunResult::rates`]; a failed run fails its row.
 #[must_use]
 pub fn run_plan(
     plan: &[(EngineKind, WorkloadSpec)],
