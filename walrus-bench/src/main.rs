@@ -35,13 +35,14 @@ struct Cli {
     /// Storage backend of our engine: pwrite, io_uring, mmap or auto.
     #[arg(long, env = "BACKEND")]
     backend: Option<Backend>,
-    /// Longest block of our engine's topics, in bytes (a multiple of 4096; default the
-    /// engine's: 1 MiB, and under `SyncEach` 32 entries' worth).
+    /// Longest block of our engine's topics, in bytes (a multiple of 4096; default 1 MiB). Under
+    /// `SyncEach` the engine still caps blocks at 32 entries' worth, so this can only lower it.
     #[arg(long)]
     block_len: Option<u64>,
-    /// Run the plan this many times, in rounds, and report each row's median run (default 1).
-    #[arg(long)]
-    repeat: Option<usize>,
+    /// Run the plan this many times (1-100), in rounds, and report each row's median run
+    /// (default 1).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
+    repeat: Option<u16>,
     /// Engines to compare, comma-separated (default walrus,walrus-rust).
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<EngineKind>>,
@@ -113,7 +114,7 @@ impl Cli {
             c.put_price = v;
         }
         if let Some(v) = self.repeat {
-            c.repeat = v;
+            c.repeat = usize::from(v);
         }
         c
     }
@@ -338,6 +339,10 @@ mod tests {
             "walrus",
             "--workloads",
             "writes,reads",
+            "--repeat",
+            "3",
+            "--block-len",
+            "8192",
         ])
         .unwrap();
         let c = cli.suite_config();
@@ -348,6 +353,10 @@ mod tests {
         assert_eq!(c.engines, vec![EngineKind::Walrus]);
         assert_eq!(c.groups, vec![Group::Writes, Group::Reads]);
         assert!(!c.full);
+        assert_eq!((c.repeat, c.block_len), (3, Some(8192)));
+        for bad in ["0", "101"] {
+            assert!(Cli::try_parse_from(["walrus-bench", "--repeat", bad]).is_err());
+        }
         assert!(Cli::try_parse_from(["walrus-bench", "--threads", "0"]).is_err());
         assert!(Cli::try_parse_from(["walrus-bench", "--engine", "walrus"]).is_err());
         let full = Cli::try_parse_from(["walrus-bench", "--full"]).unwrap();

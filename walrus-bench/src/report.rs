@@ -310,7 +310,7 @@ pub fn table(results: &[RunResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:<11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {}",
+        "{:<40} {:<11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {}",
         "workload",
         "engine",
         "entries/s",
@@ -337,7 +337,7 @@ pub fn table(results: &[RunResult]) -> String {
         }
         let label = r.spec.label();
         if let Some(e) = &r.error {
-            let _ = writeln!(out, "{label:<34} {:<11} FAILED: {e}", r.engine.to_string());
+            let _ = writeln!(out, "{label:<40} {:<11} FAILED: {e}", r.engine.to_string());
             continue;
         }
         let l = &r.latency;
@@ -357,7 +357,7 @@ pub fn table(results: &[RunResult]) -> String {
         let share = phys.share(r).map_or(String::new(), fmt_pct);
         let _ = writeln!(
             out,
-            "{label:<34} {:<11} {:>9} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {}",
+            "{label:<40} {:<11} {:>9} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {}",
             r.engine.to_string(),
             fmt_count(r.entries_per_sec()),
             r.mib_per_sec(),
@@ -376,7 +376,8 @@ pub fn table(results: &[RunResult]) -> String {
     out.push_str(&layout_bounds(results));
     let _ = writeln!(
         out,
-        "latency is per call (one entry, one batch, one pwrite); alloc/B and appar/B: bytes on disk \
+        "latency is per call (one entry, one batch, one pwrite; x16 rows: 16 pwrites and one \
+         fdatasync); alloc/B and appar/B: bytes on disk \
          (allocated, apparent) per payload byte after the writes; walrus/x: entries/s of walrus / \
          entries/s of this row's engine, same workload; of disk: MiB/s / plain pwrite (unsynced), or \
          entries/s / (threads / fdatasync latency) (sync-each); runs: with --repeat, the lowest and \
@@ -443,10 +444,12 @@ fn layout_bounds(results: &[RunResult]) -> String {
         })
         .collect();
     let mut out = String::new();
-    for r in results
-        .iter()
-        .filter(|r| r.ok() && r.engine == EngineKind::Walrus && r.spec.fsync == Fsync::SyncEach)
-    {
+    for r in results.iter().filter(|r| {
+        r.ok()
+            && r.engine == EngineKind::Walrus
+            && r.spec.group == "synced"
+            && r.spec.op == Op::Append
+    }) {
         let shares: Vec<String> = bounds
             .iter()
             .filter(|b| b.0 == r.spec.threads)
@@ -767,6 +770,16 @@ mod tests {
             result(EngineKind::Walrus, "synced", Op::Append, 16, 7.6e4),
             result(EngineKind::Walrus, "synced", Op::Append, 4, 2e4),
         ];
+        // A synced batch row of 16 threads is not one entry per thread per sync.
+        let mut batches = result(
+            EngineKind::Walrus,
+            "batch-writes",
+            Op::AppendBatch { size: 256 },
+            16,
+            1e6,
+        );
+        batches.spec.fsync = Fsync::SyncEach;
+        results.push(batches);
         let t = table(&results);
         assert!(
             t.contains(
@@ -779,6 +792,11 @@ mod tests {
         assert!(
             !t.contains("disk bound of walrus in append t=4"),
             "no 4-entry spread was measured: {t}"
+        );
+        assert_eq!(
+            t.matches("disk bound").count(),
+            1,
+            "only the synced row: {t}"
         );
         results[2].error = Some("failed".into());
         assert!(

@@ -360,6 +360,8 @@ impl SuiteConfig {
                 Group::Space => {
                     let mut s = spec(group, "append 700B", Op::Append, 1);
                     s.sizes = Sizes::fixed(700);
+                    // The footprint target is the default geometry's.
+                    s.block_len = None;
                     each_engine(s.clone(), &mut plan);
                     // And with small segments (16 MiB + the 4 KiB header: exactly 16 blocks
                     // of 1 MiB), where a segment's wasted tail would show.
@@ -385,15 +387,15 @@ pub fn run_plan(
     repeat: usize,
 ) -> Vec<RunResult> {
     let repeat = repeat.max(1);
-    let total = plan.len() * repeat;
+    let total = plan.len().saturating_mul(repeat);
     let bar = progress_bar(total as u64);
-    let mut runs: Vec<Vec<RunResult>> = vec![Vec::with_capacity(repeat); plan.len()];
+    let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); plan.len()];
     for round in 0..repeat {
         for (i, (engine, spec)) in plan.iter().enumerate() {
             bar.set_message(format!("{} on {engine}", spec.label()));
             let r = run_one(*engine, spec, data_dir);
             let line = format!(
-                "[{}/{total}] {:<34} {:<11} {}",
+                "[{}/{total}] {:<40} {:<11} {}",
                 round * plan.len() + i + 1,
                 spec.label(),
                 engine.to_string(),
@@ -595,10 +597,9 @@ mod tests {
         }
         .plan();
         assert!(
-            paged
-                .iter()
-                .all(|(e, s)| s.block_len == (*e != EngineKind::Disk).then_some(4096)),
-            "the block length is our engine's, not the plain files'"
+            paged.iter().all(|(e, s)| s.block_len
+                == (*e != EngineKind::Disk && s.group != "space").then_some(4096)),
+            "the block length is our engine's, not the plain files', and not the footprint's"
         );
         for e in EngineKind::COMPARED {
             assert_eq!(count(e, Group::Writes), 4);

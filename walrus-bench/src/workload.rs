@@ -161,7 +161,11 @@ impl WorkloadSpec {
             }
         }
         if let Some(len) = self.block_len {
-            s.push_str(&format!(" blk={}KiB", len >> 10));
+            if len.is_multiple_of(1024) {
+                s.push_str(&format!(" blk={}KiB", len >> 10));
+            } else {
+                s.push_str(&format!(" blk={len}B"));
+            }
         }
         s
     }
@@ -481,12 +485,15 @@ fn run_pwrite(
 ) -> io::Result<RunResult> {
     let chunk = chunk.max(1);
     if let Spread::Blocks { block } = spread
-        && (block == 0 || spec.sizes.max as u64 > block || block > Prealloc::LEN)
+        && (block == 0
+            || spec.sizes.max as u64 > block
+            || (chunk as u64).saturating_mul(block) > Prealloc::LEN)
     {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "blocks of {block} bytes cannot hold entries of up to {} bytes in a {} byte file",
+                "{chunk} regions of {block}-byte blocks cannot hold entries of up to {} bytes \
+                 apart in a {} byte file",
                 spec.sizes.max,
                 Prealloc::LEN
             ),
@@ -571,7 +578,8 @@ struct BlockCursor {
 }
 
 impl BlockCursor {
-    /// Regions `0..regions` start in blocks `0..regions`. `block` must be in `1..=LEN`.
+    /// Regions `0..regions` start in blocks `0..regions`. `block` must be at least 1 and
+    /// `regions` blocks must fit in [`Prealloc::LEN`], so the regions never overlap.
     fn new(regions: usize, block: u64) -> Self {
         Self {
             block,
@@ -721,6 +729,7 @@ mod tests {
         check(&run(EngineKind::Walrus, &paged, &dir).unwrap());
         assert!(paged.label().ends_with("blk=4KiB"), "{}", paged.label());
         paged.block_len = Some(4097);
+        assert!(paged.label().ends_with("blk=4097B"), "{}", paged.label());
         let refused = run(EngineKind::Walrus, &paged, &dir).unwrap();
         assert!(
             refused.error.as_deref().is_some_and(|e| e.contains("4097")),
@@ -787,9 +796,12 @@ mod tests {
         let p = run(EngineKind::Disk, &spec(op(4096), 1), &dir).unwrap();
         check(&p);
         assert_eq!(p.latency.calls * 4, p.entries);
-        // A block smaller than the longest entry is refused, not run.
+        // A block smaller than the longest entry is refused, not run; so are regions that
+        // would overlap in the prepared file.
         let small = run(EngineKind::Disk, &spec(op(512), 1), &dir).unwrap();
         assert!(small.error.unwrap().contains("512"));
+        let wide = run(EngineKind::Disk, &spec(op(Prealloc::LEN / 2), 1), &dir).unwrap();
+        assert!(wide.error.unwrap().contains("4 regions"));
     }
 
     #[test]
