@@ -244,8 +244,9 @@ impl StoreOptions {
     /// Let appenders that wait for a running group sync (under
     /// [`SyncPolicy::Each`](crate::SyncPolicy::Each)) yield the CPU in a loop before they park
     /// (default: on). Each wait then ends as soon as the sync does, without a wake-up: the
-    /// synced rate of many threads rises by a quarter or more where the CPU is otherwise idle,
-    /// at the price of that idle CPU. While yields come back slowly (other work wants the CPU)
+    /// synced rate of many threads rises where the CPU is otherwise idle (on the development
+    /// machine: 16 threads on one topic by 20–35 %, on 16 topics by 5–15 %), at the price of
+    /// that idle CPU. While yields come back slowly (other work wants the CPU)
     /// waiters park at once; off, they always do.
     #[must_use]
     pub fn with_yield_wait(mut self, on: bool) -> Self {
