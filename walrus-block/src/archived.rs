@@ -229,3 +229,57 @@ pub(crate) fn topic_from_field(len: u8, field: &[u8; 255]) -> Result<String, cra
         .map(str::to_owned)
         .map_err(|_| CorruptReason::TopicNotUtf8)
 }
+
+/// Journal header as archived on disk (28 bytes, stored in a 512-byte slot).
+#[derive(Archive)]
+#[rkyv(archived = JournalHeaderV1)]
+#[allow(dead_code)]
+pub(crate) struct JournalHeaderNative {
+    pub(crate) magic: [u8; 8],
+    pub(crate) version: u16,
+    pub(crate) flags: u16,
+    pub(crate) reserved: u32,
+    pub(crate) generation: u64,
+    pub(crate) crc: u32,
+}
+
+/// Journal record header as archived on disk (36 bytes).
+#[derive(Archive)]
+#[rkyv(archived = JournalRecordV1)]
+#[allow(dead_code)]
+pub(crate) struct JournalRecordNative {
+    pub(crate) magic: [u8; 4],
+    pub(crate) reserved: u32,
+    pub(crate) generation: u64,
+    pub(crate) seq: u64,
+    pub(crate) body_len: u32,
+    pub(crate) body_crc: u32,
+    pub(crate) crc: u32,
+}
+
+/// One write inside a journal record's body, as archived (20 bytes, then the bytes written).
+#[derive(Archive)]
+#[rkyv(archived = JournalWriteV1)]
+#[allow(dead_code)]
+pub(crate) struct JournalWriteNative {
+    pub(crate) segment_id: u64,
+    pub(crate) position: u64,
+    pub(crate) len: u32,
+}
+
+const _: () = {
+    use std::mem::{align_of, size_of};
+    assert!(size_of::<JournalHeaderV1>() == 8 + 2 + 2 + 4 + 8 + 4);
+    assert!(align_of::<JournalHeaderV1>() == 1);
+    assert!(size_of::<JournalRecordV1>() == 4 + 4 + 8 + 8 + 4 + 4 + 4);
+    assert!(align_of::<JournalRecordV1>() == 1);
+    assert!(size_of::<JournalWriteV1>() == 8 + 8 + 4);
+    assert!(align_of::<JournalWriteV1>() == 1);
+};
+
+// SAFETY: as for the other headers: `repr(C)`, alignment 1, no padding (asserted above).
+unsafe impl PlainHeader for JournalHeaderV1 {}
+// SAFETY: as above.
+unsafe impl PlainHeader for JournalRecordV1 {}
+// SAFETY: as above.
+unsafe impl PlainHeader for JournalWriteV1 {}

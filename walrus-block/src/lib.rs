@@ -51,6 +51,7 @@ pub mod checksum;
 mod cursor;
 mod error;
 mod frame;
+mod journal;
 mod limits;
 mod segment;
 pub mod tier;
@@ -64,6 +65,12 @@ pub use error::{CorruptReason, FormatError};
 pub use frame::{
     EntryRef, FRAME_HEADER_LEN, FRAME_MARKER, Frame, FrameDecoder, FrameHeader, FrameKind,
     SequenceCheck, encode_frame, encode_frame_header, frame_len, resync, write_frame,
+};
+pub use journal::{
+    JOURNAL_DATA_OFFSET, JOURNAL_HEADER_LEN, JOURNAL_MAGIC, JOURNAL_RECORD_ALIGN,
+    JOURNAL_RECORD_HEADER_LEN, JOURNAL_RECORD_MAGIC, JOURNAL_SLOT_LEN, JOURNAL_VERSION,
+    JOURNAL_WRITE_HEADER_LEN, JournalHeader, JournalRecordHeader, JournalWrite,
+    decode_journal_body, encode_journal_record_header, encode_journal_write,
 };
 pub use limits::{
     BLOCK_ALIGN, DEFAULT_BLOCK_LEN, DEFAULT_SEGMENT_LEN, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES,

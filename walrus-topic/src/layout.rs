@@ -4,6 +4,7 @@
 //! <dir>/LOCK                       advisory lock held by the live instance
 //! <dir>/cursors.wcur               cursor slots
 //! <dir>/durable.wcur               durable-watermark slots (same format)
+//! <dir>/journal.wjnl               the group-commit journal (stores that keep one)
 //! <dir>/00000000000000000042.wseg  segment file 42 (20 decimal digits)
 //! ```
 //!
@@ -18,6 +19,8 @@ use crate::error::data_error;
 
 /// Name of the lock file.
 pub(crate) const LOCK_FILE: &str = "LOCK";
+/// Name of the group-commit journal (`crate::journal`).
+pub(crate) const JOURNAL_FILE: &str = "journal.wjnl";
 const SEGMENT_SUFFIX: &str = ".wseg";
 
 /// Segment ids carry their allocation lane in the bits above this one: lane `k` numbers its
@@ -44,6 +47,7 @@ pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
 pub(crate) enum FileKind {
     Lock,
     Cursors,
+    Journal,
     Segment(u64),
 }
 
@@ -58,6 +62,9 @@ pub(crate) fn classify(path: &Path) -> io::Result<FileKind> {
     }
     if name == CURSOR_FILE || name == MARKS_FILE {
         return Ok(FileKind::Cursors);
+    }
+    if name == JOURNAL_FILE {
+        return Ok(FileKind::Journal);
     }
     if let Some(digits) = name.strip_suffix(SEGMENT_SUFFIX)
         && digits.len() == 20

@@ -34,6 +34,7 @@ mod cursors;
 pub mod durability;
 mod engine;
 mod error;
+mod journal;
 mod layout;
 mod options;
 mod progress;

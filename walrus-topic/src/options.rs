@@ -116,6 +116,7 @@ pub struct StoreOptions {
     pub(crate) zero_fill: bool,
     pub(crate) small_blocks: bool,
     pub(crate) yield_wait: bool,
+    pub(crate) journal: bool,
     pub(crate) retention: Retention,
     pub(crate) topic_retention: std::collections::BTreeMap<String, Retention>,
     /// The remote tier, if any (see [`with_tier`](Self::with_tier)).
@@ -152,6 +153,7 @@ impl StoreOptions {
             zero_fill: false,
             small_blocks: false,
             yield_wait: true,
+            journal: false,
             retention: Retention::default(),
             topic_retention: std::collections::BTreeMap::new(),
             tier: None,
@@ -254,6 +256,21 @@ impl StoreOptions {
         self
     }
 
+    /// Keep a group-commit journal, `journal.wjnl` (default: off; the facade turns it on under
+    /// `SyncEach`). Each store sync then writes the segment writes made since the last one as
+    /// one contiguous record of that small file and syncs it, instead of syncing every page they
+    /// touched in the segment files (one page per topic, scattered). The segments are synced
+    /// by the background maintenance, and before the journal's space is reused; an open applies
+    /// the records a crash left. On the development machine 16 threads appending to 16 topics
+    /// with `SyncEach` ran 35–40 % faster, and 64 threads 70–80 % (BENCHMARKS.md). Costs
+    /// 4 MiB of disk, and every synced byte is written twice. A sync of more than 256 KiB of
+    /// writes syncs the segments instead.
+    #[must_use]
+    pub fn with_journal(mut self, on: bool) -> Self {
+        self.journal = on;
+        self
+    }
+
     /// Keep blocks as short as the entries allow (default: off): a topic's blocks still grow
     /// from 4 KiB, but only to 32 times its entries' frames and at least 32 block headers (so
     /// that a block's header and the unused end an entry that does not fit leaves each stay
@@ -351,8 +368,13 @@ impl StoreOptions {
         self.mark_interval
     }
 
-    /// Whether appenders waiting for a group sync yield-wait before they park (see
-    /// [`with_yield_wait`](Self::with_yield_wait)).
+    /// Whether the store keeps a group-commit journal (see [`with_journal`](Self::with_journal)).
+    #[must_use]
+    pub fn journal(&self) -> bool {
+        self.journal
+    }
+
+    /// Whether waiting appenders yield-wait (see [`with_yield_wait`](Self::with_yield_wait)).
     #[must_use]
     pub fn yield_wait(&self) -> bool {
         self.yield_wait

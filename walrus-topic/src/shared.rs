@@ -18,6 +18,7 @@ use walrus_io::Storage;
 use crate::chain::{Block, SegmentHandle};
 use crate::cursors::{CursorStore, RecordKey};
 use crate::error::{Poisoned, poisoned_error};
+use crate::journal::Journal;
 use crate::layout::segment_path;
 use crate::options::StoreOptions;
 use crate::progress::Progress;
@@ -99,22 +100,25 @@ pub(crate) struct Shared {
     pub(crate) sync_counters: crate::stats::SyncCounters,
     /// The remote tier and the catalogues of the tiered topics, if a tier is set.
     pub(crate) tier: Option<crate::tier::TierState>,
+    /// The group-commit journal, if the store keeps one (see [`crate::journal`]).
+    pub(crate) journal: Option<Journal>,
 }
 
 impl Shared {
     /// The shared state of a store opening with what recovery found: the lanes' allocators
-    /// over `files` and `tracker`, and the cursor and marks files.
+    /// over `files` and `tracker`, the cursor and marks files, and the journal (if the store keeps one).
     pub(crate) fn new(
         dir: PathBuf,
         storage: Arc<dyn Storage>,
         lanes: Vec<BlockAllocator>,
         tracker: walrus_alloc::sync::Arc<FileTracker>,
         files: Arc<Files>,
-        (cursors, marks): (CursorStore, CursorStore),
+        (cursors, marks, journal): (CursorStore, CursorStore, Option<Journal>),
         options: StoreOptions,
     ) -> Self {
         let tier = options.tier.clone().map(crate::tier::TierState::new);
         Self {
+            journal,
             dir,
             storage,
             lanes,
@@ -325,6 +329,36 @@ impl Shared {
         }
     }
 
+    /// Syncs every segment file with writes no sync covered yet.
+    fn sync_segments(&self) -> io::Result<()> {
+        self.syncers.sync_all(&self.files.all())
+    }
+
+    /// With a journal and background maintenance: makes the segment writes it holds durable
+    /// in their segments, off the appenders' path, so that starting its next generation finds
+    /// little to sync. (Without background maintenance, only that start and the close sync
+    /// them: no decision then depends on the clock.)
+    pub(crate) fn sync_behind_journal(&self) -> io::Result<()> {
+        if self.journal.is_none()
+            || !self.options.background_maintenance
+            || self.check_writable().is_err()
+        {
+            return Ok(());
+        }
+        self.sync_segments().inspect_err(|e| self.poison(e))
+    }
+
+    /// With a journal, at a clean close: makes every write durable in its segment and retires
+    /// the journal's records, so that the next open has nothing to apply.
+    pub(crate) fn retire_journal(&self) -> io::Result<()> {
+        match &self.journal {
+            Some(j) if self.check_writable().is_ok() => j
+                .retire(|| self.sync_segments())
+                .inspect_err(|e| self.poison(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Makes every write and cursor persisted so far durable, then advances the durable
     /// watermark of every topic it covered.
     ///
@@ -345,17 +379,18 @@ impl Shared {
         // the watermarks are written and synced there, off their path; otherwise here, a sync
         // late (a lower bound).
         let inline_marks = !self.options.marks_in_background();
-        let synced = self
-            .syncers
-            .sync_all(&self.files.all())
-            .and_then(|()| self.cursors.sync())
-            .and_then(|()| {
-                if inline_marks {
-                    self.marks.sync()
-                } else {
-                    Ok(())
-                }
-            });
+        let synced = match &self.journal {
+            Some(j) => j.sync(|| self.sync_segments()),
+            None => self.sync_segments(),
+        }
+        .and_then(|()| self.cursors.sync())
+        .and_then(|()| {
+            if inline_marks {
+                self.marks.sync()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = synced {
             self.poison(&e);
             return Err(e);
@@ -453,6 +488,7 @@ pub(crate) fn segment_preparer(
     dir: PathBuf,
     files: Arc<Files>,
     block_len: u64,
+    sync_header: bool,
 ) -> impl Fn(u64, u64) -> io::Result<()> + Send + Sync + 'static {
     move |segment, segment_len| {
         let _span = tracing::debug_span!("walrus.prepare_segment", segment, segment_len).entered();
@@ -474,6 +510,13 @@ pub(crate) fn segment_preparer(
             .encode(),
             0,
         )?;
+        // With a journal, durable before any block in the file is handed out: recovery
+        // deletes a segment without a header as one that held only unsynced data, and the
+        // segment itself may not be synced before its entries are acknowledged (without a
+        // journal, the sync that acknowledges them covers the header).
+        if sync_header {
+            file.sync_data()?;
+        }
         storage.sync_dir(&dir)?;
         let handle = Arc::new(SegmentHandle::new(
             segment,

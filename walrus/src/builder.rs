@@ -54,6 +54,7 @@ pub struct WalrusBuilder {
     lanes: Option<usize>,
     /// `Some(false)`: synced appenders park at once instead of yield-waiting.
     yield_wait: Option<bool>,
+    journal: Option<bool>,
     retention: Retention,
     topic_retention: Vec<(String, Retention)>,
     tier: Option<(Arc<dyn walrus_io::RemoteTier>, String)>,
@@ -167,6 +168,17 @@ impl WalrusBuilder {
         self
     }
 
+    /// Under `SyncEach`, whether group syncs go through the journal, `journal.wjnl` (default:
+    /// on): each sync writes the appends it covers as one contiguous record of that 4 MiB file
+    /// and syncs it, instead of syncing one scattered page per topic in the segment files,
+    /// which are synced in the background. On the development machine 16 threads on 16 topics
+    /// ran 35–40 % faster with it, 64 threads 70–80 %; every synced byte is written twice.
+    /// See [`StoreOptions::with_journal`](walrus_topic::StoreOptions::with_journal).
+    pub fn journal(mut self, on: bool) -> Self {
+        self.journal = Some(on);
+        self
+    }
+
     /// Retention of every topic without its own: the oldest blocks beyond `max_bytes` or
     /// older than `max_age` are released, read or not (default: keep until consumed).
     pub fn retention(mut self, retention: Retention) -> Self {
@@ -250,6 +262,7 @@ impl WalrusBuilder {
             .with_sync_cursor_writes(self.schedule == FsyncSchedule::SyncEach)
             .with_visible_when_durable(self.schedule == FsyncSchedule::SyncEach)
             .with_zero_fill(self.schedule == FsyncSchedule::SyncEach)
+            .with_journal(self.schedule == FsyncSchedule::SyncEach && self.journal.unwrap_or(true))
             .with_background_maintenance(!self.inline_maintenance)
             .with_retention(self.retention);
         for (topic, retention) in &self.topic_retention {
@@ -336,5 +349,24 @@ mod tests {
             .settings()
             .unwrap();
         assert!(!off.options.yield_wait());
+    }
+
+    #[test]
+    fn the_journal_is_kept_under_sync_each_unless_turned_off() {
+        let settings = |schedule, journal: Option<bool>| {
+            let b = WalrusBuilder::new()
+                .data_dir("/d")
+                .storage(sim())
+                .fsync_schedule(schedule);
+            let b = match journal {
+                Some(on) => b.journal(on),
+                None => b,
+            };
+            b.settings().unwrap().options.journal()
+        };
+        assert!(settings(FsyncSchedule::SyncEach, None));
+        assert!(!settings(FsyncSchedule::SyncEach, Some(false)));
+        assert!(!settings(FsyncSchedule::Milliseconds(200), None));
+        assert!(!settings(FsyncSchedule::NoFsync, Some(true)));
     }
 }

@@ -142,7 +142,8 @@ fn recover_in(
     for path in storage.list(dir)? {
         match classify(&path)? {
             FileKind::Segment(id) => segment_paths.push((id, path)),
-            FileKind::Lock | FileKind::Cursors => {}
+            // The journal was applied before recovery (`Store::open`).
+            FileKind::Lock | FileKind::Cursors | FileKind::Journal => {}
         }
     }
     segment_paths.sort();

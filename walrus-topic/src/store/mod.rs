@@ -17,6 +17,7 @@ use walrus_block::{
 use walrus_io::{BackendKind, Storage};
 
 use crate::error::{Poisoned, invalid_input};
+use crate::journal::{Journal, journal_len};
 use crate::layout::{DirLock, lane_base};
 use crate::options::StoreOptions;
 use crate::recovery::{self, Recovered, RecoveryReport};
@@ -68,8 +69,28 @@ impl Store {
         } else {
             DirLock::none()
         };
-        match recovery::recover(&dir, storage.clone(), &options) {
-            Ok(recovered) => Self::wire(dir, storage, options, recovered, lock),
+        // The journal's synced writes go to their segments first: recovery must find every
+        // acknowledged entry there. Applying them again after a refused open writes the same
+        // bytes again.
+        let recovered = crate::journal::replay(&dir, &*storage)
+            .and_then(|_| recovery::recover(&dir, storage.clone(), &options))
+            .and_then(|recovered| {
+                // A new generation before anything is appended: the records applied above
+                // must never be applied over what this run writes.
+                let journal = if options.journal {
+                    Some(Journal::open(
+                        &dir,
+                        &*storage,
+                        journal_len(options.segment_len),
+                    )?)
+                } else {
+                    crate::journal::remove(&dir, &*storage)?;
+                    None
+                };
+                Ok((recovered, journal))
+            });
+        match recovered {
+            Ok((recovered, journal)) => Self::wire(dir, storage, options, recovered, journal, lock),
             Err(e) => {
                 // A refused open leaves the directory as it found it.
                 lock.release_created();
@@ -113,8 +134,13 @@ impl Store {
             ));
         }
         let _span = tracing::info_span!("walrus.open_read_only", dir = %dir.display()).entered();
+        let pending = crate::journal::live_records(&dir, &*storage)?;
+        if pending > 0 {
+            tracing::warn!(dir = %dir.display(), records = pending,
+                "the journal holds synced writes a read-only open does not apply: entries they hold may show as a torn tail or as damage until a read-write open applies them");
+        }
         let recovered = recovery::recover(&dir, storage.clone(), &options)?;
-        Self::wire(dir, storage, options, recovered, DirLock::none())
+        Self::wire(dir, storage, options, recovered, None, DirLock::none())
     }
 
     /// Builds the running store from what recovery found.
@@ -123,6 +149,7 @@ impl Store {
         storage: Arc<dyn Storage>,
         options: StoreOptions,
         recovered: Recovered,
+        journal: Option<Journal>,
         lock: DirLock,
     ) -> io::Result<Self> {
         let files = Arc::new(Files::default());
@@ -155,6 +182,7 @@ impl Store {
                 dir.clone(),
                 files.clone(),
                 options.block_len,
+                options.journal,
             );
             lanes.push(BlockAllocator::resume(
                 config,
@@ -169,7 +197,7 @@ impl Store {
             lanes,
             tracker,
             files,
-            (recovered.cursors, recovered.marks),
+            (recovered.cursors, recovered.marks, journal),
             options,
         ));
         if !shared.options.read_only {
@@ -469,6 +497,9 @@ impl Store {
             }
         }
         self.apply_retention();
+        if let Err(e) = self.shared.sync_behind_journal() {
+            tracing::error!(error = %e, "segment sync behind the journal failed; writes are refused until reopen");
+        }
         // The persisted watermarks follow the syncs from here (see `Shared::sync`), also when
         // appends stop.
         if self.shared.options.marks_in_background()
@@ -535,6 +566,9 @@ impl Drop for Store {
             if let Err(e) = self.shared.marks.sync() {
                 tracing::warn!(dir = %self.shared.dir.display(), error = %e, "durable watermarks not synced at close");
             }
+        }
+        if let Err(e) = self.shared.retire_journal() {
+            tracing::warn!(dir = %self.shared.dir.display(), error = %e, "journal not retired at close; the next open applies it");
         }
     }
 }

@@ -133,6 +133,16 @@ impl Topic {
             self.roll_back(shared, w, &plan);
             return Err(e);
         }
+        // Marked before it is captured: a segment sync that starts after the capture (before
+        // the journal retires it) covers the write.
+        for p in &plan.pieces {
+            p.block.handle.mark_dirty();
+        }
+        if let Some(j) = &shared.journal {
+            for c in &chunks {
+                j.capture(c.block.segment, c.pos, &c.bufs);
+            }
+        }
         self.publish(shared, w, plan, payloads.len());
         Ok(())
     }
@@ -248,12 +258,11 @@ impl Topic {
         self.give_up(shared, &plan.new_blocks, w.next_chain_seq);
     }
 
-    /// Publishes a written unit: blocks before the written end, so a reader never sees a
+    /// Publishes a written (and marked) unit: blocks before the written end, so a reader never sees a
     /// partial unit; full blocks are sealed.
     fn publish(&self, shared: &Shared, w: &mut Writer, plan: Plan, count: usize) {
         let first = w.next_offset;
         for p in &plan.pieces {
-            p.block.handle.mark_dirty();
             p.block.publish(p.data_end, first + p.frames.end as u64);
         }
         if !plan.new_blocks.is_empty() {
