@@ -5,12 +5,25 @@
 
 use libfuzzer_sys::fuzz_target;
 use walrus_block::{
-    BlockHeader, CursorRecord, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameHeader, SegmentHeader,
-    SequenceCheck, TierIndex, checksum::crc32c,
+    BlockHeader, CursorRecord, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameHeader,
+    JOURNAL_RECORD_HEADER_LEN, JOURNAL_WRITE_HEADER_LEN, JournalHeader, JournalRecordHeader,
+    SegmentHeader, SequenceCheck, TierIndex, checksum::crc32c, decode_journal_body,
 };
 
 fuzz_target!(|data: &[u8]| {
     let _ = SegmentHeader::decode(data);
+    let _ = JournalHeader::decode_slots(data);
+    if let Ok(Some(h)) = JournalRecordHeader::decode(data) {
+        let body = data.get(JOURNAL_RECORD_HEADER_LEN..).unwrap_or(&[]);
+        if let Ok(writes) = decode_journal_body(&h, body) {
+            // The writes tile the body exactly, and every one lies inside the input.
+            let tiled: usize = writes
+                .iter()
+                .map(|w| JOURNAL_WRITE_HEADER_LEN + w.bytes.len())
+                .sum();
+            assert_eq!(tiled, h.body_len as usize);
+        }
+    }
     if let Ok(Some(c)) = CursorRecord::decode(data) {
         assert!(!c.topic.is_empty() && c.topic.len() <= 255);
     }

@@ -97,25 +97,34 @@ impl Journal {
     /// Any I/O error; `InvalidData` for a journal whose header is damaged.
     pub(crate) fn open(dir: &Path, storage: &dyn Storage, len: u64) -> io::Result<Self> {
         let path = journal_path(dir);
+        let create = || -> io::Result<Arc<dyn SegmentFile>> {
+            let file = storage.create(&path, len)?;
+            let zeros = vec![0u8; 256 << 10];
+            let mut at = 0;
+            while at < len {
+                let n = zeros
+                    .len()
+                    .min(usize::try_from(len - at).unwrap_or(usize::MAX));
+                file.write_at(zeros.get(..n).unwrap_or(&[]), at)?;
+                at += n as u64;
+            }
+            Ok(file)
+        };
         let (file, generation, len) = match storage.open(&path) {
             Ok(file) => {
                 let bytes = read_all(&*file)?;
-                let generation = live_generation(&path, &bytes)?.unwrap_or(0);
-                (file, generation, bytes.len() as u64)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let file = storage.create(&path, len)?;
-                let zeros = vec![0u8; 256 << 10];
-                let mut at = 0;
-                while at < len {
-                    let n = zeros
-                        .len()
-                        .min(usize::try_from(len - at).unwrap_or(usize::MAX));
-                    file.write_at(&zeros[..n], at)?;
-                    at += n as u64;
+                match live_generation(&path, &bytes)? {
+                    Some(generation) => (file, generation, bytes.len() as u64),
+                    // Never initialised (a crash while it was created, before its first
+                    // header): it holds nothing, so it is made anew.
+                    None => {
+                        drop(file);
+                        storage.remove(&path)?;
+                        (create()?, 0, len)
+                    }
                 }
-                (file, 0, len)
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (create()?, 0, len),
             Err(e) => return Err(e),
         };
         if len < 2 * JOURNAL_DATA_OFFSET {
@@ -225,7 +234,10 @@ impl Journal {
 
     /// Writes and syncs the header of the next generation: every record before it is retired.
     fn start_generation(&self, st: &mut State) -> io::Result<()> {
-        let generation = st.generation + 1;
+        let generation = st
+            .generation
+            .checked_add(1)
+            .ok_or_else(|| data_error(self.file.path(), "journal generation at its limit"))?;
         let header = JournalHeader { generation }.encode();
         self.file
             .write_at(&header, JournalHeader::slot_of(generation))?;

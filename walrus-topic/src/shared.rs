@@ -329,6 +329,19 @@ impl Shared {
         }
     }
 
+    /// Writes the cleanup of a failed append (zeros over what it may have left in `block`, or
+    /// an abandoned block's header) and marks it; with a journal, captures it too, so that it is
+    /// durable no later than the next acknowledged append (which a journal record, not a
+    /// segment sync, may make durable): a power cut must not bring back what it undid.
+    pub(crate) fn write_cleanup(&self, block: &Block, bytes: &[u8], pos: u64) -> io::Result<()> {
+        block.file().write_at(bytes, pos)?;
+        block.handle.mark_dirty();
+        if let Some(j) = &self.journal {
+            j.capture(block.segment, pos, &[io::IoSlice::new(bytes)]);
+        }
+        Ok(())
+    }
+
     /// Syncs every segment file with writes no sync covered yet.
     fn sync_segments(&self) -> io::Result<()> {
         self.syncers.sync_all(&self.files.all())

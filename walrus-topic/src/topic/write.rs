@@ -251,7 +251,7 @@ impl Topic {
             .filter(|p| w.block.as_ref().is_some_and(|b| Arc::ptr_eq(b, &p.block)))
         {
             let zeros = vec![0u8; usize::try_from(p.data_end - p.pos).unwrap_or(0)];
-            if let Err(e) = p.block.file().write_at(&zeros, p.pos) {
+            if let Err(e) = shared.write_cleanup(&p.block, &zeros, p.pos) {
                 shared.poison(&e);
             }
         }
@@ -317,7 +317,7 @@ impl Topic {
             let marked = header
                 .encode()
                 .map_err(io::Error::from)
-                .and_then(|h| b.file().write_at(&h, b.start));
+                .and_then(|h| shared.write_cleanup(b, &h, b.start));
             if let Err(e) = marked {
                 tracing::warn!(topic = %self.name, segment = b.segment, block = b.start, error = %e,
                     "could not mark an abandoned block; writes are refused until reopen");
