@@ -270,13 +270,7 @@ fn check_failed(st: &State) -> io::Result<()> {
 /// any I/O error.
 pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<usize> {
     let path = journal_path(dir);
-    let file = match storage.open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let bytes = read_all(&*file)?;
-    let Some(generation) = live_generation(&path, &bytes)? else {
+    let Some((bytes, generation)) = load(&path, storage.open(&path))? else {
         return Ok(0);
     };
     let mut segments: HashMap<u64, Option<Arc<dyn SegmentFile>>> = HashMap::new();
@@ -325,13 +319,7 @@ pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<usize> {
 /// As [`replay`].
 pub(crate) fn live_records(dir: &Path, storage: &dyn Storage) -> io::Result<u64> {
     let path = journal_path(dir);
-    let file = match storage.open_read(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let bytes = read_all(&*file)?;
-    let Some(generation) = live_generation(&path, &bytes)? else {
+    let Some((bytes, generation)) = load(&path, storage.open_read(&path))? else {
         return Ok(0);
     };
     let mut records = 0;
@@ -353,6 +341,21 @@ pub(crate) fn remove(dir: &Path, storage: &dyn Storage) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The bytes and live generation of the journal `opened` at `path`; `None` when there is no
+/// journal or it was never initialised.
+fn load(
+    path: &Path,
+    opened: io::Result<Arc<dyn SegmentFile>>,
+) -> io::Result<Option<(Vec<u8>, u64)>> {
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bytes = read_all(&*file)?;
+    Ok(live_generation(path, &bytes)?.map(|generation| (bytes, generation)))
 }
 
 /// The live generation from a journal's bytes; `None` for a journal never initialised.
