@@ -202,6 +202,8 @@ pub struct OpenOptions {
     pub segment_len: Option<u64>,
     /// Longest block (ours only; `None` = the default).
     pub block_len: Option<u64>,
+    /// The group-commit journal under `SyncEach` (ours only; `None` = the default, on).
+    pub journal: Option<bool>,
 }
 
 /// The key both engines put their data under, inside the run's data root.
@@ -245,6 +247,9 @@ impl Ours {
         }
         if let Some(len) = o.block_len {
             b = b.block_len(len);
+        }
+        if let Some(on) = o.journal {
+            b = b.journal(on);
         }
         b.build().map(Self)
     }
@@ -474,6 +479,26 @@ mod tests {
     }
 
     #[test]
+    fn the_journal_option_reaches_our_engine() {
+        for (journal, kept) in [(None, true), (Some(false), false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let o = OpenOptions {
+                dir: dir.path().to_path_buf(),
+                fsync: Fsync::SyncEach,
+                consistency: Consistency::StrictlyAtOnce,
+                backend: Backend::Pwrite,
+                segment_len: None,
+                block_len: None,
+                journal,
+            };
+            let engine = open(EngineKind::Walrus, &o).unwrap();
+            engine.append("t", b"entry").unwrap();
+            let file = dir.path().join(INSTANCE_KEY).join("journal.wjnl");
+            assert_eq!(file.exists(), kept, "journal {journal:?}");
+        }
+    }
+
+    #[test]
     fn seed_refuses_to_run_in_process() {
         let o = OpenOptions {
             dir: PathBuf::from("/nonexistent/walrus-bench-test"),
@@ -482,6 +507,7 @@ mod tests {
             backend: Backend::Pwrite,
             segment_len: None,
             block_len: None,
+            journal: None,
         };
         let err = open(EngineKind::WalrusRust, &o).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::Unsupported);

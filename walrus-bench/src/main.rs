@@ -39,6 +39,10 @@ struct Cli {
     /// `SyncEach` the engine still caps blocks at 32 entries' worth, so this can only lower it.
     #[arg(long)]
     block_len: Option<u64>,
+    /// Our engine without its group-commit journal under `SyncEach` (labelled `nojournal`),
+    /// for an A/B against the default.
+    #[arg(long)]
+    no_journal: bool,
     /// Run the plan this many times (1-100), in rounds, and report each row's median run
     /// (default 1).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
@@ -100,6 +104,9 @@ impl Cli {
         }
         if self.block_len.is_some() {
             c.block_len = self.block_len;
+        }
+        if self.no_journal {
+            c.journal = Some(false);
         }
         if let Some(v) = &self.engines {
             c.engines.clone_from(v);
@@ -343,6 +350,7 @@ mod tests {
             "3",
             "--block-len",
             "8192",
+            "--no-journal",
         ])
         .unwrap();
         let c = cli.suite_config();
@@ -353,7 +361,10 @@ mod tests {
         assert_eq!(c.engines, vec![EngineKind::Walrus]);
         assert_eq!(c.groups, vec![Group::Writes, Group::Reads]);
         assert!(!c.full);
-        assert_eq!((c.repeat, c.block_len), (3, Some(8192)));
+        assert_eq!(
+            (c.repeat, c.block_len, c.journal),
+            (3, Some(8192), Some(false))
+        );
         for bad in ["0", "101"] {
             assert!(Cli::try_parse_from(["walrus-bench", "--repeat", bad]).is_err());
         }

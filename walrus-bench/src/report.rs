@@ -716,6 +716,7 @@ mod tests {
                 backend: Backend::Pwrite,
                 segment_len: None,
                 block_len: None,
+                journal: None,
             },
             entries: eps as u64,
             payload_bytes: eps as u64 * 1024,

@@ -144,6 +144,9 @@ pub struct SuiteConfig {
     /// Longest block of our engine's topics; `None` = the engine's default.
     #[serde(default)]
     pub block_len: Option<u64>,
+    /// Our engine's group-commit journal under `SyncEach`; `None` = the engine's default (on).
+    #[serde(default)]
+    pub journal: Option<bool>,
     /// Engines compared, in order (the physical baseline runs on `disk` regardless).
     pub engines: Vec<EngineKind>,
     /// Workload families to run.
@@ -185,6 +188,7 @@ impl SuiteConfig {
             batch_size: 256,
             backend: Backend::Pwrite,
             block_len: None,
+            journal: None,
             engines: EngineKind::COMPARED.to_vec(),
             groups: Group::ALL.to_vec(),
             prefill: 400_000,
@@ -226,6 +230,7 @@ impl SuiteConfig {
             backend: self.backend,
             segment_len: None,
             block_len: self.block_len,
+            journal: self.journal,
         };
         let spec = |group: Group, name: &str, op: Op, threads: usize| WorkloadSpec {
             group: group.to_string(),
@@ -252,8 +257,9 @@ impl SuiteConfig {
                 Group::Physical => {
                     let phys = |name: &str, chunk, fdatasync| {
                         let mut s = spec(group, name, Op::pwrite(chunk, fdatasync), 1);
-                        // Plain files: our engine's block length does not apply.
+                        // Plain files: our engine's block length and journal do not apply.
                         s.block_len = None;
+                        s.journal = None;
                         s.fsync = if fdatasync {
                             Fsync::SyncEach
                         } else {

@@ -143,6 +143,9 @@ pub struct WorkloadSpec {
     /// Longest block (ours), `None` = the engine's default.
     #[serde(default)]
     pub block_len: Option<u64>,
+    /// Our group-commit journal under `SyncEach`, `None` = the engine's default (on).
+    #[serde(default)]
+    pub journal: Option<bool>,
 }
 
 impl WorkloadSpec {
@@ -166,6 +169,9 @@ impl WorkloadSpec {
             } else {
                 s.push_str(&format!(" blk={len}B"));
             }
+        }
+        if self.journal == Some(false) {
+            s.push_str(" nojournal");
         }
         s
     }
@@ -304,6 +310,7 @@ fn run_engine(
             backend: spec.backend,
             segment_len: spec.segment_len,
             block_len: spec.block_len,
+            journal: spec.journal,
         },
     )?;
     let topic_count = spec
@@ -685,6 +692,7 @@ mod tests {
             backend: Backend::Pwrite,
             segment_len: Some(8 << 20),
             block_len: None,
+            journal: None,
         }
     }
 
