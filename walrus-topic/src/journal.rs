@@ -74,6 +74,10 @@ struct Pending {
     body: Vec<u8>,
     /// A write too large for a record was captured: the next sync syncs the segments.
     overflow: bool,
+    /// Segment and end of the writes captured so far while they form one contiguous run.
+    run: Option<(u64, u64)>,
+    /// The writes captured so far do not form one run: a record is worth writing.
+    scattered: bool,
 }
 
 #[derive(Debug)]
@@ -160,14 +164,21 @@ impl Journal {
             p.overflow = true;
             return;
         }
+        let end = position + len as u64;
+        match p.run {
+            None if p.body.is_empty() => p.run = Some((segment, end)),
+            Some((s, e)) if s == segment && e == position => p.run = Some((segment, end)),
+            _ => p.scattered = true,
+        }
         let parts: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
         if encode_journal_write(&mut p.body, segment, position, &parts).is_err() {
             p.overflow = true;
         }
     }
 
-    /// Makes every captured write durable: as one record, or (after an overflow) by
-    /// `sync_segments`, which must sync every segment file with marked writes.
+    /// Makes every captured write durable: as one record, or (after an overflow, or when the
+    /// writes are one contiguous run) by `sync_segments`, which must sync every segment file
+    /// with marked writes.
     ///
     /// # Errors
     /// The I/O error; the store must then be poisoned (the caller does).
@@ -186,12 +197,19 @@ impl Journal {
         st: &mut State,
         sync_segments: impl Fn() -> io::Result<()>,
     ) -> io::Result<()> {
-        let Pending { body, overflow } = std::mem::take(&mut *self.pending.lock());
-        if overflow {
-            return sync_segments();
-        }
-        if body.is_empty() {
+        let Pending {
+            body,
+            overflow,
+            scattered,
+            ..
+        } = std::mem::take(&mut *self.pending.lock());
+        if body.is_empty() && !overflow {
             return Ok(());
+        }
+        if overflow || !scattered {
+            // Too large for a record, or one contiguous run (one topic, or one appender):
+            // syncing the segments costs what the record would, and writes the bytes once.
+            return sync_segments();
         }
         let span = JournalRecordHeader {
             generation: st.generation,

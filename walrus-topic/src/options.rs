@@ -263,8 +263,8 @@ impl StoreOptions {
     /// by the background maintenance, and before the journal's space is reused; an open applies
     /// the records a crash left. On the development machine 16 threads appending to 16 topics
     /// with `SyncEach` ran 35–40 % faster, and 64 threads 70–80 % (BENCHMARKS.md). Costs
-    /// 4 MiB of disk, and every synced byte is written twice. A sync of more than 256 KiB of
-    /// writes syncs the segments instead.
+    /// 4 MiB of disk, and every journaled byte is written twice. A sync whose writes are one
+    /// contiguous run (one topic's appends), or more than 256 KiB, syncs the segments instead.
     #[must_use]
     pub fn with_journal(mut self, on: bool) -> Self {
         self.journal = on;

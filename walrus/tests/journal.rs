@@ -63,6 +63,25 @@ fn check(wal: &Walrus, expected: &[Vec<Vec<u8>>]) {
     }
 }
 
+/// Appends entry `n` (of `len` bytes) to every topic `t{i}` of `expected` at once, with
+/// tickets, and waits for them: one group sync covers writes to several blocks, which the
+/// journal takes (one topic's writes alone are one contiguous run, synced in the segment).
+fn append_round(wal: &Walrus, expected: &mut [Vec<Vec<u8>>], n: usize, len: usize) {
+    let tickets: Vec<_> = expected
+        .iter_mut()
+        .enumerate()
+        .map(|(t, entries)| {
+            let data = payload(t, n, len);
+            let ticket = wal.append_with_ticket(&format!("t{t}"), &data).unwrap();
+            entries.push(data);
+            (ticket, entries.len() as u64 - 1)
+        })
+        .collect();
+    for (ticket, offset) in tickets {
+        assert_eq!(ticket.wait().unwrap(), offset..offset + 1);
+    }
+}
+
 #[test]
 fn concurrent_acknowledged_appends_survive_a_power_cut_that_takes_every_unsynced_segment_write() {
     let sim = SimStorage::new(7);
@@ -81,7 +100,10 @@ fn concurrent_acknowledged_appends_survive_a_power_cut_that_takes_every_unsynced
             })
         })
         .collect();
-    let expected: Vec<Vec<Vec<u8>>> = threads.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut expected: Vec<Vec<Vec<u8>>> = threads.into_iter().map(|h| h.join().unwrap()).collect();
+    // The last group for certain spans the four topics' blocks (a group of one contiguous
+    // run syncs the segment file, and with it what earlier records held).
+    append_round(&wal, &mut expected, 40, 700);
     assert!(
         unsynced_segment_sectors(&sim) > 0,
         "the acknowledgements synced the segments: the journal was not what made them durable"
@@ -100,11 +122,7 @@ fn the_journal_starts_new_generations_and_loses_nothing() {
     // 4 × 300 × 16 KiB: some 19 MiB through a 1 MiB journal (as long as a segment here), so
     // it starts over many times, each time after syncing the segments its records hold.
     for n in 0..300 {
-        for (t, entries) in expected.iter_mut().enumerate() {
-            let data = payload(t, n, 16 << 10);
-            wal.append(&format!("t{t}"), &data).unwrap();
-            entries.push(data);
-        }
+        append_round(&wal, &mut expected, n, 16 << 10);
     }
     assert!(unsynced_segment_sectors(&sim) > 0);
     sim.crash(CrashMode::TearLastWrite);
@@ -172,7 +190,11 @@ fn a_failed_journal_sync_fails_its_append_and_every_later_one_and_loses_nothing_
         expected[0].push(data);
     }
     sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Sync).path(JOURNAL));
-    assert!(wal.append("t0", b"not durable").is_err());
+    // Two topics' writes in one group: a journal record, whose sync fails.
+    let a = wal.append_with_ticket("t0", b"not durable").unwrap();
+    let b = wal.append_with_ticket("t1", b"not durable either").unwrap();
+    assert!(a.wait().is_err());
+    assert!(b.wait().is_err());
     let later = wal.append("t0", b"refused").unwrap_err();
     assert!(walrus::is_poisoned(&later), "{later}");
     sim.crash(CrashMode::DropUnsynced);
@@ -186,6 +208,24 @@ fn a_failed_journal_sync_fails_its_append_and_every_later_one_and_loses_nothing_
     // The failed append may or may not have reached the disk; nothing after it did.
     let next = wal.append("t0", b"after").unwrap();
     assert!((5..=6).contains(&next), "continued at {next}");
+}
+
+#[test]
+fn a_group_of_one_contiguous_run_syncs_the_segment_instead() {
+    let sim = SimStorage::new(13);
+    let wal = open(&sim, true).unwrap();
+    let expected = vec![(0..5).map(|n| payload(0, n, 700)).collect::<Vec<_>>()];
+    for data in &expected[0] {
+        wal.append("t0", data).unwrap();
+        assert_eq!(
+            unsynced_segment_sectors(&sim),
+            0,
+            "one topic's append was acknowledged without a segment sync"
+        );
+    }
+    sim.crash(CrashMode::DropUnsynced);
+    drop(wal);
+    check(&open(&sim, true).unwrap(), &expected);
 }
 
 #[test]
