@@ -93,13 +93,18 @@ struct State {
 }
 
 impl Journal {
-    /// Opens the journal of `dir` for a store that just recovered (after [`replay`]), starting a
-    /// new generation, or creates it, zero-filled (a sync into written space is cheaper than
-    /// into allocated but unwritten space).
+    /// Opens the journal of `dir` for a store that just recovered, starting a new generation
+    /// after the one [`replay`] `found`, or creates it (`len` bytes), zero-filled (a sync into
+    /// written space is cheaper than into allocated but unwritten space).
     ///
     /// # Errors
     /// Any I/O error; `InvalidData` for a journal whose header is damaged.
-    pub(crate) fn open(dir: &Path, storage: &dyn Storage, len: u64) -> io::Result<Self> {
+    pub(crate) fn open(
+        dir: &Path,
+        storage: &dyn Storage,
+        found: Option<Found>,
+        len: u64,
+    ) -> io::Result<Self> {
         let path = journal_path(dir);
         let create = || -> io::Result<Arc<dyn SegmentFile>> {
             let file = storage.create(&path, len)?;
@@ -114,22 +119,17 @@ impl Journal {
             }
             Ok(file)
         };
-        let (file, generation, len) = match storage.open(&path) {
-            Ok(file) => {
-                let bytes = read_all(&*file)?;
-                match live_generation(&path, &bytes)? {
-                    Some(generation) => (file, generation, bytes.len() as u64),
-                    // Never initialised (a crash while it was created, before its first
-                    // header): it holds nothing, so it is made anew.
-                    None => {
-                        drop(file);
-                        storage.remove(&path)?;
-                        (create()?, 0, len)
-                    }
-                }
+        let (file, generation, len) = match (found, storage.open(&path)) {
+            (Some(found), Ok(file)) => (file, found.generation, found.len),
+            // Never initialised (a crash while it was created, before its first header): it
+            // holds nothing, so it is made anew.
+            (None, Ok(file)) => {
+                drop(file);
+                storage.remove(&path)?;
+                (create()?, 0, len)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (create()?, 0, len),
-            Err(e) => return Err(e),
+            (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => (create()?, 0, len),
+            (_, Err(e)) => return Err(e),
         };
         if len < 2 * JOURNAL_DATA_OFFSET {
             return Err(data_error(
@@ -280,16 +280,16 @@ fn check_failed(st: &State) -> io::Result<()> {
 
 /// Applies the live records of `dir`'s journal, if it has one, to the segment files and syncs
 /// them, so that recovery finds every write a sync acknowledged through the journal. Writes to
-/// segments that no longer exist (deleted once consumed) are skipped. Returns how many writes
-/// were applied.
+/// segments that no longer exist (deleted once consumed) are skipped. Returns what it found,
+/// for [`Journal::open`]; `None` without a journal or for one never initialised.
 ///
 /// # Errors
 /// `InvalidData` for a damaged journal header or a record that writes into a segment header;
 /// any I/O error.
-pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<usize> {
+pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<Option<Found>> {
     let path = journal_path(dir);
     let Some((bytes, generation)) = load(&path, storage.open(&path))? else {
-        return Ok(0);
+        return Ok(None);
     };
     let mut segments: HashMap<u64, Option<Arc<dyn SegmentFile>>> = HashMap::new();
     let mut applied = 0;
@@ -327,7 +327,18 @@ pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<usize> {
     if applied > 0 {
         tracing::info!(file = %path.display(), writes = applied, "applied the journal's synced writes to their segments");
     }
-    Ok(applied)
+    Ok(Some(Found {
+        generation,
+        len: bytes.len() as u64,
+    }))
+}
+
+/// A journal [`replay`] found initialised: its live generation and its length, for
+/// [`Journal::open`] (which then need not read it again).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Found {
+    generation: u64,
+    len: u64,
 }
 
 /// How many live records the journal of `dir` holds (0 without a journal): a read-only open

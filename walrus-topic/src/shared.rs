@@ -335,11 +335,18 @@ impl Shared {
     /// segment sync, may make durable): a power cut must not bring back what it undid.
     pub(crate) fn write_cleanup(&self, block: &Block, bytes: &[u8], pos: u64) -> io::Result<()> {
         block.file().write_at(bytes, pos)?;
+        self.wrote(block, pos, &[io::IoSlice::new(bytes)]);
+        Ok(())
+    }
+
+    /// Accounts for a completed write of `bufs` at `pos` in `block`'s file: marks it on the
+    /// file, then (with a journal) captures it, in that order, so that a segment sync starting
+    /// after the capture covers it (see [`crate::journal`]).
+    pub(crate) fn wrote(&self, block: &Block, pos: u64, bufs: &[io::IoSlice<'_>]) {
         block.handle.mark_dirty();
         if let Some(j) = &self.journal {
-            j.capture(block.segment, pos, &[io::IoSlice::new(bytes)]);
+            j.capture(block.segment, pos, bufs);
         }
-        Ok(())
     }
 
     /// Syncs every segment file with writes no sync covered yet.

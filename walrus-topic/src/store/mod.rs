@@ -73,14 +73,15 @@ impl Store {
         // acknowledged entry there. Applying them again after a refused open writes the same
         // bytes again.
         let recovered = crate::journal::replay(&dir, &*storage)
-            .and_then(|_| recovery::recover(&dir, storage.clone(), &options))
-            .and_then(|recovered| {
+            .and_then(|found| Ok((recovery::recover(&dir, storage.clone(), &options)?, found)))
+            .and_then(|(recovered, found)| {
                 // A new generation before anything is appended: the records applied above
                 // must never be applied over what this run writes.
                 let journal = if options.journal {
                     Some(Journal::open(
                         &dir,
                         &*storage,
+                        found,
                         journal_len(options.segment_len),
                     )?)
                 } else {

@@ -133,15 +133,8 @@ impl Topic {
             self.roll_back(shared, w, &plan);
             return Err(e);
         }
-        // Marked before it is captured: a segment sync that starts after the capture (before
-        // the journal retires it) covers the write.
-        for p in &plan.pieces {
-            p.block.handle.mark_dirty();
-        }
-        if let Some(j) = &shared.journal {
-            for c in &chunks {
-                j.capture(c.block.segment, c.pos, &c.bufs);
-            }
+        for c in &chunks {
+            shared.wrote(&c.block, c.pos, &c.bufs);
         }
         self.publish(shared, w, plan, payloads.len());
         Ok(())
