@@ -294,15 +294,7 @@ pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<Option<Fou
     let mut segments: HashMap<u64, Option<Arc<dyn SegmentFile>>> = HashMap::new();
     let mut applied = 0;
     for_each_live_write(&bytes, generation, |w| {
-        if w.position < SEGMENT_DATA_OFFSET {
-            return Err(data_error(
-                &path,
-                &format!(
-                    "a journal record writes into the header of segment {}",
-                    w.segment_id
-                ),
-            ));
-        }
+        check_position(&path, &w)?;
         let file = match segments.get(&w.segment_id) {
             Some(f) => f.clone(),
             None => {
@@ -341,22 +333,182 @@ pub(crate) struct Found {
     len: u64,
 }
 
-/// How many live records the journal of `dir` holds (0 without a journal): a read-only open
-/// cannot apply them, and warns.
+/// `storage` as a read-only open of `dir` must see it: with the live records of the journal
+/// applied in memory over the segment files they write, as a read-write open would apply them
+/// on disk. Returns how many writes it applies (then the view, else `storage` itself).
 ///
 /// # Errors
 /// As [`replay`].
-pub(crate) fn live_records(dir: &Path, storage: &dyn Storage) -> io::Result<u64> {
+pub(crate) fn applied_view(
+    dir: &Path,
+    storage: Arc<dyn Storage>,
+) -> io::Result<(Arc<dyn Storage>, usize)> {
     let path = journal_path(dir);
     let Some((bytes, generation)) = load(&path, storage.open_read(&path))? else {
-        return Ok(0);
+        return Ok((storage, 0));
     };
-    let mut records = 0;
-    for_each_live_record(&bytes, generation, |_| {
-        records += 1;
+    let mut patches: HashMap<PathBuf, Vec<Patch>> = HashMap::new();
+    let mut applied = 0;
+    for_each_live_write(&bytes, generation, |w| {
+        check_position(&path, &w)?;
+        patches
+            .entry(segment_path(dir, w.segment_id))
+            .or_default()
+            .push((w.position, w.bytes.to_vec()));
+        applied += 1;
         Ok(())
     })?;
-    Ok(records)
+    if applied == 0 {
+        return Ok((storage, 0));
+    }
+    let patches = patches.into_iter().map(|(p, w)| (p, Arc::new(w))).collect();
+    Ok((
+        Arc::new(Applied {
+            inner: storage,
+            patches,
+        }),
+        applied,
+    ))
+}
+
+/// A storage seen through the journal (see [`applied_view`]): reads of a segment return its
+/// bytes with the journal's writes laid over them, in record order. Writes are refused.
+#[derive(Debug)]
+struct Applied {
+    inner: Arc<dyn Storage>,
+    patches: HashMap<PathBuf, Arc<Vec<Patch>>>,
+}
+
+/// A journal write held for a read-only view: the position, and the bytes written there.
+type Patch = (u64, Vec<u8>);
+
+fn read_only_view() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "a read-only view of the journal's writes: nothing is written",
+    )
+}
+
+impl Storage for Applied {
+    fn kind(&self) -> walrus_io::BackendKind {
+        self.inner.kind()
+    }
+
+    fn create(&self, _: &Path, _: u64) -> io::Result<Arc<dyn SegmentFile>> {
+        Err(read_only_view())
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
+        self.open_read(path)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
+        let file = self.inner.open_read(path)?;
+        Ok(match self.patches.get(path) {
+            Some(patches) => Arc::new(AppliedFile {
+                inner: file,
+                patches: Arc::clone(patches),
+            }),
+            None => file,
+        })
+    }
+
+    fn remove(&self, _: &Path) -> io::Result<()> {
+        Err(read_only_view())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        self.inner.list(dir)
+    }
+
+    fn create_dir_all(&self, _: &Path) -> io::Result<()> {
+        Err(read_only_view())
+    }
+
+    fn sync_dir(&self, _: &Path) -> io::Result<()> {
+        Err(read_only_view())
+    }
+
+    fn submit(&self, _: &[walrus_io::WriteOp<'_>], _: bool) -> io::Result<()> {
+        Err(read_only_view())
+    }
+}
+
+/// A segment file seen through the journal's writes to it.
+#[derive(Debug)]
+struct AppliedFile {
+    inner: Arc<dyn SegmentFile>,
+    patches: Arc<Vec<Patch>>,
+}
+
+impl SegmentFile for AppliedFile {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+
+    fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        Err(read_only_view())
+    }
+
+    fn write_vectored_at(&self, _: &[IoSlice<'_>], _: u64) -> io::Result<()> {
+        Err(read_only_view())
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut n = self.inner.read_at(buf, offset)?;
+        let end = offset + buf.len() as u64;
+        for (at, bytes) in self.patches.iter() {
+            let (from, to) = ((*at).max(offset), (at + bytes.len() as u64).min(end));
+            if from >= to {
+                continue;
+            }
+            let (src, dst) = ((from - at) as usize, (from - offset) as usize);
+            let len = (to - from) as usize;
+            if let (Some(d), Some(s)) = (buf.get_mut(dst..dst + len), bytes.get(src..src + len)) {
+                d.copy_from_slice(s);
+                n = n.max(dst + len);
+            }
+        }
+        Ok(n)
+    }
+
+    fn allocate(&self, _: u64, _: u64) -> io::Result<()> {
+        Err(read_only_view())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let patched = self
+            .patches
+            .iter()
+            .map(|(at, b)| at + b.len() as u64)
+            .max()
+            .unwrap_or(0);
+        Ok(self.inner.len()?.max(patched))
+    }
+
+    fn next_data(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        let file = self.inner.next_data(offset)?;
+        // The first patch that ends after `offset`, as a range that may hold data; merged
+        // with the file's (a range that may hold data may be wider than the data).
+        let patch = self
+            .patches
+            .iter()
+            .map(|(at, b)| (*at).max(offset)..at + b.len() as u64)
+            .filter(|r| r.start < r.end)
+            .min_by_key(|r| r.start);
+        Ok(match (file, patch) {
+            (Some(f), Some(p)) => Some(f.start.min(p.start)..f.end.max(p.end)),
+            (f, p) => f.or(p),
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 /// Removes the journal of `dir`, if any, for a store that opened without one (after
@@ -387,6 +539,20 @@ fn load(
     Ok(live_generation(path, &bytes)?.map(|generation| (bytes, generation)))
 }
 
+/// A journal write never touches a segment's header.
+fn check_position(path: &Path, w: &walrus_block::JournalWrite<'_>) -> io::Result<()> {
+    if w.position < SEGMENT_DATA_OFFSET {
+        return Err(data_error(
+            path,
+            &format!(
+                "a journal record writes into the header of segment {}",
+                w.segment_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The live generation from a journal's bytes; `None` for a journal never initialised.
 fn live_generation(path: &Path, bytes: &[u8]) -> io::Result<Option<u64>> {
     let slots = bytes.get(..2 * JOURNAL_SLOT_LEN as usize).unwrap_or(bytes);
@@ -410,19 +576,6 @@ fn for_each_live_write(
     generation: u64,
     mut f: impl FnMut(walrus_block::JournalWrite<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
-    for_each_live_record(bytes, generation, |writes| {
-        for w in writes {
-            f(w)?;
-        }
-        Ok(())
-    })
-}
-
-fn for_each_live_record(
-    bytes: &[u8],
-    generation: u64,
-    mut f: impl FnMut(Vec<walrus_block::JournalWrite<'_>>) -> io::Result<()>,
-) -> io::Result<()> {
     let mut pos = usize::try_from(JOURNAL_DATA_OFFSET).unwrap_or(usize::MAX);
     let mut seq = 0;
     loop {
@@ -440,7 +593,9 @@ fn for_each_live_record(
         else {
             return Ok(());
         };
-        f(writes)?;
+        for w in writes {
+            f(w)?;
+        }
         seq += 1;
         pos = pos.saturating_add(usize::try_from(h.span()).unwrap_or(usize::MAX));
     }

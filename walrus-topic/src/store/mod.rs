@@ -135,10 +135,11 @@ impl Store {
             ));
         }
         let _span = tracing::info_span!("walrus.open_read_only", dir = %dir.display()).entered();
-        let pending = crate::journal::live_records(&dir, &*storage)?;
-        if pending > 0 {
-            tracing::warn!(dir = %dir.display(), records = pending,
-                "the journal holds synced writes a read-only open does not apply: entries they hold may show as a torn tail or as damage until a read-write open applies them");
+        // What a read-write open would apply to the segments, laid over them in memory.
+        let (storage, applied) = crate::journal::applied_view(&dir, storage)?;
+        if applied > 0 {
+            tracing::info!(dir = %dir.display(), writes = applied,
+                "reading the segments with the journal's synced writes laid over them");
         }
         let recovered = recovery::recover(&dir, storage.clone(), &options)?;
         Self::wire(dir, storage, options, recovered, None, DirLock::none())
