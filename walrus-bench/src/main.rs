@@ -26,6 +26,10 @@ struct Cli {
     /// Thread counts of the scaling sweeps: N or A-B.
     #[arg(long, env = "THREADS")]
     threads: Option<ThreadRange>,
+    /// Thread counts of the synced family, comma-separated (default 1,4,16,64; 16 also runs
+    /// on one topic), e.g. `16` for a quick A/B of the group commit.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=1024))]
+    synced_threads: Option<Vec<u16>>,
     /// Seconds per measured loop.
     #[arg(long, env = "WALRUS_DURATION")]
     duration: Option<f64>,
@@ -92,6 +96,9 @@ impl Cli {
         }
         if let Some(v) = self.threads {
             c.threads = v;
+        }
+        if let Some(v) = &self.synced_threads {
+            c.synced_threads = v.iter().map(|&t| usize::from(t)).collect();
         }
         if let Some(v) = self.duration {
             c.duration_secs = v;
@@ -351,6 +358,8 @@ mod tests {
             "--block-len",
             "8192",
             "--no-journal",
+            "--synced-threads",
+            "16,2",
         ])
         .unwrap();
         let c = cli.suite_config();
@@ -361,6 +370,7 @@ mod tests {
         assert_eq!(c.engines, vec![EngineKind::Walrus]);
         assert_eq!(c.groups, vec![Group::Writes, Group::Reads]);
         assert!(!c.full);
+        assert_eq!(c.synced_threads, vec![16, 2]);
         assert_eq!(
             (c.repeat, c.block_len, c.journal),
             (3, Some(8192), Some(false))
@@ -369,6 +379,7 @@ mod tests {
             assert!(Cli::try_parse_from(["walrus-bench", "--repeat", bad]).is_err());
         }
         assert!(Cli::try_parse_from(["walrus-bench", "--threads", "0"]).is_err());
+        assert!(Cli::try_parse_from(["walrus-bench", "--synced-threads", "0"]).is_err());
         assert!(Cli::try_parse_from(["walrus-bench", "--engine", "walrus"]).is_err());
         let full = Cli::try_parse_from(["walrus-bench", "--full"]).unwrap();
         assert!(full.suite_config().full);
