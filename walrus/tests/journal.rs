@@ -354,3 +354,58 @@ fn a_power_cut_amid_appends_flushes_reads_and_background_syncs_through_many_gene
         }
     }
 }
+
+/// A batch spanning several blocks whose segment write fails part-way (a short write of its
+/// first, second or third piece), amid groups the journal makes durable: the failed batch
+/// fails alone, without poisoning, the other topics go on, and after a cut that keeps a random
+/// half of the unsynced sectors nothing of the batch shows, every acknowledged entry does, and
+/// the failed topic continues at its acknowledged end.
+///
+/// What this does not pin: the roll-back's writes (zeros, abandoned-block headers) going
+/// through the journal. The simulator keeps one unsynced version of a sector, so it cannot
+/// produce a disk that holds the failed batch's bytes but not their clean-up, and recovery
+/// drops a partial batch by itself (removing the clean-up writes leaves this test green).
+#[test]
+fn a_batch_whose_segment_write_fails_part_way_leaves_nothing_after_a_power_cut() {
+    for (seed, nth) in (0..6u64).zip([1, 2, 3].into_iter().cycle()) {
+        let sim = SimStorage::new(200 + seed);
+        let wal = open(&sim, true).unwrap();
+        let mut expected = vec![Vec::new(); 3];
+        for n in 0..4 {
+            append_round(&wal, &mut expected, n, 700);
+        }
+        // The batch's writes are the only ones until its group sync (the journal's).
+        sim.inject(
+            FaultRule::new(Fault::ShortWrite)
+                .op(OpKind::Write)
+                .path("/j")
+                .nth(nth),
+        );
+        // 12 × 12 KB: some 144 KB, more than two 64 KiB blocks.
+        let batch: Vec<Vec<u8>> = (0..12).map(|i| payload(9, i, 12_000)).collect();
+        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        let err = wal.append_batch("t2", &refs).unwrap_err();
+        assert_eq!(sim.stats().faults_fired, 1, "seed {seed}: {err}");
+        assert_eq!(err.kind(), io::ErrorKind::WriteZero, "seed {seed}: {err}");
+        assert!(
+            !walrus::is_poisoned(&err),
+            "seed {seed}: a failed write whose roll-back succeeded poisoned the instance: {err}"
+        );
+        sim.clear_faults();
+        // The other topics go on; t2 is left as the failure left it.
+        for n in 4..10 {
+            append_round(&wal, &mut expected[..2], n, 900);
+        }
+        assert!(unsynced_segment_sectors(&sim) > 0, "seed {seed}");
+        sim.crash(CrashMode::RandomSectors);
+        drop(wal);
+        let wal = open(&sim, true).unwrap();
+        for offset in expected[2].len() as u64..expected[2].len() as u64 + 12 {
+            assert!(
+                wal.read_at("t2", offset).unwrap().is_none(),
+                "seed {seed}: t2@{offset} of the failed batch is visible"
+            );
+        }
+        check(&wal, &expected);
+    }
+}
