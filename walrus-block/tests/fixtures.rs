@@ -1,15 +1,19 @@
-//! Golden v2 fixtures: segment files written by this version of the format, checked in under
-//! `tests/fixtures/`. The expected contents below are spelled out literally, not recomputed by
-//! the encoder, so any change to the format — in encoding or decoding — fails this test.
+//! Golden fixtures: segment files (format v2), a tier index and a journal file written by this
+//! version of the formats, checked in under `tests/fixtures/`. The expected contents below are
+//! spelled out literally, not recomputed by the encoder, so any change to a format — in
+//! encoding or decoding — fails this test.
 //!
-//! To regenerate after an *intended* format change (which also needs a new FORMAT_VERSION):
+//! To regenerate after an *intended* format change (which also needs a new FORMAT_VERSION, or
+//! JOURNAL_VERSION for the journal):
 //! `WALRUS_BLESS=1 cargo test -p walrus-block --test fixtures`.
 
 use std::path::PathBuf;
 
 use walrus_block::{
     BLOCK_HEADER_LEN, BlockHeader, CorruptReason, FORMAT_VERSION, Frame, FrameDecoder, FrameKind,
-    SEGMENT_DATA_OFFSET, SegmentHeader, TierIndex, encode_frame,
+    JOURNAL_DATA_OFFSET, JOURNAL_RECORD_HEADER_LEN, JOURNAL_VERSION, JournalHeader,
+    JournalRecordHeader, SEGMENT_DATA_OFFSET, SegmentHeader, TierIndex, decode_journal_body,
+    encode_frame, encode_journal_record_header, encode_journal_write,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -237,4 +241,122 @@ fn tier_index_fixture() {
     assert_eq!(decoded, index);
     assert_eq!(decoded.points[0], 0);
     assert_eq!(decoded.data_crc, walrus_block::checksum::crc32c(data));
+}
+
+/// One journal record of the fixture: its generation and seq, and its writes (segment,
+/// position, bytes).
+type ExpectedRecord = (u64, u64, Vec<(u64, u64, Vec<u8>)>);
+
+/// The journal fixture's records, in file order: two live records of generation 3, then one
+/// left over from generation 2 (stale: it ends the live ones).
+fn expected_journal_records() -> Vec<ExpectedRecord> {
+    vec![
+        (
+            3,
+            0,
+            vec![
+                (7, 4096, b"first write".to_vec()),
+                (
+                    9,
+                    8192 + 300,
+                    (0..600u32).map(|i| (i % 253) as u8).collect(),
+                ),
+            ],
+        ),
+        (3, 1, vec![(7, 4096 + 11, b"second".to_vec())]),
+        (2, 2, vec![(7, 4096, b"retired".to_vec())]),
+    ]
+}
+
+/// A journal file: generation 2 in slot 0, generation 3 (live) in slot 1, the records from
+/// byte 4096, each at a multiple of 512.
+fn build_journal() -> Vec<u8> {
+    let mut file = vec![0u8; JOURNAL_DATA_OFFSET as usize];
+    for generation in [2, 3] {
+        let at = JournalHeader::slot_of(generation) as usize;
+        let h = JournalHeader { generation }.encode();
+        file[at..at + h.len()].copy_from_slice(&h);
+    }
+    for (generation, seq, writes) in expected_journal_records() {
+        let mut body = Vec::new();
+        for (segment, position, bytes) in &writes {
+            encode_journal_write(&mut body, *segment, *position, &[bytes]).unwrap();
+        }
+        file.extend_from_slice(&encode_journal_record_header(generation, seq, &body).unwrap());
+        file.extend_from_slice(&body);
+        file.resize(file.len().next_multiple_of(512), 0);
+    }
+    file
+}
+
+/// The journal (FORMAT.md, "The journal"): header slots, record headers and bodies, byte for
+/// byte, and which records are live.
+#[test]
+fn journal_fixture_decodes() {
+    let golden = check_or_bless("journal_v1.bin", &build_journal());
+    assert_eq!(JOURNAL_VERSION, 1);
+    // 4096 of header space; records of 36 + 2 × 20 + 11 + 600, 36 + 20 + 6 and 36 + 20 + 7
+    // bytes, each rounded up to 512.
+    assert_eq!(golden.len(), 4096 + 1024 + 512 + 512);
+    // Slot 0: generation 2; slot 1: generation 3. Spelled out as FORMAT.md draws them.
+    for (slot, generation) in [(0usize, 2u8), (512, 3)] {
+        assert_eq!(&golden[slot..slot + 8], b"WALRUSJL");
+        assert_eq!(&golden[slot + 8..slot + 16], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            &golden[slot + 16..slot + 24],
+            &[generation, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let crc = walrus_block::checksum::crc32c(&golden[slot..slot + 24]);
+        assert_eq!(&golden[slot + 24..slot + 28], &crc.to_le_bytes());
+        assert!(golden[slot + 28..slot + 512].iter().all(|&b| b == 0));
+    }
+    assert!(golden[1024..4096].iter().all(|&b| b == 0));
+    assert_eq!(
+        JournalHeader::decode_slots(&golden[..1024]).unwrap(),
+        Some(JournalHeader { generation: 3 })
+    );
+    // The first record's header and its first write's header.
+    let r = 4096;
+    assert_eq!(&golden[r..r + 8], b"WJRC\0\0\0\0");
+    assert_eq!(&golden[r + 8..r + 16], &3u64.to_le_bytes());
+    assert_eq!(&golden[r + 16..r + 24], &0u64.to_le_bytes());
+    assert_eq!(
+        &golden[r + 24..r + 28],
+        &(2 * 20 + 11 + 600u32).to_le_bytes()
+    );
+    let body = &golden[r + 36..r + 36 + 651];
+    let crc = walrus_block::checksum::crc32c(body);
+    assert_eq!(&golden[r + 28..r + 32], &crc.to_le_bytes());
+    let crc = walrus_block::checksum::crc32c(&golden[r..r + 32]);
+    assert_eq!(&golden[r + 32..r + 36], &crc.to_le_bytes());
+    assert_eq!(&body[0..8], &7u64.to_le_bytes());
+    assert_eq!(&body[8..16], &4096u64.to_le_bytes());
+    assert_eq!(&body[16..20], &11u32.to_le_bytes());
+    assert_eq!(&body[20..31], b"first write");
+
+    // Decoded in file order; the live ones are generation 3's, seq 0, 1, … up to the first
+    // record that is not.
+    let mut at = JOURNAL_DATA_OFFSET as usize;
+    let mut live = 0;
+    for (generation, seq, writes) in expected_journal_records() {
+        let h = JournalRecordHeader::decode(&golden[at..]).unwrap().unwrap();
+        assert_eq!((h.generation, h.seq), (generation, seq));
+        let start = at + JOURNAL_RECORD_HEADER_LEN;
+        let decoded = decode_journal_body(&h, &golden[start..]).unwrap();
+        let decoded: Vec<(u64, u64, Vec<u8>)> = decoded
+            .iter()
+            .map(|w| (w.segment_id, w.position, w.bytes.to_vec()))
+            .collect();
+        assert_eq!(decoded, writes);
+        if h.generation == 3 && h.seq == live {
+            live += 1;
+        }
+        at += h.span() as usize;
+    }
+    assert_eq!(
+        live, 2,
+        "the stale record of generation 2 ends the live ones"
+    );
+    assert_eq!(at, golden.len());
+    assert_eq!(JournalRecordHeader::decode(&[0u8; 36]).unwrap(), None);
 }
