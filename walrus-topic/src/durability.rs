@@ -115,7 +115,8 @@ struct Sleeper {
 /// Coordinates the syncs of one instance between its writers. See the [module docs](self).
 ///
 /// A waiter whose sync is running first polls for its end, yielding the CPU between polls
-/// (for at most two syncs' time, and only while polls see syncs end in time: see
+/// (through at most two syncs, each for at most two syncs' time, and only while polls see
+/// syncs end in time: see
 /// [`with_yield_wait`](Self::with_yield_wait)); then it parks its own thread, and the thread
 /// that completes a sync unparks exactly those it covered (and one to lead the next sync),
 /// each directly: no wake-up chain through a lock, no herd.
@@ -284,7 +285,10 @@ impl GroupCommit {
     /// # Errors
     /// As [`poll_done`](Self::poll_done), or the error `sync` returned.
     pub fn wait(&self, ticket: u64, sync: impl Fn() -> io::Result<()>) -> io::Result<()> {
-        let mut yielded = false;
+        // Yield-waits left: one for the sync running when this waiter arrived, one for the
+        // sync after it, which covers it (another waiter may have begun leading that one by
+        // the time this one sees the first end). Then it parks.
+        let mut polls = 2u8;
         loop {
             if self.done.load(Ordering::Acquire) >= ticket {
                 return Ok(());
@@ -294,9 +298,8 @@ impl GroupCommit {
                 return r;
             }
             if st.running {
-                if !yielded {
-                    // Once per wait: afterwards, or if the poll gave up, park.
-                    yielded = true;
+                if polls > 0 {
+                    polls -= 1;
                     drop(st);
                     self.yield_wait(ticket);
                     continue;
