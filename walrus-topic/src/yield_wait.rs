@@ -12,8 +12,8 @@
 //! preemption — in microseconds. So the first poll to see each event measures how late it saw
 //! it (the polls after it queue behind our own threads, so only the first tells whether other
 //! work had the CPU); a first poll later than [`LATE`] counts against yield-waiting, and after a
-//! few such strikes the group commit parks its waiters at once, trying a poll again only once
-//! in [`SAMPLE_EVERY`] waits. RocksDB's adaptive write-thread yield works the same way.
+//! few such strikes the group commit parks its waiters at once, trying polls again (until the
+//! next late event) only once in [`SAMPLE_EVERY`] waits. RocksDB's adaptive write-thread yield works the same way.
 
 use std::time::{Duration, Instant};
 
@@ -23,14 +23,22 @@ use walrus_alloc::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// CPU. (Without other work, 16 pollers on 2 cores saw it within 50 µs 96–97 % of the time and
 /// within 100 µs 99 %.)
 pub(crate) const LATE: Duration = Duration::from_micros(100);
-/// While yield-waiting is off, one wait in this many polls again.
+/// While yield-waiting is off, one wait in this many starts a trial (all waiters poll again
+/// until the next late event)...
 pub(crate) const SAMPLE_EVERY: u32 = 256;
+/// ... and at most one in this time: a trial while other work has the CPU hands it a time
+/// slice per poller (64 of them every 4 syncs cost 64-thread appends a third of their rate
+/// under two busy processes).
+const TRIAL_EVERY: Duration = Duration::from_millis(100);
 /// The score of a group commit whose polls have been on time.
 const FULL: u32 = 64;
 /// Yield-waiting is on while the score is above this.
 const ON_ABOVE: u32 = FULL / 2;
 /// What an event seen late costs the score: two strikes from full turn yield-waiting off.
 const STRIKE: u32 = FULL / 4;
+
+/// `YieldWait::trial` before any trial.
+const NEVER: u64 = u64::MAX;
 
 /// How a yield-wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +70,8 @@ pub(crate) struct YieldWait {
     /// a sync end up to 200 µs after the first), so their lateness says nothing about other
     /// work, which would make the first one late too.
     judged: AtomicU64,
+    /// When the last trial started ([`NEVER`] before the first).
+    trial: AtomicU64,
     epoch: Instant,
 }
 
@@ -76,6 +86,7 @@ impl YieldWait {
             skipped: AtomicU32::new(0),
             event: AtomicU64::new(0),
             judged: AtomicU64::new(u64::MAX),
+            trial: AtomicU64::new(NEVER),
             epoch: Instant::now(),
         }
     }
@@ -99,7 +110,28 @@ impl YieldWait {
         if self.score.load(Ordering::Relaxed) > ON_ABOVE {
             return true;
         }
-        self.skipped.fetch_add(1, Ordering::Relaxed) % SAMPLE_EVERY == SAMPLE_EVERY - 1
+        if self.skipped.fetch_add(1, Ordering::Relaxed) % SAMPLE_EVERY != SAMPLE_EVERY - 1 {
+            return false;
+        }
+        let now = self.nanos(Instant::now());
+        let last = self.trial.load(Ordering::Relaxed);
+        if (last != NEVER && now.saturating_sub(last) < nanos_of(TRIAL_EVERY))
+            || self
+                .trial
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        // A trial: every waiter polls again until the next late event. (One waiter polling
+        // alone would queue behind all the others running their appends, and be late for
+        // that alone.)
+        let _ = self
+            .score
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                (s <= ON_ABOVE).then_some(ON_ABOVE + 1)
+            });
+        true
     }
 
     fn record(&self, outcome: Outcome) {
@@ -282,6 +314,58 @@ mod tests {
         late_event(&yw);
         assert_eq!(yw.wait(Duration::from_secs(1), || true), Outcome::Late);
         assert_eq!(in_time(&yw), Outcome::Skipped);
+    }
+
+    #[test]
+    fn a_sample_seen_late_ends_its_trial_at_once() {
+        let yw = YieldWait::new(true);
+        for _ in 0..2 {
+            late_event(&yw);
+            assert_eq!(yw.wait(Duration::from_secs(1), || true), Outcome::Late);
+        }
+        for _ in 0..SAMPLE_EVERY - 1 {
+            assert_eq!(in_time(&yw), Outcome::Skipped);
+        }
+        // The sample opens a trial, and sees its event late: off again.
+        late_event(&yw);
+        assert_eq!(yw.wait(Duration::from_secs(1), || true), Outcome::Late);
+        assert!(score(&yw) <= ON_ABOVE);
+        assert_eq!(in_time(&yw), Outcome::Skipped);
+    }
+
+    #[test]
+    fn trials_are_at_least_trial_every_apart() {
+        let yw = YieldWait::new(true);
+        let turn_off = |yw: &YieldWait| {
+            while score(yw) > ON_ABOVE {
+                late_event(yw);
+                assert_eq!(yw.wait(Duration::from_secs(1), || true), Outcome::Late);
+            }
+        };
+        turn_off(&yw);
+        let skip_to_sample = |yw: &YieldWait| {
+            for _ in 0..SAMPLE_EVERY - 1 {
+                assert_eq!(in_time(yw), Outcome::Skipped);
+            }
+        };
+        skip_to_sample(&yw);
+        let first = Instant::now();
+        assert_eq!(in_time(&yw), Outcome::Ready, "the first trial");
+        turn_off(&yw);
+        // The sample after the next SAMPLE_EVERY waits comes too soon for a trial (unless
+        // this machine took TRIAL_EVERY to get here).
+        skip_to_sample(&yw);
+        let outcome = in_time(&yw);
+        if first.elapsed() < TRIAL_EVERY {
+            assert_eq!(outcome, Outcome::Skipped);
+        }
+        std::thread::sleep(TRIAL_EVERY);
+        skip_to_sample(&yw);
+        assert_eq!(
+            in_time(&yw),
+            Outcome::Ready,
+            "a trial once TRIAL_EVERY passed"
+        );
     }
 
     #[test]
