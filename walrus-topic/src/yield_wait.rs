@@ -215,6 +215,21 @@ mod tests {
         std::thread::sleep(LATE * 2);
     }
 
+    /// Late events until yield-waiting is off.
+    fn turn_off(yw: &YieldWait) {
+        while score(yw) > ON_ABOVE {
+            late_event(yw);
+            assert_eq!(yw.wait(Duration::from_secs(1), || true), Outcome::Late);
+        }
+    }
+
+    /// While off: the waits up to the next sample park at once.
+    fn skip_to_sample(yw: &YieldWait) {
+        for _ in 0..SAMPLE_EVERY - 1 {
+            assert_eq!(in_time(yw), Outcome::Skipped);
+        }
+    }
+
     /// A wait whose event happens on its first poll.
     fn in_time(yw: &YieldWait) -> Outcome {
         yw.wait(Duration::from_secs(1), || {
@@ -298,15 +313,10 @@ mod tests {
     #[test]
     fn late_events_turn_it_off_and_sampling_turns_it_back_on() {
         let yw = YieldWait::new(true);
-        for _ in 0..2 {
-            late_event(&yw);
-            assert_eq!(yw.wait(Duration::from_secs(1), || true), Outcome::Late);
-        }
-        assert_eq!(score(&yw), ON_ABOVE);
+        turn_off(&yw);
+        assert_eq!(score(&yw), ON_ABOVE, "two strikes from full");
         // Off now: the next SAMPLE_EVERY - 1 waits park at once, the one after polls again.
-        for _ in 0..SAMPLE_EVERY - 1 {
-            assert_eq!(in_time(&yw), Outcome::Skipped);
-        }
+        skip_to_sample(&yw);
         assert_eq!(in_time(&yw), Outcome::Ready);
         assert!(score(&yw) > ON_ABOVE, "back on");
         assert_eq!(in_time(&yw), Outcome::Ready);
@@ -319,13 +329,8 @@ mod tests {
     #[test]
     fn a_sample_seen_late_ends_its_trial_at_once() {
         let yw = YieldWait::new(true);
-        for _ in 0..2 {
-            late_event(&yw);
-            assert_eq!(yw.wait(Duration::from_secs(1), || true), Outcome::Late);
-        }
-        for _ in 0..SAMPLE_EVERY - 1 {
-            assert_eq!(in_time(&yw), Outcome::Skipped);
-        }
+        turn_off(&yw);
+        skip_to_sample(&yw);
         // The sample opens a trial, and sees its event late: off again.
         late_event(&yw);
         assert_eq!(yw.wait(Duration::from_secs(1), || true), Outcome::Late);
@@ -336,18 +341,7 @@ mod tests {
     #[test]
     fn trials_are_at_least_trial_every_apart() {
         let yw = YieldWait::new(true);
-        let turn_off = |yw: &YieldWait| {
-            while score(yw) > ON_ABOVE {
-                late_event(yw);
-                assert_eq!(yw.wait(Duration::from_secs(1), || true), Outcome::Late);
-            }
-        };
         turn_off(&yw);
-        let skip_to_sample = |yw: &YieldWait| {
-            for _ in 0..SAMPLE_EVERY - 1 {
-                assert_eq!(in_time(yw), Outcome::Skipped);
-            }
-        };
         skip_to_sample(&yw);
         let first = Instant::now();
         assert_eq!(in_time(&yw), Outcome::Ready, "the first trial");
