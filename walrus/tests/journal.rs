@@ -41,6 +41,14 @@ fn unsynced_segment_sectors(sim: &SimStorage) -> usize {
         .sum()
 }
 
+/// Cuts the power (`mode`), drops the instance that was running and reopens the directory
+/// with the journal.
+fn cut_and_reopen<W>(sim: &SimStorage, wal: W, mode: CrashMode) -> Walrus {
+    sim.crash(mode);
+    drop(wal);
+    open(sim, true).unwrap()
+}
+
 /// Every entry `expected[t]` of topic `t{t}` reads back at its offset, and the next append
 /// continues right after the last.
 fn check(wal: &Walrus, expected: &[Vec<Vec<u8>>]) {
@@ -109,9 +117,10 @@ fn concurrent_acknowledged_appends_survive_a_power_cut_that_takes_every_unsynced
         "the acknowledgements synced the segments: the journal was not what made them durable"
     );
     assert!(sim.files().iter().any(|p| p == Path::new(JOURNAL)));
-    sim.crash(CrashMode::DropUnsynced);
-    drop(wal);
-    check(&open(&sim, true).unwrap(), &expected);
+    check(
+        &cut_and_reopen(&sim, wal, CrashMode::DropUnsynced),
+        &expected,
+    );
 }
 
 #[test]
@@ -125,9 +134,10 @@ fn the_journal_starts_new_generations_and_loses_nothing() {
         append_round(&wal, &mut expected, n, 16 << 10);
     }
     assert!(unsynced_segment_sectors(&sim) > 0);
-    sim.crash(CrashMode::TearLastWrite);
-    drop(wal);
-    check(&open(&sim, true).unwrap(), &expected);
+    check(
+        &cut_and_reopen(&sim, wal, CrashMode::TearLastWrite),
+        &expected,
+    );
 }
 
 #[test]
@@ -223,9 +233,10 @@ fn a_group_of_one_contiguous_run_syncs_the_segment_instead() {
             "one topic's append was acknowledged without a segment sync"
         );
     }
-    sim.crash(CrashMode::DropUnsynced);
-    drop(wal);
-    check(&open(&sim, true).unwrap(), &expected);
+    check(
+        &cut_and_reopen(&sim, wal, CrashMode::DropUnsynced),
+        &expected,
+    );
 }
 
 #[test]
@@ -240,9 +251,7 @@ fn a_group_too_large_for_a_record_syncs_the_segments_instead() {
         0,
         "a 400 KB batch was acknowledged without a segment sync"
     );
-    sim.crash(CrashMode::DropUnsynced);
-    drop(wal);
-    check(&open(&sim, true).unwrap(), &[big]);
+    check(&cut_and_reopen(&sim, wal, CrashMode::DropUnsynced), &[big]);
 }
 
 #[test]
@@ -397,9 +406,7 @@ fn a_batch_whose_segment_write_fails_part_way_leaves_nothing_after_a_power_cut()
             append_round(&wal, &mut expected[..2], n, 900);
         }
         assert!(unsynced_segment_sectors(&sim) > 0, "seed {seed}");
-        sim.crash(CrashMode::RandomSectors);
-        drop(wal);
-        let wal = open(&sim, true).unwrap();
+        let wal = cut_and_reopen(&sim, wal, CrashMode::RandomSectors);
         for offset in expected[2].len() as u64..expected[2].len() as u64 + 12 {
             assert!(
                 wal.read_at("t2", offset).unwrap().is_none(),
