@@ -112,12 +112,12 @@ impl SegmentHandle {
         self.claimed.store(at, Ordering::Release);
     }
 
-    /// Records that the file has writes a sync must cover. Called after the write returned.
     /// Disk space claimed for the file so far.
     pub(crate) fn claimed(&self) -> u64 {
         self.claimed.load(Ordering::Acquire)
     }
 
+    /// Records that the file has writes a sync must cover. Called after the write returned.
     pub(crate) fn mark_dirty(&self) {
         self.sync.mark();
     }
