@@ -146,6 +146,16 @@ impl Default for GroupCommit {
     }
 }
 
+/// How a leader's gather ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gathered {
+    /// The appends being written took their tickets, and the group is (nearly) as large as
+    /// the last.
+    Group,
+    /// The budget ran out first.
+    OutOfTime,
+}
+
 /// An append in progress, counted until its ticket is taken (or it fails).
 #[derive(Debug)]
 pub struct Writing<'a>(&'a GroupCommit);
@@ -203,23 +213,37 @@ impl GroupCommit {
     }
 
     /// Gives appends being written a moment to take their tickets, so one sync covers them:
-    /// at most half the last sync's duration (capped at 1 ms). A lone appender never waits.
+    /// until none is being written and tickets came from all but an eighth of the last group,
+    /// for at most half the last sync's duration (capped at 1 ms). A lone appender never waits.
+    ///
+    /// Why not the whole last group: a group of 16 on 2 cores usually has one appender a turn
+    /// behind (preempted, or woken late), and waiting for it ran more than half the gathers
+    /// into their budget; with an eighth to spare the time between syncs fell by a sixth at 16
+    /// threads (docs/BENCHMARKS.md). Groups under 8 still wait for every member.
     #[cfg(not(loom))]
-    fn gather(&self) {
+    fn gather(&self) -> Gathered {
         let budget = self.last_syncs(1, 2);
-        let group = self.last_group.load(Ordering::Relaxed);
+        let last = self.last_group.load(Ordering::Relaxed);
+        let group = last - last / 8;
         let started = std::time::Instant::now();
-        while (self.writing.load(Ordering::Acquire) > 0
-            || self.tickets_since.load(Ordering::Acquire) < group)
-            && started.elapsed() < budget
-        {
+        loop {
+            if self.writing.load(Ordering::Acquire) == 0
+                && self.tickets_since.load(Ordering::Acquire) >= group
+            {
+                return Gathered::Group;
+            }
+            if started.elapsed() >= budget {
+                return Gathered::OutOfTime;
+            }
             std::thread::yield_now();
         }
     }
 
     /// Under loom, timing is the model checker's business: no gathering.
     #[cfg(loom)]
-    fn gather(&self) {}
+    fn gather(&self) -> Gathered {
+        Gathered::Group
+    }
 
     /// Yield-waits (see [`crate::yield_wait`]) while the sync that is running may cover
     /// `ticket`: for at most two syncs' time, since a ticket taken while a sync runs needs the
@@ -312,7 +336,7 @@ impl GroupCommit {
             st.running = true;
             self.running.store(true, Ordering::Release);
             drop(st);
-            self.gather();
+            let _ = self.gather();
             st = self.state.lock();
             st.next += 1;
             let number = st.next;
@@ -680,5 +704,31 @@ mod tests {
             "second write never synced"
         );
         assert!(!fs.is_dirty());
+    }
+
+    /// A leader gathers until all but an eighth of the last group took their tickets and no
+    /// append is being written; groups under 8 wait for every member. (The budget, a tenth of a
+    /// millisecond here, ends the gathers that cannot form.)
+    #[test]
+    fn a_gather_waits_for_all_but_an_eighth_of_the_last_group() {
+        let gc = GroupCommit::default();
+        gc.last_sync_nanos.store(200_000, Ordering::Relaxed);
+        gc.last_group.store(16, Ordering::Relaxed);
+        for _ in 0..13 {
+            let _ = gc.ticket();
+        }
+        assert_eq!(gc.gather(), Gathered::OutOfTime, "13 of 16");
+        let _ = gc.ticket();
+        assert_eq!(gc.gather(), Gathered::Group, "14 of 16");
+        let writing = gc.writing();
+        assert_eq!(gc.gather(), Gathered::OutOfTime, "an append being written");
+        drop(writing);
+        assert_eq!(gc.gather(), Gathered::Group);
+
+        gc.last_group.store(4, Ordering::Relaxed);
+        gc.tickets_since.store(3, Ordering::Relaxed);
+        assert_eq!(gc.gather(), Gathered::OutOfTime, "3 of 4");
+        let _ = gc.ticket();
+        assert_eq!(gc.gather(), Gathered::Group, "4 of 4");
     }
 }
