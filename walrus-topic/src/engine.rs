@@ -103,8 +103,15 @@ impl Inner {
         result
     }
 
+    /// Marks an append as being written, for the group-commit leader's gather, under
+    /// [`SyncPolicy::Each`] only: nothing else gathers, and the count is one cache line every
+    /// appending thread writes twice per append.
+    fn before_write(&self) -> Option<Writing<'_>> {
+        (self.policy == SyncPolicy::Each).then(|| self.sync.commits.writing())
+    }
+
     /// Applies the sync policy to a write that just completed.
-    fn after_write(&self, writing: Writing<'_>) -> io::Result<()> {
+    fn after_write(&self, writing: Option<Writing<'_>>) -> io::Result<()> {
         if self.policy == SyncPolicy::Each {
             let ticket = self.sync.commits.ticket();
             drop(writing);
@@ -181,7 +188,7 @@ impl Engine {
     /// # Errors
     /// See [`Store::append`]; the sync's error under `Each`.
     pub fn append(&self, topic: &str, data: &[u8]) -> io::Result<u64> {
-        let writing = self.inner.sync.commits.writing();
+        let writing = self.inner.before_write();
         let offset = self.inner.store.append(topic, data)?;
         self.inner.after_write(writing)?;
         Ok(offset)
@@ -192,7 +199,7 @@ impl Engine {
     /// # Errors
     /// See [`Store::append_batch`]; the sync's error under `Each`.
     pub fn append_batch(&self, topic: &str, batch: &[&[u8]]) -> io::Result<Range<u64>> {
-        let writing = self.inner.sync.commits.writing();
+        let writing = self.inner.before_write();
         let range = self.inner.store.append_batch(topic, batch)?;
         self.inner.after_write(writing)?;
         Ok(range)
