@@ -8,7 +8,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use walrus_alloc::{AllocConfig, BlockAllocator, Deletion, FileTracker, Resume};
 use walrus_block::{
     BLOCK_ALIGN, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, SEGMENT_DATA_OFFSET,
@@ -23,8 +22,10 @@ use crate::options::StoreOptions;
 use crate::recovery::{self, Recovered, RecoveryReport};
 use crate::shared::{Files, Shared, segment_preparer};
 use crate::topic::{Topic, TopicState};
+use topics::Topics;
 
 mod read;
+mod topics;
 
 pub use read::{Arrival, Entries};
 
@@ -36,7 +37,7 @@ pub use read::{Arrival, Entries};
 #[derive(Debug)]
 pub struct Store {
     shared: Arc<Shared>,
-    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    topics: Topics,
     report: RecoveryReport,
     _lock: DirLock,
 }
@@ -244,7 +245,7 @@ impl Store {
         }
         Ok(Self {
             shared,
-            topics: RwLock::new(topics),
+            topics: Topics::new(topics),
             report: recovered.report,
             _lock: lock,
         })
