@@ -54,6 +54,18 @@ pub struct GroupCommit {
     pub entries_synced: u64,
     /// Time spent in those syncs, in µs.
     pub sync_micros: u64,
+    /// Syncs an appender led (ours: the rest were the background syncer's).
+    #[serde(default)]
+    pub led: u64,
+    /// Leaders' gathers that ran out of time before their group was in.
+    #[serde(default)]
+    pub gathers_out_of_time: u64,
+    /// Time the leaders spent gathering, in µs.
+    #[serde(default)]
+    pub gather_micros: u64,
+    /// Times an appender parked to wait for a sync.
+    #[serde(default)]
+    pub parks: u64,
 }
 
 impl GroupCommit {
@@ -64,6 +76,12 @@ impl GroupCommit {
             syncs: self.syncs.saturating_sub(earlier.syncs),
             entries_synced: self.entries_synced.saturating_sub(earlier.entries_synced),
             sync_micros: self.sync_micros.saturating_sub(earlier.sync_micros),
+            led: self.led.saturating_sub(earlier.led),
+            gathers_out_of_time: self
+                .gathers_out_of_time
+                .saturating_sub(earlier.gathers_out_of_time),
+            gather_micros: self.gather_micros.saturating_sub(earlier.gather_micros),
+            parks: self.parks.saturating_sub(earlier.parks),
         }
     }
 
@@ -279,6 +297,10 @@ impl Engine for Ours {
             syncs: s.syncs,
             entries_synced: s.entries_synced,
             sync_micros: s.sync_micros,
+            led: s.group_commit.led,
+            gathers_out_of_time: s.group_commit.gathers_out_of_time,
+            gather_micros: s.group_commit.gather_micros,
+            parks: s.group_commit.parks,
         })
     }
 }

@@ -422,6 +422,18 @@ fn group_commits(results: &[RunResult]) -> String {
             fmt_ns(cycle_micros * 1000.0),
             fmt_ns((cycle_micros - g.mean_sync_micros()).max(0.0) * 1000.0),
         );
+        if g.led > 0 {
+            // Where that time went: the leaders' gathers, and appenders parked to be woken.
+            let _ = writeln!(
+                out,
+                "  {:.0}% led by an appender; their gathers took {} on average, {:.0}% ran out \
+                 of time; {:.2} parked waits per sync",
+                100.0 * g.led as f64 / g.syncs as f64,
+                fmt_ns(g.gather_micros as f64 * 1000.0 / g.led as f64),
+                100.0 * g.gathers_out_of_time as f64 / g.led as f64,
+                g.parks as f64 / g.syncs as f64,
+            );
+        }
     }
     out
 }
@@ -843,12 +855,31 @@ mod tests {
             syncs: 5_000,
             entries_synced: 71_000,
             sync_micros: 700_000,
+            ..Default::default()
         });
         let t = table(&counted);
         assert!(
             t.contains(
                 "group commit of walrus in append t=16: 5.0k syncs/s, 14.2 entries per sync, \
-                 mean sync 140.0µs, one every 200.0µs (60.0µs of it outside a sync)"
+                 mean sync 140.0µs, one every 200.0µs (60.0µs of it outside a sync)\n"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("led by an appender"), "no leader counted: {t}");
+        counted[6].group_commit = Some(crate::engine::GroupCommit {
+            syncs: 5_000,
+            entries_synced: 71_000,
+            sync_micros: 700_000,
+            led: 4_000,
+            gathers_out_of_time: 1_000,
+            gather_micros: 120_000,
+            parks: 500,
+        });
+        let t = table(&counted);
+        assert!(
+            t.contains(
+                "(60.0µs of it outside a sync)\n  80% led by an appender; their gathers took \
+                 30.0µs on average, 25% ran out of time; 0.10 parked waits per sync\n"
             ),
             "{t}"
         );

@@ -137,6 +137,66 @@ pub struct GroupCommit {
     /// `State::running`, for yield-waiters, who poll without the lock.
     running: AtomicBool,
     yielding: YieldWait,
+    tally: Tally,
+}
+
+/// What the group commit did since the instance opened, as [`Stats::group_commit`]
+/// reports it: the time between two syncs is the leaders' gathers plus the appenders' turns,
+/// and these say how much of it the gathers took and how the waits ended.
+///
+/// [`Stats::group_commit`]: crate::Stats::group_commit
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupCommitStats {
+    /// Syncs an appender led (the others in [`Stats::syncs`](crate::Stats::syncs) were run by
+    /// `flush`, the background syncer or a close).
+    pub led: u64,
+    /// Leaders' gathers that reached their budget (half the last sync) before the group was
+    /// in: each one means an append that just missed this sync, or a group smaller than the
+    /// last.
+    pub gathers_out_of_time: u64,
+    /// Time the leaders spent gathering, in µs; `gather_micros / led` is the mean gather.
+    pub gather_micros: u64,
+    /// Times an appender parked its thread to wait for a sync (after yield-waiting, or at once
+    /// while yield-waiting is off). Each costs a wake-up after the sync.
+    pub parks: u64,
+}
+
+/// The counters behind [`GroupCommitStats`]. Plain `std` atomics, not the loom shim: they order
+/// nothing, so the loom models need not explore them.
+#[derive(Debug, Default)]
+struct Tally {
+    led: std::sync::atomic::AtomicU64,
+    out_of_time: std::sync::atomic::AtomicU64,
+    gather_nanos: std::sync::atomic::AtomicU64,
+    parks: std::sync::atomic::AtomicU64,
+}
+
+impl Tally {
+    fn gathered(&self, how: Gathered, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.led.fetch_add(1, Relaxed);
+        if how == Gathered::OutOfTime {
+            self.out_of_time.fetch_add(1, Relaxed);
+        }
+        self.gather_nanos
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    fn parked(&self) {
+        self.parks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> GroupCommitStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        GroupCommitStats {
+            led: self.led.load(Relaxed),
+            gathers_out_of_time: self.out_of_time.load(Relaxed),
+            gather_micros: self.gather_nanos.load(Relaxed) / 1000,
+            parks: self.parks.load(Relaxed),
+        }
+    }
 }
 
 impl Default for GroupCommit {
@@ -181,6 +241,7 @@ impl GroupCommit {
             last_group: AtomicUsize::default(),
             running: AtomicBool::default(),
             yielding: YieldWait::new(on),
+            tally: Tally::default(),
         }
     }
 
@@ -197,6 +258,11 @@ impl GroupCommit {
         let st = self.state.lock();
         self.tickets_since.fetch_add(1, Ordering::AcqRel);
         st.next + 1
+    }
+
+    /// What this group commit did so far.
+    pub fn stats(&self) -> GroupCommitStats {
+        self.tally.stats()
     }
 
     /// `num / den` of the last sync's duration, capped at 1 ms: how long a thread may poll
@@ -328,6 +394,7 @@ impl GroupCommit {
                     self.yield_wait(ticket);
                     continue;
                 }
+                self.tally.parked();
                 Self::sleep(st, ticket, true);
                 continue;
             }
@@ -336,7 +403,9 @@ impl GroupCommit {
             st.running = true;
             self.running.store(true, Ordering::Release);
             drop(st);
-            let _ = self.gather();
+            let gather_started = std::time::Instant::now();
+            let gathered = self.gather();
+            self.tally.gathered(gathered, gather_started.elapsed());
             st = self.state.lock();
             st.next += 1;
             let number = st.next;
@@ -730,5 +799,65 @@ mod tests {
         assert_eq!(gc.gather(), Gathered::OutOfTime, "3 of 4");
         let _ = gc.ticket();
         assert_eq!(gc.gather(), Gathered::Group, "4 of 4");
+    }
+
+    /// Each sync an appender leads is counted with how its gather ended and how long it took.
+    #[test]
+    fn stats_count_led_syncs_and_gathers_out_of_time() {
+        let gc = GroupCommit::default();
+        // A budget of 100 µs, run out by an append that never takes its ticket.
+        gc.last_sync_nanos.store(200_000, Ordering::Relaxed);
+        let writing = gc.writing();
+        let t = gc.ticket();
+        gc.wait(t, || Ok(())).unwrap();
+        let s = gc.stats();
+        assert_eq!((s.led, s.gathers_out_of_time), (1, 1), "{s:?}");
+        assert!(s.gather_micros >= 100, "{s:?}");
+        drop(writing);
+        let t = gc.ticket();
+        gc.wait(t, || Ok(())).unwrap();
+        let s = gc.stats();
+        assert_eq!((s.led, s.gathers_out_of_time, s.parks), (2, 1, 0), "{s:?}");
+        // A sync run outside (`flush`, the background syncer) is not led by an appender.
+        let number = gc.begin_external();
+        gc.finish_external(number, &Ok(()));
+        assert_eq!(gc.stats().led, 2);
+    }
+
+    /// A waiter that parks is counted; it then leads the sync that covers it.
+    #[test]
+    fn stats_count_parks() {
+        let gc = GroupCommit::with_yield_wait(false);
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let gc = &gc;
+        std::thread::scope(|s| {
+            let leader = s.spawn(move || {
+                let t = gc.ticket();
+                gc.wait(t, || {
+                    entered_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok(())
+                })
+            });
+            entered_rx.recv().unwrap();
+            // Taken while the leader's sync runs: it needs the next one.
+            let t = gc.ticket();
+            let waiter = s.spawn(move || gc.wait(t, || Ok(())));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while gc.stats().parks == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the waiter never parked"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            release_tx.send(()).unwrap();
+            leader.join().unwrap().unwrap();
+            waiter.join().unwrap().unwrap();
+        });
+        let s = gc.stats();
+        assert_eq!(s.led, 2, "{s:?}");
+        assert!(s.parks >= 1, "{s:?}");
     }
 }

@@ -178,6 +178,13 @@ impl Engine {
         &self.inner.store
     }
 
+    /// The store's [`Stats`](crate::Stats), with how the group commit gathered and waited.
+    pub fn stats(&self) -> crate::Stats {
+        let mut s = self.inner.store.stats();
+        s.group_commit = self.inner.sync.commits.stats();
+        s
+    }
+
     /// The sync policy.
     pub fn policy(&self) -> SyncPolicy {
         self.inner.policy

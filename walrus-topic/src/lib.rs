@@ -47,7 +47,7 @@ mod tier;
 mod topic;
 mod yield_wait;
 
-pub use durability::{GroupCommit, Writing};
+pub use durability::{GroupCommit, GroupCommitStats, Writing};
 pub use engine::{DurableTicket, Engine, SyncPolicy};
 pub use error::{Poisoned, is_poisoned, poisoned_cause};
 pub use layout::DirLock;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use walrus_alloc::sync::atomic::{AtomicU64, Ordering};
 
+use crate::durability::GroupCommitStats;
+
 /// Buckets of the sync latency histogram: bucket `i` counts syncs of `[2^i, 2^(i+1))` µs.
 const BUCKETS: usize = 32;
 
@@ -150,6 +152,10 @@ pub struct Stats {
     pub sync_p50_micros: u64,
     /// 99th percentile sync latency, likewise.
     pub sync_p99_micros: u64,
+    /// How the appenders' group commit gathered and waited (under `SyncEach`). Filled by
+    /// [`Engine::stats`](crate::Engine::stats) and the facade; a bare
+    /// [`Store`](crate::Store) has no group commit and reports zeros.
+    pub group_commit: GroupCommitStats,
     /// Segment files open now.
     pub segments_live: u64,
     /// Segment files deleted (wholly consumed) since the store opened.

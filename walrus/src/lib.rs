@@ -99,7 +99,8 @@ pub use wal::{Entry, Record, Walrus};
 pub use walrus_io::{BackendKind, SegmentFile, Storage};
 #[doc(inline)]
 pub use walrus_topic::{
-    Arrival, ConsumerInfo, DurableTicket, Retention, Stats, TierPass, Tiering, TopicStats,
+    Arrival, ConsumerInfo, DurableTicket, GroupCommitStats, Retention, Stats, TierPass, Tiering,
+    TopicStats,
 };
 #[doc(inline)]
 pub use walrus_topic::{Poisoned, RecoveryIssue, RecoveryMode, RecoveryReport, is_poisoned};

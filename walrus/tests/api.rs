@@ -428,6 +428,19 @@ fn eight_threads_one_topic_mixed_batches() {
         for t in threads {
             t.join().unwrap();
         }
+        let g = wal.stats().group_commit;
+        if schedule == FsyncSchedule::SyncEach {
+            // Every append or batch returned after a sync; appenders led some of them.
+            let units = u64::from(8 * (per_thread + per_thread.div_ceil(3)));
+            assert!(g.led >= 1 && g.led <= units, "{g:?}");
+            assert!(g.gathers_out_of_time <= g.led, "{g:?}");
+        } else {
+            assert_eq!(
+                g,
+                walrus::GroupCommitStats::default(),
+                "nothing waits for a sync"
+            );
+        }
         let mut seen = HashSet::new();
         let mut last = [None::<u32>; 8];
         let mut n = 0;

@@ -95,6 +95,11 @@ fn publish_metrics_reports_the_stats() {
     assert_eq!(get("walrus_append_bytes_total{}"), 100.0);
     assert_eq!(get("walrus_reads_total{}"), 1.0);
     assert!(get("walrus_syncs_total{}") >= 1.0);
+    // `NoFsync`: no appender waits for a sync, so none leads one.
+    assert_eq!(get("walrus_group_syncs_led_total{}"), 0.0);
+    assert_eq!(get("walrus_gathers_out_of_time_total{}"), 0.0);
+    assert_eq!(get("walrus_gather_micros_total{}"), 0.0);
+    assert_eq!(get("walrus_sync_wait_parks_total{}"), 0.0);
     assert_eq!(get("walrus_topic_end{topic=t}"), 10.0);
     assert_eq!(get("walrus_topic_durable{topic=t}"), 10.0);
     assert_eq!(get("walrus_consumer_lag{topic=t,consumer=c}"), 9.0);
