@@ -44,8 +44,9 @@ pub trait Engine: Send + Sync {
     }
 }
 
-/// Group-commit counters of an engine: syncs that made entries durable, those entries, and the
-/// time spent in the syncs. A run reports what its measured loop added.
+/// Group-commit counters of an engine: syncs that made entries durable, those entries, the time
+/// spent in the syncs, and (ours) how the appenders' leaders gathered and how often appenders
+/// parked. A run reports what its measured loop added.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupCommit {
     /// Syncs that made entries durable.
@@ -54,7 +55,7 @@ pub struct GroupCommit {
     pub entries_synced: u64,
     /// Time spent in those syncs, in µs.
     pub sync_micros: u64,
-    /// Syncs an appender led (ours: the rest were the background syncer's).
+    /// Group syncs an appender led, whether or not they moved entries.
     #[serde(default)]
     pub led: u64,
     /// Leaders' gathers that ran out of time before their group was in.

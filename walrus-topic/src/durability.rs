@@ -148,8 +148,9 @@ pub struct GroupCommit {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GroupCommitStats {
-    /// Syncs an appender led (the others in [`Stats::syncs`](crate::Stats::syncs) were run by
-    /// `flush`, the background syncer or a close).
+    /// Group syncs an appender ran as its group's leader, whether or not they moved entries
+    /// ([`Stats::syncs`](crate::Stats::syncs) counts only those that did, whoever ran them:
+    /// `flush`, the background syncer and a close sync too).
     pub led: u64,
     /// Leaders' gathers that reached their budget (half the last sync) before the group was
     /// in: each one means an append that just missed this sync, or a group smaller than the
@@ -157,8 +158,10 @@ pub struct GroupCommitStats {
     pub gathers_out_of_time: u64,
     /// Time the leaders spent gathering, in µs; `gather_micros / led` is the mean gather.
     pub gather_micros: u64,
-    /// Times an appender parked its thread to wait for a sync (after yield-waiting, or at once
-    /// while yield-waiting is off). Each costs a wake-up after the sync.
+    /// Times a `SyncEach` appender parked its thread to wait for a sync (after yield-waiting, or
+    /// at once while yield-waiting is off; again after a spurious wake-up). Each costs a
+    /// wake-up after the sync. Waits on a [`DurableTicket`](crate::DurableTicket) are not
+    /// counted.
     pub parks: u64,
 }
 
@@ -167,7 +170,7 @@ pub struct GroupCommitStats {
 #[derive(Debug, Default)]
 struct Tally {
     led: std::sync::atomic::AtomicU64,
-    out_of_time: std::sync::atomic::AtomicU64,
+    gathers_out_of_time: std::sync::atomic::AtomicU64,
     gather_nanos: std::sync::atomic::AtomicU64,
     parks: std::sync::atomic::AtomicU64,
 }
@@ -177,7 +180,7 @@ impl Tally {
         use std::sync::atomic::Ordering::Relaxed;
         self.led.fetch_add(1, Relaxed);
         if how == Gathered::OutOfTime {
-            self.out_of_time.fetch_add(1, Relaxed);
+            self.gathers_out_of_time.fetch_add(1, Relaxed);
         }
         self.gather_nanos
             .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
@@ -192,7 +195,7 @@ impl Tally {
         use std::sync::atomic::Ordering::Relaxed;
         GroupCommitStats {
             led: self.led.load(Relaxed),
-            gathers_out_of_time: self.out_of_time.load(Relaxed),
+            gathers_out_of_time: self.gathers_out_of_time.load(Relaxed),
             gather_micros: self.gather_nanos.load(Relaxed) / 1000,
             parks: self.parks.load(Relaxed),
         }
@@ -831,7 +834,9 @@ mod tests {
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
         let gc = &gc;
-        std::thread::scope(|s| {
+        std::thread::scope(move |s| {
+            // Owned here: if an assert below fails, dropping it ends the leader's wait.
+            let release_tx = release_tx;
             let leader = s.spawn(move || {
                 let t = gc.ticket();
                 gc.wait(t, || {

@@ -128,7 +128,8 @@ impl TopicCounters {
 }
 
 /// What [`Store::stats`](crate::Store::stats) reports: counters since the store opened, and
-/// where every topic stands now.
+/// where every topic stands now ([`Engine::stats`](crate::Engine::stats) adds the group
+/// commit's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

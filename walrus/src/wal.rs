@@ -525,9 +525,9 @@ impl Walrus {
     /// Publishes [`stats`](Self::stats) through the [`metrics`] facade (feature `metrics`):
     /// counters `walrus_appends_total`, `walrus_append_bytes_total`, `walrus_batches_total`,
     /// `walrus_reads_total`, `walrus_syncs_total`, `walrus_entries_synced_total`,
-    /// `walrus_sync_micros_total`, `walrus_segments_deleted_total`, `walrus_group_syncs_led_total`,
-    /// `walrus_gathers_out_of_time_total`, `walrus_gather_micros_total`,
-    /// `walrus_sync_wait_parks_total`; gauges `walrus_sync_p50_micros`,
+    /// `walrus_sync_micros_total`, `walrus_segments_deleted_total`, `walrus_group_commit_led_total`,
+    /// `walrus_group_commit_gathers_out_of_time_total`, `walrus_group_commit_gather_micros_total`,
+    /// `walrus_group_commit_parks_total`; gauges `walrus_sync_p50_micros`,
     /// `walrus_sync_p99_micros`, `walrus_segments_live`, `walrus_segment_bytes`; per topic
     /// (label `topic`) `walrus_topic_end`, `walrus_topic_durable`, `walrus_topic_first_retained`,
     /// and per consumer (labels `topic`, `consumer`) `walrus_consumer_lag`. Every metric carries
@@ -545,13 +545,16 @@ impl Walrus {
             ("walrus_entries_synced_total", s.entries_synced),
             ("walrus_sync_micros_total", s.sync_micros),
             ("walrus_segments_deleted_total", s.segments_deleted),
-            ("walrus_group_syncs_led_total", s.group_commit.led),
+            ("walrus_group_commit_led_total", s.group_commit.led),
             (
-                "walrus_gathers_out_of_time_total",
+                "walrus_group_commit_gathers_out_of_time_total",
                 s.group_commit.gathers_out_of_time,
             ),
-            ("walrus_gather_micros_total", s.group_commit.gather_micros),
-            ("walrus_sync_wait_parks_total", s.group_commit.parks),
+            (
+                "walrus_group_commit_gather_micros_total",
+                s.group_commit.gather_micros,
+            ),
+            ("walrus_group_commit_parks_total", s.group_commit.parks),
         ] {
             metrics::counter!(name, "dir" => dir.clone()).absolute(value);
         }

@@ -96,12 +96,49 @@ fn publish_metrics_reports_the_stats() {
     assert_eq!(get("walrus_reads_total{}"), 1.0);
     assert!(get("walrus_syncs_total{}") >= 1.0);
     // `NoFsync`: no appender waits for a sync, so none leads one.
-    assert_eq!(get("walrus_group_syncs_led_total{}"), 0.0);
-    assert_eq!(get("walrus_gathers_out_of_time_total{}"), 0.0);
-    assert_eq!(get("walrus_gather_micros_total{}"), 0.0);
-    assert_eq!(get("walrus_sync_wait_parks_total{}"), 0.0);
+    assert_eq!(get("walrus_group_commit_led_total{}"), 0.0);
+    assert_eq!(get("walrus_group_commit_gathers_out_of_time_total{}"), 0.0);
+    assert_eq!(get("walrus_group_commit_gather_micros_total{}"), 0.0);
+    assert_eq!(get("walrus_group_commit_parks_total{}"), 0.0);
     assert_eq!(get("walrus_topic_end{topic=t}"), 10.0);
     assert_eq!(get("walrus_topic_durable{topic=t}"), 10.0);
     assert_eq!(get("walrus_consumer_lag{topic=t,consumer=c}"), 9.0);
     assert!(get("walrus_segments_live{}") >= 1.0);
+}
+
+#[test]
+fn publish_metrics_reports_the_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Walrus::builder()
+        .data_dir(dir.path())
+        .fsync_schedule(FsyncSchedule::SyncEach)
+        .quiet(true)
+        .build()
+        .unwrap();
+    for i in 0..5u8 {
+        wal.append("t", &[i; 10]).unwrap();
+    }
+    let g = wal.stats().group_commit;
+    // One appender: each append leads its own sync, unless the background syncer covered it.
+    assert!((1..=5).contains(&g.led), "{g:?}");
+    let seen: Seen = Arc::default();
+    metrics::with_local_recorder(&Keep(seen.clone()), || wal.publish_metrics());
+    let seen = seen.lock().unwrap();
+    let get = |k: &str| {
+        seen.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("{k} missing: {seen:?}"))
+    };
+    // Nothing appends between the two reads: the same figures, each under its own name.
+    let g = wal.stats().group_commit;
+    assert_eq!(get("walrus_group_commit_led_total{}"), g.led as f64);
+    assert_eq!(
+        get("walrus_group_commit_gathers_out_of_time_total{}"),
+        g.gathers_out_of_time as f64
+    );
+    assert_eq!(
+        get("walrus_group_commit_gather_micros_total{}"),
+        g.gather_micros as f64
+    );
+    assert_eq!(get("walrus_group_commit_parks_total{}"), g.parks as f64);
 }

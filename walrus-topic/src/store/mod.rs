@@ -547,7 +547,8 @@ impl Drop for Store {
         self.shared
             .closed
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        for t in self.topics.read().values() {
+        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        for t in topics {
             t.progress.arrivals.notify();
         }
         if self.shared.options.read_only {
