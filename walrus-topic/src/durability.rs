@@ -663,20 +663,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let leader = {
-            let gc = gc.clone();
-            std::thread::spawn(move || {
-                let t = gc.ticket();
-                gc.wait(t, || {
-                    entered_tx.send(()).unwrap();
-                    release_rx.recv().unwrap();
-                    Ok(())
-                })
-            })
-        };
-        entered_rx.recv().unwrap();
+        let (leader, release_tx) = leader_in_sync(&gc);
         let late = gc.ticket(); // taken while the sync runs: it needs the next one
         let writer = {
             let gc = gc.clone();
@@ -830,39 +817,52 @@ mod tests {
     /// A waiter that parks is counted; it then leads the sync that covers it.
     #[test]
     fn stats_count_parks() {
-        let gc = GroupCommit::with_yield_wait(false);
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
-        let gc = &gc;
-        std::thread::scope(move |s| {
-            // Owned here: if an assert below fails, dropping it ends the leader's wait.
-            let release_tx = release_tx;
-            let leader = s.spawn(move || {
-                let t = gc.ticket();
-                gc.wait(t, || {
-                    entered_tx.send(()).unwrap();
-                    release_rx.recv().unwrap();
-                    Ok(())
-                })
-            });
-            entered_rx.recv().unwrap();
-            // Taken while the leader's sync runs: it needs the next one.
-            let t = gc.ticket();
-            let waiter = s.spawn(move || gc.wait(t, || Ok(())));
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while gc.stats().parks == 0 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the waiter never parked"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            release_tx.send(()).unwrap();
-            leader.join().unwrap().unwrap();
-            waiter.join().unwrap().unwrap();
-        });
+        let gc = Arc::new(GroupCommit::with_yield_wait(false));
+        let (leader, release_tx) = leader_in_sync(&gc);
+        let t = gc.ticket(); // taken while the sync runs: it needs the next one
+        let waiter = {
+            let gc = gc.clone();
+            std::thread::spawn(move || gc.wait(t, || Ok(())))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while gc.stats().parks == 0 {
+            // On failure the sender drops with this frame and the leader's sync ends.
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiter never parked"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        release_tx.send(()).unwrap();
+        leader.join().unwrap().unwrap();
+        waiter.join().unwrap().unwrap();
         let s = gc.stats();
         assert_eq!(s.led, 2, "{s:?}");
         assert!(s.parks >= 1, "{s:?}");
+    }
+
+    /// A thread that leads a sync which runs until the returned sender sends (or drops);
+    /// returns once that sync is running.
+    fn leader_in_sync(
+        gc: &Arc<GroupCommit>,
+    ) -> (
+        std::thread::JoinHandle<io::Result<()>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let leader = {
+            let gc = gc.clone();
+            std::thread::spawn(move || {
+                let t = gc.ticket();
+                gc.wait(t, || {
+                    entered_tx.send(()).unwrap();
+                    let _ = release_rx.recv();
+                    Ok(())
+                })
+            })
+        };
+        entered_rx.recv().unwrap();
+        (leader, release_tx)
     }
 }

@@ -69,28 +69,37 @@ impl Recorder for Keep {
     }
 }
 
+fn open(dir: &std::path::Path, schedule: FsyncSchedule) -> Walrus {
+    Walrus::builder()
+        .data_dir(dir)
+        .fsync_schedule(schedule)
+        .quiet(true)
+        .build()
+        .unwrap()
+}
+
+/// What `publish_metrics` hands the recorder, and a lookup that fails on a missing name.
+fn published(wal: &Walrus) -> impl Fn(&str) -> f64 {
+    let seen: Seen = Arc::default();
+    metrics::with_local_recorder(&Keep(seen.clone()), || wal.publish_metrics());
+    let seen = seen.lock().unwrap().clone();
+    move |k: &str| {
+        seen.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("{k} missing: {seen:?}"))
+    }
+}
+
 #[test]
 fn publish_metrics_reports_the_stats() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Walrus::builder()
-        .data_dir(dir.path())
-        .fsync_schedule(FsyncSchedule::NoFsync)
-        .quiet(true)
-        .build()
-        .unwrap();
+    let wal = open(dir.path(), FsyncSchedule::NoFsync);
     for i in 0..10u8 {
         wal.append("t", &[i; 10]).unwrap();
     }
     wal.read_next_as("t", "c", true).unwrap();
     wal.flush().unwrap();
-    let seen: Seen = Arc::default();
-    metrics::with_local_recorder(&Keep(seen.clone()), || wal.publish_metrics());
-    let seen = seen.lock().unwrap();
-    let get = |k: &str| {
-        seen.get(k)
-            .copied()
-            .unwrap_or_else(|| panic!("{k} missing: {seen:?}"))
-    };
+    let get = published(&wal);
     assert_eq!(get("walrus_appends_total{}"), 10.0);
     assert_eq!(get("walrus_append_bytes_total{}"), 100.0);
     assert_eq!(get("walrus_reads_total{}"), 1.0);
@@ -109,26 +118,14 @@ fn publish_metrics_reports_the_stats() {
 #[test]
 fn publish_metrics_reports_the_group_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Walrus::builder()
-        .data_dir(dir.path())
-        .fsync_schedule(FsyncSchedule::SyncEach)
-        .quiet(true)
-        .build()
-        .unwrap();
+    let wal = open(dir.path(), FsyncSchedule::SyncEach);
     for i in 0..5u8 {
         wal.append("t", &[i; 10]).unwrap();
     }
     let g = wal.stats().group_commit;
     // One appender: each append leads its own sync, unless the background syncer covered it.
     assert!((1..=5).contains(&g.led), "{g:?}");
-    let seen: Seen = Arc::default();
-    metrics::with_local_recorder(&Keep(seen.clone()), || wal.publish_metrics());
-    let seen = seen.lock().unwrap();
-    let get = |k: &str| {
-        seen.get(k)
-            .copied()
-            .unwrap_or_else(|| panic!("{k} missing: {seen:?}"))
-    };
+    let get = published(&wal);
     // Nothing appends between the two reads: the same figures, each under its own name.
     let g = wal.stats().group_commit;
     assert_eq!(get("walrus_group_commit_led_total{}"), g.led as f64);
