@@ -5,6 +5,10 @@
 //! threads appending to two topics then pass that cache line back and forth twice per append
 //! (a `perf annotate` of 2-thread appends put a fifth of the store's user time on it). A
 //! sharded lock gives each thread a read state of its own; a creation takes every shard.
+//!
+//! crossbeam assigns each thread its shard once, on the thread's first read, from a registry
+//! of its own shared by the process (a mutex taken then and when the thread exits). It holds
+//! thread indices only: instances share no state through it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
