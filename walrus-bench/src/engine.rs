@@ -67,6 +67,13 @@ pub struct GroupCommit {
     /// Times an appender parked to wait for a sync.
     #[serde(default)]
     pub parks: u64,
+    /// Median sync (ours), in µs, over every sync since the instance opened: quantiles do
+    /// not subtract, and each run opens a fresh instance.
+    #[serde(default)]
+    pub sync_p50_micros: u64,
+    /// 99th percentile sync, likewise.
+    #[serde(default)]
+    pub sync_p99_micros: u64,
 }
 
 impl GroupCommit {
@@ -83,6 +90,8 @@ impl GroupCommit {
                 .saturating_sub(earlier.gathers_out_of_time),
             gather_micros: self.gather_micros.saturating_sub(earlier.gather_micros),
             parks: self.parks.saturating_sub(earlier.parks),
+            sync_p50_micros: self.sync_p50_micros,
+            sync_p99_micros: self.sync_p99_micros,
         }
     }
 
@@ -302,6 +311,8 @@ impl Engine for Ours {
             gathers_out_of_time: s.group_commit.gathers_out_of_time,
             gather_micros: s.group_commit.gather_micros,
             parks: s.group_commit.parks,
+            sync_p50_micros: s.sync_p50_micros,
+            sync_p99_micros: s.sync_p99_micros,
         })
     }
 }

@@ -427,11 +427,13 @@ fn group_commits(results: &[RunResult]) -> String {
             let _ = writeln!(
                 out,
                 "  appenders led {} syncs/s; their gathers took {} on average, {:.0}% ran out \
-                 of time; {:.2} parks per sync",
+                 of time; {:.2} parks per sync; syncs p50 {}, p99 {}",
                 fmt_count(crate::stats::per_sec(g.led as f64, r.elapsed_secs)),
                 fmt_ns(g.gather_micros as f64 * 1000.0 / g.led as f64),
                 100.0 * g.gathers_out_of_time as f64 / g.led as f64,
                 g.parks as f64 / g.syncs as f64,
+                fmt_ns(g.sync_p50_micros as f64 * 1000.0),
+                fmt_ns(g.sync_p99_micros as f64 * 1000.0),
             );
         }
     }
@@ -874,12 +876,15 @@ mod tests {
             gathers_out_of_time: 1_000,
             gather_micros: 120_000,
             parks: 500,
+            sync_p50_micros: 128,
+            sync_p99_micros: 352,
         });
         let t = table(&counted);
         assert!(
             t.contains(
                 "(60.0µs of it outside a sync)\n  appenders led 4.0k syncs/s; their gathers took \
-                 30.0µs on average, 25% ran out of time; 0.10 parks per sync\n"
+                 30.0µs on average, 25% ran out of time; 0.10 parks per sync; syncs p50 \
+                 128.0µs, p99 352.0µs\n"
             ),
             "{t}"
         );
