@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the on-disk format: encoding (header + CRC32C of header and
 //! payload + copy) and decoding (checked header access + both CRCs) of entries of 500–1024
-//! random bytes, the spec's standard entry size.
+//! random bytes, the spec's standard entry size; and the CRC32C alone at several input
+//! lengths, ours against the `crc32c` crate's.
 //!
 //! `cargo bench -p walrus-bench --bench format`
 #![allow(missing_docs)]
@@ -63,5 +64,36 @@ fn bench_format(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_format);
+/// CRC32C alone: `walrus_block::checksum::crc32c` (three interleaved streams from 128 bytes)
+/// against the `crc32c` crate it falls back on.
+fn bench_crc(c: &mut Criterion) {
+    let data: Vec<u8> = {
+        let mut rng = walrus_io::SeededRng::new(0x5EED);
+        (0..256 << 10).map(|_| rng.next_u64() as u8).collect()
+    };
+    for len in [
+        24,
+        64,
+        128,
+        256,
+        500,
+        700,
+        1024,
+        4096,
+        16 << 10,
+        64 << 10,
+        256 << 10,
+    ] {
+        let mut group = c.benchmark_group(format!("crc32c/{len}"));
+        group.throughput(Throughput::Bytes(len as u64));
+        let bytes = &data[..len];
+        group.bench_function("walrus", |b| {
+            b.iter(|| walrus_block::checksum::crc32c(black_box(bytes)))
+        });
+        group.bench_function("crate", |b| b.iter(|| crc32c::crc32c(black_box(bytes))));
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_format, bench_crc);
 criterion_main!(benches);
