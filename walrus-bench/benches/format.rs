@@ -65,8 +65,8 @@ fn bench_format(c: &mut Criterion) {
 }
 
 /// CRC32C alone: `walrus_block::checksum::crc32c` (three interleaved streams from 128 bytes
-/// to 64 KiB) against the `crc32c` crate it falls back on. At 24 and 64 bytes and at 256 KiB
-/// both sides run the crate: those lengths measure only the dispatch.
+/// up to, not including, 64 KiB) against the `crc32c` crate it falls back on. At 24 and 64
+/// bytes, 64 KiB and 256 KiB both sides run the crate: those lengths measure only the dispatch.
 fn bench_crc(c: &mut Criterion) {
     let data: Vec<u8> = {
         let mut rng = walrus_io::SeededRng::new(0x5EED);
