@@ -1,38 +1,54 @@
 //! The mmap backend: each file is mapped shared, read-write, over the length it has when created
-//! or opened. Writes copy into the mapping, reads copy out of it, and a sync flushes the dirty
-//! range (`msync(MS_SYNC)`). Bytes past the mapping (the file grew after it was mapped) go
-//! through `pwrite`/`pread`, which share the page cache with the mapping.
+//! or opened. Writes copy into the mapping, reads go through the descriptor (`pread`, the same
+//! page cache), and a sync flushes the dirty range (`msync(MS_SYNC)`). Bytes past the mapping
+//! (the file grew after it was mapped) go through `pwrite`/`pread`.
+//!
+//! An append costs a copy instead of a system call; a page costs one fault when it is first
+//! written, so a write of 16 KiB or more goes through `pwrite` instead. The mapping is advised
+//! `MADV_RANDOM`: without it, each write fault in a sparse or freshly allocated file reads
+//! (zero-fills) a whole readahead window around the page, which made appends three times slower
+//! (BENCHMARKS.md, "The mmap backend").
 //!
 //! # Soundness
 //!
 //! No reference into the mapping is ever created: bytes move with raw-pointer copies only. Two
 //! accesses to the same bytes from two threads, one of them a write, would still be a data race
-//! (undefined behaviour), so each file keeps a small range lock: a write excludes
-//! every overlapping access, a read excludes overlapping writes. Callers that keep to disjoint
-//! ranges, as a WAL does, never wait.
+//! (undefined behaviour), and a `pread` racing a copy could return half of it, so each file
+//! keeps a small range lock: a write excludes every overlapping access, a read excludes
+//! overlapping writes. Callers that keep to disjoint ranges, as a WAL does, never wait.
 //!
 //! What the type system cannot check is left to the owner of the directory: nothing else may
-//! truncate a mapped file (the process would get `SIGBUS`). Files are allocated whole with
-//! `fallocate` when created and their holes filled when opened, so a full disk cannot turn a
-//! write into a `SIGBUS` either — which is why this backend, unlike the others, pays for the
-//! whole length of every file up front; an I/O
-//! error while writing pages back surfaces at the next sync. A device error while *faulting a
-//! page in* still raises `SIGBUS`; that is the price of this backend.
+//! truncate a mapped file (the process would get `SIGBUS`). Files are sparse, as with the other
+//! backends, but a store never lands in a hole: a store into a hole of a mapping cannot report a
+//! full disk (the kernel raises `SIGBUS`), so each file remembers which granules of its mapping
+//! it has allocated (by [`SegmentFile::allocate`], or by its own `fallocate` before the first
+//! store into a granule), and a full disk fails that `fallocate` with `StorageFull` before
+//! anything is stored. On a file system without `fallocate` the allocation cannot be made ahead,
+//! and a full disk there still raises `SIGBUS`. An I/O error while writing pages back surfaces
+//! at the next sync; a device error while reading is an error of the read. A device error while
+//! *faulting in* a page that holds data (one written earlier and since evicted, then written
+//! again) still raises `SIGBUS`: that is the price of this backend, and why it is not the
+//! default.
 
 use std::any::Any;
 use std::fs::File;
 use std::io::{self, IoSlice};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use memmap2::MmapRaw;
+use memmap2::{Advice, MmapRaw};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{SyncPoison, op_error};
 use crate::fs;
 use crate::pwrite::PwriteFile;
 use crate::storage::{BackendKind, SegmentFile, Storage, WriteOp, distinct_files, submit_each};
+
+/// Writes of at least this many bytes go through `pwrite` rather than the mapping: into fresh
+/// pages one system call costs less than a fault per page (256-entry batches, ~190 KiB: 2.3 M
+/// entries/s against 1.0 M; BENCHMARKS.md, "The mmap backend").
+const PWRITE_FROM: usize = 16 << 10;
 
 /// The mmap backend. See the [module docs](crate::mmap).
 #[derive(Debug, Default)]
@@ -51,11 +67,16 @@ impl MmapStorage {
         let map = if len == 0 {
             None
         } else {
-            Some(MmapRaw::map_raw(&file).map_err(|e| op_error("mmap", path, Some(0), e))?)
+            let map = MmapRaw::map_raw(&file).map_err(|e| op_error("mmap", path, Some(0), e))?;
+            map.advise(Advice::Random)
+                .map_err(|e| op_error("madvise", path, Some(0), e))?;
+            Some(map)
         };
+        let map_len = map.as_ref().map_or(0, MmapRaw::len);
         Ok(Arc::new(MmapFile {
             base: PwriteFile::new(file, path, Arc::clone(&self.poison)),
             map,
+            allocated: Granules::new(map_len),
             ranges: RangeLocks::default(),
             dirty: Mutex::new(None),
             fd_dirty: AtomicBool::new(false),
@@ -71,13 +92,6 @@ impl Storage for MmapStorage {
 
     fn create(&self, path: &Path, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
         let file = fs::create_file(path, len)?;
-        // The whole mapping is allocated up front (see the module docs): a store into a hole
-        // of a mapping cannot report a full disk.
-        if let Err(e) = fs::allocate(&file, path, 0, len) {
-            drop(file);
-            let _ = std::fs::remove_file(path);
-            return Err(e);
-        }
         self.poison.forget(path);
         self.wrap(file, path).inspect_err(|_| {
             // Keep "a failed create leaves nothing behind".
@@ -85,23 +99,14 @@ impl Storage for MmapStorage {
         })
     }
 
-    /// Read-only handles read with `pread` (the same page cache the mappings share): a shared
-    /// writable mapping needs a writable file, and opening one allocates its holes.
+    /// Read-only handles read with `pread`, as every handle of this backend does: a shared
+    /// writable mapping needs a writable file, and a reader needs no mapping.
     fn open_read(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
         crate::PwriteStorage::new().open_read(path)
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
         let file = fs::open_file(path)?;
-        // Allocate any holes (keeps data, keeps the size) so stores into the mapping cannot
-        // fault on a full disk. Only regular files can be mapped; others (devices) are left to
-        // the pwrite path.
-        let meta = file
-            .metadata()
-            .map_err(|e| op_error("fstat", path, None, e))?;
-        if meta.is_file() {
-            fs::allocate(&file, path, 0, meta.len())?;
-        }
         self.wrap(file, path)
     }
 
@@ -126,6 +131,8 @@ pub struct MmapFile {
     base: PwriteFile,
     /// Shared read-write mapping of `[0, map.len())`; `None` for an empty or unmappable file.
     map: Option<MmapRaw>,
+    /// Which granules of the mapping are allocated on disk: only those take stores.
+    allocated: Granules,
     ranges: RangeLocks,
     /// Bytes of the mapping written since the last sync, as `[start, end)`.
     dirty: Mutex<Option<(usize, usize)>>,
@@ -150,6 +157,19 @@ impl MmapFile {
         }
         let inside = (map_len - offset).min(len as u64) as usize;
         (Some((offset as usize, inside)), len - inside)
+    }
+
+    /// Allocates on disk the granules of `[start, end)` (inside the mapping, not empty) that
+    /// this handle has not seen allocated, before any store lands there: a full disk fails this
+    /// `fallocate` as an error, where a store into a hole would raise `SIGBUS`.
+    fn ensure_allocated(&self, start: usize, end: usize) -> io::Result<()> {
+        if self.allocated.covers(start, end) {
+            return Ok(());
+        }
+        let (from, to) = self.allocated.span(start, end);
+        self.base.allocate(from as u64, (to - from) as u64)?;
+        self.allocated.mark(from, to);
+        Ok(())
     }
 
     fn mark_dirty(&self, start: usize, end: usize) {
@@ -177,8 +197,17 @@ impl SegmentFile for MmapFile {
             return Ok(());
         }
         let (inside, _) = self.split(offset, total);
+        if total >= PWRITE_FROM {
+            // Under the exclusive range lock, as a copy would be: no access to these bytes
+            // through the mapping overlaps it. `pwrite` reports a full disk itself.
+            let _guard = inside.map(|(start, len)| self.ranges.lock(start, start + len, true));
+            fs::pwritev_all(self.base.file(), self.path(), bufs, offset)?;
+            self.fd_dirty.store(true, Ordering::Release);
+            return Ok(());
+        }
         let mut consumed = 0; // bytes of `bufs` copied into the mapping
         if let (Some((start, len)), Some(map)) = (inside, &self.map) {
+            self.ensure_allocated(start, start + len)?;
             let _guard = self.ranges.lock(start, start + len, true);
             let mut at = start;
             for buf in bufs {
@@ -218,32 +247,25 @@ impl SegmentFile for MmapFile {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         fs::check_range("mmap read", self.path(), offset, buf.len())?;
-        let (inside, _) = self.split(offset, buf.len());
-        let mut done = 0;
-        if let (Some((start, len)), Some(map)) = (inside, &self.map) {
-            let _guard = self.ranges.lock(start, start + len, false);
-            // SAFETY: `[start, start + len)` lies inside the live mapping (see `split`) and
-            // `len <= buf.len()`. The shared range lock keeps writers of these bytes out, so the
-            // copy races with nothing; `buf` is caller memory, disjoint from the mapping.
-            unsafe {
-                std::ptr::copy_nonoverlapping(map.as_ptr().add(start), buf.as_mut_ptr(), len);
-            }
-            done = len;
-        }
-        if done < buf.len() {
-            done += fs::pread_full(
-                self.base.file(),
-                self.path(),
-                &mut buf[done..],
-                offset + done as u64,
-            )?;
-        }
-        Ok(done)
+        // Through the descriptor, not the mapping: a device error is this read's error (a fault
+        // on the mapping would be a SIGBUS), and the descriptor's readahead works. The shared
+        // range lock keeps the read from seeing half of an overlapping copy into the mapping.
+        let _guard = match (self.split(offset, buf.len()).0, &self.map) {
+            (Some((start, len)), Some(_)) => Some(self.ranges.lock(start, start + len, false)),
+            _ => None,
+        };
+        fs::pread_full(self.base.file(), self.path(), buf, offset)
     }
 
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        // Inside the mapping this is already allocated; past it, writes go through pwrite.
-        self.base.allocate(offset, len)
+        self.base.allocate(offset, len)?;
+        // Remember what of it lies in the mapping: stores there need no allocation of their own.
+        if let (Some((start, inside)), _) =
+            self.split(offset, usize::try_from(len).unwrap_or(usize::MAX))
+        {
+            self.allocated.mark(start, start + inside);
+        }
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -279,6 +301,68 @@ impl SegmentFile for MmapFile {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+/// Which granules of a mapping of `len` bytes are known to be allocated on disk: a bitmap of at
+/// most 2^18 granules of 4 KiB or more (32 KiB of bits for a mapping of 1 GiB or longer). A
+/// granule is marked only once all of it (up to the end of the mapping) is allocated; nothing
+/// clears a mark, since nothing deallocates a range of a file while it is open.
+#[derive(Debug)]
+struct Granules {
+    shift: u32,
+    len: usize,
+    bits: Box<[AtomicU64]>,
+}
+
+impl Granules {
+    const MAX_GRANULES: usize = 1 << 18;
+
+    fn new(len: usize) -> Self {
+        let mut shift = 12;
+        while len.div_ceil(1 << shift) > Self::MAX_GRANULES {
+            shift += 1;
+        }
+        let count = len.div_ceil(1 << shift);
+        Self {
+            shift,
+            len,
+            bits: (0..count.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn is_set(&self, granule: usize) -> bool {
+        self.bits
+            .get(granule / 64)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (granule % 64)) != 0)
+    }
+
+    /// Whether every granule that `[start, end)` (not empty) touches is marked.
+    fn covers(&self, start: usize, end: usize) -> bool {
+        (start >> self.shift..=(end - 1) >> self.shift).all(|g| self.is_set(g))
+    }
+
+    /// `[start, end)` widened to whole granules, ending at most at the end of the mapping.
+    fn span(&self, start: usize, end: usize) -> (usize, usize) {
+        let from = (start >> self.shift) << self.shift;
+        let to = ((((end - 1) >> self.shift) + 1) << self.shift).min(self.len);
+        (from, to)
+    }
+
+    /// Marks the granules that `[start, end)`, now allocated, covers whole (a granule cut by
+    /// the end of the mapping is whole when the range reaches that end).
+    fn mark(&self, start: usize, end: usize) {
+        let first = start.div_ceil(1 << self.shift);
+        let last = if end >= self.len {
+            self.len.div_ceil(1 << self.shift)
+        } else {
+            end >> self.shift
+        };
+        for g in first..last {
+            if let Some(w) = self.bits.get(g / 64) {
+                w.fetch_or(1 << (g % 64), Ordering::Release);
+            }
+        }
     }
 }
 
@@ -353,8 +437,109 @@ impl Drop for RangeGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
+
+    #[test]
+    fn granules_mark_only_what_is_allocated_whole() {
+        // 4 KiB granules up to 1 GiB; longer mappings keep at most 2^18 granules.
+        assert_eq!(Granules::new(1 << 30).shift, 12);
+        assert_eq!(Granules::new((1 << 30) + 1).shift, 13);
+        assert_eq!(Granules::new(1 << 40).shift, 22);
+        assert_eq!(Granules::new(0).bits.len(), 0);
+        let g = Granules::new(10_000); // granules [0,4096) [4096,8192) [8192,10000)
+        assert!(!g.covers(0, 1));
+        // A range inside one granule marks nothing; the span widens it to whole granules.
+        g.mark(100, 4000);
+        assert!(!g.covers(100, 4000));
+        assert_eq!(g.span(100, 4000), (0, 4096));
+        assert_eq!(g.span(4095, 4097), (0, 8192));
+        g.mark(0, 4096);
+        assert!(g.covers(0, 4096));
+        assert!(!g.covers(4000, 4097), "the second granule is not allocated");
+        // The last granule is cut by the end of the mapping: reaching that end makes it whole.
+        assert_eq!(g.span(9000, 10_000), (8192, 10_000));
+        g.mark(8192, 10_000);
+        assert!(g.covers(8192, 10_000));
+        assert!(!g.covers(4096, 8193));
+        g.mark(4095, 8193); // covers the middle granule whole
+        assert!(g.covers(0, 10_000));
+    }
+
+    #[test]
+    fn large_writes_go_through_the_descriptor_and_stay_coherent_with_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = MmapStorage::new();
+        let path = dir.path().join("mixed");
+        let f = storage.create(&path, 1 << 20).unwrap();
+        let file = f.as_any().downcast_ref::<MmapFile>().unwrap();
+        let large: Vec<u8> = (0..PWRITE_FROM + 100).map(|i| (i % 253) as u8).collect();
+        f.write_at(&large, 4096).unwrap();
+        assert!(
+            file.fd_dirty.load(Ordering::Acquire),
+            "a large write is a pwrite"
+        );
+        assert!(
+            file.dirty.lock().is_none(),
+            "nothing was stored into the mapping"
+        );
+        // A store into the same pages, through the mapping, lands over the pwritten bytes.
+        f.write_at(&[0xEE; 10], 4096 + 50).unwrap();
+        assert!(file.dirty.lock().is_some());
+        f.sync_data().unwrap();
+        assert!(!file.fd_dirty.load(Ordering::Acquire));
+        let mut expected = large.clone();
+        expected[50..60].fill(0xEE);
+        let mut back = vec![0; large.len()];
+        f.read_exact_at(&mut back, 4096).unwrap();
+        assert_eq!(back, expected);
+        assert_eq!(
+            std::fs::read(&path).unwrap()[4096..4096 + large.len()],
+            expected[..]
+        );
+    }
+
+    #[test]
+    fn a_store_lands_only_in_granules_allocated_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = MmapStorage::new();
+        let path = dir.path().join("sparse");
+        let f = storage.create(&path, 64 << 20).unwrap();
+        let file = f.as_any().downcast_ref::<MmapFile>().unwrap();
+        // Created sparse: a mapped file costs what is written, as with the other backends.
+        assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0);
+        let at = (32 << 20) + 4000;
+        assert!(!file.allocated.covers(at, at + 200));
+        f.write_at(&[7; 200], at as u64).unwrap();
+        // The store crossed into a second granule: both were allocated before it.
+        assert!(file.allocated.covers(at, at + 200));
+        assert!(!file.allocated.covers(at + 8192, at + 8193));
+        // `allocate` marks what it covers whole, so the engine's claims spare the stores a
+        // `fallocate` of their own.
+        f.allocate(1 << 20, 1 << 20).unwrap();
+        assert!(file.allocated.covers(1 << 20, 2 << 20));
+        f.sync_data().unwrap();
+        let blocks = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(
+            ((1 << 20) + 8192..=(1 << 20) + 16384).contains(&blocks),
+            "allocated {blocks} bytes"
+        );
+        let mut back = [0; 200];
+        f.read_exact_at(&mut back, at as u64).unwrap();
+        assert_eq!(back, [7; 200]);
+        // Reopened, the handle knows of nothing allocated, and allocates again before storing.
+        drop(f);
+        let f = storage.open(&path).unwrap();
+        let file = f.as_any().downcast_ref::<MmapFile>().unwrap();
+        assert!(!file.allocated.covers(at, at + 1));
+        f.write_at(&[8; 10], (at + 200) as u64).unwrap();
+        assert!(file.allocated.covers(at + 200, at + 210));
+        assert!(
+            !file.allocated.covers(at, at + 1),
+            "only the granule stored into"
+        );
+    }
 
     #[test]
     fn range_locks_exclude_only_conflicting_overlaps() {

@@ -1,8 +1,11 @@
 //! Backend-specific behaviour the conformance suite cannot express: ring reuse and single
-//! submissions (io_uring), Auto's probe and fallback, sticky sync failures on real files.
+//! submissions (io_uring), Auto's probe and fallback, sticky sync failures on real files, the
+//! mmap backend on a full disk.
 
 use std::io::{self, ErrorKind, IoSlice};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 use walrus_io::{
@@ -267,6 +270,72 @@ fn mmap_serves_bytes_past_its_mapping_and_keeps_them() {
     plain.read_exact_at(&mut buf, 2048).unwrap();
     assert_eq!(buf, data);
     assert_eq!(plain.len().unwrap(), 2048 + 8192);
+}
+
+const FULL_DISK_CHILD: &str = "WALRUS_IO_FULL_TMPFS";
+
+/// A full disk fails a store into a mapping with `StorageFull` rather than killing the process
+/// with `SIGBUS`: the mmap backend allocates a granule before its first store there. The test
+/// runs in a child process with a mount namespace of its own (`unshare`) holding a 256 KiB
+/// tmpfs, so that a `SIGBUS` fails this test, not the test binary, and the mount goes with the
+/// child.
+#[test]
+fn mmap_on_a_full_disk_fails_the_write_not_the_process() {
+    if let Some(dir) = std::env::var_os(FULL_DISK_CHILD) {
+        return fill_a_mapped_file(Path::new(&dir));
+    }
+    let mnt = scratch();
+    // Files and directories are created with the effective user's id: mounting needs root.
+    if std::fs::metadata(mnt.path()).unwrap().uid() != 0 {
+        eprintln!("skipped: mounting a tmpfs in a mount namespace of its own needs root");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(concat!(
+            r#"mount -t tmpfs -o size=256k walrus-full "$0" && exec "$1" --exact "#,
+            r#"mmap_on_a_full_disk_fails_the_write_not_the_process --nocapture --test-threads 1"#
+        ))
+        .arg(mnt.path())
+        .arg(&exe)
+        .env(FULL_DISK_CHILD, mnt.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    // A SIGBUS shows as a status without a code (signal 7).
+    assert!(output.status.success(), "{:?}: {text}", output.status);
+    assert!(
+        text.contains("full after"),
+        "the child did not run the test: {text}"
+    );
+}
+
+/// In the child: stores 4 KiB at a time into a mapped file 16 times as long as its file system.
+fn fill_a_mapped_file(dir: &Path) {
+    let storage = open_backend(BackendKind::Mmap).unwrap();
+    let f = storage.create(&dir.join("f"), 4 << 20).unwrap();
+    let page = |i: u64| [(i % 251) as u8; 4096];
+    let mut stored = 0u64;
+    let err = loop {
+        assert!(stored < 4 << 20, "4 MiB stored on a 256 KiB file system");
+        match f.write_at(&page(stored / 4096), stored) {
+            Ok(()) => stored += 4096,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
+    assert!(err.to_string().contains("fallocate"), "{err}");
+    assert!(stored >= 64 << 10, "only {stored} bytes fit");
+    // What was stored is there, and syncs.
+    f.sync_data().unwrap();
+    let mut buf = [0u8; 4096];
+    for at in (0..stored).step_by(4096) {
+        f.read_exact_at(&mut buf, at).unwrap();
+        assert_eq!(buf, page(at / 4096), "at {at}");
+    }
+    println!("full after {stored} bytes: {err}");
 }
 
 #[test]

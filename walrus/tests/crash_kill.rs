@@ -1,8 +1,10 @@
-//! The real crash test: a child process appends (and consumes) with `SyncEach` and reports each
-//! acknowledged offset on a pipe; the parent kills it with SIGKILL at a random moment, reopens
-//! the directory and checks that every acknowledged entry is there, intact, in order, once,
-//! that no batch is cut, that nothing unwritten appears, and that no acknowledged consumed entry
-//! is handed out again.
+//! The real crash test: a child process appends (and consumes) and reports each acknowledged
+//! offset on a pipe; the parent kills it with SIGKILL at a random moment, reopens the directory
+//! and checks that every acknowledged entry is there, intact, in order, once, that no batch is
+//! cut, that nothing unwritten appears, and that no acknowledged consumed entry is handed out
+//! again. The child runs with `SyncEach` on the default backend, and with `NoFsync` on the mmap
+//! backend: a process crash loses nothing that is in the kernel, and an append stored into a
+//! mapping is in the kernel when it returns.
 //!
 //! `WALRUS_CRASH_KILLS=N` sets the number of kills (default 30); `cargo xtask crash --kills N`.
 
@@ -12,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use walrus::{FsyncSchedule, ReadConsistency, Walrus};
+use walrus::{BackendKind, FsyncSchedule, ReadConsistency, Walrus};
 use walrus_io::SeededRng;
 
 const TOPIC: &str = "killed";
@@ -30,11 +32,41 @@ fn payload(o: u64, batch_start: u64, batch_len: u32) -> Vec<u8> {
     p
 }
 
-fn open(dir: &Path) -> Walrus {
+/// How the child writes: `SyncEach` on the default backend, or `NoFsync` on the mmap backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Synced,
+    MmapUnsynced,
+}
+
+impl Mode {
+    const ENV: &str = "WALRUS_KILL_CHILD_MODE";
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Synced => "synced",
+            Self::MmapUnsynced => "mmap-unsynced",
+        }
+    }
+
+    fn from_env() -> Self {
+        match std::env::var(Self::ENV).as_deref() {
+            Ok("mmap-unsynced") => Self::MmapUnsynced,
+            _ => Self::Synced,
+        }
+    }
+}
+
+fn open(dir: &Path, mode: Mode) -> Walrus {
+    let (schedule, backend) = match mode {
+        Mode::Synced => (FsyncSchedule::SyncEach, BackendKind::Pwrite),
+        Mode::MmapUnsynced => (FsyncSchedule::NoFsync, BackendKind::Mmap),
+    };
     Walrus::builder()
         .data_dir(dir)
         .consistency(ReadConsistency::StrictlyAtOnce)
-        .fsync_schedule(FsyncSchedule::SyncEach)
+        .fsync_schedule(schedule)
+        .backend(backend)
         .segment_len(256 * 1024)
         .block_len(16 * 1024)
         .quiet(true)
@@ -50,7 +82,7 @@ fn crash_child() {
     let Some(dir) = std::env::var_os("WALRUS_KILL_CHILD_DIR") else {
         return;
     };
-    let wal = open(Path::new(&dir));
+    let wal = open(Path::new(&dir), Mode::from_env());
     let mut i = 0u64;
     loop {
         let start = wal.end_offset(TOPIC).unwrap_or(0);
@@ -81,6 +113,15 @@ fn crash_child() {
 
 #[test]
 fn kill_nine_loop() {
+    kill_nine(Mode::Synced);
+}
+
+#[test]
+fn kill_nine_loop_on_mmap_unsynced() {
+    kill_nine(Mode::MmapUnsynced);
+}
+
+fn kill_nine(mode: Mode) {
     let kills: u64 = std::env::var("WALRUS_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -102,6 +143,7 @@ fn kill_nine_loop() {
                 "--test-threads=1",
             ])
             .env("WALRUS_KILL_CHILD_DIR", dir.path())
+            .env(Mode::ENV, mode.name())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -138,7 +180,7 @@ fn kill_nine_loop() {
             }
         }
 
-        let wal = open(dir.path());
+        let wal = open(dir.path(), mode);
         let end = wal.end_offset(TOPIC).unwrap_or(0);
         assert!(
             end >= acked_end,
@@ -180,7 +222,8 @@ fn kill_nine_loop() {
         drop(wal);
     }
     eprintln!(
-        "kill -9 loop: {kills} kills in {:.1?}, {acked_end} entries",
+        "kill -9 loop ({}): {kills} kills in {:.1?}, {acked_end} entries",
+        mode.name(),
         started.elapsed()
     );
 }
