@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | [`BackendKind::Pwrite`] | [`PwriteStorage`] | `pwrite`/`pwritev`/`pread`/`fdatasync`; the default |
 //! | [`BackendKind::IoUring`] | [`UringStorage`] | a pool of long-lived rings; a batch and its syncs in one submission |
-//! | [`BackendKind::Mmap`] | [`MmapStorage`] | appends copy into shared mappings (no system call); syncs flush the dirty range; a device error faulting a page in is a `SIGBUS` |
+//! | [`BackendKind::Mmap`] | [`MmapStorage`] | small writes copy into shared mappings (a system call per 2 MiB, not per write); syncs flush the dirty range; a device error faulting a page in is a `SIGBUS` |
 //! | [`BackendKind::Auto`] | (resolves) | io_uring if the kernel has what it needs, else `pwrite` |
 //! | [`BackendKind::Sim`] | [`SimStorage`] | in memory, seeded: crashes, torn writes, injected faults |
 //!

@@ -20,11 +20,13 @@
 //! What the type system cannot check is left to the owner of the directory: nothing else may
 //! truncate a mapped file (the process would get `SIGBUS`). Files are sparse, as with the other
 //! backends, but a store never lands in a hole: a store into a hole of a mapping cannot report a
-//! full disk (the kernel raises `SIGBUS`), so each file remembers which granules of its mapping
-//! it has allocated (by [`SegmentFile::allocate`], or by its own `fallocate` before the first
-//! store into a granule), and a full disk fails that `fallocate` with `StorageFull` before
-//! anything is stored. On a file system without `fallocate` the allocation cannot be made ahead,
-//! and a full disk there still raises `SIGBUS`. An I/O error while writing pages back surfaces
+//! full disk (the kernel raises `SIGBUS`), so each file remembers which 2 MiB granules of its
+//! mapping it has allocated (by [`SegmentFile::allocate`], or by its own `fallocate` before the
+//! first store into a granule), and a full disk fails that `fallocate` with `StorageFull` before
+//! anything is stored. Two kinds of file system still turn a full disk into `SIGBUS`: one without
+//! `fallocate` (nothing can be allocated ahead), and a copy-on-write one (btrfs, ZFS, bcachefs:
+//! writing a block again needs new space, which `fallocate` does not reserve); so would a
+//! page-cache folio over 2 MiB (none on x86-64). An I/O error while writing pages back surfaces
 //! at the next sync; a device error while reading is an error of the read. A device error while
 //! *faulting in* a page that holds data (one written earlier and since evicted, then written
 //! again) still raises `SIGBUS`: that is the price of this backend, and why it is not the
@@ -136,7 +138,8 @@ pub struct MmapFile {
     ranges: RangeLocks,
     /// Bytes of the mapping written since the last sync, as `[start, end)`.
     dirty: Mutex<Option<(usize, usize)>>,
-    /// Whether bytes past the mapping were written since the last sync.
+    /// Whether bytes were written through the descriptor (past the mapping, or a large write)
+    /// since the last sync.
     fd_dirty: AtomicBool,
     /// Serializes syncs, so a sync never returns while an earlier one still flushes the range
     /// it took.
@@ -163,10 +166,9 @@ impl MmapFile {
     /// this handle has not seen allocated, before any store lands there: a full disk fails this
     /// `fallocate` as an error, where a store into a hole would raise `SIGBUS`.
     fn ensure_allocated(&self, start: usize, end: usize) -> io::Result<()> {
-        if self.allocated.covers(start, end) {
+        let Some((from, to)) = self.allocated.missing(start, end) else {
             return Ok(());
-        }
-        let (from, to) = self.allocated.span(start, end);
+        };
         self.base.allocate(from as u64, (to - from) as u64)?;
         self.allocated.mark(from, to);
         Ok(())
@@ -304,10 +306,13 @@ impl SegmentFile for MmapFile {
     }
 }
 
-/// Which granules of a mapping of `len` bytes are known to be allocated on disk: a bitmap of at
-/// most 2^18 granules of 4 KiB or more (32 KiB of bits for a mapping of 1 GiB or longer). A
-/// granule is marked only once all of it (up to the end of the mapping) is allocated; nothing
-/// clears a mark, since nothing deallocates a range of a file while it is open.
+/// Which granules of a mapping of `len` bytes are known to be allocated on disk: a bitmap over
+/// aligned granules of 2 MiB (more for mappings over 512 GiB, to keep at most 2^18). A granule is
+/// 2 MiB because the kernel reserves space for a whole page-cache folio when a store faults one
+/// in, and folios are naturally aligned and at most 2 MiB on x86-64: a folio a store touches
+/// lies inside one granule, allocated whole. A granule is marked only once all of it (up to the
+/// end of the mapping) is allocated; nothing clears a mark, since nothing deallocates a range of
+/// a file while it is open.
 #[derive(Debug)]
 struct Granules {
     shift: u32,
@@ -317,9 +322,14 @@ struct Granules {
 
 impl Granules {
     const MAX_GRANULES: usize = 1 << 18;
+    const SHIFT: u32 = 21;
 
     fn new(len: usize) -> Self {
-        let mut shift = 12;
+        Self::with_shift(len, Self::SHIFT)
+    }
+
+    /// Granules of at least `2^shift` bytes.
+    fn with_shift(len: usize, mut shift: u32) -> Self {
         while len.div_ceil(1 << shift) > Self::MAX_GRANULES {
             shift += 1;
         }
@@ -338,15 +348,23 @@ impl Granules {
     }
 
     /// Whether every granule that `[start, end)` (not empty) touches is marked.
+    #[cfg(test)]
     fn covers(&self, start: usize, end: usize) -> bool {
-        (start >> self.shift..=(end - 1) >> self.shift).all(|g| self.is_set(g))
+        self.missing(start, end).is_none()
     }
 
-    /// `[start, end)` widened to whole granules, ending at most at the end of the mapping.
-    fn span(&self, start: usize, end: usize) -> (usize, usize) {
-        let from = (start >> self.shift) << self.shift;
-        let to = ((((end - 1) >> self.shift) + 1) << self.shift).min(self.len);
-        (from, to)
+    /// The unmarked granules that `[start, end)` (not empty) touches, from the first to the
+    /// last as one range of whole granules (ending at most at the end of the mapping), or
+    /// `None` when all are marked.
+    fn missing(&self, start: usize, end: usize) -> Option<(usize, usize)> {
+        let mut unmarked =
+            (start >> self.shift..=(end - 1) >> self.shift).filter(|&g| !self.is_set(g));
+        let first = unmarked.next()?;
+        let last = unmarked.next_back().unwrap_or(first);
+        Some((
+            first << self.shift,
+            ((last + 1) << self.shift).min(self.len),
+        ))
     }
 
     /// Marks the granules that `[start, end)`, now allocated, covers whole (a granule cut by
@@ -443,24 +461,33 @@ mod tests {
 
     #[test]
     fn granules_mark_only_what_is_allocated_whole() {
-        // 4 KiB granules up to 1 GiB; longer mappings keep at most 2^18 granules.
-        assert_eq!(Granules::new(1 << 30).shift, 12);
-        assert_eq!(Granules::new((1 << 30) + 1).shift, 13);
-        assert_eq!(Granules::new(1 << 40).shift, 22);
+        // 2 MiB granules up to 512 GiB; longer mappings keep at most 2^18 granules.
+        assert_eq!(Granules::new(1 << 30).shift, 21);
+        assert_eq!(Granules::new(1 << 39).shift, 21);
+        assert_eq!(Granules::new((1 << 39) + 1).shift, 22);
         assert_eq!(Granules::new(0).bits.len(), 0);
-        let g = Granules::new(10_000); // granules [0,4096) [4096,8192) [8192,10000)
+        // The arithmetic, on 4 KiB granules for legible numbers.
+        let g = Granules::with_shift(10_000, 12); // [0,4096) [4096,8192) [8192,10000)
         assert!(!g.covers(0, 1));
-        // A range inside one granule marks nothing; the span widens it to whole granules.
+        // A range inside one granule marks nothing; what is missing is whole granules.
         g.mark(100, 4000);
         assert!(!g.covers(100, 4000));
-        assert_eq!(g.span(100, 4000), (0, 4096));
-        assert_eq!(g.span(4095, 4097), (0, 8192));
+        assert_eq!(g.missing(100, 4000), Some((0, 4096)));
+        assert_eq!(g.missing(4095, 4097), Some((0, 8192)));
         g.mark(0, 4096);
         assert!(g.covers(0, 4096));
+        assert_eq!(g.missing(0, 4096), None);
         assert!(!g.covers(4000, 4097), "the second granule is not allocated");
+        assert_eq!(
+            g.missing(4000, 4097),
+            Some((4096, 8192)),
+            "only the unmarked one"
+        );
         // The last granule is cut by the end of the mapping: reaching that end makes it whole.
-        assert_eq!(g.span(9000, 10_000), (8192, 10_000));
+        assert_eq!(g.missing(9000, 10_000), Some((8192, 10_000)));
+        assert_eq!(g.missing(100, 10_000), Some((4096, 10_000)));
         g.mark(8192, 10_000);
+        assert_eq!(g.missing(100, 10_000), Some((4096, 8192)));
         assert!(g.covers(8192, 10_000));
         assert!(!g.covers(4096, 8193));
         g.mark(4095, 8193); // covers the middle granule whole
@@ -502,6 +529,7 @@ mod tests {
 
     #[test]
     fn a_store_lands_only_in_granules_allocated_first() {
+        const G: usize = 2 << 20;
         let dir = tempfile::tempdir().unwrap();
         let storage = MmapStorage::new();
         let path = dir.path().join("sparse");
@@ -509,20 +537,23 @@ mod tests {
         let file = f.as_any().downcast_ref::<MmapFile>().unwrap();
         // Created sparse: a mapped file costs what is written, as with the other backends.
         assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0);
-        let at = (32 << 20) + 4000;
+        let at = 16 * G - 100;
         assert!(!file.allocated.covers(at, at + 200));
         f.write_at(&[7; 200], at as u64).unwrap();
         // The store crossed into a second granule: both were allocated before it.
-        assert!(file.allocated.covers(at, at + 200));
-        assert!(!file.allocated.covers(at + 8192, at + 8193));
-        // `allocate` marks what it covers whole, so the engine's claims spare the stores a
-        // `fallocate` of their own.
-        f.allocate(1 << 20, 1 << 20).unwrap();
-        assert!(file.allocated.covers(1 << 20, 2 << 20));
+        assert!(file.allocated.covers(15 * G, 17 * G));
+        assert!(!file.allocated.covers(17 * G, 17 * G + 1));
+        // `allocate` marks the granules it covers whole, so the engine's claims spare the
+        // stores a `fallocate` of their own; a part of a granule marks nothing.
+        f.allocate(G as u64, G as u64).unwrap();
+        f.allocate((3 * G) as u64, 4096).unwrap();
+        assert!(file.allocated.covers(G, 2 * G));
+        assert!(!file.allocated.covers(3 * G, 3 * G + 1));
         f.sync_data().unwrap();
         let blocks = std::fs::metadata(&path).unwrap().blocks() * 512;
+        let expected = 3 * G as u64 + 4096; // two granules stored into, one, and a page
         assert!(
-            ((1 << 20) + 8192..=(1 << 20) + 16384).contains(&blocks),
+            (expected..expected + (64 << 10)).contains(&blocks),
             "allocated {blocks} bytes"
         );
         let mut back = [0; 200];
@@ -534,7 +565,7 @@ mod tests {
         let file = f.as_any().downcast_ref::<MmapFile>().unwrap();
         assert!(!file.allocated.covers(at, at + 1));
         f.write_at(&[8; 10], (at + 200) as u64).unwrap();
-        assert!(file.allocated.covers(at + 200, at + 210));
+        assert!(file.allocated.covers(16 * G, 17 * G));
         assert!(
             !file.allocated.covers(at, at + 1),
             "only the granule stored into"

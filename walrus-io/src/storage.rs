@@ -109,12 +109,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The concrete backend (never [`BackendKind::Auto`]: that resolves when constructed).
     fn kind(&self) -> BackendKind;
 
-    /// Creates a new file at `path` of length `len`, reading as zeros. The pwrite, io_uring and
-    /// simulated backends leave it sparse: disk space is claimed by
-    /// [`SegmentFile::allocate`] (or by writes), so a large file costs only what is used. The
-    /// mmap backend allocates the whole length (a store into an unallocated page of a mapping
-    /// cannot report a full disk). Fails with `AlreadyExists` if `path` exists and `NotFound`
-    /// if its directory does not; on failure no file is left behind.
+    /// Creates a new file at `path` of length `len`, reading as zeros. Every backend leaves it
+    /// sparse: disk space is claimed by [`SegmentFile::allocate`] (or by writes; the mmap
+    /// backend allocates 2 MiB granules before it stores into them), so a large file costs only
+    /// what is used. Fails with `AlreadyExists` if `path` exists and `NotFound` if its directory
+    /// does not; on failure no file is left behind.
     fn create(&self, path: &Path, len: u64) -> io::Result<Arc<dyn SegmentFile>>;
 
     /// Opens an existing file for reading and writing.
