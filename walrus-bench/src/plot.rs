@@ -69,12 +69,20 @@ fn panel_series(results: &[RunResult], group: &str) -> Vec<Series> {
             engines.push(r.engine);
         }
     }
+    // One workload per panel: the group's first (the sweep), not a row beside it (the
+    // appends on the mmap backend).
+    let name = results
+        .iter()
+        .find(|r| r.spec.group == group)
+        .map(|r| r.spec.name.as_str());
     let mut series: Vec<Series> = engines
         .into_iter()
         .map(|e| Series {
             label: e.to_string(),
             color: color(e),
-            points: points(results, |r| r.engine == e && r.spec.group == group),
+            points: points(results, |r| {
+                r.engine == e && r.spec.group == group && Some(r.spec.name.as_str()) == name
+            }),
         })
         .filter(|s| !s.points.is_empty())
         .collect();

@@ -313,6 +313,18 @@ impl SuiteConfig {
                     for t in self.threads.counts() {
                         each_engine(spec(group, "append", Op::Append, t), &mut plan);
                     }
+                    // The 2-thread appends again on the mmap backend, which stores an append
+                    // with a copy instead of a system call (not the default: a device error
+                    // while a page is faulted in is a SIGBUS).
+                    if self.backend != Backend::Mmap && self.threads.counts().any(|t| t == 2) {
+                        let mut s = spec(group, workload::MMAP_APPEND, Op::Append, 2);
+                        s.backend = Backend::Mmap;
+                        for &e in &self.engines {
+                            if EngineKind::COMPARED.contains(&e) {
+                                plan.push((e, s.clone()));
+                            }
+                        }
+                    }
                 }
                 Group::BatchWrites => {
                     for t in self.threads.counts() {
@@ -608,7 +620,8 @@ mod tests {
             "the block length is our engine's, not the plain files', and not the footprint's"
         );
         for e in EngineKind::COMPARED {
-            assert_eq!(count(e, Group::Writes), 4);
+            // 1-4 threads, and 2 threads on the mmap backend.
+            assert_eq!(count(e, Group::Writes), 5);
             assert_eq!(count(e, Group::BatchWrites), 4);
             // 1, 4, 16 and 64 threads on a topic each, and 16 threads on one topic.
             assert_eq!(count(e, Group::Synced), 5);
@@ -626,6 +639,28 @@ mod tests {
         assert!(
             shared.len() == 2 && shared.iter().all(|(_, s)| s.threads == 16),
             "{shared:?}"
+        );
+        let mmap: Vec<_> = plan
+            .iter()
+            .filter(|(_, s)| s.backend == Backend::Mmap)
+            .collect();
+        assert!(
+            mmap.len() == 2
+                && mmap.iter().all(|(_, s)| s.name == workload::MMAP_APPEND
+                    && s.threads == 2
+                    && s.fsync == Fsync::NoFsync),
+            "{mmap:?}"
+        );
+        let on_mmap = SuiteConfig {
+            backend: Backend::Mmap,
+            ..SuiteConfig::quick()
+        };
+        assert!(
+            on_mmap
+                .plan()
+                .iter()
+                .all(|(_, s)| s.name != workload::MMAP_APPEND),
+            "a suite on the mmap backend needs no second mmap run"
         );
         // Compared runs are adjacent: ours, then theirs, same spec.
         let w = plan

@@ -111,6 +111,10 @@ impl Op {
     }
 }
 
+/// The name of the 2-thread single appends the default suite also runs on the mmap backend
+/// (walrus-rust in its mmap mode), beside the sweep on the suite's backend.
+pub const MMAP_APPEND: &str = "append mmap";
+
 /// Everything that defines a run except the engine: equal specs on two engines are compared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadSpec {
