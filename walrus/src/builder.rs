@@ -95,9 +95,10 @@ impl WalrusBuilder {
 
     /// The storage backend (default [`BackendKind::Pwrite`]; [`BackendKind::Auto`] picks
     /// io_uring when the kernel supports it). [`BackendKind::Mmap`] stores an append with a
-    /// copy instead of a system call, which makes unsynced appends faster, at a price the
-    /// others do not charge: a device error while a written page is faulted back in kills the
-    /// process with `SIGBUS` instead of failing the call (see `walrus_io::mmap`).
+    /// copy instead of a system call, which makes unsynced appends faster (under `SyncEach`
+    /// it is slower: each sync makes the next store into its pages fault again), at a price
+    /// the others do not charge: a device error while a written page is faulted back in kills
+    /// the process with `SIGBUS` instead of failing the call (see `walrus_io::mmap`).
     pub fn backend(mut self, kind: BackendKind) -> Self {
         self.backend = Some(kind);
         self
