@@ -843,6 +843,58 @@ pub fn storage_full(t: &mut Target) {
     );
 }
 
+/// Where a child of [`run_on_a_small_tmpfs`] finds its small file system.
+pub const SMALL_TMPFS_ENV: &str = "WALRUS_SMALL_TMPFS";
+
+/// Runs the test `test` of the calling test binary again, in a child process with a mount
+/// namespace of its own (`unshare`) holding a tmpfs of `size` (as `mount` takes it: `"5m"`).
+/// The child finds the mount's path in [`SMALL_TMPFS_ENV`]; the mount goes with it. A disk
+/// this small fills in moments without touching the machine's own, and a child that dies (a
+/// `SIGBUS`) fails the caller's test, not its process.
+///
+/// Returns the child's status and output (stdout, then stderr), or `None`, after saying why on
+/// stderr, where no such namespace can be made (not root, no `CAP_SYS_ADMIN`, no `unshare`): a
+/// child that started the test has printed "running 1 test", and one killed by a signal has no
+/// exit code, so neither is taken for that.
+pub fn run_on_a_small_tmpfs(test: &str, size: &str) -> Option<(std::process::ExitStatus, String)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mnt = std::env::temp_dir().join(format!(
+        "walrus-tmpfs-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    if let Err(e) = std::fs::create_dir(&mnt) {
+        eprintln!("skipped: cannot make a mount point {}: {e}", mnt.display());
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    let output = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            r#"mount -t tmpfs -o size={size} walrus-small "$0" && exec "$1" --exact {test} --nocapture --test-threads 1"#
+        ))
+        .arg(&mnt)
+        .arg(&exe)
+        .env(SMALL_TMPFS_ENV, &mnt)
+        .output();
+    let _ = std::fs::remove_dir(&mnt);
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("skipped: cannot run unshare: {e}");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    if output.status.code().is_some() && !text.contains("running 1 test") {
+        eprintln!("skipped: no mount namespace with a tmpfs here: {text}");
+        return None;
+    }
+    Some((output.status, text))
+}
+
 /// `/dev/full`, if this system has it: every write to it fails with ENOSPC, which makes it
 /// the [`Target::full_file`] of real-file-system backends.
 pub fn full_device() -> Option<&'static Path> {

@@ -4,12 +4,11 @@
 
 use std::io::{self, ErrorKind, IoSlice};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use walrus_io::{
     BackendKind, BackendOptions, PwriteStorage, SegmentFile, Storage, UringOptions, UringStorage,
-    WriteOp, open_backend, open_backend_with, os_error,
+    WriteOp, conformance, open_backend, open_backend_with, os_error,
 };
 
 fn scratch() -> tempfile::TempDir {
@@ -271,46 +270,22 @@ fn mmap_serves_bytes_past_its_mapping_and_keeps_them() {
     assert_eq!(plain.len().unwrap(), 2048 + 8192);
 }
 
-const FULL_DISK_CHILD: &str = "WALRUS_IO_FULL_TMPFS";
-
 /// A full disk fails a store into a mapping with `StorageFull` rather than killing the process
-/// with `SIGBUS`: the mmap backend allocates a granule before its first store there. The test
-/// runs in a child process with a mount namespace of its own (`unshare`) holding a 5 MiB tmpfs,
-/// so that a `SIGBUS` fails this test, not the test binary, and the mount goes with the child.
-/// Where no such namespace can be made (not root, no `CAP_SYS_ADMIN`, no `unshare`), it says
-/// so and does nothing; a child that started the test and failed, or died of a signal, fails it.
+/// with `SIGBUS`: the mmap backend allocates a granule before its first store there. Run in a
+/// child on a 5 MiB tmpfs of its own (`run_on_a_small_tmpfs`).
 #[test]
 fn mmap_on_a_full_disk_fails_the_write_not_the_process() {
-    if let Some(dir) = std::env::var_os(FULL_DISK_CHILD) {
+    if let Some(dir) = std::env::var_os(conformance::SMALL_TMPFS_ENV) {
         return fill_a_mapped_file(Path::new(&dir));
     }
-    let mnt = scratch();
-    let exe = std::env::current_exe().unwrap();
-    let output = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(concat!(
-            r#"mount -t tmpfs -o size=5m walrus-full "$0" && exec "$1" --exact "#,
-            r#"mmap_on_a_full_disk_fails_the_write_not_the_process --nocapture --test-threads 1"#
-        ))
-        .arg(mnt.path())
-        .arg(&exe)
-        .env(FULL_DISK_CHILD, mnt.path())
-        .output();
-    let output = match output {
-        Ok(output) => output,
-        Err(e) => {
-            eprintln!("skipped: cannot run unshare: {e}");
-            return;
-        }
-    };
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    // A signal (SIGBUS is 7) leaves no exit code.
-    if output.status.code().is_some() && !text.contains("running 1 test") {
-        eprintln!("skipped: no mount namespace with a tmpfs here: {text}");
+    let Some((status, text)) = conformance::run_on_a_small_tmpfs(
+        "mmap_on_a_full_disk_fails_the_write_not_the_process",
+        "5m",
+    ) else {
         return;
-    }
-    assert!(output.status.success(), "{:?}: {text}", output.status);
+    };
+    // A SIGBUS shows as a status without a code (signal 7).
+    assert!(status.success(), "{status:?}: {text}");
     assert!(
         text.contains("full after"),
         "the child did not finish: {text}"

@@ -406,6 +406,88 @@ fn a_full_disk_fails_the_block_allocation_cleanly() {
     assert_eq!(all.last().unwrap().data, b"after");
 }
 
+/// On the mmap backend a full disk is an append's `StorageFull`, never a `SIGBUS`, and every
+/// acknowledged entry stays readable, also after a reopen, unsynced and under `SyncEach` (with
+/// its journal and zero-filled claims). Real disk space runs out: the instance runs in a child
+/// on a 6 MiB tmpfs of its own (`run_on_a_small_tmpfs`).
+#[test]
+fn the_mmap_backend_on_a_full_disk_fails_an_append_not_the_process() {
+    const TEST: &str = "the_mmap_backend_on_a_full_disk_fails_an_append_not_the_process";
+    if let Some(dir) = std::env::var_os(walrus_io::conformance::SMALL_TMPFS_ENV) {
+        for schedule in [FsyncSchedule::NoFsync, FsyncSchedule::SyncEach] {
+            let dir = Path::new(&dir).join(format!("{schedule:?}"));
+            fill_an_mmap_instance(&dir, schedule);
+            // Space for the next schedule's run.
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        return;
+    }
+    let Some((status, text)) = walrus_io::conformance::run_on_a_small_tmpfs(TEST, "6m") else {
+        return;
+    };
+    // A SIGBUS shows as a status without a code (signal 7).
+    assert!(status.success(), "{status:?}: {text}");
+    for schedule in ["NoFsync", "SyncEach"] {
+        assert!(
+            text.contains(&format!("{schedule}: full after")),
+            "the child did not finish {schedule}: {text}"
+        );
+    }
+}
+
+/// In the child: appends 3000-byte entries to three topics until the disk is full, then reads
+/// every acknowledged one back, before and after a reopen.
+fn fill_an_mmap_instance(dir: &Path, schedule: FsyncSchedule) {
+    let payload = |topic: usize, o: u64| vec![(topic as u64 * 7 + o) as u8; 3000];
+    let open = || {
+        Walrus::builder()
+            .data_dir(dir)
+            .key("k")
+            .backend(BackendKind::Mmap)
+            .fsync_schedule(schedule)
+            .build()
+            .unwrap()
+    };
+    let wal = open();
+    let mut acked = [0u64; 3];
+    let err = 'fill: {
+        for round in 0..10_000u64 {
+            for (topic, n) in acked.iter_mut().enumerate() {
+                match wal.append(&format!("t{topic}"), &payload(topic, round)) {
+                    Ok(o) => *n = o + 1,
+                    Err(e) => break 'fill e,
+                }
+            }
+        }
+        panic!("{schedule:?}: 90 MB of entries fit on a 6 MiB file system");
+    };
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::StorageFull,
+        "{schedule:?}: {err}"
+    );
+    assert!(
+        acked.iter().sum::<u64>() > 100,
+        "{schedule:?}: only {acked:?} fit"
+    );
+    let check = |wal: &Walrus| {
+        for (topic, &n) in acked.iter().enumerate() {
+            // Without consuming: the reopened instance reads them all again.
+            let all = wal
+                .batch_read_for_topic(&format!("t{topic}"), usize::MAX, false)
+                .unwrap();
+            assert_eq!(all.len() as u64, n, "{schedule:?}: t{topic}");
+            for (o, e) in (0..).zip(&all) {
+                assert_eq!(e.data, payload(topic, o), "{schedule:?}: t{topic} @{o}");
+            }
+        }
+    };
+    check(&wal);
+    drop(wal);
+    check(&open());
+    println!("{schedule:?}: full after {acked:?} entries: {err}");
+}
+
 #[test]
 fn eight_threads_one_topic_mixed_batches() {
     let dir = tempfile::tempdir().unwrap();
