@@ -193,7 +193,15 @@ pub(crate) struct Block {
     sealed: AtomicBool,
     /// When it was sealed, in milliseconds since the Unix epoch (for age-based retention).
     sealed_at: AtomicU64,
+    /// Marks left by lookups that walked the block: `(offset, position)` of decoded frames, at
+    /// least [`INDEX_STEP`] apart, ascending, so that a later lookup walks at most that far.
+    index: Mutex<Vec<(u64, u64)>>,
+    /// The position from which a walked frame makes the next mark.
+    next_mark: AtomicU64,
 }
+
+/// The most bytes of frames a lookup by offset walks once the block's marks reach it.
+pub(crate) const INDEX_STEP: u64 = 16 * 1024;
 
 /// Now, in milliseconds since the Unix epoch (0 for a clock before it).
 pub(crate) fn unix_millis(at: std::time::SystemTime) -> u64 {
@@ -243,6 +251,31 @@ impl Block {
             } else {
                 0
             }),
+            index: Mutex::new(Vec::new()),
+            next_mark: AtomicU64::new(span.data_start + INDEX_STEP),
+        }
+    }
+
+    /// Where a walk to `offset` starts: the marked frame at or before it, else the first.
+    pub(crate) fn walk_start(&self, offset: u64) -> u64 {
+        let index = self.index.lock();
+        let i = index.partition_point(|&(o, _)| o <= offset);
+        i.checked_sub(1)
+            .and_then(|i| index.get(i))
+            .map_or(self.data_start, |&(_, pos)| pos)
+    }
+
+    /// A walk decoded the frame of `offset` at `pos`: marks it if it lies [`INDEX_STEP`] past
+    /// the last mark (a walk inside the marked part leaves nothing).
+    pub(crate) fn walked(&self, offset: u64, pos: u64) {
+        if pos < self.next_mark.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut index = self.index.lock();
+        let last = index.last().map_or(self.data_start, |&(_, p)| p);
+        if pos >= last + INDEX_STEP && index.last().is_none_or(|&(o, _)| o < offset) {
+            index.push((offset, pos));
+            self.next_mark.store(pos + INDEX_STEP, Ordering::Relaxed);
         }
     }
 
@@ -310,19 +343,40 @@ pub(crate) struct ReadFrame {
 
 /// A window of one block's bytes, refilled in large reads so that sequential reading costs one
 /// system call per window rather than one per entry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ReadBuf {
     /// (segment, block start) the window belongs to.
     owner: Option<(u64, u64)>,
     /// File position of `bytes[0]`.
     base: u64,
     bytes: Vec<u8>,
+    /// How much one refill reads (at least).
+    window: u64,
+}
+
+impl Default for ReadBuf {
+    fn default() -> Self {
+        Self {
+            owner: None,
+            base: 0,
+            bytes: Vec::new(),
+            window: WINDOW,
+        }
+    }
 }
 
 /// Size of one read-ahead window.
 const WINDOW: u64 = 256 * 1024;
 
 impl ReadBuf {
+    /// A window for one lookup by offset: the walk from a mark and the entry, not a read-ahead.
+    pub(crate) fn point() -> Self {
+        Self {
+            window: 2 * INDEX_STEP,
+            ..Self::default()
+        }
+    }
+
     /// Reads the frame at file position `pos` of `block`, which must lie below `limit` (a
     /// published `data_end`). Returns the frame and its payload, borrowed from the window.
     pub(crate) fn frame_at(
@@ -388,7 +442,7 @@ impl ReadBuf {
         {
             return Ok(());
         }
-        let want = len.max(WINDOW).min(limit - pos).max(len);
+        let want = len.max(self.window).min(limit - pos).max(len);
         self.bytes.resize(want as usize, 0);
         block.file().read_exact_at(&mut self.bytes, pos)?;
         self.owner = owner;

@@ -584,6 +584,62 @@ fn concurrent_appends_to_one_topic() {
     }
 }
 
+/// Lookups by offset start from marks earlier lookups left in a block (`Block::walked`): every
+/// entry is still found exactly, from readers racing a writer that fills 1 MiB blocks, in any
+/// order, and after a reopen (whose blocks start with no marks).
+#[test]
+fn lookups_by_offset_find_every_entry_while_the_topic_grows() {
+    const N: u64 = 6000;
+    let sim = SimStorage::new(19);
+    let options = || {
+        StoreOptions::new()
+            .with_block_len(1 << 20)
+            .with_segment_len(16 << 20)
+    };
+    let store = Arc::new(open(&sim, options()).unwrap());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut next = 0;
+            while next < N {
+                if next.is_multiple_of(7) && next + 3 <= N {
+                    let batch: Vec<Vec<u8>> = (next..next + 3).map(payload).collect();
+                    let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+                    assert_eq!(store.append_batch("t", &refs).unwrap(), next..next + 3);
+                    next += 3;
+                } else {
+                    assert_eq!(store.append("t", &payload(next)).unwrap(), next);
+                    next += 1;
+                }
+            }
+        });
+        for r in 0..3u64 {
+            let store = &store;
+            s.spawn(move || {
+                let mut rng = walrus_io::SeededRng::new(r + 1);
+                for _ in 0..1500 {
+                    let end = store.end_offset("t").unwrap_or(0);
+                    if end == 0 {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    let o = rng.below(end);
+                    assert_eq!(store.read_at("t", o).unwrap(), Some(payload(o)), "@{o}");
+                }
+            });
+        }
+    });
+    let every = |store: &Store| {
+        // Backwards, then in long strides: walks that start before, at and after the marks.
+        for o in (0..N).rev().chain((0..N).map(|i| i * 997 % N)) {
+            assert_eq!(store.read_at("t", o).unwrap(), Some(payload(o)), "@{o}");
+        }
+        assert_eq!(store.read_at("t", N).unwrap(), None);
+    };
+    every(&store);
+    drop(store);
+    every(&open(&sim, options()).unwrap());
+}
+
 #[test]
 fn ten_thousand_topics() {
     let sim = SimStorage::new(19);

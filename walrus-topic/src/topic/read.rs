@@ -196,7 +196,7 @@ impl Topic {
                 Some(offset),
             ));
         }
-        let mut buf = ReadBuf::default();
+        let mut buf = ReadBuf::point();
         let held = self
             .locate(&mut buf, None, offset)?
             .filter(|&(_, _, found)| found == offset);
@@ -279,13 +279,15 @@ impl Topic {
         if target >= block.end_offset() {
             return Ok(None);
         }
-        // Walk the block's frames to the target.
+        // Walk the block's frames to the target, from the last mark before it, leaving marks
+        // for the next lookup (see `Block::walked`).
         let limit = block.data_end();
-        let mut at = block.data_start();
+        let mut at = block.walk_start(target);
         loop {
             let (frame, _) = buf
                 .frame_at(&block, at, limit)
                 .map_err(|e| on_topic(e, &self.name, Some(target)))?;
+            block.walked(frame.offset, at);
             if frame.offset >= target {
                 return Ok(Some((block, at, frame.offset)));
             }
