@@ -4,7 +4,7 @@
 //! ```text
 //! cargo xtask bench [--full]          load generator (walrus vs walrus-rust); short unless --full
 //! cargo xtask bench --others          the same, with RocksDB and okaywal (opt-in features)
-//! cargo xtask bench --micro [--full]  criterion micro-benchmarks (format, alloc, io)
+//! cargo xtask bench --micro [--full]  criterion micro-benchmarks (format, alloc, io, lookup)
 //! cargo xtask loom                    loom models: allocator, deletion tracker, group commit
 //!                                     with per-file sync tracking, waiting readers
 //! cargo xtask proptest [--cases N]    property tests with N cases each (default 2048)
