@@ -391,6 +391,8 @@ const WINDOW: u64 = 256 * 1024;
 
 impl ReadBuf {
     /// A window for one lookup by offset: the walk from a mark and the entry, not a read-ahead.
+    /// A longer walk (no marks yet: after a reopen, or past the marked part) doubles it on
+    /// each refill, up to the read-ahead window.
     pub(crate) fn point() -> Self {
         Self {
             window: 2 * INDEX_STEP,
@@ -468,6 +470,7 @@ impl ReadBuf {
         block.file().read_exact_at(&mut self.bytes, pos)?;
         self.owner = owner;
         self.base = pos;
+        self.window = (self.window * 2).min(WINDOW.max(self.window));
         Ok(())
     }
 }

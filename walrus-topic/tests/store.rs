@@ -640,6 +640,109 @@ fn lookups_by_offset_find_every_entry_while_the_topic_grows() {
     every(&open(&sim, options()).unwrap());
 }
 
+/// Big blocks on the simulator, where every read is one counted operation.
+fn big_blocks() -> StoreOptions {
+    StoreOptions::new()
+        .with_block_len(1 << 20)
+        .with_segment_len(16 << 20)
+}
+
+/// Once a walk marked a block, a lookup anywhere in it reads one small window (two when its
+/// entry crosses the window's end), where walking from the block's first frame took many; a
+/// cold lookup (nothing marked, after a reopen) reads growing windows, not 16 KiB at a time.
+#[test]
+fn a_marked_block_answers_a_lookup_with_one_read() {
+    const N: u64 = 1500; // ~0.8 MiB of entries
+    let sim = SimStorage::new(20);
+    let store = open(&sim, big_blocks()).unwrap();
+    for i in 0..N {
+        store.append("t", &payload(i)).unwrap();
+    }
+    let reads = |store: &Store, o: u64| {
+        let before = sim.stats().ops;
+        assert_eq!(store.read_at("t", o).unwrap(), Some(payload(o)), "@{o}");
+        sim.stats().ops - before
+    };
+    // Blocks grow to 1 MiB; the last lookup walks the last block (16 KiB at a time, it
+    // would take 40 reads and more), then lookups anywhere, marked by walks in reverse.
+    let cold = reads(&store, N - 1);
+    assert!(cold <= 7, "a cold walk of a block took {cold} reads");
+    for o in (0..N).rev() {
+        reads(&store, o);
+    }
+    for o in (0..N).step_by(7) {
+        let n = reads(&store, o);
+        assert!(n <= 2, "a lookup of {o} in a marked block took {n} reads");
+    }
+    drop(store);
+    let store = open(&sim, big_blocks()).unwrap();
+    let cold = reads(&store, N - 1);
+    assert!(cold <= 7, "after a reopen: {cold} reads");
+    assert!(reads(&store, N - 2) <= 2);
+}
+
+/// A span that starts inside its block (recovery skipped a damaged entry before it) keeps its
+/// marks relative to its own first frame: every entry on both sides is found, cold and warm.
+#[test]
+fn lookups_in_a_span_that_starts_mid_block_after_skipped_damage() {
+    const N: u64 = 1500;
+    const DAMAGED: u64 = 700;
+    // `payload` ramps repeat across entries; the damaged one must be found by its bytes alone.
+    let entry = |o: u64| {
+        if o == DAMAGED {
+            b"the one entry to damage, unlike any other".repeat(20)
+        } else {
+            payload(o)
+        }
+    };
+    let sim = SimStorage::new(21);
+    let store = open(&sim, big_blocks()).unwrap();
+    for i in 0..N {
+        store.append("t", &entry(i)).unwrap();
+    }
+    store.sync().unwrap();
+    drop(store);
+    // Flip a payload byte of entry DAMAGED.
+    let seg = sim
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .min()
+        .unwrap();
+    let file = sim.open(&seg).unwrap();
+    let mut bytes = vec![0u8; 2 << 20];
+    let n = file.read_at(&mut bytes, 0).unwrap();
+    let needle = entry(DAMAGED);
+    let at = bytes[..n]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the entry's payload is in the first segment") as u64;
+    file.write_at(&[needle[10] ^ 0x40], at + 10).unwrap();
+    file.sync_data().unwrap();
+    drop(file);
+    let options = big_blocks().with_recovery(RecoveryMode::SkipCorrupted);
+    let store = open(&sim, options).unwrap();
+    assert_eq!(
+        store.recovery_report().issues.len(),
+        1,
+        "the one damaged entry"
+    );
+    for _ in 0..2 {
+        // Backwards first: the walk to the last entry starts at the second span's first frame.
+        for o in (0..N).rev() {
+            let got = store.read_at("t", o);
+            if o == DAMAGED {
+                assert!(
+                    !matches!(got, Ok(Some(_))),
+                    "the damaged entry was handed out"
+                );
+            } else {
+                assert_eq!(got.unwrap(), Some(entry(o)), "@{o}");
+            }
+        }
+    }
+}
+
 #[test]
 fn ten_thousand_topics() {
     let sim = SimStorage::new(19);
