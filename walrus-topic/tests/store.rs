@@ -325,6 +325,17 @@ fn failed_sync_poisons_writes() {
     assert!(store.sync().is_err());
 }
 
+/// The lowest-numbered segment file on the simulated disk, opened.
+fn first_segment(sim: &SimStorage) -> Arc<dyn walrus_io::SegmentFile> {
+    let seg = sim
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .min()
+        .unwrap();
+    sim.open(&seg).unwrap()
+}
+
 /// Flip one byte in the middle of a synced topic, in a segment file on the simulated disk.
 fn corrupt_middle(sim: &SimStorage) {
     let store = open(sim, small()).unwrap();
@@ -333,13 +344,7 @@ fn corrupt_middle(sim: &SimStorage) {
     }
     store.sync().unwrap();
     drop(store);
-    let seg = sim
-        .files()
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
-        .min()
-        .unwrap();
-    let file = sim.open(&seg).unwrap();
+    let file = first_segment(sim);
     // Block 0 starts at 4096, its header is 300 bytes; the 3rd entry is well inside.
     let at = 4096 + 300 + 2000;
     let mut b = [0u8; 1];
@@ -703,13 +708,7 @@ fn lookups_in_a_span_that_starts_mid_block_after_skipped_damage() {
     store.sync().unwrap();
     drop(store);
     // Flip a payload byte of entry DAMAGED.
-    let seg = sim
-        .files()
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
-        .min()
-        .unwrap();
-    let file = sim.open(&seg).unwrap();
+    let file = first_segment(&sim);
     let mut bytes = vec![0u8; 2 << 20];
     let n = file.read_at(&mut bytes, 0).unwrap();
     let needle = entry(DAMAGED);
