@@ -857,13 +857,9 @@ pub const SMALL_TMPFS_ENV: &str = "WALRUS_SMALL_TMPFS";
 /// child that started the test has printed "running 1 test", and one killed by a signal has no
 /// exit code, so neither is taken for that.
 pub fn run_on_a_small_tmpfs(test: &str, size: &str) -> Option<(std::process::ExitStatus, String)> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mnt = std::env::temp_dir().join(format!(
-        "walrus-tmpfs-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
+    // One mount point per process and test: a test runs once in its process.
+    let mnt = std::env::temp_dir().join(format!("walrus-tmpfs-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir(&mnt); // left by an earlier process of the same id
     if let Err(e) = std::fs::create_dir(&mnt) {
         eprintln!("skipped: cannot make a mount point {}: {e}", mnt.display());
         return None;
