@@ -22,11 +22,21 @@ const SCHEDULES: [FsyncSchedule; 3] = [
 ];
 
 fn on_disk(dir: &Path, mode: ReadConsistency, schedule: FsyncSchedule) -> Walrus {
+    on_backend(dir, mode, schedule, BackendKind::Pwrite)
+}
+
+fn on_backend(
+    dir: &Path,
+    mode: ReadConsistency,
+    schedule: FsyncSchedule,
+    backend: BackendKind,
+) -> Walrus {
     Walrus::builder()
         .data_dir(dir)
         .key("k")
         .consistency(mode)
         .fsync_schedule(schedule)
+        .backend(backend)
         .segment_len(256 * 1024)
         .block_len(16 * 1024)
         .build()
@@ -490,12 +500,20 @@ fn fill_an_mmap_instance(dir: &Path, schedule: FsyncSchedule) {
 
 #[test]
 fn eight_threads_one_topic_mixed_batches() {
+    // On mmap too: group syncs (`msync`) racing stores into the mapping.
+    for backend in [BackendKind::Pwrite, BackendKind::Mmap] {
+        eight_threads_one_topic(backend);
+    }
+}
+
+fn eight_threads_one_topic(backend: BackendKind) {
     let dir = tempfile::tempdir().unwrap();
     for schedule in [FsyncSchedule::NoFsync, FsyncSchedule::SyncEach] {
-        let wal = Arc::new(on_disk(
+        let wal = Arc::new(on_backend(
             dir.path(),
             ReadConsistency::StrictlyAtOnce,
             schedule,
+            backend,
         ));
         let topic = format!("{schedule:?}");
         let per_thread: u32 = if schedule == FsyncSchedule::SyncEach {
@@ -578,16 +596,12 @@ fn the_mmap_backend_under_concurrent_writers_a_reader_and_a_reopen() {
     const PER_TOPIC: u64 = 600;
     let dir = tempfile::tempdir().unwrap();
     let open = || {
-        Walrus::builder()
-            .data_dir(dir.path())
-            .key("k")
-            .backend(BackendKind::Mmap)
-            .consistency(ReadConsistency::StrictlyAtOnce)
-            .fsync_schedule(FsyncSchedule::NoFsync)
-            .segment_len(256 * 1024)
-            .block_len(16 * 1024)
-            .build()
-            .unwrap()
+        on_backend(
+            dir.path(),
+            ReadConsistency::StrictlyAtOnce,
+            FsyncSchedule::NoFsync,
+            BackendKind::Mmap,
+        )
     };
     let consumed = {
         let wal = Arc::new(open());
