@@ -408,51 +408,71 @@ impl ReadBuf {
         pos: u64,
         limit: u64,
     ) -> io::Result<(ReadFrame, &[u8])> {
-        let file = block.file();
-        let corrupt = |what: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} at byte {pos}: {what}", file.path().display()),
-            )
-        };
+        let (frame, payload_crc) = self.header_at(block, pos, limit)?;
+        self.ensure(block, pos, frame.len, limit)?;
+        let rel = (pos - self.base) as usize;
+        // The header was proved intact by `header_at`; only the payload is left to check.
+        let payload = self
+            .bytes
+            .get(rel + FRAME_HEADER_LEN..rel + frame.len as usize)
+            .ok_or_else(|| corrupt_at(block, pos, "short read".into()))?;
+        if crc32c(payload) != payload_crc {
+            return Err(corrupt_at(
+                block,
+                pos,
+                CorruptReason::PayloadChecksum.to_string(),
+            ));
+        }
+        Ok((frame, payload))
+    }
+
+    /// Reads and checks only the header of the frame at `pos` (below `limit`, as for
+    /// [`frame_at`](Self::frame_at)): enough to step over the frame, and to step over it even
+    /// when its payload is damaged. Returns the frame and its payload's CRC32C.
+    pub(crate) fn header_at(
+        &mut self,
+        block: &Block,
+        pos: u64,
+        limit: u64,
+    ) -> io::Result<(ReadFrame, u32)> {
         if pos + FRAME_HEADER_LEN as u64 > limit {
-            return Err(corrupt(format!(
-                "frame header crosses the written end {limit}"
-            )));
+            return Err(corrupt_at(
+                block,
+                pos,
+                format!("frame header crosses the written end {limit}"),
+            ));
         }
         self.ensure(block, pos, FRAME_HEADER_LEN as u64, limit)?;
         let rel = (pos - self.base) as usize;
         let header_bytes = self
             .bytes
             .get(rel..rel + FRAME_HEADER_LEN)
-            .ok_or_else(|| corrupt("short read".into()))?;
+            .ok_or_else(|| corrupt_at(block, pos, "short read".into()))?;
         let header = match FrameHeader::decode(header_bytes) {
             Ok(Some(h)) => h,
-            Ok(None) => return Err(corrupt("no frame where a written entry should be".into())),
-            Err(reason) => return Err(corrupt(reason.to_string())),
+            Ok(None) => {
+                return Err(corrupt_at(
+                    block,
+                    pos,
+                    "no frame where a written entry should be".into(),
+                ));
+            }
+            Err(reason) => return Err(corrupt_at(block, pos, reason.to_string())),
         };
         let len = FRAME_HEADER_LEN as u64 + u64::from(header.len);
         if pos + len > limit {
-            return Err(corrupt(format!(
-                "frame of {len} bytes crosses the written end {limit}"
-            )));
-        }
-        self.ensure(block, pos, len, limit)?;
-        let rel = (pos - self.base) as usize + FRAME_HEADER_LEN;
-        // The header was proved intact above; only the payload is left to check.
-        let payload = self
-            .bytes
-            .get(rel..rel + header.len as usize)
-            .ok_or_else(|| corrupt("short read".into()))?;
-        if crc32c(payload) != header.payload_crc {
-            return Err(corrupt(CorruptReason::PayloadChecksum.to_string()));
+            return Err(corrupt_at(
+                block,
+                pos,
+                format!("frame of {len} bytes crosses the written end {limit}"),
+            ));
         }
         Ok((
             ReadFrame {
                 offset: header.offset,
                 len,
             },
-            payload,
+            header.payload_crc,
         ))
     }
 
@@ -466,6 +486,14 @@ impl ReadBuf {
             return Ok(());
         }
         let want = len.max(self.window).min(limit - pos).max(len);
+        // The window is forgotten before it is overwritten: a failed or short read leaves
+        // nothing that a retry could take for file bytes.
+        self.owner = None;
+        if want <= WINDOW && self.bytes.capacity() as u64 > 2 * WINDOW {
+            // A long frame grew the window past the read-ahead; a reader kept for the life of
+            // a consumer must not hold the largest frame it ever read.
+            self.bytes = Vec::new();
+        }
         self.bytes.resize(want as usize, 0);
         block.file().read_exact_at(&mut self.bytes, pos)?;
         self.owner = owner;
@@ -473,6 +501,14 @@ impl ReadBuf {
         self.window = (self.window * 2).min(WINDOW.max(self.window));
         Ok(())
     }
+}
+
+/// An `InvalidData` error naming the file and byte position of a frame that is not intact.
+fn corrupt_at(block: &Block, pos: u64, what: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{} at byte {pos}: {what}", block.file().path().display()),
+    )
 }
 
 #[cfg(test)]
@@ -522,6 +558,50 @@ mod tests {
             block.walk_start(u64::MAX),
             start + u64::from(marks[marks.len() - 1].1)
         );
+    }
+
+    /// A window grown for a long frame shrinks back to the read-ahead at the next refill (even
+    /// one that fails), and the reads after a failed refill return the file's frames.
+    #[test]
+    fn a_window_shrinks_after_a_long_frame_and_refills_after_a_failed_read() {
+        let sim = SimStorage::new(4);
+        let handle = Arc::new(SegmentHandle::new(0, segment(&sim, 8 << 20), 4096, 8 << 20));
+        let block = Block::fresh(handle, 4096, 4 << 20, 0);
+        let start = block.data_start();
+        let mut frames = Vec::new();
+        let long = vec![7u8; 2 << 20];
+        walrus_block::encode_frame(&mut frames, 0, walrus_block::FrameKind::single(), &long)
+            .unwrap();
+        for o in 1..100u64 {
+            walrus_block::encode_frame(
+                &mut frames,
+                o,
+                walrus_block::FrameKind::single(),
+                &[o as u8; 900],
+            )
+            .unwrap();
+        }
+        block.file().write_at(&frames, start).unwrap();
+        let limit = start + frames.len() as u64;
+        let mut buf = ReadBuf::default();
+        let (frame, payload) = buf.frame_at(&block, start, limit).unwrap();
+        assert_eq!((frame.offset, payload.len()), (0, long.len()));
+        let mut at = start + frame.len;
+        // Past the long frame's window: the next refill reads a read-ahead window into a
+        // buffer of that size.
+        sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Read));
+        assert!(buf.frame_at(&block, at, limit).is_err());
+        assert!(
+            buf.bytes.capacity() as u64 <= 2 * WINDOW,
+            "{}",
+            buf.bytes.capacity()
+        );
+        for o in 1..100u64 {
+            let (frame, payload) = buf.frame_at(&block, at, limit).unwrap();
+            assert_eq!((frame.offset, payload), (o, &[o as u8; 900][..]));
+            at += frame.len;
+        }
+        assert!(buf.bytes.capacity() as u64 <= 2 * WINDOW);
     }
 
     fn segment(sim: &SimStorage, segment_len: u64) -> Arc<dyn SegmentFile> {

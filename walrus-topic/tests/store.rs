@@ -742,6 +742,91 @@ fn lookups_in_a_span_that_starts_mid_block_after_skipped_damage() {
     }
 }
 
+/// A payload damaged while the instance is open (no recovery ran to skip it) fails the reads
+/// of its own entry and nothing else: lookups walk over it by its header, and a consumer that
+/// stops at it can commit past it and go on.
+#[test]
+fn a_damaged_payload_fails_its_own_entry_and_no_other() {
+    const N: u64 = 1500;
+    const DAMAGED: u64 = 700;
+    let entry = |o: u64| {
+        if o == DAMAGED {
+            b"the one entry to damage, unlike any other".repeat(20)
+        } else {
+            payload(o)
+        }
+    };
+    let sim = SimStorage::new(22);
+    let store = open(&sim, big_blocks()).unwrap();
+    for i in 0..N {
+        store.append("t", &entry(i)).unwrap();
+    }
+    store.sync().unwrap();
+    let file = first_segment(&sim);
+    let mut bytes = vec![0u8; 2 << 20];
+    let n = file.read_at(&mut bytes, 0).unwrap();
+    let needle = entry(DAMAGED);
+    let at = bytes[..n]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the entry's payload is in the first segment") as u64;
+    file.write_at(&[needle[10] ^ 0x40], at + 10).unwrap();
+    drop(file);
+    // Cold: nothing marked yet, so the walk to each later entry steps over the damaged one.
+    for o in [N - 1, DAMAGED + 1, 1000, 0, DAMAGED - 1] {
+        assert_eq!(store.read_at("t", o).unwrap(), Some(entry(o)), "@{o}");
+    }
+    let err = store.read_at("t", DAMAGED).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("700"), "names the offset: {err}");
+    // A consumer reads up to the damaged entry, fails on it (and keeps failing, its cursor
+    // unmoved), then skips it by a commit.
+    for o in 0..DAMAGED {
+        assert_eq!(store.read_next("t", true).unwrap(), Some((o, entry(o))));
+    }
+    for _ in 0..2 {
+        let err = store.read_next("t", true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+    store.commit("t", DAMAGED + 1).unwrap();
+    let rest = drain(&store, "t");
+    assert_eq!(rest.len() as u64, N - DAMAGED - 1);
+    for (o, e) in rest {
+        assert_eq!(e, entry(o), "@{o}");
+    }
+}
+
+/// A read that fails half way through refilling a consumer's window is retried from the disk:
+/// the retry neither takes the failed window's bytes for the file's (a false "damage") nor
+/// skips an entry.
+#[test]
+fn a_failed_read_is_retried_not_taken_for_damage() {
+    let sim = SimStorage::new(23);
+    let store = open(&sim, big_blocks()).unwrap();
+    for i in 0..2000 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    // The consumer's window now ends at the written end, ~100 KB into a 1 MiB block; the next
+    // appends (~220 KB) stay in that block, so the failed refill's window would be longer
+    // than the old one and cover the entry's position (with zeros: the bug this catches).
+    assert_eq!(drain(&store, "t").len(), 2000);
+    for i in 2000..2400 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    for _ in 0..2 {
+        sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Read));
+        let err = store.read_next("t", true).unwrap_err();
+        assert_ne!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+    sim.clear_faults();
+    let rest = drain(&store, "t");
+    let offsets: Vec<u64> = rest.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (2000..2400).collect::<Vec<_>>());
+    for (o, e) in rest {
+        assert_eq!(e, payload(o), "@{o}");
+    }
+}
+
 #[test]
 fn ten_thousand_topics() {
     let sim = SimStorage::new(19);

@@ -280,12 +280,14 @@ impl Topic {
             return Ok(None);
         }
         // Walk the block's frames to the target, from the last mark before it, leaving marks
-        // for the next lookup (see `Block::walked`).
+        // for the next lookup (see `Block::walked`). Headers only: the caller checks the
+        // payload it reads, and a damaged payload on the way must not hide the entries after
+        // it (nor cost its read and CRC).
         let limit = block.data_end();
         let mut at = block.walk_start(target);
         loop {
             let (frame, _) = buf
-                .frame_at(&block, at, limit)
+                .header_at(&block, at, limit)
                 .map_err(|e| on_topic(e, &self.name, Some(target)))?;
             block.walked(frame.offset, at);
             if frame.offset >= target {
