@@ -1,7 +1,9 @@
 //! The mmap backend: each file is mapped shared, read-write, over the length it has when created
 //! or opened. Writes copy into the mapping, reads go through the descriptor (`pread`, the same
-//! page cache), and a sync flushes the dirty range (`msync(MS_SYNC)`). Bytes past the mapping
-//! (the file grew after it was mapped) go through `pwrite`/`pread`.
+//! page cache), and a sync is the descriptor's `fdatasync`, which writes back the pages stores
+//! dirtied as well as those written through the descriptor, whichever handle wrote them (what
+//! `msync(MS_SYNC)` of a range would do, for the whole file). Bytes past the mapping (the file
+//! grew after it was mapped) go through `pwrite`/`pread`.
 //!
 //! An append costs a copy instead of a system call; a page costs one fault when it is first
 //! written, so a write of 16 KiB or more goes through `pwrite` instead. The mapping is advised
@@ -21,12 +23,13 @@
 //! truncate a mapped file (the process would get `SIGBUS`). Files are sparse, as with the other
 //! backends, but a store never lands in a hole: a store into a hole of a mapping cannot report a
 //! full disk (the kernel raises `SIGBUS`), so each file remembers which 2 MiB granules of its
-//! mapping it has allocated (by [`SegmentFile::allocate`], or by its own `fallocate` before the
-//! first store into a granule), and a full disk fails that `fallocate` with `StorageFull` before
-//! anything is stored. Two kinds of file system still turn a full disk into `SIGBUS`: one without
+//! mapping it has allocated whole (by [`SegmentFile::allocate`], which widens a claim to whole
+//! granules, or by its own `fallocate` before the first store or descriptor write into a
+//! granule), and a full disk fails that `fallocate` with `StorageFull` before anything is
+//! stored; space claimed before the disk filled still takes stores. Two kinds of file system still turn a full disk into `SIGBUS`: one without
 //! `fallocate` (nothing can be allocated ahead), and a copy-on-write one (btrfs, ZFS, bcachefs:
-//! writing a block again needs new space, which `fallocate` does not reserve); so would a
-//! page-cache folio over 2 MiB (none on x86-64). An I/O error while writing pages back surfaces
+//! writing a block again needs new space, which `fallocate` does not reserve). Granules are as
+//! large as the largest page-cache folio where that exceeds 2 MiB (see [`granule_shift`]). An I/O error while writing pages back surfaces
 //! at the next sync; a device error while reading is an error of the read. A device error while
 //! *faulting in* a page that holds data (one written earlier and since evicted, then written
 //! again) still raises `SIGBUS`, and so does a store after the file system turned read-only on
@@ -42,7 +45,7 @@ use std::fs::File;
 use std::io::{self, IoSlice};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Advice, MmapRaw};
 use parking_lot::{Condvar, Mutex};
@@ -58,9 +61,32 @@ use crate::storage::{BackendKind, SegmentFile, Storage, WriteOp, distinct_files,
 const PWRITE_FROM: usize = 16 << 10;
 
 /// The mmap backend. See the [module docs](crate::mmap).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MmapStorage {
     poison: Arc<SyncPoison>,
+    /// log2 of the granules' size (see [`granule_shift`]).
+    granule_shift: u32,
+}
+
+impl Default for MmapStorage {
+    fn default() -> Self {
+        Self {
+            poison: Arc::default(),
+            granule_shift: granule_shift(),
+        }
+    }
+}
+
+/// log2 of the granule in which a file allocates before storing: 2 MiB, or the largest
+/// page-cache folio where that is larger. A store reserves space for its whole folio, so a
+/// folio must never span a granule that was not allocated. The largest folio is the kernel's
+/// transparent-huge-page PMD size: 2 MiB on x86-64, 512 MiB on arm64 with 64 KiB pages.
+fn granule_shift() -> u32 {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|n| n.is_power_of_two())
+        .map_or(Granules::SHIFT, |n| n.trailing_zeros().max(Granules::SHIFT))
 }
 
 impl MmapStorage {
@@ -83,11 +109,8 @@ impl MmapStorage {
         Ok(Arc::new(MmapFile {
             base: PwriteFile::new(file, path, Arc::clone(&self.poison)),
             map,
-            allocated: Granules::new(map_len),
+            allocated: Granules::with_shift(map_len, self.granule_shift),
             ranges: RangeLocks::default(),
-            dirty: Mutex::new(None),
-            fd_dirty: AtomicBool::new(false),
-            sync_lock: Mutex::new(()),
         }))
     }
 }
@@ -141,14 +164,6 @@ pub struct MmapFile {
     /// Which granules of the mapping are allocated on disk: only those take stores.
     allocated: Granules,
     ranges: RangeLocks,
-    /// Bytes of the mapping written since the last sync, as `[start, end)`.
-    dirty: Mutex<Option<(usize, usize)>>,
-    /// Whether bytes were written through the descriptor (past the mapping, or a large write)
-    /// since the last sync.
-    fd_dirty: AtomicBool,
-    /// Serializes syncs, so a sync never returns while an earlier one still flushes the range
-    /// it took.
-    sync_lock: Mutex<()>,
 }
 
 impl MmapFile {
@@ -178,14 +193,6 @@ impl MmapFile {
         self.allocated.mark(from, to);
         Ok(())
     }
-
-    fn mark_dirty(&self, start: usize, end: usize) {
-        let mut dirty = self.dirty.lock();
-        *dirty = Some(match *dirty {
-            Some((lo, hi)) => (lo.min(start), hi.max(end)),
-            None => (start, end),
-        });
-    }
 }
 
 impl SegmentFile for MmapFile {
@@ -205,11 +212,17 @@ impl SegmentFile for MmapFile {
         }
         let (inside, _) = self.split(offset, total);
         if total >= PWRITE_FROM {
+            // The granules first, as for a store: `pwrite` would report a full disk itself,
+            // but would leave its granules partly allocated, and a later store into one (which
+            // allocates the whole granule) could then fail for space that the caller claimed
+            // by this write (the engine claims space by writing zeros).
+            if let Some((start, len)) = inside {
+                self.ensure_allocated(start, start + len)?;
+            }
             // Under the exclusive range lock, as a copy would be: no access to these bytes
-            // through the mapping overlaps it. `pwrite` reports a full disk itself.
+            // through the mapping overlaps it.
             let _guard = inside.map(|(start, len)| self.ranges.lock(start, start + len, true));
             fs::pwritev_all(self.base.file(), self.path(), bufs, offset)?;
-            self.fd_dirty.store(true, Ordering::Release);
             return Ok(());
         }
         let mut consumed = 0; // bytes of `bufs` copied into the mapping
@@ -234,7 +247,6 @@ impl SegmentFile for MmapFile {
                 at += n;
             }
             consumed = len;
-            self.mark_dirty(start, start + len);
         }
         if consumed < total {
             // The rest lies past the mapping: skip what was copied, pwrite the remainder.
@@ -247,7 +259,6 @@ impl SegmentFile for MmapFile {
                 slices,
                 offset + consumed as u64,
             )?;
-            self.fd_dirty.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -265,37 +276,34 @@ impl SegmentFile for MmapFile {
     }
 
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.base.allocate(offset, len)?;
-        // Remember what of it lies in the mapping: stores there need no allocation of their own.
-        if let (Some((start, inside)), _) =
-            self.split(offset, usize::try_from(len).unwrap_or(usize::MAX))
-        {
-            self.allocated.mark(start, start + inside);
-        }
+        // The part in the mapping is widened to whole granules: a store allocates its whole
+        // granule first, so a claim that left part of one unallocated could not keep the
+        // promise that writes into the claimed range find space (on a nearly full disk the
+        // store's `fallocate` would fail after the claim succeeded).
+        let Some(claim_end) = offset.checked_add(len) else {
+            return self.base.allocate(offset, len); // refuses it, naming the range
+        };
+        let granules = match self.split(offset, usize::try_from(len).unwrap_or(usize::MAX)) {
+            (Some((start, inside)), _) if inside > 0 => {
+                self.allocated.missing(start, start + inside)
+            }
+            _ => None,
+        };
+        let Some((from, to)) = granules else {
+            return self.base.allocate(offset, len);
+        };
+        let end = claim_end.max(to as u64);
+        let start = offset.min(from as u64);
+        self.base.allocate(start, end - start)?;
+        self.allocated.mark(from, to);
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let _serial = self.sync_lock.lock();
-        self.base.check_sync()?;
-        let dirty = self.dirty.lock().take();
-        if let (Some((start, end)), Some(map)) = (dirty, &self.map) {
-            map.flush_range(start, end - start).map_err(|e| {
-                let err = op_error("msync", self.path(), Some(start as u64), e);
-                self.base.poison_sync(&err);
-                err
-            })?;
-        }
-        if self.fd_dirty.swap(false, Ordering::AcqRel) {
-            fs::fdatasync(self.base.file(), self.path())
-                .inspect_err(|e| self.base.poison_sync(e))?;
-        } else if dirty.is_none() {
-            // Nothing written through this handle since the last sync; still sync, since
-            // another handle (or the size set by preallocation) may have dirtied the file.
-            fs::fdatasync(self.base.file(), self.path())
-                .inspect_err(|e| self.base.poison_sync(e))?;
-        }
-        Ok(())
+        // `fdatasync` writes back every dirty page of the file: those that stores into the
+        // mapping dirtied (a store after the write-back began faults again and dirties its
+        // page again) and those written through the descriptor.
+        self.base.sync_data()
     }
 
     fn len(&self) -> io::Result<u64> {
@@ -312,9 +320,9 @@ impl SegmentFile for MmapFile {
 }
 
 /// Which granules of a mapping of `len` bytes are known to be allocated on disk: a bitmap over
-/// aligned granules of 2 MiB (more for mappings over 512 GiB, to keep at most 2^18). A granule is
-/// 2 MiB because the kernel reserves space for a whole page-cache folio when a store faults one
-/// in, and folios are naturally aligned and at most 2 MiB on x86-64: a folio a store touches
+/// aligned granules of 2 MiB or the largest folio (more for mappings over 2^18 granules). A
+/// granule is that large because the kernel reserves space for a whole page-cache folio when a
+/// store faults one in, and folios are naturally aligned and no larger: a folio a store touches
 /// lies inside one granule, allocated whole. A granule is marked only once all of it (up to the
 /// end of the mapping) is allocated; nothing clears a mark, since nothing deallocates a range of
 /// a file while it is open.
@@ -329,6 +337,7 @@ impl Granules {
     const MAX_GRANULES: usize = 1 << 18;
     const SHIFT: u32 = 21;
 
+    #[cfg(test)]
     fn new(len: usize) -> Self {
         Self::with_shift(len, Self::SHIFT)
     }
@@ -505,22 +514,12 @@ mod tests {
         let storage = MmapStorage::new();
         let path = dir.path().join("mixed");
         let f = storage.create(&path, 1 << 20).unwrap();
-        let file = f.as_any().downcast_ref::<MmapFile>().unwrap();
         let large: Vec<u8> = (0..PWRITE_FROM + 100).map(|i| (i % 253) as u8).collect();
         f.write_at(&large, 4096).unwrap();
-        assert!(
-            file.fd_dirty.load(Ordering::Acquire),
-            "a large write is a pwrite"
-        );
-        assert!(
-            file.dirty.lock().is_none(),
-            "nothing was stored into the mapping"
-        );
         // A store into the same pages, through the mapping, lands over the pwritten bytes.
         f.write_at(&[0xEE; 10], 4096 + 50).unwrap();
-        assert!(file.dirty.lock().is_some());
         f.sync_data().unwrap();
-        assert!(!file.fd_dirty.load(Ordering::Acquire));
+        assert_eq!(dirty_pages(&path), Some(0), "the sync wrote both back");
         let mut expected = large.clone();
         expected[50..60].fill(0xEE);
         let mut back = vec![0; large.len()];
@@ -530,6 +529,63 @@ mod tests {
             std::fs::read(&path).unwrap()[4096..4096 + large.len()],
             expected[..]
         );
+    }
+
+    /// Dirty pages of the file at `path` in the page cache (`cachestat(2)`, Linux 6.5), or
+    /// `None` where the kernel lacks it.
+    fn dirty_pages(path: &Path) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        #[repr(C)]
+        struct Range {
+            off: u64,
+            len: u64,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stat {
+            cache: u64,
+            dirty: u64,
+            writeback: u64,
+            evicted: u64,
+            recently_evicted: u64,
+        }
+        const SYS_CACHESTAT: libc::c_long = 451; // the same number on every architecture
+        let file = std::fs::File::open(path).ok()?;
+        let range = Range { off: 0, len: 0 }; // to the end of the file
+        let mut stat = Stat::default();
+        // SAFETY: `cachestat` reads `range` and writes `stat`, both live `repr(C)` structs of
+        // the kernel's layout for the duration of the call; `file` is open.
+        let r = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                file.as_raw_fd(),
+                &raw const range,
+                &raw mut stat,
+                0,
+            )
+        };
+        (r == 0).then_some(stat.dirty)
+    }
+
+    /// A sync writes back what any handle of the file wrote, through its mapping or its
+    /// descriptor, not only what its own handle stored.
+    #[test]
+    fn a_sync_writes_back_what_every_handle_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = MmapStorage::new();
+        let path = dir.path().join("two");
+        let a = storage.create(&path, 4 << 20).unwrap();
+        let b = storage.open(&path).unwrap();
+        a.write_at(b"x", 0).unwrap();
+        b.write_at(&[7; 100], 3 << 20).unwrap();
+        b.write_at(&[8; PWRITE_FROM], 2 << 20).unwrap();
+        let Some(before) = dirty_pages(&path) else {
+            eprintln!("no cachestat(2) on this kernel: nothing to check");
+            return;
+        };
+        assert!(before >= 3, "{before} dirty pages");
+        a.sync_data().unwrap();
+        assert_eq!(dirty_pages(&path), Some(0));
     }
 
     #[test]
@@ -548,15 +604,16 @@ mod tests {
         // The store crossed into a second granule: both were allocated before it.
         assert!(file.allocated.covers(15 * G, 17 * G));
         assert!(!file.allocated.covers(17 * G, 17 * G + 1));
-        // `allocate` marks the granules it covers whole, so the engine's claims spare the
-        // stores a `fallocate` of their own; a part of a granule marks nothing.
+        // `allocate` allocates and marks whole granules, also for a claim of part of one, so
+        // stores into claimed space need no `fallocate` of their own, which could fail.
         f.allocate(G as u64, G as u64).unwrap();
         f.allocate((3 * G) as u64, 4096).unwrap();
         assert!(file.allocated.covers(G, 2 * G));
-        assert!(!file.allocated.covers(3 * G, 3 * G + 1));
+        assert!(file.allocated.covers(3 * G, 4 * G));
+        assert!(!file.allocated.covers(4 * G, 4 * G + 1));
         f.sync_data().unwrap();
         let blocks = std::fs::metadata(&path).unwrap().blocks() * 512;
-        let expected = 3 * G as u64 + 4096; // two granules stored into, one, and a page
+        let expected = 4 * G as u64; // two granules stored into, and two claimed
         assert!(
             (expected..expected + (64 << 10)).contains(&blocks),
             "allocated {blocks} bytes"

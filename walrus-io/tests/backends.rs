@@ -272,7 +272,8 @@ fn mmap_serves_bytes_past_its_mapping_and_keeps_them() {
 
 /// A full disk fails a store into a mapping with `StorageFull` rather than killing the process
 /// with `SIGBUS`: the mmap backend allocates a granule before its first store there. Run in a
-/// child on a 5 MiB tmpfs of its own (`run_on_a_small_tmpfs`).
+/// child on an 8 MiB tmpfs of its own (`run_on_a_small_tmpfs`). Space claimed before the disk
+/// filled (by `allocate`, or by writing zeros) still takes stores.
 #[test]
 fn mmap_on_a_full_disk_fails_the_write_not_the_process() {
     if let Some(dir) = std::env::var_os(conformance::SMALL_TMPFS_ENV) {
@@ -280,7 +281,7 @@ fn mmap_on_a_full_disk_fails_the_write_not_the_process() {
     }
     let Some((status, text)) = conformance::run_on_a_small_tmpfs(
         "mmap_on_a_full_disk_fails_the_write_not_the_process",
-        "5m",
+        "8m",
     ) else {
         return;
     };
@@ -293,15 +294,27 @@ fn mmap_on_a_full_disk_fails_the_write_not_the_process() {
 }
 
 /// In the child: stores 3000 bytes at a time (crossing pages and granules) into a mapped file
-/// 13 times as long as its file system, until the disk is full.
+/// 8 times as long as its file system, until the disk is full.
 fn fill_a_mapped_file(dir: &Path) {
     const GRANULE: u64 = 2 << 20;
     let storage = open_backend(BackendKind::Mmap).unwrap();
+    // A claim of part of a granule (the last page of the first): it must hold for stores into
+    // it after the disk is full, though a store allocates its whole granule.
+    let claimed = storage.create(&dir.join("claimed"), 8 << 20).unwrap();
+    claimed.allocate(GRANULE - 4096, 4096).unwrap();
+    // The same for space claimed by writing zeros through the descriptor (a long write).
+    let zeroed = storage.create(&dir.join("zeroed"), 8 << 20).unwrap();
+    zeroed
+        .write_at(&[0u8; 64 << 10], GRANULE - (64 << 10))
+        .unwrap();
+    // Half a granule used elsewhere, so that what is left once the disk is full is less than
+    // a granule (a store must not need more than its claim left).
+    std::fs::write(dir.join("half"), vec![1u8; GRANULE as usize / 2]).unwrap();
     let f = storage.create(&dir.join("f"), 64 << 20).unwrap();
     let piece = |i: u64| [(i % 251) as u8; 3000];
     let mut stored = 0u64;
     let err = loop {
-        assert!(stored < 64 << 20, "64 MiB stored on a 5 MiB file system");
+        assert!(stored < 64 << 20, "64 MiB stored on an 8 MiB file system");
         match f.write_at(&piece(stored / 3000), stored) {
             Ok(()) => stored += 3000,
             Err(e) => break e,
@@ -315,9 +328,18 @@ fn fill_a_mapped_file(dir: &Path) {
             .contains(&format!("@{}", stored.next_multiple_of(GRANULE))),
         "{err}"
     );
-    // The full disk was found at a granule's first store, after at least one whole granule.
-    assert!(stored >= GRANULE, "only {stored} bytes fit");
+    // The full disk was found at a granule's first store, after every store that fit in the
+    // first granule.
+    assert!(stored + 3000 > GRANULE, "only {stored} bytes fit");
     assert!(stored + 3000 > stored.next_multiple_of(GRANULE), "{stored}");
+    claimed
+        .write_at(&[9u8; 4096], GRANULE - 4096)
+        .expect("a store into claimed space on a full disk");
+    claimed.sync_data().unwrap();
+    zeroed
+        .write_at(&[5u8; 3000], GRANULE - 4000)
+        .expect("a store into space claimed by zeros on a full disk");
+    zeroed.sync_data().unwrap();
     // What was stored is there, and syncs.
     f.sync_data().unwrap();
     let mut buf = [0u8; 3000];

@@ -419,7 +419,8 @@ fn a_full_disk_fails_the_block_allocation_cleanly() {
 /// On the mmap backend a full disk is an append's `StorageFull`, never a `SIGBUS`, and every
 /// acknowledged entry stays readable, also after a reopen, unsynced and under `SyncEach` (with
 /// its journal and zero-filled claims). Real disk space runs out: the instance runs in a child
-/// on a 6 MiB tmpfs of its own (`run_on_a_small_tmpfs`).
+/// on a 12 MiB tmpfs of its own (`run_on_a_small_tmpfs`). A full disk does not poison the
+/// instance: once space is freed, appends go on.
 #[test]
 fn the_mmap_backend_on_a_full_disk_fails_an_append_not_the_process() {
     const TEST: &str = "the_mmap_backend_on_a_full_disk_fails_an_append_not_the_process";
@@ -432,7 +433,7 @@ fn the_mmap_backend_on_a_full_disk_fails_an_append_not_the_process() {
         }
         return;
     }
-    let Some((status, text)) = walrus_io::conformance::run_on_a_small_tmpfs(TEST, "6m") else {
+    let Some((status, text)) = walrus_io::conformance::run_on_a_small_tmpfs(TEST, "12m") else {
         return;
     };
     // A SIGBUS shows as a status without a code (signal 7).
@@ -458,6 +459,11 @@ fn fill_an_mmap_instance(dir: &Path, schedule: FsyncSchedule) {
             .build()
             .unwrap()
     };
+    // Space to give back once the disk is full.
+    let filler = dir.with_extension("filler");
+    std::fs::create_dir_all(dir).unwrap();
+    // Two of the mmap backend's 2 MiB granules: what one more store may need.
+    std::fs::write(&filler, vec![1u8; 4 << 20]).unwrap();
     let wal = open();
     let mut acked = [0u64; 3];
     let err = 'fill: {
@@ -480,6 +486,17 @@ fn fill_an_mmap_instance(dir: &Path, schedule: FsyncSchedule) {
         acked.iter().sum::<u64>() > 100,
         "{schedule:?}: only {acked:?} fit"
     );
+    // A full disk fails appends; it does not poison the instance: once there is space again,
+    // appends go on without a reopen.
+    assert!(!walrus::is_poisoned(&err), "{schedule:?}: {err}");
+    std::fs::remove_file(&filler).unwrap();
+    for (topic, n) in acked.iter_mut().enumerate() {
+        let o = wal
+            .append(&format!("t{topic}"), &payload(topic, *n))
+            .unwrap_or_else(|e| panic!("{schedule:?}: t{topic} after space was freed: {e}"));
+        assert_eq!(o, *n, "{schedule:?}: t{topic}");
+        *n += 1;
+    }
     let check = |wal: &Walrus| {
         for (topic, &n) in acked.iter().enumerate() {
             // Without consuming: the reopened instance reads them all again.
