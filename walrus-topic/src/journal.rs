@@ -72,7 +72,8 @@ pub(crate) struct Journal {
 #[derive(Debug, Default)]
 struct Pending {
     body: Vec<u8>,
-    /// A write too large for a record was captured: the next sync syncs the segments.
+    /// The next sync syncs the segments instead of writing a record: a write too large for a
+    /// record was captured, or a rewrite that no record may hold ([`Journal::rewrote`]).
     overflow: bool,
     /// Segment and end of the writes captured so far while they form one contiguous run.
     run: Option<(u64, u64)>,
@@ -174,6 +175,15 @@ impl Journal {
         if encode_journal_write(&mut p.body, segment, position, &parts).is_err() {
             p.overflow = true;
         }
+    }
+
+    /// A write over bytes that a later write may replace within this generation (a failed
+    /// append's roll-back: the topic's next append goes where its zeros went) was made and
+    /// marked on its file: the next sync syncs the segments, and no record holds it. A record
+    /// would be replayed after a power cut over whatever replaced the zeros if that was made
+    /// durable in its segment (a group of one contiguous run writes no record).
+    pub(crate) fn rewrote(&self) {
+        self.pending.lock().overflow = true;
     }
 
     /// Makes every captured write durable: as one record, or (after an overflow, or when the
@@ -308,6 +318,7 @@ pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<Option<Fou
             }
         };
         if let Some(f) = file {
+            check_within(&path, &w, f.len()?)?;
             f.write_at(w.bytes, w.position)?;
             applied += 1;
         }
@@ -539,7 +550,7 @@ fn load(
     Ok(live_generation(path, &bytes)?.map(|generation| (bytes, generation)))
 }
 
-/// A journal write never touches a segment's header.
+/// A journal write never touches a segment's header, nor ends past the largest file offset.
 fn check_position(path: &Path, w: &walrus_block::JournalWrite<'_>) -> io::Result<()> {
     if w.position < SEGMENT_DATA_OFFSET {
         return Err(data_error(
@@ -550,23 +561,73 @@ fn check_position(path: &Path, w: &walrus_block::JournalWrite<'_>) -> io::Result
             ),
         ));
     }
+    let end = u64::try_from(w.bytes.len())
+        .ok()
+        .and_then(|len| w.position.checked_add(len))
+        .filter(|&end| i64::try_from(end).is_ok());
+    if end.is_none() {
+        return Err(data_error(
+            path,
+            &format!(
+                "a journal record writes past the largest file offset (segment {} at {})",
+                w.segment_id, w.position
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A journal write ends within its segment file (`len` bytes): segments are created at their
+/// full length, so a write past it is not one this engine made.
+fn check_within(path: &Path, w: &walrus_block::JournalWrite<'_>, len: u64) -> io::Result<()> {
+    if w.position + w.bytes.len() as u64 > len {
+        return Err(data_error(
+            path,
+            &format!(
+                "a journal record writes {} bytes at {} of segment {}, which is {len} bytes long",
+                w.bytes.len(),
+                w.position,
+                w.segment_id
+            ),
+        ));
+    }
     Ok(())
 }
 
 /// The live generation from a journal's bytes; `None` for a journal never initialised.
+///
+/// A slot that is damaged leaves the other one, the generation before: right after a crash
+/// that tore the newer slot while it was written, before any record of its generation. If a
+/// record of a newer generation than the one left is there, that generation's header was
+/// synced (records follow it), so its slot was damaged since: refused, since the records it
+/// makes live may hold acknowledged writes.
 fn live_generation(path: &Path, bytes: &[u8]) -> io::Result<Option<u64>> {
+    let damaged = |what: String| {
+        data_error(
+            path,
+            &format!(
+                "journal header damaged ({what}); moving the file away opens the directory \
+                 without the acknowledged writes it may hold"
+            ),
+        )
+    };
     let slots = bytes.get(..2 * JOURNAL_SLOT_LEN as usize).unwrap_or(bytes);
-    JournalHeader::decode_slots(slots)
+    let live = JournalHeader::decode_slots(slots)
         .map(|h| h.map(|h| h.generation))
-        .map_err(|e| {
-            data_error(
-                path,
-                &format!(
-                    "journal header damaged ({e}); moving the file away opens the directory \
-                     without the acknowledged writes it may hold"
-                ),
-            )
-        })
+        .map_err(|e| damaged(e.to_string()))?;
+    let first = usize::try_from(JOURNAL_DATA_OFFSET)
+        .ok()
+        .and_then(|at| bytes.get(at..))
+        .and_then(|rest| JournalRecordHeader::decode(rest).ok().flatten());
+    if let (Some(live), Some(first)) = (live, first)
+        && first.generation > live
+    {
+        return Err(damaged(format!(
+            "the live header is of generation {live}, a record of generation {} follows it",
+            first.generation
+        )));
+    }
+    Ok(live)
 }
 
 /// Calls `f` with the writes of each live record, in order. The first record that is not the
@@ -614,5 +675,40 @@ fn read_all(file: &dyn SegmentFile) -> io::Result<Vec<u8>> {
         if out.len() > (1 << 30) {
             return Err(data_error(file.path(), "journal longer than 1 GiB"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(position: u64, bytes: &[u8]) -> walrus_block::JournalWrite<'_> {
+        walrus_block::JournalWrite {
+            segment_id: 3,
+            position,
+            bytes,
+        }
+    }
+
+    /// A record's write is checked before it is applied: never into a segment's header, never
+    /// past the largest file offset (no overflow), never past its segment's end.
+    #[test]
+    fn a_record_write_out_of_place_is_invalid_data() {
+        let path = Path::new("/wal/journal.wjnl");
+        let bytes = [1u8; 100];
+        check_position(path, &write(SEGMENT_DATA_OFFSET, &bytes)).unwrap();
+        for w in [
+            write(SEGMENT_DATA_OFFSET - 1, &bytes),
+            write(u64::MAX - 10, &bytes),
+            write(i64::MAX as u64 - 50, &bytes),
+        ] {
+            let e = check_position(path, &w).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert!(e.to_string().contains("segment 3"), "{e}");
+        }
+        check_within(path, &write(1000, &bytes), 1100).unwrap();
+        let e = check_within(path, &write(1001, &bytes), 1100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("1100 bytes long"), "{e}");
     }
 }

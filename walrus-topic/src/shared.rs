@@ -330,12 +330,16 @@ impl Shared {
     }
 
     /// Writes the cleanup of a failed append (zeros over what it may have left in `block`, or
-    /// an abandoned block's header) and marks it; with a journal, captures it too, so that it is
-    /// durable no later than the next acknowledged append (which a journal record, not a
-    /// segment sync, may make durable): a power cut must not bring back what it undid.
+    /// an abandoned block's header) and marks it; with a journal, the next journal sync syncs
+    /// the segments, so that the cleanup is durable no later than the next acknowledged append
+    /// (a power cut must not bring back what it undid), and is in no record (the next append
+    /// to the topic goes where the zeros went: see [`Journal::rewrote`]).
     pub(crate) fn write_cleanup(&self, block: &Block, bytes: &[u8], pos: u64) -> io::Result<()> {
         block.file().write_at(bytes, pos)?;
-        self.wrote(block, pos, &[io::IoSlice::new(bytes)]);
+        block.handle.mark_dirty();
+        if let Some(j) = &self.journal {
+            j.rewrote();
+        }
         Ok(())
     }
 

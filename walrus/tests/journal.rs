@@ -416,3 +416,90 @@ fn a_batch_whose_segment_write_fails_part_way_leaves_nothing_after_a_power_cut()
         check(&wal, &expected);
     }
 }
+
+/// A failed append's roll-back writes zeros where the append went, and the topic's next append
+/// is written there again. When that append is synced in its segment (alone, one contiguous
+/// run) no live record may still hold the zeros: a replay after a power cut would write them
+/// over the acknowledged entry.
+#[test]
+fn a_roll_back_is_never_replayed_over_the_append_written_after_it() {
+    for seed in 0..4u64 {
+        let sim = SimStorage::new(300 + seed);
+        let wal = open(&sim, true).unwrap();
+        let mut expected = vec![Vec::new(); 2];
+        for n in 0..3 {
+            append_round(&wal, &mut expected, n, 300);
+        }
+        // The next write anywhere is t1's, and is cut short: its roll-back zeroes the space.
+        sim.inject(
+            FaultRule::new(Fault::ShortWrite)
+                .op(OpKind::Write)
+                .path("/j")
+                .nth(1),
+        );
+        let err = wal.append("t1", &payload(1, 50, 300)).unwrap_err();
+        assert_eq!(sim.stats().faults_fired, 1, "seed {seed}: {err}");
+        assert!(!walrus::is_poisoned(&err), "seed {seed}: {err}");
+        sim.clear_faults();
+        // t0's append syncs the zeros with it (scattered: a record), then t1 appends alone
+        // where the zeros are (its segment).
+        let data = payload(0, 3, 300);
+        assert_eq!(wal.append("t0", &data).unwrap(), 3, "seed {seed}");
+        expected[0].push(data);
+        let lone = payload(1, 99, 300);
+        assert_eq!(
+            wal.append("t1", &lone).unwrap(),
+            expected[1].len() as u64,
+            "seed {seed}"
+        );
+        expected[1].push(lone);
+        let wal = cut_and_reopen(&sim, wal, CrashMode::DropUnsynced);
+        check(&wal, &expected);
+    }
+}
+
+/// A journal header damaged after it was synced is refused, not passed over for the other slot:
+/// the other slot holds the generation before, and the records of the damaged one, which hold
+/// acknowledged writes, would be dropped without a word. Damage to the other slot is harmless.
+#[test]
+fn a_damaged_live_journal_header_is_refused_not_passed_over() {
+    // Two generations (a clean close, then a reopen), records of the second, a power cut.
+    let scenario = || {
+        let sim = SimStorage::new(400);
+        let mut expected = vec![Vec::new(); 2];
+        {
+            let wal = open(&sim, true).unwrap();
+            append_round(&wal, &mut expected, 0, 500);
+        }
+        let wal = open(&sim, true).unwrap();
+        for n in 1..6 {
+            append_round(&wal, &mut expected, n, 500);
+        }
+        sim.crash(CrashMode::DropUnsynced);
+        drop(wal);
+        (sim, expected)
+    };
+    let mut refused = 0;
+    for slot in 0..2u64 {
+        let (sim, expected) = scenario();
+        let journal = sim.open(Path::new(JOURNAL)).unwrap();
+        let at = slot * 512 + 8;
+        let mut byte = [0u8];
+        journal.read_exact_at(&mut byte, at).unwrap();
+        journal.write_at(&[byte[0] ^ 0x10], at).unwrap();
+        journal.sync_data().unwrap();
+        drop(journal);
+        match open(&sim, true) {
+            Ok(wal) => check(&wal, &expected),
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "slot {slot}: {e}");
+                assert!(e.to_string().contains("journal header damaged"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        refused, 1,
+        "the live slot's damage is refused, the other's is not"
+    );
+}
