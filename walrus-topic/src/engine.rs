@@ -17,6 +17,7 @@ use walrus_io::Storage;
 
 use crate::durability::{GroupCommit, Writing};
 use crate::options::StoreOptions;
+use crate::progress::Progress;
 use crate::store::Store;
 
 /// When appended entries reach stable storage.
@@ -110,14 +111,46 @@ impl Inner {
         (self.policy == SyncPolicy::Each).then(|| self.sync.commits.writing())
     }
 
-    /// Applies the sync policy to a write that just completed.
-    fn after_write(&self, writing: Option<Writing<'_>>) -> io::Result<()> {
+    /// Applies the sync policy to a write that just completed: entries below `end` of the
+    /// topic whose progress is `progress`.
+    fn after_write(
+        &self,
+        writing: Option<Writing<'_>>,
+        progress: &Progress,
+        end: u64,
+    ) -> io::Result<()> {
         if self.policy == SyncPolicy::Each {
             let ticket = self.sync.commits.ticket();
             drop(writing);
-            self.sync.commits.wait(ticket, || self.store.sync())?;
+            self.wait_durable(ticket, progress, end)?;
         }
         Ok(())
+    }
+
+    /// Waits for the sync `ticket` needs, leading it if none runs. A failed sync fails the
+    /// wait unless another sync, numbered before this ticket but started after the write,
+    /// already made the entries durable: they are visible then, so the append must not
+    /// report a failure (see [`settled`]).
+    fn wait_durable(&self, ticket: u64, progress: &Progress, end: u64) -> io::Result<()> {
+        settled(
+            self.sync.commits.wait(ticket, || self.store.sync()),
+            progress,
+            end,
+        )
+    }
+}
+
+/// The outcome of waiting for entries below `end` to be durable: `result`, unless it failed
+/// while a sync that succeeded covered them anyway (the topic's durable watermark passed
+/// them). Tickets are numbered conservatively (a sync covers every ticket taken before it
+/// was numbered, and may also cover writes that completed after), so a write can be made
+/// durable, and visible, by a sync other than its own; its own may then fail. Reporting that
+/// failure would break "visible means acknowledged": a reader could consume an entry whose
+/// writer was told it failed, and retry it.
+fn settled(result: io::Result<()>, progress: &Progress, end: u64) -> io::Result<()> {
+    match result {
+        Err(_) if progress.durable() >= end => Ok(()),
+        other => other,
     }
 }
 
@@ -196,8 +229,8 @@ impl Engine {
     /// See [`Store::append`]; the sync's error under `Each`.
     pub fn append(&self, topic: &str, data: &[u8]) -> io::Result<u64> {
         let writing = self.inner.before_write();
-        let offset = self.inner.store.append(topic, data)?;
-        self.inner.after_write(writing)?;
+        let (offset, progress) = self.inner.store.append_tracked(topic, data)?;
+        self.inner.after_write(writing, &progress, offset + 1)?;
         Ok(offset)
     }
 
@@ -207,8 +240,8 @@ impl Engine {
     /// See [`Store::append_batch`]; the sync's error under `Each`.
     pub fn append_batch(&self, topic: &str, batch: &[&[u8]]) -> io::Result<Range<u64>> {
         let writing = self.inner.before_write();
-        let range = self.inner.store.append_batch(topic, batch)?;
-        self.inner.after_write(writing)?;
+        let (range, progress) = self.inner.store.append_batch_tracked(topic, batch)?;
+        self.inner.after_write(writing, &progress, range.end)?;
         Ok(range)
     }
 
@@ -217,8 +250,8 @@ impl Engine {
     /// # Errors
     /// See [`Store::append`].
     pub fn append_with_ticket(&self, topic: &str, data: &[u8]) -> io::Result<DurableTicket> {
-        let offset = self.inner.store.append(topic, data)?;
-        Ok(self.ticket(offset..offset + 1))
+        let (offset, progress) = self.inner.store.append_tracked(topic, data)?;
+        Ok(self.ticket(offset..offset + 1, progress))
     }
 
     /// Appends an atomic batch and returns at once with one ticket for all of it.
@@ -230,15 +263,16 @@ impl Engine {
         topic: &str,
         batch: &[&[u8]],
     ) -> io::Result<DurableTicket> {
-        let offsets = self.inner.store.append_batch(topic, batch)?;
-        Ok(self.ticket(offsets))
+        let (offsets, progress) = self.inner.store.append_batch_tracked(topic, batch)?;
+        Ok(self.ticket(offsets, progress))
     }
 
-    fn ticket(&self, offsets: Range<u64>) -> DurableTicket {
+    fn ticket(&self, offsets: Range<u64>, progress: Arc<Progress>) -> DurableTicket {
         DurableTicket {
             sync: Arc::clone(&self.inner.sync),
             ticket: self.inner.sync.commits.ticket(),
             offsets,
+            progress,
         }
     }
 
@@ -349,6 +383,9 @@ pub struct DurableTicket {
     sync: Arc<SyncShared>,
     ticket: u64,
     offsets: Range<u64>,
+    /// The topic's progress: a failed sync does not fail a ticket whose entries another sync
+    /// made durable (see [`settled`]).
+    progress: Arc<Progress>,
 }
 
 impl DurableTicket {
@@ -367,7 +404,16 @@ impl DurableTicket {
     /// # Errors
     /// The error of a failed sync: the entries may never become durable.
     pub fn is_durable(&self) -> io::Result<bool> {
-        self.sync.commits.poll_done(self.ticket, None)
+        let polled = self.sync.commits.poll_done(self.ticket, None);
+        self.settle(polled)
+    }
+
+    /// `polled`, or `Ok(true)` where it failed but the entries are durable (see [`settled`]).
+    fn settle(&self, polled: io::Result<bool>) -> io::Result<bool> {
+        match polled {
+            Err(e) => settled(Err(e), &self.progress, self.offsets.end).map(|()| true),
+            done => done,
+        }
     }
 
     /// Blocks until the entries are durable (asking the background syncer for a sync now,
@@ -380,8 +426,10 @@ impl DurableTicket {
     /// sync at close).
     pub fn wait(self) -> io::Result<Range<u64>> {
         let sync = &self.sync;
-        sync.commits
-            .wait_passive(self.ticket, || sync.request_sync())?;
+        let waited = sync
+            .commits
+            .wait_passive(self.ticket, || sync.request_sync());
+        settled(waited, &self.progress, self.offsets.end)?;
         Ok(self.offsets)
     }
 }
@@ -390,13 +438,66 @@ impl Future for DurableTicket {
     type Output = io::Result<Range<u64>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.sync.commits.poll_done(self.ticket, Some(cx.waker())) {
+        let polled = self.sync.commits.poll_done(self.ticket, Some(cx.waker()));
+        match self.settle(polled) {
             Ok(true) => Poll::Ready(Ok(self.offsets.clone())),
             Ok(false) => {
                 self.sync.request_sync();
                 Poll::Pending
             }
             Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use walrus_io::sim::{Fault, FaultRule, OpKind, SimStorage};
+
+    use super::*;
+
+    /// A write that a sync numbered before its ticket made durable (a flush that began just
+    /// before the write completed, and listed it) is visible; its own sync then fails. The
+    /// append and its ticket report it durable, as readers see it, not the failure.
+    #[test]
+    fn an_entry_another_sync_made_durable_is_acknowledged_though_its_own_sync_fails() {
+        for ticketed in [false, true] {
+            let sim = SimStorage::new(5);
+            let storage = Arc::new(sim.clone()) as Arc<dyn Storage>;
+            let options = StoreOptions::new().with_block_len(8192);
+            let engine = Engine::open("/wal", storage, options, SyncPolicy::Each).unwrap();
+            let inner = &engine.inner;
+            engine.append("t", b"first").unwrap();
+            // The interleaving, step by step: a flush numbers its sync; the append writes and
+            // takes the next ticket; the flush syncs (listing the entry) and completes.
+            let number = inner.sync.commits.begin_external();
+            let (offset, progress) = inner.store.append_tracked("t", b"x").unwrap();
+            let ticket = DurableTicket {
+                sync: Arc::clone(&inner.sync),
+                ticket: inner.sync.commits.ticket(),
+                offsets: offset..offset + 1,
+                progress: Arc::clone(&progress),
+            };
+            let synced = inner.store.sync();
+            inner.sync.commits.finish_external(number, &synced);
+            synced.unwrap();
+            assert!(engine.store().read_at("t", offset).unwrap().is_some());
+            // The ticket's own sync fails (an append to another topic leads it: the same
+            // number): the instance is poisoned from here on.
+            sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Sync).forever());
+            let e = engine.append("u", b"y").unwrap_err();
+            assert!(e.to_string().contains("Input/output error"), "{e}");
+            if ticketed {
+                assert_eq!(ticket.wait().unwrap(), offset..offset + 1);
+            } else {
+                inner
+                    .wait_durable(ticket.ticket, &progress, offset + 1)
+                    .unwrap();
+            }
+            // A new append is refused (poisoned), and so is a wait for it.
+            let e = engine.append("t", b"after").unwrap_err();
+            assert!(crate::is_poisoned(&e), "{e}");
+            sim.clear_faults();
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::error::{Poisoned, invalid_input};
 use crate::journal::{Journal, journal_len};
 use crate::layout::{DirLock, lane_base};
 use crate::options::StoreOptions;
+use crate::progress::Progress;
 use crate::recovery::{self, Recovered, RecoveryReport};
 use crate::shared::{Files, Shared, segment_preparer};
 use crate::topic::{Topic, TopicState};
@@ -295,12 +296,23 @@ impl Store {
     /// `InvalidInput` for a bad topic name or an entry over [`MAX_ENTRY_LEN`]; an I/O error
     /// leaves the topic exactly as before.
     pub fn append(&self, topic: &str, payload: &[u8]) -> io::Result<u64> {
+        self.append_tracked(topic, payload)
+            .map(|(offset, _)| offset)
+    }
+
+    /// [`append`](Self::append), also returning the topic's progress: whoever waits for the
+    /// entry to be durable can tell from it whether a sync made it so.
+    pub(crate) fn append_tracked(
+        &self,
+        topic: &str,
+        payload: &[u8],
+    ) -> io::Result<(u64, Arc<Progress>)> {
         self.shared.check_writable()?;
         check_entry(topic, payload)?;
         let t = self.topic_or_create(topic, false)?;
         let offset = t.append(&self.shared, &[payload], false)?.start;
         self.shared.note_append(&t.progress);
-        Ok(offset)
+        Ok((offset, Arc::clone(&t.progress)))
     }
 
     /// Appends `payloads` to `topic` as one atomic batch: after a crash all of them are there,
@@ -311,6 +323,17 @@ impl Store {
     /// [`MAX_BATCH_BYTES`] bytes, or a bad entry or topic; an I/O error leaves the topic exactly
     /// as before.
     pub fn append_batch(&self, topic: &str, payloads: &[&[u8]]) -> io::Result<Range<u64>> {
+        self.append_batch_tracked(topic, payloads)
+            .map(|(range, _)| range)
+    }
+
+    /// [`append_batch`](Self::append_batch), also returning the topic's progress (see
+    /// [`append_tracked`](Self::append_tracked)).
+    pub(crate) fn append_batch_tracked(
+        &self,
+        topic: &str,
+        payloads: &[&[u8]],
+    ) -> io::Result<(Range<u64>, Arc<Progress>)> {
         self.shared.check_writable()?;
         if payloads.is_empty() {
             return Err(invalid_input(format!("topic {topic:?}: empty batch")));
@@ -334,7 +357,7 @@ impl Store {
         let t = self.topic_or_create(topic, false)?;
         let range = t.append(&self.shared, payloads, true)?;
         self.shared.note_append(&t.progress);
-        Ok(range)
+        Ok((range, Arc::clone(&t.progress)))
     }
 
     /// One past `topic`'s last entry: the offset its next append gets.
