@@ -418,7 +418,12 @@ impl GroupCommit {
             );
             drop(st);
             let started = std::time::Instant::now();
+            let leading = Leading {
+                commits: self,
+                number,
+            };
             let result = sync();
+            std::mem::forget(leading);
             self.last_sync_nanos.store(
                 u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
                 Ordering::Relaxed,
@@ -558,6 +563,27 @@ impl GroupCommit {
             woken.push(st.sleepers.swap_remove(i).thread);
         }
         woken
+    }
+}
+
+/// A leader's sync in progress. Dropped only if the sync panicked (a completed sync forgets
+/// it): the sync's outcome is unknown, so it counts as failed, and the waiters it would have
+/// freed, and every later one, get the error instead of waiting for a sync that never ends.
+struct Leading<'a> {
+    commits: &'a GroupCommit,
+    number: u64,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let gc = self.commits;
+        let mut st = gc.state.lock();
+        st.running = false;
+        let failed = Err(io::Error::other("a group sync panicked"));
+        let woken = gc.complete(&mut st, self.number, &failed);
+        gc.running.store(false, Ordering::Release);
+        drop(st);
+        unpark(woken);
     }
 }
 
@@ -706,6 +732,42 @@ mod tests {
         assert_eq!(later.kind(), first.kind());
         assert!(crate::is_poisoned(&later));
         assert!(crate::is_poisoned(&gc.poll_done(t2, None).unwrap_err()));
+    }
+
+    /// A sync that panics fails its group (its outcome is unknown) and poisons the group
+    /// commit: a waiter parked behind it is woken with the error, not left waiting.
+    #[test]
+    fn a_sync_that_panics_fails_its_waiters_rather_than_hanging_them() {
+        let gc = Arc::new(GroupCommit::with_yield_wait(false));
+        let leader_in = Arc::new(std::sync::Barrier::new(2));
+        let leader = {
+            let (gc, leader_in) = (gc.clone(), leader_in.clone());
+            std::thread::spawn(move || {
+                let t = gc.ticket();
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    gc.wait(t, || {
+                        leader_in.wait();
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        panic!("a sync that panics");
+                    })
+                }))
+                .is_err()
+            })
+        };
+        leader_in.wait();
+        // Taken while the sync runs: it needs the next one, and parks for it. (On a thread
+        // of its own, so that a regression fails the test instead of hanging it.)
+        let t = gc.ticket();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = gc.clone();
+        std::thread::spawn(move || tx.send(waiter.wait(t, || Ok(()))));
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the waiter was left parked")
+            .unwrap_err();
+        assert!(crate::is_poisoned(&e), "{e}");
+        assert!(e.to_string().contains("panicked"), "{e}");
+        assert!(leader.join().unwrap(), "the leader's wait unwound");
     }
 
     #[test]
