@@ -19,6 +19,7 @@ use crate::durability::{GroupCommit, Writing};
 use crate::options::StoreOptions;
 use crate::progress::Progress;
 use crate::store::Store;
+use crate::topic::Topic;
 
 /// When appended entries reach stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -229,8 +230,9 @@ impl Engine {
     /// See [`Store::append`]; the sync's error under `Each`.
     pub fn append(&self, topic: &str, data: &[u8]) -> io::Result<u64> {
         let writing = self.inner.before_write();
-        let (offset, progress) = self.inner.store.append_tracked(topic, data)?;
-        self.inner.after_write(writing, &progress, offset + 1)?;
+        let (offset, topic) = self.inner.store.append_tracked(topic, data)?;
+        self.inner
+            .after_write(writing, &topic.progress, offset + 1)?;
         Ok(offset)
     }
 
@@ -240,8 +242,9 @@ impl Engine {
     /// See [`Store::append_batch`]; the sync's error under `Each`.
     pub fn append_batch(&self, topic: &str, batch: &[&[u8]]) -> io::Result<Range<u64>> {
         let writing = self.inner.before_write();
-        let (range, progress) = self.inner.store.append_batch_tracked(topic, batch)?;
-        self.inner.after_write(writing, &progress, range.end)?;
+        let (range, topic) = self.inner.store.append_batch_tracked(topic, batch)?;
+        self.inner
+            .after_write(writing, &topic.progress, range.end)?;
         Ok(range)
     }
 
@@ -250,8 +253,8 @@ impl Engine {
     /// # Errors
     /// See [`Store::append`].
     pub fn append_with_ticket(&self, topic: &str, data: &[u8]) -> io::Result<DurableTicket> {
-        let (offset, progress) = self.inner.store.append_tracked(topic, data)?;
-        Ok(self.ticket(offset..offset + 1, progress))
+        let (offset, topic) = self.inner.store.append_tracked(topic, data)?;
+        Ok(self.ticket(offset..offset + 1, &topic))
     }
 
     /// Appends an atomic batch and returns at once with one ticket for all of it.
@@ -263,16 +266,18 @@ impl Engine {
         topic: &str,
         batch: &[&[u8]],
     ) -> io::Result<DurableTicket> {
-        let (offsets, progress) = self.inner.store.append_batch_tracked(topic, batch)?;
-        Ok(self.ticket(offsets, progress))
+        let (offsets, topic) = self.inner.store.append_batch_tracked(topic, batch)?;
+        Ok(self.ticket(offsets, &topic))
     }
 
-    fn ticket(&self, offsets: Range<u64>, progress: Arc<Progress>) -> DurableTicket {
+    /// A ticket for `offsets` of `topic`. It holds the topic's progress, not the topic: a
+    /// ticket keeps no block or file alive.
+    fn ticket(&self, offsets: Range<u64>, topic: &Topic) -> DurableTicket {
         DurableTicket {
             sync: Arc::clone(&self.inner.sync),
             ticket: self.inner.sync.commits.ticket(),
             offsets,
-            progress,
+            progress: Arc::clone(&topic.progress),
         }
     }
 
@@ -471,7 +476,8 @@ mod tests {
             // The interleaving, step by step: a flush numbers its sync; the append writes and
             // takes the next ticket; the flush syncs (listing the entry) and completes.
             let number = inner.sync.commits.begin_external();
-            let (offset, progress) = inner.store.append_tracked("t", b"x").unwrap();
+            let (offset, topic) = inner.store.append_tracked("t", b"x").unwrap();
+            let progress = Arc::clone(&topic.progress);
             let ticket = DurableTicket {
                 sync: Arc::clone(&inner.sync),
                 ticket: inner.sync.commits.ticket(),

@@ -19,7 +19,6 @@ use crate::error::{Poisoned, invalid_input};
 use crate::journal::{Journal, journal_len};
 use crate::layout::{DirLock, lane_base};
 use crate::options::StoreOptions;
-use crate::progress::Progress;
 use crate::recovery::{self, Recovered, RecoveryReport};
 use crate::shared::{Files, Shared, segment_preparer};
 use crate::topic::{Topic, TopicState};
@@ -300,19 +299,19 @@ impl Store {
             .map(|(offset, _)| offset)
     }
 
-    /// [`append`](Self::append), also returning the topic's progress: whoever waits for the
-    /// entry to be durable can tell from it whether a sync made it so.
+    /// [`append`](Self::append), also returning the topic: whoever waits for the entry to be
+    /// durable can tell from its progress whether a sync made it so.
     pub(crate) fn append_tracked(
         &self,
         topic: &str,
         payload: &[u8],
-    ) -> io::Result<(u64, Arc<Progress>)> {
+    ) -> io::Result<(u64, Arc<Topic>)> {
         self.shared.check_writable()?;
         check_entry(topic, payload)?;
         let t = self.topic_or_create(topic, false)?;
         let offset = t.append(&self.shared, &[payload], false)?.start;
         self.shared.note_append(&t.progress);
-        Ok((offset, Arc::clone(&t.progress)))
+        Ok((offset, t))
     }
 
     /// Appends `payloads` to `topic` as one atomic batch: after a crash all of them are there,
@@ -327,13 +326,13 @@ impl Store {
             .map(|(range, _)| range)
     }
 
-    /// [`append_batch`](Self::append_batch), also returning the topic's progress (see
+    /// [`append_batch`](Self::append_batch), also returning the topic (see
     /// [`append_tracked`](Self::append_tracked)).
     pub(crate) fn append_batch_tracked(
         &self,
         topic: &str,
         payloads: &[&[u8]],
-    ) -> io::Result<(Range<u64>, Arc<Progress>)> {
+    ) -> io::Result<(Range<u64>, Arc<Topic>)> {
         self.shared.check_writable()?;
         if payloads.is_empty() {
             return Err(invalid_input(format!("topic {topic:?}: empty batch")));
@@ -357,7 +356,7 @@ impl Store {
         let t = self.topic_or_create(topic, false)?;
         let range = t.append(&self.shared, payloads, true)?;
         self.shared.note_append(&t.progress);
-        Ok((range, Arc::clone(&t.progress)))
+        Ok((range, t))
     }
 
     /// One past `topic`'s last entry: the offset its next append gets.
