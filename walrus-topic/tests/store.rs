@@ -686,39 +686,51 @@ fn a_marked_block_answers_a_lookup_with_one_read() {
     assert!(reads(&store, N - 2) <= 2);
 }
 
-/// A span that starts inside its block (recovery skipped a damaged entry before it) keeps its
-/// marks relative to its own first frame: every entry on both sides is found, cold and warm.
-#[test]
-fn lookups_in_a_span_that_starts_mid_block_after_skipped_damage() {
-    const N: u64 = 1500;
-    const DAMAGED: u64 = 700;
-    // `payload` ramps repeat across entries; the damaged one must be found by its bytes alone.
-    let entry = |o: u64| {
-        if o == DAMAGED {
-            b"the one entry to damage, unlike any other".repeat(20)
-        } else {
-            payload(o)
-        }
-    };
-    let sim = SimStorage::new(21);
-    let store = open(&sim, big_blocks()).unwrap();
-    for i in 0..N {
-        store.append("t", &entry(i)).unwrap();
+/// Entries of the damage tests, and which one is damaged.
+const DAMAGE_N: u64 = 1500;
+const DAMAGED: u64 = 700;
+
+/// Entry `o` of the damage tests: `payload` ramps repeat across entries, so the damaged one
+/// is unlike any other, to be found by its bytes alone.
+fn damage_test_entry(o: u64) -> Vec<u8> {
+    if o == DAMAGED {
+        b"the one entry to damage, unlike any other".repeat(20)
+    } else {
+        payload(o)
+    }
+}
+
+/// An instance in big blocks holding the damage tests' entries, synced.
+fn with_damage_test_entries(sim: &SimStorage) -> Store {
+    let store = open(sim, big_blocks()).unwrap();
+    for i in 0..DAMAGE_N {
+        store.append("t", &damage_test_entry(i)).unwrap();
     }
     store.sync().unwrap();
-    drop(store);
-    // Flip a payload byte of entry DAMAGED.
-    let file = first_segment(&sim);
+    store
+}
+
+/// Flips a payload byte of entry `DAMAGED` in the first segment, durably.
+fn damage_the_entry(sim: &SimStorage) {
+    let file = first_segment(sim);
     let mut bytes = vec![0u8; 2 << 20];
     let n = file.read_at(&mut bytes, 0).unwrap();
-    let needle = entry(DAMAGED);
+    let needle = damage_test_entry(DAMAGED);
     let at = bytes[..n]
         .windows(needle.len())
         .position(|w| w == needle)
         .expect("the entry's payload is in the first segment") as u64;
     file.write_at(&[needle[10] ^ 0x40], at + 10).unwrap();
     file.sync_data().unwrap();
-    drop(file);
+}
+
+/// A span that starts inside its block (recovery skipped a damaged entry before it) keeps its
+/// marks relative to its own first frame: every entry on both sides is found, cold and warm.
+#[test]
+fn lookups_in_a_span_that_starts_mid_block_after_skipped_damage() {
+    let sim = SimStorage::new(21);
+    drop(with_damage_test_entries(&sim));
+    damage_the_entry(&sim);
     let options = big_blocks().with_recovery(RecoveryMode::SkipCorrupted);
     let store = open(&sim, options).unwrap();
     assert_eq!(
@@ -728,7 +740,7 @@ fn lookups_in_a_span_that_starts_mid_block_after_skipped_damage() {
     );
     for _ in 0..2 {
         // Backwards first: the walk to the last entry starts at the second span's first frame.
-        for o in (0..N).rev() {
+        for o in (0..DAMAGE_N).rev() {
             let got = store.read_at("t", o);
             if o == DAMAGED {
                 assert!(
@@ -736,7 +748,7 @@ fn lookups_in_a_span_that_starts_mid_block_after_skipped_damage() {
                     "the damaged entry was handed out"
                 );
             } else {
-                assert_eq!(got.unwrap(), Some(entry(o)), "@{o}");
+                assert_eq!(got.unwrap(), Some(damage_test_entry(o)), "@{o}");
             }
         }
     }
@@ -747,33 +759,12 @@ fn lookups_in_a_span_that_starts_mid_block_after_skipped_damage() {
 /// stops at it can commit past it and go on.
 #[test]
 fn a_damaged_payload_fails_its_own_entry_and_no_other() {
-    const N: u64 = 1500;
-    const DAMAGED: u64 = 700;
-    let entry = |o: u64| {
-        if o == DAMAGED {
-            b"the one entry to damage, unlike any other".repeat(20)
-        } else {
-            payload(o)
-        }
-    };
+    let entry = damage_test_entry;
     let sim = SimStorage::new(22);
-    let store = open(&sim, big_blocks()).unwrap();
-    for i in 0..N {
-        store.append("t", &entry(i)).unwrap();
-    }
-    store.sync().unwrap();
-    let file = first_segment(&sim);
-    let mut bytes = vec![0u8; 2 << 20];
-    let n = file.read_at(&mut bytes, 0).unwrap();
-    let needle = entry(DAMAGED);
-    let at = bytes[..n]
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("the entry's payload is in the first segment") as u64;
-    file.write_at(&[needle[10] ^ 0x40], at + 10).unwrap();
-    drop(file);
+    let store = with_damage_test_entries(&sim);
+    damage_the_entry(&sim);
     // Cold: nothing marked yet, so the walk to each later entry steps over the damaged one.
-    for o in [N - 1, DAMAGED + 1, 1000, 0, DAMAGED - 1] {
+    for o in [DAMAGE_N - 1, DAMAGED + 1, 1000, 0, DAMAGED - 1] {
         assert_eq!(store.read_at("t", o).unwrap(), Some(entry(o)), "@{o}");
     }
     let err = store.read_at("t", DAMAGED).unwrap_err();
@@ -790,7 +781,7 @@ fn a_damaged_payload_fails_its_own_entry_and_no_other() {
     }
     store.commit("t", DAMAGED + 1).unwrap();
     let rest = drain(&store, "t");
-    assert_eq!(rest.len() as u64, N - DAMAGED - 1);
+    assert_eq!(rest.len() as u64, DAMAGE_N - DAMAGED - 1);
     for (o, e) in rest {
         assert_eq!(e, entry(o), "@{o}");
     }
