@@ -63,6 +63,10 @@ pub(crate) struct Catalog {
     pub(crate) loaded: bool,
     /// Uploaded blocks by first offset.
     pub(crate) blocks: BTreeMap<u64, Arc<TierIndex>>,
+    /// First offsets of the blocks the listing found that no local block was yet compared
+    /// with: an index whose offsets match a local block's is this block's upload only if its
+    /// data does too (another store's objects can name the same offsets).
+    pub(crate) found: std::collections::BTreeSet<u64>,
 }
 
 impl Catalog {
@@ -264,6 +268,7 @@ impl TierState {
             };
             let mut catalog = state.catalog.lock();
             if !catalog.loaded {
+                catalog.found = blocks.keys().copied().collect();
                 catalog.blocks = blocks;
                 catalog.loaded = true;
             }
@@ -438,9 +443,21 @@ impl TierState {
             if end == first {
                 continue;
             }
-            match state.catalog.lock().blocks.get(&first) {
-                Some(i) if i.end_offset() == end => continue,
-                _ => {}
+            let tiered = {
+                let catalog = state.catalog.lock();
+                match catalog.blocks.get(&first) {
+                    Some(i) if i.end_offset() == end => {
+                        Some((Arc::clone(i), catalog.found.contains(&first)))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some((index, found)) = tiered {
+                if found {
+                    self.check_is_upload_of(topic, block, &index)?;
+                    state.catalog.lock().found.remove(&first);
+                }
+                continue;
             }
             if state.catalog.lock().overlaps(first, end) {
                 // Not this block's objects: another store's, under the same directory.
@@ -492,12 +509,8 @@ impl TierState {
     }
 
     /// Stores one block's data and index objects (or checks what an earlier attempt stored).
-    fn upload_block(
-        &self,
-        topic: &str,
-        block: &Block,
-        pass: &mut TierPass,
-    ) -> io::Result<TierIndex> {
+    /// The data of `block`'s frames, as an upload sends it.
+    fn block_data(block: &Block) -> io::Result<Vec<u8>> {
         let (from, to) = (block.data_start(), block.data_end());
         let file = block.file();
         let len = usize::try_from(to - from).map_err(|_| {
@@ -519,6 +532,39 @@ impl TierState {
                 ),
             )
         })?;
+        Ok(data)
+    }
+
+    /// Whether `index`, found in the remote listing with `block`'s offsets, is the upload of
+    /// `block`: the same length and CRC32C of its data. Another store under the same directory
+    /// may have uploaded a block of the same offsets (its own entries): counting that as this
+    /// block's upload would let this block be released without ever being uploaded.
+    fn check_is_upload_of(&self, topic: &str, block: &Block, index: &TierIndex) -> io::Result<()> {
+        let data = Self::block_data(block)?;
+        if data.len() as u64 == index.data_len && crc32c(&data) == index.data_crc {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "the remote tier ({}) holds offsets {}..{} of topic {topic:?} with other bytes than \
+             the local block at byte {} of {}: is its directory {:?} shared with another store?",
+            self.remote().describe(),
+            index.first_offset,
+            index.end_offset(),
+            block.data_start(),
+            block.file().path().display(),
+            self.options.dir
+        )))
+    }
+
+    fn upload_block(
+        &self,
+        topic: &str,
+        block: &Block,
+        pass: &mut TierPass,
+    ) -> io::Result<TierIndex> {
+        let data = Self::block_data(block)?;
+        let from = block.data_start();
+        let file = block.file();
         let mut index = TierIndex::build(
             topic,
             block.segment,

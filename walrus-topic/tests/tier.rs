@@ -786,6 +786,33 @@ fn reopens_consumer_removal_and_a_shared_directory_keep_the_contract() {
     assert_eq!(store.read_at("orders", 3).unwrap(), Some(payload(10)));
 }
 
+/// Another store under the same directory whose blocks have exactly the offsets of this one's
+/// (entries of the same lengths, other bytes) is refused too: an index object with a local
+/// block's offsets counts as that block's upload only if its data is the block's, or the block
+/// would be released without ever being uploaded, and reads would return the other store's
+/// entries.
+#[test]
+fn another_stores_blocks_with_the_same_offsets_are_not_taken_for_uploads() {
+    let tier = MemoryTier::new();
+    let n = 400;
+    {
+        let store = open(&SimStorage::new(40), options(&tier)).unwrap();
+        fill(&store, n);
+        store.tier_pass().unwrap();
+    }
+    let other = |i: u64| payload(i).iter().map(|b| !b).collect::<Vec<u8>>();
+    let sim = SimStorage::new(41);
+    let store = open(&sim, options(&tier)).unwrap();
+    for i in 0..=n {
+        store.append("orders", &other(i)).unwrap();
+    }
+    store.sync().unwrap();
+    let e = store.tier_pass().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("another store"), "{e}");
+    assert_eq!(store.read_at("orders", 0).unwrap(), Some(other(0)));
+}
+
 /// A consumer waiting for a slow remote holds up neither the stats nor the appends of its
 /// topic.
 #[test]
