@@ -276,6 +276,13 @@ impl CursorStore {
         Ok(())
     }
 
+    /// Makes the file durable as it was loaded: a run killed before it synced may have left
+    /// records in the page cache only.
+    pub(crate) fn sync_loaded(&self) -> io::Result<()> {
+        self.sync.mark();
+        self.sync()
+    }
+
     /// Makes every cursor written so far durable.
     pub(crate) fn sync(&self) -> io::Result<()> {
         match &self.file {

@@ -549,7 +549,11 @@ fn a_failed_sync_while_removing_keeps_the_consumer_usable_and_a_failed_deletion_
         "and usable"
     );
     sim.clear_faults();
+    // A new process: a failed sync stays sticky for the storage that saw it, and an open
+    // syncs the cursor file it loaded, so an open in the same one is refused.
     drop(store);
+    assert!(open(&sim, small()).is_err());
+    sim.crash(CrashMode::KeepWritten);
     let store = open(&sim, small()).unwrap();
     sim.inject(
         FaultRule::new(Fault::Eio)
@@ -875,4 +879,42 @@ fn concurrent_syncs_count_each_synced_entry_once() {
     assert_eq!(s.appends, 600);
     assert_eq!(s.entries_synced, 600, "{s:?}");
     assert!(s.syncs >= 1 && s.largest_sync_group <= 600);
+}
+
+/// A segment that a consumer emptied just before a kill -9 is deleted after the reopen only
+/// once the cursor that consumed it is durable: the cursor loaded at the reopen may be in the
+/// page cache only, and a power cut after the deletion would otherwise bring back an older
+/// cursor, with entries it has not consumed in the deleted segment.
+#[test]
+fn a_segment_consumed_before_a_kill_is_deleted_only_once_its_cursor_is_durable() {
+    let sim = SimStorage::new(61);
+    // Deletions at run time wait for `maintain`, which nothing calls before the kill; the
+    // reopen deletes the consumed segment itself.
+    let options = small().with_background_maintenance(true);
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        for i in 0..200 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        assert_eq!(drain_as(&store, "t", "").len(), 200);
+        // kill -9: the cursor is written, not synced (the simulator keeps its page cache).
+        std::mem::forget(store);
+    }
+    let before = segments(&sim);
+    {
+        let cursors = std::path::Path::new("/wal/cursors.wcur");
+        assert!(
+            sim.unsynced_sectors(cursors).unwrap() > 0,
+            "the cursor was synced"
+        );
+        let store = open(&sim, options.clone()).unwrap();
+        assert!(segments(&sim) < before, "no consumed segment was deleted");
+        assert_eq!(sim.unsynced_sectors(cursors).unwrap(), 0);
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(store);
+    }
+    let store = open(&sim, options).unwrap();
+    assert_eq!(store.read_next("t", true).unwrap(), None);
+    assert_eq!(store.end_offset("t"), Some(200));
 }

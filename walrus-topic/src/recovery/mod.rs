@@ -418,11 +418,14 @@ fn recover_in(
     let marks = marks_file.create_if_missing(&*storage, dir, MARKS_FILE)?;
     apply_erases(&erases)?;
     // What was recovered may be only in the page cache (after a process crash): make it
-    // durable, so every recovered entry counts as durable.
+    // durable, so every recovered entry counts as durable, and so every cursor and watermark
+    // decisions rest on (the deletions below, the blocks released) counts as persisted.
     for seg in &kept {
         seg.handle.mark_dirty();
         seg.handle.sync()?;
     }
+    cursors.sync_loaded()?;
+    marks.sync_loaded()?;
     for (id, path) in &deletions {
         storage.remove(path)?;
         report.segments_deleted.push(*id);
