@@ -712,16 +712,55 @@ fn with_damage_test_entries(sim: &SimStorage) -> Store {
 
 /// Flips a payload byte of entry `DAMAGED` in the first segment, durably.
 fn damage_the_entry(sim: &SimStorage) {
+    flip_a_byte_of(sim, &damage_test_entry(DAMAGED));
+}
+
+/// Flips a byte of `payload` (unlike any other entry's) where it is stored in the first
+/// segment, durably.
+fn flip_a_byte_of(sim: &SimStorage, payload: &[u8]) {
     let file = first_segment(sim);
     let mut bytes = vec![0u8; 2 << 20];
     let n = file.read_at(&mut bytes, 0).unwrap();
-    let needle = damage_test_entry(DAMAGED);
     let at = bytes[..n]
-        .windows(needle.len())
-        .position(|w| w == needle)
+        .windows(payload.len())
+        .position(|w| w == payload)
         .expect("the entry's payload is in the first segment") as u64;
-    file.write_at(&[needle[10] ^ 0x40], at + 10).unwrap();
+    file.write_at(&[payload[10] ^ 0x40], at + 10).unwrap();
     file.sync_data().unwrap();
+}
+
+/// Entries a reopen recovered after a power cut are durable (it synced them), and their
+/// watermark on disk rises to them at the open: damage to them later is corruption, refused,
+/// not a torn tail cut off with its offsets handed out again.
+#[test]
+fn a_reopen_raises_the_watermark_to_what_it_recovered() {
+    let entry = |o: u64| {
+        if o == 40 {
+            b"the entry damaged after the reopen".repeat(10)
+        } else {
+            payload(o)
+        }
+    };
+    let sim = SimStorage::new(24);
+    // No watermark is written during the first run.
+    let options = small().with_mark_interval(std::time::Duration::from_secs(3600));
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        for i in 0..50 {
+            store.append("t", &entry(i)).unwrap();
+        }
+        store.sync().unwrap();
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(store);
+    }
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        assert_eq!(store.end_offset("t"), Some(50));
+        // Idle: nothing appended, nothing synced, and a clean close.
+    }
+    flip_a_byte_of(&sim, &entry(40));
+    let e = open(&sim, options).map(|s| s.end_offset("t")).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
 }
 
 /// A span that starts inside its block (recovery skipped a damaged entry before it) keeps its

@@ -235,6 +235,15 @@ impl Store {
                 });
             }
         }
+        if !shared.options.read_only {
+            // Recovery made every entry it kept durable: the watermarks on disk rise to them
+            // now. Left behind (a power cut before the last mark was written, or an idle topic
+            // since), damage to those entries later would pass for a torn tail, be cut, and
+            // their offsets reused.
+            let recovered = topics.values().map(|t| Arc::clone(&t.progress)).collect();
+            shared.queue_marks(recovered, true);
+            shared.marks.sync()?;
+        }
         // An open never calls the remote. Until the first tier pass loads the catalogue, a
         // tiered topic whose blocks left the disk counts as retained from its floor: a consumer
         // created meanwhile starts there and steps over what the tier does not hold.
