@@ -6,7 +6,7 @@ use crate::archived::{
     BlockHeaderV2, body_crc, bytes_of, decode_checked, topic_field, topic_from_field,
 };
 use crate::error::{CorruptReason, FormatError};
-use crate::limits::BLOCK_ALIGN;
+use crate::limits::{BLOCK_ALIGN, MAX_BLOCK_LEN, MAX_OFFSET};
 
 /// Magic bytes opening every block.
 pub const BLOCK_MAGIC: [u8; 4] = *b"WBLK";
@@ -46,8 +46,15 @@ impl BlockHeader {
     /// # Errors
     /// [`FormatError::InvalidTopic`] for an empty or over-long topic name;
     /// [`FormatError::InvalidInput`] when `block_len` is not a positive multiple of
-    /// [`BLOCK_ALIGN`] or cannot hold the header.
+    /// [`BLOCK_ALIGN`] up to [`MAX_BLOCK_LEN`] or cannot hold the header, or an offset or
+    /// chain position is not below [`MAX_OFFSET`].
     pub fn encode(&self) -> Result<[u8; BLOCK_HEADER_LEN], FormatError> {
+        if self.first_offset >= MAX_OFFSET || self.chain_seq >= MAX_OFFSET {
+            return Err(FormatError::InvalidInput(format!(
+                "block at offset {} in chain position {}: the format holds neither at or past {MAX_OFFSET}",
+                self.first_offset, self.chain_seq
+            )));
+        }
         let (topic_len, topic) = topic_field(&self.topic)?;
         if self.prev_end > self.first_offset {
             return Err(FormatError::InvalidInput(format!(
@@ -107,7 +114,10 @@ impl BlockHeader {
         }
         let topic = topic_from_field(h.topic_len, &h.topic).map_err(corrupt)?;
         let (first_offset, prev_end) = (h.first_offset.to_native(), h.prev_end.to_native());
-        if prev_end > first_offset {
+        if prev_end > first_offset
+            || first_offset >= MAX_OFFSET
+            || h.chain_seq.to_native() >= MAX_OFFSET
+        {
             return Err(corrupt(CorruptReason::Sequence));
         }
         Ok(Some(Self {
@@ -129,7 +139,7 @@ impl BlockHeader {
 }
 
 fn block_len_ok(len: u64) -> bool {
-    len >= BLOCK_ALIGN && len.is_multiple_of(BLOCK_ALIGN)
+    (BLOCK_ALIGN..=MAX_BLOCK_LEN).contains(&len) && len.is_multiple_of(BLOCK_ALIGN)
 }
 
 #[cfg(test)]
@@ -186,7 +196,7 @@ mod tests {
             .encode(),
             Err(FormatError::InvalidTopic(_))
         ));
-        for len in [0, 100, 4097] {
+        for len in [0, 100, 4097, MAX_BLOCK_LEN + BLOCK_ALIGN, u64::MAX - 4095] {
             assert!(matches!(
                 BlockHeader {
                     block_len: len,
@@ -196,6 +206,51 @@ mod tests {
                 Err(FormatError::InvalidInput(_))
             ));
         }
+    }
+
+    /// Lengths and positions past what the format holds: refused when encoding, and damage
+    /// when a header with a valid checksum names them (a crafted or foreign header: the walk
+    /// over blocks must not overflow on it).
+    #[test]
+    fn lengths_and_offsets_past_the_limits_are_refused_and_read_as_damage() {
+        for h in [
+            BlockHeader {
+                first_offset: MAX_OFFSET,
+                prev_end: 0,
+                ..sample()
+            },
+            BlockHeader {
+                chain_seq: u64::MAX,
+                ..sample()
+            },
+        ] {
+            assert!(
+                matches!(h.encode(), Err(FormatError::InvalidInput(_))),
+                "{h:?}"
+            );
+        }
+        // The header with the little-endian u64 at byte `at` (block_len 8, chain_seq 24,
+        // first_offset 32) set to `value`, and its CRC (the last four bytes) made valid.
+        let patched = |at: usize, value: u64| {
+            let mut b = sample().encode().unwrap();
+            b[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            let crc = crate::checksum::crc32c(&b[..BLOCK_HEADER_LEN - 4]);
+            b[BLOCK_HEADER_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+            BlockHeader::decode(&b)
+        };
+        assert_eq!(patched(8, 1 << 20), Ok(Some(sample())), "the layout");
+        let corrupt = |reason| Err(FormatError::Corrupt { at: 0, reason });
+        assert_eq!(
+            patched(8, u64::MAX - 4095),
+            corrupt(CorruptReason::BadLength)
+        );
+        assert_eq!(
+            patched(8, MAX_BLOCK_LEN + 4096),
+            corrupt(CorruptReason::BadLength)
+        );
+        assert!(patched(8, MAX_BLOCK_LEN).unwrap().is_some());
+        assert_eq!(patched(24, u64::MAX), corrupt(CorruptReason::Sequence));
+        assert_eq!(patched(32, MAX_OFFSET), corrupt(CorruptReason::Sequence));
     }
 
     #[test]

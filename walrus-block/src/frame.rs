@@ -9,7 +9,7 @@ use rkyv::Archived;
 use crate::archived::{FrameHeaderV1, access, body_crc, bytes_of};
 use crate::checksum::crc32c;
 use crate::error::{CorruptReason, FormatError};
-use crate::limits::{MAX_BATCH_ENTRIES, MAX_ENTRY_LEN};
+use crate::limits::{MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, MAX_OFFSET};
 
 /// Encoded length of a frame header.
 pub const FRAME_HEADER_LEN: usize = std::mem::size_of::<FrameHeaderV1>();
@@ -99,7 +99,8 @@ pub const fn frame_len(payload_len: usize) -> usize {
 /// Encodes the header of a frame for `payload` (checksums included).
 ///
 /// # Errors
-/// [`FormatError::InvalidInput`] when the payload is longer than [`MAX_ENTRY_LEN`].
+/// [`FormatError::InvalidInput`] when the payload is longer than [`MAX_ENTRY_LEN`], or the
+/// offset is not below [`MAX_OFFSET`].
 #[inline]
 pub fn encode_frame_header(
     offset: u64,
@@ -107,19 +108,35 @@ pub fn encode_frame_header(
     payload: &[u8],
 ) -> Result<[u8; FRAME_HEADER_LEN], FormatError> {
     let len = checked_len(payload.len())?;
+    if offset >= MAX_OFFSET {
+        return Err(FormatError::InvalidInput(format!(
+            "offset {offset}: the format holds none at or past {MAX_OFFSET}"
+        )));
+    }
+    Ok(header_bytes(offset, kind, len, crc32c(payload)))
+}
+
+/// The bytes of a frame header (checksum included), unchecked.
+#[inline]
+fn header_bytes(
+    offset: u64,
+    kind: FrameKind,
+    len: u32,
+    payload_crc: u32,
+) -> [u8; FRAME_HEADER_LEN] {
     let mut h = FrameHeaderV1 {
         marker: FRAME_MARKER,
         flags: if kind.first { FLAG_FIRST } else { 0 },
         batch_left: Archived::<u16>::from_native(kind.batch_left),
         len: Archived::<u32>::from_native(len),
         offset: Archived::<u64>::from_native(offset),
-        payload_crc: Archived::<u32>::from_native(crc32c(payload)),
+        payload_crc: Archived::<u32>::from_native(payload_crc),
         header_crc: Archived::<u32>::from_native(0),
     };
     h.header_crc = Archived::<u32>::from_native(body_crc(&h));
     let mut out = [0u8; FRAME_HEADER_LEN];
     out.copy_from_slice(bytes_of(&h));
-    Ok(out)
+    out
 }
 
 /// Appends a whole frame (header and payload) to `out`.
@@ -378,6 +395,9 @@ fn decode_header(raw: &[u8]) -> Result<Option<FrameHeader>, CorruptReason> {
     if usize::from(batch_left) >= MAX_BATCH_ENTRIES || len as usize > MAX_ENTRY_LEN {
         return Err(CorruptReason::BadLength);
     }
+    if h.offset.to_native() >= MAX_OFFSET {
+        return Err(CorruptReason::Sequence);
+    }
     Ok(Some(FrameHeader {
         offset: h.offset.to_native(),
         kind: FrameKind {
@@ -492,6 +512,23 @@ mod tests {
     #[test]
     fn header_is_24_bytes() {
         assert_eq!(FRAME_HEADER_LEN, 24);
+    }
+
+    /// An offset past what the format holds is refused when encoding, and is damage when a
+    /// frame with valid checksums names it (recovery computes one past each offset).
+    #[test]
+    fn offsets_past_the_limit_are_refused_and_read_as_damage() {
+        assert!(matches!(
+            encode_frame_header(MAX_OFFSET, FrameKind::single(), b"x"),
+            Err(FormatError::InvalidInput(_))
+        ));
+        let raw = header_bytes(u64::MAX, FrameKind::single(), 1, crc32c(b"x"));
+        assert_eq!(FrameHeader::decode(&raw), Err(CorruptReason::Sequence));
+        let raw = header_bytes(MAX_OFFSET - 1, FrameKind::single(), 1, crc32c(b"x"));
+        assert_eq!(
+            FrameHeader::decode(&raw).unwrap().unwrap().offset,
+            MAX_OFFSET - 1
+        );
     }
 
     #[test]

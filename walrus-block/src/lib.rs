@@ -74,8 +74,8 @@ pub use journal::{
 };
 pub use limits::{
     BLOCK_ALIGN, DEFAULT_BLOCK_LEN, DEFAULT_SEGMENT_LEN, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES,
-    MAX_CONSUMER_NAME_LEN, MAX_ENTRY_LEN, MAX_TOPIC_NAME_LEN, validate_consumer_name,
-    validate_topic_name,
+    MAX_BLOCK_LEN, MAX_CONSUMER_NAME_LEN, MAX_ENTRY_LEN, MAX_OFFSET, MAX_TOPIC_NAME_LEN,
+    validate_consumer_name, validate_topic_name,
 };
 pub use segment::{
     CHECKSUM_CRC32C, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,

@@ -22,6 +22,14 @@ pub const MAX_BATCH_BYTES: u64 = 10 * (1 << 30);
 /// see whole pages, and so that a torn sector never straddles two blocks.
 pub const BLOCK_ALIGN: u64 = 4096;
 
+/// Longest block, and segment, the format describes: 1 TiB. A header naming a longer block is
+/// damage: positions past it could not be file offsets.
+pub const MAX_BLOCK_LEN: u64 = 1 << 40;
+
+/// Offsets stay below this (2^62 entries, centuries of appends at millions a second). A frame or
+/// block naming an offset at or past it is damage: one past the last entry must stay an offset.
+pub const MAX_OFFSET: u64 = 1 << 62;
+
 /// Default length of a block: 1 MiB. A block may be longer to hold one big entry.
 pub const DEFAULT_BLOCK_LEN: u64 = 1 << 20;
 
@@ -85,5 +93,8 @@ mod tests {
         assert!(u16::try_from(MAX_BATCH_ENTRIES - 1).is_ok());
         assert_eq!(DEFAULT_BLOCK_LEN % BLOCK_ALIGN, 0);
         assert_eq!(DEFAULT_SEGMENT_LEN % BLOCK_ALIGN, 0);
+        assert_eq!(MAX_BLOCK_LEN % BLOCK_ALIGN, 0);
+        assert!(MAX_BLOCK_LEN > MAX_ENTRY_LEN as u64 + 2 * BLOCK_ALIGN);
+        assert!(i64::try_from(MAX_BLOCK_LEN * 2).is_ok());
     }
 }

@@ -408,6 +408,16 @@ impl StoreOptions {
                 self.block_len
             ));
         }
+        if self.block_len > walrus_block::MAX_BLOCK_LEN
+            || self.segment_len > walrus_block::MAX_BLOCK_LEN
+        {
+            return bad(format!(
+                "block length {} or segment length {} is past the format's limit of {} bytes",
+                self.block_len,
+                self.segment_len,
+                walrus_block::MAX_BLOCK_LEN
+            ));
+        }
         for (topic, r) in std::iter::once(("(default)", &self.retention))
             .chain(self.topic_retention.iter().map(|(t, r)| (t.as_str(), r)))
         {

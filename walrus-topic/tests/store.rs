@@ -107,6 +107,15 @@ fn bad_input_is_refused_and_changes_nothing() {
         segments(&sim).is_empty(),
         "no segment file for refused input"
     );
+    drop(store);
+    // Geometry past what the format describes.
+    for options in [
+        small().with_segment_len(walrus_block::MAX_BLOCK_LEN + 4096),
+        small().with_block_len(walrus_block::MAX_BLOCK_LEN + 4096),
+    ] {
+        let e = open(&sim, options).map(|_| ()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+    }
 }
 
 #[test]
