@@ -261,7 +261,8 @@ impl CursorStore {
         let Some(file) = &self.file else {
             return Err(crate::error::read_only_error());
         };
-        file.write_at(&slot, CursorRecord::slot_position(pair, generation))?;
+        let position = CursorRecord::slot_position(pair, generation);
+        file.write_at(&slot, position)?;
         self.sync.mark();
         {
             let mut guard = self.pairs.lock();
@@ -270,8 +271,16 @@ impl CursorStore {
                 *g = (*g).max(generation);
             }
         }
-        if sync {
-            self.sync()?;
+        if sync && let Err(e) = self.sync() {
+            // The caller reports the write failed and keeps its cursor where it was, but the
+            // record is in the page cache, where the next process would load it (a read that
+            // failed would then have consumed its entries). Zeros in its slot leave the pair's
+            // other slot, the record before, to win.
+            if let Err(undo) = file.write_at(&[0u8; CURSOR_SLOT_LEN as usize], position) {
+                tracing::warn!(file = %file.path().display(), position, error = %undo,
+                    "could not undo a cursor record whose sync failed");
+            }
+            return Err(e);
         }
         Ok(())
     }

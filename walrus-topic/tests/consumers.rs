@@ -918,3 +918,35 @@ fn a_segment_consumed_before_a_kill_is_deleted_only_once_its_cursor_is_durable()
     assert_eq!(store.read_next("t", true).unwrap(), None);
     assert_eq!(store.end_offset("t"), Some(200));
 }
+
+/// A consuming read whose cursor sync fails hands out nothing, and the next process finds the
+/// cursor where it was: the record written before the failed sync, which a restarted process
+/// would load from the page cache, is undone.
+#[test]
+fn a_read_whose_cursor_sync_failed_consumed_nothing_after_a_restart() {
+    let sim = SimStorage::new(62);
+    let options = small().with_sync_cursor_writes(true);
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        for i in 0..3 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 0);
+        sim.inject(
+            FaultRule::new(Fault::Eio)
+                .op(OpKind::Sync)
+                .path(format!("{DIR}/cursors.wcur")),
+        );
+        assert!(
+            store.read_next("t", true).is_err(),
+            "offset 1 not handed out"
+        );
+        // kill -9: what was written survives, the process's state does not.
+        sim.crash(CrashMode::KeepWritten);
+        std::mem::forget(store);
+    }
+    sim.clear_faults();
+    let store = open(&sim, options).unwrap();
+    assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 1);
+}
