@@ -34,7 +34,7 @@ use walrus_io::Storage;
 use self::rebuild::{TopicPlan, rebuild_topic};
 pub use self::report::{Action, Problem, RecoveryIssue, RecoveryReport};
 use self::segments::{
-    Found, FoundSegment, HeaderState, apply_erases, clear_stale_tail, find_segment,
+    Found, FoundSegment, HeaderState, apply_erases, clear_gaps, clear_stale_tail, find_segment,
 };
 use self::walk::FoundBlock;
 use crate::chain::SegmentHandle;
@@ -317,18 +317,31 @@ fn recover_in(
 
     // A synced segment always has its header (written first): an orphan held only unsynced
     // data, unless damage to synced data was found somewhere, when it is kept for inspection.
+    let mut dropped_orphans = 0;
     for (id, path) in orphans {
         if damaged_durable {
             report.issues.push(RecoveryIssue::unreadable(path));
         } else {
             deletions.push((id, path));
+            dropped_orphans += 1;
         }
     }
 
     // Allocation resumes after the last block of each lane's last segment. A power cut can
     // have kept sectors of blocks whose headers it lost: stale bytes a new block must not
     // inherit. Zero them — unless some synced data was found damaged, when bytes recovery
-    // cannot attribute may be the rest of it: then the segment is closed instead.
+    // cannot attribute may be the rest of it: then the segment is closed instead. The same
+    // for such blocks between two found ones, and after the last one of a segment that is not
+    // a lane's last (no block is allocated there again, but the bytes would stay
+    // unattributed for every later open, which `AbsoluteConsistency` then refuses).
+    if !damaged_durable {
+        for seg in &segments {
+            clear_gaps(seg, &mut erases)?;
+            if lane_tails.get(&lane_of(seg.id)) != Some(&seg.id) {
+                clear_stale_tail(seg, options.block_len, &mut erases)?;
+            }
+        }
+    }
     let mut sealed_tails = Vec::new();
     for seg in segments
         .iter()
@@ -397,6 +410,36 @@ fn recover_in(
 
     for (lane, next) in next_ids {
         lanes.entry(lane).or_default().next_segment = Some(next);
+    }
+
+    // `AbsoluteConsistency` opens only a directory with nothing to drop: no problem reported
+    // (a damaged block header the walk stepped over, damaged entries among the consumed ones),
+    // no bytes past the last block to zero, no segment of unsynced data to delete.
+    let stale = erases
+        .iter()
+        .filter(|e| matches!(e, Erase::Zero { .. }))
+        .count();
+    if mode == RecoveryMode::AbsoluteConsistency
+        && (!report.issues.is_empty() || stale > 0 || dropped_orphans > 0)
+    {
+        let first = report.issues.first().map_or_else(String::new, |i| {
+            format!(
+                "; the first: {} at byte {} of {}",
+                i.problem,
+                i.position,
+                i.file.display()
+            )
+        });
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: {} problem(s) found, {stale} stale page(s) past the last block, \
+                 {dropped_orphans} segment(s) of unsynced data{first}; refused by \
+                 AbsoluteConsistency (the other modes open it); nothing was changed on disk",
+                dir.display(),
+                report.issues.len()
+            ),
+        ));
     }
 
     // --- Apply ---------------------------------------------------------------------------

@@ -35,6 +35,8 @@ pub(super) struct FoundSegment {
     pub(super) segment_len: u64,
     pub(super) blocks: Vec<FoundBlock>,
     pub(super) next_start: u64,
+    /// Ranges stepped over from a zero header (see [`Walked::gaps`](super::walk::Walked)).
+    pub(super) gaps: Vec<(u64, u64)>,
     pub(super) header: HeaderState,
 }
 
@@ -131,6 +133,7 @@ pub(super) fn find_segment(
         segment_len: walked.segment_len,
         blocks: walked.blocks,
         next_start: walked.next_start,
+        gaps: walked.gaps,
         header,
     }))
 }
@@ -144,13 +147,33 @@ pub(super) fn clear_stale_tail(
     block_len: u64,
     erases: &mut Vec<Erase>,
 ) -> io::Result<()> {
-    const CHUNK: u64 = 1 << 20;
     let window_end = seg.segment_len.min(
         seg.next_start
             .saturating_add((16 * block_len).max(16 << 20)),
     );
+    clear_stale(seg, seg.next_start, window_end, erases)
+}
+
+/// Queues zeroing of every non-zero page of the ranges the walk of `seg` stepped over from a
+/// zero header (see [`Walked::gaps`](super::walk::Walked)): what a block whose header never
+/// reached the disk left there would otherwise stay, unattributed, for every later open.
+pub(super) fn clear_gaps(seg: &FoundSegment, erases: &mut Vec<Erase>) -> io::Result<()> {
+    for &(from, to) in &seg.gaps {
+        clear_stale(seg, from, to, erases)?;
+    }
+    Ok(())
+}
+
+/// Queues zeroing of every non-zero page of `seg` in `[from, window_end)`.
+fn clear_stale(
+    seg: &FoundSegment,
+    from: u64,
+    window_end: u64,
+    erases: &mut Vec<Erase>,
+) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
     let mut buf = vec![0u8; CHUNK as usize];
-    let mut pos = seg.next_start;
+    let mut pos = from;
     // Holes (preallocated, never written) are skipped without reading them.
     while let Some(data) = seg.handle.file.next_data(pos)? {
         pos = pos.max(data.start - data.start % BLOCK_ALIGN);

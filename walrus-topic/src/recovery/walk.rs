@@ -29,6 +29,10 @@ pub(super) struct Walked {
     /// on a damaged header (never allocate over damage).
     pub(super) next_start: u64,
     pub(super) segment_len: u64,
+    /// Ranges the walk stepped over from a zero header to the next valid one: space of a block
+    /// handed out whose header never reached the disk (it is written with the block's first
+    /// frames, so its data was never synced either), which may hold some of its sectors.
+    pub(super) gaps: Vec<(u64, u64)>,
 }
 
 /// Reads `buf.len()` bytes at `pos`; whatever lies past the end of the file reads as zeros.
@@ -58,6 +62,7 @@ pub(super) fn walk_blocks(
     report: &mut RecoveryReport,
 ) -> io::Result<Walked> {
     let mut blocks = Vec::new();
+    let mut gaps = Vec::new();
     let mut pos = SEGMENT_DATA_OFFSET;
     let mut raw = [0u8; BLOCK_HEADER_LEN];
     let mut segment_len = segment_len;
@@ -83,7 +88,12 @@ pub(super) fn walk_blocks(
             });
         }
         match next_header(file, segment, pos + BLOCK_ALIGN, segment_len)? {
-            Some(next) => pos = next,
+            Some(next) => {
+                if !damaged {
+                    gaps.push((pos, next));
+                }
+                pos = next;
+            }
             None => {
                 // Nothing valid after it. A zero header is the end of the blocks handed out;
                 // a damaged one may hide a block: never allocate over it.
@@ -92,6 +102,7 @@ pub(super) fn walk_blocks(
                     blocks,
                     next_start,
                     segment_len,
+                    gaps,
                 });
             }
         }
@@ -100,6 +111,7 @@ pub(super) fn walk_blocks(
         blocks,
         next_start: pos.min(segment_len),
         segment_len,
+        gaps,
     })
 }
 
