@@ -815,6 +815,51 @@ fn absolute_consistency_refuses_stale_bytes_and_damage_the_other_modes_drop() {
     assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 5);
 }
 
+/// A lane's last segment whose only block has a damaged header looks like an unused spare; when
+/// synced entries are missing (they are in that block), the modes that open anyway keep the
+/// file for inspection rather than delete it with them.
+#[test]
+fn a_segment_whose_only_block_header_is_damaged_is_kept_when_synced_entries_are_missing() {
+    let sim = SimStorage::new(27);
+    // Blocks of 4, 8, 16, 16 and 16 KiB fill the first segment; the next goes to the second.
+    let options = small().with_block_len(16 << 10).with_lanes(1);
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        for i in 0..120 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let mut names = segments(&sim);
+    names.sort();
+    let last = names
+        .iter()
+        .rev()
+        .find(|n| {
+            let mut head = [0u8; 4];
+            let f = sim.open(&Path::new(DIR).join(n)).unwrap();
+            f.read_exact_at(&mut head, 4096).is_ok() && head != [0; 4]
+        })
+        .expect("a segment holding a block")
+        .clone();
+    assert_ne!(last, names[0], "the entries reach a second segment");
+    let file = sim.open(&Path::new(DIR).join(&last)).unwrap();
+    file.write_at(&[0xFF], 4096 + 20).unwrap();
+    file.sync_data().unwrap();
+    drop(file);
+    let store = open(&sim, options.with_recovery(RecoveryMode::PointInTime)).unwrap();
+    assert!(segments(&sim).contains(&last), "{last} was deleted");
+    assert!(
+        store
+            .recovery_report()
+            .issues
+            .iter()
+            .any(|i| i.file.ends_with(&last)),
+        "{:?}",
+        store.recovery_report()
+    );
+}
+
 /// A span that starts inside its block (recovery skipped a damaged entry before it) keeps its
 /// marks relative to its own first frame: every entry on both sides is found, cold and warm.
 #[test]

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use walrus_alloc::{RestoredBlock, SegmentTail};
-use walrus_block::{BLOCK_ALIGN, BlockHeader, SegmentHeader};
+use walrus_block::{BLOCK_ALIGN, BlockHeader, SEGMENT_DATA_OFFSET, SegmentHeader};
 use walrus_io::Storage;
 
 use self::rebuild::{TopicPlan, rebuild_topic};
@@ -36,7 +36,7 @@ pub use self::report::{Action, Problem, RecoveryIssue, RecoveryReport};
 use self::segments::{
     Found, FoundSegment, HeaderState, apply_erases, clear_gaps, clear_stale_tail, find_segment,
 };
-use self::walk::FoundBlock;
+use self::walk::{FoundBlock, has_data};
 use crate::chain::SegmentHandle;
 use crate::cursors::{CURSOR_FILE, CursorFile, CursorStore, MARKS_FILE, RecordKey};
 use crate::layout::{FileKind, classify, lane_of};
@@ -182,6 +182,9 @@ fn recover_in(
         by_lane.entry(lane_of(seg.id)).or_default().push(seg);
     }
     let mut segments = Vec::new();
+    // Deleted below, once it is known whether synced data was found damaged: a spare with
+    // data past its header may then hold the rest of it (a block whose header was damaged).
+    let mut spares = Vec::new();
     for (_, mut lane) in by_lane {
         while lane.len() > 1
             && lane
@@ -189,7 +192,7 @@ fn recover_in(
                 .is_some_and(|s| s.blocks.is_empty() && s.header == HeaderState::Valid)
         {
             if let Some(spare) = lane.pop() {
-                deletions.push((spare.id, spare.path));
+                spares.push(spare);
             }
         }
         segments.extend(lane);
@@ -317,6 +320,13 @@ fn recover_in(
 
     // A synced segment always has its header (written first): an orphan held only unsynced
     // data, unless damage to synced data was found somewhere, when it is kept for inspection.
+    for spare in spares {
+        if damaged_durable && has_data(&*spare.handle.file, SEGMENT_DATA_OFFSET)? {
+            report.issues.push(RecoveryIssue::unreadable(spare.path));
+        } else {
+            deletions.push((spare.id, spare.path));
+        }
+    }
     let mut dropped_orphans = 0;
     for (id, path) in orphans {
         if damaged_durable {
