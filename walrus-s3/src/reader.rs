@@ -52,6 +52,17 @@ impl Index {
         let mut last = self.batches.last().map(|(l, h)| (l.sequence, h.epoch));
         let base = self.batches.len();
         for (i, (l, h)) in listed.iter().zip(&headers).enumerate() {
+            if l.sequence == u64::MAX || h.epoch == u64::MAX {
+                // Never written (sequences count from 0, epochs from 1): one past them would
+                // overflow.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "batch object {}: sequence {} or epoch {} past what a writer numbers",
+                        l.path, l.sequence, h.epoch
+                    ),
+                ));
+            }
             if let Some((seq, epoch)) = last {
                 if l.sequence != seq + 1 {
                     return Err(io::Error::new(

@@ -49,9 +49,41 @@ pub(crate) struct Head {
 #[derive(Debug, Clone)]
 pub(crate) struct Remote {
     store: Arc<dyn ObjectStore>,
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Arc<BlockingRuntime>,
     prefix: String,
     timeout: Duration,
+}
+
+/// The runtime a blocking API runs its futures on. Its callers block: called from inside an
+/// async runtime, [`block_on`](Self::block_on) refuses with an error where Tokio would panic,
+/// and dropping it there shuts it down in the background where a plain drop would panic.
+#[derive(Debug)]
+struct BlockingRuntime(Option<tokio::runtime::Runtime>);
+
+impl BlockingRuntime {
+    fn block_on<T>(&self, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "walrus-s3 blocks: called from inside an async runtime, it would stall it \
+                 (call it from tokio::task::spawn_blocking or a thread of its own)",
+            ));
+        }
+        match &self.0 {
+            Some(rt) => rt.block_on(fut),
+            None => Err(io::Error::other("the S3 runtime was shut down")),
+        }
+    }
+}
+
+impl Drop for BlockingRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            rt.shutdown_background();
+        }
+    }
 }
 
 fn store_error(op: &str, what: &str, e: object_store::Error) -> io::Error {
@@ -81,7 +113,7 @@ impl Remote {
             .build()?;
         Ok(Self {
             store,
-            runtime: Arc::new(runtime),
+            runtime: Arc::new(BlockingRuntime(Some(runtime))),
             prefix: prefix.trim_matches('/').to_owned(),
             timeout,
         })

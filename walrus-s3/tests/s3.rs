@@ -622,3 +622,22 @@ fn a_reader_follows_a_live_writer_with_refresh() {
     }
     wal.close().unwrap();
 }
+
+/// The API blocks; called from inside an async runtime it refuses with `Unsupported` (where
+/// Tokio's `block_on` would panic), and what it built is dropped there without a panic.
+#[test]
+fn called_from_inside_an_async_runtime_it_refuses_rather_than_panics() {
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let e = S3Reader::open(Arc::clone(&store), "inside").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+        let e = S3Wal::open(Arc::clone(&store), "inside", fast()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+    });
+    // Outside it, the same calls work.
+    let wal = S3Wal::open(Arc::clone(&store), "outside", fast()).unwrap();
+    wal.append("t", b"x").unwrap().wait_timeout(WAIT).unwrap();
+}
