@@ -385,10 +385,17 @@ impl TierState {
                 })
                 .collect()
         });
-        let mut blocks = BTreeMap::new();
+        let mut blocks: BTreeMap<u64, Arc<TierIndex>> = BTreeMap::new();
         for index in fetched {
             let index = index?;
-            blocks.insert(index.first_offset, Arc::new(index));
+            // Two uploads of one block (see `reupload`, interrupted before it deleted the
+            // shorter): the longer holds all the other does.
+            if blocks
+                .get(&index.first_offset)
+                .is_none_or(|held| held.end_offset() < index.end_offset())
+            {
+                blocks.insert(index.first_offset, Arc::new(index));
+            }
         }
         Ok(blocks)
     }
@@ -459,6 +466,18 @@ impl TierState {
                 }
                 continue;
             }
+            let shorter = state
+                .catalog
+                .lock()
+                .blocks
+                .get(&first)
+                .filter(|i| i.end_offset() < end)
+                .cloned();
+            if let Some(old) = shorter
+                && self.reupload(topic, block, &old, pass)?
+            {
+                continue;
+            }
             if state.catalog.lock().overlaps(first, end) {
                 // Not this block's objects: another store's, under the same directory.
                 return Err(invalid(format!(
@@ -509,6 +528,44 @@ impl TierState {
     }
 
     /// Stores one block's data and index objects (or checks what an earlier attempt stored).
+    /// Uploads `block` again if `old`, a tiered block with its first offset and fewer entries,
+    /// is an earlier upload of it: the block was sealed in memory when the entry after it went
+    /// to a new block, uploaded, and then a power cut took that new block, so the reopen made
+    /// this one the live block again and it grew. (Without this, the tiered block would overlap
+    /// every later upload of it, and the topic's tiering would stop.) The longer upload
+    /// replaces the shorter in the catalogue, then the shorter's objects are deleted. Whether
+    /// `old` was such an upload: its data is a prefix of the block's.
+    fn reupload(
+        &self,
+        topic: &Arc<str>,
+        block: &Block,
+        old: &TierIndex,
+        pass: &mut TierPass,
+    ) -> io::Result<bool> {
+        let data = Self::block_data(block)?;
+        let prefix = usize::try_from(old.data_len)
+            .ok()
+            .and_then(|len| data.get(..len));
+        if prefix.is_none_or(|p| crc32c(p) != old.data_crc) {
+            return Ok(false);
+        }
+        let index = self.upload_block(topic, block, pass)?;
+        {
+            let state = self.topic(topic);
+            let mut catalog = state.catalog.lock();
+            catalog.blocks.insert(block.first_offset, Arc::new(index));
+            catalog.found.remove(&block.first_offset);
+        }
+        // A reader may still hold the shorter index for a moment: its next read finds the
+        // longer. A failure here leaves the shorter objects, which a later load passes over.
+        let (data_key, index_key) = old.object_names(&self.options.dir);
+        self.remote().delete(&index_key)?;
+        self.remote().delete(&data_key)?;
+        tracing::info!(topic = %topic, first = block.first_offset, from = old.end_offset(),
+            to = block.end_offset(), "tiered a block again after it grew");
+        Ok(true)
+    }
+
     /// The data of `block`'s frames, as an upload sends it.
     fn block_data(block: &Block) -> io::Result<Vec<u8>> {
         let (from, to) = (block.data_start(), block.data_end());

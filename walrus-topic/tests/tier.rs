@@ -813,6 +813,45 @@ fn another_stores_blocks_with_the_same_offsets_are_not_taken_for_uploads() {
     assert_eq!(store.read_at("orders", 0).unwrap(), Some(other(0)));
 }
 
+/// A block sealed in memory (the entry after it went to a new block), uploaded, then made the
+/// live block again by a reopen after a power cut took that new block, grows: it is tiered
+/// again, whole, replacing the shorter upload, and tiering goes on.
+#[test]
+fn a_block_tiered_and_then_reopened_as_the_live_block_is_tiered_again_when_it_grew() {
+    let sim = SimStorage::new(42);
+    let tier = MemoryTier::new();
+    let n = 40;
+    {
+        let store = open(&sim, options(&tier)).unwrap();
+        fill(&store, n);
+        // Too large for what is left of the live block: it goes to a new one, never synced.
+        store.append("orders", &vec![7u8; 7600]).unwrap();
+        assert_eq!(
+            store.tier_pass().unwrap().uploaded,
+            3,
+            "the live block, sealed, too"
+        );
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(store);
+    }
+    let store = open(&sim, options(&tier)).unwrap();
+    assert_eq!(store.end_offset("orders"), Some(n));
+    for i in n..n + 150 {
+        store.append("orders", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+    store.tier_pass().unwrap();
+    store.tier_pass().unwrap();
+    let tiered = tiered_entries(&tier, "tier-dir/orders");
+    assert!(tiered.len() as u64 > n, "{} entries tiered", tiered.len());
+    for (o, data) in &tiered {
+        assert_eq!(data, &payload(*o), "tiered @{o}");
+    }
+    // Nothing tiered twice (`tiered_entries` refuses an offset twice), and no gap.
+    let offsets: Vec<u64> = tiered.keys().copied().collect();
+    assert_eq!(offsets, (0..tiered.len() as u64).collect::<Vec<_>>());
+}
+
 /// A consumer waiting for a slow remote holds up neither the stats nor the appends of its
 /// topic.
 #[test]
