@@ -737,3 +737,36 @@ fn the_facade_names_every_type_its_api_returns() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<walrus::DurableTicket>();
 }
+
+/// Keyed instances live in directories under the root a key-less instance uses: each opens and
+/// reopens beside the others, in either order.
+#[test]
+fn keyed_and_key_less_instances_share_a_root() {
+    let root = tempfile::tempdir().unwrap();
+    let open = |key: Option<&str>| {
+        let b = Walrus::builder().data_dir(root.path()).quiet(true);
+        match key {
+            Some(k) => b.key(k),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    };
+    open(Some("first")).append_for_topic("t", b"keyed").unwrap();
+    open(None).append_for_topic("t", b"root").unwrap();
+    open(Some("second"))
+        .append_for_topic("t", b"another")
+        .unwrap();
+    for (key, data) in [
+        (None, &b"root"[..]),
+        (Some("first"), b"keyed"),
+        (Some("second"), b"another"),
+    ] {
+        let wal = open(key);
+        assert_eq!(
+            wal.read_next("t", false).unwrap().unwrap().data,
+            data,
+            "{key:?}"
+        );
+    }
+}

@@ -54,10 +54,16 @@ impl Store {
         storage: Arc<dyn Storage>,
         options: StoreOptions,
     ) -> io::Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
+        let real_fs = storage.kind() != BackendKind::Sim;
+        // Absolute once, here: every file is named from it for the life of the instance, and a
+        // relative one would follow the process's working directory when it changes.
+        let dir = if real_fs {
+            std::path::absolute(dir.as_ref())?
+        } else {
+            dir.as_ref().to_path_buf()
+        };
         let _span = tracing::info_span!("walrus.open", dir = %dir.display()).entered();
         options.validate()?;
-        let real_fs = storage.kind() != BackendKind::Sim;
         let existed = if real_fs { check_dir(&dir)? } else { true };
         storage.create_dir_all(&dir).map_err(|e| {
             io::Error::new(
@@ -65,6 +71,11 @@ impl Store {
                 format!("cannot create data directory {}: {e}", dir.display()),
             )
         })?;
+        if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The new directory's name is durable only once its parent is synced: a power cut
+            // could otherwise take it, and every segment synced in it, away.
+            storage.sync_dir(parent)?;
+        }
         let lock = if real_fs {
             DirLock::acquire(&dir)?
         } else {
@@ -609,7 +620,8 @@ impl Drop for Store {
 }
 
 /// Checks a data directory before anything is created in it: it must be a directory (if it
-/// exists) holding only regular files. Returns whether it existed.
+/// exists) holding only regular files and directories (the namespaces of keyed instances
+/// under a root that a key-less instance also uses). Returns whether it existed.
 fn check_dir(dir: &Path) -> io::Result<bool> {
     let meta = match std::fs::symlink_metadata(dir) {
         Ok(m) => m,
@@ -630,12 +642,15 @@ fn check_dir(dir: &Path) -> io::Result<bool> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let kind = entry.file_type()?;
-        if !kind.is_file() {
+        // A directory named like a file Walrus writes is not a namespace: something is wrong.
+        let namespace = kind.is_dir() && crate::layout::classify(&entry.path()).is_err();
+        if !kind.is_file() && !namespace {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{}: not a regular file (a directory or symlink); a Walrus data directory \
-                     holds only the files Walrus writes",
+                    "{}: not a regular file (a symlink, device, socket, or a directory named \
+                     like a Walrus file); a Walrus data directory holds only the files Walrus \
+                     writes and the directories of keyed instances",
                     entry.path().display()
                 ),
             ));
