@@ -336,8 +336,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
+    /// The committed id saved, but never past the last entry the log holds: it is saved
+    /// without a sync, and a power cut can keep it while taking the entries it names (a node
+    /// restarted with a committed id past its log could not re-apply to it, and never start).
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self.shared.meta.lock().await.committed)
+        let committed = self.shared.meta.lock().await.committed;
+        let last = self.shared.index.lock().last_log_id();
+        Ok(match (committed, last) {
+            (Some(c), Some(l)) if c.index > l.index => Some(l),
+            (Some(_), None) => None,
+            (c, _) => c,
+        })
     }
 
     async fn append<I>(

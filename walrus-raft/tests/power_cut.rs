@@ -92,3 +92,28 @@ async fn acknowledged_entries_survive_power_cuts() {
         );
     }
 }
+
+/// The committed id is saved without a sync, so a power cut can keep it while taking entries it
+/// names: read back, it never passes the last entry the log holds (a node restarted with a
+/// committed id past its log could not re-apply to it, and would never start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_id_past_the_log_reads_back_as_the_last_entry() {
+    let sim = SimStorage::new(99);
+    {
+        let mut log = open(&sim).unwrap();
+        log.blocking_append((1..=10).map(|i| entry(1, i)))
+            .await
+            .unwrap();
+        // What a power cut can leave: the committed record of entries the log lost.
+        log.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 15)))
+            .await
+            .unwrap();
+        // A synced meta write, which carries the committed id with it.
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+    }
+    let mut log = open(&sim).unwrap();
+    let committed = log.read_committed().await.unwrap().unwrap();
+    assert_eq!(committed.index, 10);
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(committed));
+}
