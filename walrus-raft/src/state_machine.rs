@@ -325,6 +325,24 @@ impl StateMachine {
         Ok(applied)
     }
 
+    /// Makes `stored` the current snapshot, on disk first, unless the current one is newer.
+    /// Serialised by the `current` lock: openraft builds snapshots on a task of its own, so a
+    /// build and an install can finish together, and both write the same temporary file; and a
+    /// build that started before an install must not replace the installed (newer) snapshot,
+    /// whose log prefix may be purged already.
+    fn set_current(&self, stored: Stored) -> io::Result<()> {
+        let mut current = self.shared.current.lock();
+        if current
+            .as_ref()
+            .is_some_and(|c| c.meta.last_log_id > stored.meta.last_log_id)
+        {
+            return Ok(());
+        }
+        self.persist_snapshot(&stored)?;
+        *current = Some(stored);
+        Ok(())
+    }
+
     fn persist_snapshot(&self, stored: &Stored) -> io::Result<()> {
         let path = &self.shared.snapshot_path;
         let tmp = path.with_extension("tmp");
@@ -390,9 +408,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             body,
         };
         drop(st);
-        self.persist_snapshot(&stored)
+        self.set_current(stored.clone())
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        *self.shared.current.lock() = Some(stored.clone());
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.body)),
@@ -484,9 +501,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             body,
         };
-        self.persist_snapshot(&stored)
+        self.set_current(stored)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        *self.shared.current.lock() = Some(stored);
         Ok(())
     }
 
@@ -497,5 +513,56 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.body)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::log_store::open_instance;
+
+    fn stored(index: u64) -> Stored {
+        Stored {
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: format!("at-{index}"),
+            },
+            body: vec![index as u8; 64 << 10],
+        }
+    }
+
+    /// Snapshots made current at once (a build on openraft's task and an install) never mix
+    /// their files, and the newest stays current, on disk as in memory, whatever order they
+    /// finish in.
+    #[test]
+    fn concurrent_snapshots_leave_the_newest_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(
+            Arc::new(open_instance(&dir.path().join("data")).unwrap()),
+            Arc::new(open_instance(&dir.path().join("log")).unwrap()),
+            dir.path().join("snapshot"),
+        )
+        .unwrap();
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let sm = &sm;
+                s.spawn(move || {
+                    for i in 0..40u64 {
+                        // Interleaved indexes, and each thread also goes backwards.
+                        let index = if i % 3 == 0 { 100 - i } else { 2 * i + t };
+                        sm.set_current(stored(index)).unwrap();
+                    }
+                });
+            }
+        });
+        let on_disk = decode_stored(&std::fs::read(dir.path().join("snapshot")).unwrap()).unwrap();
+        let newest = Some(LogId::new(CommittedLeaderId::new(1, 1), 100));
+        assert_eq!(on_disk.meta.last_log_id, newest);
+        assert_eq!(on_disk.body, stored(100).body);
+        let current = sm.shared.current.lock();
+        assert_eq!(current.as_ref().unwrap().meta.last_log_id, newest);
     }
 }
