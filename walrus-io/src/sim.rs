@@ -64,7 +64,9 @@ pub enum CrashMode {
     /// (the disk wrote back some dirty pages, in no particular order).
     RandomSectors,
     /// Process crash (`kill -9`): everything written survives, including files whose creation
-    /// or removal was never made durable, because the kernel still has it.
+    /// or removal was never made durable, because the kernel still has it — in its page cache:
+    /// nothing more is durable than before, and a later power cut still takes what was never
+    /// synced.
     KeepWritten,
 }
 
@@ -780,11 +782,12 @@ impl SimState {
         self.generation += 1;
         self.stats.crashes += 1;
         self.poison.clear();
-        let namespace = if mode == CrashMode::KeepWritten {
-            self.live.clone()
-        } else {
-            self.durable.clone()
-        };
+        if mode == CrashMode::KeepWritten {
+            // The process is gone (its handles with it); the page cache and the names stay,
+            // durable or not.
+            return;
+        }
+        let namespace = self.durable.clone();
         // The most recent write still unsynced, over all files.
         let torn = self
             .inodes
@@ -797,7 +800,7 @@ impl SimState {
             let old = &self.inodes[&id];
             let landed: Vec<u64> = match mode {
                 CrashMode::DropUnsynced => Vec::new(),
-                CrashMode::KeepWritten => old.dirty.iter().copied().collect(),
+                CrashMode::KeepWritten => Vec::new(), // returned above
                 CrashMode::RandomSectors => old
                     .dirty
                     .iter()
