@@ -503,6 +503,7 @@ impl TierState {
         &self,
         topic: &Arc<str>,
         (floor, end): (u64, u64),
+        stop: &dyn Fn() -> bool,
         pass: &mut TierPass,
     ) -> io::Result<()> {
         let state = self.topic(topic);
@@ -517,6 +518,10 @@ impl TierState {
             .cloned()
             .collect();
         for index in doomed {
+            if stop() {
+                // The instance is closing: the next pass (or the next open's) finishes.
+                break;
+            }
             let (data_key, index_key) = index.object_names(&self.options.dir);
             self.remote().delete(&data_key)?;
             self.remote().delete(&index_key)?;
@@ -527,7 +532,6 @@ impl TierState {
         Ok(())
     }
 
-    /// Stores one block's data and index objects (or checks what an earlier attempt stored).
     /// Uploads `block` again if `old`, a tiered block with its first offset and fewer entries,
     /// is an earlier upload of it: the block was sealed in memory when the entry after it went
     /// to a new block, uploaded, and then a power cut took that new block, so the reopen made
@@ -613,6 +617,7 @@ impl TierState {
         )))
     }
 
+    /// Stores one block's data and index objects (or checks what an earlier attempt stored).
     fn upload_block(
         &self,
         topic: &str,

@@ -485,8 +485,13 @@ impl Store {
                 tier.upload(&t.name, &t.blocks(), ends, stop, &mut pass)
             };
             // Expiry whatever the upload did: a topic whose uploads fail still sheds what
-            // retention released.
-            let expired = tier.expire(&t.name, (t.floor(), t.written_end()), &mut pass);
+            // retention released. The floor is durable first (retention writes it without a
+            // sync): an index an interrupted expiry leaves without its data must lie below
+            // the floor after any crash, where no read goes.
+            let expired =
+                self.shared.cursors.sync().and_then(|()| {
+                    tier.expire(&t.name, (t.floor(), t.written_end()), stop, &mut pass)
+                });
             let uploaded = uploaded.and(expired);
             let state = tier.topic(&t.name);
             let local_first = t
