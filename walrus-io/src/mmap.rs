@@ -26,12 +26,13 @@
 //! mapping it has allocated whole (by [`SegmentFile::allocate`], which widens a claim to whole
 //! granules, or by its own `fallocate` before the first store or descriptor write into a
 //! granule), and a full disk fails that `fallocate` with `StorageFull` before anything is
-//! stored; space claimed before the disk filled still takes stores. Two kinds of file system still turn a full disk into `SIGBUS`: one without
-//! `fallocate` (nothing can be allocated ahead), and a copy-on-write one (btrfs, ZFS, bcachefs:
-//! writing a block again needs new space, which `fallocate` does not reserve). Granules are as
-//! large as the largest page-cache folio where that exceeds 2 MiB (see [`granule_shift`]). An I/O error while writing pages back surfaces
-//! at the next sync; a device error while reading is an error of the read. A device error while
-//! *faulting in* a page that holds data (one written earlier and since evicted, then written
+//! stored; space claimed before the disk filled still takes stores. Two kinds of file system
+//! still turn a full disk into `SIGBUS`: one without `fallocate` (nothing can be allocated
+//! ahead), and a copy-on-write one (btrfs, ZFS, bcachefs: writing a block again needs new space,
+//! which `fallocate` does not reserve). Granules are as large as the largest page-cache folio
+//! where that exceeds 2 MiB (see `granule_shift`). An I/O error while writing pages back
+//! surfaces at the next sync; a device error while reading is an error of the read. A device
+//! error while *faulting in* a page that holds data (one written earlier and since evicted, then written
 //! again) still raises `SIGBUS`, and so does a store after the file system turned read-only on
 //! an error (where `pwrite` would return `EROFS`): that is the price of this backend, and why it
 //! is not the default.
