@@ -109,7 +109,7 @@ pub fn open_backend_with(
         BackendKind::Mmap => Arc::new(MmapStorage::new()),
         BackendKind::Auto => match (options.uring_probe)(&options.uring) {
             Ok(uring) => {
-                tracing::info!(
+                tracing::debug!(
                     backend = "io_uring",
                     "storage backend Auto resolved to io_uring"
                 );

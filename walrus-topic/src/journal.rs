@@ -328,7 +328,7 @@ pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<Option<Fou
         f.sync_data()?;
     }
     if applied > 0 {
-        tracing::info!(file = %path.display(), writes = applied, "applied the journal's synced writes to their segments");
+        tracing::debug!(file = %path.display(), writes = applied, "applied the journal's synced writes to their segments");
     }
     Ok(Some(Found {
         generation,

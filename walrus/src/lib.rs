@@ -68,7 +68,8 @@
 //! `walrus.open` span and the "walrus opened" summary (topics, segments, entries scanned,
 //! issues) — the only event `WALRUS_QUIET` (or [`WalrusBuilder::quiet`]) suppresses. `debug`:
 //! the `walrus.recovery` span with its report, `walrus.prepare_segment` and
-//! `walrus.delete_segment` spans, retention raising a floor. `trace`: a `walrus.sync` span and
+//! `walrus.delete_segment` spans, retention raising a floor, the journal's writes applied at an
+//! open after a crash, the backend `Auto` chose. `trace`: a `walrus.sync` span and
 //! event per store-wide sync (entries made durable, µs). [`Walrus::stats`] has the same
 //! figures as counters.
 //!
