@@ -806,7 +806,7 @@ fn absolute_consistency_refuses_stale_bytes_and_damage_the_other_modes_drop() {
     let strict = || small().with_recovery(RecoveryMode::AbsoluteConsistency);
     let e = open(&sim, strict()).map(|_| ()).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
-    assert!(e.to_string().contains("stale page"), "{e}");
+    assert!(e.to_string().contains("stale bytes"), "{e}");
     drop(open(&sim, small()).unwrap());
     let store = open(&sim, strict()).unwrap();
     assert!(store.recovery_report().issues.is_empty());
@@ -826,6 +826,50 @@ fn absolute_consistency_refuses_stale_bytes_and_damage_the_other_modes_drop() {
         "reported, not refused"
     );
     assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 5);
+}
+
+/// Stale frames anywhere after the last block a recovery found (pages of blocks whose headers a
+/// power cut lost, which reached the disk in any order) are zeroed before allocation resumes
+/// over them, not only those near the last block: blocks later written over them would
+/// otherwise hold them, and the next open take them for damage.
+#[test]
+fn allocation_never_resumes_over_stale_frames_far_past_the_last_block() {
+    let sim = SimStorage::new(28);
+    let options = StoreOptions::new()
+        .with_block_len(1 << 20)
+        .with_segment_len(64 << 20);
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        store.append("t", b"x").unwrap();
+        store.sync().unwrap();
+    }
+    // Valid frames of a far offset, every 4 KiB from 20 MiB to 24 MiB, durable.
+    let file = first_segment(&sim);
+    let mut frame = Vec::new();
+    walrus_block::encode_frame(
+        &mut frame,
+        1_000_000,
+        walrus_block::FrameKind::single(),
+        b"stale",
+    )
+    .unwrap();
+    for at in ((20u64 << 20)..(24 << 20)).step_by(4096) {
+        file.write_at(&frame, at).unwrap();
+    }
+    file.sync_data().unwrap();
+    drop(file);
+    let big = |i: u64| vec![i as u8; 900 << 10];
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        for i in 1..=26 {
+            store.append("t", &big(i)).unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let store = open(&sim, options).unwrap();
+    assert_eq!(store.end_offset("t"), Some(27));
+    assert!(store.recovery_report().issues.is_empty());
+    assert_eq!(store.read_at("t", 26).unwrap(), Some(big(26)));
 }
 
 /// A lane's last segment whose only block has a damaged header looks like an unused spare; when

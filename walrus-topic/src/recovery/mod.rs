@@ -348,7 +348,7 @@ fn recover_in(
         for seg in &segments {
             clear_gaps(seg, &mut erases)?;
             if lane_tails.get(&lane_of(seg.id)) != Some(&seg.id) {
-                clear_stale_tail(seg, options.block_len, &mut erases)?;
+                clear_stale_tail(seg, &mut erases)?;
             }
         }
     }
@@ -360,7 +360,7 @@ fn recover_in(
         if damaged_durable {
             sealed_tails.push(seg.id);
         } else {
-            clear_stale_tail(seg, options.block_len, &mut erases)?;
+            clear_stale_tail(seg, &mut erases)?;
         }
     }
     for seg in segments.iter().filter(|s| s.header == HeaderState::Damaged) {
@@ -443,7 +443,7 @@ fn recover_in(
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{}: {} problem(s) found, {stale} stale page(s) past the last block, \
+                "{}: {} problem(s) found, {stale} range(s) of stale bytes outside the blocks, \
                  {dropped_orphans} segment(s) of unsynced data{first}; refused by \
                  AbsoluteConsistency (the other modes open it); nothing was changed on disk",
                 dir.display(),

@@ -138,20 +138,14 @@ pub(super) fn find_segment(
     }))
 }
 
-/// Queues zeroing of every non-zero page in a window after the last block of `seg`.
-///
-/// The window is 16 default blocks (at least 16 MiB): stale blocks are the ones handed out
-/// just before the crash whose headers never reached the disk, right after the last one found.
-pub(super) fn clear_stale_tail(
-    seg: &FoundSegment,
-    block_len: u64,
-    erases: &mut Vec<Erase>,
-) -> io::Result<()> {
-    let window_end = seg.segment_len.min(
-        seg.next_start
-            .saturating_add((16 * block_len).max(16 << 20)),
-    );
-    clear_stale(seg, seg.next_start, window_end, erases)
+/// Queues zeroing of every non-zero page after the last block of `seg`, to the end of the file:
+/// stale blocks are the ones handed out before the crash whose headers never reached the disk,
+/// and allocation resumes over them. Claims by `fallocate` keep what a file holds, so a stale
+/// frame left anywhere in the rest of the segment would sit inside a later block, where the
+/// next recovery would take it for damage or, at the right offset, for an entry. Only the
+/// file's data ranges are read (`SEEK_DATA`).
+pub(super) fn clear_stale_tail(seg: &FoundSegment, erases: &mut Vec<Erase>) -> io::Result<()> {
+    clear_stale(seg, seg.next_start, seg.segment_len, erases)
 }
 
 /// Queues zeroing of every non-zero page of the ranges the walk of `seg` stepped over from a
@@ -190,11 +184,25 @@ fn clear_stale(
         for (i, page) in chunk.chunks(BLOCK_ALIGN as usize).enumerate() {
             if !is_zeroed(page) {
                 let from = pos + i as u64 * BLOCK_ALIGN;
-                erases.push(Erase::Zero {
-                    handle: seg.handle.clone(),
-                    from,
-                    to: from + page.len() as u64,
-                });
+                let to = from + page.len() as u64;
+                // Adjacent pages make one range (up to a chunk: what `apply_erases` allocates).
+                match erases.last_mut() {
+                    Some(Erase::Zero {
+                        handle,
+                        from: start,
+                        to: end,
+                    }) if Arc::ptr_eq(handle, &seg.handle)
+                        && *end == from
+                        && to - *start <= CHUNK =>
+                    {
+                        *end = to;
+                    }
+                    _ => erases.push(Erase::Zero {
+                        handle: seg.handle.clone(),
+                        from,
+                        to,
+                    }),
+                }
             }
         }
         pos += len as u64;
