@@ -74,7 +74,7 @@ struct Pending {
     body: Vec<u8>,
     /// The next sync syncs the segments instead of writing a record: a write too large for a
     /// record was captured, or a rewrite that no record may hold ([`Journal::rewrote`]).
-    overflow: bool,
+    via_segments: bool,
     /// Segment and end of the writes captured so far while they form one contiguous run.
     run: Option<(u64, u64)>,
     /// The writes captured so far do not form one run: a record is worth writing.
@@ -160,9 +160,9 @@ impl Journal {
     pub(crate) fn capture(&self, segment: u64, position: u64, bufs: &[IoSlice<'_>]) {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         let mut p = self.pending.lock();
-        if p.overflow || p.body.len() + len > self.max_record {
+        if p.via_segments || p.body.len() + len > self.max_record {
             // The segment sync this forces covers the write: it was marked before.
-            p.overflow = true;
+            p.via_segments = true;
             return;
         }
         let end = position + len as u64;
@@ -173,7 +173,7 @@ impl Journal {
         }
         let parts: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
         if encode_journal_write(&mut p.body, segment, position, &parts).is_err() {
-            p.overflow = true;
+            p.via_segments = true;
         }
     }
 
@@ -183,12 +183,12 @@ impl Journal {
     /// would be replayed after a power cut over whatever replaced the zeros if that was made
     /// durable in its segment (a group of one contiguous run writes no record).
     pub(crate) fn rewrote(&self) {
-        self.pending.lock().overflow = true;
+        self.pending.lock().via_segments = true;
     }
 
-    /// Makes every captured write durable: as one record, or (after an overflow, or when the
-    /// writes are one contiguous run) by `sync_segments`, which must sync every segment file
-    /// with marked writes.
+    /// Makes every captured write durable: as one record, or (after an overflow or a rewrite,
+    /// or when the writes are one contiguous run) by `sync_segments`, which must sync every
+    /// segment file with marked writes.
     ///
     /// # Errors
     /// The I/O error; the store must then be poisoned (the caller does).
@@ -209,16 +209,17 @@ impl Journal {
     ) -> io::Result<()> {
         let Pending {
             body,
-            overflow,
+            via_segments,
             scattered,
             ..
         } = std::mem::take(&mut *self.pending.lock());
-        if body.is_empty() && !overflow {
+        if body.is_empty() && !via_segments {
             return Ok(());
         }
-        if overflow || !scattered {
-            // Too large for a record, or one contiguous run (one topic, or one appender):
-            // syncing the segments costs what the record would, and writes the bytes once.
+        if via_segments || !scattered {
+            // Too large for a record, a rewrite, or one contiguous run (one topic, or one
+            // appender): syncing the segments costs what the record would, and writes the
+            // bytes once.
             return sync_segments();
         }
         let span = JournalRecordHeader {

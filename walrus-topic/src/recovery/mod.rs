@@ -344,23 +344,13 @@ fn recover_in(
     // for such blocks between two found ones, and after the last one of a segment that is not
     // a lane's last (no block is allocated there again, but the bytes would stay
     // unattributed for every later open, which `AbsoluteConsistency` then refuses).
-    if !damaged_durable {
-        for seg in &segments {
-            clear_gaps(seg, &mut erases)?;
-            if lane_tails.get(&lane_of(seg.id)) != Some(&seg.id) {
-                clear_stale_tail(seg, &mut erases)?;
-            }
-        }
-    }
     let mut sealed_tails = Vec::new();
-    for seg in segments
-        .iter()
-        .filter(|s| lane_tails.get(&lane_of(s.id)) == Some(&s.id))
-    {
-        if damaged_durable {
-            sealed_tails.push(seg.id);
-        } else {
+    for seg in &segments {
+        if !damaged_durable {
+            clear_gaps(seg, &mut erases)?;
             clear_stale_tail(seg, &mut erases)?;
+        } else if lane_tails.get(&lane_of(seg.id)) == Some(&seg.id) {
+            sealed_tails.push(seg.id);
         }
     }
     for seg in segments.iter().filter(|s| s.header == HeaderState::Damaged) {
