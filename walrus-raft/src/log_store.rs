@@ -9,6 +9,12 @@
 //!   entries, which releases their blocks.
 //! - `meta`: vote, committed and purged ids (JSON, the last record wins; earlier ones are
 //!   released by the same cursor move).
+//!
+//! A purge is made durable no further than the state machine's *durable applied* id (the last
+//! applied record it synced, see [`crate::StateMachine`]): openraft purges up to a snapshot it
+//! is still installing, and a node restarted with its log purged past what its state machine
+//! kept could never re-apply the entries in between. Memory purges as asked; on disk the
+//! entries past the durable applied id stay, and a later purge releases them.
 //! - `applied`: the state machine's own record (see [`crate::StateMachine`]).
 //!
 //! Reopening replays `log` from the `raft` cursor: entries at or below the purged index are
@@ -56,8 +62,12 @@ pub struct LogStore {
 struct Shared {
     wal: Arc<Walrus>,
     index: Mutex<Index>,
-    /// Serializes `meta` writes, so the last record is the newest state.
+    /// Serializes `meta` writes, so the last record is the newest state. Its `purged` is the
+    /// purge on disk, which may trail the index's.
     meta: tokio::sync::Mutex<Meta>,
+    /// The last applied id the state machine has made durable: how far a purge may be made
+    /// durable. `None` until a state machine opens over this log.
+    durable_applied: Mutex<Option<LogId<NodeId>>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -125,9 +135,20 @@ impl Index {
             .truncate(usize::try_from(keep).unwrap_or(usize::MAX));
     }
 
-    /// Drops everything up to and including `upto`; returns the Walrus offset the log now
-    /// starts at, if some entry is left.
-    fn purge(&mut self, upto: &LogId<NodeId>) -> Option<u64> {
+    /// Where the entries after `kept` start: `Some(Some(offset))` if one is held,
+    /// `Some(None)` if every held entry is at or below `kept`, `None` if entries after `kept`
+    /// were purged from memory already (their offsets are forgotten).
+    fn start_after(&self, kept: Option<LogId<NodeId>>) -> Option<Option<u64>> {
+        let next = kept.map_or(0, |k| k.index + 1);
+        if next < self.first {
+            return None;
+        }
+        let pos = usize::try_from(next - self.first).unwrap_or(usize::MAX);
+        Some(self.slots.get(pos).map(|s| s.offset))
+    }
+
+    /// Drops everything up to and including `upto`.
+    fn purge(&mut self, upto: &LogId<NodeId>) {
         let n = (upto.index + 1).saturating_sub(self.first);
         let n = usize::try_from(n)
             .unwrap_or(usize::MAX)
@@ -135,7 +156,6 @@ impl Index {
         self.slots.drain(..n);
         self.first = self.first.max(upto.index + 1);
         self.purged = Some(*upto);
-        self.slots.front().map(|s| s.offset)
     }
 }
 
@@ -225,6 +245,7 @@ impl LogStore {
                 wal,
                 index: Mutex::new(index),
                 meta: tokio::sync::Mutex::new(meta),
+                durable_applied: Mutex::new(None),
             }),
         })
     }
@@ -232,6 +253,12 @@ impl LogStore {
     /// The Walrus instance the log lives in.
     pub fn instance(&self) -> &Arc<Walrus> {
         &self.shared.wal
+    }
+
+    /// Records that the state machine's applied record naming `applied` is durable: purges up
+    /// to it may now be made durable.
+    pub(crate) fn set_durable_applied(&self, applied: Option<LogId<NodeId>>) {
+        *self.shared.durable_applied.lock() = applied;
     }
 
     async fn save_meta(&self, change: impl FnOnce(&mut Meta), durable: bool) -> io::Result<()> {
@@ -409,17 +436,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Purges memory up to `log_id`, and the disk up to the state machine's durable applied id
+    /// at most (see the [module docs](self)).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.save_meta(|m| m.purged = Some(log_id), true)
-            .await
-            .map_err(|e| logs_err(ErrorVerb::Delete, e))?;
-        let start = self.shared.index.lock().purge(&log_id);
+        // Option's order puts `None` (nothing durable) first.
+        let kept = (*self.shared.durable_applied.lock()).min(Some(log_id));
+        if kept > self.shared.meta.lock().await.purged {
+            self.save_meta(|m| m.purged = kept, true)
+                .await
+                .map_err(|e| logs_err(ErrorVerb::Delete, e))?;
+        }
+        let start = {
+            let mut index = self.shared.index.lock();
+            let start = index.start_after(kept);
+            index.purge(&log_id);
+            start
+        };
         let wal = &self.shared.wal;
         let cursor = match start {
-            Some(offset) => offset,
-            None => wal.end_offset(LOG).unwrap_or(0),
+            Some(Some(offset)) => offset,
+            Some(None) => wal.end_offset(LOG).unwrap_or(0),
+            // An earlier purge's cursor already stops before them.
+            None => return Ok(()),
         };
-        // Only a release hint: the purged id is already durable, and replay skips below it.
+        // Only a release hint: the purge is durable up to `kept`, and replay skips below it.
         if cursor > wal.cursor_as(LOG, OWNER).unwrap_or(0) {
             wal.commit_as(LOG, OWNER, cursor)
                 .map_err(|e| logs_err(ErrorVerb::Delete, e))?;

@@ -80,8 +80,8 @@ impl std::fmt::Debug for Node {
 pub fn open_stores(dir: &Path) -> io::Result<(LogStore, StateMachine)> {
     let log_wal = Arc::new(log_store::open_instance(&dir.join("raft"))?);
     let data = Arc::new(log_store::open_instance(&dir.join("data"))?);
-    let log = LogStore::open(Arc::clone(&log_wal))?;
-    let state = StateMachine::open(data, log_wal, dir.join("snapshot"))?;
+    let log = LogStore::open(log_wal)?;
+    let state = StateMachine::open(data, &log, dir.join("snapshot"))?;
     Ok((log, state))
 }
 

@@ -7,7 +7,8 @@
 //! The data instance is never synced per entry: the raft log is the durable copy. Every
 //! 1024 entries (`SAVE_EVERY`; and at each snapshot) the data instance is flushed and then the
 //! *applied record* — last applied id, membership, and each topic's end at that point — is
-//! written, synced, to the log instance's `applied` topic. After a crash, openraft re-applies
+//! written, synced, to the log instance's `applied` topic, and the log store learns that it may
+//! make purges durable up to it. After a crash, openraft re-applies
 //! the committed entries past that record; an `Append` whose topic already extends past the end
 //! the record expects was applied before the crash (and survived: Walrus keeps a durable prefix),
 //! so it is counted, not appended again.
@@ -31,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use walrus::Walrus;
 
 use crate::codec::{self, Dec, Enc, Entry};
-use crate::log_store::{last_record, save_record};
+use crate::log_store::{LogStore, last_record, save_record};
 use crate::{NodeId, Request, Response, TypeConfig};
 
 /// Entries applied between two applied records.
@@ -52,7 +53,7 @@ pub struct StateMachine {
 #[derive(Debug)]
 struct Shared {
     data: Arc<Walrus>,
-    log: Arc<Walrus>,
+    log: LogStore,
     snapshot_path: PathBuf,
     state: tokio::sync::Mutex<State>,
     current: parking_lot::Mutex<Option<Stored>>,
@@ -95,17 +96,19 @@ fn snap_err(verb: ErrorVerb, e: io::Error) -> StorageError<NodeId> {
 
 impl StateMachine {
     /// Opens the state machine over `data` (the replicated topics), recording what it applied
-    /// in `log` (the node's log instance) and its snapshot at `snapshot_path`.
+    /// in the instance of `log` (the node's raft log, which it tells how far purges may be made
+    /// durable) and its snapshot at `snapshot_path`.
     ///
     /// # Errors
     /// `InvalidData` for a damaged applied record or snapshot file; an I/O error.
-    pub fn open(data: Arc<Walrus>, log: Arc<Walrus>, snapshot_path: PathBuf) -> io::Result<Self> {
-        let applied = last_record(&log, APPLIED, |b| {
+    pub fn open(data: Arc<Walrus>, log: &LogStore, snapshot_path: PathBuf) -> io::Result<Self> {
+        let applied = last_record(log.instance(), APPLIED, |b| {
             serde_json::from_slice::<Applied>(b)
                 .map_err(|e| codec::invalid(format!("raft state machine: topic {APPLIED:?}: {e}")))
         })?
         .map(|(_, a)| a)
         .unwrap_or_default();
+        log.set_durable_applied(applied.last);
         let current = match std::fs::read(&snapshot_path) {
             Ok(bytes) => Some(decode_stored(&bytes).map_err(|e| {
                 codec::invalid(format!("snapshot file {}: {e}", snapshot_path.display()))
@@ -121,7 +124,7 @@ impl StateMachine {
         Ok(Self {
             shared: Arc::new(Shared {
                 data,
-                log,
+                log: log.clone(),
                 snapshot_path,
                 state: tokio::sync::Mutex::new(State {
                     applied,
@@ -141,7 +144,8 @@ impl StateMachine {
     async fn save_applied(&self, st: &mut State) -> io::Result<()> {
         self.shared.data.flush()?;
         let bytes = serde_json::to_vec(&st.applied).map_err(io::Error::other)?;
-        save_record(&self.shared.log, APPLIED, &bytes).await?;
+        save_record(self.shared.log.instance(), APPLIED, &bytes).await?;
+        self.shared.log.set_durable_applied(st.applied.last);
         st.unsaved = 0;
         Ok(())
     }
@@ -540,9 +544,11 @@ mod tests {
     #[test]
     fn concurrent_snapshots_leave_the_newest_whole() {
         let dir = tempfile::tempdir().unwrap();
+        let log =
+            LogStore::open(Arc::new(open_instance(&dir.path().join("log")).unwrap())).unwrap();
         let sm = StateMachine::open(
             Arc::new(open_instance(&dir.path().join("data")).unwrap()),
-            Arc::new(open_instance(&dir.path().join("log")).unwrap()),
+            &log,
             dir.path().join("snapshot"),
         )
         .unwrap();

@@ -3,8 +3,11 @@
 //! appended twice).
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
-use walrus_raft::{Request, Response, TypeConfig, open_stores};
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder,
+    StorageHelper, Vote,
+};
+use walrus_raft::{Request, Response, StateMachine, TypeConfig, open_stores};
 
 fn id(term: u64, index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(term, 1), index)
@@ -20,11 +23,23 @@ fn append(term: u64, index: u64, topic: &str, data: &str) -> Entry<TypeConfig> {
     }
 }
 
+/// Applies `entries` and makes the applied record durable (a snapshot build does), so that the
+/// log may make purges up to them durable.
+async fn apply_durably(sm: &mut StateMachine, entries: Vec<Entry<TypeConfig>>) {
+    sm.apply(entries).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_survives_reopen_after_truncate_and_purge() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (mut log, _sm) = open_stores(dir.path()).unwrap();
+        let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+        apply_durably(&mut sm, (1..=5).map(|i| append(1, i, "t", "x")).collect()).await;
         log.save_vote(&Vote::new(3, 1)).await.unwrap();
         log.blocking_append((1..=20).map(|i| append(1, i, "t", &format!("a{i}"))))
             .await
@@ -54,7 +69,8 @@ async fn log_survives_reopen_after_truncate_and_purge() {
     }
     // Purge past the end (as after installing a snapshot): the log restarts after it.
     {
-        let (mut log, _sm) = open_stores(dir.path()).unwrap();
+        let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+        apply_durably(&mut sm, (6..=30).map(|i| append(2, i, "t", "y")).collect()).await;
         log.purge(id(2, 30)).await.unwrap();
         log.blocking_append([append(3, 31, "t", "c31")])
             .await
@@ -94,4 +110,64 @@ async fn state_machine_reapplies_without_duplicates() {
     assert_eq!(next, vec![Response::Appended { offset: 10 }]);
     assert_eq!(sm.applied_state().await.unwrap().0, Some(id(1, 11)));
     assert_eq!(sm.data().read_at("t", 10).unwrap().unwrap().data, b"e11");
+}
+
+/// openraft purges a follower's log up to a snapshot while the snapshot is still being
+/// installed. A crash in between must leave a node that restarts: the purge is durable only up
+/// to what the state machine made durable, so the entries it must re-apply are still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_past_the_durable_applied_id_keeps_the_entries_to_reapply() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+        log.blocking_append((1..=20).map(|i| append(1, i, "t", &format!("e{i}"))))
+            .await
+            .unwrap();
+        apply_durably(
+            &mut sm,
+            (1..=10)
+                .map(|i| append(1, i, "t", &format!("e{i}")))
+                .collect(),
+        )
+        .await;
+        log.save_committed(Some(id(1, 20))).await.unwrap();
+        // As openraft does for a snapshot at 15 that it has not installed yet.
+        log.purge(id(1, 15)).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(
+            state.last_purged_log_id,
+            Some(id(1, 15)),
+            "memory purges as asked"
+        );
+        assert!(log.try_get_log_entries(11..=15).await.unwrap().is_empty());
+        // A synced meta record, so the committed id is on disk too; then the crash.
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+    }
+    let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(id(1, 10)));
+    assert_eq!(state.last_log_id, Some(id(1, 20)));
+    // What openraft does at start: re-apply 11..=20 from the log.
+    StorageHelper::new(&mut log, &mut sm)
+        .get_initial_state()
+        .await
+        .unwrap_or_else(|e| panic!("the node cannot restart: {e}"));
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(id(1, 20)));
+    assert_eq!(sm.data().end_offset("t"), Some(20));
+    assert_eq!(sm.data().read_at("t", 19).unwrap().unwrap().data, b"e20");
+    // Once the state machine is durable past it, a purge releases the kept entries too.
+    apply_durably(&mut sm, Vec::new()).await;
+    log.purge(id(1, 18)).await.unwrap();
+    drop((log, sm));
+    let (mut log, _sm) = open_stores(dir.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(id(1, 18)));
+    let ids: Vec<_> = log
+        .try_get_log_entries(0..100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id)
+        .collect();
+    assert_eq!(ids, vec![id(1, 19), id(1, 20)]);
 }
