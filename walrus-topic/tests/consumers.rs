@@ -950,3 +950,54 @@ fn a_read_whose_cursor_sync_failed_consumed_nothing_after_a_restart() {
     let store = open(&sim, options).unwrap();
     assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 1);
 }
+
+/// A failed append lists nothing: neither a topic it would have created nor one deleted
+/// before it, now or after a reopen; and a deleted topic's consumers stay gone.
+#[test]
+fn a_failed_first_append_lists_no_topic() {
+    let sim = SimStorage::new(15);
+    let store = open(&sim, small()).unwrap();
+    for i in 0..5 {
+        store.append("d", &payload(i)).unwrap();
+    }
+    store.read_next_as("d", "c", true).unwrap();
+    store.delete_topic("d").unwrap();
+    store.sync().unwrap();
+    // Every segment write fails; the cursor file's do not.
+    let segments: Vec<_> = sim
+        .files()
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "wseg"))
+        .collect();
+    assert!(!segments.is_empty());
+    for s in &segments {
+        sim.inject(
+            FaultRule::new(Fault::Eio)
+                .op(OpKind::Write)
+                .path(s)
+                .times(1000),
+        );
+    }
+    assert!(store.append("d", b"x").is_err(), "the write was to fail");
+    assert!(
+        store.append("fresh", b"x").is_err(),
+        "the write was to fail"
+    );
+    assert!(store.topics().is_empty(), "listed: {:?}", store.topics());
+    assert_eq!(store.end_offset("d"), None);
+    sim.clear_faults();
+    drop(store);
+    let store = open(&sim, small()).unwrap();
+    assert!(
+        store.topics().is_empty(),
+        "listed after a reopen: {:?}",
+        store.topics()
+    );
+    assert_eq!(store.append("d", b"again").unwrap(), 5);
+    assert_eq!(store.topics(), ["d"]);
+    assert_eq!(
+        store.cursor_as("d", "c"),
+        None,
+        "a consumer of the deleted topic came back"
+    );
+}

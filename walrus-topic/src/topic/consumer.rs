@@ -544,29 +544,44 @@ impl Topic {
         Ok(())
     }
 
-    /// Makes a hidden topic listed again before its first append: a deleted topic first marks
-    /// its stale consumer records removed and clears the deleted flag.
-    pub(crate) fn revive(&self, shared: &Shared) -> io::Result<()> {
+    /// Readies a hidden topic for its first append: a deleted topic marks its stale consumer
+    /// records removed and clears the deleted flag. The topic is listed only once the append's
+    /// bytes are written (`write_unit`); returns whether the flag was cleared, which
+    /// [`undo_revive`](Self::undo_revive) puts back if the append fails.
+    pub(crate) fn revive(&self, shared: &Shared) -> io::Result<bool> {
         let mut f = self.floor.lock();
-        if f.deleted {
-            while let Some(stale) = f.stale.last().cloned() {
-                let record = CursorRecord {
-                    consumer: stale.name.clone(),
-                    removed: true,
-                    ..CursorRecord::new(&*self.name, stale.generation + 1, f.offset)
-                };
-                shared.cursors.write(&record, stale.pair, false)?;
-                f.stale.pop();
-            }
-            // Every removal (these, and those the deletion wrote) durable before the flag goes:
-            // otherwise a crash could keep the cleared floor and lose a removal, bringing a
-            // consumer of the deleted topic back.
-            shared.cursors.sync()?;
-            let offset = f.offset;
-            self.write_floor(shared, &mut f, offset, false, false)?;
+        if !f.deleted {
+            return Ok(false);
         }
-        self.hidden.store(false, Ordering::Release);
-        Ok(())
+        while let Some(stale) = f.stale.last().cloned() {
+            let record = CursorRecord {
+                consumer: stale.name.clone(),
+                removed: true,
+                ..CursorRecord::new(&*self.name, stale.generation + 1, f.offset)
+            };
+            shared.cursors.write(&record, stale.pair, false)?;
+            f.stale.pop();
+        }
+        // Every removal (these, and those the deletion wrote) durable before the flag goes:
+        // otherwise a crash could keep the cleared floor and lose a removal, bringing a
+        // consumer of the deleted topic back.
+        shared.cursors.sync()?;
+        let offset = f.offset;
+        self.write_floor(shared, &mut f, offset, false, false)?;
+        Ok(true)
+    }
+
+    /// After a failed first append to a deleted topic: the deletion record goes back, synced,
+    /// so the topic stays unlisted across a reopen as well. Should that fail too, the record on
+    /// disk may say live: the topic is listed now, as a reopen would list it.
+    pub(crate) fn undo_revive(&self, shared: &Shared) {
+        let mut f = self.floor.lock();
+        let offset = f.offset;
+        if let Err(e) = self.write_floor(shared, &mut f, offset, true, true) {
+            tracing::warn!(topic = %self.name, error = %e,
+                "a failed append to a deleted topic could not restore its deletion; listed");
+            self.hidden.store(false, Ordering::Release);
+        }
     }
 }
 

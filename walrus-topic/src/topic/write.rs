@@ -82,17 +82,24 @@ impl Topic {
     ) -> io::Result<Range<u64>> {
         let mut w = self.writer.lock();
         shared.check_writable()?;
-        if self.is_hidden() {
-            self.revive(shared)
+        // A new or deleted topic is listed once its first append succeeds, not before (see
+        // `write_unit`).
+        let revived = self.is_hidden()
+            && self
+                .revive(shared)
                 .map_err(|e| on_topic(e, &self.name, Some(w.next_offset)))?;
-        }
         let first = w.next_offset;
         let n = payloads.len() as u64;
         let mut headers = std::mem::take(&mut w.headers);
         headers.clear();
         let result = self.write_unit(shared, &mut w, &mut headers, payloads, batch);
         w.headers = headers;
-        result.map_err(|e| on_topic(e, &self.name, Some(first)))?;
+        if let Err(e) = result {
+            if revived {
+                self.undo_revive(shared);
+            }
+            return Err(on_topic(e, &self.name, Some(first)));
+        }
         let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
         self.counters.appended(n, bytes, batch);
         Ok(first..first + n)
@@ -135,6 +142,11 @@ impl Topic {
         }
         for c in &chunks {
             shared.wrote(&c.block, c.pos, &c.bufs);
+        }
+        // Listed before its entries are published: a reader they wake finds the topic.
+        if self.is_hidden() {
+            self.hidden
+                .store(false, std::sync::atomic::Ordering::Release);
         }
         self.publish(shared, w, plan, payloads.len());
         Ok(())
