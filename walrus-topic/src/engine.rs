@@ -167,6 +167,10 @@ impl Engine {
         policy: SyncPolicy,
     ) -> io::Result<Self> {
         let mark_interval = options.mark_interval();
+        let options = StoreOptions {
+            sync_at_close: policy != SyncPolicy::OnFlush,
+            ..options
+        };
         let sync = Arc::new(SyncShared {
             commits: GroupCommit::with_yield_wait(options.yield_wait()),
             syncer: Mutex::default(),

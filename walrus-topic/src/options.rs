@@ -126,6 +126,10 @@ pub struct StoreOptions {
     pub(crate) topic_tiering: std::collections::BTreeMap<String, Tiering>,
     /// Set by [`Store::open_read_only`](crate::Store::open_read_only): nothing is written.
     pub(crate) read_only: bool,
+    /// Whether dropping the store syncs the cursors and watermarks it writes; the engine turns
+    /// it off for [`SyncPolicy::OnFlush`](crate::SyncPolicy::OnFlush), which never syncs
+    /// unless asked.
+    pub(crate) sync_at_close: bool,
 }
 
 impl Default for StoreOptions {
@@ -158,6 +162,7 @@ impl StoreOptions {
             topic_retention: std::collections::BTreeMap::new(),
             tier: None,
             tiering: None,
+            sync_at_close: true,
             topic_tiering: std::collections::BTreeMap::new(),
             read_only: false,
         }

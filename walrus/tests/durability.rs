@@ -233,3 +233,41 @@ fn an_idle_at_least_once_cursor_is_persisted_in_the_background() {
         "the idle reader's progress was lost"
     );
 }
+
+/// `NoFsync` never syncs unless `flush` is called, and a close is no exception: dropping the
+/// instance writes its cursors and watermarks but syncs nothing. A process exit keeps them.
+#[test]
+fn no_fsync_syncs_nothing_at_close() {
+    let sim = SimStorage::new(31);
+    let consistency = ReadConsistency::AtLeastOnce { persist_every: 1 };
+    let wal = sim_wal(&sim, FsyncSchedule::NoFsync, consistency);
+    for i in 0..10u8 {
+        wal.append_for_topic("t", &[i; 100]).unwrap();
+    }
+    for _ in 0..3 {
+        wal.read_next("t", true).unwrap().unwrap();
+    }
+    let before = sim.stats();
+    drop(wal);
+    let after = sim.stats();
+    assert_eq!(
+        (after.data_syncs, after.dir_syncs),
+        (before.data_syncs, before.dir_syncs),
+        "the close synced"
+    );
+    sim.crash(CrashMode::KeepWritten);
+    let wal = sim_wal(&sim, FsyncSchedule::NoFsync, consistency);
+    assert_eq!(wal.read_next("t", false).unwrap().unwrap().data, [3u8; 100]);
+    // The other schedules still sync at close.
+    let before = sim.stats();
+    drop(wal);
+    let wal = sim_wal(&sim, FsyncSchedule::Milliseconds(10_000), consistency);
+    wal.read_next("t", true).unwrap().unwrap();
+    let middle = sim.stats();
+    assert!(middle.data_syncs >= before.data_syncs);
+    drop(wal);
+    assert!(
+        sim.stats().data_syncs > middle.data_syncs,
+        "no sync at close"
+    );
+}

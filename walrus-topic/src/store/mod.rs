@@ -601,20 +601,25 @@ impl Drop for Store {
         if self.shared.options.read_only {
             return;
         }
-        if let Err(e) = self
-            .persist_cursors()
-            .and_then(|()| self.shared.cursors.sync())
-        {
+        let sync = self.shared.options.sync_at_close;
+        if let Err(e) = self.persist_cursors().and_then(|()| {
+            if sync {
+                self.shared.cursors.sync()
+            } else {
+                Ok(())
+            }
+        }) {
             tracing::warn!(dir = %self.shared.dir.display(), error = %e, "cursors not persisted at close");
         }
         for segment in self.shared.take_deletions() {
             self.shared.delete_segment_now(segment);
         }
         // Exact durable watermarks after a clean close: damage to anything synced is then
-        // reported as corruption rather than cut as a tail.
+        // reported as corruption rather than cut as a tail. (A segment deleted above synced
+        // the cursors first whatever the schedule: a file's deletion must not outlive them.)
         if self.shared.check_writable().is_ok() {
             self.shared.queue_marks(Vec::new(), true);
-            if let Err(e) = self.shared.marks.sync() {
+            if sync && let Err(e) = self.shared.marks.sync() {
                 tracing::warn!(dir = %self.shared.dir.display(), error = %e, "durable watermarks not synced at close");
             }
         }
