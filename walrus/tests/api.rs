@@ -149,15 +149,15 @@ fn bad_input() {
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
     let err = Walrus::builder().data_dir(&file).build().unwrap_err();
-    assert!(
-        matches!(
-            err.kind(),
-            io::ErrorKind::InvalidInput
-                | io::ErrorKind::NotADirectory
-                | io::ErrorKind::AlreadyExists
-        ),
-        "{err:?}"
-    );
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err:?}");
+    // And a keyed instance under it.
+    let err = Walrus::builder()
+        .data_dir(&file)
+        .key("k")
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err:?}");
+    assert!(err.to_string().contains("file"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
 

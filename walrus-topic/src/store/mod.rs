@@ -636,6 +636,13 @@ fn check_dir(dir: &Path) -> io::Result<bool> {
     let meta = match std::fs::symlink_metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        // A keyed instance under a root that is a file.
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Err(invalid_input(format!(
+                "data directory {}: a parent is not a directory",
+                dir.display()
+            )));
+        }
         Err(e) => {
             return Err(io::Error::new(
                 e.kind(),
@@ -649,9 +656,15 @@ fn check_dir(dir: &Path) -> io::Result<bool> {
             dir.display()
         )));
     }
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
+    let named = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("data directory {}: listing: {e}", dir.display()),
+        )
+    };
+    for entry in std::fs::read_dir(dir).map_err(named)? {
+        let entry = entry.map_err(named)?;
+        let kind = entry.file_type().map_err(named)?;
         // A directory named like a file Walrus writes is not a namespace: something is wrong.
         let namespace = kind.is_dir() && crate::layout::classify(&entry.path()).is_err();
         if !kind.is_file() && !namespace {
