@@ -216,10 +216,12 @@ impl Shared {
         let handle = match handle {
             Ok(h) => h,
             Err(e) => {
-                // Tracked as handed out: give it back, or its segment could never be deleted.
-                // Nothing was written to it, so it is simply left unused.
-                let _ = self.tracker.seal(a.block.segment, a.block.start);
-                let _ = self.tracker.checkpoint(a.block.segment, a.block.start);
+                // Tracked as handed out: give it back, or its segment could never be deleted
+                // (and a segment made for this block alone goes now). Nothing was written to
+                // it, so it is simply left unused.
+                let (segment, start) = (a.block.segment, a.block.start);
+                self.settle(self.tracker.seal(segment, start), segment, start);
+                self.settle(self.tracker.checkpoint(segment, start), segment, start);
                 return Err(e);
             }
         };
@@ -266,20 +268,20 @@ impl Shared {
     /// The writer is done with `block`.
     pub(crate) fn seal_block(&self, block: &Block) {
         let outcome = self.tracker.seal(block.segment, block.start);
-        self.settle(outcome, block);
+        self.settle(outcome, block.segment, block.start);
     }
 
     /// Readers are done with `block` (or it never held entries).
     pub(crate) fn release_block(&self, block: &Block) {
         let outcome = self.tracker.checkpoint(block.segment, block.start);
-        self.settle(outcome, block);
+        self.settle(outcome, block.segment, block.start);
     }
 
-    fn settle(&self, outcome: io::Result<Deletion>, block: &Block) {
+    fn settle(&self, outcome: io::Result<Deletion>, segment: u64, block: u64) {
         match outcome {
             Ok(Deletion::Now { segment }) => self.delete_segment(segment),
             Ok(Deletion::NotYet) => {}
-            Err(e) => tracing::warn!(segment = block.segment, block = block.start, error = %e,
+            Err(e) => tracing::warn!(segment, block, error = %e,
                 "block tracking inconsistency; the segment is kept"),
         }
     }
@@ -525,23 +527,34 @@ pub(crate) fn segment_preparer(
             }
             other => other?,
         };
-        file.allocate(0, SEGMENT_DATA_OFFSET)?;
-        file.write_at(
-            &SegmentHeader {
-                segment_id: segment,
-                block_len,
+        let ready = (|| {
+            file.allocate(0, SEGMENT_DATA_OFFSET)?;
+            file.write_at(
+                &SegmentHeader {
+                    segment_id: segment,
+                    block_len,
+                }
+                .encode(),
+                0,
+            )?;
+            // With a journal, durable before any block in the file is handed out: recovery
+            // deletes a segment without a header as one that held only unsynced data, and the
+            // segment itself may not be synced before its entries are acknowledged (without a
+            // journal, the sync that acknowledges them covers the header).
+            if sync_header {
+                file.sync_data()?;
             }
-            .encode(),
-            0,
-        )?;
-        // With a journal, durable before any block in the file is handed out: recovery
-        // deletes a segment without a header as one that held only unsynced data, and the
-        // segment itself may not be synced before its entries are acknowledged (without a
-        // journal, the sync that acknowledges them covers the header).
-        if sync_header {
-            file.sync_data()?;
+            storage.sync_dir(&dir)
+        })();
+        if let Err(e) = ready {
+            // No block of it was handed out: the file goes (a crash before this leaves a file
+            // recovery deletes, and the id is prepared again, over it, next time).
+            if let Err(removal) = storage.remove(&path) {
+                tracing::warn!(file = %path.display(), error = %removal,
+                    "a segment whose preparation failed was not removed");
+            }
+            return Err(e);
         }
-        storage.sync_dir(&dir)?;
         let handle = Arc::new(SegmentHandle::new(
             segment,
             file,

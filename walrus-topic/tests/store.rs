@@ -1264,3 +1264,26 @@ fn small_blocks_keep_the_unused_ends_of_blocks_small() {
          blocks, {pages:.3} with 4 KiB blocks"
     );
 }
+
+/// An entry larger than a segment gets a segment of its own. If preparing it (the first
+/// `fallocate`, of its header) or claiming its space (the second) fails, that segment goes at
+/// once: the failed append leaves no file behind, not even until a reopen.
+#[test]
+fn a_failed_claim_leaves_no_segment_of_its_own() {
+    for nth in [1, 2] {
+        let sim = SimStorage::new(16);
+        let store = open(&sim, small()).unwrap();
+        store.append("t", b"small").unwrap();
+        let before = segments(&sim);
+        sim.inject(FaultRule::new(Fault::Enospc).op(OpKind::Allocate).nth(nth));
+        let big = vec![7u8; 100 * 1024];
+        let err = store.append("t", &big).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+        assert_eq!(sim.stats().faults_fired, 1, "allocation {nth} was to fail");
+        assert_eq!(segments(&sim), before, "allocation {nth}: a segment leaked");
+        assert_eq!(store.end_offset("t"), Some(1));
+        // Space comes back: the same append succeeds.
+        assert_eq!(store.append("t", &big).unwrap(), 1);
+        assert_eq!(store.read_at("t", 1).unwrap(), Some(big));
+    }
+}
