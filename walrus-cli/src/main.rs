@@ -164,19 +164,30 @@ fn verify(dir: &Path, out: &mut impl Write) -> io::Result<ExitCode> {
         // half written): what is damage is still there a moment later.
         (lines, damage, entries) = verify_pass(&open(dir, RecoveryMode::SkipCorrupted)?);
     }
-    for line in &lines {
-        writeln!(out, "{line}")?;
-    }
-    if damage == 0 {
-        writeln!(out, "ok: {entries} entries verified in {}", dir.display())?;
-        Ok(ExitCode::SUCCESS)
+    let code = if damage == 0 {
+        ExitCode::SUCCESS
     } else {
-        writeln!(
-            out,
-            "{damage} problems in {} ({entries} entries read intact)",
-            dir.display()
-        )?;
-        Ok(ExitCode::from(1))
+        ExitCode::from(1)
+    };
+    let printed = (|| {
+        for line in &lines {
+            writeln!(out, "{line}")?;
+        }
+        if damage == 0 {
+            writeln!(out, "ok: {entries} entries verified in {}", dir.display())
+        } else {
+            writeln!(
+                out,
+                "{damage} problems in {} ({entries} entries read intact)",
+                dir.display()
+            )
+        }
+    })();
+    match printed {
+        // The reader closed the pipe: the verdict still stands.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(code),
+        Err(e) => Err(e),
+        Ok(()) => Ok(code),
     }
 }
 

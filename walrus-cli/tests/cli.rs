@@ -168,6 +168,15 @@ fn verify_exits_0_when_clean_and_1_naming_topic_offset_and_file_when_damaged() {
         before,
         "verify modified nothing"
     );
+    // The verdict stands when the reader closed the pipe (`walrus verify … | head -0`).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_walrus"))
+        .args(["verify", dir.to_str().unwrap()])
+        .stdout(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "damage reported as {status:?}");
     // The other commands still read the rest.
     let o = walrus(&[
         "dump",

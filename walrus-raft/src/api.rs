@@ -6,7 +6,8 @@
 //! - `GET /topics` → every topic with its end offset.
 //! - `GET /topics/{topic}/entries/{offset}` → the entry's bytes (`404` if not there).
 //! - `GET /topics/{topic}/entries?from=N&max=K` → `{"entries": [{"offset", "data"}], "next"}`,
-//!   `data` in base64.
+//!   `data` in base64; up to `K` entries (100 by default, 10 000 at most) and 16 MiB of
+//!   payload beyond the first: read on from `next`.
 //! - `GET /topics/{topic}/consumers/{consumer}?max=K` → the consumer's cursor and up to `K`
 //!   entries from it (nothing moves); `POST /topics/{topic}/consumers/{consumer}/commit` with
 //!   `{"offset": N}` moves it, through raft (`_` names the default consumer). Read, process,
@@ -16,6 +17,10 @@
 //!   /cluster/metrics` (openraft's metrics as JSON).
 //!
 //! Peers: `POST /raft/append`, `/raft/vote`, `/raft/snapshot` (see [`crate::network`]).
+//!
+//! Nothing is authenticated: the peers' routes accept raft RPCs from whoever sends them, and
+//! the cluster routes change membership. Serve a node on a private network (README,
+//! "Replication").
 //!
 //! Errors are JSON `{"error": "..."}`: `400` for bad input (nothing changed), `404` for what is
 //! not there, `413` for an entry over [`MAX_CLIENT_BODY`], `503` when no leader is known (nothing
@@ -27,6 +32,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -98,6 +104,27 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> HttpResponse {
     (status, Json(json!({ "error": msg.to_string() }))).into_response()
 }
 
+/// A request the extractors could not read (a path, query or body of the wrong shape), as
+/// the API's JSON error: `413` for a body over the limit, else `400`.
+fn rejected(e: impl IntoResponse + std::fmt::Display) -> HttpResponse {
+    let msg = e.to_string();
+    let status = match e.into_response().status() {
+        StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, msg)
+}
+
+/// The value of an extractor, or its rejection answered by [`rejected`].
+macro_rules! take {
+    ($extracted:expr) => {
+        match $extracted {
+            Ok(v) => v,
+            Err(e) => return rejected(e),
+        }
+    };
+}
+
 fn io_error(e: &io::Error) -> HttpResponse {
     let status = match e.kind() {
         io::ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
@@ -129,7 +156,12 @@ fn write_error(e: WriteError, path: &str) -> HttpResponse {
     }
 }
 
-async fn append(State(s): Shared, Path(topic): Path<String>, body: Bytes) -> HttpResponse {
+async fn append(
+    State(s): Shared,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    let (Path(topic), body) = (take!(path), take!(body));
     let path = format!("/topics/{}", encode_segment(&topic));
     let request = Request::Append {
         topic,
@@ -171,7 +203,11 @@ async fn list_topics(State(s): Shared) -> HttpResponse {
     Json(json!({ "node": s.id, "topics": topics })).into_response()
 }
 
-async fn read_entry(State(s): Shared, Path((topic, offset)): Path<(String, u64)>) -> HttpResponse {
+async fn read_entry(
+    State(s): Shared,
+    path: Result<Path<(String, u64)>, PathRejection>,
+) -> HttpResponse {
+    let Path((topic, offset)) = take!(path);
     match s.data.read_at(&topic, offset) {
         Ok(Some(e)) => (StatusCode::OK, e.data).into_response(),
         Ok(None) => error(
@@ -197,12 +233,20 @@ pub struct EntryJson {
     pub data: String,
 }
 
-/// Up to `max` entries of `topic` from `from`, and the offset after the last.
+/// Up to `max` entries of `topic` from `from` (and [`MAX_READ_BYTES`] of them beyond the
+/// first), and the offset after the last.
 fn entries(data: &Walrus, topic: &str, from: u64, max: usize) -> io::Result<(Vec<EntryJson>, u64)> {
     let mut out = Vec::new();
     let mut next = from;
+    let mut bytes = 0usize;
     for rec in data.iter(topic, from).take(max) {
         let rec = rec?;
+        if !out.is_empty() {
+            bytes = bytes.saturating_add(rec.data.len());
+            if bytes > MAX_READ_BYTES {
+                break;
+            }
+        }
         next = rec.offset + 1;
         out.push(EntryJson {
             offset: rec.offset,
@@ -212,13 +256,17 @@ fn entries(data: &Walrus, topic: &str, from: u64, max: usize) -> io::Result<(Vec
     Ok((out, next))
 }
 
+/// Entries in one read response at most...
 const MAX_READ: usize = 10_000;
+/// ...and payload bytes beyond the first entry (the rest is read from `next`).
+const MAX_READ_BYTES: usize = 16 << 20;
 
 async fn read_entries(
     State(s): Shared,
-    Path(topic): Path<String>,
-    Query(q): Query<Range>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Range>, QueryRejection>,
 ) -> HttpResponse {
+    let (Path(topic), Query(q)) = (take!(path), take!(query));
     let from = q.from.unwrap_or(0);
     let max = q.max.unwrap_or(100).min(MAX_READ);
     match entries(&s.data, &topic, from, max) {
@@ -234,9 +282,10 @@ fn consumer_name(c: String) -> String {
 
 async fn poll(
     State(s): Shared,
-    Path((topic, consumer)): Path<(String, String)>,
-    Query(q): Query<Range>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Range>, QueryRejection>,
 ) -> HttpResponse {
+    let (Path((topic, consumer)), Query(q)) = (take!(path), take!(query));
     let consumer = consumer_name(consumer);
     let cursor = s
         .data
@@ -259,9 +308,10 @@ struct CommitBody {
 
 async fn commit(
     State(s): Shared,
-    Path((topic, consumer)): Path<(String, String)>,
-    Json(body): Json<CommitBody>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<CommitBody>, JsonRejection>,
 ) -> HttpResponse {
+    let (Path((topic, consumer)), Json(body)) = (take!(path), take!(body));
     let path = format!(
         "/topics/{}/consumers/{}/commit",
         encode_segment(&topic),
@@ -283,7 +333,8 @@ struct InitBody {
     nodes: BTreeMap<NodeId, String>,
 }
 
-async fn init(State(s): Shared, Json(body): Json<InitBody>) -> HttpResponse {
+async fn init(State(s): Shared, body: Result<Json<InitBody>, JsonRejection>) -> HttpResponse {
+    let Json(body) = take!(body);
     let nodes: BTreeMap<NodeId, BasicNode> = body
         .nodes
         .into_iter()
@@ -301,7 +352,11 @@ struct LearnerBody {
     addr: String,
 }
 
-async fn add_learner(State(s): Shared, Json(body): Json<LearnerBody>) -> HttpResponse {
+async fn add_learner(
+    State(s): Shared,
+    body: Result<Json<LearnerBody>, JsonRejection>,
+) -> HttpResponse {
+    let Json(body) = take!(body);
     match s
         .raft
         .add_learner(body.id, BasicNode { addr: body.addr }, true)
@@ -317,7 +372,11 @@ struct MembershipBody {
     members: BTreeSet<NodeId>,
 }
 
-async fn change_membership(State(s): Shared, Json(body): Json<MembershipBody>) -> HttpResponse {
+async fn change_membership(
+    State(s): Shared,
+    body: Result<Json<MembershipBody>, JsonRejection>,
+) -> HttpResponse {
+    let Json(body) = take!(body);
     match s.raft.change_membership(body.members, false).await {
         Ok(r) => Json(json!({ "log_id": r.log_id })).into_response(),
         Err(e) => write_error(e.into(), "/cluster/membership"),

@@ -5,7 +5,8 @@
 //! group-commits instead: requests queue, and whatever queued while the raft writes in flight
 //! were busy becomes one `Batch` entry (up to [`MAX_BATCH`] requests or [`MAX_BATCH_BYTES`]).
 //! Each request still gets its own response; a batch applies its requests in order, so a
-//! refused one changes nothing and the others apply.
+//! refused one changes nothing and the others apply. A client's own `Batch` travels alone (the
+//! state machine refuses a batch inside a batch), and one that holds a batch is refused here.
 
 use std::sync::Arc;
 
@@ -92,6 +93,11 @@ impl Writer {
     /// # Errors
     /// See [`WriteError`].
     pub async fn write(&self, request: Request) -> Result<Response, WriteError> {
+        if let Request::Batch { requests } = &request
+            && requests.iter().any(|r| matches!(r, Request::Batch { .. }))
+        {
+            return Err(WriteError::Refused("a batch inside a batch".into()));
+        }
         let (tx, rx) = oneshot::channel();
         self.queue
             .send((request, tx))
@@ -125,13 +131,20 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Request, Reply)
                 None => return,
             },
         };
+        // A request whose client stopped waiting (a timeout it may retry after) is not
+        // proposed: once proposed it could commit, and the retry with it.
+        if first.1.is_closed() {
+            continue;
+        }
         let mut bytes = size(&first.0);
+        let alone = matches!(first.0, Request::Batch { .. });
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while !alone && batch.len() < MAX_BATCH {
             match rx.try_recv() {
+                Ok(item) if item.1.is_closed() => {}
                 Ok(item) => {
                     bytes += size(&item.0);
-                    if bytes > MAX_BATCH_BYTES {
+                    if bytes > MAX_BATCH_BYTES || matches!(item.0, Request::Batch { .. }) {
                         carry = Some(item);
                         break;
                     }

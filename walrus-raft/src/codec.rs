@@ -26,6 +26,11 @@ const PAYLOAD_MEMBERSHIP: u8 = 2;
 const REQUEST_APPEND: u8 = 1;
 const REQUEST_COMMIT: u8 = 2;
 const REQUEST_BATCH: u8 = 3;
+/// Batches inside batches nest this deep at most: deeper ones do not encode, so decoding
+/// recurses no further. (The state machine refuses any batch inside a batch; the
+/// [`Writer`](crate::Writer) refuses them before they reach raft, and these only come from a
+/// direct `client_write`.)
+const MAX_NESTING: usize = 8;
 
 /// What one entry of the log topic says.
 #[derive(Debug)]
@@ -131,7 +136,7 @@ pub(crate) fn encode_entry(entry: &Entry) -> io::Result<Vec<u8>> {
         }
         EntryPayload::Normal(request) => {
             e.u8(PAYLOAD_NORMAL);
-            encode_request(&mut e, request);
+            encode_request(&mut e, request, 0)?;
         }
         EntryPayload::Membership(m) => {
             e.u8(PAYLOAD_MEMBERSHIP);
@@ -156,7 +161,7 @@ pub(crate) fn decode_record(buf: &[u8]) -> io::Result<LogRecord> {
             let log_id = decode_log_id(&mut d)?;
             let payload = match d.u8()? {
                 PAYLOAD_BLANK => EntryPayload::Blank,
-                PAYLOAD_NORMAL => EntryPayload::Normal(decode_request(&mut d, true)?),
+                PAYLOAD_NORMAL => EntryPayload::Normal(decode_request(&mut d, 0)?),
                 PAYLOAD_MEMBERSHIP => {
                     let m: Membership<NodeId, openraft::BasicNode> =
                         serde_json::from_slice(d.rest()).map_err(|e| {
@@ -194,7 +199,8 @@ pub(crate) fn decode_log_id(d: &mut Dec<'_>) -> io::Result<LogId<NodeId>> {
     Ok(LogId::new(CommittedLeaderId::new(term, node_id), index))
 }
 
-fn encode_request(e: &mut Enc, r: &Request) {
+/// Encodes a request at `depth` batches deep: whatever encodes decodes.
+fn encode_request(e: &mut Enc, r: &Request, depth: usize) -> io::Result<()> {
     match r {
         Request::Append { topic, data } => {
             e.u8(REQUEST_APPEND).bytes(topic.as_bytes()).bytes(data);
@@ -210,22 +216,29 @@ fn encode_request(e: &mut Enc, r: &Request) {
                 .u64(*offset);
         }
         Request::Batch { requests } => {
+            if depth >= MAX_NESTING {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("raft request: batches nested over {MAX_NESTING} deep"),
+                ));
+            }
             e.u8(REQUEST_BATCH).u64(requests.len() as u64);
             for r in requests {
-                encode_request(e, r);
+                encode_request(e, r, depth + 1)?;
             }
         }
     }
+    Ok(())
 }
 
-/// Decodes a request; a batch only at the top (`outer`), so nesting is bounded.
-fn decode_request(d: &mut Dec<'_>, outer: bool) -> io::Result<Request> {
+/// Decodes a request at `depth` batches deep (bounded, see [`MAX_NESTING`]).
+fn decode_request(d: &mut Dec<'_>, depth: usize) -> io::Result<Request> {
     match d.u8()? {
-        REQUEST_BATCH if outer => {
+        REQUEST_BATCH if depth < MAX_NESTING => {
             let n = d.u64()?;
             let mut requests = Vec::new();
             for _ in 0..n {
-                requests.push(decode_request(d, false)?);
+                requests.push(decode_request(d, depth + 1)?);
             }
             Ok(Request::Batch { requests })
         }
@@ -442,18 +455,43 @@ mod tests {
                 }
             }
         }
-        // A batch inside a batch does not decode (nesting stays bounded).
-        let inner = Request::Batch { requests: vec![] };
+        // Batches inside batches: what encodes decodes (a log entry that does not would stop
+        // the node for good), and nesting stays bounded both ways.
+        let mut nested = Request::Append {
+            topic: "t".into(),
+            data: b"x".to_vec(),
+        };
+        for depth in 1..=MAX_NESTING {
+            nested = Request::Batch {
+                requests: vec![nested, Request::Batch { requests: vec![] }],
+            };
+            let entry = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Normal(nested.clone()),
+            };
+            match encode_entry(&entry) {
+                Ok(bytes) => {
+                    assert!(depth < MAX_NESTING, "depth {depth} encoded");
+                    match decode_record(&bytes).unwrap() {
+                        LogRecord::Entry(e) => assert_eq!(e, entry, "depth {depth}"),
+                        other => panic!("depth {depth}: {other:?}"),
+                    }
+                }
+                Err(e) => {
+                    assert_eq!(depth, MAX_NESTING, "depth {depth}: {e}");
+                    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+                }
+            }
+        }
+        // Crafted bytes nested deeper than that do not decode.
         let mut e = Enc::default();
         e.u8(RECORD_ENTRY);
         encode_log_id(&mut e, &LogId::new(CommittedLeaderId::new(1, 1), 1));
         e.u8(PAYLOAD_NORMAL);
-        encode_request(
-            &mut e,
-            &Request::Batch {
-                requests: vec![inner],
-            },
-        );
+        for _ in 0..=MAX_NESTING {
+            e.u8(REQUEST_BATCH).u64(1);
+        }
+        e.u8(REQUEST_APPEND).bytes(b"t").bytes(b"x");
         assert!(decode_record(&e.0).is_err());
         let mut long = encode_truncate(1);
         long.push(0);

@@ -90,9 +90,24 @@ impl Node {
     /// initialized or added to a cluster.
     ///
     /// # Errors
-    /// Opening the instances (`ResourceBusy` if another process holds the directory,
-    /// `InvalidData` for damage), binding the address, or starting raft.
+    /// `InvalidInput` for a heartbeat too long to time elections with; opening the instances
+    /// (`ResourceBusy` if another process holds the directory, `InvalidData` for damage),
+    /// binding the address, or starting raft.
     pub async fn start(config: NodeConfig) -> io::Result<Self> {
+        // Checked before anything is created.
+        let hb = u64::try_from(config.heartbeat.as_millis())
+            .ok()
+            .filter(|hb| hb.checked_mul(6).is_some())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "node {}: heartbeat {:?} is too long",
+                        config.id, config.heartbeat
+                    ),
+                )
+            })?
+            .max(10);
         std::fs::create_dir_all(&config.dir).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -101,7 +116,6 @@ impl Node {
         })?;
         let (log, state) = open_stores(&config.dir)?;
 
-        let hb = config.heartbeat.as_millis().max(10) as u64;
         let raft_config = Config {
             cluster_name: "walrus".into(),
             heartbeat_interval: hb,

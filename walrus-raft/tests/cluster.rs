@@ -529,3 +529,128 @@ async fn converge_from(nodes: &[&Node], topic: &str, len: u64) -> Vec<Vec<u8>> {
     }
     first
 }
+
+/// A client's own batch, sent while other writes are queued, commits as itself (never inside
+/// the node's batch, which would hold a batch inside a batch); one holding a batch is refused
+/// before raft sees it. Either way the log reads back: the node restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_batches_travel_alone_and_the_log_reads_back() {
+    use walrus_raft::{Request, Response};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start(&[1], dir.path(), |_| {}).await;
+    let node = &nodes[0];
+    leader(&[node]).await;
+    let app = |d: &[u8]| Request::Append {
+        topic: "t".into(),
+        data: d.to_vec(),
+    };
+    let nested = Request::Batch {
+        requests: vec![Request::Batch { requests: vec![] }],
+    };
+    match node.write(nested).await {
+        Err(WriteError::Refused(r)) => assert!(r.contains("batch inside a batch"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+    let writer = node.writer();
+    let mut tasks = Vec::new();
+    for i in 0..20u8 {
+        let w = writer.clone();
+        let request = if i % 5 == 0 {
+            Request::Batch {
+                requests: vec![app(&[i]), app(&[i, i])],
+            }
+        } else {
+            app(&[i])
+        };
+        tasks.push(tokio::spawn(async move { w.write(request).await }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let response = tokio::time::timeout(WAIT, t)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if i % 5 == 0 {
+            assert!(
+                matches!(&response, Response::Batch { responses } if responses.len() == 2),
+                "{response:?}"
+            );
+        }
+    }
+    let end = node.data().end_offset("t");
+    assert_eq!(end, Some(24));
+    drop(writer);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+    let node = Node::start(config(1, dir.path(), any_port()))
+        .await
+        .unwrap();
+    assert_eq!(node.data().end_offset("t"), Some(24));
+    node.shutdown().await.unwrap();
+}
+
+/// A read over HTTP stops at 16 MiB of payload beyond its first entry, whatever `max` asks,
+/// and says where to go on from; a request of the wrong shape is a JSON `400`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_reads_are_bounded_and_bad_requests_are_json_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start(&[1], dir.path(), |_| {}).await;
+    let node = &nodes[0];
+    leader(&[node]).await;
+    for i in 0..4u8 {
+        append(&[node], "big", &vec![i; 6 << 20]).await;
+    }
+    let mut from = 0;
+    let mut pages = Vec::new();
+    while from < 4 {
+        let url = format!(
+            "http://{}/topics/big/entries?from={from}&max=10",
+            node.addr()
+        );
+        let body: serde_json::Value = send(|| client().get(&url)).await.json().await.unwrap();
+        let n = body["entries"].as_array().unwrap().len();
+        let next = body["next"].as_u64().unwrap();
+        assert_eq!(next, from + n as u64);
+        pages.push(n);
+        from = next;
+    }
+    // 6 + 6 MiB fit beyond the first entry's 6; a third would pass 16.
+    assert_eq!(pages, [3, 1]);
+    let base = format!("http://{}", node.addr());
+    let long = "x".repeat(300);
+    let bad = [
+        client().get(format!("{base}/topics/big/entries/abc")),
+        client().get(format!("{base}/topics/big/entries?from=minus")),
+        client().get(format!("{base}/topics/{long}/entries")),
+        client().get(format!("{base}/topics/{long}/consumers/c")),
+        client()
+            .post(format!("{base}/topics/big/consumers/c/commit"))
+            .json(&serde_json::json!({})),
+        client()
+            .post(format!("{base}/cluster/membership"))
+            .body("not json"),
+    ];
+    for request in bad {
+        let request = request.build().unwrap();
+        let what = format!("{} {}", request.method(), request.url());
+        let resp = client().execute(request).await.unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST, "{what}");
+        let body: serde_json::Value = resp.json().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(body["error"].is_string(), "{what}: {body}");
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A heartbeat too long to time elections with is refused before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_too_long_is_invalid_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(1, dir.path(), any_port());
+    c.heartbeat = Duration::from_millis(u64::MAX / 4);
+    let err = Node::start(c).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    assert!(!dir.path().join("n1").exists(), "a directory was created");
+}

@@ -244,11 +244,20 @@ impl WalrusBuilder {
                     .map(PathBuf::from)
             })
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let key = self.key.clone().or_else(|| {
-            std::env::var(ENV_INSTANCE_KEY)
-                .ok()
-                .filter(|k| !k.is_empty())
-        });
+        let key = match self.key.clone() {
+            Some(k) => Some(k),
+            None => match std::env::var(ENV_INSTANCE_KEY) {
+                Ok(k) => Some(k).filter(|k| !k.is_empty()),
+                Err(std::env::VarError::NotPresent) => None,
+                // Ignored, it would open the root instead of the namespace asked for.
+                Err(std::env::VarError::NotUnicode(k)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{ENV_INSTANCE_KEY}={k:?} is not UTF-8"),
+                    ));
+                }
+            },
+        };
         let dir = match &key {
             Some(k) => root.join(dir_name(k)?),
             None => root,

@@ -451,11 +451,16 @@ impl Walrus {
     /// An iterator over `topic`'s entries from `from` on, for replay and event sourcing: moves
     /// no cursor, reads ahead in batches, ends at the visible end (a later `next` continues
     /// with what was appended since).
+    ///
+    /// A bad topic name is one `InvalidInput` item.
     pub fn iter(&self, topic: &str, from: u64) -> impl Iterator<Item = io::Result<Record>> + '_ {
-        self.engine
-            .store()
-            .iter(topic, from)
-            .map(|e| e.map(|(offset, data)| Record { offset, data }))
+        // A bad name is no topic: the store's iterator of it is empty.
+        check_topic(topic).err().map(Err).into_iter().chain(
+            self.engine
+                .store()
+                .iter(topic, from)
+                .map(|e| e.map(|(offset, data)| Record { offset, data })),
+        )
     }
 
     /// Hands `visit` up to `max_entries` entries of `topic` from `from` on, borrowing each

@@ -144,6 +144,12 @@ fn bad_input() {
         wal.read_next("", true).unwrap_err().kind(),
         io::ErrorKind::InvalidInput
     );
+    let mut it = wal.iter("", 0);
+    assert_eq!(
+        it.next().unwrap().unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert!(it.next().is_none());
     assert!(wal.topics().is_empty());
     // A data directory that is a file.
     let file = dir.path().join("file");

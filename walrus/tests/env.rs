@@ -57,4 +57,16 @@ fn constructors_use_the_environment_and_the_builder_wins() {
         None,
         "namespace ns is separate from the root"
     );
+    drop(w);
+    // A key that is not UTF-8 is refused, not ignored (which would open the root).
+    {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: as above.
+        unsafe {
+            std::env::set_var("WALRUS_INSTANCE_KEY", std::ffi::OsStr::from_bytes(&[0xff]));
+        }
+    }
+    let err = Walrus::new().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("WALRUS_INSTANCE_KEY"), "{err}");
 }

@@ -22,8 +22,11 @@ use crate::stats::ConsumerInfo;
 use crate::stats::{Stats, TopicStats};
 use crate::topic::{DEFAULT_CONSUMER, Topic};
 
-/// Entries an [`Entries`] iterator reads ahead at a time.
+/// Entries an [`Entries`] iterator reads ahead at a time, at most...
 const ITER_BATCH: usize = 256;
+/// ...and payload bytes beyond the first entry: large entries are read ahead a few at a time,
+/// not 256 of them at once.
+const ITER_BYTES: usize = 4 << 20;
 
 impl Store {
     /// Reads the entry at `topic`'s cursor (its default consumer's); with `consume`, moves the
@@ -493,7 +496,7 @@ impl Entries<'_> {
             &mut self.buf,
             (self.next, self.pos.take()),
             ITER_BATCH,
-            usize::MAX,
+            ITER_BYTES,
             &mut |offset, payload| ahead.push_back((offset, payload.to_vec())),
         )?;
         self.next = next;
