@@ -13,6 +13,7 @@ use crate::archived::{
     topic_from_field,
 };
 use crate::error::{CorruptReason, FormatError};
+use crate::limits::MAX_OFFSET;
 
 /// Magic bytes opening a record of a topic's default consumer (format v1).
 pub const CURSOR_MAGIC: [u8; 4] = *b"WCUR";
@@ -161,11 +162,8 @@ impl CursorRecord {
             return Err(corrupt(CorruptReason::ReservedBits));
         }
         let topic = topic_from_field(r.topic_len, &r.topic).map_err(corrupt)?;
-        Ok(Some(Self::new(
-            topic,
-            r.generation.to_native(),
-            r.offset.to_native(),
-        )))
+        let (generation, offset) = in_range(r.generation.to_native(), r.offset.to_native())?;
+        Ok(Some(Self::new(topic, generation, offset)))
     }
 
     fn decode_v2(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
@@ -201,15 +199,29 @@ impl CursorRecord {
         if v1_shaped || (kind == CursorKind::Floor && !consumer.is_empty()) {
             return Err(corrupt(CorruptReason::Malformed));
         }
+        let (generation, offset) = in_range(r.generation.to_native(), r.offset.to_native())?;
         Ok(Some(Self {
             topic,
             consumer,
             kind,
             removed,
-            generation: r.generation.to_native(),
-            offset: r.offset.to_native(),
+            generation,
+            offset,
         }))
     }
+}
+
+/// A record's generation and offset, if the format can hold them: an offset at most
+/// [`MAX_OFFSET`] (a cursor may stand at the end), a generation below it (one per write, so
+/// never reached; `+ 1` on it cannot overflow).
+fn in_range(generation: u64, offset: u64) -> Result<(u64, u64), FormatError> {
+    if generation >= MAX_OFFSET || offset > MAX_OFFSET {
+        return Err(FormatError::Corrupt {
+            at: 0,
+            reason: CorruptReason::Sequence,
+        });
+    }
+    Ok((generation, offset))
 }
 
 #[cfg(test)]
@@ -225,6 +237,45 @@ mod tests {
         assert_eq!(CursorRecord::decode(&[0; 512]), Ok(None));
         assert_eq!(CursorRecord::slot_position(3, 5), 7 * 512);
         assert_eq!(CursorRecord::slot_position(3, 6), 6 * 512);
+    }
+
+    /// A record whose generation or offset the format cannot hold (damage with a valid CRC,
+    /// or a crafted file) is corrupt: a generation of `u64::MAX` would overflow at the next
+    /// write, and win every slot comparison meanwhile.
+    #[test]
+    fn generation_and_offset_out_of_range_are_corrupt() {
+        let consumer = |generation, offset| CursorRecord {
+            consumer: "c".into(),
+            ..CursorRecord::new("t", generation, offset)
+        };
+        for (generation, offset) in [
+            (MAX_OFFSET, 0),
+            (u64::MAX, 0),
+            (1, MAX_OFFSET + 1),
+            (1, u64::MAX),
+        ] {
+            for r in [
+                CursorRecord::new("t", generation, offset),
+                consumer(generation, offset),
+            ] {
+                let bytes = r.encode().unwrap();
+                assert!(
+                    matches!(
+                        CursorRecord::decode(&bytes),
+                        Err(FormatError::Corrupt {
+                            reason: CorruptReason::Sequence,
+                            ..
+                        })
+                    ),
+                    "{r:?}"
+                );
+            }
+        }
+        let edge = consumer(MAX_OFFSET - 1, MAX_OFFSET);
+        assert_eq!(
+            CursorRecord::decode(&edge.encode().unwrap()),
+            Ok(Some(edge))
+        );
     }
 
     #[test]

@@ -1001,3 +1001,29 @@ fn a_failed_first_append_lists_no_topic() {
         "a consumer of the deleted topic came back"
     );
 }
+
+/// A consuming read racing the topic's deletion finds nothing, as if it had run just after:
+/// concurrency never fails a call.
+#[test]
+fn a_read_racing_deletion_finds_nothing_rather_than_failing() {
+    let sim = SimStorage::new(17);
+    let store = open(&sim, small()).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..2000 {
+                let _ = store.delete_topic("t");
+                thread::yield_now();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let mut rounds = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) && rounds < 200_000 {
+            store.append("t", b"x").unwrap();
+            if let Err(e) = store.read_next("t", true) {
+                panic!("round {rounds}: {e}");
+            }
+            rounds += 1;
+        }
+    });
+}

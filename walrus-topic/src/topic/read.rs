@@ -28,10 +28,18 @@ impl Topic {
         max_bytes: usize,
         out: &mut Vec<(u64, Vec<u8>)>,
     ) -> io::Result<bool> {
-        let read = self.with_reader(shared, name, consume, |c, r| {
+        let before = out.len();
+        let read = match self.with_reader(shared, name, consume, |c, r| {
             self.read_as(shared, c, r, consume, max_entries, max_bytes, out)
                 .map(|()| r.unpersisted > 0)
-        })?;
+        }) {
+            // Deleted while this read looked for its consumer (or read): as if read before.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.is_hidden() => {
+                out.truncate(before);
+                return Ok(false);
+            }
+            other => other?,
+        };
         if let Some(unpersisted) = read {
             // Only what was handed out: a read whose cursor could not be persisted returns
             // nothing.
