@@ -217,6 +217,21 @@ fn retention_by_size_releases_unread_entries_and_a_consumer_behind_skips_them() 
             Some(0),
             "no retention: all kept"
         );
+        // A read whose cursor write fails hands nothing out, and its skip is counted by the
+        // read that succeeds, once.
+        sim.inject(
+            FaultRule::new(Fault::Eio)
+                .op(OpKind::Write)
+                .path(format!("{DIR}/cursors.wcur")),
+        );
+        let before = store.consumers("capped")[0].skipped;
+        assert_eq!(
+            before,
+            first - 1,
+            "the skip ahead is counted before the read"
+        );
+        assert!(store.read_next_as("capped", "reader", true).is_err());
+        assert_eq!(store.consumers("capped")[0].skipped, before);
         let (o, data) = store
             .read_next_as("capped", "reader", true)
             .unwrap()

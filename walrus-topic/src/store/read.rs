@@ -132,6 +132,18 @@ impl Store {
     ) -> io::Result<Option<(u64, Vec<u8>)>> {
         check_consumer(topic, consumer)?;
         let t = self.topic_or_create(topic, true)?;
+        let read = self.read_next_waiting(&t, consumer, timeout);
+        self.forget_unused(t);
+        read
+    }
+
+    fn read_next_waiting(
+        &self,
+        t: &Topic,
+        consumer: &str,
+        timeout: Duration,
+    ) -> io::Result<Option<(u64, Vec<u8>)>> {
+        let topic = &*t.name;
         let deadline = Instant::now().checked_add(timeout);
         // Bounded: each round waits for the visible end to pass what the read before it saw.
         loop {
@@ -151,7 +163,7 @@ impl Store {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => timeout,
             };
-            if left.is_zero() || !self.wait_on(&t, from, left) {
+            if left.is_zero() || !self.wait_on(t, from, left) {
                 return self.read_next_as(topic, consumer, true);
             }
         }
@@ -165,7 +177,27 @@ impl Store {
     /// `InvalidInput` for a bad topic name.
     pub fn wait_for(&self, topic: &str, offset: u64, timeout: Duration) -> io::Result<bool> {
         let t = self.topic_or_create(topic, true)?;
-        Ok(self.wait_on(&t, offset, timeout))
+        let arrived = self.wait_on(&t, offset, timeout);
+        self.forget_unused(t);
+        Ok(arrived)
+    }
+
+    /// Drops `t` from the map if a wait created it for nothing: no append ever made it a
+    /// topic, and no one else holds it (a waiter, an append under way). Waits on names that
+    /// never come would otherwise each leave a topic in memory for good.
+    fn forget_unused(&self, t: Arc<Topic>) {
+        if !t.is_placeholder() {
+            return;
+        }
+        let mut map = self.topics.write();
+        // Under the write lock no one takes it from the map: the map's and ours are the only
+        // references, or someone else is using it.
+        if Arc::strong_count(&t) == 2
+            && t.is_placeholder()
+            && map.get(&t.name).is_some_and(|m| Arc::ptr_eq(m, &t))
+        {
+            map.remove(&t.name);
+        }
     }
 
     fn wait_on(&self, t: &Topic, offset: u64, timeout: Duration) -> bool {
@@ -524,5 +556,48 @@ impl Iterator for Entries<'_> {
             t.counters.read(1);
         }
         Some(Ok(entry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use walrus_io::{SimStorage, Storage};
+
+    use crate::{Store, StoreOptions};
+
+    /// Waits on names that never come leave nothing behind; a wait still under way, and the
+    /// topic an append then makes of its name, stay.
+    #[test]
+    fn waits_on_names_that_never_come_leave_no_topic_behind() {
+        let sim = SimStorage::new(1);
+        let storage: Arc<dyn Storage> = Arc::new(sim);
+        let store = Store::open("/w", storage, StoreOptions::new()).unwrap();
+        for i in 0..100 {
+            assert!(!store.wait_for(&format!("w{i}"), 0, Duration::ZERO).unwrap());
+            let read = store.read_next_timeout(&format!("r{i}"), "c", Duration::ZERO);
+            assert_eq!(read.unwrap(), None);
+        }
+        assert!(
+            store.topics.read().is_empty(),
+            "{:?}",
+            store.topics.read().keys()
+        );
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| store.read_next_timeout("late", "", Duration::from_secs(30)));
+            // Bounded: the waiter's placeholder is in the map once it waits.
+            for _ in 0..10_000 {
+                if store.topics.read().contains_key("late") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(store.append("late", b"x").unwrap(), 0);
+            let got = waiter.join().unwrap().unwrap();
+            assert_eq!(got, Some((0, b"x".to_vec())));
+        });
+        assert_eq!(store.topics(), ["late"]);
     }
 }

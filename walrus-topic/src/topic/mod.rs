@@ -171,6 +171,15 @@ impl Topic {
         }
     }
 
+    /// Whether this is only a name: created unlisted (by a wait, or an append that failed),
+    /// never written, not a deleted topic, with no consumer.
+    pub(crate) fn is_placeholder(&self) -> bool {
+        self.is_hidden()
+            && self.written_end() == 0
+            && self.consumers.read().is_empty()
+            && !self.floor.lock().deleted
+    }
+
     /// Offset the next append gets; every entry below is readable.
     pub(crate) fn written_end(&self) -> u64 {
         self.progress.written_end()

@@ -97,12 +97,8 @@ impl Topic {
         if !consume || out.is_empty() {
             return Ok(());
         }
-        if start_cursor < floor {
-            let skipped = floor - start_cursor;
-            r.skipped += skipped;
-            tracing::warn!(topic = %self.name, consumer = %c.name, from = start_cursor,
-                to = floor, "retention released entries before this consumer read them");
-        }
+        let skipped = floor.saturating_sub(start_cursor);
+        r.skipped += skipped;
         r.cursor = cursor;
         r.pos = pos;
         r.unpersisted = r.unpersisted.saturating_add(out.len() as u32);
@@ -113,8 +109,14 @@ impl Topic {
             r.cursor = start_cursor;
             r.pos = start_pos;
             r.unpersisted = r.unpersisted.saturating_sub(out.len() as u32);
+            // The retry counts the skip (once).
+            r.skipped -= skipped;
             out.clear();
             return Err(on_topic(e, &self.name, Some(start_cursor)));
+        }
+        if skipped > 0 {
+            tracing::warn!(topic = %self.name, consumer = %c.name, from = start_cursor,
+                to = floor, "retention released entries before this consumer read them");
         }
         Ok(())
     }
