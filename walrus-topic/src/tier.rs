@@ -67,6 +67,9 @@ pub(crate) struct Catalog {
     /// with: an index whose offsets match a local block's is this block's upload only if its
     /// data does too (another store's objects can name the same offsets).
     pub(crate) found: std::collections::BTreeSet<u64>,
+    /// Shorter uploads of blocks uploaded again whole (see [`TierState::reupload`]) whose
+    /// objects are still to be deleted: a deletion failed, or the listing found both.
+    pub(crate) superseded: Vec<Arc<TierIndex>>,
 }
 
 impl Catalog {
@@ -258,7 +261,7 @@ impl TierState {
                 ));
             }
             // The listing without a lock held; an upload that loaded meanwhile wins.
-            let blocks = match self.list_catalog(topic, end) {
+            let (blocks, superseded) = match self.list_catalog(topic, end) {
                 Ok(b) => b,
                 Err(e) => {
                     *state.failed_load.lock() =
@@ -270,6 +273,7 @@ impl TierState {
             if !catalog.loaded {
                 catalog.found = blocks.keys().copied().collect();
                 catalog.blocks = blocks;
+                catalog.superseded = superseded;
                 catalog.loaded = true;
             }
         }
@@ -350,7 +354,14 @@ impl TierState {
 
     /// The catalogue of `topic` as the remote's index objects say (one listing, one GET per
     /// index object).
-    fn list_catalog(&self, topic: &str, end: u64) -> io::Result<BTreeMap<u64, Arc<TierIndex>>> {
+    /// The tiered blocks of `topic` the remote lists, by first offset, and the shorter uploads
+    /// of blocks it also holds whole.
+    #[allow(clippy::type_complexity)]
+    fn list_catalog(
+        &self,
+        topic: &str,
+        end: u64,
+    ) -> io::Result<(BTreeMap<u64, Arc<TierIndex>>, Vec<Arc<TierIndex>>)> {
         let dir = format!("{}/{}", self.options.dir, topic_key(topic));
         // Data objects are skipped: one without its index is an upload a crash interrupted,
         // which the next upload of its block finds and checks.
@@ -386,18 +397,21 @@ impl TierState {
                 .collect()
         });
         let mut blocks: BTreeMap<u64, Arc<TierIndex>> = BTreeMap::new();
+        let mut superseded = Vec::new();
         for index in fetched {
-            let index = index?;
+            let index = Arc::new(index?);
             // Two uploads of one block (see `reupload`, interrupted before it deleted the
-            // shorter): the longer holds all the other does.
-            if blocks
-                .get(&index.first_offset)
-                .is_none_or(|held| held.end_offset() < index.end_offset())
-            {
-                blocks.insert(index.first_offset, Arc::new(index));
+            // shorter): the longer holds all the other does, which goes.
+            match blocks.get(&index.first_offset) {
+                Some(held) if held.end_offset() >= index.end_offset() => superseded.push(index),
+                _ => {
+                    if let Some(shorter) = blocks.insert(index.first_offset, index) {
+                        superseded.push(shorter);
+                    }
+                }
             }
         }
-        Ok(blocks)
+        Ok((blocks, superseded))
     }
 
     /// One index object of `topic`, validated against its name and the topic's `end`.
@@ -442,6 +456,7 @@ impl TierState {
         let state = self.topic(topic);
         let _uploading = state.uploading.lock();
         self.ensure_loaded(topic, end, false)?;
+        self.delete_superseded(&state)?;
         for block in chain {
             let (first, end) = (block.first_offset, block.end_offset());
             if !block.is_sealed() || end > durable || stop() {
@@ -509,6 +524,7 @@ impl TierState {
         let state = self.topic(topic);
         let _uploading = state.uploading.lock();
         self.ensure_loaded(topic, end, false)?;
+        self.delete_superseded(&state)?;
         let doomed: Vec<Arc<TierIndex>> = state
             .catalog
             .lock()
@@ -554,20 +570,35 @@ impl TierState {
             return Ok(false);
         }
         let index = self.upload_block(topic, block, pass)?;
+        let state = self.topic(topic);
         {
-            let state = self.topic(topic);
             let mut catalog = state.catalog.lock();
-            catalog.blocks.insert(block.first_offset, Arc::new(index));
+            if let Some(old) = catalog.blocks.insert(block.first_offset, Arc::new(index)) {
+                catalog.superseded.push(old);
+            }
             catalog.found.remove(&block.first_offset);
         }
-        // A reader may still hold the shorter index for a moment: its next read finds the
-        // longer. A failure here leaves the shorter objects, which a later load passes over.
-        let (data_key, index_key) = old.object_names(&self.options.dir);
-        self.remote().delete(&index_key)?;
-        self.remote().delete(&data_key)?;
         tracing::info!(topic = %topic, first = block.first_offset, from = old.end_offset(),
             to = block.end_offset(), "tiered a block again after it grew");
+        // A reader may still hold the shorter index for a moment: its next read finds the
+        // longer. A failure here leaves the shorter for the next pass.
+        self.delete_superseded(&state)?;
         Ok(true)
+    }
+
+    /// Deletes the objects of the shorter uploads a whole upload replaced, with the topic's
+    /// `uploading` lock held: the data object first, as an expiry does, so that an index a
+    /// crash left without its data is listed again beside the longer one, and goes then.
+    fn delete_superseded(&self, state: &TopicTier) -> io::Result<()> {
+        loop {
+            let Some(old) = state.catalog.lock().superseded.last().cloned() else {
+                return Ok(());
+            };
+            let (data_key, index_key) = old.object_names(&self.options.dir);
+            self.remote().delete(&data_key)?;
+            self.remote().delete(&index_key)?;
+            state.catalog.lock().superseded.pop();
+        }
     }
 
     /// The data of `block`'s frames, as an upload sends it.

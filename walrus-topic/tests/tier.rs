@@ -599,6 +599,59 @@ fn retention_of_a_tiered_topic_counts_the_tier_and_deletes_expired_objects() {
     }
 }
 
+/// An expiry deletes tiered objects only below a floor that is durable: a power cut right
+/// after it finds the floor where the expiry left it, and every entry above it readable.
+#[test]
+fn the_floor_is_durable_before_the_objects_below_it_are_deleted() {
+    let sim = SimStorage::new(15);
+    let tier = MemoryTier::new();
+    let limit = 64 * 1024;
+    let options =
+        bounded(&tier).with_topic_retention("orders", Retention::unlimited().with_max_bytes(limit));
+    let (before, after) = (600, 640);
+    let floor = {
+        let store = open(&sim, options.clone()).unwrap();
+        for i in 0..before {
+            store.append("orders", &payload(i)).unwrap();
+            if i % 100 == 99 {
+                store.sync().unwrap();
+                store.tier_pass().unwrap();
+                store.maintain().unwrap();
+            }
+        }
+        store.sync().unwrap();
+        store.tier_pass().unwrap();
+        // Retention moves the floor within what only the tier holds (written, not synced); the
+        // pass expires the objects below it; the power goes.
+        for i in before..after {
+            store.append("orders", &payload(i)).unwrap();
+        }
+        let segments = segment_files(&sim);
+        store.maintain().unwrap();
+        let floor = store.first_retained_offset("orders").unwrap();
+        let pass = store.tier_pass().unwrap();
+        // No segment went meanwhile (a deletion syncs the cursor file first, floor included):
+        // only the expiry's own sync makes the floor durable.
+        assert_eq!(segment_files(&sim), segments);
+        assert!(pass.expired > 0, "nothing expired: {pass:?}");
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(store);
+        floor
+    };
+    let store = open(&sim, options).unwrap();
+    let first = store.first_retained_offset("orders").unwrap();
+    assert!(first >= floor.min(before), "floor {first}, was {floor}");
+    let end = store.end_offset("orders").unwrap();
+    assert!(end >= before, "synced entries lost: end {end}");
+    for o in first..end {
+        assert_eq!(
+            store.read_at("orders", o).unwrap(),
+            Some(payload(o)),
+            "read_at {o} (floor {first}, was {floor})"
+        );
+    }
+}
+
 #[test]
 fn age_retention_and_deletion_remove_a_tiered_topic_from_the_tier() {
     let sim = SimStorage::new(16);
@@ -852,6 +905,57 @@ fn a_block_tiered_and_then_reopened_as_the_live_block_is_tiered_again_when_it_gr
     assert_eq!(offsets, (0..tiered.len() as u64).collect::<Vec<_>>());
 }
 
+/// The shorter upload a whole one replaced is deleted even when its deletion fails: the next
+/// pass retries it, and after a reopen the listing, which finds both uploads of the block,
+/// deletes the shorter. No object is left behind.
+#[test]
+fn a_shorter_upload_left_by_a_failed_deletion_goes_in_a_later_pass() {
+    for reopen in [false, true] {
+        let sim = SimStorage::new(43);
+        let tier = MemoryTier::new();
+        let n = 40;
+        {
+            let store = open(&sim, options(&tier)).unwrap();
+            fill(&store, n);
+            store.append("orders", &vec![7u8; 7600]).unwrap();
+            assert_eq!(store.tier_pass().unwrap().uploaded, 3);
+            sim.crash(CrashMode::DropUnsynced);
+            std::mem::forget(store);
+        }
+        let mut store = open(&sim, options(&tier)).unwrap();
+        for i in n..n + 150 {
+            store.append("orders", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        let (blk, idx) = keys_by_kind(&tier);
+        // The whole block's upload lands; deleting the shorter one fails.
+        tier.fail_next(TierOp::Delete, 2);
+        assert!(
+            store.tier_pass().is_err(),
+            "reopen {reopen}: the deletion was to fail"
+        );
+        let (blk2, idx2) = keys_by_kind(&tier);
+        assert_eq!(
+            (blk2, idx2),
+            (blk + 1, idx + 1),
+            "reopen {reopen}: both uploads held"
+        );
+        if reopen {
+            drop(store);
+            store = open(&sim, options(&tier)).unwrap();
+        }
+        store.tier_pass().unwrap();
+        store.tier_pass().unwrap();
+        let (blk3, idx3) = keys_by_kind(&tier);
+        assert_eq!(blk3, idx3, "reopen {reopen}: an object without its pair");
+        // `tiered_entries` refuses an offset held twice: the shorter upload is gone.
+        let tiered = tiered_entries(&tier, "tier-dir/orders");
+        let offsets: Vec<u64> = tiered.keys().copied().collect();
+        assert_eq!(offsets, (0..tiered.len() as u64).collect::<Vec<_>>());
+        assert!(tiered.len() as u64 > n);
+    }
+}
+
 /// A consumer waiting for a slow remote holds up neither the stats nor the appends of its
 /// topic.
 #[test]
@@ -916,4 +1020,53 @@ fn dropping_an_engine_mid_backlog_waits_for_one_call_not_the_backlog() {
     for (o, data) in tiered_entries(&tier, "tier-dir/orders") {
         assert_eq!(data, payload(o), "offset {o}");
     }
+}
+
+/// Dropping an engine while its tier thread expires a deleted topic's many objects waits for
+/// the call in flight, not for every expiry; the next open's pass finishes them.
+#[test]
+fn dropping_an_engine_mid_expiry_waits_for_one_call_not_every_expiry() {
+    let sim = SimStorage::new(22);
+    let tier = MemoryTier::new();
+    {
+        let store = open(&sim, options(&tier)).unwrap();
+        fill(&store, 600);
+        store.tier_pass().unwrap();
+        assert!(keys_by_kind(&tier).1 > 10, "too few blocks tiered");
+        assert!(store.delete_topic("orders").unwrap());
+    }
+    // Two deletes a block at 300 ms a call: several seconds of expiries.
+    tier.set_delay(Duration::from_millis(300));
+    let engine = Engine::open(
+        DIR,
+        Arc::new(sim.clone()) as Arc<dyn Storage>,
+        options(&tier),
+        SyncPolicy::Every(Duration::from_millis(5)),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let started_with = tier.calls(TierOp::Delete);
+    while tier.calls(TierOp::Delete) < started_with + 2 {
+        assert!(Instant::now() < deadline, "the tier thread expires nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    drop(engine);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "the close waited {took:?}"
+    );
+    assert!(
+        keys_by_kind(&tier).1 > 0,
+        "every expiry ran before the close"
+    );
+    tier.set_delay(Duration::ZERO);
+    let store = open(&sim, options(&tier)).unwrap();
+    store.tier_pass().unwrap();
+    assert_eq!(
+        keys_by_kind(&tier),
+        (0, 0),
+        "objects of the deleted topic left"
+    );
 }
