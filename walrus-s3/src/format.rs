@@ -27,7 +27,8 @@ use std::ops::Range;
 
 use walrus_block::checksum::crc32c;
 use walrus_block::{
-    CorruptReason, Frame, FrameDecoder, FrameKind, encode_frame, frame_len, validate_topic_name,
+    CorruptReason, Frame, FrameDecoder, FrameKind, MAX_TOPIC_NAME_LEN, encode_frame, frame_len,
+    validate_topic_name,
 };
 
 /// The first bytes of every batch object.
@@ -40,6 +41,10 @@ pub const FIXED_HEADER_LEN: usize = 56;
 pub const HEADER_PROBE_LEN: u64 = 4096;
 /// The most topics one batch may carry (bounds the header a reader must fetch).
 pub const MAX_BATCH_TOPICS: usize = 65_536;
+/// The longest header a batch can have: [`MAX_BATCH_TOPICS`] table rows of the longest topic
+/// name. A longer length field is damage, refused before its bytes are fetched.
+const MAX_HEADER_LEN: u64 =
+    (FIXED_HEADER_LEN + MAX_BATCH_TOPICS * (2 + MAX_TOPIC_NAME_LEN + 8 + 4 + 8 + 8) + 4) as u64;
 
 /// One topic's run of entries inside a batch object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +250,9 @@ pub fn decode_header(object: &str, bytes: &[u8]) -> io::Result<HeaderProbe> {
     let header_len = u64::from(f.u32().ok_or_else(short)?);
     if header_len < (FIXED_HEADER_LEN + 4) as u64 {
         return Err(corrupt(object, "header length below the minimum"));
+    }
+    if header_len > MAX_HEADER_LEN {
+        return Err(corrupt(object, "header length past the maximum"));
     }
     if header_len > bytes.len() as u64 {
         return Ok(HeaderProbe::NeedBytes(header_len));
@@ -479,6 +487,30 @@ mod tests {
             decode_header("t", &bytes[..FIXED_HEADER_LEN]).unwrap(),
             HeaderProbe::NeedBytes(header_len)
         );
+    }
+
+    /// A damaged header length is refused before its bytes are fetched: one flipped bit
+    /// must not make an open GET up to the whole object.
+    #[test]
+    fn a_header_length_past_the_maximum_is_refused_unfetched() {
+        let bytes = sample();
+        let header_len = header(&bytes).sections[0].bytes.start as u32;
+        let at = (0..FIXED_HEADER_LEN - 4)
+            .find(|&i| bytes[i..i + 4] == header_len.to_le_bytes())
+            .unwrap();
+        let with = |len: u64| {
+            let mut b = bytes[..FIXED_HEADER_LEN].to_vec();
+            b[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+            decode_header("t", &b)
+        };
+        assert_eq!(
+            with(MAX_HEADER_LEN).unwrap(),
+            HeaderProbe::NeedBytes(MAX_HEADER_LEN)
+        );
+        for len in [MAX_HEADER_LEN + 1, u64::from(u32::MAX)] {
+            let e = with(len).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        }
     }
 
     #[test]

@@ -66,8 +66,9 @@ impl S3Options {
         self
     }
 
-    /// Payload bytes queued (not yet taken into a batch) before appends wait (default
-    /// 256 MiB). One entry larger than this is still taken, alone.
+    /// Bytes queued (not yet taken into a batch) before appends wait (default 256 MiB): each
+    /// entry counts its payload, its frame header and its allocation, so that many empty
+    /// entries are bounded too. One entry larger than this is still taken, alone.
     #[must_use]
     pub fn max_buffered_bytes(mut self, bytes: u64) -> Self {
         self.max_buffered_bytes = bytes;

@@ -117,6 +117,10 @@ impl S3Ticket {
     /// The batch's error once its retry budget is spent, `AlreadyExists` when another writer
     /// fenced this one, `BrokenPipe` when the writer was closed before the entries were sent.
     pub fn wait(self) -> io::Result<Range<u64>> {
+        self.wait_done()
+    }
+
+    fn wait_done(&self) -> io::Result<Range<u64>> {
         let mut state = self.slot.state.lock();
         loop {
             if let State::Done(r) = &*state {
@@ -132,7 +136,10 @@ impl S3Ticket {
     /// `TimedOut` when the entries are not in S3 by then (the ticket stays valid: wait again),
     /// or the errors of [`wait`](Self::wait).
     pub fn wait_timeout(&self, timeout: Duration) -> io::Result<Range<u64>> {
-        let deadline = Instant::now() + timeout;
+        // A timeout past any instant (`Duration::MAX`) is no timeout.
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            return self.wait_done();
+        };
         let mut state = self.slot.state.lock();
         loop {
             if let State::Done(r) = &*state {

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use object_store::ObjectStore;
 use parking_lot::{Condvar, Mutex};
-use walrus_block::{FrameKind, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, validate_topic_name};
+use walrus_block::{FrameKind, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, frame_len, validate_topic_name};
 
 use crate::format::{self, BatchId, HeaderProbe, MAX_BATCH_TOPICS, TopicEntries};
 use crate::options::S3Options;
@@ -114,17 +114,24 @@ impl Drop for Pending {
     }
 }
 
+/// What one queued entry costs against the byte budget and the batch size: its frame in the
+/// batch object (payload and header), and its allocation. (Empty entries are not free: 2000
+/// of them in a batch call hold tens of KiB.)
+fn entry_cost(payload: &[u8]) -> u64 {
+    (frame_len(payload.len()) + std::mem::size_of::<Vec<u8>>()) as u64
+}
+
 impl Pending {
     fn bytes(&self) -> u64 {
         match &self.work {
             Work::Entries {
                 payload: Payload::One(p),
                 ..
-            } => p.len() as u64,
+            } => entry_cost(p),
             Work::Entries {
                 payload: Payload::Many(ps),
                 ..
-            } => ps.iter().map(|p| p.len() as u64).sum(),
+            } => ps.iter().map(|p| entry_cost(p)).sum(),
             Work::Flush => 0,
         }
     }
@@ -330,7 +337,8 @@ impl S3Wal {
             },
             slot: Arc::clone(&slot),
         };
-        match self.queue(item, Some(Instant::now() + timeout)) {
+        // A timeout past any instant (`Duration::MAX`) is no timeout.
+        match self.queue(item, Instant::now().checked_add(timeout)) {
             Ok(()) => Ok(S3Ticket::new(slot)),
             Err((error, item)) => Err(Rejected {
                 error,
@@ -639,10 +647,10 @@ impl Flusher {
 
     fn run(&mut self) {
         let interval = self.inner.options.flush_interval;
-        let mut deadline = Instant::now() + interval;
+        let mut deadline = later(Instant::now(), interval);
         loop {
             let closing = self.wait_for_work(&mut deadline);
-            deadline = Instant::now() + interval;
+            deadline = later(Instant::now(), interval);
             loop {
                 let batch = self.drain();
                 if batch.is_empty() {
@@ -687,7 +695,7 @@ impl Flusher {
                 if !inner.queue.is_empty() {
                     return false;
                 }
-                *deadline = now + interval;
+                *deadline = later(now, interval);
             }
             if interval.is_zero() {
                 // Every append wakes the flusher: no tick needed.
@@ -911,4 +919,12 @@ fn random_id() -> u64 {
     h.write_u128(nanos);
     h.write_u32(std::process::id());
     h.finish()
+}
+
+/// `now + interval`, or an instant no flush waits for if that overflows (an interval of
+/// `Duration::MAX`: flushes by size and on request only).
+fn later(now: Instant, interval: Duration) -> Instant {
+    now.checked_add(interval)
+        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
+        .unwrap_or(now)
 }

@@ -641,3 +641,61 @@ fn called_from_inside_an_async_runtime_it_refuses_rather_than_panics() {
     let wal = S3Wal::open(Arc::clone(&store), "outside", fast()).unwrap();
     wal.append("t", b"x").unwrap().wait_timeout(WAIT).unwrap();
 }
+
+/// `Duration::MAX` is no deadline, nowhere a panic: a flush interval of it (flushes by size
+/// and on request only), a timed append and a timed wait.
+#[test]
+fn a_duration_of_max_is_no_deadline() {
+    let (_server, store) = server();
+    let options = S3Options::default().flush_interval(Duration::MAX);
+    let wal = S3Wal::open(Arc::clone(&store), "forever", options).unwrap();
+    let ticket = wal
+        .append_timeout("t", b"x".to_vec(), Duration::MAX)
+        .unwrap();
+    wal.flush().unwrap();
+    assert_eq!(ticket.wait_timeout(Duration::MAX).unwrap(), 0..1);
+    wal.close().unwrap();
+    assert_eq!(read_all(&store, "forever", "t"), vec![(0, b"x".to_vec())]);
+}
+
+/// The byte budget counts what an entry costs in memory, not only its payload: batches of
+/// empty entries wait for room like any others while the server is away.
+#[test]
+fn empty_entries_count_against_the_byte_budget() {
+    let (server, store) = server();
+    let options = S3Options::default()
+        .max_buffered_bytes(1024)
+        .flush_interval(Duration::from_secs(3600))
+        .request_timeout(Duration::from_secs(20));
+    let wal = Arc::new(S3Wal::open(Arc::clone(&store), "empty", options).unwrap());
+    server.pause().unwrap();
+    let done = Arc::new(AtomicU32::new(0));
+    let producer = {
+        let (wal, done) = (Arc::clone(&wal), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let empties = vec![&b""[..]; 2000];
+            (0..10)
+                .map(|_| {
+                    let t = wal.append_batch("t", &empties);
+                    done.fetch_add(1, Ordering::AcqRel);
+                    t
+                })
+                .collect::<io::Result<Vec<_>>>()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let queued = done.load(Ordering::Acquire);
+    assert!(
+        queued <= 3,
+        "{queued} batches of 2000 empty entries queued within a 1 KiB budget"
+    );
+    server.resume().unwrap();
+    let tickets = producer.join().unwrap().unwrap();
+    wal.flush().unwrap();
+    for t in tickets {
+        t.wait_timeout(WAIT).unwrap();
+    }
+    let wal = Arc::into_inner(wal).unwrap();
+    wal.close().unwrap();
+    assert_eq!(read_all(&store, "empty", "t").len(), 20_000);
+}
