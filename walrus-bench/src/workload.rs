@@ -82,6 +82,9 @@ pub enum Prealloc {
     Extend,
     /// `fallocate` (unwritten extents, as segment files are prepared).
     Fallocate,
+    /// `fallocate` of all a thread can write in the run (at 2 GiB/s): the unsynced loop's
+    /// writes land in space claimed ahead, as the engine's do in its segments.
+    FallocateRun,
     /// Written with zeros and synced: the loop overwrites blocks that are already allocated
     /// and initialised, so a sync has no extent to convert.
     Zeroed,
@@ -209,6 +212,24 @@ pub struct RunResult {
     /// figures above are those of the median run. Empty for a single run.
     #[serde(default)]
     pub rates: Vec<f64>,
+    /// Every run of this row in the order the rounds ran, when the suite repeats its plan:
+    /// targets compare rows round by round (a baseline with the run beside it, not the median
+    /// of one with the median of another). Empty for a single run.
+    #[serde(default)]
+    pub rounds: Vec<Round>,
+}
+
+/// What one run of a row measured, for comparisons round by round.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Round {
+    /// Entries per second.
+    pub entries_per_sec: f64,
+    /// Payload MiB per second.
+    pub mib_per_sec: f64,
+    /// Mean latency of a call, in nanoseconds.
+    pub mean_ns: f64,
+    /// p99 latency of a call, in nanoseconds.
+    pub p99_ns: u64,
 }
 
 impl RunResult {
@@ -227,6 +248,29 @@ impl RunResult {
             error: Some(error),
             group_commit: None,
             rates: Vec::new(),
+            rounds: Vec::new(),
+        }
+    }
+
+    /// This run's figures as one round.
+    #[must_use]
+    pub fn round(&self) -> Round {
+        Round {
+            entries_per_sec: self.entries_per_sec(),
+            mib_per_sec: self.mib_per_sec(),
+            mean_ns: self.latency.mean_ns,
+            p99_ns: self.latency.p99_ns,
+        }
+    }
+
+    /// The row's rounds in the order they ran: its every run when the plan was repeated, else
+    /// this run alone.
+    #[must_use]
+    pub fn per_round(&self) -> Vec<Round> {
+        if self.rounds.is_empty() {
+            vec![self.round()]
+        } else {
+            self.rounds.clone()
         }
     }
 
@@ -519,7 +563,13 @@ fn run_pwrite(
         })
         .collect();
     let files = (0..spec.threads)
-        .map(|i| prepare_file(&dir.join(format!("pwrite-{i}")), prealloc))
+        .map(|i| {
+            prepare_file(
+                &dir.join(format!("pwrite-{i}")),
+                prealloc,
+                spec.duration_secs,
+            )
+        })
         .collect::<io::Result<Vec<_>>>()?;
     let (tallies, start) = drive(spec, |i, deadline| {
         let file = &files[i];
@@ -613,8 +663,8 @@ impl BlockCursor {
     }
 }
 
-/// Creates a baseline file prepared as `prealloc` says (not measured).
-fn prepare_file(path: &Path, prealloc: Prealloc) -> io::Result<File> {
+/// Creates a baseline file prepared as `prealloc` says, for a run of `secs` (not measured).
+fn prepare_file(path: &Path, prealloc: Prealloc, secs: f64) -> io::Result<File> {
     let file = File::options()
         .read(true)
         .write(true)
@@ -622,8 +672,14 @@ fn prepare_file(path: &Path, prealloc: Prealloc) -> io::Result<File> {
         .open(path)?;
     match prealloc {
         Prealloc::Extend => {}
-        Prealloc::Fallocate => {
-            let len = libc::off_t::try_from(Prealloc::LEN).map_err(io::Error::other)?;
+        Prealloc::Fallocate | Prealloc::FallocateRun => {
+            let len = if prealloc == Prealloc::Fallocate {
+                Prealloc::LEN
+            } else {
+                // Whole seconds, at least one: a run stops at its deadline.
+                (secs.ceil().max(1.0) as u64).saturating_mul(2 << 30)
+            };
+            let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
             // SAFETY: fallocate on a descriptor this function owns and keeps open; no memory
             // is passed.
             let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
@@ -674,6 +730,7 @@ fn finish(
         error: None,
         group_commit: None,
         rates: Vec::new(),
+        rounds: Vec::new(),
     }
 }
 
