@@ -90,7 +90,8 @@ impl S3Options {
         self
     }
 
-    /// The deadline of each request to the store (default 30 s).
+    /// The deadline of each request to the store (default 30 s); a PUT gets one more second per
+    /// 4 MiB it carries.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;

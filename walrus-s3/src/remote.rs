@@ -20,6 +20,8 @@ use crate::format::{self, BatchHeader, HEADER_PROBE_LEN, HeaderProbe};
 
 /// How many header GETs an open keeps in flight.
 const HEADER_FETCH_CONCURRENCY: usize = 16;
+/// The slowest upload a PUT's deadline allows for beyond the per-request one: 4 MiB/s.
+const PUT_BYTES_PER_SEC: u64 = 4 << 20;
 
 /// A batch object as listed: its sequence, its name, its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +136,17 @@ impl Remote {
         what: &str,
         fut: impl Future<Output = object_store::Result<T>>,
     ) -> io::Result<T> {
-        self.runtime.block_on(within(self.timeout, op, what, async {
+        self.run_within(self.timeout, op, what, fut)
+    }
+
+    fn run_within<T>(
+        &self,
+        timeout: Duration,
+        op: &str,
+        what: &str,
+        fut: impl Future<Output = object_store::Result<T>>,
+    ) -> io::Result<T> {
+        self.runtime.block_on(within(timeout, op, what, async {
             fut.await.map_err(|e| store_error(op, what, e))
         }))
     }
@@ -201,18 +213,6 @@ impl Remote {
         Ok(bytes)
     }
 
-    /// The whole object.
-    pub(crate) fn get(&self, path: &Path) -> io::Result<Bytes> {
-        let what = path.to_string();
-        self.run("GET", &what, async {
-            self.store
-                .get_opts(path, GetOptions::default())
-                .await?
-                .bytes()
-                .await
-        })
-    }
-
     /// PUT `bytes` at `path` only if nothing is there (If-None-Match).
     pub(crate) fn put_create(&self, path: &Path, bytes: Bytes) -> io::Result<PutOutcome> {
         self.put_create_with(path, bytes, &[])
@@ -235,7 +235,13 @@ impl Remote {
             ..PutOptions::default()
         };
         let what = path.to_string();
-        match self.run(
+        // The deadline grows with the object: a batch may carry a 1 GiB entry, which no
+        // per-request deadline of seconds lets through.
+        let timeout = self
+            .timeout
+            .saturating_add(Duration::from_secs(bytes.len() as u64 / PUT_BYTES_PER_SEC));
+        match self.run_within(
+            timeout,
             "PUT",
             &what,
             self.store
@@ -245,6 +251,27 @@ impl Remote {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
             Err(e) => Err(e),
         }
+    }
+
+    /// The validated header of the batch object at `path` (named for `sequence`), from a HEAD
+    /// and a ranged GET; `None` if there is no such object.
+    ///
+    /// # Errors
+    /// `InvalidData` when the object is not a whole batch of that sequence.
+    pub(crate) fn batch_header(
+        &self,
+        path: &Path,
+        sequence: u64,
+    ) -> io::Result<Option<BatchHeader>> {
+        let Some(head) = self.head(path)? else {
+            return Ok(None);
+        };
+        let listed = Listed {
+            sequence,
+            path: path.clone(),
+            size: head.size,
+        };
+        Ok(self.headers(std::slice::from_ref(&listed))?.pop())
     }
 
     /// The size and user metadata of `path`; `None` if there is no such object.

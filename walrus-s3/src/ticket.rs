@@ -66,7 +66,11 @@ impl Slot {
         };
         self.done.notify_all();
         for w in wakers {
-            w.wake();
+            // A waker is the caller's code, run here on the flusher: one that panics must not
+            // take the batch's other tickets, or the writer, with it.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())).is_err() {
+                tracing::warn!("a waker of a walrus-s3 ticket panicked");
+            }
         }
     }
 

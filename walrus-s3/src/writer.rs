@@ -23,7 +23,7 @@ use object_store::ObjectStore;
 use parking_lot::{Condvar, Mutex};
 use walrus_block::{FrameKind, MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, frame_len, validate_topic_name};
 
-use crate::format::{self, BatchId, HeaderProbe, MAX_BATCH_TOPICS, TopicEntries};
+use crate::format::{self, BatchId, MAX_BATCH_TOPICS, TopicEntries};
 use crate::options::S3Options;
 use crate::reader::Index;
 use crate::remote::{PutOutcome, Remote};
@@ -251,9 +251,12 @@ impl S3Wal {
                 sequence: index.next_sequence(),
                 writer,
             };
-            let fence = format::encode_batch(id, &[])?;
-            match put_batch(&remote, &options, &counters, id, fence.into()) {
-                Ok(()) => break (id.epoch, id.sequence),
+            let fence: Bytes = format::encode_batch(id, &[])?.into();
+            match put_batch(&remote, &options, &counters, id, fence.clone()) {
+                Ok(()) => {
+                    check_conditional_puts(&remote, &counters, id.sequence, fence)?;
+                    break (id.epoch, id.sequence);
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && round < FENCE_ROUNDS => {
                     round += 1;
                     index.refresh(&remote)?;
@@ -845,7 +848,9 @@ fn retryable(e: &io::Error) -> bool {
 }
 
 /// PUTs batch `id` under its name with If-None-Match, retrying within the budget. A taken name
-/// holding exactly these bytes is an earlier attempt of ours that landed; any other content is
+/// holding a batch with this writer's id, epoch and sequence, and this length, is an earlier
+/// attempt of ours that landed (a writer PUTs one content per sequence; its header is fetched,
+/// not the whole object, which may be as large as a batch gets); anything else there is
 /// another writer's, and fences this one (`AlreadyExists`, no retry).
 fn put_batch(
     remote: &Remote,
@@ -864,9 +869,22 @@ fn put_batch(
         counters.put_requests.fetch_add(1, Ordering::Relaxed);
         let landed = match remote.put_create(&path, bytes.clone()) {
             Ok(PutOutcome::Created) => Ok(()),
-            Ok(PutOutcome::Exists) => match remote.get(&path) {
-                Ok(found) if found == bytes => Ok(()),
-                Ok(found) => return Err(fenced(&path, id, &found)),
+            Ok(PutOutcome::Exists) => match remote.batch_header(&path, id.sequence) {
+                Ok(Some(h))
+                    if (h.writer, h.epoch, h.object_len)
+                        == (id.writer, id.epoch, bytes.len() as u64) =>
+                {
+                    Ok(())
+                }
+                Ok(Some(h)) => return Err(fenced(&path, id, &format!("epoch {}", h.epoch))),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(fenced(&path, id, "an object that is not a batch of ours"));
+                }
+                // Taken, then gone (a lifecycle rule?): the next attempt creates it.
+                Ok(None) => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{path}: the name was taken, then the object was gone"),
+                )),
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -896,11 +914,31 @@ fn put_batch(
     ))
 }
 
-fn fenced(path: &object_store::path::Path, id: BatchId, found: &[u8]) -> io::Error {
-    let theirs = match format::decode_header(path.as_ref(), found) {
-        Ok(HeaderProbe::Header(h)) => format!("epoch {}", h.epoch),
-        _ => "an object that is not a batch of ours".into(),
-    };
+/// PUTs the fence (batch `sequence`, just written) again, with If-None-Match: a store that
+/// honours it refuses. One that creates it again ignores the condition, and would let a second
+/// writer overwrite acknowledged batches, so it is refused (`Unsupported`). The bytes are the
+/// same, so what the store holds does not change either way.
+fn check_conditional_puts(
+    remote: &Remote,
+    counters: &Counters,
+    sequence: u64,
+    fence: Bytes,
+) -> io::Result<()> {
+    let path = remote.path(sequence);
+    counters.put_requests.fetch_add(1, Ordering::Relaxed);
+    match remote.put_create(&path, fence)? {
+        PutOutcome::Exists => Ok(()),
+        PutOutcome::Created => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{path}: the store overwrote an object under If-None-Match: without conditional \
+                 PUTs a second writer could overwrite acknowledged batches"
+            ),
+        )),
+    }
+}
+
+fn fenced(path: &object_store::path::Path, id: BatchId, theirs: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::AlreadyExists,
         format!(

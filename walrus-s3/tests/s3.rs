@@ -310,6 +310,8 @@ struct LostAnswers {
     lose: AtomicU32,
     panic_at: u32,
     puts: AtomicU32,
+    /// Ignore If-None-Match: every PUT overwrites, as a store without conditional PUTs does.
+    overwrite: bool,
 }
 
 impl std::fmt::Display for LostAnswers {
@@ -328,6 +330,14 @@ impl ObjectStore for LostAnswers {
     ) -> object_store::Result<PutResult> {
         let n = self.puts.fetch_add(1, Ordering::SeqCst) + 1;
         assert_ne!(n, self.panic_at, "injected panic in PUT {n}");
+        let opts = if self.overwrite {
+            PutOptions {
+                mode: object_store::PutMode::Overwrite,
+                ..opts
+            }
+        } else {
+            opts
+        };
         let r = self.inner.put_opts(location, payload, opts).await?;
         let lose = self
             .lose
@@ -385,6 +395,7 @@ fn a_retried_put_that_landed_is_recognised_as_ours() {
         lose: 2.into(), // the fence's answer and the first batch's
         panic_at: 0,
         puts: 0.into(),
+        overwrite: false,
     });
     let options = fast().backoff(Duration::from_millis(10), Duration::from_millis(10));
     let wal = S3Wal::open(lossy, "lost", options).unwrap();
@@ -405,6 +416,63 @@ fn a_retried_put_that_landed_is_recognised_as_ours() {
         "the fence and one batch, each written once"
     );
     assert_eq!(read_all(&store, "lost", "t"), [(0, b"once".to_vec())]);
+}
+
+/// A large batch whose PUT answer was lost is recognised as ours from its header, without
+/// fetching it whole: a GET of the whole object within the per-request deadline could never
+/// finish (here 512 KiB at 2 µs a byte against 300 ms), and the writer would stop with the
+/// batch in S3.
+#[test]
+fn a_large_retried_put_is_recognised_from_its_header() {
+    let (_server, store) = server();
+    let slow_reads: Arc<dyn ObjectStore> = Arc::new(ThrottledStore::new(
+        Arc::clone(&store),
+        ThrottleConfig {
+            wait_get_per_byte: Duration::from_micros(2),
+            ..ThrottleConfig::default()
+        },
+    ));
+    let lossy: Arc<dyn ObjectStore> = Arc::new(LostAnswers {
+        inner: slow_reads,
+        lose: 2.into(), // the fence's answer and the large batch's
+        panic_at: 0,
+        puts: 0.into(),
+        overwrite: false,
+    });
+    let options = fast()
+        .backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .request_timeout(Duration::from_millis(300));
+    let wal = S3Wal::open(lossy, "large", options).unwrap();
+    let big = vec![9u8; 512 << 10];
+    assert_eq!(
+        wal.append("t", &big).unwrap().wait_timeout(WAIT).unwrap(),
+        0..1
+    );
+    assert_eq!(wal.stats().put_retries, 2);
+    wal.close().unwrap();
+    assert_eq!(read_all(&store, "large", "t"), [(0, big)]);
+}
+
+/// A store that does not honour If-None-Match would let a second writer overwrite acknowledged
+/// batches: the open finds out (its fence, PUT again, must be refused) and refuses to write.
+#[test]
+fn a_store_without_conditional_puts_is_refused_at_open() {
+    let (_server, store) = server();
+    let careless: Arc<dyn ObjectStore> = Arc::new(LostAnswers {
+        inner: Arc::clone(&store),
+        lose: 0.into(),
+        panic_at: 0,
+        puts: 0.into(),
+        overwrite: true,
+    });
+    let e = S3Wal::open(careless, "careless", fast()).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("If-None-Match"), "{e}");
+    // The same store honouring it opens.
+    S3Wal::open(store, "careless", fast())
+        .unwrap()
+        .close()
+        .unwrap();
 }
 
 #[test]
@@ -537,8 +605,9 @@ fn a_panicking_store_fails_the_tickets_and_stops_the_writer() {
     let panicky: Arc<dyn ObjectStore> = Arc::new(LostAnswers {
         inner: Arc::clone(&store),
         lose: 0.into(),
-        panic_at: 2, // the first batch after the fence
+        panic_at: 3, // the first batch after the fence and the open's check of it
         puts: 0.into(),
+        overwrite: false,
     });
     let wal = S3Wal::open(panicky, "panic", fast()).unwrap();
     let err = wal
@@ -698,4 +767,32 @@ fn empty_entries_count_against_the_byte_budget() {
     let wal = Arc::into_inner(wal).unwrap();
     wal.close().unwrap();
     assert_eq!(read_all(&store, "empty", "t").len(), 20_000);
+}
+
+/// A ticket's waker runs on the flusher: one that panics fails neither the other tickets of
+/// its batch nor the writer.
+#[test]
+fn a_panicking_waker_harms_no_other_ticket() {
+    struct Panics;
+    impl std::task::Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            panic!("a waker that panics");
+        }
+    }
+    let (_server, store) = server();
+    let options = S3Options::default().flush_interval(Duration::from_secs(3600));
+    let wal = S3Wal::open(Arc::clone(&store), "wakers", options).unwrap();
+    let mut first = wal.append("t", b"a").unwrap();
+    let second = wal.append("t", b"b").unwrap();
+    let waker = std::task::Waker::from(Arc::new(Panics));
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(std::pin::Pin::new(&mut first).poll(&mut cx).is_pending());
+    wal.flush().unwrap();
+    assert_eq!(second.wait_timeout(WAIT).unwrap(), 1..2);
+    assert_eq!(first.wait_timeout(WAIT).unwrap(), 0..1);
+    let third = wal.append("t", b"c").unwrap();
+    wal.flush().unwrap();
+    assert_eq!(third.wait_timeout(WAIT).unwrap(), 2..3);
+    wal.close().unwrap();
+    assert_eq!(read_all(&store, "wakers", "t").len(), 3);
 }
