@@ -2,7 +2,9 @@
 //!
 //! Applying `Append { topic, data }` appends to `topic` of the node's data instance; applying
 //! `Commit` moves a consumer's cursor there. Applying is deterministic, so every node holds the
-//! same topics with the same offsets, and refuses the same bad requests.
+//! same topics with the same offsets, and refuses the same bad requests: it decides from
+//! replicated state only (a commit below every consumer's cursor is refused, since whether
+//! those entries are still held depends on each node's block boundaries).
 //!
 //! The data instance is never synced per entry: the raft log is the durable copy. Every
 //! 1024 entries (`SAVE_EVERY`; and at each snapshot) the data instance is flushed and then the
@@ -198,6 +200,23 @@ impl StateMachine {
                         reason: format!(
                             "offset {offset} is past the end of topic {topic:?} ({})",
                             end.unwrap_or(0)
+                        ),
+                    });
+                }
+                // Below every consumer's cursor, entries are released or not by each node's own
+                // block boundaries, so whether they are still there differs between nodes: such
+                // a commit is refused on every node alike (the cursors are replicated state).
+                let floor = data
+                    .consumers(topic)
+                    .iter()
+                    .map(|c| c.persisted)
+                    .min()
+                    .unwrap_or(0);
+                if *offset < floor {
+                    return Ok(Response::Refused {
+                        reason: format!(
+                            "offset {offset} of topic {topic:?} is below every consumer's cursor \
+                             ({floor}): its entries may be released"
                         ),
                     });
                 }
@@ -523,6 +542,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use openraft::CommittedLeaderId;
+    use openraft::storage::RaftStateMachine;
 
     use super::*;
     use crate::log_store::open_instance;
@@ -536,6 +556,60 @@ mod tests {
             },
             body: vec![index as u8; 64 << 10],
         }
+    }
+
+    /// A commit is refused below every consumer's cursor, whatever this node still holds there
+    /// (another node may have released it): every node answers alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_below_every_cursor_is_refused_on_every_node_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let log =
+            LogStore::open(Arc::new(open_instance(&dir.path().join("log")).unwrap())).unwrap();
+        let mut sm = StateMachine::open(
+            Arc::new(open_instance(&dir.path().join("data")).unwrap()),
+            &log,
+            dir.path().join("snapshot"),
+        )
+        .unwrap();
+        let entry = |index: u64, request: Request| openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(request),
+        };
+        let commit = |consumer: &str, offset: u64| Request::Commit {
+            topic: "t".into(),
+            consumer: consumer.into(),
+            offset,
+        };
+        let mut entries: Vec<_> = (1..=10)
+            .map(|i| {
+                entry(
+                    i,
+                    Request::Append {
+                        topic: "t".into(),
+                        data: vec![i as u8],
+                    },
+                )
+            })
+            .collect();
+        entries.push(entry(11, commit("b", 6)));
+        entries.push(entry(12, commit("a", 8)));
+        // Below both cursors (the entries are all still in this node's one block).
+        entries.push(entry(13, commit("a", 3)));
+        entries.push(entry(14, commit("new", 5)));
+        // At the lowest cursor, and between the two.
+        entries.push(entry(15, commit("a", 6)));
+        entries.push(entry(16, commit("b", 7)));
+        let out = sm.apply(entries).await.unwrap();
+        assert_eq!(out[10..12], [Response::Committed, Response::Committed]);
+        for refused in &out[12..14] {
+            assert!(
+                matches!(refused, Response::Refused { reason } if reason.contains("below every")),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(out[14..], [Response::Committed, Response::Committed]);
+        assert_eq!(sm.data().cursor_as("t", "a"), Some(6));
+        assert_eq!(sm.data().cursor_as("t", "new"), None);
     }
 
     /// Snapshots made current at once (a build on openraft's task and an install) never mix
