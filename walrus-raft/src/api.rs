@@ -10,8 +10,9 @@
 //!   payload beyond the first: read on from `next`.
 //! - `GET /topics/{topic}/consumers/{consumer}?max=K` → the consumer's cursor and up to `K`
 //!   entries from it (nothing moves); `POST /topics/{topic}/consumers/{consumer}/commit` with
-//!   `{"offset": N}` moves it, through raft (`_` names the default consumer). Read, process,
-//!   commit: at-least-once, as in Kafka.
+//!   `{"offset": N}` moves it, through raft (`_` names the default consumer; `400` past the
+//!   topic's end, or below every consumer's cursor). Read, process, commit: at-least-once, as in
+//!   Kafka.
 //! - `POST /cluster/init` `{"nodes": {"1": "127.0.0.1:21001", …}}`, `POST /cluster/learners`
 //!   `{"id", "addr"}`, `POST /cluster/membership` `{"members": [1, 2, 3]}`, `GET
 //!   /cluster/metrics` (openraft's metrics as JSON).
