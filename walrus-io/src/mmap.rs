@@ -532,40 +532,10 @@ mod tests {
         );
     }
 
-    /// Dirty pages of the file at `path` in the page cache (`cachestat(2)`, Linux 6.5), or
-    /// `None` where the kernel lacks it.
+    /// Dirty pages of the file at `path` in the page cache, or `None` where the kernel lacks
+    /// `cachestat(2)`.
     fn dirty_pages(path: &Path) -> Option<u64> {
-        use std::os::fd::AsRawFd;
-        #[repr(C)]
-        struct Range {
-            off: u64,
-            len: u64,
-        }
-        #[repr(C)]
-        #[derive(Default)]
-        struct Stat {
-            cache: u64,
-            dirty: u64,
-            writeback: u64,
-            evicted: u64,
-            recently_evicted: u64,
-        }
-        const SYS_CACHESTAT: libc::c_long = 451; // the same number on every architecture
-        let file = std::fs::File::open(path).ok()?;
-        let range = Range { off: 0, len: 0 }; // to the end of the file
-        let mut stat = Stat::default();
-        // SAFETY: `cachestat` reads `range` and writes `stat`, both live `repr(C)` structs of
-        // the kernel's layout for the duration of the call; `file` is open.
-        let r = unsafe {
-            libc::syscall(
-                SYS_CACHESTAT,
-                file.as_raw_fd(),
-                &raw const range,
-                &raw mut stat,
-                0,
-            )
-        };
-        (r == 0).then_some(stat.dirty)
+        crate::fs::cachestat(path).map(|s| s.dirty)
     }
 
     /// A sync writes back what any handle of the file wrote, through its mapping or its

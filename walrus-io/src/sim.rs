@@ -12,6 +12,10 @@
 //!   durable (POSIX does not promise it, so the simulator does not either).
 //! * Directories made by [`Storage::create_dir_all`] are durable at once (a simplification:
 //!   Walrus makes its directory once, before any data exists).
+//! * A failed data sync loses what it was to write: the file's unsynced sectors read as the
+//!   disk holds them, and no later sync makes them durable. That is Linux's behaviour when
+//!   write-back fails (the pages are marked clean, not written) once the real backends drop
+//!   those pages from the cache, as they do on a failed sync.
 //!
 //! [`SimStorage::crash`] is a power cut: only the durable state survives, per [`CrashMode`]
 //! optionally with some unsynced sectors. Every handle opened before the crash goes stale (its
@@ -563,6 +567,7 @@ impl SegmentFile for SimFile {
             // A stale handle (injected crash) is not a failed sync of this file.
             if state.generation == self.generation {
                 state.poison.record(&self.poison, &self.path, &e);
+                state.lose_unsynced(self.inode);
             }
             return Err(e);
         }
@@ -730,6 +735,21 @@ impl SimState {
         inode.durable_len = inode.len;
         inode.last_write = None;
         self.stats.data_syncs += 1;
+    }
+
+    /// A failed sync of `id`: what it was to write is lost, and reads see the disk's bytes (what
+    /// Linux does when write-back fails, with the real backends dropping the pages it marked
+    /// clean: see `fs::drop_cached`). Nothing is dirty after it, so no later sync brings it back.
+    fn lose_unsynced(&mut self, id: u64) {
+        let inode = self
+            .inodes
+            .get_mut(&id)
+            .unwrap_or_else(|| unreachable!("open inode"));
+        for &sector in &inode.dirty {
+            copy_sector(&inode.durable_pages, &mut inode.pages, sector);
+        }
+        inode.dirty.clear();
+        inode.last_write = None;
     }
 
     /// What a sync of `id` starting now covers: the dirty sectors' contents and the length.

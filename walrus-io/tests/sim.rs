@@ -48,6 +48,32 @@ fn crash_keeps_only_synced_data() {
     assert_eq!(sim.unsynced_sectors(&p("/d/f")).unwrap(), 0);
 }
 
+/// A failed sync loses what it was to write, as on Linux (pages marked clean, not written,
+/// and dropped from the cache by the real backends): reads see the disk's bytes at once, and
+/// no later sync, in this process or the next, makes the lost bytes durable.
+#[test]
+fn a_failed_sync_loses_what_it_was_to_write() {
+    let (sim, f) = with_file(9, 8192);
+    f.write_at(b"synced", 0).unwrap();
+    f.sync_data().unwrap();
+    f.write_at(b"XXXXXX", 0).unwrap();
+    f.write_at(b"lost", 4096).unwrap();
+    sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Sync));
+    assert!(f.sync_data().is_err());
+    assert_eq!(read(&*f, 0, 6), b"synced");
+    assert_eq!(read(&*f, 4096, 4), [0; 4]);
+    assert_eq!(sim.unsynced_sectors(&p("/d/f")).unwrap(), 0);
+    // The next process (the failure is sticky for this one) syncs; nothing comes back.
+    sim.crash(CrashMode::KeepWritten);
+    let f = sim.open(&p("/d/f")).unwrap();
+    f.sync_data().unwrap();
+    assert_eq!(read(&*f, 0, 6), b"synced");
+    sim.crash(CrashMode::DropUnsynced);
+    let f = sim.open(&p("/d/f")).unwrap();
+    assert_eq!(read(&*f, 0, 6), b"synced");
+    assert_eq!(read(&*f, 4096, 4), [0; 4]);
+}
+
 #[test]
 fn existence_is_durable_only_after_sync_dir() {
     let (sim, _f) = with_file(2, 4096);

@@ -425,7 +425,7 @@ fn a_full_disk_fails_the_block_allocation_cleanly() {
 /// On the mmap backend a full disk is an append's `StorageFull`, never a `SIGBUS`, and every
 /// acknowledged entry stays readable, also after a reopen, unsynced and under `SyncEach` (with
 /// its journal and zero-filled claims). Real disk space runs out: the instance runs in a child
-/// on a 12 MiB tmpfs of its own (`run_on_a_small_tmpfs`). A full disk does not poison the
+/// on a 16 MiB tmpfs of its own (`run_on_a_small_tmpfs`). A full disk does not poison the
 /// instance: once space is freed, appends go on.
 #[test]
 fn the_mmap_backend_on_a_full_disk_fails_an_append_not_the_process() {
@@ -439,7 +439,7 @@ fn the_mmap_backend_on_a_full_disk_fails_an_append_not_the_process() {
         }
         return;
     }
-    let Some((status, text)) = walrus_io::conformance::run_on_a_small_tmpfs(TEST, "12m") else {
+    let Some((status, text)) = walrus_io::conformance::run_on_a_small_tmpfs(TEST, "16m") else {
         return;
     };
     // A SIGBUS shows as a status without a code (signal 7).
@@ -468,8 +468,10 @@ fn fill_an_mmap_instance(dir: &Path, schedule: FsyncSchedule) {
     // Space to give back once the disk is full.
     let filler = dir.with_extension("filler");
     std::fs::create_dir_all(dir).unwrap();
-    // Two of the mmap backend's 2 MiB granules: what one more store may need.
-    std::fs::write(&filler, vec![1u8; 4 << 20]).unwrap();
+    // Four of the mmap backend's 2 MiB granules: once freed, room for a new granule for each
+    // of the three topics, and one for the header of a spare segment a lane may prepare
+    // meanwhile (two granules were not always enough: a flaky test).
+    std::fs::write(&filler, vec![1u8; 8 << 20]).unwrap();
     let wal = open();
     let mut acked = [0u64; 3];
     let err = 'fill: {
@@ -481,7 +483,7 @@ fn fill_an_mmap_instance(dir: &Path, schedule: FsyncSchedule) {
                 }
             }
         }
-        panic!("{schedule:?}: 90 MB of entries fit on a 6 MiB file system");
+        panic!("{schedule:?}: 90 MB of entries fit on a 16 MiB file system");
     };
     assert_eq!(
         err.kind(),
