@@ -92,7 +92,10 @@ struct State {
     done: u64,
     /// A sync is running in [`GroupCommit::wait`].
     running: bool,
-    /// A sync failed: every unfinished waiter gets this error from then on.
+    /// The numbers of the syncs numbered and not yet finished (a leader's, external ones).
+    in_flight: Vec<u64>,
+    /// A sync failed: every unfinished waiter gets this error from then on, once no sync
+    /// still running could cover it.
     failed: Option<Arc<Poisoned>>,
     /// The instance closed: waiters whose sync never came get an error.
     closed: bool,
@@ -330,11 +333,21 @@ impl GroupCommit {
     #[cfg(loom)]
     fn yield_wait(&self, _ticket: u64) {}
 
+    /// Whether `ticket` has no hope left: a sync failed or the instance closed, and no sync
+    /// still running is numbered to cover it. (One that is may yet succeed, and make the
+    /// entries durable, and visible: their append must not be told it failed.)
+    fn hopeless(st: &State, ticket: u64) -> bool {
+        (st.failed.is_some() || st.closed) && !st.in_flight.iter().any(|&n| n >= ticket)
+    }
+
     /// The answer for `ticket` now: `Some(Ok)` durable, `Some(Err)` never will be, `None` not
     /// yet.
     fn settled(st: &State, ticket: u64) -> Option<io::Result<()>> {
         if st.done >= ticket {
             return Some(Ok(()));
+        }
+        if !Self::hopeless(st, ticket) {
+            return None;
         }
         if let Some(p) = &st.failed {
             return Some(Err(poisoned_error(p)));
@@ -401,6 +414,11 @@ impl GroupCommit {
                 Self::sleep(st, ticket, true);
                 continue;
             }
+            if st.failed.is_some() || st.closed {
+                // Only a sync already running can still cover it: wait for its end.
+                Self::sleep(st, ticket, false);
+                continue;
+            }
             // Lead: gather the appends still being written, then sync; the sync covers every
             // write that took a ticket <= its number, all marked before it starts.
             st.running = true;
@@ -412,15 +430,17 @@ impl GroupCommit {
             st = self.state.lock();
             st.next += 1;
             let number = st.next;
+            st.in_flight.push(number);
             self.last_group.store(
                 self.tickets_since.swap(0, Ordering::AcqRel),
                 Ordering::Relaxed,
             );
             drop(st);
             let started = std::time::Instant::now();
-            let leading = Leading {
+            let leading = InFlight {
                 commits: self,
                 number,
+                leads: true,
             };
             let result = sync();
             std::mem::forget(leading);
@@ -486,8 +506,29 @@ impl GroupCommit {
     pub fn begin_external(&self) -> u64 {
         let mut st = self.state.lock();
         st.next += 1;
+        let number = st.next;
+        st.in_flight.push(number);
         self.tickets_since.store(0, Ordering::Release);
-        st.next
+        number
+    }
+
+    /// Runs `sync` numbered outside [`wait`](Self::wait) (the background syncer, `flush`,
+    /// drop): it covers every ticket taken before it starts. A sync that panics counts as
+    /// failed (its waiters get an error rather than wait for it forever).
+    ///
+    /// # Errors
+    /// The error `sync` returned.
+    pub fn external(&self, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let number = self.begin_external();
+        let guard = InFlight {
+            commits: self,
+            number,
+            leads: false,
+        };
+        let result = sync();
+        std::mem::forget(guard);
+        self.finish_external(number, &result);
+        result
     }
 
     /// Completes a sync begun with [`begin_external`](Self::begin_external).
@@ -520,6 +561,7 @@ impl GroupCommit {
     #[must_use]
     fn complete(&self, st: &mut State, number: u64, result: &io::Result<()>) -> Vec<Thread> {
         self.yielding.happened();
+        st.in_flight.retain(|&n| n != number);
         match result {
             Ok(()) => {
                 st.done = st.done.max(number);
@@ -539,11 +581,15 @@ impl GroupCommit {
     /// lead the next.
     #[must_use]
     fn wake(st: &mut State) -> Vec<Thread> {
-        let settled_all = st.failed.is_some() || st.closed;
+        // Failed or closed, a ticket no sync still running covers is settled (as an error).
+        let failing = st.failed.is_some() || st.closed;
+        let covered = st.in_flight.iter().copied().max();
         let done = st.done;
+        let settles =
+            |ticket: u64| ticket <= done || (failing && covered.is_none_or(|c| c < ticket));
         let mut i = 0;
         while i < st.wakers.len() {
-            if settled_all || st.wakers[i].0 <= done {
+            if settles(st.wakers[i].0) {
                 st.wakers.swap_remove(i).1.wake();
             } else {
                 i += 1;
@@ -551,7 +597,7 @@ impl GroupCommit {
         }
         let mut woken = Vec::new();
         st.sleepers.retain(|s| {
-            let settled = settled_all || s.ticket <= done;
+            let settled = settles(s.ticket);
             if settled {
                 woken.push(s.thread.clone());
             }
@@ -566,22 +612,28 @@ impl GroupCommit {
     }
 }
 
-/// A leader's sync in progress. Dropped only if the sync panicked (a completed sync forgets
-/// it): the sync's outcome is unknown, so it counts as failed, and the waiters it would have
-/// freed, and every later one, get the error instead of waiting for a sync that never ends.
-struct Leading<'a> {
+/// A numbered sync in progress, a leader's (`leads`) or an external one. Dropped only if the
+/// sync panicked (a completed sync forgets it): the sync's outcome is unknown, so it counts as
+/// failed, and the waiters it would have freed, and every later one, get the error instead of
+/// waiting for a sync that never ends.
+struct InFlight<'a> {
     commits: &'a GroupCommit,
     number: u64,
+    leads: bool,
 }
 
-impl Drop for Leading<'_> {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let gc = self.commits;
         let mut st = gc.state.lock();
-        st.running = false;
+        if self.leads {
+            st.running = false;
+        }
         let failed = Err(io::Error::other("a group sync panicked"));
         let woken = gc.complete(&mut st, self.number, &failed);
-        gc.running.store(false, Ordering::Release);
+        if self.leads {
+            gc.running.store(false, Ordering::Release);
+        }
         drop(st);
         unpark(woken);
     }
@@ -713,6 +765,58 @@ mod tests {
         assert!(!gc.poll_done(t, None).unwrap());
         gc.wait(t, || Ok(())).unwrap();
         assert!(gc.poll_done(t, None).unwrap());
+    }
+
+    /// A later sync that fails does not fail a write that a sync still running covers: that
+    /// one may succeed and make the write durable, and visible. The waiter is settled by the
+    /// sync that covers it, either way.
+    #[test]
+    fn a_failed_later_sync_waits_for_the_running_sync_that_covers_the_write() {
+        for covering_succeeds in [true, false] {
+            let gc = Arc::new(GroupCommit::default());
+            let t = gc.ticket(); // written...
+            let covering = gc.begin_external(); // ...then a sync starts that covers it
+            let later = gc.begin_external();
+            gc.finish_external(later, &Err(io::Error::from_raw_os_error(5)));
+            assert!(
+                !gc.poll_done(t, None).unwrap(),
+                "settled while its sync runs"
+            );
+            let waiter = {
+                let gc = gc.clone();
+                std::thread::spawn(move || gc.wait(t, || panic!("nothing leads: poisoned")))
+            };
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(
+                !waiter.is_finished(),
+                "the waiter gave up on a running sync"
+            );
+            let result = if covering_succeeds {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(5))
+            };
+            gc.finish_external(covering, &result);
+            let waited = waiter.join().unwrap();
+            assert_eq!(waited.is_ok(), covering_succeeds, "{waited:?}");
+            assert_eq!(gc.poll_done(t, None).is_ok(), covering_succeeds);
+            // A write no running sync covers fails at once.
+            let after = gc.ticket();
+            assert!(gc.poll_done(after, None).is_err());
+        }
+    }
+
+    /// An external sync that panics counts as failed: a write it covered is settled with an
+    /// error, not left waiting for it.
+    #[test]
+    fn an_external_sync_that_panics_settles_its_writes() {
+        let gc = Arc::new(GroupCommit::default());
+        let t = gc.ticket();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            gc.external(|| panic!("a sync that panics"))
+        }));
+        assert!(panicked.is_err());
+        assert!(gc.poll_done(t, None).is_err());
     }
 
     #[test]

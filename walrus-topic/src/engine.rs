@@ -99,10 +99,7 @@ struct SyncerState {
 impl Inner {
     /// One sync, accounted for in the group commit so waiting appenders it covers go free.
     fn sync_now(&self) -> io::Result<()> {
-        let number = self.sync.commits.begin_external();
-        let result = self.store.sync();
-        self.sync.commits.finish_external(number, &result);
-        result
+        self.sync.commits.external(|| self.store.sync())
     }
 
     /// Marks an append as being written, for the group-commit leader's gather, under
