@@ -34,12 +34,14 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// A topic whose entries below `end` are written and durable.
-    pub(crate) fn new(name: Arc<str>, end: u64, mark: MarkState) -> Self {
+    /// A topic whose next entry is `next`, and whose entries below `durable` are durable.
+    /// (They differ after a recovery that found a cursor past the entries kept: the offsets
+    /// between are skipped, never written.)
+    pub(crate) fn new(name: Arc<str>, next: u64, durable: u64, mark: MarkState) -> Self {
         Self {
             name,
-            written_end: AtomicU64::new(end),
-            durable: AtomicU64::new(end),
+            written_end: AtomicU64::new(next),
+            durable: AtomicU64::new(durable.min(next)),
             listed: AtomicBool::new(false),
             mark: Mutex::new(mark),
             arrivals: Arrivals::default(),

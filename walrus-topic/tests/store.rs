@@ -1287,3 +1287,49 @@ fn a_failed_claim_leaves_no_segment_of_its_own() {
         assert_eq!(store.read_at("t", 1).unwrap(), Some(big));
     }
 }
+
+/// A power cut can keep a consumer's cursor past the entries it keeps (the cursor file was
+/// synced, the entries not): recovery skips the offsets between, and the watermark it writes
+/// stays at the entries kept. (Raised to the skipped offsets, it claimed synced entries the
+/// next open did not find, and that open refused the directory.)
+#[test]
+fn a_cursor_past_the_entries_kept_opens_again_and_again() {
+    let sim = SimStorage::new(18);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..10 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        for i in 10..20 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        // The default consumer first, so that it holds the entries from 5 on.
+        for _ in 0..5 {
+            store.read_next("t", true).unwrap().unwrap();
+        }
+        for _ in 0..20 {
+            store.read_next_as("t", "fast", true).unwrap().unwrap();
+        }
+        sim.open(Path::new(&format!("{DIR}/cursors.wcur")))
+            .unwrap()
+            .sync_data()
+            .unwrap();
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(store);
+    }
+    for round in 0..3 {
+        let store = open(&sim, small()).unwrap_or_else(|e| panic!("open {round}: {e}"));
+        let appended = u64::from(round > 1);
+        assert_eq!(store.end_offset("t"), Some(20 + appended), "open {round}");
+        assert_eq!(store.read_at("t", 9).unwrap(), Some(payload(9)));
+        assert_eq!(store.cursor("t"), Some(5));
+        if round == 1 {
+            // Appends go on after the skipped offsets, and survive the next open too.
+            assert_eq!(store.append("t", b"next").unwrap(), 20);
+            store.sync().unwrap();
+        }
+    }
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(store.read_at("t", 20).unwrap(), Some(b"next".to_vec()));
+}

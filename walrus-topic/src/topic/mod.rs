@@ -147,7 +147,14 @@ impl Topic {
             .collect();
         let floor_at = state.floor.offset;
         Self {
-            progress: Arc::new(Progress::new(name.clone(), state.next_offset, state.mark)),
+            // Durable up to the entries kept, not the offsets a gap skips: the watermark written
+            // at open must not claim synced entries that no reopen would find.
+            progress: Arc::new(Progress::new(
+                name.clone(),
+                state.next_offset,
+                state.gap_from.unwrap_or(state.next_offset),
+                state.mark,
+            )),
             name,
             lane,
             writer: Mutex::new(Writer {
