@@ -47,6 +47,18 @@ pub(crate) struct SegmentHandle {
 }
 
 impl SegmentHandle {
+    /// Extends the file to its full length if a power cut left it shorter (a segment never
+    /// data-synced keeps only the sectors that landed): appends and the journal's replay
+    /// write anywhere below `segment_len`, and the length must be durable before they do (the
+    /// sync that follows at recovery makes it so).
+    pub(crate) fn restore_length(&self) -> io::Result<()> {
+        let len = self.file.len()?;
+        if len < self.segment_len {
+            self.file.allocate(len, self.segment_len - len)?;
+        }
+        Ok(())
+    }
+
     /// A segment file of `segment_len` bytes whose space below `claimed` is allocated.
     pub(crate) fn new(id: u64, file: Arc<dyn SegmentFile>, claimed: u64, segment_len: u64) -> Self {
         Self {
