@@ -318,6 +318,13 @@ impl fmt::Debug for RingPool {
 impl RingPool {
     /// An idle ring, a new one if none is idle and the cap allows, else waits for one.
     fn acquire(&self) -> io::Result<RingGuard<'_>> {
+        self.acquire_with(new_ring)
+    }
+
+    /// [`acquire`](Self::acquire), making new rings with `make`. A ring the kernel will not
+    /// make (locked-memory limit, file descriptors) fails the call only when no other ring
+    /// exists: with one in use, the call waits for it, since concurrency must not fail a call.
+    fn acquire_with(&self, make: impl Fn(u32) -> io::Result<IoUring>) -> io::Result<RingGuard<'_>> {
         let mut state = self.state.lock();
         loop {
             if let Some(ring) = state.idle.pop() {
@@ -329,20 +336,26 @@ impl RingPool {
             if state.live < self.max {
                 state.live += 1;
                 drop(state);
-                return match new_ring(self.entries) {
+                match make(self.entries) {
                     Ok(ring) => {
                         self.created.fetch_add(1, Ordering::Relaxed);
-                        Ok(RingGuard {
+                        return Ok(RingGuard {
                             pool: self,
                             ring: Some(ring),
-                        })
+                        });
                     }
                     Err(e) => {
-                        self.state.lock().live -= 1;
-                        self.returned.notify_one();
-                        Err(e)
+                        state = self.state.lock();
+                        state.live -= 1;
+                        if state.live == 0 {
+                            drop(state);
+                            self.returned.notify_one();
+                            return Err(e);
+                        }
+                        tracing::debug!(error = %e, live = state.live,
+                            "io_uring: no new ring; waiting for one in use");
                     }
-                };
+                }
             }
             self.returned.wait(&mut state);
         }
@@ -803,6 +816,36 @@ mod tests {
         let storage = UringStorage::new().unwrap();
         let file = storage.create(&dir.path().join("f"), 0).unwrap();
         (dir, storage, file)
+    }
+
+    /// The kernel refusing one more ring (its locked-memory limit, file descriptors) does not
+    /// fail a call while another ring exists: the call waits for that one. With none, it fails.
+    #[test]
+    fn acquire_waits_when_a_new_ring_cannot_be_made() {
+        let Ok(storage) = UringStorage::new() else {
+            eprintln!("no io_uring here: nothing to check");
+            return;
+        };
+        let pool = &*storage.rings;
+        let refused =
+            |_: u32| -> io::Result<IoUring> { Err(io::Error::from_raw_os_error(libc::ENOMEM)) };
+        let held = pool.acquire().unwrap(); // the one ring
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| pool.acquire_with(refused).map(drop));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(
+                !waiter.is_finished(),
+                "failed, or did not wait for the ring in use"
+            );
+            drop(held);
+            waiter.join().unwrap().unwrap();
+        });
+        // With no ring left at all, the error is the caller's.
+        let only = pool.state.lock().idle.pop().unwrap();
+        pool.state.lock().live -= 1;
+        let e = pool.acquire_with(refused).map(drop).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOMEM));
+        drop(only);
     }
 
     /// A write of more buffers than one entry takes needs more rounds, so it is never linked
