@@ -27,6 +27,10 @@ pub type Check = fn(&mut Target);
 /// Opens (or makes) a file whose every write fails with ENOSPC.
 pub type FullFile = Box<dyn Fn(&dyn Storage) -> io::Result<Arc<dyn SegmentFile>>>;
 
+/// How much of the file at a path is written but not yet durable (dirty pages, unsynced
+/// sectors; any unit), or `None` when it cannot be told.
+pub type Unsynced = Box<dyn Fn(&Path) -> Option<u64>>;
+
 /// What a check runs against.
 pub struct Target {
     /// The backend under test.
@@ -39,6 +43,9 @@ pub struct Target {
     pub restart: Box<dyn FnMut() -> Arc<dyn Storage>>,
     /// Opens (or makes) a file whose every write fails with ENOSPC, if the backend can.
     pub full_file: Option<FullFile>,
+    /// What of a file is not yet durable, if the target can tell: a sync must leave nothing.
+    /// For a real file system, [`unsynced_pages`].
+    pub unsynced: Option<Unsynced>,
 }
 
 impl fmt::Debug for Target {
@@ -47,6 +54,7 @@ impl fmt::Debug for Target {
             .field("storage", &self.storage)
             .field("root", &self.root)
             .field("full_file", &self.full_file.is_some())
+            .field("unsynced", &self.unsynced.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +78,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("concurrent_disjoint_writers", concurrent_disjoint_writers),
     ("unwritten_and_past_end_reads", unwritten_and_past_end_reads),
     ("sync_and_len", sync_and_len),
+    ("syncs_leave_nothing_unsynced", syncs_leave_nothing_unsynced),
     ("allocate", allocate),
     ("start_write_back", start_write_back),
     ("holes_read_as_zero", holes_read_as_zero),
@@ -633,6 +642,108 @@ pub fn sync_and_len(t: &mut Target) {
         ErrorKind::NotFound,
         "{k}: sync_dir missing: {err}"
     );
+}
+
+/// Every sync leaves nothing of what it covers unsynced: `sync_data`, and a `submit` with its
+/// syncs over several files (a linked sync of the wrong file, or one dropped, shows here; a
+/// restart that keeps the page cache would not show it).
+pub fn syncs_leave_nothing_unsynced(t: &mut Target) {
+    let k = kind_name(t);
+    let Some(unsynced) = &t.unsynced else {
+        eprintln!("{k}: the target cannot tell what is unsynced: nothing to check");
+        return;
+    };
+    let dir = workdir(t, "unsynced");
+    let s = &*t.storage;
+    let paths: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("f{i}"))).collect();
+    let files: Vec<_> = paths
+        .iter()
+        .map(|p| s.create(p, 1 << 20).unwrap())
+        .collect();
+    for f in &files {
+        f.sync_data().unwrap();
+    }
+    let data = pattern(7, 64 << 10);
+    files[0].write_at(&data, 4096).unwrap();
+    if unsynced(&paths[0]) == Some(0) {
+        eprintln!(
+            "{k}: a write leaves nothing unsynced here (a file system without a page cache?): nothing to check"
+        );
+        return;
+    }
+    files[0].sync_data().unwrap();
+    assert_eq!(unsynced(&paths[0]), Some(0), "{k}: after sync_data");
+    let bufs: Vec<[IoSlice<'_>; 1]> = (0..3).map(|_| [IoSlice::new(&data)]).collect();
+    let ops: Vec<WriteOp<'_>> = files
+        .iter()
+        .zip(&bufs)
+        .enumerate()
+        .map(|(i, (f, b))| WriteOp::new(&**f, (i as u64 + 1) * (128 << 10), b))
+        .collect();
+    s.submit(&ops, true).unwrap();
+    for p in &paths {
+        assert_eq!(
+            unsynced(p),
+            Some(0),
+            "{k}: {} after a synced submit",
+            p.display()
+        );
+    }
+}
+
+/// What the page cache holds of the file at `path` (`cachestat(2)`, Linux 6.5), or `None`
+/// where the kernel lacks it.
+#[must_use]
+pub fn page_cache(path: &Path) -> Option<PageCache> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451; // the same number on every architecture
+    let file = std::fs::File::open(path).ok()?;
+    let range = Range { off: 0, len: 0 }; // to the end of the file
+    let mut stat = Stat::default();
+    // SAFETY: `cachestat` reads `range` and writes `stat`, both live `repr(C)` structs of the
+    // kernel's layout for the duration of the call; `file` is open.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &raw const range,
+            &raw mut stat,
+            0,
+        )
+    };
+    (r == 0).then_some(PageCache {
+        cached: stat.cache,
+        dirty: stat.dirty + stat.writeback,
+    })
+}
+
+/// A file's pages in the page cache (see [`page_cache`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCache {
+    /// Pages cached.
+    pub cached: u64,
+    /// Of those, pages dirty or under write-back: not yet on disk.
+    pub dirty: u64,
+}
+
+/// What of the file at `path` is not yet on disk: its dirty pages, by [`page_cache`].
+#[must_use]
+pub fn unsynced_pages(path: &Path) -> Option<u64> {
+    page_cache(path).map(|c| c.dirty)
 }
 
 /// Two handles on one file (one from `create`, one from `open`) see each other's writes.

@@ -440,45 +440,6 @@ mod tests {
     }
 }
 
-/// What `cachestat(2)` (Linux 6.5) says of a file's pages in the page cache.
-#[cfg(test)]
-#[repr(C)]
-#[derive(Debug, Default)]
-pub(crate) struct CacheStat {
-    pub(crate) cache: u64,
-    pub(crate) dirty: u64,
-    pub(crate) writeback: u64,
-    pub(crate) evicted: u64,
-    pub(crate) recently_evicted: u64,
-}
-
-/// The page-cache state of the whole file at `path`, or `None` where the kernel lacks
-/// `cachestat(2)`.
-#[cfg(test)]
-pub(crate) fn cachestat(path: &Path) -> Option<CacheStat> {
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    const SYS_CACHESTAT: libc::c_long = 451; // the same number on every architecture
-    let file = File::open(path).ok()?;
-    let range = Range { off: 0, len: 0 }; // to the end of the file
-    let mut stat = CacheStat::default();
-    // SAFETY: `cachestat` reads `range` and writes `stat`, both live `repr(C)` structs of the
-    // kernel's layout for the duration of the call; `file` is open.
-    let r = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            file.as_raw_fd(),
-            &raw const range,
-            &raw mut stat,
-            0,
-        )
-    };
-    (r == 0).then_some(stat)
-}
-
 #[cfg(test)]
 mod cache_tests {
     use super::*;
@@ -498,17 +459,17 @@ mod cache_tests {
             .unwrap();
         file.write_all_at(&vec![5u8; 1 << 20], 0).unwrap();
         fdatasync(&file, &path).unwrap();
-        let Some(before) = cachestat(&path) else {
+        let Some(before) = crate::conformance::page_cache(&path) else {
             eprintln!("no cachestat(2) on this kernel: nothing to check");
             return;
         };
-        if before.cache == 0 {
+        if before.cached == 0 {
             eprintln!("the file system keeps no pages in the cache: nothing to check");
             return;
         }
         drop_cached(&file, &path);
-        let after = cachestat(&path).unwrap();
-        assert_eq!(after.cache, 0, "{before:?} -> {after:?}");
+        let after = crate::conformance::page_cache(&path).unwrap();
+        assert_eq!(after.cached, 0, "{before:?} -> {after:?}");
         let mut back = vec![0u8; 1 << 20];
         file.read_exact_at(&mut back, 0).unwrap();
         assert!(back.iter().all(|&b| b == 5));

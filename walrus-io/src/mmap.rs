@@ -535,7 +535,7 @@ mod tests {
     /// Dirty pages of the file at `path` in the page cache, or `None` where the kernel lacks
     /// `cachestat(2)`.
     fn dirty_pages(path: &Path) -> Option<u64> {
-        crate::fs::cachestat(path).map(|s| s.dirty)
+        crate::conformance::page_cache(path).map(|s| s.dirty)
     }
 
     /// A sync writes back what any handle of the file wrote, through its mapping or its

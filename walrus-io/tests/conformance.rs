@@ -21,6 +21,7 @@ fn real(kind: BackendKind, options: BackendOptions) -> (Target, tempfile::TempDi
             Box::new(move |s: &dyn Storage| s.open(dev))
                 as Box<dyn Fn(&dyn Storage) -> std::io::Result<_>>
         }),
+        unsynced: Some(Box::new(walrus_io::conformance::unsynced_pages)),
     };
     (target, dir)
 }
@@ -48,6 +49,7 @@ fn sim(seed: u64, mode: CrashMode) -> (Target, ()) {
     sim.create_dir_all(&root).unwrap();
     let restarted = sim.clone();
     let faulty = sim.clone();
+    let inspected = sim.clone();
     let full = root.join("full.seg");
     let target = Target {
         storage: Arc::new(sim),
@@ -66,6 +68,9 @@ fn sim(seed: u64, mode: CrashMode) -> (Target, ()) {
             );
             Ok(f)
         })),
+        unsynced: Some(Box::new(move |p: &Path| {
+            inspected.unsynced_sectors(p).ok().map(|n| n as u64)
+        })),
     };
     (target, ())
 }
@@ -77,7 +82,7 @@ macro_rules! suite {
             suite!(@checks $target;
                 kind_is_concrete namespace round_trip vectored_writes batched_writes large_batches
                 large_offsets concurrent_disjoint_writers unwritten_and_past_end_reads
-                sync_and_len allocate start_write_back holes_read_as_zero handles_share_a_file read_only_handles
+                sync_and_len syncs_leave_nothing_unsynced allocate start_write_back holes_read_as_zero handles_share_a_file read_only_handles
                 reopen_persistence error_reporting
                 storage_full);
         }
