@@ -519,6 +519,11 @@ impl GroupCommit {
     /// # Errors
     /// The error `sync` returned.
     pub fn external(&self, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        // Once a sync failed (or panicked, which poisons nothing else), none runs: it could
+        // make durable, and visible, entries whose appends were told they failed.
+        if let Some(p) = &self.state.lock().failed {
+            return Err(poisoned_error(p));
+        }
         let number = self.begin_external();
         let guard = InFlight {
             commits: self,
@@ -817,6 +822,8 @@ mod tests {
         }));
         assert!(panicked.is_err());
         assert!(gc.poll_done(t, None).is_err());
+        // And no sync runs after it (it would make durable what waiters were told failed).
+        assert!(gc.external(|| panic!("ran after the failure")).is_err());
     }
 
     #[test]
