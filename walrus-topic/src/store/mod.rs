@@ -288,9 +288,10 @@ impl Store {
             .cloned()
     }
 
-    /// The topic `name`, created (unlisted if `hidden`) if it is not known. An append to an
-    /// unlisted topic lists it.
-    fn topic_or_create(&self, name: &str, hidden: bool) -> io::Result<Arc<Topic>> {
+    /// The topic `name`, created unlisted if it is not known: its first append that writes
+    /// lists it (a wait, or a failed append, leaves a placeholder that
+    /// [`forget_unused`](Self::forget_unused) drops).
+    fn topic_or_create(&self, name: &str) -> io::Result<Arc<Topic>> {
         if let Some(t) = self.topics.read().get(name) {
             return Ok(t.clone());
         }
@@ -300,7 +301,7 @@ impl Store {
             Arc::new(Topic::new(
                 k.clone(),
                 TopicState {
-                    hidden,
+                    hidden: true,
                     ..TopicState::empty()
                 },
                 self.shared.pick_lane(),
@@ -328,8 +329,15 @@ impl Store {
     ) -> io::Result<(u64, Arc<Topic>)> {
         self.shared.check_writable()?;
         check_entry(topic, payload)?;
-        let t = self.topic_or_create(topic, false)?;
-        let offset = t.append(&self.shared, &[payload], false)?.start;
+        // Unlisted until its first entry is written: a failed first append lists nothing.
+        let t = self.topic_or_create(topic)?;
+        let offset = match t.append(&self.shared, &[payload], false) {
+            Ok(range) => range.start,
+            Err(e) => {
+                self.forget_unused(t);
+                return Err(e);
+            }
+        };
         self.shared.note_append(&t.progress);
         Ok((offset, t))
     }
@@ -373,8 +381,14 @@ impl Store {
             check_entry(topic, p)?;
         }
         self.shared.check_writable()?;
-        let t = self.topic_or_create(topic, false)?;
-        let range = t.append(&self.shared, payloads, true)?;
+        let t = self.topic_or_create(topic)?;
+        let range = match t.append(&self.shared, payloads, true) {
+            Ok(range) => range,
+            Err(e) => {
+                self.forget_unused(t);
+                return Err(e);
+            }
+        };
         self.shared.note_append(&t.progress);
         Ok((range, t))
     }

@@ -131,7 +131,7 @@ impl Store {
         timeout: Duration,
     ) -> io::Result<Option<(u64, Vec<u8>)>> {
         check_consumer(topic, consumer)?;
-        let t = self.topic_or_create(topic, true)?;
+        let t = self.topic_or_create(topic)?;
         let read = self.read_next_waiting(&t, consumer, timeout);
         self.forget_unused(t);
         read
@@ -176,16 +176,16 @@ impl Store {
     /// # Errors
     /// `InvalidInput` for a bad topic name.
     pub fn wait_for(&self, topic: &str, offset: u64, timeout: Duration) -> io::Result<bool> {
-        let t = self.topic_or_create(topic, true)?;
+        let t = self.topic_or_create(topic)?;
         let arrived = self.wait_on(&t, offset, timeout);
         self.forget_unused(t);
         Ok(arrived)
     }
 
-    /// Drops `t` from the map if a wait created it for nothing: no append ever made it a
-    /// topic, and no one else holds it (a waiter, an append under way). Waits on names that
-    /// never come would otherwise each leave a topic in memory for good.
-    fn forget_unused(&self, t: Arc<Topic>) {
+    /// Drops `t` from the map if a wait or a failed first append created it for nothing: no
+    /// append ever made it a topic, and no one else holds it (a waiter, an append under way).
+    /// Waits on names that never come would otherwise each leave a topic in memory for good.
+    pub(super) fn forget_unused(&self, t: Arc<Topic>) {
         if !t.is_placeholder() {
             return;
         }
@@ -215,7 +215,7 @@ impl Store {
     /// `InvalidInput` for a bad topic name. The future fails with `BrokenPipe` if the store is
     /// dropped first.
     pub fn arrival(&self, topic: &str, offset: u64) -> io::Result<Arrival> {
-        let t = self.topic_or_create(topic, true)?;
+        let t = self.topic_or_create(topic)?;
         let registration = t.progress.arrivals.register();
         Ok(Arrival {
             topic: t,
