@@ -25,6 +25,11 @@ pub(crate) struct Progress {
     written_end: AtomicU64,
     /// Entries below this offset are on stable storage (as of the last completed sync).
     durable: AtomicU64,
+    /// The durable watermark may claim no more than this: after a recovery that found a
+    /// cursor past the entries kept, the entries end here and the offsets up to the next one
+    /// are skipped, never written; a claim past it would make the next open look for them.
+    /// Lifted by the first append (whose block records the gap).
+    mark_cap: AtomicU64,
     /// The topic is in the store's list of topics with appends not yet durable.
     listed: AtomicBool,
     /// The durable watermark as last written to the marks file.
@@ -34,14 +39,14 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// A topic whose next entry is `next`, and whose entries below `durable` are durable.
-    /// (They differ after a recovery that found a cursor past the entries kept: the offsets
-    /// between are skipped, never written.)
-    pub(crate) fn new(name: Arc<str>, next: u64, durable: u64, mark: MarkState) -> Self {
+    /// A topic whose entries below `end` are written and durable, and whose entries kept end
+    /// at `kept` (below `end` when a gap follows them: see `mark_cap`).
+    pub(crate) fn new(name: Arc<str>, end: u64, kept: u64, mark: MarkState) -> Self {
         Self {
             name,
-            written_end: AtomicU64::new(next),
-            durable: AtomicU64::new(durable.min(next)),
+            written_end: AtomicU64::new(end),
+            durable: AtomicU64::new(end),
+            mark_cap: AtomicU64::new(if kept < end { kept } else { u64::MAX }),
             listed: AtomicBool::new(false),
             mark: Mutex::new(mark),
             arrivals: Arrivals::default(),
@@ -55,6 +60,7 @@ impl Progress {
 
     /// Publishes entries below `end` as written (after their bytes are).
     pub(crate) fn set_written_end(&self, end: u64) {
+        self.mark_cap.store(u64::MAX, Ordering::Release);
         self.written_end.store(end, Ordering::Release);
         self.arrivals.notify();
     }
@@ -72,6 +78,12 @@ impl Progress {
     /// Entries below this offset are durable.
     pub(crate) fn durable(&self) -> u64 {
         self.durable.load(Ordering::Acquire)
+    }
+
+    /// What the durable watermark in the marks file may claim: the durable end, but not past
+    /// the entries kept while a recovered gap follows them (see `mark_cap`).
+    pub(crate) fn claimable(&self) -> u64 {
+        self.durable().min(self.mark_cap.load(Ordering::Acquire))
     }
 
     /// A sync covering `offset` completed; the durable end before it.

@@ -485,7 +485,7 @@ impl Shared {
             if !done.insert(Arc::as_ptr(&t)) {
                 continue;
             }
-            let durable = t.durable();
+            let durable = t.claimable();
             let mut mark = t.mark_state();
             if durable <= mark.written {
                 continue;

@@ -147,8 +147,8 @@ impl Topic {
             .collect();
         let floor_at = state.floor.offset;
         Self {
-            // Durable up to the entries kept, not the offsets a gap skips: the watermark written
-            // at open must not claim synced entries that no reopen would find.
+            // The watermark written at open must not claim the offsets a gap skips (synced
+            // entries no reopen would find).
             progress: Arc::new(Progress::new(
                 name.clone(),
                 state.next_offset,
