@@ -48,13 +48,14 @@ pub(crate) struct SegmentHandle {
 
 impl SegmentHandle {
     /// Extends the file to its full length if a power cut left it shorter (a segment never
-    /// data-synced keeps only the sectors that landed): appends and the journal's replay
-    /// write anywhere below `segment_len`, and the length must be durable before they do (the
-    /// sync that follows at recovery makes it so).
+    /// data-synced keeps only the sectors that landed), for a segment allocation resumes in:
+    /// its appends, and the journal's replay of them, write anywhere below `segment_len`, and
+    /// the length must be durable before they do (the sync that follows at recovery makes it
+    /// so). Sparsely, by its last byte (zero, past every block): no space is reserved.
     pub(crate) fn restore_length(&self) -> io::Result<()> {
         let len = self.file.len()?;
         if len < self.segment_len {
-            self.file.allocate(len, self.segment_len - len)?;
+            self.file.write_at(&[0], self.segment_len - 1)?;
         }
         Ok(())
     }

@@ -464,7 +464,10 @@ fn recover_in(
     // durable, so every recovered entry counts as durable, and so every cursor and watermark
     // decisions rest on (the deletions below, the blocks released) counts as persisted.
     for seg in &kept {
-        seg.handle.restore_length()?;
+        if !seg.fully_allocated {
+            // Allocation resumes in it.
+            seg.handle.restore_length()?;
+        }
         seg.handle.mark_dirty();
         seg.handle.sync()?;
     }
