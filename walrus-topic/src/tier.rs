@@ -456,7 +456,7 @@ impl TierState {
         let state = self.topic(topic);
         let _uploading = state.uploading.lock();
         self.ensure_loaded(topic, end, false)?;
-        self.delete_superseded(&state)?;
+        self.delete_superseded(topic, &state);
         for block in chain {
             let (first, end) = (block.first_offset, block.end_offset());
             if !block.is_sealed() || end > durable || stop() {
@@ -524,7 +524,7 @@ impl TierState {
         let state = self.topic(topic);
         let _uploading = state.uploading.lock();
         self.ensure_loaded(topic, end, false)?;
-        self.delete_superseded(&state)?;
+        self.delete_superseded(topic, &state);
         let doomed: Vec<Arc<TierIndex>> = state
             .catalog
             .lock()
@@ -582,21 +582,30 @@ impl TierState {
             to = block.end_offset(), "tiered a block again after it grew");
         // A reader may still hold the shorter index for a moment: its next read finds the
         // longer. A failure here leaves the shorter for the next pass.
-        self.delete_superseded(&state)?;
+        self.delete_superseded(topic, &state);
         Ok(true)
     }
 
     /// Deletes the objects of the shorter uploads a whole upload replaced, with the topic's
     /// `uploading` lock held: the data object first, as an expiry does, so that an index a
-    /// crash left without its data is listed again beside the longer one, and goes then.
-    fn delete_superseded(&self, state: &TopicTier) -> io::Result<()> {
+    /// crash left without its data is listed again beside the longer one, and goes then. A
+    /// failure is logged and left for the next pass: it must not hold up the uploads (and so
+    /// the local disk) behind it.
+    fn delete_superseded(&self, topic: &str, state: &TopicTier) {
         loop {
             let Some(old) = state.catalog.lock().superseded.last().cloned() else {
-                return Ok(());
+                return;
             };
             let (data_key, index_key) = old.object_names(&self.options.dir);
-            self.remote().delete(&data_key)?;
-            self.remote().delete(&index_key)?;
+            let deleted = self
+                .remote()
+                .delete(&data_key)
+                .and_then(|()| self.remote().delete(&index_key));
+            if let Err(e) = deleted {
+                tracing::warn!(topic, key = %index_key, error = %e,
+                    "could not delete a tiered block's shorter upload; the next pass retries");
+                return;
+            }
             state.catalog.lock().superseded.pop();
         }
     }
