@@ -68,6 +68,11 @@ struct Applied {
     membership: Membership,
     /// Each topic's end after `last`.
     ends: BTreeMap<String, u64>,
+    /// Each topic's consumers' cursors after `last`, as commits set them: what a commit is
+    /// judged by, the same on every node (the data instance's own cursor records are not
+    /// synced per entry, so after a power cut a node's may differ from another's).
+    #[serde(default)]
+    cursors: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -205,12 +210,12 @@ impl StateMachine {
                 }
                 // Below every consumer's cursor, entries are released or not by each node's own
                 // block boundaries, so whether they are still there differs between nodes: such
-                // a commit is refused on every node alike (the cursors are replicated state).
-                let floor = data
-                    .consumers(topic)
-                    .iter()
-                    .map(|c| c.persisted)
-                    .min()
+                // a commit is refused on every node alike, judged by the replicated cursors.
+                let floor = st
+                    .applied
+                    .cursors
+                    .get(topic)
+                    .and_then(|c| c.values().min().copied())
                     .unwrap_or(0);
                 if *offset < floor {
                     return Ok(Response::Refused {
@@ -220,8 +225,19 @@ impl StateMachine {
                         ),
                     });
                 }
-                match data.commit_as(topic, consumer, *offset) {
-                    Ok(()) => Ok(Response::Committed),
+                // This node may have released more than the replicated cursors say (its own
+                // cursor records ran ahead of the applied record before a power cut): the
+                // cursor then stands at its first entry kept, which reads the same.
+                let local = data.first_retained_offset(topic).unwrap_or(0);
+                match data.commit_as(topic, consumer, (*offset).max(local)) {
+                    Ok(()) => {
+                        st.applied
+                            .cursors
+                            .entry(topic.clone())
+                            .or_default()
+                            .insert(consumer.clone(), *offset);
+                        Ok(Response::Committed)
+                    }
                     Err(e)
                         if matches!(
                             e.kind(),
@@ -610,6 +626,63 @@ mod tests {
         assert_eq!(out[14..], [Response::Committed, Response::Committed]);
         assert_eq!(sm.data().cursor_as("t", "a"), Some(6));
         assert_eq!(sm.data().cursor_as("t", "new"), None);
+    }
+
+    /// A node replaying after a power cut may hold a consumer's cursor record written after
+    /// its applied record, and have released entries by it. A commit the replicated cursors
+    /// accept is still accepted there (the cursor stands at the node's first entry kept), as
+    /// on every other node.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_accepted_elsewhere_is_accepted_by_a_node_that_released_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |index: u64, request: Request| openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(request),
+        };
+        let commit = |consumer: &str, offset: u64| Request::Commit {
+            topic: "t".into(),
+            consumer: consumer.into(),
+            offset,
+        };
+        // Entries of 700 KB: one a block (1 MiB blocks).
+        let appends: Vec<_> = (1..=5)
+            .map(|i| {
+                entry(
+                    i,
+                    Request::Append {
+                        topic: "t".into(),
+                        data: vec![i as u8; 700 << 10],
+                    },
+                )
+            })
+            .collect();
+        let open = || {
+            let log =
+                LogStore::open(Arc::new(open_instance(&dir.path().join("log")).unwrap())).unwrap();
+            let sm = StateMachine::open(
+                Arc::new(open_instance(&dir.path().join("data")).unwrap()),
+                &log,
+                dir.path().join("snapshot"),
+            )
+            .unwrap();
+            (log, sm)
+        };
+        {
+            // What the power cut left: the appends, and `a`'s cursor record at 4 (written
+            // after the applied record, which says nothing); `b`'s, before it, lost.
+            let (_log, mut sm) = open();
+            sm.apply(appends.clone()).await.unwrap();
+            sm.data().commit_as("t", "a", 4).unwrap();
+            assert!(sm.data().first_retained_offset("t").unwrap() > 1);
+        }
+        let (_log, mut sm) = open();
+        let mut replay = appends;
+        replay.push(entry(6, commit("b", 1)));
+        replay.push(entry(7, commit("a", 4)));
+        let out = sm.apply(replay).await.unwrap();
+        assert_eq!(out[5..], [Response::Committed, Response::Committed]);
+        let first = sm.data().first_retained_offset("t").unwrap();
+        assert_eq!(sm.data().cursor_as("t", "b"), Some(first.max(1)));
     }
 
     /// Snapshots made current at once (a build on openraft's task and an install) never mix
