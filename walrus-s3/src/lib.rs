@@ -36,7 +36,8 @@
 //! - **One writer per prefix**: batch objects are named by sequence and every PUT is
 //!   conditional (If-None-Match). Opening a writer claims the next name under a higher epoch,
 //!   so an older writer's next PUT finds its name taken and fails with `AlreadyExists`
-//!   (fenced). A retried PUT whose earlier attempt landed is recognised by its bytes.
+//!   (fenced). A retried PUT whose earlier attempt landed is recognised by its header (writer
+//!   id, epoch, sequence) and length; an open refuses a store that ignores If-None-Match.
 //! - **Dense, stable offsets per topic**, continued across writers; an atomic
 //!   [`S3Wal::append_batch`] lands in one object.
 //! - **Every byte read back is validated**: header CRC32C, walrus-block frames with CRC32C,

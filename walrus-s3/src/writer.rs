@@ -254,7 +254,7 @@ impl S3Wal {
             let fence: Bytes = format::encode_batch(id, &[])?.into();
             match put_batch(&remote, &options, &counters, id, fence.clone()) {
                 Ok(()) => {
-                    check_conditional_puts(&remote, &counters, id.sequence, fence)?;
+                    check_conditional_puts(&remote, &options, &counters, id.sequence, fence)?;
                     break (id.epoch, id.sequence);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && round < FENCE_ROUNDS => {
@@ -920,22 +920,36 @@ fn put_batch(
 /// same, so what the store holds does not change either way.
 fn check_conditional_puts(
     remote: &Remote,
+    options: &S3Options,
     counters: &Counters,
     sequence: u64,
     fence: Bytes,
 ) -> io::Result<()> {
     let path = remote.path(sequence);
-    counters.put_requests.fetch_add(1, Ordering::Relaxed);
-    match remote.put_create(&path, fence)? {
-        PutOutcome::Exists => Ok(()),
-        PutOutcome::Created => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "{path}: the store overwrote an object under If-None-Match: without conditional \
-                 PUTs a second writer could overwrite acknowledged batches"
-            ),
-        )),
+    let mut last = None;
+    // Within the PUT retry budget, as any PUT.
+    for attempt in 1..=options.put_attempts {
+        if attempt > 1 {
+            counters.put_retries.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(options.backoff_for(attempt - 1));
+        }
+        counters.put_requests.fetch_add(1, Ordering::Relaxed);
+        match remote.put_create(&path, fence.clone()) {
+            Ok(PutOutcome::Exists) => return Ok(()),
+            Ok(PutOutcome::Created) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "{path}: the store overwrote an object under If-None-Match: without \
+                         conditional PUTs a second writer could overwrite acknowledged batches"
+                    ),
+                ));
+            }
+            Err(e) if retryable(&e) => last = Some(e),
+            Err(e) => return Err(e),
+        }
     }
+    Err(last.unwrap_or_else(|| io::Error::other("no attempt was made")))
 }
 
 fn fenced(path: &object_store::path::Path, id: BatchId, theirs: &str) -> io::Error {
