@@ -309,9 +309,17 @@ impl<'a> Iterator for FrameDecoder<'a> {
 /// position: how a reader resynchronises after damage, when the damaged frame's header (and so
 /// its length) cannot be trusted. A frame is only accepted with a valid header checksum *and*
 /// a valid payload checksum, so random bytes pass for a frame with odds of about 2^-64.
+///
+/// The payload checksums computed are bounded by 16 times the bytes searched:
+/// an entry whose data holds valid frame headers, one every few bytes, each claiming a long
+/// payload, would otherwise cost time quadratic in its length (hours for a large entry, at
+/// every open). Past the bound, nothing more is found (the rest counts as damaged).
 #[must_use]
 pub fn resync(buf: &[u8], from: usize) -> Option<EntryRef<'_>> {
     let last = buf.len().checked_sub(FRAME_HEADER_LEN)?;
+    let mut budget = (buf.len().saturating_sub(from))
+        .saturating_mul(RESYNC_WORK)
+        .saturating_add(1 << 20);
     let mut pos = from;
     while pos <= last {
         // Cheap filter first: a frame starts with its marker byte.
@@ -320,13 +328,19 @@ pub fn resync(buf: &[u8], from: usize) -> Option<EntryRef<'_>> {
             .iter()
             .position(|&b| b == FRAME_MARKER)?;
         pos += next;
-        if let Frame::Entry(e) = decode_at(buf, pos) {
-            return Some(e);
+        if let Some(Ok(Some(h))) = buf.get(pos..pos + FRAME_HEADER_LEN).map(decode_header) {
+            budget = budget.checked_sub(h.len as usize)?;
+            if let Frame::Entry(e) = decode_at(buf, pos) {
+                return Some(e);
+            }
         }
         pos += 1;
     }
     None
 }
+
+/// Payload bytes [`resync`] may checksum per byte it searches.
+const RESYNC_WORK: usize = 16;
 
 /// Decodes the single frame starting at `pos` in `buf`.
 fn decode_at(buf: &[u8], pos: usize) -> Frame<'_> {
@@ -500,6 +514,43 @@ impl SequenceCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Data tiled with valid frame headers, each claiming a payload to the end of the buffer
+    /// (with a wrong checksum), costs a resync a bounded amount of checksumming, not one
+    /// payload per header (quadratic: minutes for this MiB, hours for a large entry); a real
+    /// frame after such data within the bound is still found.
+    #[test]
+    fn resync_work_is_bounded_on_crafted_data() {
+        let n = 1 << 20;
+        let mut buf = vec![0u8; n];
+        let mut p = 0;
+        while p + FRAME_HEADER_LEN <= n {
+            let len = (n - p - FRAME_HEADER_LEN) as u32;
+            buf[p..p + FRAME_HEADER_LEN].copy_from_slice(&header_bytes(
+                0,
+                FrameKind::single(),
+                len,
+                0xdead_beef,
+            ));
+            p += FRAME_HEADER_LEN;
+        }
+        let started = std::time::Instant::now();
+        assert!(resync(&buf, 1).is_none());
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "resync took {took:?}"
+        );
+        // A real frame right after a few crafted headers is found.
+        let mut real = buf[..FRAME_HEADER_LEN * 4].to_vec();
+        for h in real.chunks_mut(FRAME_HEADER_LEN) {
+            h.copy_from_slice(&header_bytes(0, FrameKind::single(), 8, 0xdead_beef));
+        }
+        let at = real.len();
+        encode_frame(&mut real, 7, FrameKind::single(), b"payload").unwrap();
+        let e = resync(&real, 1).unwrap();
+        assert_eq!((e.pos, e.offset, e.payload), (at, 7, &b"payload"[..]));
+    }
 
     fn frames(entries: &[(u64, FrameKind, &[u8])]) -> Vec<u8> {
         let mut buf = Vec::new();
