@@ -663,6 +663,19 @@ impl BlockCursor {
     }
 }
 
+/// Bytes free for unprivileged use on the file system of `path`'s directory.
+fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent()?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `statvfs` is a plain C struct of integers, for which all zeros is a value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a statvfs the call fills; both live for
+    // the call.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &raw mut st) };
+    (rc == 0).then(|| st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Creates a baseline file prepared as `prealloc` says, for a run of `secs` (not measured).
 fn prepare_file(path: &Path, prealloc: Prealloc, secs: f64) -> io::Result<File> {
     let file = File::options()
@@ -676,8 +689,12 @@ fn prepare_file(path: &Path, prealloc: Prealloc, secs: f64) -> io::Result<File> 
             let len = if prealloc == Prealloc::Fallocate {
                 Prealloc::LEN
             } else {
-                // Whole seconds, at least one: a run stops at its deadline.
-                (secs.ceil().max(1.0) as u64).saturating_mul(2 << 30)
+                // Whole seconds, at least one: a run stops at its deadline. At most an eighth
+                // of the free space: the disk is shared (past it, the loop extends its file).
+                (secs.ceil().max(1.0) as u64)
+                    .saturating_mul(2 << 30)
+                    .min(free_space(path).map_or(Prealloc::LEN, |free| free / 8))
+                    .max(Prealloc::LEN)
             };
             let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
             // SAFETY: fallocate on a descriptor this function owns and keeps open; no memory

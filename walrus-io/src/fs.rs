@@ -164,9 +164,6 @@ pub(crate) fn file_len(file: &File, path: &Path) -> io::Result<u64> {
         .len())
 }
 
-/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts write-back of the range's dirty pages
-/// without waiting for it. Without a wait flag the call checks no write-back error, so it
-/// cannot take one away from the next `fdatasync`.
 /// Drops the file's clean pages from the page cache (`posix_fadvise(DONTNEED)`), after a failed
 /// sync: Linux marks the pages whose write-back failed clean, so they would go on being read,
 /// by this process or the next (whose own sync, on a descriptor opened after the error, does
@@ -182,6 +179,9 @@ pub(crate) fn drop_cached(file: &File, path: &Path) {
     }
 }
 
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts write-back of the range's dirty pages
+/// without waiting for it. Without a wait flag the call checks no write-back error, so it
+/// cannot take one away from the next `fdatasync`.
 pub(crate) fn start_write_back(file: &File, path: &Path, offset: u64, len: u64) -> io::Result<()> {
     let (Ok(off), Ok(n)) = (
         libc::off64_t::try_from(offset),

@@ -84,8 +84,7 @@ impl PwriteFile {
         self.poison.check(&self.handle_poison, &self.path)
     }
 
-    /// Records a failed sync of this file.
-    /// Records a failed sync, and drops the file's cached pages: those whose write-back
+    /// Records a failed sync of this file, and drops the file's cached pages: those whose write-back
     /// failed would otherwise be read as if they were on disk (see [`fs::drop_cached`]).
     pub(crate) fn poison_sync(&self, err: &io::Error) {
         self.poison.record(&self.handle_poison, &self.path, err);
