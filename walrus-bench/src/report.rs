@@ -215,6 +215,34 @@ pub fn one_line(r: &RunResult) -> String {
     }
 }
 
+/// The physical loops the targets are set against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Baseline {
+    /// A plain `pwrite` loop, one entry a call, extending its file or into claimed space.
+    Pwrite,
+    /// A `pwrite` + `fdatasync` loop, one entry a call, however its file was prepared.
+    Sync,
+}
+
+impl Baseline {
+    fn of(op: Op) -> Option<Self> {
+        match op {
+            Op::Pwrite {
+                chunk: 1,
+                fdatasync: false,
+                prealloc: Prealloc::Extend | Prealloc::FallocateRun,
+                spread: Spread::Contiguous,
+            } => Some(Self::Pwrite),
+            Op::Pwrite {
+                chunk: 1,
+                fdatasync: true,
+                ..
+            } => Some(Self::Sync),
+            _ => None,
+        }
+    }
+}
+
 /// The physical figures of a run set.
 #[derive(Debug, Clone, Default)]
 struct Physical {
@@ -230,24 +258,17 @@ impl Physical {
     fn of(results: &[RunResult]) -> Self {
         let mut p = Self::default();
         for r in results.iter().filter(|r| r.ok()) {
-            match r.spec.op {
+            match Baseline::of(r.spec.op) {
                 // The faster of the loop that extends its file and the one into claimed space.
-                Op::Pwrite {
-                    chunk: 1,
-                    fdatasync: false,
-                    prealloc: Prealloc::Extend | Prealloc::FallocateRun,
-                    spread: Spread::Contiguous,
-                } => match p.pwrite_mib.iter_mut().find(|m| m.0 == r.spec.threads) {
-                    Some(m) => m.1 = m.1.max(r.mib_per_sec()),
-                    None => p.pwrite_mib.push((r.spec.threads, r.mib_per_sec())),
-                },
+                Some(Baseline::Pwrite) => {
+                    match p.pwrite_mib.iter_mut().find(|m| m.0 == r.spec.threads) {
+                        Some(m) => m.1 = m.1.max(r.mib_per_sec()),
+                        None => p.pwrite_mib.push((r.spec.threads, r.mib_per_sec())),
+                    }
+                }
                 // The fastest way the disk syncs one entry sets the ceiling, and the lowest
                 // p99 the latency bound.
-                Op::Pwrite {
-                    chunk: 1,
-                    fdatasync: true,
-                    ..
-                } => {
+                Some(Baseline::Sync) => {
                     let secs = r.latency.mean_ns / 1e9;
                     p.sync_secs = Some(p.sync_secs.map_or(secs, |s| s.min(secs)));
                     let p99 = r.latency.p99_ns;
@@ -323,24 +344,15 @@ impl DiskRounds {
         let mut d = Self::default();
         for r in results.iter().filter(|r| r.ok()) {
             let rounds = r.per_round();
-            match r.spec.op {
-                Op::Pwrite {
-                    chunk: 1,
-                    fdatasync: false,
-                    prealloc: Prealloc::Extend | Prealloc::FallocateRun,
-                    spread: Spread::Contiguous,
-                } => {
+            match Baseline::of(r.spec.op) {
+                Some(Baseline::Pwrite) => {
                     let mib: Vec<f64> = rounds.iter().map(|x| x.mib_per_sec).collect();
                     match d.pwrite_mib.iter_mut().find(|m| m.0 == r.spec.threads) {
                         Some(m) => fold_rounds(&mut m.1, &mib, f64::max),
                         None => d.pwrite_mib.push((r.spec.threads, mib)),
                     }
                 }
-                Op::Pwrite {
-                    chunk: 1,
-                    fdatasync: true,
-                    ..
-                } => {
+                Some(Baseline::Sync) => {
                     let secs: Vec<f64> = rounds.iter().map(|x| x.mean_ns / 1e9).collect();
                     let p99: Vec<u64> = rounds.iter().map(|x| x.p99_ns).collect();
                     fold_rounds(&mut d.sync_secs, &secs, f64::min);

@@ -560,6 +560,23 @@ mod tests {
     use openraft::CommittedLeaderId;
     use openraft::storage::RaftStateMachine;
 
+    /// A raft entry at `index` (term 1) carrying `request`.
+    fn entry(index: u64, request: Request) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(request),
+        }
+    }
+
+    /// A commit of `consumer`'s cursor of topic `t` to `offset`.
+    fn commit(consumer: &str, offset: u64) -> Request {
+        Request::Commit {
+            topic: "t".into(),
+            consumer: consumer.into(),
+            offset,
+        }
+    }
+
     use super::*;
     use crate::log_store::open_instance;
 
@@ -587,15 +604,6 @@ mod tests {
             dir.path().join("snapshot"),
         )
         .unwrap();
-        let entry = |index: u64, request: Request| openraft::Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(request),
-        };
-        let commit = |consumer: &str, offset: u64| Request::Commit {
-            topic: "t".into(),
-            consumer: consumer.into(),
-            offset,
-        };
         let mut entries: Vec<_> = (1..=10)
             .map(|i| {
                 entry(
@@ -635,15 +643,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_accepted_elsewhere_is_accepted_by_a_node_that_released_more() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = |index: u64, request: Request| openraft::Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(request),
-        };
-        let commit = |consumer: &str, offset: u64| Request::Commit {
-            topic: "t".into(),
-            consumer: consumer.into(),
-            offset,
-        };
         // Entries of 700 KB: one a block (1 MiB blocks).
         let appends: Vec<_> = (1..=5)
             .map(|i| {
