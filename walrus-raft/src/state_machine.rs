@@ -578,7 +578,6 @@ mod tests {
     }
 
     use super::*;
-    use crate::log_store::open_instance;
 
     fn stored(index: u64) -> Stored {
         Stored {
@@ -596,14 +595,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_below_every_cursor_is_refused_on_every_node_alike() {
         let dir = tempfile::tempdir().unwrap();
-        let log =
-            LogStore::open(Arc::new(open_instance(&dir.path().join("log")).unwrap())).unwrap();
-        let mut sm = StateMachine::open(
-            Arc::new(open_instance(&dir.path().join("data")).unwrap()),
-            &log,
-            dir.path().join("snapshot"),
-        )
-        .unwrap();
+        let (_log, mut sm) = crate::open_stores(dir.path()).unwrap();
         let mut entries: Vec<_> = (1..=10)
             .map(|i| {
                 entry(
@@ -655,17 +647,7 @@ mod tests {
                 )
             })
             .collect();
-        let open = || {
-            let log =
-                LogStore::open(Arc::new(open_instance(&dir.path().join("log")).unwrap())).unwrap();
-            let sm = StateMachine::open(
-                Arc::new(open_instance(&dir.path().join("data")).unwrap()),
-                &log,
-                dir.path().join("snapshot"),
-            )
-            .unwrap();
-            (log, sm)
-        };
+        let open = || crate::open_stores(dir.path()).unwrap();
         {
             // What the power cut left: the appends, and `a`'s cursor record at 4 (written
             // after the applied record, which says nothing); `b`'s, before it, lost.
@@ -690,14 +672,7 @@ mod tests {
     #[test]
     fn concurrent_snapshots_leave_the_newest_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let log =
-            LogStore::open(Arc::new(open_instance(&dir.path().join("log")).unwrap())).unwrap();
-        let sm = StateMachine::open(
-            Arc::new(open_instance(&dir.path().join("data")).unwrap()),
-            &log,
-            dir.path().join("snapshot"),
-        )
-        .unwrap();
+        let (_log, sm) = crate::open_stores(dir.path()).unwrap();
         std::thread::scope(|s| {
             for t in 0..2u64 {
                 let sm = &sm;
