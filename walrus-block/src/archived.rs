@@ -7,10 +7,25 @@
 
 use rkyv::{Archive, Portable, rancor::Failure};
 
-/// Segment header as archived on disk (36 bytes).
+/// Segment header of format v2 as archived on disk (36 bytes): read, never written.
 #[derive(Archive)]
-#[rkyv(archived = SegmentHeaderV1)]
+#[rkyv(archived = SegmentHeaderV2)]
 #[allow(dead_code)] // Only the archived form is used; the native form exists for the derive.
+pub(crate) struct SegmentHeaderV2Native {
+    pub(crate) magic: [u8; 8],
+    pub(crate) version: u16,
+    pub(crate) checksum: u8,
+    pub(crate) flags: u8,
+    pub(crate) data_offset: u32,
+    pub(crate) segment_id: u64,
+    pub(crate) block_len: u64,
+    pub(crate) crc: u32,
+}
+
+/// Segment header as archived on disk (40 bytes): v2's fields and the segment's key.
+#[derive(Archive)]
+#[rkyv(archived = SegmentHeaderV3)]
+#[allow(dead_code)]
 pub(crate) struct SegmentHeaderNative {
     pub(crate) magic: [u8; 8],
     pub(crate) version: u16,
@@ -19,6 +34,7 @@ pub(crate) struct SegmentHeaderNative {
     pub(crate) data_offset: u32,
     pub(crate) segment_id: u64,
     pub(crate) block_len: u64,
+    pub(crate) key: u32,
     pub(crate) crc: u32,
 }
 
@@ -57,8 +73,10 @@ pub(crate) struct FrameHeaderNative {
 
 const _: () = {
     use std::mem::{align_of, size_of};
-    assert!(size_of::<SegmentHeaderV1>() == 8 + 2 + 1 + 1 + 4 + 8 + 8 + 4);
-    assert!(align_of::<SegmentHeaderV1>() == 1);
+    assert!(size_of::<SegmentHeaderV2>() == 8 + 2 + 1 + 1 + 4 + 8 + 8 + 4);
+    assert!(align_of::<SegmentHeaderV2>() == 1);
+    assert!(size_of::<SegmentHeaderV3>() == 8 + 2 + 1 + 1 + 4 + 8 + 8 + 4 + 4);
+    assert!(align_of::<SegmentHeaderV3>() == 1);
     assert!(size_of::<BlockHeaderV2>() == 4 + 1 + 1 + 2 + 8 + 8 + 8 + 8 + 8 + 255 + 1 + 4);
     assert!(align_of::<BlockHeaderV2>() == 1);
     assert!(size_of::<FrameHeaderV1>() == 1 + 1 + 2 + 4 + 8 + 4 + 4);
@@ -74,7 +92,9 @@ pub(crate) unsafe trait PlainHeader: Portable + Sized {}
 
 // SAFETY: rkyv derives archived structs as `repr(C)`; the assertions above prove alignment 1 and
 // a size equal to the sum of the fields, hence no padding.
-unsafe impl PlainHeader for SegmentHeaderV1 {}
+unsafe impl PlainHeader for SegmentHeaderV2 {}
+// SAFETY: as above.
+unsafe impl PlainHeader for SegmentHeaderV3 {}
 // SAFETY: as above.
 unsafe impl PlainHeader for BlockHeaderV2 {}
 // SAFETY: as above.
@@ -104,11 +124,18 @@ pub(crate) fn bytes_of<T: PlainHeader>(value: &T) -> &[u8] {
 
 /// CRC32C of a header's bytes except its last four, which is where each header keeps its CRC.
 pub(crate) fn body_crc<T: PlainHeader>(value: &T) -> u32 {
+    keyed_body_crc(value, 0)
+}
+
+/// [`body_crc`] continued from `key` instead of 0: headers whose CRC a writer of entry data must
+/// not be able to compute (block headers, journal records) seed it with a key the data's writer
+/// never sees. Key 0 is the plain CRC32C.
+pub(crate) fn keyed_body_crc<T: PlainHeader>(value: &T, key: u32) -> u32 {
     let bytes = bytes_of(value);
     let body = bytes
         .split_last_chunk::<4>()
         .map_or(bytes, |(body, _crc)| body);
-    crate::checksum::crc32c(body)
+    crate::checksum::crc32c_append(key, body)
 }
 
 /// Cursor record as archived on disk (284 bytes, stored in a 512-byte slot).
@@ -174,6 +201,20 @@ where
     T: PlainHeader
         + for<'b> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, Failure>>,
 {
+    decode_keyed(bytes, 0, magic_ok, stored_crc)
+}
+
+/// [`decode_checked`] of a header whose CRC is seeded with `key` (see [`keyed_body_crc`]).
+pub(crate) fn decode_keyed<'a, T>(
+    bytes: &'a [u8],
+    key: u32,
+    magic_ok: impl FnOnce(&T) -> bool,
+    stored_crc: impl FnOnce(&T) -> u32,
+) -> Result<Option<&'a T>, crate::FormatError>
+where
+    T: PlainHeader
+        + for<'b> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, Failure>>,
+{
     use crate::{CorruptReason, FormatError};
     let len = std::mem::size_of::<T>();
     let Some(raw) = bytes.get(..len) else {
@@ -194,7 +235,7 @@ where
     let body = raw
         .get(..len - 4)
         .ok_or(corrupt(CorruptReason::Malformed))?;
-    if crate::checksum::crc32c(body) != stored_crc(h) {
+    if crate::checksum::crc32c_append(key, body) != stored_crc(h) {
         return Err(corrupt(CorruptReason::HeaderChecksum));
     }
     Ok(Some(h))
@@ -238,7 +279,8 @@ pub(crate) struct JournalHeaderNative {
     pub(crate) magic: [u8; 8],
     pub(crate) version: u16,
     pub(crate) flags: u16,
-    pub(crate) reserved: u32,
+    /// Version 1: reserved, zero. Version 2: the generation's key.
+    pub(crate) key: u32,
     pub(crate) generation: u64,
     pub(crate) crc: u32,
 }

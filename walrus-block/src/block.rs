@@ -3,7 +3,7 @@
 use rkyv::Archived;
 
 use crate::archived::{
-    BlockHeaderV2, body_crc, bytes_of, decode_checked, topic_field, topic_from_field,
+    BlockHeaderV2, bytes_of, decode_keyed, keyed_body_crc, topic_field, topic_from_field,
 };
 use crate::error::{CorruptReason, FormatError};
 use crate::limits::{BLOCK_ALIGN, MAX_BLOCK_LEN, MAX_OFFSET};
@@ -41,14 +41,15 @@ pub struct BlockHeader {
 }
 
 impl BlockHeader {
-    /// Encodes the header, CRC included.
+    /// Encodes the header, its CRC seeded with `key`, the key of the segment it is written in
+    /// ([`SegmentHeader::key`](crate::SegmentHeader::key)).
     ///
     /// # Errors
     /// [`FormatError::InvalidTopic`] for an empty or over-long topic name;
     /// [`FormatError::InvalidInput`] when `block_len` is not a positive multiple of
     /// [`BLOCK_ALIGN`] up to [`MAX_BLOCK_LEN`] or cannot hold the header, or an offset or
     /// chain position is not below [`MAX_OFFSET`].
-    pub fn encode(&self) -> Result<[u8; BLOCK_HEADER_LEN], FormatError> {
+    pub fn encode(&self, key: u32) -> Result<[u8; BLOCK_HEADER_LEN], FormatError> {
         if self.first_offset >= MAX_OFFSET || self.chain_seq >= MAX_OFFSET {
             return Err(FormatError::InvalidInput(format!(
                 "block at offset {} in chain position {}: the format holds neither at or past {MAX_OFFSET}",
@@ -82,22 +83,24 @@ impl BlockHeader {
             reserved2: 0,
             crc: Archived::<u32>::from_native(0),
         };
-        h.crc = Archived::<u32>::from_native(body_crc(&h));
+        h.crc = Archived::<u32>::from_native(keyed_body_crc(&h, key));
         let mut out = [0u8; BLOCK_HEADER_LEN];
         out.copy_from_slice(bytes_of(&h));
         Ok(out)
     }
 
-    /// Decodes and validates a block header at the start of `bytes`.
+    /// Decodes and validates a block header at the start of `bytes`, of a segment whose key is
+    /// `key`: a header checksummed with any other key is corrupt.
     ///
     /// Returns `Ok(None)` when the header bytes are all zero: no block has been handed out here.
     ///
     /// # Errors
     /// [`FormatError::Torn`] when `bytes` ends inside a header that is not all zero;
     /// [`FormatError::Corrupt`] (at 0) for a bad magic, checksum, reserved bits, length or topic.
-    pub fn decode(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
-        let Some(h) = decode_checked::<BlockHeaderV2>(
+    pub fn decode(bytes: &[u8], key: u32) -> Result<Option<Self>, FormatError> {
+        let Some(h) = decode_keyed::<BlockHeaderV2>(
             bytes,
+            key,
             |h| h.magic == BLOCK_MAGIC,
             |h| h.crc.to_native(),
         )?
@@ -146,6 +149,8 @@ fn block_len_ok(len: u64) -> bool {
 mod tests {
     use super::*;
 
+    const KEY: u32 = 0x5eed_0001;
+
     fn sample() -> BlockHeader {
         BlockHeader {
             topic: "orders".into(),
@@ -161,21 +166,24 @@ mod tests {
     #[test]
     fn round_trip() {
         let h = sample();
-        let bytes = h.encode().unwrap();
-        assert_eq!(BlockHeader::decode(&bytes), Ok(Some(h.clone())));
+        let bytes = h.encode(KEY).unwrap();
+        assert_eq!(BlockHeader::decode(&bytes, KEY), Ok(Some(h.clone())));
         let long = BlockHeader {
             topic: "t".repeat(255),
             ..h
         };
         assert_eq!(
-            BlockHeader::decode(&long.encode().unwrap()),
+            BlockHeader::decode(&long.encode(KEY).unwrap(), KEY),
             Ok(Some(long.clone()))
         );
         let dead = BlockHeader {
             abandoned: true,
             ..long
         };
-        assert_eq!(BlockHeader::decode(&dead.encode().unwrap()), Ok(Some(dead)));
+        assert_eq!(
+            BlockHeader::decode(&dead.encode(KEY).unwrap(), KEY),
+            Ok(Some(dead))
+        );
     }
 
     #[test]
@@ -185,7 +193,7 @@ mod tests {
                 topic: String::new(),
                 ..sample()
             }
-            .encode(),
+            .encode(KEY),
             Err(FormatError::InvalidTopic(_))
         ));
         assert!(matches!(
@@ -193,7 +201,7 @@ mod tests {
                 topic: "x".repeat(256),
                 ..sample()
             }
-            .encode(),
+            .encode(KEY),
             Err(FormatError::InvalidTopic(_))
         ));
         for len in [0, 100, 4097, MAX_BLOCK_LEN + BLOCK_ALIGN, u64::MAX - 4095] {
@@ -202,7 +210,7 @@ mod tests {
                     block_len: len,
                     ..sample()
                 }
-                .encode(),
+                .encode(KEY),
                 Err(FormatError::InvalidInput(_))
             ));
         }
@@ -225,18 +233,18 @@ mod tests {
             },
         ] {
             assert!(
-                matches!(h.encode(), Err(FormatError::InvalidInput(_))),
+                matches!(h.encode(KEY), Err(FormatError::InvalidInput(_))),
                 "{h:?}"
             );
         }
         // The header with the little-endian u64 at byte `at` (block_len 8, chain_seq 24,
         // first_offset 32) set to `value`, and its CRC (the last four bytes) made valid.
         let patched = |at: usize, value: u64| {
-            let mut b = sample().encode().unwrap();
+            let mut b = sample().encode(KEY).unwrap();
             b[at..at + 8].copy_from_slice(&value.to_le_bytes());
-            let crc = crate::checksum::crc32c(&b[..BLOCK_HEADER_LEN - 4]);
+            let crc = crate::checksum::crc32c_append(KEY, &b[..BLOCK_HEADER_LEN - 4]);
             b[BLOCK_HEADER_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
-            BlockHeader::decode(&b)
+            BlockHeader::decode(&b, KEY)
         };
         assert_eq!(patched(8, 1 << 20), Ok(Some(sample())), "the layout");
         let corrupt = |reason| Err(FormatError::Corrupt { at: 0, reason });
@@ -253,13 +261,29 @@ mod tests {
         assert_eq!(patched(32, MAX_OFFSET), corrupt(CorruptReason::Sequence));
     }
 
+    /// A header checksummed with another key, or none (what anyone can compute, say inside an
+    /// entry's data), is corrupt.
+    #[test]
+    fn a_header_of_another_key_is_corrupt() {
+        for other in [0, KEY ^ 1, KEY.rotate_left(7)] {
+            let forged = sample().encode(other).unwrap();
+            assert_eq!(
+                BlockHeader::decode(&forged, KEY),
+                Err(FormatError::Corrupt {
+                    at: 0,
+                    reason: CorruptReason::HeaderChecksum
+                })
+            );
+        }
+    }
+
     #[test]
     fn zero_torn_and_every_bit_flip() {
-        assert_eq!(BlockHeader::decode(&[0; BLOCK_HEADER_LEN]), Ok(None));
-        let bytes = sample().encode().unwrap();
+        assert_eq!(BlockHeader::decode(&[0; BLOCK_HEADER_LEN], KEY), Ok(None));
+        let bytes = sample().encode(KEY).unwrap();
         for cut in 1..BLOCK_HEADER_LEN {
             assert_eq!(
-                BlockHeader::decode(&bytes[..cut]),
+                BlockHeader::decode(&bytes[..cut], KEY),
                 Err(FormatError::Torn { at: 0 })
             );
         }
@@ -267,7 +291,10 @@ mod tests {
             let mut b = bytes;
             b[bit / 8] ^= 1 << (bit % 8);
             assert!(
-                matches!(BlockHeader::decode(&b), Err(FormatError::Corrupt { .. })),
+                matches!(
+                    BlockHeader::decode(&b, KEY),
+                    Err(FormatError::Corrupt { .. })
+                ),
                 "bit {bit} accepted"
             );
         }

@@ -13,11 +13,17 @@
 //! record before it (the first is 0). Starting a new generation (at open, and when the records
 //! reach the end of the file, both after every segment write they hold was synced) retires every
 //! record at once. Layout drawn in `docs/FORMAT.md`.
+//!
+//! Each generation has a random **key** (version 2), in its header, that seeds the CRC of its
+//! record headers: a record's body holds entry data users choose, and after the live records
+//! end (a crash) the bytes where the next one would start may be an earlier generation's body,
+//! which must not pass as a record whose writes the next open applies.
 
 use rkyv::Archived;
 
 use crate::archived::{
     JournalHeaderV1, JournalRecordV1, JournalWriteV1, access, body_crc, bytes_of, decode_checked,
+    decode_keyed, keyed_body_crc,
 };
 use crate::checksum::crc32c;
 use crate::error::{CorruptReason, FormatError};
@@ -26,8 +32,9 @@ use crate::error::{CorruptReason, FormatError};
 pub const JOURNAL_MAGIC: [u8; 8] = *b"WALRUSJL";
 /// Magic bytes opening every journal record.
 pub const JOURNAL_RECORD_MAGIC: [u8; 4] = *b"WJRC";
-/// The journal format version.
-pub const JOURNAL_VERSION: u16 = 1;
+/// The journal format version this crate writes. It reads version 1 too: a version 1 header
+/// is a version 2 one with key 0 (the field was reserved, zero).
+pub const JOURNAL_VERSION: u16 = 2;
 /// Bytes of one header slot; slot `g % 2` holds generation `g`.
 pub const JOURNAL_SLOT_LEN: u64 = 512;
 /// Encoded length of a [`JournalHeader`].
@@ -47,6 +54,8 @@ pub const JOURNAL_RECORD_ALIGN: u64 = 512;
 pub struct JournalHeader {
     /// The live generation, from 1.
     pub generation: u64,
+    /// The CRC32C seed of the generation's record headers (0 in a version 1 journal).
+    pub key: u32,
 }
 
 impl JournalHeader {
@@ -57,7 +66,7 @@ impl JournalHeader {
             magic: JOURNAL_MAGIC,
             version: Archived::<u16>::from_native(JOURNAL_VERSION),
             flags: Archived::<u16>::from_native(0),
-            reserved: Archived::<u32>::from_native(0),
+            key: Archived::<u32>::from_native(self.key),
             generation: Archived::<u64>::from_native(self.generation),
             crc: Archived::<u32>::from_native(0),
         };
@@ -77,7 +86,7 @@ impl JournalHeader {
     ///
     /// # Errors
     /// [`FormatError::Torn`] for a short non-zero slot; [`FormatError::Corrupt`] for a bad
-    /// magic, checksum, version, flags or reserved bytes, or generation 0.
+    /// magic, checksum, version or flags, a non-zero key in version 1, or generation 0.
     pub fn decode(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
         let magic_ok = |h: &JournalHeaderV1| h.magic == JOURNAL_MAGIC;
         let Some(h) = decode_checked::<JournalHeaderV1>(bytes, magic_ok, |h| h.crc.to_native())?
@@ -85,10 +94,11 @@ impl JournalHeader {
             return Ok(None);
         };
         let corrupt = |reason| FormatError::Corrupt { at: 0, reason };
-        if h.version.to_native() != JOURNAL_VERSION {
+        let version = h.version.to_native();
+        if !(1..=JOURNAL_VERSION).contains(&version) {
             return Err(corrupt(CorruptReason::UnsupportedVersion));
         }
-        if h.flags.to_native() != 0 || h.reserved.to_native() != 0 {
+        if h.flags.to_native() != 0 || (version == 1 && h.key.to_native() != 0) {
             return Err(corrupt(CorruptReason::ReservedBits));
         }
         if h.generation.to_native() == 0 {
@@ -96,6 +106,7 @@ impl JournalHeader {
         }
         Ok(Some(Self {
             generation: h.generation.to_native(),
+            key: h.key.to_native(),
         }))
     }
 
@@ -160,13 +171,15 @@ pub fn encode_journal_write(
     Ok(())
 }
 
-/// The header of record `seq` of `generation` whose body is `body`.
+/// The header of record `seq` of `generation` whose body is `body`, its CRC seeded with the
+/// generation's `key`.
 ///
 /// # Errors
 /// [`FormatError::InvalidInput`] when the body is longer than `u32::MAX`.
 pub fn encode_journal_record_header(
     generation: u64,
     seq: u64,
+    key: u32,
     body: &[u8],
 ) -> Result<[u8; JOURNAL_RECORD_HEADER_LEN], FormatError> {
     let len = u32::try_from(body.len()).map_err(|_| {
@@ -181,7 +194,7 @@ pub fn encode_journal_record_header(
         body_crc: Archived::<u32>::from_native(crc32c(body)),
         crc: Archived::<u32>::from_native(0),
     };
-    h.crc = Archived::<u32>::from_native(body_crc(&h));
+    h.crc = Archived::<u32>::from_native(keyed_body_crc(&h, key));
     let mut out = [0u8; JOURNAL_RECORD_HEADER_LEN];
     out.copy_from_slice(bytes_of(&h));
     Ok(out)
@@ -201,14 +214,15 @@ pub struct JournalRecordHeader {
 }
 
 impl JournalRecordHeader {
-    /// Decodes a record header at the start of `bytes`: `Ok(None)` when it is all zero.
+    /// Decodes a record header at the start of `bytes`, of the generation whose key is `key`:
+    /// `Ok(None)` when it is all zero.
     ///
     /// # Errors
     /// [`FormatError::Torn`] for a short non-zero header; [`FormatError::Corrupt`] for a bad
-    /// magic, checksum or reserved bytes.
-    pub fn decode(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
+    /// magic, checksum (a header of another key fails it) or reserved bytes.
+    pub fn decode(bytes: &[u8], key: u32) -> Result<Option<Self>, FormatError> {
         let magic_ok = |h: &JournalRecordV1| h.magic == JOURNAL_RECORD_MAGIC;
-        let Some(h) = decode_checked::<JournalRecordV1>(bytes, magic_ok, |h| h.crc.to_native())?
+        let Some(h) = decode_keyed::<JournalRecordV1>(bytes, key, magic_ok, |h| h.crc.to_native())?
         else {
             return Ok(None);
         };
@@ -297,11 +311,13 @@ pub fn decode_journal_body<'a>(
 mod tests {
     use super::*;
 
+    const KEY: u32 = 0xc0ff_ee00;
+
     fn record(generation: u64, seq: u64) -> Vec<u8> {
         let mut body = Vec::new();
         encode_journal_write(&mut body, 7, 4096, &[b"block header", b"frames"]).unwrap();
         encode_journal_write(&mut body, 9, 8192 + 308, &[b"more"]).unwrap();
-        let mut out = encode_journal_record_header(generation, seq, &body)
+        let mut out = encode_journal_record_header(generation, seq, KEY, &body)
             .unwrap()
             .to_vec();
         out.extend_from_slice(&body);
@@ -311,7 +327,7 @@ mod tests {
     #[test]
     fn a_record_round_trips() {
         let bytes = record(3, 5);
-        let h = JournalRecordHeader::decode(&bytes).unwrap().unwrap();
+        let h = JournalRecordHeader::decode(&bytes, KEY).unwrap().unwrap();
         assert_eq!((h.generation, h.seq), (3, 5));
         assert_eq!(h.span(), 512);
         let writes = decode_journal_body(&h, &bytes[JOURNAL_RECORD_HEADER_LEN..]).unwrap();
@@ -338,7 +354,7 @@ mod tests {
         for bit in 0..bytes.len() * 8 {
             let mut b = bytes.clone();
             b[bit / 8] ^= 1 << (bit % 8);
-            let rejected = match JournalRecordHeader::decode(&b) {
+            let rejected = match JournalRecordHeader::decode(&b, KEY) {
                 Err(_) => true,
                 Ok(None) => true,
                 Ok(Some(h)) => {
@@ -350,15 +366,57 @@ mod tests {
         }
     }
 
+    /// A record checksummed with another generation's key, or with none (what the data of an
+    /// entry can carry), is corrupt.
+    #[test]
+    fn a_record_of_another_key_is_corrupt() {
+        let mut body = Vec::new();
+        encode_journal_write(&mut body, 1, 4096, &[b"abc"]).unwrap();
+        for other in [0, KEY ^ 0x100] {
+            let forged = encode_journal_record_header(1, 0, other, &body).unwrap();
+            assert_eq!(
+                JournalRecordHeader::decode(&forged, KEY),
+                Err(FormatError::Corrupt {
+                    at: 0,
+                    reason: CorruptReason::HeaderChecksum
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_1_header_reads_with_key_0() {
+        let mut v1 = JournalHeader {
+            generation: 5,
+            key: 0,
+        }
+        .encode();
+        v1[8] = 1;
+        let crc = crc32c(&v1[..24]).to_le_bytes();
+        v1[24..].copy_from_slice(&crc);
+        assert_eq!(
+            JournalHeader::decode(&v1),
+            Ok(Some(JournalHeader {
+                generation: 5,
+                key: 0
+            }))
+        );
+        // Version 1 had no key: a non-zero one there is damage.
+        v1[12] = 1;
+        let crc = crc32c(&v1[..24]).to_le_bytes();
+        v1[24..].copy_from_slice(&crc);
+        assert!(JournalHeader::decode(&v1).is_err());
+    }
+
     #[test]
     fn a_cut_record_is_torn_and_zeros_are_nothing() {
         let bytes = record(1, 0);
-        assert_eq!(JournalRecordHeader::decode(&[0; 64]), Ok(None));
+        assert_eq!(JournalRecordHeader::decode(&[0; 64], KEY), Ok(None));
         assert_eq!(
-            JournalRecordHeader::decode(&bytes[..10]),
+            JournalRecordHeader::decode(&bytes[..10], KEY),
             Err(FormatError::Torn { at: 0 })
         );
-        let h = JournalRecordHeader::decode(&bytes).unwrap().unwrap();
+        let h = JournalRecordHeader::decode(&bytes, KEY).unwrap().unwrap();
         assert_eq!(
             decode_journal_body(&h, &bytes[JOURNAL_RECORD_HEADER_LEN..bytes.len() - 1]),
             Err(FormatError::Torn { at: 0 })
@@ -370,8 +428,8 @@ mod tests {
         let mut body = Vec::new();
         encode_journal_write(&mut body, 1, 4096, &[b"abc"]).unwrap();
         body.truncate(body.len() - 1);
-        let header = encode_journal_record_header(1, 0, &body).unwrap();
-        let h = JournalRecordHeader::decode(&header).unwrap().unwrap();
+        let header = encode_journal_record_header(1, 0, KEY, &body).unwrap();
+        let h = JournalRecordHeader::decode(&header, KEY).unwrap().unwrap();
         assert!(matches!(
             decode_journal_body(&h, &body),
             Err(FormatError::Corrupt { .. })
@@ -384,38 +442,62 @@ mod tests {
         assert_eq!(JournalHeader::decode_slots(&slots), Ok(None));
         let put = |slots: &mut Vec<u8>, g: u64| {
             let at = JournalHeader::slot_of(g) as usize;
-            slots[at..at + JOURNAL_HEADER_LEN]
-                .copy_from_slice(&JournalHeader { generation: g }.encode());
+            slots[at..at + JOURNAL_HEADER_LEN].copy_from_slice(
+                &JournalHeader {
+                    generation: g,
+                    key: KEY,
+                }
+                .encode(),
+            );
         };
         put(&mut slots, 1);
         assert_eq!(
             JournalHeader::decode_slots(&slots),
-            Ok(Some(JournalHeader { generation: 1 }))
+            Ok(Some(JournalHeader {
+                generation: 1,
+                key: KEY
+            }))
         );
         put(&mut slots, 2);
         assert_eq!(
             JournalHeader::decode_slots(&slots),
-            Ok(Some(JournalHeader { generation: 2 }))
+            Ok(Some(JournalHeader {
+                generation: 2,
+                key: KEY
+            }))
         );
         // Generation 3 torn while it was written: generation 2 stays.
         put(&mut slots, 3);
         slots[512 + 20] ^= 0xff;
         assert_eq!(
             JournalHeader::decode_slots(&slots),
-            Ok(Some(JournalHeader { generation: 2 }))
+            Ok(Some(JournalHeader {
+                generation: 2,
+                key: KEY
+            }))
         );
         // Both damaged: corrupt.
         slots[20] ^= 0xff;
         assert!(JournalHeader::decode_slots(&slots).is_err());
         // A header in the slot of the other parity is refused.
         let mut wrong = vec![0u8; 1024];
-        wrong[..JOURNAL_HEADER_LEN].copy_from_slice(&JournalHeader { generation: 1 }.encode());
+        wrong[..JOURNAL_HEADER_LEN].copy_from_slice(
+            &JournalHeader {
+                generation: 1,
+                key: KEY,
+            }
+            .encode(),
+        );
         assert!(JournalHeader::decode_slots(&wrong).is_err());
     }
 
     #[test]
     fn every_bit_flip_of_a_header_is_rejected() {
-        let bytes = JournalHeader { generation: 4 }.encode();
+        let bytes = JournalHeader {
+            generation: 4,
+            key: KEY,
+        }
+        .encode();
         for bit in 0..bytes.len() * 8 {
             let mut b = bytes;
             b[bit / 8] ^= 1 << (bit % 8);

@@ -1,4 +1,4 @@
-//! # walrus-block — the Walrus on-disk format, version 1
+//! # walrus-block — the Walrus on-disk format, version 3
 //!
 //! This crate owns every byte Walrus puts on disk and every check made when reading it back.
 //! It does no I/O and keeps no state: callers hand it byte slices.
@@ -13,7 +13,9 @@
 //! Every header is a fixed-size [rkyv] archive (little-endian, unaligned) read through rkyv's
 //! *checked* access, and protected by CRC32C ([`checksum`]); the payload of a frame has its own
 //! CRC32C, itself covered by the frame header's CRC. So any single-bit flip anywhere in a frame is
-//! reported as corruption, and any truncation of a frame as a torn tail.
+//! reported as corruption, and any truncation of a frame as a torn tail. The CRCs of block
+//! headers and journal records are seeded with a random key their writer keeps in a header of
+//! its own, so that entry data holding such a header's bytes never passes for one.
 //!
 //! The byte-by-byte layout is written up in `docs/FORMAT.md` at the repository root.
 //!
@@ -78,8 +80,8 @@ pub use limits::{
     validate_consumer_name, validate_topic_name,
 };
 pub use segment::{
-    CHECKSUM_CRC32C, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
-    SegmentHeader,
+    CHECKSUM_CRC32C, FORMAT_VERSION, OLDEST_FORMAT_VERSION, SEGMENT_DATA_OFFSET,
+    SEGMENT_HEADER_COPY_AT, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SegmentHeader,
 };
 pub use tier::{TIER_INDEX_MAGIC, TierIndex, tier_object_names, topic_key};
 

@@ -1,21 +1,35 @@
-//! The segment header: the first bytes of every segment file.
+//! The segment header: the first bytes of every segment file, and a copy of them in the same
+//! page.
+//!
+//! Format v3 adds the segment's **key**: a random CRC32C seed for the headers of the segment's
+//! blocks. Recovery looks for block headers at every page boundary of a segment after a lost or
+//! damaged one, and entry data, which users choose, can hold a page that looks like a block
+//! header; a header checksummed from the key validates only where the writer, who never shows
+//! the key to anyone, wrote it. The key lives in the header at byte 0 and in its copy at
+//! [`SEGMENT_HEADER_COPY_AT`]: without either, no block of the segment can be validated.
 
 use rkyv::Archived;
 
-use crate::archived::{SegmentHeaderV1, body_crc, bytes_of, decode_checked};
+use crate::archived::{SegmentHeaderV2, SegmentHeaderV3, body_crc, bytes_of, decode_checked};
 use crate::error::{CorruptReason, FormatError};
 use crate::limits::BLOCK_ALIGN;
 
 /// Magic bytes opening every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WALRUSSG";
-/// The on-disk format version this crate writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
-/// Checksum algorithm id for CRC32C (Castagnoli), the only one format v1 defines.
+/// The on-disk format version this crate writes.
+pub const FORMAT_VERSION: u16 = 3;
+/// The earliest format version this crate reads: a v2 segment is a v3 one with key 0 (plain
+/// CRC32C block headers) and no copy of its header.
+pub const OLDEST_FORMAT_VERSION: u16 = 2;
+/// Checksum algorithm id for CRC32C (Castagnoli), the only one the format defines.
 pub const CHECKSUM_CRC32C: u8 = 1;
 /// Encoded length of a [`SegmentHeader`].
-pub const SEGMENT_HEADER_LEN: usize = std::mem::size_of::<SegmentHeaderV1>();
-/// Byte position of the first block in a segment file. The rest of the first 4 KiB after the
-/// header is zero, so that blocks are page aligned.
+pub const SEGMENT_HEADER_LEN: usize = std::mem::size_of::<SegmentHeaderV3>();
+/// Byte position of the header's copy: in the header's page, in another sector (a torn or
+/// damaged sector takes one of the two).
+pub const SEGMENT_HEADER_COPY_AT: usize = 2048;
+/// Byte position of the first block in a segment file. The first 4 KiB hold the header and its
+/// copy, zero elsewhere, so that blocks are page aligned.
 pub const SEGMENT_DATA_OFFSET: u64 = BLOCK_ALIGN;
 
 /// The header of a segment file.
@@ -25,13 +39,15 @@ pub struct SegmentHeader {
     pub segment_id: u64,
     /// The default block length in this segment (blocks may be longer to hold one big entry).
     pub block_len: u64,
+    /// The CRC32C seed of the segment's block headers (see the module docs); 0 in a v2 segment.
+    pub key: u32,
 }
 
 impl SegmentHeader {
     /// Encodes the header, CRC included.
     #[must_use]
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
-        let mut h = SegmentHeaderV1 {
+        let mut h = SegmentHeaderV3 {
             magic: SEGMENT_MAGIC,
             version: Archived::<u16>::from_native(FORMAT_VERSION),
             checksum: CHECKSUM_CRC32C,
@@ -39,12 +55,36 @@ impl SegmentHeader {
             data_offset: Archived::<u32>::from_native(SEGMENT_DATA_OFFSET as u32),
             segment_id: Archived::<u64>::from_native(self.segment_id),
             block_len: Archived::<u64>::from_native(self.block_len),
+            key: Archived::<u32>::from_native(self.key),
             crc: Archived::<u32>::from_native(0),
         };
         h.crc = Archived::<u32>::from_native(body_crc(&h));
         let mut out = [0u8; SEGMENT_HEADER_LEN];
         out.copy_from_slice(bytes_of(&h));
         out
+    }
+
+    /// The first page of the segment file: the header at 0, its copy at
+    /// [`SEGMENT_HEADER_COPY_AT`], zeros elsewhere.
+    #[must_use]
+    pub fn encode_page(&self) -> Vec<u8> {
+        let mut page = vec![0u8; SEGMENT_DATA_OFFSET as usize];
+        let header = self.encode();
+        for at in [0, SEGMENT_HEADER_COPY_AT] {
+            if let Some(slot) = page.get_mut(at..at + SEGMENT_HEADER_LEN) {
+                slot.copy_from_slice(&header);
+            }
+        }
+        page
+    }
+
+    /// The header's copy in a segment's first page (`None` when it is missing or invalid), for
+    /// when the header itself is not valid.
+    #[must_use]
+    pub fn decode_copy(page: &[u8]) -> Option<Self> {
+        Self::decode(page.get(SEGMENT_HEADER_COPY_AT..)?)
+            .ok()
+            .flatten()
     }
 
     /// Decodes and validates a segment header from the first bytes of a file.
@@ -57,31 +97,68 @@ impl SegmentHeader {
     /// [`FormatError::Corrupt`] for a bad magic (foreign file), checksum, version, checksum
     /// algorithm, reserved bits, data offset or block length.
     pub fn decode(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
-        let magic_ok = |h: &SegmentHeaderV1| h.magic == SEGMENT_MAGIC;
-        let Some(h) = decode_checked::<SegmentHeaderV1>(bytes, magic_ok, |h| h.crc.to_native())?
-        else {
-            return Ok(None);
+        // The version, at the same place in every layout, picks the layout; a version this
+        // build does not know is told apart from damage by the CRC of the layout before it.
+        let version = bytes
+            .get(8..10)
+            .and_then(|v| <[u8; 2]>::try_from(v).ok())
+            .map(u16::from_le_bytes);
+        let (h, key) = if version.is_some_and(|v| v >= 3) {
+            let magic_ok = |h: &SegmentHeaderV3| h.magic == SEGMENT_MAGIC;
+            let Some(h) =
+                decode_checked::<SegmentHeaderV3>(bytes, magic_ok, |h| h.crc.to_native())?
+            else {
+                return Ok(None);
+            };
+            let fields = (
+                h.version.to_native(),
+                h.checksum,
+                h.flags,
+                h.data_offset.to_native(),
+            );
+            (
+                (fields, h.segment_id.to_native(), h.block_len.to_native()),
+                h.key.to_native(),
+            )
+        } else {
+            let magic_ok = |h: &SegmentHeaderV2| h.magic == SEGMENT_MAGIC;
+            let Some(h) =
+                decode_checked::<SegmentHeaderV2>(bytes, magic_ok, |h| h.crc.to_native())?
+            else {
+                return Ok(None);
+            };
+            let fields = (
+                h.version.to_native(),
+                h.checksum,
+                h.flags,
+                h.data_offset.to_native(),
+            );
+            (
+                (fields, h.segment_id.to_native(), h.block_len.to_native()),
+                0,
+            )
         };
+        let ((version, checksum, flags, data_offset), segment_id, block_len) = h;
         let corrupt = |reason| FormatError::Corrupt { at: 0, reason };
-        if h.version.to_native() != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(corrupt(CorruptReason::UnsupportedVersion));
         }
-        if h.checksum != CHECKSUM_CRC32C {
+        if checksum != CHECKSUM_CRC32C {
             return Err(corrupt(CorruptReason::UnknownChecksum));
         }
-        if h.flags != 0 {
+        if flags != 0 {
             return Err(corrupt(CorruptReason::ReservedBits));
         }
-        let block_len = h.block_len.to_native();
-        if u64::from(h.data_offset.to_native()) != SEGMENT_DATA_OFFSET
+        if u64::from(data_offset) != SEGMENT_DATA_OFFSET
             || block_len == 0
             || !block_len.is_multiple_of(BLOCK_ALIGN)
         {
             return Err(corrupt(CorruptReason::BadLength));
         }
         Ok(Some(Self {
-            segment_id: h.segment_id.to_native(),
+            segment_id,
             block_len,
+            key,
         }))
     }
 }
@@ -95,6 +172,7 @@ mod tests {
         let h = SegmentHeader {
             segment_id: 42,
             block_len: 1 << 20,
+            key: 0x1234_5678,
         };
         let bytes = h.encode();
         assert_eq!(&bytes[..8], b"WALRUSSG");
@@ -112,6 +190,7 @@ mod tests {
         let bytes = SegmentHeader {
             segment_id: 1,
             block_len: 4096,
+            key: 9,
         }
         .encode();
         assert_eq!(
@@ -125,6 +204,7 @@ mod tests {
         let bytes = SegmentHeader {
             segment_id: 7,
             block_len: 8192,
+            key: 0xdead_beef,
         }
         .encode();
         for bit in 0..bytes.len() * 8 {
@@ -135,6 +215,69 @@ mod tests {
                 "bit {bit} accepted"
             );
         }
+    }
+
+    #[test]
+    fn the_copy_stands_in_for_a_damaged_header() {
+        let h = SegmentHeader {
+            segment_id: 3,
+            block_len: 4096,
+            key: 77,
+        };
+        let mut page = h.encode_page();
+        assert_eq!(SegmentHeader::decode(&page), Ok(Some(h)));
+        assert_eq!(SegmentHeader::decode_copy(&page), Some(h));
+        page[20] ^= 1;
+        assert!(SegmentHeader::decode(&page).is_err());
+        assert_eq!(SegmentHeader::decode_copy(&page), Some(h));
+        page[SEGMENT_HEADER_COPY_AT + 20] ^= 1;
+        assert_eq!(SegmentHeader::decode_copy(&page), None);
+    }
+
+    #[test]
+    fn a_version_2_header_reads_with_key_0() {
+        // Format v2's 36 bytes (the golden `segment_v2.bin` header): segment 7, blocks of 4096.
+        let v2 = [
+            0x57, 0x41, 0x4c, 0x52, 0x55, 0x53, 0x53, 0x47, 0x02, 0x00, 0x01, 0x00, 0x00, 0x10,
+            0x00, 0x00, 0x07, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x10, 0, 0, 0, 0, 0, 0, 0x3e, 0x11, 0x7c,
+            0x36,
+        ];
+        assert_eq!(
+            SegmentHeader::decode(&v2),
+            Ok(Some(SegmentHeader {
+                segment_id: 7,
+                block_len: 4096,
+                key: 0
+            }))
+        );
+        // Any other version is refused as such, in either layout.
+        let mut v1 = v2;
+        v1[8] = 1;
+        let crc = crate::checksum::crc32c(&v1[..32]).to_le_bytes();
+        v1[32..].copy_from_slice(&crc);
+        assert_eq!(
+            SegmentHeader::decode(&v1),
+            Err(FormatError::Corrupt {
+                at: 0,
+                reason: CorruptReason::UnsupportedVersion
+            })
+        );
+        let mut v4 = SegmentHeader {
+            segment_id: 7,
+            block_len: 4096,
+            key: 1,
+        }
+        .encode();
+        v4[8] = 4;
+        let crc = crate::checksum::crc32c(&v4[..36]).to_le_bytes();
+        v4[36..].copy_from_slice(&crc);
+        assert_eq!(
+            SegmentHeader::decode(&v4),
+            Err(FormatError::Corrupt {
+                at: 0,
+                reason: CorruptReason::UnsupportedVersion
+            })
+        );
     }
 
     #[test]

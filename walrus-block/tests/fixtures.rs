@@ -1,10 +1,11 @@
-//! Golden fixtures: segment files (format v2), a tier index and a journal file written by this
-//! version of the formats, checked in under `tests/fixtures/`. The expected contents below are
-//! spelled out literally, not recomputed by the encoder, so any change to a format — in
-//! encoding or decoding — fails this test.
+//! Golden fixtures: segment files (format v3), a tier index and a journal file (version 2)
+//! written by this version of the formats, checked in under `tests/fixtures/`, and the files of
+//! the versions before (segment v2, journal v1), which this version still reads. The expected
+//! contents below are spelled out literally, not recomputed by the encoder, so any change to a
+//! format — in encoding or decoding — fails this test.
 //!
 //! To regenerate after an *intended* format change (which also needs a new FORMAT_VERSION, or
-//! JOURNAL_VERSION for the journal):
+//! JOURNAL_VERSION for the journal, and keeps the older fixtures as they are):
 //! `WALRUS_BLESS=1 cargo test -p walrus-block --test fixtures`.
 
 use std::path::PathBuf;
@@ -12,9 +13,14 @@ use std::path::PathBuf;
 use walrus_block::{
     BLOCK_HEADER_LEN, BlockHeader, CorruptReason, FORMAT_VERSION, Frame, FrameDecoder, FrameKind,
     JOURNAL_DATA_OFFSET, JOURNAL_RECORD_HEADER_LEN, JOURNAL_VERSION, JournalHeader,
-    JournalRecordHeader, SEGMENT_DATA_OFFSET, SegmentHeader, TierIndex, decode_journal_body,
-    encode_frame, encode_journal_record_header, encode_journal_write,
+    JournalRecordHeader, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_COPY_AT, SegmentHeader, TierIndex,
+    decode_journal_body, encode_frame, encode_journal_record_header, encode_journal_write,
 };
+
+/// The fixture segment's key (any value: a real segment draws one at random).
+const SEGMENT_KEY: u32 = 0x5eed_cafe;
+/// The fixture journal's key.
+const JOURNAL_KEY: u32 = 0x0bad_f00d;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,6 +42,7 @@ fn expected_segment() -> (SegmentHeader, Vec<ExpectedBlock>) {
     let seg = SegmentHeader {
         segment_id: 7,
         block_len: 4096,
+        key: SEGMENT_KEY,
     };
     let blocks = vec![
         ExpectedBlock {
@@ -76,8 +83,8 @@ fn expected_segment() -> (SegmentHeader, Vec<ExpectedBlock>) {
 /// produces the checked-in bytes).
 fn build_segment() -> Vec<u8> {
     let (seg, blocks) = expected_segment();
-    let mut file = seg.encode().to_vec();
-    file.resize(SEGMENT_DATA_OFFSET as usize, 0);
+    let mut file = seg.encode_page();
+    assert_eq!(file.len(), SEGMENT_DATA_OFFSET as usize);
     for b in &blocks {
         let start = file.len();
         let header = BlockHeader {
@@ -89,7 +96,7 @@ fn build_segment() -> Vec<u8> {
             block_len: b.block_len,
             abandoned: false,
         };
-        file.extend_from_slice(&header.encode().unwrap());
+        file.extend_from_slice(&header.encode(seg.key).unwrap());
         let mut frames = Vec::new();
         let mut i = 0;
         while i < b.entries.len() {
@@ -149,20 +156,59 @@ fn check_or_bless(name: &str, built: &[u8]) -> Vec<u8> {
 
 #[test]
 fn segment_fixture_decodes() {
-    let golden = check_or_bless("segment_v2.bin", &build_segment());
+    let golden = check_or_bless("segment_v3.bin", &build_segment());
     let (seg, blocks) = expected_segment();
-    assert_eq!(FORMAT_VERSION, 2);
-    assert_eq!(golden.len(), 4096 + 4096 + 8192);
+    assert_eq!(FORMAT_VERSION, 3);
     // Spot-check raw bytes so that FORMAT.md's worked example stays true.
     assert_eq!(&golden[0..8], b"WALRUSSG");
+    assert_eq!(&golden[8..12], &[3, 0, 1, 0]);
+    assert_eq!(&golden[32..36], &SEGMENT_KEY.to_le_bytes());
+    let crc = walrus_block::checksum::crc32c(&golden[..36]);
+    assert_eq!(&golden[36..40], &crc.to_le_bytes());
+    // The copy, in the page's fifth sector; zeros around both.
+    assert_eq!(SEGMENT_HEADER_COPY_AT, 2048);
+    assert_eq!(golden[2048..2088], golden[0..40]);
+    assert!(golden[40..2048].iter().all(|&b| b == 0));
+    assert!(golden[2088..4096].iter().all(|&b| b == 0));
+    // The block header's CRC starts from the key.
+    let crc = walrus_block::checksum::crc32c_append(SEGMENT_KEY, &golden[4096..4096 + 304]);
+    assert_eq!(&golden[4096 + 304..4096 + 308], &crc.to_le_bytes());
+    assert_eq!(SegmentHeader::decode_copy(&golden), Some(seg));
+    check_segment(&golden, seg, &blocks);
+}
+
+/// A segment of format v2 (written by the build before keys): read with key 0, no copy.
+#[test]
+fn a_version_2_segment_still_decodes() {
+    let golden = std::fs::read(fixture("segment_v2.bin")).unwrap();
+    let (seg, blocks) = expected_segment();
     assert_eq!(&golden[8..12], &[2, 0, 1, 0]);
+    let v2 = SegmentHeader { key: 0, ..seg };
+    assert_eq!(SegmentHeader::decode_copy(&golden), None);
+    check_segment(&golden, v2, &blocks);
+    // Its frames are v3's byte for byte: only the page of headers and the block headers differ.
+    let v3 = build_segment();
+    assert_eq!(golden.len(), v3.len());
+    let header_len = SEGMENT_DATA_OFFSET as usize + BLOCK_HEADER_LEN;
+    assert_eq!(golden[header_len..4096 * 2], v3[header_len..4096 * 2]);
+    // Its blocks are not blocks of a keyed segment.
+    assert!(BlockHeader::decode(&golden[4096..], SEGMENT_KEY).is_err());
+    assert!(BlockHeader::decode(&v3[4096..], 0).is_err());
+}
+
+/// Checks a segment file's header and blocks against the expected ones.
+fn check_segment(golden: &[u8], seg: SegmentHeader, blocks: &[ExpectedBlock]) {
+    assert_eq!(golden.len(), 4096 + 4096 + 8192);
+    assert_eq!(&golden[0..8], b"WALRUSSG");
     assert_eq!(&golden[4096..4100], b"WBLK");
     assert_eq!(golden[4096 + BLOCK_HEADER_LEN], 0x57);
 
-    assert_eq!(SegmentHeader::decode(&golden).unwrap(), Some(seg));
+    assert_eq!(SegmentHeader::decode(golden).unwrap(), Some(seg));
     let mut pos = SEGMENT_DATA_OFFSET as usize;
-    for b in &blocks {
-        let h = BlockHeader::decode(&golden[pos..]).unwrap().unwrap();
+    for b in blocks {
+        let h = BlockHeader::decode(&golden[pos..], seg.key)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.topic, b.topic);
         assert_eq!((h.segment_id, h.chain_seq), (seg.segment_id, b.chain_seq));
         assert_eq!((h.first_offset, h.block_len), (b.first_offset, b.block_len));
@@ -274,7 +320,11 @@ fn build_journal() -> Vec<u8> {
     let mut file = vec![0u8; JOURNAL_DATA_OFFSET as usize];
     for generation in [2, 3] {
         let at = JournalHeader::slot_of(generation) as usize;
-        let h = JournalHeader { generation }.encode();
+        let h = JournalHeader {
+            generation,
+            key: JOURNAL_KEY,
+        }
+        .encode();
         file[at..at + h.len()].copy_from_slice(&h);
     }
     for (generation, seq, writes) in expected_journal_records() {
@@ -282,7 +332,9 @@ fn build_journal() -> Vec<u8> {
         for (segment, position, bytes) in &writes {
             encode_journal_write(&mut body, *segment, *position, &[bytes]).unwrap();
         }
-        file.extend_from_slice(&encode_journal_record_header(generation, seq, &body).unwrap());
+        file.extend_from_slice(
+            &encode_journal_record_header(generation, seq, JOURNAL_KEY, &body).unwrap(),
+        );
         file.extend_from_slice(&body);
         file.resize(file.len().next_multiple_of(512), 0);
     }
@@ -293,15 +345,31 @@ fn build_journal() -> Vec<u8> {
 /// byte, and which records are live.
 #[test]
 fn journal_fixture_decodes() {
-    let golden = check_or_bless("journal_v1.bin", &build_journal());
-    assert_eq!(JOURNAL_VERSION, 1);
+    let golden = check_or_bless("journal_v2.bin", &build_journal());
+    assert_eq!(JOURNAL_VERSION, 2);
+    check_journal(&golden, 2, JOURNAL_KEY);
+}
+
+/// A journal of version 1 (written by the build before keys): read with key 0.
+#[test]
+fn a_version_1_journal_still_decodes() {
+    let golden = std::fs::read(fixture("journal_v1.bin")).unwrap();
+    check_journal(&golden, 1, 0);
+    // Its records are not records of a keyed journal.
+    let r = JOURNAL_DATA_OFFSET as usize;
+    assert!(JournalRecordHeader::decode(&golden[r..], JOURNAL_KEY).is_err());
+}
+
+/// Checks a journal file of `version` and `key` against the expected records.
+fn check_journal(golden: &[u8], version: u8, key: u32) {
     // 4096 of header space; records of 36 + 2 × 20 + 11 + 600, 36 + 20 + 6 and 36 + 20 + 7
     // bytes, each rounded up to 512.
     assert_eq!(golden.len(), 4096 + 1024 + 512 + 512);
     // Slot 0: generation 2; slot 1: generation 3. Spelled out as FORMAT.md draws them.
     for (slot, generation) in [(0usize, 2u8), (512, 3)] {
         assert_eq!(&golden[slot..slot + 8], b"WALRUSJL");
-        assert_eq!(&golden[slot + 8..slot + 16], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&golden[slot + 8..slot + 12], &[version, 0, 0, 0]);
+        assert_eq!(&golden[slot + 12..slot + 16], &key.to_le_bytes());
         assert_eq!(
             &golden[slot + 16..slot + 24],
             &[generation, 0, 0, 0, 0, 0, 0, 0]
@@ -313,7 +381,7 @@ fn journal_fixture_decodes() {
     assert!(golden[1024..4096].iter().all(|&b| b == 0));
     assert_eq!(
         JournalHeader::decode_slots(&golden[..1024]).unwrap(),
-        Some(JournalHeader { generation: 3 })
+        Some(JournalHeader { generation: 3, key })
     );
     // The first record's header and its first write's header.
     let r = 4096;
@@ -327,7 +395,7 @@ fn journal_fixture_decodes() {
     let body = &golden[r + 36..r + 36 + 651];
     let crc = walrus_block::checksum::crc32c(body);
     assert_eq!(&golden[r + 28..r + 32], &crc.to_le_bytes());
-    let crc = walrus_block::checksum::crc32c(&golden[r..r + 32]);
+    let crc = walrus_block::checksum::crc32c_append(key, &golden[r..r + 32]);
     assert_eq!(&golden[r + 32..r + 36], &crc.to_le_bytes());
     assert_eq!(&body[0..8], &7u64.to_le_bytes());
     assert_eq!(&body[8..16], &4096u64.to_le_bytes());
@@ -339,7 +407,9 @@ fn journal_fixture_decodes() {
     let mut at = JOURNAL_DATA_OFFSET as usize;
     let mut live = 0;
     for (generation, seq, writes) in expected_journal_records() {
-        let h = JournalRecordHeader::decode(&golden[at..]).unwrap().unwrap();
+        let h = JournalRecordHeader::decode(&golden[at..], key)
+            .unwrap()
+            .unwrap();
         assert_eq!((h.generation, h.seq), (generation, seq));
         let start = at + JOURNAL_RECORD_HEADER_LEN;
         let decoded = decode_journal_body(&h, &golden[start..]).unwrap();
@@ -358,5 +428,5 @@ fn journal_fixture_decodes() {
         "the stale record of generation 2 ends the live ones"
     );
     assert_eq!(at, golden.len());
-    assert_eq!(JournalRecordHeader::decode(&[0u8; 36]).unwrap(), None);
+    assert_eq!(JournalRecordHeader::decode(&[0u8; 36], key).unwrap(), None);
 }

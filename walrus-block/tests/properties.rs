@@ -5,7 +5,8 @@
 use proptest::prelude::*;
 use walrus_block::{
     BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, CorruptReason, CursorRecord, Frame, FrameDecoder,
-    FrameKind, MAX_OFFSET, SegmentHeader, SequenceCheck, TierIndex, encode_frame, frame_len,
+    FrameKind, JournalHeader, JournalRecordHeader, MAX_OFFSET, SegmentHeader, SequenceCheck,
+    TierIndex, encode_frame, frame_len,
 };
 
 /// One entry as the tests know it: its offset, unit position and payload.
@@ -97,6 +98,7 @@ proptest! {
         segment_id in any::<u64>(),
         chain_seq in 0..MAX_OFFSET,
         (first, units) in units(6),
+        key in any::<u32>(),
     ) {
         prop_assume!(!topic.is_empty() && topic.len() <= 255);
         let entries = layout(first, &units);
@@ -104,12 +106,14 @@ proptest! {
         let need = (BLOCK_HEADER_LEN + frames.len()) as u64;
         let block_len = need.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN;
         let header = BlockHeader { topic, segment_id, chain_seq, first_offset: first, prev_end: first, block_len, abandoned: false };
-        let mut block = header.encode().unwrap().to_vec();
+        let mut block = header.encode(key).unwrap().to_vec();
         block.extend_from_slice(&frames);
         block.resize(block_len as usize, 0);
 
-        let decoded_header = BlockHeader::decode(&block).unwrap().unwrap();
+        let decoded_header = BlockHeader::decode(&block, key).unwrap().unwrap();
         prop_assert_eq!(&decoded_header, &header);
+        // Under any other key the header is damage, never a header.
+        prop_assert!(BlockHeader::decode(&block, key ^ 1).is_err());
         let data = &block[BLOCK_HEADER_LEN..];
         let (decoded, terminal) = decode_all(data);
         prop_assert_eq!(decoded, entries);
@@ -173,7 +177,10 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..=4096)) {
         let _ = SegmentHeader::decode(&bytes);
-        let _ = BlockHeader::decode(&bytes);
+        let _ = BlockHeader::decode(&bytes, 0);
+        let _ = SegmentHeader::decode_copy(&bytes);
+        let _ = JournalHeader::decode_slots(&bytes);
+        let _ = JournalRecordHeader::decode(&bytes, 7);
         let _ = CursorRecord::decode(&bytes);
         let _ = TierIndex::decode(&bytes);
         let mut steps = 0usize;

@@ -1,6 +1,42 @@
-//! The one seeded generator of the workspace: SplitMix64. Tiny, fast, and — unlike a library
-//! generator whose algorithm may change between versions — fixed forever, so a failing seed of
-//! the simulator or of a seeded test replays on any later build.
+//! Random numbers: the one seeded generator of the workspace, SplitMix64 (tiny, fast, and —
+//! unlike a library generator whose algorithm may change between versions — fixed forever, so
+//! a failing seed of the simulator or of a seeded test replays on any later build), and
+//! [`random_key`], the kernel's random bits for keys no one may guess.
+
+use std::io;
+
+/// 32 random bits from the kernel (`getrandom(2)`): the keys of the format's keyed checksums,
+/// which whoever writes entry data must not be able to predict.
+///
+/// # Errors
+/// The system call's error (`ENOSYS` on kernels before 3.17).
+pub fn random_key() -> io::Result<u32> {
+    let mut bytes = [0u8; 4];
+    // Four bytes come whole from an initialised pool; EINTR can only come before any byte.
+    for _ in 0..8 {
+        // SAFETY: the pointer and length describe `bytes`, writable and alive for the call.
+        let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if got == 4 {
+            return Ok(u32::from_le_bytes(bytes));
+        }
+        if got >= 0 {
+            return Err(io::Error::other(format!(
+                "getrandom for a checksum key: {got} of 4 bytes"
+            )));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("getrandom for a checksum key: {e}"),
+            ));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::Interrupted,
+        "getrandom for a checksum key: interrupted 8 times",
+    ))
+}
 
 /// SplitMix64 (Steele, Lea, Flood 2014), the same on every platform.
 #[derive(Debug, Clone)]
@@ -55,5 +91,13 @@ mod tests {
         assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
         assert_eq!(r.below(0), 0);
         assert!(r.below(10) < 10);
+    }
+
+    #[test]
+    fn random_keys_differ() {
+        let keys: Vec<u32> = (0..8).map(|_| random_key().unwrap()).collect();
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        // Eight draws of 32 bits collide with a chance of about 7e-9.
+        assert!(distinct.len() >= 7, "{keys:?}");
     }
 }

@@ -36,6 +36,9 @@ const fn claim_step(zero_fill: bool) -> u64 {
 pub(crate) struct SegmentHandle {
     pub(crate) id: u64,
     pub(crate) file: Arc<dyn SegmentFile>,
+    /// The key of the segment's block headers (see `walrus_block::SegmentHeader::key`); 0 in a
+    /// segment of format v2, which takes no new blocks.
+    pub(crate) key: u32,
     sync: FileSync,
     /// The file's length: blocks lie below it.
     segment_len: u64,
@@ -60,11 +63,19 @@ impl SegmentHandle {
         Ok(())
     }
 
-    /// A segment file of `segment_len` bytes whose space below `claimed` is allocated.
-    pub(crate) fn new(id: u64, file: Arc<dyn SegmentFile>, claimed: u64, segment_len: u64) -> Self {
+    /// A segment file of `segment_len` bytes whose space below `claimed` is allocated, and
+    /// whose block headers are keyed with `key`.
+    pub(crate) fn new(
+        id: u64,
+        file: Arc<dyn SegmentFile>,
+        claimed: u64,
+        segment_len: u64,
+        key: u32,
+    ) -> Self {
         Self {
             id,
             file,
+            key,
             sync: FileSync::default(),
             segment_len,
             claimed: AtomicU64::new(claimed),
@@ -536,7 +547,13 @@ mod tests {
     #[test]
     fn marks_are_far_apart_ascending_and_never_past_their_frame() {
         let sim = SimStorage::new(2);
-        let handle = Arc::new(SegmentHandle::new(0, segment(&sim, 4 << 20), 4096, 4 << 20));
+        let handle = Arc::new(SegmentHandle::new(
+            0,
+            segment(&sim, 4 << 20),
+            4096,
+            4 << 20,
+            1,
+        ));
         let block = Block::fresh(handle, 4096, 1 << 20, 1000);
         let start = block.data_start();
         // Nothing marked: every walk starts at the first frame, also before the block.
@@ -578,7 +595,13 @@ mod tests {
     #[test]
     fn a_window_shrinks_after_a_long_frame_and_refills_after_a_failed_read() {
         let sim = SimStorage::new(4);
-        let handle = Arc::new(SegmentHandle::new(0, segment(&sim, 8 << 20), 4096, 8 << 20));
+        let handle = Arc::new(SegmentHandle::new(
+            0,
+            segment(&sim, 8 << 20),
+            4096,
+            8 << 20,
+            1,
+        ));
         let block = Block::fresh(handle, 4096, 4 << 20, 0);
         let start = block.data_start();
         let mut frames = Vec::new();
@@ -628,7 +651,7 @@ mod tests {
     fn a_zero_fill_claim_writes_zeros_only_above_what_was_claimed() {
         let sim = SimStorage::new(1);
         let file = segment(&sim, 4 << 20);
-        let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20);
+        let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20, 1);
         assert!(handle.claim(8192, true).unwrap());
         // Rounded up to the next step of zeros, and the claimed header page kept.
         let step = ZERO_FILL_AHEAD;
@@ -649,7 +672,7 @@ mod tests {
     fn fallocate_claims_take_larger_steps_than_zero_fill_claims() {
         let sim = SimStorage::new(3);
         let file = segment(&sim, 4 << 20);
-        let handle = SegmentHandle::new(0, file, 4096, 4 << 20);
+        let handle = SegmentHandle::new(0, file, 4096, 4 << 20, 1);
         assert!(handle.claim(8192, false).unwrap());
         assert_eq!(handle.claimed.load(Ordering::Acquire), CLAIM_AHEAD);
         // Never past the end of the file.
@@ -661,7 +684,7 @@ mod tests {
     fn a_full_disk_fails_a_zero_fill_claim_and_a_later_one_succeeds() {
         let sim = SimStorage::new(2);
         let file = segment(&sim, 4 << 20);
-        let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20);
+        let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20, 1);
         sim.inject(
             FaultRule::new(Fault::Enospc)
                 .op(OpKind::Write)

@@ -27,7 +27,7 @@ use walrus_block::{
     JournalRecordHeader, SEGMENT_DATA_OFFSET, decode_journal_body, encode_journal_record_header,
     encode_journal_write,
 };
-use walrus_io::{SegmentFile, Storage};
+use walrus_io::{SegmentFile, Storage, random_key};
 
 use crate::error::data_error;
 use crate::layout::{JOURNAL_FILE, segment_path};
@@ -61,6 +61,10 @@ pub(crate) fn journal_path(dir: &Path) -> PathBuf {
 pub(crate) struct Journal {
     file: Arc<dyn SegmentFile>,
     len: u64,
+    /// The file's key: every generation's header holds it, every record's CRC starts from it
+    /// (`walrus_block::journal`). Drawn when the file is created, so that a damaged slot leaves
+    /// it in the other one.
+    key: u32,
     /// Pending writes longer than this overflow (see [`MAX_RECORD`]).
     max_record: usize,
     pending: Mutex<Pending>,
@@ -120,16 +124,22 @@ impl Journal {
             }
             Ok(file)
         };
-        let (file, generation, len) = match (found, storage.open(&path)) {
-            (Some(found), Ok(file)) => (file, found.generation, found.len),
+        // Never 0: key 0 marks a journal of version 1.
+        let fresh = || -> io::Result<_> { Ok((create()?, 0, len, random_key()?.max(1))) };
+        let (file, generation, len, key) = match (found, storage.open(&path)) {
+            (Some(found), Ok(file)) if found.header.key != 0 => {
+                (file, found.header.generation, found.len, found.header.key)
+            }
             // Never initialised (a crash while it was created, before its first header): it
-            // holds nothing, so it is made anew.
-            (None, Ok(file)) => {
+            // holds nothing, so it is made anew. So is one of version 1 (unkeyed), whose
+            // records `replay` applied and synced: a crash before the new one has its header
+            // leaves one never initialised.
+            (_, Ok(file)) => {
                 drop(file);
                 storage.remove(&path)?;
-                (create()?, 0, len)
+                fresh()?
             }
-            (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => (create()?, 0, len),
+            (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => fresh()?,
             (_, Err(e)) => return Err(e),
         };
         if len < 2 * JOURNAL_DATA_OFFSET {
@@ -141,6 +151,7 @@ impl Journal {
         let journal = Self {
             file,
             len,
+            key,
             max_record: MAX_RECORD.min(usize::try_from(len / 4).unwrap_or(MAX_RECORD)),
             pending: Mutex::new(Pending::default()),
             state: Mutex::new(State {
@@ -234,8 +245,8 @@ impl Journal {
             self.start_generation(st)?;
         }
         // After the generation it belongs to is settled.
-        let header =
-            encode_journal_record_header(st.generation, st.seq, &body).map_err(io::Error::from)?;
+        let header = encode_journal_record_header(st.generation, st.seq, self.key, &body)
+            .map_err(io::Error::from)?;
         self.file
             .write_vectored_at(&[IoSlice::new(&header), IoSlice::new(&body)], st.pos)?;
         self.file.sync_data()?;
@@ -267,7 +278,11 @@ impl Journal {
             .generation
             .checked_add(1)
             .ok_or_else(|| data_error(self.file.path(), "journal generation at its limit"))?;
-        let header = JournalHeader { generation }.encode();
+        let header = JournalHeader {
+            generation,
+            key: self.key,
+        }
+        .encode();
         self.file
             .write_at(&header, JournalHeader::slot_of(generation))?;
         self.file.sync_data()?;
@@ -299,12 +314,12 @@ fn check_failed(st: &State) -> io::Result<()> {
 /// any I/O error.
 pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<Option<Found>> {
     let path = journal_path(dir);
-    let Some((bytes, generation)) = load(&path, storage.open(&path))? else {
+    let Some((bytes, header)) = load(&path, storage.open(&path))? else {
         return Ok(None);
     };
     let mut segments: HashMap<u64, Option<Arc<dyn SegmentFile>>> = HashMap::new();
     let mut applied = 0;
-    for_each_live_write(&bytes, generation, |w| {
+    for_each_live_write(&bytes, header, |w| {
         check_position(&path, &w)?;
         let file = match segments.get(&w.segment_id) {
             Some(f) => f.clone(),
@@ -332,16 +347,16 @@ pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<Option<Fou
         tracing::debug!(file = %path.display(), writes = applied, "applied the journal's synced writes to their segments");
     }
     Ok(Some(Found {
-        generation,
+        header,
         len: bytes.len() as u64,
     }))
 }
 
-/// A journal [`replay`] found initialised: its live generation and its length, for
+/// A journal [`replay`] found initialised: its live header and its length, for
 /// [`Journal::open`] (which then need not read it again).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Found {
-    generation: u64,
+    header: JournalHeader,
     len: u64,
 }
 
@@ -356,12 +371,12 @@ pub(crate) fn applied_view(
     storage: Arc<dyn Storage>,
 ) -> io::Result<(Arc<dyn Storage>, usize)> {
     let path = journal_path(dir);
-    let Some((bytes, generation)) = load(&path, storage.open_read(&path))? else {
+    let Some((bytes, header)) = load(&path, storage.open_read(&path))? else {
         return Ok((storage, 0));
     };
     let mut patches: HashMap<PathBuf, Vec<Patch>> = HashMap::new();
     let mut applied = 0;
-    for_each_live_write(&bytes, generation, |w| {
+    for_each_live_write(&bytes, header, |w| {
         check_position(&path, &w)?;
         patches
             .entry(segment_path(dir, w.segment_id))
@@ -536,19 +551,19 @@ pub(crate) fn remove(dir: &Path, storage: &dyn Storage) -> io::Result<()> {
     }
 }
 
-/// The bytes and live generation of the journal `opened` at `path`; `None` when there is no
+/// The bytes and live header of the journal `opened` at `path`; `None` when there is no
 /// journal or it was never initialised.
 fn load(
     path: &Path,
     opened: io::Result<Arc<dyn SegmentFile>>,
-) -> io::Result<Option<(Vec<u8>, u64)>> {
+) -> io::Result<Option<(Vec<u8>, JournalHeader)>> {
     let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let bytes = read_all(&*file)?;
-    Ok(live_generation(path, &bytes)?.map(|generation| (bytes, generation)))
+    Ok(live_header(path, &bytes)?.map(|header| (bytes, header)))
 }
 
 /// A journal write never touches a segment's header, nor ends past the largest file offset.
@@ -595,14 +610,15 @@ fn check_within(path: &Path, w: &walrus_block::JournalWrite<'_>, len: u64) -> io
     Ok(())
 }
 
-/// The live generation from a journal's bytes; `None` for a journal never initialised.
+/// The live header from a journal's bytes; `None` for a journal never initialised.
 ///
 /// A slot that is damaged leaves the other one, the generation before: right after a crash
 /// that tore the newer slot while it was written, before any record of its generation. If a
 /// record of a newer generation than the one left is there, that generation's header was
 /// synced (records follow it), so its slot was damaged since: refused, since the records it
-/// makes live may hold acknowledged writes.
-fn live_generation(path: &Path, bytes: &[u8]) -> io::Result<Option<u64>> {
+/// makes live may hold acknowledged writes. (Both slots hold the file's one key: the record is
+/// checked with the key of the slot left.)
+fn live_header(path: &Path, bytes: &[u8]) -> io::Result<Option<JournalHeader>> {
     let damaged = |what: String| {
         data_error(
             path,
@@ -613,29 +629,30 @@ fn live_generation(path: &Path, bytes: &[u8]) -> io::Result<Option<u64>> {
         )
     };
     let slots = bytes.get(..2 * JOURNAL_SLOT_LEN as usize).unwrap_or(bytes);
-    let live = JournalHeader::decode_slots(slots)
-        .map(|h| h.map(|h| h.generation))
-        .map_err(|e| damaged(e.to_string()))?;
+    let Some(live) = JournalHeader::decode_slots(slots).map_err(|e| damaged(e.to_string()))? else {
+        return Ok(None);
+    };
     let first = usize::try_from(JOURNAL_DATA_OFFSET)
         .ok()
         .and_then(|at| bytes.get(at..))
-        .and_then(|rest| JournalRecordHeader::decode(rest).ok().flatten());
-    if let (Some(live), Some(first)) = (live, first)
-        && first.generation > live
+        .and_then(|rest| JournalRecordHeader::decode(rest, live.key).ok().flatten());
+    if let Some(first) = first
+        && first.generation > live.generation
     {
         return Err(damaged(format!(
-            "the live header is of generation {live}, a record of generation {} follows it",
-            first.generation
+            "the live header is of generation {}, a record of generation {} follows it",
+            live.generation, first.generation
         )));
     }
-    Ok(live)
+    Ok(Some(live))
 }
 
 /// Calls `f` with the writes of each live record, in order. The first record that is not the
-/// next of `generation` (zero, stale, torn or damaged: a sync that never completed) ends them.
+/// next of the live generation (zero, stale, torn or damaged: a sync that never completed; or
+/// not of the file's key: entry data of an earlier record's body) ends them.
 fn for_each_live_write(
     bytes: &[u8],
-    generation: u64,
+    live: JournalHeader,
     mut f: impl FnMut(walrus_block::JournalWrite<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut pos = usize::try_from(JOURNAL_DATA_OFFSET).unwrap_or(usize::MAX);
@@ -644,10 +661,10 @@ fn for_each_live_write(
         let Some(rest) = bytes.get(pos..) else {
             return Ok(());
         };
-        let Ok(Some(h)) = JournalRecordHeader::decode(rest) else {
+        let Ok(Some(h)) = JournalRecordHeader::decode(rest, live.key) else {
             return Ok(());
         };
-        if h.generation != generation || h.seq != seq {
+        if h.generation != live.generation || h.seq != seq {
             return Ok(());
         }
         let Ok(writes) =
@@ -711,5 +728,109 @@ mod tests {
         let e = check_within(path, &write(1001, &bytes), 1100).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
         assert!(e.to_string().contains("1100 bytes long"), "{e}");
+    }
+
+    /// After a power cut the live records end where the next one would have started, and an
+    /// earlier generation's longer record may lie there: its body is entry data, which can
+    /// hold a record header naming the live generation and the next sequence number. Record
+    /// CRCs start from the journal's key, so such a record, checksummed without it, is not
+    /// live and its write is never applied.
+    #[test]
+    fn forged_records_in_entry_data_are_not_replayed() {
+        use walrus_block::encode_journal_write;
+        let sim = walrus_io::SimStorage::new(9);
+        let dir = Path::new("/j");
+        sim.create_dir_all(dir).unwrap();
+        let segment = sim.create(&segment_path(dir, 7), 64 << 10).unwrap();
+        segment.write_at(&vec![0u8; 64 << 10], 0).unwrap();
+        segment.sync_data().unwrap();
+        let journal = Journal::open(dir, &sim, None, 64 << 10).unwrap();
+        let generation = journal.state.lock().generation;
+        // A record that writes "FORGED" where an acknowledged entry lies, of the generation the
+        // next open starts and the sequence number after its first record's.
+        let mut body = Vec::new();
+        encode_journal_write(&mut body, 7, 20_000, &[b"FORGED"]).unwrap();
+        let mut forged = encode_journal_record_header(generation + 1, 1, 0, &body)
+            .unwrap()
+            .to_vec();
+        forged.extend_from_slice(&body);
+        // Entry data holding it at every record boundary it covers: the first write's bytes
+        // start after the record's header and the write's.
+        let data_at = (JOURNAL_DATA_OFFSET as usize) + JOURNAL_RECORD_HEADER_LEN + 20;
+        let mut data = vec![0x5a_u8; 8192];
+        let mut boundary = data_at.next_multiple_of(512);
+        while boundary + forged.len() <= data_at + data.len() {
+            data[boundary - data_at..][..forged.len()].copy_from_slice(&forged);
+            boundary += 512;
+        }
+        journal.capture(7, 4096, &[IoSlice::new(&data)]);
+        journal.capture(7, 30_000, &[IoSlice::new(b"elsewhere")]);
+        journal.sync(|| Ok(())).unwrap();
+        drop(journal);
+
+        // The next run: replay, a new generation, one short record at the start, a power cut.
+        let found = replay(dir, &sim).unwrap();
+        let journal = Journal::open(dir, &sim, found, 64 << 10).unwrap();
+        assert_eq!(journal.state.lock().generation, generation + 1);
+        journal.capture(7, 40_000, &[IoSlice::new(b"short")]);
+        journal.capture(7, 50_000, &[IoSlice::new(b"record")]);
+        journal.sync(|| Ok(())).unwrap();
+        drop(journal);
+        replay(dir, &sim).unwrap();
+
+        let read = |at: u64, len: usize| {
+            let mut b = vec![0u8; len];
+            segment.read_exact_at(&mut b, at).unwrap();
+            b
+        };
+        assert_eq!(read(40_000, 5), b"short", "the live record was applied");
+        assert_eq!(read(4096, 8192), data, "so was the earlier one");
+        assert_eq!(read(20_000, 6), [0; 6], "a forged record was applied");
+    }
+
+    /// A journal without a key (version 1) is replayed as it is, then made anew with one.
+    #[test]
+    fn an_unkeyed_journal_is_replayed_then_made_anew() {
+        use walrus_block::encode_journal_write;
+        let sim = walrus_io::SimStorage::new(10);
+        let dir = Path::new("/j");
+        sim.create_dir_all(dir).unwrap();
+        let segment = sim.create(&segment_path(dir, 7), 64 << 10).unwrap();
+        segment.write_at(&vec![0u8; 64 << 10], 0).unwrap();
+        let mut file = vec![0u8; 64 << 10];
+        let header = JournalHeader {
+            generation: 3,
+            key: 0,
+        }
+        .encode();
+        let slot = JournalHeader::slot_of(3) as usize;
+        file[slot..slot + header.len()].copy_from_slice(&header);
+        let mut body = Vec::new();
+        encode_journal_write(&mut body, 7, 8192, &[b"unkeyed"]).unwrap();
+        let record = encode_journal_record_header(3, 0, 0, &body).unwrap();
+        let at = JOURNAL_DATA_OFFSET as usize;
+        file[at..at + record.len()].copy_from_slice(&record);
+        file[at + record.len()..at + record.len() + body.len()].copy_from_slice(&body);
+        let path = journal_path(dir);
+        sim.create(&path, 64 << 10)
+            .unwrap()
+            .write_at(&file, 0)
+            .unwrap();
+
+        let found = replay(dir, &sim).unwrap();
+        let mut b = [0u8; 7];
+        segment.read_exact_at(&mut b, 8192).unwrap();
+        assert_eq!(&b, b"unkeyed", "the unkeyed record was applied");
+        let journal = Journal::open(dir, &sim, found, 64 << 10).unwrap();
+        assert_ne!(journal.key, 0);
+        drop(journal);
+        let mut slots = vec![0u8; 1024];
+        sim.open(&path)
+            .unwrap()
+            .read_exact_at(&mut slots, 0)
+            .unwrap();
+        let live = JournalHeader::decode_slots(&slots).unwrap().unwrap();
+        assert_ne!(live.key, 0, "{live:?}");
+        assert_eq!(live.generation, 1, "a new file: {live:?}");
     }
 }

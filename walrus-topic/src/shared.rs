@@ -527,14 +527,17 @@ pub(crate) fn segment_preparer(
             }
             other => other?,
         };
+        // Never 0: key 0 marks a segment of format v2.
+        let key = walrus_io::random_key()?.max(1);
         let ready = (|| {
             file.allocate(0, SEGMENT_DATA_OFFSET)?;
             file.write_at(
                 &SegmentHeader {
                     segment_id: segment,
                     block_len,
+                    key,
                 }
-                .encode(),
+                .encode_page(),
                 0,
             )?;
             // With a journal, durable before any block in the file is handed out: recovery
@@ -560,6 +563,7 @@ pub(crate) fn segment_preparer(
             file,
             SEGMENT_DATA_OFFSET,
             segment_len,
+            key,
         ));
         handle.mark_dirty();
         files.insert(handle);

@@ -93,8 +93,9 @@ fn a_segment_left_short_is_extended_before_appends_go_into_it() {
     let header = SegmentHeader {
         segment_id: 0,
         block_len: 8192,
+        key: 0x600d_5eed,
     }
-    .encode();
+    .encode_page();
     let f = sim.create(&path, header.len() as u64).unwrap();
     f.write_at(&header, 0).unwrap();
     f.sync_data().unwrap();

@@ -1333,3 +1333,239 @@ fn a_cursor_past_the_entries_kept_opens_again_and_again() {
     let store = open(&sim, small()).unwrap();
     assert_eq!(store.read_at("t", 20).unwrap(), Some(b"next".to_vec()));
 }
+
+/// Entry data is chosen by users, and may hold the bytes of a block header. Recovery looks for
+/// block headers at every page boundary after a lost one, so a page of entry data that passed
+/// for a header would, after a crash, put entries that one topic's writer chose into another
+/// topic. Block headers are keyed by their segment's random key: this one, checksummed as
+/// anyone can (no key, or a guessed one), never passes, whatever the mode.
+#[test]
+fn a_block_header_forged_in_entry_data_is_never_taken_for_one() {
+    use walrus_block::{BLOCK_HEADER_LEN, BlockHeader, FRAME_HEADER_LEN, FrameKind, encode_frame};
+    let sim = SimStorage::new(31);
+    let store = open(&sim, small()).unwrap();
+    // A first entry tells the attacker which segment the topic writes in.
+    assert_eq!(store.append("attacker", b"probe").unwrap(), 0);
+    let segment = segments(&sim).into_iter().min().unwrap();
+    let segment_id: u64 = segment.trim_end_matches(".wseg").parse().unwrap();
+    // A page that reads as the first block of topic "victim", holding one entry.
+    let mut forged_page = Vec::new();
+    for key in [0u32, 1] {
+        let header = BlockHeader {
+            topic: "victim".into(),
+            segment_id,
+            chain_seq: 0,
+            first_offset: 0,
+            prev_end: 0,
+            block_len: 4096,
+            abandoned: false,
+        };
+        let mut page = header.encode(key).unwrap().to_vec();
+        encode_frame(&mut page, 0, FrameKind::single(), b"forged").unwrap();
+        page.resize(4096, 0);
+        forged_page.push(page);
+    }
+    // Too long for the topic's first block, the next entry is the first of a block of its own
+    // (blocks are page aligned), so its payload starts `lead` bytes into a page: every page
+    // boundary it covers gets a forged page (unkeyed, then keyed with a guess, alternately).
+    let lead = BLOCK_HEADER_LEN + FRAME_HEADER_LEN;
+    let mut payload = vec![0x5a_u8; 6 * 4096];
+    payload[..16].copy_from_slice(b"attacker-payload");
+    let mut n = 0;
+    let mut at = 4096 - lead;
+    while at + 4096 <= payload.len() {
+        payload[at..at + 4096].copy_from_slice(&forged_page[n % 2]);
+        at += 4096;
+        n += 1;
+    }
+    assert!(n >= 4, "{n} forged pages");
+    assert_eq!(store.append("attacker", &payload).unwrap(), 1);
+    store.sync().unwrap();
+    drop(store);
+
+    // The layout the forging assumed: the block holding the payload, page aligned.
+    let file = sim.open(Path::new(DIR).join(&segment).as_path()).unwrap();
+    let len = file.len().unwrap();
+    let block = (4096..len)
+        .step_by(4096)
+        .find(|&page| {
+            let mut b = [0u8; 16];
+            file.read_exact_at(&mut b, page + lead as u64).is_ok() && &b == b"attacker-payload"
+        })
+        .expect("the payload is where the forging assumed");
+    // The attacker's block header is lost (zeroed), then damaged: either way the walk looks
+    // for the next header at every page boundary after it.
+    for damage in [0x00_u8, 0xee] {
+        file.write_at(&[damage; BLOCK_HEADER_LEN], block).unwrap();
+        file.sync_data().unwrap();
+        let mut opened = 0;
+        for mode in [
+            RecoveryMode::SkipCorrupted,
+            RecoveryMode::PointInTime,
+            RecoveryMode::TolerateCorruptedTail,
+        ] {
+            // Refused: the attacker's synced entry is gone, which is damage.
+            let Ok(store) = open(&sim, small().with_recovery(mode)) else {
+                continue;
+            };
+            opened += 1;
+            assert!(
+                !store.topics().iter().any(|t| &**t == "victim"),
+                "{mode:?}: a forged block made a topic: {:?}",
+                store.topics()
+            );
+            assert_eq!(store.read_at("victim", 0).unwrap(), None, "{mode:?}");
+            assert_eq!(store.end_offset("victim"), None, "{mode:?}");
+        }
+        assert!(opened >= 2, "the lenient modes open");
+    }
+}
+
+/// A directory written by format v2 (segment headers without a key, block headers checksummed
+/// from 0) opens, serves its entries, and takes new ones in keyed segments only.
+#[test]
+fn a_directory_of_format_v2_opens_and_grows_in_format_v3() {
+    use walrus_block::{BlockHeader, FrameKind, SegmentHeader, checksum::crc32c, encode_frame};
+    let sim = SimStorage::new(32);
+    sim.create_dir_all(Path::new(DIR)).unwrap();
+    // Segment 0 as v2 wrote it: the 36-byte header, then one block of topic "t".
+    let mut file = Vec::new();
+    file.extend_from_slice(b"WALRUSSG");
+    file.extend_from_slice(&[2, 0, 1, 0]);
+    file.extend_from_slice(&4096u32.to_le_bytes());
+    file.extend_from_slice(&0u64.to_le_bytes());
+    file.extend_from_slice(&8192u64.to_le_bytes());
+    let crc = crc32c(&file);
+    file.extend_from_slice(&crc.to_le_bytes());
+    file.resize(4096, 0);
+    let header = BlockHeader {
+        topic: "t".into(),
+        segment_id: 0,
+        chain_seq: 0,
+        first_offset: 0,
+        prev_end: 0,
+        block_len: 4096,
+        abandoned: false,
+    };
+    file.extend_from_slice(&header.encode(0).unwrap());
+    for i in 0..3 {
+        encode_frame(&mut file, i, FrameKind::single(), &payload(i)).unwrap();
+    }
+    file.resize(64 << 10, 0);
+    let path = Path::new(DIR).join("00000000000000000000.wseg");
+    let f = sim.create(&path, 64 << 10).unwrap();
+    f.write_at(&file, 0).unwrap();
+    f.sync_data().unwrap();
+    sim.sync_dir(Path::new(DIR)).unwrap();
+    drop(f);
+
+    for round in 0..2u64 {
+        // One allocation lane: the v2 segment is the lane's tail, where allocation would resume.
+        let store = open(&sim, small().with_lanes(1)).unwrap();
+        assert!(
+            store.recovery_report().issues.is_empty(),
+            "{:?}",
+            store.recovery_report().issues
+        );
+        for i in 0..3 + round {
+            assert_eq!(store.read_at("t", i).unwrap(), Some(payload(i)), "t@{i}");
+        }
+        for r in 0..round {
+            assert_eq!(
+                store.read_at("u", r).unwrap(),
+                Some(payload(50 + r)),
+                "u@{r}"
+            );
+        }
+        assert_eq!(store.append("t", &payload(3 + round)).unwrap(), 3 + round);
+        // A new topic needs a new block.
+        assert_eq!(store.append("u", &payload(50 + round)).unwrap(), round);
+        store.sync().unwrap();
+    }
+    // The v2 segment took no new block (its block may take more entries: frames have no
+    // key); new blocks went to keyed segments.
+    let v2 = sim.contents(&path).unwrap();
+    assert!(
+        v2[..4096 + 308] == file[..4096 + 308],
+        "the v2 headers changed"
+    );
+    assert!(
+        v2[8192..].iter().all(|&b| b == 0),
+        "a block was added to the v2 segment"
+    );
+    for name in segments(&sim) {
+        let bytes = sim.contents(&Path::new(DIR).join(&name)).unwrap();
+        let h = SegmentHeader::decode(&bytes).unwrap().unwrap();
+        if name != "00000000000000000000.wseg" {
+            assert_ne!(h.key, 0, "{name}");
+            assert_eq!(SegmentHeader::decode_copy(&bytes), Some(h), "{name}");
+        }
+    }
+    assert!(segments(&sim).len() >= 2);
+}
+
+/// The segment header's copy (byte 2048) keeps the key when the header is lost, and the header
+/// keeps it when the copy is; the one lost is damage, written again by the modes that open.
+/// With both lost, the segment's blocks cannot be validated, and its entries are damage like
+/// any other.
+#[test]
+fn the_segment_header_copy_keeps_the_key() {
+    use walrus_block::{SEGMENT_HEADER_COPY_AT, SEGMENT_HEADER_LEN, SegmentHeader};
+    let fill = |sim: &SimStorage| {
+        let store = open(sim, small()).unwrap();
+        for i in 0..20 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        drop(store);
+        let name = segments(sim).into_iter().min().unwrap();
+        let file = sim.open(&Path::new(DIR).join(name)).unwrap();
+        let mut page = vec![0u8; 4096];
+        file.read_exact_at(&mut page, 0).unwrap();
+        (file, page)
+    };
+    let zero = |file: &Arc<dyn walrus_io::SegmentFile>, at: usize| {
+        file.write_at(&[0; SEGMENT_HEADER_LEN], at as u64).unwrap();
+        file.sync_data().unwrap();
+    };
+
+    // One lost: the other's key reads every entry, and the lost one is written again. Damage
+    // in a segment holding synced entries: the default mode refuses it.
+    let mut now = vec![0u8; 4096];
+    for (seed, lost) in [(33, 0), (34, SEGMENT_HEADER_COPY_AT)] {
+        let sim = SimStorage::new(seed);
+        let (file, page) = fill(&sim);
+        zero(&file, lost);
+        let err = open(&sim, small()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        let store = open(&sim, small().with_recovery(RecoveryMode::PointInTime)).unwrap();
+        assert_eq!(
+            store.recovery_report().issues[0].problem,
+            Problem::CorruptSegmentHeader
+        );
+        assert_eq!(drain(&store, "t").len(), 20, "lost at {lost}");
+        drop(store);
+        file.read_exact_at(&mut now, 0).unwrap();
+        assert!(now == page, "the header at {lost} was not written again");
+        assert!(SegmentHeader::decode(&now).unwrap().is_some());
+        drop(open(&sim, small()).unwrap());
+    }
+
+    // Both lost: the synced entries are gone, which the default mode refuses; SkipCorrupted
+    // opens, without them, and leaves the file as it is.
+    let sim = SimStorage::new(35);
+    let (file, _) = fill(&sim);
+    zero(&file, 0);
+    zero(&file, SEGMENT_HEADER_COPY_AT);
+    let err = open(&sim, small()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    let store = open(&sim, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
+    assert_eq!(store.read_at("t", 0).unwrap(), None);
+    assert!(!store.recovery_report().issues.is_empty());
+    drop(store);
+    file.read_exact_at(&mut now, 0).unwrap();
+    assert!(
+        now.iter().all(|&b| b == 0),
+        "the unreadable header was rewritten"
+    );
+}

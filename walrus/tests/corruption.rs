@@ -34,7 +34,7 @@ use walrus::sim::SimStorage;
 use walrus::{Entry, FsyncSchedule, RecoveryMode, Walrus};
 use walrus_block::{
     BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, FRAME_HEADER_LEN, Frame, FrameDecoder,
-    SEGMENT_DATA_OFFSET, SEGMENT_HEADER_LEN, SegmentHeader,
+    SEGMENT_DATA_OFFSET, SEGMENT_HEADER_COPY_AT, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 
 const DIR: &str = "/corrupt";
@@ -238,17 +238,17 @@ fn map_layout(files: &Files) -> Result<Layout, String> {
     let mut layout = Layout::default();
     for (path, bytes) in files {
         let name = file_name(path);
-        match SegmentHeader::decode(bytes) {
-            Ok(Some(_)) => {}
+        let key = match SegmentHeader::decode(bytes) {
+            Ok(Some(h)) => h.key,
             // Created, header never written: no blocks.
             Ok(None) => continue,
             Err(e) => return Err(format!("{name}: segment header after a clean close: {e:?}")),
-        }
+        };
         let mut pos = SEGMENT_DATA_OFFSET as usize;
         // Each block is at least MIN_BLOCK_LEN long: this bounds the walk.
         for _ in 0..=bytes.len() / MIN_BLOCK_LEN {
             let Some(rest) = bytes.get(pos..) else { break };
-            let Ok(Some(header)) = BlockHeader::decode(rest) else {
+            let Ok(Some(header)) = BlockHeader::decode(rest, key) else {
                 break;
             };
             let block_len = usize::try_from(header.block_len)
@@ -454,10 +454,11 @@ fn apply(sim: &SimStorage, d: &Damage) -> Result<(), String> {
 /// Which entries the damage reached, judged byte by byte.
 #[derive(Debug, Default)]
 struct Assessment {
-    /// Per topic, the entries whose frame or block header changed.
+    /// Per topic, the entries whose frame or block header changed, or whose segment lost both
+    /// copies of its header (and so its key).
     damaged: BTreeMap<String, BTreeSet<u64>>,
-    /// The header of a segment file with blocks in it changed (its blocks are intact or counted
-    /// above: the header is redundant, the engine knows the segment from the file name).
+    /// The header, or its copy, of a segment file with blocks in it changed (its blocks are
+    /// intact or counted above: while one copy is left, the engine has the key).
     header_hit: bool,
     /// Any byte of any segment file changed.
     changed: bool,
@@ -482,16 +483,21 @@ fn assess(before: &Files, after: &Files, layout: &Layout) -> Assessment {
         before.get(file).and_then(|b| b.get(r.clone()))
             != after.get(file).and_then(|a| a.get(r.clone()))
     };
+    let copy = SEGMENT_HEADER_COPY_AT..SEGMENT_HEADER_COPY_AT + SEGMENT_HEADER_LEN;
     let mut a = Assessment {
         changed: before != after,
         header_hit: layout
             .with_blocks
             .iter()
-            .any(|f| differs(f, &(0..SEGMENT_HEADER_LEN))),
+            .any(|f| differs(f, &(0..SEGMENT_HEADER_LEN)) || differs(f, &copy)),
         ..Assessment::default()
     };
+    // A segment whose header and copy are both damaged has lost its key: none of its blocks
+    // can be validated.
+    let key_lost = |file: &PathBuf| differs(file, &(0..SEGMENT_HEADER_LEN)) && differs(file, &copy);
     for ((topic, off), loc) in &layout.entries {
-        if differs(&loc.file, &loc.frame) || differs(&loc.file, &loc.header) {
+        if differs(&loc.file, &loc.frame) || differs(&loc.file, &loc.header) || key_lost(&loc.file)
+        {
             a.damaged.entry(topic.clone()).or_default().insert(*off);
         }
     }

@@ -307,7 +307,7 @@ fn recover_in(
                 format!(
                     "{}: corrupt segment header in a segment holding synced entries; refused by \
                      {mode:?} (RecoveryMode::PointInTime or RecoveryMode::SkipCorrupted open it, \
-                     rewriting the header from the file name); nothing was changed on disk",
+                     rewriting the header from its copy); nothing was changed on disk",
                     seg.path.display()
                 ),
             ));
@@ -356,10 +356,7 @@ fn recover_in(
     for seg in segments.iter().filter(|s| s.header == HeaderState::Damaged) {
         erases.push(Erase::Repair {
             handle: seg.handle.clone(),
-            header: SegmentHeader {
-                segment_id: seg.id,
-                block_len: options.block_len,
-            },
+            header: seg.known,
         });
     }
 
@@ -369,8 +366,10 @@ fn recover_in(
     for seg in segments {
         let lane = lane_of(seg.id);
         let is_last = lane_tails.get(&lane) == Some(&seg.id) && lane < options.lanes;
+        // A segment of format v2 (key 0) takes no new blocks: they would be unkeyed.
         let resumable = is_last
             && !sealed_tails.contains(&seg.id)
+            && seg.handle.key != 0
             && seg.next_start + BLOCK_ALIGN <= seg.segment_len;
         let restored: Vec<RestoredBlock> = seg
             .blocks

@@ -70,7 +70,8 @@ pub enum Problem {
     },
     /// A block header failed validation; the blocks after it were found by scanning.
     CorruptBlockHeader,
-    /// A segment header failed validation; its blocks were recovered using the file name.
+    /// A segment header, or its copy, failed validation; the blocks were recovered with the key
+    /// of the one left.
     CorruptSegmentHeader,
     /// A segment file with no readable header and no readable block, but data: kept as is.
     UnreadableSegment,
@@ -103,7 +104,7 @@ pub enum Action {
     /// The damaged or missing entries are a gap that readers step over; everything valid
     /// after them is kept.
     Skipped,
-    /// A redundant header was rewritten from what the file name and blocks say.
+    /// A damaged segment header (or its copy) was rewritten from the one left.
     Repaired,
     /// The file was left untouched and is not used.
     Kept,

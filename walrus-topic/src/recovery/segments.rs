@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use walrus_block::{
-    BLOCK_ALIGN, CorruptReason, FormatError, SEGMENT_DATA_OFFSET, SegmentHeader, is_zeroed,
+    BLOCK_ALIGN, CorruptReason, FormatError, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_COPY_AT,
+    SEGMENT_HEADER_LEN, SegmentHeader, is_zeroed,
 };
 use walrus_io::Storage;
 
@@ -23,7 +24,8 @@ use super::report::{RecoveryIssue, RecoveryReport};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum HeaderState {
     Valid,
-    /// Damaged (or never written) while blocks follow: repaired from the file name.
+    /// Damaged (or never written) while its copy holds the key and blocks follow: repaired from
+    /// the copy.
     Damaged,
 }
 
@@ -38,6 +40,8 @@ pub(super) struct FoundSegment {
     /// Ranges stepped over from a zero header (see [`Walked::gaps`](super::walk::Walked)).
     pub(super) gaps: Vec<(u64, u64)>,
     pub(super) header: HeaderState,
+    /// The header as read (from its copy when it is damaged): what a repair writes back.
+    pub(super) known: SegmentHeader,
 }
 
 /// What a segment file turned out to be.
@@ -77,8 +81,19 @@ pub(super) fn find_segment(
     let segment_len = file.len()?.max(options.segment_len);
     let mut head = vec![0u8; SEGMENT_DATA_OFFSET as usize];
     read_zero_filled(&*file, &mut head, 0)?;
-    let header = match SegmentHeader::decode(&head) {
-        Ok(Some(h)) if h.segment_id == id => HeaderState::Valid,
+    // The key validates the blocks: from the header, or from its copy when the header is lost
+    // or damaged. Without either, no block of the file can be told from entry data.
+    let header_bytes = |at: usize| head.get(at..at + SEGMENT_HEADER_LEN).unwrap_or(&[]);
+    let copy_zero = is_zeroed(header_bytes(SEGMENT_HEADER_COPY_AT));
+    let copy = SegmentHeader::decode_copy(&head).filter(|c| c.segment_id == id);
+    let (header, known) = match SegmentHeader::decode(&head) {
+        // A keyed (v3) header has its copy. (A v2 header, key 0, has none.) One missing or
+        // different is damaged like a header (or, zero in a segment holding no synced entry,
+        // the torn write of its page before any sync), and written again from the header.
+        Ok(Some(h)) if h.segment_id == id && (h.key == 0 || copy == Some(h)) => {
+            (HeaderState::Valid, Some(h))
+        }
+        Ok(Some(h)) if h.segment_id == id => (HeaderState::Damaged, Some(h)),
         Ok(Some(h)) => {
             return Err(data_error(
                 &path,
@@ -92,20 +107,18 @@ pub(super) fn find_segment(
             return Err(data_error(
                 &path,
                 &format!(
-                    "written by another on-disk format version; this build reads format v{} \
-                     only (there is no migration from earlier versions)",
+                    "written by another on-disk format version; this build reads formats v{} \
+                     to v{} (there is no migration from earlier versions)",
+                    walrus_block::OLDEST_FORMAT_VERSION,
                     walrus_block::FORMAT_VERSION
                 ),
             ));
         }
-        Ok(None) | Err(_) => HeaderState::Damaged,
+        Ok(None) | Err(_) => (HeaderState::Damaged, copy),
     };
-    // Nothing more is claimed in a recovered segment unless it is a lane's tail (see `resume_claim`).
-    let handle = Arc::new(SegmentHandle::new(id, file, segment_len, segment_len));
-    let walked = walk_blocks(&*handle.file, id, &path, segment_len, report)?;
-    if header == HeaderState::Damaged && walked.blocks.is_empty() {
-        let zero_header = is_zeroed(head.get(..walrus_block::SEGMENT_HEADER_LEN).unwrap_or(&[]));
-        if !has_data(&*handle.file, SEGMENT_DATA_OFFSET)? {
+    let Some(known) = known else {
+        let zero_header = is_zeroed(header_bytes(0)) && copy_zero;
+        if !has_data(&*file, SEGMENT_DATA_OFFSET)? {
             // Created (maybe its header damaged since), but no block ever reached the disk.
             return Ok(Found::Empty(path));
         }
@@ -118,14 +131,24 @@ pub(super) fn find_segment(
         ) {
             return Ok(Found::Refused(data_error(
                 &path,
-                "not a valid Walrus segment file (no readable header or block); \
+                "not a readable Walrus segment file (neither its header nor the header's copy \
+                 validates, and without the key they hold no block can be); \
                  RecoveryMode::PointInTime or RecoveryMode::SkipCorrupted open the directory \
                  leaving it untouched",
             )));
         }
         report.issues.push(RecoveryIssue::unreadable(path));
         return Ok(Found::Unreadable);
-    }
+    };
+    // Nothing more is claimed in a recovered segment unless it is a lane's tail (see `resume_claim`).
+    let handle = Arc::new(SegmentHandle::new(
+        id,
+        file,
+        segment_len,
+        segment_len,
+        known.key,
+    ));
+    let walked = walk_blocks(&*handle.file, id, known.key, &path, segment_len, report)?;
     Ok(Found::Segment(FoundSegment {
         id,
         path,
@@ -135,6 +158,7 @@ pub(super) fn find_segment(
         next_start: walked.next_start,
         gaps: walked.gaps,
         header,
+        known,
     }))
 }
 
@@ -223,11 +247,11 @@ pub(super) fn apply_erases(erases: &[Erase]) -> io::Result<()> {
                 header,
                 start,
             } => {
-                handle.file.write_at(&header.encode()?, *start)?;
+                handle.file.write_at(&header.encode(handle.key)?, *start)?;
                 handle.mark_dirty();
             }
             Erase::Repair { handle, header } => {
-                handle.file.write_at(&header.encode(), 0)?;
+                handle.file.write_at(&header.encode_page(), 0)?;
                 handle.mark_dirty();
             }
         }

@@ -44,19 +44,22 @@ pub(super) fn read_zero_filled(file: &dyn SegmentFile, buf: &mut [u8], pos: u64)
     Ok(())
 }
 
-fn decode_block_header(raw: &[u8], segment: u64) -> Option<BlockHeader> {
-    BlockHeader::decode(raw)
+fn decode_block_header(raw: &[u8], segment: u64, key: u32) -> Option<BlockHeader> {
+    BlockHeader::decode(raw, key)
         .ok()
         .flatten()
         .filter(|h| h.segment_id == segment)
 }
 
-/// Walks the blocks of segment `segment` by their headers. A header that is damaged, or zero
-/// where later blocks exist (a block handed out whose header a power cut lost, or damage), is
-/// stepped over by looking for the next valid header at block alignment in the file's data.
+/// Walks the blocks of segment `segment`, whose key is `key`, by their headers. A header that
+/// is damaged, or zero where later blocks exist (a block handed out whose header a power cut
+/// lost, or damage), is stepped over by looking for the next valid header at block alignment in
+/// the file's data. Only headers checksummed with the key count: entry data that holds the
+/// bytes of a block header (it may: users choose it) is never taken for one.
 pub(super) fn walk_blocks(
     file: &dyn SegmentFile,
     segment: u64,
+    key: u32,
     path: &Path,
     segment_len: u64,
     report: &mut RecoveryReport,
@@ -68,7 +71,7 @@ pub(super) fn walk_blocks(
     let mut segment_len = segment_len;
     while pos + BLOCK_HEADER_LEN as u64 <= segment_len {
         read_zero_filled(file, &mut raw, pos)?;
-        if let Some(header) = decode_block_header(&raw, segment) {
+        if let Some(header) = decode_block_header(&raw, segment, key) {
             let len = header.block_len;
             blocks.push(FoundBlock { header, start: pos });
             pos += len;
@@ -87,7 +90,7 @@ pub(super) fn walk_blocks(
                 action: Action::Skipped,
             });
         }
-        match next_header(file, segment, pos + BLOCK_ALIGN, segment_len)? {
+        match next_header(file, segment, key, pos + BLOCK_ALIGN, segment_len)? {
             Some(next) => {
                 if !damaged {
                     gaps.push((pos, next));
@@ -120,6 +123,7 @@ pub(super) fn walk_blocks(
 fn next_header(
     file: &dyn SegmentFile,
     segment: u64,
+    key: u32,
     from: u64,
     segment_len: u64,
 ) -> io::Result<Option<u64>> {
@@ -133,7 +137,7 @@ fn next_header(
         let end = data.end.min(segment_len);
         while pos < end && pos + BLOCK_HEADER_LEN as u64 <= segment_len {
             read_zero_filled(file, &mut raw, pos)?;
-            if decode_block_header(&raw, segment).is_some() {
+            if decode_block_header(&raw, segment, key).is_some() {
                 return Ok(Some(pos));
             }
             pos += BLOCK_ALIGN;

@@ -230,7 +230,7 @@ impl Topic {
             block_len: block.len,
             abandoned: false,
         }
-        .encode()?;
+        .encode(block.handle.key)?;
         if let Some(last) = plan.new_blocks.last_mut() {
             last.1 = header;
         }
@@ -320,7 +320,7 @@ impl Topic {
                 abandoned: true,
             };
             let marked = header
-                .encode()
+                .encode(b.handle.key)
                 .map_err(io::Error::from)
                 .and_then(|h| shared.write_cleanup(b, &h, b.start));
             if let Err(e) = marked {
