@@ -1,4 +1,5 @@
-//! The batch object: one S3 object per group commit, encoded and validated here (no I/O).
+//! The batch object: one S3 object per group commit, and the checkpoint object a truncation
+//! leaves ([`Checkpoint`]), encoded and validated here (no I/O).
 //!
 //! ```text
 //! header (little-endian, CRC32C-protected)
@@ -415,9 +416,238 @@ pub fn parse_object_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The first bytes of every checkpoint object.
+pub const CHECKPOINT_MAGIC: [u8; 8] = *b"WS3CHKPT";
+/// The checkpoint format version this build writes and reads.
+pub const CHECKPOINT_VERSION: u16 = 1;
+/// Length of a checkpoint's fixed part, before its topic table.
+const CHECKPOINT_FIXED_LEN: usize = 32;
+
+/// What a truncation left of the batches it deleted: the checkpoint object
+/// `PREFIX/checkpoint/<start, 20 digits>.ckpt`, written before any of them is deleted.
+///
+/// ```text
+///   0   8  magic "WS3CHKPT"
+///   8   2  version (1)
+///  10   2  reserved, zero
+///  12   4  topic count
+///  16   8  start: every batch below this sequence is gone (or going)
+///  24   8  epoch: the highest writer epoch of the batches below start
+///  32   …  per topic, by name: name length u16, name, end offset u64 (one past its last
+///          entry in the batches below start)
+///  end-4 4 CRC32C of every byte before it
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The first batch sequence kept.
+    pub start: u64,
+    /// The highest writer epoch of the batches below `start` (0: none).
+    pub epoch: u64,
+    /// Per topic, one past its last entry below `start`, sorted by topic.
+    pub ends: Vec<(String, u64)>,
+}
+
+/// Encodes a checkpoint object.
+///
+/// # Errors
+/// `InvalidInput` for a bad topic name, topics not sorted or repeated, or more than
+/// `u32::MAX` of them.
+pub fn encode_checkpoint(c: &Checkpoint) -> io::Result<Vec<u8>> {
+    let count = u32::try_from(c.ends.len())
+        .map_err(|_| invalid_input("a checkpoint of too many topics".into()))?;
+    let mut out = Vec::with_capacity(CHECKPOINT_FIXED_LEN + c.ends.len() * 32 + 4);
+    out.extend_from_slice(&CHECKPOINT_MAGIC);
+    out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&c.start.to_le_bytes());
+    out.extend_from_slice(&c.epoch.to_le_bytes());
+    let mut last: Option<&str> = None;
+    for (topic, end) in &c.ends {
+        validate_topic_name(topic).map_err(|e| invalid_input(e.to_string()))?;
+        if last.is_some_and(|l| l >= topic.as_str()) {
+            return Err(invalid_input(format!(
+                "checkpoint topics out of order at {topic:?}"
+            )));
+        }
+        last = Some(topic);
+        // Cannot truncate: validate_topic_name bounds names to 255 bytes.
+        out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+        out.extend_from_slice(topic.as_bytes());
+        out.extend_from_slice(&end.to_le_bytes());
+    }
+    let crc = crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Decodes a whole checkpoint object (`object` names it in errors). The sequence in its name
+/// must match `start`.
+///
+/// # Errors
+/// `InvalidData` naming the object when the bytes are not a valid checkpoint of `start`.
+pub fn decode_checkpoint(object: &str, start: u64, bytes: &[u8]) -> io::Result<Checkpoint> {
+    let bad = |what: &dyn std::fmt::Display| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("checkpoint object {object}: {what}"),
+        )
+    };
+    let Some((body, crc_bytes)) = bytes.split_last_chunk::<4>() else {
+        return Err(bad(&"shorter than a checkpoint"));
+    };
+    let mut f = Fields {
+        bytes: body,
+        pos: 0,
+    };
+    if f.array::<8>() != Some(CHECKPOINT_MAGIC) {
+        return Err(bad(&CorruptReason::BadMagic));
+    }
+    if crc32c(body) != u32::from_le_bytes(*crc_bytes) {
+        return Err(bad(&CorruptReason::HeaderChecksum));
+    }
+    let short = || bad(&CorruptReason::BadLength);
+    let version = f.u16().ok_or_else(short)?;
+    if version != CHECKPOINT_VERSION {
+        return Err(bad(&format!(
+            "{} {version}",
+            CorruptReason::UnsupportedVersion
+        )));
+    }
+    if f.u16().ok_or_else(short)? != 0 {
+        return Err(bad(&CorruptReason::ReservedBits));
+    }
+    let count = f.u32().ok_or_else(short)?;
+    let c_start = f.u64().ok_or_else(short)?;
+    let epoch = f.u64().ok_or_else(short)?;
+    if c_start != start {
+        return Err(bad(&format!("says start {c_start}, its name {start}")));
+    }
+    let mut ends: Vec<(String, u64)> = Vec::with_capacity((count as usize).min(1 << 16));
+    for _ in 0..count {
+        let len = usize::from(f.u16().ok_or_else(short)?);
+        let name = f.take(len).ok_or_else(short)?;
+        let topic = std::str::from_utf8(name)
+            .map_err(|_| bad(&CorruptReason::TopicNotUtf8))?
+            .to_owned();
+        validate_topic_name(&topic).map_err(|e| bad(&e))?;
+        let end = f.u64().ok_or_else(short)?;
+        if ends.last().is_some_and(|(l, _)| *l >= topic) {
+            return Err(bad(&format!("topic {topic:?} out of order")));
+        }
+        ends.push((topic, end));
+    }
+    if f.pos != body.len() {
+        return Err(bad(&"bytes after the topic table"));
+    }
+    Ok(Checkpoint { start, epoch, ends })
+}
+
+/// The directory of checkpoint objects under `prefix`.
+#[must_use]
+pub fn checkpoint_dir(prefix: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        "checkpoint".to_owned()
+    } else {
+        format!("{prefix}/checkpoint")
+    }
+}
+
+/// The object name of the checkpoint whose first kept batch is `start`.
+#[must_use]
+pub fn checkpoint_name(prefix: &str, start: u64) -> String {
+    format!("{}/{start:020}.ckpt", checkpoint_dir(prefix))
+}
+
+/// The start in a name made by [`checkpoint_name`], or `None` for other names.
+#[must_use]
+pub fn parse_checkpoint_name(name: &str) -> Option<u64> {
+    let file = name.rsplit('/').next()?;
+    let digits = file.strip_suffix(".ckpt")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn checkpoint() -> Checkpoint {
+        Checkpoint {
+            start: 42,
+            epoch: 7,
+            // By byte order: UTF-8's multi-byte characters after ASCII.
+            ends: vec![
+                ("a".into(), 10),
+                ("z".into(), u64::MAX),
+                ("événements".into(), 0),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_and_every_bit_flip_is_refused() {
+        let c = checkpoint();
+        let bytes = encode_checkpoint(&c).unwrap();
+        assert_eq!(decode_checkpoint("x", 42, &bytes).unwrap(), c);
+        assert_eq!(&bytes[..8], b"WS3CHKPT");
+        for bit in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            let e = decode_checkpoint("x", 42, &b).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "bit {bit}");
+        }
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_checkpoint("x", 42, &bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+        // Another name's checkpoint.
+        assert!(decode_checkpoint("x", 43, &bytes).is_err());
+        let empty = Checkpoint {
+            start: 0,
+            epoch: 0,
+            ends: Vec::new(),
+        };
+        let bytes = encode_checkpoint(&empty).unwrap();
+        assert_eq!(decode_checkpoint("x", 0, &bytes).unwrap(), empty);
+    }
+
+    #[test]
+    fn checkpoint_topics_must_be_sorted_and_valid() {
+        let mut c = checkpoint();
+        c.ends.swap(0, 1);
+        assert_eq!(
+            encode_checkpoint(&c).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        c.ends = vec![("a".into(), 1), ("a".into(), 2)];
+        assert!(encode_checkpoint(&c).is_err());
+        c.ends = vec![(String::new(), 1)];
+        assert!(encode_checkpoint(&c).is_err());
+    }
+
+    #[test]
+    fn checkpoint_names() {
+        assert_eq!(
+            checkpoint_name("wal/", 5),
+            "wal/checkpoint/00000000000000000005.ckpt"
+        );
+        assert_eq!(
+            checkpoint_name("", 5),
+            "checkpoint/00000000000000000005.ckpt"
+        );
+        assert_eq!(
+            parse_checkpoint_name(&checkpoint_name("p", u64::MAX)),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_checkpoint_name("p/checkpoint/5.ckpt"), None);
+        assert_eq!(parse_object_name(&checkpoint_name("p", 5)), None);
+    }
 
     fn id() -> BatchId {
         BatchId {

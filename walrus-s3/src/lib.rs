@@ -42,10 +42,15 @@
 //!   [`S3Wal::append_batch`] lands in one object.
 //! - **Every byte read back is validated**: header CRC32C, walrus-block frames with CRC32C,
 //!   offsets dense within and across batches, epochs in order.
+//! - **Truncation keeps all of the above**: [`S3Wal::truncate`] writes a checkpoint (the
+//!   topics' ends and the highest epoch below it), then empties the batches below it (their
+//!   names stay taken: fencing needs them), so offsets, sequences and epochs continue and an
+//!   open costs what the batches since the checkpoint cost.
 //!
 //! ## Object layout
 //!
-//! `PREFIX/00000000000000000042.batch`, see [`format`](mod@format) for the bytes.
+//! `PREFIX/00000000000000000042.batch` and `PREFIX/checkpoint/00000000000000000040.ckpt`, see
+//! [`format`](mod@format) for the bytes.
 //!
 //! ## The remote tier
 //!

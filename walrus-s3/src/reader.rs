@@ -10,7 +10,7 @@ use std::time::Duration;
 use object_store::ObjectStore;
 use walrus::Record;
 
-use crate::format::{self, BatchHeader};
+use crate::format::{self, BatchHeader, Checkpoint};
 use crate::remote::{Listed, Remote};
 
 /// Per-request deadline of a reader's GETs and LISTs.
@@ -24,20 +24,42 @@ struct Run {
     section: usize,
 }
 
-/// Every batch object of a prefix, validated as a whole: sequences and epochs in order, each
-/// topic's offsets dense from batch to batch.
+/// Every batch object of a prefix from its latest checkpoint on, validated as a whole:
+/// sequences and epochs in order from the checkpoint's, each topic's offsets dense from batch
+/// to batch, continuing from the checkpoint's ends.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
+    /// What the batches a truncation deleted left (start 0, epoch 0, no ends: none deleted).
+    checkpoint: Checkpoint,
     batches: Vec<(Listed, BatchHeader)>,
     topics: HashMap<String, Vec<Run>>,
 }
 
 impl Index {
-    /// Lists the prefix and reads every header.
+    /// Reads the latest checkpoint, lists the prefix from it and reads every header.
     pub(crate) fn load(remote: &Remote) -> io::Result<Self> {
-        let mut index = Self::default();
+        let (checkpoint, _) = remote.checkpoints()?;
+        let mut index = Self {
+            checkpoint: checkpoint.unwrap_or_default(),
+            ..Self::default()
+        };
         index.refresh(remote)?;
         Ok(index)
+    }
+
+    /// The first batch sequence the prefix keeps (those below were truncated).
+    pub(crate) fn start(&self) -> u64 {
+        self.checkpoint.start
+    }
+
+    /// Where `topic`'s entries begin in what the prefix keeps: its end at the checkpoint.
+    fn base(&self, topic: &str) -> u64 {
+        self.checkpoint
+            .ends
+            .binary_search_by(|(t, _)| t.as_str().cmp(topic))
+            .ok()
+            .and_then(|i| self.checkpoint.ends.get(i))
+            .map_or(0, |(_, end)| *end)
     }
 
     /// Adds the batches written since the last load or refresh.
@@ -47,9 +69,23 @@ impl Index {
     /// index is then unchanged.
     pub(crate) fn refresh(&mut self, remote: &Remote) -> io::Result<()> {
         let listed = remote.list(self.next_sequence())?;
+        // Past a truncation since the load: the batches this index would continue with are
+        // emptied (or, listed from further on, gone from the listing). Start over from the
+        // truncation's checkpoint.
+        if listed
+            .first()
+            .is_some_and(|l| l.sequence != self.next_sequence() || l.size == 0)
+        {
+            let (latest, _) = remote.checkpoints()?;
+            if latest.is_some_and(|c| c.start > self.next_sequence()) {
+                *self = Self::load(remote)?;
+                return Ok(());
+            }
+        }
         let headers = remote.headers(&listed)?;
         let mut topics = self.topics.clone();
-        let mut last = self.batches.last().map(|(l, h)| (l.sequence, h.epoch));
+        let mut expected = self.next_sequence();
+        let mut max_epoch = self.max_epoch();
         let base = self.batches.len();
         for (i, (l, h)) in listed.iter().zip(&headers).enumerate() {
             if l.sequence == u64::MAX || h.epoch == u64::MAX {
@@ -63,38 +99,41 @@ impl Index {
                     ),
                 ));
             }
-            if let Some((seq, epoch)) = last {
-                if l.sequence != seq + 1 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "prefix {:?}: batch {} follows batch {seq}: batches are missing",
-                            remote.prefix(),
-                            l.sequence
-                        ),
-                    ));
-                }
-                if h.epoch < epoch {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "batch object {}: epoch {} after epoch {epoch}",
-                            l.path, h.epoch
-                        ),
-                    ));
-                }
+            // The first batch kept is the checkpoint's start (0 without one): a prefix whose
+            // first batches were deleted but by a truncation is missing them.
+            if l.sequence != expected {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "prefix {:?}: batch {} where batch {expected} should be: batches are \
+                         missing",
+                        remote.prefix(),
+                        l.sequence
+                    ),
+                ));
             }
-            last = Some((l.sequence, h.epoch));
+            if h.epoch < max_epoch {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "batch object {}: epoch {} after epoch {max_epoch}",
+                        l.path, h.epoch
+                    ),
+                ));
+            }
+            expected = l.sequence + 1;
+            max_epoch = h.epoch;
             for (s, section) in h.sections.iter().enumerate() {
                 let runs = topics.entry(section.topic.clone()).or_default();
-                if let Some(prev) = runs.last()
-                    && prev.offsets.end != section.first
-                {
+                let end = runs
+                    .last()
+                    .map_or_else(|| self.base(&section.topic), |prev| prev.offsets.end);
+                if end != section.first {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!(
-                            "batch object {}: topic {:?} resumes at offset {} after offset {}",
-                            l.path, section.topic, section.first, prev.offsets.end
+                            "batch object {}: topic {:?} resumes at offset {} after offset {end}",
+                            l.path, section.topic, section.first
                         ),
                     ));
                 }
@@ -114,20 +153,53 @@ impl Index {
 
     /// The sequence the next batch will have.
     pub(crate) fn next_sequence(&self) -> u64 {
-        self.batches.last().map_or(0, |(l, _)| l.sequence + 1)
+        self.batches
+            .last()
+            .map_or(self.checkpoint.start, |(l, _)| l.sequence + 1)
     }
 
     /// The highest writer epoch seen.
     pub(crate) fn max_epoch(&self) -> u64 {
-        self.batches.last().map_or(0, |(_, h)| h.epoch)
+        self.batches
+            .last()
+            .map_or(self.checkpoint.epoch, |(_, h)| h.epoch)
     }
 
-    /// One past the last offset of every topic.
+    /// One past the last offset of every topic (truncated ones included).
     pub(crate) fn ends(&self) -> HashMap<String, u64> {
-        self.topics
-            .iter()
-            .filter_map(|(t, runs)| Some((t.clone(), runs.last()?.offsets.end)))
-            .collect()
+        let mut ends: HashMap<String, u64> = self.checkpoint.ends.iter().cloned().collect();
+        for (t, runs) in &self.topics {
+            if let Some(last) = runs.last() {
+                ends.insert(t.clone(), last.offsets.end);
+            }
+        }
+        ends
+    }
+
+    /// The batches kept, in sequence order.
+    pub(crate) fn batches(&self) -> &[(Listed, BatchHeader)] {
+        &self.batches
+    }
+
+    /// The checkpoint a truncation to `start` writes: the ends and highest epoch of the
+    /// batches below it (those kept below `start` with what the current checkpoint says of
+    /// the ones before). `start` lies between the current start and the next sequence.
+    pub(crate) fn checkpoint_at(&self, start: u64) -> Checkpoint {
+        let mut ends: std::collections::BTreeMap<String, u64> =
+            self.checkpoint.ends.iter().cloned().collect();
+        let mut epoch = self.checkpoint.epoch;
+        for (l, h) in self.batches.iter().take_while(|(l, _)| l.sequence < start) {
+            debug_assert!(l.sequence >= self.checkpoint.start);
+            epoch = epoch.max(h.epoch);
+            for section in h.sections.iter().filter(|s| s.count > 0) {
+                ends.insert(section.topic.clone(), section.offsets().end);
+            }
+        }
+        Checkpoint {
+            start,
+            epoch,
+            ends: ends.into_iter().collect(),
+        }
     }
 
     fn runs(&self, topic: &str) -> &[Run] {
@@ -186,24 +258,36 @@ impl S3Reader {
         self.index.refresh(&self.remote)
     }
 
-    /// The topics the prefix holds entries of, sorted.
+    /// The topics the prefix has held entries of (those a truncation dropped whole included),
+    /// sorted.
     #[must_use]
     pub fn topics(&self) -> Vec<String> {
         let mut t: Vec<String> = self
             .index
-            .topics
-            .iter()
-            .filter(|(_, runs)| !runs.is_empty())
-            .map(|(t, _)| t.clone())
+            .ends()
+            .into_iter()
+            .filter(|(_, end)| *end > 0)
+            .map(|(t, _)| t)
             .collect();
         t.sort();
         t
     }
 
-    /// One past the last offset of `topic` (`None` when it has no entries).
+    /// One past the last offset of `topic` (`None` when it never had entries).
     #[must_use]
     pub fn end_offset(&self, topic: &str) -> Option<u64> {
-        self.index.runs(topic).last().map(|r| r.offsets.end)
+        self.index
+            .runs(topic)
+            .last()
+            .map(|r| r.offsets.end)
+            .or_else(|| Some(self.index.base(topic)).filter(|&end| end > 0))
+    }
+
+    /// The first offset of `topic` the prefix keeps: entries below it were truncated
+    /// ([`S3Wal::truncate`](crate::S3Wal::truncate)).
+    #[must_use]
+    pub fn start_offset(&self, topic: &str) -> u64 {
+        self.index.base(topic)
     }
 
     /// How many batch objects the prefix holds.
@@ -217,17 +301,15 @@ impl S3Reader {
     pub fn read(&self, topic: &str, from: u64) -> TopicReader<'_> {
         let runs = self.index.runs(topic);
         let next_run = runs.partition_point(|r| r.offsets.end <= from);
-        let failure = runs.first().and_then(|r| {
-            (from < r.offsets.start).then(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!(
-                        "topic {topic:?}: offsets below {} are not in prefix {:?}",
-                        r.offsets.start,
-                        self.remote.prefix()
-                    ),
-                )
-            })
+        let first = self.index.base(topic);
+        let failure = (from < first).then(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "topic {topic:?}: offsets below {first} were truncated from prefix {:?}",
+                    self.remote.prefix()
+                ),
+            )
         });
         TopicReader {
             reader: self,

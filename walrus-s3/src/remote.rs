@@ -31,6 +31,9 @@ pub(crate) struct Listed {
     pub(crate) size: u64,
 }
 
+/// The latest checkpoint of a prefix, and every checkpoint object's start and path.
+pub(crate) type Checkpoints = (Option<format::Checkpoint>, Vec<(u64, Path)>);
+
 /// What a conditional PUT found.
 #[derive(Debug)]
 pub(crate) enum PutOutcome {
@@ -330,6 +333,69 @@ impl Remote {
                 }
             }
         })
+    }
+
+    /// The latest checkpoint of the prefix (the one with the highest start), if any, and the
+    /// paths of every checkpoint object (for clean-up), sorted by start.
+    ///
+    /// # Errors
+    /// The store's errors; `InvalidData` when the latest checkpoint is damaged (an older one
+    /// cannot stand in: the batches it would need may be gone).
+    pub(crate) fn checkpoints(&self) -> io::Result<Checkpoints> {
+        let dir = Path::from(format::checkpoint_dir(&self.prefix));
+        let mut found: Vec<(u64, Path, u64)> = self
+            .list_under(&dir)?
+            .into_iter()
+            .filter_map(|(path, size)| {
+                let start = format::parse_checkpoint_name(path.as_ref())?;
+                // Only direct children of the directory.
+                (path.as_ref() == format::checkpoint_name(&self.prefix, start))
+                    .then_some((start, path, size))
+            })
+            .collect();
+        found.sort_by_key(|(start, _, _)| *start);
+        let latest = match found.last() {
+            None => None,
+            Some((start, path, size)) => {
+                let bytes = self.get_range(path, 0..*size)?;
+                Some(format::decode_checkpoint(path.as_ref(), *start, &bytes)?)
+            }
+        };
+        Ok((
+            latest,
+            found
+                .into_iter()
+                .map(|(start, path, _)| (start, path))
+                .collect(),
+        ))
+    }
+
+    /// The checkpoint at `path` (of `start`); `None` if there is no such object.
+    ///
+    /// # Errors
+    /// The store's errors; `InvalidData` when it is damaged.
+    pub(crate) fn checkpoint(
+        &self,
+        path: &Path,
+        start: u64,
+    ) -> io::Result<Option<format::Checkpoint>> {
+        let Some(head) = self.head(path)? else {
+            return Ok(None);
+        };
+        let bytes = self.get_range(path, 0..head.size)?;
+        format::decode_checkpoint(path.as_ref(), start, &bytes).map(Some)
+    }
+
+    /// Replaces the object at `path` by an empty one (an unconditional PUT): its bytes go, its
+    /// name stays taken.
+    pub(crate) fn put_empty(&self, path: &Path) -> io::Result<()> {
+        let what = path.to_string();
+        self.run(
+            "PUT",
+            &what,
+            self.store.put(path, PutPayload::from_bytes(Bytes::new())),
+        )
+        .map(|_| ())
     }
 
     /// DELETE `path`; an object that is not there is no error.

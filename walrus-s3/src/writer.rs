@@ -229,6 +229,8 @@ pub struct S3Wal {
     inner: Arc<Inner>,
     flusher: Option<JoinHandle<()>>,
     prefix: String,
+    /// For truncations (the flusher has its own).
+    remote: Remote,
 }
 
 impl S3Wal {
@@ -285,7 +287,7 @@ impl S3Wal {
         let flusher = Flusher {
             ends: index.ends(),
             inner: Arc::clone(&inner),
-            remote,
+            remote: remote.clone(),
             writer,
             next_sequence: sequence + 1,
         };
@@ -296,6 +298,7 @@ impl S3Wal {
             inner,
             flusher: Some(handle),
             prefix: prefix.to_owned(),
+            remote,
         })
     }
 
@@ -410,6 +413,95 @@ impl S3Wal {
         queued.map_err(|(e, _)| e)?;
         self.inner.wake_flusher();
         S3Ticket::new(slot).wait().map(|_| ())
+    }
+
+    /// Drops from S3 the batch objects no reader needs any more: from the oldest on, each
+    /// batch every one of whose entries lies below its topic's floor in `floors` (a topic not
+    /// named has floor 0: all its entries are needed). Returns how many batch objects it
+    /// dropped. Offsets, sequences and epochs continue after a truncation as before it, for
+    /// this writer and every later one, and readers see the topics' entries from the first
+    /// one kept ([`S3Reader::start_offset`](crate::S3Reader::start_offset)).
+    ///
+    /// First a checkpoint object is written (`PREFIX/checkpoint/<first sequence kept>.ckpt`:
+    /// the topics' ends and the highest epoch below it); opens read it and list the batches
+    /// from it on, so their cost no longer grows with the prefix's history. Then each batch
+    /// below it is replaced by an empty object, and older checkpoints are deleted. Empty, not
+    /// deleted: a name must never be free again, or a fenced writer whose next name it was
+    /// would find it free, write there, and take its batch for acknowledged (fencing is a
+    /// create-once PUT of the next name). The empty objects hold no bytes and no listing
+    /// visits them, but they remain objects; do not expire them with a lifecycle rule.
+    ///
+    /// A truncation cut short leaves batches below the checkpoint, which opens ignore and the
+    /// next truncation empties. A reader that listed a batch before it was emptied fails its
+    /// read of it; [`S3Reader::refresh`](crate::S3Reader::refresh) moves it past the
+    /// truncation.
+    ///
+    /// Costs one LIST and one GET per batch kept since the last truncation (the open's cost),
+    /// a LIST from there, a PUT for the checkpoint and one per batch dropped.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad topic name or a topic named twice; the writer's failure once
+    /// it stopped (fenced, or a batch failed); the store's errors, and `InvalidData` for a
+    /// damaged prefix or a checkpoint of the same start that says otherwise.
+    pub fn truncate(&self, floors: &[(&str, u64)]) -> io::Result<usize> {
+        let mut floor: HashMap<&str, u64> = HashMap::with_capacity(floors.len());
+        for &(topic, offset) in floors {
+            validate_topic_name(topic).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("truncate: {e}"))
+            })?;
+            if floor.insert(topic, offset).is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("truncate: topic {topic:?} named twice"),
+                ));
+            }
+        }
+        if let Some(e) = self.inner.refusal() {
+            return Err(e);
+        }
+        let remote = &self.remote;
+        // Batches below the oldest checkpoint left are all empty already: a truncation empties
+        // them before it deletes the checkpoint before its own.
+        let (_, checkpoints) = remote.checkpoints()?;
+        let oldest = checkpoints.first().map_or(0, |(start, _)| *start);
+        let index = Index::load(remote)?;
+        let needed = |h: &format::BatchHeader| {
+            h.sections.iter().any(|s| {
+                s.count > 0 && s.offsets().end > floor.get(s.topic.as_str()).copied().unwrap_or(0)
+            })
+        };
+        let start = index
+            .batches()
+            .iter()
+            .find(|(_, h)| needed(h))
+            .map_or_else(|| index.next_sequence(), |(l, _)| l.sequence);
+        if start > index.start() {
+            if checkpoints.is_empty() {
+                // The first truncation: a checkpoint of nothing first, which stays until every
+                // batch below the new one is empty (as an older checkpoint does for later
+                // truncations), so that one cut short is finished from 0.
+                write_checkpoint(remote, &format::Checkpoint::default())?;
+            }
+            write_checkpoint(remote, &index.checkpoint_at(start))?;
+        }
+        // Every batch below the start, leftovers of a truncation cut short included, then
+        // every older checkpoint: the one just written (or found) covers them.
+        let mut dropped = 0;
+        for l in remote
+            .list(oldest)?
+            .into_iter()
+            .take_while(|l| l.sequence < start)
+            .filter(|l| l.size > 0)
+        {
+            remote.put_empty(&l.path)?;
+            dropped += 1;
+        }
+        let (_, checkpoints) = remote.checkpoints()?;
+        for (_, path) in checkpoints.iter().filter(|(s, _)| *s < start) {
+            remote.delete(path)?;
+        }
+        tracing::info!(prefix = %self.prefix, start, dropped, "walrus-s3 prefix truncated");
+        Ok(dropped)
     }
 
     /// One past the last offset of `topic` known to be in S3 (`None` for a topic with none).
@@ -852,6 +944,24 @@ fn retryable(e: &io::Error) -> bool {
 /// attempt of ours that landed (a writer PUTs one content per sequence; its header is fetched,
 /// not the whole object, which may be as large as a batch gets); anything else there is
 /// another writer's, and fences this one (`AlreadyExists`, no retry).
+/// Writes `checkpoint` (create-once). One found there must say the same: a truncation cut
+/// short wrote it from the same batches.
+fn write_checkpoint(remote: &Remote, checkpoint: &format::Checkpoint) -> io::Result<()> {
+    let path =
+        object_store::path::Path::from(format::checkpoint_name(remote.prefix(), checkpoint.start));
+    let bytes = format::encode_checkpoint(checkpoint)?;
+    if let PutOutcome::Exists = remote.put_create(&path, bytes.into())? {
+        let found = remote.checkpoint(&path, checkpoint.start)?;
+        if found.as_ref() != Some(checkpoint) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("checkpoint object {path}: says otherwise than the batches below it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn put_batch(
     remote: &Remote,
     options: &S3Options,

@@ -796,3 +796,266 @@ fn a_panicking_waker_harms_no_other_ticket() {
     wal.close().unwrap();
     assert_eq!(read_all(&store, "wakers", "t").len(), 3);
 }
+
+/// A runtime for the tests' own calls to the store.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The batch objects of `prefix` that hold bytes (a truncation leaves the names of those it
+/// dropped, empty), by name.
+fn batch_names(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
+    batch_objects(store, prefix)
+        .into_iter()
+        .filter(|(_, size)| *size > 0)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The checkpoint objects of `prefix`, by name.
+fn checkpoint_names(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
+    let listed: Vec<ObjectMeta> = runtime().block_on(async {
+        use futures::TryStreamExt;
+        store
+            .list(Some(&Path::from(format!("{prefix}/checkpoint"))))
+            .try_collect()
+            .await
+            .expect("list")
+    });
+    let mut names: Vec<String> = listed.into_iter().map(|m| m.location.to_string()).collect();
+    names.sort();
+    names
+}
+
+/// Every batch object of `prefix`: name and size, by name.
+fn batch_objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, u64)> {
+    let listed: Vec<ObjectMeta> = runtime().block_on(async {
+        use futures::TryStreamExt;
+        store
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await
+            .expect("list")
+    });
+    let mut names: Vec<(String, u64)> = listed
+        .into_iter()
+        .map(|m| (m.location.to_string(), m.size))
+        .filter(|(n, _)| n.ends_with(".batch"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Appends one entry to each topic and flushes: one batch object holding both.
+fn round(wal: &S3Wal, topics: &[&str], i: u64) {
+    let tickets: Vec<_> = topics
+        .iter()
+        .map(|t| wal.append(t, format!("{t}{i}").as_bytes()).unwrap())
+        .collect();
+    wal.flush().unwrap();
+    for (t, ticket) in topics.iter().zip(tickets) {
+        assert_eq!(ticket.wait_timeout(WAIT).unwrap(), i..i + 1, "{t}");
+    }
+}
+
+/// A truncation deletes the oldest batches whose entries all lie below their topics' floors,
+/// and nothing after the first one still needed. Readers start each topic at its first kept
+/// entry; offsets, sequences and epochs continue, even from a prefix emptied of batches, and
+/// a writer opening it still fences the one before.
+#[test]
+fn truncate_drops_what_no_reader_needs_and_everything_continues() {
+    let (_server, store) = server();
+    let wal = S3Wal::open(Arc::clone(&store), "trunc", fast()).unwrap();
+    for i in 0..6 {
+        round(&wal, &["a", "b"], i);
+    }
+    // Batch 0 is the open's fence; batch 1 + i holds a@i and b@i. "b" needs 2 on: batches
+    // 0..=2 go, batch 3 (b@2) stays, and with it every later one.
+    assert_eq!(wal.truncate(&[("a", 3), ("b", 2)]).unwrap(), 3);
+    assert_eq!(
+        wal.truncate(&[("a", 3), ("b", 2)]).unwrap(),
+        0,
+        "nothing more"
+    );
+    let reader = S3Reader::open(Arc::clone(&store), "trunc").unwrap();
+    assert_eq!(reader.batch_count(), 4);
+    assert_eq!((reader.start_offset("a"), reader.start_offset("b")), (2, 2));
+    assert_eq!(
+        (reader.end_offset("a"), reader.end_offset("b")),
+        (Some(6), Some(6))
+    );
+    let err = reader.read("a", 1).next().unwrap().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    let kept: Vec<(u64, Vec<u8>)> = reader
+        .read("b", 2)
+        .map(|r| r.map(|r| (r.offset, r.data)))
+        .collect::<io::Result<_>>()
+        .unwrap();
+    let want: Vec<(u64, Vec<u8>)> = (2..6).map(|i| (i, format!("b{i}").into_bytes())).collect();
+    assert_eq!(kept, want);
+
+    // Everything: no batch holds bytes, every name stays taken, the topics' ends stay.
+    assert_eq!(wal.truncate(&[("a", 6), ("b", 6)]).unwrap(), 4);
+    assert!(batch_names(&store, "trunc").is_empty());
+    assert_eq!(batch_objects(&store, "trunc").len(), 7);
+    let reader = S3Reader::open(Arc::clone(&store), "trunc").unwrap();
+    assert_eq!(reader.batch_count(), 0);
+    assert_eq!(reader.topics(), ["a", "b"]);
+    assert_eq!(reader.end_offset("a"), Some(6));
+    assert!(reader.read("a", 6).next().is_none());
+
+    // The writer goes on where it was.
+    round(&wal, &["a", "b"], 6);
+    // A new writer continues the sequences and offsets, with a higher epoch, and fences the
+    // first, whose next name it takes.
+    let second = S3Wal::open(Arc::clone(&store), "trunc", fast()).unwrap();
+    assert!(second.epoch() > wal.epoch());
+    assert_eq!(second.end_offset("a"), Some(7));
+    let err = wal
+        .append("a", b"late")
+        .unwrap()
+        .wait_timeout(WAIT)
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+    let refused = wal.truncate(&[]).unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::BrokenPipe, "{refused}");
+    round(&second, &["a"], 7);
+    let names = batch_names(&store, "trunc");
+    assert_eq!(
+        names,
+        [
+            "trunc/00000000000000000007.batch",
+            "trunc/00000000000000000008.batch",
+            "trunc/00000000000000000009.batch",
+        ],
+        "sequences continue after the truncated ones"
+    );
+    assert!(wal.close().is_err());
+    second.close().unwrap();
+    let data = read_all_from(&store, "trunc", "a", 6);
+    assert_eq!(data, [(6, b"a6".to_vec()), (7, b"a7".to_vec())]);
+}
+
+fn read_all_from(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+    topic: &str,
+    from: u64,
+) -> Vec<(u64, Vec<u8>)> {
+    let reader = S3Reader::open(Arc::clone(store), prefix).expect("open reader");
+    reader
+        .read(topic, from)
+        .map(|r| r.map(|r| (r.offset, r.data)))
+        .collect::<io::Result<_>>()
+        .expect("read back")
+}
+
+/// A truncation cut short after its checkpoint leaves batches below it: opens ignore them,
+/// and the next truncation deletes them. Bad floors change nothing.
+#[test]
+fn a_truncation_cut_short_is_finished_by_the_next() {
+    let (_server, store) = server();
+    let wal = S3Wal::open(Arc::clone(&store), "cut", fast()).unwrap();
+    for i in 0..4 {
+        round(&wal, &["t"], i);
+    }
+    use object_store::ObjectStoreExt;
+    let first = Path::from("cut/00000000000000000001.batch");
+    let bytes =
+        runtime().block_on(async { store.get(&first).await.unwrap().bytes().await.unwrap() });
+    let long = "x".repeat(256);
+    for bad in [
+        &[("", 1)][..],
+        &[("t", 1), ("t", 2)][..],
+        &[("t", 1), (long.as_str(), 2)][..],
+    ] {
+        let e = wal.truncate(bad).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad:?}: {e}");
+    }
+    assert_eq!(
+        batch_names(&store, "cut").len(),
+        5,
+        "a refused truncation deleted"
+    );
+    assert_eq!(wal.truncate(&[("t", 2)]).unwrap(), 3);
+    assert_eq!(
+        checkpoint_names(&store, "cut"),
+        ["cut/checkpoint/00000000000000000003.ckpt"]
+    );
+    // As if the truncation had stopped after its checkpoints, before it emptied batch 1 and
+    // deleted the checkpoint of nothing it wrote first.
+    let nothing = walrus_s3::format::encode_checkpoint(&Default::default()).unwrap();
+    let rt = runtime();
+    rt.block_on(store.put(&first, PutPayload::from_bytes(bytes)))
+        .unwrap();
+    rt.block_on(store.put(
+        &Path::from(walrus_s3::format::checkpoint_name("cut", 0)),
+        PutPayload::from(nothing),
+    ))
+    .unwrap();
+    let reader = S3Reader::open(Arc::clone(&store), "cut").unwrap();
+    assert_eq!(reader.batch_count(), 2);
+    assert_eq!(reader.start_offset("t"), 2);
+    let second = S3Wal::open(Arc::clone(&store), "cut", fast()).unwrap();
+    assert_eq!(second.end_offset("t"), Some(4));
+    assert_eq!(second.truncate(&[("t", 2)]).unwrap(), 1, "the leftover");
+    assert_eq!(
+        checkpoint_names(&store, "cut"),
+        ["cut/checkpoint/00000000000000000003.ckpt"]
+    );
+    assert_eq!(
+        batch_names(&store, "cut"),
+        [
+            "cut/00000000000000000003.batch",
+            "cut/00000000000000000004.batch",
+            "cut/00000000000000000005.batch",
+        ]
+    );
+    second.close().unwrap();
+    let _ = wal.close();
+}
+
+/// Fencing is a create-once PUT of the next name, so a truncation must never free a name: a
+/// fenced writer whose next name was the new writer's fence, truncated since, still finds it
+/// taken, and acknowledges nothing. A reader opened before the truncation moves past it on
+/// refresh.
+#[test]
+fn a_truncation_frees_no_name_a_fenced_writer_could_take() {
+    let (_server, store) = server();
+    let first = S3Wal::open(Arc::clone(&store), "names", fast()).unwrap();
+    round(&first, &["t"], 0);
+    let mut reader = S3Reader::open(Arc::clone(&store), "names").unwrap();
+    // Its fence takes the first writer's next name.
+    let second = S3Wal::open(Arc::clone(&store), "names", fast()).unwrap();
+    round(&second, &["t"], 1);
+    round(&second, &["t"], 2);
+    assert_eq!(second.truncate(&[("t", 3)]).unwrap(), 5);
+    assert!(batch_names(&store, "names").is_empty());
+    let err = first
+        .append("t", b"stale")
+        .unwrap()
+        .wait_timeout(WAIT)
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+    round(&second, &["t"], 3);
+    reader.refresh().unwrap();
+    assert_eq!(reader.start_offset("t"), 3);
+    assert_eq!(reader.end_offset("t"), Some(4));
+    let data: Vec<(u64, Vec<u8>)> = reader
+        .read("t", 3)
+        .map(|r| r.map(|r| (r.offset, r.data)))
+        .collect::<io::Result<_>>()
+        .unwrap();
+    assert_eq!(data, [(3, b"t3".to_vec())]);
+    assert!(first.close().is_err());
+    second.close().unwrap();
+    assert_eq!(
+        read_all_from(&store, "names", "t", 3),
+        [(3, b"t3".to_vec())],
+        "the fenced writer's entry is nowhere"
+    );
+}
