@@ -22,7 +22,9 @@ pub(crate) struct SegmentHeaderV2Native {
     pub(crate) crc: u32,
 }
 
-/// Segment header as archived on disk (40 bytes): v2's fields and the segment's key.
+/// Segment header as archived on disk (44 bytes): v2's 36 bytes (so that a build that reads v2
+/// only finds a valid header of another version, and says so), then the segment's key and a
+/// CRC of everything before it.
 #[derive(Archive)]
 #[rkyv(archived = SegmentHeaderV3)]
 #[allow(dead_code)]
@@ -34,8 +36,11 @@ pub(crate) struct SegmentHeaderNative {
     pub(crate) data_offset: u32,
     pub(crate) segment_id: u64,
     pub(crate) block_len: u64,
-    pub(crate) key: u32,
+    /// CRC32C of bytes `[0..32)`, as in v2.
     pub(crate) crc: u32,
+    pub(crate) key: u32,
+    /// CRC32C of bytes `[0..40)`.
+    pub(crate) key_crc: u32,
 }
 
 /// Block header as archived on disk (308 bytes).
@@ -75,7 +80,7 @@ const _: () = {
     use std::mem::{align_of, size_of};
     assert!(size_of::<SegmentHeaderV2>() == 8 + 2 + 1 + 1 + 4 + 8 + 8 + 4);
     assert!(align_of::<SegmentHeaderV2>() == 1);
-    assert!(size_of::<SegmentHeaderV3>() == 8 + 2 + 1 + 1 + 4 + 8 + 8 + 4 + 4);
+    assert!(size_of::<SegmentHeaderV3>() == 8 + 2 + 1 + 1 + 4 + 8 + 8 + 4 + 4 + 4);
     assert!(align_of::<SegmentHeaderV3>() == 1);
     assert!(size_of::<BlockHeaderV2>() == 4 + 1 + 1 + 2 + 8 + 8 + 8 + 8 + 8 + 255 + 1 + 4);
     assert!(align_of::<BlockHeaderV2>() == 1);
@@ -279,7 +284,7 @@ pub(crate) struct JournalHeaderNative {
     pub(crate) magic: [u8; 8],
     pub(crate) version: u16,
     pub(crate) flags: u16,
-    /// Version 1: reserved, zero. Version 2: the generation's key.
+    /// Version 1: reserved, zero. Version 2: the file's key.
     pub(crate) key: u32,
     pub(crate) generation: u64,
     pub(crate) crc: u32,

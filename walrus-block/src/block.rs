@@ -134,6 +134,23 @@ impl BlockHeader {
         }))
     }
 
+    /// The key of the segment whose block header begins `bytes`, found from that header: 0 if
+    /// it is valid unkeyed (a segment of format v2), else the one key under which its CRC
+    /// checks, if the header is then valid. For when the segment header and its copy are both
+    /// lost. Only for bytes the engine is known to have written as a block header (the first
+    /// block of a segment, at [`SEGMENT_DATA_OFFSET`](crate::SEGMENT_DATA_OFFSET)): any bytes
+    /// solve to some key, so this proves nothing of bytes a user may have chosen.
+    #[must_use]
+    pub fn solve_key(bytes: &[u8]) -> Option<(u32, Self)> {
+        if let Ok(Some(h)) = Self::decode(bytes, 0) {
+            return Some((0, h));
+        }
+        let raw = bytes.get(..BLOCK_HEADER_LEN)?;
+        let (body, crc) = raw.split_last_chunk::<4>()?;
+        let key = crate::checksum::crc32c_seed(body, u32::from_le_bytes(*crc))?;
+        Self::decode(raw, key).ok().flatten().map(|h| (key, h))
+    }
+
     /// Bytes available for entry frames in this block.
     #[must_use]
     pub fn data_capacity(&self) -> u64 {
@@ -275,6 +292,23 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn the_key_is_solved_from_a_valid_header() {
+        let h = sample();
+        for key in [0, 1, KEY, u32::MAX] {
+            assert_eq!(
+                BlockHeader::solve_key(&h.encode(key).unwrap()),
+                Some((key, h.clone()))
+            );
+        }
+        // Bytes that are no header under any key.
+        let mut b = h.encode(KEY).unwrap();
+        b[0] ^= 1;
+        assert_eq!(BlockHeader::solve_key(&b), None);
+        assert_eq!(BlockHeader::solve_key(&[0; BLOCK_HEADER_LEN]), None);
+        assert_eq!(BlockHeader::solve_key(&b[..100]), None);
     }
 
     #[test]

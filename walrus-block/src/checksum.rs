@@ -29,6 +29,44 @@ pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, bytes)
 }
 
+/// The seed `s` for which `crc32c_append(s, bytes) == crc`, if there is one (there is exactly
+/// one for every input this build has seen: the map from seed to CRC is an invertible affine
+/// map over GF(2)). For recovering the key of a header whose own bytes are trusted to have
+/// been written by the engine: any bytes and CRC yield a seed, so a key solved this way proves
+/// nothing about bytes a user may have chosen.
+#[must_use]
+pub fn crc32c_seed(bytes: &[u8], crc: u32) -> Option<u32> {
+    // crc32c_append(s, bytes) = M·s ^ crc32c_append(0, bytes), M linear: column i of M is the
+    // CRC of seed bit i alone, less the CRC of seed 0. Eliminate, keeping for each pivot the
+    // seed bits that make it.
+    let base = crc32c_append(0, bytes);
+    let mut basis = [(0u32, 0u32); 32];
+    for i in 0..32 {
+        let mut v = crc32c_append(1 << i, bytes) ^ base;
+        let mut seed = 1u32 << i;
+        while v != 0 {
+            let slot = basis.get_mut(31 - v.leading_zeros() as usize)?;
+            if slot.0 == 0 {
+                *slot = (v, seed);
+                break;
+            }
+            v ^= slot.0;
+            seed ^= slot.1;
+        }
+    }
+    let mut want = crc ^ base;
+    let mut seed = 0;
+    while want != 0 {
+        let (v, s) = *basis.get(31 - want.leading_zeros() as usize)?;
+        if v == 0 {
+            return None;
+        }
+        want ^= v;
+        seed ^= s;
+    }
+    Some(seed)
+}
+
 /// Shortest input run as three streams: below it the two joins cost more than the streams
 /// save.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -263,6 +301,14 @@ mod tests {
             prop_assert_eq!(crc32c_append(start, &bytes), crc32c::crc32c_append(start, &bytes));
             let (a, b) = bytes.split_at(split.index(bytes.len() + 1));
             prop_assert_eq!(crc32c_append(crc32c(a), b), crc32c(&bytes));
+        }
+
+        #[test]
+        fn the_seed_of_a_crc_is_solved(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1_000),
+            seed in any::<u32>(),
+        ) {
+            prop_assert_eq!(crc32c_seed(&bytes, crc32c_append(seed, &bytes)), Some(seed));
         }
     }
 }

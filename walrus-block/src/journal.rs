@@ -14,10 +14,10 @@
 //! reach the end of the file, both after every segment write they hold was synced) retires every
 //! record at once. Layout drawn in `docs/FORMAT.md`.
 //!
-//! Each generation has a random **key** (version 2), in its header, that seeds the CRC of its
-//! record headers: a record's body holds entry data users choose, and after the live records
-//! end (a crash) the bytes where the next one would start may be an earlier generation's body,
-//! which must not pass as a record whose writes the next open applies.
+//! The file has a random **key** (version 2), held in both header slots, that seeds the CRC of
+//! its record headers: a record's body holds entry data users choose, and after the live
+//! records end (a crash) the bytes where the next one would start may be an earlier
+//! generation's body, which must not pass as a record whose writes the next open applies.
 
 use rkyv::Archived;
 
@@ -54,7 +54,8 @@ pub const JOURNAL_RECORD_ALIGN: u64 = 512;
 pub struct JournalHeader {
     /// The live generation, from 1.
     pub generation: u64,
-    /// The CRC32C seed of the generation's record headers (0 in a version 1 journal).
+    /// The CRC32C seed of the file's record headers, the same in every generation (0 in a
+    /// version 1 journal).
     pub key: u32,
 }
 
@@ -172,7 +173,7 @@ pub fn encode_journal_write(
 }
 
 /// The header of record `seq` of `generation` whose body is `body`, its CRC seeded with the
-/// generation's `key`.
+/// journal's `key`.
 ///
 /// # Errors
 /// [`FormatError::InvalidInput`] when the body is longer than `u32::MAX`.
@@ -214,7 +215,7 @@ pub struct JournalRecordHeader {
 }
 
 impl JournalRecordHeader {
-    /// Decodes a record header at the start of `bytes`, of the generation whose key is `key`:
+    /// Decodes a record header at the start of `bytes`, of a journal whose key is `key`:
     /// `Ok(None)` when it is all zero.
     ///
     /// # Errors
@@ -366,7 +367,7 @@ mod tests {
         }
     }
 
-    /// A record checksummed with another generation's key, or with none (what the data of an
+    /// A record checksummed with another key, or with none (what the data of an
     /// entry can carry), is corrupt.
     #[test]
     fn a_record_of_another_key_is_corrupt() {

@@ -11,7 +11,9 @@
 use rkyv::Archived;
 
 use crate::archived::{SegmentHeaderV2, SegmentHeaderV3, body_crc, bytes_of, decode_checked};
+use crate::checksum::crc32c;
 use crate::error::{CorruptReason, FormatError};
+use crate::is_zeroed;
 use crate::limits::BLOCK_ALIGN;
 
 /// Magic bytes opening every segment file.
@@ -44,7 +46,7 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    /// Encodes the header, CRC included.
+    /// Encodes the header, CRCs included.
     #[must_use]
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut h = SegmentHeaderV3 {
@@ -55,10 +57,13 @@ impl SegmentHeader {
             data_offset: Archived::<u32>::from_native(SEGMENT_DATA_OFFSET as u32),
             segment_id: Archived::<u64>::from_native(self.segment_id),
             block_len: Archived::<u64>::from_native(self.block_len),
-            key: Archived::<u32>::from_native(self.key),
             crc: Archived::<u32>::from_native(0),
+            key: Archived::<u32>::from_native(self.key),
+            key_crc: Archived::<u32>::from_native(0),
         };
-        h.crc = Archived::<u32>::from_native(body_crc(&h));
+        let v2_part = bytes_of(&h).get(..32).map_or(0, crc32c);
+        h.crc = Archived::<u32>::from_native(v2_part);
+        h.key_crc = Archived::<u32>::from_native(body_crc(&h));
         let mut out = [0u8; SEGMENT_HEADER_LEN];
         out.copy_from_slice(bytes_of(&h));
         out
@@ -87,7 +92,8 @@ impl SegmentHeader {
             .flatten()
     }
 
-    /// Decodes and validates a segment header from the first bytes of a file.
+    /// Decodes and validates a segment header from the first bytes of a file: format v3, or v2
+    /// (key 0).
     ///
     /// Returns `Ok(None)` when the header bytes are all zero (a segment file that was created but
     /// whose header never reached the disk).
@@ -97,66 +103,44 @@ impl SegmentHeader {
     /// [`FormatError::Corrupt`] for a bad magic (foreign file), checksum, version, checksum
     /// algorithm, reserved bits, data offset or block length.
     pub fn decode(bytes: &[u8]) -> Result<Option<Self>, FormatError> {
-        // The version, at the same place in every layout, picks the layout; a version this
-        // build does not know is told apart from damage by the CRC of the layout before it.
-        let version = bytes
-            .get(8..10)
-            .and_then(|v| <[u8; 2]>::try_from(v).ok())
-            .map(u16::from_le_bytes);
-        let (h, key) = if version.is_some_and(|v| v >= 3) {
-            let magic_ok = |h: &SegmentHeaderV3| h.magic == SEGMENT_MAGIC;
-            let Some(h) =
-                decode_checked::<SegmentHeaderV3>(bytes, magic_ok, |h| h.crc.to_native())?
-            else {
-                return Ok(None);
-            };
-            let fields = (
-                h.version.to_native(),
-                h.checksum,
-                h.flags,
-                h.data_offset.to_native(),
-            );
-            (
-                (fields, h.segment_id.to_native(), h.block_len.to_native()),
-                h.key.to_native(),
-            )
-        } else {
-            let magic_ok = |h: &SegmentHeaderV2| h.magic == SEGMENT_MAGIC;
-            let Some(h) =
-                decode_checked::<SegmentHeaderV2>(bytes, magic_ok, |h| h.crc.to_native())?
-            else {
-                return Ok(None);
-            };
-            let fields = (
-                h.version.to_native(),
-                h.checksum,
-                h.flags,
-                h.data_offset.to_native(),
-            );
-            (
-                (fields, h.segment_id.to_native(), h.block_len.to_native()),
-                0,
-            )
-        };
-        let ((version, checksum, flags, data_offset), segment_id, block_len) = h;
         let corrupt = |reason| FormatError::Corrupt { at: 0, reason };
-        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
-            return Err(corrupt(CorruptReason::UnsupportedVersion));
-        }
-        if checksum != CHECKSUM_CRC32C {
+        // The 36 bytes every version since v2 begins with (a v3 header with its key lost
+        // behind a valid v2 part is damage, not a v2 header: the version says which).
+        let magic_ok = |h: &SegmentHeaderV2| h.magic == SEGMENT_MAGIC;
+        let Some(h) = decode_checked::<SegmentHeaderV2>(bytes, magic_ok, |h| h.crc.to_native())?
+        else {
+            return match bytes.get(..SEGMENT_HEADER_LEN) {
+                Some(all) if !is_zeroed(all) => Err(corrupt(CorruptReason::Malformed)),
+                _ => Ok(None),
+            };
+        };
+        let version = h.version.to_native();
+        let key = match version {
+            2 => 0,
+            FORMAT_VERSION => {
+                let magic_ok = |h: &SegmentHeaderV3| h.magic == SEGMENT_MAGIC;
+                let v3 =
+                    decode_checked::<SegmentHeaderV3>(bytes, magic_ok, |h| h.key_crc.to_native())?
+                        .ok_or(corrupt(CorruptReason::Malformed))?;
+                v3.key.to_native()
+            }
+            _ => return Err(corrupt(CorruptReason::UnsupportedVersion)),
+        };
+        if h.checksum != CHECKSUM_CRC32C {
             return Err(corrupt(CorruptReason::UnknownChecksum));
         }
-        if flags != 0 {
+        if h.flags != 0 {
             return Err(corrupt(CorruptReason::ReservedBits));
         }
-        if u64::from(data_offset) != SEGMENT_DATA_OFFSET
+        let block_len = h.block_len.to_native();
+        if u64::from(h.data_offset.to_native()) != SEGMENT_DATA_OFFSET
             || block_len == 0
             || !block_len.is_multiple_of(BLOCK_ALIGN)
         {
             return Err(corrupt(CorruptReason::BadLength));
         }
         Ok(Some(Self {
-            segment_id,
+            segment_id: h.segment_id.to_native(),
             block_len,
             key,
         }))
@@ -269,14 +253,43 @@ mod tests {
         }
         .encode();
         v4[8] = 4;
-        let crc = crate::checksum::crc32c(&v4[..36]).to_le_bytes();
-        v4[36..].copy_from_slice(&crc);
+        let crc = crate::checksum::crc32c(&v4[..32]).to_le_bytes();
+        v4[32..36].copy_from_slice(&crc);
         assert_eq!(
             SegmentHeader::decode(&v4),
             Err(FormatError::Corrupt {
                 at: 0,
                 reason: CorruptReason::UnsupportedVersion
             })
+        );
+    }
+
+    /// A v3 header's first 36 bytes are a valid v2 header of version 3: a build that reads v2
+    /// only refuses it as another version, not as damage.
+    #[test]
+    fn a_version_3_header_begins_as_a_version_2_one() {
+        let bytes = SegmentHeader {
+            segment_id: 5,
+            block_len: 8192,
+            key: 0xfeed_beef,
+        }
+        .encode();
+        assert_eq!(&bytes[8..10], &[3, 0]);
+        assert_eq!(
+            crate::checksum::crc32c(&bytes[..32]).to_le_bytes(),
+            bytes[32..36]
+        );
+        assert_eq!(
+            crate::checksum::crc32c(&bytes[..40]).to_le_bytes(),
+            bytes[40..44]
+        );
+        // Its key lost behind a valid v2 part: damage, not a v2 header.
+        let mut cut = bytes;
+        cut[36..].fill(0);
+        assert!(SegmentHeader::decode(&cut).is_err());
+        assert_eq!(
+            SegmentHeader::decode(&bytes[..40]),
+            Err(FormatError::Torn { at: 0 })
         );
     }
 

@@ -162,14 +162,16 @@ fn segment_fixture_decodes() {
     // Spot-check raw bytes so that FORMAT.md's worked example stays true.
     assert_eq!(&golden[0..8], b"WALRUSSG");
     assert_eq!(&golden[8..12], &[3, 0, 1, 0]);
-    assert_eq!(&golden[32..36], &SEGMENT_KEY.to_le_bytes());
-    let crc = walrus_block::checksum::crc32c(&golden[..36]);
-    assert_eq!(&golden[36..40], &crc.to_le_bytes());
+    let crc = walrus_block::checksum::crc32c(&golden[..32]);
+    assert_eq!(&golden[32..36], &crc.to_le_bytes());
+    assert_eq!(&golden[36..40], &SEGMENT_KEY.to_le_bytes());
+    let crc = walrus_block::checksum::crc32c(&golden[..40]);
+    assert_eq!(&golden[40..44], &crc.to_le_bytes());
     // The copy, in the page's fifth sector; zeros around both.
     assert_eq!(SEGMENT_HEADER_COPY_AT, 2048);
-    assert_eq!(golden[2048..2088], golden[0..40]);
-    assert!(golden[40..2048].iter().all(|&b| b == 0));
-    assert!(golden[2088..4096].iter().all(|&b| b == 0));
+    assert_eq!(golden[2048..2092], golden[0..44]);
+    assert!(golden[44..2048].iter().all(|&b| b == 0));
+    assert!(golden[2092..4096].iter().all(|&b| b == 0));
     // The block header's CRC starts from the key.
     let crc = walrus_block::checksum::crc32c_append(SEGMENT_KEY, &golden[4096..4096 + 304]);
     assert_eq!(&golden[4096 + 304..4096 + 308], &crc.to_le_bytes());

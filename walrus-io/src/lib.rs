@@ -61,7 +61,7 @@ pub mod conformance;
 pub use error::{OpError, os_error};
 pub use mmap::{MmapFile, MmapStorage};
 pub use pwrite::{PwriteFile, PwriteStorage};
-pub use rng::{SeededRng, random_key};
+pub use rng::SeededRng;
 pub use sim::{CrashMode, Fault, FaultRule, OpKind, SECTOR_SIZE, SimFile, SimStats, SimStorage};
 pub use storage::{BackendKind, SegmentFile, Storage, WriteOp};
 pub use tier::{MemoryTier, RemoteTier};

@@ -5,12 +5,29 @@
 
 use std::io;
 
-/// 32 random bits from the kernel (`getrandom(2)`): the keys of the format's keyed checksums,
-/// which whoever writes entry data must not be able to predict.
+/// 32 random bits from the kernel (`getrandom(2)`, or `/dev/urandom` where the call is refused:
+/// a kernel before 3.17, a seccomp filter): the keys of the format's keyed checksums, which
+/// whoever writes entry data must not be able to predict.
 ///
 /// # Errors
-/// The system call's error (`ENOSYS` on kernels before 3.17).
-pub fn random_key() -> io::Result<u32> {
+/// When neither source answers.
+pub(crate) fn random_key() -> io::Result<u32> {
+    getrandom_key().or_else(|first| {
+        use std::io::Read;
+        let mut bytes = [0u8; 4];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map(|()| u32::from_le_bytes(bytes))
+            .map_err(|e| {
+                io::Error::new(
+                    first.kind(),
+                    format!("{first}; /dev/urandom for a checksum key: {e}"),
+                )
+            })
+    })
+}
+
+fn getrandom_key() -> io::Result<u32> {
     let mut bytes = [0u8; 4];
     // Four bytes come whole from an initialised pool; EINTR can only come before any byte.
     for _ in 0..8 {

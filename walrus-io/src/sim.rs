@@ -230,6 +230,8 @@ impl SimStorage {
             state: Arc::new(Mutex::new(SimState {
                 seed,
                 rng: SeededRng::new(seed),
+                // A stream of its own: drawing keys moves no crash or fault decision.
+                keys: SeededRng::new(seed ^ 0x6b65_7973_6b65_7973),
                 generation: 0,
                 dirs,
                 live: BTreeMap::new(),
@@ -331,6 +333,13 @@ impl SimStorage {
 impl Storage for SimStorage {
     fn kind(&self) -> BackendKind {
         BackendKind::Sim
+    }
+
+    /// From the seed: a seed replays byte for byte.
+    fn key(&self) -> io::Result<u32> {
+        let mut state = self.state.lock();
+        // Never 0 (the low bits of a 64-bit draw; 0 would mean an unkeyed file).
+        Ok((state.keys.next_u64() as u32).max(1))
     }
 
     fn create(&self, path: &Path, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
@@ -621,6 +630,8 @@ impl From<Injected> for io::Error {
 struct SimState {
     seed: u64,
     rng: SeededRng,
+    /// Where [`Storage::key`] draws from.
+    keys: SeededRng,
     /// Bumped by every crash; handles remember the one they were opened in.
     generation: u64,
     dirs: BTreeSet<PathBuf>,

@@ -126,6 +126,18 @@ pub trait Storage: Send + Sync + fmt::Debug {
         self.open(path)
     }
 
+    /// A key for the format's keyed checksums (the segment and journal keys of
+    /// `walrus_block`): 32 bits no one writing entry data can predict, never 0 (which marks
+    /// an unkeyed file). The default draws from the kernel (`getrandom(2)`, or
+    /// `/dev/urandom` where that is refused); the simulator draws from its seed, so that a
+    /// seed replays byte for byte.
+    ///
+    /// # Errors
+    /// When no random source answers.
+    fn key(&self) -> io::Result<u32> {
+        crate::rng::random_key().map(|k| k.max(1))
+    }
+
     /// Removes the file at `path`. Open handles keep working on the unlinked file.
     fn remove(&self, path: &Path) -> io::Result<()>;
 

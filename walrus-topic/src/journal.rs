@@ -27,7 +27,7 @@ use walrus_block::{
     JournalRecordHeader, SEGMENT_DATA_OFFSET, decode_journal_body, encode_journal_record_header,
     encode_journal_write,
 };
-use walrus_io::{SegmentFile, Storage, random_key};
+use walrus_io::{SegmentFile, Storage};
 
 use crate::error::data_error;
 use crate::layout::{JOURNAL_FILE, segment_path};
@@ -124,8 +124,11 @@ impl Journal {
             }
             Ok(file)
         };
-        // Never 0: key 0 marks a journal of version 1.
-        let fresh = || -> io::Result<_> { Ok((create()?, 0, len, random_key()?.max(1))) };
+        // Drawn first: a failure leaves no file behind.
+        let fresh = || -> io::Result<_> {
+            let key = storage.key()?;
+            Ok((create()?, 0, len, key))
+        };
         let (file, generation, len, key) = match (found, storage.open(&path)) {
             (Some(found), Ok(file)) if found.header.key != 0 => {
                 (file, found.header.generation, found.len, found.header.key)
@@ -798,11 +801,15 @@ mod tests {
         let segment = sim.create(&segment_path(dir, 7), 64 << 10).unwrap();
         segment.write_at(&vec![0u8; 64 << 10], 0).unwrap();
         let mut file = vec![0u8; 64 << 10];
-        let header = JournalHeader {
+        let mut header = JournalHeader {
             generation: 3,
             key: 0,
         }
         .encode();
+        // As version 1 wrote it: version 1, the key's bytes reserved (zero).
+        header[8] = 1;
+        let crc = walrus_block::checksum::crc32c(&header[..24]).to_le_bytes();
+        header[24..].copy_from_slice(&crc);
         let slot = JournalHeader::slot_of(3) as usize;
         file[slot..slot + header.len()].copy_from_slice(&header);
         let mut body = Vec::new();

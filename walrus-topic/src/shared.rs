@@ -519,6 +519,8 @@ pub(crate) fn segment_preparer(
     move |segment, segment_len| {
         let _span = tracing::debug_span!("walrus.prepare_segment", segment, segment_len).entered();
         let path = segment_path(&dir, segment);
+        // Drawn first: a failure leaves no file behind.
+        let key = storage.key()?;
         let file = match storage.create(&path, segment_len) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // Left behind by a failed earlier preparation of this id: start over.
@@ -527,8 +529,6 @@ pub(crate) fn segment_preparer(
             }
             other => other?,
         };
-        // Never 0: key 0 marks a segment of format v2.
-        let key = walrus_io::random_key()?.max(1);
         let ready = (|| {
             file.allocate(0, SEGMENT_DATA_OFFSET)?;
             file.write_at(

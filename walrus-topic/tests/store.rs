@@ -1398,12 +1398,17 @@ fn a_block_header_forged_in_entry_data_is_never_taken_for_one() {
     for damage in [0x00_u8, 0xee] {
         file.write_at(&[damage; BLOCK_HEADER_LEN], block).unwrap();
         file.sync_data().unwrap();
+        // Each mode sees the same bytes (an open may zero what it cannot attribute).
+        let mut damaged = vec![0u8; len as usize];
+        file.read_exact_at(&mut damaged, 0).unwrap();
         let mut opened = 0;
         for mode in [
             RecoveryMode::SkipCorrupted,
             RecoveryMode::PointInTime,
             RecoveryMode::TolerateCorruptedTail,
         ] {
+            file.write_at(&damaged, 0).unwrap();
+            file.sync_data().unwrap();
             // Refused: the attacker's synced entry is gone, which is damage.
             let Ok(store) = open(&sim, small().with_recovery(mode)) else {
                 continue;
@@ -1482,17 +1487,29 @@ fn a_directory_of_format_v2_opens_and_grows_in_format_v3() {
         assert_eq!(store.append("u", &payload(50 + round)).unwrap(), round);
         store.sync().unwrap();
     }
-    // The v2 segment took no new block (its block may take more entries: frames have no
-    // key); new blocks went to keyed segments.
+    // The v2 segment took nothing more (data written into an unkeyed segment could pass for
+    // its block headers); new blocks went to keyed segments.
     let v2 = sim.contents(&path).unwrap();
-    assert!(
-        v2[..4096 + 308] == file[..4096 + 308],
-        "the v2 headers changed"
-    );
-    assert!(
-        v2[8192..].iter().all(|&b| b == 0),
-        "a block was added to the v2 segment"
-    );
+    assert!(v2 == file, "the v2 segment was written to");
+    // Its header lost: the first block's header, valid unkeyed, says it is a v2 segment.
+    let f = sim.open(&path).unwrap();
+    f.write_at(&[0; 36], 0).unwrap();
+    f.sync_data().unwrap();
+    let store = open(
+        &sim,
+        small()
+            .with_lanes(1)
+            .with_recovery(RecoveryMode::PointInTime),
+    )
+    .unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            store.read_at("t", i).unwrap(),
+            Some(payload(i)),
+            "t@{i} after"
+        );
+    }
+    drop(store);
     for name in segments(&sim) {
         let bytes = sim.contents(&Path::new(DIR).join(&name)).unwrap();
         let h = SegmentHeader::decode(&bytes).unwrap().unwrap();
@@ -1551,12 +1568,27 @@ fn the_segment_header_copy_keeps_the_key() {
         drop(open(&sim, small()).unwrap());
     }
 
-    // Both lost: the synced entries are gone, which the default mode refuses; SkipCorrupted
-    // opens, without them, and leaves the file as it is.
+    // Both lost (the page): the key is solved from the first block's header, which the
+    // engine wrote; the entries read, the page is written again. Still damage to a segment
+    // holding synced entries.
     let sim = SimStorage::new(35);
+    let (file, page) = fill(&sim);
+    file.write_at(&[0; 4096], 0).unwrap();
+    file.sync_data().unwrap();
+    let err = open(&sim, small()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    let store = open(&sim, small().with_recovery(RecoveryMode::PointInTime)).unwrap();
+    assert_eq!(drain(&store, "t").len(), 20);
+    drop(store);
+    file.read_exact_at(&mut now, 0).unwrap();
+    assert!(now == page, "the page was not written again");
+
+    // The first block's header lost too: the synced entries are gone, which the default mode
+    // refuses; SkipCorrupted opens, without them, and leaves the file as it is.
+    let sim = SimStorage::new(36);
     let (file, _) = fill(&sim);
-    zero(&file, 0);
-    zero(&file, SEGMENT_HEADER_COPY_AT);
+    file.write_at(&[0; 4096 + 308], 0).unwrap();
+    file.sync_data().unwrap();
     let err = open(&sim, small()).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     let store = open(&sim, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
@@ -1568,4 +1600,45 @@ fn the_segment_header_copy_keeps_the_key() {
         now.iter().all(|&b| b == 0),
         "the unreadable header was rewritten"
     );
+}
+
+/// The header page's write torn (one of the header and its copy kept, the other zero) in a
+/// segment holding no synced entry is no damage: even `AbsoluteConsistency` opens, says
+/// nothing, and the page is written whole again.
+#[test]
+fn a_torn_header_page_without_synced_entries_is_no_damage() {
+    use walrus_block::{SEGMENT_HEADER_COPY_AT, SEGMENT_HEADER_LEN};
+    for (seed, lost) in [(37, 0), (38, SEGMENT_HEADER_COPY_AT)] {
+        let sim = SimStorage::new(seed);
+        let store = open(&sim, small()).unwrap();
+        for i in 0..5 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        // No sync: no watermark covers them.
+        drop(store);
+        let name = segments(&sim).into_iter().min().unwrap();
+        let file = sim.open(&Path::new(DIR).join(name)).unwrap();
+        let mut page = vec![0u8; 4096];
+        file.read_exact_at(&mut page, 0).unwrap();
+        file.write_at(&[0; SEGMENT_HEADER_LEN], lost as u64)
+            .unwrap();
+        let store = open(
+            &sim,
+            small().with_recovery(RecoveryMode::AbsoluteConsistency),
+        )
+        .unwrap_or_else(|e| panic!("lost at {lost}: {e}"));
+        assert!(
+            store.recovery_report().issues.is_empty(),
+            "{:?}",
+            store.recovery_report().issues
+        );
+        assert_eq!(drain(&store, "t").len(), 5);
+        drop(store);
+        let mut now = vec![0u8; 4096];
+        file.read_exact_at(&mut now, 0).unwrap();
+        assert!(
+            now == page,
+            "the page was not written again (lost at {lost})"
+        );
+    }
 }

@@ -189,7 +189,7 @@ fn recover_in(
         while lane.len() > 1
             && lane
                 .last()
-                .is_some_and(|s| s.blocks.is_empty() && s.header == HeaderState::Valid)
+                .is_some_and(|s| s.blocks.is_empty() && s.header != HeaderState::Damaged)
         {
             if let Some(spare) = lane.pop() {
                 spares.push(spare);
@@ -282,12 +282,16 @@ fn recover_in(
     }
 
     // Damaged segment headers (after the topics, whose refusals name topic and offset): corruption if they hold entries some watermark covers.
-    for seg in segments.iter().filter(|s| s.header == HeaderState::Damaged) {
+    for seg in segments.iter().filter(|s| s.header != HeaderState::Valid) {
         let durable = seg.blocks.iter().any(|b| {
             loaded_marks
                 .get(&RecordKey::consumer(&b.header.topic, ""))
                 .is_some_and(|m| b.header.first_offset < m.offset)
         });
+        if seg.header == HeaderState::Torn && !durable {
+            // The page's write torn before any sync: nothing lost, written again below.
+            continue;
+        }
         let issue = RecoveryIssue {
             topic: String::new(),
             offset: 0,
@@ -353,7 +357,7 @@ fn recover_in(
             sealed_tails.push(seg.id);
         }
     }
-    for seg in segments.iter().filter(|s| s.header == HeaderState::Damaged) {
+    for seg in segments.iter().filter(|s| s.header != HeaderState::Valid) {
         erases.push(Erase::Repair {
             handle: seg.handle.clone(),
             header: seg.known,
@@ -388,7 +392,7 @@ fn recover_in(
             })
             .collect();
         let holds_nothing = restored.iter().all(|b| b.checkpointed && b.sealed);
-        if holds_nothing && !resumable && seg.header == HeaderState::Valid {
+        if holds_nothing && !resumable && seg.header != HeaderState::Damaged {
             deletions.push((seg.id, seg.path));
             continue;
         }

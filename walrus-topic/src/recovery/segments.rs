@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use walrus_block::{
-    BLOCK_ALIGN, CorruptReason, FormatError, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_COPY_AT,
-    SEGMENT_HEADER_LEN, SegmentHeader, is_zeroed,
+    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, CorruptReason, FormatError, SEGMENT_DATA_OFFSET,
+    SEGMENT_HEADER_COPY_AT, SEGMENT_HEADER_LEN, SegmentHeader, is_zeroed,
 };
 use walrus_io::Storage;
 
@@ -24,8 +24,12 @@ use super::report::{RecoveryIssue, RecoveryReport};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum HeaderState {
     Valid,
-    /// Damaged (or never written) while its copy holds the key and blocks follow: repaired from
-    /// the copy.
+    /// One of the header and its copy valid, the other zero: the write of the page was torn
+    /// (before any sync: a sync covers the page), unless the segment holds synced entries,
+    /// when it is damage. Written again from the valid one.
+    Torn,
+    /// The header or its copy damaged (or both lost, the key solved from the first block):
+    /// written again from what is known.
     Damaged,
 }
 
@@ -60,6 +64,25 @@ pub(super) enum Found {
     Vanished,
 }
 
+/// The segment header that the first block's header (at [`SEGMENT_DATA_OFFSET`], always one
+/// the engine wrote) implies, its key solved from that header's CRC: for a segment whose header
+/// and copy are both lost.
+fn solve_key(
+    file: &dyn walrus_io::SegmentFile,
+    id: u64,
+    options: &StoreOptions,
+) -> io::Result<Option<SegmentHeader>> {
+    let mut raw = [0u8; BLOCK_HEADER_LEN];
+    read_zero_filled(file, &mut raw, SEGMENT_DATA_OFFSET)?;
+    Ok(BlockHeader::solve_key(&raw)
+        .filter(|(_, h)| h.segment_id == id)
+        .map(|(key, _)| SegmentHeader {
+            segment_id: id,
+            block_len: options.block_len,
+            key,
+        }))
+}
+
 pub(super) fn find_segment(
     storage: &dyn Storage,
     id: u64,
@@ -82,17 +105,17 @@ pub(super) fn find_segment(
     let mut head = vec![0u8; SEGMENT_DATA_OFFSET as usize];
     read_zero_filled(&*file, &mut head, 0)?;
     // The key validates the blocks: from the header, or from its copy when the header is lost
-    // or damaged. Without either, no block of the file can be told from entry data.
+    // or damaged, or solved from the first block's header when both are. Without it, no block
+    // of the file can be told from entry data.
     let header_bytes = |at: usize| head.get(at..at + SEGMENT_HEADER_LEN).unwrap_or(&[]);
     let copy_zero = is_zeroed(header_bytes(SEGMENT_HEADER_COPY_AT));
     let copy = SegmentHeader::decode_copy(&head).filter(|c| c.segment_id == id);
     let (header, known) = match SegmentHeader::decode(&head) {
-        // A keyed (v3) header has its copy. (A v2 header, key 0, has none.) One missing or
-        // different is damaged like a header (or, zero in a segment holding no synced entry,
-        // the torn write of its page before any sync), and written again from the header.
+        // A keyed (v3) header has its copy. (A v2 header, key 0, has none.)
         Ok(Some(h)) if h.segment_id == id && (h.key == 0 || copy == Some(h)) => {
             (HeaderState::Valid, Some(h))
         }
+        Ok(Some(h)) if h.segment_id == id && copy_zero => (HeaderState::Torn, Some(h)),
         Ok(Some(h)) if h.segment_id == id => (HeaderState::Damaged, Some(h)),
         Ok(Some(h)) => {
             return Err(data_error(
@@ -114,7 +137,11 @@ pub(super) fn find_segment(
                 ),
             ));
         }
-        Ok(None) | Err(_) => (HeaderState::Damaged, copy),
+        Ok(None) if copy.is_some() => (HeaderState::Torn, copy),
+        Ok(None) | Err(_) => match copy {
+            Some(c) => (HeaderState::Damaged, Some(c)),
+            None => (HeaderState::Damaged, solve_key(&*file, id, options)?),
+        },
     };
     let Some(known) = known else {
         let zero_header = is_zeroed(header_bytes(0)) && copy_zero;

@@ -281,7 +281,10 @@ pub(super) fn rebuild_topic(
             && next_offset == end
             && tail.1 == end
             && (b.pieces.is_empty() || b.pieces.last().is_some_and(|p| p.end_offset == end))
-            && !b.found.header.abandoned;
+            && !b.found.header.abandoned
+            // A block of a format v2 segment (key 0) takes no more entries: data written into
+            // an unkeyed segment could pass for its block headers.
+            && b.handle.key != 0;
         if is_live && b.pieces.is_empty() {
             b.pieces.push(Piece {
                 data_start: tail.0,
