@@ -422,6 +422,11 @@ pub const CHECKPOINT_MAGIC: [u8; 8] = *b"WS3CHKPT";
 pub const CHECKPOINT_VERSION: u16 = 1;
 /// Length of a checkpoint's fixed part, before its topic table.
 const CHECKPOINT_FIXED_LEN: usize = 32;
+/// The shortest checkpoint object: no topic.
+pub const MIN_CHECKPOINT_LEN: u64 = CHECKPOINT_FIXED_LEN as u64 + 4;
+/// The longest checkpoint object read: a million topics of the longest name. A longer object
+/// under the checkpoint name is not one this crate wrote, refused before it is fetched.
+pub const MAX_CHECKPOINT_LEN: u64 = MIN_CHECKPOINT_LEN + (1 << 20) * (2 + 255 + 8);
 
 /// What a truncation left of the batches it deleted: the checkpoint object
 /// `PREFIX/checkpoint/<start, 20 digits>.ckpt`, written before any of them is deleted.
@@ -523,6 +528,12 @@ pub fn decode_checkpoint(object: &str, start: u64, bytes: &[u8]) -> io::Result<C
     if c_start != start {
         return Err(bad(&format!("says start {c_start}, its name {start}")));
     }
+    // Never written (a writer numbers from them with +1): one past them would overflow.
+    if start == u64::MAX || epoch == u64::MAX {
+        return Err(bad(&format!(
+            "start {start} or epoch {epoch} past what a writer numbers"
+        )));
+    }
     let mut ends: Vec<(String, u64)> = Vec::with_capacity((count as usize).min(1 << 16));
     for _ in 0..count {
         let len = usize::from(f.u16().ok_or_else(short)?);
@@ -608,6 +619,16 @@ mod tests {
         }
         // Another name's checkpoint.
         assert!(decode_checkpoint("x", 43, &bytes).is_err());
+        // Numbers a writer would overflow continuing from.
+        for (start, epoch) in [(u64::MAX, 1), (5, u64::MAX)] {
+            let c = Checkpoint {
+                start,
+                epoch,
+                ends: Vec::new(),
+            };
+            let bytes = encode_checkpoint(&c).unwrap();
+            assert!(decode_checkpoint("x", start, &bytes).is_err());
+        }
         let empty = Checkpoint {
             start: 0,
             epoch: 0,

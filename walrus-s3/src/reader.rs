@@ -13,6 +13,17 @@ use walrus::Record;
 use crate::format::{self, BatchHeader, Checkpoint};
 use crate::remote::{Listed, Remote};
 
+/// How many times a load starts again because a truncation ran beside it.
+const LOAD_ATTEMPTS: u32 = 4;
+
+/// The start of the prefix's latest checkpoint (0 without one): one LIST.
+fn latest_start(remote: &Remote) -> io::Result<u64> {
+    Ok(remote
+        .checkpoint_objects()?
+        .last()
+        .map_or(0, |(start, _, _)| *start))
+}
+
 /// Per-request deadline of a reader's GETs and LISTs.
 pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -36,14 +47,37 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    /// Reads the latest checkpoint, lists the prefix from it and reads every header.
+    /// Reads the latest checkpoint, lists the prefix from it and reads every header. A load
+    /// that fails while a truncation runs beside it (which deletes the checkpoint it read, or
+    /// empties a batch it listed) starts again from the newer checkpoint, a few times.
     pub(crate) fn load(remote: &Remote) -> io::Result<Self> {
-        let (checkpoint, _) = remote.checkpoints()?;
+        let mut attempts = 0;
+        loop {
+            let mut tried = 0;
+            let e = match Self::load_once(remote, &mut tried) {
+                Ok(index) => return Ok(index),
+                Err(e) => e,
+            };
+            attempts += 1;
+            if attempts >= LOAD_ATTEMPTS || latest_start(remote)? <= tried {
+                return Err(e);
+            }
+        }
+    }
+
+    fn load_once(remote: &Remote, tried: &mut u64) -> io::Result<Self> {
+        let checkpoint = match remote.checkpoint_objects()?.pop() {
+            None => Checkpoint::default(),
+            Some((start, path, size)) => {
+                *tried = start;
+                remote.read_checkpoint(&path, start, size)?
+            }
+        };
         let mut index = Self {
-            checkpoint: checkpoint.unwrap_or_default(),
+            checkpoint,
             ..Self::default()
         };
-        index.refresh(remote)?;
+        index.add_batches(remote)?;
         Ok(index)
     }
 
@@ -68,20 +102,29 @@ impl Index {
     /// `InvalidData` naming the object when a new batch breaks the order of the prefix; the
     /// index is then unchanged.
     pub(crate) fn refresh(&mut self, remote: &Remote) -> io::Result<()> {
-        let listed = remote.list(self.next_sequence())?;
-        // Past a truncation since the load: the batches this index would continue with are
-        // emptied (or, listed from further on, gone from the listing). Start over from the
-        // truncation's checkpoint.
-        if listed
-            .first()
-            .is_some_and(|l| l.sequence != self.next_sequence() || l.size == 0)
-        {
-            let (latest, _) = remote.checkpoints()?;
-            if latest.is_some_and(|c| c.start > self.next_sequence()) {
-                *self = Self::load(remote)?;
-                return Ok(());
-            }
+        // A truncation since the load (its checkpoint is written before it empties anything):
+        // start over from its checkpoint; the batches this index holds below it are emptied.
+        if latest_start(remote)? > self.checkpoint.start {
+            *self = Self::load(remote)?;
+            return Ok(());
         }
+        match self.add_batches(remote) {
+            Ok(()) => Ok(()),
+            // One that began after the check above.
+            Err(_) if latest_start(remote)? > self.checkpoint.start => {
+                *self = Self::load(remote)?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds the batches listed after the last one held.
+    ///
+    /// # Errors
+    /// As [`refresh`](Self::refresh); the index is then unchanged.
+    fn add_batches(&mut self, remote: &Remote) -> io::Result<()> {
+        let listed = remote.list(self.next_sequence())?;
         let headers = remote.headers(&listed)?;
         let mut topics = self.topics.clone();
         let mut expected = self.next_sequence();

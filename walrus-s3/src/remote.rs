@@ -335,13 +335,8 @@ impl Remote {
         })
     }
 
-    /// The latest checkpoint of the prefix (the one with the highest start), if any, and the
-    /// paths of every checkpoint object (for clean-up), sorted by start.
-    ///
-    /// # Errors
-    /// The store's errors; `InvalidData` when the latest checkpoint is damaged (an older one
-    /// cannot stand in: the batches it would need may be gone).
-    pub(crate) fn checkpoints(&self) -> io::Result<Checkpoints> {
+    /// Every checkpoint object of the prefix: start, path and size, sorted by start.
+    pub(crate) fn checkpoint_objects(&self) -> io::Result<Vec<(u64, Path, u64)>> {
         let dir = Path::from(format::checkpoint_dir(&self.prefix));
         let mut found: Vec<(u64, Path, u64)> = self
             .list_under(&dir)?
@@ -354,12 +349,20 @@ impl Remote {
             })
             .collect();
         found.sort_by_key(|(start, _, _)| *start);
+        Ok(found)
+    }
+
+    /// The latest checkpoint of the prefix (the one with the highest start), if any, and the
+    /// start and path of every checkpoint object (for clean-up), sorted by start.
+    ///
+    /// # Errors
+    /// The store's errors; `InvalidData` when the latest checkpoint is damaged (an older one
+    /// cannot stand in: the batches it would need may be gone).
+    pub(crate) fn checkpoints(&self) -> io::Result<Checkpoints> {
+        let found = self.checkpoint_objects()?;
         let latest = match found.last() {
             None => None,
-            Some((start, path, size)) => {
-                let bytes = self.get_range(path, 0..*size)?;
-                Some(format::decode_checkpoint(path.as_ref(), *start, &bytes)?)
-            }
+            Some((start, path, size)) => Some(self.read_checkpoint(path, *start, *size)?),
         };
         Ok((
             latest,
@@ -382,8 +385,25 @@ impl Remote {
         let Some(head) = self.head(path)? else {
             return Ok(None);
         };
-        let bytes = self.get_range(path, 0..head.size)?;
-        format::decode_checkpoint(path.as_ref(), start, &bytes).map(Some)
+        self.read_checkpoint(path, start, head.size).map(Some)
+    }
+
+    /// The checkpoint object at `path`, `size` bytes long as listed; one of a size no
+    /// checkpoint has is refused before it is fetched.
+    pub(crate) fn read_checkpoint(
+        &self,
+        path: &Path,
+        start: u64,
+        size: u64,
+    ) -> io::Result<format::Checkpoint> {
+        if !(format::MIN_CHECKPOINT_LEN..=format::MAX_CHECKPOINT_LEN).contains(&size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("checkpoint object {path}: {size} bytes, no checkpoint's length"),
+            ));
+        }
+        let bytes = self.get_range(path, 0..size)?;
+        format::decode_checkpoint(path.as_ref(), start, &bytes)
     }
 
     /// Replaces the object at `path` by an empty one (an unconditional PUT): its bytes go, its

@@ -436,8 +436,16 @@ impl S3Wal {
     /// read of it; [`S3Reader::refresh`](crate::S3Reader::refresh) moves it past the
     /// truncation.
     ///
-    /// Costs one LIST and one GET per batch kept since the last truncation (the open's cost),
-    /// a LIST from there, a PUT for the checkpoint and one per batch dropped.
+    /// A floor past a topic's end as this writer knows it ([`end_offset`](Self::end_offset))
+    /// counts as that end: entries not acknowledged to this writer are always needed.
+    ///
+    /// Costs an open's requests (a LIST and a GET of the checkpoints, a LIST and a GET per
+    /// batch kept since the last truncation), a LIST from the oldest checkpoint (the first
+    /// truncation of a prefix lists its whole history), two more of the checkpoints, a PUT
+    /// for the checkpoint (two the first time) and one per batch dropped, and a DELETE per
+    /// older checkpoint. "Since" and "from" hold on stores that list from an offset on the
+    /// server (S3, GCS, Azure); object_store's in-memory and local stores list everything and
+    /// filter. On a versioned bucket the emptied batches' earlier versions keep their bytes.
     ///
     /// # Errors
     /// `InvalidInput` for a bad topic name or a topic named twice; the writer's failure once
@@ -458,6 +466,14 @@ impl S3Wal {
         }
         if let Some(e) = self.inner.refusal() {
             return Err(e);
+        }
+        // Never past what this writer knows acknowledged: a batch of its own whose PUT answer
+        // was lost (its retry must find it whole), and any newer owner's entries, are needed.
+        {
+            let ends = self.inner.ends.lock();
+            for (topic, offset) in &mut floor {
+                *offset = (*offset).min(ends.get(*topic).copied().unwrap_or(0));
+            }
         }
         let remote = &self.remote;
         // Batches below the oldest checkpoint left are all empty already: a truncation empties
@@ -939,11 +955,6 @@ fn retryable(e: &io::Error) -> bool {
     )
 }
 
-/// PUTs batch `id` under its name with If-None-Match, retrying within the budget. A taken name
-/// holding a batch with this writer's id, epoch and sequence, and this length, is an earlier
-/// attempt of ours that landed (a writer PUTs one content per sequence; its header is fetched,
-/// not the whole object, which may be as large as a batch gets); anything else there is
-/// another writer's, and fences this one (`AlreadyExists`, no retry).
 /// Writes `checkpoint` (create-once). One found there must say the same: a truncation cut
 /// short wrote it from the same batches.
 fn write_checkpoint(remote: &Remote, checkpoint: &format::Checkpoint) -> io::Result<()> {
@@ -962,6 +973,11 @@ fn write_checkpoint(remote: &Remote, checkpoint: &format::Checkpoint) -> io::Res
     Ok(())
 }
 
+/// PUTs batch `id` under its name with If-None-Match, retrying within the budget. A taken name
+/// holding a batch with this writer's id, epoch and sequence, and this length, is an earlier
+/// attempt of ours that landed (a writer PUTs one content per sequence; its header is fetched,
+/// not the whole object, which may be as large as a batch gets); anything else there is
+/// another writer's, and fences this one (`AlreadyExists`, no retry).
 fn put_batch(
     remote: &Remote,
     options: &S3Options,

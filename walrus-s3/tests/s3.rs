@@ -312,6 +312,8 @@ struct LostAnswers {
     puts: AtomicU32,
     /// Ignore If-None-Match: every PUT overwrites, as a store without conditional PUTs does.
     overwrite: bool,
+    /// Refuse PUTs of no bytes (a truncation's emptying of batches).
+    refuse_empty: bool,
 }
 
 impl std::fmt::Display for LostAnswers {
@@ -330,6 +332,12 @@ impl ObjectStore for LostAnswers {
     ) -> object_store::Result<PutResult> {
         let n = self.puts.fetch_add(1, Ordering::SeqCst) + 1;
         assert_ne!(n, self.panic_at, "injected panic in PUT {n}");
+        if self.refuse_empty && payload.content_length() == 0 {
+            return Err(object_store::Error::Generic {
+                store: "LostAnswers",
+                source: "an empty PUT refused".into(),
+            });
+        }
         let opts = if self.overwrite {
             PutOptions {
                 mode: object_store::PutMode::Overwrite,
@@ -396,6 +404,7 @@ fn a_retried_put_that_landed_is_recognised_as_ours() {
         panic_at: 0,
         puts: 0.into(),
         overwrite: false,
+        refuse_empty: false,
     });
     let options = fast().backoff(Duration::from_millis(10), Duration::from_millis(10));
     let wal = S3Wal::open(lossy, "lost", options).unwrap();
@@ -438,6 +447,7 @@ fn a_large_retried_put_is_recognised_from_its_header() {
         panic_at: 0,
         puts: 0.into(),
         overwrite: false,
+        refuse_empty: false,
     });
     let options = fast()
         .backoff(Duration::from_millis(10), Duration::from_millis(10))
@@ -464,6 +474,7 @@ fn a_store_without_conditional_puts_is_refused_at_open() {
         panic_at: 0,
         puts: 0.into(),
         overwrite: true,
+        refuse_empty: false,
     });
     let e = S3Wal::open(careless, "careless", fast()).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
@@ -608,6 +619,7 @@ fn a_panicking_store_fails_the_tickets_and_stops_the_writer() {
         panic_at: 3, // the first batch after the fence and the open's check of it
         puts: 0.into(),
         overwrite: false,
+        refuse_empty: false,
     });
     let wal = S3Wal::open(panicky, "panic", fast()).unwrap();
     let err = wal
@@ -872,9 +884,15 @@ fn truncate_drops_what_no_reader_needs_and_everything_continues() {
     for i in 0..6 {
         round(&wal, &["a", "b"], i);
     }
+    let mut early = S3Reader::open(Arc::clone(&store), "trunc").unwrap();
     // Batch 0 is the open's fence; batch 1 + i holds a@i and b@i. "b" needs 2 on: batches
     // 0..=2 go, batch 3 (b@2) stays, and with it every later one.
     assert_eq!(wal.truncate(&[("a", 3), ("b", 2)]).unwrap(), 3);
+    // A reader that held every batch learns of it on refresh.
+    early.refresh().unwrap();
+    assert_eq!((early.start_offset("a"), early.batch_count()), (2, 4));
+    let err = early.read("a", 1).next().unwrap().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     assert_eq!(
         wal.truncate(&[("a", 3), ("b", 2)]).unwrap(),
         0,
@@ -1058,4 +1076,45 @@ fn a_truncation_frees_no_name_a_fenced_writer_could_take() {
         [(3, b"t3".to_vec())],
         "the fenced writer's entry is nowhere"
     );
+}
+
+/// The first truncation of a prefix, cut short after its checkpoint (no batch emptied yet),
+/// is finished by the next one: it wrote a checkpoint of nothing first, from which the next
+/// lists.
+#[test]
+fn a_first_truncation_cut_short_is_finished_from_the_start() {
+    let (_server, store) = server();
+    let wal = S3Wal::open(Arc::clone(&store), "first", fast()).unwrap();
+    for i in 0..4 {
+        round(&wal, &["t"], i);
+    }
+    wal.close().unwrap();
+    let refusing: Arc<dyn ObjectStore> = Arc::new(LostAnswers {
+        inner: Arc::clone(&store),
+        lose: AtomicU32::new(0),
+        panic_at: 0,
+        puts: AtomicU32::new(0),
+        overwrite: false,
+        refuse_empty: true,
+    });
+    let cut = S3Wal::open(refusing, "first", fast()).unwrap();
+    assert!(cut.truncate(&[("t", 2)]).is_err());
+    assert_eq!(
+        checkpoint_names(&store, "first"),
+        [
+            "first/checkpoint/00000000000000000000.ckpt",
+            "first/checkpoint/00000000000000000003.ckpt",
+        ]
+    );
+    assert_eq!(batch_names(&store, "first").len(), 6, "nothing emptied");
+    let reader = S3Reader::open(Arc::clone(&store), "first").unwrap();
+    assert_eq!(reader.start_offset("t"), 2);
+    drop(cut);
+    let next = S3Wal::open(Arc::clone(&store), "first", fast()).unwrap();
+    assert_eq!(next.truncate(&[("t", 2)]).unwrap(), 3, "batches 0 to 2");
+    assert_eq!(
+        checkpoint_names(&store, "first"),
+        ["first/checkpoint/00000000000000000003.ckpt"]
+    );
+    next.close().unwrap();
 }
