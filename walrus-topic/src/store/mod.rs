@@ -37,7 +37,7 @@ pub use read::{Arrival, Entries};
 #[derive(Debug)]
 pub struct Store {
     shared: Arc<Shared>,
-    topics: Topics,
+    topics: Arc<Topics>,
     report: RecoveryReport,
     _lock: DirLock,
 }
@@ -265,7 +265,7 @@ impl Store {
         }
         Ok(Self {
             shared,
-            topics: Topics::new(topics),
+            topics: Arc::new(Topics::new(topics)),
             report: recovered.report,
             _lock: lock,
         })

@@ -6,14 +6,15 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use walrus_block::{MAX_BATCH_ENTRIES, validate_consumer_name};
 
 use super::Store;
+use super::topics::Topics;
 use crate::arrival::Registration;
 use crate::chain::{FramePos, ReadBuf};
 use crate::error::invalid_input;
@@ -186,18 +187,7 @@ impl Store {
     /// append ever made it a topic, and no one else holds it (a waiter, an append under way).
     /// Waits on names that never come would otherwise each leave a topic in memory for good.
     pub(super) fn forget_unused(&self, t: Arc<Topic>) {
-        if !t.is_placeholder() {
-            return;
-        }
-        let mut map = self.topics.write();
-        // Under the write lock no one takes it from the map: the map's and ours are the only
-        // references, or someone else is using it.
-        if Arc::strong_count(&t) == 2
-            && t.is_placeholder()
-            && map.get(&t.name).is_some_and(|m| Arc::ptr_eq(m, &t))
-        {
-            map.remove(&t.name);
-        }
+        self.topics.forget_unused(&t);
     }
 
     fn wait_on(&self, t: &Topic, offset: u64, timeout: Duration) -> bool {
@@ -220,6 +210,7 @@ impl Store {
         Ok(Arrival {
             topic: t,
             shared: self.shared.clone(),
+            topics: Arc::downgrade(&self.topics),
             offset,
             registration,
         })
@@ -454,6 +445,9 @@ fn check_retained(t: &Topic, from: u64) -> io::Result<()> {
 pub struct Arrival {
     topic: Arc<Topic>,
     shared: Arc<Shared>,
+    /// The store's map, where a placeholder made for the wait is dropped with the future
+    /// (weak: a future kept after the store is gone keeps no map alive).
+    topics: Weak<Topics>,
     offset: u64,
     registration: Registration,
 }
@@ -492,6 +486,9 @@ impl Drop for Arrival {
             .progress
             .arrivals
             .unregister(&mut self.registration);
+        if let Some(topics) = self.topics.upgrade() {
+            topics.forget_unused(&self.topic);
+        }
     }
 }
 
@@ -599,5 +596,41 @@ mod tests {
             assert_eq!(got, Some((0, b"x".to_vec())));
         });
         assert_eq!(store.topics(), ["late"]);
+    }
+
+    /// So do `arrival` futures dropped before their name came, polled or not; one still held
+    /// keeps its placeholder, and completes when the name comes.
+    #[test]
+    fn arrival_futures_on_names_that_never_come_leave_no_topic_behind() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let sim = SimStorage::new(2);
+        let storage: Arc<dyn Storage> = Arc::new(sim);
+        let store = Store::open("/w", storage, StoreOptions::new()).unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        for i in 0..100 {
+            let mut f = Box::pin(store.arrival(&format!("a{i}"), 0).unwrap());
+            if i % 2 == 0 {
+                assert!(f.as_mut().poll(&mut cx).is_pending());
+            }
+        }
+        assert!(
+            store.topics.read().is_empty(),
+            "{:?}",
+            store.topics.read().keys()
+        );
+        let mut held = Box::pin(store.arrival("late", 0).unwrap());
+        assert!(held.as_mut().poll(&mut cx).is_pending());
+        // Another future on the same name, dropped: the held one keeps the placeholder.
+        drop(store.arrival("late", 0).unwrap());
+        assert!(store.topics.read().contains_key("late"));
+        assert_eq!(store.append("late", b"x").unwrap(), 0);
+        assert!(matches!(held.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
+        drop(held);
+        assert_eq!(store.topics(), ["late"]);
+        // A future kept past its store keeps no map alive and drops cleanly.
+        let orphan = store.arrival("other", 0).unwrap();
+        drop(store);
+        drop(orphan);
     }
 }

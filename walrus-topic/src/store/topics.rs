@@ -40,6 +40,24 @@ impl Topics {
     pub(crate) fn write(&self) -> ShardedLockWriteGuard<'_, Map> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Drops `t` from the map if it is a placeholder (a topic no append ever wrote) that no
+    /// one but the map and the caller (`t`) holds: a wait or a failed append on a name that
+    /// never came leaves nothing behind.
+    pub(crate) fn forget_unused(&self, t: &Arc<Topic>) {
+        if !t.is_placeholder() {
+            return;
+        }
+        let mut map = self.write();
+        // Under the write lock no one takes it from the map: the map's and the caller's are
+        // the only references, or someone else is using it.
+        if Arc::strong_count(t) == 2
+            && t.is_placeholder()
+            && map.get(&t.name).is_some_and(|m| Arc::ptr_eq(m, t))
+        {
+            map.remove(&t.name);
+        }
+    }
 }
 
 #[cfg(test)]
