@@ -25,7 +25,9 @@
 //!
 //! Errors are JSON `{"error": "..."}`: `400` for bad input (nothing changed), `404` for what is
 //! not there, `413` for an entry over [`MAX_CLIENT_BODY`], `503` when no leader is known (nothing
-//! written) or raft gave no answer (shutting down: the entry may still be committed).
+//! written), raft gave no answer (shutting down: the entry may still be committed) or a write
+//! ran out its deadline before it was proposed (`"written": "no"`), `504` when it ran out its
+//! deadline after (`"written": "unknown"`: it may still commit).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -152,6 +154,20 @@ fn write_error(e: WriteError, path: &str) -> HttpResponse {
         }
         WriteError::NotLeader(None) | WriteError::Raft(_) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
+        // Never proposed: nothing written, a retry is safe (503). Proposed: the outcome is
+        // unknown (504).
+        WriteError::TimedOut { proposed, .. } => {
+            let (status, written) = if *proposed {
+                (StatusCode::GATEWAY_TIMEOUT, "unknown")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "no")
+            };
+            (
+                status,
+                Json(json!({ "error": e.to_string(), "written": written })),
+            )
+                .into_response()
         }
         WriteError::Refused(_) => error(StatusCode::BAD_REQUEST, e),
     }

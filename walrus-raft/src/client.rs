@@ -9,6 +9,8 @@
 //! state machine refuses a batch inside a batch), and one that holds a batch is refused here.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use openraft::BasicNode;
 use openraft::error::{ClientWriteError, RaftError};
@@ -36,6 +38,16 @@ pub enum WriteError {
     /// No answer from raft (shutting down, storage failure): the outcome is unknown, the entry
     /// may still be committed by the next leader.
     Raft(String),
+    /// No commit within the write deadline (`NodeConfig::write_timeout`: a quorum lost, or
+    /// slow). `proposed: false`: the request was still queued and never will be proposed,
+    /// nothing was written (a retry cannot write twice); `true`: it was proposed, the outcome
+    /// is unknown (it may still commit).
+    TimedOut {
+        /// Whether the request had been proposed.
+        proposed: bool,
+        /// The deadline.
+        after: Duration,
+    },
 }
 
 impl std::fmt::Display for WriteError {
@@ -47,6 +59,21 @@ impl std::fmt::Display for WriteError {
             Self::NotLeader(None) => write!(f, "not the leader; no leader known"),
             Self::Refused(r) => write!(f, "refused: {r}"),
             Self::Raft(r) => write!(f, "outcome unknown: {r}"),
+            Self::TimedOut {
+                proposed: false,
+                after,
+            } => write!(
+                f,
+                "not committed within {after:?}; never proposed: nothing was written"
+            ),
+            Self::TimedOut {
+                proposed: true,
+                after,
+            } => write!(
+                f,
+                "not committed within {after:?}; proposed: the outcome is unknown (it may still \
+                 commit)"
+            ),
         }
     }
 }
@@ -69,26 +96,56 @@ pub(crate) async fn write(raft: &Raft, request: Request) -> Result<Response, Wri
     answer(resp.data)
 }
 
-type Reply = oneshot::Sender<Result<Response, WriteError>>;
+/// Where a queued request stands: the batching task and a client whose deadline passed race
+/// for it, and exactly one wins.
+const QUEUED: u8 = 0;
+const PROPOSED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// A queued request: its answer's channel, and whether it was proposed or abandoned.
+#[derive(Debug)]
+struct Reply {
+    tx: oneshot::Sender<Result<Response, WriteError>>,
+    state: Arc<AtomicU8>,
+}
+
+impl Reply {
+    /// Claims the request for a proposal; false if its client gave up on it first (it is then
+    /// never proposed: once proposed it could commit, and the client's retry with it).
+    fn propose(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, PROPOSED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && !self.tx.is_closed()
+    }
+
+    fn send(self, answer: Result<Response, WriteError>) {
+        let _ = self.tx.send(answer);
+    }
+}
 
 /// The group-committing front of a node's raft (see the [module docs](self)). Cloning shares
 /// the queue.
 #[derive(Debug, Clone)]
 pub struct Writer {
     queue: mpsc::UnboundedSender<(Request, Reply)>,
+    /// How long a write waits for its commit (`None`: no limit).
+    timeout: Option<Duration>,
 }
 
 impl Writer {
     /// Starts the batching task on the current tokio runtime; it ends when every clone of the
-    /// writer is dropped.
-    pub(crate) fn start(raft: Raft) -> Self {
+    /// writer is dropped. Writes wait `timeout` at most for their commit (`None`, or one too
+    /// long to add to now: no limit).
+    pub(crate) fn start(raft: Raft, timeout: Option<Duration>) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(raft, rx));
-        Self { queue }
+        let timeout = timeout.filter(|t| std::time::Instant::now().checked_add(*t).is_some());
+        Self { queue, timeout }
     }
 
     /// Writes `request` through raft: returns once a quorum committed it and this node applied
-    /// it.
+    /// it, or once the write deadline passed.
     ///
     /// # Errors
     /// See [`WriteError`].
@@ -99,11 +156,30 @@ impl Writer {
             return Err(WriteError::Refused("a batch inside a batch".into()));
         }
         let (tx, rx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let reply = Reply {
+            tx,
+            state: Arc::clone(&state),
+        };
         self.queue
-            .send((request, tx))
+            .send((request, reply))
             .map_err(|_| WriteError::Raft("the node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| WriteError::Raft("the node shut down before answering".into()))?
+        let answer = match self.timeout {
+            None => rx.await,
+            Some(after) => match tokio::time::timeout(after, rx).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    let abandoned = state
+                        .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok();
+                    return Err(WriteError::TimedOut {
+                        proposed: !abandoned,
+                        after,
+                    });
+                }
+            },
+        };
+        answer.map_err(|_| WriteError::Raft("the node shut down before answering".into()))?
     }
 }
 
@@ -131,9 +207,7 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Request, Reply)
                 None => return,
             },
         };
-        // A request whose client stopped waiting (a timeout it may retry after) is not
-        // proposed: once proposed it could commit, and the retry with it.
-        if first.1.is_closed() {
+        if !first.1.propose() {
             continue;
         }
         let mut bytes = size(&first.0);
@@ -141,14 +215,18 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Request, Reply)
         let mut batch = vec![first];
         while !alone && batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(item) if item.1.is_closed() => {}
                 Ok(item) => {
                     bytes += size(&item.0);
                     if bytes > MAX_BATCH_BYTES || matches!(item.0, Request::Batch { .. }) {
+                        // Claimed when its own batch is proposed.
                         carry = Some(item);
                         break;
                     }
-                    batch.push(item);
+                    if item.1.propose() {
+                        batch.push(item);
+                    } else {
+                        bytes -= size(&item.0);
+                    }
                 }
                 Err(_) => break,
             }
@@ -165,7 +243,7 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Request, Reply)
 async fn commit(raft: &Raft, mut batch: Vec<(Request, Reply)>) {
     if batch.len() == 1 {
         if let Some((request, reply)) = batch.pop() {
-            let _ = reply.send(write(raft, request).await);
+            reply.send(write(raft, request).await);
         }
         return;
     }
@@ -174,20 +252,20 @@ async fn commit(raft: &Raft, mut batch: Vec<(Request, Reply)>) {
         Ok(resp) => match resp.data {
             Response::Batch { responses } if responses.len() == replies.len() => {
                 for (r, reply) in responses.into_iter().zip(replies) {
-                    let _ = reply.send(answer(r));
+                    reply.send(answer(r));
                 }
             }
             other => {
                 let e = WriteError::Raft(format!("unexpected answer to a batch: {other:?}"));
                 for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+                    reply.send(Err(e.clone()));
                 }
             }
         },
         Err(e) => {
             let e = WriteError::from(e);
             for reply in replies {
-                let _ = reply.send(Err(e.clone()));
+                reply.send(Err(e.clone()));
             }
         }
     }

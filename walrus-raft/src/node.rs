@@ -35,10 +35,15 @@ pub struct NodeConfig {
     /// Entries kept in the log below the last snapshot (a follower that far behind is sent
     /// entries, not the snapshot).
     pub keep_logs: u64,
+    /// How long a write waits for its commit before it fails with
+    /// [`WriteError::TimedOut`](crate::WriteError::TimedOut) (telling whether it was proposed):
+    /// without a quorum a write would wait forever. `None`: no limit.
+    pub write_timeout: Option<Duration>,
 }
 
 impl NodeConfig {
-    /// A node with the defaults: heartbeat 100 ms, a snapshot every 10 000 entries.
+    /// A node with the defaults: heartbeat 100 ms, a snapshot every 10 000 entries, writes
+    /// waiting 10 s at most for their commit.
     pub fn new(id: NodeId, dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
         Self {
             id,
@@ -47,6 +52,7 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(100),
             snapshot_after: 10_000,
             keep_logs: 1000,
+            write_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -146,7 +152,7 @@ impl Node {
             )
         })?;
         let addr = listener.local_addr()?;
-        let writer = Writer::start(raft.clone());
+        let writer = Writer::start(raft.clone(), config.write_timeout);
         let app = crate::api::router(crate::api::AppState {
             id: config.id,
             raft: raft.clone(),

@@ -326,7 +326,8 @@ async fn quorum_writes_redirects_and_consumers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_minority_and_catch_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = start(&[1, 2, 3], dir.path(), |_| {}).await;
+    let deadline = Duration::from_millis(1500);
+    let mut nodes = start(&[1, 2, 3], dir.path(), |c| c.write_timeout = Some(deadline)).await;
     let mut acked = Vec::new();
     for i in 0..30u64 {
         let data = format!("e{i}");
@@ -380,11 +381,42 @@ async fn failover_minority_and_catch_up() {
     follower.shutdown().await.unwrap();
     let alone = &nodes[0];
     let before = alone.data().end_offset("t");
-    let r = tokio::time::timeout(Duration::from_secs(3), alone.append("t", b"lost")).await;
+    // Without a quorum a write ends at its deadline, not never: the first is proposed (the
+    // outcome unknown: it may commit once a quorum is back), the one queued behind it is
+    // not (nothing written).
+    let (first, second) = tokio::time::timeout(deadline * 4, async {
+        tokio::join!(alone.append("t", b"lost"), async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            alone.append("t", b"never").await
+        })
+    })
+    .await
+    .expect("the writes outlived their deadline");
     assert!(
-        !matches!(r, Ok(Ok(_))),
-        "a minority acknowledged a write: {r:?}"
+        matches!(first, Err(WriteError::TimedOut { proposed: true, .. })),
+        "a minority answered the first write: {first:?}"
     );
+    assert!(
+        matches!(
+            second,
+            Err(WriteError::TimedOut {
+                proposed: false,
+                ..
+            })
+        ),
+        "a minority answered the queued write: {second:?}"
+    );
+    // Over HTTP: the first write still holds raft's one proposal slot, so this one is never
+    // proposed: 503, "written": "no".
+    let resp = client()
+        .post(format!("http://{}/topics/t", alone.addr()))
+        .body("http")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["written"], "no", "{body}");
     assert_eq!(
         alone.data().end_offset("t"),
         before,

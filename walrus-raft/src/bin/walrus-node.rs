@@ -28,6 +28,10 @@ struct Args {
     /// Build a snapshot after this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_after: u64,
+    /// How long a write waits for its commit, in milliseconds (0: no limit); then it fails
+    /// with 503 (never proposed: nothing written) or 504 (proposed: outcome unknown).
+    #[arg(long, default_value_t = 10_000)]
+    write_timeout_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,8 @@ async fn run(args: Args) -> std::io::Result<()> {
     let config = NodeConfig {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         snapshot_after: args.snapshot_after,
+        write_timeout: (args.write_timeout_ms > 0)
+            .then(|| Duration::from_millis(args.write_timeout_ms)),
         ..NodeConfig::new(args.id, args.dir, args.addr)
     };
     let node = Node::start(config).await?;
