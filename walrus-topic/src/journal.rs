@@ -126,7 +126,8 @@ impl Journal {
         };
         // Drawn first: a failure leaves no file behind.
         let fresh = || -> io::Result<_> {
-            let key = storage.key()?;
+            // Never 0 (an unkeyed journal of version 1), whatever the backend answers.
+            let key = storage.key()?.max(1);
             Ok((create()?, 0, len, key))
         };
         let (file, generation, len, key) = match (found, storage.open(&path)) {

@@ -520,7 +520,8 @@ pub(crate) fn segment_preparer(
         let _span = tracing::debug_span!("walrus.prepare_segment", segment, segment_len).entered();
         let path = segment_path(&dir, segment);
         // Drawn first: a failure leaves no file behind.
-        let key = storage.key()?;
+        // Never 0 (an unkeyed segment of format v2), whatever the backend answers.
+        let key = storage.key()?.max(1);
         let file = match storage.create(&path, segment_len) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // Left behind by a failed earlier preparation of this id: start over.

@@ -455,7 +455,7 @@ fn apply(sim: &SimStorage, d: &Damage) -> Result<(), String> {
 #[derive(Debug, Default)]
 struct Assessment {
     /// Per topic, the entries whose frame or block header changed, or whose segment lost both
-    /// copies of its header and its first block's header (and so its key).
+    /// copies of its header and one of its first two blocks' headers (and so its key).
     damaged: BTreeMap<String, BTreeSet<u64>>,
     /// The header, or its copy, of a segment file with blocks in it changed (its blocks are
     /// intact or counted above: while one copy is left, the engine has the key).
@@ -492,14 +492,18 @@ fn assess(before: &Files, after: &Files, layout: &Layout) -> Assessment {
             .any(|f| differs(f, &(0..SEGMENT_HEADER_LEN)) || differs(f, &copy)),
         ..Assessment::default()
     };
-    // A segment whose header, copy and first block header (whose CRC the key is solved from
-    // when both are lost) are all damaged has lost its key: none of its blocks can be
-    // validated.
-    let first_block = SEGMENT_DATA_OFFSET as usize..SEGMENT_DATA_OFFSET as usize + BLOCK_HEADER_LEN;
+    // A segment whose header and copy are both damaged has its key solved from the first
+    // block header's CRC, confirmed by the second's: with either damaged (or no second
+    // block), it has lost its key, and none of its blocks can be validated.
     let key_lost = |file: &PathBuf| {
+        let mut headers = layout.blocks.iter().filter(|(f, _)| f == file);
+        let (first, second) = (headers.next(), headers.next());
         differs(file, &(0..SEGMENT_HEADER_LEN))
             && differs(file, &copy)
-            && differs(file, &first_block)
+            && match (first, second) {
+                (Some((_, a)), Some((_, b))) => differs(file, a) || differs(file, b),
+                _ => true,
+            }
     };
     for ((topic, off), loc) in &layout.entries {
         if differs(&loc.file, &loc.frame) || differs(&loc.file, &loc.header) || key_lost(&loc.file)

@@ -393,7 +393,13 @@ fn recover_in(
             .collect();
         let holds_nothing = restored.iter().all(|b| b.checkpointed && b.sealed);
         if holds_nothing && !resumable && seg.header != HeaderState::Damaged {
-            deletions.push((seg.id, seg.path));
+            if damaged_durable && seg.damaged {
+                // Synced data was found damaged, and a damaged block header here hides bytes
+                // no found block accounts for, which may be the rest of it: kept, untouched.
+                report.issues.push(RecoveryIssue::unreadable(seg.path));
+            } else {
+                deletions.push((seg.id, seg.path));
+            }
             continue;
         }
         if resumable {

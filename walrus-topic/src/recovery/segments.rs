@@ -43,6 +43,8 @@ pub(super) struct FoundSegment {
     pub(super) next_start: u64,
     /// Ranges stepped over from a zero header (see [`Walked::gaps`](super::walk::Walked)).
     pub(super) gaps: Vec<(u64, u64)>,
+    /// The walk stepped over a damaged block header.
+    pub(super) damaged: bool,
     pub(super) header: HeaderState,
     /// The header as read (from its copy when it is damaged): what a repair writes back.
     pub(super) known: SegmentHeader,
@@ -64,9 +66,12 @@ pub(super) enum Found {
     Vanished,
 }
 
-/// The segment header that the first block's header (at [`SEGMENT_DATA_OFFSET`], always one
-/// the engine wrote) implies, its key solved from that header's CRC: for a segment whose header
-/// and copy are both lost.
+/// The segment header that the first block's header (at [`SEGMENT_DATA_OFFSET`], which only
+/// the engine writes) implies, for a segment whose header and copy are both lost: key 0 if that
+/// header checks unkeyed (a v2 segment: a real check), else the key solved from its CRC —
+/// which any bytes solve to, so it is taken only if the next block's header checks under it
+/// too (a solve from a damaged first header gives a key no other header checks under). A
+/// segment of one block cannot confirm it: its key stays lost.
 fn solve_key(
     file: &dyn walrus_io::SegmentFile,
     id: u64,
@@ -74,13 +79,28 @@ fn solve_key(
 ) -> io::Result<Option<SegmentHeader>> {
     let mut raw = [0u8; BLOCK_HEADER_LEN];
     read_zero_filled(file, &mut raw, SEGMENT_DATA_OFFSET)?;
-    Ok(BlockHeader::solve_key(&raw)
-        .filter(|(_, h)| h.segment_id == id)
-        .map(|(key, _)| SegmentHeader {
-            segment_id: id,
-            block_len: options.block_len,
-            key,
-        }))
+    let Some((key, first)) = BlockHeader::solve_key(&raw).filter(|(_, h)| h.segment_id == id)
+    else {
+        return Ok(None);
+    };
+    if key != 0 {
+        let Some(next) = SEGMENT_DATA_OFFSET.checked_add(first.block_len) else {
+            return Ok(None);
+        };
+        read_zero_filled(file, &mut raw, next)?;
+        let confirmed = BlockHeader::decode(&raw, key)
+            .ok()
+            .flatten()
+            .is_some_and(|h| h.segment_id == id);
+        if !confirmed {
+            return Ok(None);
+        }
+    }
+    Ok(Some(SegmentHeader {
+        segment_id: id,
+        block_len: options.block_len,
+        key,
+    }))
 }
 
 pub(super) fn find_segment(
@@ -138,6 +158,8 @@ pub(super) fn find_segment(
             ));
         }
         Ok(None) if copy.is_some() => (HeaderState::Torn, copy),
+        // The page lost whole, its blocks' headers kept: torn as well.
+        Ok(None) if copy_zero => (HeaderState::Torn, solve_key(&*file, id, options)?),
         Ok(None) | Err(_) => match copy {
             Some(c) => (HeaderState::Damaged, Some(c)),
             None => (HeaderState::Damaged, solve_key(&*file, id, options)?),
@@ -176,6 +198,13 @@ pub(super) fn find_segment(
         known.key,
     ));
     let walked = walk_blocks(&*handle.file, id, known.key, &path, segment_len, report)?;
+    // With the journal the page is synced before any block is handed out: one half of it zero
+    // with blocks behind is damage, whatever the watermarks say yet.
+    let header = if header == HeaderState::Torn && options.journal && !walked.blocks.is_empty() {
+        HeaderState::Damaged
+    } else {
+        header
+    };
     Ok(Found::Segment(FoundSegment {
         id,
         path,
@@ -184,6 +213,7 @@ pub(super) fn find_segment(
         blocks: walked.blocks,
         next_start: walked.next_start,
         gaps: walked.gaps,
+        damaged: walked.damaged,
         header,
         known,
     }))

@@ -33,6 +33,8 @@ pub(super) struct Walked {
     /// handed out whose header never reached the disk (it is written with the block's first
     /// frames, so its data was never synced either), which may hold some of its sectors.
     pub(super) gaps: Vec<(u64, u64)>,
+    /// A damaged block header was stepped over: bytes no found block accounts for.
+    pub(super) damaged: bool,
 }
 
 /// Reads `buf.len()` bytes at `pos`; whatever lies past the end of the file reads as zeros.
@@ -66,6 +68,7 @@ pub(super) fn walk_blocks(
 ) -> io::Result<Walked> {
     let mut blocks = Vec::new();
     let mut gaps = Vec::new();
+    let mut any_damage = false;
     let mut pos = SEGMENT_DATA_OFFSET;
     let mut raw = [0u8; BLOCK_HEADER_LEN];
     let mut segment_len = segment_len;
@@ -80,6 +83,7 @@ pub(super) fn walk_blocks(
             continue;
         }
         let damaged = !is_zeroed(&raw);
+        any_damage |= damaged;
         if damaged {
             report.issues.push(RecoveryIssue {
                 topic: String::new(),
@@ -106,6 +110,7 @@ pub(super) fn walk_blocks(
                     next_start,
                     segment_len,
                     gaps,
+                    damaged: any_damage,
                 });
             }
         }
@@ -115,6 +120,7 @@ pub(super) fn walk_blocks(
         next_start: pos.min(segment_len),
         segment_len,
         gaps,
+        damaged: any_damage,
     })
 }
 
