@@ -408,12 +408,7 @@ pub fn object_name(prefix: &str, sequence: u64) -> String {
 /// The batch sequence in an object name made by [`object_name`], or `None` for other names.
 #[must_use]
 pub fn parse_object_name(name: &str) -> Option<u64> {
-    let file = name.rsplit('/').next()?;
-    let digits = file.strip_suffix(".batch")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    parse_numbered(name, ".batch")
 }
 
 /// The first bytes of every checkpoint object.
@@ -574,8 +569,13 @@ pub fn checkpoint_name(prefix: &str, start: u64) -> String {
 /// The start in a name made by [`checkpoint_name`], or `None` for other names.
 #[must_use]
 pub fn parse_checkpoint_name(name: &str) -> Option<u64> {
+    parse_numbered(name, ".ckpt")
+}
+
+/// The number of a name whose last part is 20 digits and `suffix`.
+fn parse_numbered(name: &str, suffix: &str) -> Option<u64> {
     let file = name.rsplit('/').next()?;
-    let digits = file.strip_suffix(".ckpt")?;
+    let digits = file.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

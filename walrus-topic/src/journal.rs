@@ -742,12 +742,7 @@ mod tests {
     #[test]
     fn forged_records_in_entry_data_are_not_replayed() {
         use walrus_block::encode_journal_write;
-        let sim = walrus_io::SimStorage::new(9);
-        let dir = Path::new("/j");
-        sim.create_dir_all(dir).unwrap();
-        let segment = sim.create(&segment_path(dir, 7), 64 << 10).unwrap();
-        segment.write_at(&vec![0u8; 64 << 10], 0).unwrap();
-        segment.sync_data().unwrap();
+        let (sim, dir, segment) = with_segment(9);
         let journal = Journal::open(dir, &sim, None, 64 << 10).unwrap();
         let generation = journal.state.lock().generation;
         // A record that writes "FORGED" where an acknowledged entry lies, of the generation the
@@ -793,14 +788,21 @@ mod tests {
     }
 
     /// A journal without a key (version 1) is replayed as it is, then made anew with one.
-    #[test]
-    fn an_unkeyed_journal_is_replayed_then_made_anew() {
-        use walrus_block::encode_journal_write;
-        let sim = walrus_io::SimStorage::new(10);
+    /// A simulated disk of `seed` holding `/j/` and its segment 7 (64 KiB, zero, synced).
+    fn with_segment(seed: u64) -> (walrus_io::SimStorage, &'static Path, Arc<dyn SegmentFile>) {
+        let sim = walrus_io::SimStorage::new(seed);
         let dir = Path::new("/j");
         sim.create_dir_all(dir).unwrap();
         let segment = sim.create(&segment_path(dir, 7), 64 << 10).unwrap();
         segment.write_at(&vec![0u8; 64 << 10], 0).unwrap();
+        segment.sync_data().unwrap();
+        (sim, dir, segment)
+    }
+
+    #[test]
+    fn an_unkeyed_journal_is_replayed_then_made_anew() {
+        use walrus_block::encode_journal_write;
+        let (sim, dir, segment) = with_segment(10);
         let mut file = vec![0u8; 64 << 10];
         let mut header = JournalHeader {
             generation: 3,
