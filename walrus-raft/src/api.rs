@@ -155,6 +155,11 @@ fn write_error(e: WriteError, path: &str) -> HttpResponse {
         WriteError::NotLeader(None) | WriteError::Raft(_) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e)
         }
+        WriteError::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string(), "written": "no" })),
+        )
+            .into_response(),
         // Never proposed: nothing written, a retry is safe (503). Proposed: the outcome is
         // unknown (504).
         WriteError::TimedOut { proposed, .. } => {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use openraft::BasicNode;
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::{NodeId, Raft, Request, Response};
 
@@ -25,6 +25,10 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Raft writes in flight at once; requests arriving meanwhile form the next batch (1 measured
 /// best: openraft replicates one RPC at a time per follower anyway; see docs/BENCHMARKS.md).
 const IN_FLIGHT: usize = 1;
+/// Bytes of requests queued at most, in KiB (256 MiB): while a proposal is stuck (no quorum)
+/// nothing leaves the queue, and clients that time out and retry would fill memory. Past it a
+/// write fails at once, never proposed.
+const MAX_QUEUED_KIB: u32 = 256 << 10;
 
 /// What a client write ends in, once raft is done with it.
 #[derive(Debug, Clone)]
@@ -38,6 +42,9 @@ pub enum WriteError {
     /// No answer from raft (shutting down, storage failure): the outcome is unknown, the entry
     /// may still be committed by the next leader.
     Raft(String),
+    /// The node's write queue is full (its proposals are stuck, or it is overloaded): nothing
+    /// was written.
+    Busy,
     /// No commit within the write deadline (`NodeConfig::write_timeout`: a quorum lost, or
     /// slow). `proposed: false`: the request was still queued and never will be proposed,
     /// nothing was written (a retry cannot write twice); `true`: it was proposed, the outcome
@@ -59,6 +66,7 @@ impl std::fmt::Display for WriteError {
             Self::NotLeader(None) => write!(f, "not the leader; no leader known"),
             Self::Refused(r) => write!(f, "refused: {r}"),
             Self::Raft(r) => write!(f, "outcome unknown: {r}"),
+            Self::Busy => write!(f, "the write queue is full; nothing was written"),
             Self::TimedOut {
                 proposed: false,
                 after,
@@ -102,11 +110,13 @@ const QUEUED: u8 = 0;
 const PROPOSED: u8 = 1;
 const ABANDONED: u8 = 2;
 
-/// A queued request: its answer's channel, and whether it was proposed or abandoned.
+/// A queued request: its answer's channel, whether it was proposed or abandoned, and its share
+/// of the queue's byte budget (given back when the reply goes).
 #[derive(Debug)]
 struct Reply {
     tx: oneshot::Sender<Result<Response, WriteError>>,
     state: Arc<AtomicU8>,
+    _budget: OwnedSemaphorePermit,
 }
 
 impl Reply {
@@ -131,17 +141,24 @@ pub struct Writer {
     queue: mpsc::UnboundedSender<(Request, Reply)>,
     /// How long a write waits for its commit (`None`: no limit).
     timeout: Option<Duration>,
+    /// The queue's byte budget, in KiB ([`MAX_QUEUED_KIB`]).
+    budget: Arc<Semaphore>,
 }
 
 impl Writer {
     /// Starts the batching task on the current tokio runtime; it ends when every clone of the
-    /// writer is dropped. Writes wait `timeout` at most for their commit (`None`, or one too
-    /// long to add to now: no limit).
+    /// writer is dropped. Writes wait `timeout` at most for their commit (`None`, zero, or one
+    /// too long to add to now: no limit).
     pub(crate) fn start(raft: Raft, timeout: Option<Duration>) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(raft, rx));
-        let timeout = timeout.filter(|t| std::time::Instant::now().checked_add(*t).is_some());
-        Self { queue, timeout }
+        let timeout =
+            timeout.filter(|t| !t.is_zero() && std::time::Instant::now().checked_add(*t).is_some());
+        Self {
+            queue,
+            timeout,
+            budget: Arc::new(Semaphore::new(MAX_QUEUED_KIB as usize)),
+        }
     }
 
     /// Writes `request` through raft: returns once a quorum committed it and this node applied
@@ -155,23 +172,34 @@ impl Writer {
         {
             return Err(WriteError::Refused("a batch inside a batch".into()));
         }
-        let (tx, rx) = oneshot::channel();
+        let kib = u32::try_from(size(&request).div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, MAX_QUEUED_KIB);
+        let budget = Arc::clone(&self.budget)
+            .try_acquire_many_owned(kib)
+            .map_err(|_| WriteError::Busy)?;
+        let (tx, mut rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let reply = Reply {
             tx,
             state: Arc::clone(&state),
+            _budget: budget,
         };
         self.queue
             .send((request, reply))
             .map_err(|_| WriteError::Raft("the node is shutting down".into()))?;
         let answer = match self.timeout {
             None => rx.await,
-            Some(after) => match tokio::time::timeout(after, rx).await {
+            Some(after) => match tokio::time::timeout(after, &mut rx).await {
                 Ok(answer) => answer,
                 Err(_) => {
                     let abandoned = state
                         .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok();
+                    // Proposed, and answered right at the deadline: the answer, not "unknown".
+                    if !abandoned && let Ok(answer) = rx.try_recv() {
+                        return answer;
+                    }
                     return Err(WriteError::TimedOut {
                         proposed: !abandoned,
                         after,

@@ -37,7 +37,7 @@ pub struct NodeConfig {
     pub keep_logs: u64,
     /// How long a write waits for its commit before it fails with
     /// [`WriteError::TimedOut`](crate::WriteError::TimedOut) (telling whether it was proposed):
-    /// without a quorum a write would wait forever. `None`: no limit.
+    /// without a quorum a write would wait forever. `None` (or zero): no limit.
     pub write_timeout: Option<Duration>,
 }
 

@@ -59,7 +59,9 @@ impl Index {
                 Err(e) => e,
             };
             attempts += 1;
-            if attempts >= LOAD_ATTEMPTS || latest_start(remote)? <= tried {
+            // The load's own error, unless a newer checkpoint is seen (a failed LIST here
+            // does not hide it).
+            if attempts >= LOAD_ATTEMPTS || latest_start(remote).unwrap_or(tried) <= tried {
                 return Err(e);
             }
         }
@@ -111,7 +113,7 @@ impl Index {
         match self.add_batches(remote) {
             Ok(()) => Ok(()),
             // One that began after the check above.
-            Err(_) if latest_start(remote)? > self.checkpoint.start => {
+            Err(_) if latest_start(remote).is_ok_and(|s| s > self.checkpoint.start) => {
                 *self = Self::load(remote)?;
                 Ok(())
             }

@@ -961,6 +961,18 @@ fn write_checkpoint(remote: &Remote, checkpoint: &format::Checkpoint) -> io::Res
     let path =
         object_store::path::Path::from(format::checkpoint_name(remote.prefix(), checkpoint.start));
     let bytes = format::encode_checkpoint(checkpoint)?;
+    if bytes.len() as u64 > format::MAX_CHECKPOINT_LEN {
+        // Readers refuse a longer one: written, it would leave the prefix unopenable.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "checkpoint object {path}: {} bytes ({} topics), past the {} a reader reads",
+                bytes.len(),
+                checkpoint.ends.len(),
+                format::MAX_CHECKPOINT_LEN
+            ),
+        ));
+    }
     if let PutOutcome::Exists = remote.put_create(&path, bytes.into())? {
         let found = remote.checkpoint(&path, checkpoint.start)?;
         if found.as_ref() != Some(checkpoint) {

@@ -357,7 +357,12 @@ fn recover_in(
             sealed_tails.push(seg.id);
         }
     }
-    for seg in segments.iter().filter(|s| s.header != HeaderState::Valid) {
+    // Not in a segment kept untouched for inspection below (synced data damaged somewhere,
+    // and a damaged block header here).
+    for seg in segments
+        .iter()
+        .filter(|s| s.header != HeaderState::Valid && !(damaged_durable && s.damaged))
+    {
         erases.push(Erase::Repair {
             handle: seg.handle.clone(),
             header: seg.known,

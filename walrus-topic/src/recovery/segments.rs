@@ -171,7 +171,10 @@ pub(super) fn find_segment(
             // Created (maybe its header damaged since), but no block ever reached the disk.
             return Ok(Found::Empty(path));
         }
-        if zero_header {
+        // Both halves of the page zero: never synced (a sync covers the page), so its blocks
+        // held only unsynced data — unless the page was synced when the segment was made, as
+        // with the journal, when it is damage.
+        if zero_header && !options.journal {
             return Ok(Found::Orphan(path));
         }
         if matches!(

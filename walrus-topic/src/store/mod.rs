@@ -561,6 +561,7 @@ impl Store {
             }
         }
         self.apply_retention();
+        self.topics.sweep_placeholders();
         if let Err(e) = self.shared.sync_behind_journal() {
             tracing::error!(error = %e, "segment sync behind the journal failed; writes are refused until reopen");
         }

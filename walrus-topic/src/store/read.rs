@@ -628,6 +628,16 @@ mod tests {
         assert!(matches!(held.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
         drop(held);
         assert_eq!(store.topics(), ["late"]);
+        // One dropped while something else held its placeholder for a moment (here a second
+        // handle, as a stats or retention pass does) stays until the maintenance sweeps it.
+        let f = store.arrival("briefly", 0).unwrap();
+        let other = store.topics.read().get("briefly").cloned().unwrap();
+        drop(f);
+        drop(other);
+        assert!(store.topics.read().contains_key("briefly"));
+        store.maintain().unwrap();
+        assert!(!store.topics.read().contains_key("briefly"));
+        assert_eq!(store.topics(), ["late"]);
         // A future kept past its store keeps no map alive and drops cleanly.
         let orphan = store.arrival("other", 0).unwrap();
         drop(store);

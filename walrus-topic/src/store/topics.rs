@@ -41,6 +41,17 @@ impl Topics {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Drops every placeholder no one but the map holds: those whose own drop found another
+    /// holder for a moment (a stats or retention pass, a second waiter on the name) and so
+    /// kept them. A read pass first, the write lock only when there is one.
+    pub(crate) fn sweep_placeholders(&self) {
+        let unused = |t: &Arc<Topic>| Arc::strong_count(t) == 1 && t.is_placeholder();
+        if !self.read().values().any(unused) {
+            return;
+        }
+        self.write().retain(|_, t| !unused(t));
+    }
+
     /// Drops `t` from the map if it is a placeholder (a topic no append ever wrote) that no
     /// one but the map and the caller (`t`) holds: a wait or a failed append on a name that
     /// never came leaves nothing behind.
