@@ -25,9 +25,10 @@
 //!
 //! Errors are JSON `{"error": "..."}`: `400` for bad input (nothing changed), `404` for what is
 //! not there, `413` for an entry over [`MAX_CLIENT_BODY`], `503` when no leader is known (nothing
-//! written), raft gave no answer (shutting down: the entry may still be committed) or a write
-//! ran out its deadline before it was proposed (`"written": "no"`), `504` when it ran out its
-//! deadline after (`"written": "unknown"`: it may still commit).
+//! written), raft gave no answer (shutting down: the entry may still be committed), the write
+//! queue is full or a write ran out its deadline before it was proposed (both
+//! `"written": "no"`), `504` when it ran out its deadline after (`"written": "unknown"`: it
+//! may still commit).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
