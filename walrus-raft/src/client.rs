@@ -25,10 +25,8 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Raft writes in flight at once; requests arriving meanwhile form the next batch (1 measured
 /// best: openraft replicates one RPC at a time per follower anyway; see docs/BENCHMARKS.md).
 const IN_FLIGHT: usize = 1;
-/// Bytes of requests queued at most, in KiB (256 MiB): while a proposal is stuck (no quorum)
-/// nothing leaves the queue, and clients that time out and retry would fill memory. Past it a
-/// write fails at once, never proposed.
-const MAX_QUEUED_KIB: u32 = 256 << 10;
+/// The default of `NodeConfig::write_queue_bytes`: 256 MiB.
+pub(crate) const DEFAULT_WRITE_QUEUE_BYTES: u64 = 256 << 20;
 
 /// What a client write ends in, once raft is done with it.
 #[derive(Debug, Clone)]
@@ -141,23 +139,32 @@ pub struct Writer {
     queue: mpsc::UnboundedSender<(Request, Reply)>,
     /// How long a write waits for its commit (`None`: no limit).
     timeout: Option<Duration>,
-    /// The queue's byte budget, in KiB ([`MAX_QUEUED_KIB`]).
+    /// The queue's byte budget, in KiB.
     budget: Arc<Semaphore>,
+    /// Its size, in KiB.
+    budget_kib: u32,
 }
 
 impl Writer {
     /// Starts the batching task on the current tokio runtime; it ends when every clone of the
     /// writer is dropped. Writes wait `timeout` at most for their commit (`None`, zero, or one
-    /// too long to add to now: no limit).
-    pub(crate) fn start(raft: Raft, timeout: Option<Duration>) -> Self {
+    /// too long to add to now: no limit). Requests queued hold `queue_bytes` at most (rounded
+    /// up to KiB, at least 1): while a proposal is stuck (no quorum) nothing leaves the queue,
+    /// and clients that time out and retry would fill memory. Past it a write fails at once,
+    /// never proposed ([`WriteError::Busy`]).
+    pub(crate) fn start(raft: Raft, timeout: Option<Duration>, queue_bytes: u64) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(raft, rx));
         let timeout =
             timeout.filter(|t| !t.is_zero() && std::time::Instant::now().checked_add(*t).is_some());
+        let budget_kib = u32::try_from(queue_bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
         Self {
             queue,
             timeout,
-            budget: Arc::new(Semaphore::new(MAX_QUEUED_KIB as usize)),
+            budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
         }
     }
 
@@ -172,9 +179,10 @@ impl Writer {
         {
             return Err(WriteError::Refused("a batch inside a batch".into()));
         }
+        // A request larger than the whole budget waits for an empty queue.
         let kib = u32::try_from(size(&request).div_ceil(1024))
             .unwrap_or(u32::MAX)
-            .clamp(1, MAX_QUEUED_KIB);
+            .clamp(1, self.budget_kib);
         let budget = Arc::clone(&self.budget)
             .try_acquire_many_owned(kib)
             .map_err(|_| WriteError::Busy)?;

@@ -39,6 +39,12 @@ pub struct NodeConfig {
     /// [`WriteError::TimedOut`](crate::WriteError::TimedOut) (telling whether it was proposed):
     /// without a quorum a write would wait forever. `None` (or zero): no limit.
     pub write_timeout: Option<Duration>,
+    /// Bytes of requests the node's write queue holds at most (256 MiB by default; rounded up
+    /// to KiB); past it a write fails at once,
+    /// never proposed ([`WriteError::Busy`](crate::WriteError::Busy)). While a proposal is
+    /// stuck (no quorum) nothing leaves the queue: this bounds the memory retrying clients
+    /// take.
+    pub write_queue_bytes: u64,
 }
 
 impl NodeConfig {
@@ -53,6 +59,7 @@ impl NodeConfig {
             snapshot_after: 10_000,
             keep_logs: 1000,
             write_timeout: Some(Duration::from_secs(10)),
+            write_queue_bytes: crate::client::DEFAULT_WRITE_QUEUE_BYTES,
         }
     }
 }
@@ -152,7 +159,7 @@ impl Node {
             )
         })?;
         let addr = listener.local_addr()?;
-        let writer = Writer::start(raft.clone(), config.write_timeout);
+        let writer = Writer::start(raft.clone(), config.write_timeout, config.write_queue_bytes);
         let app = crate::api::router(crate::api::AppState {
             id: config.id,
             raft: raft.clone(),

@@ -327,7 +327,11 @@ async fn quorum_writes_redirects_and_consumers() {
 async fn failover_minority_and_catch_up() {
     let dir = tempfile::tempdir().unwrap();
     let deadline = Duration::from_millis(1500);
-    let mut nodes = start(&[1, 2, 3], dir.path(), |c| c.write_timeout = Some(deadline)).await;
+    let mut nodes = start(&[1, 2, 3], dir.path(), |c| {
+        c.write_timeout = Some(deadline);
+        c.write_queue_bytes = 8 << 10;
+    })
+    .await;
     let mut acked = Vec::new();
     for i in 0..30u64 {
         let data = format!("e{i}");
@@ -417,6 +421,28 @@ async fn failover_minority_and_catch_up() {
     assert_eq!(resp.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["written"], "no", "{body}");
+    // The queue holds 8 KiB, 3 of them taken (the stuck write and the two abandoned behind
+    // it hold theirs until it ends): a request that fits waits out its deadline, one past it
+    // fails at once.
+    let (a, b) = tokio::time::timeout(deadline * 4, async {
+        tokio::join!(alone.append("t", &[1; 2 << 10]), async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            alone.append("t", &[2; 6 << 10]).await
+        })
+    })
+    .await
+    .expect("the writes outlived their deadline");
+    assert!(
+        matches!(
+            a,
+            Err(WriteError::TimedOut {
+                proposed: false,
+                ..
+            })
+        ),
+        "{a:?}"
+    );
+    assert!(matches!(b, Err(WriteError::Busy)), "{b:?}");
     assert_eq!(
         alone.data().end_offset("t"),
         before,
