@@ -23,6 +23,8 @@ pub const FORMAT_VERSION: u16 = 3;
 /// The earliest format version this crate reads: a v2 segment is a v3 one with key 0 (plain
 /// CRC32C block headers) and no copy of its header.
 pub const OLDEST_FORMAT_VERSION: u16 = 2;
+/// Segment header flag (v3): the header page was synced before any block was handed out.
+const FLAG_SYNCED: u8 = 0x01;
 /// Checksum algorithm id for CRC32C (Castagnoli), the only one the format defines.
 pub const CHECKSUM_CRC32C: u8 = 1;
 /// Encoded length of a [`SegmentHeader`].
@@ -43,6 +45,10 @@ pub struct SegmentHeader {
     pub block_len: u64,
     /// The CRC32C seed of the segment's block headers (see the module docs); 0 in a v2 segment.
     pub key: u32,
+    /// The header page was synced before any block of the segment was handed out (flag bit
+    /// 0): a page found half or wholly zero with blocks behind it is then damage, not the torn
+    /// write of a page never synced. Always false in a v2 segment.
+    pub synced: bool,
 }
 
 impl SegmentHeader {
@@ -53,7 +59,7 @@ impl SegmentHeader {
             magic: SEGMENT_MAGIC,
             version: Archived::<u16>::from_native(FORMAT_VERSION),
             checksum: CHECKSUM_CRC32C,
-            flags: 0,
+            flags: if self.synced { FLAG_SYNCED } else { 0 },
             data_offset: Archived::<u32>::from_native(SEGMENT_DATA_OFFSET as u32),
             segment_id: Archived::<u64>::from_native(self.segment_id),
             block_len: Archived::<u64>::from_native(self.block_len),
@@ -129,7 +135,9 @@ impl SegmentHeader {
         if h.checksum != CHECKSUM_CRC32C {
             return Err(corrupt(CorruptReason::UnknownChecksum));
         }
-        if h.flags != 0 {
+        // v2 defines no flag; v3 the one.
+        let known_flags = if version == 2 { 0 } else { FLAG_SYNCED };
+        if h.flags & !known_flags != 0 {
             return Err(corrupt(CorruptReason::ReservedBits));
         }
         let block_len = h.block_len.to_native();
@@ -143,6 +151,7 @@ impl SegmentHeader {
             segment_id: h.segment_id.to_native(),
             block_len,
             key,
+            synced: h.flags & FLAG_SYNCED != 0,
         }))
     }
 }
@@ -157,6 +166,7 @@ mod tests {
             segment_id: 42,
             block_len: 1 << 20,
             key: 0x1234_5678,
+            synced: false,
         };
         let bytes = h.encode();
         assert_eq!(&bytes[..8], b"WALRUSSG");
@@ -175,6 +185,7 @@ mod tests {
             segment_id: 1,
             block_len: 4096,
             key: 9,
+            synced: false,
         }
         .encode();
         assert_eq!(
@@ -189,6 +200,7 @@ mod tests {
             segment_id: 7,
             block_len: 8192,
             key: 0xdead_beef,
+            synced: false,
         }
         .encode();
         for bit in 0..bytes.len() * 8 {
@@ -202,11 +214,37 @@ mod tests {
     }
 
     #[test]
+    fn the_synced_flag_round_trips_and_v2_has_none() {
+        let h = SegmentHeader {
+            segment_id: 4,
+            block_len: 4096,
+            key: 3,
+            synced: true,
+        };
+        let bytes = h.encode();
+        assert_eq!(bytes[11], 1);
+        assert_eq!(SegmentHeader::decode(&bytes), Ok(Some(h)));
+        // A v2 header with the bit set: no flag of v2's.
+        let mut v2 = bytes;
+        v2[8] = 2;
+        let crc = crate::checksum::crc32c(&v2[..32]).to_le_bytes();
+        v2[32..36].copy_from_slice(&crc);
+        assert_eq!(
+            SegmentHeader::decode(&v2[..36]),
+            Err(FormatError::Corrupt {
+                at: 0,
+                reason: CorruptReason::ReservedBits
+            })
+        );
+    }
+
+    #[test]
     fn the_copy_stands_in_for_a_damaged_header() {
         let h = SegmentHeader {
             segment_id: 3,
             block_len: 4096,
             key: 77,
+            synced: false,
         };
         let mut page = h.encode_page();
         assert_eq!(SegmentHeader::decode(&page), Ok(Some(h)));
@@ -231,7 +269,8 @@ mod tests {
             Ok(Some(SegmentHeader {
                 segment_id: 7,
                 block_len: 4096,
-                key: 0
+                key: 0,
+                synced: false
             }))
         );
         // Any other version is refused as such, in either layout.
@@ -250,6 +289,7 @@ mod tests {
             segment_id: 7,
             block_len: 4096,
             key: 1,
+            synced: false,
         }
         .encode();
         v4[8] = 4;
@@ -272,6 +312,7 @@ mod tests {
             segment_id: 5,
             block_len: 8192,
             key: 0xfeed_beef,
+            synced: false,
         }
         .encode();
         assert_eq!(&bytes[8..10], &[3, 0]);

@@ -43,6 +43,7 @@ fn expected_segment() -> (SegmentHeader, Vec<ExpectedBlock>) {
         segment_id: 7,
         block_len: 4096,
         key: SEGMENT_KEY,
+        synced: false,
     };
     let blocks = vec![
         ExpectedBlock {

@@ -537,6 +537,7 @@ pub(crate) fn segment_preparer(
                     segment_id: segment,
                     block_len,
                     key,
+                    synced: sync_header,
                 }
                 .encode_page(),
                 0,

@@ -1672,3 +1672,36 @@ fn a_torn_header_page_without_synced_entries_is_no_damage() {
         );
     }
 }
+
+/// A segment made with the journal has its header page synced before any block (the header's
+/// `SYNCED` flag): one half of that page found zero with blocks behind is damage, whichever
+/// way the directory is opened now, even with no watermark covering the entries yet.
+#[test]
+fn a_half_lost_page_synced_at_creation_is_damage() {
+    use walrus_block::{SEGMENT_HEADER_COPY_AT, SEGMENT_HEADER_LEN, SegmentHeader};
+    let sim = SimStorage::new(41);
+    let store = open(&sim, small().with_journal(true)).unwrap();
+    for i in 0..20 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    drop(store);
+    let name = segments(&sim).into_iter().min().unwrap();
+    let file = sim.open(&Path::new(DIR).join(name)).unwrap();
+    let mut page = vec![0u8; 4096];
+    file.read_exact_at(&mut page, 0).unwrap();
+    assert!(SegmentHeader::decode(&page).unwrap().unwrap().synced);
+    file.write_at(&[0; SEGMENT_HEADER_LEN], SEGMENT_HEADER_COPY_AT as u64)
+        .unwrap();
+    let err = open(
+        &sim,
+        small().with_recovery(RecoveryMode::AbsoluteConsistency),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    let store = open(&sim, small().with_recovery(RecoveryMode::PointInTime)).unwrap();
+    assert_eq!(
+        store.recovery_report().issues[0].problem,
+        Problem::CorruptSegmentHeader
+    );
+    assert_eq!(drain(&store, "t").len(), 20);
+}

@@ -100,6 +100,8 @@ fn solve_key(
         segment_id: id,
         block_len: options.block_len,
         key,
+        // Not known (it was in the page): as this open would make it.
+        synced: options.journal,
     }))
 }
 
@@ -201,9 +203,9 @@ pub(super) fn find_segment(
         known.key,
     ));
     let walked = walk_blocks(&*handle.file, id, known.key, &path, segment_len, report)?;
-    // With the journal the page is synced before any block is handed out: one half of it zero
-    // with blocks behind is damage, whatever the watermarks say yet.
-    let header = if header == HeaderState::Torn && options.journal && !walked.blocks.is_empty() {
+    // A page synced before any block was handed out (the journal's way; the header says so):
+    // one half of it zero with blocks behind is damage, whatever the watermarks say yet.
+    let header = if header == HeaderState::Torn && known.synced && !walked.blocks.is_empty() {
         HeaderState::Damaged
     } else {
         header
