@@ -1641,16 +1641,7 @@ fn a_torn_header_page_without_synced_entries_is_no_damage() {
         (40, 0, 4096),
     ] {
         let sim = SimStorage::new(seed);
-        let store = open(&sim, small()).unwrap();
-        for i in 0..20 {
-            store.append("t", &payload(i)).unwrap();
-        }
-        // No sync: no watermark covers them.
-        drop(store);
-        let name = segments(&sim).into_iter().min().unwrap();
-        let file = sim.open(&Path::new(DIR).join(name)).unwrap();
-        let mut page = vec![0u8; 4096];
-        file.read_exact_at(&mut page, 0).unwrap();
+        let (file, page) = unsynced_segment(&sim, small());
         file.write_at(&vec![0; len], lost as u64).unwrap();
         let store = open(
             &sim,
@@ -1673,6 +1664,24 @@ fn a_torn_header_page_without_synced_entries_is_no_damage() {
     }
 }
 
+/// 20 entries of "t" appended on `sim` with `options`, never synced (no watermark covers
+/// them), the store closed: the first segment file and its header page as written.
+fn unsynced_segment(
+    sim: &SimStorage,
+    options: StoreOptions,
+) -> (Arc<dyn walrus_io::SegmentFile>, Vec<u8>) {
+    let store = open(sim, options).unwrap();
+    for i in 0..20 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    drop(store);
+    let name = segments(sim).into_iter().min().unwrap();
+    let file = sim.open(&Path::new(DIR).join(name)).unwrap();
+    let mut page = vec![0u8; 4096];
+    file.read_exact_at(&mut page, 0).unwrap();
+    (file, page)
+}
+
 /// A segment made with the journal has its header page synced before any block (the header's
 /// `SYNCED` flag): one half of that page found zero with blocks behind is damage, whichever
 /// way the directory is opened now, even with no watermark covering the entries yet.
@@ -1680,15 +1689,7 @@ fn a_torn_header_page_without_synced_entries_is_no_damage() {
 fn a_half_lost_page_synced_at_creation_is_damage() {
     use walrus_block::{SEGMENT_HEADER_COPY_AT, SEGMENT_HEADER_LEN, SegmentHeader};
     let sim = SimStorage::new(41);
-    let store = open(&sim, small().with_journal(true)).unwrap();
-    for i in 0..20 {
-        store.append("t", &payload(i)).unwrap();
-    }
-    drop(store);
-    let name = segments(&sim).into_iter().min().unwrap();
-    let file = sim.open(&Path::new(DIR).join(name)).unwrap();
-    let mut page = vec![0u8; 4096];
-    file.read_exact_at(&mut page, 0).unwrap();
+    let (file, page) = unsynced_segment(&sim, small().with_journal(true));
     assert!(SegmentHeader::decode(&page).unwrap().unwrap().synced);
     file.write_at(&[0; SEGMENT_HEADER_LEN], SEGMENT_HEADER_COPY_AT as u64)
         .unwrap();
