@@ -415,13 +415,7 @@ mod tests {
     #[test]
     fn short_and_long_vectored_writes_land_back_to_back() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
+        let (path, file) = new_file(dir.path());
         for (total, offset) in [(COALESCE_MAX, 512u64), (COALESCE_MAX + 1, 64 << 10)] {
             let bytes: Vec<u8> = (0..total).map(|i| (i * 7 + total) as u8).collect();
             let (a, rest) = bytes.split_at(3);
@@ -438,11 +432,18 @@ mod tests {
             assert_eq!(back, bytes, "{total} bytes at {offset}");
         }
     }
-}
 
-#[cfg(test)]
-mod cache_tests {
-    use super::*;
+    /// A new file `f` in `dir`, open for reading and writing.
+    fn new_file(dir: &Path) -> (std::path::PathBuf, File) {
+        let path = dir.join("f");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        (path, file)
+    }
 
     /// What a failed sync does to the file's pages: clean ones leave the cache, so a read gets
     /// the disk's bytes (the written-back ones here; after a failed write-back, what the disk
@@ -450,13 +451,7 @@ mod cache_tests {
     #[test]
     fn drop_cached_empties_the_cache_of_clean_pages() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
+        let (path, file) = new_file(dir.path());
         file.write_all_at(&vec![5u8; 1 << 20], 0).unwrap();
         fdatasync(&file, &path).unwrap();
         let Some(before) = crate::conformance::page_cache(&path) else {

@@ -24,6 +24,18 @@ fn payload(t: u64, i: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Appends entry `i` to topics `t0` and `t1` before waiting on either: both topics' writes in
+/// one group sync, a journal record.
+fn append_pair(engine: &Engine, i: u64) -> Vec<walrus_topic::DurableTicket> {
+    (0..2)
+        .map(|t| {
+            engine
+                .append_with_ticket(&format!("t{t}"), &payload(t, i))
+                .unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn a_read_only_open_after_a_power_cut_serves_what_only_the_journal_holds() {
     let sim = SimStorage::new(21);
@@ -31,15 +43,7 @@ fn a_read_only_open_after_a_power_cut_serves_what_only_the_journal_holds() {
     {
         let engine = Engine::open(DIR, storage(), options(), SyncPolicy::Each).unwrap();
         for i in 0..20 {
-            // Both topics' writes in one group sync: a journal record.
-            let tickets: Vec<_> = (0..2)
-                .map(|t| {
-                    engine
-                        .append_with_ticket(&format!("t{t}"), &payload(t, i))
-                        .unwrap()
-                })
-                .collect();
-            for (t, ticket) in tickets.into_iter().enumerate() {
+            for (t, ticket) in append_pair(&engine, i).into_iter().enumerate() {
                 assert_eq!(ticket.wait().unwrap(), i..i + 1, "t{t}");
             }
         }
@@ -105,14 +109,7 @@ fn a_segment_left_short_is_extended_before_appends_go_into_it() {
     {
         let engine = Engine::open(DIR, storage(), options(), SyncPolicy::Each).unwrap();
         for i in 0..20 {
-            let tickets: Vec<_> = (0..2)
-                .map(|t| {
-                    engine
-                        .append_with_ticket(&format!("t{t}"), &payload(t, i))
-                        .unwrap()
-                })
-                .collect();
-            for ticket in tickets {
+            for ticket in append_pair(&engine, i) {
                 ticket.wait().unwrap();
             }
         }
