@@ -196,6 +196,9 @@ struct State {
     /// Closed segments (id, blocks handed out) not yet reported to the tracker. Drained by the
     /// next call that hands out a block, so a close is never lost to an error return.
     closed: Vec<(u64, u64)>,
+    /// Segments found deletable by a call that then failed: reported by the next call that
+    /// hands out a block, so a deletion is never lost to an error return either.
+    deletable: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -217,6 +220,8 @@ struct Prepared {
 struct Handout<'a> {
     block: BlockAlloc,
     closed: Vec<(u64, u64)>,
+    /// Segments a failed call found deletable (`State::deletable`).
+    deletable: Vec<u64>,
     ahead: Option<Reservation<'a>>,
 }
 
@@ -270,6 +275,7 @@ impl Reservation<'_> {
                         len,
                     },
                     closed,
+                    deletable: mem::take(&mut st.deletable),
                     ahead: None,
                 });
             }
@@ -351,6 +357,7 @@ impl BlockAllocator {
                 next_segment: resume.next_segment,
                 preparing: false,
                 closed: Vec::new(),
+                deletable: Vec::new(),
             }),
             preparing: AtomicBool::new(false),
             preparer: Box::new(preparer),
@@ -522,6 +529,7 @@ impl BlockAllocator {
                     return Ok(Step::Block(Handout {
                         block,
                         closed: mem::take(&mut st.closed),
+                        deletable: mem::take(&mut st.deletable),
                         ahead: self.reserve_ahead(st),
                     }));
                 }
@@ -600,10 +608,10 @@ impl BlockAllocator {
         let Handout {
             block,
             closed,
+            mut deletable,
             ahead,
         } = handout;
         let mut result = self.tracker.track(block);
-        let mut deletable = Vec::new();
         for (segment, blocks) in closed {
             match self.tracker.mark_fully_allocated(segment, blocks) {
                 Ok(Deletion::Now { segment }) => deletable.push(segment),
@@ -620,6 +628,12 @@ impl BlockAllocator {
             // next allocation that needs a segment prepares it inline and reports the error.
             let _spare = self.prepare(reservation);
         }
-        result.map(|()| Allocation { block, deletable })
+        match result {
+            Ok(()) => Ok(Allocation { block, deletable }),
+            Err(e) => {
+                self.state.with(|st| st.deletable.append(&mut deletable));
+                Err(e)
+            }
+        }
     }
 }

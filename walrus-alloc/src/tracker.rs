@@ -484,6 +484,27 @@ impl FileTracker {
         })
     }
 
+    /// Drops what is kept of a file already reported deletable: call it once the file is gone
+    /// and nothing more will be reported of it, so that a long-lived tracker holds state only
+    /// for files that exist. A later report of the segment is then `NotFound`, as for a
+    /// segment never tracked. A file not yet reported deletable is kept.
+    ///
+    /// Returns whether the segment was forgotten.
+    pub fn forget(&self, segment: u64) -> bool {
+        self.with_shard(segment, |shard| {
+            if matches!(shard.get(&segment), Some(FileEntry::Deleted { .. })) {
+                shard.remove(&segment);
+                return true;
+            }
+            false
+        })
+    }
+
+    /// How many files are tracked: live ones and those reported deletable but not forgotten.
+    pub fn tracked(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().len()).sum()
+    }
+
     /// A snapshot of the file's counters, or `None` if the segment is not tracked.
     pub fn stats(&self, segment: u64) -> Option<FileStats> {
         self.with_shard(segment, |shard| {

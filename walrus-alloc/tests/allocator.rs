@@ -448,6 +448,38 @@ fn an_empty_tail_that_is_closed_is_reported_deletable() {
     assert_eq!(a.deletable, vec![2]);
 }
 
+/// A call that closes a consumed segment and then fails (its own block is refused by the
+/// tracker) does not lose the deletion: the next call reports it.
+#[test]
+fn a_deletion_found_by_a_failed_call_is_reported_by_the_next() {
+    let alloc =
+        BlockAllocator::new(small().with_prepare_ahead(false), |_: u64, _: u64| Ok(())).unwrap();
+    let tracker = Arc::clone(alloc.tracker());
+    let mut blocks = Vec::new();
+    for _ in 0..3 {
+        let a = alloc.allocate(0).unwrap();
+        assert_eq!(a.block.segment, 0);
+        blocks.push(a.block);
+    }
+    for b in &blocks {
+        assert!(!tracker.seal(b.segment, b.start).unwrap().is_now());
+        assert!(!tracker.checkpoint(b.segment, b.start).unwrap().is_now());
+    }
+    // The block the next call hands out is already tracked: that call fails.
+    let next = BlockAlloc {
+        segment: 1,
+        start: 4 * KIB,
+        len: 16 * KIB,
+    };
+    tracker.track(next).unwrap();
+    let err = alloc.allocate(0).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+    assert!(tracker.stats(0).unwrap().deleted, "segment 0 was closed");
+    let a = alloc.allocate(0).unwrap();
+    assert_eq!(a.block.start, 20 * KIB);
+    assert_eq!(a.deletable, vec![0], "the failed call's deletion");
+}
+
 #[test]
 fn resume_rejects_inconsistent_tails() {
     let tracker = Arc::new(FileTracker::new());

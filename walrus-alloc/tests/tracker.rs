@@ -45,6 +45,26 @@ fn repeated_checkpoints_count_once() {
 }
 
 #[test]
+fn only_files_reported_deletable_are_forgotten() {
+    let t = FileTracker::new();
+    t.track(block(1, 0)).unwrap();
+    t.track(block(2, 0)).unwrap();
+    assert_eq!(t.tracked(), 2);
+    assert_eq!(t.mark_fully_allocated(1, 1).unwrap(), Deletion::NotYet);
+    assert!(!t.forget(1), "a live file is kept");
+    assert!(!t.forget(9), "an unknown file is no tombstone");
+    assert_eq!(t.seal(1, 0).unwrap(), Deletion::NotYet);
+    assert_eq!(t.checkpoint(1, 0).unwrap(), Deletion::Now { segment: 1 });
+    assert!(t.forget(1));
+    assert!(!t.forget(1), "forgotten once");
+    assert_eq!(t.tracked(), 1, "file 2 is still tracked");
+    assert_eq!(t.stats(1), None);
+    let late = t.seal(1, 0).unwrap_err();
+    assert_eq!(late.kind(), io::ErrorKind::NotFound);
+    assert_eq!(t.stats(2).unwrap().handed_out, 1);
+}
+
+#[test]
 fn nothing_is_deleted_before_it_is_fully_allocated() {
     let t = FileTracker::new();
     t.track(block(3, 0)).unwrap();

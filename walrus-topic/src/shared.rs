@@ -316,6 +316,8 @@ impl Shared {
             return;
         }
         self.files.remove(segment);
+        // Every block of it was sealed and released: nothing will be reported of it again.
+        self.tracker.forget(segment);
         let removed = self
             .storage
             .remove(&path)

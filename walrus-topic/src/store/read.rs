@@ -565,6 +565,37 @@ mod tests {
 
     use crate::{Store, StoreOptions};
 
+    /// A store that keeps consuming what it writes keeps no state of the segments it deleted.
+    #[test]
+    fn deleted_segments_leave_nothing_tracked() {
+        let sim = SimStorage::new(2);
+        let storage: Arc<dyn Storage> = Arc::new(sim);
+        let options = StoreOptions::new()
+            .with_block_len(8192)
+            .with_segment_len(64 * 1024);
+        let store = Store::open("/w", storage, options).unwrap();
+        let entry = [7u8; 700];
+        for round in 0..40 {
+            for _ in 0..50 {
+                store.append("t", &entry).unwrap();
+            }
+            for _ in 0..50 {
+                let read = store.read_next_as("t", "c", true).unwrap();
+                assert_eq!(read.map(|(_, data)| data.len()), Some(700), "round {round}");
+            }
+        }
+        store.maintain().unwrap();
+        let s = store.stats();
+        assert!(s.segments_deleted >= 20, "{s:?}");
+        let tracked = store.shared.tracker.tracked() as u64;
+        assert!(
+            tracked <= s.segments_live,
+            "{tracked} files tracked, {} live, {} deleted",
+            s.segments_live,
+            s.segments_deleted
+        );
+    }
+
     /// Waits on names that never come leave nothing behind; a wait still under way, and the
     /// topic an append then makes of its name, stay.
     #[test]
