@@ -81,16 +81,26 @@ impl Catalog {
             .is_some_and(|(_, i)| i.end_offset() > first)
     }
 
-    /// Whether every offset of `first..end` is held by tiered blocks.
-    pub(crate) fn covers(&self, first: u64, end: u64) -> bool {
-        let mut at = first;
-        // Walk forward from the block that starts at or before `first`.
+    /// The tiered blocks from the one that starts at or before `from` on, but those the listing
+    /// found that were not yet compared with their local block: until then they may be another
+    /// store's objects, and no local block may leave the disk on their word.
+    fn confirmed_from(&self, from: u64) -> impl Iterator<Item = &Arc<TierIndex>> {
         let start = self
             .blocks
-            .range(..=first)
+            .range(..=from)
             .next_back()
-            .map_or(first, |(k, _)| *k);
-        for (_, i) in self.blocks.range(start..) {
+            .map_or(from, |(k, _)| *k);
+        self.blocks
+            .range(start..)
+            .filter(|(k, _)| !self.found.contains(k))
+            .map(|(_, i)| i)
+    }
+
+    /// Whether every offset of `first..end` is held by tiered blocks this store uploaded (see
+    /// [`confirmed_from`](Self::confirmed_from)).
+    pub(crate) fn covers(&self, first: u64, end: u64) -> bool {
+        let mut at = first;
+        for i in self.confirmed_from(first) {
             if at >= end {
                 break;
             }
@@ -112,16 +122,13 @@ impl Catalog {
     }
 
     /// One past the hole-free run of tiered offsets from `from` (`from` itself if the tier
-    /// does not hold it): what the tier mark may say, `from` being the first offset still on
-    /// local disk (below it, what is missing locally is in the tier or was consumed).
+    /// does not hold it), in blocks this store uploaded (see
+    /// [`confirmed_from`](Self::confirmed_from)): what the tier mark may say, `from` being the
+    /// first offset still on local disk (below it, what is missing locally is in the tier or
+    /// was consumed).
     pub(crate) fn covered_end_from(&self, from: u64) -> u64 {
         let mut end = from;
-        let start = self
-            .blocks
-            .range(..=from)
-            .next_back()
-            .map_or(from, |(k, _)| *k);
-        for i in self.blocks.range(start..).map(|(_, i)| i) {
+        for i in self.confirmed_from(from) {
             if i.first_offset > end {
                 break;
             }

@@ -860,10 +860,51 @@ fn another_stores_blocks_with_the_same_offsets_are_not_taken_for_uploads() {
         store.append("orders", &other(i)).unwrap();
     }
     store.sync().unwrap();
+    // All consumed: a block the tier held would leave the local disk.
+    store.commit("orders", n + 1).unwrap();
+    let blocks = store.retained_blocks("orders").unwrap();
     let e = store.tier_pass().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
     assert!(e.to_string().contains("another store"), "{e}");
     assert_eq!(store.read_at("orders", 0).unwrap(), Some(other(0)));
+    assert_eq!(
+        store.retained_blocks("orders"),
+        Some(blocks),
+        "no block left the disk"
+    );
+    drop(store);
+    // Nor after a reopen, by a tier mark that the failed pass wrote.
+    let store = open(&sim, options(&tier)).unwrap();
+    assert_eq!(store.retained_blocks("orders"), Some(blocks));
+    assert_eq!(store.read_at("orders", 0).unwrap(), Some(other(0)));
+}
+
+/// An index object the listing found overlapping a local block, not this store's upload of
+/// it, makes no tier mark: the local blocks it overlaps stay.
+#[test]
+fn another_stores_overlapping_block_releases_nothing() {
+    let tier = MemoryTier::new();
+    let n = 400;
+    {
+        let store = open(&SimStorage::new(43), options(&tier)).unwrap();
+        fill(&store, n);
+        store.tier_pass().unwrap();
+    }
+    // Other entry lengths: the blocks here start at other offsets than the tiered ones.
+    let other = |i: u64| vec![(i % 251) as u8; 300 + (i % 7) as usize * 100];
+    let sim = SimStorage::new(44);
+    let store = open(&sim, options(&tier)).unwrap();
+    for i in 0..=n {
+        store.append("orders", &other(i)).unwrap();
+    }
+    store.sync().unwrap();
+    store.commit("orders", n + 1).unwrap();
+    let blocks = store.retained_blocks("orders").unwrap();
+    assert!(store.tier_pass().is_err());
+    assert_eq!(store.retained_blocks("orders"), Some(blocks));
+    for i in [0, n / 2, n] {
+        assert_eq!(store.read_at("orders", i).unwrap(), Some(other(i)), "@{i}");
+    }
 }
 
 /// A block sealed in memory (the entry after it went to a new block), uploaded, then made the
