@@ -61,6 +61,22 @@ pub(crate) struct LoadedCursor {
     pub(crate) removed: bool,
 }
 
+/// A slot pair of a cursor file in which no slot holds a valid record, but some slot holds
+/// bytes: the record it held (if any) is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DamagedPair {
+    /// Byte position of the pair in its file.
+    pub(crate) position: u64,
+    /// Both slots hold bytes. A crash tears at most the one slot being written, and leaves
+    /// the other as it was, so this is damage to a record once written whole; one damaged
+    /// slot beside a never-written one may be the first write of a record, torn by a crash
+    /// before any sync.
+    pub(crate) both: bool,
+}
+
+/// What [`CursorFile::load`] found: every record, and the pairs whose record was lost.
+pub(crate) type Loaded = (HashMap<RecordKey, LoadedCursor>, Vec<DamagedPair>);
+
 /// A cursor file as found by recovery, before anything is written: created only once the
 /// open is sure to succeed.
 #[derive(Debug)]
@@ -79,7 +95,7 @@ impl CursorFile {
         dir: &Path,
         name: &str,
         read_only: bool,
-    ) -> io::Result<(Self, HashMap<RecordKey, LoadedCursor>)> {
+    ) -> io::Result<(Self, Loaded)> {
         let path = dir.join(name);
         let opened = if read_only {
             storage.open_read(&path)
@@ -95,7 +111,7 @@ impl CursorFile {
                     last: Vec::new(),
                     next_pair: 0,
                 };
-                return Ok((empty, HashMap::new()));
+                return Ok((empty, (HashMap::new(), Vec::new())));
             }
             Err(e) => return Err(e),
         };
@@ -106,7 +122,7 @@ impl CursorFile {
                 .map_err(|_| data_error(&path, "cursor file too large"))?
         ];
         file.read_exact_at(&mut bytes, 0)?;
-        let loaded = CursorStore::load(&path, &bytes)?;
+        let (loaded, damaged) = CursorStore::load(&path, &bytes)?;
         let next_pair = loaded.values().map(|c| c.pair + 1).max().unwrap_or(0);
         let pairs = loaded.iter().map(|(t, c)| (t.clone(), c.pair)).collect();
         let mut last = vec![0; usize::try_from(next_pair).unwrap_or(0)];
@@ -122,7 +138,7 @@ impl CursorFile {
                 last,
                 next_pair,
             },
-            loaded,
+            (loaded, damaged),
         ))
     }
 
@@ -172,24 +188,19 @@ pub(crate) struct CursorStore {
 }
 
 impl CursorStore {
-    fn load(path: &Path, bytes: &[u8]) -> io::Result<HashMap<RecordKey, LoadedCursor>> {
+    fn load(path: &Path, bytes: &[u8]) -> io::Result<Loaded> {
         let mut out: HashMap<RecordKey, LoadedCursor> = HashMap::new();
+        let mut damaged = Vec::new();
         let pair_len = 2 * CURSOR_SLOT_LEN as usize;
         for (pair, chunk) in bytes.chunks(pair_len).enumerate() {
             let pair = pair as u64;
             let (a, b) = chunk.split_at(chunk.len().min(CURSOR_SLOT_LEN as usize));
-            let decode = |slot: &[u8], which: u64| match CursorRecord::decode(slot) {
-                Ok(r) => Ok(r),
+            // `Err(())`: a slot with bytes that are no record.
+            let decode = |slot: &[u8]| match CursorRecord::decode(slot) {
+                Ok(r) => Ok(Ok(r)),
                 // A torn or damaged slot is what the A/B scheme exists for: the other slot holds
                 // the previous generation. Only both slots damaged loses the cursor.
-                Err(FormatError::Torn { .. } | FormatError::Corrupt { .. }) => {
-                    tracing::warn!(
-                        file = %path.display(),
-                        slot = pair * 2 + which,
-                        "damaged cursor slot ignored; the other slot of the pair is used"
-                    );
-                    Ok(None)
-                }
+                Err(FormatError::Torn { .. } | FormatError::Corrupt { .. }) => Ok(Err(())),
                 Err(e) => Err(data_error(path, &e.to_string())),
             };
             let key = |r: &CursorRecord| RecordKey {
@@ -197,7 +208,22 @@ impl CursorStore {
                 kind: r.kind,
                 consumer: r.consumer.clone(),
             };
-            let best = match (decode(a, 0)?, decode(b, 1)?) {
+            let (a, b) = (decode(a)?, decode(b)?);
+            let position = pair * 2 * CURSOR_SLOT_LEN;
+            match (&a, &b) {
+                (Err(()), Err(())) | (Err(()), Ok(None)) | (Ok(None), Err(())) => {
+                    damaged.push(DamagedPair {
+                        position,
+                        both: a.is_err() && b.is_err(),
+                    });
+                }
+                (Err(()), Ok(Some(_))) | (Ok(Some(_)), Err(())) => {
+                    tracing::warn!(file = %path.display(), position,
+                        "damaged cursor slot ignored; the other slot of the pair is used");
+                }
+                _ => {}
+            }
+            let best = match (a.unwrap_or(None), b.unwrap_or(None)) {
                 (Some(x), Some(y)) if key(&x) != key(&y) => {
                     return Err(data_error(
                         path,
@@ -228,7 +254,7 @@ impl CursorStore {
                 out.insert(k, cursor);
             }
         }
-        Ok(out)
+        Ok((out, damaged))
     }
 
     /// The slot pair of `key`, assigning the next free one on first use, with the last
@@ -282,6 +308,18 @@ impl CursorStore {
             }
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Writes zeros over the slot pair at `position`, a pair [`CursorFile::load`] found
+    /// damaged: an open that goes on without its record leaves no damage for the next one to
+    /// find. (The pair is free again; made durable with the file's next sync.)
+    pub(crate) fn clear_pair(&self, position: u64) -> io::Result<()> {
+        let Some(file) = &self.file else {
+            return Err(crate::error::read_only_error());
+        };
+        file.write_at(&[0u8; 2 * CURSOR_SLOT_LEN as usize], position)?;
+        self.sync.mark();
         Ok(())
     }
 

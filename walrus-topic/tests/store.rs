@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use walrus_io::{CrashMode, Fault, FaultRule, OpKind, PwriteStorage, SimStorage, Storage};
-use walrus_topic::{Problem, RecoveryMode, Store, StoreOptions};
+use walrus_topic::{Action, Problem, RecoveryMode, Store, StoreOptions};
 
 const DIR: &str = "/wal";
 
@@ -1705,4 +1705,125 @@ fn a_half_lost_page_synced_at_creation_is_damage() {
         Problem::CorruptSegmentHeader
     );
     assert_eq!(drain(&store, "t").len(), 20);
+}
+
+/// The slots of the cursor file, 512 bytes each, that hold any byte.
+fn written_cursor_slots(sim: &SimStorage) -> Vec<u64> {
+    let file = sim.open(Path::new(&format!("{DIR}/cursors.wcur"))).unwrap();
+    let mut bytes = vec![0u8; file.len().unwrap() as usize];
+    file.read_exact_at(&mut bytes, 0).unwrap();
+    bytes
+        .chunks(512)
+        .enumerate()
+        .filter(|(_, slot)| slot.iter().any(|&b| b != 0))
+        .map(|(i, _)| i as u64 * 512)
+        .collect()
+}
+
+fn damage_cursor_slot(sim: &SimStorage, position: u64) {
+    let file = sim.open(Path::new(&format!("{DIR}/cursors.wcur"))).unwrap();
+    file.write_at(&[0xAA; 64], position + 32).unwrap();
+    file.sync_data().unwrap();
+}
+
+/// A cursor record whose two slots are both damaged is lost: no crash does that (a crash
+/// tears the one slot being written). It is never dropped silently, which would hand out
+/// again what the consumer had consumed: the default open refuses, naming the file; an open
+/// in a lenient mode reports it, clears it, and the consumer starts again at the first entry
+/// kept; the next default open then finds nothing wrong.
+#[test]
+fn a_cursor_record_with_both_slots_damaged_is_refused_or_reported_never_dropped_silently() {
+    let sim = SimStorage::new(52);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..20 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        for _ in 0..10 {
+            store.read_next("t", true).unwrap().unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let slots = written_cursor_slots(&sim);
+    assert_eq!(
+        slots.len(),
+        2,
+        "one record, written in both slots: {slots:?}"
+    );
+    for &slot in &slots {
+        damage_cursor_slot(&sim, slot);
+    }
+    for mode in [
+        RecoveryMode::TolerateCorruptedTail,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        let e = open(&sim, small().with_recovery(mode)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{mode:?}: {e}");
+        assert!(e.to_string().contains("cursors.wcur"), "{e}");
+    }
+    assert_eq!(
+        written_cursor_slots(&sim),
+        slots,
+        "a refused open wrote nothing"
+    );
+    {
+        let store = open(&sim, small().with_recovery(RecoveryMode::PointInTime)).unwrap();
+        let issues: Vec<_> = store
+            .recovery_report()
+            .issues
+            .iter()
+            .filter(|i| i.problem == Problem::CorruptCursorRecord)
+            .collect();
+        assert_eq!(issues.len(), 1, "{:?}", store.recovery_report());
+        assert_eq!(issues[0].action, Action::Cleared);
+        assert!(issues[0].file.ends_with("cursors.wcur"));
+        assert_eq!(issues[0].position, slots[0]);
+        // Reported above, not lost silently: the consumer starts again.
+        assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 0);
+    }
+    let store = open(&sim, small()).unwrap();
+    assert!(
+        store.recovery_report().issues.is_empty(),
+        "{:?}",
+        store.recovery_report()
+    );
+    assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 1);
+}
+
+/// One damaged slot beside a never-written one may be a record's first write, torn by a crash
+/// before any sync: the default open goes on, reports it and clears it; `AbsoluteConsistency`
+/// refuses.
+#[test]
+fn a_cursor_record_written_once_and_damaged_is_reported() {
+    let sim = SimStorage::new(53);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..5 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.read_next("t", true).unwrap().unwrap();
+        store.sync().unwrap();
+    }
+    let slots = written_cursor_slots(&sim);
+    assert_eq!(slots.len(), 2, "{slots:?}");
+    // As if the second slot had never been written, and the first write tore.
+    let file = sim.open(Path::new(&format!("{DIR}/cursors.wcur"))).unwrap();
+    file.write_at(&[0; 512], slots[1]).unwrap();
+    damage_cursor_slot(&sim, slots[0]);
+    let e = open(
+        &sim,
+        small().with_recovery(RecoveryMode::AbsoluteConsistency),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    let store = open(&sim, small()).unwrap();
+    let report = store.recovery_report();
+    assert!(
+        report
+            .issues
+            .iter()
+            .any(|i| i.problem == Problem::CorruptCursorRecord && i.action == Action::Cleared),
+        "{report:?}"
+    );
+    assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 0);
 }

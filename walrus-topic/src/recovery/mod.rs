@@ -137,7 +137,8 @@ fn recover_in(
     // live writer (read-only), a watermark then never covers a segment the listing missed,
     // and a cursor never lags behind a segment deleted before it was opened (the writer
     // makes the cursors that consumed a segment durable before deleting it).
-    let (marks_file, loaded_marks) = CursorFile::load(&*storage, dir, MARKS_FILE, read_only)?;
+    let (marks_file, (loaded_marks, damaged_marks)) =
+        CursorFile::load(&*storage, dir, MARKS_FILE, read_only)?;
     let mut segment_paths = Vec::new();
     for path in storage.list(dir)? {
         match classify(&path)? {
@@ -173,7 +174,8 @@ fn recover_in(
         }
     }
 
-    let (cursor_file, loaded) = CursorFile::load(&*storage, dir, CURSOR_FILE, read_only)?;
+    let (cursor_file, (loaded, damaged_cursors)) =
+        CursorFile::load(&*storage, dir, CURSOR_FILE, read_only)?;
 
     // A spare segment prepared ahead of need and never used: delete it, so that allocation
     // resumes in the room left in the last segment of its lane that holds blocks.
@@ -317,6 +319,46 @@ fn recover_in(
             ));
         }
         report.issues.push(issue);
+    }
+    // Cursor and watermark records lost to damage: a consumer would start again at the first
+    // entry kept, a topic's watermark (or floor, or tier mark) would be forgotten.
+    let damaged_records = [(CURSOR_FILE, damaged_cursors), (MARKS_FILE, damaged_marks)];
+    for (name, pairs) in damaged_records {
+        for pair in pairs {
+            let file = dir.join(name);
+            let refused = match mode {
+                RecoveryMode::AbsoluteConsistency => true,
+                RecoveryMode::TolerateCorruptedTail => pair.both,
+                _ => false,
+            };
+            if refused {
+                refusal.get_or_insert(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} bytes {}..{}: a damaged record (neither of its two slots is valid); \
+                         refused by {mode:?} (RecoveryMode::PointInTime or \
+                         RecoveryMode::SkipCorrupted open without it: a consumer it held starts \
+                         again at the first entry kept); nothing was changed on disk",
+                        file.display(),
+                        pair.position,
+                        pair.position + 2 * walrus_block::CURSOR_SLOT_LEN
+                    ),
+                ));
+            }
+            report.issues.push(RecoveryIssue {
+                topic: String::new(),
+                offset: 0,
+                file,
+                position: pair.position,
+                problem: Problem::CorruptCursorRecord,
+                // Kept by a read-only open, which writes nothing.
+                action: if read_only {
+                    Action::Kept
+                } else {
+                    Action::Cleared
+                },
+            });
+        }
     }
     if let Some(e) = refusal {
         return Err(e);
@@ -474,6 +516,16 @@ fn recover_in(
     let cursors = cursor_file.create_if_missing(&*storage, dir, CURSOR_FILE)?;
     let marks = marks_file.create_if_missing(&*storage, dir, MARKS_FILE)?;
     apply_erases(&erases)?;
+    for issue in &report.issues {
+        if issue.problem == Problem::CorruptCursorRecord {
+            let file = if issue.file.ends_with(MARKS_FILE) {
+                &marks
+            } else {
+                &cursors
+            };
+            file.clear_pair(issue.position)?;
+        }
+    }
     // What was recovered may be only in the page cache (after a process crash): make it
     // durable, so every recovered entry counts as durable, and so every cursor and watermark
     // decisions rest on (the deletions below, the blocks released) counts as persisted.

@@ -77,6 +77,9 @@ pub enum Problem {
     UnreadableSegment,
     /// The stored cursor pointed past the recovered entries (they were lost unsynced).
     CursorBeyondEnd,
+    /// A record of the cursor or watermark file has no valid slot left: the consumer cursor,
+    /// floor, durable watermark or tier mark it held is not known (the bytes are kept).
+    CorruptCursorRecord,
 }
 
 impl fmt::Display for Problem {
@@ -90,6 +93,7 @@ impl fmt::Display for Problem {
             Self::CorruptSegmentHeader => f.write_str("corrupt segment header"),
             Self::UnreadableSegment => f.write_str("unreadable segment"),
             Self::CursorBeyondEnd => f.write_str("cursor beyond the recovered end"),
+            Self::CorruptCursorRecord => f.write_str("corrupt cursor record"),
         }
     }
 }
@@ -108,4 +112,7 @@ pub enum Action {
     Repaired,
     /// The file was left untouched and is not used.
     Kept,
+    /// The damaged record was cleared (zeros written over it): the open goes on without what
+    /// it held.
+    Cleared,
 }
