@@ -1052,3 +1052,35 @@ fn a_read_racing_deletion_finds_nothing_rather_than_failing() {
         }
     });
 }
+
+/// Removing the consumer that held back releases raises the floor to what it had released;
+/// the floor is durable before the record that says the consumer is gone, so that no power
+/// cut keeps the removal without the floor (the next open would look for the released
+/// entries below the floor it knew, find them missing below the watermark, and refuse).
+#[test]
+fn a_power_cut_while_removing_a_consumer_never_keeps_the_removal_without_its_floor() {
+    for seed in 0..24 {
+        let sim = SimStorage::new(600 + seed);
+        {
+            let store = open(&sim, small()).unwrap();
+            for i in 0..300 {
+                store.append("t", &payload(i)).unwrap();
+            }
+            store.sync().unwrap();
+        }
+        let store = open(&sim, small()).unwrap();
+        drain_as(&store, "t", "");
+        store.maintain().unwrap();
+        assert!(store.first_retained_offset("t").unwrap() > 0, "seed {seed}");
+        sim.inject(
+            FaultRule::new(Fault::Crash(CrashMode::RandomSectors))
+                .op(OpKind::Sync)
+                .path(format!("{DIR}/cursors.wcur")),
+        );
+        let _ = store.remove_consumer("t", "");
+        std::mem::forget(store);
+        sim.clear_faults();
+        let store = open(&sim, small()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert_eq!(store.end_offset("t"), Some(300), "seed {seed}");
+    }
+}

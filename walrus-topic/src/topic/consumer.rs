@@ -315,8 +315,11 @@ impl Topic {
             self.floor_at.fetch_max(bound, Ordering::AcqRel);
             bound
         };
+        // Synced before the removal is written: the two records reach the disk in any order,
+        // and the removal without the floor would leave the released entries missing below
+        // the watermark.
         let written = if bound > f.offset {
-            self.write_floor(shared, &mut f, bound, false, false)
+            self.write_floor(shared, &mut f, bound, false, true)
         } else {
             Ok(())
         };
