@@ -7,6 +7,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use walrus_alloc::{AllocConfig, BlockAllocator, Deletion, FileTracker, Resume};
 use walrus_block::{
@@ -274,7 +275,10 @@ impl Store {
     /// Lists a topic whose consuming reads were not all persisted (`AtLeastOnce`), for the
     /// background maintenance to persist.
     pub(crate) fn note_reads(&self, t: &Arc<Topic>, unpersisted: bool) {
-        if unpersisted {
+        if unpersisted
+            && !t.cursor_noted.load(Ordering::Relaxed)
+            && !t.cursor_noted.swap(true, Ordering::AcqRel)
+        {
             self.shared.note_cursor(&t.name);
         }
     }
@@ -551,10 +555,13 @@ impl Store {
             self.shared.delete_segment_now(segment);
         }
         let pending = std::mem::take(&mut *self.shared.cursors_pending.lock());
-        let mut seen = std::collections::HashSet::new();
         for name in pending {
-            if seen.insert(name.clone())
-                && let Some(t) = self.topic(&name)
+            let Some(t) = self.topics.read().get(&name).cloned() else {
+                continue;
+            };
+            // Before the persisting: a read after it lists the topic again.
+            t.cursor_noted.store(false, Ordering::Release);
+            if !t.is_hidden()
                 && let Err(e) = t.persist_cursors(&self.shared)
             {
                 tracing::warn!(topic = %t.name, error = %e, "could not persist a cursor");

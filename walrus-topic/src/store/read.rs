@@ -596,6 +596,35 @@ mod tests {
         );
     }
 
+    /// Reads that leave their cursor unpersisted list their topic for the maintenance once,
+    /// not once per read: a store nothing maintains does not grow with its reads.
+    #[test]
+    fn unpersisted_reads_list_their_topic_once() {
+        let sim = SimStorage::new(3);
+        let storage: Arc<dyn Storage> = Arc::new(sim);
+        let options = StoreOptions::new().with_persist_every(1000);
+        let store = Store::open("/w", storage, options).unwrap();
+        for _ in 0..500 {
+            store.append("a", b"x").unwrap();
+            store.append("b", b"y").unwrap();
+        }
+        for _ in 0..500 {
+            store.read_next("a", true).unwrap().unwrap();
+            store.read_next("b", true).unwrap().unwrap();
+        }
+        assert_eq!(store.shared.cursors_pending.lock().len(), 2);
+        store.maintain().unwrap();
+        assert!(store.shared.cursors_pending.lock().is_empty());
+        assert_eq!(
+            store.consumers("a")[0].persisted,
+            500,
+            "persisted by the maintenance"
+        );
+        store.append("a", b"z").unwrap();
+        store.read_next("a", true).unwrap().unwrap();
+        assert_eq!(store.shared.cursors_pending.lock().len(), 1, "listed again");
+    }
+
     /// Waits on names that never come leave nothing behind; a wait still under way, and the
     /// topic an append then makes of its name, stay.
     #[test]

@@ -49,6 +49,9 @@ pub(crate) struct Topic {
     tier_mark_at: AtomicU64,
     /// Not listed: deleted (and not appended to since), or only waited on.
     hidden: AtomicBool,
+    /// Listed in the store's cursors to persist (`Shared::cursors_pending`), not yet taken by
+    /// the maintenance: a topic is listed once however many reads it serves meanwhile.
+    pub(crate) cursor_noted: AtomicBool,
     /// Appends and reads since the store opened.
     pub(crate) counters: crate::stats::TopicCounters,
 }
@@ -174,6 +177,7 @@ impl Topic {
             tier_mark_at: AtomicU64::new(state.tier_mark.written),
             tier_mark: Mutex::new(state.tier_mark),
             hidden: AtomicBool::new(state.hidden),
+            cursor_noted: AtomicBool::new(false),
             counters: crate::stats::TopicCounters::default(),
         }
     }
