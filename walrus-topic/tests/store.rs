@@ -1827,3 +1827,67 @@ fn a_cursor_record_written_once_and_damaged_is_reported() {
     );
     assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 0);
 }
+
+/// A point-in-time open cuts a topic at damage below the watermark and keeps the bytes after
+/// the cut for an open in another mode. When the cut falls inside the last block of a
+/// segment, consuming up to the cut must not release that block: its segment would go, and
+/// with it the valid entries after the damage.
+#[test]
+fn a_block_cut_below_the_watermark_keeps_its_segment_once_consumed() {
+    let entry = |i: u64| format!("entry {i:05} ").repeat(40).into_bytes();
+    let sim = SimStorage::new(54);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..300 {
+            store.append("t", &entry(i)).unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let first = first_segment(&sim);
+    let mut bytes = vec![0u8; 64 << 10];
+    let n = first.read_at(&mut bytes, 0).unwrap();
+    let held = |i: u64| {
+        let e = entry(i);
+        bytes[..n].windows(e.len()).position(|w| w == e)
+    };
+    // The last entry of the first segment, and the one before it, in the same block.
+    let last = (0..300).filter(|&i| held(i).is_some()).max().unwrap();
+    let damaged = last - 1;
+    let at = held(damaged).unwrap() as u64;
+    assert_eq!(at / 8192, held(last).unwrap() as u64 / 8192, "one block");
+    first.write_at(&[b'#'], at + 3).unwrap();
+    first.sync_data().unwrap();
+    let first_name = segments(&sim).into_iter().min().unwrap();
+    {
+        let store = open(&sim, small().with_recovery(RecoveryMode::PointInTime)).unwrap();
+        let got = drain(&store, "t");
+        assert_eq!(got.len() as u64, damaged, "up to the cut");
+        store.maintain().unwrap();
+        assert!(
+            segments(&sim).contains(&first_name),
+            "the cut block's segment stays: {:?}",
+            segments(&sim)
+        );
+        // The next block records the cut: later opens step over it.
+        store.append("t", b"after").unwrap();
+        store.sync().unwrap();
+    }
+    {
+        let store = open(&sim, small()).unwrap();
+        assert_eq!(store.read_at("t", 300).unwrap(), Some(b"after".to_vec()));
+        // Appends that seal blocks, each a moment when consumed blocks are released.
+        for i in 0..50 {
+            store.append("t", &entry(1000 + i)).unwrap();
+        }
+        store.maintain().unwrap();
+        assert!(
+            segments(&sim).contains(&first_name),
+            "nor once the cut is recorded: {:?}",
+            segments(&sim)
+        );
+    }
+    let store = open(&sim, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
+    assert_eq!(store.read_at("t", last).unwrap(), Some(entry(last)));
+    // (A consumer that reads on past the cut steps over the entries behind it: they are below
+    // its cursor from then on, as consumed ones are.)
+}

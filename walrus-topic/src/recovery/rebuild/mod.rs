@@ -45,6 +45,10 @@ struct Retained {
     handle: Arc<SegmentHandle>,
     scanned: ScannedBlock,
     pieces: Vec<Piece>,
+    /// A cut at or below the watermark falls in it and its bytes after the cut are kept for
+    /// an open in another mode: never released, so its segment stays (with pieces before the
+    /// cut, their span says so: it ends before the block's bytes do).
+    keeps_cut: bool,
 }
 
 /// A run of consecutive valid frames in one block, readable as one span.
@@ -193,6 +197,7 @@ pub(super) fn rebuild_topic(
             handle,
             scanned,
             pieces: Vec::new(),
+            keeps_cut: false,
         });
         r.enter_block()?;
         if r.cut.is_none() {
@@ -295,7 +300,7 @@ pub(super) fn rebuild_topic(
         }
         if b.pieces.is_empty() {
             // Nothing readable; but unread entries a cut hid stay on disk (never released).
-            let hides = b.scanned.frames.iter().any(|f| f.offset >= cursor);
+            let hides = b.keeps_cut || b.scanned.frames.iter().any(|f| f.offset >= cursor);
             fates.push((key, if hides { Fate::Kept } else { Fate::Released }));
             continue;
         }
@@ -313,7 +318,10 @@ pub(super) fn rebuild_topic(
                     first_offset: p.first_offset,
                     end_offset: p.end_offset,
                     sealed: !(is_live && last_piece),
-                    releases: last_piece,
+                    // Bytes kept after what it serves (a cut or a recorded gap at or below
+                    // the watermark, damage skipped): a later open in another mode may still
+                    // read them, so the block never goes.
+                    releases: last_piece && b.scanned.dirty_end <= p.data_end,
                 },
             ));
             if is_live && last_piece {
@@ -560,6 +568,8 @@ impl Rebuild<'_> {
             b.scanned.dirty_end = b.scanned.dirty_end.min(cut.pos);
             b.scanned.trailing_damage = None;
             b.scanned.frames.retain(|f| f.offset < cut.offset);
+        } else {
+            b.keeps_cut = b.scanned.dirty_end > cut.pos;
         }
     }
 }
