@@ -1855,7 +1855,7 @@ fn a_block_cut_below_the_watermark_keeps_its_segment_once_consumed() {
     let damaged = last - 1;
     let at = held(damaged).unwrap() as u64;
     assert_eq!(at / 8192, held(last).unwrap() as u64 / 8192, "one block");
-    first.write_at(&[b'#'], at + 3).unwrap();
+    first.write_at(b"#", at + 3).unwrap();
     first.sync_data().unwrap();
     let first_name = segments(&sim).into_iter().min().unwrap();
     {
