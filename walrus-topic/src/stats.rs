@@ -201,7 +201,8 @@ pub struct TopicStats {
     pub name: String,
     /// One past its last entry.
     pub end: u64,
-    /// One past its last durable entry.
+    /// One past its last durable entry (in a read-only store, which syncs nothing, the
+    /// watermark persisted on disk).
     pub durable: u64,
     /// Its oldest retained entry.
     pub first_retained: u64,

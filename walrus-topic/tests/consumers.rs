@@ -781,6 +781,35 @@ fn a_read_only_open_of_a_crashed_directory_repairs_nothing() {
     assert!(open(&sim, small()).is_ok());
 }
 
+/// A read-only open syncs nothing: what it says is durable is the watermark on disk, not the
+/// entries it found (after a process crash they may be in the page cache only).
+#[test]
+fn a_read_only_open_says_durable_only_what_the_disk_says() {
+    let sim = SimStorage::new(19);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..10 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        for i in 10..15 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        sim.crash(CrashMode::KeepWritten);
+        std::mem::forget(store);
+    }
+    let reader =
+        Store::open_read_only(DIR, Arc::new(sim.clone()) as Arc<dyn Storage>, small()).unwrap();
+    assert_eq!(reader.end_offset("t"), Some(15));
+    let durable = reader.durable_offset("t").unwrap();
+    assert!(durable <= 10, "{durable}");
+    assert_eq!(reader.stats().topics[0].durable, durable);
+    drop(reader);
+    // A writable open syncs what it recovered: all of it is durable then.
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(store.durable_offset("t"), Some(15));
+}
+
 #[test]
 fn stats_count_appends_reads_syncs_and_segments() {
     let sim = SimStorage::new(18);

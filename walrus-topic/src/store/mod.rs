@@ -403,9 +403,19 @@ impl Store {
     }
 
     /// One past `topic`'s last durable entry: every entry below it was covered by a completed
-    /// [`sync`](Self::sync) (or was recovered at open).
+    /// [`sync`](Self::sync) (or was recovered, and synced, at open). A read-only store syncs
+    /// nothing: it says the watermark persisted on disk, what it knows to be durable.
     pub fn durable_offset(&self, topic: &str) -> Option<u64> {
-        self.topic(topic).map(|t| t.durable())
+        self.topic(topic).map(|t| self.known_durable(&t))
+    }
+
+    /// [`durable_offset`](Self::durable_offset) of a topic at hand.
+    pub(crate) fn known_durable(&self, t: &Topic) -> u64 {
+        if self.shared.options.read_only {
+            t.durable().min(t.progress.mark_state().written)
+        } else {
+            t.durable()
+        }
     }
 
     /// The first offset of `topic` still stored (lower ones were consumed and released).

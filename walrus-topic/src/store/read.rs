@@ -374,7 +374,7 @@ impl Store {
             s.topics.push(TopicStats {
                 name: t.name.to_string(),
                 end: t.written_end(),
-                durable: t.durable(),
+                durable: self.known_durable(t),
                 first_retained: t.first_retained(),
                 blocks: t.chain_len(),
                 consumers: t.consumer_infos(&self.shared),
