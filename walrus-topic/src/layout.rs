@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use crate::cursors::{CURSOR_FILE, MARKS_FILE};
 use crate::error::data_error;
 
-/// Name of the lock file.
-pub(crate) const LOCK_FILE: &str = "LOCK";
+/// Name of the lock file: the one name of a data directory's own files that a subdirectory
+/// name (an instance key's, say) could take.
+pub const LOCK_FILE: &str = "LOCK";
 /// Name of the group-commit journal (`crate::journal`).
 pub(crate) const JOURNAL_FILE: &str = "journal.wjnl";
 const SEGMENT_SUFFIX: &str = ".wseg";

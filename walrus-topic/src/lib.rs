@@ -50,7 +50,7 @@ mod yield_wait;
 pub use durability::{GroupCommit, GroupCommitStats, Writing};
 pub use engine::{DurableTicket, Engine, SyncPolicy};
 pub use error::{Poisoned, is_poisoned, poisoned_cause};
-pub use layout::DirLock;
+pub use layout::{DirLock, LOCK_FILE};
 pub use options::{RecoveryMode, Retention, StoreOptions, Tiering};
 pub use recovery::{Action, Problem, RecoveryIssue, RecoveryReport};
 pub use stats::ConsumerInfo;

@@ -259,6 +259,9 @@ impl WalrusBuilder {
             },
         };
         let dir = match &key {
+            // Made by a build that did not escape this key: the root holds no instance then
+            // (its open refuses a directory named like its lock file), so it stays where it is.
+            Some(k) if k == walrus_topic::LOCK_FILE && root.join(k).is_dir() => root.join(k),
             Some(k) => root.join(dir_name(k)?),
             None => root,
         };

@@ -2,7 +2,9 @@
 //!
 //! A key maps to exactly one directory name, and two different keys never map to the same one:
 //! ASCII letters, digits, `-` and `_` are kept; every other byte (including `.`, `/` and `%`
-//! itself) becomes `%XX`. So no key can name `.`, `..` or a path outside the data root.
+//! itself) becomes `%XX`. So no key can name `.`, `..` or a path outside the data root. Nor a
+//! file of the root's own instance: their names hold a `.` but the lock file's, so the key
+//! `LOCK` alone has its first byte escaped too (`%4COCK`).
 
 use std::io;
 
@@ -24,6 +26,9 @@ pub(crate) fn dir_name(key: &str) -> io::Result<String> {
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
+    }
+    if out == walrus_topic::LOCK_FILE {
+        out.replace_range(..1, &format!("%{:02X}", out.as_bytes()[0]));
     }
     if out.len() > 255 {
         return Err(io::Error::new(
@@ -49,6 +54,9 @@ mod tests {
         assert_eq!(dir_name("a%2Fb").unwrap(), "a%252Fb");
         assert_ne!(dir_name("a/b").unwrap(), dir_name("a%2Fb").unwrap());
         assert_eq!(dir_name("é").unwrap(), "%C3%A9");
+        assert_eq!(dir_name("LOCK").unwrap(), "%4COCK");
+        assert_eq!(dir_name("%4COCK").unwrap(), "%254COCK");
+        assert_eq!(dir_name("LOCKS").unwrap(), "LOCKS");
         assert!(dir_name("").is_err());
         assert!(dir_name(&"/".repeat(100)).is_err());
     }

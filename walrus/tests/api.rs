@@ -765,10 +765,13 @@ fn keyed_and_key_less_instances_share_a_root() {
     open(Some("second"))
         .append_for_topic("t", b"another")
         .unwrap();
+    // The one key named like a file of the root's instance.
+    open(Some("LOCK")).append_for_topic("t", b"lock").unwrap();
     for (key, data) in [
         (None, &b"root"[..]),
         (Some("first"), b"keyed"),
         (Some("second"), b"another"),
+        (Some("LOCK"), b"lock"),
     ] {
         let wal = open(key);
         assert_eq!(
@@ -777,4 +780,27 @@ fn keyed_and_key_less_instances_share_a_root() {
             "{key:?}"
         );
     }
+}
+
+/// A keyed instance of the key `LOCK` made before the key was escaped stays where it is (the
+/// root then holds no instance of its own).
+#[test]
+fn an_instance_keyed_lock_made_before_the_escape_is_found() {
+    let root = tempfile::tempdir().unwrap();
+    let old = root.path().join("LOCK");
+    let wal = Walrus::builder()
+        .data_dir(&old)
+        .quiet(true)
+        .build()
+        .unwrap();
+    wal.append_for_topic("t", b"old").unwrap();
+    drop(wal);
+    let wal = Walrus::builder()
+        .data_dir(root.path())
+        .key("LOCK")
+        .quiet(true)
+        .build()
+        .unwrap();
+    assert_eq!(wal.read_next("t", false).unwrap().unwrap().data, b"old");
+    assert!(!root.path().join("%4COCK").exists());
 }
