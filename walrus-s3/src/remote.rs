@@ -20,8 +20,9 @@ use crate::format::{self, BatchHeader, HEADER_PROBE_LEN, HeaderProbe};
 
 /// How many header GETs an open keeps in flight.
 const HEADER_FETCH_CONCURRENCY: usize = 16;
-/// The slowest upload a PUT's deadline allows for beyond the per-request one: 4 MiB/s.
-const PUT_BYTES_PER_SEC: u64 = 4 << 20;
+/// The slowest transfer a PUT's or a GET's deadline allows for beyond the per-request one:
+/// 4 MiB/s.
+const TRANSFER_BYTES_PER_SEC: u64 = 4 << 20;
 
 /// A batch object as listed: its sequence, its name, its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,11 +203,25 @@ impl Remote {
         )
     }
 
+    /// The deadline of a request that moves `len` bytes: it grows with them, since a batch may
+    /// carry a 1 GiB entry, which no per-request deadline of seconds lets through.
+    fn transfer_deadline(&self, len: u64) -> Duration {
+        self.timeout
+            .saturating_add(Duration::from_secs(len / TRANSFER_BYTES_PER_SEC))
+    }
+
     /// Bytes `range` of `path`, exactly (a short answer is an error).
     pub(crate) fn get_range(&self, path: &Path, range: Range<u64>) -> io::Result<Bytes> {
         let want = range.end - range.start;
         let what = format!("{path} bytes {range:?}");
-        let bytes = self.run("GET", &what, self.store.get_range(path, range.clone()))?;
+        // As a PUT's: what was stored within its deadline can be read back within this one.
+        let timeout = self.transfer_deadline(want);
+        let bytes = self.run_within(
+            timeout,
+            "GET",
+            &what,
+            self.store.get_range(path, range.clone()),
+        )?;
         if bytes.len() as u64 != want {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -238,11 +253,7 @@ impl Remote {
             ..PutOptions::default()
         };
         let what = path.to_string();
-        // The deadline grows with the object: a batch may carry a 1 GiB entry, which no
-        // per-request deadline of seconds lets through.
-        let timeout = self
-            .timeout
-            .saturating_add(Duration::from_secs(bytes.len() as u64 / PUT_BYTES_PER_SEC));
+        let timeout = self.transfer_deadline(bytes.len() as u64);
         match self.run_within(
             timeout,
             "PUT",

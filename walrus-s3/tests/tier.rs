@@ -1,12 +1,13 @@
 //! [`S3Tier`] against a real S3-compatible server (moto on 127.0.0.1): the remote tier
 //! conformance suite the in-memory tier passes, then what only a real server shows (a hung
-//! server fails calls within their deadline; the metadata is S3 user metadata).
+//! server fails calls within their deadline; the metadata is S3 user metadata), and deadlines
+//! that grow with the bytes moved (on object_store's in-memory store, throttled).
 
 use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::ObjectStoreExt;
+use object_store::{ObjectStore, ObjectStoreExt};
 use walrus::tier::{Metadata, PutOutcome, RemoteTier};
 use walrus_io::tier::conformance::{self, Target};
 use walrus_s3::S3Tier;
@@ -284,4 +285,29 @@ fn a_frozen_s3_fails_tiered_reads_in_time_and_nothing_else() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(wal);
+}
+
+/// A GET's deadline grows with what it fetches, as a PUT's does: an object stored within the
+/// PUT's deadline is read back within the GET's on the same link (8 MiB, a 1 s deadline per
+/// request, a link that delivers it in 1.5 s).
+#[test]
+fn what_a_put_stored_in_time_a_get_reads_back_in_time() {
+    use object_store::memory::InMemory;
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    let len: u64 = 8 << 20;
+    let config = ThrottleConfig {
+        wait_get_per_byte: Duration::from_nanos(1_500_000_000 / len),
+        ..ThrottleConfig::default()
+    };
+    let store: Arc<dyn ObjectStore> = Arc::new(ThrottledStore::new(InMemory::new(), config));
+    let tier = S3Tier::with_timeout(store, "slow", Duration::from_secs(1)).unwrap();
+    let data = vec![7u8; len as usize];
+    tier.put_new("t/big", &data, &Metadata::new()).unwrap();
+    let started = Instant::now();
+    let got = tier.get_range("t/big", 0..len).unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the link was slow"
+    );
+    assert_eq!(got.len() as u64, len);
 }
