@@ -350,6 +350,25 @@ impl TierState {
         Ok(Some(run))
     }
 
+    /// Where the first tiered block of `topic` after `offset` starts, if any: a read at an
+    /// offset neither the local disk nor the tier holds goes on there (or at the local chain,
+    /// if that holds an earlier one).
+    pub(crate) fn next_start(
+        &self,
+        topic: &Arc<str>,
+        end: u64,
+        offset: u64,
+    ) -> io::Result<Option<u64>> {
+        self.ensure_loaded(topic, end, true)?;
+        let state = self.topic(topic);
+        let catalog = state.catalog.lock();
+        Ok(catalog
+            .blocks
+            .range(offset.saturating_add(1)..)
+            .next()
+            .map(|(&first, _)| first))
+    }
+
     /// The state of tiered topic `topic` (an empty catalogue, not loaded, at first).
     pub(crate) fn topic(&self, topic: &Arc<str>) -> Arc<TopicTier> {
         Arc::clone(self.topics.lock().entry(Arc::clone(topic)).or_default())

@@ -1112,3 +1112,52 @@ fn dropping_an_engine_mid_expiry_waits_for_one_call_not_every_expiry() {
         "objects of the deleted topic left"
     );
 }
+
+/// Tiering turned on for a topic whose first entries were consumed and released before: the
+/// tier holds it from a later offset on. A consumer created after a reopen, before any tier
+/// pass, starts at the floor, steps over the entries nothing holds any more, and reads the
+/// tiered ones: none is skipped for the local chain's front.
+#[test]
+fn a_consumer_new_after_a_reopen_reads_the_tiered_entries_after_a_hole() {
+    let sim = SimStorage::new(45);
+    let tier = MemoryTier::new();
+    let untiered = StoreOptions::new()
+        .with_block_len(8192)
+        .with_segment_len(64 * 1024);
+    {
+        // Two segments and more: the first one goes once consumed.
+        let store = open(&sim, untiered).unwrap();
+        fill(&store, 400);
+        for _ in 0..400 {
+            store.read_next("orders", true).unwrap().unwrap();
+        }
+    }
+    {
+        let store = open(&sim, options(&tier)).unwrap();
+        for i in 400..600 {
+            store.append("orders", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        for _ in 400..600 {
+            store.read_next("orders", true).unwrap().unwrap();
+        }
+        store.tier_pass().unwrap();
+        store.tier_pass().unwrap();
+    }
+    let tiered = tiered_entries(&tier, "tier-dir/orders");
+    let first_tiered = *tiered.keys().next().unwrap();
+    assert!(first_tiered > 0, "{first_tiered}");
+    let store = open(&sim, options(&tier)).unwrap();
+    let local_front = (first_tiered..600)
+        .find(|&o| !tiered.contains_key(&o))
+        .unwrap();
+    assert!(local_front > first_tiered + 10, "{local_front}");
+    let (offset, data) = store.read_next_as("orders", "b", true).unwrap().unwrap();
+    assert_eq!(offset, first_tiered);
+    assert!(data == payload(first_tiered));
+    let rest: Vec<u64> = store
+        .iter("orders", offset + 1)
+        .map(|e| e.unwrap().0)
+        .collect();
+    assert_eq!(rest, (offset + 1..600).collect::<Vec<_>>());
+}

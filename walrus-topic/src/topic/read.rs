@@ -158,6 +158,16 @@ impl Topic {
                 }
                 continue;
             }
+            // Neither holds `cursor`: the next entry is the local chain's, or the tier's if it
+            // holds an earlier one (a topic whose start was released before it tiered).
+            if found.as_ref().is_none_or(|f| f.2 != cursor)
+                && let Some(next) = self.next_tiered(shared, cursor)?
+                && found.as_ref().is_none_or(|f| next < f.2)
+                && next < visible
+            {
+                cursor = next;
+                continue;
+            }
             let (block, at, offset) = match found {
                 Some(found) => found,
                 None => break,
@@ -254,6 +264,15 @@ impl Topic {
             return Ok(None);
         }
         tier.read(&self.name, self.written_end(), offset, want)
+            .map_err(|e| on_topic(e, &self.name, Some(offset)))
+    }
+
+    /// Where the remote tier next holds entries of the topic after `offset`, if it tiers.
+    fn next_tiered(&self, shared: &Shared, offset: u64) -> io::Result<Option<u64>> {
+        let Some((tier, _)) = shared.tiered(&self.name) else {
+            return Ok(None);
+        };
+        tier.next_start(&self.name, self.written_end(), offset.max(self.floor()))
             .map_err(|e| on_topic(e, &self.name, Some(offset)))
     }
 
