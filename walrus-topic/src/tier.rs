@@ -211,6 +211,9 @@ impl Cache {
 pub(crate) struct TopicTier {
     /// Held for a whole upload pass of the topic (network calls included).
     uploading: Mutex<()>,
+    /// Held while the catalogue loads: readers that find it unloaded meanwhile wait for that
+    /// load instead of each listing and fetching the whole catalogue again.
+    loading: Mutex<()>,
     /// Held only to read or change the catalogue, never across a call to the remote: stats
     /// and reads never wait for an upload.
     pub(crate) catalog: Mutex<Catalog>,
@@ -218,6 +221,9 @@ pub(crate) struct TopicTier {
     /// with its error instead of each waiting for the remote again.
     failed_load: Mutex<Option<(std::time::Instant, io::ErrorKind, String)>>,
 }
+
+/// Whether the instance is closing: long remote work gives up between two calls.
+pub(crate) type Stop<'a> = dyn Fn() -> bool + Sync + 'a;
 
 /// Threads fetching index objects when a catalogue loads.
 const LOAD_FETCHERS: usize = 8;
@@ -249,14 +255,17 @@ impl TierState {
 
     /// Loads the catalogue of `topic` (whose entries end at `end`) from the remote if this
     /// open has not yet; the first offset it holds. A read (`backoff`) within
-    /// [`LOAD_BACKOFF`] of a failed load fails at once; a tier pass always tries.
+    /// [`LOAD_BACKOFF`] of a failed load fails at once; a tier pass always tries. The load
+    /// gives up, `Interrupted`, once `stop` says so (the instance is closing).
     pub(crate) fn ensure_loaded(
         &self,
         topic: &Arc<str>,
         end: u64,
         backoff: bool,
+        stop: &Stop<'_>,
     ) -> io::Result<Option<u64>> {
         let state = self.topic(topic);
+        let _loading = (!state.catalog.lock().loaded).then(|| state.loading.lock());
         if !state.catalog.lock().loaded {
             if let Some((at, kind, why)) = &*state.failed_load.lock()
                 && backoff
@@ -268,7 +277,7 @@ impl TierState {
                 ));
             }
             // The listing without a lock held; an upload that loaded meanwhile wins.
-            let (blocks, superseded) = match self.list_catalog(topic, end) {
+            let (blocks, superseded) = match self.list_catalog(topic, end, stop) {
                 Ok(b) => b,
                 Err(e) => {
                     *state.failed_load.lock() =
@@ -300,7 +309,7 @@ impl TierState {
         if let Some(run) = self.cache.lock().find(topic, offset) {
             return Ok(Some(run));
         }
-        self.ensure_loaded(topic, end, true)?;
+        self.ensure_loaded(topic, end, true, &|| false)?;
         let Some(index) = self.topic(topic).catalog.lock().holding(offset) else {
             return Ok(None);
         };
@@ -359,7 +368,7 @@ impl TierState {
         end: u64,
         offset: u64,
     ) -> io::Result<Option<u64>> {
-        self.ensure_loaded(topic, end, true)?;
+        self.ensure_loaded(topic, end, true, &|| false)?;
         let state = self.topic(topic);
         let catalog = state.catalog.lock();
         Ok(catalog
@@ -387,6 +396,7 @@ impl TierState {
         &self,
         topic: &str,
         end: u64,
+        stop: &Stop<'_>,
     ) -> io::Result<(BTreeMap<u64, Arc<TierIndex>>, Vec<Arc<TierIndex>>)> {
         let dir = format!("{}/{}", self.options.dir, topic_key(topic));
         // Data objects are skipped: one without its index is an upload a crash interrupted,
@@ -399,15 +409,40 @@ impl TierState {
             .collect();
         // The index objects fetched side by side: a load costs a few round trips, not one per
         // tiered block.
+        // Each fetcher stops at the first failure, its own or another's, or when the instance
+        // closes: a load that cannot succeed costs one failed call, not one per index object.
         let chunk = listed.len().div_ceil(LOAD_FETCHERS).max(1);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let failed = &failed;
         let fetched: Vec<io::Result<TierIndex>> = std::thread::scope(|s| {
             let workers: Vec<_> = listed
                 .chunks(chunk)
                 .map(|part| {
                     s.spawn(move || {
-                        part.iter()
-                            .map(|l| self.fetch_index(topic, &l.key, l.size, end))
-                            .collect::<Vec<_>>()
+                        let mut out = Vec::with_capacity(part.len());
+                        for l in part {
+                            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                                break;
+                            }
+                            if stop() {
+                                out.push(Err(io::Error::new(
+                                    io::ErrorKind::Interrupted,
+                                    format!(
+                                        "loading the tier catalogue of topic {topic:?}: the \
+                                         instance is closing"
+                                    ),
+                                )));
+                                break;
+                            }
+                            let index = self.fetch_index(topic, &l.key, l.size, end);
+                            let bad = index.is_err();
+                            out.push(index);
+                            if bad {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                        out
                     })
                 })
                 .collect();
@@ -476,12 +511,12 @@ impl TierState {
         topic: &Arc<str>,
         chain: &[Arc<Block>],
         (durable, end): (u64, u64),
-        stop: &dyn Fn() -> bool,
+        stop: &Stop<'_>,
         pass: &mut TierPass,
     ) -> io::Result<()> {
         let state = self.topic(topic);
         let _uploading = state.uploading.lock();
-        self.ensure_loaded(topic, end, false)?;
+        self.ensure_loaded(topic, end, false, stop)?;
         self.delete_superseded(topic, &state);
         for block in chain {
             let (first, end) = (block.first_offset, block.end_offset());
@@ -544,12 +579,12 @@ impl TierState {
         &self,
         topic: &Arc<str>,
         (floor, end): (u64, u64),
-        stop: &dyn Fn() -> bool,
+        stop: &Stop<'_>,
         pass: &mut TierPass,
     ) -> io::Result<()> {
         let state = self.topic(topic);
         let _uploading = state.uploading.lock();
-        self.ensure_loaded(topic, end, false)?;
+        self.ensure_loaded(topic, end, false, stop)?;
         self.delete_superseded(topic, &state);
         let doomed: Vec<Arc<TierIndex>> = state
             .catalog

@@ -1161,3 +1161,52 @@ fn a_consumer_new_after_a_reopen_reads_the_tiered_entries_after_a_hole() {
         .collect();
     assert_eq!(rest, (offset + 1..600).collect::<Vec<_>>());
 }
+
+/// Loading a topic's catalogue (one GET per tiered block) on a slow remote: dropping the
+/// engine meanwhile waits for the calls in flight, not for the whole load; and a remote whose
+/// GETs fail costs a read a few failed calls, not one per tiered block.
+#[test]
+fn a_catalogue_load_stops_at_the_first_failure_and_at_the_close() {
+    let sim = SimStorage::new(46);
+    let tier = MemoryTier::new();
+    {
+        let store = open(&sim, options(&tier)).unwrap();
+        fill(&store, 3000);
+        store.commit("orders", 3000).unwrap();
+        store.tier_pass().unwrap();
+        store.tier_pass().unwrap();
+    }
+    let blocks = keys_by_kind(&tier).1 as u64;
+    assert!(blocks >= 120, "{blocks} blocks tiered");
+    tier.set_delay(Duration::from_millis(200));
+    let engine = Engine::open(
+        DIR,
+        Arc::new(sim.clone()) as Arc<dyn Storage>,
+        options(&tier),
+        SyncPolicy::Every(Duration::from_millis(5)),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tier.calls(TierOp::Get) == 0 {
+        assert!(Instant::now() < deadline, "the tier thread loads nothing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    drop(engine);
+    let took = started.elapsed();
+    // The whole load: `blocks` GETs over 8 fetchers at 200 ms each, 3 s and more.
+    assert!(
+        took < Duration::from_millis(1500),
+        "the close waited {took:?}"
+    );
+    tier.set_delay(Duration::ZERO);
+    let store = open(&sim, options(&tier)).unwrap();
+    let before = tier.calls(TierOp::Get);
+    tier.fail_next(TierOp::Get, 10_000);
+    assert!(store.read_at("orders", 0).is_err());
+    let calls = tier.calls(TierOp::Get) - before;
+    assert!(
+        calls <= 8,
+        "{calls} GETs for one failed load of {blocks} index objects"
+    );
+}

@@ -485,7 +485,10 @@ impl Store {
 
     /// [`tier_pass`](Self::tier_pass), giving up between two blocks once `stop` says so (the
     /// engine's close waits for one remote call at most, not for a whole backlog).
-    pub(crate) fn tier_pass_until(&self, stop: &dyn Fn() -> bool) -> io::Result<crate::TierPass> {
+    pub(crate) fn tier_pass_until(
+        &self,
+        stop: &crate::tier::Stop<'_>,
+    ) -> io::Result<crate::TierPass> {
         let mut pass = crate::TierPass::default();
         let Some(tier) = &self.shared.tier else {
             return Ok(pass);
