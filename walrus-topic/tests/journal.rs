@@ -126,3 +126,44 @@ fn a_segment_left_short_is_extended_before_appends_go_into_it() {
         }
     }
 }
+
+/// A refused open writes nothing, also when the journal holds records to apply: recovery
+/// decides on the segments with the records laid over them in memory first, and applies them
+/// only to an open that goes on.
+#[test]
+fn an_open_refused_after_a_power_cut_applies_no_journal_record() {
+    let sim = SimStorage::new(22);
+    let storage = || Arc::new(sim.clone()) as Arc<dyn Storage>;
+    {
+        let engine = Engine::open(DIR, storage(), options(), SyncPolicy::Each).unwrap();
+        for i in 0..20 {
+            for ticket in append_pair(&engine, i) {
+                ticket.wait().unwrap();
+            }
+        }
+        sim.crash(CrashMode::DropUnsynced);
+    }
+    // A foreign file: every open refuses the directory.
+    let foreign = std::path::Path::new("/wal/notes.txt");
+    storage().create(foreign, 0).unwrap();
+    let files = sim.files();
+    let before: Vec<Vec<u8>> = files.iter().map(|p| sim.contents(p).unwrap()).collect();
+    let e = Store::open(DIR, storage(), options())
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    assert_eq!(sim.files(), files);
+    let after: Vec<Vec<u8>> = files.iter().map(|p| sim.contents(p).unwrap()).collect();
+    assert!(after == before, "the refused open wrote");
+    storage().remove(foreign).unwrap();
+    let store = Store::open(DIR, storage(), options()).unwrap();
+    for t in 0..2 {
+        let topic = format!("t{t}");
+        for i in 0..20 {
+            assert!(
+                store.read_at(&topic, i).unwrap() == Some(payload(t, i)),
+                "{topic}@{i}"
+            );
+        }
+    }
+}

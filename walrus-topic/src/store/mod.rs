@@ -83,9 +83,11 @@ impl Store {
             DirLock::none()
         };
         // The journal's synced writes go to their segments first: recovery must find every
-        // acknowledged entry there. Applying them again after a refused open writes the same
-        // bytes again.
-        let recovered = crate::journal::replay(&dir, &*storage)
+        // acknowledged entry there. But a refused open writes nothing: where there are records
+        // to apply, recovery first decides with them laid over the segments in memory, as a
+        // read-only open does (so only an open after a crash decides twice).
+        let recovered = Self::decide_over_journal(&dir, &storage, &options)
+            .and_then(|()| crate::journal::replay(&dir, &*storage))
             .and_then(|found| Ok((recovery::recover(&dir, storage.clone(), &options)?, found)))
             .and_then(|(recovered, found)| {
                 // A new generation before anything is appended: the records applied above
@@ -114,6 +116,26 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Runs recovery's decisions, writing nothing, on the segments with the journal's live
+    /// records laid over them, if it has any: the error an open would be refused with.
+    fn decide_over_journal(
+        dir: &Path,
+        storage: &Arc<dyn Storage>,
+        options: &StoreOptions,
+    ) -> io::Result<()> {
+        let (view, applied) = crate::journal::applied_view(dir, storage.clone())?;
+        if applied > 0 {
+            let options = StoreOptions {
+                read_only: true,
+                background_maintenance: false,
+                prepare_ahead: false,
+                ..options.clone()
+            };
+            recovery::recover(dir, view, &options)?;
+        }
+        Ok(())
     }
 
     /// Opens the data directory `dir` read-only: recovers every topic in memory, and never
