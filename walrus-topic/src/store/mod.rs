@@ -541,10 +541,13 @@ impl Store {
             // retention released. The floor is durable first (retention writes it without a
             // sync): an index an interrupted expiry leaves without its data must lie below
             // the floor after any crash, where no read goes.
-            let expired =
-                self.shared.cursors.sync().and_then(|()| {
-                    tier.expire(&t.name, (t.floor(), t.written_end()), stop, &mut pass)
-                });
+            // The floor as written before that sync: one raised meanwhile may not be durable.
+            let floor = t.written_floor();
+            let expired = self
+                .shared
+                .cursors
+                .sync()
+                .and_then(|()| tier.expire(&t.name, (floor, t.written_end()), stop, &mut pass));
             let uploaded = uploaded.and(expired);
             let state = tier.topic(&t.name);
             let local_first = t

@@ -366,6 +366,13 @@ impl Topic {
         self.floor_at.load(Ordering::Acquire)
     }
 
+    /// The floor as its record was last written (the mirror [`floor`](Self::floor) may run
+    /// ahead of it while a consumer's removal writes it): a sync of the cursor file that
+    /// starts after this call makes it durable.
+    pub(crate) fn written_floor(&self) -> u64 {
+        self.floor.lock().offset
+    }
+
     /// Raises the floor to `offset` (marking the topic deleted if `deleted`) and persists it
     /// (synced if `sync`); memory follows only once that succeeded.
     fn write_floor(
