@@ -306,7 +306,7 @@ impl Store {
     }
 
     /// The listed topic `name` (not deleted, not only waited on).
-    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+    pub(crate) fn topic(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics
             .read()
             .get(name)

@@ -122,7 +122,8 @@ impl Consumer {
     }
 }
 
-/// How many times an operation looks a consumer up again after finding it removed under it.
+/// How many times an operation looks a consumer up again after finding it removed under it,
+/// before it takes the floor lock to keep removals out.
 const LOOKUPS: usize = 8;
 
 impl Topic {
@@ -155,11 +156,32 @@ impl Topic {
             }
             return f(&c, &mut r).map(Some);
         }
-        Err(self.error(
-            io::ErrorKind::Interrupted,
-            format!("consumer {name:?} was removed and re-created {LOOKUPS} times meanwhile"),
-            None,
-        ))
+        // Removed under this call each time (removals and re-creations in a loop): once more
+        // with the floor lock, which a removal takes first, so the consumer found cannot be
+        // removed before its reader is locked. Concurrency never fails a call.
+        let floor = self.floor.lock();
+        let mut found = None;
+        for _ in 0..2 {
+            found = match self.consumer(name) {
+                Some(c) => Some(c),
+                None if create => self.create_consumer(shared, name)?,
+                None => return Ok(None),
+            };
+            if found.is_some() {
+                break;
+            }
+            // Created by another thread meanwhile, and not removable since: found next time.
+        }
+        let Some(c) = found else {
+            return Err(self.error(
+                io::ErrorKind::Other,
+                format!("consumer {name:?} neither found nor created under the floor lock"),
+                None,
+            ));
+        };
+        let mut r = c.reader.lock();
+        drop(floor);
+        f(&c, &mut r).map(Some)
     }
 
     /// Creates consumer `name` at the oldest retained entry and persists its record. `None` if
@@ -651,4 +673,54 @@ fn retention_target(
         target = units.get(i + 1).map(|next| next.first);
     }
     target
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use walrus_io::{SimStorage, Storage};
+
+    use super::{Consumer, LOOKUPS};
+    use crate::{Store, StoreOptions};
+
+    /// A consumer removed under every lookup of a read (here: marked removed while the read
+    /// waits for its reader, a fresh one in its place each time) does not fail the read: past
+    /// the lookups, the read takes the floor lock that removals take first.
+    #[test]
+    fn a_consumer_removed_under_every_lookup_does_not_fail_the_read() {
+        let sim = SimStorage::new(7);
+        let storage: Arc<dyn Storage> = Arc::new(sim);
+        let store = Store::open("/w", storage, StoreOptions::new()).unwrap();
+        for _ in 0..3 {
+            store.append("t", b"x").unwrap();
+        }
+        assert!(store.read_next_as("t", "c", true).unwrap().is_some());
+        let topic = store.topic("t").unwrap();
+        let first = topic.consumer("c").unwrap();
+        let fresh: Vec<Arc<Consumer>> = (0..=LOOKUPS)
+            .map(|_| Arc::new(Consumer::new(Arc::from("c"), 1, 0, None)))
+            .collect();
+        std::thread::scope(|s| {
+            let mut held = first.reader.lock();
+            let read = s.spawn(|| store.read_next_as("t", "c", false));
+            for next in &fresh {
+                // Bounded: the read is waiting for the reader held here by then.
+                std::thread::sleep(Duration::from_millis(20));
+                let next_held = next.reader.lock();
+                topic
+                    .consumers
+                    .write()
+                    .insert(Arc::from("c"), Arc::clone(next));
+                held.removed = true;
+                drop(held);
+                held = next_held;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            drop(held);
+            let got = read.join().unwrap();
+            assert_eq!(got.unwrap().map(|(o, _)| o), Some(1));
+        });
+    }
 }
