@@ -1210,3 +1210,43 @@ fn a_catalogue_load_stops_at_the_first_failure_and_at_the_close() {
         "{calls} GETs for one failed load of {blocks} index objects"
     );
 }
+
+/// Removing a consumer whose read waits for a slow remote waits for that read, with the
+/// topic's floor locked; appends that seal blocks meanwhile (each a moment retention is
+/// applied, under the floor lock) are not held up by it.
+#[test]
+fn a_removal_waiting_for_a_slow_read_holds_up_no_append() {
+    let sim = SimStorage::new(47);
+    let tier = MemoryTier::new();
+    // A retention of the topic's own (never reached here): applied as blocks seal.
+    let options = || {
+        bounded(&tier)
+            .with_topic_retention("orders", Retention::unlimited().with_max_bytes(1 << 30))
+    };
+    {
+        let store = open(&sim, options()).unwrap();
+        fill(&store, 300);
+        store.tier_pass().unwrap();
+    }
+    let store = Arc::new(open(&sim, options()).unwrap());
+    tier.set_delay(Duration::from_millis(1500));
+    let reader = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.read_next_as("orders", "slow", true))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let remover = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.remove_consumer("orders", "slow"))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    // Past one 8 KiB block.
+    for i in 300..340 {
+        store.append("orders", &payload(i)).unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(700), "{took:?}");
+    assert_eq!(reader.join().unwrap().unwrap(), Some((0, payload(0))));
+    assert!(remover.join().unwrap().unwrap());
+}

@@ -404,7 +404,7 @@ impl Store {
         };
         let now = SystemTime::now();
         for t in topics {
-            if let Err(e) = t.apply_retention(&self.shared, now) {
+            if let Err(e) = t.apply_retention(&self.shared, now, true) {
                 tracing::warn!(topic = %t.name, error = %e, "retention not applied");
             }
         }

@@ -484,12 +484,28 @@ impl Topic {
     }
 
     /// Releases the oldest sealed blocks beyond the topic's retention, raising its floor.
-    pub(crate) fn apply_retention(&self, shared: &Shared, now: SystemTime) -> io::Result<()> {
+    ///
+    /// Unless `wait`, gives up at once when the floor is locked (a consumer's removal may hold
+    /// it while that consumer's read waits for the remote tier): for an append that sealed a
+    /// block, which must not wait for that; the next seal or the maintenance applies it.
+    pub(crate) fn apply_retention(
+        &self,
+        shared: &Shared,
+        now: SystemTime,
+        wait: bool,
+    ) -> io::Result<()> {
         let retention = shared.options.retention_for(&self.name);
         if !retention.is_limited() || self.is_hidden() {
             return Ok(());
         }
-        let mut f = self.floor.lock();
+        let mut f = if wait {
+            self.floor.lock()
+        } else {
+            match self.floor.try_lock() {
+                Some(f) => f,
+                None => return Ok(()),
+            }
+        };
         let target = {
             let chain = self.chain.read();
             let now = unix_millis(now);

@@ -294,7 +294,7 @@ impl Topic {
         if !plan.new_blocks.is_empty() {
             // A block sealed just now may already be wholly consumed, or beyond retention.
             self.release_consumed(shared);
-            if let Err(e) = self.apply_retention(shared, std::time::SystemTime::now()) {
+            if let Err(e) = self.apply_retention(shared, std::time::SystemTime::now(), false) {
                 tracing::warn!(topic = %self.name, error = %e, "retention not applied");
             }
         }
