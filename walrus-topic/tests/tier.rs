@@ -839,6 +839,30 @@ fn reopens_consumer_removal_and_a_shared_directory_keep_the_contract() {
     assert_eq!(store.read_at("orders", 3).unwrap(), Some(payload(10)));
 }
 
+/// A store on the simulated disk of seed `seed` tiers entries `0..n`; then a store on another
+/// disk (seed `seed + 1`) under the same tier directory appends `other(0..=n)`, synced and all
+/// consumed, so that any block the tier held for it would leave its disk.
+fn beside_another_store(
+    seed: u64,
+    n: u64,
+    other: &dyn Fn(u64) -> Vec<u8>,
+) -> (MemoryTier, SimStorage, Store) {
+    let tier = MemoryTier::new();
+    {
+        let store = open(&SimStorage::new(seed), options(&tier)).unwrap();
+        fill(&store, n);
+        store.tier_pass().unwrap();
+    }
+    let sim = SimStorage::new(seed + 1);
+    let store = open(&sim, options(&tier)).unwrap();
+    for i in 0..=n {
+        store.append("orders", &other(i)).unwrap();
+    }
+    store.sync().unwrap();
+    store.commit("orders", n + 1).unwrap();
+    (tier, sim, store)
+}
+
 /// Another store under the same directory whose blocks have exactly the offsets of this one's
 /// (entries of the same lengths, other bytes) is refused too: an index object with a local
 /// block's offsets counts as that block's upload only if its data is the block's, or the block
@@ -846,22 +870,9 @@ fn reopens_consumer_removal_and_a_shared_directory_keep_the_contract() {
 /// entries.
 #[test]
 fn another_stores_blocks_with_the_same_offsets_are_not_taken_for_uploads() {
-    let tier = MemoryTier::new();
     let n = 400;
-    {
-        let store = open(&SimStorage::new(40), options(&tier)).unwrap();
-        fill(&store, n);
-        store.tier_pass().unwrap();
-    }
     let other = |i: u64| payload(i).iter().map(|b| !b).collect::<Vec<u8>>();
-    let sim = SimStorage::new(41);
-    let store = open(&sim, options(&tier)).unwrap();
-    for i in 0..=n {
-        store.append("orders", &other(i)).unwrap();
-    }
-    store.sync().unwrap();
-    // All consumed: a block the tier held would leave the local disk.
-    store.commit("orders", n + 1).unwrap();
+    let (tier, sim, store) = beside_another_store(40, n, &other);
     let blocks = store.retained_blocks("orders").unwrap();
     let e = store.tier_pass().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
@@ -883,22 +894,10 @@ fn another_stores_blocks_with_the_same_offsets_are_not_taken_for_uploads() {
 /// it, makes no tier mark: the local blocks it overlaps stay.
 #[test]
 fn another_stores_overlapping_block_releases_nothing() {
-    let tier = MemoryTier::new();
     let n = 400;
-    {
-        let store = open(&SimStorage::new(43), options(&tier)).unwrap();
-        fill(&store, n);
-        store.tier_pass().unwrap();
-    }
     // Other entry lengths: the blocks here start at other offsets than the tiered ones.
     let other = |i: u64| vec![(i % 251) as u8; 300 + (i % 7) as usize * 100];
-    let sim = SimStorage::new(44);
-    let store = open(&sim, options(&tier)).unwrap();
-    for i in 0..=n {
-        store.append("orders", &other(i)).unwrap();
-    }
-    store.sync().unwrap();
-    store.commit("orders", n + 1).unwrap();
+    let (_tier, _sim, store) = beside_another_store(43, n, &other);
     let blocks = store.retained_blocks("orders").unwrap();
     assert!(store.tier_pass().is_err());
     assert_eq!(store.retained_blocks("orders"), Some(blocks));
