@@ -354,8 +354,9 @@ impl Remote {
             .into_iter()
             .filter_map(|(path, size)| {
                 let start = format::parse_checkpoint_name(path.as_ref())?;
-                // Only direct children of the directory.
-                (path.as_ref() == format::checkpoint_name(&self.prefix, start))
+                // Only direct children of the directory. Compared as paths: a listed path is
+                // in object_store's encoding (a prefix's non-ASCII bytes, `~`, `%`, … escaped).
+                (path == Path::from(format::checkpoint_name(&self.prefix, start)))
                     .then_some((start, path, size))
             })
             .collect();

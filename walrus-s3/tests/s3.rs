@@ -1118,3 +1118,30 @@ fn a_first_truncation_cut_short_is_finished_from_the_start() {
     );
     next.close().unwrap();
 }
+
+/// A prefix with characters object_store encodes in its paths (non-ASCII, `~`): checkpoints
+/// are found like batches, so a truncation leaves the prefix readable and writable.
+#[test]
+fn a_prefix_object_store_encodes_keeps_its_checkpoints() {
+    let (_server, store) = server();
+    let prefix = "wal-é~1";
+    let wal = S3Wal::open(Arc::clone(&store), prefix, fast()).unwrap();
+    wal.append("t", b"x").unwrap().wait_timeout(WAIT).unwrap();
+    wal.append("t", b"y").unwrap().wait_timeout(WAIT).unwrap();
+    assert!(wal.truncate(&[("t", 1)]).unwrap() >= 1);
+    wal.close().unwrap();
+    let reader = S3Reader::open(Arc::clone(&store), prefix).unwrap();
+    assert_eq!(reader.start_offset("t"), 1);
+    let kept: Vec<(u64, Vec<u8>)> = reader
+        .read("t", 1)
+        .map(|r| r.map(|r| (r.offset, r.data)))
+        .collect::<io::Result<_>>()
+        .unwrap();
+    assert_eq!(kept, vec![(1, b"y".to_vec())]);
+    let wal = S3Wal::open(Arc::clone(&store), prefix, fast()).unwrap();
+    assert_eq!(
+        wal.append("t", b"z").unwrap().wait_timeout(WAIT).unwrap(),
+        2..3
+    );
+    wal.close().unwrap();
+}
