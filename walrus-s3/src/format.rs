@@ -27,9 +27,12 @@ use std::io;
 use std::ops::Range;
 
 use walrus_block::checksum::crc32c;
+// One past a section's last entry, and a checkpoint's end of a topic, stay at or below the
+// frames' `MAX_OFFSET`: a writer or a reader counting on from an offset it decoded never
+// overflows.
 use walrus_block::{
-    CorruptReason, Frame, FrameDecoder, FrameKind, MAX_TOPIC_NAME_LEN, encode_frame, frame_len,
-    validate_topic_name,
+    CorruptReason, Frame, FrameDecoder, FrameKind, MAX_OFFSET, MAX_TOPIC_NAME_LEN, encode_frame,
+    frame_len, validate_topic_name,
 };
 
 /// The first bytes of every batch object.
@@ -132,6 +135,15 @@ pub fn encode_batch(id: BatchId, topics: &[TopicEntries<'_>]) -> io::Result<Vec<
         table_len += 2 + t.topic.len() + 8 + 4 + 8 + 8;
         let count = u32::try_from(t.entries.len())
             .map_err(|_| invalid_input(format!("topic {:?}: too many entries", t.topic)))?;
+        if t.first
+            .checked_add(u64::from(count))
+            .is_none_or(|end| end > MAX_OFFSET)
+        {
+            return Err(invalid_input(format!(
+                "topic {:?}: offsets past {MAX_OFFSET}",
+                t.topic
+            )));
+        }
         entries = entries
             .checked_add(count)
             .ok_or_else(|| invalid_input("too many entries in one batch".into()))?;
@@ -296,7 +308,11 @@ pub fn decode_header(object: &str, bytes: &[u8]) -> io::Result<HeaderProbe> {
         let start = f.u64().ok_or_else(bad)?;
         let len = f.u64().ok_or_else(bad)?;
         let end = start.checked_add(len).ok_or_else(bad)?;
-        if start != expect_start || end > body_len || first.checked_add(u64::from(count)).is_none()
+        if start != expect_start
+            || end > body_len
+            || first
+                .checked_add(u64::from(count))
+                .is_none_or(|e| e > MAX_OFFSET)
         {
             return Err(corrupt(
                 object,
@@ -465,6 +481,11 @@ pub fn encode_checkpoint(c: &Checkpoint) -> io::Result<Vec<u8>> {
     let mut last: Option<&str> = None;
     for (topic, end) in &c.ends {
         validate_topic_name(topic).map_err(|e| invalid_input(e.to_string()))?;
+        if *end > MAX_OFFSET {
+            return Err(invalid_input(format!(
+                "checkpoint end {end} of topic {topic:?} is past {MAX_OFFSET}"
+            )));
+        }
         if last.is_some_and(|l| l >= topic.as_str()) {
             return Err(invalid_input(format!(
                 "checkpoint topics out of order at {topic:?}"
@@ -538,6 +559,11 @@ pub fn decode_checkpoint(object: &str, start: u64, bytes: &[u8]) -> io::Result<C
             .to_owned();
         validate_topic_name(&topic).map_err(|e| bad(&e))?;
         let end = f.u64().ok_or_else(short)?;
+        if end > MAX_OFFSET {
+            return Err(bad(&format!(
+                "topic {topic:?} ends at {end}, past {MAX_OFFSET}"
+            )));
+        }
         if ends.last().is_some_and(|(l, _)| *l >= topic) {
             return Err(bad(&format!("topic {topic:?} out of order")));
         }
@@ -593,7 +619,7 @@ mod tests {
             // By byte order: UTF-8's multi-byte characters after ASCII.
             ends: vec![
                 ("a".into(), 10),
-                ("z".into(), u64::MAX),
+                ("z".into(), MAX_OFFSET),
                 ("événements".into(), 0),
             ],
         }
@@ -636,6 +662,57 @@ mod tests {
         };
         let bytes = encode_checkpoint(&empty).unwrap();
         assert_eq!(decode_checkpoint("x", 0, &bytes).unwrap(), empty);
+    }
+
+    /// Replaces the first `from` (little-endian) in `bytes[..crc_at]` by `to` and puts the
+    /// CRC32C of `bytes[..crc_at]` back at `crc_at`: bytes a writer never made, that pass.
+    fn forge(bytes: &mut [u8], crc_at: usize, from: u64, to: u64) {
+        let at = bytes[..crc_at]
+            .windows(8)
+            .position(|w| w == from.to_le_bytes())
+            .unwrap();
+        bytes[at..at + 8].copy_from_slice(&to.to_le_bytes());
+        let crc = crc32c(&bytes[..crc_at]);
+        bytes[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Offsets past [`MAX_OFFSET`] are refused by the encoders (`InvalidInput`) and, forged
+    /// with a valid CRC, by the decoders (`InvalidData`): nothing counting on from a decoded
+    /// offset overflows.
+    #[test]
+    fn offsets_past_the_last_one_are_refused_both_ways() {
+        let mut c = checkpoint();
+        c.ends[1].1 = MAX_OFFSET + 1;
+        let e = encode_checkpoint(&c).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        let mut bytes = encode_checkpoint(&checkpoint()).unwrap();
+        let crc_at = bytes.len() - 4;
+        forge(&mut bytes, crc_at, MAX_OFFSET, MAX_OFFSET + 1);
+        let e = decode_checkpoint("x", 42, &bytes).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+
+        let one: Vec<(FrameKind, &[u8])> = vec![(FrameKind::single(), b"last")];
+        let batch = |first| {
+            encode_batch(
+                id(),
+                &[TopicEntries {
+                    topic: "t",
+                    first,
+                    entries: one.clone(),
+                }],
+            )
+        };
+        let e = batch(MAX_OFFSET).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        let mut bytes = batch(MAX_OFFSET - 1).unwrap();
+        assert_eq!(
+            header(&bytes).sections[0].offsets(),
+            MAX_OFFSET - 1..MAX_OFFSET
+        );
+        let crc_at = header(&bytes).sections[0].bytes.start as usize - 4;
+        forge(&mut bytes, crc_at, MAX_OFFSET - 1, MAX_OFFSET);
+        let e = decode_header("t", &bytes).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     }
 
     #[test]
