@@ -334,10 +334,13 @@ impl GroupCommit {
     fn yield_wait(&self, _ticket: u64) {}
 
     /// Whether `ticket` has no hope left: a sync failed or the instance closed, and no sync
-    /// still running is numbered to cover it. (One that is may yet succeed, and make the
-    /// entries durable, and visible: their append must not be told it failed.)
+    /// is still running. Any running sync may yet succeed and make the entries durable, and
+    /// visible, so their append must not be told it failed: not only one numbered to cover
+    /// the ticket, since numbering is conservative but a sync takes its snapshot of what is
+    /// written after it was numbered, and so may cover writes of later tickets too. (Once
+    /// failed, no new sync starts: the set of running ones only shrinks.)
     fn hopeless(st: &State, ticket: u64) -> bool {
-        (st.failed.is_some() || st.closed) && !st.in_flight.iter().any(|&n| n >= ticket)
+        (st.failed.is_some() || st.closed) && st.done < ticket && st.in_flight.is_empty()
     }
 
     /// The answer for `ticket` now: `Some(Ok)` durable, `Some(Err)` never will be, `None` not
@@ -456,7 +459,14 @@ impl GroupCommit {
             self.running.store(false, Ordering::Release);
             drop(st);
             unpark(woken);
-            result?;
+            if let Err(e) = result {
+                // Its own error, unless a sync still running may cover the ticket after all:
+                // then the loop waits for that one to settle it.
+                let st = self.state.lock();
+                if st.done < ticket && st.in_flight.is_empty() {
+                    return Err(e);
+                }
+            }
         }
     }
 
@@ -586,12 +596,11 @@ impl GroupCommit {
     /// lead the next.
     #[must_use]
     fn wake(st: &mut State) -> Vec<Thread> {
-        // Failed or closed, a ticket no sync still running covers is settled (as an error).
-        let failing = st.failed.is_some() || st.closed;
-        let covered = st.in_flight.iter().copied().max();
+        // Failed or closed, with no sync running, every ticket is settled (uncovered ones as
+        // errors): see `hopeless`.
+        let failing = (st.failed.is_some() || st.closed) && st.in_flight.is_empty();
         let done = st.done;
-        let settles =
-            |ticket: u64| ticket <= done || (failing && covered.is_none_or(|c| c < ticket));
+        let settles = |ticket: u64| ticket <= done || failing;
         let mut i = 0;
         while i < st.wakers.len() {
             if settles(st.wakers[i].0) {
@@ -808,6 +817,62 @@ mod tests {
             // A write no running sync covers fails at once.
             let after = gc.ticket();
             assert!(gc.poll_done(after, None).is_err());
+        }
+    }
+
+    /// A sync numbered before a ticket may still make its write durable (it takes its
+    /// snapshot of what is written after it was numbered): while it runs, a failure of a
+    /// later sync settles no ticket, and the engine's watermark then decides.
+    #[test]
+    fn a_failure_settles_no_ticket_while_any_sync_runs() {
+        let gc = Arc::new(GroupCommit::default());
+        let earlier = gc.begin_external();
+        let t = gc.ticket(); // written after `earlier` was numbered, maybe before its snapshot
+        let later = gc.begin_external();
+        gc.finish_external(later, &Err(io::Error::from_raw_os_error(5)));
+        assert!(
+            !gc.poll_done(t, None).unwrap(),
+            "settled while a sync that may cover it runs"
+        );
+        gc.finish_external(earlier, &Ok(()));
+        assert!(gc.poll_done(t, None).is_err(), "settled once none runs");
+    }
+
+    /// A leader whose own sync fails does not report the failure while another sync it did
+    /// not start, numbered to cover its ticket, still runs: that one may succeed.
+    #[test]
+    fn a_leader_whose_sync_fails_waits_for_a_running_sync_that_covers_it() {
+        for other_succeeds in [true, false] {
+            let gc = Arc::new(GroupCommit::with_yield_wait(false));
+            let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let leader = {
+                let gc = gc.clone();
+                std::thread::spawn(move || {
+                    let t = gc.ticket();
+                    gc.wait(t, || {
+                        entered_tx.send(()).unwrap();
+                        let _ = go_rx.recv();
+                        Err(io::Error::from_raw_os_error(5))
+                    })
+                })
+            };
+            entered_rx.recv().unwrap();
+            let other = gc.begin_external();
+            go_tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            assert!(
+                !leader.is_finished(),
+                "the leader gave up on a running sync"
+            );
+            let result = if other_succeeds {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(5))
+            };
+            gc.finish_external(other, &result);
+            let led = leader.join().unwrap();
+            assert_eq!(led.is_ok(), other_succeeds, "{led:?}");
         }
     }
 
