@@ -574,7 +574,7 @@ impl GroupCommit {
 
     /// Records the end of sync `number`; the threads to unpark.
     #[must_use]
-    fn complete(&self, st: &mut State, number: u64, result: &io::Result<()>) -> Vec<Thread> {
+    fn complete(&self, st: &mut State, number: u64, result: &io::Result<()>) -> Woken {
         self.yielding.happened();
         st.in_flight.retain(|&n| n != number);
         match result {
@@ -591,38 +591,39 @@ impl GroupCommit {
         Self::wake(st)
     }
 
-    /// Wakes the futures that are settled now and lists the threads to unpark: those settled,
-    /// and, when no sync runs but some leading waiter is still uncovered, one of those to
-    /// lead the next.
+    /// Lists what to wake now, once the lock is released: the futures settled, the threads
+    /// settled, and, when no sync runs but some leading waiter is still uncovered, one of those
+    /// to lead the next.
     #[must_use]
-    fn wake(st: &mut State) -> Vec<Thread> {
+    fn wake(st: &mut State) -> Woken {
         // Failed or closed, with no sync running, every ticket is settled (uncovered ones as
         // errors): see `hopeless`.
         let failing = (st.failed.is_some() || st.closed) && st.in_flight.is_empty();
         let done = st.done;
         let settles = |ticket: u64| ticket <= done || failing;
+        let mut wakers = Vec::new();
         let mut i = 0;
         while i < st.wakers.len() {
             if settles(st.wakers[i].0) {
-                st.wakers.swap_remove(i).1.wake();
+                wakers.push(st.wakers.swap_remove(i).1);
             } else {
                 i += 1;
             }
         }
-        let mut woken = Vec::new();
+        let mut threads = Vec::new();
         st.sleepers.retain(|s| {
             let settled = settles(s.ticket);
             if settled {
-                woken.push(s.thread.clone());
+                threads.push(s.thread.clone());
             }
             !settled
         });
         if !st.running
             && let Some(i) = st.sleepers.iter().position(|s| s.leads)
         {
-            woken.push(st.sleepers.swap_remove(i).thread);
+            threads.push(st.sleepers.swap_remove(i).thread);
         }
-        woken
+        Woken { threads, wakers }
     }
 }
 
@@ -653,10 +654,21 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Unparks `threads`, outside the lock so that they find it free.
-fn unpark(threads: Vec<Thread>) {
-    for t in threads {
+/// What a change of the commits' state settled: threads to unpark and futures to wake.
+#[must_use]
+struct Woken {
+    threads: Vec<Thread>,
+    wakers: Vec<Waker>,
+}
+
+/// Unparks and wakes what `woken` lists, outside the lock: so that they find it free, and
+/// so that a waker that polls its future at once (as some executors' do) can take it.
+fn unpark(woken: Woken) {
+    for t in woken.threads {
         t.unpark();
+    }
+    for w in woken.wakers {
+        w.wake();
     }
 }
 
@@ -874,6 +886,52 @@ mod tests {
             let led = leader.join().unwrap();
             assert_eq!(led.is_ok(), other_succeeds, "{led:?}");
         }
+    }
+
+    /// A waker whose `wake` polls its ticket at once, as an executor polling inline would; it
+    /// keeps whether the poll found the ticket settled with an error.
+    struct PollsInline {
+        gc: Arc<GroupCommit>,
+        ticket: u64,
+        failed: parking_lot::Mutex<Option<bool>>,
+    }
+
+    impl std::task::Wake for PollsInline {
+        fn wake(self: Arc<Self>) {
+            let failed = self.gc.poll_done(self.ticket, None).is_err();
+            *self.failed.lock() = Some(failed);
+        }
+    }
+
+    /// Futures are woken outside the commits' lock: a waker that polls at once takes it (a
+    /// failed sync settles the ticket, so the poll cannot answer from the done counter alone).
+    #[test]
+    fn a_waker_that_polls_at_once_finds_the_lock_free() {
+        let gc = Arc::new(GroupCommit::default());
+        let t = gc.ticket();
+        let inline = Arc::new(PollsInline {
+            gc: gc.clone(),
+            ticket: t,
+            failed: parking_lot::Mutex::new(None),
+        });
+        let waker = Waker::from(inline.clone());
+        assert!(!gc.poll_done(t, Some(&waker)).unwrap());
+        let sync = gc.begin_external();
+        let finisher = {
+            let gc = gc.clone();
+            std::thread::spawn(move || {
+                gc.finish_external(sync, &Err(io::Error::from_raw_os_error(5)));
+            })
+        };
+        // Bounded: a wake under the lock would hang the finisher for good.
+        for _ in 0..500 {
+            if finisher.is_finished() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(finisher.is_finished(), "the waker's poll deadlocked");
+        assert_eq!(*inline.failed.lock(), Some(true));
     }
 
     /// An external sync that panics counts as failed: a write it covered is settled with an
