@@ -573,7 +573,6 @@ impl GroupCommit {
     }
 
     /// Records the end of sync `number`; the threads to unpark.
-    #[must_use]
     fn complete(&self, st: &mut State, number: u64, result: &io::Result<()>) -> Woken {
         self.yielding.happened();
         st.in_flight.retain(|&n| n != number);
@@ -594,7 +593,6 @@ impl GroupCommit {
     /// Lists what to wake now, once the lock is released: the futures settled, the threads
     /// settled, and, when no sync runs but some leading waiter is still uncovered, one of those
     /// to lead the next.
-    #[must_use]
     fn wake(st: &mut State) -> Woken {
         // Failed or closed, with no sync running, every ticket is settled (uncovered ones as
         // errors): see `hopeless`.
