@@ -14,7 +14,9 @@
 //! applied record it synced, see [`crate::StateMachine`]): openraft purges up to a snapshot it
 //! is still installing, and a node restarted with its log purged past what its state machine
 //! kept could never re-apply the entries in between. Memory purges as asked; on disk the
-//! entries past the durable applied id stay, and a later purge releases them.
+//! entries past the durable applied id stay until the state machine makes its applied record
+//! durable past them (the install's, a snapshot build's), which makes the rest of the purge
+//! durable: openraft appends after the snapshot without purging again.
 //! - `applied`: the state machine's own record (see [`crate::StateMachine`]).
 //!
 //! Reopening replays `log` from the `raft` cursor: entries at or below the purged index are
@@ -261,6 +263,43 @@ impl LogStore {
         *self.shared.durable_applied.lock() = applied;
     }
 
+    /// [`set_durable_applied`](Self::set_durable_applied), then makes durable the part of the
+    /// purge asked in memory that waited for it. openraft purges a follower up to a snapshot
+    /// before installing it, and then appends after it, without purging again until its next
+    /// snapshot: left on disk at the old entries, the log would replay them and then find a
+    /// gap before the new ones, and the node could not restart.
+    pub(crate) async fn advance_durable_applied(
+        &self,
+        applied: Option<LogId<NodeId>>,
+    ) -> io::Result<()> {
+        self.set_durable_applied(applied);
+        let wanted = self.shared.index.lock().purged;
+        let kept = applied.min(wanted);
+        if kept > self.shared.meta.lock().await.purged {
+            self.save_meta(|m| m.purged = m.purged.max(kept), true)
+                .await?;
+        }
+        let start = self.shared.index.lock().start_after(kept);
+        self.release_before(start)
+    }
+
+    /// Moves the `raft` consumer's cursor to `start` (see [`Index::start_after`]), releasing
+    /// what replay no longer reads. Only a release hint: the purge is durable already, and
+    /// replay skips what it purged.
+    fn release_before(&self, start: Option<Option<u64>>) -> io::Result<()> {
+        let wal = &self.shared.wal;
+        let cursor = match start {
+            Some(Some(offset)) => offset,
+            Some(None) => wal.end_offset(LOG).unwrap_or(0),
+            // An earlier purge's cursor already stops before them.
+            None => return Ok(()),
+        };
+        if cursor > wal.cursor_as(LOG, OWNER).unwrap_or(0) {
+            wal.commit_as(LOG, OWNER, cursor)?;
+        }
+        Ok(())
+    }
+
     async fn save_meta(&self, change: impl FnOnce(&mut Meta), durable: bool) -> io::Result<()> {
         let mut meta = self.shared.meta.lock().await;
         let mut next = meta.clone();
@@ -442,7 +481,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Option's order puts `None` (nothing durable) first.
         let kept = (*self.shared.durable_applied.lock()).min(Some(log_id));
         if kept > self.shared.meta.lock().await.purged {
-            self.save_meta(|m| m.purged = kept, true)
+            self.save_meta(|m| m.purged = m.purged.max(kept), true)
                 .await
                 .map_err(|e| logs_err(ErrorVerb::Delete, e))?;
         }
@@ -452,19 +491,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index.purge(&log_id);
             start
         };
-        let wal = &self.shared.wal;
-        let cursor = match start {
-            Some(Some(offset)) => offset,
-            Some(None) => wal.end_offset(LOG).unwrap_or(0),
-            // An earlier purge's cursor already stops before them.
-            None => return Ok(()),
-        };
-        // Only a release hint: the purge is durable up to `kept`, and replay skips below it.
-        if cursor > wal.cursor_as(LOG, OWNER).unwrap_or(0) {
-            wal.commit_as(LOG, OWNER, cursor)
-                .map_err(|e| logs_err(ErrorVerb::Delete, e))?;
-        }
-        Ok(())
+        self.release_before(start)
+            .map_err(|e| logs_err(ErrorVerb::Delete, e))
     }
 }
 

@@ -152,7 +152,10 @@ impl StateMachine {
         self.shared.data.flush()?;
         let bytes = serde_json::to_vec(&st.applied).map_err(io::Error::other)?;
         save_record(self.shared.log.instance(), APPLIED, &bytes).await?;
-        self.shared.log.set_durable_applied(st.applied.last);
+        self.shared
+            .log
+            .advance_durable_applied(st.applied.last)
+            .await?;
         st.unsaved = 0;
         Ok(())
     }

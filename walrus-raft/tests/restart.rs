@@ -171,3 +171,51 @@ async fn a_purge_past_the_durable_applied_id_keeps_the_entries_to_reapply() {
         .collect();
     assert_eq!(ids, vec![id(1, 19), id(1, 20)]);
 }
+
+/// A follower behind a leader's purge gets a snapshot: openraft purges its log up to the
+/// snapshot before the state machine installs it, then appends after it. The purge held back
+/// at first (nothing durable past the old entries) is made durable once the install is, so the
+/// node restarts with its log starting after the snapshot, not with a gap after the old
+/// entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_installed_a_snapshot_restarts() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let snapshot = {
+        let (_log, mut sm) = open_stores(leader_dir.path()).unwrap();
+        apply_durably(
+            &mut sm,
+            (1..=100)
+                .map(|i| append(1, i, "t", &format!("e{i}")))
+                .collect(),
+        )
+        .await;
+        sm.get_current_snapshot().await.unwrap().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+        log.blocking_append((1..=10).map(|i| append(1, i, "t", &format!("e{i}"))))
+            .await
+            .unwrap();
+        // openraft's order: the purge, then the install.
+        log.purge(id(1, 100)).await.unwrap();
+        sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        log.blocking_append((101..=105).map(|i| append(1, i, "t", &format!("e{i}"))))
+            .await
+            .unwrap();
+        log.save_committed(Some(id(1, 105))).await.unwrap();
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+    }
+    let (mut log, mut sm) = open_stores(dir.path()).unwrap_or_else(|e| panic!("reopen: {e}"));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(id(1, 100)));
+    assert_eq!(state.last_log_id, Some(id(1, 105)));
+    StorageHelper::new(&mut log, &mut sm)
+        .get_initial_state()
+        .await
+        .unwrap_or_else(|e| panic!("the node cannot restart: {e}"));
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(id(1, 105)));
+    assert_eq!(sm.data().read_at("t", 104).unwrap().unwrap().data, b"e105");
+}
