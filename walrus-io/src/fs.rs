@@ -180,9 +180,17 @@ pub(crate) fn drop_cached(file: &File, path: &Path) {
 }
 
 /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts write-back of the range's dirty pages
-/// without waiting for it. Without a wait flag the call checks no write-back error, so it
-/// cannot take one away from the next `fdatasync`.
-pub(crate) fn start_write_back(file: &File, path: &Path, offset: u64, len: u64) -> io::Result<()> {
+/// without waiting for it. Without a wait flag the call checks no earlier write-back error, so
+/// it cannot take one away from the next `fdatasync`. But the write-back it starts can fail
+/// then and there (`EIO`, `ENOSPC` from a delayed allocation), and that answer may be the
+/// only report of it: `failed` hears of it, to make the next sync fail too.
+pub(crate) fn start_write_back(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    failed: impl FnOnce(&io::Error),
+) -> io::Result<()> {
     let (Ok(off), Ok(n)) = (
         libc::off64_t::try_from(offset),
         libc::off64_t::try_from(len),
@@ -210,6 +218,11 @@ pub(crate) fn start_write_back(file: &File, path: &Path, offset: u64, len: u64) 
             Some(libc::EINTR) => {}
             // Not every file system has it; it is only a hint.
             Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::ESPIPE) => return Ok(()),
+            Some(libc::EIO | libc::ENOSPC | libc::EDQUOT) => {
+                let err = op_error("sync_file_range", path, Some(offset), err);
+                failed(&err);
+                return Err(err);
+            }
             _ => return Err(op_error("sync_file_range", path, Some(offset), err)),
         }
     }

@@ -167,6 +167,20 @@ pub struct MmapFile {
     ranges: RangeLocks,
 }
 
+impl Drop for MmapFile {
+    fn drop(&mut self) {
+        // A failed sync could not drop the pages whose write-back failed: they were mapped
+        // (`POSIX_FADV_DONTNEED` leaves mapped pages). Unmapped now, they go, so that a reopen
+        // reads what is on disk instead of those pages, which a new descriptor's sync would
+        // not write again (clean, their error already reported) yet recovery would count as
+        // durable.
+        if self.base.check_sync().is_err() {
+            drop(self.map.take());
+            fs::drop_cached(self.base.file(), self.path());
+        }
+    }
+}
+
 impl MmapFile {
     fn map_len(&self) -> usize {
         self.map.as_ref().map_or(0, MmapRaw::len)
@@ -507,6 +521,35 @@ mod tests {
         assert!(!g.covers(4096, 8193));
         g.mark(4095, 8193); // covers the middle granule whole
         assert!(g.covers(0, 10_000));
+    }
+
+    /// A handle whose sync failed drops the file's cached pages when it goes (its mapping
+    /// kept them): a reopen reads the disk, not pages that never reached it.
+    #[test]
+    fn a_handle_whose_sync_failed_drops_the_cached_pages_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = MmapStorage::new();
+        let path = dir.path().join("failed");
+        let f = storage.create(&path, 4 << 20).unwrap();
+        f.write_at(&[9u8; 4096], 8192).unwrap();
+        f.sync_data().unwrap();
+        let Some(before) = crate::conformance::page_cache(&path) else {
+            eprintln!("no cachestat(2) on this kernel: nothing to check");
+            return;
+        };
+        if before.cached == 0 {
+            eprintln!("the file system keeps no pages in the cache: nothing to check");
+            return;
+        }
+        let file = f.as_any().downcast_ref::<MmapFile>().unwrap();
+        file.base
+            .poison_sync(&io::Error::from_raw_os_error(libc::EIO));
+        assert!(f.sync_data().is_err(), "sticky");
+        let mapped = crate::conformance::page_cache(&path).unwrap();
+        assert!(mapped.cached > 0, "kept while mapped: {mapped:?}");
+        drop(f);
+        let after = crate::conformance::page_cache(&path).unwrap();
+        assert_eq!(after.cached, 0, "{before:?} -> {after:?}");
     }
 
     #[test]

@@ -119,7 +119,9 @@ impl SegmentFile for PwriteFile {
     }
 
     fn start_write_back(&self, offset: u64, len: u64) -> io::Result<()> {
-        fs::start_write_back(&self.file, &self.path, offset, len)
+        fs::start_write_back(&self.file, &self.path, offset, len, |e| {
+            self.poison_sync(e);
+        })
     }
 
     fn len(&self) -> io::Result<u64> {

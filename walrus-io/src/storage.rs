@@ -213,7 +213,8 @@ pub trait SegmentFile: Send + Sync + fmt::Debug {
     /// A hint: starts writing the dirty pages of `[offset, offset + len)` to the device and
     /// returns without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Promises nothing
     /// about durability and consumes no write-back error: a later
-    /// [`sync_data`](Self::sync_data) still reports it. Lets space written ahead of time (zeros)
+    /// [`sync_data`](Self::sync_data) still reports it (also one this call itself returns:
+    /// such a failure is sticky as a sync's). Lets space written ahead of time (zeros)
     /// reach the disk before the syncs of the appends that land there, instead of with them.
     /// The default does nothing.
     fn start_write_back(&self, offset: u64, len: u64) -> io::Result<()> {
