@@ -591,6 +591,9 @@ impl SegmentFile for SimFile {
         drop(state);
         std::thread::sleep(wait);
         let mut state = self.state("fdatasync")?;
+        // A sync of the file that failed meanwhile (through another handle) failed this one's
+        // write-back too, as the kernel reports it to every descriptor: nothing lands.
+        state.poison.check(&self.poison, &self.path)?;
         state.land(self.inode, captured);
         Ok(())
     }
@@ -982,6 +985,39 @@ fn copy_sector(from: &Pages, to: &mut Pages, sector: u64) {
 
 #[cfg(test)]
 mod tests {
+    /// A sync in flight when another handle's sync of the same file fails does not land
+    /// afterwards, nor succeed: a crash brings back nothing the failure took.
+    #[test]
+    fn a_sync_in_flight_fails_with_a_sync_of_its_file_that_failed_meanwhile() {
+        use super::*;
+        let path = Path::new("/d/f");
+        let mut overlapped = 0;
+        for seed in 0..30 {
+            if overlapped == 5 {
+                break;
+            }
+            let sim = SimStorage::new(seed);
+            sim.set_sync_latency(std::time::Duration::from_millis(300));
+            sim.create_dir_all(Path::new("/d")).unwrap();
+            let h1 = sim.create(path, 0).unwrap();
+            let h2 = sim.open(path).unwrap();
+            h1.write_at(b"lost", 0).unwrap();
+            let in_flight = std::thread::spawn(move || h1.sync_data());
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            if in_flight.is_finished() {
+                continue; // this seed's sync waited less: no overlap
+            }
+            overlapped += 1;
+            sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Sync));
+            assert!(h2.sync_data().is_err());
+            sim.clear_faults();
+            assert!(in_flight.join().unwrap().is_err(), "seed {seed}");
+            let durable = sim.durable_contents(path).unwrap_or_default();
+            assert!(!durable.starts_with(b"lost"), "seed {seed}: landed");
+        }
+        assert!(overlapped >= 5, "only {overlapped} seeds overlapped");
+    }
+
     use super::*;
 
     #[test]
