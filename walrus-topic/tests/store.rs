@@ -1891,3 +1891,41 @@ fn a_block_cut_below_the_watermark_keeps_its_segment_once_consumed() {
     // (A consumer that reads on past the cut steps over the entries behind it: they are below
     // its cursor from then on, as consumed ones are.)
 }
+
+/// An entry's data may hold the bytes of a frame. Frames are not keyed, so after damage to
+/// that entry's header recovery's resynchronisation may find the inner one; one naming an
+/// offset its block could not hold (past one frame per header's length of data before it) is
+/// not taken for a frame: it would raise the topic's next offset to the format's last, and
+/// every later append would fail.
+#[test]
+fn a_frame_in_entry_data_naming_an_impossible_offset_is_not_taken_for_one() {
+    use walrus_block::{FRAME_HEADER_LEN, FrameKind, MAX_OFFSET, encode_frame};
+    let sim = SimStorage::new(55);
+    let mut inner = Vec::new();
+    encode_frame(&mut inner, MAX_OFFSET - 1, FrameKind::single(), b"evil").unwrap();
+    let carrier: Vec<u8> = [b"carrier-entry-42".as_slice(), &inner].concat();
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..5 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        assert_eq!(store.append("t", &carrier).unwrap(), 5);
+        assert_eq!(store.append("t", b"after").unwrap(), 6);
+        store.sync().unwrap();
+    }
+    // Damage the carrier's frame header (just before its payload).
+    let file = first_segment(&sim);
+    let mut bytes = vec![0u8; 64 << 10];
+    let n = file.read_at(&mut bytes, 0).unwrap();
+    let at = bytes[..n]
+        .windows(carrier.len())
+        .position(|w| w == carrier)
+        .unwrap() as u64;
+    file.write_at(&[0xFF; 4], at - FRAME_HEADER_LEN as u64 + 8)
+        .unwrap();
+    file.sync_data().unwrap();
+    let store = open(&sim, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
+    assert_eq!(store.read_at("t", 6).unwrap(), Some(b"after".to_vec()));
+    assert_eq!(store.end_offset("t"), Some(7));
+    assert_eq!(store.append("t", b"next").unwrap(), 7);
+}

@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 
 use walrus_block::{
-    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, Frame, FrameDecoder, FrameKind,
+    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameKind,
     SEGMENT_DATA_OFFSET, is_zeroed, resync,
 };
 use walrus_io::SegmentFile;
@@ -219,6 +219,25 @@ pub(super) struct ScannedBlock {
     pub(super) dirty_end: u64,
 }
 
+/// Where [`resync`] finds the next frame of a block whose entries start at `first` in `data`
+/// (the block's data area), at or after byte `from`; a frame whose offset that position cannot
+/// hold is passed over. Frames are not keyed, so entry data can hold one that checks: a
+/// block's frames hold consecutive offsets from `first`, each at least a frame header long,
+/// so the frame at byte `p` holds an offset in `first..=first + p / FRAME_HEADER_LEN`.
+/// (Taken, one naming an offset near the format's last would raise the topic's next offset
+/// there, and fail every later append.)
+fn resync_plausible(data: &[u8], from: usize, first: u64) -> Option<usize> {
+    let mut from = from;
+    loop {
+        let e = resync(data, from)?;
+        let most = first.saturating_add((e.pos / FRAME_HEADER_LEN) as u64);
+        if (first..=most).contains(&e.offset) {
+            return Some(e.pos);
+        }
+        from = e.pos + 1;
+    }
+}
+
 /// Decodes every valid frame of the block at `block.start`, stepping over damage by
 /// resynchronising on the next valid frame.
 pub(super) fn scan_block(file: &dyn SegmentFile, block: &FoundBlock) -> io::Result<ScannedBlock> {
@@ -266,8 +285,8 @@ pub(super) fn scan_block(file: &dyn SegmentFile, block: &FoundBlock) -> io::Resu
             break;
         };
         damage.get_or_insert(data_start + bad as u64);
-        match resync(&data, bad + 1) {
-            Some(e) => at = e.pos,
+        match resync_plausible(&data, bad + 1, block.header.first_offset) {
+            Some(pos) => at = pos,
             None => break,
         }
     }
