@@ -626,7 +626,12 @@ impl BlockAllocator {
         if let Some(reservation) = ahead {
             // A failure here does not concern the caller's block: the id is released and the
             // next allocation that needs a segment prepares it inline and reports the error.
-            let _spare = self.prepare(reservation);
+            // Nor does a panic: unwound from here, it would drop the block just tracked as
+            // handed out (locked for good) and the deletions found above (never reported
+            // again). The reservation gives the id back as it unwinds.
+            let _spare = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.prepare(reservation)
+            }));
         }
         match result {
             Ok(()) => Ok(Allocation { block, deletable }),

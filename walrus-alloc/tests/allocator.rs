@@ -251,6 +251,31 @@ fn a_panicking_preparer_leaves_the_allocator_usable() {
     assert_eq!(alloc.allocate(0).unwrap().block.segment, 0);
 }
 
+/// The spare prepared ahead after a block was handed out panics: the caller still gets its
+/// block, and the segments the call found deletable, rather than losing both to the unwind
+/// (the block would stay locked with no writer, and the segments never be reported again).
+#[test]
+fn a_spare_that_panics_while_prepared_ahead_loses_no_block_nor_deletion() {
+    let (alloc, rec) = allocator(small().with_prepare_ahead(true));
+    let tracker = Arc::clone(alloc.tracker());
+    for _ in 0..3 {
+        let a = alloc.allocate(0).unwrap();
+        assert_eq!(a.block.segment, 0);
+        assert!(!tracker.seal(0, a.block.start).unwrap().is_now());
+        assert!(!tracker.checkpoint(0, a.block.start).unwrap().is_now());
+    }
+    assert_eq!(alloc.position().spare, Some(1), "prepared ahead");
+    rec.panic.store(1, Ordering::SeqCst);
+    let a = catch_unwind(AssertUnwindSafe(|| alloc.allocate(0)))
+        .expect("the spare's panic reached the caller")
+        .unwrap();
+    assert_eq!(a.block.segment, 1);
+    assert_eq!(a.deletable, vec![0]);
+    assert_eq!(alloc.position().spare, None, "the spare failed");
+    // The next allocation that needs a spare prepares it.
+    assert!(alloc.prepare_spare().unwrap());
+}
+
 #[test]
 fn concurrent_errors_and_successes_settle() {
     let (alloc, rec) = allocator(small());
