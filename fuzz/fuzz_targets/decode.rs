@@ -5,9 +5,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use walrus_block::{
-    BlockHeader, CursorRecord, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameHeader,
-    JOURNAL_RECORD_HEADER_LEN, JOURNAL_WRITE_HEADER_LEN, JournalHeader, JournalRecordHeader,
-    SegmentHeader, SequenceCheck, TierIndex, checksum::crc32c, decode_journal_body,
+    BLOCK_HEADER_LEN, BlockHeader, CursorRecord, FRAME_HEADER_LEN, Frame, FrameDecoder,
+    FrameHeader, JOURNAL_RECORD_HEADER_LEN, JOURNAL_WRITE_HEADER_LEN, JournalHeader,
+    JournalRecordHeader, SegmentHeader, SequenceCheck, TierIndex, checksum::crc32c,
+    decode_journal_body, resync,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -31,6 +32,19 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(Some(h)) = BlockHeader::decode(data, 0) {
         assert!(!h.topic.is_empty() && h.topic.len() <= 255);
+    }
+    // A key solved from any header's bytes makes them check under it.
+    if let Some((key, _)) = BlockHeader::solve_key(data) {
+        let decoded = BlockHeader::decode(data, key);
+        assert!(matches!(decoded, Ok(Some(_))), "solved key {key:#x} does not check");
+        assert!(data.len() >= BLOCK_HEADER_LEN);
+    }
+    // Resynchronising from any byte finds, if anything, a whole entry inside the input at or
+    // after it.
+    for from in [0, 1, data.len() / 2] {
+        if let Some(e) = resync(data, from) {
+            assert!(e.pos >= from && e.end() <= data.len());
+        }
     }
     if let Ok(i) = TierIndex::decode(data) {
         // What decodes, encodes back to the same bytes, and its ranges lie inside the data.

@@ -715,6 +715,45 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     }
 
+    /// Every single-byte change of a batch header or a checkpoint, with its CRC made valid
+    /// again (bytes no writer made, that pass the checksum), decodes to an error or to values
+    /// inside their bounds: never a panic.
+    #[test]
+    fn forged_headers_and_checkpoints_never_panic() {
+        let batch = sample();
+        let header_len = header(&batch).sections[0].bytes.start as usize;
+        let checkpoint = encode_checkpoint(&checkpoint()).unwrap();
+        for i in 0..header_len - 4 {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut b = batch.clone();
+                b[i] ^= flip;
+                let crc = crc32c(&b[..header_len - 4]);
+                b[header_len - 4..header_len].copy_from_slice(&crc.to_le_bytes());
+                if let Ok(HeaderProbe::Header(h)) = decode_header("t", &b) {
+                    for s in &h.sections {
+                        assert!(s.offsets().end <= MAX_OFFSET, "byte {i}");
+                        assert!(s.bytes.start <= s.bytes.end && s.bytes.end <= h.object_len);
+                        if let Some(body) = b.get(s.bytes.start as usize..s.bytes.end as usize) {
+                            let _ = decode_section("t", s, body);
+                        }
+                    }
+                }
+            }
+        }
+        let n = checkpoint.len() - 4;
+        for i in 0..n {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut b = checkpoint.clone();
+                b[i] ^= flip;
+                let crc = crc32c(&b[..n]);
+                b[n..].copy_from_slice(&crc.to_le_bytes());
+                if let Ok(c) = decode_checkpoint("x", 42, &b) {
+                    assert!(c.ends.iter().all(|(_, e)| *e <= MAX_OFFSET), "byte {i}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn checkpoint_topics_must_be_sorted_and_valid() {
         let mut c = checkpoint();
