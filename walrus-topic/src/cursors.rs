@@ -123,7 +123,18 @@ impl CursorFile {
         ];
         file.read_exact_at(&mut bytes, 0)?;
         let (loaded, damaged) = CursorStore::load(&path, &bytes)?;
-        let next_pair = loaded.values().map(|c| c.pair + 1).max().unwrap_or(0);
+        // Past damaged pairs too: a new record must not overwrite what recovery reported (a
+        // lost watermark's pair is kept, as the sign that a watermark is unknown).
+        let next_pair = loaded
+            .values()
+            .map(|c| c.pair + 1)
+            .chain(
+                damaged
+                    .iter()
+                    .map(|d| d.position / (2 * CURSOR_SLOT_LEN) + 1),
+            )
+            .max()
+            .unwrap_or(0);
         let pairs = loaded.iter().map(|(t, c)| (t.clone(), c.pair)).collect();
         let mut last = vec![0; usize::try_from(next_pair).unwrap_or(0)];
         for c in loaded.values() {

@@ -1929,3 +1929,80 @@ fn a_frame_in_entry_data_naming_an_impossible_offset_is_not_taken_for_one() {
     assert_eq!(store.end_offset("t"), Some(7));
     assert_eq!(store.append("t", b"next").unwrap(), 7);
 }
+
+/// A point-in-time open that cuts at damage below the watermark, and nothing appended after:
+/// the next open, in any mode, still knows the damage lies below the watermark (it is never
+/// taken for a torn tail and erased), and `SkipCorrupted` serves every valid entry after it.
+#[test]
+fn a_point_in_time_cut_leaves_the_watermark_where_it_was() {
+    let sim = SimStorage::new(56);
+    corrupt_middle(&sim);
+    let n = {
+        let store = open(&sim, small().with_recovery(RecoveryMode::PointInTime)).unwrap();
+        let kept: Vec<u64> = (0..100)
+            .map_while(|o| store.read_at("t", o).ok().flatten().map(|_| o))
+            .collect();
+        kept.len() as u64
+    };
+    assert!(n < 10, "{n}");
+    let err = open(&sim, small()).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::InvalidData,
+        "still refused: {err}"
+    );
+    let store = open(&sim, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
+    assert_eq!(store.read_at("t", 99).unwrap(), Some(payload(99)));
+    assert_eq!(store.read_at("t", n + 1).unwrap(), Some(payload(n + 1)));
+}
+
+/// A topic's watermark record lost to damage (both slots): its watermark is unknown, so a
+/// lenient open erases nothing as a torn tail (any damage may lie below it), and the
+/// watermarks it writes anew do not fall back to where its cut is: a later open in another
+/// mode still finds every valid entry after the damage.
+#[test]
+fn a_lost_watermark_record_makes_no_lenient_open_erase() {
+    let sim = SimStorage::new(57);
+    corrupt_middle(&sim);
+    let marks = sim.open(Path::new(&format!("{DIR}/durable.wcur"))).unwrap();
+    let mut bytes = vec![0u8; marks.len().unwrap() as usize];
+    marks.read_exact_at(&mut bytes, 0).unwrap();
+    // Every written slot of the watermark file damaged (one topic: one pair).
+    let written: Vec<usize> = bytes
+        .chunks(512)
+        .enumerate()
+        .filter(|(_, s)| s.iter().any(|&b| b != 0))
+        .map(|(i, _)| i)
+        .collect();
+    // Written once: one damaged slot beside a zero one, which a torn first write also
+    // leaves, so the default mode goes on; it erases nothing either.
+    assert_eq!(written, [1], "the topic's watermark written once");
+    for (i, slot) in bytes.chunks(512).enumerate() {
+        if slot.iter().any(|&b| b != 0) {
+            marks.write_at(&[0xAA; 32], i as u64 * 512 + 40).unwrap();
+        }
+    }
+    marks.sync_data().unwrap();
+    {
+        let store = open(&sim, small()).unwrap();
+        assert!(
+            store
+                .recovery_report()
+                .issues
+                .iter()
+                .any(|i| i.problem == Problem::CorruptCursorRecord && i.action == Action::Kept),
+            "{:?}",
+            store.recovery_report()
+        );
+    }
+    {
+        let store = open(&sim, small().with_recovery(RecoveryMode::PointInTime)).unwrap();
+        assert!(store.read_at("t", 0).unwrap().is_some());
+    }
+    let store = open(&sim, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
+    assert_eq!(store.read_at("t", 99).unwrap(), Some(payload(99)));
+    let served = (0..100)
+        .filter(|&o| store.read_at("t", o).ok().flatten().is_some())
+        .count();
+    assert_eq!(served, 99, "every entry but the damaged one");
+}

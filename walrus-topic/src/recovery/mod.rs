@@ -221,7 +221,10 @@ fn recover_in(
     }
     let mut erases = Vec::new();
     let mut topics = Vec::new();
-    let mut damaged_durable = false;
+    // A watermark record lost to damage: some topic's watermark is unknown, so no damage may
+    // be taken for a torn tail and erased (it may lie below the lost watermark).
+    let marks_lost = !damaged_marks.is_empty();
+    let mut damaged_durable = marks_lost;
     let mut names: Vec<String> = by_topic.keys().cloned().collect();
     // A topic whose every block is gone still has its cursor or watermark: its offsets up to
     // them must never be handed out again (and below the watermark the loss is corruption).
@@ -252,6 +255,7 @@ fn recover_in(
             ),
             loaded_marks.get(&RecordKey::consumer(&name, "")).copied(),
             mode,
+            marks_lost,
             &mut report,
         )?;
         if let Some(m) = tier_mark {
@@ -351,8 +355,10 @@ fn recover_in(
                 file,
                 position: pair.position,
                 problem: Problem::CorruptCursorRecord,
-                // Kept by a read-only open, which writes nothing.
-                action: if read_only {
+                // Kept by a read-only open, which writes nothing; and a watermark's, by every
+                // open: cleared, the next open would take that topic's watermark for 0 and
+                // damage below the lost one for a torn tail, and erase it.
+                action: if read_only || name == MARKS_FILE {
                     Action::Kept
                 } else {
                     Action::Cleared
@@ -517,13 +523,8 @@ fn recover_in(
     let marks = marks_file.create_if_missing(&*storage, dir, MARKS_FILE)?;
     apply_erases(&erases)?;
     for issue in &report.issues {
-        if issue.problem == Problem::CorruptCursorRecord {
-            let file = if issue.file.ends_with(MARKS_FILE) {
-                &marks
-            } else {
-                &cursors
-            };
-            file.clear_pair(issue.position)?;
+        if issue.problem == Problem::CorruptCursorRecord && issue.action == Action::Cleared {
+            cursors.clear_pair(issue.position)?;
         }
     }
     // What was recovered may be only in the page cache (after a process crash): make it

@@ -20,7 +20,13 @@ impl Rebuild<'_> {
         problem: Problem,
     ) -> io::Result<bool> {
         let file = self.retained.get(block).map(|b| b.handle.clone());
-        if a >= self.mark {
+        // With a watermark record lost, the lenient modes take any damage for damage below
+        // it: they cut keeping the bytes, or skip, and never erase.
+        let lenient = matches!(
+            self.mode,
+            RecoveryMode::PointInTime | RecoveryMode::SkipCorrupted
+        );
+        if a >= self.mark && !(self.marks_lost && lenient) {
             // What a power cut leaves of unsynced writes: cut at the start of the unit the
             // damage falls in, and erase what follows.
             let (offset, block, pos) = match self.unit {
@@ -40,7 +46,7 @@ impl Rebuild<'_> {
                 offset,
                 block,
                 pos,
-                erase: true,
+                erase: !self.marks_lost,
             });
             return Ok(false);
         }

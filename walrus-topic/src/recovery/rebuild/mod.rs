@@ -95,6 +95,9 @@ struct Rebuild<'a> {
     retained: Vec<Retained>,
     cut: Option<Cut>,
     damaged_durable: bool,
+    /// A record of the watermark file was lost: this topic's watermark may be higher than
+    /// `mark` says, so nothing is erased, and lenient modes treat all damage as below it.
+    marks_lost: bool,
     report: &'a mut RecoveryReport,
 }
 
@@ -118,6 +121,7 @@ pub(super) fn rebuild_topic(
     consumed: Consumed,
     mark: Option<LoadedCursor>,
     mode: RecoveryMode,
+    marks_lost: bool,
     report: &mut RecoveryReport,
 ) -> io::Result<TopicPlan> {
     let stored_cursor = consumed.bound;
@@ -161,6 +165,7 @@ pub(super) fn rebuild_topic(
         retained: Vec::new(),
         cut: None,
         damaged_durable: false,
+        marks_lost,
         report,
     };
     let mut highest = 0u64;
