@@ -479,18 +479,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// at most (see the [module docs](self)).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         // Option's order puts `None` (nothing durable) first.
-        let kept = (*self.shared.durable_applied.lock()).min(Some(log_id));
+        // Memory first, then the durable applied id is read: `advance_durable_applied` sets
+        // that id, then reads the memory purge. Whichever comes second sees both, so one of
+        // the two makes the purge durable as far as it may go (the install of a snapshot and
+        // openraft's purge up to it run side by side).
+        let (kept, start) = {
+            let mut index = self.shared.index.lock();
+            let start = index.start_after(Some(log_id));
+            index.purge(&log_id);
+            let kept = (*self.shared.durable_applied.lock()).min(Some(log_id));
+            (kept, if kept == Some(log_id) { start } else { None })
+        };
         if kept > self.shared.meta.lock().await.purged {
             self.save_meta(|m| m.purged = m.purged.max(kept), true)
                 .await
                 .map_err(|e| logs_err(ErrorVerb::Delete, e))?;
         }
-        let start = {
-            let mut index = self.shared.index.lock();
-            let start = index.start_after(kept);
-            index.purge(&log_id);
-            start
-        };
         self.release_before(start)
             .map_err(|e| logs_err(ErrorVerb::Delete, e))
     }

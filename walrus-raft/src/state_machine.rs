@@ -147,15 +147,23 @@ impl StateMachine {
         &self.shared.data
     }
 
-    /// Flushes the data instance, then writes the applied record, synced.
+    /// Flushes the data instance, then writes the applied record, synced, and tells the log
+    /// (purges up to it may be made durable).
     async fn save_applied(&self, st: &mut State) -> io::Result<()> {
-        self.shared.data.flush()?;
-        let bytes = serde_json::to_vec(&st.applied).map_err(io::Error::other)?;
-        save_record(self.shared.log.instance(), APPLIED, &bytes).await?;
+        self.record_applied(st).await?;
         self.shared
             .log
             .advance_durable_applied(st.applied.last)
-            .await?;
+            .await
+    }
+
+    /// [`save_applied`](Self::save_applied) without telling the log: for a snapshot, whose
+    /// file must be written before the log may purge up to it durably (a node restarted with
+    /// its log purged past the snapshot it keeps could not serve the entries in between).
+    async fn record_applied(&self, st: &mut State) -> io::Result<()> {
+        self.shared.data.flush()?;
+        let bytes = serde_json::to_vec(&st.applied).map_err(io::Error::other)?;
+        save_record(self.shared.log.instance(), APPLIED, &bytes).await?;
         st.unsaved = 0;
         Ok(())
     }
@@ -429,7 +437,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .encode_body(&st)
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         // The snapshot's state must survive a crash as well as the log it replaces.
-        self.save_applied(&mut st)
+        self.record_applied(&mut st)
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         st.snapshots += 1;
@@ -452,6 +460,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         drop(st);
         self.set_current(stored.clone())
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.shared
+            .log
+            .advance_durable_applied(last)
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.body)),
@@ -535,9 +548,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             membership: meta.last_membership.clone(),
             ..applied
         };
-        self.save_applied(&mut st)
+        self.record_applied(&mut st)
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let last = st.applied.last;
         drop(st);
         let stored = Stored {
             meta: meta.clone(),
@@ -545,6 +559,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         self.set_current(stored)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.shared
+            .log
+            .advance_durable_applied(last)
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(())
     }
 

@@ -219,3 +219,56 @@ async fn a_follower_that_installed_a_snapshot_restarts() {
     assert_eq!(sm.applied_state().await.unwrap().0, Some(id(1, 105)));
     assert_eq!(sm.data().read_at("t", 104).unwrap().unwrap().data, b"e105");
 }
+
+/// A snapshot install whose file cannot be written (here: a directory where its temporary
+/// file goes) fails before any purge up to it is made durable: a restarted node never has its
+/// log purged past the snapshot it keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_install_makes_no_purge_durable_past_the_snapshot_kept() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let snapshot = {
+        let (_log, mut sm) = open_stores(leader_dir.path()).unwrap();
+        apply_durably(
+            &mut sm,
+            (1..=100)
+                .map(|i| append(1, i, "t", &format!("e{i}")))
+                .collect(),
+        )
+        .await;
+        sm.get_current_snapshot().await.unwrap().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+        log.blocking_append((1..=10).map(|i| append(1, i, "t", &format!("e{i}"))))
+            .await
+            .unwrap();
+        apply_durably(
+            &mut sm,
+            (1..=10)
+                .map(|i| append(1, i, "t", &format!("e{i}")))
+                .collect(),
+        )
+        .await;
+        std::fs::create_dir(dir.path().join("snapshot.tmp")).unwrap();
+        log.purge(id(1, 100)).await.unwrap();
+        assert!(
+            sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+                .await
+                .is_err()
+        );
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+    }
+    std::fs::remove_dir(dir.path().join("snapshot.tmp")).unwrap();
+    let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+    let purged = log.get_log_state().await.unwrap().last_purged_log_id;
+    let kept = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .map(|s| s.meta.last_log_id);
+    assert!(
+        purged <= kept.flatten(),
+        "log purged to {purged:?}, snapshot kept at {kept:?}"
+    );
+}
