@@ -22,6 +22,9 @@ pub(crate) const CURSOR_FILE: &str = "cursors.wcur";
 /// watermark.
 pub(crate) const MARKS_FILE: &str = "durable.wcur";
 
+/// The longest cursor or watermark file an open reads: a million records (a slot pair each).
+const MAX_CURSOR_FILE_LEN: u64 = (1 << 20) * 2 * CURSOR_SLOT_LEN;
+
 /// Which record of the file: a consumer of a topic (the default one has the empty name), or
 /// the topic's floor.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,6 +119,14 @@ impl CursorFile {
             Err(e) => return Err(e),
         };
         let len = file.len()?;
+        // Read whole: bounded first, so that a damaged length fails the open with an error
+        // rather than the process with an allocation it cannot make.
+        if len > MAX_CURSOR_FILE_LEN {
+            return Err(data_error(
+                &path,
+                &format!("{len} bytes long, past the {MAX_CURSOR_FILE_LEN} a cursor file reaches"),
+            ));
+        }
         let mut bytes = vec![
             0u8;
             usize::try_from(len)

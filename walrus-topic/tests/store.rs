@@ -2006,3 +2006,21 @@ fn a_lost_watermark_record_makes_no_lenient_open_erase() {
         .count();
     assert_eq!(served, 99, "every entry but the damaged one");
 }
+
+/// A cursor file whose length was damaged (here: a sparse terabyte) fails the open with
+/// `InvalidData` naming it, instead of an allocation the process cannot make.
+#[test]
+fn a_cursor_file_of_a_damaged_length_fails_the_open_cleanly() {
+    let sim = SimStorage::new(58);
+    {
+        let store = open(&sim, small()).unwrap();
+        store.append("t", b"x").unwrap();
+        store.read_next("t", true).unwrap().unwrap();
+    }
+    let cursors = sim.open(Path::new(&format!("{DIR}/cursors.wcur"))).unwrap();
+    cursors.write_at(&[1], 1 << 40).unwrap();
+    cursors.sync_data().unwrap();
+    let e = open(&sim, small()).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("cursors.wcur"), "{e}");
+}
