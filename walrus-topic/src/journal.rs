@@ -566,9 +566,31 @@ fn load(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    // Read whole: bounded first (a damaged length must fail the open, not the process), and
+    // judged before recovery writes anything (a journal this open will refuse must not let
+    // it write first).
+    let len = file.len()?;
+    if len > MAX_JOURNAL_FILE_LEN {
+        return Err(data_error(
+            path,
+            &format!("journal of {len} bytes, past the {MAX_JOURNAL_FILE_LEN} a journal reaches"),
+        ));
+    }
     let bytes = read_all(&*file)?;
-    Ok(live_header(path, &bytes)?.map(|header| (bytes, header)))
+    let Some(header) = live_header(path, &bytes)? else {
+        return Ok(None);
+    };
+    if (bytes.len() as u64) < 2 * JOURNAL_DATA_OFFSET {
+        return Err(data_error(
+            path,
+            &format!("journal of {} bytes is too short", bytes.len()),
+        ));
+    }
+    Ok(Some((bytes, header)))
 }
+
+/// The longest journal file an open reads: far past what any build makes ([`MAX_JOURNAL_LEN`]).
+const MAX_JOURNAL_FILE_LEN: u64 = 64 << 20;
 
 /// A journal write never touches a segment's header, nor ends past the largest file offset.
 fn check_position(path: &Path, w: &walrus_block::JournalWrite<'_>) -> io::Result<()> {

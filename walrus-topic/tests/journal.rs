@@ -167,3 +167,51 @@ fn an_open_refused_after_a_power_cut_applies_no_journal_record() {
         }
     }
 }
+
+/// A journal cut short (its header valid, the file shorter than a journal is) is refused
+/// before recovery writes anything: here a torn tail it would have erased stays.
+#[test]
+fn a_journal_cut_short_is_refused_before_recovery_writes() {
+    let sim = SimStorage::new(23);
+    let storage = || Arc::new(sim.clone()) as Arc<dyn Storage>;
+    {
+        let store = Store::open(DIR, storage(), options()).unwrap();
+        store.append("t", b"entry").unwrap();
+        store.sync().unwrap();
+    }
+    // A torn tail after the entry: unsynced bytes a power cut kept.
+    let segment = sim
+        .files()
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .unwrap();
+    let seg = sim.open(&segment).unwrap();
+    let mut data = vec![0u8; 1 << 20];
+    let n = seg.read_at(&mut data, 0).unwrap();
+    let end = data[..n].iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
+    seg.write_at(&[0x5A; 100], end + 64).unwrap();
+    seg.sync_data().unwrap();
+    // The journal cut to its first page.
+    let path = std::path::Path::new("/wal/journal.wjnl");
+    let head = {
+        let j = sim.open(path).unwrap();
+        let mut b = vec![0u8; 4096];
+        j.read_exact_at(&mut b, 0).unwrap();
+        b
+    };
+    storage().remove(path).unwrap();
+    let j = storage().create(path, 0).unwrap();
+    j.write_at(&head, 0).unwrap();
+    j.sync_data().unwrap();
+    storage().sync_dir(std::path::Path::new(DIR)).unwrap();
+    let before = sim.contents(&segment).unwrap();
+    let e = Store::open(DIR, storage(), options())
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("too short"), "{e}");
+    assert!(
+        sim.contents(&segment).unwrap() == before,
+        "the refused open wrote"
+    );
+}
