@@ -530,6 +530,14 @@ fn recover_in(
     // What was recovered may be only in the page cache (after a process crash): make it
     // durable, so every recovered entry counts as durable, and so every cursor and watermark
     // decisions rest on (the deletions below, the blocks released) counts as persisted.
+    // Appends resume in a topic's live block, wherever it lies: its segment must be as long
+    // as the block before they write past the file's end, or the journal's record of them
+    // would be refused by the next open's replay as a write past it.
+    for (_, state) in &topics {
+        if let Some((block, _)) = &state.live {
+            block.handle.restore_length()?;
+        }
+    }
     for seg in &kept {
         if !seg.fully_allocated {
             // Allocation resumes in it.
