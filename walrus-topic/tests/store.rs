@@ -2024,3 +2024,37 @@ fn a_cursor_file_of_a_damaged_length_fails_the_open_cleanly() {
     assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     assert!(e.to_string().contains("cursors.wcur"), "{e}");
 }
+
+/// A spare segment (prepared ahead, no block header landed) with bytes past its header held
+/// unsynced data: `AbsoluteConsistency` refuses to drop it, as it refuses a torn tail; the
+/// default mode deletes it.
+#[test]
+fn absolute_consistency_refuses_to_drop_a_spare_that_holds_data() {
+    let sim = SimStorage::new(59);
+    {
+        let store = open(&sim, small()).unwrap();
+        store.append("t", b"x").unwrap();
+        store.maintain().unwrap();
+        store.sync().unwrap();
+    }
+    let spare = segments(&sim).into_iter().max().unwrap();
+    let file = sim.open(Path::new(&format!("{DIR}/{spare}"))).unwrap();
+    file.write_at(&[0x5A; 64], 4096 + 512).unwrap();
+    file.sync_data().unwrap();
+    let e = open(
+        &sim,
+        small().with_recovery(RecoveryMode::AbsoluteConsistency),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    assert!(
+        segments(&sim).contains(&spare),
+        "the refused open deleted nothing"
+    );
+    let store = open(&sim, small()).unwrap();
+    assert!(
+        !segments(&sim).contains(&spare),
+        "the default mode drops it"
+    );
+    assert_eq!(store.read_at("t", 0).unwrap(), Some(b"x".to_vec()));
+}

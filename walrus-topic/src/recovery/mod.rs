@@ -372,14 +372,18 @@ fn recover_in(
 
     // A synced segment always has its header (written first): an orphan held only unsynced
     // data, unless damage to synced data was found somewhere, when it is kept for inspection.
+    // A spare that holds bytes past its header held unsynced data (a block whose header did
+    // not land): dropping it is a torn tail's erasure, which `AbsoluteConsistency` refuses.
+    let mut dropped_orphans = 0;
     for spare in spares {
-        if damaged_durable && has_data(&*spare.handle.file, SEGMENT_DATA_OFFSET)? {
+        let holds_data = has_data(&*spare.handle.file, SEGMENT_DATA_OFFSET)?;
+        if damaged_durable && holds_data {
             report.issues.push(RecoveryIssue::unreadable(spare.path));
         } else {
+            dropped_orphans += usize::from(holds_data);
             deletions.push((spare.id, spare.path));
         }
     }
-    let mut dropped_orphans = 0;
     for (id, path) in orphans {
         if damaged_durable {
             report.issues.push(RecoveryIssue::unreadable(path));
