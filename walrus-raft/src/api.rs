@@ -68,6 +68,40 @@ pub struct AppState {
     pub writer: Writer,
     /// Its replicated topics.
     pub data: Arc<Walrus>,
+    /// How far the snapshot being received has come.
+    pub snapshots: SnapshotStream,
+}
+
+/// Where the snapshot a node receives stands: its id and the bytes received so far. openraft
+/// writes each chunk at its offset into a buffer in memory, so a chunk far past what was
+/// received would make the node allocate what it cannot, and abort: a chunk may start a
+/// snapshot (offset 0) or go on from at most the bytes received (a resend may repeat them).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotStream(Arc<parking_lot::Mutex<Option<(String, u64)>>>);
+
+impl SnapshotStream {
+    /// Admits a chunk of `len` bytes at `offset` of snapshot `id`, or says why not.
+    fn admit(&self, id: &str, offset: u64, len: usize) -> Result<(), String> {
+        let mut at = self.0.lock();
+        let received = match &*at {
+            _ if offset == 0 => 0,
+            Some((current, received)) if current == id => *received,
+            _ => {
+                return Err(format!(
+                    "snapshot RPC: a chunk at {offset} of snapshot {id:?}, which was not begun"
+                ));
+            }
+        };
+        if offset > received {
+            return Err(format!(
+                "snapshot RPC: a chunk at {offset} of snapshot {id:?}, past the {received} \
+                 bytes received"
+            ));
+        }
+        let end = offset.saturating_add(len as u64).max(received);
+        *at = Some((id.to_owned(), end));
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -427,7 +461,39 @@ async fn raft_vote(State(s): Shared, body: Bytes) -> HttpResponse {
 
 async fn raft_snapshot(State(s): Shared, body: Bytes) -> HttpResponse {
     match codec::decode_snapshot_rpc(&body) {
-        Ok(req) => Json(s.raft.install_snapshot(req).await).into_response(),
+        Ok(req) => {
+            if let Err(e) = s
+                .snapshots
+                .admit(&req.meta.snapshot_id, req.offset, req.data.len())
+            {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+            Json(s.raft.install_snapshot(req).await).into_response()
+        }
         Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotStream;
+
+    /// Chunks begin a snapshot at 0 and go on from at most what was received; a resend
+    /// repeats; a chunk past the end, or of a snapshot never begun, is refused.
+    #[test]
+    fn snapshot_chunks_go_on_from_what_was_received() {
+        let s = SnapshotStream::default();
+        assert!(s.admit("a", 5, 10).is_err(), "never begun");
+        s.admit("a", 0, 10).unwrap();
+        s.admit("a", 10, 10).unwrap();
+        s.admit("a", 10, 10).unwrap(); // resent
+        assert!(
+            s.admit("a", 1 << 39, 1).is_err(),
+            "far past the 20 received"
+        );
+        assert!(s.admit("b", 20, 1).is_err(), "another snapshot, not begun");
+        s.admit("a", 20, 5).unwrap();
+        s.admit("b", 0, 1).unwrap(); // a new one begins
+        assert!(s.admit("a", 25, 1).is_err(), "the old one is over");
     }
 }

@@ -165,6 +165,7 @@ impl Node {
             raft: raft.clone(),
             writer: writer.clone(),
             data: Arc::clone(state.data()),
+            snapshots: crate::api::SnapshotStream::default(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
