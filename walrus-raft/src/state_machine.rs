@@ -80,6 +80,8 @@ struct State {
     applied: Applied,
     unsaved: u64,
     snapshots: u64,
+    /// Entries appended to the data instance since it was last flushed.
+    unflushed: bool,
 }
 
 /// A snapshot as kept: its metadata and sealed body.
@@ -162,6 +164,7 @@ impl StateMachine {
     /// its log purged past the snapshot it keeps could not serve the entries in between).
     async fn record_applied(&self, st: &mut State) -> io::Result<()> {
         self.shared.data.flush()?;
+        st.unflushed = false;
         let bytes = serde_json::to_vec(&st.applied).map_err(io::Error::other)?;
         save_record(self.shared.log.instance(), APPLIED, &bytes).await?;
         st.unsaved = 0;
@@ -192,6 +195,7 @@ impl StateMachine {
                 }
                 match data.append(topic, entry) {
                     Ok(offset) if offset == expected => {
+                        st.unflushed = true;
                         st.applied.ends.insert(topic.clone(), offset + 1);
                         Ok(Response::Appended { offset })
                     }
@@ -240,6 +244,14 @@ impl StateMachine {
                 // cursor records ran ahead of the applied record before a power cut): the
                 // cursor then stands at its first entry kept, which reads the same.
                 let local = data.first_retained_offset(topic).unwrap_or(0);
+                // The data instance syncs nothing of its own, and pages reach the disk in any
+                // order: a cursor record kept by a power cut without the entries it passed
+                // would make recovery end the topic past a gap, which re-applying would then
+                // count as entries there. The entries go first.
+                if st.unflushed {
+                    data.flush()?;
+                    st.unflushed = false;
+                }
                 match data.commit_as(topic, consumer, (*offset).max(local)) {
                     Ok(()) => {
                         st.applied
