@@ -316,10 +316,24 @@ impl<'a> Iterator for FrameDecoder<'a> {
 /// every open). Past the bound, nothing more is found (the rest counts as damaged).
 #[must_use]
 pub fn resync(buf: &[u8], from: usize) -> Option<EntryRef<'_>> {
+    let mut budget = resync_budget(buf.len().saturating_sub(from));
+    resync_within(buf, from, &mut budget)
+}
+
+/// The payload bytes [`resync`] checksums at most in searching `len` bytes; shared by the
+/// resyncs of one buffer through [`resync_within`].
+#[must_use]
+pub fn resync_budget(len: usize) -> usize {
+    len.saturating_mul(RESYNC_WORK).saturating_add(1 << 20)
+}
+
+/// [`resync`], drawing on `budget` (see [`resync_budget`]) rather than a budget of its own:
+/// a reader that resynchronises again and again in one buffer (damage, then entry data that
+/// holds a valid frame, then damage again…) would otherwise spend a fresh budget each time,
+/// quadratic in the buffer's length. Nothing is found once the budget is spent.
+#[must_use]
+pub fn resync_within<'a>(buf: &'a [u8], from: usize, budget: &mut usize) -> Option<EntryRef<'a>> {
     let last = buf.len().checked_sub(FRAME_HEADER_LEN)?;
-    let mut budget = (buf.len().saturating_sub(from))
-        .saturating_mul(RESYNC_WORK)
-        .saturating_add(1 << 20);
     let mut pos = from;
     while pos <= last {
         // Cheap filter first: a frame starts with its marker byte.
@@ -329,7 +343,7 @@ pub fn resync(buf: &[u8], from: usize) -> Option<EntryRef<'_>> {
             .position(|&b| b == FRAME_MARKER)?;
         pos += next;
         if let Some(Ok(Some(h))) = buf.get(pos..pos + FRAME_HEADER_LEN).map(decode_header) {
-            budget = budget.checked_sub(h.len as usize)?;
+            *budget = budget.checked_sub(h.len as usize)?;
             if let Frame::Entry(e) = decode_at(buf, pos) {
                 return Some(e);
             }
@@ -550,6 +564,37 @@ mod tests {
         encode_frame(&mut real, 7, FrameKind::single(), b"payload").unwrap();
         let e = resync(&real, 1).unwrap();
         assert_eq!((e.pos, e.offset, e.payload), (at, 7, &b"payload"[..]));
+    }
+
+    /// Resyncs again and again through one buffer (a valid frame, then crafted headers each
+    /// claiming a payload to the end, then a valid frame…) share one budget: the whole walk is
+    /// bounded (here it ends at the first crafted run), where a budget per resync makes it
+    /// quadratic (for these 4 MiB, some 300 GB of checksums: minutes).
+    #[test]
+    fn repeated_resyncs_in_one_buffer_share_one_budget() {
+        let n = 4 << 20;
+        let mut buf = Vec::with_capacity(n);
+        while buf.len() + 20 * FRAME_HEADER_LEN + 64 < n {
+            encode_frame(&mut buf, 0, FrameKind::single(), b"valid").unwrap();
+            for _ in 0..16 {
+                let len = (n - buf.len() - FRAME_HEADER_LEN) as u32;
+                buf.extend_from_slice(&header_bytes(0, FrameKind::single(), len, 0xdead_beef));
+            }
+        }
+        buf.resize(n, 0);
+        let started = std::time::Instant::now();
+        let mut budget = resync_budget(n);
+        let (mut from, mut found) = (1, 0);
+        while let Some(e) = resync_within(&buf, from, &mut budget) {
+            found += 1;
+            from = e.end() + 1;
+        }
+        let took = started.elapsed();
+        assert!(found > 0);
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "{found} resyncs took {took:?}"
+        );
     }
 
     fn frames(entries: &[(u64, FrameKind, &[u8])]) -> Vec<u8> {

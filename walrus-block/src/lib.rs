@@ -66,7 +66,8 @@ pub use cursor::{
 pub use error::{CorruptReason, FormatError};
 pub use frame::{
     EntryRef, FRAME_HEADER_LEN, FRAME_MARKER, Frame, FrameDecoder, FrameHeader, FrameKind,
-    SequenceCheck, encode_frame, encode_frame_header, frame_len, resync, write_frame,
+    SequenceCheck, encode_frame, encode_frame_header, frame_len, resync, resync_budget,
+    resync_within, write_frame,
 };
 pub use journal::{
     JOURNAL_DATA_OFFSET, JOURNAL_HEADER_LEN, JOURNAL_MAGIC, JOURNAL_RECORD_ALIGN,

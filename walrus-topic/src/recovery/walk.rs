@@ -7,7 +7,7 @@ use std::path::Path;
 
 use walrus_block::{
     BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameKind,
-    SEGMENT_DATA_OFFSET, is_zeroed, resync,
+    SEGMENT_DATA_OFFSET, is_zeroed, resync_budget, resync_within,
 };
 use walrus_io::SegmentFile;
 
@@ -219,17 +219,17 @@ pub(super) struct ScannedBlock {
     pub(super) dirty_end: u64,
 }
 
-/// Where [`resync`] finds the next frame of a block whose entries start at `first` in `data`
+/// Where [`resync_within`] finds the next frame of a block whose entries start at `first` in `data`
 /// (the block's data area), at or after byte `from`; a frame whose offset that position cannot
 /// hold is passed over. Frames are not keyed, so entry data can hold one that checks: a
 /// block's frames hold consecutive offsets from `first`, each at least a frame header long,
 /// so the frame at byte `p` holds an offset in `first..=first + p / FRAME_HEADER_LEN`.
 /// (Taken, one naming an offset near the format's last would raise the topic's next offset
 /// there, and fail every later append.)
-fn resync_plausible(data: &[u8], from: usize, first: u64) -> Option<usize> {
+fn resync_plausible(data: &[u8], from: usize, first: u64, budget: &mut usize) -> Option<usize> {
     let mut from = from;
     loop {
-        let e = resync(data, from)?;
+        let e = resync_within(data, from, budget)?;
         let most = first.saturating_add((e.pos / FRAME_HEADER_LEN) as u64);
         if (first..=most).contains(&e.offset) {
             return Some(e.pos);
@@ -256,6 +256,9 @@ pub(super) fn scan_block(file: &dyn SegmentFile, block: &FoundBlock) -> io::Resu
     let mut frames = Vec::new();
     let mut at = 0usize;
     let mut damage: Option<u64> = None;
+    // One budget for every resync in the block: entry data can hold valid frames between
+    // damage, and a budget per resync would make the walk quadratic in the block's length.
+    let mut budget = resync_budget(data.len());
     loop {
         let mut decoder = FrameDecoder::at(&data, at);
         let stop = loop {
@@ -285,7 +288,7 @@ pub(super) fn scan_block(file: &dyn SegmentFile, block: &FoundBlock) -> io::Resu
             break;
         };
         damage.get_or_insert(data_start + bad as u64);
-        match resync_plausible(&data, bad + 1, block.header.first_offset) {
+        match resync_plausible(&data, bad + 1, block.header.first_offset, &mut budget) {
             Some(pos) => at = pos,
             None => break,
         }
