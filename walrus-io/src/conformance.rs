@@ -691,6 +691,21 @@ pub fn syncs_leave_nothing_unsynced(t: &mut Target) {
     }
 }
 
+/// [`page_cache`] of `path`, for a test that needs its pages cached: `None`, with a note on
+/// stderr, where this kernel has no `cachestat(2)` or the file system keeps no pages cached
+/// (the test then has nothing to check).
+pub fn cached_pages_to_check(path: &Path) -> Option<PageCache> {
+    let Some(cache) = page_cache(path) else {
+        eprintln!("no cachestat(2) on this kernel: nothing to check");
+        return None;
+    };
+    if cache.cached == 0 {
+        eprintln!("the file system keeps no pages in the cache: nothing to check");
+        return None;
+    }
+    Some(cache)
+}
+
 /// What the page cache holds of the file at `path` (`cachestat(2)`, Linux 6.5), or `None`
 /// where the kernel lacks it.
 #[must_use]

@@ -172,6 +172,21 @@ async fn a_purge_past_the_durable_applied_id_keeps_the_entries_to_reapply() {
     assert_eq!(ids, vec![id(1, 19), id(1, 20)]);
 }
 
+/// A leader's snapshot at index 100 (entries `e1..=e100` of topic `t`), as it sends it to a
+/// follower behind its purge.
+async fn leaders_snapshot_at_100() -> openraft::Snapshot<TypeConfig> {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open_stores(leader_dir.path()).unwrap();
+    apply_durably(
+        &mut sm,
+        (1..=100)
+            .map(|i| append(1, i, "t", &format!("e{i}")))
+            .collect(),
+    )
+    .await;
+    sm.get_current_snapshot().await.unwrap().unwrap()
+}
+
 /// A follower behind a leader's purge gets a snapshot: openraft purges its log up to the
 /// snapshot before the state machine installs it, then appends after it. The purge held back
 /// at first (nothing durable past the old entries) is made durable once the install is, so the
@@ -179,18 +194,7 @@ async fn a_purge_past_the_durable_applied_id_keeps_the_entries_to_reapply() {
 /// entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_that_installed_a_snapshot_restarts() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let snapshot = {
-        let (_log, mut sm) = open_stores(leader_dir.path()).unwrap();
-        apply_durably(
-            &mut sm,
-            (1..=100)
-                .map(|i| append(1, i, "t", &format!("e{i}")))
-                .collect(),
-        )
-        .await;
-        sm.get_current_snapshot().await.unwrap().unwrap()
-    };
+    let snapshot = leaders_snapshot_at_100().await;
     let dir = tempfile::tempdir().unwrap();
     {
         let (mut log, mut sm) = open_stores(dir.path()).unwrap();
@@ -225,18 +229,7 @@ async fn a_follower_that_installed_a_snapshot_restarts() {
 /// log purged past the snapshot it keeps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_snapshot_install_makes_no_purge_durable_past_the_snapshot_kept() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let snapshot = {
-        let (_log, mut sm) = open_stores(leader_dir.path()).unwrap();
-        apply_durably(
-            &mut sm,
-            (1..=100)
-                .map(|i| append(1, i, "t", &format!("e{i}")))
-                .collect(),
-        )
-        .await;
-        sm.get_current_snapshot().await.unwrap().unwrap()
-    };
+    let snapshot = leaders_snapshot_at_100().await;
     let dir = tempfile::tempdir().unwrap();
     {
         let (mut log, mut sm) = open_stores(dir.path()).unwrap();

@@ -35,6 +35,36 @@ fn payload(i: u64) -> Vec<u8> {
     (0..len).map(|k| (i as usize * 31 + k) as u8).collect()
 }
 
+/// An engine over `sim` tiering into `tier` (see [`options`]), syncing every 5 ms.
+fn engine_every_5ms(sim: &SimStorage, tier: &MemoryTier) -> Engine {
+    Engine::open(
+        DIR,
+        Arc::new(sim.clone()) as Arc<dyn Storage>,
+        options(tier),
+        SyncPolicy::Every(Duration::from_millis(5)),
+    )
+    .unwrap()
+}
+
+/// Waits, at most 20 s, until `tier` has been called `n` times with `op`.
+fn wait_for_calls(tier: &MemoryTier, op: TierOp, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tier.calls(op) < n {
+        assert!(
+            Instant::now() < deadline,
+            "no {op:?} call from the tier thread"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How long dropping `engine` (its close) takes.
+fn close_time(engine: Engine) -> Duration {
+    let started = Instant::now();
+    drop(engine);
+    started.elapsed()
+}
+
 /// Appends entries `0..n` to `orders` and syncs them.
 fn fill(store: &Store, n: u64) {
     for i in 0..n {
@@ -1032,22 +1062,14 @@ fn dropping_an_engine_mid_backlog_waits_for_one_call_not_the_backlog() {
     let sim = SimStorage::new(21);
     let tier = MemoryTier::new();
     tier.set_delay(Duration::from_millis(300));
-    let engine = Engine::open(
-        DIR,
-        Arc::new(sim.clone()) as Arc<dyn Storage>,
-        options(&tier),
-        SyncPolicy::Every(Duration::from_millis(5)),
-    )
-    .unwrap();
+    let engine = engine_every_5ms(&sim, &tier);
     for i in 0..600 {
         engine.append("orders", &payload(i)).unwrap();
     }
     engine.flush().unwrap();
     // The backlog is 20-odd blocks, two PUTs each: about 15 s at 300 ms a call.
     std::thread::sleep(Duration::from_millis(700));
-    let started = Instant::now();
-    drop(engine);
-    let took = started.elapsed();
+    let took = close_time(engine);
     assert!(
         took < Duration::from_millis(2500),
         "the close waited {took:?}"
@@ -1078,22 +1100,10 @@ fn dropping_an_engine_mid_expiry_waits_for_one_call_not_every_expiry() {
     }
     // Two deletes a block at 300 ms a call: several seconds of expiries.
     tier.set_delay(Duration::from_millis(300));
-    let engine = Engine::open(
-        DIR,
-        Arc::new(sim.clone()) as Arc<dyn Storage>,
-        options(&tier),
-        SyncPolicy::Every(Duration::from_millis(5)),
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let engine = engine_every_5ms(&sim, &tier);
     let started_with = tier.calls(TierOp::Delete);
-    while tier.calls(TierOp::Delete) < started_with + 2 {
-        assert!(Instant::now() < deadline, "the tier thread expires nothing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let started = Instant::now();
-    drop(engine);
-    let took = started.elapsed();
+    wait_for_calls(&tier, TierOp::Delete, started_with + 2);
+    let took = close_time(engine);
     assert!(
         took < Duration::from_millis(2500),
         "the close waited {took:?}"
@@ -1178,21 +1188,9 @@ fn a_catalogue_load_stops_at_the_first_failure_and_at_the_close() {
     let blocks = keys_by_kind(&tier).1 as u64;
     assert!(blocks >= 120, "{blocks} blocks tiered");
     tier.set_delay(Duration::from_millis(200));
-    let engine = Engine::open(
-        DIR,
-        Arc::new(sim.clone()) as Arc<dyn Storage>,
-        options(&tier),
-        SyncPolicy::Every(Duration::from_millis(5)),
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tier.calls(TierOp::Get) == 0 {
-        assert!(Instant::now() < deadline, "the tier thread loads nothing");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let started = Instant::now();
-    drop(engine);
-    let took = started.elapsed();
+    let engine = engine_every_5ms(&sim, &tier);
+    wait_for_calls(&tier, TierOp::Get, 1);
+    let took = close_time(engine);
     // The whole load: `blocks` GETs over 8 fetchers at 200 ms each, 3 s and more.
     assert!(
         took < Duration::from_millis(1500),
