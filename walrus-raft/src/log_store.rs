@@ -314,7 +314,8 @@ impl LogStore {
         Ok(())
     }
 
-    fn read_range(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+    /// The entries of `start..end`, but past the first no more than `max_bytes` of them.
+    fn read_range(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {
         let wanted: Vec<(u64, u64)> = {
             let index = self.shared.index.lock();
             let lo = start.max(index.first);
@@ -324,6 +325,7 @@ impl LogStore {
                 .collect()
         };
         let mut out = Vec::with_capacity(wanted.len());
+        let mut bytes = 0usize;
         for (i, offset) in wanted {
             let named = |e: io::Error| {
                 io::Error::new(
@@ -338,6 +340,10 @@ impl LogStore {
                 .map_err(named)?
                 .ok_or_else(|| named(io::Error::new(io::ErrorKind::NotFound, "not written")))?
                 .data;
+            bytes = bytes.saturating_add(data.len());
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
             match codec::decode_record(&data).map_err(named)? {
                 LogRecord::Entry(e) if e.log_id.index == i => out.push(e),
                 other => return Err(named(codec::invalid(format!("holds {other:?}")))),
@@ -362,10 +368,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
-        self.read_range(start, end)
+        self.read_range(start, end, usize::MAX)
+            .map_err(|e| logs_err(ErrorVerb::Read, e))
+    }
+
+    /// What replication sends a follower in one request: at most [`REPLICATION_BYTES`] of
+    /// entries (at least one). openraft asks for up to 300 entries, and entries can be MiBs:
+    /// a follower catching up on large ones would get requests that fit neither its deadline
+    /// (a heartbeat interval) nor the peer body limit, retried unchanged forever.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        self.read_range(start, end, REPLICATION_BYTES)
             .map_err(|e| logs_err(ErrorVerb::Read, e))
     }
 }
+
+/// The most entry bytes one replication request carries (past its first entry).
+const REPLICATION_BYTES: usize = 4 << 20;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;

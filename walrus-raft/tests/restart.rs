@@ -265,3 +265,42 @@ async fn a_failed_snapshot_install_makes_no_purge_durable_past_the_snapshot_kept
         "log purged to {purged:?}, snapshot kept at {kept:?}"
     );
 }
+
+/// Replication reads at most a few MiB of entries per request (at least one entry, however
+/// large): a follower catching up on large entries gets requests it can take in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_reads_are_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _sm) = open_stores(dir.path()).unwrap();
+    let big = |i: u64, len: usize| Entry::<TypeConfig> {
+        log_id: id(1, i),
+        payload: EntryPayload::Normal(Request::Append {
+            topic: "t".into(),
+            data: vec![i as u8; len],
+        }),
+    };
+    log.blocking_append((1..=5).map(|i| big(i, 1 << 20)))
+        .await
+        .unwrap();
+    log.blocking_append([big(6, 9 << 20)]).await.unwrap();
+    let ids = |es: Vec<Entry<TypeConfig>>| es.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+    // 1 MiB entries, and a little more each: three fit in 4 MiB, not four.
+    assert_eq!(
+        ids(log.limited_get_log_entries(1, 7).await.unwrap()),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        ids(log.limited_get_log_entries(4, 7).await.unwrap()),
+        [4, 5]
+    );
+    assert_eq!(
+        ids(log.limited_get_log_entries(6, 7).await.unwrap()),
+        [6],
+        "one, however large"
+    );
+    // What openraft reads otherwise stays whole.
+    assert_eq!(
+        ids(log.try_get_log_entries(1..7).await.unwrap()),
+        [1, 2, 3, 4, 5, 6]
+    );
+}
