@@ -133,7 +133,13 @@ impl Storage for MmapStorage {
     /// Read-only handles read with `pread`, as every handle of this backend does: a shared
     /// writable mapping needs a writable file, and a reader needs no mapping.
     fn open_read(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
-        crate::PwriteStorage::new().open_read(path)
+        // This instance's sync failures hold for it too, as for every handle of the instance.
+        let file = fs::open_file_read(path)?;
+        Ok(Arc::new(PwriteFile::new(
+            file,
+            path,
+            Arc::clone(&self.poison),
+        )))
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
@@ -521,6 +527,21 @@ mod tests {
         assert!(!g.covers(4096, 8193));
         g.mark(4095, 8193); // covers the middle granule whole
         assert!(g.covers(0, 10_000));
+    }
+
+    /// A file whose sync failed through one handle fails to sync through any other of the
+    /// instance, read-only ones included.
+    #[test]
+    fn a_read_only_handle_sees_the_sync_failure_of_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = MmapStorage::new();
+        let path = dir.path().join("poisoned");
+        let f = storage.create(&path, 1 << 20).unwrap();
+        let file = f.as_any().downcast_ref::<MmapFile>().unwrap();
+        file.base
+            .poison_sync(&io::Error::from_raw_os_error(libc::EIO));
+        assert!(storage.open(&path).unwrap().sync_data().is_err());
+        assert!(storage.open_read(&path).unwrap().sync_data().is_err());
     }
 
     /// A handle whose sync failed drops the file's cached pages when it goes (its mapping
