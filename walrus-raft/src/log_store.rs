@@ -372,8 +372,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map_err(|e| logs_err(ErrorVerb::Read, e))
     }
 
-    /// What replication sends a follower in one request: at most [`REPLICATION_BYTES`] of
-    /// entries (at least one). openraft asks for up to 300 entries, and entries can be MiBs:
+    /// What replication sends a follower in one request: at most 4 MiB of entries past the
+    /// first. openraft asks for up to 300 entries, and entries can be MiBs:
     /// a follower catching up on large ones would get requests that fit neither its deadline
     /// (a heartbeat interval) nor the peer body limit, retried unchanged forever.
     async fn limited_get_log_entries(
