@@ -335,7 +335,8 @@ impl CursorStore {
 
     /// Writes zeros over the slot pair at `position`, a pair [`CursorFile::load`] found
     /// damaged: an open that goes on without its record leaves no damage for the next one to
-    /// find. (The pair is free again; made durable with the file's next sync.)
+    /// find. (Made durable with the file's next sync; a later open may give the pair to a new
+    /// record.)
     pub(crate) fn clear_pair(&self, position: u64) -> io::Result<()> {
         let Some(file) = &self.file else {
             return Err(crate::error::read_only_error());

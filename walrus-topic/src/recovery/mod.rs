@@ -341,11 +341,16 @@ fn recover_in(
                     format!(
                         "{} bytes {}..{}: a damaged record (neither of its two slots is valid); \
                          refused by {mode:?} (RecoveryMode::PointInTime or \
-                         RecoveryMode::SkipCorrupted open without it: a consumer it held starts \
-                         again at the first entry kept); nothing was changed on disk",
+                         RecoveryMode::SkipCorrupted open without it: {}); nothing was changed \
+                         on disk",
                         file.display(),
                         pair.position,
-                        pair.position + 2 * walrus_block::CURSOR_SLOT_LEN
+                        pair.position + 2 * walrus_block::CURSOR_SLOT_LEN,
+                        if name == MARKS_FILE {
+                            "a topic's watermark is unknown then, and no damage is erased"
+                        } else {
+                            "a consumer it held starts again at the first entry kept"
+                        }
                     ),
                 ));
             }
