@@ -24,12 +24,15 @@ fn payloads() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A segment's frame key (any non-zero value; format v4 keys frames).
+const KEY: u32 = 0x5eed_cafe;
+
 fn bench_format(c: &mut Criterion) {
     let payloads = payloads();
     let payload_bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
     let mut encoded = Vec::with_capacity(payload_bytes as usize + ENTRIES * 24);
     for (i, p) in payloads.iter().enumerate() {
-        encode_frame(&mut encoded, i as u64, FrameKind::single(), p).unwrap();
+        encode_frame(&mut encoded, i as u64, FrameKind::single(), p, KEY).unwrap();
     }
 
     for (unit, throughput) in [
@@ -43,7 +46,8 @@ fn bench_format(c: &mut Criterion) {
             b.iter(|| {
                 buf.clear();
                 for (i, p) in payloads.iter().enumerate() {
-                    encode_frame(&mut buf, i as u64, FrameKind::single(), black_box(p)).unwrap();
+                    encode_frame(&mut buf, i as u64, FrameKind::single(), black_box(p), KEY)
+                        .unwrap();
                 }
                 black_box(buf.len())
             })
@@ -51,7 +55,7 @@ fn bench_format(c: &mut Criterion) {
         group.bench_function("decode", |b| {
             b.iter(|| {
                 let mut n = 0usize;
-                for frame in FrameDecoder::new(black_box(&encoded)) {
+                for frame in FrameDecoder::new(black_box(&encoded), KEY) {
                     if let Frame::Entry(e) = frame {
                         n += e.payload.len();
                     }

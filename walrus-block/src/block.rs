@@ -12,6 +12,9 @@ use crate::limits::{BLOCK_ALIGN, MAX_BLOCK_LEN, MAX_OFFSET};
 pub const BLOCK_MAGIC: [u8; 4] = *b"WBLK";
 /// Block flag: the block was abandoned by its writer (a failed batch); it holds no entries.
 const FLAG_ABANDONED: u8 = 0x01;
+/// Block flag (format v4): the header CRCs of the block's frames are seeded with the segment's
+/// key (see [`crate::frame`]).
+const FLAG_KEYED_FRAMES: u8 = 0x02;
 /// Encoded length of a [`BlockHeader`]; the block's first entry frame starts right after it.
 pub const BLOCK_HEADER_LEN: usize = std::mem::size_of::<BlockHeaderV2>();
 
@@ -38,6 +41,10 @@ pub struct BlockHeader {
     /// part of the topic. (The header is rewritten with this flag; the block keeps its place in
     /// the segment so the walk over blocks is unaffected.)
     pub abandoned: bool,
+    /// The header CRCs of the block's frames are seeded with the segment's key (flag bit 1,
+    /// set on every block a segment of format v4 hands out); otherwise they are plain CRC32C.
+    /// See [`frame_key`](Self::frame_key).
+    pub keyed_frames: bool,
 }
 
 impl BlockHeader {
@@ -72,7 +79,12 @@ impl BlockHeader {
         let mut h = BlockHeaderV2 {
             magic: BLOCK_MAGIC,
             topic_len,
-            flags: if self.abandoned { FLAG_ABANDONED } else { 0 },
+            flags: if self.abandoned { FLAG_ABANDONED } else { 0 }
+                | if self.keyed_frames {
+                    FLAG_KEYED_FRAMES
+                } else {
+                    0
+                },
             reserved: Archived::<u16>::from_native(0),
             block_len: Archived::<u64>::from_native(self.block_len),
             segment_id: Archived::<u64>::from_native(self.segment_id),
@@ -108,7 +120,10 @@ impl BlockHeader {
             return Ok(None);
         };
         let corrupt = |reason| FormatError::Corrupt { at: 0, reason };
-        if h.flags & !FLAG_ABANDONED != 0 || h.reserved.to_native() != 0 || h.reserved2 != 0 {
+        if h.flags & !(FLAG_ABANDONED | FLAG_KEYED_FRAMES) != 0
+            || h.reserved.to_native() != 0
+            || h.reserved2 != 0
+        {
             return Err(corrupt(CorruptReason::ReservedBits));
         }
         let block_len = h.block_len.to_native();
@@ -131,6 +146,7 @@ impl BlockHeader {
             prev_end,
             block_len,
             abandoned: h.flags & FLAG_ABANDONED != 0,
+            keyed_frames: h.flags & FLAG_KEYED_FRAMES != 0,
         }))
     }
 
@@ -149,6 +165,13 @@ impl BlockHeader {
         let (body, crc) = raw.split_last_chunk::<4>()?;
         let key = crate::checksum::crc32c_seed(body, u32::from_le_bytes(*crc))?;
         Self::decode(raw, key).ok().flatten().map(|h| (key, h))
+    }
+
+    /// The key of the block's frames, in a segment whose key is `segment_key`: that key when
+    /// [`keyed_frames`](Self::keyed_frames), else 0.
+    #[must_use]
+    pub fn frame_key(&self, segment_key: u32) -> u32 {
+        if self.keyed_frames { segment_key } else { 0 }
     }
 
     /// Bytes available for entry frames in this block.
@@ -177,6 +200,7 @@ mod tests {
             prev_end: 1200,
             block_len: 1 << 20,
             abandoned: false,
+            keyed_frames: true,
         }
     }
 
@@ -199,8 +223,18 @@ mod tests {
         };
         assert_eq!(
             BlockHeader::decode(&dead.encode(KEY).unwrap(), KEY),
-            Ok(Some(dead))
+            Ok(Some(dead.clone()))
         );
+        let unkeyed = BlockHeader {
+            keyed_frames: false,
+            ..dead
+        };
+        assert_eq!(
+            BlockHeader::decode(&unkeyed.encode(KEY).unwrap(), KEY),
+            Ok(Some(unkeyed.clone()))
+        );
+        assert_eq!(unkeyed.frame_key(KEY), 0);
+        assert_eq!(sample().frame_key(KEY), KEY);
     }
 
     #[test]

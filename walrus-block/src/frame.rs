@@ -3,10 +3,18 @@
 //! A frame is a 24-byte header followed by the payload. The header carries the payload's CRC32C
 //! and its own CRC32C over everything before it, so a damaged length can never send the decoder
 //! off into the payload: the header is proved intact before any of its fields is trusted.
+//!
+//! Format v4 **keys** the header CRC: it continues from a key instead of 0 (the key of the
+//! segment a block lives in; 0 for frames of format v3 and earlier, and for the S3 WAL's and
+//! the remote tier's objects, which are read by position, never by a search). After damage a
+//! reader searches for the next frame at every byte (see [`resync`]); entry data, which users
+//! choose, can hold a whole frame of its own topic at its own offset, and under a plain CRC it
+//! would be taken for the entry it sits in. Every function that encodes or decodes a frame takes
+//! the key.
 
 use rkyv::Archived;
 
-use crate::archived::{FrameHeaderV1, access, body_crc, bytes_of};
+use crate::archived::{FrameHeaderV1, access, bytes_of, keyed_body_crc};
 use crate::checksum::crc32c;
 use crate::error::{CorruptReason, FormatError};
 use crate::limits::{MAX_BATCH_ENTRIES, MAX_ENTRY_LEN, MAX_OFFSET};
@@ -96,7 +104,8 @@ pub const fn frame_len(payload_len: usize) -> usize {
     FRAME_HEADER_LEN + payload_len
 }
 
-/// Encodes the header of a frame for `payload` (checksums included).
+/// Encodes the header of a frame for `payload` (checksums included, the header's seeded with
+/// `key`).
 ///
 /// # Errors
 /// [`FormatError::InvalidInput`] when the payload is longer than [`MAX_ENTRY_LEN`], or the
@@ -106,14 +115,9 @@ pub fn encode_frame_header(
     offset: u64,
     kind: FrameKind,
     payload: &[u8],
+    key: u32,
 ) -> Result<[u8; FRAME_HEADER_LEN], FormatError> {
-    let len = checked_len(payload.len())?;
-    if offset >= MAX_OFFSET {
-        return Err(FormatError::InvalidInput(format!(
-            "offset {offset}: the format holds none at or past {MAX_OFFSET}"
-        )));
-    }
-    Ok(header_bytes(offset, kind, len, crc32c(payload)))
+    FrameHeader::for_payload(offset, kind, payload)?.encode(key)
 }
 
 /// The bytes of a frame header (checksum included), unchecked.
@@ -123,6 +127,7 @@ fn header_bytes(
     kind: FrameKind,
     len: u32,
     payload_crc: u32,
+    key: u32,
 ) -> [u8; FRAME_HEADER_LEN] {
     let mut h = FrameHeaderV1 {
         marker: FRAME_MARKER,
@@ -133,13 +138,13 @@ fn header_bytes(
         payload_crc: Archived::<u32>::from_native(payload_crc),
         header_crc: Archived::<u32>::from_native(0),
     };
-    h.header_crc = Archived::<u32>::from_native(body_crc(&h));
+    h.header_crc = Archived::<u32>::from_native(keyed_body_crc(&h, key));
     let mut out = [0u8; FRAME_HEADER_LEN];
     out.copy_from_slice(bytes_of(&h));
     out
 }
 
-/// Appends a whole frame (header and payload) to `out`.
+/// Appends a whole frame (header and payload, its header CRC seeded with `key`) to `out`.
 ///
 /// # Errors
 /// [`FormatError::InvalidInput`] when the payload is longer than [`MAX_ENTRY_LEN`]; `out` is
@@ -150,15 +155,17 @@ pub fn encode_frame(
     offset: u64,
     kind: FrameKind,
     payload: &[u8],
+    key: u32,
 ) -> Result<(), FormatError> {
-    let header = encode_frame_header(offset, kind, payload)?;
+    let header = encode_frame_header(offset, kind, payload, key)?;
     out.reserve(frame_len(payload.len()));
     out.extend_from_slice(&header);
     out.extend_from_slice(payload);
     Ok(())
 }
 
-/// Writes a whole frame at the start of `dst` and returns its length.
+/// Writes a whole frame (its header CRC seeded with `key`) at the start of `dst` and returns
+/// its length.
 ///
 /// # Errors
 /// [`FormatError::InvalidInput`] when the payload is too long or `dst` too short; `dst` is then
@@ -169,6 +176,7 @@ pub fn write_frame(
     offset: u64,
     kind: FrameKind,
     payload: &[u8],
+    key: u32,
 ) -> Result<usize, FormatError> {
     let len = frame_len(payload.len());
     let available = dst.len();
@@ -180,7 +188,7 @@ pub fn write_frame(
             "a {len}-byte frame does not fit in {available} bytes"
         )));
     };
-    h.copy_from_slice(&encode_frame_header(offset, kind, payload)?);
+    h.copy_from_slice(&encode_frame_header(offset, kind, payload, key)?);
     rest.copy_from_slice(payload);
     Ok(len)
 }
@@ -248,23 +256,25 @@ pub enum Frame<'a> {
 pub struct FrameDecoder<'a> {
     buf: &'a [u8],
     pos: usize,
+    key: u32,
     finished: Option<Frame<'a>>,
     reported: bool,
 }
 
 impl<'a> FrameDecoder<'a> {
-    /// A decoder for the frames at the start of `buf`.
+    /// A decoder for the frames at the start of `buf`, keyed with `key`.
     #[must_use]
-    pub fn new(buf: &'a [u8]) -> Self {
-        Self::at(buf, 0)
+    pub fn new(buf: &'a [u8], key: u32) -> Self {
+        Self::at(buf, 0, key)
     }
 
-    /// A decoder for the frames in `buf` starting at byte `pos`.
+    /// A decoder for the frames in `buf` starting at byte `pos`, keyed with `key`.
     #[must_use]
-    pub fn at(buf: &'a [u8], pos: usize) -> Self {
+    pub fn at(buf: &'a [u8], pos: usize, key: u32) -> Self {
         Self {
             buf,
             pos,
+            key,
             finished: None,
             reported: false,
         }
@@ -281,7 +291,7 @@ impl<'a> FrameDecoder<'a> {
         if let Some(done) = self.finished {
             return done;
         }
-        let frame = decode_at(self.buf, self.pos);
+        let frame = decode_at(self.buf, self.pos, self.key);
         match frame {
             Frame::Entry(e) => self.pos = e.end(),
             other => self.finished = Some(other),
@@ -305,19 +315,21 @@ impl<'a> Iterator for FrameDecoder<'a> {
     }
 }
 
-/// The first valid entry frame at or after byte `from` of `buf`, found by trying every byte
-/// position: how a reader resynchronises after damage, when the damaged frame's header (and so
-/// its length) cannot be trusted. A frame is only accepted with a valid header checksum *and*
-/// a valid payload checksum, so random bytes pass for a frame with odds of about 2^-64.
+/// The first valid entry frame keyed with `key` at or after byte `from` of `buf`, found by
+/// trying every byte position: how a reader resynchronises after damage, when the damaged
+/// frame's header (and so its length) cannot be trusted. A frame is only accepted with a valid
+/// header checksum *and* a valid payload checksum, so random bytes pass for a frame with odds of
+/// about 2^-64; a frame that entry data holds, encoded by a writer who does not know `key`,
+/// with odds of 2^-32.
 ///
 /// The payload checksums computed are bounded by 16 times the bytes searched:
 /// an entry whose data holds valid frame headers, one every few bytes, each claiming a long
 /// payload, would otherwise cost time quadratic in its length (hours for a large entry, at
 /// every open). Past the bound, nothing more is found (the rest counts as damaged).
 #[must_use]
-pub fn resync(buf: &[u8], from: usize) -> Option<EntryRef<'_>> {
+pub fn resync(buf: &[u8], from: usize, key: u32) -> Option<EntryRef<'_>> {
     let mut budget = resync_budget(buf.len().saturating_sub(from));
-    resync_within(buf, from, &mut budget)
+    resync_within(buf, from, &mut budget, key)
 }
 
 /// The payload bytes [`resync`] checksums at most in searching `len` bytes; shared by the
@@ -332,7 +344,12 @@ pub fn resync_budget(len: usize) -> usize {
 /// holds a valid frame, then damage again…) would otherwise spend a fresh budget each time,
 /// quadratic in the buffer's length. Nothing is found once the budget is spent.
 #[must_use]
-pub fn resync_within<'a>(buf: &'a [u8], from: usize, budget: &mut usize) -> Option<EntryRef<'a>> {
+pub fn resync_within<'a>(
+    buf: &'a [u8],
+    from: usize,
+    budget: &mut usize,
+    key: u32,
+) -> Option<EntryRef<'a>> {
     let last = buf.len().checked_sub(FRAME_HEADER_LEN)?;
     let mut pos = from;
     while pos <= last {
@@ -342,9 +359,12 @@ pub fn resync_within<'a>(buf: &'a [u8], from: usize, budget: &mut usize) -> Opti
             .iter()
             .position(|&b| b == FRAME_MARKER)?;
         pos += next;
-        if let Some(Ok(Some(h))) = buf.get(pos..pos + FRAME_HEADER_LEN).map(decode_header) {
+        if let Some(Ok(Some(h))) = buf
+            .get(pos..pos + FRAME_HEADER_LEN)
+            .map(|raw| decode_header(raw, key))
+        {
             *budget = budget.checked_sub(h.len as usize)?;
-            if let Frame::Entry(e) = decode_at(buf, pos) {
+            if let Frame::Entry(e) = decode_at(buf, pos, key) {
                 return Some(e);
             }
         }
@@ -356,8 +376,8 @@ pub fn resync_within<'a>(buf: &'a [u8], from: usize, budget: &mut usize) -> Opti
 /// Payload bytes [`resync`] may checksum per byte it searches.
 const RESYNC_WORK: usize = 16;
 
-/// Decodes the single frame starting at `pos` in `buf`.
-fn decode_at(buf: &[u8], pos: usize) -> Frame<'_> {
+/// Decodes the single frame starting at `pos` in `buf`, keyed with `key`.
+fn decode_at(buf: &[u8], pos: usize, key: u32) -> Frame<'_> {
     let Some(rest) = buf.get(pos..) else {
         // A position past the end can only come from a caller; there is no data there.
         return Frame::End { at: pos };
@@ -370,7 +390,7 @@ fn decode_at(buf: &[u8], pos: usize) -> Frame<'_> {
         };
     };
     let corrupt = |reason| Frame::Corrupt { at: pos, reason };
-    let header = match decode_header(raw) {
+    let header = match decode_header(raw, key) {
         Ok(Some(h)) => h,
         Ok(None) => return Frame::End { at: pos },
         Err(reason) => return corrupt(reason),
@@ -391,25 +411,116 @@ fn decode_at(buf: &[u8], pos: usize) -> Frame<'_> {
 }
 
 impl FrameHeader {
-    /// Decodes and validates exactly [`FRAME_HEADER_LEN`] bytes of frame header.
+    /// The header of a frame for `payload` at `offset`: its length and CRC32C, checked against
+    /// the format's limits. (Computing the payload's CRC is the costly part of encoding; the
+    /// key can be chosen afterwards, with [`encode`](Self::encode).)
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidInput`] when the payload is longer than [`MAX_ENTRY_LEN`], or the
+    /// offset is not below [`MAX_OFFSET`].
+    pub fn for_payload(offset: u64, kind: FrameKind, payload: &[u8]) -> Result<Self, FormatError> {
+        let len = checked_len(payload.len())?;
+        if offset >= MAX_OFFSET {
+            return Err(FormatError::InvalidInput(format!(
+                "offset {offset}: the format holds none at or past {MAX_OFFSET}"
+            )));
+        }
+        Ok(Self {
+            offset,
+            kind,
+            len,
+            payload_crc: crc32c(payload),
+        })
+    }
+
+    /// The header's bytes, its CRC seeded with `key`.
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidInput`] for fields the decoder would refuse: an offset not below
+    /// [`MAX_OFFSET`], a length over [`MAX_ENTRY_LEN`], a `batch_left` of
+    /// [`MAX_BATCH_ENTRIES`] or more.
+    pub fn encode(&self, key: u32) -> Result<[u8; FRAME_HEADER_LEN], FormatError> {
+        if self.offset >= MAX_OFFSET
+            || self.len as usize > MAX_ENTRY_LEN
+            || usize::from(self.kind.batch_left) >= MAX_BATCH_ENTRIES
+        {
+            return Err(FormatError::InvalidInput(format!(
+                "frame header {self:?}: outside the format's limits"
+            )));
+        }
+        Ok(header_bytes(
+            self.offset,
+            self.kind,
+            self.len,
+            self.payload_crc,
+            key,
+        ))
+    }
+
+    /// Decodes and validates exactly [`FRAME_HEADER_LEN`] bytes of frame header, keyed with
+    /// `key`: a header checksummed under any other key is corrupt.
     ///
     /// Returns `Ok(None)` for an all-zero header (end of data).
     ///
     /// # Errors
     /// The [`CorruptReason`] of the first check that fails.
-    pub fn decode(raw: &[u8]) -> Result<Option<Self>, CorruptReason> {
-        decode_header(raw)
+    pub fn decode(raw: &[u8], key: u32) -> Result<Option<Self>, CorruptReason> {
+        decode_header(raw, key)
     }
 }
 
+/// Re-checksums the headers of the frames that fill `data` from key `from` to key `to`, in
+/// place (payloads and their CRCs are left as they are). How a block's frames leave their
+/// segment for an object read by position (see [`crate::tier`]): keyed with the segment's key
+/// on disk, with 0 there.
+///
+/// # Errors
+/// [`FormatError::Corrupt`] or [`FormatError::Torn`] (positions within `data`) for the first
+/// header that does not validate under `from`, or a frame that does not end inside `data`;
+/// `data` may then be partly re-checksummed.
+pub fn rekey_frames(data: &mut [u8], from: u32, to: u32) -> Result<(), FormatError> {
+    let mut pos = 0;
+    while pos < data.len() {
+        let raw = data
+            .get(pos..pos + FRAME_HEADER_LEN)
+            .ok_or(FormatError::Torn { at: pos })?;
+        let header = match decode_header(raw, from) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                return Err(FormatError::Corrupt {
+                    at: pos,
+                    reason: CorruptReason::BadLength,
+                });
+            }
+            Err(reason) => return Err(FormatError::Corrupt { at: pos, reason }),
+        };
+        let end = pos + frame_len(header.len as usize);
+        if end > data.len() {
+            return Err(FormatError::Torn { at: pos });
+        }
+        let rekeyed = header_bytes(
+            header.offset,
+            header.kind,
+            header.len,
+            header.payload_crc,
+            to,
+        );
+        if let Some(h) = data.get_mut(pos..pos + FRAME_HEADER_LEN) {
+            h.copy_from_slice(&rekeyed);
+        }
+        pos = end;
+    }
+    Ok(())
+}
+
 #[inline]
-fn decode_header(raw: &[u8]) -> Result<Option<FrameHeader>, CorruptReason> {
+fn decode_header(raw: &[u8], key: u32) -> Result<Option<FrameHeader>, CorruptReason> {
     if crate::is_zeroed(raw) {
         return Ok(None);
     }
     let h = access::<FrameHeaderV1>(raw).ok_or(CorruptReason::Malformed)?;
     let body = raw.get(..HEADER_BODY_LEN).ok_or(CorruptReason::Malformed)?;
-    if crc32c(body) != h.header_crc.to_native() {
+    if crate::checksum::crc32c_append(key, body) != h.header_crc.to_native() {
         return Err(CorruptReason::HeaderChecksum);
     }
     if h.marker != FRAME_MARKER {
@@ -529,6 +640,9 @@ impl SequenceCheck {
 mod tests {
     use super::*;
 
+    /// Any non-zero key: a segment of format v4 draws one at random.
+    const KEY: u32 = 0x5eed_f00d;
+
     /// Data tiled with valid frame headers, each claiming a payload to the end of the buffer
     /// (with a wrong checksum), costs a resync a bounded amount of checksumming, not one
     /// payload per header (quadratic: minutes for this MiB, hours for a large entry); a real
@@ -545,11 +659,12 @@ mod tests {
                 FrameKind::single(),
                 len,
                 0xdead_beef,
+                KEY,
             ));
             p += FRAME_HEADER_LEN;
         }
         let started = std::time::Instant::now();
-        assert!(resync(&buf, 1).is_none());
+        assert!(resync(&buf, 1, KEY).is_none());
         let took = started.elapsed();
         assert!(
             took < std::time::Duration::from_secs(10),
@@ -558,11 +673,11 @@ mod tests {
         // A real frame right after a few crafted headers is found.
         let mut real = buf[..FRAME_HEADER_LEN * 4].to_vec();
         for h in real.chunks_mut(FRAME_HEADER_LEN) {
-            h.copy_from_slice(&header_bytes(0, FrameKind::single(), 8, 0xdead_beef));
+            h.copy_from_slice(&header_bytes(0, FrameKind::single(), 8, 0xdead_beef, KEY));
         }
         let at = real.len();
-        encode_frame(&mut real, 7, FrameKind::single(), b"payload").unwrap();
-        let e = resync(&real, 1).unwrap();
+        encode_frame(&mut real, 7, FrameKind::single(), b"payload", KEY).unwrap();
+        let e = resync(&real, 1, KEY).unwrap();
         assert_eq!((e.pos, e.offset, e.payload), (at, 7, &b"payload"[..]));
     }
 
@@ -575,17 +690,17 @@ mod tests {
         let n = 4 << 20;
         let mut buf = Vec::with_capacity(n);
         while buf.len() + 20 * FRAME_HEADER_LEN + 64 < n {
-            encode_frame(&mut buf, 0, FrameKind::single(), b"valid").unwrap();
+            encode_frame(&mut buf, 0, FrameKind::single(), b"valid", KEY).unwrap();
             for _ in 0..16 {
                 let len = (n - buf.len() - FRAME_HEADER_LEN) as u32;
-                buf.extend_from_slice(&header_bytes(0, FrameKind::single(), len, 0xdead_beef));
+                buf.extend_from_slice(&header_bytes(0, FrameKind::single(), len, 0xdead_beef, KEY));
             }
         }
         buf.resize(n, 0);
         let started = std::time::Instant::now();
         let mut budget = resync_budget(n);
         let (mut from, mut found) = (1, 0);
-        while let Some(e) = resync_within(&buf, from, &mut budget) {
+        while let Some(e) = resync_within(&buf, from, &mut budget, KEY) {
             found += 1;
             from = e.end() + 1;
         }
@@ -600,9 +715,85 @@ mod tests {
     fn frames(entries: &[(u64, FrameKind, &[u8])]) -> Vec<u8> {
         let mut buf = Vec::new();
         for (off, kind, p) in entries {
-            encode_frame(&mut buf, *off, *kind, p).unwrap();
+            encode_frame(&mut buf, *off, *kind, p, KEY).unwrap();
         }
         buf
+    }
+
+    /// A frame validates under the key it was encoded with and no other: one that entry data
+    /// holds (encoded by a writer who does not know the key) is not found by a resync through
+    /// that data, and the real frame after it is.
+    #[test]
+    fn a_frame_checks_only_under_its_own_key() {
+        let keyed = frames(&[(3, FrameKind::single(), b"entry")]);
+        assert!(matches!(
+            FrameDecoder::new(&keyed, KEY).next_frame(),
+            Frame::Entry(e) if e.offset == 3
+        ));
+        for other in [0, KEY ^ 1, KEY ^ 0x8000_0000] {
+            assert_eq!(
+                FrameDecoder::new(&keyed, other).next_frame(),
+                Frame::Corrupt {
+                    at: 0,
+                    reason: CorruptReason::HeaderChecksum
+                }
+            );
+            assert!(resync(&keyed, 0, other).is_none());
+        }
+        let mut forged = Vec::new();
+        encode_frame(&mut forged, 3, FrameKind::single(), b"forged", 0).unwrap();
+        let mut carrier = b"entry data: ".to_vec();
+        carrier.extend_from_slice(&forged);
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, 3, FrameKind::single(), &carrier, KEY).unwrap();
+        encode_frame(&mut buf, 4, FrameKind::single(), b"next", KEY).unwrap();
+        buf[4] ^= 0xff; // the carrier's length
+        let e = resync(&buf, 1, KEY).unwrap();
+        assert_eq!((e.offset, e.payload), (4, &b"next"[..]));
+        // Unkeyed, the forged frame would have been taken for entry 3.
+        let e = resync(&buf, 1, 0).unwrap();
+        assert_eq!((e.offset, e.payload), (3, &b"forged"[..]));
+    }
+
+    /// Re-keying changes only the header CRCs: the frames then decode under the new key alone,
+    /// to the same entries; a frame that does not validate under the old key stops it.
+    #[test]
+    fn rekeying_rechecksums_every_header() {
+        let mut buf = frames(&[
+            (5, FrameKind::batch(0, 2).unwrap(), b"a"),
+            (6, FrameKind::batch(1, 2).unwrap(), b"bb"),
+            (7, FrameKind::single(), b""),
+        ]);
+        let before: Vec<_> = FrameDecoder::new(&buf, KEY)
+            .map(|f| match f {
+                Frame::Entry(e) => Some((e.offset, e.kind, e.payload.to_vec())),
+                _ => None,
+            })
+            .collect();
+        rekey_frames(&mut buf, KEY, 0).unwrap();
+        let after: Vec<_> = FrameDecoder::new(&buf, 0)
+            .map(|f| match f {
+                Frame::Entry(e) => Some((e.offset, e.kind, e.payload.to_vec())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(before, after);
+        assert!(matches!(
+            FrameDecoder::new(&buf, KEY).next_frame(),
+            Frame::Corrupt { .. }
+        ));
+        assert_eq!(
+            rekey_frames(&mut buf.clone(), KEY, 0),
+            Err(FormatError::Corrupt {
+                at: 0,
+                reason: CorruptReason::HeaderChecksum
+            })
+        );
+        let mut cut = buf[..buf.len() - 1].to_vec();
+        assert!(matches!(
+            rekey_frames(&mut cut, 0, KEY),
+            Err(FormatError::Torn { .. })
+        ));
     }
 
     #[test]
@@ -615,14 +806,14 @@ mod tests {
     #[test]
     fn offsets_past_the_limit_are_refused_and_read_as_damage() {
         assert!(matches!(
-            encode_frame_header(MAX_OFFSET, FrameKind::single(), b"x"),
+            encode_frame_header(MAX_OFFSET, FrameKind::single(), b"x", KEY),
             Err(FormatError::InvalidInput(_))
         ));
-        let raw = header_bytes(u64::MAX, FrameKind::single(), 1, crc32c(b"x"));
-        assert_eq!(FrameHeader::decode(&raw), Err(CorruptReason::Sequence));
-        let raw = header_bytes(MAX_OFFSET - 1, FrameKind::single(), 1, crc32c(b"x"));
+        let raw = header_bytes(u64::MAX, FrameKind::single(), 1, crc32c(b"x"), KEY);
+        assert_eq!(FrameHeader::decode(&raw, KEY), Err(CorruptReason::Sequence));
+        let raw = header_bytes(MAX_OFFSET - 1, FrameKind::single(), 1, crc32c(b"x"), KEY);
         assert_eq!(
-            FrameHeader::decode(&raw).unwrap().unwrap().offset,
+            FrameHeader::decode(&raw, KEY).unwrap().unwrap().offset,
             MAX_OFFSET - 1
         );
     }
@@ -633,7 +824,7 @@ mod tests {
             (5, FrameKind::single(), b"abc"),
             (6, FrameKind::single(), b""),
         ]);
-        let mut d = FrameDecoder::new(&buf);
+        let mut d = FrameDecoder::new(&buf, KEY);
         let Frame::Entry(a) = d.next_frame() else {
             panic!()
         };
@@ -645,9 +836,9 @@ mod tests {
         assert_eq!(d.next_frame(), Frame::End { at: 51 });
         assert_eq!(d.next_frame(), Frame::End { at: 51 });
         buf.extend_from_slice(&[0; 10]);
-        assert_eq!(FrameDecoder::new(&buf).count(), 3);
+        assert_eq!(FrameDecoder::new(&buf, KEY).count(), 3);
         assert_eq!(
-            FrameDecoder::at(&buf, 10_000).next_frame(),
+            FrameDecoder::at(&buf, 10_000, KEY).next_frame(),
             Frame::End { at: 10_000 }
         );
     }
@@ -658,14 +849,14 @@ mod tests {
         assert!(checked_len(MAX_ENTRY_LEN + 1).is_err());
         assert!(checked_len(MAX_ENTRY_LEN).is_ok());
         let mut small = [0u8; 10];
-        assert!(write_frame(&mut small, 0, FrameKind::single(), b"abc").is_err());
+        assert!(write_frame(&mut small, 0, FrameKind::single(), b"abc", KEY).is_err());
         assert_eq!(small, [0u8; 10]);
     }
 
     #[test]
     fn write_frame_matches_encode_frame() {
         let mut dst = [0u8; 64];
-        let n = write_frame(&mut dst, 9, FrameKind::single(), b"payload").unwrap();
+        let n = write_frame(&mut dst, 9, FrameKind::single(), b"payload", KEY).unwrap();
         assert_eq!(
             &dst[..n],
             &frames(&[(9, FrameKind::single(), b"payload")])[..]

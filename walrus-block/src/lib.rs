@@ -14,20 +14,22 @@
 //! *checked* access, and protected by CRC32C ([`checksum`]); the payload of a frame has its own
 //! CRC32C, itself covered by the frame header's CRC. So any single-bit flip anywhere in a frame is
 //! reported as corruption, and any truncation of a frame as a torn tail. The CRCs of block
-//! headers and journal records are seeded with a random key their writer keeps in a header of
-//! its own, so that entry data holding such a header's bytes never passes for one.
+//! headers, frame headers (format v4) and journal records are seeded with a random key their
+//! writer keeps in a header of its own, so that entry data holding such a header's bytes never
+//! passes for one.
 //!
 //! The byte-by-byte layout is written up in `docs/FORMAT.md` at the repository root.
 //!
 //! ```
 //! use walrus_block::{encode_frame, FrameDecoder, Frame, FrameKind};
 //!
+//! let key = 0x5eed; // a segment's key; 0 for frames that are not keyed
 //! let mut buf = Vec::new();
-//! encode_frame(&mut buf, 0, FrameKind::single(), b"hello")?;
-//! encode_frame(&mut buf, 1, FrameKind::single(), b"world")?;
+//! encode_frame(&mut buf, 0, FrameKind::single(), b"hello", key)?;
+//! encode_frame(&mut buf, 1, FrameKind::single(), b"world", key)?;
 //! buf.resize(buf.len() + 64, 0); // preallocated space reads as zeros
 //!
-//! let mut frames = FrameDecoder::new(&buf);
+//! let mut frames = FrameDecoder::new(&buf, key);
 //! let Frame::Entry(e) = frames.next_frame() else { panic!("expected an entry") };
 //! assert_eq!((e.offset, e.payload), (0, &b"hello"[..]));
 //! let Frame::Entry(e) = frames.next_frame() else { panic!("expected an entry") };
@@ -66,8 +68,8 @@ pub use cursor::{
 pub use error::{CorruptReason, FormatError};
 pub use frame::{
     EntryRef, FRAME_HEADER_LEN, FRAME_MARKER, Frame, FrameDecoder, FrameHeader, FrameKind,
-    SequenceCheck, encode_frame, encode_frame_header, frame_len, resync, resync_budget,
-    resync_within, write_frame,
+    SequenceCheck, encode_frame, encode_frame_header, frame_len, rekey_frames, resync,
+    resync_budget, resync_within, write_frame,
 };
 pub use journal::{
     JOURNAL_DATA_OFFSET, JOURNAL_HEADER_LEN, JOURNAL_MAGIC, JOURNAL_RECORD_ALIGN,

@@ -7,6 +7,11 @@
 //! header; a header checksummed from the key validates only where the writer, who never shows
 //! the key to anyone, wrote it. The key lives in the header at byte 0 and in its copy at
 //! [`SEGMENT_HEADER_COPY_AT`]: without either, no block of the segment can be validated.
+//!
+//! Format v4 keys the frames of the blocks a segment hands out with the same key (each such
+//! block says so in its header, see [`BlockHeader::keyed_frames`](crate::BlockHeader)); the
+//! header's layout is v3's. A v3 segment keeps handing out blocks whose frames are not keyed,
+//! so that its version keeps telling a build that reads v3 only what it holds.
 
 use rkyv::Archived;
 
@@ -19,7 +24,7 @@ use crate::limits::BLOCK_ALIGN;
 /// Magic bytes opening every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WALRUSSG";
 /// The on-disk format version this crate writes.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// The earliest format version this crate reads: a v2 segment is a v3 one with key 0 (plain
 /// CRC32C block headers) and no copy of its header.
 pub const OLDEST_FORMAT_VERSION: u16 = 2;
@@ -49,6 +54,9 @@ pub struct SegmentHeader {
     /// 0): a page found half or wholly zero with blocks behind it is then damage, not the torn
     /// write of a page never synced. Always false in a v2 segment.
     pub synced: bool,
+    /// A segment of format v4: the blocks handed out in it key their frames with `key`. False
+    /// for v2 and v3, which are encoded again as v3 (a v2 header as v3 with key 0).
+    pub keyed_frames: bool,
 }
 
 impl SegmentHeader {
@@ -57,7 +65,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut h = SegmentHeaderV3 {
             magic: SEGMENT_MAGIC,
-            version: Archived::<u16>::from_native(FORMAT_VERSION),
+            version: Archived::<u16>::from_native(if self.keyed_frames { 4 } else { 3 }),
             checksum: CHECKSUM_CRC32C,
             flags: if self.synced { FLAG_SYNCED } else { 0 },
             data_offset: Archived::<u32>::from_native(SEGMENT_DATA_OFFSET as u32),
@@ -98,8 +106,8 @@ impl SegmentHeader {
             .flatten()
     }
 
-    /// Decodes and validates a segment header from the first bytes of a file: format v3, or v2
-    /// (key 0).
+    /// Decodes and validates a segment header from the first bytes of a file: format v4 or v3,
+    /// or v2 (key 0).
     ///
     /// Returns `Ok(None)` when the header bytes are all zero (a segment file that was created but
     /// whose header never reached the disk).
@@ -123,7 +131,7 @@ impl SegmentHeader {
         let version = h.version.to_native();
         let key = match version {
             2 => 0,
-            FORMAT_VERSION => {
+            3 | 4 => {
                 let magic_ok = |h: &SegmentHeaderV3| h.magic == SEGMENT_MAGIC;
                 let v3 =
                     decode_checked::<SegmentHeaderV3>(bytes, magic_ok, |h| h.key_crc.to_native())?
@@ -152,6 +160,7 @@ impl SegmentHeader {
             block_len,
             key,
             synced: h.flags & FLAG_SYNCED != 0,
+            keyed_frames: version == 4,
         }))
     }
 }
@@ -167,6 +176,7 @@ mod tests {
             block_len: 1 << 20,
             key: 0x1234_5678,
             synced: false,
+            keyed_frames: true,
         };
         let bytes = h.encode();
         assert_eq!(&bytes[..8], b"WALRUSSG");
@@ -186,6 +196,7 @@ mod tests {
             block_len: 4096,
             key: 9,
             synced: false,
+            keyed_frames: true,
         }
         .encode();
         assert_eq!(
@@ -201,6 +212,7 @@ mod tests {
             block_len: 8192,
             key: 0xdead_beef,
             synced: false,
+            keyed_frames: true,
         }
         .encode();
         for bit in 0..bytes.len() * 8 {
@@ -220,6 +232,7 @@ mod tests {
             block_len: 4096,
             key: 3,
             synced: true,
+            keyed_frames: true,
         };
         let bytes = h.encode();
         assert_eq!(bytes[11], 1);
@@ -245,6 +258,7 @@ mod tests {
             block_len: 4096,
             key: 77,
             synced: false,
+            keyed_frames: true,
         };
         let mut page = h.encode_page();
         assert_eq!(SegmentHeader::decode(&page), Ok(Some(h)));
@@ -270,7 +284,8 @@ mod tests {
                 segment_id: 7,
                 block_len: 4096,
                 key: 0,
-                synced: false
+                synced: false,
+                keyed_frames: false,
             }))
         );
         // Any other version is refused as such, in either layout.
@@ -285,18 +300,21 @@ mod tests {
                 reason: CorruptReason::UnsupportedVersion
             })
         );
-        let mut v4 = SegmentHeader {
+        let mut v5 = SegmentHeader {
             segment_id: 7,
             block_len: 4096,
             key: 1,
             synced: false,
+            keyed_frames: true,
         }
         .encode();
-        v4[8] = 4;
-        let crc = crate::checksum::crc32c(&v4[..32]).to_le_bytes();
-        v4[32..36].copy_from_slice(&crc);
+        v5[8] = 5;
+        let crc = crate::checksum::crc32c(&v5[..32]).to_le_bytes();
+        v5[32..36].copy_from_slice(&crc);
+        let crc = crate::checksum::crc32c(&v5[..40]).to_le_bytes();
+        v5[40..44].copy_from_slice(&crc);
         assert_eq!(
-            SegmentHeader::decode(&v4),
+            SegmentHeader::decode(&v5),
             Err(FormatError::Corrupt {
                 at: 0,
                 reason: CorruptReason::UnsupportedVersion
@@ -304,17 +322,26 @@ mod tests {
         );
     }
 
-    /// A v3 header's first 36 bytes are a valid v2 header of version 3: a build that reads v2
-    /// only refuses it as another version, not as damage.
+    /// A v3 header (and a v4 one: the same layout) begins with a valid v2 header of its
+    /// version: a build that reads v2 only refuses it as another version, not as damage. A v3
+    /// header stays v3 when encoded again, and says its blocks' frames are not keyed.
     #[test]
     fn a_version_3_header_begins_as_a_version_2_one() {
-        let bytes = SegmentHeader {
+        let v3 = SegmentHeader {
             segment_id: 5,
             block_len: 8192,
             key: 0xfeed_beef,
             synced: false,
-        }
-        .encode();
+            keyed_frames: false,
+        };
+        let v4 = SegmentHeader {
+            keyed_frames: true,
+            ..v3
+        };
+        assert_eq!(&v4.encode()[8..10], &[4, 0]);
+        assert_eq!(SegmentHeader::decode(&v4.encode()), Ok(Some(v4)));
+        assert_eq!(SegmentHeader::decode(&v3.encode()), Ok(Some(v3)));
+        let bytes = v3.encode();
         assert_eq!(&bytes[8..10], &[3, 0]);
         assert_eq!(
             crate::checksum::crc32c(&bytes[..32]).to_le_bytes(),

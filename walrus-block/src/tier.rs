@@ -2,9 +2,12 @@
 //!
 //! A sealed block is uploaded as two objects under its topic's directory:
 //!
-//! * the **data object** `…/<first offset>-<end offset>.blk`: the block's frames exactly as
-//!   they sit after its header on disk (each frame keeps its own CRC32C and offset, so a
-//!   ranged GET of any frames validates on its own);
+//! * the **data object** `…/<first offset>-<end offset>.blk`: the block's frames as they sit
+//!   after its header on disk, their header CRCs not keyed (key 0; on disk they are keyed with
+//!   the segment's key since format v4, see [`rekey_frames`](crate::rekey_frames)); each frame
+//!   keeps its own CRC32C and offset, so a ranged GET of any frames validates on its own. (Keys
+//!   guard the search for a frame after damage; a data object is read from its index's
+//!   positions, never searched.)
 //! * the **index object** `…/<first offset>-<end offset>.idx`, written only after the data
 //!   object is confirmed, and so the upload's commit point: a [`TierIndex`] saying which
 //!   topic, segment and offsets the data object holds, its length and CRC32C, and the
@@ -90,7 +93,7 @@ impl TierIndex {
         let mut check = SequenceCheck::resume(first_offset);
         let mut points = Vec::new();
         let mut entries = 0u64;
-        let mut frames = FrameDecoder::new(data);
+        let mut frames = FrameDecoder::new(data, 0);
         loop {
             match frames.next_frame() {
                 Frame::Entry(e) => {
@@ -377,6 +380,7 @@ mod tests {
                 o,
                 FrameKind::single(),
                 format!("entry-{o}").as_bytes(),
+                0,
             )
             .unwrap();
         }
@@ -394,7 +398,7 @@ mod tests {
         // Entries 105..107 lie between points 1 (entry 104) and 2 (entry 108).
         let r = idx.byte_range(105..107).unwrap();
         assert_eq!(r, idx.points[1]..idx.points[2]);
-        let got: Vec<u64> = FrameDecoder::new(&data[r.start as usize..r.end as usize])
+        let got: Vec<u64> = FrameDecoder::new(&data[r.start as usize..r.end as usize], 0)
             .filter_map(|f| match f {
                 Frame::Entry(e) => Some(e.offset),
                 _ => None,

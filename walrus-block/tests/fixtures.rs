@@ -1,6 +1,6 @@
-//! Golden fixtures: segment files (format v3), a tier index and a journal file (version 2)
+//! Golden fixtures: segment files (format v4), a tier index and a journal file (version 2)
 //! written by this version of the formats, checked in under `tests/fixtures/`, and the files of
-//! the versions before (segment v2, journal v1), which this version still reads. The expected
+//! the versions before (segment v3 and v2, journal v1), which this version still reads. The expected
 //! contents below are spelled out literally, not recomputed by the encoder, so any change to a
 //! format — in encoding or decoding — fails this test.
 //!
@@ -15,6 +15,7 @@ use walrus_block::{
     JOURNAL_DATA_OFFSET, JOURNAL_RECORD_HEADER_LEN, JOURNAL_VERSION, JournalHeader,
     JournalRecordHeader, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_COPY_AT, SegmentHeader, TierIndex,
     decode_journal_body, encode_frame, encode_journal_record_header, encode_journal_write,
+    rekey_frames,
 };
 
 /// The fixture segment's key (any value: a real segment draws one at random).
@@ -38,12 +39,14 @@ struct ExpectedBlock {
     entries: Vec<(u64, bool, u16, Vec<u8>)>,
 }
 
-fn expected_segment() -> (SegmentHeader, Vec<ExpectedBlock>) {
+/// The fixture segment of format v4 (`keyed`: frames keyed with the segment's key) or v3.
+fn expected_segment(keyed: bool) -> (SegmentHeader, Vec<ExpectedBlock>) {
     let seg = SegmentHeader {
         segment_id: 7,
         block_len: 4096,
         key: SEGMENT_KEY,
         synced: false,
+        keyed_frames: keyed,
     };
     let blocks = vec![
         ExpectedBlock {
@@ -81,9 +84,9 @@ fn expected_segment() -> (SegmentHeader, Vec<ExpectedBlock>) {
 }
 
 /// Builds the segment file bytes with the encoder (used to bless, and to prove the encoder still
-/// produces the checked-in bytes).
-fn build_segment() -> Vec<u8> {
-    let (seg, blocks) = expected_segment();
+/// produces the checked-in bytes), of format v4 (`keyed`) or v3.
+fn build_segment(keyed: bool) -> Vec<u8> {
+    let (seg, blocks) = expected_segment(keyed);
     let mut file = seg.encode_page();
     assert_eq!(file.len(), SEGMENT_DATA_OFFSET as usize);
     for b in &blocks {
@@ -96,8 +99,10 @@ fn build_segment() -> Vec<u8> {
             prev_end: b.prev_end,
             block_len: b.block_len,
             abandoned: false,
+            keyed_frames: keyed,
         };
         file.extend_from_slice(&header.encode(seg.key).unwrap());
+        let frame_key = header.frame_key(seg.key);
         let mut frames = Vec::new();
         let mut i = 0;
         while i < b.entries.len() {
@@ -109,6 +114,7 @@ fn build_segment() -> Vec<u8> {
                     *offset,
                     FrameKind::batch(k, unit).unwrap(),
                     payload,
+                    frame_key,
                 )
                 .unwrap();
             }
@@ -124,7 +130,7 @@ fn build_segment() -> Vec<u8> {
 fn build_corrupt_middle() -> Vec<u8> {
     let mut buf = Vec::new();
     for (i, p) in [&b"first"[..], b"second", b"third"].iter().enumerate() {
-        encode_frame(&mut buf, i as u64, FrameKind::single(), p).unwrap();
+        encode_frame(&mut buf, i as u64, FrameKind::single(), p, 0).unwrap();
     }
     buf[29 + 24] ^= 0x10; // frame 2 starts at 29 (24 + 5); flip a bit in its payload
     buf.resize(buf.len() + 24, 0);
@@ -134,9 +140,23 @@ fn build_corrupt_middle() -> Vec<u8> {
 /// One entry, then a batch of two whose second frame was cut off after 30 of its 34 bytes.
 fn build_torn_tail() -> Vec<u8> {
     let mut buf = Vec::new();
-    encode_frame(&mut buf, 0, FrameKind::single(), b"kept").unwrap();
-    encode_frame(&mut buf, 1, FrameKind::batch(0, 2).unwrap(), b"batch-one").unwrap();
-    encode_frame(&mut buf, 2, FrameKind::batch(1, 2).unwrap(), b"batch-two!").unwrap();
+    encode_frame(&mut buf, 0, FrameKind::single(), b"kept", 0).unwrap();
+    encode_frame(
+        &mut buf,
+        1,
+        FrameKind::batch(0, 2).unwrap(),
+        b"batch-one",
+        0,
+    )
+    .unwrap();
+    encode_frame(
+        &mut buf,
+        2,
+        FrameKind::batch(1, 2).unwrap(),
+        b"batch-two!",
+        0,
+    )
+    .unwrap();
     buf.truncate(buf.len() - 4);
     buf
 }
@@ -157,12 +177,12 @@ fn check_or_bless(name: &str, built: &[u8]) -> Vec<u8> {
 
 #[test]
 fn segment_fixture_decodes() {
-    let golden = check_or_bless("segment_v3.bin", &build_segment());
-    let (seg, blocks) = expected_segment();
-    assert_eq!(FORMAT_VERSION, 3);
+    let golden = check_or_bless("segment_v4.bin", &build_segment(true));
+    let (seg, blocks) = expected_segment(true);
+    assert_eq!(FORMAT_VERSION, 4);
     // Spot-check raw bytes so that FORMAT.md's worked example stays true.
     assert_eq!(&golden[0..8], b"WALRUSSG");
-    assert_eq!(&golden[8..12], &[3, 0, 1, 0]);
+    assert_eq!(&golden[8..12], &[4, 0, 1, 0]);
     let crc = walrus_block::checksum::crc32c(&golden[..32]);
     assert_eq!(&golden[32..36], &crc.to_le_bytes());
     assert_eq!(&golden[36..40], &SEGMENT_KEY.to_le_bytes());
@@ -173,24 +193,52 @@ fn segment_fixture_decodes() {
     assert_eq!(golden[2048..2092], golden[0..44]);
     assert!(golden[44..2048].iter().all(|&b| b == 0));
     assert!(golden[2092..4096].iter().all(|&b| b == 0));
-    // The block header's CRC starts from the key.
+    // The block header's CRC starts from the key; its flags say its frames are keyed.
     let crc = walrus_block::checksum::crc32c_append(SEGMENT_KEY, &golden[4096..4096 + 304]);
     assert_eq!(&golden[4096 + 304..4096 + 308], &crc.to_le_bytes());
+    assert_eq!(golden[4096 + 5], 0x02);
+    // So does the first frame's header CRC (FORMAT.md's example frame).
+    let f = 4096 + BLOCK_HEADER_LEN;
+    let crc = walrus_block::checksum::crc32c_append(SEGMENT_KEY, &golden[f..f + 20]);
+    assert_eq!(&golden[f + 20..f + 24], &crc.to_le_bytes());
     assert_eq!(SegmentHeader::decode_copy(&golden), Some(seg));
     check_segment(&golden, seg, &blocks);
+    // Its frames are not frames of a segment of format v3.
+    assert!(matches!(
+        FrameDecoder::new(&golden[f..], 0).next_frame(),
+        Frame::Corrupt { .. }
+    ));
+}
+
+/// A segment of format v3 (written by the build before keyed frames): its blocks' frames are
+/// read unkeyed; the encoder still makes its bytes (a v3 header stays v3, and the blocks such a
+/// segment hands out keep unkeyed frames).
+#[test]
+fn a_version_3_segment_still_decodes() {
+    let golden = std::fs::read(fixture("segment_v3.bin")).unwrap();
+    assert_eq!(golden, build_segment(false));
+    assert_eq!(&golden[8..12], &[3, 0, 1, 0]);
+    assert_eq!(golden[4096 + 5], 0);
+    let (seg, blocks) = expected_segment(false);
+    check_segment(&golden, seg, &blocks);
+    // Only the page of headers, the block headers and the frame headers differ from v4's.
+    let v4 = build_segment(true);
+    let f = 4096 + BLOCK_HEADER_LEN;
+    assert_eq!(golden[f + 24..f + 29], v4[f + 24..f + 29]);
+    assert_ne!(golden[f..f + 24], v4[f..f + 24]);
 }
 
 /// A segment of format v2 (written by the build before keys): read with key 0, no copy.
 #[test]
 fn a_version_2_segment_still_decodes() {
     let golden = std::fs::read(fixture("segment_v2.bin")).unwrap();
-    let (seg, blocks) = expected_segment();
+    let (seg, blocks) = expected_segment(false);
     assert_eq!(&golden[8..12], &[2, 0, 1, 0]);
     let v2 = SegmentHeader { key: 0, ..seg };
     assert_eq!(SegmentHeader::decode_copy(&golden), None);
     check_segment(&golden, v2, &blocks);
     // Its frames are v3's byte for byte: only the page of headers and the block headers differ.
-    let v3 = build_segment();
+    let v3 = build_segment(false);
     assert_eq!(golden.len(), v3.len());
     let header_len = SEGMENT_DATA_OFFSET as usize + BLOCK_HEADER_LEN;
     assert_eq!(golden[header_len..4096 * 2], v3[header_len..4096 * 2]);
@@ -216,8 +264,9 @@ fn check_segment(golden: &[u8], seg: SegmentHeader, blocks: &[ExpectedBlock]) {
         assert_eq!((h.segment_id, h.chain_seq), (seg.segment_id, b.chain_seq));
         assert_eq!((h.first_offset, h.block_len), (b.first_offset, b.block_len));
         assert_eq!(h.prev_end, b.prev_end);
+        assert_eq!(h.keyed_frames, seg.keyed_frames);
         let data = &golden[pos + BLOCK_HEADER_LEN..pos + h.block_len as usize];
-        let mut d = FrameDecoder::new(data);
+        let mut d = FrameDecoder::new(data, h.frame_key(seg.key));
         for (offset, first, left, payload) in &b.entries {
             let Frame::Entry(e) = d.next_frame() else {
                 panic!("missing entry {offset}")
@@ -235,7 +284,7 @@ fn check_segment(golden: &[u8], seg: SegmentHeader, blocks: &[ExpectedBlock]) {
 #[test]
 fn corrupt_middle_fixture() {
     let golden = check_or_bless("corrupt_middle_v2.bin", &build_corrupt_middle());
-    let mut d = FrameDecoder::new(&golden);
+    let mut d = FrameDecoder::new(&golden, 0);
     assert!(matches!(d.next_frame(), Frame::Entry(e) if e.payload == b"first"));
     assert_eq!(
         d.next_frame(),
@@ -249,7 +298,7 @@ fn corrupt_middle_fixture() {
 #[test]
 fn torn_tail_fixture() {
     let golden = check_or_bless("torn_tail_v2.bin", &build_torn_tail());
-    let mut d = FrameDecoder::new(&golden);
+    let mut d = FrameDecoder::new(&golden, 0);
     assert!(matches!(d.next_frame(), Frame::Entry(e) if e.payload == b"kept"));
     assert!(
         matches!(d.next_frame(), Frame::Entry(e) if e.payload == b"batch-one" && !e.kind.is_last())
@@ -258,13 +307,14 @@ fn torn_tail_fixture() {
 }
 
 /// A tiered block's index object (`walrus_block::tier`): the index of the fixture segment's
-/// first block, a point every 2 entries. The header bytes are spelled out.
+/// first block, a point every 2 entries. The header bytes are spelled out. The data object is
+/// the block's frames re-keyed to 0: the v3 segment's frames, byte for byte.
 #[test]
 fn tier_index_fixture() {
-    let segment = build_segment();
+    let segment = build_segment(true);
     let at = SEGMENT_DATA_OFFSET as usize + BLOCK_HEADER_LEN;
     // The block's frames and nothing after them: what the data object holds.
-    let mut d = FrameDecoder::new(&segment[at..at + 4096 - BLOCK_HEADER_LEN]);
+    let mut d = FrameDecoder::new(&segment[at..at + 4096 - BLOCK_HEADER_LEN], SEGMENT_KEY);
     let end = loop {
         match d.next_frame() {
             Frame::Entry(_) => {}
@@ -272,7 +322,11 @@ fn tier_index_fixture() {
             other => panic!("{other:?}"),
         }
     };
-    let data = &segment[at..at + end];
+    let mut data = segment[at..at + end].to_vec();
+    assert!(TierIndex::build("orders", 0, 0, &data, 2).is_err());
+    rekey_frames(&mut data, SEGMENT_KEY, 0).unwrap();
+    assert_eq!(data, build_segment(false)[at..at + end]);
+    let data = &data[..];
     let mut index = TierIndex::build("orders", 0, 0, data, 2).unwrap();
     index.sealed_ms = 1_796_000_000_000;
     let golden = check_or_bless("tier_index_v1.bin", &index.encode().unwrap());

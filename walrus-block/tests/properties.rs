@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use walrus_block::{
     BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, CorruptReason, CursorRecord, Frame, FrameDecoder,
     FrameKind, JournalHeader, JournalRecordHeader, MAX_OFFSET, SegmentHeader, SequenceCheck,
-    TierIndex, encode_frame, frame_len,
+    TierIndex, encode_frame, frame_len, resync,
 };
 
 /// One entry as the tests know it: its offset, unit position and payload.
@@ -46,19 +46,30 @@ fn layout(first: u64, units: &[Vec<Vec<u8>>]) -> Vec<Entry> {
     out
 }
 
+/// The key the frames of these tests are keyed with (a v4 segment draws one at random).
+const KEY: u32 = 0x00dd_ba11;
+
 fn encode_all(entries: &[Entry]) -> (Vec<u8>, Vec<usize>) {
+    encode_keyed(entries, KEY)
+}
+
+fn encode_keyed(entries: &[Entry], key: u32) -> (Vec<u8>, Vec<usize>) {
     let mut buf = Vec::new();
     let mut positions = Vec::new();
     for e in entries {
         positions.push(buf.len());
-        encode_frame(&mut buf, e.offset, e.kind, &e.payload).unwrap();
+        encode_frame(&mut buf, e.offset, e.kind, &e.payload, key).unwrap();
     }
     (buf, positions)
 }
 
 /// Decodes until the first non-entry; returns the entries and the terminal frame.
 fn decode_all(buf: &[u8]) -> (Vec<Entry>, Frame<'_>) {
-    let mut d = FrameDecoder::new(buf);
+    decode_keyed(buf, KEY)
+}
+
+fn decode_keyed(buf: &[u8], key: u32) -> (Vec<Entry>, Frame<'_>) {
+    let mut d = FrameDecoder::new(buf, key);
     let mut out = Vec::new();
     loop {
         match d.next_frame() {
@@ -99,13 +110,17 @@ proptest! {
         chain_seq in 0..MAX_OFFSET,
         (first, units) in units(6),
         key in any::<u32>(),
+        keyed_frames in any::<bool>(),
     ) {
         prop_assume!(!topic.is_empty() && topic.len() <= 255);
         let entries = layout(first, &units);
-        let (frames, _) = encode_all(&entries);
+        let header = BlockHeader { topic, segment_id, chain_seq, first_offset: first, prev_end: first, block_len: 0, abandoned: false, keyed_frames };
+        let frame_key = header.frame_key(key);
+        prop_assert_eq!(frame_key, if keyed_frames { key } else { 0 });
+        let (frames, _) = encode_keyed(&entries, frame_key);
         let need = (BLOCK_HEADER_LEN + frames.len()) as u64;
         let block_len = need.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN;
-        let header = BlockHeader { topic, segment_id, chain_seq, first_offset: first, prev_end: first, block_len, abandoned: false };
+        let header = BlockHeader { block_len, ..header };
         let mut block = header.encode(key).unwrap().to_vec();
         block.extend_from_slice(&frames);
         block.resize(block_len as usize, 0);
@@ -115,7 +130,7 @@ proptest! {
         // Under any other key the header is damage, never a header.
         prop_assert!(BlockHeader::decode(&block, key ^ 1).is_err());
         let data = &block[BLOCK_HEADER_LEN..];
-        let (decoded, terminal) = decode_all(data);
+        let (decoded, terminal) = decode_keyed(data, decoded_header.frame_key(key));
         prop_assert_eq!(decoded, entries);
         prop_assert_eq!(terminal, Frame::End { at: frames.len() });
     }
@@ -132,17 +147,17 @@ proptest! {
     ) {
         let kind = FrameKind::batch(0, batch_shape).unwrap();
         let mut buf = Vec::new();
-        encode_frame(&mut buf, offset - 1, FrameKind::single(), &before).unwrap();
+        encode_frame(&mut buf, offset - 1, FrameKind::single(), &before, KEY).unwrap();
         let at = buf.len();
-        encode_frame(&mut buf, offset, kind, &payload).unwrap();
+        encode_frame(&mut buf, offset, kind, &payload, KEY).unwrap();
         let target_end = buf.len();
-        encode_frame(&mut buf, offset + 1, FrameKind::batch(1, batch_shape.max(2)).unwrap(), &after).unwrap();
+        encode_frame(&mut buf, offset + 1, FrameKind::batch(1, batch_shape.max(2)).unwrap(), &after, KEY).unwrap();
         buf.resize(buf.len() + 32, 0);
 
         for bit in at * 8..target_end * 8 {
             let mut b = buf.clone();
             b[bit / 8] ^= 1 << (bit % 8);
-            let mut d = FrameDecoder::new(&b);
+            let mut d = FrameDecoder::new(&b, KEY);
             let first = d.next_frame();
             prop_assert!(matches!(first, Frame::Entry(e) if e.offset == offset - 1));
             let hit = d.next_frame();
@@ -161,12 +176,12 @@ proptest! {
         offset in 1u64..MAX_OFFSET - 2,
     ) {
         let mut buf = Vec::new();
-        encode_frame(&mut buf, offset - 1, FrameKind::single(), &before).unwrap();
+        encode_frame(&mut buf, offset - 1, FrameKind::single(), &before, KEY).unwrap();
         let at = buf.len();
-        encode_frame(&mut buf, offset, FrameKind::single(), &payload).unwrap();
+        encode_frame(&mut buf, offset, FrameKind::single(), &payload, KEY).unwrap();
         prop_assert_eq!(buf.len(), at + frame_len(payload.len()));
         for cut in at + 1..buf.len() {
-            let mut d = FrameDecoder::new(&buf[..cut]);
+            let mut d = FrameDecoder::new(&buf[..cut], KEY);
             prop_assert!(matches!(d.next_frame(), Frame::Entry(_)));
             let hit = d.next_frame();
             prop_assert_eq!(hit, Frame::Torn { at }, "cut {} bytes into the frame", cut - at);
@@ -184,7 +199,7 @@ proptest! {
         let _ = CursorRecord::decode(&bytes);
         let _ = TierIndex::decode(&bytes);
         let mut steps = 0usize;
-        for frame in FrameDecoder::new(&bytes) {
+        for frame in FrameDecoder::new(&bytes, 0) {
             steps += 1;
             prop_assert!(steps <= bytes.len() / 24 + 2);
             if let Frame::Entry(e) = frame {
@@ -203,7 +218,8 @@ proptest! {
         b in any::<prop::sample::Index>(),
     ) {
         let entries = layout(first, &units);
-        let (buf, _) = encode_all(&entries);
+        // A data object's frames are not keyed (see `walrus_block::tier`).
+        let (buf, _) = encode_keyed(&entries, 0);
         let idx = TierIndex::build("t", 1, first, &buf, stride).unwrap();
         prop_assert_eq!(idx.entries, entries.len() as u64);
         prop_assert_eq!(&TierIndex::decode(&idx.encode().unwrap()).unwrap(), &idx);
@@ -213,7 +229,7 @@ proptest! {
         let r = idx.byte_range(want.clone()).unwrap();
         let slice = &buf[r.start as usize..r.end as usize];
         let mut got = Vec::new();
-        let mut frames = FrameDecoder::new(slice);
+        let mut frames = FrameDecoder::new(slice, 0);
         let end = loop {
             match frames.next_frame() {
                 Frame::Entry(e) => got.push(e.offset),
@@ -240,7 +256,7 @@ proptest! {
             let i = idx.index(buf.len());
             buf[i] = *byte;
         }
-        let mut d = FrameDecoder::new(&buf);
+        let mut d = FrameDecoder::new(&buf, KEY);
         loop {
             match d.next_frame() {
                 Frame::Entry(e) => {
@@ -256,6 +272,34 @@ proptest! {
                 }
                 _ => break,
             }
+        }
+    }
+
+    /// Entry data that holds whole frames of the same offsets, encoded by a writer without the
+    /// key (unkeyed, or under another key): after damage anywhere, a resync finds only frames
+    /// where they were written, never one inside entry data.
+    #[test]
+    fn a_resync_never_takes_a_frame_inside_entry_data(
+        (first, units) in units(6),
+        prefix in prop::collection::vec(any::<u8>(), 0..=16),
+        other_key in prop_oneof![Just(0u32), any::<u32>()],
+        hit in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        prop_assume!(other_key != KEY);
+        let mut entries = layout(first, &units);
+        // Each payload becomes a prefix, then the frames of every entry, keyed with `other_key`.
+        let (inner, _) = encode_keyed(&entries, other_key);
+        for e in &mut entries {
+            e.payload = [&prefix[..], &inner].concat();
+        }
+        let (mut buf, positions) = encode_all(&entries);
+        let i = hit.index(buf.len());
+        buf[i] ^= byte | 1;
+        let mut from = 0;
+        while let Some(e) = resync(&buf, from, KEY) {
+            prop_assert!(positions.contains(&e.pos), "a frame at {} taken", e.pos);
+            from = e.pos + 1;
         }
     }
 }

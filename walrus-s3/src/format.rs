@@ -17,7 +17,8 @@
 //!          section start u64 and length u64 (relative to the body)
 //!  end-4 4 CRC32C of every header byte before it
 //! body: per topic, in table order, its entries as walrus-block frames (each with its own
-//!       CRC32C and its topic offset); an atomic batch is a run of batch frames.
+//!       CRC32C and its topic offset; not keyed: key 0, as sections are read from the table's
+//!       positions, never searched); an atomic batch is a run of batch frames.
 //! ```
 //!
 //! The decoder trusts no field before the CRC matches, bounds-checks every length against the
@@ -188,7 +189,7 @@ pub fn encode_batch(id: BatchId, topics: &[TopicEntries<'_>]) -> io::Result<Vec<
     debug_assert_eq!(out.len(), header_len);
     for t in topics {
         for (i, (kind, payload)) in t.entries.iter().enumerate() {
-            encode_frame(&mut out, t.first + i as u64, *kind, payload)
+            encode_frame(&mut out, t.first + i as u64, *kind, payload, 0)
                 .map_err(|e| invalid_input(format!("topic {:?}: {e}", t.topic)))?;
         }
     }
@@ -372,7 +373,7 @@ pub fn decode_section(object: &str, section: &Section, bytes: &[u8]) -> io::Resu
         ));
     }
     let mut out = Vec::with_capacity((section.count as usize).min(1 << 16));
-    let mut decoder = FrameDecoder::new(bytes);
+    let mut decoder = FrameDecoder::new(bytes, 0);
     let mut batch_left: Option<u16> = None;
     let mut next = section.first;
     while out.len() < section.count as usize {

@@ -138,7 +138,7 @@ fn an_instance_tiers_sealed_blocks_into_s3_and_reads_them_back_after_a_reopen() 
         assert_eq!(index.first_offset, next, "{}", l.key);
         let (blk, _) = index.object_names("tier");
         let data = tier.get_range(&blk, 0..index.data_len).unwrap();
-        for f in FrameDecoder::new(&data) {
+        for f in FrameDecoder::new(&data, 0) {
             if let Frame::Entry(e) = f {
                 assert_eq!(e.payload, entry(e.offset), "offset {}", e.offset);
                 next = e.offset + 1;

@@ -39,6 +39,9 @@ pub(crate) struct SegmentHandle {
     /// The key of the segment's block headers (see `walrus_block::SegmentHeader::key`); 0 in a
     /// segment of format v2, which takes no new blocks.
     pub(crate) key: u32,
+    /// A segment of format v4: the blocks handed out in it key their frames with `key` (see
+    /// `walrus_block::SegmentHeader::keyed_frames`).
+    pub(crate) keyed_frames: bool,
     sync: FileSync,
     /// The file's length: blocks lie below it.
     segment_len: u64,
@@ -64,18 +67,21 @@ impl SegmentHandle {
     }
 
     /// A segment file of `segment_len` bytes whose space below `claimed` is allocated, and
-    /// whose block headers are keyed with `key`.
+    /// whose block headers are keyed with `key` (and the frames of the blocks it hands out too,
+    /// with `keyed_frames`).
     pub(crate) fn new(
         id: u64,
         file: Arc<dyn SegmentFile>,
         claimed: u64,
         segment_len: u64,
         key: u32,
+        keyed_frames: bool,
     ) -> Self {
         Self {
             id,
             file,
             key,
+            keyed_frames,
             sync: FileSync::default(),
             segment_len,
             claimed: AtomicU64::new(claimed),
@@ -189,6 +195,8 @@ pub(crate) struct Span {
     pub(crate) sealed: bool,
     /// The last span of its block: releasing it releases the block.
     pub(crate) releases: bool,
+    /// The key of the block's frames (`walrus_block::BlockHeader::frame_key`).
+    pub(crate) frame_key: u32,
 }
 
 /// One span of a topic's chain: a run of consecutive frames in one block. A block written
@@ -209,6 +217,8 @@ pub(crate) struct Block {
     data_start: u64,
     /// Releasing this span releases the block (it is the block's last).
     pub(crate) releases: bool,
+    /// The key of the block's frames: its segment's key for a block of format v4, else 0.
+    frame_key: u32,
     /// Byte position (in the file) just past the last written frame.
     data_end: AtomicU64,
     /// Offset just past the last written entry.
@@ -245,6 +255,7 @@ impl Block {
         first_offset: u64,
     ) -> Self {
         let data_start = start + BLOCK_HEADER_LEN as u64;
+        let frame_key = if handle.keyed_frames { handle.key } else { 0 };
         Self::span(
             handle,
             Span {
@@ -256,6 +267,7 @@ impl Block {
                 end_offset: first_offset,
                 sealed: false,
                 releases: true,
+                frame_key,
             },
         )
     }
@@ -270,6 +282,7 @@ impl Block {
             first_offset: span.first_offset,
             data_start: span.data_start,
             releases: span.releases,
+            frame_key: span.frame_key,
             data_end: AtomicU64::new(span.data_end),
             end_offset: AtomicU64::new(span.end_offset),
             sealed: AtomicBool::new(span.sealed),
@@ -281,6 +294,11 @@ impl Block {
             index: Mutex::new(Vec::new()),
             next_mark: AtomicU64::new(span.data_start + INDEX_STEP),
         }
+    }
+
+    /// The key of the block's frames (0: not keyed).
+    pub(crate) fn frame_key(&self) -> u32 {
+        self.frame_key
     }
 
     /// Where a walk to `offset` starts: the marked frame at or before it, else the first.
@@ -472,7 +490,7 @@ impl ReadBuf {
             .bytes
             .get(rel..rel + FRAME_HEADER_LEN)
             .ok_or_else(|| corrupt_at(block, pos, "short read".into()))?;
-        let header = match FrameHeader::decode(header_bytes) {
+        let header = match FrameHeader::decode(header_bytes, block.frame_key) {
             Ok(Some(h)) => h,
             Ok(None) => {
                 return Err(corrupt_at(
@@ -553,6 +571,7 @@ mod tests {
             4096,
             4 << 20,
             1,
+            true,
         ));
         let block = Block::fresh(handle, 4096, 1 << 20, 1000);
         let start = block.data_start();
@@ -601,12 +620,13 @@ mod tests {
             4096,
             8 << 20,
             1,
+            true,
         ));
         let block = Block::fresh(handle, 4096, 4 << 20, 0);
         let start = block.data_start();
         let mut frames = Vec::new();
         let long = vec![7u8; 2 << 20];
-        walrus_block::encode_frame(&mut frames, 0, walrus_block::FrameKind::single(), &long)
+        walrus_block::encode_frame(&mut frames, 0, walrus_block::FrameKind::single(), &long, 1)
             .unwrap();
         for o in 1..100u64 {
             walrus_block::encode_frame(
@@ -614,6 +634,7 @@ mod tests {
                 o,
                 walrus_block::FrameKind::single(),
                 &[o as u8; 900],
+                1,
             )
             .unwrap();
         }
@@ -651,7 +672,7 @@ mod tests {
     fn a_zero_fill_claim_writes_zeros_only_above_what_was_claimed() {
         let sim = SimStorage::new(1);
         let file = segment(&sim, 4 << 20);
-        let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20, 1);
+        let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20, 1, true);
         assert!(handle.claim(8192, true).unwrap());
         // Rounded up to the next step of zeros, and the claimed header page kept.
         let step = ZERO_FILL_AHEAD;
@@ -672,7 +693,7 @@ mod tests {
     fn fallocate_claims_take_larger_steps_than_zero_fill_claims() {
         let sim = SimStorage::new(3);
         let file = segment(&sim, 4 << 20);
-        let handle = SegmentHandle::new(0, file, 4096, 4 << 20, 1);
+        let handle = SegmentHandle::new(0, file, 4096, 4 << 20, 1, true);
         assert!(handle.claim(8192, false).unwrap());
         assert_eq!(handle.claimed.load(Ordering::Acquire), CLAIM_AHEAD);
         // Never past the end of the file.
@@ -684,7 +705,7 @@ mod tests {
     fn a_full_disk_fails_a_zero_fill_claim_and_a_later_one_succeeds() {
         let sim = SimStorage::new(2);
         let file = segment(&sim, 4 << 20);
-        let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20, 1);
+        let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20, 1, true);
         sim.inject(
             FaultRule::new(Fault::Enospc)
                 .op(OpKind::Write)

@@ -540,6 +540,7 @@ pub(crate) fn segment_preparer(
                     block_len,
                     key,
                     synced: sync_header,
+                    keyed_frames: true,
                 }
                 .encode_page(),
                 0,
@@ -568,6 +569,7 @@ pub(crate) fn segment_preparer(
             SEGMENT_DATA_OFFSET,
             segment_len,
             key,
+            true,
         ));
         handle.mark_dirty();
         files.insert(handle);

@@ -124,7 +124,7 @@ mod tests {
                     .create(&Path::new("/d").join(id.to_string()), 8192)
                     .unwrap();
                 file.write_at(b"data", 0).unwrap();
-                let h = Arc::new(SegmentHandle::new(id, file, 8192, 8192, 1));
+                let h = Arc::new(SegmentHandle::new(id, file, 8192, 8192, 1, true));
                 h.mark_dirty();
                 h
             })

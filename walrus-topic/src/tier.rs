@@ -329,7 +329,8 @@ impl TierState {
         };
         let mut entries = Vec::new();
         let mut size = 0;
-        let mut frames = walrus_block::FrameDecoder::new(&bytes);
+        // A data object's frames are not keyed (see `walrus_block::tier`).
+        let mut frames = walrus_block::FrameDecoder::new(&bytes, 0);
         loop {
             match frames.next_frame() {
                 walrus_block::Frame::Entry(e) => {
@@ -671,7 +672,9 @@ impl TierState {
         }
     }
 
-    /// The data of `block`'s frames, as an upload sends it.
+    /// The data of `block`'s frames, as an upload sends it: re-keyed to 0 (see
+    /// `walrus_block::tier`; the same bytes for every upload of the block, so an earlier upload
+    /// compares equal).
     fn block_data(block: &Block) -> io::Result<Vec<u8>> {
         let (from, to) = (block.data_start(), block.data_end());
         let file = block.file();
@@ -694,6 +697,14 @@ impl TierState {
                 ),
             )
         })?;
+        if block.frame_key() != 0 {
+            walrus_block::rekey_frames(&mut data, block.frame_key(), 0).map_err(|e| {
+                invalid(format!(
+                    "the block at byte {from} of {} does not validate for upload: {e}",
+                    file.path().display()
+                ))
+            })?;
+        }
         Ok(data)
     }
 

@@ -99,6 +99,7 @@ fn a_segment_left_short_is_extended_before_appends_go_into_it() {
         block_len: 8192,
         key: 0x600d_5eed,
         synced: true,
+        keyed_frames: true,
     }
     .encode_page();
     let f = sim.create(&path, header.len() as u64).unwrap();

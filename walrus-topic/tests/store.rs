@@ -843,14 +843,22 @@ fn allocation_never_resumes_over_stale_frames_far_past_the_last_block() {
         store.append("t", b"x").unwrap();
         store.sync().unwrap();
     }
-    // Valid frames of a far offset, every 4 KiB from 20 MiB to 24 MiB, durable.
+    // Valid frames of a far offset (keyed as the segment's), every 4 KiB from 20 MiB to 24
+    // MiB, durable.
     let file = first_segment(&sim);
+    let mut page = vec![0u8; 4096];
+    file.read_at(&mut page, 0).unwrap();
+    let key = walrus_block::SegmentHeader::decode(&page)
+        .unwrap()
+        .unwrap()
+        .key;
     let mut frame = Vec::new();
     walrus_block::encode_frame(
         &mut frame,
         1_000_000,
         walrus_block::FrameKind::single(),
         b"stale",
+        key,
     )
     .unwrap();
     for at in ((20u64 << 20)..(24 << 20)).step_by(4096) {
@@ -1359,9 +1367,10 @@ fn a_block_header_forged_in_entry_data_is_never_taken_for_one() {
             prev_end: 0,
             block_len: 4096,
             abandoned: false,
+            keyed_frames: key != 0,
         };
         let mut page = header.encode(key).unwrap().to_vec();
-        encode_frame(&mut page, 0, FrameKind::single(), b"forged").unwrap();
+        encode_frame(&mut page, 0, FrameKind::single(), b"forged", key).unwrap();
         page.resize(4096, 0);
         forged_page.push(page);
     }
@@ -1429,7 +1438,7 @@ fn a_block_header_forged_in_entry_data_is_never_taken_for_one() {
 /// A directory written by format v2 (segment headers without a key, block headers checksummed
 /// from 0) opens, serves its entries, and takes new ones in keyed segments only.
 #[test]
-fn a_directory_of_format_v2_opens_and_grows_in_format_v3() {
+fn a_directory_of_format_v2_opens_and_grows_in_format_v4() {
     use walrus_block::{BlockHeader, FrameKind, SegmentHeader, checksum::crc32c, encode_frame};
     let sim = SimStorage::new(32);
     sim.create_dir_all(Path::new(DIR)).unwrap();
@@ -1451,10 +1460,11 @@ fn a_directory_of_format_v2_opens_and_grows_in_format_v3() {
         prev_end: 0,
         block_len: 4096,
         abandoned: false,
+        keyed_frames: false,
     };
     file.extend_from_slice(&header.encode(0).unwrap());
     for i in 0..3 {
-        encode_frame(&mut file, i, FrameKind::single(), &payload(i)).unwrap();
+        encode_frame(&mut file, i, FrameKind::single(), &payload(i), 0).unwrap();
     }
     file.resize(64 << 10, 0);
     let path = Path::new(DIR).join("00000000000000000000.wseg");
@@ -1515,10 +1525,111 @@ fn a_directory_of_format_v2_opens_and_grows_in_format_v3() {
         let h = SegmentHeader::decode(&bytes).unwrap().unwrap();
         if name != "00000000000000000000.wseg" {
             assert_ne!(h.key, 0, "{name}");
+            assert!(h.keyed_frames, "{name}");
             assert_eq!(SegmentHeader::decode_copy(&bytes), Some(h), "{name}");
         }
     }
     assert!(segments(&sim).len() >= 2);
+}
+
+/// A directory written by format v3 (keyed block headers, frames not keyed) opens and serves
+/// its entries; its live block and its segment go on taking unkeyed frames (a build that reads
+/// v3 only still reads that segment), new segments are v4 with keyed frames; damage in a v3
+/// block is still resynchronised over; every reopen reads everything.
+#[test]
+fn a_directory_of_format_v3_opens_and_grows_in_format_v4() {
+    use walrus_block::{BlockHeader, FrameKind, SegmentHeader, encode_frame};
+    const KEY: u32 = 0x0123_4567;
+    let sim = SimStorage::new(58);
+    sim.create_dir_all(Path::new(DIR)).unwrap();
+    let seg = SegmentHeader {
+        segment_id: 0,
+        block_len: 8192,
+        key: KEY,
+        synced: false,
+        keyed_frames: false,
+    };
+    let mut file = seg.encode_page();
+    let header = BlockHeader {
+        topic: "t".into(),
+        segment_id: 0,
+        chain_seq: 0,
+        first_offset: 0,
+        prev_end: 0,
+        block_len: 8192,
+        abandoned: false,
+        keyed_frames: false,
+    };
+    file.extend_from_slice(&header.encode(KEY).unwrap());
+    for i in 0..3 {
+        encode_frame(&mut file, i, FrameKind::single(), &payload(i), 0).unwrap();
+    }
+    file.resize(64 << 10, 0);
+    let path = Path::new(DIR).join("00000000000000000000.wseg");
+    let f = sim.create(&path, 64 << 10).unwrap();
+    f.write_at(&file, 0).unwrap();
+    f.sync_data().unwrap();
+    sim.sync_dir(Path::new(DIR)).unwrap();
+    drop(f);
+
+    let written = |store: &Store, t: &str, n: u64, base: u64| {
+        for i in 0..n {
+            assert_eq!(
+                store.read_at(t, i).unwrap(),
+                Some(payload(base + i)),
+                "{t}@{i}"
+            );
+        }
+    };
+    {
+        let store = open(&sim, small().with_lanes(1)).unwrap();
+        assert!(store.recovery_report().issues.is_empty());
+        written(&store, "t", 3, 0);
+        // Into the v3 block, then new blocks: of the v3 segment first, then of new ones.
+        for i in 3..40 {
+            assert_eq!(store.append("t", &payload(i)).unwrap(), i);
+        }
+        for i in 0..40 {
+            assert_eq!(store.append("u", &payload(100 + i)).unwrap(), i);
+        }
+        store.sync().unwrap();
+    }
+    let header_of = |name: &str| {
+        let bytes = sim.contents(&Path::new(DIR).join(name)).unwrap();
+        SegmentHeader::decode(&bytes).unwrap().unwrap()
+    };
+    assert_eq!(header_of("00000000000000000000.wseg"), seg);
+    let names = segments(&sim);
+    assert!(names.len() >= 2, "{names:?}");
+    for name in names.iter().filter(|n| *n != "00000000000000000000.wseg") {
+        assert!(header_of(name).keyed_frames, "{name}");
+    }
+    // The v3 block's frames are still unkeyed: the third entry's header damaged, a skipping
+    // open resynchronises on the unkeyed fourth (written after the upgrade).
+    let third = file
+        .windows(payload(2).len())
+        .position(|w| w == payload(2))
+        .unwrap();
+    let f = sim.open(&path).unwrap();
+    f.write_at(&[0xFF; 4], third as u64 - 24 + 4).unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    let e = open(&sim, small().with_lanes(1)).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    let store = open(
+        &sim,
+        small()
+            .with_lanes(1)
+            .with_recovery(RecoveryMode::SkipCorrupted),
+    )
+    .unwrap();
+    written(&store, "t", 2, 0);
+    assert!(store.read_at("t", 2).is_err() || store.read_at("t", 2).unwrap().is_none());
+    for i in 3..40 {
+        assert_eq!(store.read_at("t", i).unwrap(), Some(payload(i)), "t@{i}");
+    }
+    written(&store, "u", 40, 100);
+    assert_eq!(store.append("t", b"more").unwrap(), 40);
 }
 
 /// The segment header's copy (byte 2048) keeps the key when the header is lost, and the header
@@ -1583,9 +1694,36 @@ fn the_segment_header_copy_keeps_the_key() {
     file.read_exact_at(&mut now, 0).unwrap();
     assert!(now == page, "the page was not written again");
 
+    // A segment of one block, its page lost: no other block header confirms the key solved
+    // from the first, but the first block's first frame does (format v4: keyed with it).
+    let sim = SimStorage::new(40);
+    {
+        let store = open(&sim, small()).unwrap();
+        store.append("t", b"alone").unwrap();
+        store.append("t", b"together").unwrap();
+        store.sync().unwrap();
+    }
+    let name = segments(&sim).into_iter().min().unwrap();
+    let file = sim.open(&Path::new(DIR).join(name)).unwrap();
+    let mut page = vec![0u8; 4096];
+    file.read_exact_at(&mut page, 0).unwrap();
+    let mut second = [0u8; 308];
+    file.read_exact_at(&mut second, 8192).unwrap();
+    assert!(second.iter().all(|&b| b == 0), "one block only");
+    file.write_at(&[0; 4096], 0).unwrap();
+    file.sync_data().unwrap();
+    let store = open(&sim, small().with_recovery(RecoveryMode::PointInTime)).unwrap();
+    assert_eq!(
+        drain(&store, "t"),
+        [(0, b"alone".to_vec()), (1, b"together".to_vec())]
+    );
+    drop(store);
+    file.read_exact_at(&mut now, 0).unwrap();
+    assert!(now == page, "the page was not written again");
+
     // The first block's header damaged as well, in a way that still looks like a header (its
     // topic's name changed): any bytes solve to some key, and this one's is confirmed by no
-    // other block header. The key stays lost: no topic of the changed name, and no key
+    // other block header (nor by its first frame). The key stays lost: no topic of the changed name, and no key
     // written back.
     let sim = SimStorage::new(39);
     let (file, _) = fill(&sim);
@@ -1902,7 +2040,9 @@ fn a_frame_in_entry_data_naming_an_impossible_offset_is_not_taken_for_one() {
     use walrus_block::{FRAME_HEADER_LEN, FrameKind, MAX_OFFSET, encode_frame};
     let sim = SimStorage::new(55);
     let mut inner = Vec::new();
-    encode_frame(&mut inner, MAX_OFFSET - 1, FrameKind::single(), b"evil").unwrap();
+    // Unkeyed, as a writer of entry data could; a block of format v3 takes it (in v4 its key
+    // already refuses it, and this check stands behind the key).
+    encode_frame(&mut inner, MAX_OFFSET - 1, FrameKind::single(), b"evil", 0).unwrap();
     let carrier: Vec<u8> = [b"carrier-entry-42".as_slice(), &inner].concat();
     {
         let store = open(&sim, small()).unwrap();
@@ -1928,6 +2068,61 @@ fn a_frame_in_entry_data_naming_an_impossible_offset_is_not_taken_for_one() {
     assert_eq!(store.read_at("t", 6).unwrap(), Some(b"after".to_vec()));
     assert_eq!(store.end_offset("t"), Some(7));
     assert_eq!(store.append("t", b"next").unwrap(), 7);
+}
+
+/// Entry data that holds a whole frame of its own topic, at its own offset: after damage to the
+/// entry's header, recovery must not hand out the frame inside it as the entry (frames are
+/// keyed, format v4, so a frame the data's writer made does not validate). Every mode either
+/// refuses the open or serves the entry as damaged; none serves the forged bytes.
+#[test]
+fn a_frame_in_entry_data_at_its_own_offset_is_not_taken_for_the_entry() {
+    use walrus_block::{FRAME_HEADER_LEN, FrameKind, encode_frame};
+    let sim = SimStorage::new(57);
+    let mut inner = Vec::new();
+    encode_frame(&mut inner, 5, FrameKind::single(), b"forged", 0).unwrap();
+    let carrier: Vec<u8> = [b"carrier-entry-5".as_slice(), &inner].concat();
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..5 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        assert_eq!(store.append("t", &carrier).unwrap(), 5);
+        assert_eq!(store.append("t", b"after").unwrap(), 6);
+        store.sync().unwrap();
+    }
+    let file = first_segment(&sim);
+    let mut bytes = vec![0u8; 64 << 10];
+    let n = file.read_at(&mut bytes, 0).unwrap();
+    let at = bytes[..n]
+        .windows(carrier.len())
+        .position(|w| w == carrier)
+        .unwrap() as u64;
+    // Damage the carrier's frame header (its length field).
+    file.write_at(&[0xFF; 4], at - FRAME_HEADER_LEN as u64 + 4)
+        .unwrap();
+    file.sync_data().unwrap();
+    for mode in [
+        RecoveryMode::TolerateCorruptedTail,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        let e = open(&sim, small().with_recovery(mode)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{mode:?}: {e}");
+    }
+    let store = open(&sim, small().with_recovery(RecoveryMode::PointInTime)).unwrap();
+    // Kept up to the damage; the offsets after it are not handed out again.
+    assert_eq!(store.read_at("t", 4).unwrap(), Some(payload(4)));
+    for o in [5, 6] {
+        assert!(store.read_at("t", o).is_err() || store.read_at("t", o).unwrap().is_none());
+    }
+    assert_eq!(store.append("t", b"next").unwrap(), 7);
+    drop(store);
+    let store = open(&sim, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
+    assert_ne!(
+        store.read_at("t", 5).ok().flatten(),
+        Some(b"forged".to_vec())
+    );
+    assert_eq!(store.read_at("t", 4).unwrap(), Some(payload(4)));
+    assert_eq!(store.read_at("t", 6).unwrap(), Some(b"after".to_vec()));
 }
 
 /// A point-in-time open that cuts at damage below the watermark, and nothing appended after:

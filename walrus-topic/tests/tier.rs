@@ -91,7 +91,7 @@ fn tiered_entries(tier: &MemoryTier, topic_dir: &str) -> BTreeMap<u64, Vec<u8>> 
         assert_eq!(data.len() as u64, index.data_len);
         assert_eq!(walrus_block::checksum::crc32c(&data), index.data_crc);
         let mut n = 0;
-        for f in FrameDecoder::new(&data) {
+        for f in FrameDecoder::new(&data, 0) {
             match f {
                 Frame::Entry(e) => {
                     assert!(

@@ -261,7 +261,7 @@ fn map_layout(files: &Files) -> Result<Layout, String> {
                 let data = bytes
                     .get(base..pos.saturating_add(block_len).min(bytes.len()))
                     .unwrap_or_default();
-                let mut frames = FrameDecoder::new(data);
+                let mut frames = FrameDecoder::new(data, header.frame_key(key));
                 // Each frame is at least a header long: this bounds the decoding.
                 for _ in 0..=data.len() / FRAME_HEADER_LEN {
                     match frames.next_frame() {

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use walrus_block::{
-    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, CorruptReason, FormatError, SEGMENT_DATA_OFFSET,
-    SEGMENT_HEADER_COPY_AT, SEGMENT_HEADER_LEN, SegmentHeader, is_zeroed,
+    BLOCK_ALIGN, BLOCK_HEADER_LEN, BlockHeader, CorruptReason, FRAME_HEADER_LEN, FormatError,
+    FrameHeader, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_COPY_AT, SEGMENT_HEADER_LEN, SegmentHeader,
+    is_zeroed,
 };
 use walrus_io::Storage;
 
@@ -70,8 +71,10 @@ pub(super) enum Found {
 /// the engine writes) implies, for a segment whose header and copy are both lost: key 0 if that
 /// header checks unkeyed (a v2 segment: a real check), else the key solved from its CRC —
 /// which any bytes solve to, so it is taken only if the next block's header checks under it
-/// too (a solve from a damaged first header gives a key no other header checks under). A
-/// segment of one block cannot confirm it: its key stays lost.
+/// too (a solve from a damaged first header gives a key no other header checks under), or, in
+/// a segment of format v4, the first block's first frame (the engine writes it right after the
+/// header, keyed with the same key). A segment of one block of format v3, or one whose first
+/// block holds no entry, cannot confirm it: its key stays lost.
 fn solve_key(
     file: &dyn walrus_io::SegmentFile,
     id: u64,
@@ -88,11 +91,19 @@ fn solve_key(
             return Ok(None);
         };
         read_zero_filled(file, &mut raw, next)?;
-        let confirmed = BlockHeader::decode(&raw, key)
+        let by_block = BlockHeader::decode(&raw, key)
             .ok()
             .flatten()
             .is_some_and(|h| h.segment_id == id);
-        if !confirmed {
+        let mut frame = [0u8; FRAME_HEADER_LEN];
+        read_zero_filled(
+            file,
+            &mut frame,
+            SEGMENT_DATA_OFFSET + BLOCK_HEADER_LEN as u64,
+        )?;
+        let by_frame = first.keyed_frames
+            && matches!(FrameHeader::decode(&frame, key), Ok(Some(f)) if f.offset == first.first_offset);
+        if !by_block && !by_frame {
             return Ok(None);
         }
     }
@@ -102,6 +113,8 @@ fn solve_key(
         key,
         // Not known (it was in the page): as this open would make it.
         synced: options.journal,
+        // Every block a v4 segment hands out says so.
+        keyed_frames: first.keyed_frames,
     }))
 }
 
@@ -201,6 +214,7 @@ pub(super) fn find_segment(
         segment_len,
         segment_len,
         known.key,
+        known.keyed_frames,
     ));
     let walked = walk_blocks(&*handle.file, id, known.key, &path, segment_len, report)?;
     // A page synced before any block was handed out (the journal's way; the header says so):

@@ -19,6 +19,8 @@ pub(super) struct FoundBlock {
     pub(super) header: BlockHeader,
     /// Byte position of the block in its segment file.
     pub(super) start: u64,
+    /// The key of its frames (`BlockHeader::frame_key`).
+    pub(super) frame_key: u32,
 }
 
 /// The blocks of one segment, and where the next block would start.
@@ -76,7 +78,12 @@ pub(super) fn walk_blocks(
         read_zero_filled(file, &mut raw, pos)?;
         if let Some(header) = decode_block_header(&raw, segment, key) {
             let len = header.block_len;
-            blocks.push(FoundBlock { header, start: pos });
+            let frame_key = header.frame_key(key);
+            blocks.push(FoundBlock {
+                header,
+                start: pos,
+                frame_key,
+            });
             pos += len;
             // A block longer than a normal segment has a segment of its own.
             segment_len = segment_len.max(pos);
@@ -219,17 +226,23 @@ pub(super) struct ScannedBlock {
     pub(super) dirty_end: u64,
 }
 
-/// Where [`resync_within`] finds the next frame of a block whose entries start at `first` in `data`
-/// (the block's data area), at or after byte `from`; a frame whose offset that position cannot
-/// hold is passed over. Frames are not keyed, so entry data can hold one that checks: a
-/// block's frames hold consecutive offsets from `first`, each at least a frame header long,
-/// so the frame at byte `p` holds an offset in `first..=first + p / FRAME_HEADER_LEN`.
-/// (Taken, one naming an offset near the format's last would raise the topic's next offset
-/// there, and fail every later append.)
-fn resync_plausible(data: &[u8], from: usize, first: u64, budget: &mut usize) -> Option<usize> {
+/// Where [`resync_within`] finds the next frame (keyed with `key`) of a block whose entries
+/// start at `first` in `data` (the block's data area), at or after byte `from`; a frame whose
+/// offset that position cannot hold is passed over. In a block of format v3 frames are not
+/// keyed, so entry data can hold one that checks: a block's frames hold consecutive offsets
+/// from `first`, each at least a frame header long, so the frame at byte `p` holds an offset in
+/// `first..=first + p / FRAME_HEADER_LEN`. (Taken, one naming an offset near the format's last
+/// would raise the topic's next offset there, and fail every later append.)
+fn resync_plausible(
+    data: &[u8],
+    from: usize,
+    first: u64,
+    budget: &mut usize,
+    key: u32,
+) -> Option<usize> {
     let mut from = from;
     loop {
-        let e = resync_within(data, from, budget)?;
+        let e = resync_within(data, from, budget, key)?;
         let most = first.saturating_add((e.pos / FRAME_HEADER_LEN) as u64);
         if (first..=most).contains(&e.offset) {
             return Some(e.pos);
@@ -260,7 +273,7 @@ pub(super) fn scan_block(file: &dyn SegmentFile, block: &FoundBlock) -> io::Resu
     // damage, and a budget per resync would make the walk quadratic in the block's length.
     let mut budget = resync_budget(data.len());
     loop {
-        let mut decoder = FrameDecoder::at(&data, at);
+        let mut decoder = FrameDecoder::at(&data, at, block.frame_key);
         let stop = loop {
             match decoder.next_frame() {
                 Frame::Entry(e) => {
@@ -288,7 +301,13 @@ pub(super) fn scan_block(file: &dyn SegmentFile, block: &FoundBlock) -> io::Resu
             break;
         };
         damage.get_or_insert(data_start + bad as u64);
-        match resync_plausible(&data, bad + 1, block.header.first_offset, &mut budget) {
+        match resync_plausible(
+            &data,
+            bad + 1,
+            block.header.first_offset,
+            &mut budget,
+            block.frame_key,
+        ) {
             Some(pos) => at = pos,
             None => break,
         }
@@ -298,4 +317,35 @@ pub(super) fn scan_block(file: &dyn SegmentFile, block: &FoundBlock) -> io::Resu
         trailing_damage: damage,
         dirty_end,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use walrus_block::{FrameKind, MAX_OFFSET, encode_frame};
+
+    use super::*;
+
+    /// In a block of format v3 (frames not keyed), entry data may hold a frame that checks; one
+    /// naming an offset its position cannot hold is passed over, whatever its checksums.
+    #[test]
+    fn an_unkeyed_frame_at_an_impossible_offset_is_passed_over() {
+        let mut inner = Vec::new();
+        encode_frame(&mut inner, MAX_OFFSET - 1, FrameKind::single(), b"evil", 0).unwrap();
+        let mut data = Vec::new();
+        encode_frame(&mut data, 40, FrameKind::single(), b"zero", 0).unwrap();
+        let carrier_at = data.len();
+        encode_frame(&mut data, 41, FrameKind::single(), &inner, 0).unwrap();
+        let next_at = data.len();
+        encode_frame(&mut data, 42, FrameKind::single(), b"two", 0).unwrap();
+        let mut budget = resync_budget(data.len());
+        assert_eq!(
+            resync_plausible(&data, carrier_at + 1, 40, &mut budget, 0),
+            Some(next_at)
+        );
+        // The frame inside is valid, just not plausible.
+        assert!(
+            resync_within(&data, carrier_at + 1, &mut resync_budget(data.len()), 0)
+                .is_some_and(|e| e.offset == MAX_OFFSET - 1)
+        );
+    }
 }

@@ -70,8 +70,10 @@ struct Writer {
     /// Length of the topic's newest block when the writer has none (after recovery), 0 for a
     /// topic without blocks: where the next block's length grows from.
     last_len: u64,
-    /// Frame headers of the append in progress (reused between appends).
+    /// Frame headers of the append in progress, encoded (reused between appends).
     headers: Vec<u8>,
+    /// The same, checked and checksummed before they are placed (reused between appends).
+    frames: Vec<walrus_block::FrameHeader>,
 }
 
 /// Length of a topic's first block: an idle topic costs this much disk.
@@ -168,6 +170,7 @@ impl Topic {
                 gap_from: state.gap_from,
                 last_len,
                 headers: Vec::new(),
+                frames: Vec::new(),
             }),
             chain: RwLock::new(state.chain),
             consumers: RwLock::new(consumers),

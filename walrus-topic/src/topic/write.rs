@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use walrus_block::{
-    BLOCK_HEADER_LEN, BlockHeader, FRAME_HEADER_LEN, FrameKind, encode_frame_header, frame_len,
+    BLOCK_HEADER_LEN, BlockHeader, FRAME_HEADER_LEN, FrameHeader, FrameKind, frame_len,
 };
 use walrus_io::WriteOp;
 
@@ -114,17 +114,39 @@ impl Topic {
         batch: bool,
     ) -> io::Result<()> {
         let first = w.next_offset;
-        // Encode every frame header first, so the plan below can borrow them.
-        headers.reserve(payloads.len() * FRAME_HEADER_LEN);
+        // Check every frame against the format's limits (and checksum its payload) before
+        // anything is allocated: bad input changes nothing.
+        let mut frames = std::mem::take(&mut w.frames);
+        frames.clear();
         for (i, p) in payloads.iter().enumerate() {
             let kind = if batch {
                 FrameKind::batch(i, payloads.len())?
             } else {
                 FrameKind::single()
             };
-            headers.extend_from_slice(&encode_frame_header(first + i as u64, kind, p)?);
+            match FrameHeader::for_payload(first + i as u64, kind, p) {
+                Ok(f) => frames.push(f),
+                Err(e) => {
+                    w.frames = frames;
+                    return Err(e.into());
+                }
+            }
         }
-        let plan = self.plan(shared, w, payloads)?;
+        let planned = self.plan(shared, w, payloads);
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => {
+                w.frames = frames;
+                return Err(e);
+            }
+        };
+        // Encoded with the key of the block each frame lands in: a unit may span segments.
+        let encoded = Self::encode_headers(&plan, &frames, headers);
+        w.frames = frames;
+        if let Err(e) = encoded {
+            self.roll_back(shared, w, &plan);
+            return Err(e);
+        }
         let chunks = plan.chunks(headers, payloads);
         let written = match chunks.as_slice() {
             [only] => only.block.file().write_vectored_at(&only.bufs, only.pos),
@@ -149,6 +171,30 @@ impl Topic {
                 .store(false, std::sync::atomic::Ordering::Release);
         }
         self.publish(shared, w, plan, payloads.len());
+        Ok(())
+    }
+
+    /// Encodes the headers of the unit's `frames` into `headers`, in order, each keyed with the
+    /// key of the block `plan` puts it in.
+    fn encode_headers(
+        plan: &Plan,
+        frames: &[FrameHeader],
+        headers: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        headers.reserve(frames.len() * FRAME_HEADER_LEN);
+        for p in &plan.pieces {
+            let key = p.block.frame_key();
+            for f in frames.get(p.frames.clone()).unwrap_or_default() {
+                headers.extend_from_slice(&f.encode(key)?);
+            }
+        }
+        if headers.len() != frames.len() * FRAME_HEADER_LEN {
+            return Err(io::Error::other(format!(
+                "the plan of a {}-entry unit places {} frames",
+                frames.len(),
+                headers.len() / FRAME_HEADER_LEN
+            )));
+        }
         Ok(())
     }
 
@@ -229,6 +275,7 @@ impl Topic {
             prev_end,
             block_len: block.len,
             abandoned: false,
+            keyed_frames: block.frame_key() != 0,
         }
         .encode(block.handle.key)?;
         if let Some(last) = plan.new_blocks.last_mut() {
@@ -318,6 +365,7 @@ impl Topic {
                 prev_end: b.first_offset,
                 block_len: b.len,
                 abandoned: true,
+                keyed_frames: b.frame_key() != 0,
             };
             let marked = header
                 .encode(b.handle.key)

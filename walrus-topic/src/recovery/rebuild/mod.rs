@@ -327,6 +327,7 @@ pub(super) fn rebuild_topic(
                     // the watermark, damage skipped): a later open in another mode may still
                     // read them, so the block never goes.
                     releases: last_piece && b.scanned.dirty_end <= p.data_end,
+                    frame_key: b.found.frame_key,
                 },
             ));
             if is_live && last_piece {
