@@ -818,6 +818,41 @@ mod tests {
         );
     }
 
+    /// A header checked by `for_payload` encodes under any key; fields set by hand outside the
+    /// format's limits are refused, never encoded into a header the decoder would refuse.
+    #[test]
+    fn a_header_encodes_only_within_the_limits() {
+        let h = FrameHeader::for_payload(9, FrameKind::batch(1, 3).unwrap(), b"abc").unwrap();
+        assert_eq!((h.len, h.payload_crc), (3, crc32c(b"abc")));
+        for key in [0, KEY] {
+            let raw = h.encode(key).unwrap();
+            assert_eq!(FrameHeader::decode(&raw, key), Ok(Some(h)));
+        }
+        let out_of_limits = [
+            FrameHeader {
+                offset: MAX_OFFSET,
+                ..h
+            },
+            FrameHeader {
+                len: MAX_ENTRY_LEN as u32 + 1,
+                ..h
+            },
+            FrameHeader {
+                kind: FrameKind {
+                    first: false,
+                    batch_left: MAX_BATCH_ENTRIES as u16,
+                },
+                ..h
+            },
+        ];
+        for bad in out_of_limits {
+            assert!(
+                matches!(bad.encode(KEY), Err(FormatError::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
     #[test]
     fn decode_entries_then_end() {
         let mut buf = frames(&[
