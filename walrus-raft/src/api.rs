@@ -27,8 +27,9 @@
 //! not there, `413` for an entry over [`MAX_CLIENT_BODY`], `503` when no leader is known (nothing
 //! written), raft gave no answer (shutting down: the entry may still be committed), the write
 //! queue is full or a write ran out its deadline before it was proposed (both
-//! `"written": "no"`), `504` when it ran out its deadline after (`"written": "unknown"`: it
-//! may still commit).
+//! `"written": "no"`), `504` when it ran out its deadline after, or the node lost the
+//! leadership after proposing it (`"written": "unknown"`: it may still commit; the latter
+//! names the new leader, if known, in `leader_id` and `leader_addr`, without a redirect).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -189,6 +190,23 @@ fn write_error(e: WriteError, path: &str) -> HttpResponse {
         }
         WriteError::NotLeader(None) | WriteError::Raft(_) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
+        // Proposed, then the leadership moved: the outcome is unknown, so no redirect (a
+        // client following it would write again); the leader is named for one that checks.
+        WriteError::LeaderChanged(leader) => {
+            let (id, addr) = leader
+                .as_ref()
+                .map_or((None, None), |(id, n)| (Some(*id), Some(n.addr.clone())));
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                Json(json!({
+                    "error": e.to_string(),
+                    "written": "unknown",
+                    "leader_id": id,
+                    "leader_addr": addr,
+                })),
+            )
+                .into_response()
         }
         WriteError::Busy => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -31,10 +31,16 @@ pub(crate) const DEFAULT_WRITE_QUEUE_BYTES: u64 = 256 << 20;
 /// What a client write ends in, once raft is done with it.
 #[derive(Debug, Clone)]
 pub enum WriteError {
-    /// This node is not the leader; the leader, if one is known. Nothing was written: openraft
-    /// answers so only for a request it never proposed or whose entry a new leader truncated
-    /// (such an entry is never committed), so retrying at the leader cannot write twice.
+    /// This node is not the leader; the leader, if one is known. Nothing was written: the
+    /// node did not lead when the request's turn came, so it never proposed it, and retrying
+    /// at the leader cannot write twice.
     NotLeader(Option<(NodeId, BasicNode)>),
+    /// The node led when it proposed the request, and lost the leadership before the entry
+    /// committed; the new leader, if one is known. The outcome is unknown: the entry may still
+    /// be committed by a later leader that holds it (openraft answers so when a new leader
+    /// truncated it here, but with five voters or more another node may keep it and commit it
+    /// later), so a blind retry may write twice.
+    LeaderChanged(Option<(NodeId, BasicNode)>),
     /// The state machine refused the request (nothing changed anywhere).
     Refused(String),
     /// No answer from raft (shutting down, storage failure): the outcome is unknown, the entry
@@ -62,6 +68,17 @@ impl std::fmt::Display for WriteError {
                 write!(f, "not the leader; the leader is node {id} at {}", n.addr)
             }
             Self::NotLeader(None) => write!(f, "not the leader; no leader known"),
+            Self::LeaderChanged(leader) => {
+                write!(
+                    f,
+                    "the leadership changed after the write was proposed: the outcome is unknown \
+                     (it may still commit)"
+                )?;
+                match leader {
+                    Some((id, n)) => write!(f, "; the leader is node {id} at {}", n.addr),
+                    None => write!(f, "; no leader known"),
+                }
+            }
             Self::Refused(r) => write!(f, "refused: {r}"),
             Self::Raft(r) => write!(f, "outcome unknown: {r}"),
             Self::Busy => write!(f, "the write queue is full; nothing was written"),
@@ -86,18 +103,45 @@ impl std::fmt::Display for WriteError {
 
 impl std::error::Error for WriteError {}
 
+/// What a failed `client_write` means. It was called only while this node led (see
+/// [`not_leading`]), so "forward to the leader" says the leadership moved on after the
+/// proposal, or while it was being made: the outcome is unknown.
 impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for WriteError {
     fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
         match e.forward_to_leader() {
-            Some(f) => Self::NotLeader(f.leader_id.zip(f.leader_node.clone())),
+            Some(f) => Self::LeaderChanged(f.leader_id.zip(f.leader_node.clone())),
             None => Self::Raft(e.to_string()),
         }
     }
 }
 
+/// [`WriteError::NotLeader`] if this node does not lead (as its metrics last said), with the
+/// leader it knows. Checked before a proposal: openraft answers "forward to the leader" both
+/// for a request it never appended and for one whose entry was appended and then truncated by
+/// a new leader, and only the first is "nothing written". A stale answer errs on the safe side
+/// either way: a node that just lost the leadership proposes, and its answer says "unknown";
+/// one that just gained it refuses, and nothing was written.
+fn not_leading(raft: &Raft) -> Option<WriteError> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    if m.current_leader == Some(m.id) {
+        return None;
+    }
+    let leader = m.current_leader.and_then(|id| {
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| (id, n.clone()))
+    });
+    Some(WriteError::NotLeader(leader))
+}
+
 /// Writes `request` through raft on `raft`: returns once a quorum committed it and this node
 /// applied it.
 pub(crate) async fn write(raft: &Raft, request: Request) -> Result<Response, WriteError> {
+    if let Some(e) = not_leading(raft) {
+        return Err(e);
+    }
     let resp = raft.client_write(request).await?;
     answer(resp.data)
 }
@@ -283,6 +327,12 @@ async fn commit(raft: &Raft, mut batch: Vec<(Request, Reply)>) {
         }
         return;
     }
+    if let Some(e) = not_leading(raft) {
+        for (_, reply) in batch {
+            reply.send(Err(e.clone()));
+        }
+        return;
+    }
     let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.into_iter().unzip();
     match raft.client_write(Request::Batch { requests }).await {
         Ok(resp) => match resp.data {
@@ -311,5 +361,34 @@ fn answer(r: Response) -> Result<Response, WriteError> {
     match r {
         Response::Refused { reason } => Err(WriteError::Refused(reason)),
         other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::error::ForwardToLeader;
+
+    use super::*;
+
+    /// `client_write` is called only while the node leads, so its "forward to the leader" says
+    /// the leadership moved after the proposal: never "nothing written".
+    #[test]
+    fn forward_to_leader_after_a_proposal_is_an_unknown_outcome() {
+        let node = BasicNode::new("127.0.0.1:1");
+        let e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>> = RaftError::APIError(
+            ClientWriteError::ForwardToLeader(ForwardToLeader::new(2, node.clone())),
+        );
+        let w = WriteError::from(e);
+        assert!(
+            matches!(&w, WriteError::LeaderChanged(Some((2, n))) if *n == node),
+            "{w:?}"
+        );
+        assert!(w.to_string().contains("outcome is unknown"), "{w}");
+        let e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>> =
+            RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader::empty()));
+        assert!(matches!(
+            WriteError::from(e),
+            WriteError::LeaderChanged(None)
+        ));
     }
 }
