@@ -1,4 +1,4 @@
-//! # walrus-block — the Walrus on-disk format, version 3
+//! # walrus-block — the Walrus on-disk format, version 4
 //!
 //! This crate owns every byte Walrus puts on disk and every check made when reading it back.
 //! It does no I/O and keeps no state: callers hand it byte slices.

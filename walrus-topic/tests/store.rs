@@ -1532,24 +1532,23 @@ fn a_directory_of_format_v2_opens_and_grows_in_format_v4() {
     assert!(segments(&sim).len() >= 2);
 }
 
-/// A directory written by format v3 (keyed block headers, frames not keyed) opens and serves
-/// its entries; its live block and its segment go on taking unkeyed frames (a build that reads
-/// v3 only still reads that segment), new segments are v4 with keyed frames; damage in a v3
-/// block is still resynchronised over; every reopen reads everything.
-#[test]
-fn a_directory_of_format_v3_opens_and_grows_in_format_v4() {
+/// The key of [`v3_directory`]'s segment.
+const V3_KEY: u32 = 0x0123_4567;
+
+/// Makes `DIR` a directory as format v3 wrote it: segment 0 (64 KiB, key [`V3_KEY`], header
+/// version 3) holding one block of topic "t" (8 KiB, frames not keyed) with entries
+/// `payload(0..n)`, durable. Returns the segment's path and bytes.
+fn v3_directory(sim: &SimStorage, n: u64) -> (std::path::PathBuf, Vec<u8>) {
     use walrus_block::{BlockHeader, FrameKind, SegmentHeader, encode_frame};
-    const KEY: u32 = 0x0123_4567;
-    let sim = SimStorage::new(58);
     sim.create_dir_all(Path::new(DIR)).unwrap();
-    let seg = SegmentHeader {
+    let mut file = SegmentHeader {
         segment_id: 0,
         block_len: 8192,
-        key: KEY,
+        key: V3_KEY,
         synced: false,
         keyed_frames: false,
-    };
-    let mut file = seg.encode_page();
+    }
+    .encode_page();
     let header = BlockHeader {
         topic: "t".into(),
         segment_id: 0,
@@ -1560,8 +1559,8 @@ fn a_directory_of_format_v3_opens_and_grows_in_format_v4() {
         abandoned: false,
         keyed_frames: false,
     };
-    file.extend_from_slice(&header.encode(KEY).unwrap());
-    for i in 0..3 {
+    file.extend_from_slice(&header.encode(V3_KEY).unwrap());
+    for i in 0..n {
         encode_frame(&mut file, i, FrameKind::single(), &payload(i), 0).unwrap();
     }
     file.resize(64 << 10, 0);
@@ -1570,8 +1569,34 @@ fn a_directory_of_format_v3_opens_and_grows_in_format_v4() {
     f.write_at(&file, 0).unwrap();
     f.sync_data().unwrap();
     sim.sync_dir(Path::new(DIR)).unwrap();
-    drop(f);
+    (path, file)
+}
 
+/// The headers of the blocks of the segment file `bytes` (key `key`), walked back to back.
+fn block_headers(bytes: &[u8], key: u32) -> Vec<walrus_block::BlockHeader> {
+    let mut out = Vec::new();
+    let mut pos = 4096;
+    while let Some(Ok(Some(h))) = bytes
+        .get(pos..)
+        .map(|rest| walrus_block::BlockHeader::decode(rest, key))
+    {
+        pos += h.block_len as usize;
+        out.push(h);
+    }
+    out
+}
+
+/// A directory written by format v3 (keyed block headers, frames not keyed) opens and serves
+/// its entries. Its live block and its segment go on taking unkeyed frames and blocks (a build
+/// that reads v3 only still reads that segment whole); new segments are v4 with keyed frames,
+/// and a batch that starts in a v3 block and ends in a v4 one keys each frame as its block
+/// says. Damage in a v3 block is still resynchronised over; every reopen reads everything.
+#[test]
+fn a_directory_of_format_v3_opens_and_grows_in_format_v4() {
+    use walrus_block::SegmentHeader;
+    let sim = SimStorage::new(58);
+    let (path, file) = v3_directory(&sim, 3);
+    let seg = SegmentHeader::decode(&file).unwrap().unwrap();
     let written = |store: &Store, t: &str, n: u64, base: u64| {
         for i in 0..n {
             assert_eq!(
@@ -1581,28 +1606,57 @@ fn a_directory_of_format_v3_opens_and_grows_in_format_v4() {
             );
         }
     };
+    // 60 entries of 1.5 KB: more than the v3 block and the rest of its segment hold.
+    let big: Vec<Vec<u8>> = (3..63u64)
+        .map(|i| (0..1500u64).map(|k| (i * 7 + k) as u8).collect())
+        .collect();
     {
         let store = open(&sim, small().with_lanes(1)).unwrap();
         assert!(store.recovery_report().issues.is_empty());
         written(&store, "t", 3, 0);
-        // Into the v3 block, then new blocks: of the v3 segment first, then of new ones.
-        for i in 3..40 {
-            assert_eq!(store.append("t", &payload(i)).unwrap(), i);
-        }
+        let batch: Vec<&[u8]> = big.iter().map(Vec::as_slice).collect();
+        assert_eq!(store.append_batch("t", &batch).unwrap(), 3..63);
         for i in 0..40 {
             assert_eq!(store.append("u", &payload(100 + i)).unwrap(), i);
         }
         store.sync().unwrap();
     }
-    let header_of = |name: &str| {
-        let bytes = sim.contents(&Path::new(DIR).join(name)).unwrap();
-        SegmentHeader::decode(&bytes).unwrap().unwrap()
-    };
-    assert_eq!(header_of("00000000000000000000.wseg"), seg);
+    let contents = |name: &str| sim.contents(&Path::new(DIR).join(name)).unwrap();
+    let v3 = contents("00000000000000000000.wseg");
+    assert_eq!(SegmentHeader::decode(&v3).unwrap().unwrap(), seg);
+    let v3_blocks = block_headers(&v3, V3_KEY);
+    assert!(v3_blocks.len() > 1, "{v3_blocks:?}");
+    assert!(
+        v3_blocks.iter().all(|b| !b.keyed_frames),
+        "a keyed block in a v3 segment: {v3_blocks:?}"
+    );
     let names = segments(&sim);
     assert!(names.len() >= 2, "{names:?}");
+    let mut t_keyed = false;
     for name in names.iter().filter(|n| *n != "00000000000000000000.wseg") {
-        assert!(header_of(name).keyed_frames, "{name}");
+        let bytes = contents(name);
+        let h = SegmentHeader::decode(&bytes).unwrap().unwrap();
+        assert!(h.keyed_frames, "{name}");
+        let blocks = block_headers(&bytes, h.key);
+        assert!(blocks.iter().all(|b| b.keyed_frames), "{name}: {blocks:?}");
+        t_keyed |= blocks.iter().any(|b| b.topic == "t");
+    }
+    assert!(
+        t_keyed,
+        "the batch never reached a v4 segment: {v3_blocks:?} {names:?}"
+    );
+    let read_all = |store: &Store| {
+        written(store, "t", 2, 0);
+        for (k, e) in big.iter().enumerate() {
+            let o = 3 + k as u64;
+            assert_eq!(store.read_at("t", o).unwrap().as_ref(), Some(e), "t@{o}");
+        }
+        written(store, "u", 40, 100);
+    };
+    {
+        let store = open(&sim, small().with_lanes(1)).unwrap();
+        written(&store, "t", 3, 0);
+        read_all(&store);
     }
     // The v3 block's frames are still unkeyed: the third entry's header damaged, a skipping
     // open resynchronises on the unkeyed fourth (written after the upgrade).
@@ -1623,13 +1677,9 @@ fn a_directory_of_format_v3_opens_and_grows_in_format_v4() {
             .with_recovery(RecoveryMode::SkipCorrupted),
     )
     .unwrap();
-    written(&store, "t", 2, 0);
     assert!(store.read_at("t", 2).is_err() || store.read_at("t", 2).unwrap().is_none());
-    for i in 3..40 {
-        assert_eq!(store.read_at("t", i).unwrap(), Some(payload(i)), "t@{i}");
-    }
-    written(&store, "u", 40, 100);
-    assert_eq!(store.append("t", b"more").unwrap(), 40);
+    read_all(&store);
+    assert_eq!(store.append("t", b"more").unwrap(), 63);
 }
 
 /// The segment header's copy (byte 2048) keeps the key when the header is lost, and the header
@@ -2030,30 +2080,28 @@ fn a_block_cut_below_the_watermark_keeps_its_segment_once_consumed() {
     // its cursor from then on, as consumed ones are.)
 }
 
-/// An entry's data may hold the bytes of a frame. Frames are not keyed, so after damage to
-/// that entry's header recovery's resynchronisation may find the inner one; one naming an
-/// offset its block could not hold (past one frame per header's length of data before it) is
-/// not taken for a frame: it would raise the topic's next offset to the format's last, and
-/// every later append would fail.
+/// An entry's data may hold the bytes of a frame. In a block of format v3 frames are not keyed,
+/// so after damage to that entry's header recovery's resynchronisation may find the inner one;
+/// one naming an offset its block could not hold (past one frame per header's length of data
+/// before it) is not taken for a frame: it would raise the topic's next offset to the format's
+/// last, and every later append would fail. (A v3 block goes on taking entries after an
+/// upgrade: here the carrier is appended into one.)
 #[test]
 fn a_frame_in_entry_data_naming_an_impossible_offset_is_not_taken_for_one() {
     use walrus_block::{FRAME_HEADER_LEN, FrameKind, MAX_OFFSET, encode_frame};
     let sim = SimStorage::new(55);
     let mut inner = Vec::new();
-    // Unkeyed, as a writer of entry data could; a block of format v3 takes it (in v4 its key
-    // already refuses it, and this check stands behind the key).
+    // Unkeyed, as a writer of entry data could make it.
     encode_frame(&mut inner, MAX_OFFSET - 1, FrameKind::single(), b"evil", 0).unwrap();
     let carrier: Vec<u8> = [b"carrier-entry-42".as_slice(), &inner].concat();
+    v3_directory(&sim, 5);
     {
         let store = open(&sim, small()).unwrap();
-        for i in 0..5 {
-            store.append("t", &payload(i)).unwrap();
-        }
         assert_eq!(store.append("t", &carrier).unwrap(), 5);
         assert_eq!(store.append("t", b"after").unwrap(), 6);
         store.sync().unwrap();
     }
-    // Damage the carrier's frame header (just before its payload).
+    // Damage the carrier's frame header (just before its payload), in the v3 block.
     let file = first_segment(&sim);
     let mut bytes = vec![0u8; 64 << 10];
     let n = file.read_at(&mut bytes, 0).unwrap();
@@ -2061,10 +2109,12 @@ fn a_frame_in_entry_data_naming_an_impossible_offset_is_not_taken_for_one() {
         .windows(carrier.len())
         .position(|w| w == carrier)
         .unwrap() as u64;
+    assert!(at < 4096 + 8192, "the carrier is not in the v3 block");
     file.write_at(&[0xFF; 4], at - FRAME_HEADER_LEN as u64 + 8)
         .unwrap();
     file.sync_data().unwrap();
     let store = open(&sim, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
+    assert_eq!(store.read_at("t", 4).unwrap(), Some(payload(4)));
     assert_eq!(store.read_at("t", 6).unwrap(), Some(b"after".to_vec()));
     assert_eq!(store.end_offset("t"), Some(7));
     assert_eq!(store.append("t", b"next").unwrap(), 7);

@@ -120,11 +120,11 @@ impl Topic {
         frames.clear();
         for (i, p) in payloads.iter().enumerate() {
             let kind = if batch {
-                FrameKind::batch(i, payloads.len())?
+                FrameKind::batch(i, payloads.len())
             } else {
-                FrameKind::single()
+                Ok(FrameKind::single())
             };
-            match FrameHeader::for_payload(first + i as u64, kind, p) {
+            match kind.and_then(|kind| FrameHeader::for_payload(first + i as u64, kind, p)) {
                 Ok(f) => frames.push(f),
                 Err(e) => {
                     w.frames = frames;
