@@ -1017,6 +1017,74 @@ pub fn run_on_a_small_tmpfs(test: &str, size: &str) -> Option<(std::process::Exi
     Some((output.status, text))
 }
 
+/// What a child started by [`kill_nine_child`] prints before each acknowledgement (after the
+/// call it acknowledges returned): the parent takes what follows it on the line. (libtest may
+/// print its own text on the same line first.)
+pub const ACK: &str = "walrus-ack:";
+
+/// Runs this test binary's ignored test `test` as a child process with `env`, waits (20 s at
+/// most) for its first acknowledgement (a line holding [`ACK`]), lets it run `delay` more, and
+/// kills it with SIGKILL: the real crash of `kill -9`. Returns what followed [`ACK`] on each
+/// line, in order, every one of them printed before the kill.
+///
+/// # Panics
+/// Like an assertion, after the child is killed and reaped (it never outlives the call): when
+/// it acknowledged nothing in time, or was not killed by the signal (it failed, or ended on its
+/// own before the kill: either way the kill did not land in its work).
+pub fn kill_nine_child(
+    test: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+    delay: std::time::Duration,
+) -> Vec<String> {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut child = std::process::Command::new(&exe)
+        .args([
+            "--exact",
+            test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the child");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = child.stdout.take().map(|stdout| {
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.find(ACK) {
+                    let ack = line[at + ACK.len()..].trim().to_owned();
+                    if tx.send(ack).is_err() {
+                        break;
+                    }
+                }
+            }
+        })
+    });
+    let first = rx.recv_timeout(std::time::Duration::from_secs(20));
+    if first.is_ok() {
+        std::thread::sleep(delay);
+    }
+    let killed = child.kill();
+    let status = child.wait().expect("reap the child");
+    if let Some(reader) = reader {
+        reader.join().expect("the child's reader");
+    }
+    let first = first.unwrap_or_else(|_| {
+        panic!("{test}: the child acknowledged nothing within 20 s (it ended: {status})")
+    });
+    assert!(
+        killed.is_ok() && status.signal() == Some(libc::SIGKILL),
+        "{test}: the child was not killed by SIGKILL but ended: {status}"
+    );
+    std::iter::once(first).chain(rx.try_iter()).collect()
+}
+
 /// `/dev/full`, if this system has it: every write to it fails with ENOSPC, which makes it
 /// the [`Target::full_file`] of real-file-system backends.
 pub fn full_device() -> Option<&'static Path> {

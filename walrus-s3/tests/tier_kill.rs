@@ -8,17 +8,15 @@
 //! `WALRUS_TIER_KILLS=N` sets the number of kills (default 6).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use walrus::tier::RemoteTier;
 use walrus::{FsyncSchedule, Retention, Tiering, Walrus};
 use walrus_block::tier::TierIndex;
 use walrus_io::SeededRng;
+use walrus_io::conformance::{ACK, kill_nine_child};
 use walrus_s3::S3Tier;
 use walrus_s3::moto::MotoServer;
 
@@ -56,7 +54,9 @@ fn tier_at(endpoint: &str) -> Arc<dyn RemoteTier> {
     Arc::new(S3Tier::with_timeout(store, "kill", Duration::from_secs(5)).expect("tier"))
 }
 
-/// The child: appends forever; prints `A offset` after each acknowledged append.
+/// The child: appends until killed (two minutes at most: one that ends on its own fails the
+/// parent's check that the kill landed); prints `A offset` after each acknowledged append,
+/// after [`ACK`].
 #[test]
 #[ignore = "run by tier_kill_nine_loop as a child process"]
 fn tier_crash_child() {
@@ -67,10 +67,11 @@ fn tier_crash_child() {
         return;
     };
     let wal = open(Path::new(&dir), tier_at(&endpoint));
-    loop {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
         let o = wal.end_offset(TOPIC).unwrap_or(0);
         assert_eq!(wal.append(TOPIC, &payload(o)).expect("append"), o);
-        println!("A {o}");
+        println!("{ACK} A {o}");
     }
 }
 
@@ -85,48 +86,32 @@ fn tier_kill_nine_loop() {
     let endpoint = server.endpoint();
     let tier = tier_at(&endpoint);
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = SeededRng::new(0x71E2_0009);
     let mut acked_end = 0u64;
     let mut released = false;
     let started = Instant::now();
     for kill in 0..kills {
         let delay = Duration::from_millis(300 + rng.below(700));
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "tier_crash_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("WALRUS_TIER_CHILD_DIR", dir.path())
-            .env("WALRUS_TIER_CHILD_S3", &endpoint)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = rx.recv_timeout(Duration::from_secs(20));
-        assert!(first.is_ok(), "kill {kill}: child acknowledged nothing");
-        std::thread::sleep(delay);
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        reader.join().unwrap();
-        for line in first.into_iter().chain(rx.try_iter()) {
-            if let Some(o) = line.strip_prefix("A ").and_then(|v| v.parse::<u64>().ok()) {
-                acked_end = acked_end.max(o + 1);
-            }
+        let acks = kill_nine_child(
+            "tier_crash_child",
+            &[
+                ("WALRUS_TIER_CHILD_DIR", dir.path().as_os_str()),
+                ("WALRUS_TIER_CHILD_S3", endpoint.as_ref()),
+            ],
+            delay,
+        );
+        let before = acked_end;
+        for line in acks {
+            let o = line
+                .strip_prefix("A ")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("kill {kill}: the child acknowledged {line:?}"));
+            acked_end = acked_end.max(o + 1);
         }
+        assert!(
+            acked_end > before,
+            "kill {kill}: no append acknowledged in this run"
+        );
 
         // Every index object has its data object and says what its name says; one object per
         // name (S3 names are unique, so "twice" would be two names for one block: overlaps).

@@ -8,14 +8,12 @@
 //!
 //! `WALRUS_CRASH_KILLS=N` sets the number of kills (default 30); `cargo xtask crash --kills N`.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use walrus::{BackendKind, FsyncSchedule, ReadConsistency, Walrus};
 use walrus_io::SeededRng;
+use walrus_io::conformance::{ACK, kill_nine_child};
 
 const TOPIC: &str = "killed";
 
@@ -74,8 +72,13 @@ fn open(dir: &Path, mode: Mode) -> Walrus {
         .expect("open")
 }
 
-/// The child: appends singles and batches forever, consuming now and then; prints `A start len`
-/// after each acknowledged append and `C offset` after each acknowledged consuming read.
+/// How long a child runs at most: it is killed long before, and one that ends on its own fails
+/// the parent's check that the kill landed.
+const CHILD_LIFE: Duration = Duration::from_secs(120);
+
+/// The child: appends singles and batches (until killed, for [`CHILD_LIFE`] at most), consuming
+/// now and then; prints `A start len` after each acknowledged append and `C offset` after each
+/// acknowledged consuming read, after [`ACK`].
 #[test]
 #[ignore = "run by kill_nine_loop as a child process"]
 fn crash_child() {
@@ -83,8 +86,9 @@ fn crash_child() {
         return;
     };
     let wal = open(Path::new(&dir), Mode::from_env());
+    let started = Instant::now();
     let mut i = 0u64;
-    loop {
+    while started.elapsed() < CHILD_LIFE {
         let start = wal.end_offset(TOPIC).unwrap_or(0);
         if i.is_multiple_of(4) {
             let n = 2 + (i % 7) as u32;
@@ -94,18 +98,18 @@ fn crash_child() {
             let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
             let r = wal.append_batch(TOPIC, &refs).expect("batch");
             assert_eq!(r.start, start);
-            println!("A {start} {n}");
+            println!("{ACK} A {start} {n}");
         } else {
             let o = wal
                 .append(TOPIC, &payload(start, start, 1))
                 .expect("append");
             assert_eq!(o, start);
-            println!("A {start} 1");
+            println!("{ACK} A {start} 1");
         }
         if i.is_multiple_of(3)
             && let Some(r) = wal.read_next_record(TOPIC, true).expect("read")
         {
-            println!("C {}", r.offset);
+            println!("{ACK} C {}", r.offset);
         }
         i += 1;
     }
@@ -127,45 +131,23 @@ fn kill_nine(mode: Mode) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = SeededRng::new(0x1234_5678_9ABC_DEF0);
     let mut acked_end = 0u64; // every offset below was acknowledged in some run
     let mut consumed = None::<u64>; // highest offset whose consumption was acknowledged
     let started = Instant::now();
     for kill in 0..kills {
         let delay = Duration::from_millis(20 + rng.below(120));
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("WALRUS_KILL_CHILD_DIR", dir.path())
-            .env(Mode::ENV, mode.name())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         // Let it get going (it must acknowledge something), then kill it at a random moment.
-        let first = rx.recv_timeout(Duration::from_secs(20));
-        assert!(first.is_ok(), "kill {kill}: child acknowledged nothing");
-        std::thread::sleep(delay);
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        reader.join().unwrap();
-        for line in first.into_iter().chain(rx.try_iter()) {
+        let acks = kill_nine_child(
+            "crash_child",
+            &[
+                ("WALRUS_KILL_CHILD_DIR", dir.path().as_os_str()),
+                (Mode::ENV, mode.name().as_ref()),
+            ],
+            delay,
+        );
+        let before = acked_end;
+        for line in acks {
             let mut parts = line.split_whitespace();
             match (
                 parts.next(),
@@ -176,9 +158,13 @@ fn kill_nine(mode: Mode) {
                     acked_end = acked_end.max(start + n);
                 }
                 (Some("C"), Some(o)) => consumed = Some(consumed.map_or(o, |c: u64| c.max(o))),
-                _ => {}
+                _ => panic!("kill {kill}: the child acknowledged {line:?}"),
             }
         }
+        assert!(
+            acked_end > before,
+            "kill {kill}: no append acknowledged in this run"
+        );
 
         let wal = open(dir.path(), mode);
         let end = wal.end_offset(TOPIC).unwrap_or(0);
