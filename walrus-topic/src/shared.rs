@@ -458,13 +458,19 @@ impl Shared {
 
     /// Writes the durable watermarks that are due and makes them durable, so that they stay
     /// close behind the acknowledged end also when the instance goes idle. For the background
-    /// maintenance.
+    /// maintenance. A failed sync poisons the store, as in [`sync`](Self::sync): the watermarks
+    /// on disk would stop moving, and a recovery would take damage to synced data above them
+    /// for a torn tail.
     pub(crate) fn flush_marks(&self) -> io::Result<()> {
         if self.check_writable().is_err() {
             return Ok(());
         }
         self.queue_marks(Vec::new(), false);
-        self.marks.sync()
+        let synced = self.marks.sync();
+        if let Err(e) = &synced {
+            self.poison(e);
+        }
+        synced
     }
 
     /// Durable watermarks go to the marks file at most every `mark_interval`, and become

@@ -347,6 +347,39 @@ fn failed_sync_poisons_writes() {
     assert!(store.sync().is_err());
 }
 
+/// Where the watermarks are synced by the background maintenance (appends that wait for every
+/// sync, with a maintenance pass), a failed sync of the watermark file is a failed sync like
+/// any other: the store refuses writes until reopened. (Going on, the watermark on disk would
+/// stop moving, and a later recovery would take damage to acknowledged, synced data above it for
+/// a torn tail and cut it.)
+#[test]
+fn a_failed_watermark_sync_in_the_background_poisons_writes() {
+    let sim = SimStorage::new(59);
+    let store = open(
+        &sim,
+        small()
+            .with_sync_cursor_writes(true)
+            .with_background_maintenance(true)
+            .with_mark_interval(std::time::Duration::ZERO),
+    )
+    .unwrap();
+    store.append("t", b"x").unwrap();
+    store.sync().unwrap();
+    sim.inject(
+        FaultRule::new(Fault::Eio)
+            .op(OpKind::Sync)
+            .path(format!("{DIR}/durable.wcur")),
+    );
+    let _ = store.maintain();
+    assert_eq!(
+        sim.stats().faults_fired,
+        1,
+        "the watermark file was not synced"
+    );
+    let err = store.append("t", b"y").unwrap_err();
+    assert!(err.to_string().contains("reopen"), "{err}");
+}
+
 /// The lowest-numbered segment file on the simulated disk, opened.
 fn first_segment(sim: &SimStorage) -> Arc<dyn walrus_io::SegmentFile> {
     let seg = sim

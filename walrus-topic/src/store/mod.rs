@@ -615,7 +615,7 @@ impl Store {
         if self.shared.options.marks_in_background()
             && let Err(e) = self.shared.flush_marks()
         {
-            tracing::warn!(error = %e, "could not sync the durable watermarks");
+            tracing::error!(error = %e, "could not sync the durable watermarks; writes are refused until reopen");
         }
         // Only once something was written: opening must not create segment files.
         for lane in &self.shared.lanes {
