@@ -322,7 +322,9 @@ pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<Option<Fou
         return Ok(None);
     };
     let mut segments: HashMap<u64, Option<Arc<dyn SegmentFile>>> = HashMap::new();
-    let mut applied = 0;
+    // Every write is checked before any is applied: a record the journal cannot apply fails
+    // the open with nothing written.
+    let mut writes = Vec::new();
     for_each_live_write(&bytes, header, |w| {
         check_position(&path, &w)?;
         let file = match segments.get(&w.segment_id) {
@@ -339,11 +341,14 @@ pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<Option<Fou
         };
         if let Some(f) = file {
             check_within(&path, &w, f.len()?)?;
-            f.write_at(w.bytes, w.position)?;
-            applied += 1;
+            writes.push((f, w.position, w.bytes));
         }
         Ok(())
     })?;
+    let applied = writes.len();
+    for (f, position, bytes) in writes {
+        f.write_at(bytes, position)?;
+    }
     for f in segments.values().flatten() {
         f.sync_data()?;
     }
@@ -676,10 +681,10 @@ fn live_header(path: &Path, bytes: &[u8]) -> io::Result<Option<JournalHeader>> {
 /// Calls `f` with the writes of each live record, in order. The first record that is not the
 /// next of the live generation (zero, stale, torn or damaged: a sync that never completed; or
 /// not of the file's key: entry data of an earlier record's body) ends them.
-fn for_each_live_write(
-    bytes: &[u8],
+fn for_each_live_write<'a>(
+    bytes: &'a [u8],
     live: JournalHeader,
-    mut f: impl FnMut(walrus_block::JournalWrite<'_>) -> io::Result<()>,
+    mut f: impl FnMut(walrus_block::JournalWrite<'a>) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut pos = usize::try_from(JOURNAL_DATA_OFFSET).unwrap_or(usize::MAX);
     let mut seq = 0;
@@ -809,7 +814,6 @@ mod tests {
         assert_eq!(read(20_000, 6), [0; 6], "a forged record was applied");
     }
 
-    /// A journal without a key (version 1) is replayed as it is, then made anew with one.
     /// A simulated disk of `seed` holding `/j/` and its segment 7 (64 KiB, zero, synced).
     fn with_segment(seed: u64) -> (walrus_io::SimStorage, &'static Path, Arc<dyn SegmentFile>) {
         let sim = walrus_io::SimStorage::new(seed);
@@ -821,6 +825,27 @@ mod tests {
         (sim, dir, segment)
     }
 
+    /// A journal whose later write cannot be applied (it writes past its segment's end: the
+    /// file was cut short since) fails the open with nothing written: the writes before it
+    /// are not applied either ("a failed open changes nothing on disk").
+    #[test]
+    fn a_replay_that_fails_writes_nothing() {
+        let (sim, dir, segment) = with_segment(11);
+        let journal = Journal::open(dir, &sim, None, 64 << 10).unwrap();
+        // Two writes apart: one record holds both (one contiguous run would hold none).
+        journal.capture(7, 8192, &[IoSlice::new(b"first")]);
+        journal.capture(7, (64 << 10) - 2, &[IoSlice::new(b"past the end")]);
+        journal.sync(|| Ok(())).unwrap();
+        drop(journal);
+        let e = replay(dir, &sim).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        let mut b = [0u8; 5];
+        segment.read_exact_at(&mut b, 8192).unwrap();
+        assert_eq!(b, [0; 5], "a record was applied by a replay that failed");
+        assert_eq!(segment.len().unwrap(), 64 << 10);
+    }
+
+    /// A journal without a key (version 1) is replayed as it is, then made anew with one.
     #[test]
     fn an_unkeyed_journal_is_replayed_then_made_anew() {
         use walrus_block::encode_journal_write;
