@@ -5,6 +5,9 @@ use std::time::Duration;
 
 /// The largest `flush_bytes` accepted.
 pub(crate) const MAX_FLUSH_BYTES: u64 = 2 << 30;
+/// The most entries the queue may hold: its slots are allocated when the writer opens (a
+/// slot is some 100 bytes: 1.6 GiB at this bound).
+pub(crate) const MAX_QUEUE_CAPACITY: usize = 1 << 24;
 
 /// How an [`S3Wal`](crate::S3Wal) batches, bounds its memory and retries.
 ///
@@ -59,7 +62,8 @@ impl S3Options {
         self
     }
 
-    /// Entries the queue holds before appends wait (default 65 536).
+    /// Entries the queue holds before appends wait (default 65 536, at most 16 777 216: its
+    /// slots are allocated when the writer opens).
     #[must_use]
     pub fn queue_capacity(mut self, entries: usize) -> Self {
         self.queue_capacity = entries;
@@ -114,8 +118,8 @@ impl S3Options {
 
     pub(crate) fn validate(&self) -> io::Result<()> {
         let bad = |what: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, what.to_owned()));
-        if self.queue_capacity == 0 {
-            return bad("queue_capacity must be at least 1");
+        if self.queue_capacity == 0 || self.queue_capacity > MAX_QUEUE_CAPACITY {
+            return bad("queue_capacity must be 1 to 16 777 216 entries");
         }
         if self.flush_bytes == 0 || self.max_buffered_bytes == 0 {
             return bad("flush_bytes and max_buffered_bytes must be at least 1");
@@ -151,6 +155,8 @@ mod tests {
     fn zero_limits_are_refused() {
         for o in [
             S3Options::default().queue_capacity(0),
+            S3Options::default().queue_capacity(MAX_QUEUE_CAPACITY + 1),
+            S3Options::default().queue_capacity(usize::MAX),
             S3Options::default().flush_bytes(0),
             S3Options::default().flush_bytes(MAX_FLUSH_BYTES + 1),
             S3Options::default().put_attempts(0),

@@ -224,6 +224,10 @@ impl std::error::Error for Rejected {
 /// Opening a prefix fences every earlier writer of it: the open claims the next object name
 /// with a conditional PUT under a higher epoch, and a fenced writer's next PUT finds its name
 /// taken. Dropping the writer flushes what is queued.
+///
+/// (Batch sequences and epochs stay below `u64::MAX`, which readers refuse: one past them
+/// would overflow. A prefix whose numbers reached it, which only crafted objects do, is
+/// refused rather than fenced with a number no later open accepts.)
 #[derive(Debug)]
 pub struct S3Wal {
     inner: Arc<Inner>,
@@ -231,6 +235,20 @@ pub struct S3Wal {
     prefix: String,
     /// For truncations (the flusher has its own).
     remote: Remote,
+}
+
+/// `value`, a batch `what` (sequence or epoch) a writer is about to use, if it is one a reader
+/// accepts (below `u64::MAX`).
+fn numbered(prefix: &str, what: &str, value: Option<u64>) -> io::Result<u64> {
+    value.filter(|v| *v < u64::MAX).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "prefix {prefix:?}: no batch {what} is left to number a batch with (its batches \
+                 reached the last one a reader accepts)"
+            ),
+        )
+    })
 }
 
 impl S3Wal {
@@ -242,6 +260,8 @@ impl S3Wal {
     /// damaged batches; `AlreadyExists` when other writers kept winning the fence.
     pub fn open(store: Arc<dyn ObjectStore>, prefix: &str, options: S3Options) -> io::Result<Self> {
         options.validate()?;
+        // Before anything is written: a capacity the process cannot hold fails here.
+        let queue = ArrayQueue::new(options.queue_capacity);
         let remote = Remote::new(store, prefix, options.request_timeout)?;
         let mut index = Index::load(&remote)?;
         let counters = Counters::default();
@@ -249,8 +269,8 @@ impl S3Wal {
         let mut round = 0;
         let (epoch, sequence) = loop {
             let id = BatchId {
-                epoch: index.max_epoch() + 1,
-                sequence: index.next_sequence(),
+                epoch: numbered(prefix, "epoch", index.max_epoch().checked_add(1))?,
+                sequence: numbered(prefix, "sequence", Some(index.next_sequence()))?,
                 writer,
             };
             let fence: Bytes = format::encode_batch(id, &[])?.into();
@@ -268,7 +288,7 @@ impl S3Wal {
         };
         tracing::info!(prefix, epoch, sequence, "walrus-s3 writer opened");
         let inner = Arc::new(Inner {
-            queue: ArrayQueue::new(options.queue_capacity),
+            queue,
             options,
             prefix: prefix.to_owned(),
             epoch,
@@ -289,7 +309,7 @@ impl S3Wal {
             inner: Arc::clone(&inner),
             remote: remote.clone(),
             writer,
-            next_sequence: sequence + 1,
+            next_sequence: sequence.saturating_add(1),
         };
         let handle = std::thread::Builder::new()
             .name("walrus-s3-flusher".into())
@@ -895,8 +915,10 @@ impl Flusher {
                 sequence: self.next_sequence,
                 writer: self.writer,
             };
+            let numbered = numbered(&inner.prefix, "sequence", Some(self.next_sequence));
             match kind_error {
                 Some(msg) => Err(io::Error::new(io::ErrorKind::InvalidInput, msg)),
+                None if numbered.is_err() => numbered.map(|_| ()),
                 None => format::encode_batch(id, &groups).and_then(|bytes| {
                     put_batch(
                         &self.remote,

@@ -723,6 +723,60 @@ fn called_from_inside_an_async_runtime_it_refuses_rather_than_panics() {
     wal.append("t", b"x").unwrap().wait_timeout(WAIT).unwrap();
 }
 
+/// A prefix whose batches reached the last epoch a reader accepts (only crafted objects do) is
+/// refused, with nothing written: fencing it would need an epoch no later open accepts.
+#[test]
+fn a_prefix_out_of_epochs_is_refused_and_left_as_it_is() {
+    use object_store::{ObjectStoreExt, PutPayload};
+    use walrus_s3::format::{BatchId, encode_batch, object_name};
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let last = BatchId {
+        epoch: u64::MAX - 1,
+        sequence: 0,
+        writer: 7,
+    };
+    let bytes = encode_batch(last, &[]).unwrap();
+    runtime
+        .block_on(store.put(&Path::from(object_name("worn", 0)), PutPayload::from(bytes)))
+        .unwrap();
+    let listed = || {
+        runtime
+            .block_on(async {
+                use futures::TryStreamExt;
+                store.list(None).try_collect::<Vec<_>>().await
+            })
+            .unwrap()
+            .len()
+    };
+    assert_eq!(listed(), 1);
+    let e = S3Wal::open(Arc::clone(&store), "worn", fast()).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("worn"), "{e}");
+    assert_eq!(listed(), 1, "the refused open wrote");
+    // One epoch before it opens, and fences with the last one.
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let bytes = encode_batch(
+        BatchId {
+            epoch: u64::MAX - 2,
+            ..last
+        },
+        &[],
+    )
+    .unwrap();
+    runtime
+        .block_on(store.put(&Path::from(object_name("worn", 0)), PutPayload::from(bytes)))
+        .unwrap();
+    drop(runtime);
+    S3Wal::open(Arc::clone(&store), "worn", fast())
+        .unwrap()
+        .close()
+        .unwrap();
+    S3Reader::open(Arc::clone(&store), "worn").unwrap();
+}
+
 /// `Duration::MAX` is no deadline, nowhere a panic: a flush interval of it (flushes by size
 /// and on request only), a timed append and a timed wait.
 #[test]
