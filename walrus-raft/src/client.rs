@@ -223,6 +223,7 @@ impl Writer {
         {
             return Err(WriteError::Refused("a batch inside a batch".into()));
         }
+        refused(&request).map_or(Ok(()), |reason| Err(WriteError::Refused(reason)))?;
         // A request larger than the whole budget waits for an empty queue.
         let kib = u32::try_from(size(&request).div_ceil(1024))
             .unwrap_or(u32::MAX)
@@ -261,6 +262,40 @@ impl Writer {
         };
         answer.map_err(|_| WriteError::Raft("the node shut down before answering".into()))?
     }
+}
+
+/// Why every node's state machine would refuse `request` whatever its state (a name or an
+/// entry past the format's limits), found before it is proposed: the log would otherwise hold
+/// it on every node. (The requests of a batch a client sent are answered one by one at apply,
+/// as they are in the log.)
+fn refused(request: &Request) -> Option<String> {
+    let checked = match request {
+        Request::Append { topic, data } => {
+            walrus_block::validate_topic_name(topic).and_then(|()| {
+                if data.len() > walrus_block::MAX_ENTRY_LEN {
+                    Err(walrus_block::FormatError::InvalidInput(format!(
+                        "an entry of {} bytes is over the limit of {}",
+                        data.len(),
+                        walrus_block::MAX_ENTRY_LEN
+                    )))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        Request::Commit {
+            topic, consumer, ..
+        } => walrus_block::validate_topic_name(topic).and_then(|()| {
+            // The empty name is the topic's default consumer.
+            if consumer.is_empty() {
+                Ok(())
+            } else {
+                walrus_block::validate_consumer_name(consumer)
+            }
+        }),
+        Request::Batch { .. } => Ok(()),
+    };
+    checked.err().map(|e| e.to_string())
 }
 
 fn size(r: &Request) -> usize {

@@ -223,8 +223,17 @@ impl LogStore {
         })?
         .map(|(_, m)| m)
         .unwrap_or_default();
+        let first = match meta.purged {
+            None => 0,
+            Some(p) => p.index.checked_add(1).ok_or_else(|| {
+                codec::invalid(format!(
+                    "raft log: topic {META:?}: purged through index {}, the last there is",
+                    p.index
+                ))
+            })?,
+        };
         let mut index = Index {
-            first: meta.purged.map_or(0, |p| p.index + 1),
+            first,
             slots: VecDeque::new(),
             purged: meta.purged,
         };

@@ -238,6 +238,29 @@ async fn quorum_writes_redirects_and_consumers() {
         }
     }
     assert!(named, "no follower ever named the leader");
+
+    // A request every node would refuse (a name past the limit) is refused before it is
+    // proposed: no node's log grows.
+    let before = last_log_index(&all);
+    let l = leader(&all).await;
+    for r in [
+        append_req(&"n".repeat(256), b"x".to_vec()),
+        walrus_raft::Request::Commit {
+            topic: "orders".into(),
+            consumer: "c".repeat(129),
+            offset: 0,
+        },
+    ] {
+        match tokio::time::timeout(WAIT, nodes[l].write(r)).await {
+            Ok(Err(WriteError::Refused(_))) => {}
+            other => panic!("a bad name: {other:?}"),
+        }
+    }
+    assert_eq!(
+        last_log_index(&all),
+        before,
+        "a refused request was proposed"
+    );
     assert_eq!(nodes[0].data().end_offset("orders"), Some(50));
 
     // Over HTTP a follower redirects to the leader (307 keeps the method and body).
