@@ -1116,6 +1116,18 @@ fn check(setup: &Setup, events: &[Logged], crash_seq: u64, wal: &Walrus) -> Vec<
                 ));
             }
         }
+        // Nor does the cursor pass entries nobody consumed: past the highest consumption seen
+        // it can only be moved by the reads no one saw end (one in flight per reader at the
+        // cut, and those that failed).
+        let most = offsets.last().map_or(0, |o| o + 1) + setup.readers as u64 + failed_consumes;
+        if cur > most {
+            v.push(format!(
+                "topic-{t}: reopened cursor {cur} passes entries nobody consumed (highest consumed \
+                 {:?}, {} readers, {failed_consumes} consuming reads failed)",
+                offsets.last(),
+                setup.readers
+            ));
+        }
         if let Some(s) = consumed
             .iter()
             .filter(|s| s.seq < flushed_before)

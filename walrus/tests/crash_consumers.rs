@@ -247,7 +247,11 @@ fn run(seed: u64) -> Vec<String> {
         .map(|(_, t, o, d)| ((t.clone(), *o), d.clone()))
         .collect();
     let mut consumed: BTreeMap<(String, String), u64> = BTreeMap::new();
+    // Every consumption seen, before or after the stamp: what a cursor may have reached.
+    let mut consumed_any: BTreeMap<(String, String), u64> = BTreeMap::new();
     for (stamp, t, c, o) in seen.iter().flat_map(|s| &s.consumed) {
+        let e = consumed_any.entry((t.clone(), c.clone())).or_default();
+        *e = (*e).max(o + 1);
         if before(*stamp) {
             let e = consumed.entry((t.clone(), c.clone())).or_default();
             *e = (*e).max(o + 1);
@@ -268,6 +272,18 @@ fn run(seed: u64) -> Vec<String> {
             if *cursor < had {
                 violations.push(format!(
                     "{topic}/{c}: cursor {cursor} after consuming up to {had}"
+                ));
+            }
+            // Nor past what it consumed: one read of its own at most may have been in flight
+            // at the cut (each consumer is one thread, reading in turn).
+            let most = consumed_any
+                .get(&(topic.into(), (*c).into()))
+                .copied()
+                .unwrap_or(0)
+                + 1;
+            if *cursor > most {
+                violations.push(format!(
+                    "{topic}/{c}: cursor {cursor} passes entries it never consumed (up to {most})"
                 ));
             }
         }
