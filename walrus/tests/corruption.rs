@@ -493,17 +493,24 @@ fn assess(before: &Files, after: &Files, layout: &Layout) -> Assessment {
         ..Assessment::default()
     };
     // A segment whose header and copy are both damaged has its key solved from the first
-    // block header's CRC, confirmed by the second's: with either damaged (or no second
-    // block), it has lost its key, and none of its blocks can be validated.
+    // block header's CRC, confirmed by the second's or by the first block's first frame (keyed
+    // with it, format v4): with the first damaged, or neither confirmation intact, it has lost
+    // its key, and none of its blocks can be validated.
     let key_lost = |file: &PathBuf| {
         let mut headers = layout.blocks.iter().filter(|(f, _)| f == file);
         let (first, second) = (headers.next(), headers.next());
+        let intact = |r: Option<&Range<usize>>| r.is_some_and(|r| !differs(file, r));
+        let first_frame = first.and_then(|(_, h)| {
+            layout
+                .entries
+                .values()
+                .find(|l| &l.file == file && l.frame.start == h.end)
+                .map(|l| &l.frame)
+        });
         differs(file, &(0..SEGMENT_HEADER_LEN))
             && differs(file, &copy)
-            && match (first, second) {
-                (Some((_, a)), Some((_, b))) => differs(file, a) || differs(file, b),
-                _ => true,
-            }
+            && (!intact(first.map(|(_, h)| h))
+                || !(intact(second.map(|(_, h)| h)) || intact(first_frame)))
     };
     for ((topic, off), loc) in &layout.entries {
         if differs(&loc.file, &loc.frame) || differs(&loc.file, &loc.header) || key_lost(&loc.file)
@@ -593,7 +600,8 @@ enum Expect {
 }
 
 /// Reads every offset of the oracle. An entry not expected back may read as nothing or fail,
-/// but never as other bytes; the entries added after the damage must all be there.
+/// but never as other bytes (and, past a `PointInTime` cut, not at all); the entries added
+/// after the damage must all be there.
 fn check_reads(wal: &Walrus, model: &Model, a: &Assessment, expect: Expect) -> Result<(), String> {
     for (topic, m) in model {
         let cut = a.first_damage(topic).map_or(m.end(), |d| m.unit_start(d));
@@ -603,18 +611,22 @@ fn check_reads(wal: &Walrus, model: &Model, a: &Assessment, expect: Expect) -> R
                 Expect::Undamaged => !a.is_damaged(topic, off),
                 Expect::BeforeCut => off < cut,
             };
-            (off, p, exact)
+            let cut_off = matches!(expect, Expect::BeforeCut) && off >= cut;
+            (off, p, exact, cut_off)
         });
-        let added = m.added.iter().map(|(off, p)| (*off, p, true));
-        for (off, want, exact) in originals.chain(added) {
+        let added = m.added.iter().map(|(off, p)| (*off, p, true, false));
+        for (off, want, exact, cut_off) in originals.chain(added) {
             let got = wal.read_at(topic, off);
             let ok = match &got {
+                Ok(Some(_)) if cut_off => false,
                 Ok(Some(e)) => e.data == *want,
                 _ => !exact,
             };
             if !ok {
                 let expected = if exact {
                     "the original entry"
+                } else if cut_off {
+                    "nothing or an error (past the cut)"
                 } else {
                     "nothing, an error or the original entry (never other bytes)"
                 };
