@@ -303,10 +303,9 @@ mod tests {
 
     #[test]
     fn the_family_runs_small_and_meets_its_own_accounting() {
-        let dir =
-            std::env::temp_dir().join(format!("walrus-bench-consumers-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("consumers");
         let cases = run(&dir, 2_000, Duration::from_millis(100));
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(cases.len(), CONSUMERS.len() + 2);
         for c in &cases {
             assert!(c.error.is_none(), "{c:?}");

@@ -275,9 +275,9 @@ mod tests {
 
     #[test]
     fn the_family_runs_small() {
-        let dir = std::env::temp_dir().join(format!("walrus-bench-raft-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("raft");
         let cases = run(&dir, Duration::from_millis(200));
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(cases.len(), CLIENTS.len() * 2);
         for c in &cases {
             assert!(c.error.is_none(), "{c:?}");

@@ -972,6 +972,21 @@ pub fn storage_full(t: &mut Target) {
 /// Where a child of [`run_on_a_small_tmpfs`] finds its small file system.
 pub const SMALL_TMPFS_ENV: &str = "WALRUS_SMALL_TMPFS";
 
+/// Set (to anything) where the tests of [`run_on_a_small_tmpfs`] must run: a machine that
+/// cannot make the namespace then fails them instead of skipping them (`cargo xtask ci` sets
+/// it, so that CI never passes those tests by skipping them).
+pub const REQUIRE_TMPFS_ENV: &str = "WALRUS_REQUIRE_TMPFS";
+
+/// Says why the test is skipped, or fails it where [`REQUIRE_TMPFS_ENV`] is set.
+fn skip(why: &str) -> Option<(std::process::ExitStatus, String)> {
+    assert!(
+        std::env::var_os(REQUIRE_TMPFS_ENV).is_none(),
+        "{REQUIRE_TMPFS_ENV} is set, but {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
 /// Runs the test `test` of the calling test binary again, in a child process with a mount
 /// namespace of its own (`unshare`) holding a tmpfs of `size` (as `mount` takes it: `"5m"`).
 /// The child finds the mount's path in [`SMALL_TMPFS_ENV`]; the mount goes with it. A disk
@@ -979,7 +994,8 @@ pub const SMALL_TMPFS_ENV: &str = "WALRUS_SMALL_TMPFS";
 /// `SIGBUS`) fails the caller's test, not its process.
 ///
 /// Returns the child's status and output (stdout, then stderr), or `None`, after saying why on
-/// stderr, where no such namespace can be made (not root, no `CAP_SYS_ADMIN`, no `unshare`): a
+/// stderr, where no such namespace can be made (not root, no `CAP_SYS_ADMIN`, no `unshare`;
+/// with [`REQUIRE_TMPFS_ENV`] set, it panics then instead): a
 /// child that started the test has printed "running 1 test", and one killed by a signal has no
 /// exit code, so neither is taken for that.
 pub fn run_on_a_small_tmpfs(test: &str, size: &str) -> Option<(std::process::ExitStatus, String)> {
@@ -987,10 +1003,12 @@ pub fn run_on_a_small_tmpfs(test: &str, size: &str) -> Option<(std::process::Exi
     let mnt = std::env::temp_dir().join(format!("walrus-tmpfs-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir(&mnt); // left by an earlier process of the same id
     if let Err(e) = std::fs::create_dir(&mnt) {
-        eprintln!("skipped: cannot make a mount point {}: {e}", mnt.display());
-        return None;
+        return skip(&format!("cannot make a mount point {}: {e}", mnt.display()));
     }
-    let exe = std::env::current_exe().ok()?;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return skip(&format!("the test binary's path: {e}")),
+    };
     let output = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
@@ -1003,16 +1021,12 @@ pub fn run_on_a_small_tmpfs(test: &str, size: &str) -> Option<(std::process::Exi
     let _ = std::fs::remove_dir(&mnt);
     let output = match output {
         Ok(output) => output,
-        Err(e) => {
-            eprintln!("skipped: cannot run unshare: {e}");
-            return None;
-        }
+        Err(e) => return skip(&format!("cannot run unshare: {e}")),
     };
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     if output.status.code().is_some() && !text.contains("running 1 test") {
-        eprintln!("skipped: no mount namespace with a tmpfs here: {text}");
-        return None;
+        return skip(&format!("no mount namespace with a tmpfs here: {text}"));
     }
     Some((output.status, text))
 }

@@ -548,11 +548,14 @@ async fn snapshots_catch_up_new_nodes() {
     let mut c = config(4, dir.path(), any_port());
     tweak(&mut c);
     let new = Node::start(c).await.unwrap();
+    let deadline = Instant::now() + WAIT;
     let added = loop {
         let l = leader(&three).await;
         match nodes[l].raft().add_learner(4, new.member(), true).await {
             Ok(r) => break r,
-            Err(e) if e.forward_to_leader().is_some() => continue,
+            Err(e) if e.forward_to_leader().is_some() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Err(e) => panic!("{e}"),
         }
     };

@@ -320,6 +320,9 @@ fn run_seed(seed: u64) -> Result<(), String> {
             .read_next_record(topic, true)
             .map_err(|e| format!("{ctx}: {topic}: {e}"))?
         {
+            if next > m.acked.len() as u64 + 1 {
+                return Err(format!("{ctx}: {topic}: reads on past every entry written"));
+            }
             if rec.offset != next {
                 return Err(format!(
                     "{ctx}: {topic}: read {} where {next} was due",
