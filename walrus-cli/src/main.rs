@@ -3,7 +3,7 @@
 //! taken and nothing on disk changes, so it can run beside a live writer.
 //!
 //! Exit codes: 0 success (for `verify`: no damage), 1 damage found by `verify`, 2 the directory
-//! could not be read (the error is printed).
+//! could not be read (the error is printed), 3 a bad command line (a `--topic` name included).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -74,8 +74,22 @@ enum Format {
     Json,
 }
 
+/// The exit code of a bad command line (clap's own, 2, is the unreadable directory's here).
+const USAGE: u8 = 3;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are asked for, not errors.
+            return if e.use_stderr() {
+                ExitCode::from(USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let result = match cli.command {
@@ -102,7 +116,11 @@ fn main() -> ExitCode {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("walrus: {e}");
-            ExitCode::from(2)
+            ExitCode::from(if e.kind() == io::ErrorKind::InvalidInput {
+                USAGE
+            } else {
+                2
+            })
         }
     }
 }
@@ -124,7 +142,12 @@ fn is_damage(issue: &RecoveryIssue) -> bool {
 }
 
 /// One verification pass: the lines it would print, how many are damage, entries read intact.
-fn verify_pass(store: &Store) -> (Vec<String>, u64, u64) {
+///
+/// # Errors
+/// A read that fails for another reason than damage (`InvalidData`): the device or the
+/// permissions (the directory could not be read, which is not damage). Entries a live writer
+/// released while the pass read (`NotFound`) end the topic's pass.
+fn verify_pass(store: &Store) -> io::Result<(Vec<String>, u64, u64)> {
     let mut lines = Vec::new();
     let mut damage = 0u64;
     for issue in &store.recovery_report().issues {
@@ -145,24 +168,26 @@ fn verify_pass(store: &Store) -> (Vec<String>, u64, u64) {
         for entry in store.iter(&topic, first) {
             match entry {
                 Ok(_) => entries += 1,
-                Err(e) => {
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     damage += 1;
                     lines.push(format!("damaged: {e} (in {})", store.dir().display()));
                     break;
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) => return Err(e),
             }
         }
     }
-    (lines, damage, entries)
+    Ok((lines, damage, entries))
 }
 
 fn verify(dir: &Path, out: &mut impl Write) -> io::Result<ExitCode> {
     let (mut lines, mut damage, mut entries) =
-        verify_pass(&open(dir, RecoveryMode::SkipCorrupted)?);
+        verify_pass(&open(dir, RecoveryMode::SkipCorrupted)?)?;
     if damage > 0 {
         // A live writer may have been in the middle of a write the pass read (a block header
         // half written): what is damage is still there a moment later.
-        (lines, damage, entries) = verify_pass(&open(dir, RecoveryMode::SkipCorrupted)?);
+        (lines, damage, entries) = verify_pass(&open(dir, RecoveryMode::SkipCorrupted)?)?;
     }
     let code = if damage == 0 {
         ExitCode::SUCCESS
@@ -199,6 +224,12 @@ fn dump(
     format: Format,
     out: &mut impl Write,
 ) -> io::Result<()> {
+    walrus_block::validate_topic_name(topic).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("--topic {topic:?}: {e}"),
+        )
+    })?;
     let Some(first) = store.first_retained_offset(topic) else {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,

@@ -128,6 +128,18 @@ fn dump_prints_text_hex_and_json_from_an_offset() {
     let o = walrus(&["dump", d, "--topic", "nope"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"nope\""));
+    // A name no topic can have, and a bad command line: 3, not the unreadable directory's 2.
+    let long = "n".repeat(256);
+    for args in [
+        &["dump", d, "--topic", ""][..],
+        &["dump", d, "--topic", &long],
+        &["dump", d],
+        &["frobnicate", d],
+    ] {
+        let o = walrus(args);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {o:?}");
+    }
+    assert_eq!(walrus(&["--help"]).status.code(), Some(0));
 }
 
 #[test]
