@@ -104,7 +104,7 @@ impl std::fmt::Display for WriteError {
 impl std::error::Error for WriteError {}
 
 /// What a failed `client_write` means. It was called only while this node led (see
-/// [`not_leading`]), so "forward to the leader" says the leadership moved on after the
+/// `not_leading`), so "forward to the leader" says the leadership moved on after the
 /// proposal, or while it was being made: the outcome is unknown.
 impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for WriteError {
     fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {

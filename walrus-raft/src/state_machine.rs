@@ -319,8 +319,21 @@ impl StateMachine {
         Ok(codec::seal(e.0))
     }
 
-    /// Applies a snapshot body: appends what each topic lacks, moves the cursors.
+    /// Checks a snapshot body whole against this node's data, writing nothing: the record of
+    /// what it applied, if every check [`install_body`](Self::install_body) makes passes.
+    fn check_body(&self, body: &[u8]) -> io::Result<Applied> {
+        self.walk_body(body, false)
+    }
+
+    /// Applies a snapshot body that [`check_body`](Self::check_body) passed: appends what each
+    /// topic lacks, moves the cursors. (Checked first, a snapshot that fails a check changes
+    /// nothing; only an I/O error can stop it halfway, and the node then installs it again.)
     fn install_body(&self, body: &[u8]) -> io::Result<Applied> {
+        self.walk_body(body, true)
+    }
+
+    /// Decodes a snapshot body and checks it; with `apply`, also installs it.
+    fn walk_body(&self, body: &[u8], apply: bool) -> io::Result<Applied> {
         let data = &self.shared.data;
         let body = codec::unseal(body, "snapshot")?;
         let mut d = Dec::new(body, "snapshot");
@@ -331,25 +344,53 @@ impl StateMachine {
         let applied: Applied = serde_json::from_slice(d.bytes()?)
             .map_err(|e| codec::invalid(format!("snapshot: applied record: {e}")))?;
         let topics = d.u64()?;
+        let mut seen = std::collections::BTreeSet::new();
         for _ in 0..topics {
             let topic = d.string()?;
             let first = d.u64()?;
             let end = d.u64()?;
-            if first > end || applied.ends.get(&topic) != Some(&end) {
+            if first > end || applied.ends.get(&topic) != Some(&end) || !seen.insert(topic.clone())
+            {
                 return Err(codec::invalid(format!(
-                    "snapshot: topic {topic:?} range {first}..{end} disagrees with its record"
+                    "snapshot: topic {topic:?} range {first}..{end} disagrees with its record \
+                     (or the topic is there twice)"
                 )));
             }
+            walrus_block::validate_topic_name(&topic)
+                .map_err(|e| codec::invalid(format!("snapshot: {e}")))?;
             let n = d.u64()?;
             let mut consumers = Vec::new();
             for _ in 0..n {
-                consumers.push((d.string()?, d.u64()?));
+                let (consumer, cursor) = (d.string()?, d.u64()?);
+                if !consumer.is_empty() {
+                    walrus_block::validate_consumer_name(&consumer)
+                        .map_err(|e| codec::invalid(format!("snapshot: topic {topic:?}: {e}")))?;
+                }
+                if cursor > end {
+                    return Err(codec::invalid(format!(
+                        "snapshot: topic {topic:?}: consumer {consumer:?} at {cursor}, past its \
+                         end {end}"
+                    )));
+                }
+                consumers.push((consumer, cursor));
             }
             let local = data.end_offset(&topic).unwrap_or(0);
             if local > end {
                 return Err(codec::invalid(format!(
                     "snapshot: local topic {topic:?} ends at {local}, past the snapshot's {end}"
                 )));
+            }
+            if !apply {
+                for _ in first..end {
+                    let entry = d.bytes()?;
+                    if entry.len() > walrus_block::MAX_ENTRY_LEN {
+                        return Err(codec::invalid(format!(
+                            "snapshot: topic {topic:?}: an entry of {} bytes",
+                            entry.len()
+                        )));
+                    }
+                }
+                continue;
             }
             // Offsets the snapshot no longer holds: empty entries keep the numbering.
             let mut at = local;
@@ -544,18 +585,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let body = snapshot.into_inner();
         let mut st = self.shared.state.lock().await;
-        let applied = self
-            .install_body(&body)
+        let checked = self
+            .check_body(&body)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        if applied.last != meta.last_log_id {
+        if checked.last != meta.last_log_id {
             return Err(snap_err(
                 ErrorVerb::Write,
                 codec::invalid(format!(
                     "snapshot {}: body is at {:?}, metadata says {:?}",
-                    meta.snapshot_id, applied.last, meta.last_log_id
+                    meta.snapshot_id, checked.last, meta.last_log_id
                 )),
             ));
         }
+        let applied = self
+            .install_body(&body)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         st.applied = Applied {
             membership: meta.last_membership.clone(),
             ..applied
@@ -622,6 +666,57 @@ mod tests {
             },
             body: vec![index as u8; 64 << 10],
         }
+    }
+
+    /// A snapshot that fails a check changes nothing: one whose body has a byte too many after
+    /// its last topic (sealed again, so only the decoding can tell) is refused before any of
+    /// its topics is appended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_that_fails_a_check_installs_nothing() {
+        let (leader_dir, follower_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
+        let appends: Vec<_> = (1..=6)
+            .map(|i| {
+                let topic = if i % 2 == 0 { "a" } else { "b" };
+                entry(
+                    i,
+                    Request::Append {
+                        topic: topic.into(),
+                        data: vec![i as u8; 10],
+                    },
+                )
+            })
+            .collect();
+        leader.apply(appends).await.unwrap();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let body = snapshot.snapshot.into_inner();
+        let mut longer = codec::unseal(&body, "test").unwrap().to_vec();
+        longer.push(0);
+        let longer = codec::seal(longer);
+
+        let (_log, mut follower) = crate::open_stores(follower_dir.path()).unwrap();
+        let refused = follower
+            .install_snapshot(&snapshot.meta, Box::new(Cursor::new(longer)))
+            .await;
+        assert!(refused.is_err());
+        assert!(
+            follower.data().topics().is_empty(),
+            "a refused snapshot appended: {:?}",
+            follower.data().topics()
+        );
+        // The snapshot as built installs.
+        follower
+            .install_snapshot(&snapshot.meta, Box::new(Cursor::new(body)))
+            .await
+            .unwrap();
+        assert_eq!(follower.data().end_offset("a"), Some(3));
+        assert_eq!(follower.data().end_offset("b"), Some(3));
     }
 
     /// A commit is refused below every consumer's cursor, whatever this node still holds there
