@@ -500,17 +500,18 @@ fn assess(before: &Files, after: &Files, layout: &Layout) -> Assessment {
         let mut headers = layout.blocks.iter().filter(|(f, _)| f == file);
         let (first, second) = (headers.next(), headers.next());
         let intact = |r: Option<&Range<usize>>| r.is_some_and(|r| !differs(file, r));
+        // Its header: what the engine checks the key with.
         let first_frame = first.and_then(|(_, h)| {
             layout
                 .entries
                 .values()
                 .find(|l| &l.file == file && l.frame.start == h.end)
-                .map(|l| &l.frame)
+                .map(|l| l.frame.start..l.frame.start + FRAME_HEADER_LEN)
         });
         differs(file, &(0..SEGMENT_HEADER_LEN))
             && differs(file, &copy)
             && (!intact(first.map(|(_, h)| h))
-                || !(intact(second.map(|(_, h)| h)) || intact(first_frame)))
+                || !(intact(second.map(|(_, h)| h)) || intact(first_frame.as_ref())))
     };
     for ((topic, off), loc) in &layout.entries {
         if differs(&loc.file, &loc.frame) || differs(&loc.file, &loc.header) || key_lost(&loc.file)

@@ -320,7 +320,8 @@ fn run_seed(seed: u64) -> Result<(), String> {
             .read_next_record(topic, true)
             .map_err(|e| format!("{ctx}: {topic}: {e}"))?
         {
-            if next > m.acked.len() as u64 + 1 {
+            // Bounded: past every entry acknowledged or in flight, reading on is an error.
+            if next > (m.acked.len() + m.inflight.len()) as u64 {
                 return Err(format!("{ctx}: {topic}: reads on past every entry written"));
             }
             if rec.offset != next {
