@@ -124,7 +124,9 @@ impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for WriteError
 fn not_leading(raft: &Raft) -> Option<WriteError> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
-    if m.current_leader == Some(m.id) {
+    // Both: `current_leader` follows the vote, which a leader removed from the membership (or
+    // stepping down) keeps while it no longer leads.
+    if m.current_leader == Some(m.id) && m.state == openraft::ServerState::Leader {
         return None;
     }
     let leader = m.current_leader.and_then(|id| {
