@@ -489,6 +489,7 @@ impl Shared {
             std::mem::take(&mut pending.0)
         };
         let mut done = std::collections::HashSet::new();
+        let mut failed = Vec::new();
         for t in due {
             if !done.insert(Arc::as_ptr(&t)) {
                 continue;
@@ -508,9 +509,16 @@ impl Shared {
                     mark.written = durable;
                 }
                 Err(e) => {
-                    tracing::warn!(topic = %t.name, error = %e, "could not write durable watermark")
+                    tracing::warn!(topic = %t.name, error = %e, "could not write durable watermark");
+                    drop(mark);
+                    failed.push(t);
                 }
             }
+        }
+        // Tried again at the next flush: an idle topic is not queued again by a sync, and its
+        // watermark on disk would stay behind.
+        if !failed.is_empty() {
+            self.marks_pending.lock().0.extend(failed);
         }
     }
 }

@@ -383,6 +383,34 @@ fn a_failed_watermark_sync_in_the_background_poisons_writes() {
     assert!(err.to_string().contains("reopen"), "{err}");
 }
 
+/// A watermark record whose write failed is written at the next maintenance pass, also when
+/// the topic is idle by then (nothing would queue it again): its watermark on disk must not
+/// stay behind.
+#[test]
+fn a_failed_watermark_write_is_tried_again_at_the_next_pass() {
+    let sim = SimStorage::new(60);
+    let options = small()
+        .with_sync_cursor_writes(true)
+        .with_background_maintenance(true)
+        .with_mark_interval(std::time::Duration::ZERO);
+    let store = open(&sim, options.clone()).unwrap();
+    store.append("t", b"x").unwrap();
+    store.sync().unwrap();
+    sim.inject(
+        FaultRule::new(Fault::Eio)
+            .op(OpKind::Write)
+            .path(format!("{DIR}/durable.wcur")),
+    );
+    store.maintain().unwrap();
+    assert_eq!(sim.stats().faults_fired, 1, "the watermark was not written");
+    store.maintain().unwrap();
+    let persisted = Store::open_read_only(DIR, Arc::new(sim.clone()), options)
+        .unwrap()
+        .durable_offset("t");
+    assert_eq!(persisted, Some(1));
+    drop(store);
+}
+
 /// The lowest-numbered segment file on the simulated disk, opened.
 fn first_segment(sim: &SimStorage) -> Arc<dyn walrus_io::SegmentFile> {
     let seg = sim
