@@ -1036,6 +1036,18 @@ pub fn run_on_a_small_tmpfs(test: &str, size: &str) -> Option<(std::process::Exi
 /// print its own text on the same line first.)
 pub const ACK: &str = "walrus-ack:";
 
+/// For a child of [`kill_nine_child`], first thing: a panic anywhere in it (its test thread or
+/// a background one) aborts the process at once, so that the parent sees SIGABRT, not a child
+/// that unwound (closing its files cleanly) and was then killed as if mid-work, or one whose
+/// background thread died while it went on.
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
 /// Runs this test binary's ignored test `test` as a child process with `env`, waits (20 s at
 /// most) for its first acknowledgement (a line holding [`ACK`]), lets it run `delay` more, and
 /// kills it with SIGKILL: the real crash of `kill -9`. Returns what followed [`ACK`] on each
@@ -1044,7 +1056,8 @@ pub const ACK: &str = "walrus-ack:";
 /// # Panics
 /// Like an assertion, after the child is killed and reaped (it never outlives the call): when
 /// it acknowledged nothing in time, or was not killed by the signal (it failed, or ended on its
-/// own before the kill: either way the kill did not land in its work).
+/// own before the kill: either way the kill did not land in its work). The child calls
+/// [`abort_on_panic`] first, so that a failure of its own never passes for the kill.
 pub fn kill_nine_child(
     test: &str,
     env: &[(&str, &std::ffi::OsStr)],

@@ -16,7 +16,7 @@ use walrus::tier::RemoteTier;
 use walrus::{FsyncSchedule, Retention, Tiering, Walrus};
 use walrus_block::tier::TierIndex;
 use walrus_io::SeededRng;
-use walrus_io::conformance::{ACK, kill_nine_child};
+use walrus_io::conformance::{ACK, abort_on_panic, kill_nine_child};
 use walrus_s3::S3Tier;
 use walrus_s3::moto::MotoServer;
 
@@ -66,6 +66,7 @@ fn tier_crash_child() {
     ) else {
         return;
     };
+    abort_on_panic();
     let wal = open(Path::new(&dir), tier_at(&endpoint));
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(120) {

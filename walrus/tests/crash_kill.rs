@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use walrus::{BackendKind, FsyncSchedule, ReadConsistency, Walrus};
 use walrus_io::SeededRng;
-use walrus_io::conformance::{ACK, kill_nine_child};
+use walrus_io::conformance::{ACK, abort_on_panic, kill_nine_child};
 
 const TOPIC: &str = "killed";
 
@@ -85,6 +85,7 @@ fn crash_child() {
     let Some(dir) = std::env::var_os("WALRUS_KILL_CHILD_DIR") else {
         return;
     };
+    abort_on_panic();
     let wal = open(Path::new(&dir), Mode::from_env());
     let started = Instant::now();
     let mut i = 0u64;
