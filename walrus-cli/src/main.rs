@@ -103,9 +103,16 @@ fn main() -> ExitCode {
             from,
             count,
             format,
-        } => open(&dir, RecoveryMode::SkipCorrupted)
-            .and_then(|s| dump(&s, &topic, from, count, format, &mut out))
-            .map(|()| ExitCode::SUCCESS),
+        } => {
+            // A name no topic can have is a bad command line, found before the directory is read.
+            if let Err(e) = walrus_block::validate_topic_name(&topic) {
+                eprintln!("walrus: --topic {topic:?}: {e}");
+                return ExitCode::from(USAGE);
+            }
+            open(&dir, RecoveryMode::SkipCorrupted)
+                .and_then(|s| dump(&s, &topic, from, count, format, &mut out))
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Stats { dir } => open(&dir, RecoveryMode::SkipCorrupted)
             .and_then(|s| report::stats(&s, &mut out))
             .map(|()| ExitCode::SUCCESS),
@@ -116,11 +123,7 @@ fn main() -> ExitCode {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("walrus: {e}");
-            ExitCode::from(if e.kind() == io::ErrorKind::InvalidInput {
-                USAGE
-            } else {
-                2
-            })
+            ExitCode::from(2)
         }
     }
 }
@@ -224,12 +227,6 @@ fn dump(
     format: Format,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    walrus_block::validate_topic_name(topic).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("--topic {topic:?}: {e}"),
-        )
-    })?;
     let Some(first) = store.first_retained_offset(topic) else {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,

@@ -140,6 +140,11 @@ fn dump_prints_text_hex_and_json_from_an_offset() {
         assert_eq!(o.status.code(), Some(3), "{args:?}: {o:?}");
     }
     assert_eq!(walrus(&["--help"]).status.code(), Some(0));
+    // A data directory that is a file cannot be read: 2.
+    let file = Path::new(d).with_file_name("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let o = walrus(&["inspect", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
 }
 
 #[test]
