@@ -748,3 +748,39 @@ async fn a_heartbeat_too_long_is_invalid_input() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
     assert!(!dir.path().join("n1").exists(), "a directory was created");
 }
+
+/// A leader removed from the membership steps down, but its metrics still name it the leader
+/// (they follow its vote): a write to it is refused before anything is proposed (NotLeader:
+/// nothing written), not answered "outcome unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_leader_refuses_writes_as_not_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start(&[1, 2, 3], dir.path(), |_| {}).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    append(&all, "t", b"before").await;
+    let l = leader(&all).await;
+    let rest: std::collections::BTreeSet<NodeId> = nodes
+        .iter()
+        .map(Node::id)
+        .filter(|id| *id != nodes[l].id())
+        .collect();
+    tokio::time::timeout(WAIT, nodes[l].raft().change_membership(rest, false))
+        .await
+        .expect("the membership change hung")
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while nodes[l].raft().metrics().borrow().state == openraft::ServerState::Leader {
+        assert!(
+            Instant::now() < deadline,
+            "the removed leader never stepped down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match tokio::time::timeout(WAIT, nodes[l].append("t", b"after")).await {
+        Ok(Err(WriteError::NotLeader(_))) => {}
+        other => panic!("a write to the removed leader: {other:?}"),
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
