@@ -411,6 +411,25 @@ fn a_failed_watermark_write_is_tried_again_at_the_next_pass() {
     drop(store);
 }
 
+/// Overwrites four bytes at `field` of the header of the frame carrying `payload` in the first
+/// segment (durably); returns the payload's position.
+fn damage_frame_header(sim: &SimStorage, payload: &[u8], field: u64) -> u64 {
+    let file = first_segment(sim);
+    let mut bytes = vec![0u8; 64 << 10];
+    let n = file.read_at(&mut bytes, 0).unwrap();
+    let at = bytes[..n]
+        .windows(payload.len())
+        .position(|w| w == payload)
+        .unwrap() as u64;
+    file.write_at(
+        &[0xFF; 4],
+        at - walrus_block::FRAME_HEADER_LEN as u64 + field,
+    )
+    .unwrap();
+    file.sync_data().unwrap();
+    at
+}
+
 /// The lowest-numbered segment file on the simulated disk, opened.
 fn first_segment(sim: &SimStorage) -> Arc<dyn walrus_io::SegmentFile> {
     let seg = sim
@@ -2152,7 +2171,7 @@ fn a_block_cut_below_the_watermark_keeps_its_segment_once_consumed() {
 /// upgrade: here the carrier is appended into one.)
 #[test]
 fn a_frame_in_entry_data_naming_an_impossible_offset_is_not_taken_for_one() {
-    use walrus_block::{FRAME_HEADER_LEN, FrameKind, MAX_OFFSET, encode_frame};
+    use walrus_block::{FrameKind, MAX_OFFSET, encode_frame};
     let sim = SimStorage::new(55);
     let mut inner = Vec::new();
     // Unkeyed, as a writer of entry data could make it.
@@ -2165,18 +2184,9 @@ fn a_frame_in_entry_data_naming_an_impossible_offset_is_not_taken_for_one() {
         assert_eq!(store.append("t", b"after").unwrap(), 6);
         store.sync().unwrap();
     }
-    // Damage the carrier's frame header (just before its payload), in the v3 block.
-    let file = first_segment(&sim);
-    let mut bytes = vec![0u8; 64 << 10];
-    let n = file.read_at(&mut bytes, 0).unwrap();
-    let at = bytes[..n]
-        .windows(carrier.len())
-        .position(|w| w == carrier)
-        .unwrap() as u64;
+    // Damage the carrier's frame header (its offset), in the v3 block.
+    let at = damage_frame_header(&sim, &carrier, 8);
     assert!(at < 4096 + 8192, "the carrier is not in the v3 block");
-    file.write_at(&[0xFF; 4], at - FRAME_HEADER_LEN as u64 + 8)
-        .unwrap();
-    file.sync_data().unwrap();
     let store = open(&sim, small().with_recovery(RecoveryMode::SkipCorrupted)).unwrap();
     assert_eq!(store.read_at("t", 4).unwrap(), Some(payload(4)));
     assert_eq!(store.read_at("t", 6).unwrap(), Some(b"after".to_vec()));
@@ -2190,7 +2200,7 @@ fn a_frame_in_entry_data_naming_an_impossible_offset_is_not_taken_for_one() {
 /// refuses the open or serves the entry as damaged; none serves the forged bytes.
 #[test]
 fn a_frame_in_entry_data_at_its_own_offset_is_not_taken_for_the_entry() {
-    use walrus_block::{FRAME_HEADER_LEN, FrameKind, encode_frame};
+    use walrus_block::{FrameKind, encode_frame};
     let sim = SimStorage::new(57);
     let mut inner = Vec::new();
     encode_frame(&mut inner, 5, FrameKind::single(), b"forged", 0).unwrap();
@@ -2204,17 +2214,8 @@ fn a_frame_in_entry_data_at_its_own_offset_is_not_taken_for_the_entry() {
         assert_eq!(store.append("t", b"after").unwrap(), 6);
         store.sync().unwrap();
     }
-    let file = first_segment(&sim);
-    let mut bytes = vec![0u8; 64 << 10];
-    let n = file.read_at(&mut bytes, 0).unwrap();
-    let at = bytes[..n]
-        .windows(carrier.len())
-        .position(|w| w == carrier)
-        .unwrap() as u64;
     // Damage the carrier's frame header (its length field).
-    file.write_at(&[0xFF; 4], at - FRAME_HEADER_LEN as u64 + 4)
-        .unwrap();
-    file.sync_data().unwrap();
+    damage_frame_header(&sim, &carrier, 4);
     for mode in [
         RecoveryMode::TolerateCorruptedTail,
         RecoveryMode::AbsoluteConsistency,
