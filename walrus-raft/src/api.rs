@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use walrus::Walrus;
 
-use crate::client::{WriteError, Writer};
+use crate::client::{WriteError, Writer, not_leading};
 use crate::codec;
 use crate::{NodeId, Raft, Request, Response};
 
@@ -432,6 +432,10 @@ async fn add_learner(
     body: Result<Json<LearnerBody>, JsonRejection>,
 ) -> HttpResponse {
     let Json(body) = take!(body);
+    // A follower redirects without proposing (a change proposed and then lost is "unknown").
+    if let Some(e) = not_leading(&s.raft) {
+        return write_error(e, "/cluster/learners");
+    }
     match s
         .raft
         .add_learner(body.id, BasicNode { addr: body.addr }, true)
@@ -452,6 +456,9 @@ async fn change_membership(
     body: Result<Json<MembershipBody>, JsonRejection>,
 ) -> HttpResponse {
     let Json(body) = take!(body);
+    if let Some(e) = not_leading(&s.raft) {
+        return write_error(e, "/cluster/membership");
+    }
     match s.raft.change_membership(body.members, false).await {
         Ok(r) => Json(json!({ "log_id": r.log_id })).into_response(),
         Err(e) => write_error(e.into(), "/cluster/membership"),

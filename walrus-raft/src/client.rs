@@ -103,8 +103,8 @@ impl std::fmt::Display for WriteError {
 
 impl std::error::Error for WriteError {}
 
-/// What a failed `client_write` means. It was called only while this node led (see
-/// `not_leading`), so "forward to the leader" says the leadership moved on after the
+/// What a failed `client_write` (or membership change) means. It was called only while this
+/// node led (see `not_leading`, which every caller checks first), so "forward to the leader" says the leadership moved on after the
 /// proposal, or while it was being made: the outcome is unknown.
 impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for WriteError {
     fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
@@ -121,7 +121,7 @@ impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for WriteError
 /// a new leader, and only the first is "nothing written". A stale answer errs on the safe side
 /// either way: a node that just lost the leadership proposes, and its answer says "unknown";
 /// one that just gained it refuses, and nothing was written.
-fn not_leading(raft: &Raft) -> Option<WriteError> {
+pub(crate) fn not_leading(raft: &Raft) -> Option<WriteError> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
     // Both: `current_leader` follows the vote, which a leader removed from the membership (or

@@ -256,22 +256,40 @@ impl Node {
         self.writer.write(request).await
     }
 
-    /// Stops raft and the server, and closes the instances (flushing them).
+    /// Stops raft and the server, and closes the instances (flushing them). When it returns,
+    /// the node's directory is free for a new node: the tasks that held its instances
+    /// (replication streams, the state machine's worker, the write queue, HTTP connections) end
+    /// on their own once raft is down, and it waits for them (two seconds at most: instances
+    /// the caller still holds, say from [`data`](Self::data), stay open).
     ///
     /// # Errors
     /// Raft's core task failed.
     pub async fn shutdown(mut self) -> io::Result<()> {
+        let id = self.id;
         let result = self
             .raft
             .shutdown()
             .await
-            .map_err(|e| io::Error::other(format!("node {}: raft shutdown: {e}", self.id)));
+            .map_err(|e| io::Error::other(format!("node {id}: raft shutdown: {e}")));
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(server) = self.server.take() {
             server.abort();
             let _ = server.await;
+        }
+        let instances = [
+            Arc::downgrade(self.log_instance()),
+            Arc::downgrade(self.data()),
+        ];
+        drop(self);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while instances.iter().any(|i| i.strong_count() > 0) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(id, "a node's instances are still held after its shutdown");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         result
     }

@@ -273,6 +273,32 @@ async fn quorum_writes_redirects_and_consumers() {
     }
     assert_eq!(nodes[0].data().end_offset("orders"), Some(50));
 
+    // So do the cluster routes: a follower redirects a membership change without proposing it.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let l = leader(&all).await;
+    let f = (l + 1) % 3;
+    let members: Vec<NodeId> = nodes.iter().map(Node::id).collect();
+    let resp = no_redirects
+        .post(format!("http://{}/cluster/membership", nodes[f].addr()))
+        .json(&serde_json::json!({ "members": members }))
+        .send()
+        .await
+        .unwrap();
+    // 503 only while no leader is known (an election right then).
+    assert!(
+        [
+            reqwest::StatusCode::TEMPORARY_REDIRECT,
+            reqwest::StatusCode::SERVICE_UNAVAILABLE
+        ]
+        .contains(&resp.status()),
+        "{}",
+        resp.status()
+    );
+
     // Over HTTP a follower redirects to the leader (307 keeps the method and body).
     let http = client();
     let f = (leader(&all).await + 1) % 3;
@@ -779,6 +805,36 @@ async fn a_removed_leader_refuses_writes_as_not_leader() {
     match tokio::time::timeout(WAIT, nodes[l].append("t", b"after")).await {
         Ok(Err(WriteError::NotLeader(_))) => {}
         other => panic!("a write to the removed leader: {other:?}"),
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// When `shutdown` returns, the node's directory is free: a node started on it right away opens
+/// it (its instances' last holders, tasks that end once raft is down, are waited for), also
+/// after HTTP requests left a kept-alive connection behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarts_on_its_directory_as_soon_as_it_shut_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+    let mut nodes = start(&[1], dir.path(), |_| {}).await;
+    for round in 0..5u64 {
+        let node = nodes.pop().unwrap();
+        leader(&[&node]).await;
+        append(&[&node], "t", format!("r{round}").as_bytes()).await;
+        let resp = http
+            .get(format!("http://{}/topics/t/entries/{round}", node.addr()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        node.shutdown().await.unwrap();
+        let again = Node::start(config(1, dir.path(), any_port()))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(again.data().end_offset("t"), Some(round + 1));
+        nodes.push(again);
     }
     for n in nodes {
         n.shutdown().await.unwrap();
