@@ -185,8 +185,17 @@ fn verify_pass(store: &Store) -> io::Result<(Vec<String>, u64, u64)> {
 }
 
 fn verify(dir: &Path, out: &mut impl Write) -> io::Result<ExitCode> {
-    let (mut lines, mut damage, mut entries) =
-        verify_pass(&open(dir, RecoveryMode::SkipCorrupted)?)?;
+    // Damage that keeps even a read-only open out (a damaged journal header) is damage.
+    let store = match open(dir, RecoveryMode::SkipCorrupted) {
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return match writeln!(out, "damaged: {e}") {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e),
+                _ => Ok(ExitCode::from(1)),
+            };
+        }
+        other => other?,
+    };
+    let (mut lines, mut damage, mut entries) = verify_pass(&store)?;
     if damage > 0 {
         // A live writer may have been in the middle of a write the pass read (a block header
         // half written): what is damage is still there a moment later.

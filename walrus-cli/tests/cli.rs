@@ -185,6 +185,20 @@ fn verify_exits_0_when_clean_and_1_naming_topic_offset_and_file_when_damaged() {
         before,
         "verify modified nothing"
     );
+    // Damage that keeps even a read-only open out (both slots of a journal's header) is
+    // damage too: 1, not the unreadable directory's 2.
+    let journaled = root.path().join("journaled");
+    {
+        let store = Store::open(&journaled, storage(), options().with_journal(true)).unwrap();
+        fill(&store);
+    }
+    let journal = journaled.join("journal.wjnl");
+    let mut j = std::fs::read(&journal).unwrap();
+    j[..1024].fill(0xAA);
+    std::fs::write(&journal, &j).unwrap();
+    let o = walrus(&["verify", journaled.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(text(&o).starts_with("damaged:"), "{}", text(&o));
     // The verdict stands when the reader closed the pipe (`walrus verify … | head -0`).
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);

@@ -1,8 +1,9 @@
 //! # walrus-topic
 //!
 //! The engine of Walrus: topics, their chains of blocks, writers, readers and cursors, atomic
-//! batches, and recovery of a data directory. The `walrus` facade adds fsync schedules, group
-//! commit and the familiar API on top of the [`Store`] defined here.
+//! batches, and recovery of a data directory ([`Store`]), and the store under a sync policy:
+//! group commit, the background syncer and durable tickets ([`Engine`]). The `walrus` facade
+//! adds the familiar API and its configuration on top.
 //!
 //! A **topic** is an append-only sequence of entries, each with an **offset** (0, 1, 2, …)
 //! assigned at append and never reused. Its entries live in a **chain** of blocks handed out by

@@ -2,8 +2,9 @@
 //!
 //! An embedded, topic-oriented write-ahead log. One instance owns one directory; inside it live
 //! any number of named **topics**, each an append-only sequence of byte entries with a
-//! persistent read **cursor**. Entries live in preallocated segment files cut into blocks, each
-//! block owned by one topic; a segment file whose blocks are all consumed deletes itself.
+//! persistent read **cursor**. Entries live in segment files cut into blocks (sparse: space is
+//! claimed as it is written), each block owned by one topic; a segment file whose blocks are
+//! all consumed deletes itself.
 //!
 //! ```
 //! use walrus::{FsyncSchedule, ReadConsistency, Walrus};
