@@ -1620,8 +1620,8 @@ const V3_KEY: u32 = 0x0123_4567;
 
 /// Makes `DIR` a directory as format v3 wrote it: segment 0 (64 KiB, key [`V3_KEY`], header
 /// version 3) holding one block of topic "t" (8 KiB, frames not keyed) with entries
-/// `payload(0..n)`, durable. Returns the segment's path and bytes.
-fn v3_directory(sim: &SimStorage, n: u64) -> (std::path::PathBuf, Vec<u8>) {
+/// `payload(0..n)`, durable. Returns the segment's bytes.
+fn v3_directory(sim: &SimStorage, n: u64) -> Vec<u8> {
     use walrus_block::{BlockHeader, FrameKind, SegmentHeader, encode_frame};
     sim.create_dir_all(Path::new(DIR)).unwrap();
     let mut file = SegmentHeader {
@@ -1652,7 +1652,7 @@ fn v3_directory(sim: &SimStorage, n: u64) -> (std::path::PathBuf, Vec<u8>) {
     f.write_at(&file, 0).unwrap();
     f.sync_data().unwrap();
     sim.sync_dir(Path::new(DIR)).unwrap();
-    (path, file)
+    file
 }
 
 /// The headers of the blocks of the segment file `bytes` (key `key`), walked back to back.
@@ -1678,7 +1678,7 @@ fn block_headers(bytes: &[u8], key: u32) -> Vec<walrus_block::BlockHeader> {
 fn a_directory_of_format_v3_opens_and_grows_in_format_v4() {
     use walrus_block::SegmentHeader;
     let sim = SimStorage::new(58);
-    let (path, file) = v3_directory(&sim, 3);
+    let file = v3_directory(&sim, 3);
     let seg = SegmentHeader::decode(&file).unwrap().unwrap();
     let written = |store: &Store, t: &str, n: u64, base: u64| {
         for i in 0..n {
@@ -1743,14 +1743,7 @@ fn a_directory_of_format_v3_opens_and_grows_in_format_v4() {
     }
     // The v3 block's frames are still unkeyed: the third entry's header damaged, a skipping
     // open resynchronises on the unkeyed fourth (written after the upgrade).
-    let third = file
-        .windows(payload(2).len())
-        .position(|w| w == payload(2))
-        .unwrap();
-    let f = sim.open(&path).unwrap();
-    f.write_at(&[0xFF; 4], third as u64 - 24 + 4).unwrap();
-    f.sync_data().unwrap();
-    drop(f);
+    damage_frame_header(&sim, &payload(2), 4);
     let e = open(&sim, small().with_lanes(1)).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     let store = open(
