@@ -665,10 +665,10 @@ pub fn syncs_leave_nothing_unsynced(t: &mut Target) {
     }
     let data = pattern(7, 64 << 10);
     files[0].write_at(&data, 4096).unwrap();
-    if unsynced(&paths[0]) == Some(0) {
-        eprintln!(
-            "{k}: a write leaves nothing unsynced here (a file system without a page cache?): nothing to check"
-        );
+    if matches!(unsynced(&paths[0]), None | Some(0)) {
+        cannot_check(&format!(
+            "{k}: a write leaves nothing unsynced here (no cachestat(2), or a file system without a page cache)"
+        ));
         return;
     }
     files[0].sync_data().unwrap();
@@ -696,11 +696,11 @@ pub fn syncs_leave_nothing_unsynced(t: &mut Target) {
 /// (the test then has nothing to check).
 pub fn cached_pages_to_check(path: &Path) -> Option<PageCache> {
     let Some(cache) = page_cache(path) else {
-        eprintln!("no cachestat(2) on this kernel: nothing to check");
+        cannot_check("no cachestat(2) on this kernel");
         return None;
     };
     if cache.cached == 0 {
-        eprintln!("the file system keeps no pages in the cache: nothing to check");
+        cannot_check("the file system keeps no pages in the cache");
         return None;
     }
     Some(cache)
@@ -972,18 +972,28 @@ pub fn storage_full(t: &mut Target) {
 /// Where a child of [`run_on_a_small_tmpfs`] finds its small file system.
 pub const SMALL_TMPFS_ENV: &str = "WALRUS_SMALL_TMPFS";
 
-/// Set (to anything) where the tests of [`run_on_a_small_tmpfs`] must run: a machine that
-/// cannot make the namespace then fails them instead of skipping them (`.ci/run` sets it, so
-/// that CI never passes those tests by skipping them).
-pub const REQUIRE_TMPFS_ENV: &str = "WALRUS_REQUIRE_TMPFS";
+/// Set (to anything) where every test must check what it is about: a machine that lacks what
+/// a test needs (a mount namespace for [`run_on_a_small_tmpfs`], `cachestat(2)`, io_uring) then
+/// fails the test instead of letting it pass without checking (`.ci/run` sets it, so that CI
+/// never passes a test by skipping it).
+pub const REQUIRE_ENV: &str = "WALRUS_REQUIRE_CHECKS";
 
-/// Says why the test is skipped, or fails it where [`REQUIRE_TMPFS_ENV`] is set.
-fn skip(why: &str) -> Option<(std::process::ExitStatus, String)> {
+/// A test that cannot check its subject here says why on stderr and returns (it passes), or
+/// fails where [`REQUIRE_ENV`] is set.
+///
+/// # Panics
+/// Where [`REQUIRE_ENV`] is set.
+pub fn cannot_check(why: &str) {
     assert!(
-        std::env::var_os(REQUIRE_TMPFS_ENV).is_none(),
-        "{REQUIRE_TMPFS_ENV} is set, but {why}"
+        std::env::var_os(REQUIRE_ENV).is_none(),
+        "{REQUIRE_ENV} is set, but {why}"
     );
     eprintln!("skipped: {why}");
+}
+
+/// [`cannot_check`], for [`run_on_a_small_tmpfs`].
+fn skip(why: &str) -> Option<(std::process::ExitStatus, String)> {
+    cannot_check(why);
     None
 }
 
@@ -995,7 +1005,7 @@ fn skip(why: &str) -> Option<(std::process::ExitStatus, String)> {
 ///
 /// Returns the child's status and output (stdout, then stderr), or `None`, after saying why on
 /// stderr, where no such namespace can be made (not root, no `CAP_SYS_ADMIN`, no `unshare`;
-/// with [`REQUIRE_TMPFS_ENV`] set, it panics then instead): a
+/// with [`REQUIRE_ENV`] set, it panics then instead): a
 /// child that started the test has printed "running 1 test", and one killed by a signal has no
 /// exit code, so neither is taken for that.
 pub fn run_on_a_small_tmpfs(test: &str, size: &str) -> Option<(std::process::ExitStatus, String)> {

@@ -326,6 +326,8 @@ impl RingPool {
     /// exists: with one in use, the call waits for it, since concurrency must not fail a call.
     fn acquire_with(&self, make: impl Fn(u32) -> io::Result<IoUring>) -> io::Result<RingGuard<'_>> {
         let mut state = self.state.lock();
+        // Set when `make` just failed: no new ring is tried until one was handed back.
+        let mut refused = false;
         loop {
             if let Some(ring) = state.idle.pop() {
                 return Ok(RingGuard {
@@ -333,7 +335,7 @@ impl RingPool {
                     ring: Some(ring),
                 });
             }
-            if state.live < self.max {
+            if !refused && state.live < self.max {
                 state.live += 1;
                 drop(state);
                 match make(self.entries) {
@@ -354,10 +356,15 @@ impl RingPool {
                         }
                         tracing::debug!(error = %e, live = state.live,
                             "io_uring: no new ring; waiting for one in use");
+                        // A ring may have come back while `make` ran (its wakeup went to
+                        // nobody): look again before waiting.
+                        refused = true;
+                        continue;
                     }
                 }
             }
             self.returned.wait(&mut state);
+            refused = false;
         }
     }
 }
@@ -823,7 +830,7 @@ mod tests {
     #[test]
     fn acquire_waits_when_a_new_ring_cannot_be_made() {
         let Ok(storage) = UringStorage::new() else {
-            eprintln!("no io_uring here: nothing to check");
+            crate::conformance::cannot_check("no io_uring here");
             return;
         };
         let pool = &*storage.rings;
@@ -846,6 +853,46 @@ mod tests {
         let e = pool.acquire_with(refused).map(drop).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOMEM));
         drop(only);
+    }
+
+    /// A ring handed back while another caller's `make` was failing is found by that caller
+    /// (its wakeup went to nobody): the caller does not wait for a ring that is already idle.
+    #[test]
+    fn a_ring_returned_while_a_new_one_fails_is_taken() {
+        let Ok(storage) = UringStorage::new() else {
+            crate::conformance::cannot_check("no io_uring here");
+            return;
+        };
+        let pool = &*storage.rings;
+        let held = pool.acquire().unwrap(); // the one ring
+        let (making_tx, making_rx) = std::sync::mpsc::channel();
+        let (made_tx, made_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(move || {
+                pool.acquire_with(|_| {
+                    making_tx.send(()).unwrap();
+                    made_rx.recv().unwrap(); // fails only once the ring is back
+                    Err(io::Error::from_raw_os_error(libc::ENOMEM))
+                })
+                .map(drop)
+            });
+            making_rx.recv().unwrap();
+            drop(held);
+            made_tx.send(()).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !waiter.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let finished = waiter.is_finished();
+            if !finished {
+                // Unblock it so that the scope ends, then fail.
+                pool.state.lock().idle.push(new_ring(pool.entries).unwrap());
+                pool.returned.notify_one();
+            }
+            assert!(finished, "waited for a ring that was already idle");
+            waiter.join().unwrap().unwrap();
+        });
+        assert_eq!(pool.state.lock().live, 1, "no ring was counted twice");
     }
 
     /// A write of more buffers than one entry takes needs more rounds, so it is never linked

@@ -243,19 +243,23 @@ pub fn listing(t: &Target) {
 pub fn deletion(t: &Target) {
     let n = t.name();
     let tier = &*t.tier;
-    let key = t.key("deletion", "gone.obj");
+    let dir = t.key("deletion", "d");
+    let key = format!("{dir}/gone.obj");
+    // A neighbour that stays, so that the listing after the delete is not empty by accident.
+    let kept = format!("{dir}/kept.obj");
+    tier.put_new(&kept, b"kept", &Metadata::new()).unwrap();
     tier.put_new(&key, b"first", &Metadata::new()).unwrap();
     tier.delete(&key).unwrap();
     assert_eq!(tier.head(&key).unwrap(), None, "{n}: head after delete");
     let e = tier.get_range(&key, 0..1).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{n}: GET after delete: {e}");
-    assert!(
-        tier.list(&t.key("deletion", "x"))
-            .unwrap()
-            .iter()
-            .all(|l| l.key != key),
-        "{n}"
-    );
+    let listed: Vec<String> = tier
+        .list(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    assert_eq!(listed, vec![kept.clone()], "{n}: listing after delete");
     tier.delete(&key).unwrap();
     assert_eq!(
         tier.put_new(&key, b"second", &Metadata::new()).unwrap(),
@@ -264,6 +268,7 @@ pub fn deletion(t: &Target) {
     );
     assert_eq!(tier.get_range(&key, 0..6).unwrap(), b"second", "{n}");
     tier.delete(&key).unwrap();
+    tier.delete(&kept).unwrap();
 }
 
 /// Bad keys and metadata are `InvalidInput` from every call, and nothing is stored.
