@@ -265,7 +265,10 @@ impl TierState {
         stop: &Stop<'_>,
     ) -> io::Result<Option<u64>> {
         let state = self.topic(topic);
-        let _loading = (!state.catalog.lock().loaded).then(|| state.loading.lock());
+        // Two statements: the catalogue's guard must be gone before `loading` is waited for
+        // (a loader takes the catalogue after its listing, holding `loading`).
+        let unloaded = !state.catalog.lock().loaded;
+        let _loading = unloaded.then(|| state.loading.lock());
         if !state.catalog.lock().loaded {
             if let Some((at, kind, why)) = &*state.failed_load.lock()
                 && backoff

@@ -1055,6 +1055,39 @@ fn a_consumer_waiting_for_the_remote_holds_up_neither_stats_nor_appends() {
     assert_eq!(reader.join().unwrap().unwrap(), Some((0, payload(0))));
 }
 
+/// Two readers that find the catalogue unloaded at once: the second waits for the first's
+/// load, and both are answered (the second held the catalogue's lock while it waited, and the
+/// first needed it to finish: both hung).
+#[test]
+fn two_readers_loading_the_catalogue_at_once_both_finish() {
+    let sim = SimStorage::new(23);
+    let tier = MemoryTier::new();
+    {
+        let store = open(&sim, bounded(&tier)).unwrap();
+        fill(&store, 300);
+        store.tier_pass().unwrap();
+    }
+    let store = Arc::new(open(&sim, bounded(&tier)).unwrap());
+    tier.set_delay(Duration::from_millis(300));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for (i, name) in ["first", "second"].into_iter().enumerate() {
+        let store = Arc::clone(&store);
+        let done = done_tx.clone();
+        std::thread::spawn(move || {
+            let _ = done.send((name, store.read_next_as("orders", name, true)));
+        });
+        if i == 0 {
+            std::thread::sleep(Duration::from_millis(100)); // the first is listing
+        }
+    }
+    for _ in 0..2 {
+        let (name, read) = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a reader never finished");
+        assert_eq!(read.unwrap(), Some((0, payload(0))), "{name}");
+    }
+}
+
 /// Dropping an engine while its tier thread works through a backlog on a slow remote waits
 /// for one remote call, not for the backlog; what was uploaded is whole.
 #[test]
