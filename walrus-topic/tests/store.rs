@@ -968,7 +968,18 @@ fn allocation_never_resumes_over_stale_frames_far_past_the_last_block() {
 /// file for inspection rather than delete it with them.
 #[test]
 fn a_segment_whose_only_block_header_is_damaged_is_kept_when_synced_entries_are_missing() {
-    let sim = SimStorage::new(27);
+    kept_when_synced_entries_are_missing(27, false);
+}
+
+/// The same with the segment's header damaged too (its copy intact): the header is not
+/// repaired, and the file is not deleted with the blocks it seems to hold none of.
+#[test]
+fn a_segment_with_a_damaged_header_and_block_header_is_kept_when_synced_entries_are_missing() {
+    kept_when_synced_entries_are_missing(28, true);
+}
+
+fn kept_when_synced_entries_are_missing(seed: u64, damage_segment_header: bool) {
+    let sim = SimStorage::new(seed);
     // Blocks of 4, 8, 16, 16 and 16 KiB fill the first segment; the next goes to the second.
     let options = small().with_block_len(16 << 10).with_lanes(1);
     {
@@ -993,6 +1004,11 @@ fn a_segment_whose_only_block_header_is_damaged_is_kept_when_synced_entries_are_
     assert_ne!(last, names[0], "the entries reach a second segment");
     let file = sim.open(&Path::new(DIR).join(&last)).unwrap();
     file.write_at(&[0xFF], 4096 + 20).unwrap();
+    let mut header = vec![0u8; 4096];
+    file.read_exact_at(&mut header, 0).unwrap();
+    if damage_segment_header {
+        file.write_at(&[header[10] ^ 0xFF], 10).unwrap();
+    }
     file.sync_data().unwrap();
     drop(file);
     let store = open(&sim, options.with_recovery(RecoveryMode::PointInTime)).unwrap();
@@ -1006,6 +1022,15 @@ fn a_segment_whose_only_block_header_is_damaged_is_kept_when_synced_entries_are_
         "{:?}",
         store.recovery_report()
     );
+    store.maintain().unwrap();
+    drop(store);
+    assert!(segments(&sim).contains(&last), "{last} was deleted");
+    let mut now = vec![0u8; 4096];
+    let file = sim.open(&Path::new(DIR).join(&last)).unwrap();
+    file.read_exact_at(&mut now, 0).unwrap();
+    if damage_segment_header {
+        assert_ne!(now, header, "the damaged header was repaired");
+    }
 }
 
 /// A span that starts inside its block (recovery skipped a damaged entry before it) keeps its

@@ -454,15 +454,18 @@ fn recover_in(
             })
             .collect();
         let holds_nothing = restored.iter().all(|b| b.checkpointed && b.sealed);
-        if holds_nothing && !resumable && seg.header != HeaderState::Damaged {
+        if holds_nothing && !resumable {
             if damaged_durable && seg.damaged {
                 // Synced data was found damaged, and a damaged block header here hides bytes
-                // no found block accounts for, which may be the rest of it: kept, untouched.
+                // no found block accounts for, which may be the rest of it: kept, untouched,
+                // out of the tracker's reach (whatever its own header's state).
                 report.issues.push(RecoveryIssue::unreadable(seg.path));
-            } else {
-                deletions.push((seg.id, seg.path));
+                continue;
             }
-            continue;
+            if seg.header != HeaderState::Damaged {
+                deletions.push((seg.id, seg.path));
+                continue;
+            }
         }
         if resumable {
             seg.handle.resume_claim(seg.next_start);
