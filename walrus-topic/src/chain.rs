@@ -89,17 +89,22 @@ impl SegmentHandle {
         }
     }
 
-    /// Allocates disk space for the file up to at least `end` (and up to [`CLAIM_AHEAD`] more,
-    /// or [`ZERO_FILL_AHEAD`] with `zero_fill`),
-    /// before a block there is written: a full disk then fails the block's allocation with
-    /// `StorageFull`, before anything is written, instead of failing a write halfway. Whether
-    /// it claimed anything (`false`: the space was there already).
+    /// Allocates disk space for the file from `start` (or what is claimed already, if more) up
+    /// to at least `end` (and up to [`CLAIM_AHEAD`] more, or [`ZERO_FILL_AHEAD`] with
+    /// `zero_fill`), before a block there is written: a full disk then fails the block's
+    /// allocation with `StorageFull`, before anything is written, instead of failing a write
+    /// halfway. Whether it claimed anything (`false`: the space was there already).
+    ///
+    /// Space between what is claimed and `start` is left alone: blocks there were given up
+    /// when their own claim failed (a full disk), and are never written. Claiming them with
+    /// each later block would make every failed append on a full disk raise what the next one
+    /// needs, and fill the space that comes back with blocks nobody uses.
     ///
     /// With `zero_fill` the space is claimed by writing zeros to it (see
     /// [`StoreOptions::with_zero_fill`](crate::StoreOptions::with_zero_fill)). Nothing was ever
     /// written above `claimed`, so the zeros overwrite nothing; recovery reads zeros there as
     /// space no block was written to, as it does a hole.
-    pub(crate) fn claim(&self, end: u64, zero_fill: bool) -> io::Result<bool> {
+    pub(crate) fn claim(&self, start: u64, end: u64, zero_fill: bool) -> io::Result<bool> {
         if self.claimed.load(Ordering::Acquire) >= end {
             return Ok(false);
         }
@@ -108,14 +113,15 @@ impl SegmentHandle {
         if claimed >= end {
             return Ok(false);
         }
+        let from = claimed.max(start.min(end));
         let to = end
             .next_multiple_of(claim_step(zero_fill))
             .min(self.segment_len)
             .max(end);
         if zero_fill {
-            write_zeros(&*self.file, claimed, to)?;
+            write_zeros(&*self.file, from, to)?;
         } else {
-            self.file.allocate(claimed, to - claimed)?;
+            self.file.allocate(from, to - from)?;
         }
         self.claimed.store(to, Ordering::Release);
         Ok(true)
@@ -128,8 +134,9 @@ impl SegmentHandle {
     /// away from it.)
     pub(crate) fn claim_ahead(&self, at: u64, zero_fill: bool) -> io::Result<()> {
         let from = self.claimed.load(Ordering::Acquire);
-        if self.claim(at.saturating_add(claim_step(zero_fill)), zero_fill)? && zero_fill {
+        if self.claim(at, at.saturating_add(claim_step(zero_fill)), zero_fill)? && zero_fill {
             let to = self.claimed.load(Ordering::Acquire);
+            let from = from.max(at);
             self.file.start_write_back(from, to.saturating_sub(from))?;
         }
         Ok(())
@@ -673,7 +680,7 @@ mod tests {
         let sim = SimStorage::new(1);
         let file = segment(&sim, 4 << 20);
         let handle = SegmentHandle::new(0, file.clone(), 4096, 4 << 20, 1, true);
-        assert!(handle.claim(8192, true).unwrap());
+        assert!(handle.claim(4096, 8192, true).unwrap());
         // Rounded up to the next step of zeros, and the claimed header page kept.
         let step = ZERO_FILL_AHEAD;
         assert_eq!(handle.claimed.load(Ordering::Acquire), step);
@@ -681,7 +688,7 @@ mod tests {
         file.read_exact_at(&mut buf, 0).unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 0xAB));
         assert!(buf[4096..].iter().all(|&b| b == 0));
-        assert!(!handle.claim(step, true).unwrap(), "already claimed");
+        assert!(!handle.claim(4096, step, true).unwrap(), "already claimed");
         // Ahead of a block one page below the claim: one more step, zeros written back but
         // not synced.
         handle.claim_ahead(step - 4096, true).unwrap();
@@ -694,10 +701,10 @@ mod tests {
         let sim = SimStorage::new(3);
         let file = segment(&sim, 4 << 20);
         let handle = SegmentHandle::new(0, file, 4096, 4 << 20, 1, true);
-        assert!(handle.claim(8192, false).unwrap());
+        assert!(handle.claim(4096, 8192, false).unwrap());
         assert_eq!(handle.claimed.load(Ordering::Acquire), CLAIM_AHEAD);
         // Never past the end of the file.
-        assert!(handle.claim((4 << 20) - 4096, true).unwrap());
+        assert!(handle.claim(8192, (4 << 20) - 4096, true).unwrap());
         assert_eq!(handle.claimed.load(Ordering::Acquire), 4 << 20);
     }
 
@@ -712,7 +719,7 @@ mod tests {
                 .nth(3)
                 .forever(),
         );
-        let e = handle.claim(8192, true).unwrap_err();
+        let e = handle.claim(4096, 8192, true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
         assert_eq!(
             handle.claimed.load(Ordering::Acquire),
@@ -720,10 +727,91 @@ mod tests {
             "a failed claim claims nothing"
         );
         sim.clear_faults();
-        assert!(handle.claim(8192, true).unwrap());
+        assert!(handle.claim(4096, 8192, true).unwrap());
         assert_eq!(handle.claimed.load(Ordering::Acquire), ZERO_FILL_AHEAD);
         let mut buf = vec![1u8; ZERO_FILL_AHEAD as usize - 4096];
         file.read_exact_at(&mut buf, 4096).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    /// Blocks given up when their claims failed (a full disk) are not claimed with the next
+    /// block: what an append needs does not grow with the appends that failed before it.
+    #[test]
+    fn a_claim_leaves_the_given_up_blocks_below_its_own_alone() {
+        for zero_fill in [false, true] {
+            let sim = SimStorage::new(4);
+            let file = segment(&sim, 64 << 20);
+            let handle = SegmentHandle::new(0, file.clone(), 4096, 64 << 20, 1, true);
+            // Marks where the given-up blocks lie: a claim over them would zero them (or, by
+            // `fallocate`, allocate them).
+            file.write_at(&[0xCD; 4096], 1 << 20).unwrap();
+            sim.inject(FaultRule::new(Fault::Enospc).forever());
+            for block in 0..10 {
+                let start = 4096 + (block << 20);
+                let e = handle
+                    .claim(start, start + (1 << 20), zero_fill)
+                    .unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+            }
+            sim.clear_faults();
+            let start = 4096 + (10 << 20);
+            assert!(handle.claim(start, start + (1 << 20), zero_fill).unwrap());
+            let mut mark = [0u8; 4096];
+            file.read_exact_at(&mut mark, 1 << 20).unwrap();
+            assert_eq!(
+                mark, [0xCD; 4096],
+                "zero_fill {zero_fill}: a given-up block claimed"
+            );
+        }
+        // By `fallocate`: the one allocation starts at the block.
+        let sim = SimStorage::new(5);
+        let file = Arc::new(Allocations {
+            file: segment(&sim, 64 << 20),
+            calls: Mutex::new(Vec::new()),
+        });
+        let handle = SegmentHandle::new(0, file.clone(), 4096, 64 << 20, 1, true);
+        sim.inject(FaultRule::new(Fault::Enospc).op(OpKind::Allocate).forever());
+        assert!(handle.claim(4096, 4096 + (1 << 20), false).is_err());
+        sim.clear_faults();
+        let start = 4096 + (1 << 20);
+        assert!(handle.claim(start, start + (1 << 20), false).unwrap());
+        let calls = file.calls.lock().clone();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[1].0, start, "{calls:?}");
+    }
+
+    /// A file that records the ranges it was asked to allocate.
+    #[derive(Debug)]
+    struct Allocations {
+        file: Arc<dyn SegmentFile>,
+        calls: Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl SegmentFile for Allocations {
+        fn path(&self) -> &Path {
+            self.file.path()
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.file.write_at(buf, offset)
+        }
+        fn write_vectored_at(&self, bufs: &[std::io::IoSlice<'_>], offset: u64) -> io::Result<()> {
+            self.file.write_vectored_at(bufs, offset)
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.file.read_at(buf, offset)
+        }
+        fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+            self.calls.lock().push((offset, len));
+            self.file.allocate(offset, len)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.file.sync_data()
+        }
+        fn len(&self) -> io::Result<u64> {
+            self.file.len()
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
     }
 }

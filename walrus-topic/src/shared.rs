@@ -211,7 +211,10 @@ impl Shared {
                     a.block.segment
                 )))
             },
-            |h| h.claim(a.block.end(), self.options.zero_fill).map(|_| h),
+            |h| {
+                h.claim(a.block.start, a.block.end(), self.options.zero_fill)
+                    .map(|_| h)
+            },
         );
         let handle = match handle {
             Ok(h) => h,
