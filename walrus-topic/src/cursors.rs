@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use walrus_block::{CURSOR_SLOT_LEN, CursorKind, CursorRecord, FormatError};
 use walrus_io::{SegmentFile, Storage};
 
-use crate::error::data_error;
+use crate::error::{Poisoned, data_error};
 
 /// File name of the cursor file inside a data directory.
 pub(crate) const CURSOR_FILE: &str = "cursors.wcur";
@@ -360,5 +360,10 @@ impl CursorStore {
             // Read-only: nothing was written.
             None => Ok(()),
         }
+    }
+
+    /// Why every later sync of the file fails, once one failed.
+    pub(crate) fn sync_failure(&self) -> Option<Arc<Poisoned>> {
+        self.sync.failure()
     }
 }

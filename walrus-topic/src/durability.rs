@@ -40,6 +40,8 @@ pub struct FileSync {
     /// A sync of this file failed: the kernel may have dropped its dirty pages, so a later
     /// "successful" sync would lie. Every later sync fails.
     failed: Mutex<Option<Arc<Poisoned>>>,
+    /// Whether `failed` is set: a check without the lock, for every append.
+    has_failed: AtomicBool,
 }
 
 impl FileSync {
@@ -76,10 +78,19 @@ impl FileSync {
         let covers = self.marked.load(Ordering::Acquire);
         if let Err(e) = sync_data() {
             *self.failed.lock() = Some(Arc::new(Poisoned::from_error(&e)));
+            self.has_failed.store(true, Ordering::Release);
             return Err(e);
         }
         self.synced.fetch_max(covers, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// The failure that makes every later sync of the file fail, once one failed.
+    pub fn failure(&self) -> Option<Arc<Poisoned>> {
+        if !self.has_failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failed.lock().clone()
     }
 }
 

@@ -171,18 +171,36 @@ impl Shared {
         {
             return Err(poisoned_error(p));
         }
+        // A failed sync of the cursor or watermark file on a path that reports it to its own
+        // caller only (a consuming read, a commit): the next sync would fail anyway, after an
+        // append had been made durable and reported failed.
+        if let Some(p) = self
+            .cursors
+            .sync_failure()
+            .or_else(|| self.marks.sync_failure())
+        {
+            return Err(poisoned_error(&self.poison_with(p)));
+        }
         Ok(())
     }
 
     /// Refuses every later write: `e` may have lost data the instance cannot account for.
     pub(crate) fn poison(&self, e: &io::Error) {
+        self.poison_with(Arc::new(Poisoned::from_error(e)));
+    }
+
+    /// [`poison`](Self::poison) with `cause`, unless poisoned already; the cause that stands.
+    fn poison_with(&self, cause: Arc<Poisoned>) -> Arc<Poisoned> {
         let mut poison = self.poison.lock();
-        if poison.is_none() {
-            tracing::error!(dir = %self.dir.display(), error = %e,
-                "writes refused until the directory is reopened");
-            *poison = Some(Arc::new(Poisoned::from_error(e)));
-        }
+        let p = poison
+            .get_or_insert_with(|| {
+                tracing::error!(dir = %self.dir.display(), error = %cause,
+                    "writes refused until the directory is reopened");
+                cause
+            })
+            .clone();
         self.poisoned.store(true, Ordering::Release);
+        p
     }
 
     /// The cause, once poisoned.

@@ -383,6 +383,32 @@ fn a_failed_watermark_sync_in_the_background_poisons_writes() {
     assert!(err.to_string().contains("reopen"), "{err}");
 }
 
+/// A cursor sync that failed on a consuming read fails the read, and refuses every later
+/// write: the next sync would fail anyway, after an append had been made durable and then
+/// reported failed (a retry would duplicate it).
+#[test]
+fn a_failed_cursor_sync_on_a_read_refuses_later_writes() {
+    let sim = SimStorage::new(61);
+    let store = open(&sim, small().with_sync_cursor_writes(true)).unwrap();
+    store.append("t", b"x").unwrap();
+    store.sync().unwrap();
+    sim.inject(
+        FaultRule::new(Fault::Eio)
+            .op(OpKind::Sync)
+            .path(format!("{DIR}/cursors.wcur")),
+    );
+    store.read_next("t", true).unwrap_err();
+    assert_eq!(
+        sim.stats().faults_fired,
+        1,
+        "the cursor file was not synced"
+    );
+    sim.clear_faults();
+    let err = store.append("t", b"y").unwrap_err();
+    assert!(err.to_string().contains("reopen"), "{err}");
+    assert_eq!(store.read_at("t", 1).unwrap(), None, "y was written");
+}
+
 /// A watermark record whose write failed is written at the next maintenance pass, also when
 /// the topic is idle by then (nothing would queue it again): its watermark on disk must not
 /// stay behind.
