@@ -1059,6 +1059,84 @@ fn kept_when_synced_entries_are_missing(seed: u64, damage_segment_header: bool) 
     }
 }
 
+/// Damage that hides entries on both sides of a consumer's cursor (the last block's header):
+/// the consumed ones cost their history, the unconsumed ones are synced entries lost, which
+/// the default mode refuses and the lenient ones decide from the cursor on; the segment stays.
+/// (They were all taken for consumed history: the default mode opened without them.)
+#[test]
+fn damage_across_a_cursor_is_not_taken_for_consumed_history() {
+    use walrus_block::SegmentHeader;
+    for (seed, mode) in [
+        (29, RecoveryMode::TolerateCorruptedTail),
+        (30, RecoveryMode::PointInTime),
+        (31, RecoveryMode::SkipCorrupted),
+    ] {
+        let sim = SimStorage::new(seed);
+        let options = small().with_block_len(16 << 10).with_lanes(1);
+        let (last, cursor, after) = {
+            let store = open(&sim, options.clone()).unwrap();
+            // Keeps the first segment, and in it the block of `t` before the damaged one.
+            store.append("u", b"unread").unwrap();
+            for i in 0..120 {
+                store.append("t", &payload(i)).unwrap();
+            }
+            let mut names = segments(&sim);
+            names.sort();
+            let last = names
+                .iter()
+                .rev()
+                .find(|n| {
+                    let mut head = [0u8; 4];
+                    let f = sim.open(&Path::new(DIR).join(n)).unwrap();
+                    f.read_exact_at(&mut head, 4096).is_ok() && head != [0; 4]
+                })
+                .expect("a segment holding a block")
+                .clone();
+            let bytes = sim.contents(&Path::new(DIR).join(&last)).unwrap();
+            let key = SegmentHeader::decode(&bytes).unwrap().unwrap().key;
+            let headers = block_headers(&bytes, key);
+            let first = headers.first().expect("a block").first_offset;
+            // The entries of the segment's next block (if any) survive the damage.
+            let after = headers.get(1).map(|h| h.first_offset);
+            let cursor = u64::midpoint(first, after.unwrap_or(120));
+            assert!(first < cursor, "{first}, {after:?}");
+            store.commit("t", cursor).unwrap();
+            store.sync().unwrap();
+            (last, cursor, after)
+        };
+        let file = sim.open(&Path::new(DIR).join(&last)).unwrap();
+        file.write_at(&[0xFF], 4096 + 20).unwrap();
+        file.sync_data().unwrap();
+        drop(file);
+        match open(&sim, options.clone().with_recovery(mode)) {
+            Err(e) => {
+                assert_eq!(mode, RecoveryMode::TolerateCorruptedTail, "{mode:?}: {e}");
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+                assert!(e.to_string().contains(&format!("offset {cursor}")), "{e}");
+            }
+            Ok(store) => {
+                assert_ne!(mode, RecoveryMode::TolerateCorruptedTail, "opened");
+                let issues = &store.recovery_report().issues;
+                assert!(
+                    issues.iter().any(|i| i.offset == cursor),
+                    "{mode:?}: {issues:?}"
+                );
+                // PointInTime cuts at the cursor; SkipCorrupted steps over the damaged block
+                // to the next one.
+                let next = after
+                    .filter(|_| mode == RecoveryMode::SkipCorrupted)
+                    .map(|o| (o, payload(o)));
+                assert_eq!(store.read_next("t", false).unwrap(), next, "{mode:?}");
+                store.maintain().unwrap();
+            }
+        }
+        assert!(
+            segments(&sim).contains(&last),
+            "{mode:?}: {last} was deleted"
+        );
+    }
+}
+
 /// A span that starts inside its block (recovery skipped a damaged entry before it) keeps its
 /// marks relative to its own first frame: every entry on both sides is found, cold and warm.
 #[test]

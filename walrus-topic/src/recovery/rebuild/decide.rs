@@ -19,6 +19,20 @@ impl Rebuild<'_> {
         pos: u64,
         problem: Problem,
     ) -> io::Result<bool> {
+        self.decide_at(a, a < self.mark, block, pos, problem)
+    }
+
+    /// [`decide`](Self::decide), told whether the damage lies at or below the watermark
+    /// (`durable`): damage that starts below it and reaches entries above it is corruption
+    /// there too, never a torn tail to cut and erase.
+    pub(super) fn decide_at(
+        &mut self,
+        a: u64,
+        durable: bool,
+        block: usize,
+        pos: u64,
+        problem: Problem,
+    ) -> io::Result<bool> {
         let file = self.retained.get(block).map(|b| b.handle.clone());
         // With a watermark record lost, the lenient modes take any damage for damage below
         // it: they cut keeping the bytes, or skip, and never erase.
@@ -26,7 +40,7 @@ impl Rebuild<'_> {
             self.mode,
             RecoveryMode::PointInTime | RecoveryMode::SkipCorrupted
         );
-        if a >= self.mark && !(self.marks_lost && lenient) {
+        if !durable && !(self.marks_lost && lenient) {
             // What a power cut leaves of unsynced writes: cut at the start of the unit the
             // damage falls in, and erase what follows.
             let (offset, block, pos) = match self.unit {

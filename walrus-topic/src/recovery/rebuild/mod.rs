@@ -387,7 +387,7 @@ impl Rebuild<'_> {
             let problem = Problem::Missing {
                 count: missing_to - self.expected,
             };
-            if !self.loss(idx, start, problem)? {
+            if !self.loss(idx, start, problem, missing_to)? {
                 return Ok(());
             }
         }
@@ -423,7 +423,7 @@ impl Rebuild<'_> {
                         count: f.offset - self.expected,
                     },
                 };
-                if !self.loss(idx, at, problem)? {
+                if !self.loss(idx, at, problem, f.offset)? {
                     return Ok(());
                 }
                 self.expected = f.offset;
@@ -437,7 +437,7 @@ impl Rebuild<'_> {
             };
             if !follows {
                 let problem = Problem::Corrupt(CorruptReason::Sequence);
-                if !self.loss(idx, f.pos, problem)? {
+                if !self.loss(idx, f.pos, problem, f.offset + 1)? {
                     return Ok(());
                 }
                 self.expected = f.offset + 1;
@@ -472,11 +472,11 @@ impl Rebuild<'_> {
         Ok(())
     }
 
-    /// Entries from `self.expected` on are missing or damaged (found at `pos` of retained block
-    /// `idx`). Among consumed entries, damage at or below the watermark costs nothing but their
-    /// history (they are not served again, whatever the mode); anything else is decided by
-    /// [`decide`](Self::decide). Returns whether scanning goes on.
-    fn loss(&mut self, idx: usize, pos: u64, problem: Problem) -> io::Result<bool> {
+    /// Entries from `self.expected` up to `end` are missing or damaged (found at `pos` of
+    /// retained block `idx`). Among consumed entries, damage at or below the watermark costs
+    /// nothing but their history (they are not served again, whatever the mode); anything else
+    /// is decided by [`decide`](Self::decide). Returns whether scanning goes on.
+    fn loss(&mut self, idx: usize, pos: u64, problem: Problem, end: u64) -> io::Result<bool> {
         let a = self.expected;
         if a < self.cursor && a < self.mark {
             let file = self.retained.get(idx).map(|b| b.handle.clone());
@@ -487,7 +487,15 @@ impl Rebuild<'_> {
             for b in &mut self.retained {
                 b.pieces.retain(|p| p.first_offset >= cursor);
             }
-            return Ok(true);
+            if end <= cursor {
+                return Ok(true);
+            }
+            // The loss reaches past the cursor: entries nobody consumed are lost to damage at
+            // or below the watermark (where the damage is decides, not where the cursor is),
+            // decided from the cursor on. The unit the damage fell in was consumed in part:
+            // readable, so whole when written.
+            self.unit = None;
+            return self.decide_at(cursor, true, idx, pos, problem);
         }
         self.decide(a, idx, pos, problem)
     }
@@ -533,20 +541,23 @@ impl Rebuild<'_> {
         let trailing = b.scanned.trailing_damage;
         if self.unit.is_some() {
             // Above the watermark it is cut whole; below it (skipped) it keeps what survived.
-            self.loss(idx, last_end, Problem::UnfinishedBatch)?;
+            // Its end is unknown: at least what the watermark says was synced.
+            let end = self.mark.max(self.expected + 1);
+            self.loss(idx, last_end, Problem::UnfinishedBatch, end)?;
             return Ok(());
         }
         if let Some(at) = trailing
             && self.expected >= self.mark
         {
-            return self.loss(idx, at, Problem::TornTail).map(|_| ());
+            let end = self.expected + 1;
+            return self.loss(idx, at, Problem::TornTail, end).map(|_| ());
         }
         if self.mark > self.expected {
             let at = trailing.unwrap_or(last_end);
             let problem = Problem::Missing {
                 count: self.mark - self.expected,
             };
-            self.loss(idx, at, problem)?;
+            self.loss(idx, at, problem, self.mark)?;
         }
         Ok(())
     }
