@@ -23,9 +23,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use walrus_block::{
-    JOURNAL_DATA_OFFSET, JOURNAL_RECORD_HEADER_LEN, JOURNAL_SLOT_LEN, JournalHeader,
-    JournalRecordHeader, SEGMENT_DATA_OFFSET, decode_journal_body, encode_journal_record_header,
-    encode_journal_write,
+    JOURNAL_DATA_OFFSET, JOURNAL_RECORD_ALIGN, JOURNAL_RECORD_HEADER_LEN, JOURNAL_SLOT_LEN,
+    JournalHeader, JournalRecordHeader, SEGMENT_DATA_OFFSET, decode_journal_body,
+    encode_journal_record_header, encode_journal_write,
 };
 use walrus_io::{SegmentFile, Storage};
 
@@ -325,7 +325,7 @@ pub(crate) fn replay(dir: &Path, storage: &dyn Storage) -> io::Result<Option<Fou
     // Every write is checked before any is applied: a record the journal cannot apply fails
     // the open with nothing written.
     let mut writes = Vec::new();
-    for_each_live_write(&bytes, header, |w| {
+    for_each_live_write(&path, &bytes, header, |w| {
         check_position(&path, &w)?;
         let file = match segments.get(&w.segment_id) {
             Some(f) => f.clone(),
@@ -385,7 +385,7 @@ pub(crate) fn applied_view(
     };
     let mut patches: HashMap<PathBuf, Vec<Patch>> = HashMap::new();
     let mut applied = 0;
-    for_each_live_write(&bytes, header, |w| {
+    for_each_live_write(&path, &bytes, header, |w| {
         check_position(&path, &w)?;
         patches
             .entry(segment_path(dir, w.segment_id))
@@ -661,6 +661,18 @@ fn live_header(path: &Path, bytes: &[u8]) -> io::Result<Option<JournalHeader>> {
     };
     let slots = bytes.get(..2 * JOURNAL_SLOT_LEN as usize).unwrap_or(bytes);
     let Some(live) = JournalHeader::decode_slots(slots).map_err(|e| damaged(e.to_string()))? else {
+        // Never initialised: a journal is created zeroed, and records follow a synced header.
+        // Bytes where records go mean both slots were lost since.
+        let records = usize::try_from(JOURNAL_DATA_OFFSET)
+            .ok()
+            .and_then(|at| bytes.get(at..))
+            .unwrap_or(&[]);
+        if let Some(at) = records.iter().position(|&b| b != 0) {
+            return Err(damaged(format!(
+                "both header slots are zero, and byte {} holds record data",
+                JOURNAL_DATA_OFFSET + at as u64
+            )));
+        }
         return Ok(None);
     };
     let first = usize::try_from(JOURNAL_DATA_OFFSET)
@@ -680,8 +692,10 @@ fn live_header(path: &Path, bytes: &[u8]) -> io::Result<Option<JournalHeader>> {
 
 /// Calls `f` with the writes of each live record, in order. The first record that is not the
 /// next of the live generation (zero, stale, torn or damaged: a sync that never completed; or
-/// not of the file's key: entry data of an earlier record's body) ends them.
+/// not of the file's key: entry data of an earlier record's body) ends them — unless a later
+/// record of the live generation follows it (see [`check_nothing_follows`]).
 fn for_each_live_write<'a>(
+    path: &Path,
     bytes: &'a [u8],
     live: JournalHeader,
     mut f: impl FnMut(walrus_block::JournalWrite<'a>) -> io::Result<()>,
@@ -693,15 +707,15 @@ fn for_each_live_write<'a>(
             return Ok(());
         };
         let Ok(Some(h)) = JournalRecordHeader::decode(rest, live.key) else {
-            return Ok(());
+            return check_nothing_follows(path, bytes, live, pos, seq);
         };
         if h.generation != live.generation || h.seq != seq {
-            return Ok(());
+            return check_nothing_follows(path, bytes, live, pos, seq);
         }
         let Ok(writes) =
             decode_journal_body(&h, rest.get(JOURNAL_RECORD_HEADER_LEN..).unwrap_or(&[]))
         else {
-            return Ok(());
+            return check_nothing_follows(path, bytes, live, pos, seq);
         };
         for w in writes {
             f(w)?;
@@ -709,6 +723,39 @@ fn for_each_live_write<'a>(
         seq += 1;
         pos = pos.saturating_add(usize::try_from(h.span()).unwrap_or(usize::MAX));
     }
+}
+
+/// Where the live records end (at byte `pos`, where record `seq` was looked for): a record of
+/// the live generation numbered `seq` or later further on means they did not end there. The
+/// records are written and synced one at a time, so that one was written after record `seq`'s
+/// sync completed: record `seq` was damaged since, and the records hold acknowledged writes.
+/// Refused in every mode (applying the records after it, or leaving them, would each lose
+/// acknowledged writes a mode does not expect to lose).
+fn check_nothing_follows(
+    path: &Path,
+    bytes: &[u8],
+    live: JournalHeader,
+    pos: usize,
+    seq: u64,
+) -> io::Result<()> {
+    let align = usize::try_from(JOURNAL_RECORD_ALIGN).unwrap_or(usize::MAX);
+    let mut at = pos.saturating_add(align);
+    while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+        if let Ok(Some(h)) = JournalRecordHeader::decode(rest, live.key)
+            && h.generation == live.generation
+            && h.seq >= seq
+        {
+            return Err(data_error(
+                path,
+                &format!(
+                    "journal record {seq} of generation {} at byte {pos} is damaged, and record                      {} follows it at byte {at}: records are synced one at a time, so it held                      acknowledged writes; moving the file away opens the directory without                      them",
+                    live.generation, h.seq
+                ),
+            ));
+        }
+        at = at.saturating_add(align);
+    }
+    Ok(())
 }
 
 /// The whole journal file.

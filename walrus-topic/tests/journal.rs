@@ -169,6 +169,71 @@ fn an_open_refused_after_a_power_cut_applies_no_journal_record() {
     }
 }
 
+/// A journal record damaged after its sync (a later record of its generation follows it) is
+/// refused in every mode, writing nothing; so is a journal whose two header slots were zeroed
+/// with records behind them. Replay stopped at either as at a torn last record: the records
+/// after it (acknowledged entries the segments may lack) were retired unapplied.
+#[test]
+fn a_damaged_record_or_header_with_records_after_it_is_refused() {
+    use walrus_topic::RecoveryMode;
+    let path = std::path::Path::new("/wal/journal.wjnl");
+    // (where to damage, how many bytes, what the refusal says)
+    let damages: [(u64, usize, &str); 2] = [
+        (
+            4096 + walrus_block::JOURNAL_RECORD_HEADER_LEN as u64 + 10,
+            1,
+            "follows it",
+        ),
+        (0, 1024, "both header slots are zero"),
+    ];
+    for (seed, (at, len, says)) in (24..).zip(damages) {
+        let sim = SimStorage::new(seed);
+        let storage = || Arc::new(sim.clone()) as Arc<dyn Storage>;
+        {
+            let engine = Engine::open(DIR, storage(), options(), SyncPolicy::Each).unwrap();
+            for i in 0..20 {
+                for ticket in append_pair(&engine, i) {
+                    ticket.wait().unwrap();
+                }
+            }
+            sim.crash(CrashMode::DropUnsynced);
+        }
+        let j = sim.open(path).unwrap();
+        let mut bytes = vec![0u8; len];
+        j.read_exact_at(&mut bytes, at).unwrap();
+        let damaged: Vec<u8> = if len == 1 {
+            vec![bytes[0] ^ 0x10]
+        } else {
+            vec![0; len]
+        };
+        j.write_at(&damaged, at).unwrap();
+        j.sync_data().unwrap();
+        let files = sim.files();
+        let before: Vec<Vec<u8>> = files.iter().map(|p| sim.contents(p).unwrap()).collect();
+        for mode in [
+            RecoveryMode::AbsoluteConsistency,
+            RecoveryMode::TolerateCorruptedTail,
+            RecoveryMode::PointInTime,
+            RecoveryMode::SkipCorrupted,
+        ] {
+            for read_only in [false, true] {
+                let options = options().with_recovery(mode);
+                let opened = if read_only {
+                    Store::open_read_only(DIR, storage(), options)
+                } else {
+                    Store::open(DIR, storage(), options)
+                };
+                let e = opened.map(|_| ()).unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{mode:?}: {e}");
+                assert!(e.to_string().contains(says), "{mode:?}: {e}");
+            }
+        }
+        assert_eq!(sim.files(), files);
+        let after: Vec<Vec<u8>> = files.iter().map(|p| sim.contents(p).unwrap()).collect();
+        assert!(after == before, "a refused open wrote");
+    }
+}
+
 /// A journal cut short (its header valid, the file shorter than a journal is) is refused
 /// before recovery writes anything: here a torn tail it would have erased stays.
 #[test]
