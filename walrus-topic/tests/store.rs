@@ -2057,6 +2057,34 @@ fn a_torn_header_page_without_synced_entries_is_no_damage() {
     }
 }
 
+/// A segment whose header page and block headers a power cut lost (frames kept), made by a run
+/// without the journal, holds only unsynced data however the directory is opened now: an open
+/// with the journal deletes it as it would without, instead of refusing it (and every later
+/// open) as damage to a page synced when the segment was made.
+#[test]
+fn a_lost_page_made_without_the_journal_is_no_damage_to_an_open_with_it() {
+    use walrus_block::{BLOCK_HEADER_LEN, SegmentHeader};
+    let sim = SimStorage::new(42);
+    let (file, page) = unsynced_segment(&sim, small());
+    let key = SegmentHeader::decode(&page).unwrap().unwrap().key;
+    let mut bytes = vec![0u8; file.len().unwrap() as usize];
+    file.read_exact_at(&mut bytes, 0).unwrap();
+    let mut at = 4096u64;
+    for h in block_headers(&bytes, key) {
+        file.write_at(&[0; BLOCK_HEADER_LEN], at).unwrap();
+        at += h.block_len;
+    }
+    assert!(at > 4096, "no block");
+    file.write_at(&[0; 4096], 0).unwrap();
+    let name = segments(&sim).into_iter().min().unwrap();
+    let store = open(&sim, small().with_journal(true)).unwrap_or_else(|e| panic!("refused: {e}"));
+    assert!(
+        !segments(&sim).contains(&name),
+        "{:?}",
+        store.recovery_report()
+    );
+}
+
 /// 20 entries of "t" appended on `sim` with `options`, never synced (no watermark covers
 /// them), the store closed: the first segment file and its header page as written.
 fn unsynced_segment(

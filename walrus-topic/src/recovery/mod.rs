@@ -140,19 +140,29 @@ fn recover_in(
     let (marks_file, (loaded_marks, damaged_marks)) =
         CursorFile::load(&*storage, dir, MARKS_FILE, read_only)?;
     let mut segment_paths = Vec::new();
+    // Whether the run before this open kept a journal (an open without one removes the file):
+    // its segments' header pages were synced when they were made.
+    let mut journaled = false;
     for path in storage.list(dir)? {
         match classify(&path)? {
             FileKind::Segment(id) => segment_paths.push((id, path)),
             // The journal was applied before recovery (`Store::open`).
-            FileKind::Lock | FileKind::Cursors | FileKind::Journal => {}
+            FileKind::Journal => journaled = true,
+            FileKind::Lock | FileKind::Cursors => {}
         }
     }
     segment_paths.sort();
     // Segment ids are never reused, even for files deleted below.
     let mut next_ids: HashMap<usize, u64> = HashMap::new();
-    for (id, _) in &segment_paths {
+    for (id, path) in &segment_paths {
+        let after = id.checked_add(1).ok_or_else(|| {
+            crate::error::data_error(
+                path,
+                "a segment id this large leaves no id for the next segment",
+            )
+        })?;
         let next = next_ids.entry(lane_of(*id)).or_default();
-        *next = (*next).max(id + 1);
+        *next = (*next).max(after);
     }
 
     // --- Decide (read only) -------------------------------------------------------------
@@ -163,7 +173,7 @@ fn recover_in(
     let mut refusal = None;
     let mut orphans = Vec::new();
     for (id, path) in segment_paths {
-        match find_segment(&*storage, id, path, options, &mut report)? {
+        match find_segment(&*storage, id, path, options, journaled, &mut report)? {
             Found::Segment(seg) => segments.push(seg),
             Found::Empty(path) => deletions.push((id, path)),
             Found::Orphan(path) => orphans.push((id, path)),

@@ -118,11 +118,14 @@ fn solve_key(
     }))
 }
 
+/// Finds what the segment file `id` at `path` holds; `journaled` says whether the run that
+/// wrote it last synced segment headers when it made them (it kept a journal).
 pub(super) fn find_segment(
     storage: &dyn Storage,
     id: u64,
     path: PathBuf,
     options: &StoreOptions,
+    journaled: bool,
     report: &mut RecoveryReport,
 ) -> io::Result<Found> {
     let file = if options.read_only {
@@ -188,8 +191,9 @@ pub(super) fn find_segment(
         }
         // Both halves of the page zero: never synced (a sync covers the page), so its blocks
         // held only unsynced data — unless the page was synced when the segment was made, as
-        // with the journal, when it is damage.
-        if zero_header && !options.journal {
+        // by a run that kept a journal, when it is damage. (That run, not this open: a
+        // directory written without the journal and reopened with it has no such pages.)
+        if zero_header && !journaled {
             return Ok(Found::Orphan(path));
         }
         if matches!(
