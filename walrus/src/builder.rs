@@ -69,7 +69,10 @@ impl WalrusBuilder {
         Self::default()
     }
 
-    /// The data root (instead of `WALRUS_DATA_DIR`, or `./wal_files`).
+    /// The data root (instead of `WALRUS_DATA_DIR`, or `./wal_files`). Without a
+    /// [`key`](Self::key) the instance is this directory itself: `WALRUS_INSTANCE_KEY`
+    /// namespaces the environment's root, not one the program names (a program that keeps its
+    /// data in a directory of its own must find it there whatever the environment says).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
         self
@@ -246,6 +249,7 @@ impl WalrusBuilder {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let key = match self.key.clone() {
             Some(k) => Some(k),
+            None if self.data_dir.is_some() => None,
             None => match std::env::var(ENV_INSTANCE_KEY) {
                 Ok(k) => Some(k).filter(|k| !k.is_empty()),
                 Err(std::env::VarError::NotPresent) => None,

@@ -58,7 +58,9 @@
 //! Read once, when an instance is built; the builder's explicit values win.
 //!
 //! - `WALRUS_DATA_DIR`: the data root (default `./wal_files`).
-//! - `WALRUS_INSTANCE_KEY`: the key of the key-less constructors (data under `<root>/<key>/`).
+//! - `WALRUS_INSTANCE_KEY`: the key of the key-less constructors (data under `<root>/<key>/`),
+//!   and of a builder given neither a key nor a data root: a builder's `data_dir` without a
+//!   key is the instance's directory itself.
 //! - `WALRUS_QUIET`: silence informational logging (Walrus logs through [`tracing`]).
 //!
 //! ## Logging

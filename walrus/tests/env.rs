@@ -51,6 +51,11 @@ fn constructors_use_the_environment_and_the_builder_wins() {
         "explicit values win over the environment"
     );
     drop(w);
+    // A data root named without a key is the instance's directory, whatever the environment's
+    // key (walrus-raft keeps a node's log there: moving it would lose the node's votes).
+    let w = Walrus::builder().data_dir(other.path()).build().unwrap();
+    assert_eq!(w.dir(), other.path(), "the environment's key moved it");
+    drop(w);
     let w = Walrus::new().unwrap();
     assert_eq!(
         w.read_next("t", true).unwrap(),
