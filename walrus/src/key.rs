@@ -8,6 +8,9 @@
 
 use std::io;
 
+/// Longest directory name most file systems take.
+const MAX_DIR_NAME_LEN: usize = 255;
+
 /// The directory name for `key`.
 ///
 /// # Errors
@@ -19,25 +22,30 @@ pub(crate) fn dir_name(key: &str) -> io::Result<String> {
             "instance key is empty",
         ));
     }
-    let mut out = String::with_capacity(key.len());
+    let kept = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    // Counted before anything is built: a key of any length costs no more than this.
+    let encoded: usize = key.bytes().map(|b| if kept(b) { 1 } else { 3 }).sum();
+    if encoded > MAX_DIR_NAME_LEN {
+        let shown: String = key.chars().take(32).collect();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "instance key {shown:?}… ({} bytes) is too long for a directory name ({encoded}                  bytes encoded, {MAX_DIR_NAME_LEN} at most)",
+                key.len()
+            ),
+        ));
+    }
+    let mut out = String::with_capacity(encoded);
     for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+        if kept(b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
+    // `LOCK` is all kept bytes, so its escaped form is 6 bytes: still within the limit.
     if out == walrus_topic::LOCK_FILE {
         out.replace_range(..1, &format!("%{:02X}", out.as_bytes()[0]));
-    }
-    if out.len() > 255 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "instance key {key:?} is too long for a directory name ({} bytes encoded)",
-                out.len()
-            ),
-        ));
     }
     Ok(out)
 }
@@ -59,5 +67,17 @@ mod tests {
         assert_eq!(dir_name("LOCKS").unwrap(), "LOCKS");
         assert!(dir_name("").is_err());
         assert!(dir_name(&"/".repeat(100)).is_err());
+        assert_eq!(dir_name(&"a".repeat(255)).unwrap().len(), 255);
+        assert!(dir_name(&"a".repeat(256)).is_err());
+        assert_eq!(dir_name(&"/".repeat(85)).unwrap().len(), 255);
+        // A huge key: refused with a short message naming its length.
+        let e = dir_name(&"/".repeat(64 << 20)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            e.to_string().len() < 300,
+            "{} bytes of message",
+            e.to_string().len()
+        );
+        assert!(e.to_string().contains(&(64 << 20).to_string()), "{e}");
     }
 }
