@@ -1200,6 +1200,56 @@ fn a_damaged_payload_fails_its_own_entry_and_no_other() {
     }
 }
 
+/// A batch read, an iterator and a scan that reach the damaged entry hand out the entries
+/// before it, and fail at it on the next call: the good entries are never withheld (a consumer
+/// told to commit past the damaged one must have had them).
+#[test]
+fn batches_hand_out_the_entries_before_a_damaged_one() {
+    let entry = damage_test_entry;
+    let sim = SimStorage::new(24);
+    let store = with_damage_test_entries(&sim);
+    damage_the_entry(&sim);
+    // Without moving a cursor first (consumed blocks are released).
+    let mut iter = store.iter("t", 0);
+    for o in 0..DAMAGED {
+        assert_eq!(iter.next().unwrap().unwrap(), (o, entry(o)));
+    }
+    assert!(iter.next().unwrap().is_err());
+    let mut seen = 0;
+    let next = store
+        .scan("t", 0, usize::MAX, |o, p| {
+            assert_eq!(p, entry(o), "@{o}");
+            seen += 1;
+        })
+        .unwrap();
+    assert_eq!((next, seen), (DAMAGED, DAMAGED));
+    let e = store.scan("t", next, usize::MAX, |_, _| {}).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    let mut got = Vec::new();
+    for _ in 0..DAMAGE_N {
+        match store.read_batch("t", usize::MAX, true) {
+            Ok(batch) => {
+                assert!(!batch.is_empty());
+                got.extend(batch);
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+                assert!(e.to_string().contains("700"), "names the offset: {e}");
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        got.len() as u64,
+        DAMAGED,
+        "the entries before the damaged one"
+    );
+    for (o, e) in got {
+        assert_eq!(e, entry(o), "@{o}");
+    }
+    assert_eq!(store.cursor("t"), Some(DAMAGED));
+}
+
 /// A read that fails half way through refilling a consumer's window is retried from the disk:
 /// the retry neither takes the failed window's bytes for the file's (a false "damage") nor
 /// skips an entry.

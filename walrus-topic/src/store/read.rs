@@ -236,7 +236,8 @@ impl Store {
     ///
     /// # Errors
     /// `NotFound` if entries at `from` were released; `InvalidData` naming topic and offset
-    /// for an entry that fails validation (entries before it were visited).
+    /// for an entry at `from` that fails validation. (One after it ends the scan there, with
+    /// the entries before it visited: the next scan, from it, fails.)
     pub fn scan(
         &self,
         topic: &str,

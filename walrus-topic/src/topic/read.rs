@@ -124,6 +124,11 @@ impl Topic {
     /// Hands `visit` the entries from `from` (an offset, with its frame's position if known)
     /// in commit order: at least one if any is visible, at most `max_entries`, and no more
     /// than `max_bytes` of payload beyond the first. Returns where the next read starts.
+    ///
+    /// An entry that cannot be read (damaged since it was written, a remote tier that fails)
+    /// ends the entries handed out before it, and fails the read that starts at it: a batch
+    /// never withholds good entries for a bad one after them (a consumer that commits past the
+    /// bad one must have had them).
     pub(crate) fn gather(
         &self,
         shared: &Shared,
@@ -133,39 +138,67 @@ impl Topic {
         max_bytes: usize,
         visit: &mut dyn FnMut(u64, &[u8]),
     ) -> io::Result<(u64, Option<FramePos>)> {
-        let visible = self.visible(shared);
         let (mut cursor, mut pos) = from;
-        let mut bytes = 0usize;
         let mut count = 0usize;
+        match self.gather_from(
+            shared,
+            buf,
+            (&mut cursor, &mut pos, &mut count),
+            max_entries,
+            max_bytes,
+            visit,
+        ) {
+            Ok(()) => Ok((cursor, pos)),
+            // `cursor` is the entry that failed: the next read starts there (and fails).
+            Err(_) if count > 0 => Ok((cursor, None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`gather`](Self::gather)'s loop: `at` is where it stands (offset, frame position, entries
+    /// handed out), kept up to date whatever ends it.
+    fn gather_from(
+        &self,
+        shared: &Shared,
+        buf: &mut ReadBuf,
+        at: (&mut u64, &mut Option<FramePos>, &mut usize),
+        max_entries: usize,
+        max_bytes: usize,
+        visit: &mut dyn FnMut(u64, &[u8]),
+    ) -> io::Result<()> {
+        let visible = self.visible(shared);
+        let (cursor, pos, count) = at;
+        let mut bytes = 0usize;
         let max_entries = max_entries.min(MAX_BATCH_ENTRIES);
-        'entries: while cursor < visible && count < max_entries {
-            let found = self.locate(buf, pos.take(), cursor)?;
-            if found.as_ref().is_none_or(|f| f.2 != cursor)
-                && let Some(run) = self.tiered_run(shared, cursor, (max_entries - count) as u64)?
+        'entries: while *cursor < visible && *count < max_entries {
+            let found = self.locate(buf, pos.take(), *cursor)?;
+            if found.as_ref().is_none_or(|f| f.2 != *cursor)
+                && let Some(run) =
+                    self.tiered_run(shared, *cursor, (max_entries - *count) as u64)?
             {
                 // Not on local disk, but in the remote tier.
-                while cursor < run.end().min(visible) && count < max_entries {
-                    let Some(payload) = run.get(cursor) else {
+                while *cursor < run.end().min(visible) && *count < max_entries {
+                    let Some(payload) = run.get(*cursor) else {
                         break;
                     };
-                    if count > 0 && bytes + payload.len() > max_bytes {
+                    if *count > 0 && bytes + payload.len() > max_bytes {
                         break 'entries;
                     }
                     bytes += payload.len();
-                    count += 1;
-                    visit(cursor, payload);
-                    cursor += 1;
+                    *count += 1;
+                    visit(*cursor, payload);
+                    *cursor += 1;
                 }
                 continue;
             }
             // Neither holds `cursor`: the next entry is the local chain's, or the tier's if it
             // holds an earlier one (a topic whose start was released before it tiered).
-            if found.as_ref().is_none_or(|f| f.2 != cursor)
-                && let Some(next) = self.next_tiered(shared, cursor)?
+            if found.as_ref().is_none_or(|f| f.2 != *cursor)
+                && let Some(next) = self.next_tiered(shared, *cursor)?
                 && found.as_ref().is_none_or(|f| next < f.2)
                 && next < visible
             {
-                cursor = next;
+                *cursor = next;
                 continue;
             }
             let (block, at, offset) = match found {
@@ -185,22 +218,22 @@ impl Topic {
                     Some(offset),
                 ));
             }
-            if count > 0 && bytes + payload.len() > max_bytes {
-                pos = Some((block, at));
-                cursor = offset;
+            if *count > 0 && bytes + payload.len() > max_bytes {
+                *pos = Some((block, at));
+                *cursor = offset;
                 break;
             }
             bytes += payload.len();
-            count += 1;
+            *count += 1;
             visit(offset, payload);
-            cursor = offset + 1;
-            pos = if cursor < block.end_offset() || !block.is_sealed() {
+            *cursor = offset + 1;
+            *pos = if *cursor < block.end_offset() || !block.is_sealed() {
                 Some((block, at + frame.len))
             } else {
                 None
             };
         }
-        Ok((cursor, pos))
+        Ok(())
     }
 
     /// Reads the entry at `offset` without touching the cursor.
