@@ -1250,6 +1250,42 @@ fn batches_hand_out_the_entries_before_a_damaged_one() {
     assert_eq!(store.cursor("t"), Some(DAMAGED));
 }
 
+/// A consumer that stopped reading inside a block holds no file open once retention released
+/// the block and its segment was deleted: its space comes back (the consumer's position hint
+/// kept the block, and with it the unlinked file, alive).
+#[test]
+fn a_stopped_consumer_keeps_no_deleted_segment_open() {
+    use walrus_topic::Retention;
+    let tmp = tempfile::tempdir().unwrap();
+    let options = StoreOptions::new()
+        .with_block_len(64 << 10)
+        .with_segment_len(256 << 10)
+        .with_retention(Retention {
+            max_bytes: Some(256 << 10),
+            max_age: None,
+        });
+    let store = Store::open(tmp.path(), Arc::new(PwriteStorage::new()), options).unwrap();
+    for i in 0..20 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    // Stops inside the first block.
+    store.read_next_as("t", "slow", true).unwrap().unwrap();
+    for i in 20..4000 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    store.maintain().unwrap();
+    let deleted_held: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|t| t.starts_with(&*tmp.path().to_string_lossy()) && t.ends_with("(deleted)"))
+        .collect();
+    assert!(deleted_held.is_empty(), "held open: {deleted_held:?}");
+    // The consumer goes on at the oldest entry kept.
+    let (o, _) = store.read_next_as("t", "slow", true).unwrap().unwrap();
+    assert!(o > 1, "{o}");
+}
+
 /// A read that fails half way through refilling a consumer's window is retried from the disk:
 /// the retry neither takes the failed window's bytes for the file's (a false "damage") nor
 /// skips an entry.

@@ -20,8 +20,8 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
@@ -89,13 +89,29 @@ pub(super) struct Reader {
     pub(super) pair: Option<u64>,
     /// Consuming reads since the last persist.
     pub(super) unpersisted: u32,
-    /// Where the frame at `cursor` is, when known.
-    pub(super) pos: Option<FramePos>,
+    /// Where the frame at `cursor` is, when known: a hint that does not keep its block (and
+    /// the block's segment file, open) alive once the chain let it go — a consumer that
+    /// stopped reading must not hold a released segment's space.
+    pub(super) pos: Option<(Weak<Block>, u64)>,
     pub(super) buf: ReadBuf,
     /// Removed (or its topic deleted): look the consumer up again.
     pub(super) removed: bool,
     /// Entries released by retention before this consumer read them, since the store opened.
     pub(super) skipped: u64,
+}
+
+impl Reader {
+    /// [`pos`](Self::pos), if its block is still alive.
+    pub(super) fn hint(&self) -> Option<FramePos> {
+        self.pos
+            .as_ref()
+            .and_then(|(block, at)| Some((block.upgrade()?, *at)))
+    }
+
+    /// Keeps `pos` as the hint for the next read.
+    pub(super) fn hold(&mut self, pos: Option<FramePos>) {
+        self.pos = pos.map(|(block, at)| (Arc::downgrade(&block), at));
+    }
 }
 
 impl Consumer {

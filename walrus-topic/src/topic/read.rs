@@ -81,7 +81,7 @@ impl Topic {
             // oldest entry kept, and the skip is counted.
             (floor, None)
         } else {
-            (r.cursor, r.pos.clone())
+            (r.cursor, r.hint())
         };
         let mut buf = std::mem::take(&mut r.buf);
         let gathered = self.gather(
@@ -100,7 +100,7 @@ impl Topic {
         let skipped = floor.saturating_sub(start_cursor);
         r.skipped += skipped;
         r.cursor = cursor;
-        r.pos = pos;
+        r.hold(pos);
         r.unpersisted = r.unpersisted.saturating_add(out.len() as u32);
         if r.unpersisted >= shared.options.persist_every
             && let Err(e) = self.persist(shared, c, r)
