@@ -71,6 +71,9 @@ pub(crate) struct Shared {
     /// topics land in different segment files (the kernel serialises buffered writes to one
     /// file). All lanes share one file tracker.
     pub(crate) lanes: Vec<BlockAllocator>,
+    /// Per lane: whether it handed out a block since the store opened. Only then does the
+    /// maintenance prepare a spare segment ahead (opening must not create segment files).
+    allocated: Vec<AtomicBool>,
     pub(crate) tracker: walrus_alloc::sync::Arc<FileTracker>,
     /// Lane of the next topic created.
     next_lane: AtomicUsize,
@@ -121,6 +124,7 @@ impl Shared {
             journal,
             dir,
             storage,
+            allocated: lanes.iter().map(|_| AtomicBool::new(false)).collect(),
             lanes,
             tracker,
             next_lane: AtomicUsize::new(0),
@@ -214,11 +218,15 @@ impl Shared {
     }
 
     pub(crate) fn alloc_block(&self, min_len: u64, lane: usize) -> io::Result<AllocatedBlock> {
+        let lane = lane % self.lanes.len().max(1);
         let allocator = self
             .lanes
-            .get(lane % self.lanes.len().max(1))
+            .get(lane)
             .ok_or_else(|| io::Error::other("no allocation lane"))?;
         let a = allocator.allocate(min_len)?;
+        if let Some(used) = self.allocated.get(lane) {
+            used.store(true, Ordering::Relaxed);
+        }
         for seg in a.deletable {
             self.delete_segment(seg);
         }
@@ -284,6 +292,13 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Whether lane `lane` handed out a block since the store opened.
+    pub(crate) fn lane_allocated(&self, lane: usize) -> bool {
+        self.allocated
+            .get(lane)
+            .is_some_and(|used| used.load(Ordering::Relaxed))
     }
 
     /// The writer is done with `block`.

@@ -680,6 +680,15 @@ fn opening_does_not_create_segments() {
         reopened,
         "reopen must reuse the room in existing segments"
     );
+    drop(store);
+    // Nor does the maintenance of a reopened store that writes nothing.
+    let before = segments(&sim);
+    let store = open(&sim, small()).unwrap();
+    let kept = segments(&sim);
+    store.maintain().unwrap();
+    store.maintain().unwrap();
+    assert_eq!(segments(&sim), kept, "maintenance created a segment");
+    assert!(kept.len() <= before.len());
 }
 
 #[test]

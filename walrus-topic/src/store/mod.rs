@@ -617,9 +617,13 @@ impl Store {
         {
             tracing::error!(error = %e, "could not sync the durable watermarks; writes are refused until reopen");
         }
-        // Only once something was written: opening must not create segment files.
-        for lane in &self.shared.lanes {
-            if lane.position().current.is_some() && self.shared.check_writable().is_ok() {
+        // Only once this store wrote in the lane: opening must not create segment files (a
+        // reopened lane has a current segment, the recovered one, before it wrote anything).
+        for (i, lane) in self.shared.lanes.iter().enumerate() {
+            if self.shared.lane_allocated(i)
+                && lane.position().current.is_some()
+                && self.shared.check_writable().is_ok()
+            {
                 lane.prepare_spare()?;
             }
         }
