@@ -86,7 +86,7 @@ pub use segment::{
     CHECKSUM_CRC32C, FORMAT_VERSION, OLDEST_FORMAT_VERSION, SEGMENT_DATA_OFFSET,
     SEGMENT_HEADER_COPY_AT, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SegmentHeader,
 };
-pub use tier::{TIER_INDEX_MAGIC, TierIndex, tier_object_names, topic_key};
+pub use tier::{MAX_TIER_INDEX_LEN, TIER_INDEX_MAGIC, TierIndex, tier_object_names, topic_key};
 
 /// True when every byte of `bytes` is zero: space that was preallocated but never written.
 #[must_use]

@@ -40,6 +40,12 @@ pub const TIER_INDEX_VERSION: u16 = 1;
 /// beyond those asked for).
 pub const MAX_TIER_STRIDE: u32 = 1 << 16;
 
+/// Longest index object: 64 MiB, 8 Mi points (at a stride of 32, a block of 256 Mi entries,
+/// more than 5 GiB). [`TierIndex::encode`] refuses to make a longer one, and a reader refuses
+/// to fetch one listed longer: a foreign or crafted object named like an index costs no more
+/// memory than this.
+pub const MAX_TIER_INDEX_LEN: u64 = 64 << 20;
+
 /// What a tiered block's data object holds, and where its entries are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TierIndex {
@@ -160,7 +166,8 @@ impl TierIndex {
     ///
     /// # Errors
     /// `InvalidTopic` for a bad topic name, `InvalidInput` when the fields do not agree (the
-    /// points are not those of `entries` at `stride`).
+    /// points are not those of `entries` at `stride`) or make an index longer than
+    /// [`MAX_TIER_INDEX_LEN`].
     pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
         validate_topic_name(&self.topic)?;
         let want = self.entries.div_ceil(u64::from(self.stride.max(1)));
@@ -179,7 +186,19 @@ impl TierIndex {
             )));
         }
         let points = u32::try_from(self.points.len())
-            .map_err(|_| FormatError::InvalidInput("too many index points".into()))?;
+            .ok()
+            .filter(|_| {
+                (64 + self.topic.len() as u64 + 8 * self.points.len() as u64) <= MAX_TIER_INDEX_LEN
+            })
+            .ok_or_else(|| {
+                FormatError::InvalidInput(format!(
+                    "tier index of topic {:?} at offset {}: {} points make an index longer \
+                     than {MAX_TIER_INDEX_LEN} bytes",
+                    self.topic,
+                    self.first_offset,
+                    self.points.len()
+                ))
+            })?;
         let mut out = Vec::with_capacity(64 + self.topic.len() + 8 * self.points.len());
         out.extend_from_slice(&TIER_INDEX_MAGIC);
         out.extend_from_slice(&TIER_INDEX_VERSION.to_le_bytes());
@@ -385,6 +404,40 @@ mod tests {
             .unwrap();
         }
         buf
+    }
+
+    /// An index longer than [`MAX_TIER_INDEX_LEN`] is never made (readers refuse to fetch
+    /// one); one just within it is.
+    #[test]
+    fn an_index_past_the_longest_is_refused() {
+        let within = (MAX_TIER_INDEX_LEN - 64 - 6) / 8;
+        for (points, ok) in [(within, true), (within + 1, false)] {
+            let idx = TierIndex {
+                topic: "orders".into(),
+                segment: 1,
+                first_offset: 0,
+                entries: points,
+                data_len: points * 32,
+                sealed_ms: 0,
+                data_crc: 0,
+                stride: 1,
+                points: (0..points).map(|p| p * 32).collect(),
+            };
+            match idx.encode() {
+                Ok(bytes) => {
+                    assert!(ok, "{points} points encoded");
+                    assert!(
+                        bytes.len() as u64 <= MAX_TIER_INDEX_LEN,
+                        "{} bytes",
+                        bytes.len()
+                    );
+                }
+                Err(e) => {
+                    assert!(!ok, "{points} points: {e}");
+                    assert!(matches!(e, FormatError::InvalidInput(_)), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

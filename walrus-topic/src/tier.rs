@@ -481,6 +481,14 @@ impl TierState {
 
     /// One index object of `topic`, validated against its name and the topic's `end`.
     fn fetch_index(&self, topic: &str, key: &str, size: u64, end: u64) -> io::Result<TierIndex> {
+        if size > walrus_block::MAX_TIER_INDEX_LEN {
+            return Err(invalid(format!(
+                "tier index object {key} ({}) is {size} bytes long, past the {} an index \
+                 reaches: not fetched",
+                self.remote().describe(),
+                walrus_block::MAX_TIER_INDEX_LEN
+            )));
+        }
         let bytes = self.remote().get_range(key, 0..size)?;
         let index = TierIndex::decode(&bytes).map_err(|e| {
             invalid(format!(

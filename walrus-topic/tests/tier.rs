@@ -1088,6 +1088,36 @@ fn two_readers_loading_the_catalogue_at_once_both_finish() {
     }
 }
 
+/// An object named like an index but longer than any index is refused unfetched: a foreign
+/// or crafted object costs a read no memory.
+#[test]
+fn an_index_object_longer_than_any_index_is_refused_unfetched() {
+    let sim = SimStorage::new(24);
+    let tier = MemoryTier::new();
+    {
+        let store = open(&sim, bounded(&tier)).unwrap();
+        fill(&store, 300);
+        store.tier_pass().unwrap();
+    }
+    let idx = tier
+        .keys()
+        .into_iter()
+        .find(|k| k.ends_with(".idx"))
+        .expect("an index object");
+    let dir = idx.rsplit_once('/').unwrap().0;
+    let huge = vec![0u8; (walrus_block::MAX_TIER_INDEX_LEN + 1) as usize];
+    tier.put_new(&format!("{dir}/huge.idx"), &huge, &Metadata::new())
+        .unwrap();
+    drop(huge);
+    let store = open(&sim, bounded(&tier)).unwrap();
+    let read_before = tier.bytes_read();
+    let e = store.read_next_as("orders", "c", true).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("huge.idx"), "{e}");
+    let read = tier.bytes_read() - read_before;
+    assert!(read < 1 << 20, "{read} bytes read");
+}
+
 /// Dropping an engine while its tier thread works through a backlog on a slow remote waits
 /// for one remote call, not for the backlog; what was uploaded is whole.
 #[test]
