@@ -614,6 +614,32 @@ fn a_refused_commit_below_the_retained_entries_creates_no_consumer() {
     assert_eq!(names, ["only"]);
 }
 
+/// A commit that makes a new consumer either makes it where it was asked to, or fails and
+/// makes nothing: the consumer was made at the oldest entry first, then moved, and a failed
+/// move left it there (holding back the space of every entry after it).
+#[test]
+fn a_commit_that_makes_a_consumer_makes_it_whole_or_not_at_all() {
+    let sim = SimStorage::new(16);
+    let store = open(&sim, small().with_sync_cursor_writes(true)).unwrap();
+    for i in 0..10 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    // The second write to the cursor file fails: the move after a creation, if there is one.
+    sim.inject(
+        FaultRule::new(Fault::Eio)
+            .op(OpKind::Write)
+            .path("/wal/cursors.wcur")
+            .nth(2),
+    );
+    match store.commit_as("t", "new", 2) {
+        Ok(()) => assert_eq!(store.cursor_as("t", "new"), Some(2)),
+        Err(e) => {
+            let names: Vec<String> = store.consumers("t").into_iter().map(|c| c.name).collect();
+            assert!(names.is_empty(), "{e}: made {names:?}");
+        }
+    }
+}
+
 #[test]
 fn an_iterator_stops_at_entries_retention_released_under_it() {
     let sim = SimStorage::new(15);

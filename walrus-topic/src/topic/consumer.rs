@@ -144,7 +144,7 @@ const LOOKUPS: usize = 8;
 
 impl Topic {
     /// The consumer `name`, if it exists.
-    fn consumer(&self, name: &str) -> Option<Arc<Consumer>> {
+    pub(super) fn consumer(&self, name: &str) -> Option<Arc<Consumer>> {
         self.consumers.read().get(name).cloned()
     }
 
@@ -160,7 +160,7 @@ impl Topic {
         for _ in 0..LOOKUPS {
             let c = match self.consumer(name) {
                 Some(c) => c,
-                None if create => match self.create_consumer(shared, name)? {
+                None if create => match self.create_consumer(shared, name, None)? {
                     Some(c) => c,
                     None => continue,
                 },
@@ -176,33 +176,41 @@ impl Topic {
         // with the floor lock, which a removal takes first, so the consumer found cannot be
         // removed before its reader is locked. Concurrency never fails a call.
         let floor = self.floor.lock();
-        let mut found = None;
-        for _ in 0..2 {
-            found = match self.consumer(name) {
-                Some(c) => Some(c),
-                None if create => self.create_consumer(shared, name)?,
+        for _ in 0..LOOKUPS {
+            let c = match self.consumer(name) {
+                Some(c) => c,
+                None if create => match self.create_consumer(shared, name, None)? {
+                    Some(c) => c,
+                    // Created by another thread meanwhile, and not removable since.
+                    None => continue,
+                },
                 None => return Ok(None),
             };
-            if found.is_some() {
-                break;
+            let mut r = c.reader.lock();
+            if r.removed {
+                // Not by a removal (those wait for the floor lock): a creation whose record
+                // could not be written, which another thread found before it was withdrawn.
+                continue;
             }
-            // Created by another thread meanwhile, and not removable since: found next time.
+            drop(floor);
+            return f(&c, &mut r).map(Some);
         }
-        let Some(c) = found else {
-            return Err(self.error(
-                io::ErrorKind::Other,
-                format!("consumer {name:?} neither found nor created under the floor lock"),
-                None,
-            ));
-        };
-        let mut r = c.reader.lock();
-        drop(floor);
-        f(&c, &mut r).map(Some)
+        Err(self.error(
+            io::ErrorKind::Other,
+            format!("consumer {name:?} neither found nor created under the floor lock"),
+            None,
+        ))
     }
 
-    /// Creates consumer `name` at the oldest retained entry and persists its record. `None` if
-    /// another thread created it meanwhile.
-    fn create_consumer(&self, shared: &Shared, name: &str) -> io::Result<Option<Arc<Consumer>>> {
+    /// Creates consumer `name` at `at` (the oldest retained entry if `None`) and persists its
+    /// record. `None` if another thread created it meanwhile. Nothing is created if `at` was
+    /// released (`InvalidInput`) or the record is not written.
+    pub(super) fn create_consumer(
+        &self,
+        shared: &Shared,
+        name: &str,
+        at: Option<u64>,
+    ) -> io::Result<Option<Arc<Consumer>>> {
         let c = Arc::new(Consumer::new(Arc::from(name), 0, 0, None));
         let mut r = c.reader.lock();
         {
@@ -216,7 +224,18 @@ impl Topic {
             }
             // Under the chain lock: nothing from here on is released before the consumer
             // counts in the release bound.
-            let start = self.first_retained_in(&chain);
+            let retained = self.first_retained_in(&chain);
+            let start = match at {
+                None => retained,
+                Some(offset) if offset >= retained => offset,
+                Some(offset) => {
+                    return Err(self.error(
+                        io::ErrorKind::InvalidInput,
+                        format!("offsets below {retained} were consumed and released"),
+                        Some(offset),
+                    ));
+                }
+            };
             r.cursor = start;
             r.persisted = start;
             c.persisted.store(start, Ordering::Release);

@@ -385,6 +385,13 @@ impl Topic {
             // Refused before the consumer is created: bad input changes nothing.
             return Err(released(retained));
         }
+        // A new consumer is made at `offset` with one record: made at the oldest entry and
+        // then moved, it would stay (holding that space back) when the move failed.
+        if self.consumer(name).is_none()
+            && self.create_consumer(shared, name, Some(offset))?.is_some()
+        {
+            return Ok(());
+        }
         self.with_reader(shared, name, true, |c, r| {
             {
                 let chain = self.chain.read();
