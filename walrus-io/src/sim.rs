@@ -7,15 +7,18 @@
 //!   [`Storage::submit`]), in 512-byte sectors. So does the file's length, including the
 //!   length set by [`Storage::create`]'s preallocation: a file that was never data-synced comes
 //!   back from a crash empty.
-//! * A created or removed file's *existence* becomes durable **only** on
-//!   [`Storage::sync_dir`] of its directory — a data sync of the file does not make its name
-//!   durable (POSIX does not promise it, so the simulator does not either).
+//! * A created or removed file's *existence* becomes durable on [`Storage::sync_dir`] of its
+//!   directory — a data sync of the file does not make its name durable (POSIX does not
+//!   promise it). Without one a power cut takes the creation or removal back, or (under
+//!   [`CrashMode::RandomSectors`], as a journaling file system's next metadata commit does)
+//!   keeps it, at random.
 //! * Directories made by [`Storage::create_dir_all`] are durable at once (a simplification:
 //!   Walrus makes its directory once, before any data exists).
-//! * A failed data sync loses what it was to write: the file's unsynced sectors read as the
-//!   disk holds them, and no later sync makes them durable. That is Linux's behaviour when
-//!   write-back fails (the pages are marked clean, not written) once the real backends drop
-//!   those pages from the cache, as they do on a failed sync.
+//! * A failed data sync writes some of what it was to write, at random, and loses the rest:
+//!   the file's unsynced sectors read as the disk holds them, and no later sync makes the
+//!   lost ones durable. That is Linux's behaviour when write-back fails part way (the pages
+//!   are marked clean, not written) once the real backends drop those pages from the cache,
+//!   as they do on a failed sync.
 //!
 //! [`SimStorage::crash`] is a power cut: only the durable state survives, per [`CrashMode`]
 //! optionally with some unsynced sectors. Every handle opened before the crash goes stale (its
@@ -65,7 +68,10 @@ pub enum CrashMode {
     /// at all). The other unsynced writes are lost.
     TearLastWrite,
     /// Like `DropUnsynced`, but each unsynced sector independently survives with probability ½
-    /// (the disk wrote back some dirty pages, in no particular order).
+    /// (the disk wrote back some dirty pages, in no particular order); and each creation or
+    /// removal of a file that no directory sync made durable persisted with probability ½, a
+    /// file's length (what its creation set) with it: a journaling file system commits names
+    /// and sizes with any later metadata commit, an `fsync` of another file included.
     RandomSectors,
     /// Process crash (`kill -9`): everything written survives, including files whose creation
     /// or removal was never made durable, because the kernel still has it — in its page cache:
@@ -751,16 +757,21 @@ impl SimState {
         self.stats.data_syncs += 1;
     }
 
-    /// A failed sync of `id`: what it was to write is lost, and reads see the disk's bytes (what
-    /// Linux does when write-back fails, with the real backends dropping the pages it marked
-    /// clean: see `fs::drop_cached`). Nothing is dirty after it, so no later sync brings it back.
+    /// A failed sync of `id`: each sector it was to write reached the disk or not, at random
+    /// (write-back fails part way), and reads see the disk's bytes (what Linux does when
+    /// write-back fails, with the real backends dropping the pages it marked clean: see
+    /// `fs::drop_cached`). Nothing is dirty after it, so no later sync brings the rest back.
     fn lose_unsynced(&mut self, id: u64) {
         let inode = self
             .inodes
             .get_mut(&id)
             .unwrap_or_else(|| unreachable!("open inode"));
         for &sector in &inode.dirty {
-            copy_sector(&inode.durable_pages, &mut inode.pages, sector);
+            if self.rng.below(2) == 1 {
+                copy_sector(&inode.pages, &mut inode.durable_pages, sector);
+            } else {
+                copy_sector(&inode.durable_pages, &mut inode.pages, sector);
+            }
         }
         inode.dirty.clear();
         inode.last_write = None;
@@ -812,6 +823,30 @@ impl SimState {
         self.stats.data_syncs += 1;
     }
 
+    /// The names a power cut leaves under [`CrashMode::RandomSectors`]: the durable ones, with
+    /// each removal and each creation since the last directory sync persisted or not, at
+    /// random. (A name re-created since carries its removal: the new file persisted means the
+    /// old one went.)
+    fn committed_names(&mut self) -> BTreeMap<PathBuf, u64> {
+        let mut names = self.durable.clone();
+        let gone: Vec<PathBuf> = names
+            .iter()
+            .filter(|&(p, id)| self.live.get(p) != Some(id))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in gone {
+            if self.rng.below(2) == 1 {
+                names.remove(&p);
+            }
+        }
+        for (p, &id) in &self.live {
+            if self.durable.get(p) != Some(&id) && self.rng.below(2) == 1 {
+                names.insert(p.clone(), id);
+            }
+        }
+        names
+    }
+
     fn crash(&mut self, mode: CrashMode) {
         self.generation += 1;
         self.stats.crashes += 1;
@@ -821,7 +856,11 @@ impl SimState {
             // durable or not.
             return;
         }
-        let namespace = self.durable.clone();
+        let namespace = if mode == CrashMode::RandomSectors {
+            self.committed_names()
+        } else {
+            self.durable.clone()
+        };
         // The most recent write still unsynced, over all files.
         let torn = self
             .inodes
@@ -860,6 +899,11 @@ impl SimState {
             };
             let mut pages = old.durable_pages.clone();
             let mut len = old.durable_len;
+            if mode == CrashMode::RandomSectors && self.rng.below(2) == 1 {
+                // The size as the process left it (never past what it wrote or preallocated):
+                // bytes that did not land read as zeros.
+                len = len.max(old.len);
+            }
             for &sector in &landed {
                 copy_sector(&old.pages, &mut pages, sector);
                 len = len.max(((sector + 1) * SECTOR_SIZE).min(old.len));
