@@ -45,11 +45,14 @@ pub(crate) struct SegmentHandle {
     sync: FileSync,
     /// The file's length: blocks lie below it.
     segment_len: u64,
-    /// Disk space below this is claimed (see [`claim`](Self::claim)); read without the lock
-    /// by claims that find their space already there.
+    /// Disk space below this is claimed (see [`claim`](Self::claim)), but for `gaps`; read
+    /// without the lock by claims that find their space already there.
     claimed: AtomicU64,
-    /// Serialises the claims that extend `claimed`.
-    claiming: Mutex<()>,
+    /// Serialises the claims; holds the ranges below `claimed` a claim passed over (see
+    /// [`claim`](Self::claim)), in no order.
+    claiming: Mutex<Vec<(u64, u64)>>,
+    /// Whether `claiming` holds a gap: a claim below `claimed` must then look.
+    gaps: AtomicBool,
 }
 
 impl SegmentHandle {
@@ -85,46 +88,78 @@ impl SegmentHandle {
             sync: FileSync::default(),
             segment_len,
             claimed: AtomicU64::new(claimed),
-            claiming: Mutex::new(()),
+            claiming: Mutex::new(Vec::new()),
+            gaps: AtomicBool::new(false),
         }
     }
 
-    /// Allocates disk space for the file from `start` (or what is claimed already, if more) up
-    /// to at least `end` (and up to [`CLAIM_AHEAD`] more, or [`ZERO_FILL_AHEAD`] with
-    /// `zero_fill`), before a block there is written: a full disk then fails the block's
-    /// allocation with `StorageFull`, before anything is written, instead of failing a write
-    /// halfway. Whether it claimed anything (`false`: the space was there already).
+    /// Allocates disk space for the file over `start..end` (and up to [`CLAIM_AHEAD`] past
+    /// `end`, or [`ZERO_FILL_AHEAD`] with `zero_fill`), before a block there is written: a full
+    /// disk then fails the block's allocation with `StorageFull`, before anything is written,
+    /// instead of failing a write halfway. Whether it claimed anything (`false`: the space was
+    /// there already).
     ///
-    /// Space between what is claimed and `start` is left alone: blocks there were given up
-    /// when their own claim failed (a full disk), and are never written. Claiming them with
-    /// each later block would make every failed append on a full disk raise what the next one
-    /// needs, and fill the space that comes back with blocks nobody uses.
+    /// Claims run after the allocator handed their blocks out, in any order: one may start
+    /// above the claimed end, passing over blocks handed out before it and not claimed yet, or
+    /// given up when their own claim failed (a full disk). That space is kept as a gap: a later
+    /// claim of a block in it claims it then, and given-up blocks, never written, stay holes
+    /// (claiming them with each later block would make every failed append on a full disk
+    /// raise what the next one needs).
     ///
     /// With `zero_fill` the space is claimed by writing zeros to it (see
     /// [`StoreOptions::with_zero_fill`](crate::StoreOptions::with_zero_fill)). Nothing was ever
-    /// written above `claimed`, so the zeros overwrite nothing; recovery reads zeros there as
-    /// space no block was written to, as it does a hole.
+    /// written above `claimed` or in a gap (a block is claimed before it is written), so the
+    /// zeros overwrite nothing; recovery reads zeros there as space no block was written to,
+    /// as it does a hole.
     pub(crate) fn claim(&self, start: u64, end: u64, zero_fill: bool) -> io::Result<bool> {
-        if self.claimed.load(Ordering::Acquire) >= end {
+        if self.claimed.load(Ordering::Acquire) >= end && !self.gaps.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let _serial = self.claiming.lock();
+        let mut gaps = self.claiming.lock();
+        let fill = |from: u64, to: u64| {
+            if zero_fill {
+                write_zeros(&*self.file, from, to)
+            } else {
+                self.file.allocate(from, to - from)
+            }
+        };
         let claimed = self.claimed.load(Ordering::Acquire);
-        if claimed >= end {
-            return Ok(false);
+        let mut did = false;
+        // Below the claimed end: the gaps `start..end` overlaps.
+        let below = end.min(claimed);
+        let mut i = 0;
+        while i < gaps.len() {
+            let (a, b) = gaps[i];
+            let (from, to) = (a.max(start), b.min(below));
+            if from >= to {
+                i += 1;
+                continue;
+            }
+            fill(from, to)?;
+            did = true;
+            gaps.swap_remove(i);
+            if a < from {
+                gaps.push((a, from));
+            }
+            if to < b {
+                gaps.push((to, b));
+            }
         }
-        let from = claimed.max(start.min(end));
-        let to = end
-            .next_multiple_of(claim_step(zero_fill))
-            .min(self.segment_len)
-            .max(end);
-        if zero_fill {
-            write_zeros(&*self.file, from, to)?;
-        } else {
-            self.file.allocate(from, to - from)?;
+        if claimed < end {
+            let from = claimed.max(start);
+            let to = end
+                .next_multiple_of(claim_step(zero_fill))
+                .min(self.segment_len)
+                .max(end);
+            fill(from, to)?;
+            if claimed < from {
+                gaps.push((claimed, from));
+            }
+            self.claimed.store(to, Ordering::Release);
+            did = true;
         }
-        self.claimed.store(to, Ordering::Release);
-        Ok(true)
+        self.gaps.store(!gaps.is_empty(), Ordering::Release);
+        Ok(did)
     }
 
     /// Claims the space of the next blocks after `at` ahead of time, for the background
@@ -145,7 +180,9 @@ impl SegmentHandle {
     /// Space below `at` is taken as claimed, and beyond it as not (a recovered segment that
     /// blocks are handed out from again).
     pub(crate) fn resume_claim(&self, at: u64) {
-        let _serial = self.claiming.lock();
+        let mut gaps = self.claiming.lock();
+        gaps.clear();
+        self.gaps.store(false, Ordering::Release);
         self.claimed.store(at, Ordering::Release);
     }
 
@@ -778,6 +815,44 @@ mod tests {
         let calls = file.calls.lock().clone();
         assert_eq!(calls.len(), 2, "{calls:?}");
         assert_eq!(calls[1].0, start, "{calls:?}");
+    }
+
+    /// Claims run in any order after their blocks were handed out: a block whose claim comes
+    /// after a later block's (or after the maintenance claimed ahead of it) is still claimed,
+    /// never written into space no claim covered.
+    #[test]
+    fn a_block_claimed_after_a_later_one_is_claimed_too() {
+        let (a, b) = (
+            (4096, 4096 + (16 << 10)),
+            (4096 + (16 << 10), 4096 + (32 << 10)),
+        );
+        // By `fallocate`: B's claim first, then A's allocates A.
+        let sim = SimStorage::new(6);
+        let file = Arc::new(Allocations {
+            file: segment(&sim, 64 << 20),
+            calls: Mutex::new(Vec::new()),
+        });
+        let handle = SegmentHandle::new(0, file.clone(), 4096, 64 << 20, 1, true);
+        assert!(handle.claim(b.0, b.1, false).unwrap());
+        assert!(handle.claim(a.0, a.1, false).unwrap());
+        let calls = file.calls.lock().clone();
+        assert!(
+            calls.iter().any(|&(o, l)| o <= a.0 && o + l >= a.1),
+            "A never allocated: {calls:?}"
+        );
+        assert!(!handle.claim(a.0, a.1, false).unwrap(), "claimed twice");
+        // With zeros: the maintenance claims ahead from B's start before A's claim.
+        let sim = SimStorage::new(7);
+        let file = segment(&sim, 64 << 20);
+        file.write_at(&[0xCD; 4096], a.0 + 4096).unwrap();
+        let handle = SegmentHandle::new(0, file.clone(), 4096, 64 << 20, 1, true);
+        handle.claim_ahead(b.0, true).unwrap();
+        let mut mark = [0u8; 4096];
+        file.read_exact_at(&mut mark, a.0 + 4096).unwrap();
+        assert_eq!(mark, [0xCD; 4096], "claimed ahead over A");
+        assert!(handle.claim(a.0, a.1, true).unwrap());
+        file.read_exact_at(&mut mark, a.0 + 4096).unwrap();
+        assert_eq!(mark, [0; 4096], "A not claimed");
     }
 
     /// A file that records the ranges it was asked to allocate.
