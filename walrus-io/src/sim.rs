@@ -121,6 +121,8 @@ pub enum Fault {
     /// The power fails during the operation ([`SimStorage::crash`] with this mode); the
     /// operation fails, and so does every later call through a handle opened before.
     Crash(CrashMode),
+    /// The operation panics (a backend's bug); nothing changes.
+    Panic,
 }
 
 /// Which operations fail, and how. Built with [`FaultRule::new`] and refined with the other
@@ -695,6 +697,7 @@ impl SimState {
                 self.crash(mode);
                 Injected::Error(stale(op, path))
             }
+            Fault::Panic => panic!("{op} {}: a panic injected", path.display()),
         })
     }
 

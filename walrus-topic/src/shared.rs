@@ -431,6 +431,9 @@ impl Shared {
     /// watermark moves to what this sync saw written when it started.
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.check_writable()?;
+        // A sync that panics (a backend's bug) may have made some writes durable and not
+        // others: as a failed one, it refuses every later write.
+        let _poison_on_panic = PoisonOnPanic(self);
         let _span = tracing::trace_span!("walrus.sync").entered();
         let started = Instant::now();
         let snapshot: Vec<(Arc<Progress>, u64)> = self
@@ -624,5 +627,18 @@ pub(crate) fn segment_preparer(
         handle.mark_dirty();
         files.insert(handle);
         Ok(())
+    }
+}
+
+/// Poisons the store if dropped while its thread panics (see [`Shared::sync`]).
+struct PoisonOnPanic<'a>(&'a Shared);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison(&io::Error::other(
+                "a sync panicked: what it wrote is not known",
+            ));
+        }
     }
 }

@@ -383,6 +383,22 @@ fn a_failed_watermark_sync_in_the_background_poisons_writes() {
     assert!(err.to_string().contains("reopen"), "{err}");
 }
 
+/// A sync that panics (a backend's bug) refuses every later write, as a failed one does: it
+/// may have made some writes durable and not others.
+#[test]
+fn a_sync_that_panics_refuses_later_writes() {
+    let sim = SimStorage::new(62);
+    let store = open(&sim, small()).unwrap();
+    store.append("t", b"x").unwrap();
+    sim.inject(FaultRule::new(Fault::Panic).op(OpKind::Sync));
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.sync()));
+    assert!(panicked.is_err(), "the sync did not panic");
+    sim.clear_faults();
+    let err = store.append("t", b"y").unwrap_err();
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert_eq!(store.read_at("t", 1).unwrap(), None, "y was written");
+}
+
 /// A cursor sync that failed on a consuming read fails the read, and refuses every later
 /// write: the next sync would fail anyway, after an append had been made durable and then
 /// reported failed (a retry would duplicate it).

@@ -32,7 +32,7 @@ pub enum FsyncSchedule {
     /// one sync (group commit): an append is acknowledged only after a sync that started after
     /// its entry was written.
     SyncEach,
-    /// A background flusher syncs at least every this many milliseconds.
+    /// A background flusher syncs at least every this many milliseconds (0 is taken as 1).
     Milliseconds(u64),
     /// Never sync, except when [`flush`](crate::Walrus::flush) is called.
     NoFsync,

@@ -40,7 +40,7 @@ impl Rebuild<'_> {
             self.mode,
             RecoveryMode::PointInTime | RecoveryMode::SkipCorrupted
         );
-        if !durable && !(self.marks_lost && lenient) {
+        if !(durable || (self.marks_lost && lenient)) {
             // What a power cut leaves of unsynced writes: cut at the start of the unit the
             // damage falls in, and erase what follows.
             let (offset, block, pos) = match self.unit {
