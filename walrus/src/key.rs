@@ -30,7 +30,8 @@ pub(crate) fn dir_name(key: &str) -> io::Result<String> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "instance key {shown:?}… ({} bytes) is too long for a directory name ({encoded}                  bytes encoded, {MAX_DIR_NAME_LEN} at most)",
+                "instance key {shown:?}… ({} bytes) is too long for a directory name ({encoded} \
+                 bytes encoded, {MAX_DIR_NAME_LEN} at most)",
                 key.len()
             ),
         ));
