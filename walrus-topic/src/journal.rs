@@ -380,20 +380,18 @@ pub(crate) fn applied_view(
     storage: Arc<dyn Storage>,
 ) -> io::Result<(Arc<dyn Storage>, usize)> {
     let path = journal_path(dir);
-    let Some((bytes, header)) = load(&path, storage.open_read(&path))? else {
-        return Ok((storage, 0));
+    // A read-only open reads the journal while a live writer may append to it: a record read
+    // before the writer wrote it, and the next one read after, look like a damaged record with
+    // live records behind it. The writer syncs a record before it writes the next, so a
+    // second read finds the first whole; damage is there every time.
+    let mut reads = 0;
+    let (patches, applied) = loop {
+        reads += 1;
+        match patches(dir, &path, &*storage) {
+            Err(e) if reads < 3 && e.kind() == io::ErrorKind::InvalidData => {}
+            other => break other?,
+        }
     };
-    let mut patches: HashMap<PathBuf, Vec<Patch>> = HashMap::new();
-    let mut applied = 0;
-    for_each_live_write(&path, &bytes, header, |w| {
-        check_position(&path, &w)?;
-        patches
-            .entry(segment_path(dir, w.segment_id))
-            .or_default()
-            .push((w.position, w.bytes.to_vec()));
-        applied += 1;
-        Ok(())
-    })?;
     if applied == 0 {
         return Ok((storage, 0));
     }
@@ -405,6 +403,29 @@ pub(crate) fn applied_view(
         }),
         applied,
     ))
+}
+
+/// The live writes of the journal at `path` by segment file, and how many.
+fn patches(
+    dir: &Path,
+    path: &Path,
+    storage: &dyn Storage,
+) -> io::Result<(HashMap<PathBuf, Vec<Patch>>, usize)> {
+    let mut patches: HashMap<PathBuf, Vec<Patch>> = HashMap::new();
+    let mut applied = 0;
+    let Some((bytes, header)) = load(path, storage.open_read(path))? else {
+        return Ok((patches, 0));
+    };
+    for_each_live_write(path, &bytes, header, |w| {
+        check_position(path, &w)?;
+        patches
+            .entry(segment_path(dir, w.segment_id))
+            .or_default()
+            .push((w.position, w.bytes.to_vec()));
+        applied += 1;
+        Ok(())
+    })?;
+    Ok((patches, applied))
 }
 
 /// A storage seen through the journal (see [`applied_view`]): reads of a segment return its
@@ -748,7 +769,10 @@ fn check_nothing_follows(
             return Err(data_error(
                 path,
                 &format!(
-                    "journal record {seq} of generation {} at byte {pos} is damaged, and record                      {} follows it at byte {at}: records are synced one at a time, so it held                      acknowledged writes; moving the file away opens the directory without                      them",
+                    "journal record {seq} of generation {} at byte {pos} is damaged, and record \
+                     {} follows it at byte {at}: records are synced one at a time, so it held \
+                     acknowledged writes; moving the file away opens the directory without \
+                     them",
                     live.generation, h.seq
                 ),
             ));
