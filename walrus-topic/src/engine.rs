@@ -414,10 +414,13 @@ impl DurableTicket {
         self.settle(polled)
     }
 
-    /// `polled`, or `Ok(true)` where it failed but the entries are durable (see [`settled`]).
+    /// `polled`, or `Ok(true)` where the entries are durable whatever it says: a sync
+    /// numbered before the ticket may have listed them (see [`settled`]), and readers then
+    /// see them; a ticket must not call them "not yet" (or failed) meanwhile.
     fn settle(&self, polled: io::Result<bool>) -> io::Result<bool> {
         match polled {
             Err(e) => settled(Err(e), &self.progress, self.offsets.end).map(|()| true),
+            Ok(false) => Ok(self.progress.durable() >= self.offsets.end),
             done => done,
         }
     }
@@ -489,6 +492,11 @@ mod tests {
             inner.sync.commits.finish_external(number, &synced);
             synced.unwrap();
             assert!(engine.store().read_at("t", offset).unwrap().is_some());
+            // Visible, so durable: the ticket says so, though its own sync has not run.
+            assert!(
+                ticket.is_durable().unwrap(),
+                "readers see it, the ticket says not yet"
+            );
             // The ticket's own sync fails (an append to another topic leads it: the same
             // number): the instance is poisoned from here on.
             sim.inject(FaultRule::new(Fault::Eio).op(OpKind::Sync).forever());
