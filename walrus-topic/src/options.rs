@@ -108,6 +108,8 @@ pub struct StoreOptions {
     pub(crate) recovery: RecoveryMode,
     pub(crate) persist_every: u32,
     pub(crate) sync_cursor_writes: bool,
+    /// See [`StoreOptions::with_durable_cursors`].
+    pub(crate) durable_cursors: bool,
     pub(crate) prepare_ahead: bool,
     pub(crate) mark_interval: Duration,
     pub(crate) background_maintenance: bool,
@@ -149,6 +151,7 @@ impl StoreOptions {
             recovery: RecoveryMode::default(),
             persist_every: 1,
             sync_cursor_writes: false,
+            durable_cursors: false,
             prepare_ahead: true,
             mark_interval: Duration::from_millis(50),
             background_maintenance: false,
@@ -352,7 +355,20 @@ impl StoreOptions {
         self
     }
 
-    /// Sync the cursor file after every cursor write (the `SyncEach` schedule).
+    /// Every cursor a consuming read, a commit or a new consumer writes is synced before the
+    /// call returns, also where appends do not wait for syncs: a consumed entry is then never
+    /// handed out again after a power cut (its cursor was durable when it was handed out), nor
+    /// more than `persist_every - 1` of them. (Implied by
+    /// [`with_sync_cursor_writes`](Self::with_sync_cursor_writes).)
+    #[must_use]
+    pub fn with_durable_cursors(mut self, durable: bool) -> Self {
+        self.durable_cursors = durable;
+        self
+    }
+
+    /// Sync the cursor file after every cursor write (the `SyncEach` schedule; the durable
+    /// watermarks are then written and synced by the background maintenance, off the appends'
+    /// syncs).
     #[must_use]
     pub fn with_sync_cursor_writes(mut self, sync: bool) -> Self {
         self.sync_cursor_writes = sync;

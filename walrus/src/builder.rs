@@ -314,6 +314,9 @@ impl WalrusBuilder {
             .with_recovery(self.recovery)
             .with_persist_every(self.consistency.persist_every())
             .with_sync_cursor_writes(self.schedule == FsyncSchedule::SyncEach)
+            // A consumed entry is never handed out again, also after power loss: under every
+            // schedule that syncs at all, a cursor is durable before its read returns.
+            .with_durable_cursors(self.schedule != FsyncSchedule::NoFsync)
             .with_visible_when_durable(self.schedule == FsyncSchedule::SyncEach)
             .with_zero_fill(self.schedule == FsyncSchedule::SyncEach)
             .with_journal(self.schedule == FsyncSchedule::SyncEach && self.journal.unwrap_or(true))

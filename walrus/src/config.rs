@@ -3,13 +3,14 @@
 /// When a topic's read cursor is persisted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ReadConsistency {
-    /// Every consuming read persists the cursor before it returns: a reopened instance never
-    /// hands out an entry that was already consumed.
+    /// Every consuming read persists the cursor before it returns (synced, under every
+    /// schedule but [`FsyncSchedule::NoFsync`]): a reopened instance never hands out an entry
+    /// that was already consumed, also after power loss.
     #[default]
     StrictlyAtOnce,
     /// The cursor is persisted at least every `persist_every` consuming reads (and on
-    /// [`flush`](crate::Walrus::flush) and drop): after a crash at most the last
-    /// `persist_every - 1` consumed entries are handed out again.
+    /// [`flush`](crate::Walrus::flush) and drop; synced as under `StrictlyAtOnce`): after a
+    /// crash at most the last `persist_every - 1` consumed entries are handed out again.
     AtLeastOnce {
         /// Consuming reads between two cursor writes (0 is treated as 1).
         persist_every: u32,

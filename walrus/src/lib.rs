@@ -39,9 +39,10 @@
 //! | [`FsyncSchedule::NoFsync`] | the entry is written to the OS | everything acknowledged | what the last [`Walrus::flush`] covered |
 //!
 //! A process crash never loses an acknowledged append, whatever the schedule: the data is in
-//! the kernel. Cursors follow the same schedule as data. Under
-//! [`ReadConsistency::StrictlyAtOnce`] a consumed entry is never handed out again after a
-//! reopen (after power loss: when the schedule is `SyncEach`); under
+//! the kernel. Under [`ReadConsistency::StrictlyAtOnce`] a consumed entry is never handed out
+//! again after a reopen, also after power loss: under `SyncEach` and `Milliseconds` every
+//! cursor write is synced before the read returns (`NoFsync` syncs nothing but at
+//! [`Walrus::flush`]: there it holds for a process crash); under
 //! [`ReadConsistency::AtLeastOnce`] at most `persist_every - 1` are.
 //!
 //! After a failed sync the instance refuses further writes until it is reopened: the kernel may

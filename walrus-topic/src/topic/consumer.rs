@@ -270,9 +270,11 @@ impl Topic {
             consumer: c.name.to_string(),
             ..CursorRecord::new(&*self.name, r.generation + 1, r.cursor)
         };
-        shared
-            .cursors
-            .write(&record, pair, shared.options.sync_cursor_writes)?;
+        shared.cursors.write(
+            &record,
+            pair,
+            shared.options.sync_cursor_writes || shared.options.durable_cursors,
+        )?;
         r.generation += 1;
         r.persisted = r.cursor;
         r.unpersisted = 0;
