@@ -62,37 +62,6 @@ pub struct WalrusBuilder {
     topic_tiering: Vec<(String, walrus_topic::Tiering)>,
 }
 
-/// Builds before 2026-12-07 put the instance of a `data_dir` named without a key under
-/// `<data_dir>/<WALRUS_INSTANCE_KEY>` when that variable was set. Opening `data_dir` itself
-/// then would start empty beside the data: refused while `data_dir` holds no instance and
-/// that directory does.
-fn moved_by_earlier_builds(dir: &std::path::Path) -> io::Result<()> {
-    let Some(k) = std::env::var(ENV_INSTANCE_KEY)
-        .ok()
-        .filter(|k| !k.is_empty())
-    else {
-        return Ok(());
-    };
-    let Ok(name) = dir_name(&k) else {
-        return Ok(());
-    };
-    let earlier = dir.join(name);
-    let holds = |d: &std::path::Path| d.join(walrus_topic::LOCK_FILE).is_file();
-    if holds(&earlier) && !holds(dir) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "data directory {} holds no instance, but {} does: earlier builds put the \
-                 instance of this data_dir there while {ENV_INSTANCE_KEY}={k:?} was set; open \
-                 it with .key({k:?}), or move it",
-                dir.display(),
-                earlier.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 impl WalrusBuilder {
     /// A builder with the defaults: `StrictlyAtOnce`, `Milliseconds(200)`, the `pwrite`
     /// backend, [`RecoveryMode::TolerateCorruptedTail`].
@@ -300,9 +269,6 @@ impl WalrusBuilder {
             Some(k) => root.join(dir_name(k)?),
             None => root,
         };
-        if key.is_none() {
-            moved_by_earlier_builds(&dir)?;
-        }
         let quiet = self
             .quiet
             .unwrap_or_else(|| std::env::var(ENV_QUIET).is_ok_and(|v| !v.is_empty() && v != "0"));

@@ -56,22 +56,22 @@ fn constructors_use_the_environment_and_the_builder_wins() {
     let w = Walrus::builder().data_dir(other.path()).build().unwrap();
     assert_eq!(w.dir(), other.path(), "the environment's key moved it");
     drop(w);
-    // Where earlier builds put it (under the environment's key), it is found, not started
-    // afresh beside it.
-    let earlier = tempfile::tempdir().unwrap();
-    let w = Walrus::builder()
-        .data_dir(earlier.path())
+    // A root given without a key opens, beside the environment's keyed instance under it.
+    let root = tempfile::tempdir().unwrap();
+    let keyed = Walrus::builder()
+        .data_dir(root.path())
         .key("ns")
         .build()
         .unwrap();
-    w.append_for_topic("t", b"kept").unwrap();
-    drop(w);
-    let e = Walrus::builder()
-        .data_dir(earlier.path())
-        .build()
-        .unwrap_err();
-    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
-    assert!(e.to_string().contains(".key(\"ns\")"), "{e}");
+    keyed.append_for_topic("t", b"keyed").unwrap();
+    drop(keyed);
+    let w = Walrus::builder().data_dir(root.path()).build().unwrap();
+    assert_eq!(w.dir(), root.path());
+    assert_eq!(
+        w.read_next("t", true).unwrap(),
+        None,
+        "the keyed instance's entries"
+    );
     let w = Walrus::new().unwrap();
     assert_eq!(
         w.read_next("t", true).unwrap(),
