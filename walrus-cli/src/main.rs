@@ -66,7 +66,8 @@ enum Command {
 /// How `dump` prints a payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
-    /// `offset<TAB>payload`, the payload as UTF-8 (invalid bytes replaced).
+    /// `offset<TAB>payload`, the payload as UTF-8 (invalid bytes replaced; `\`, newlines,
+    /// carriage returns and tabs escaped as `\\`, `\n`, `\r`, `\t`).
     Text,
     /// `offset<TAB>payload`, the payload in hexadecimal.
     Hex,
@@ -111,7 +112,6 @@ fn main() -> ExitCode {
             }
             open(&dir, RecoveryMode::SkipCorrupted)
                 .and_then(|s| dump(&s, &topic, from, count, format, &mut out))
-                .map(|()| ExitCode::SUCCESS)
         }
         Command::Stats { dir } => open(&dir, RecoveryMode::SkipCorrupted)
             .and_then(|s| report::stats(&s, &mut out))
@@ -165,19 +165,26 @@ fn verify_pass(store: &Store) -> io::Result<(Vec<String>, u64, u64)> {
     // Then read every entry recovery kept: each is checked again (CRC32C) as it is read.
     let mut entries = 0u64;
     for topic in store.topics() {
-        let Some(first) = store.first_retained_offset(&topic) else {
+        let Some(mut from) = store.first_retained_offset(&topic) else {
             continue;
         };
-        for entry in store.iter(&topic, first) {
-            match entry {
-                Ok(_) => entries += 1,
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    damage += 1;
-                    lines.push(format!("damaged: {e} (in {})", store.dir().display()));
-                    break;
+        // Each damaged entry is a line; the pass goes on after it (each round starts past the
+        // last damaged offset, so it ends).
+        'topic: loop {
+            let mut iter = store.iter(&topic, from);
+            loop {
+                match iter.next() {
+                    None => break 'topic,
+                    Some(Ok(_)) => entries += 1,
+                    Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                        damage += 1;
+                        lines.push(format!("damaged: {e} (in {})", store.dir().display()));
+                        from = iter.position() + 1;
+                        continue 'topic;
+                    }
+                    Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => break 'topic,
+                    Some(Err(e)) => return Err(e),
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                Err(e) => return Err(e),
             }
         }
     }
@@ -186,20 +193,23 @@ fn verify_pass(store: &Store) -> io::Result<(Vec<String>, u64, u64)> {
 
 fn verify(dir: &Path, out: &mut impl Write) -> io::Result<ExitCode> {
     // Damage that keeps even a read-only open out (a damaged journal header) is damage.
+    let unopened = |e: io::Error, out: &mut dyn Write| match writeln!(out, "damaged: {e}") {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(ExitCode::from(1)),
+    };
     let store = match open(dir, RecoveryMode::SkipCorrupted) {
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            return match writeln!(out, "damaged: {e}") {
-                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e),
-                _ => Ok(ExitCode::from(1)),
-            };
-        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return unopened(e, out),
         other => other?,
     };
     let (mut lines, mut damage, mut entries) = verify_pass(&store)?;
     if damage > 0 {
         // A live writer may have been in the middle of a write the pass read (a block header
         // half written): what is damage is still there a moment later.
-        (lines, damage, entries) = verify_pass(&open(dir, RecoveryMode::SkipCorrupted)?)?;
+        let again = match open(dir, RecoveryMode::SkipCorrupted) {
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return unopened(e, out),
+            other => other?,
+        };
+        (lines, damage, entries) = verify_pass(&again)?;
     }
     let code = if damage == 0 {
         ExitCode::SUCCESS
@@ -235,7 +245,7 @@ fn dump(
     count: Option<u64>,
     format: Format,
     out: &mut impl Write,
-) -> io::Result<()> {
+) -> io::Result<ExitCode> {
     let Some(first) = store.first_retained_offset(topic) else {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -249,7 +259,7 @@ fn dump(
     for entry in store.iter(topic, from.unwrap_or(first)).take(limit) {
         let (offset, data) = entry?;
         match format {
-            Format::Text => writeln!(out, "{offset}\t{}", String::from_utf8_lossy(&data))?,
+            Format::Text => writeln!(out, "{offset}\t{}", one_line(&data))?,
             Format::Hex => writeln!(out, "{offset}\t{}", report::hex(&data))?,
             Format::Json => {
                 let mut line = serde_json::json!({ "offset": offset, "len": data.len() });
@@ -261,5 +271,37 @@ fn dump(
             }
         }
     }
-    Ok(())
+    // What recovery skipped of the topic is not in the dump: said, and the exit code says so.
+    let skipped: Vec<String> = store
+        .recovery_report()
+        .issues
+        .iter()
+        .filter(|i| i.topic == topic && is_damage(i))
+        .map(report::issue_line)
+        .collect();
+    for line in &skipped {
+        eprintln!("walrus: damaged, not dumped: {line}");
+    }
+    Ok(if skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `data` as UTF-8 (invalid bytes replaced) on one line: `\`, newlines, carriage returns and
+/// tabs escaped (`\\`, `\n`, `\r`, `\t`), so that no entry prints as two, or as another's.
+fn one_line(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(data);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -208,7 +208,8 @@ fn verify_exits_0_when_clean_and_1_naming_topic_offset_and_file_when_damaged() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(1), "damage reported as {status:?}");
-    // The other commands still read the rest.
+    // The other commands still read the rest; `dump` says what it could not print (on
+    // stderr, naming the offset) and exits 1.
     let o = walrus(&[
         "dump",
         dir.to_str().unwrap(),
@@ -219,8 +220,28 @@ fn verify_exits_0_when_clean_and_1_naming_topic_offset_and_file_when_damaged() {
         "--count",
         "2",
     ]);
-    assert!(o.status.success(), "{o:?}");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
     assert!(text(&o).starts_with("119\t"), "{}", text(&o));
+    assert!(!text(&o).contains("\n120\t"), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("offset 120"), "{err}");
+}
+
+/// `dump --format text` prints one line per entry whatever the payload holds: line breaks,
+/// tabs and backslashes are escaped, so no entry prints as two, or as another's.
+#[test]
+fn dump_text_keeps_each_entry_on_its_line() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("wal");
+    {
+        let store = Store::open(&dir, storage(), options()).unwrap();
+        store.append("t", b"x\n7\tforged").unwrap();
+        store.append("t", b"back\\slash\r").unwrap();
+        store.sync().unwrap();
+    }
+    let o = walrus(&["dump", dir.to_str().unwrap(), "--topic", "t"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(text(&o), "0\tx\\n7\\tforged\n1\tback\\\\slash\\r\n");
 }
 
 #[test]
