@@ -285,10 +285,11 @@ impl Engine {
     /// Persists every cursor, then makes everything appended so far durable.
     ///
     /// # Errors
-    /// The I/O error; a failed sync refuses further writes until the directory is reopened.
+    /// The I/O error (the sync's first); a failed sync refuses further writes until the
+    /// directory is reopened. The appends are synced also when a cursor could not be written.
     pub fn flush(&self) -> io::Result<()> {
-        self.inner.store.persist_cursors()?;
-        self.inner.sync_now()
+        let persisted = self.inner.store.persist_cursors();
+        self.inner.sync_now().and(persisted)
     }
 }
 

@@ -51,6 +51,42 @@ fn consumed_entries_stay_consumed_after_a_power_cut() {
     }
 }
 
+/// A flush whose cursor write fails still syncs the appends (and reports the failure).
+#[test]
+fn a_flush_syncs_the_appends_when_a_cursor_cannot_be_written() {
+    use walrus::sim::{Fault, FaultRule, OpKind};
+    let sim = SimStorage::new(73);
+    {
+        let consistency = ReadConsistency::AtLeastOnce { persist_every: 100 };
+        let wal = sim_wal(&sim, FsyncSchedule::NoFsync, consistency);
+        for i in 0..3u8 {
+            wal.append_for_topic("t", &[i; 10]).unwrap();
+        }
+        wal.read_next("t", true).unwrap().unwrap();
+        sim.inject(
+            FaultRule::new(Fault::Eio)
+                .op(OpKind::Write)
+                .path("/d/cursors.wcur")
+                .forever(),
+        );
+        wal.flush().unwrap_err();
+        sim.crash(CrashMode::DropUnsynced);
+        sim.clear_faults();
+    }
+    let wal = sim_wal(
+        &sim,
+        FsyncSchedule::NoFsync,
+        ReadConsistency::StrictlyAtOnce,
+    );
+    for i in 0..3u8 {
+        assert_eq!(
+            wal.read_at("t", u64::from(i)).unwrap().map(|e| e.data),
+            Some(vec![i; 10]),
+            "entry {i} was not synced"
+        );
+    }
+}
+
 fn listing(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
