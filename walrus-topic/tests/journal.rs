@@ -36,6 +36,18 @@ fn append_pair(engine: &Engine, i: u64) -> Vec<walrus_topic::DurableTicket> {
         .collect()
 }
 
+/// 20 pairs appended (each group a journal record), every ticket waited on, then a power cut.
+fn journaled_pairs_then_power_cut(sim: &SimStorage) {
+    let storage = Arc::new(sim.clone()) as Arc<dyn Storage>;
+    let engine = Engine::open(DIR, storage, options(), SyncPolicy::Each).unwrap();
+    for i in 0..20 {
+        for ticket in append_pair(&engine, i) {
+            ticket.wait().unwrap();
+        }
+    }
+    sim.crash(CrashMode::DropUnsynced);
+}
+
 #[test]
 fn a_read_only_open_after_a_power_cut_serves_what_only_the_journal_holds() {
     let sim = SimStorage::new(21);
@@ -107,15 +119,7 @@ fn a_segment_left_short_is_extended_before_appends_go_into_it() {
     f.sync_data().unwrap();
     sim.sync_dir(std::path::Path::new(DIR)).unwrap();
     drop(f);
-    {
-        let engine = Engine::open(DIR, storage(), options(), SyncPolicy::Each).unwrap();
-        for i in 0..20 {
-            for ticket in append_pair(&engine, i) {
-                ticket.wait().unwrap();
-            }
-        }
-        sim.crash(CrashMode::DropUnsynced);
-    }
+    journaled_pairs_then_power_cut(&sim);
     let store = Store::open(DIR, storage(), options()).unwrap();
     for t in 0..2 {
         for i in 0..20 {
@@ -135,15 +139,7 @@ fn a_segment_left_short_is_extended_before_appends_go_into_it() {
 fn an_open_refused_after_a_power_cut_applies_no_journal_record() {
     let sim = SimStorage::new(22);
     let storage = || Arc::new(sim.clone()) as Arc<dyn Storage>;
-    {
-        let engine = Engine::open(DIR, storage(), options(), SyncPolicy::Each).unwrap();
-        for i in 0..20 {
-            for ticket in append_pair(&engine, i) {
-                ticket.wait().unwrap();
-            }
-        }
-        sim.crash(CrashMode::DropUnsynced);
-    }
+    journaled_pairs_then_power_cut(&sim);
     // A foreign file: every open refuses the directory.
     let foreign = std::path::Path::new("/wal/notes.txt");
     storage().create(foreign, 0).unwrap();
@@ -189,15 +185,7 @@ fn a_damaged_record_or_header_with_records_after_it_is_refused() {
     for (seed, (at, len, says)) in (24..).zip(damages) {
         let sim = SimStorage::new(seed);
         let storage = || Arc::new(sim.clone()) as Arc<dyn Storage>;
-        {
-            let engine = Engine::open(DIR, storage(), options(), SyncPolicy::Each).unwrap();
-            for i in 0..20 {
-                for ticket in append_pair(&engine, i) {
-                    ticket.wait().unwrap();
-                }
-            }
-            sim.crash(CrashMode::DropUnsynced);
-        }
+        journaled_pairs_then_power_cut(&sim);
         let j = sim.open(path).unwrap();
         let mut bytes = vec![0u8; len];
         j.read_exact_at(&mut bytes, at).unwrap();

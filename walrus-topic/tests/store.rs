@@ -394,8 +394,13 @@ fn a_sync_that_panics_refuses_later_writes() {
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.sync()));
     assert!(panicked.is_err(), "the sync did not panic");
     sim.clear_faults();
+    refuses_writes(&store, "panicked");
+}
+
+/// `store` refuses an append, saying `says`, and writes nothing.
+fn refuses_writes(store: &Store, says: &str) {
     let err = store.append("t", b"y").unwrap_err();
-    assert!(err.to_string().contains("panicked"), "{err}");
+    assert!(err.to_string().contains(says), "{err}");
     assert_eq!(store.read_at("t", 1).unwrap(), None, "y was written");
 }
 
@@ -420,9 +425,7 @@ fn a_failed_cursor_sync_on_a_read_refuses_later_writes() {
         "the cursor file was not synced"
     );
     sim.clear_faults();
-    let err = store.append("t", b"y").unwrap_err();
-    assert!(err.to_string().contains("reopen"), "{err}");
-    assert_eq!(store.read_at("t", 1).unwrap(), None, "y was written");
+    refuses_writes(&store, "reopen");
 }
 
 /// A watermark record whose write failed is written at the next maintenance pass, also when

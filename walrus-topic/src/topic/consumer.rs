@@ -138,6 +138,15 @@ impl Consumer {
     }
 }
 
+/// What a lookup of a consumer found.
+enum Found {
+    It(Arc<Consumer>),
+    /// Another thread made it between the lookup and the creation: look again.
+    Raced,
+    /// It does not exist (and was not to be made).
+    Absent,
+}
+
 /// How many times an operation looks a consumer up again after finding it removed under it,
 /// before it takes the floor lock to keep removals out.
 const LOOKUPS: usize = 8;
@@ -158,13 +167,10 @@ impl Topic {
         mut f: impl FnMut(&Consumer, &mut Reader) -> io::Result<R>,
     ) -> io::Result<Option<R>> {
         for _ in 0..LOOKUPS {
-            let c = match self.consumer(name) {
-                Some(c) => c,
-                None if create => match self.create_consumer(shared, name, None)? {
-                    Some(c) => c,
-                    None => continue,
-                },
-                None => return Ok(None),
+            let c = match self.find(shared, name, create)? {
+                Found::It(c) => c,
+                Found::Raced => continue,
+                Found::Absent => return Ok(None),
             };
             let mut r = c.reader.lock();
             if r.removed {
@@ -177,14 +183,11 @@ impl Topic {
         // removed before its reader is locked. Concurrency never fails a call.
         let floor = self.floor.lock();
         for _ in 0..LOOKUPS {
-            let c = match self.consumer(name) {
-                Some(c) => c,
-                None if create => match self.create_consumer(shared, name, None)? {
-                    Some(c) => c,
-                    // Created by another thread meanwhile, and not removable since.
-                    None => continue,
-                },
-                None => return Ok(None),
+            let c = match self.find(shared, name, create)? {
+                Found::It(c) => c,
+                // Created by another thread meanwhile, and not removable since.
+                Found::Raced => continue,
+                Found::Absent => return Ok(None),
             };
             let mut r = c.reader.lock();
             if r.removed {
@@ -200,6 +203,17 @@ impl Topic {
             format!("consumer {name:?} neither found nor created under the floor lock"),
             None,
         ))
+    }
+
+    /// Consumer `name`, made (at the oldest retained entry) if `create`.
+    fn find(&self, shared: &Shared, name: &str, create: bool) -> io::Result<Found> {
+        Ok(match self.consumer(name) {
+            Some(c) => Found::It(c),
+            None if create => self
+                .create_consumer(shared, name, None)?
+                .map_or(Found::Raced, Found::It),
+            None => Found::Absent,
+        })
     }
 
     /// Creates consumer `name` at `at` (the oldest retained entry if `None`) and persists its
