@@ -1032,18 +1032,9 @@ fn a_segment_with_a_damaged_header_and_block_header_is_kept_when_synced_entries_
     kept_when_synced_entries_are_missing(28, true);
 }
 
-fn kept_when_synced_entries_are_missing(seed: u64, damage_segment_header: bool) {
-    let sim = SimStorage::new(seed);
-    // Blocks of 4, 8, 16, 16 and 16 KiB fill the first segment; the next goes to the second.
-    let options = small().with_block_len(16 << 10).with_lanes(1);
-    {
-        let store = open(&sim, options.clone()).unwrap();
-        for i in 0..120 {
-            store.append("t", &payload(i)).unwrap();
-        }
-        store.sync().unwrap();
-    }
-    let mut names = segments(&sim);
+/// The segment files by name, and the last that holds a block.
+fn last_segment_with_a_block(sim: &SimStorage) -> (Vec<String>, String) {
+    let mut names = segments(sim);
     names.sort();
     let last = names
         .iter()
@@ -1055,6 +1046,21 @@ fn kept_when_synced_entries_are_missing(seed: u64, damage_segment_header: bool) 
         })
         .expect("a segment holding a block")
         .clone();
+    (names, last)
+}
+
+fn kept_when_synced_entries_are_missing(seed: u64, damage_segment_header: bool) {
+    let sim = SimStorage::new(seed);
+    // Blocks of 4, 8, 16, 16 and 16 KiB fill the first segment; the next goes to the second.
+    let options = small().with_block_len(16 << 10).with_lanes(1);
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        for i in 0..120 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let (names, last) = last_segment_with_a_block(&sim);
     assert_ne!(last, names[0], "the entries reach a second segment");
     let file = sim.open(&Path::new(DIR).join(&last)).unwrap();
     file.write_at(&[0xFF], 4096 + 20).unwrap();
@@ -1108,18 +1114,7 @@ fn damage_across_a_cursor_is_not_taken_for_consumed_history() {
             for i in 0..120 {
                 store.append("t", &payload(i)).unwrap();
             }
-            let mut names = segments(&sim);
-            names.sort();
-            let last = names
-                .iter()
-                .rev()
-                .find(|n| {
-                    let mut head = [0u8; 4];
-                    let f = sim.open(&Path::new(DIR).join(n)).unwrap();
-                    f.read_exact_at(&mut head, 4096).is_ok() && head != [0; 4]
-                })
-                .expect("a segment holding a block")
-                .clone();
+            let (_, last) = last_segment_with_a_block(&sim);
             let bytes = sim.contents(&Path::new(DIR).join(&last)).unwrap();
             let key = SegmentHeader::decode(&bytes).unwrap().unwrap().key;
             let headers = block_headers(&bytes, key);

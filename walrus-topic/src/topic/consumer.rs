@@ -166,32 +166,24 @@ impl Topic {
         create: bool,
         mut f: impl FnMut(&Consumer, &mut Reader) -> io::Result<R>,
     ) -> io::Result<Option<R>> {
-        for _ in 0..LOOKUPS {
-            let c = match self.find(shared, name, create)? {
-                Found::It(c) => c,
-                Found::Raced => continue,
-                Found::Absent => return Ok(None),
-            };
-            let mut r = c.reader.lock();
-            if r.removed {
-                continue;
+        // Removed under this call each time (removals and re-creations in a loop): after
+        // `LOOKUPS` tries, the rest with the floor lock, which a removal takes first, so the
+        // consumer found cannot be removed before its reader is locked. Concurrency never
+        // fails a call.
+        let mut floor = None;
+        for attempt in 0..2 * LOOKUPS {
+            if attempt == LOOKUPS {
+                floor = Some(self.floor.lock());
             }
-            return f(&c, &mut r).map(Some);
-        }
-        // Removed under this call each time (removals and re-creations in a loop): once more
-        // with the floor lock, which a removal takes first, so the consumer found cannot be
-        // removed before its reader is locked. Concurrency never fails a call.
-        let floor = self.floor.lock();
-        for _ in 0..LOOKUPS {
             let c = match self.find(shared, name, create)? {
                 Found::It(c) => c,
-                // Created by another thread meanwhile, and not removable since.
+                // Created by another thread meanwhile (not removable since, under the lock).
                 Found::Raced => continue,
                 Found::Absent => return Ok(None),
             };
             let mut r = c.reader.lock();
             if r.removed {
-                // Not by a removal (those wait for the floor lock): a creation whose record
+                // Under the lock not by a removal (those wait for it): a creation whose record
                 // could not be written, which another thread found before it was withdrawn.
                 continue;
             }
