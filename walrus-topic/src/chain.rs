@@ -154,6 +154,9 @@ impl SegmentHandle {
             fill(from, to)?;
             if claimed < from {
                 gaps.push((claimed, from));
+                // Before the new end is published: a claim that reads that end must see that
+                // there is a gap below it (and take the lock).
+                self.gaps.store(true, Ordering::Release);
             }
             self.claimed.store(to, Ordering::Release);
             did = true;
@@ -172,7 +175,9 @@ impl SegmentHandle {
         if self.claim(at, at.saturating_add(claim_step(zero_fill)), zero_fill)? && zero_fill {
             let to = self.claimed.load(Ordering::Acquire);
             let from = from.max(at);
-            self.file.start_write_back(from, to.saturating_sub(from))?;
+            if to > from {
+                self.file.start_write_back(from, to - from)?;
+            }
         }
         Ok(())
     }

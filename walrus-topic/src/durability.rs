@@ -76,6 +76,7 @@ impl FileSync {
         }
         // Everything marked up to now is covered by a sync that starts now.
         let covers = self.marked.load(Ordering::Acquire);
+        let _fail_on_panic = FailOnPanic(self, std::thread::panicking());
         if let Err(e) = sync_data() {
             *self.failed.lock() = Some(Arc::new(Poisoned::from_error(&e)));
             self.has_failed.store(true, Ordering::Release);
@@ -91,6 +92,21 @@ impl FileSync {
             return None;
         }
         self.failed.lock().clone()
+    }
+}
+
+/// Fails every later sync of the file if dropped while its thread panics (a `sync_data` that
+/// panicked, a backend's bug: what it wrote is not known), unless it already was when the
+/// guard was made.
+struct FailOnPanic<'a>(&'a FileSync, bool);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.1 {
+            let e = io::Error::other("a sync of this file panicked: what it wrote is not known");
+            *self.0.failed.lock() = Some(Arc::new(Poisoned::from_error(&e)));
+            self.0.has_failed.store(true, Ordering::Release);
+        }
     }
 }
 

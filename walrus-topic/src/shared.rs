@@ -433,7 +433,7 @@ impl Shared {
         self.check_writable()?;
         // A sync that panics (a backend's bug) may have made some writes durable and not
         // others: as a failed one, it refuses every later write.
-        let _poison_on_panic = PoisonOnPanic(self);
+        let _poison_on_panic = PoisonOnPanic(self, std::thread::panicking());
         let _span = tracing::trace_span!("walrus.sync").entered();
         let started = Instant::now();
         let snapshot: Vec<(Arc<Progress>, u64)> = self
@@ -630,12 +630,14 @@ pub(crate) fn segment_preparer(
     }
 }
 
-/// Poisons the store if dropped while its thread panics (see [`Shared::sync`]).
-struct PoisonOnPanic<'a>(&'a Shared);
+/// Poisons the store if dropped while its thread panics (see [`Shared::sync`]), unless it
+/// already was when the guard was made (a sync run by a `Drop` during unwinding, which
+/// succeeded or failed on its own).
+struct PoisonOnPanic<'a>(&'a Shared, bool);
 
 impl Drop for PoisonOnPanic<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.1 {
             self.0.poison(&io::Error::other(
                 "a sync panicked: what it wrote is not known",
             ));

@@ -397,6 +397,86 @@ fn a_sync_that_panics_refuses_later_writes() {
     refuses_writes(&store, "panicked");
 }
 
+/// A sync run by a `Drop` while its thread unwinds from another panic, which succeeds, does
+/// not poison the store (it is not the sync that panicked).
+#[test]
+fn a_sync_during_another_panic_does_not_poison() {
+    struct SyncOnDrop<'a>(&'a Store);
+    impl Drop for SyncOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.sync();
+        }
+    }
+    let sim = SimStorage::new(63);
+    let store = open(&sim, small()).unwrap();
+    store.append("t", b"x").unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _sync = SyncOnDrop(&store);
+        panic!("the caller's own panic");
+    }));
+    assert!(panicked.is_err());
+    assert!(sim.stats().data_syncs > 0, "the drop did not sync");
+    store.append("t", b"y").unwrap();
+}
+
+/// A cursor sync that panics (a backend's bug) fails every later sync of the cursor file:
+/// consuming reads fail and writes are refused; the cursor that was not made durable is not
+/// the one a reopen finds.
+#[test]
+fn a_cursor_sync_that_panics_fails_the_reads_after_it() {
+    let sim = SimStorage::new(64);
+    let options = small().with_durable_cursors(true);
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        store.append("t", b"x").unwrap();
+        store.append("t", b"y").unwrap();
+        store.sync().unwrap();
+        sim.inject(
+            FaultRule::new(Fault::Panic)
+                .op(OpKind::Sync)
+                .path(format!("{DIR}/cursors.wcur")),
+        );
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.read_next("t", true)));
+        assert!(panicked.is_err(), "the sync did not panic");
+        sim.clear_faults();
+        store.read_next("t", true).unwrap_err();
+        store.append("t", b"z").unwrap_err();
+        sim.crash(CrashMode::DropUnsynced);
+    }
+    let store = open(&sim, options).unwrap();
+    assert_eq!(store.read_next("t", true).unwrap().map(|e| e.0), Some(0));
+}
+
+/// The background persistence of idle readers' cursors writes them without a sync per
+/// consumer (the next sync of the file covers them): a reader's own persist is synced.
+#[test]
+fn idle_cursors_are_persisted_without_a_sync_each() {
+    let sim = SimStorage::new(65);
+    let options = small().with_durable_cursors(true).with_persist_every(100);
+    let store = open(&sim, options).unwrap();
+    for i in 0..10 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    for c in 0..5 {
+        store
+            .read_next_as("t", &format!("c{c}"), true)
+            .unwrap()
+            .unwrap();
+    }
+    let before = sim.stats().data_syncs;
+    store.maintain().unwrap();
+    assert_eq!(sim.stats().data_syncs, before, "a sync per idle consumer");
+    assert_eq!(
+        store
+            .consumers("t")
+            .iter()
+            .filter(|c| c.persisted == 1)
+            .count(),
+        5
+    );
+}
+
 /// `store` refuses an append, saying `says`, and writes nothing.
 fn refuses_writes(store: &Store, says: &str) {
     let err = store.append("t", b"y").unwrap_err();

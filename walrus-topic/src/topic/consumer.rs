@@ -259,8 +259,20 @@ impl Topic {
         Ok(Some(c))
     }
 
-    /// Writes the cursor of `c` and releases what it consumed.
+    /// Writes the cursor of `c` (synced as the options say) and releases what it consumed.
     pub(super) fn persist(&self, shared: &Shared, c: &Consumer, r: &mut Reader) -> io::Result<()> {
+        let sync = shared.options.sync_cursor_writes || shared.options.durable_cursors;
+        self.persist_synced(shared, c, r, sync)
+    }
+
+    /// [`persist`](Self::persist), synced if `sync`.
+    fn persist_synced(
+        &self,
+        shared: &Shared,
+        c: &Consumer,
+        r: &mut Reader,
+        sync: bool,
+    ) -> io::Result<()> {
         let pair = match r.pair {
             Some(p) => p,
             None => {
@@ -276,11 +288,7 @@ impl Topic {
             consumer: c.name.to_string(),
             ..CursorRecord::new(&*self.name, r.generation + 1, r.cursor)
         };
-        shared.cursors.write(
-            &record,
-            pair,
-            shared.options.sync_cursor_writes || shared.options.durable_cursors,
-        )?;
+        shared.cursors.write(&record, pair, sync)?;
         r.generation += 1;
         r.persisted = r.cursor;
         r.unpersisted = 0;
@@ -298,7 +306,11 @@ impl Topic {
             if r.removed || (r.cursor == r.persisted && r.unpersisted == 0) {
                 continue;
             }
-            if let Err(e) = self.persist(shared, &c, &mut r) {
+            // Not synced here, one consumer after another: what a read or a commit persists
+            // is synced by it (the bounds the consistencies promise); this catches idle
+            // readers up, and the next sync of the cursor file covers it.
+            let sync = shared.options.sync_cursor_writes;
+            if let Err(e) = self.persist_synced(shared, &c, &mut r, sync) {
                 first_err.get_or_insert(on_topic(e, &self.name, None));
             }
         }
