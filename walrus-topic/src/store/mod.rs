@@ -617,13 +617,16 @@ impl Store {
         {
             tracing::error!(error = %e, "could not sync the durable watermarks; writes are refused until reopen");
         }
-        // Only once this store wrote in the lane: opening must not create segment files (a
-        // reopened lane has a current segment, the recovered one, before it wrote anything).
+        // Only once this store wrote in the lane (opening must not create segment files: a
+        // reopened lane has a current segment, the recovered one, before it wrote anything),
+        // and once the current segment is half full: a spare ahead of a roll-over that is far
+        // off would only cost its space (a whole 2 MiB granule on the mmap backend).
         for (i, lane) in self.shared.lanes.iter().enumerate() {
-            if self.shared.lane_allocated(i)
-                && lane.position().current.is_some()
-                && self.shared.check_writable().is_ok()
-            {
+            let half_full = lane
+                .position()
+                .current
+                .is_some_and(|c| c.next_start >= c.segment_len / 2);
+            if self.shared.lane_allocated(i) && half_full && self.shared.check_writable().is_ok() {
                 lane.prepare_spare()?;
             }
         }
