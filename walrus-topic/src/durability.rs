@@ -78,12 +78,17 @@ impl FileSync {
         let covers = self.marked.load(Ordering::Acquire);
         let _fail_on_panic = FailOnPanic(self, std::thread::panicking());
         if let Err(e) = sync_data() {
-            *self.failed.lock() = Some(Arc::new(Poisoned::from_error(&e)));
-            self.has_failed.store(true, Ordering::Release);
+            self.fail(&e);
             return Err(e);
         }
         self.synced.fetch_max(covers, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Every later sync fails with `e`'s cause.
+    fn fail(&self, e: &io::Error) {
+        *self.failed.lock() = Some(Arc::new(Poisoned::from_error(e)));
+        self.has_failed.store(true, Ordering::Release);
     }
 
     /// The failure that makes every later sync of the file fail, once one failed.
@@ -103,9 +108,9 @@ struct FailOnPanic<'a>(&'a FileSync, bool);
 impl Drop for FailOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() && !self.1 {
-            let e = io::Error::other("a sync of this file panicked: what it wrote is not known");
-            *self.0.failed.lock() = Some(Arc::new(Poisoned::from_error(&e)));
-            self.0.has_failed.store(true, Ordering::Release);
+            self.0.fail(&io::Error::other(
+                "a sync of this file panicked: what it wrote is not known",
+            ));
         }
     }
 }
