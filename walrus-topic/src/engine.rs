@@ -365,15 +365,34 @@ fn syncer_loop(inner: &Inner, period: Option<Duration>) {
         drop(st);
         if sync_due {
             last_sync = Instant::now();
-            if let Err(e) = inner.sync_now() {
-                // The store is poisoned now: writes fail with this cause until reopened.
-                tracing::error!(error = %e, "background sync failed; writes are refused until reopen");
-            }
         }
-        if let Err(e) = inner.store.maintain() {
-            tracing::warn!(error = %e, "background maintenance failed; an append will retry");
+        // A panic (a backend's) must not end the thread: tickets waiting on it would wait
+        // for ever, and `Every` would sync no more. The sync and the maintenance poison the
+        // store as they unwind, so the syncs after this one fail and settle every ticket.
+        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            syncer_pass(inner, sync_due);
+        }));
+        if pass.is_err() {
+            tracing::error!(
+                "the background syncer's pass panicked; writes are refused until reopen"
+            );
         }
         st = shared.syncer.lock();
+    }
+}
+
+/// One pass of the background syncer: the sync if one is due, then the maintenance.
+fn syncer_pass(inner: &Inner, sync_due: bool) {
+    // A sync refused because the store is poisoned was logged when it was poisoned.
+    if sync_due
+        && let Err(e) = inner.sync_now()
+        && !crate::is_poisoned(&e)
+    {
+        // The store is poisoned now: writes fail with this cause until reopened.
+        tracing::error!(error = %e, "background sync failed; writes are refused until reopen");
+    }
+    if let Err(e) = inner.store.maintain() {
+        tracing::warn!(error = %e, "background maintenance failed; an append will retry");
     }
 }
 
@@ -465,6 +484,53 @@ mod tests {
     use walrus_io::sim::{Fault, FaultRule, OpKind, SimStorage};
 
     use super::*;
+
+    /// A panic in the background maintenance (a backend's, here preparing the next segment)
+    /// poisons the store and leaves the syncer running: a ticket waited on afterwards gets
+    /// the error instead of waiting for ever for a thread that is gone.
+    #[test]
+    fn a_panic_in_the_background_maintenance_poisons_and_leaves_the_syncer_running() {
+        let sim = SimStorage::new(11);
+        let storage = Arc::new(sim.clone()) as Arc<dyn Storage>;
+        let options = StoreOptions::new()
+            .with_block_len(8192)
+            .with_segment_len(64 * 1024)
+            .with_lanes(1)
+            .with_background_maintenance(true);
+        let policy = SyncPolicy::Every(Duration::from_secs(3600));
+        let engine = Engine::open("/wal", storage, options, policy).unwrap();
+        // The first append creates the lane's segment; the panic is armed after it.
+        let ticket = engine.append_with_ticket("t0", b"first").unwrap();
+        sim.inject(FaultRule::new(Fault::Panic).op(OpKind::Create).forever());
+        // A block each (4 KiB for a short first entry): past half of the segment, so the
+        // maintenance prepares the next one.
+        for i in 1..9 {
+            engine.append(&format!("t{i}"), b"x").unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.store().poisoned().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the maintenance's panic did not poison the store"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let poisoned = engine.append("t0", b"after").unwrap_err();
+        assert!(crate::is_poisoned(&poisoned), "{poisoned}");
+        assert!(
+            poisoned.to_string().contains("maintenance panicked"),
+            "{poisoned}"
+        );
+        // On a thread of its own, so that a regression fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(ticket.wait()));
+        let waited = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the ticket waits for a syncer that is gone");
+        let e = waited.unwrap_err();
+        assert!(crate::is_poisoned(&e), "{e}");
+        sim.clear_faults();
+    }
 
     /// A write that a sync numbered before its ticket made durable (a flush that began just
     /// before the write completed, and listed it) is visible; its own sync then fails. The

@@ -207,6 +207,17 @@ impl Shared {
         p
     }
 
+    /// A guard that poisons the store with `cause` if the work it spans panics (a backend's
+    /// bug): that work may have done part of what it was to do, and what is on disk is not
+    /// known.
+    pub(crate) fn poison_on_panic(&self, cause: &'static str) -> PoisonOnPanic<'_> {
+        PoisonOnPanic {
+            shared: self,
+            cause,
+            unwinding: std::thread::panicking(),
+        }
+    }
+
     /// The cause, once poisoned.
     pub(crate) fn poisoned(&self) -> Option<Arc<Poisoned>> {
         self.poison.lock().clone()
@@ -433,7 +444,7 @@ impl Shared {
         self.check_writable()?;
         // A sync that panics (a backend's bug) may have made some writes durable and not
         // others: as a failed one, it refuses every later write.
-        let _poison_on_panic = PoisonOnPanic(self, std::thread::panicking());
+        let _poison_on_panic = self.poison_on_panic("a sync panicked: what it wrote is not known");
         let _span = tracing::trace_span!("walrus.sync").entered();
         let started = Instant::now();
         let snapshot: Vec<(Arc<Progress>, u64)> = self
@@ -630,17 +641,19 @@ pub(crate) fn segment_preparer(
     }
 }
 
-/// Poisons the store if dropped while its thread panics (see [`Shared::sync`]), unless it
-/// already was when the guard was made (a sync run by a `Drop` during unwinding, which
-/// succeeded or failed on its own).
-struct PoisonOnPanic<'a>(&'a Shared, bool);
+/// Poisons the store with its cause if dropped while its thread panics (see
+/// [`Shared::poison_on_panic`]), unless the thread already was when the guard was made (work
+/// run by a `Drop` during unwinding, which succeeded or failed on its own).
+pub(crate) struct PoisonOnPanic<'a> {
+    shared: &'a Shared,
+    cause: &'static str,
+    unwinding: bool,
+}
 
 impl Drop for PoisonOnPanic<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() && !self.1 {
-            self.0.poison(&io::Error::other(
-                "a sync panicked: what it wrote is not known",
-            ));
+        if std::thread::panicking() && !self.unwinding {
+            self.shared.poison(&io::Error::other(self.cause));
         }
     }
 }

@@ -583,11 +583,16 @@ impl Store {
     /// the next segment file before an append needs it. Cheap when there is nothing to do.
     ///
     /// # Errors
-    /// The error of preparing the next segment (an append that needs it will retry).
+    /// The error of preparing the next segment (an append that needs it will retry). A
+    /// panic in it (a backend's) poisons the store: it may have stopped between a file's
+    /// writes and its sync.
     pub fn maintain(&self) -> io::Result<()> {
         if self.shared.options.read_only {
             return Ok(());
         }
+        let _poison_on_panic = self
+            .shared
+            .poison_on_panic("the background maintenance panicked: what it wrote is not known");
         let due = self.shared.take_deletions();
         for segment in due {
             self.shared.delete_segment_now(segment);
