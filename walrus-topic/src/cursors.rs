@@ -89,6 +89,9 @@ pub(crate) struct CursorFile {
     /// The generation last written to each pair, by pair.
     last: Vec<u64>,
     next_pair: u64,
+    /// Pairs whose records [`reclaim`](Self::reclaim) dropped: zeroed when the file is
+    /// opened for writing, then given to new records.
+    free: Vec<u64>,
 }
 
 impl CursorFile {
@@ -113,6 +116,7 @@ impl CursorFile {
                     pairs: HashMap::new(),
                     last: Vec::new(),
                     next_pair: 0,
+                    free: Vec::new(),
                 };
                 return Ok((empty, (HashMap::new(), Vec::new())));
             }
@@ -159,9 +163,46 @@ impl CursorFile {
                 pairs,
                 last,
                 next_pair,
+                free: Vec::new(),
             },
             (loaded, damaged),
         ))
+    }
+
+    /// Drops from `loaded` (and from this file's records) the consumer records nothing needs:
+    /// those of removed consumers, and those of a deleted topic's consumers (stale: a
+    /// re-created topic would mark them removed). Their pairs are zeroed by
+    /// [`create_if_missing`](Self::create_if_missing) and, once the open's sync made the
+    /// zeros durable, handed to new records: without this the file grew by a pair for every
+    /// consumer name ever used, and a store that had used a million no longer opened.
+    ///
+    /// A pair is only reused after its zeros are durable: a crash must never find one slot
+    /// of the old record beside one of the new (a pair naming two records is refused).
+    /// Floors stay (a deleted topic's floor keeps its offsets from being reused), and so do
+    /// the records of a topic's live consumers.
+    pub(crate) fn reclaim(&mut self, loaded: &mut HashMap<RecordKey, LoadedCursor>) {
+        let deleted: std::collections::HashSet<String> = loaded
+            .iter()
+            .filter(|(k, c)| k.kind == CursorKind::Floor && c.removed)
+            .map(|(k, _)| k.topic.clone())
+            .collect();
+        loaded.retain(|k, c| {
+            let unneeded =
+                k.kind == CursorKind::Consumer && (c.removed || deleted.contains(&k.topic));
+            if unneeded {
+                self.pairs.remove(k);
+                if let Some(g) = usize::try_from(c.pair)
+                    .ok()
+                    .and_then(|p| self.last.get_mut(p))
+                {
+                    *g = 0;
+                }
+                self.free.push(c.pair);
+            }
+            !unneeded
+        });
+        // The lowest pairs first (popped from the end): new records fill the file's front.
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
     }
 
     /// The store on this file, creating the file (and making its name durable) if it did not
@@ -180,21 +221,55 @@ impl CursorFile {
                 f
             }
         };
-        Ok(CursorStore {
+        let store = CursorStore {
             file: Some(file),
-            pairs: Mutex::new((self.pairs, self.next_pair, self.last)),
+            pairs: Mutex::new(Pairs {
+                by_record: self.pairs,
+                next: self.next_pair,
+                last: self.last,
+                free: Vec::new(),
+                zeroed: Vec::new(),
+            }),
             sync: FileSync::default(),
-        })
+        };
+        for &pair in &self.free {
+            store.clear_pair(pair * 2 * CURSOR_SLOT_LEN)?;
+        }
+        // Given out once `sync_loaded` made the zeros durable.
+        store.pairs.lock().zeroed = self.free;
+        Ok(store)
     }
 
     /// The store on this file for a read-only open: every write is refused.
     pub(crate) fn without_writes(self) -> CursorStore {
         CursorStore {
             file: None,
-            pairs: Mutex::new((self.pairs, self.next_pair, self.last)),
+            pairs: Mutex::new(Pairs {
+                by_record: self.pairs,
+                next: self.next_pair,
+                last: self.last,
+                free: Vec::new(),
+                zeroed: Vec::new(),
+            }),
             sync: FileSync::default(),
         }
     }
+}
+
+/// The slot pairs of a cursor file.
+#[derive(Debug)]
+struct Pairs {
+    /// The pair of each record.
+    by_record: HashMap<RecordKey, u64>,
+    /// The first pair past every pair ever used.
+    next: u64,
+    /// The generation last written to each pair, by pair.
+    last: Vec<u64>,
+    /// Zeroed pairs no record owns, durably so: given to new records first (lowest first:
+    /// popped from the end).
+    free: Vec<u64>,
+    /// Pairs being zeroed at the open: free once `sync_loaded` made the zeros durable.
+    zeroed: Vec<u64>,
 }
 
 /// The open cursor file of one store.
@@ -202,9 +277,8 @@ impl CursorFile {
 pub(crate) struct CursorStore {
     /// `None` in a read-only store.
     file: Option<Arc<dyn SegmentFile>>,
-    /// Slot pairs handed out so far: record → pair, the generation last written to each
-    /// pair, and the next free pair.
-    pairs: Mutex<(HashMap<RecordKey, u64>, u64, Vec<u64>)>,
+    /// Slot pairs handed out so far, and those free.
+    pairs: Mutex<Pairs>,
     /// Which cursor writes a completed sync covers.
     sync: FileSync,
 }
@@ -284,19 +358,23 @@ impl CursorStore {
     /// removal, must continue from there to win over the older slot).
     pub(crate) fn pair_for(&self, key: &RecordKey) -> (u64, u64) {
         let mut guard = self.pairs.lock();
-        let (pairs, next, last) = &mut *guard;
-        if let Some(&p) = pairs.get(key) {
+        let pairs = &mut *guard;
+        if let Some(&p) = pairs.by_record.get(key) {
             let generation = usize::try_from(p)
                 .ok()
-                .and_then(|i| last.get(i))
+                .and_then(|i| pairs.last.get(i))
                 .copied()
                 .unwrap_or(0);
             return (p, generation);
         }
-        let p = *next;
-        *next += 1;
-        last.push(0);
-        pairs.insert(key.clone(), p);
+        // A reclaimed pair's slots are durably zero and its generation was reset to 0.
+        let p = pairs.free.pop().unwrap_or_else(|| {
+            let p = pairs.next;
+            pairs.next += 1;
+            pairs.last.push(0);
+            p
+        });
+        pairs.by_record.insert(key.clone(), p);
         (p, 0)
     }
 
@@ -314,7 +392,7 @@ impl CursorStore {
         self.sync.mark();
         {
             let mut guard = self.pairs.lock();
-            let last = &mut guard.2;
+            let last = &mut guard.last;
             if let Some(g) = usize::try_from(pair).ok().and_then(|p| last.get_mut(p)) {
                 *g = (*g).max(generation);
             }
@@ -350,7 +428,11 @@ impl CursorStore {
     /// records in the page cache only.
     pub(crate) fn sync_loaded(&self) -> io::Result<()> {
         self.sync.mark();
-        self.sync()
+        self.sync()?;
+        let mut pairs = self.pairs.lock();
+        let zeroed = std::mem::take(&mut pairs.zeroed);
+        pairs.free.extend(zeroed);
+        Ok(())
     }
 
     /// Makes every cursor written so far durable.

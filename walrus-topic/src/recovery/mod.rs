@@ -184,8 +184,11 @@ fn recover_in(
         }
     }
 
-    let (cursor_file, (loaded, damaged_cursors)) =
+    let (mut cursor_file, (mut loaded, damaged_cursors)) =
         CursorFile::load(&*storage, dir, CURSOR_FILE, read_only)?;
+    if !read_only {
+        cursor_file.reclaim(&mut loaded);
+    }
 
     // A spare segment prepared ahead of need and never used: delete it, so that allocation
     // resumes in the room left in the last segment of its lane that holds blocks.
