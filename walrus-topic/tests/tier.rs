@@ -1310,3 +1310,60 @@ fn a_removal_waiting_for_a_slow_read_holds_up_no_append() {
     assert_eq!(reader.join().unwrap().unwrap(), Some((0, payload(0))));
     assert!(remover.join().unwrap().unwrap());
 }
+
+/// A store that tiered entries and left them only in the remote tier, reopened without the
+/// tier: a read that reaches those entries fails and says where they are, instead of stepping
+/// over them as if released. A consumer may be committed to the first local entry and go on;
+/// reopened with the tier, every entry is there again.
+#[test]
+fn a_reopen_without_the_tier_refuses_to_step_over_tiered_entries() {
+    let sim = SimStorage::new(31);
+    let tier = MemoryTier::new();
+    let n = 600;
+    {
+        let store = open(&sim, bounded(&tier)).unwrap();
+        fill(&store, n);
+        for o in 0..10 {
+            assert_eq!(
+                store
+                    .read_next_as("orders", "reader", true)
+                    .unwrap()
+                    .unwrap()
+                    .0,
+                o
+            );
+        }
+        store.tier_pass().unwrap();
+        store.maintain().unwrap();
+    }
+    let plain = StoreOptions::new()
+        .with_block_len(8192)
+        .with_segment_len(64 * 1024);
+    {
+        let store = open(&sim, plain.clone()).unwrap();
+        let local = store.first_retained_offset("orders").unwrap();
+        assert!(local > 10, "nothing left the disk ({local})");
+        let in_tier = |e: io::Error| {
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+            assert!(e.to_string().contains("remote tier"), "{e}");
+        };
+        in_tier(store.read_next_as("orders", "reader", true).unwrap_err());
+        in_tier(store.read_at("orders", 10).unwrap_err());
+        in_tier(store.scan("orders", 0, 5, |_, _| {}).unwrap_err());
+        // The cursor did not move; the entries on the local disk are all there.
+        assert_eq!(store.cursor_as("orders", "reader"), Some(10));
+        assert_eq!(
+            store.read_at("orders", local).unwrap(),
+            Some(payload(local))
+        );
+        // Going on without the tier is the reader's explicit choice.
+        store.commit_as("orders", "reader", local).unwrap();
+        assert_eq!(
+            store.read_next_as("orders", "reader", true).unwrap(),
+            Some((local, payload(local)))
+        );
+    }
+    // With the tier again: what the tier holds is read from it.
+    let store = open(&sim, bounded(&tier)).unwrap();
+    assert_read_at(&store, n);
+}

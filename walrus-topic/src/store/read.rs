@@ -248,7 +248,7 @@ impl Store {
         let Some(t) = self.topic(topic) else {
             return Ok(from);
         };
-        check_retained(&t, from)?;
+        check_retained(&self.shared, &t, from)?;
         let mut buf = ReadBuf::default();
         let mut visited = 0;
         let (next, _) = t.gather(
@@ -428,9 +428,11 @@ fn check_consumer(topic: &str, consumer: &str) -> io::Result<()> {
     validate_consumer_name(consumer).map_err(|e| invalid_input(format!("topic {topic:?}: {e}")))
 }
 
-fn check_retained(t: &Topic, from: u64) -> io::Result<()> {
+fn check_retained(shared: &Shared, t: &Topic, from: u64) -> io::Result<()> {
     let first = t.first_retained();
     if from < first {
+        // Not released, but in a remote tier this open does not configure: say so.
+        t.check_tier_configured(shared, from)?;
         return Err(t.error(
             io::ErrorKind::NotFound,
             format!("entries below {first} were consumed or removed by retention"),
@@ -519,7 +521,7 @@ impl Entries<'_> {
         };
         // Also with a saved position: its block may have been released (retention, deletion)
         // since, and must not be served from the still open file.
-        check_retained(&t, self.next)?;
+        check_retained(&self.store.shared, &t, self.next)?;
         let ahead = &mut self.ahead;
         let (next, pos) = t.gather(
             &self.store.shared,

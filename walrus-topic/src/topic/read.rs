@@ -201,6 +201,9 @@ impl Topic {
                 *cursor = next;
                 continue;
             }
+            if found.as_ref().is_none_or(|f| f.2 != *cursor) {
+                self.check_tier_configured(shared, *cursor)?;
+            }
             let (block, at, offset) = match found {
                 Some(found) => found,
                 None => break,
@@ -260,6 +263,7 @@ impl Topic {
                 self.counters.read(1);
                 return Ok(Some(payload.to_vec()));
             }
+            self.check_tier_configured(shared, offset)?;
             // Not stored. Below the persisted cursor it was consumed (its block released, or
             // its segment deleted before a crash took the blocks after it); at or above it, it
             // is in a gap (entries recovery cut or skipped).
@@ -280,6 +284,26 @@ impl Topic {
         }
         self.counters.read(1);
         Ok(Some(payload.to_vec()))
+    }
+
+    /// Fails when `offset`, not on the local disk, lies below the tier mark (so the remote
+    /// tier holds it) while this open configures no tier for the topic: the reader must not
+    /// step over entries that exist, as if they had been released. It may open with the tier,
+    /// or commit its consumer to the first entry on the local disk.
+    pub(crate) fn check_tier_configured(&self, shared: &Shared, offset: u64) -> io::Result<()> {
+        let mark = self.tier_mark();
+        if offset < mark && shared.tiered(&self.name).is_none() {
+            return Err(self.error(
+                io::ErrorKind::NotFound,
+                format!(
+                    "the entry is in the remote tier (it holds the topic's entries below \
+                     {mark}), and this open configures no tier for the topic: open with the \
+                     tier, or commit the consumer to the first entry on the local disk"
+                ),
+                Some(offset),
+            ));
+        }
+        Ok(())
     }
 
     /// Entries from `offset` on that the remote tier holds, if the topic tiers and a tiered
