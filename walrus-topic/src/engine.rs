@@ -49,6 +49,10 @@ pub struct Engine {
     tier: Option<(Arc<Stop>, JoinHandle<()>)>,
 }
 
+/// How often the background thread walks every topic (retention by age, placeholders no one
+/// uses): a walk costs about a microsecond per topic.
+const WALK_PERIOD: Duration = Duration::from_secs(1);
+
 /// How often the tier thread looks for sealed blocks to upload.
 const TIER_PERIOD: Duration = Duration::from_millis(100);
 
@@ -344,6 +348,7 @@ fn tier_loop(inner: &Inner, stop: &Stop) {
 /// the store's slow file-system maintenance off the appending and reading threads.
 fn syncer_loop(inner: &Inner, period: Option<Duration>) {
     let mut last_sync = Instant::now();
+    let mut last_walk = Instant::now();
     let shared = &inner.sync;
     let mut st = shared.syncer.lock();
     loop {
@@ -366,11 +371,15 @@ fn syncer_loop(inner: &Inner, period: Option<Duration>) {
         if sync_due {
             last_sync = Instant::now();
         }
+        let walk = last_walk.elapsed() >= WALK_PERIOD;
+        if walk {
+            last_walk = Instant::now();
+        }
         // A panic (a backend's) must not end the thread: tickets waiting on it would wait
         // for ever, and `Every` would sync no more. The sync and the maintenance poison the
         // store as they unwind, so the syncs after this one fail and settle every ticket.
         let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            syncer_pass(inner, sync_due);
+            syncer_pass(inner, sync_due, walk);
         }));
         if pass.is_err() {
             tracing::error!(
@@ -381,8 +390,9 @@ fn syncer_loop(inner: &Inner, period: Option<Duration>) {
     }
 }
 
-/// One pass of the background syncer: the sync if one is due, then the maintenance.
-fn syncer_pass(inner: &Inner, sync_due: bool) {
+/// One pass of the background syncer: the sync if one is due, then the maintenance (with a
+/// walk over every topic if `walk`).
+fn syncer_pass(inner: &Inner, sync_due: bool, walk: bool) {
     // A sync refused because the store is poisoned was logged when it was poisoned.
     if sync_due
         && let Err(e) = inner.sync_now()
@@ -391,7 +401,7 @@ fn syncer_pass(inner: &Inner, sync_due: bool) {
         // The store is poisoned now: writes fail with this cause until reopened.
         tracing::error!(error = %e, "background sync failed; writes are refused until reopen");
     }
-    if let Err(e) = inner.store.maintain() {
+    if let Err(e) = inner.store.maintain_pass(walk) {
         tracing::warn!(error = %e, "background maintenance failed; an append will retry");
     }
 }
@@ -484,6 +494,29 @@ mod tests {
     use walrus_io::sim::{Fault, FaultRule, OpKind, SimStorage};
 
     use super::*;
+
+    /// The background thread walks every topic once per [`WALK_PERIOD`], not on every pass:
+    /// retention by age still releases what grew old.
+    #[test]
+    fn the_background_walk_applies_retention_by_age() {
+        let sim = SimStorage::new(12);
+        let storage = Arc::new(sim.clone()) as Arc<dyn Storage>;
+        let options = StoreOptions::new()
+            .with_block_len(8192)
+            .with_segment_len(64 * 1024)
+            .with_background_maintenance(true)
+            .with_retention(crate::Retention::default().with_max_age(Duration::from_millis(30)));
+        let engine = Engine::open("/wal", storage, options, SyncPolicy::Each).unwrap();
+        for i in 0..100u8 {
+            engine.append("t", &[i; 300]).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.store().first_retained_offset("t") == Some(0) {
+            assert!(Instant::now() < deadline, "old blocks were never released");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(engine.store().retained_blocks("t"), Some(1));
+    }
 
     /// A panic in the background maintenance (a backend's, here preparing the next segment)
     /// poisons the store and leaves the syncer running: a ticket waited on afterwards gets

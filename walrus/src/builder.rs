@@ -187,7 +187,8 @@ impl WalrusBuilder {
     }
 
     /// Retention of every topic without its own: the oldest blocks beyond `max_bytes` or
-    /// older than `max_age` are released, read or not (default: keep until consumed).
+    /// older than `max_age` are released, read or not (default: keep until consumed). Age is
+    /// checked about once a second.
     pub fn retention(mut self, retention: Retention) -> Self {
         self.retention = retention;
         self
