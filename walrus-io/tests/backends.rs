@@ -181,10 +181,9 @@ fn backends_are_independent_instances_of_the_requested_kind() {
 /// `fsync` on a character device fails (EINVAL): a real failed sync, on every real backend.
 #[test]
 fn failed_sync_is_sticky_on_real_backends() {
-    let dev = Path::new("/dev/full");
-    if !dev.exists() {
+    let Some(dev) = conformance::full_device() else {
         return;
-    }
+    };
     for kind in [BackendKind::Pwrite, BackendKind::IoUring, BackendKind::Mmap] {
         let storage = open_backend(kind).unwrap();
         let f = storage.open(dev).unwrap();
@@ -381,10 +380,9 @@ fn mmap_overlapping_access_is_serialized() {
 /// and the cancelled sync is neither run nor counted as a failed (sticky) sync.
 #[test]
 fn uring_failed_write_in_a_chain_cancels_its_sync() {
-    let dev = Path::new("/dev/full");
-    if !dev.exists() {
+    let Some(dev) = conformance::full_device() else {
         return;
-    }
+    };
     let storage = UringStorage::new().unwrap();
     let f = storage.open(dev).unwrap();
     let sl = [IoSlice::new(b"x")];

@@ -115,6 +115,9 @@ fn an_append_racing_two_external_syncs() {
     });
 }
 
+/// A ticket taken before the background syncer's sync starts: that sync covers it, so the
+/// waiter is told it is durable (never `BrokenPipe`: the caller would retry a durable append),
+/// whether it waits before, during or after the sync, and whatever the close does.
 #[test]
 fn a_ticket_waiter_and_the_background_syncer() {
     loom::model(|| {
@@ -124,7 +127,31 @@ fn a_ticket_waiter_and_the_background_syncer() {
         let waiter = {
             let inst = inst.clone();
             thread::spawn(move || {
-                // A durable ticket waits without syncing; whatever settles it must be true.
+                inst.commits.wait_passive(ticket, || {}).unwrap();
+                assert!(inst.file.durable.load(Ordering::SeqCst) >= n);
+            })
+        };
+        let syncer = {
+            let inst = inst.clone();
+            thread::spawn(move || external_sync(&inst))
+        };
+        syncer.join().unwrap();
+        inst.commits.close();
+        waiter.join().unwrap();
+    });
+}
+
+/// A ticket taken while the background syncer's sync may be running: covered by it, or told
+/// at the close that no sync covered it; never left hanging, never told durable when not.
+#[test]
+fn a_ticket_taken_while_the_background_syncer_runs() {
+    loom::model(|| {
+        let inst = instance();
+        let waiter = {
+            let inst = inst.clone();
+            thread::spawn(move || {
+                let n = inst.file.write();
+                let ticket = inst.commits.ticket();
                 match inst.commits.wait_passive(ticket, || {}) {
                     Ok(()) => assert!(inst.file.durable.load(Ordering::SeqCst) >= n),
                     Err(e) => assert_eq!(e.kind(), io::ErrorKind::BrokenPipe),

@@ -746,10 +746,10 @@ fn check_modes(
             }
             in_mode(mode, &wal, check_reads(&wal, &*model, a, Expect::All))?;
         }
-        Err(e) if e.kind() == io::ErrorKind::InvalidData && a.changed => {
-            if must_refuse {
-                check_refusal(&e.to_string(), &*model, a).map_err(|m| format!("{mode:?}: {m}"))?;
-            }
+        // Damage that reached no entry and no header (slack, space past the last block) is
+        // no reason to refuse: it is zeroed and the directory opens.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData && must_refuse => {
+            check_refusal(&e.to_string(), &*model, a).map_err(|m| format!("{mode:?}: {m}"))?;
         }
         Err(e) => return Err(format!("{mode:?}: open failed: {:?}: {e}", e.kind())),
     }

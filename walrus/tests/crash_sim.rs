@@ -330,6 +330,17 @@ fn run_seed(seed: u64) -> Result<(), String> {
                     rec.offset
                 ));
             }
+            // The consuming path hands out the very bytes appended (checked apart from
+            // `read_at` above: the two find their entries differently).
+            let want = m
+                .acked
+                .get(next as usize)
+                .or_else(|| m.inflight.get((next - acked) as usize));
+            if Some(&rec.data) != want {
+                return Err(format!(
+                    "{ctx}: {topic}@{next}: the consuming read returned other bytes"
+                ));
+            }
             next += 1;
         }
         if next != end {

@@ -306,7 +306,15 @@ fn a_power_cut_amid_appends_flushes_reads_and_background_syncs_through_many_gene
                             wal.flush()
                         } else {
                             // A visible entry is acknowledged: it reads back whole.
-                            wal.read_at("t0", rounds % 50).map(|_| ())
+                            let n = (rounds % 50) as usize;
+                            wal.read_at("t0", n as u64).map(|got| {
+                                if let Some(got) = got {
+                                    assert!(
+                                        got.data == payload(0, n, 200 + (n * 131) % 2500),
+                                        "seed {seed}: t0@{n} read back other bytes"
+                                    );
+                                }
+                            })
                         };
                         if result.is_err() {
                             break;
