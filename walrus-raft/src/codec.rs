@@ -127,6 +127,15 @@ pub(crate) fn invalid(msg: impl Into<String>) -> io::Error {
 
 /// The bytes of a log record holding `entry`.
 pub(crate) fn encode_entry(entry: &Entry) -> io::Result<Vec<u8>> {
+    if entry.log_id.index > MAX_INDEX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "raft log: index {} past the last there is ({MAX_INDEX})",
+                entry.log_id.index
+            ),
+        ));
+    }
     let mut e = Enc::default();
     e.u8(RECORD_ENTRY);
     encode_log_id(&mut e, &entry.log_id);
@@ -192,10 +201,19 @@ pub(crate) fn encode_log_id(e: &mut Enc, id: &LogId<NodeId>) {
         .u64(id.index);
 }
 
+/// The highest log index a record holds: far past any log, and low enough that the log's
+/// index arithmetic (`first + len`, `index + 1`) never overflows on a decoded one.
+pub(crate) const MAX_INDEX: u64 = 1 << 62;
+
 pub(crate) fn decode_log_id(d: &mut Dec<'_>) -> io::Result<LogId<NodeId>> {
     let term = d.u64()?;
     let node_id = d.u64()?;
     let index = d.u64()?;
+    if index > MAX_INDEX {
+        return Err(invalid(format!(
+            "raft log id: index {index} past the last there is ({MAX_INDEX})"
+        )));
+    }
     Ok(LogId::new(CommittedLeaderId::new(term, node_id), index))
 }
 
@@ -333,6 +351,19 @@ pub(crate) fn decode_append_rpc(buf: &[u8]) -> io::Result<AppendEntriesRequest<T
         }
     }
     d.end()?;
+    // openraft takes the entries to follow `prev_log_id` one by one (it checks only the first,
+    // and only in debug builds): a gap written to the log would fail the node at its next
+    // start. Refused here, before anything is written.
+    let mut next = h.prev_log_id.map_or(0, |p| p.index.saturating_add(1));
+    for e in &entries {
+        if e.log_id.index != next {
+            return Err(invalid(format!(
+                "append RPC: entry {} where {next} follows the previous one",
+                e.log_id.index
+            )));
+        }
+        next = next.saturating_add(1);
+    }
     Ok(AppendEntriesRequest {
         vote: h.vote,
         prev_log_id: h.prev_log_id,
@@ -496,14 +527,38 @@ mod tests {
         let mut long = encode_truncate(1);
         long.push(0);
         assert!(decode_record(&long).is_err());
+        // An index past MAX_INDEX neither encodes nor decodes.
+        let mut far = entries().remove(0);
+        far.log_id.index = MAX_INDEX + 1;
+        assert_eq!(
+            encode_entry(&far).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        let mut e = Enc::default();
+        e.u8(RECORD_ENTRY);
+        encode_log_id(&mut e, &far.log_id);
+        e.u8(PAYLOAD_BLANK);
+        assert_eq!(
+            decode_record(&e.0).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 
     #[test]
     fn rpcs_round_trip_and_reject_damage() {
-        let req = AppendEntriesRequest::<TypeConfig> {
+        // Entries 3, 4, 5, … after the previous entry 2.
+        let following: Vec<Entry> = entries()
+            .into_iter()
+            .zip(3..)
+            .map(|(mut e, i)| {
+                e.log_id.index = i;
+                e
+            })
+            .collect();
+        let mut req = AppendEntriesRequest::<TypeConfig> {
             vote: Vote::new_committed(3, 1),
             prev_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), 2)),
-            entries: entries(),
+            entries: following,
             leader_commit: None,
         };
         let bytes = encode_append_rpc(&req).unwrap();
@@ -513,6 +568,15 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(decode_append_rpc(&bytes[..len]).is_err(), "prefix {len}");
         }
+        // Entries that do not follow one another, or the previous entry, are refused.
+        for (at, index) in [(1, 5), (0, 2), (0, 4)] {
+            let mut gapped = req.clone();
+            gapped.entries[at].log_id.index = index;
+            let e = decode_append_rpc(&encode_append_rpc(&gapped).unwrap()).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        }
+        req.prev_log_id = None;
+        assert!(decode_append_rpc(&encode_append_rpc(&req).unwrap()).is_err());
         let snap = InstallSnapshotRequest::<TypeConfig> {
             vote: Vote::new_committed(3, 1),
             meta: SnapshotMeta::default(),

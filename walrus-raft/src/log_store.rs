@@ -19,8 +19,16 @@
 //! durable: openraft appends after the snapshot without purging again.
 //! - `applied`: the state machine's own record (see [`crate::StateMachine`]).
 //!
+//! openraft may append after a snapshot before the state machine has installed it (a new
+//! leader, while the install runs): its purge up to the snapshot passes every entry held, and
+//! the disk keeps the old entries until the install is durable. Such appends are reported
+//! durable (their flush callback) only once the install is; stopped before, the disk holds the
+//! old entries, a gap, then entries never acknowledged.
+//!
 //! Reopening replays `log` from the `raft` cursor: entries at or below the purged index are
-//! skipped, every other entry and mark applies the rule above, and a gap is `InvalidData`.
+//! skipped, every other entry and mark applies the rule above, and an entry past a gap (which,
+//! by the rule before, was never acknowledged) is passed over. Appends are checked to continue
+//! the log before they are written.
 //!
 //! Durability: `append` returns once the entries are written and hands openraft's flush
 //! callback to a task that awaits their [`DurableTicket`](walrus::DurableTicket) (one group
@@ -67,9 +75,54 @@ struct Shared {
     /// Serializes `meta` writes, so the last record is the newest state. Its `purged` is the
     /// purge on disk, which may trail the index's.
     meta: tokio::sync::Mutex<Meta>,
+    /// How far the state machine's applied record is durable, and the appends waiting for it.
+    applied: Arc<Applied>,
+}
+
+impl Drop for Shared {
+    /// Appends still waiting for a snapshot install are settled (failed): the log is closed.
+    fn drop(&mut self) {
+        *self.applied.failed.lock() = Some("the raft log was closed".into());
+        self.applied.moved.notify_waiters();
+    }
+}
+
+/// The state machine's durable applied id, shared with the appends that wait for it to pass a
+/// purge (see [`LogStore::append`]); they hold this, not the log, whose instance they must not
+/// keep open.
+#[derive(Debug, Default)]
+struct Applied {
     /// The last applied id the state machine has made durable: how far a purge may be made
     /// durable. `None` until a state machine opens over this log.
-    durable_applied: Mutex<Option<LogId<NodeId>>>,
+    durable: Mutex<Option<LogId<NodeId>>>,
+    /// Wakes the waiting appends when `durable` moves or `failed` is set.
+    moved: tokio::sync::Notify,
+    /// Why the snapshot install they wait for will not come: it failed, or the log closed.
+    failed: Mutex<Option<String>>,
+}
+
+impl Applied {
+    /// Waits until the durable applied id reaches `purged`: the snapshot install that purge
+    /// was made for is durable.
+    ///
+    /// # Errors
+    /// The install failed, or the log closed first.
+    async fn reached(&self, purged: LogId<NodeId>) -> io::Result<()> {
+        loop {
+            // Made before the check: a `notify_waiters` after it wakes it.
+            let moved = self.moved.notified();
+            if *self.durable.lock() >= Some(purged) {
+                return Ok(());
+            }
+            if let Some(why) = &*self.failed.lock() {
+                return Err(io::Error::other(format!(
+                    "raft log: entries after {purged:?} wait for a snapshot install that will \
+                     not come: {why}"
+                )));
+            }
+            moved.await;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -86,6 +139,10 @@ struct Index {
     first: u64,
     slots: VecDeque<Slot>,
     purged: Option<LogId<NodeId>>,
+    /// A purge past every entry held (openraft's, up to a snapshot it installs): the entries
+    /// between were never here, so until the disk's purge reaches it, entries appended after
+    /// it would follow a gap on disk (see [`LogStore::append`]).
+    past_held: Option<LogId<NodeId>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -149,8 +206,49 @@ impl Index {
         Some(self.slots.get(pos).map(|s| s.offset))
     }
 
+    /// Places the entry `log_id`, found at `offset` by the replay: as [`place`](Self::place),
+    /// except that an entry past the next index (a gap) is passed over and `false` returned. A
+    /// gap on disk is what a crash leaves when openraft had purged memory up to a snapshot it
+    /// was installing and appended after it: the purge was not durable yet, and those appends
+    /// were never acknowledged ([`LogStore::append`] waits for the install before it reports
+    /// them durable). An empty log starts right after the purged index, or, with nothing
+    /// purged, at index 0 (openraft's first entry) or 1.
+    fn replay(&mut self, log_id: &LogId<NodeId>, offset: u64) -> io::Result<bool> {
+        let next = self.first.saturating_add(self.slots.len() as u64);
+        let starts = self.slots.is_empty() && self.purged.is_none() && log_id.index <= 1;
+        if log_id.index > next && !starts {
+            return Ok(false);
+        }
+        self.place(log_id, offset).map(|()| true)
+    }
+
+    /// Checks that `ids`, about to be written, follow one another and continue (or replace
+    /// part of) the log: a gap written would be passed over by the next replay.
+    fn check_follows(&self, ids: &[LogId<NodeId>]) -> io::Result<()> {
+        let Some(head) = ids.first() else {
+            return Ok(());
+        };
+        let next = self.first.saturating_add(self.slots.len() as u64);
+        // An empty log may start anywhere (after a snapshot); entries at or below the purged
+        // index are passed over by `place`.
+        let fits = self.slots.is_empty() || head.index <= next;
+        let consecutive = ids
+            .windows(2)
+            .all(|w| w[0].index.checked_add(1) == Some(w[1].index));
+        if !fits || !consecutive {
+            return Err(codec::invalid(format!(
+                "raft log: entries {:?} do not continue the log (its next index is {next})",
+                ids.iter().map(|i| i.index).collect::<Vec<_>>()
+            )));
+        }
+        Ok(())
+    }
+
     /// Drops everything up to and including `upto`.
     fn purge(&mut self, upto: &LogId<NodeId>) {
+        if upto.index >= self.first.saturating_add(self.slots.len() as u64) {
+            self.past_held = self.past_held.max(Some(*upto));
+        }
         let n = (upto.index + 1).saturating_sub(self.first);
         let n = usize::try_from(n)
             .unwrap_or(usize::MAX)
@@ -236,6 +334,7 @@ impl LogStore {
             first,
             slots: VecDeque::new(),
             purged: meta.purged,
+            past_held: None,
         };
         let from = wal
             .cursor_as(LOG, OWNER)
@@ -247,7 +346,15 @@ impl LogStore {
                 codec::invalid(format!("{e} (topic {LOG:?}, offset {})", rec.offset))
             })?;
             match record {
-                LogRecord::Entry(entry) => index.place(&entry.log_id, rec.offset)?,
+                LogRecord::Entry(entry) => {
+                    if !index.replay(&entry.log_id, rec.offset)? {
+                        tracing::warn!(
+                            index = entry.log_id.index,
+                            offset = rec.offset,
+                            "raft log: an entry past a gap, never acknowledged, passed over"
+                        );
+                    }
+                }
                 LogRecord::Truncate { since } => index.truncate(since),
             }
         }
@@ -256,9 +363,16 @@ impl LogStore {
                 wal,
                 index: Mutex::new(index),
                 meta: tokio::sync::Mutex::new(meta),
-                durable_applied: Mutex::new(None),
+                applied: Arc::default(),
             }),
         })
+    }
+
+    /// The snapshot install failed: appends waiting for it (see [`LogStore::append`]) fail,
+    /// rather than wait for ever.
+    pub(crate) fn install_failed(&self, why: &io::Error) {
+        *self.shared.applied.failed.lock() = Some(why.to_string());
+        self.shared.applied.moved.notify_waiters();
     }
 
     /// The Walrus instance the log lives in.
@@ -269,7 +383,8 @@ impl LogStore {
     /// Records that the state machine's applied record naming `applied` is durable: purges up
     /// to it may now be made durable.
     pub(crate) fn set_durable_applied(&self, applied: Option<LogId<NodeId>>) {
-        *self.shared.durable_applied.lock() = applied;
+        *self.shared.applied.durable.lock() = applied;
+        self.shared.applied.moved.notify_waiters();
     }
 
     /// [`set_durable_applied`](Self::set_durable_applied), then makes durable the part of the
@@ -288,20 +403,28 @@ impl LogStore {
             self.save_meta(|m| m.purged = m.purged.max(kept), true)
                 .await?;
         }
-        let start = self.shared.index.lock().start_after(kept);
+        let start = self.release_point(&self.shared.index.lock(), kept);
         self.release_before(start)
     }
 
-    /// Moves the `raft` consumer's cursor to `start` (see [`Index::start_after`]), releasing
-    /// what replay no longer reads. Only a release hint: the purge is durable already, and
-    /// replay skips what it purged.
-    fn release_before(&self, start: Option<Option<u64>>) -> io::Result<()> {
+    /// Where the `raft` consumer's cursor may move once the log is purged through `kept`: the
+    /// offset of the entry after it, the topic's end when none is held (read under the index
+    /// lock, which appends hold while they write: an entry appended meanwhile is never passed),
+    /// or `None` when an earlier purge's cursor already stops before them.
+    fn release_point(&self, index: &Index, kept: Option<LogId<NodeId>>) -> Option<u64> {
+        match index.start_after(kept)? {
+            Some(offset) => Some(offset),
+            None => Some(self.shared.wal.end_offset(LOG).unwrap_or(0)),
+        }
+    }
+
+    /// Moves the `raft` consumer's cursor to `start` (see [`release_point`](Self::release_point)),
+    /// releasing what replay no longer reads. Only a release hint: the purge is durable already,
+    /// and replay skips what it purged.
+    fn release_before(&self, start: Option<u64>) -> io::Result<()> {
         let wal = &self.shared.wal;
-        let cursor = match start {
-            Some(Some(offset)) => offset,
-            Some(None) => wal.end_offset(LOG).unwrap_or(0),
-            // An earlier purge's cursor already stops before them.
-            None => return Ok(()),
+        let Some(cursor) = start else {
+            return Ok(());
         };
         if cursor > wal.cursor_as(LOG, OWNER).unwrap_or(0) {
             wal.commit_as(LOG, OWNER, cursor)?;
@@ -458,6 +581,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut pending = Vec::new();
         let mut ids = Vec::new();
         let mut tickets = Vec::new();
+        // Entries that follow a purge past every entry held, which the disk does not hold yet
+        // (openraft purged memory up to a snapshot it is installing): reported durable only
+        // once the install is, since a crash before it leaves a gap on disk in front of them,
+        // and the replay passes them over (see `Index::replay`).
+        let mut after_install = None;
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {
             pending.clear();
@@ -469,6 +597,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             let batch: Vec<&[u8]> = pending.iter().map(Vec::as_slice).collect();
             let mut index = self.shared.index.lock();
+            index
+                .check_follows(&ids)
+                .map_err(|err| logs_err(ErrorVerb::Write, err))?;
+            if index.past_held > *self.shared.applied.durable.lock() {
+                after_install = after_install.max(index.past_held);
+            }
             let ticket = self
                 .shared
                 .wal
@@ -482,6 +616,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             drop(index);
             tickets.push(ticket);
         }
+        let applied = Arc::clone(&self.shared.applied);
         tokio::spawn(async move {
             let mut result = Ok(());
             // Walrus makes a topic durable in order: the last ticket covers the rest, but every
@@ -491,6 +626,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     result = Err(e);
                     break;
                 }
+            }
+            if result.is_ok()
+                && let Some(purged) = after_install
+            {
+                result = applied.reached(purged).await;
             }
             callback.log_io_completed(result);
         });
@@ -516,9 +656,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // openraft's purge up to it run side by side).
         let (kept, start) = {
             let mut index = self.shared.index.lock();
-            let start = index.start_after(Some(log_id));
+            let start = self.release_point(&index, Some(log_id));
             index.purge(&log_id);
-            let kept = (*self.shared.durable_applied.lock()).min(Some(log_id));
+            let kept = (*self.shared.applied.durable.lock()).min(Some(log_id));
             (kept, if kept == Some(log_id) { start } else { None })
         };
         if kept > self.shared.meta.lock().await.purged {

@@ -583,6 +583,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
+        let installed = self.install(meta, snapshot).await;
+        if let Err(e) = &installed {
+            // Appends after the snapshot wait for its install (see `LogStore::append`).
+            self.shared
+                .log
+                .install_failed(&io::Error::other(e.to_string()));
+        }
+        installed
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.shared.current.lock().clone().map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.body)),
+        }))
+    }
+}
+
+impl StateMachine {
+    /// [`RaftStateMachine::install_snapshot`]: the body installed over the data, the applied
+    /// record written and synced, the snapshot file written, then the log told.
+    async fn install(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
         let body = snapshot.into_inner();
         let mut st = self.shared.state.lock().await;
         let checked = self
@@ -621,15 +649,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(())
-    }
-
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.shared.current.lock().clone().map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.body)),
-        }))
     }
 }
 

@@ -304,3 +304,121 @@ async fn replication_reads_are_bounded_in_bytes() {
         [1, 2, 3, 4, 5, 6]
     );
 }
+
+/// How long a test lets an append that should wait for a snapshot install go on waiting.
+const STILL_WAITING: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// After openraft purged a follower's memory up to a snapshot it is installing, a new leader
+/// may append after the snapshot before the install is done. Those appends are reported
+/// durable only once the install is; if the node stops first, its log on disk holds the old
+/// entries, then a gap, then the new ones: it reopens (the new ones, never acknowledged, are
+/// passed over) instead of refusing to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_after_a_snapshot_wait_for_its_install_and_a_stop_before_it_leaves_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+        log.blocking_append((1..=10).map(|i| append(1, i, "t", &format!("e{i}"))))
+            .await
+            .unwrap();
+        apply_durably(
+            &mut sm,
+            (1..=5)
+                .map(|i| append(1, i, "t", &format!("e{i}")))
+                .collect(),
+        )
+        .await;
+        // openraft: the purge up to the snapshot; the install has not finished.
+        log.purge(id(1, 100)).await.unwrap();
+        let mut appender = log.clone();
+        let waiting = tokio::spawn(async move {
+            appender
+                .blocking_append((101..=105).map(|i| append(2, i, "t", &format!("n{i}"))))
+                .await
+        });
+        tokio::time::sleep(STILL_WAITING).await;
+        assert!(
+            !waiting.is_finished(),
+            "entries after an uninstalled snapshot were reported durable"
+        );
+        // The node stops before the install finishes.
+        waiting.abort();
+        let _ = waiting.await;
+    }
+    let (mut log, _sm) = open_stores(dir.path()).unwrap_or_else(|e| panic!("reopen: {e}"));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(id(1, 5)));
+    assert_eq!(state.last_log_id, Some(id(1, 10)));
+    let ids: Vec<_> = log
+        .try_get_log_entries(6..=10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.log_id)
+        .collect();
+    assert_eq!(ids, (6..=10).map(|i| id(1, i)).collect::<Vec<_>>());
+}
+
+/// The appends that wait for a snapshot install are reported durable once it is, or failed
+/// if it fails: never left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_waiting_for_a_snapshot_install_settle_with_it() {
+    for fails in [false, true] {
+        let snapshot = leaders_snapshot_at_100().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+        log.blocking_append((1..=10).map(|i| append(1, i, "t", &format!("e{i}"))))
+            .await
+            .unwrap();
+        if fails {
+            std::fs::create_dir(dir.path().join("snapshot.tmp")).unwrap();
+        }
+        log.purge(id(1, 100)).await.unwrap();
+        let mut appender = log.clone();
+        let waiting = tokio::spawn(async move {
+            appender
+                .blocking_append((101..=105).map(|i| append(1, i, "t", &format!("e{i}"))))
+                .await
+        });
+        tokio::time::sleep(STILL_WAITING).await;
+        assert!(
+            !waiting.is_finished(),
+            "fails {fails}: reported before the install"
+        );
+        let installed = sm.install_snapshot(&snapshot.meta, snapshot.snapshot).await;
+        assert_eq!(installed.is_err(), fails);
+        let settled = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("fails {fails}: the appends were left waiting"))
+            .unwrap();
+        assert_eq!(settled.is_err(), fails, "fails {fails}: {settled:?}");
+    }
+}
+
+/// Entries that do not continue the log (a gap inside them, or a start past its end) are
+/// refused before anything is written: the node reopens with the log it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_that_do_not_continue_the_log_are_refused_unwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _sm) = open_stores(dir.path()).unwrap();
+        log.blocking_append((1..=3).map(|i| append(1, i, "t", "x")))
+            .await
+            .unwrap();
+        for bad in [[4, 6], [5, 6], [4, 4]] {
+            let refused = log
+                .blocking_append(bad.iter().map(|&i| append(1, i, "t", "y")))
+                .await;
+            assert!(refused.is_err(), "{bad:?} was taken");
+        }
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(id(1, 3))
+        );
+    }
+    let (mut log, _sm) = open_stores(dir.path()).unwrap_or_else(|e| panic!("reopen: {e}"));
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_log_id,
+        Some(id(1, 3))
+    );
+}
