@@ -11,9 +11,10 @@
 //!   released by the same cursor move).
 //!
 //! A purge is made durable no further than the state machine's *durable applied* id (the last
-//! applied record it synced, see [`crate::StateMachine`]): openraft purges up to a snapshot it
-//! is still installing, and a node restarted with its log purged past what its state machine
-//! kept could never re-apply the entries in between. Memory purges as asked; on disk the
+//! applied record it synced, see [`crate::StateMachine`]) nor the snapshot file it keeps:
+//! openraft purges up to a snapshot it is still installing, and a node restarted with its log
+//! purged past what its state machine kept could never re-apply the entries in between (nor
+//! serve them to a follower from its snapshot). Memory purges as asked; on disk the
 //! entries past the durable applied id stay until the state machine makes its applied record
 //! durable past them (the install's, a snapshot build's), which makes the rest of the purge
 //! durable: openraft appends after the snapshot without purging again.
@@ -87,22 +88,32 @@ impl Drop for Shared {
     }
 }
 
-/// The state machine's durable applied id, shared with the appends that wait for it to pass a
+/// How far a purge may be made durable, shared with the appends that wait for it to pass a
 /// purge (see [`LogStore::append`]); they hold this, not the log, whose instance they must not
 /// keep open.
 #[derive(Debug, Default)]
 struct Applied {
-    /// The last applied id the state machine has made durable: how far a purge may be made
-    /// durable. `None` until a state machine opens over this log.
+    /// The last applied id the state machine has made durable. `None` until a state machine
+    /// opens over this log.
     durable: Mutex<Option<LogId<NodeId>>>,
-    /// Wakes the waiting appends when `durable` moves or `failed` is set.
+    /// The last log id of the snapshot file the state machine keeps: a log purged on disk past
+    /// it could not serve a follower the entries between (openraft requires the purge never to
+    /// pass the snapshot; the applied record alone, saved every 1024 entries, may).
+    snapshot: Mutex<Option<LogId<NodeId>>>,
+    /// Wakes the waiting appends when `durable` or `snapshot` moves, or `failed` is set.
     moved: tokio::sync::Notify,
     /// Why the snapshot install they wait for will not come: it failed, or the log closed.
     failed: Mutex<Option<String>>,
 }
 
 impl Applied {
-    /// Waits until the durable applied id reaches `purged`: the snapshot install that purge
+    /// How far a purge may be made durable: the durable applied id, and no further than the
+    /// snapshot kept.
+    fn cap(&self) -> Option<LogId<NodeId>> {
+        (*self.durable.lock()).min(*self.snapshot.lock())
+    }
+
+    /// Waits until a purge to `purged` may be made durable: the snapshot install that purge
     /// was made for is durable.
     ///
     /// # Errors
@@ -111,7 +122,7 @@ impl Applied {
         loop {
             // Made before the check: a `notify_waiters` after it wakes it.
             let moved = self.moved.notified();
-            if *self.durable.lock() >= Some(purged) {
+            if self.cap() >= Some(purged) {
                 return Ok(());
             }
             if let Some(why) = &*self.failed.lock() {
@@ -306,6 +317,12 @@ pub(crate) async fn save_record(wal: &Walrus, topic: &str, record: &[u8]) -> io:
     wal.commit_as(topic, OWNER, offset)
 }
 
+/// [`save_record`], blocking the calling thread (at an open, outside any task).
+pub(crate) fn save_record_now(wal: &Walrus, topic: &str, record: &[u8]) -> io::Result<()> {
+    let offset = wal.append_with_ticket(topic, record)?.wait()?.start;
+    wal.commit_as(topic, OWNER, offset)
+}
+
 impl LogStore {
     /// Opens the log kept in `wal`, replaying it. `wal` is the node's log instance (its
     /// topics `log`, `meta` and `applied` belong to walrus-raft); [`crate::open_stores`] opens
@@ -368,6 +385,11 @@ impl LogStore {
         })
     }
 
+    /// A snapshot install begins: appends wait for it, whatever became of an earlier one.
+    pub(crate) fn install_started(&self) {
+        *self.shared.applied.failed.lock() = None;
+    }
+
     /// The snapshot install failed: appends waiting for it (see [`LogStore::append`]) fail,
     /// rather than wait for ever.
     pub(crate) fn install_failed(&self, why: &io::Error) {
@@ -387,6 +409,13 @@ impl LogStore {
         self.shared.applied.moved.notify_waiters();
     }
 
+    /// Records the last log id of the snapshot file the state machine keeps (durable): no
+    /// purge is made durable past it.
+    pub(crate) fn set_snapshot_kept(&self, kept: Option<LogId<NodeId>>) {
+        *self.shared.applied.snapshot.lock() = kept;
+        self.shared.applied.moved.notify_waiters();
+    }
+
     /// [`set_durable_applied`](Self::set_durable_applied), then makes durable the part of the
     /// purge asked in memory that waited for it. openraft purges a follower up to a snapshot
     /// before installing it, and then appends after it, without purging again until its next
@@ -398,7 +427,7 @@ impl LogStore {
     ) -> io::Result<()> {
         self.set_durable_applied(applied);
         let wanted = self.shared.index.lock().purged;
-        let kept = applied.min(wanted);
+        let kept = self.shared.applied.cap().min(wanted);
         if kept > self.shared.meta.lock().await.purged {
             self.save_meta(|m| m.purged = m.purged.max(kept), true)
                 .await?;
@@ -600,7 +629,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index
                 .check_follows(&ids)
                 .map_err(|err| logs_err(ErrorVerb::Write, err))?;
-            if index.past_held > *self.shared.applied.durable.lock() {
+            if index.past_held > self.shared.applied.cap() {
                 after_install = after_install.max(index.past_held);
             }
             let ticket = self
@@ -658,7 +687,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut index = self.shared.index.lock();
             let start = self.release_point(&index, Some(log_id));
             index.purge(&log_id);
-            let kept = (*self.shared.applied.durable.lock()).min(Some(log_id));
+            let kept = self.shared.applied.cap().min(Some(log_id));
             (kept, if kept == Some(log_id) { start } else { None })
         };
         if kept > self.shared.meta.lock().await.purged {

@@ -19,6 +19,13 @@
 //! byte body (see `docs/FORMAT.md`); installing it appends what the node lacks, so offsets stay
 //! the same. A node whose topic is shorter than the snapshot's first retained offset fills the
 //! gap with empty entries, which its replicated cursors then release.
+//!
+//! An install writes the snapshot file first, then the body into the data, then the applied
+//! record, then tells the log. Stopped after the file, the next open finishes the install from
+//! it before anything else: the data never holds a half-installed body under an applied record
+//! that predates it (re-applying the log over it would count the snapshot's empty entries as
+//! the log's appends), and the applied record never passes the snapshot kept. The log never
+//! makes a purge durable past the snapshot file either (see [`crate::LogStore`]).
 
 use std::collections::BTreeMap;
 use std::io::{self, Cursor, Write};
@@ -34,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use walrus::Walrus;
 
 use crate::codec::{self, Dec, Enc, Entry};
-use crate::log_store::{LogStore, last_record, save_record};
+use crate::log_store::{LogStore, last_record, save_record, save_record_now};
 use crate::{NodeId, Request, Response, TypeConfig};
 
 /// Entries applied between two applied records.
@@ -117,7 +124,6 @@ impl StateMachine {
         })?
         .map(|(_, a)| a)
         .unwrap_or_default();
-        log.set_durable_applied(applied.last);
         let current = match std::fs::read(&snapshot_path) {
             Ok(bytes) => Some(decode_stored(&bytes).map_err(|e| {
                 codec::invalid(format!("snapshot file {}: {e}", snapshot_path.display()))
@@ -130,18 +136,44 @@ impl StateMachine {
                 ));
             }
         };
-        Ok(Self {
+        let kept = current.as_ref().and_then(|c| c.meta.last_log_id);
+        let sm = Self {
             shared: Arc::new(Shared {
                 data,
                 log: log.clone(),
                 snapshot_path,
-                state: tokio::sync::Mutex::new(State {
-                    applied,
-                    ..State::default()
-                }),
+                state: tokio::sync::Mutex::new(State::default()),
                 current: parking_lot::Mutex::new(current),
             }),
-        })
+        };
+        let applied = match sm.shared.current.lock().clone() {
+            // An install stopped after its snapshot file was written (its first step): finished
+            // from the file, before anything reads the data or re-applies the log over it.
+            Some(stored) if stored.meta.last_log_id > applied.last => sm.finish_install(&stored)?,
+            _ => applied,
+        };
+        log.set_durable_applied(applied.last);
+        log.set_snapshot_kept(kept);
+        sm.shared
+            .state
+            .try_lock()
+            .map_err(io::Error::other)?
+            .applied = applied;
+        Ok(sm)
+    }
+
+    /// Installs the snapshot `stored` over the data and makes its applied record durable
+    /// (blocking: at the open).
+    fn finish_install(&self, stored: &Stored) -> io::Result<Applied> {
+        let applied = Applied {
+            membership: stored.meta.last_membership.clone(),
+            ..self.install_body(&stored.body)?
+        };
+        self.shared.data.flush()?;
+        let bytes = serde_json::to_vec(&applied).map_err(io::Error::other)?;
+        save_record_now(self.shared.log.instance(), APPLIED, &bytes)?;
+        tracing::info!(applied = ?applied.last, "finished a snapshot install stopped by a restart");
+        Ok(applied)
     }
 
     /// The data instance: the replicated topics (read it; only the state machine writes).
@@ -425,6 +457,13 @@ impl StateMachine {
             }
         }
         d.end()?;
+        if seen.len() != applied.ends.len() {
+            return Err(codec::invalid(format!(
+                "snapshot: {} topics in the body, {} in its applied record",
+                seen.len(),
+                applied.ends.len()
+            )));
+        }
         Ok(applied)
     }
 
@@ -442,6 +481,7 @@ impl StateMachine {
             return Ok(());
         }
         self.persist_snapshot(&stored)?;
+        self.shared.log.set_snapshot_kept(stored.meta.last_log_id);
         *current = Some(stored);
         Ok(())
     }
@@ -583,6 +623,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
+        self.shared.log.install_started();
         let installed = self.install(meta, snapshot).await;
         if let Err(e) = &installed {
             // Appends after the snapshot wait for its install (see `LogStore::append`).
@@ -625,8 +666,19 @@ impl StateMachine {
                 )),
             ));
         }
+        // The snapshot file first: an install stopped after it (a crash, an I/O error) is
+        // finished from it at the next open. Written after the data and the applied record, a
+        // stop in between left the data past the applied record (re-applying the log over it
+        // would count the snapshot's blank entries as the log's), or the applied record past
+        // the snapshot kept (openraft then purges past the snapshot at start).
+        let stored = Stored {
+            meta: meta.clone(),
+            body,
+        };
+        self.set_current(stored.clone())
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let applied = self
-            .install_body(&body)
+            .install_body(&stored.body)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         st.applied = Applied {
             membership: meta.last_membership.clone(),
@@ -637,12 +689,6 @@ impl StateMachine {
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let last = st.applied.last;
         drop(st);
-        let stored = Stored {
-            meta: meta.clone(),
-            body,
-        };
-        self.set_current(stored)
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.shared
             .log
             .advance_durable_applied(last)
@@ -719,11 +765,24 @@ mod tests {
         longer.push(0);
         let longer = codec::seal(longer);
 
+        // One whose applied record names a topic its body leaves out.
+        let unsealed = codec::unseal(&body, "test").unwrap();
+        let mut d = Dec::new(unsealed.get(4..).unwrap(), "test");
+        let mut record: Applied = serde_json::from_slice(d.bytes().unwrap()).unwrap();
+        record.ends.insert("c".into(), 1);
+        let mut e = Enc::default();
+        e.0.extend_from_slice(SNAPSHOT_MAGIC);
+        e.bytes(&serde_json::to_vec(&record).unwrap());
+        e.0.extend_from_slice(d.rest());
+        let short = codec::seal(e.0);
+
         let (_log, mut follower) = crate::open_stores(follower_dir.path()).unwrap();
-        let refused = follower
-            .install_snapshot(&snapshot.meta, Box::new(Cursor::new(longer)))
-            .await;
-        assert!(refused.is_err());
+        for bad in [longer, short] {
+            let refused = follower
+                .install_snapshot(&snapshot.meta, Box::new(Cursor::new(bad)))
+                .await;
+            assert!(refused.is_err());
+        }
         assert!(
             follower.data().topics().is_empty(),
             "a refused snapshot appended: {:?}",
@@ -812,6 +871,75 @@ mod tests {
         assert_eq!(out[5..], [Response::Committed, Response::Committed]);
         let first = sm.data().first_retained_offset("t").unwrap();
         assert_eq!(sm.data().cursor_as("t", "b"), Some(first.max(1)));
+    }
+
+    /// An install stopped after its first step, the snapshot file (a crash, an I/O error
+    /// installing the body), is finished from that file at the next open: the data holds the
+    /// snapshot's entries and the applied record names it, so nothing re-applies the log over
+    /// a half-installed body, and no purge at the start passes the snapshot kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_install_stopped_after_its_snapshot_file_is_finished_at_the_open() {
+        let (leader_dir, follower_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let appends: Vec<_> = (1..=6)
+            .map(|i| {
+                let topic = if i % 2 == 0 { "a" } else { "b" };
+                entry(
+                    i,
+                    Request::Append {
+                        topic: topic.into(),
+                        data: vec![i as u8; 10],
+                    },
+                )
+            })
+            .collect();
+        let (_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
+        leader.apply(appends.clone()).await.unwrap();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let last = snapshot.meta.last_log_id;
+        {
+            let (_log, mut follower) = crate::open_stores(follower_dir.path()).unwrap();
+            follower.apply(appends[..2].to_vec()).await.unwrap();
+            follower
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            // The install's first step, then the node stops.
+            follower
+                .set_current(Stored {
+                    meta: snapshot.meta.clone(),
+                    body: snapshot.snapshot.into_inner(),
+                })
+                .unwrap();
+        }
+        for _ in 0..2 {
+            let (_log, mut follower) = crate::open_stores(follower_dir.path()).unwrap();
+            assert_eq!(follower.applied_state().await.unwrap().0, last);
+            for (i, e) in appends.iter().enumerate() {
+                let EntryPayload::Normal(Request::Append { topic, data }) = &e.payload else {
+                    unreachable!()
+                };
+                let offset = (i / 2) as u64;
+                assert_eq!(
+                    follower
+                        .data()
+                        .read_at(topic, offset)
+                        .unwrap()
+                        .unwrap()
+                        .data,
+                    *data,
+                    "{topic}@{offset}"
+                );
+            }
+            assert_eq!(follower.data().end_offset("a"), Some(3));
+        }
     }
 
     /// Snapshots made current at once (a build on openraft's task and an install) never mix

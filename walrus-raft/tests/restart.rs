@@ -422,3 +422,39 @@ async fn entries_that_do_not_continue_the_log_are_refused_unwritten() {
         Some(id(1, 3))
     );
 }
+
+/// A purge is made durable no further than the snapshot file the node keeps, though its
+/// applied record (saved every 1024 entries) is further on: restarted, the node's log is
+/// never purged past the snapshot it can send a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_purge_never_passes_the_snapshot_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+        log.blocking_append((1..=1100).map(|i| append(1, i, "t", "x")))
+            .await
+            .unwrap();
+        apply_durably(&mut sm, (1..=10).map(|i| append(1, i, "t", "x")).collect()).await;
+        // Past 1024 entries: the applied record is saved, durable, at 1034.
+        sm.apply(
+            (11..=1100)
+                .map(|i| append(1, i, "t", "x"))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+        log.purge(id(1, 1050)).await.unwrap();
+    }
+    let (mut log, mut sm) = open_stores(dir.path()).unwrap();
+    let purged = log.get_log_state().await.unwrap().last_purged_log_id;
+    let kept = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .and_then(|s| s.meta.last_log_id);
+    assert_eq!(kept, Some(id(1, 10)));
+    assert!(
+        purged <= kept,
+        "log purged to {purged:?}, snapshot kept at {kept:?}"
+    );
+}
