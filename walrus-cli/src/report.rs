@@ -111,13 +111,15 @@ pub(crate) fn stats(store: &Store, out: &mut impl Write) -> io::Result<()> {
     let d = disk(store.dir())?;
     let topics = store.topics();
     let (mut retained, mut consumers, mut lag, mut blocks) = (0u64, 0u64, 0u64, 0u64);
+    // Saturating: offsets come from the directory's records, up to 2^62 each.
     for topic in &topics {
         let end = store.end_offset(topic).unwrap_or(0);
-        retained += end - store.first_retained_offset(topic).unwrap_or(end).min(end);
-        blocks += store.retained_blocks(topic).unwrap_or(0) as u64;
+        retained = retained
+            .saturating_add(end - store.first_retained_offset(topic).unwrap_or(end).min(end));
+        blocks = blocks.saturating_add(store.retained_blocks(topic).unwrap_or(0) as u64);
         for c in store.consumers(topic) {
             consumers += 1;
-            lag += c.lag;
+            lag = lag.saturating_add(c.lag);
         }
     }
     let report = store.recovery_report();

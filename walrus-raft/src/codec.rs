@@ -544,6 +544,58 @@ mod tests {
         );
     }
 
+    /// A decoder answered: with a value, or with an error of the kind that says the bytes are
+    /// bad.
+    fn answered(r: &io::Result<impl std::fmt::Debug>) -> bool {
+        r.as_ref().is_ok()
+            || r.as_ref().is_err_and(|e| {
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+                )
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// The log records have no checksum (the Walrus frame around them does): whatever the
+        /// bytes, the decoders answer, never panic, and refuse with `InvalidData`.
+        #[test]
+        fn decoders_answer_any_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            proptest::prop_assert!(answered(&decode_record(&bytes)));
+            proptest::prop_assert!(answered(&decode_append_rpc(&bytes)));
+            proptest::prop_assert!(answered(&decode_snapshot_rpc(&bytes)));
+            proptest::prop_assert!(answered(&unseal(&bytes, "test")));
+        }
+
+        /// Valid encodings with bytes changed and cut: the decoders answer, never panic.
+        #[test]
+        fn decoders_answer_damaged_encodings(
+            changes in proptest::collection::vec((proptest::prelude::any::<usize>(), 1..=255u8), 1..6),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let rpc = AppendEntriesRequest::<TypeConfig> {
+                vote: Vote::new_committed(3, 1),
+                prev_log_id: None,
+                entries: entries().into_iter().zip(0..).map(|(mut e, i)| { e.log_id.index = i; e }).collect(),
+                leader_commit: None,
+            };
+            let mut valid: Vec<Vec<u8>> = entries().iter().map(|e| encode_entry(e).unwrap()).collect();
+            valid.push(encode_truncate(7));
+            valid.push(encode_append_rpc(&rpc).unwrap());
+            for mut b in valid {
+                for (at, x) in &changes {
+                    let n = b.len();
+                    b[at % n] ^= x;
+                }
+                b.truncate(cut % (b.len() + 1));
+                proptest::prop_assert!(answered(&decode_record(&b)));
+                proptest::prop_assert!(answered(&decode_append_rpc(&b)));
+            }
+        }
+    }
+
     #[test]
     fn rpcs_round_trip_and_reject_damage() {
         // Entries 3, 4, 5, … after the previous entry 2.

@@ -797,6 +797,59 @@ mod tests {
         assert_eq!(follower.data().end_offset("b"), Some(3));
     }
 
+    /// A snapshot body with bytes changed and cut, sealed again (so only the decoding can
+    /// tell): checking it answers, never panics, and refuses with `InvalidData`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checking_a_damaged_snapshot_body_answers() {
+        let (leader_dir, follower_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
+        let mut appends: Vec<_> = (1..=12)
+            .map(|i| {
+                entry(
+                    i,
+                    Request::Append {
+                        topic: format!("t{}", i % 3),
+                        data: vec![i as u8; i as usize],
+                    },
+                )
+            })
+            .collect();
+        appends.push(entry(13, commit("c", 2)));
+        leader.apply(appends).await.unwrap();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let body = codec::unseal(&snapshot.snapshot.into_inner(), "test")
+            .unwrap()
+            .to_vec();
+        let (_log, follower) = crate::open_stores(follower_dir.path()).unwrap();
+        let strategy = (
+            proptest::collection::vec((proptest::prelude::any::<usize>(), 1..=255u8), 1..6),
+            proptest::prelude::any::<usize>(),
+        );
+        let mut runner =
+            proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(1000));
+        runner
+            .run(&strategy, |(changes, cut)| {
+                let mut b = body.clone();
+                for (at, x) in &changes {
+                    let n = b.len();
+                    b[at % n] ^= x;
+                }
+                b.truncate(cut % (b.len() + 1));
+                if let Err(e) = follower.check_body(&codec::seal(b)) {
+                    proptest::prop_assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{}", e);
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(follower.data().topics().is_empty(), "a check wrote");
+    }
+
     /// A commit is refused below every consumer's cursor, whatever this node still holds there
     /// (another node may have released it): every node answers alike.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

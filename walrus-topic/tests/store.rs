@@ -2707,3 +2707,34 @@ fn absolute_consistency_refuses_to_drop_a_spare_that_holds_data() {
     );
     assert_eq!(store.read_at("t", 0).unwrap(), Some(b"x".to_vec()));
 }
+
+/// A segment file named with the last id of its lane (a stray file, or a crafted one) is
+/// refused at the open: the lane's next id would be the next lane's first, and preparing it
+/// would find that lane's live segment and take it for a leftover of its own.
+#[test]
+fn a_segment_id_at_the_end_of_its_lane_is_refused() {
+    let sim = SimStorage::new(91);
+    let options = small().with_lanes(2);
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        // Topics in both lanes.
+        for i in 0..8 {
+            store.append(&format!("t{i}"), b"x").unwrap();
+        }
+        store.sync().unwrap();
+    }
+    // Lane 1 starts at 2^48: its first segment is there now.
+    assert!(
+        sim.files()
+            .iter()
+            .any(|p| p.ends_with("00000281474976710656.wseg")),
+        "{:?}",
+        sim.files()
+    );
+    let stray = Path::new(DIR).join(format!("{:020}.wseg", (1u64 << 48) - 1));
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    drop(storage.create(&stray, 0).unwrap());
+    let e = open(&sim, options).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("lane"), "{e}");
+}

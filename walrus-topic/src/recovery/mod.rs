@@ -155,12 +155,17 @@ fn recover_in(
     // Segment ids are never reused, even for files deleted below.
     let mut next_ids: HashMap<usize, u64> = HashMap::new();
     for (id, path) in &segment_paths {
-        let after = id.checked_add(1).ok_or_else(|| {
-            crate::error::data_error(
-                path,
-                "a segment id this large leaves no id for the next segment",
-            )
-        })?;
+        // The next id of the lane must stay in the lane: one past its last would be the next
+        // lane's first, and preparing it would find (and take for a leftover) that lane's file.
+        let after = id
+            .checked_add(1)
+            .filter(|after| lane_of(*after) == lane_of(*id))
+            .ok_or_else(|| {
+                crate::error::data_error(
+                    path,
+                    "a segment id this large leaves its lane no id for the next segment",
+                )
+            })?;
         let next = next_ids.entry(lane_of(*id)).or_default();
         *next = (*next).max(after);
     }
