@@ -134,6 +134,21 @@ impl Harness {
                 kept <= R_MAX_BYTES + 3 * BLOCK,
                 "r: {kept} bytes retained over a limit of {R_MAX_BYTES}"
             );
+            // Nor fewer: past what every consumer consumed, retention releases a block only
+            // while what stays after it is over the limit, so what stays is at least the
+            // limit less a block (and a frame that did not fit the one before it).
+            let lowest = m.consumers.values().min().copied().unwrap_or(m.releasable);
+            let total: u64 = m.entries[lowest.min(m.end()) as usize..]
+                .iter()
+                .map(|e| e.len() as u64 + 24)
+                .sum();
+            if first > lowest {
+                assert!(
+                    kept + BLOCK + 1500 + 24 >= R_MAX_BYTES.min(total),
+                    "r: released down to {kept} bytes from {lowest} to {first}, the limit is \
+                     {R_MAX_BYTES}"
+                );
+            }
         }
         m.first_retained = first;
         first
