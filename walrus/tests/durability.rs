@@ -1,6 +1,8 @@
 //! The durability contract, one defect at a time: each test here failed before the fix it is
 //! named after (see issue "Durability you can trust"), and pins the behaviour down.
 
+mod common;
+
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,11 +159,12 @@ fn dropping_the_instance_settles_tickets_and_releases_the_directory() {
             .build()
             .unwrap();
         drop(again);
+        let waited = common::within("a ticket of a dropped instance", move || ticket.wait());
         match schedule {
             // The final sync at drop covered it.
-            FsyncSchedule::Milliseconds(_) => assert_eq!(ticket.wait().unwrap(), 0..1),
+            FsyncSchedule::Milliseconds(_) => assert_eq!(waited.unwrap(), 0..1),
             // Nothing syncs under NoFsync: the ticket says so instead of waiting forever.
-            _ => assert_eq!(ticket.wait().unwrap_err().kind(), io::ErrorKind::BrokenPipe),
+            _ => assert_eq!(waited.unwrap_err().kind(), io::ErrorKind::BrokenPipe),
         }
     }
 }
@@ -179,16 +182,20 @@ fn a_ticket_waited_on_during_drop_is_settled() {
         .unwrap();
     let ticket = wal.append_with_ticket("t", b"x").unwrap();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
+    let (waited_tx, waited_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         started_tx.send(()).unwrap();
-        ticket.wait()
+        let _ = waited_tx.send(ticket.wait());
     });
-    started_rx.recv().unwrap();
+    started_rx.recv_timeout(Duration::from_secs(60)).unwrap();
     drop(wal);
     let again = Walrus::builder().data_dir(dir.path()).quiet(true).build();
     assert!(again.is_ok(), "the directory is still held: {again:?}");
     // Either the waiter's own request got a sync in before the drop, or the close settled it.
-    match waiter.join().unwrap() {
+    let waited = waited_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the waiter was left waiting after the drop");
+    match waited {
         Ok(offsets) => assert_eq!(offsets, 0..1),
         Err(e) => assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}"),
     }

@@ -9,7 +9,16 @@ use walrus::sim::{CrashMode, Fault, FaultRule, OpKind, SimStorage};
 use walrus::{FsyncSchedule, Walrus};
 
 // Runs a future to completion on this thread, parking between polls (no runtime).
-use pollster::block_on;
+mod common;
+
+/// `pollster::block_on`, failing the test rather than hanging it when a ticket never settles.
+fn block_on<F>(ticket: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    common::within("a ticket", move || pollster::block_on(ticket))
+}
 
 fn sim_wal(sim: &SimStorage, schedule: FsyncSchedule) -> Walrus {
     Walrus::builder()
