@@ -89,9 +89,12 @@ pub(crate) struct CursorFile {
     /// The generation last written to each pair, by pair.
     last: Vec<u64>,
     next_pair: u64,
-    /// Pairs whose records [`reclaim`](Self::reclaim) dropped: zeroed when the file is
-    /// opened for writing, then given to new records.
+    /// Pairs no record owns: all zero as loaded, or holding a record [`reclaim`](Self::reclaim)
+    /// dropped; given to new records once the open's sync made them zero on disk.
     free: Vec<u64>,
+    /// The records `reclaim` dropped, `(pair, generation)`: zeroed when the file is opened
+    /// for writing.
+    reclaimed: Vec<(u64, u64)>,
 }
 
 impl CursorFile {
@@ -117,6 +120,7 @@ impl CursorFile {
                     last: Vec::new(),
                     next_pair: 0,
                     free: Vec::new(),
+                    reclaimed: Vec::new(),
                 };
                 return Ok((empty, (HashMap::new(), Vec::new())));
             }
@@ -151,6 +155,14 @@ impl CursorFile {
             .max()
             .unwrap_or(0);
         let pairs = loaded.iter().map(|(t, c)| (t.clone(), c.pair)).collect();
+        // Pairs below the last one used that hold nothing: a record reclaimed by an earlier
+        // open and not given out again.
+        let used: std::collections::HashSet<u64> = loaded
+            .values()
+            .map(|c| c.pair)
+            .chain(damaged.iter().map(|d| d.position / (2 * CURSOR_SLOT_LEN)))
+            .collect();
+        let free = (0..next_pair).filter(|p| !used.contains(p)).collect();
         let mut last = vec![0; usize::try_from(next_pair).unwrap_or(0)];
         for c in loaded.values() {
             if let Some(g) = usize::try_from(c.pair).ok().and_then(|p| last.get_mut(p)) {
@@ -163,7 +175,8 @@ impl CursorFile {
                 pairs,
                 last,
                 next_pair,
-                free: Vec::new(),
+                free,
+                reclaimed: Vec::new(),
             },
             (loaded, damaged),
         ))
@@ -198,11 +211,10 @@ impl CursorFile {
                     *g = 0;
                 }
                 self.free.push(c.pair);
+                self.reclaimed.push((c.pair, c.generation));
             }
             !unneeded
         });
-        // The lowest pairs first (popped from the end): new records fill the file's front.
-        self.free.sort_unstable_by(|a, b| b.cmp(a));
     }
 
     /// The store on this file, creating the file (and making its name durable) if it did not
@@ -232,11 +244,23 @@ impl CursorFile {
             }),
             sync: FileSync::default(),
         };
-        for &pair in &self.free {
-            store.clear_pair(pair * 2 * CURSOR_SLOT_LEN)?;
+        // The slot of the record's older generation first, synced, then the record's own: a
+        // crash in between leaves the record (removed, or stale) as it was, never the
+        // generation before it, which may say the consumer is live.
+        for &(pair, generation) in &self.reclaimed {
+            store.clear_slot(CursorRecord::slot_position(pair, generation + 1))?;
         }
-        // Given out once `sync_loaded` made the zeros durable.
-        store.pairs.lock().zeroed = self.free;
+        if !self.reclaimed.is_empty() {
+            store.sync()?;
+        }
+        for &(pair, generation) in &self.reclaimed {
+            store.clear_slot(CursorRecord::slot_position(pair, generation))?;
+        }
+        // Given out once `sync_loaded` made the zeros durable; the lowest first (popped from
+        // the end): new records fill the file's front.
+        let mut free = self.free;
+        free.sort_unstable_by(|a, b| b.cmp(a));
+        store.pairs.lock().zeroed = free;
         Ok(store)
     }
 
@@ -416,10 +440,20 @@ impl CursorStore {
     /// find. (Made durable with the file's next sync; a later open may give the pair to a new
     /// record.)
     pub(crate) fn clear_pair(&self, position: u64) -> io::Result<()> {
+        self.clear(position, 2 * CURSOR_SLOT_LEN as usize)
+    }
+
+    /// Writes zeros over the slot at `position` (made durable with the file's next sync).
+    fn clear_slot(&self, position: u64) -> io::Result<()> {
+        self.clear(position, CURSOR_SLOT_LEN as usize)
+    }
+
+    fn clear(&self, position: u64, len: usize) -> io::Result<()> {
         let Some(file) = &self.file else {
             return Err(crate::error::read_only_error());
         };
-        file.write_at(&[0u8; 2 * CURSOR_SLOT_LEN as usize], position)?;
+        let zeros = [0u8; 2 * CURSOR_SLOT_LEN as usize];
+        file.write_at(zeros.get(..len).unwrap_or(&zeros), position)?;
         self.sync.mark();
         Ok(())
     }

@@ -1226,3 +1226,80 @@ fn removed_consumers_leave_no_cursor_records_behind() {
     assert_eq!(store.cursor_as("t", "late"), Some(1));
     assert_eq!(store.cursor_as("t", "keep"), Some(4));
 }
+
+/// A removed consumer stays removed whatever a crash does to the open that reclaims its
+/// record: the slot of its older generation (which says it is live) is zeroed and synced
+/// before the slot saying it was removed, so a torn or lost zeroing never leaves the older one
+/// alone.
+#[test]
+fn a_crash_while_its_record_is_reclaimed_never_brings_a_removed_consumer_back() {
+    let cursors = format!("{DIR}/cursors.wcur");
+    let segment = format!("{DIR}/00000000000000000000.wseg");
+    // Where the open stops: at the segment's sync (after the zeroing, before the cursor
+    // file's sync), or at the first or second sync of the cursor file.
+    let stops = [
+        FaultRule::new(Fault::Eio).op(OpKind::Sync).path(segment),
+        FaultRule::new(Fault::Eio)
+            .op(OpKind::Sync)
+            .path(cursors.clone()),
+        FaultRule::new(Fault::Eio)
+            .op(OpKind::Sync)
+            .path(cursors)
+            .nth(1),
+    ];
+    for (stop, rule) in stops.into_iter().enumerate() {
+        for mode in [
+            CrashMode::TearLastWrite,
+            CrashMode::DropUnsynced,
+            CrashMode::RandomSectors,
+        ] {
+            let sim = SimStorage::new(300 + stop as u64);
+            {
+                let store = open(&sim, small()).unwrap();
+                store.append("t", b"x").unwrap();
+                store.commit_as("t", "c", 0).unwrap();
+                assert!(store.remove_consumer("t", "c").unwrap());
+                store.sync().unwrap();
+            }
+            sim.inject(rule.clone());
+            assert!(
+                open(&sim, small()).is_err(),
+                "stop {stop}: the open went through"
+            );
+            sim.clear_faults();
+            sim.crash(mode);
+            let store = open(&sim, small()).unwrap();
+            assert!(
+                store.consumers("t").iter().all(|c| c.name != "c"),
+                "stop {stop}, {mode:?}: the removed consumer came back"
+            );
+        }
+    }
+}
+
+/// A pair reclaimed by one open and given to no record is given out by a later one: the
+/// cursor file does not grow while opens that create nothing come between.
+#[test]
+fn a_pair_reclaimed_and_left_unused_is_reused_later() {
+    let sim = SimStorage::new(81);
+    let cursor_file = std::path::Path::new(DIR).join("cursors.wcur");
+    {
+        let store = open(&sim, small()).unwrap();
+        store.append("t", b"x").unwrap();
+        store.commit_as("t", "a", 0).unwrap();
+        store.commit_as("t", "b", 0).unwrap();
+        assert!(store.remove_consumer("t", "a").unwrap());
+    }
+    let len = sim.contents(&cursor_file).unwrap().len();
+    // Reclaims `a`'s pair and creates nothing.
+    drop(open(&sim, small()).unwrap());
+    {
+        let store = open(&sim, small()).unwrap();
+        store.commit_as("t", "c", 1).unwrap();
+    }
+    assert_eq!(sim.contents(&cursor_file).unwrap().len(), len);
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(store.cursor_as("t", "b"), Some(0));
+    assert_eq!(store.cursor_as("t", "c"), Some(1));
+    assert_eq!(store.cursor_as("t", "a"), None);
+}
