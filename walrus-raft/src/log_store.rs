@@ -100,7 +100,10 @@ struct Applied {
     /// it could not serve a follower the entries between (openraft requires the purge never to
     /// pass the snapshot; the applied record alone, saved every 1024 entries, may).
     snapshot: Mutex<Option<LogId<NodeId>>>,
-    /// Wakes the waiting appends when `durable` or `snapshot` moves, or `failed` is set.
+    /// The purge durable on disk (the last synced `meta` record's): what the next open starts
+    /// the log after. Appends past a gap wait for it, not for the cap, which moves first.
+    purged: Mutex<Option<LogId<NodeId>>>,
+    /// Wakes the waiting appends when `purged` moves, or `failed` is set.
     moved: tokio::sync::Notify,
     /// Why the snapshot install they wait for will not come: it failed, or the log closed.
     failed: Mutex<Option<String>>,
@@ -113,8 +116,9 @@ impl Applied {
         (*self.durable.lock()).min(*self.snapshot.lock())
     }
 
-    /// Waits until a purge to `purged` may be made durable: the snapshot install that purge
-    /// was made for is durable.
+    /// Waits until the purge to `purged` is durable on disk: the snapshot install it was made
+    /// for is durable, and the next open starts the log after it (replay would pass over the
+    /// entries after it otherwise).
     ///
     /// # Errors
     /// The install failed, or the log closed first.
@@ -122,7 +126,7 @@ impl Applied {
         loop {
             // Made before the check: a `notify_waiters` after it wakes it.
             let moved = self.moved.notified();
-            if self.cap() >= Some(purged) {
+            if *self.purged.lock() >= Some(purged) {
                 return Ok(());
             }
             if let Some(why) = &*self.failed.lock() {
@@ -338,6 +342,7 @@ impl LogStore {
         })?
         .map(|(_, m)| m)
         .unwrap_or_default();
+        let meta_purged = meta.purged;
         let first = match meta.purged {
             None => 0,
             Some(p) => p.index.checked_add(1).ok_or_else(|| {
@@ -380,7 +385,10 @@ impl LogStore {
                 wal,
                 index: Mutex::new(index),
                 meta: tokio::sync::Mutex::new(meta),
-                applied: Arc::default(),
+                applied: Arc::new(Applied {
+                    purged: Mutex::new(meta_purged),
+                    ..Applied::default()
+                }),
             }),
         })
     }
@@ -406,14 +414,12 @@ impl LogStore {
     /// to it may now be made durable.
     pub(crate) fn set_durable_applied(&self, applied: Option<LogId<NodeId>>) {
         *self.shared.applied.durable.lock() = applied;
-        self.shared.applied.moved.notify_waiters();
     }
 
     /// Records the last log id of the snapshot file the state machine keeps (durable): no
     /// purge is made durable past it.
     pub(crate) fn set_snapshot_kept(&self, kept: Option<LogId<NodeId>>) {
         *self.shared.applied.snapshot.lock() = kept;
-        self.shared.applied.moved.notify_waiters();
     }
 
     /// [`set_durable_applied`](Self::set_durable_applied), then makes durable the part of the
@@ -468,6 +474,9 @@ impl LogStore {
         let bytes = serde_json::to_vec(&next).map_err(io::Error::other)?;
         if durable {
             save_record(&self.shared.wal, META, &bytes).await?;
+            // What the next open starts from: appends waiting for it may be acknowledged.
+            *self.shared.applied.purged.lock() = next.purged;
+            self.shared.applied.moved.notify_waiters();
         } else {
             self.shared.wal.append(META, &bytes)?;
         }
@@ -629,7 +638,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index
                 .check_follows(&ids)
                 .map_err(|err| logs_err(ErrorVerb::Write, err))?;
-            if index.past_held > self.shared.applied.cap() {
+            if index.past_held > *self.shared.applied.purged.lock() {
                 after_install = after_install.max(index.past_held);
             }
             let ticket = self
@@ -703,4 +712,55 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// Appends a log record and waits until it is durable.
 async fn save_record_raw(wal: &Walrus, record: &[u8]) -> io::Result<()> {
     wal.append_with_ticket(LOG, record)?.await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{EntryPayload, LogId};
+
+    use super::*;
+
+    fn id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: id(index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Appends after a snapshot being installed are acknowledged once the purge up to it is
+    /// durable on disk (the next open starts the log after it), not when the state machine's
+    /// install is recorded in memory, a moment before that purge is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_after_a_snapshot_wait_for_its_purge_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = crate::open_stores(dir.path()).unwrap();
+        log.blocking_append((1..=10).map(blank)).await.unwrap();
+        log.purge(id(100)).await.unwrap();
+        let mut appender = log.clone();
+        let waiting =
+            tokio::spawn(async move { appender.blocking_append((101..=105).map(blank)).await });
+        let still = std::time::Duration::from_millis(300);
+        tokio::time::sleep(still).await;
+        assert!(!waiting.is_finished(), "acknowledged before the install");
+        // The install recorded in memory: the purge may now be made durable, not yet is.
+        log.set_snapshot_kept(Some(id(100)));
+        log.set_durable_applied(Some(id(100)));
+        tokio::time::sleep(still).await;
+        assert!(
+            !waiting.is_finished(),
+            "acknowledged before the purge up to the snapshot was durable"
+        );
+        log.advance_durable_applied(Some(id(100))).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+            .await
+            .expect("left waiting after the purge was durable")
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.shared.meta.lock().await.purged, Some(id(100)));
+    }
 }

@@ -453,7 +453,12 @@ impl StateMachine {
                 )));
             }
             for (consumer, cursor) in consumers {
-                data.commit_as(&topic, &consumer, cursor)?;
+                // Committing one consumer may release entries below another's cursor (this
+                // node's blocks are its own): the cursor then stands at the first entry kept,
+                // which reads the same. Refused instead, an install stopped here would be
+                // refused again by every open that finishes it.
+                let kept = data.first_retained_offset(&topic).unwrap_or(0);
+                data.commit_as(&topic, &consumer, cursor.max(kept))?;
             }
         }
         d.end()?;
@@ -993,6 +998,51 @@ mod tests {
             }
             assert_eq!(follower.data().end_offset("a"), Some(3));
         }
+    }
+
+    /// Installing a snapshot commits its consumers one after another; the first may release
+    /// this node's blocks below the next one's cursor. That cursor then stands at the first
+    /// entry kept (it reads the same) instead of failing the install, which every open would
+    /// otherwise fail again finishing it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_install_whose_first_commit_releases_below_the_next_cursor_goes_through() {
+        let (leader_dir, follower_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // Entries of 700 KB: one a block (1 MiB blocks).
+        let mut entries: Vec<_> = (1..=5)
+            .map(|i| {
+                entry(
+                    i,
+                    Request::Append {
+                        topic: "t".into(),
+                        data: vec![i as u8; 700 << 10],
+                    },
+                )
+            })
+            .collect();
+        entries.push(entry(6, commit("b", 2)));
+        entries.push(entry(7, commit("a", 4)));
+        let (_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
+        let out = leader.apply(entries).await.unwrap();
+        assert_eq!(out[5..], [Response::Committed, Response::Committed]);
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let (_log, mut follower) = crate::open_stores(follower_dir.path()).unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(follower.data().cursor_as("t", "a"), Some(4));
+        let b = follower.data().cursor_as("t", "b").unwrap();
+        assert!((2..=4).contains(&b), "b at {b}");
+        assert_eq!(
+            follower.data().read_at("t", 4).unwrap().unwrap().data,
+            vec![5u8; 700 << 10]
+        );
     }
 
     /// Snapshots made current at once (a build on openraft's task and an install) never mix

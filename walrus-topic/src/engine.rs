@@ -336,7 +336,14 @@ fn tier_loop(inner: &Inner, stop: &Stop) {
     let mut stopped = stop.stopped.lock();
     while !*stopped {
         drop(stopped);
-        let _ = inner.store.tier_pass_until(&|| *stop.stopped.lock());
+        // A panic (a remote backend's) must not end the uploads for good: the pass holds
+        // guards only, and the next pass starts over from what the tier and the disk hold.
+        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.store.tier_pass_until(&|| *stop.stopped.lock())
+        }));
+        if pass.is_err() {
+            tracing::error!("a tier pass panicked; the next pass retries");
+        }
         stopped = stop.stopped.lock();
         if !*stopped {
             let _ = stop.wake.wait_for(&mut stopped, TIER_PERIOD);
