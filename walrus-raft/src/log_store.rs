@@ -413,7 +413,11 @@ impl LogStore {
     /// Records that the state machine's applied record naming `applied` is durable: purges up
     /// to it may now be made durable.
     pub(crate) fn set_durable_applied(&self, applied: Option<LogId<NodeId>>) {
-        *self.shared.applied.durable.lock() = applied;
+        // Never back: a snapshot build that recorded an older id may report it after an
+        // install recorded a newer one (the applied record on disk is the install's), and a
+        // purge capped at the older one would leave appends waiting for it for ever.
+        let mut durable = self.shared.applied.durable.lock();
+        *durable = (*durable).max(applied);
     }
 
     /// Records the last log id of the snapshot file the state machine keeps (durable): no
@@ -761,6 +765,28 @@ mod tests {
             .expect("left waiting after the purge was durable")
             .unwrap()
             .unwrap();
+        assert_eq!(log.shared.meta.lock().await.purged, Some(id(100)));
+    }
+
+    /// A snapshot build that recorded an older applied id and reports it after an install
+    /// reported a newer one does not move the durable applied id back: the purge up to the
+    /// install's snapshot, asked afterwards, is made durable, and appends after it go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_build_does_not_move_the_durable_applied_id_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = crate::open_stores(dir.path()).unwrap();
+        log.blocking_append((1..=10).map(blank)).await.unwrap();
+        log.set_snapshot_kept(Some(id(100)));
+        log.advance_durable_applied(Some(id(100))).await.unwrap();
+        log.advance_durable_applied(Some(id(50))).await.unwrap();
+        log.purge(id(100)).await.unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            log.blocking_append((101..=105).map(blank)),
+        )
+        .await
+        .expect("appends after the snapshot left waiting")
+        .unwrap();
         assert_eq!(log.shared.meta.lock().await.purged, Some(id(100)));
     }
 }

@@ -233,17 +233,10 @@ impl CursorFile {
                 f
             }
         };
-        let store = CursorStore {
-            file: Some(file),
-            pairs: Mutex::new(Pairs {
-                by_record: self.pairs,
-                next: self.next_pair,
-                last: self.last,
-                free: Vec::new(),
-                zeroed: Vec::new(),
-            }),
-            sync: FileSync::default(),
-        };
+        let store = CursorStore::on(
+            Some(file),
+            Pairs::loaded(self.pairs, self.next_pair, self.last),
+        );
         // The slot of the record's older generation first, synced, then the record's own: a
         // crash in between leaves the record (removed, or stale) as it was, never the
         // generation before it, which may say the consumer is live.
@@ -266,17 +259,7 @@ impl CursorFile {
 
     /// The store on this file for a read-only open: every write is refused.
     pub(crate) fn without_writes(self) -> CursorStore {
-        CursorStore {
-            file: None,
-            pairs: Mutex::new(Pairs {
-                by_record: self.pairs,
-                next: self.next_pair,
-                last: self.last,
-                free: Vec::new(),
-                zeroed: Vec::new(),
-            }),
-            sync: FileSync::default(),
-        }
+        CursorStore::on(None, Pairs::loaded(self.pairs, self.next_pair, self.last))
     }
 }
 
@@ -296,6 +279,19 @@ struct Pairs {
     zeroed: Vec<u64>,
 }
 
+impl Pairs {
+    /// The pairs as an open loaded them: none free yet.
+    fn loaded(by_record: HashMap<RecordKey, u64>, next: u64, last: Vec<u64>) -> Self {
+        Self {
+            by_record,
+            next,
+            last,
+            free: Vec::new(),
+            zeroed: Vec::new(),
+        }
+    }
+}
+
 /// The open cursor file of one store.
 #[derive(Debug)]
 pub(crate) struct CursorStore {
@@ -308,6 +304,15 @@ pub(crate) struct CursorStore {
 }
 
 impl CursorStore {
+    /// The store on `file` (`None`: read-only) with `pairs`.
+    fn on(file: Option<Arc<dyn SegmentFile>>, pairs: Pairs) -> Self {
+        Self {
+            file,
+            pairs: Mutex::new(pairs),
+            sync: FileSync::default(),
+        }
+    }
+
     fn load(path: &Path, bytes: &[u8]) -> io::Result<Loaded> {
         let mut out: HashMap<RecordKey, LoadedCursor> = HashMap::new();
         let mut damaged = Vec::new();
