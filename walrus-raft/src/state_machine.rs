@@ -738,6 +738,42 @@ mod tests {
 
     use super::*;
 
+    /// Appends at raft indexes `indexes`: entry `i` of `data(i)` to topic `topic(i)`.
+    fn appends(
+        indexes: std::ops::RangeInclusive<u64>,
+        topic: impl Fn(u64) -> String,
+        data: impl Fn(u64) -> Vec<u8>,
+    ) -> Vec<openraft::Entry<TypeConfig>> {
+        indexes
+            .map(|i| {
+                entry(
+                    i,
+                    Request::Append {
+                        topic: topic(i),
+                        data: data(i),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// A leader that applied `entries` (in a directory of its own, gone afterwards): its
+    /// responses, and the snapshot it then built.
+    async fn leader_snapshot(
+        entries: Vec<openraft::Entry<TypeConfig>>,
+    ) -> (Vec<Response>, Snapshot<TypeConfig>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut leader) = crate::open_stores(dir.path()).unwrap();
+        let out = leader.apply(entries).await.unwrap();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        (out, snapshot)
+    }
+
     fn stored(index: u64) -> Stored {
         Stored {
             meta: SnapshotMeta {
@@ -754,28 +790,13 @@ mod tests {
     /// its topics is appended.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_snapshot_that_fails_a_check_installs_nothing() {
-        let (leader_dir, follower_dir) =
-            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
-        let appends: Vec<_> = (1..=6)
-            .map(|i| {
-                let topic = if i % 2 == 0 { "a" } else { "b" };
-                entry(
-                    i,
-                    Request::Append {
-                        topic: topic.into(),
-                        data: vec![i as u8; 10],
-                    },
-                )
-            })
-            .collect();
-        leader.apply(appends).await.unwrap();
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let follower_dir = tempfile::tempdir().unwrap();
+        let two_topics = appends(
+            1..=6,
+            |i| ["a", "b"][i as usize % 2].into(),
+            |i| vec![i as u8; 10],
+        );
+        let (_, snapshot) = leader_snapshot(two_topics).await;
         let body = snapshot.snapshot.into_inner();
         let mut longer = codec::unseal(&body, "test").unwrap().to_vec();
         longer.push(0);
@@ -817,28 +838,14 @@ mod tests {
     /// tell): checking it answers, never panics, and refuses with `InvalidData`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn checking_a_damaged_snapshot_body_answers() {
-        let (leader_dir, follower_dir) =
-            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
-        let mut appends: Vec<_> = (1..=12)
-            .map(|i| {
-                entry(
-                    i,
-                    Request::Append {
-                        topic: format!("t{}", i % 3),
-                        data: vec![i as u8; i as usize],
-                    },
-                )
-            })
-            .collect();
-        appends.push(entry(13, commit("c", 2)));
-        leader.apply(appends).await.unwrap();
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let follower_dir = tempfile::tempdir().unwrap();
+        let mut entries = appends(
+            1..=12,
+            |i| format!("t{}", i % 3),
+            |i| vec![i as u8; i as usize],
+        );
+        entries.push(entry(13, commit("c", 2)));
+        let (_, snapshot) = leader_snapshot(entries).await;
         let body = codec::unseal(&snapshot.snapshot.into_inner(), "test")
             .unwrap()
             .to_vec();
@@ -912,17 +919,7 @@ mod tests {
     async fn a_commit_accepted_elsewhere_is_accepted_by_a_node_that_released_more() {
         let dir = tempfile::tempdir().unwrap();
         // Entries of 700 KB: one a block (1 MiB blocks).
-        let appends: Vec<_> = (1..=5)
-            .map(|i| {
-                entry(
-                    i,
-                    Request::Append {
-                        topic: "t".into(),
-                        data: vec![i as u8; 700 << 10],
-                    },
-                )
-            })
-            .collect();
+        let appends = appends(1..=5, |_| "t".into(), |i| vec![i as u8; 700 << 10]);
         let open = || crate::open_stores(dir.path()).unwrap();
         {
             // What the power cut left: the appends, and `a`'s cursor record at 4 (written
@@ -948,28 +945,13 @@ mod tests {
     /// a half-installed body, and no purge at the start passes the snapshot kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_install_stopped_after_its_snapshot_file_is_finished_at_the_open() {
-        let (leader_dir, follower_dir) =
-            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let appends: Vec<_> = (1..=6)
-            .map(|i| {
-                let topic = if i % 2 == 0 { "a" } else { "b" };
-                entry(
-                    i,
-                    Request::Append {
-                        topic: topic.into(),
-                        data: vec![i as u8; 10],
-                    },
-                )
-            })
-            .collect();
-        let (_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
-        leader.apply(appends.clone()).await.unwrap();
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let follower_dir = tempfile::tempdir().unwrap();
+        let appends = appends(
+            1..=6,
+            |i| ["a", "b"][i as usize % 2].into(),
+            |i| vec![i as u8; 10],
+        );
+        let (_, snapshot) = leader_snapshot(appends.clone()).await;
         let last = snapshot.meta.last_log_id;
         {
             let (_log, mut follower) = crate::open_stores(follower_dir.path()).unwrap();
@@ -1016,31 +998,13 @@ mod tests {
     /// which the leader keeps; the install then failed at every open that finished it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_install_whose_first_commit_releases_below_the_next_cursor_goes_through() {
-        let (leader_dir, follower_dir) =
-            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let follower_dir = tempfile::tempdir().unwrap();
         // Entries of 700 KB: one a block (1 MiB blocks).
-        let mut entries: Vec<_> = (1..=5)
-            .map(|i| {
-                entry(
-                    i,
-                    Request::Append {
-                        topic: "t".into(),
-                        data: vec![i as u8; 700 << 10],
-                    },
-                )
-            })
-            .collect();
+        let mut entries = appends(1..=5, |_| "t".into(), |i| vec![i as u8; 700 << 10]);
         entries.push(entry(6, commit("b", 2)));
         entries.push(entry(7, commit("a", 4)));
-        let (_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
-        let out = leader.apply(entries).await.unwrap();
+        let (out, snapshot) = leader_snapshot(entries).await;
         assert_eq!(out[5..], [Response::Committed, Response::Committed]);
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
         let (_log, mut follower) = crate::open_stores(follower_dir.path()).unwrap();
         follower
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
@@ -1062,28 +1026,10 @@ mod tests {
     /// past a gap that finishing the install would take for entries there.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_power_cut_amid_an_install_leaves_no_gap_below_the_cursors() {
-        let leader_dir = tempfile::tempdir().unwrap();
-        let mut entries: Vec<_> = (1..=6)
-            .map(|i| {
-                entry(
-                    i,
-                    Request::Append {
-                        topic: "t".into(),
-                        data: vec![i as u8; 100],
-                    },
-                )
-            })
-            .collect();
+        let mut entries = appends(1..=6, |_| "t".into(), |i| vec![i as u8; 100]);
         entries.push(entry(7, commit("b", 2)));
         entries.push(entry(8, commit("a", 6)));
-        let (_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
-        leader.apply(entries).await.unwrap();
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let (_, snapshot) = leader_snapshot(entries).await;
         let body = snapshot.snapshot.into_inner();
         let on = |sim: &walrus::sim::SimStorage, dir: &str| {
             Arc::new(
