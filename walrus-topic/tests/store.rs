@@ -449,12 +449,12 @@ fn a_cursor_sync_that_panics_fails_the_reads_after_it() {
 }
 
 /// The background persistence of idle readers' cursors writes them without a sync per
-/// With durable cursors, the background maintenance does not persist idle readers' cursors:
-/// its write would not be synced, and counted as persisted it would break the bound of
-/// `persist_every - 1` entries handed out again after a power cut (it also reset the count of
-/// reads to persist after). `flush` persists and syncs them.
+/// With durable cursors, the background maintenance writes idle readers' cursors (a process
+/// crash keeps them) but does not count them persisted: its write is not synced, and counted
+/// it reset the count of reads to persist after, so a power cut handed out more than
+/// `persist_every - 1` entries again.
 #[test]
-fn idle_cursors_are_left_to_flush_under_durable_cursors() {
+fn idle_cursors_written_in_the_background_are_not_counted_persisted() {
     let sim = SimStorage::new(65);
     let options = small()
         .with_durable_cursors(true)

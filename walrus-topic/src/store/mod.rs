@@ -296,14 +296,8 @@ impl Store {
 
     /// Lists a topic whose consuming reads were not all persisted (`AtLeastOnce`), for the
     /// background maintenance to persist.
-    ///
-    /// Not with durable cursors: the background write would not be synced, and must not count
-    /// the cursor persisted (a power cut would take it back, and with it the bound of at most
-    /// `persist_every - 1` entries handed out again). Consuming reads persist, synced, every
-    /// `persist_every` entries; a reader's last few are persisted by `flush` and the close.
     pub(crate) fn note_reads(&self, t: &Arc<Topic>, unpersisted: bool) {
         if unpersisted
-            && !self.shared.options.durable_cursors
             && !t.cursor_noted.load(Ordering::Relaxed)
             && !t.cursor_noted.swap(true, Ordering::AcqRel)
         {

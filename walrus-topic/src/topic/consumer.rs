@@ -89,6 +89,8 @@ pub(super) struct Reader {
     pub(super) pair: Option<u64>,
     /// Consuming reads since the last persist.
     pub(super) unpersisted: u32,
+    /// The cursor last written to the cursor file, persisted or not (see `persist_cursors`).
+    pub(super) written: u64,
     /// Where the frame at `cursor` is, when known: a hint that does not keep its block (and
     /// the block's segment file, open) alive once the chain let it go — a consumer that
     /// stopped reading must not hold a released segment's space.
@@ -125,6 +127,7 @@ impl Consumer {
                 generation,
                 pair,
                 unpersisted: 0,
+                written: cursor,
                 pos: None,
                 buf: ReadBuf::default(),
                 removed: false,
@@ -273,6 +276,22 @@ impl Topic {
         r: &mut Reader,
         sync: bool,
     ) -> io::Result<()> {
+        self.write_cursor(shared, c, r, sync)?;
+        r.persisted = r.cursor;
+        r.unpersisted = 0;
+        c.persisted.store(r.persisted, Ordering::Release);
+        self.release_consumed(shared);
+        Ok(())
+    }
+
+    /// Writes the consumer's cursor record (synced if `sync`), without counting it persisted.
+    fn write_cursor(
+        &self,
+        shared: &Shared,
+        c: &Consumer,
+        r: &mut Reader,
+        sync: bool,
+    ) -> io::Result<()> {
         let pair = match r.pair {
             Some(p) => p,
             None => {
@@ -290,10 +309,7 @@ impl Topic {
         };
         shared.cursors.write(&record, pair, sync)?;
         r.generation += 1;
-        r.persisted = r.cursor;
-        r.unpersisted = 0;
-        c.persisted.store(r.persisted, Ordering::Release);
-        self.release_consumed(shared);
+        r.written = r.cursor;
         Ok(())
     }
 
@@ -310,7 +326,19 @@ impl Topic {
             // is synced by it (the bounds the consistencies promise); this catches idle
             // readers up, and the next sync of the cursor file covers it.
             let sync = shared.options.sync_cursor_writes;
-            if let Err(e) = self.persist_synced(shared, &c, &mut r, sync) {
+            let written = if shared.options.durable_cursors && !sync {
+                // Written for a process crash (it survives in the page cache), but not counted
+                // as persisted: a power cut may take it, and the reads must go on counting to
+                // their next synced persist, or more than `persist_every - 1` entries would be
+                // handed out again after it.
+                if r.written == r.cursor {
+                    continue;
+                }
+                self.write_cursor(shared, &c, &mut r, false)
+            } else {
+                self.persist_synced(shared, &c, &mut r, sync)
+            };
+            if let Err(e) = written {
                 first_err.get_or_insert(on_topic(e, &self.name, None));
             }
         }
