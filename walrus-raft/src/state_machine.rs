@@ -452,13 +452,18 @@ impl StateMachine {
                     "snapshot: topic {topic:?} did not end at {end} after installing"
                 )));
             }
-            // The entries before the cursors: the data instance syncs nothing of its own, and a
-            // cursor record kept by a power cut without the entries it passed would make
-            // recovery end the topic past a gap, which finishing the install from the snapshot
-            // file would then take for entries there (as `apply_request` guards its commits).
-            if !consumers.is_empty() {
+            // The entries before the floor and the cursors: the data instance syncs nothing of
+            // its own, and a cursor record kept by a power cut without the entries it passed
+            // would make recovery end the topic past a gap, which finishing the install from
+            // the snapshot file would then take for entries there (as `apply_request` guards
+            // its commits).
+            if first > 0 || !consumers.is_empty() {
                 data.flush()?;
             }
+            // Below `first` this node holds blank entries (or entries the leader released):
+            // released here too, so that a read there finds nothing and a new consumer starts
+            // at `first`, as on the leader.
+            data.release_before(&topic, first)?;
             // The lowest cursor first: a commit releases what every consumer this node has
             // passed, and a consumer not yet made here holds nothing back, so committed in
             // another order, a higher cursor would release entries a lower one still needs.
@@ -1018,6 +1023,62 @@ mod tests {
                 follower.data().read_at("t", offset).unwrap().unwrap().data,
                 vec![offset as u8 + 1; 700 << 10]
             );
+        }
+    }
+
+    /// The blank entries an install writes below the snapshot's first entry are released:
+    /// reads there and a new consumer answer on the follower as on the leader.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_install_releases_its_blank_entries_as_the_leader_released_them() {
+        let (leader_dir, follower_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // Entries of 1000 bytes over blocks that grow from 4 KiB.
+        let entries = || appends(1..=40, |_| "t".into(), |i| vec![i as u8; 1000]);
+        // Where a leader's first kept block starts once `a` stands at 15 (the layout is the
+        // same for the same entries)...
+        let first = {
+            let dir = tempfile::tempdir().unwrap();
+            let (_log, mut sm) = crate::open_stores(dir.path()).unwrap();
+            let mut with_commit = entries();
+            with_commit.push(entry(41, commit("a", 15)));
+            sm.apply(with_commit).await.unwrap();
+            sm.data().first_retained_offset("t").unwrap()
+        };
+        assert!(first > 0 && first <= 15, "{first}");
+        // ... and the leader with `a` there: the follower's first block holds its blank
+        // entries and the snapshot's first ones (its first blocks are small), so `a` releases
+        // none of it there, and without a floor the blanks were read.
+        let mut with_commit = entries();
+        with_commit.push(entry(41, commit("a", first)));
+        let (_leader_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
+        leader.apply(with_commit).await.unwrap();
+        assert_eq!(leader.data().first_retained_offset("t"), Some(first));
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let (_log, mut follower) = crate::open_stores(follower_dir.path()).unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        // Where each node's first block ends is its own; what it answers below the snapshot's
+        // first entry is not.
+        for node in [&leader, &follower] {
+            let data = node.data();
+            for offset in [0, first - 1] {
+                let below = data.read_at("t", offset).map(|e| e.map(|e| e.data));
+                assert_eq!(
+                    below.unwrap_err().kind(),
+                    io::ErrorKind::NotFound,
+                    "{offset}"
+                );
+            }
+            let fresh = data.read_next_as("t", "new", false).unwrap().unwrap();
+            assert_eq!(fresh.offset, first);
+            assert_eq!(fresh.data, vec![(first + 1) as u8; 1000]);
         }
     }
 

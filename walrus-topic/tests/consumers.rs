@@ -273,6 +273,79 @@ fn a_consumer_created_after_a_release_starts_at_the_oldest_entry_retained() {
 }
 
 #[test]
+fn release_before_releases_for_every_reader_durably_and_bad_input_changes_nothing() {
+    let sim = SimStorage::new(13);
+    {
+        let store = open(&sim, small()).unwrap();
+        for i in 0..1000 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        for _ in 0..5 {
+            store.read_next_as("t", "a", true).unwrap();
+        }
+        store.commit_as("t", "b", 150).unwrap();
+        store.sync().unwrap();
+        let before = segments(&sim);
+        let refused = [
+            (store.release_before("t", 1001), io::ErrorKind::InvalidInput),
+            (store.release_before("nope", 0), io::ErrorKind::NotFound),
+        ];
+        for (result, kind) in refused {
+            assert_eq!(result.unwrap_err().kind(), kind);
+        }
+        // A failed write of the floor releases nothing.
+        sim.inject(
+            FaultRule::new(Fault::Eio)
+                .op(OpKind::Write)
+                .path(format!("{DIR}/cursors.wcur")),
+        );
+        assert!(store.release_before("t", 800).is_err());
+        sim.clear_faults();
+        assert_eq!(store.first_retained_offset("t"), Some(0));
+        assert_eq!(store.read_at("t", 3).unwrap(), Some(payload(3)));
+        assert_eq!(store.topics(), ["t"], "no topic made by the refusals");
+
+        assert!(store.release_before("t", 800).unwrap());
+        assert!(!store.release_before("t", 800).unwrap(), "already there");
+        assert!(!store.release_before("t", 20).unwrap(), "never lowered");
+        assert_eq!(store.first_retained_offset("t"), Some(800));
+        assert_eq!(
+            store.read_at("t", 799).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(store.read_at("t", 800).unwrap(), Some(payload(800)));
+        assert!(
+            segments(&sim) < before,
+            "the segments below the floor went ({before} before)"
+        );
+        // A raise that deletes no segment (a deletion syncs the cursor file first) is durable
+        // once it returns too: nothing is synced after it.
+        let kept = segments(&sim);
+        assert!(store.release_before("t", 805).unwrap());
+        assert_eq!(segments(&sim), kept);
+        // The power goes before the store closes (a close would sync).
+        sim.crash(CrashMode::DropUnsynced);
+    }
+    let store = open(&sim, small()).unwrap();
+    assert_eq!(store.first_retained_offset("t"), Some(805));
+    assert_eq!(
+        store.read_at("t", 804).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    // Consumers behind it go on from it, counting what they skipped.
+    for (name, cursor) in [("a", 5), ("b", 150)] {
+        assert_eq!(
+            store.read_next_as("t", name, true).unwrap().map(|e| e.0),
+            Some(805),
+            "{name}"
+        );
+        let info = store.consumers("t").into_iter().find(|c| c.name == name);
+        assert_eq!(info.map(|c| c.skipped), Some(805 - cursor), "{name}");
+    }
+    assert_eq!(store.read_at("t", 999).unwrap(), Some(payload(999)));
+}
+
+#[test]
 fn retention_by_age_releases_old_blocks_at_maintenance() {
     let sim = SimStorage::new(6);
     let options =

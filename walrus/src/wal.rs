@@ -508,6 +508,19 @@ impl Walrus {
         self.engine.store().remove_consumer(topic, consumer)
     }
 
+    /// Releases every entry of `topic` below `offset` for every reader, durably once this
+    /// returns, as retention does: a consumer behind `offset` goes on from it, a read below it
+    /// finds nothing, and offsets keep their numbers. Whether the floor rose (not when it
+    /// stood at or past `offset` already).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad name or an offset past the topic's end; `NotFound` for an
+    /// unknown topic; an I/O error (nothing is then released).
+    pub fn release_before(&self, topic: &str, offset: u64) -> io::Result<bool> {
+        check_topic(topic)?;
+        self.engine.store().release_before(topic, offset)
+    }
+
     /// Deletes `topic` with its consumers, durably once this returns, and releases its
     /// blocks. Offsets are never reused: appending to the name again continues from the
     /// deleted topic's end. Whether it existed.

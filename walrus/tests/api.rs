@@ -150,7 +150,27 @@ fn bad_input() {
         io::ErrorKind::InvalidInput
     );
     assert!(it.next().is_none());
+    assert_eq!(
+        wal.release_before("", 0).unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        wal.release_before("none", 0).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
     assert!(wal.topics().is_empty());
+    wal.append_batch("t", &[b"a", b"b"]).unwrap();
+    let past = wal.release_before("t", 3).unwrap_err();
+    assert_eq!(past.kind(), io::ErrorKind::InvalidInput);
+    assert!(past.to_string().contains("\"t\" at offset 3"), "{past}");
+    assert_eq!(wal.read_at("t", 0).unwrap().unwrap().data, b"a");
+    assert!(wal.release_before("t", 1).unwrap());
+    assert_eq!(
+        wal.read_at("t", 0).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    assert_eq!(wal.read_next("t", true).unwrap().unwrap().data, b"b");
+    assert!(wal.delete_topic("t").unwrap());
     // A data directory that is a file.
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();

@@ -337,6 +337,22 @@ impl Store {
         }
     }
 
+    /// Releases every entry of `topic` below `offset`, for every reader and durably once this
+    /// returns, as retention releases old entries: the topic's floor rises to `offset` and the
+    /// blocks wholly below it are released (a tiered topic's remote copies too). A consumer
+    /// behind it goes on from `offset` (counting the entries it skipped), a read at a lower
+    /// offset finds nothing, and offsets keep their numbers. Whether the floor rose (not when
+    /// it stood at or past `offset` already).
+    ///
+    /// # Errors
+    /// `InvalidInput` past the topic's end (readers' end: under `SyncEach` the durable one);
+    /// `NotFound` for an unknown topic; an I/O error writing or syncing the cursor file (the
+    /// floor is then unchanged). Nothing changes on an error.
+    pub fn release_before(&self, topic: &str, offset: u64) -> io::Result<bool> {
+        self.shared.check_writable()?;
+        self.existing(topic)?.release_before(&self.shared, offset)
+    }
+
     /// Deletes `topic`: its entries and consumers are gone (durably, once this returns) and
     /// its blocks released; it is no longer listed. Whether it existed.
     ///

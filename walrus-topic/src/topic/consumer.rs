@@ -4,7 +4,8 @@
 //! default consumer (`""`) is the seed API's cursor. A consumer exists from its first consuming
 //! read or commit (its record is written then, so a crash cannot forget it) and starts at the
 //! oldest entry retained. The floor is the topic's own record: entries below it were released
-//! by retention or deletion, whatever the consumers read.
+//! by retention, deletion or [`Store::release_before`](crate::Store::release_before), whatever the consumers
+//! read.
 //!
 //! A block is released once it is sealed and wholly below the *release bound*:
 //! `max(floor, min over consumers of the persisted cursor)`, or the floor alone while the topic
@@ -628,6 +629,30 @@ impl Topic {
         tracing::debug!(topic = %self.name, floor = target, "retention released old blocks");
         self.release_consumed(shared);
         Ok(())
+    }
+
+    /// Raises the floor to `offset`, synced, and releases the blocks wholly below it: see
+    /// [`Store::release_before`](crate::Store::release_before). Whether the floor rose.
+    pub(crate) fn release_before(&self, shared: &Shared, offset: u64) -> io::Result<bool> {
+        // The visible end only grows: checked before the lock, it still holds under it.
+        let visible = self.visible(shared);
+        if offset > visible {
+            return Err(self.error(
+                io::ErrorKind::InvalidInput,
+                format!("cannot release past the end of the topic ({visible})"),
+                Some(offset),
+            ));
+        }
+        let mut f = self.floor.lock();
+        if f.deleted || offset <= f.offset {
+            return Ok(false);
+        }
+        // Synced: a floor that a crash could take back would hand released entries out again.
+        self.write_floor(shared, &mut f, offset, false, true)
+            .map_err(|e| on_topic(e, &self.name, Some(offset)))?;
+        drop(f);
+        self.release_consumed(shared);
+        Ok(true)
     }
 
     /// Deletes the topic: see the [module docs](self).
