@@ -442,10 +442,12 @@ impl StoreOptions {
         for (topic, r) in std::iter::once(("(default)", &self.retention))
             .chain(self.topic_retention.iter().map(|(t, r)| (t.as_str(), r)))
         {
-            if r.max_bytes == Some(0) || r.max_age == Some(Duration::ZERO) {
+            // Ages count in whole milliseconds: a shorter one is zero there.
+            if r.max_bytes == Some(0) || r.max_age.is_some_and(|a| a < Duration::from_millis(1)) {
                 return bad(format!(
-                    "retention of topic {topic:?}: a limit of zero would release every entry at once; \
-                     leave the limit unset to keep everything"
+                    "retention of topic {topic:?}: a limit of zero (or an age under a \
+                     millisecond) would release every entry at once; leave the limit unset to \
+                     keep everything"
                 ));
             }
         }
@@ -465,11 +467,15 @@ impl StoreOptions {
                 .map(|(n, t)| (n.as_str(), Some(t))),
         ) {
             if let Some(t) = t
-                && (t.local.max_bytes == Some(0) || t.local.max_age == Some(Duration::ZERO))
+                && (t.local.max_bytes == Some(0)
+                    || t.local
+                        .max_age
+                        .is_some_and(|a| a < Duration::from_millis(1)))
             {
                 return bad(format!(
-                    "local retention of tiered topic {topic:?}: a limit of zero would release \
-                     every uploaded block at once; leave the limit unset to keep everything"
+                    "local retention of tiered topic {topic:?}: a limit of zero (or an age under \
+                     a millisecond) would release every uploaded block at once; leave the limit \
+                     unset to keep everything"
                 ));
             }
         }

@@ -370,11 +370,22 @@ fn retention_by_age_releases_old_blocks_at_maintenance() {
         "the newest block is kept"
     );
     assert_eq!(store.read_at("t", 99).unwrap(), Some(payload(99)));
+    // Limits that would release everything at once: zero, or an age under the millisecond
+    // ages are counted in.
+    for limit in [
+        Retention::default().with_max_bytes(0),
+        Retention::default().with_max_age(Duration::ZERO),
+        Retention::default().with_max_age(Duration::from_micros(500)),
+    ] {
+        let options = StoreOptions::new().with_topic_retention("t", limit);
+        let e = options.validate().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{limit:?}");
+    }
     assert!(
         StoreOptions::new()
-            .with_retention(Retention::default().with_max_bytes(0))
+            .with_retention(Retention::default().with_max_age(Duration::from_millis(1)))
             .validate()
-            .is_err()
+            .is_ok()
     );
 }
 
@@ -529,6 +540,41 @@ fn a_waiting_read_wakes_on_an_append_and_times_out_without_one() {
     writer.join().unwrap();
     assert!(store.wait_for("t", 0, Duration::from_secs(1)).unwrap());
     assert!(!store.wait_for("t", 1, Duration::from_millis(20)).unwrap());
+}
+
+/// A read waiting for an entry wakes when a commit moves its consumer back, or a removal
+/// brings it back at the oldest entry retained: entries are unread again, no append needed.
+#[test]
+fn a_waiting_read_wakes_when_its_cursor_is_moved_back_or_removed() {
+    let sim = SimStorage::new(9);
+    let store = Arc::new(open(&sim, small()).unwrap());
+    for i in 0..10 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    // `d` holds the entries once `c` is removed.
+    store.commit_as("t", "d", 0).unwrap();
+    type Move = fn(&Store);
+    let moves: [(Move, u64); 2] = [
+        (|s| s.commit_as("t", "c", 5).unwrap(), 5),
+        (|s| assert!(s.remove_consumer("t", "c").unwrap()), 0),
+    ];
+    for (move_back, expected) in moves {
+        assert_eq!(drain_as(&store, "t", "c").last(), Some(&9));
+        let waiter = {
+            let store = store.clone();
+            thread::spawn(move || {
+                let started = Instant::now();
+                let got = store.read_next_timeout("t", "c", Duration::from_secs(30));
+                (got.unwrap().map(|e| e.0), started.elapsed())
+            })
+        };
+        // Moved before the waiter waits, it reads at once: the test then passes either way.
+        thread::sleep(Duration::from_millis(100));
+        move_back(&store);
+        let (got, waited) = waiter.join().unwrap();
+        assert_eq!(got, Some(expected));
+        assert!(waited < Duration::from_secs(10), "woken late: {waited:?}");
+    }
 }
 
 #[test]
@@ -690,6 +736,47 @@ fn a_refused_commit_below_the_retained_entries_creates_no_consumer() {
 /// A commit that makes a new consumer either makes it where it was asked to, or fails and
 /// makes nothing: the consumer was made at the oldest entry first, then moved, and a failed
 /// move left it there (holding back the space of every entry after it).
+/// A commit racing the removal of its consumer: refused (the removal raised the floor past
+/// it), it leaves no consumer behind; accepted, the consumer stands where it said.
+#[test]
+fn a_commit_racing_a_removal_is_refused_without_making_the_consumer() {
+    let sim = SimStorage::new(17);
+    let store = Arc::new(open(&sim, small()).unwrap());
+    let mut refused = 0;
+    for i in 0..2000 {
+        let topic = format!("t{i}");
+        for k in 0..5 {
+            store.append(&topic, &payload(k)).unwrap();
+        }
+        store.commit_as(&topic, "c", 3).unwrap();
+        store.commit_as(&topic, "d", 3).unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let remover = {
+            let (store, topic, barrier) = (store.clone(), topic.clone(), barrier.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                store.remove_consumer(&topic, "c").unwrap()
+            })
+        };
+        barrier.wait();
+        let commit = store.commit_as(&topic, "c", 1);
+        assert!(remover.join().unwrap());
+        match commit {
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+                assert_eq!(store.cursor_as(&topic, "c"), None, "refused, yet made");
+                refused += 1;
+            }
+            Ok(()) => assert!(
+                matches!(store.cursor_as(&topic, "c"), None | Some(1)),
+                "{:?}",
+                store.cursor_as(&topic, "c")
+            ),
+        }
+    }
+    eprintln!("{refused} of 2000 commits refused by the removal's floor");
+}
+
 #[test]
 fn a_commit_that_makes_a_consumer_makes_it_whole_or_not_at_all() {
     let sim = SimStorage::new(16);

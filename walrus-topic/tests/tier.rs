@@ -347,6 +347,16 @@ fn tiering_needs_a_tier_and_a_valid_directory() {
             "{dir:?}"
         );
     }
+    // A local age under the millisecond ages are counted in: every uploaded block at once.
+    let instant = StoreOptions::new()
+        .with_tier(tier.clone(), "d")
+        .with_tiering(Tiering::keeping(
+            Retention::unlimited().with_max_age(Duration::from_micros(999)),
+        ));
+    assert_eq!(
+        open(&sim, instant).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
     assert!(sim.files().is_empty(), "a refused open created files");
 }
 

@@ -146,10 +146,12 @@ impl Store {
     ) -> io::Result<Option<(u64, Vec<u8>)>> {
         let topic = &*t.name;
         let deadline = Instant::now().checked_add(timeout);
-        // Bounded: each round waits for the visible end to pass what the read before it saw.
+        // Bounded: each round waits for the visible end to pass what the read before it saw,
+        // or for a cursor moved by a commit or a removal (a rewind makes entries unread).
         loop {
-            // Captured before the read: an entry appended after it is either read, or makes
-            // the wait below return at once.
+            // Captured before the read: an entry appended (or a cursor moved) after it is
+            // either read, or makes the wait below return at once.
+            let moves = t.cursor_moves();
             let end = t.visible(&self.shared);
             if let Some(entry) = self.read_next_as(topic, consumer, true)? {
                 return Ok(Some(entry));
@@ -164,7 +166,11 @@ impl Store {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => timeout,
             };
-            if left.is_zero() || !self.wait_on(t, from, left) {
+            let woke = !left.is_zero()
+                && t.progress.arrivals.wait(Some(left), || {
+                    t.has_entry_from(&self.shared, from) || t.cursor_moves() != moves
+                });
+            if !woke {
                 return self.read_next_as(topic, consumer, true);
             }
         }

@@ -144,11 +144,22 @@ impl Consumer {
 
 /// What a lookup of a consumer found.
 enum Found {
-    It(Arc<Consumer>),
+    /// Found, or made by this lookup (`true`).
+    It(Arc<Consumer>, bool),
     /// Another thread made it between the lookup and the creation: look again.
     Raced,
     /// It does not exist (and was not to be made).
     Absent,
+}
+
+/// Whether [`Topic::with_reader`] makes a consumer it does not find, and where.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Make {
+    Not,
+    /// At the oldest entry retained (a consuming read).
+    AtOldest,
+    /// At this offset, refused (`InvalidInput`, nothing made) below the entries retained.
+    At(u64),
 }
 
 /// How many times an operation looks a consumer up again after finding it removed under it,
@@ -161,14 +172,14 @@ impl Topic {
         self.consumers.read().get(name).cloned()
     }
 
-    /// Runs `f` with the reader of consumer `name`, creating the consumer if `create` (else
-    /// `Ok(None)` when it does not exist).
+    /// Runs `f` with the reader of consumer `name` and whether this call made it, making the
+    /// consumer as `make` says (`Ok(None)` when it does not exist and is not to be made).
     pub(super) fn with_reader<R>(
         &self,
         shared: &Shared,
         name: &str,
-        create: bool,
-        mut f: impl FnMut(&Consumer, &mut Reader) -> io::Result<R>,
+        make: Make,
+        mut f: impl FnMut(&Consumer, &mut Reader, bool) -> io::Result<R>,
     ) -> io::Result<Option<R>> {
         // Removed under this call each time (removals and re-creations in a loop): after
         // `LOOKUPS` tries, the rest with the floor lock, which a removal takes first, so the
@@ -179,8 +190,8 @@ impl Topic {
             if attempt == LOOKUPS {
                 floor = Some(self.floor.lock());
             }
-            let c = match self.find(shared, name, create)? {
-                Found::It(c) => c,
+            let (c, made) = match self.find(shared, name, make)? {
+                Found::It(c, made) => (c, made),
                 // Created by another thread meanwhile (not removable since, under the lock).
                 Found::Raced => continue,
                 Found::Absent => return Ok(None),
@@ -192,7 +203,7 @@ impl Topic {
                 continue;
             }
             drop(floor);
-            return f(&c, &mut r).map(Some);
+            return f(&c, &mut r, made).map(Some);
         }
         Err(self.error(
             io::ErrorKind::Other,
@@ -201,14 +212,19 @@ impl Topic {
         ))
     }
 
-    /// Consumer `name`, made (at the oldest retained entry) if `create`.
-    fn find(&self, shared: &Shared, name: &str, create: bool) -> io::Result<Found> {
-        Ok(match self.consumer(name) {
-            Some(c) => Found::It(c),
-            None if create => self
-                .create_consumer(shared, name, None)?
-                .map_or(Found::Raced, Found::It),
-            None => Found::Absent,
+    /// Consumer `name`, made as `make` says.
+    fn find(&self, shared: &Shared, name: &str, make: Make) -> io::Result<Found> {
+        let at = match make {
+            Make::Not => None,
+            Make::AtOldest => Some(None),
+            Make::At(offset) => Some(Some(offset)),
+        };
+        Ok(match (self.consumer(name), at) {
+            (Some(c), _) => Found::It(c, false),
+            (None, Some(at)) => self
+                .create_consumer(shared, name, at)?
+                .map_or(Found::Raced, |c| Found::It(c, true)),
+            (None, None) => Found::Absent,
         })
     }
 
@@ -449,6 +465,7 @@ impl Topic {
         drop(r);
         drop(f);
         self.release_consumed(shared);
+        self.cursor_moved();
         Ok(true)
     }
 

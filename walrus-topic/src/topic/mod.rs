@@ -52,6 +52,9 @@ pub(crate) struct Topic {
     /// Listed in the store's cursors to persist (`Shared::cursors_pending`), not yet taken by
     /// the maintenance: a topic is listed once however many reads it serves meanwhile.
     pub(crate) cursor_noted: AtomicBool,
+    /// Bumped (and the arrivals notified) whenever a consumer's cursor moves other than by its
+    /// own reads — a commit, a removal — so that a read waiting for an entry reads again.
+    cursor_moves: AtomicU64,
     /// Appends and reads since the store opened.
     pub(crate) counters: crate::stats::TopicCounters,
 }
@@ -181,6 +184,7 @@ impl Topic {
             tier_mark: Mutex::new(state.tier_mark),
             hidden: AtomicBool::new(state.hidden),
             cursor_noted: AtomicBool::new(false),
+            cursor_moves: AtomicU64::new(0),
             counters: crate::stats::TopicCounters::default(),
         }
     }
@@ -289,6 +293,18 @@ impl Topic {
             &self.name,
             offset,
         )
+    }
+
+    /// How many times a consumer's cursor was moved other than by its own reads.
+    pub(crate) fn cursor_moves(&self) -> u64 {
+        self.cursor_moves.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts a cursor moved by a commit or a removal, and wakes the waiting reads.
+    pub(super) fn cursor_moved(&self) {
+        self.cursor_moves
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.progress.arrivals.notify();
     }
 
     /// Whether the topic is unlisted (deleted, or only waited on).

@@ -12,7 +12,7 @@ use crate::error::on_topic;
 use crate::shared::Shared;
 
 use super::Topic;
-use super::consumer::{Consumer, Reader};
+use super::consumer::{Consumer, Make, Reader};
 
 impl Topic {
     /// Reads up to `max_entries` entries (and `max_bytes` of payload, but at least one entry)
@@ -29,7 +29,8 @@ impl Topic {
         out: &mut Vec<(u64, Vec<u8>)>,
     ) -> io::Result<bool> {
         let before = out.len();
-        let read = match self.with_reader(shared, name, consume, |c, r| {
+        let make = if consume { Make::AtOldest } else { Make::Not };
+        let read = match self.with_reader(shared, name, make, |c, r, _| {
             self.read_as(shared, c, r, consume, max_entries, max_bytes, out)
                 .map(|()| r.unpersisted > 0)
         }) {
@@ -409,14 +410,13 @@ impl Topic {
             // Refused before the consumer is created: bad input changes nothing.
             return Err(released(retained));
         }
-        // A new consumer is made at `offset` with one record: made at the oldest entry and
-        // then moved, it would stay (holding that space back) when the move failed.
-        if self.consumer(name).is_none()
-            && self.create_consumer(shared, name, Some(offset))?.is_some()
-        {
-            return Ok(());
-        }
-        self.with_reader(shared, name, true, |c, r| {
+        // A new consumer is made at `offset` with one record (also when a removal races this
+        // call): made at the oldest entry and then moved, it would stay (holding that space
+        // back) when the move failed or was refused.
+        self.with_reader(shared, name, Make::At(offset), |c, r, made| {
+            if made {
+                return Ok(());
+            }
             {
                 let chain = self.chain.read();
                 let retained = self.first_retained_in(&chain);
@@ -436,6 +436,7 @@ impl Topic {
             }
             Ok(())
         })?;
+        self.cursor_moved();
         Ok(())
     }
 }
