@@ -32,6 +32,9 @@ pub(crate) struct Progress {
     mark_cap: AtomicU64,
     /// The topic is in the store's list of topics with appends not yet durable.
     listed: AtomicBool,
+    /// The topic is in the store's list of watermarks to write (`Shared::marks_pending`):
+    /// queued once however many syncs cover it before the list is taken.
+    mark_queued: AtomicBool,
     /// The durable watermark as last written to the marks file.
     mark: Mutex<MarkState>,
     /// Readers waiting for the topic's next entry.
@@ -48,9 +51,21 @@ impl Progress {
             durable: AtomicU64::new(end),
             mark_cap: AtomicU64::new(if kept < end { kept } else { u64::MAX }),
             listed: AtomicBool::new(false),
+            mark_queued: AtomicBool::new(false),
             mark: Mutex::new(mark),
             arrivals: Arrivals::default(),
         }
+    }
+
+    /// Marks the topic queued for its watermark's write; whether it was not already.
+    pub(crate) fn queue_mark(&self) -> bool {
+        !self.mark_queued.swap(true, Ordering::AcqRel)
+    }
+
+    /// Takes the topic off the watermark queue (before its watermark is read and written: a
+    /// sync after this queues it again).
+    pub(crate) fn unqueue_mark(&self) {
+        self.mark_queued.store(false, Ordering::Release);
     }
 
     /// Entries below this offset are written and readable.

@@ -501,7 +501,7 @@ impl Shared {
         if inline_marks {
             self.queue_marks(topics, false);
         } else {
-            self.marks_pending.lock().0.extend(topics);
+            enqueue_marks(&mut self.marks_pending.lock().0, topics);
         }
         Ok(())
     }
@@ -523,6 +523,12 @@ impl Shared {
         synced
     }
 
+    /// How many topics wait in the watermark queue.
+    #[cfg(test)]
+    pub(crate) fn marks_queued(&self) -> usize {
+        self.marks_pending.lock().0.len()
+    }
+
     /// Durable watermarks go to the marks file at most every `mark_interval`, and become
     /// durable with the next sync: on disk they lag, which keeps them a lower bound. Recovery
     /// uses them to tell damage in data that was synced (corruption) from damage in data a
@@ -530,7 +536,7 @@ impl Shared {
     pub(crate) fn queue_marks(&self, topics: Vec<Arc<Progress>>, force: bool) {
         let due = {
             let mut pending = self.marks_pending.lock();
-            pending.0.extend(topics);
+            enqueue_marks(&mut pending.0, topics);
             if (!force && pending.1.elapsed() < self.options.mark_interval) || pending.0.is_empty()
             {
                 return;
@@ -538,12 +544,11 @@ impl Shared {
             pending.1 = Instant::now();
             std::mem::take(&mut pending.0)
         };
-        let mut done = std::collections::HashSet::new();
         let mut failed = Vec::new();
         for t in due {
-            if !done.insert(Arc::as_ptr(&t)) {
-                continue;
-            }
+            // Off the queue before the watermark is read: a sync that moves it from here on
+            // queues the topic again.
+            t.unqueue_mark();
             let durable = t.claimable();
             let mut mark = t.mark_state();
             if durable <= mark.written {
@@ -568,9 +573,15 @@ impl Shared {
         // Tried again at the next flush: an idle topic is not queued again by a sync, and its
         // watermark on disk would stay behind.
         if !failed.is_empty() {
-            self.marks_pending.lock().0.extend(failed);
+            enqueue_marks(&mut self.marks_pending.lock().0, failed);
         }
     }
+}
+
+/// Adds `topics` to the watermark queue `pending`, each at most once (a long mark interval
+/// sees many syncs of the same topics).
+fn enqueue_marks(pending: &mut Vec<Arc<Progress>>, topics: Vec<Arc<Progress>>) {
+    pending.extend(topics.into_iter().filter(|t| t.queue_mark()));
 }
 
 /// Creates segment files for the allocator: create + preallocate, write the segment header,

@@ -779,3 +779,43 @@ fn check_entry(topic: &str, payload: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use walrus_io::{SimStorage, Storage};
+
+    use crate::{Store, StoreOptions};
+
+    /// Under a long mark interval every sync covers the same topics again: each waits in the
+    /// watermark queue once (it grew by a topic per sync, without bound), and the watermarks
+    /// are still written when the interval is up.
+    #[test]
+    fn a_long_mark_interval_queues_each_topic_once() {
+        for background in [false, true] {
+            let storage: Arc<dyn Storage> = Arc::new(SimStorage::new(3));
+            let options = StoreOptions::new()
+                .with_mark_interval(Duration::from_secs(3600))
+                .with_sync_cursor_writes(background)
+                .with_background_maintenance(background);
+            let store = Store::open("/w", storage, options).unwrap();
+            for i in 0..500u32 {
+                store.append("t", &i.to_le_bytes()).unwrap();
+                store.append("u", &i.to_le_bytes()).unwrap();
+                store.sync().unwrap();
+            }
+            assert_eq!(store.shared.marks_queued(), 2, "background {background}");
+            store.shared.queue_marks(Vec::new(), true);
+            assert_eq!(store.shared.marks_queued(), 0);
+            store.append("t", b"again").unwrap();
+            store.sync().unwrap();
+            assert_eq!(
+                store.shared.marks_queued(),
+                1,
+                "queued again after its write"
+            );
+        }
+    }
+}
