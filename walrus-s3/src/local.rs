@@ -1,5 +1,11 @@
 //! Local-first mode: every entry goes to a local Walrus topic and to S3; the producer chooses
 //! which durability to wait for.
+//!
+//! The two copies are independent: nothing records which local entries reached S3, and nothing
+//! sends them later. An entry waited for only under [`Durability::Local`] is in S3 if its batch
+//! was written before the process stopped and did not fail; after a crash (or a failed batch)
+//! it may be in the local topic only. Wait for [`Durability::S3`] or [`Durability::Both`] for
+//! entries that must reach S3.
 
 use std::io;
 use std::ops::Range;
@@ -12,7 +18,8 @@ use crate::writer::S3Wal;
 /// Which copies an append waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// The local instance's durability (its fsync schedule's sync).
+    /// The local instance's durability (its fsync schedule's sync); the S3 copy is not
+    /// waited for, and a crash before its batch leaves the entry local only.
     Local,
     /// The batch object in S3.
     S3,

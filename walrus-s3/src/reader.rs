@@ -385,10 +385,23 @@ impl TopicReader<'_> {
         let (listed, header) = &self.reader.index.batches[run.batch];
         let section = &header.sections[run.section];
         let what = listed.path.to_string();
-        let bytes = self
-            .reader
-            .remote
-            .get_range(&listed.path, section.bytes.clone())?;
+        let remote = &self.reader.remote;
+        let bytes = match remote.get_range(&listed.path, section.bytes.clone()) {
+            Ok(bytes) => bytes,
+            // A truncation empties the batches it drops (their names stay, for fencing): a
+            // reader that has not refreshed since finds no bytes there, which stores answer
+            // with a range error or a short read. Those entries are gone, not unreachable.
+            Err(e) if matches!(remote.head(&listed.path), Ok(Some(h)) if h.size == 0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "{what} was emptied by a truncation (refresh the reader to see where \
+                         the prefix starts now): {e}"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         let payloads = format::decode_section(&what, section, &bytes)?;
         Ok((section.first..)
             .zip(payloads)

@@ -60,25 +60,29 @@ pub(crate) struct Remote {
     timeout: Duration,
 }
 
-/// The runtime a blocking API runs its futures on. Its callers block: called from inside an
-/// async runtime, [`block_on`](Self::block_on) refuses with an error where Tokio would panic,
-/// and dropping it there shuts it down in the background where a plain drop would panic.
+/// The runtime a blocking API runs its futures on. Its callers block, from any thread: called
+/// inside an async runtime (a task, `spawn_blocking`, `block_in_place`), where Tokio's
+/// `block_on` would panic, [`block_on`](Self::block_on) runs the future on a thread of its own
+/// and waits for it; and dropping it there shuts it down in the background where a plain drop
+/// would panic.
 #[derive(Debug)]
 struct BlockingRuntime(Option<tokio::runtime::Runtime>);
 
 impl BlockingRuntime {
-    fn block_on<T>(&self, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "walrus-s3 blocks: called from inside an async runtime, it would stall it \
-                 (call it from tokio::task::spawn_blocking or a thread of its own)",
-            ));
+    fn block_on<T: Send>(&self, fut: impl Future<Output = io::Result<T>> + Send) -> io::Result<T> {
+        let Some(rt) = &self.0 else {
+            return Err(io::Error::other("the S3 runtime was shut down"));
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return rt.block_on(fut);
         }
-        match &self.0 {
-            Some(rt) => rt.block_on(fut),
-            None => Err(io::Error::other("the S3 runtime was shut down")),
-        }
+        // A thread per call, only here: an async caller stalls its own executor thread
+        // meanwhile (as any blocking call does), never the I/O, which runs on this runtime.
+        std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(fut))
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("an S3 call panicked")))
+        })
     }
 }
 
@@ -106,12 +110,19 @@ fn store_error(op: &str, what: &str, e: object_store::Error) -> io::Error {
 }
 
 impl Remote {
-    /// A remote over `store` under `prefix`, with a runtime of its own.
+    /// A remote over `store` under `prefix`, with a runtime of its own. `InvalidInput` for a
+    /// zero deadline (every request not answered at its first poll would time out).
     pub(crate) fn new(
         store: Arc<dyn ObjectStore>,
         prefix: &str,
         timeout: Duration,
     ) -> io::Result<Self> {
+        if timeout.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("S3 prefix {prefix:?}: the request timeout must be above zero"),
+            ));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("walrus-s3-io")
@@ -134,21 +145,21 @@ impl Remote {
     }
 
     /// Runs `fut` on the runtime with the per-request deadline.
-    fn run<T>(
+    fn run<T: Send>(
         &self,
         op: &str,
         what: &str,
-        fut: impl Future<Output = object_store::Result<T>>,
+        fut: impl Future<Output = object_store::Result<T>> + Send,
     ) -> io::Result<T> {
         self.run_within(self.timeout, op, what, fut)
     }
 
-    fn run_within<T>(
+    fn run_within<T: Send>(
         &self,
         timeout: Duration,
         op: &str,
         what: &str,
-        fut: impl Future<Output = object_store::Result<T>>,
+        fut: impl Future<Output = object_store::Result<T>> + Send,
     ) -> io::Result<T> {
         self.runtime.block_on(within(timeout, op, what, async {
             fut.await.map_err(|e| store_error(op, what, e))

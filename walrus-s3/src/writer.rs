@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -696,6 +696,15 @@ impl Inner {
                 if crossed || self.options.flush_interval.is_zero() {
                     self.wake_flusher();
                 }
+                // A batch that failed after this append's refusal check, and failed the queue
+                // before the push: nothing would drain it until the writer closes (the
+                // interval may be long, and later appends are refused before they queue), so
+                // fail it here. Paired with the fence in `fail`: this sees the failure, or
+                // that failure's `fail_queued` sees the item.
+                fence(Ordering::SeqCst);
+                if self.failed.load(Ordering::Acquire) {
+                    self.fail_queued();
+                }
                 Ok(())
             }
             Err(item) => {
@@ -718,6 +727,7 @@ impl Inner {
     fn fail(&self, failure: &Failure) {
         self.failure.lock().get_or_insert_with(|| failure.clone());
         self.failed.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
         self.space_freed();
     }
 

@@ -314,6 +314,8 @@ struct LostAnswers {
     overwrite: bool,
     /// Refuse PUTs of no bytes (a truncation's emptying of batches).
     refuse_empty: bool,
+    /// Deny PUT number `deny_from` (1-based; 0 never) and every one after (not retried).
+    deny_from: u32,
 }
 
 impl std::fmt::Display for LostAnswers {
@@ -332,6 +334,12 @@ impl ObjectStore for LostAnswers {
     ) -> object_store::Result<PutResult> {
         let n = self.puts.fetch_add(1, Ordering::SeqCst) + 1;
         assert_ne!(n, self.panic_at, "injected panic in PUT {n}");
+        if self.deny_from != 0 && n >= self.deny_from {
+            return Err(object_store::Error::PermissionDenied {
+                path: location.to_string(),
+                source: "denied".into(),
+            });
+        }
         if self.refuse_empty && payload.content_length() == 0 {
             return Err(object_store::Error::Generic {
                 store: "LostAnswers",
@@ -405,6 +413,7 @@ fn a_retried_put_that_landed_is_recognised_as_ours() {
         puts: 0.into(),
         overwrite: false,
         refuse_empty: false,
+        deny_from: 0,
     });
     let options = fast().backoff(Duration::from_millis(10), Duration::from_millis(10));
     let wal = S3Wal::open(lossy, "lost", options).unwrap();
@@ -448,6 +457,7 @@ fn a_large_retried_put_is_recognised_from_its_header() {
         puts: 0.into(),
         overwrite: false,
         refuse_empty: false,
+        deny_from: 0,
     });
     let options = fast()
         .backoff(Duration::from_millis(10), Duration::from_millis(10))
@@ -475,6 +485,7 @@ fn a_store_without_conditional_puts_is_refused_at_open() {
         puts: 0.into(),
         overwrite: true,
         refuse_empty: false,
+        deny_from: 0,
     });
     let e = S3Wal::open(careless, "careless", fast()).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
@@ -620,6 +631,7 @@ fn a_panicking_store_fails_the_tickets_and_stops_the_writer() {
         puts: 0.into(),
         overwrite: false,
         refuse_empty: false,
+        deny_from: 0,
     });
     let wal = S3Wal::open(panicky, "panic", fast()).unwrap();
     let err = wal
@@ -637,6 +649,65 @@ fn a_panicking_store_fails_the_tickets_and_stops_the_writer() {
     let refused = wal.append("t", b"z").unwrap_err();
     assert!(refused.to_string().contains("panicked"), "{refused}");
     assert!(wal.close().is_err());
+}
+
+/// Appends racing a batch that fails (a PUT denied) under a flush interval that never comes:
+/// each one is refused, or returns a ticket that fails — none is left waiting for a flusher
+/// that has nothing to wake it (an append queued just after the failure emptied the queue).
+#[test]
+fn appends_racing_a_failed_batch_never_wait_for_the_interval() {
+    let (_server, store) = server();
+    let mut stranded = Vec::new();
+    for round in 0..10 {
+        let denying: Arc<dyn ObjectStore> = Arc::new(LostAnswers {
+            inner: Arc::clone(&store),
+            lose: 0.into(),
+            panic_at: 0,
+            puts: 0.into(),
+            overwrite: false,
+            refuse_empty: false,
+            deny_from: 3, // the first batch after the fence and the open's check of it
+        });
+        let options = S3Options::default().flush_interval(Duration::MAX);
+        let prefix = format!("denied{round}");
+        let wal = Arc::new(S3Wal::open(denying, &prefix, options).unwrap());
+        let producers: Vec<_> = (0..4)
+            .map(|_| {
+                let wal = Arc::clone(&wal);
+                std::thread::spawn(move || {
+                    let mut tickets = Vec::new();
+                    for _ in 0..100_000 {
+                        match wal.append("t", b"entry") {
+                            Ok(t) => tickets.push(t),
+                            Err(_) => break,
+                        }
+                    }
+                    tickets
+                })
+            })
+            .collect();
+        // The first flush with entries queued sends the batch that is denied.
+        let denied = (0..1000).any(|_| {
+            let failed = wal.flush().is_err();
+            std::thread::yield_now();
+            failed
+        });
+        assert!(denied, "no batch was denied");
+        for p in producers {
+            for t in p.join().unwrap() {
+                match t.wait_timeout(Duration::from_secs(5)) {
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => stranded.push(round),
+                    Err(e) => assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}"),
+                    Ok(range) => panic!("an entry at {range:?} acknowledged past a denied PUT"),
+                }
+            }
+        }
+        Arc::into_inner(wal).unwrap().close().unwrap_err();
+    }
+    assert!(
+        stranded.is_empty(),
+        "tickets left waiting in rounds {stranded:?}"
+    );
 }
 
 #[test]
@@ -704,21 +775,36 @@ fn a_reader_follows_a_live_writer_with_refresh() {
     wal.close().unwrap();
 }
 
-/// The API blocks; called from inside an async runtime it refuses with `Unsupported` (where
-/// Tokio's `block_on` would panic), and what it built is dropped there without a panic.
+/// The API blocks, and works from any thread: inside an async task (where Tokio's `block_on`
+/// would panic), in `spawn_blocking` (where an async caller should call it), and outside; what
+/// it built is dropped inside a runtime without a panic.
 #[test]
-fn called_from_inside_an_async_runtime_it_refuses_rather_than_panics() {
+fn it_works_from_inside_an_async_runtime_and_from_spawn_blocking() {
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .build()
         .unwrap();
     runtime.block_on(async {
-        let e = S3Reader::open(Arc::clone(&store), "inside").unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
-        let e = S3Wal::open(Arc::clone(&store), "inside", fast()).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+        let wal = S3Wal::open(Arc::clone(&store), "inside", fast()).unwrap();
+        wal.append("t", b"in a task")
+            .unwrap()
+            .wait_timeout(WAIT)
+            .unwrap();
+        drop(wal);
+        let reader = S3Reader::open(Arc::clone(&store), "inside").unwrap();
+        assert_eq!(reader.end_offset("t"), Some(1));
+        let store = Arc::clone(&store);
+        let read = tokio::task::spawn_blocking(move || {
+            let reader = S3Reader::open(store, "inside")?;
+            let entry = reader.read("t", 0).next().transpose()?;
+            Ok::<_, io::Error>(entry.map(|e| e.data))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(read.as_deref(), Some(&b"in a task"[..]));
     });
-    // Outside it, the same calls work.
     let wal = S3Wal::open(Arc::clone(&store), "outside", fast()).unwrap();
     wal.append("t", b"x").unwrap().wait_timeout(WAIT).unwrap();
 }
@@ -942,6 +1028,10 @@ fn truncate_drops_what_no_reader_needs_and_everything_continues() {
     // Batch 0 is the open's fence; batch 1 + i holds a@i and b@i. "b" needs 2 on: batches
     // 0..=2 go, batch 3 (b@2) stays, and with it every later one.
     assert_eq!(wal.truncate(&[("a", 3), ("b", 2)]).unwrap(), 3);
+    // Before its refresh, the reader finds a truncated batch gone, not unreachable.
+    let gone = early.read("a", 1).next().unwrap().unwrap_err();
+    assert_eq!(gone.kind(), io::ErrorKind::NotFound, "{gone}");
+    assert!(gone.to_string().contains("truncation"), "{gone}");
     // A reader that held every batch learns of it on refresh.
     early.refresh().unwrap();
     assert_eq!((early.start_offset("a"), early.batch_count()), (2, 4));
@@ -1150,6 +1240,7 @@ fn a_first_truncation_cut_short_is_finished_from_the_start() {
         puts: AtomicU32::new(0),
         overwrite: false,
         refuse_empty: true,
+        deny_from: 0,
     });
     let cut = S3Wal::open(refusing, "first", fast()).unwrap();
     assert!(cut.truncate(&[("t", 2)]).is_err());

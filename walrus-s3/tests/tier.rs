@@ -49,8 +49,13 @@ fn keys_live_under_the_prefix_with_user_metadata() {
     assert_eq!(got.as_ref(), b"data");
     assert_eq!(tier.head("t/a.blk").unwrap().unwrap().meta, meta);
     assert_eq!(tier.list("t").unwrap()[0].key, "t/a.blk");
-    let bad = S3Tier::new(store, "a//b").unwrap_err();
+    let bad = S3Tier::new(store.clone(), "a//b").unwrap_err();
     assert_eq!(bad.kind(), ErrorKind::InvalidInput);
+    // A zero deadline would time every request out.
+    let zero = S3Tier::with_timeout(store.clone(), "z", Duration::ZERO).unwrap_err();
+    assert_eq!(zero.kind(), ErrorKind::InvalidInput, "{zero}");
+    let zero = walrus_s3::S3Reader::with_timeout(store, "z", Duration::ZERO).unwrap_err();
+    assert_eq!(zero.kind(), ErrorKind::InvalidInput, "{zero}");
 }
 
 #[test]
