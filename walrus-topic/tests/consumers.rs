@@ -601,6 +601,34 @@ fn an_arrival_future_completes_on_append_and_fails_when_the_store_closes() {
     );
 }
 
+/// An arrival future kept after its store is dropped keeps none of the store's files open:
+/// on the mmap backend no segment stays mapped (a reopen must find only what is on disk, not
+/// pages a failed write-back left in a mapping).
+#[test]
+fn an_arrival_kept_after_the_store_holds_none_of_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w");
+    let mapped = || {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let needle = path.to_string_lossy().into_owned();
+        maps.lines().filter(|l| l.contains(&needle)).count()
+    };
+    let mmap: Arc<dyn Storage> = Arc::new(walrus_io::MmapStorage::new());
+    let store = Store::open(&path, mmap, StoreOptions::new()).unwrap();
+    store.append("t", b"a").unwrap();
+    assert!(mapped() > 0, "the segment is mapped while the store lives");
+    let kept = [
+        store.arrival("t", 5).unwrap(),
+        store.arrival("new", 0).unwrap(),
+    ];
+    drop(store);
+    assert_eq!(mapped(), 0, "a dropped store's segments stay mapped");
+    for arrival in kept {
+        let e = pollster::block_on(arrival).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+    }
+}
+
 #[test]
 fn with_visible_when_durable_a_waiting_read_wakes_on_the_sync() {
     let sim = SimStorage::new(10);

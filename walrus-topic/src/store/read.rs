@@ -18,6 +18,7 @@ use super::topics::Topics;
 use crate::arrival::Registration;
 use crate::chain::{FramePos, ReadBuf};
 use crate::error::invalid_input;
+use crate::progress::Progress;
 use crate::shared::Shared;
 use crate::stats::ConsumerInfo;
 use crate::stats::{Stats, TopicStats};
@@ -214,8 +215,9 @@ impl Store {
         let t = self.topic_or_create(topic)?;
         let registration = t.progress.arrivals.register();
         Ok(Arrival {
-            topic: t,
-            shared: self.shared.clone(),
+            progress: Some(t.progress.clone()),
+            topic: Arc::downgrade(&t),
+            shared: Arc::downgrade(&self.shared),
             topics: Arc::downgrade(&self.topics),
             offset,
             registration,
@@ -465,16 +467,45 @@ fn check_retained(shared: &Shared, t: &Topic, from: u64) -> io::Result<()> {
 }
 
 /// The future of [`Store::arrival`].
+///
+/// It holds the store weakly, as a ticket does: a future kept after the store is dropped keeps
+/// none of its files, mappings or lock alive (a reopen must find only what is on disk).
 #[derive(Debug)]
 #[must_use = "a future does nothing unless polled"]
 pub struct Arrival {
-    topic: Arc<Topic>,
-    shared: Arc<Shared>,
-    /// The store's map, where a placeholder made for the wait is dropped with the future
-    /// (weak: a future kept after the store is gone keeps no map alive).
+    /// The topic's progress, whose arrivals wake the future; also what keeps a placeholder
+    /// made for the wait in the map (see `Topics::forget_unused`). `None` once dropped.
+    progress: Option<Arc<Progress>>,
+    topic: Weak<Topic>,
+    shared: Weak<Shared>,
+    /// The store's map, where a placeholder made for the wait is dropped with the future.
     topics: Weak<Topics>,
     offset: u64,
     registration: Registration,
+}
+
+/// Where an [`Arrival`]'s wait stands.
+enum Waited {
+    /// The topic's visible end, past the offset waited for.
+    Arrived(u64),
+    Waiting,
+    /// The store was closed or dropped first.
+    Closed(&'static str),
+}
+
+impl Waited {
+    fn of(topic: &Weak<Topic>, shared: &Weak<Shared>, offset: u64) -> Self {
+        let (Some(topic), Some(shared)) = (topic.upgrade(), shared.upgrade()) else {
+            return Self::Closed("dropped");
+        };
+        if topic.has_entry_from(&shared, offset) {
+            Self::Arrived(topic.visible(&shared))
+        } else if shared.closed.load(Ordering::SeqCst) {
+            Self::Closed("closed")
+        } else {
+            Self::Waiting
+        }
+    }
 }
 
 impl Future for Arrival {
@@ -483,36 +514,44 @@ impl Future for Arrival {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let (topic, shared, offset) = (&this.topic, &this.shared, this.offset);
-        let ready = || topic.has_entry_from(shared, offset) || shared.closed.load(Ordering::SeqCst);
-        match topic
-            .progress
-            .arrivals
-            .poll(&mut this.registration, cx, ready)
-        {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => Poll::Ready(if topic.has_entry_from(shared, offset) {
-                Ok(topic.visible(shared))
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!(
-                        "topic {:?}: the store was closed before offset {offset} arrived",
-                        topic.name
-                    ),
-                ))
-            }),
+        let name = this.progress.as_ref().map(|p| p.name.clone());
+        let waited = match &this.progress {
+            Some(progress) => {
+                let ready = || !matches!(Waited::of(topic, shared, offset), Waited::Waiting);
+                match progress.arrivals.poll(&mut this.registration, cx, ready) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => Waited::of(topic, shared, offset),
+                }
+            }
+            None => Waited::Closed("dropped"),
+        };
+        match waited {
+            Waited::Arrived(end) => Poll::Ready(Ok(end)),
+            // Ready when `poll` looked, no longer now (a deletion raised the floor past the
+            // end meanwhile): polled again, it waits.
+            Waited::Waiting => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Waited::Closed(how) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!(
+                    "topic {:?}: the store was {how} before offset {offset} arrived",
+                    name.as_deref().unwrap_or("")
+                ),
+            ))),
         }
     }
 }
 
 impl Drop for Arrival {
     fn drop(&mut self) {
-        self.topic
-            .progress
-            .arrivals
-            .unregister(&mut self.registration);
-        if let Some(topics) = self.topics.upgrade() {
-            topics.forget_unused(&self.topic);
+        if let Some(progress) = self.progress.take() {
+            progress.arrivals.unregister(&mut self.registration);
+        }
+        // The progress let go first: a placeholder's is then held by the topic alone.
+        if let (Some(topics), Some(topic)) = (self.topics.upgrade(), self.topic.upgrade()) {
+            topics.forget_unused(&topic);
         }
     }
 }

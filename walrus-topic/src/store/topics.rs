@@ -61,8 +61,10 @@ impl Topics {
         }
         let mut map = self.write();
         // Under the write lock no one takes it from the map: the map's and the caller's are
-        // the only references, or someone else is using it.
+        // the only references, or someone else is using it (an arrival future holds its
+        // progress, not the topic).
         if Arc::strong_count(t) == 2
+            && Arc::strong_count(&t.progress) == 1
             && t.is_placeholder()
             && map.get(&t.name).is_some_and(|m| Arc::ptr_eq(m, t))
         {
