@@ -13,6 +13,9 @@
 //! 4. The retained topic keeps every acknowledged entry from its oldest retained offset on;
 //!    the slow consumer's reads before the crash were in order, skipping only forwards.
 //!
+//! Across the seeds, every kind of call (append, consuming read of each kind of topic,
+//! deletion) must have completed before some power cut.
+//!
 //! `WALRUS_CRASH_CONSUMERS_SEEDS=N` runs N seeds (default 12); `WALRUS_CRASH_CONSUMERS_SEED=S`
 //! replays one (the interleaving is the scheduler's; the choices are the seed's).
 
@@ -160,7 +163,34 @@ impl Run<'_> {
     }
 }
 
-fn run(seed: u64) -> Vec<String> {
+/// What the threads of the seeds got done before their power cuts: the suite checks that each
+/// kind of call completed somewhere, so that checks which accept a call failing "after the
+/// cut" cannot pass a run in which such calls only ever hang until it.
+#[derive(Debug, Default)]
+struct Progress {
+    appended: u64,
+    consumed: u64,
+    /// By the slow consumer of the retained topic.
+    consumed_retained: u64,
+    deleted: u64,
+}
+
+impl Progress {
+    fn add(&mut self, seen: &[Seen], crash_seq: u64) {
+        for s in seen {
+            self.appended += s.appended.iter().filter(|a| a.0 < crash_seq).count() as u64;
+            for c in s.consumed.iter().filter(|c| c.0 < crash_seq) {
+                match c.1.as_str() {
+                    RETAINED => self.consumed_retained += 1,
+                    _ => self.consumed += 1,
+                }
+            }
+            self.deleted += s.deleted.iter().filter(|d| d.0 < crash_seq).count() as u64;
+        }
+    }
+}
+
+fn run(seed: u64, progress: &mut Progress) -> Vec<String> {
     let mut rng = Rng::new(seed);
     let sim = SimStorage::new(seed);
     sim.set_sync_latency(Duration::from_micros(100 + rng.below(400)));
@@ -231,6 +261,7 @@ fn run(seed: u64) -> Vec<String> {
     drop(wal);
     sim.set_sync_latency(Duration::ZERO);
     let seen = all.into_inner().unwrap();
+    progress.add(&seen, crash_seq);
     let mut violations: Vec<String> = seen.iter().flat_map(|s| s.violations.clone()).collect();
     let wal = match open(&sim) {
         Ok(w) => w,
@@ -434,11 +465,24 @@ fn consumers_retention_and_deletion_survive_concurrent_crashes() {
         }
     };
     let mut failed = Vec::new();
+    let mut progress = Progress::default();
+    let count = seeds.len();
     for seed in seeds {
-        let v = run(seed);
+        let v = run(seed, &mut progress);
         if !v.is_empty() {
             failed.push(format!("seed {seed}:\n  {}", v.join("\n  ")));
         }
+    }
+    eprintln!("consumers under crashes: {count} seeds; before the cuts: {progress:?}");
+    // Every kind of call completed before some cut (a few seeds may do little each).
+    if count >= 6 {
+        assert!(
+            progress.appended > 0
+                && progress.consumed > 0
+                && progress.consumed_retained > 0
+                && progress.deleted > 0,
+            "some kind of call never completed before a power cut in {count} seeds: {progress:?}"
+        );
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
