@@ -1019,7 +1019,7 @@ pub fn run_on_a_small_tmpfs(test: &str, size: &str) -> Option<(std::process::Exi
         Ok(exe) => exe,
         Err(e) => return skip(&format!("the test binary's path: {e}")),
     };
-    let output = std::process::Command::new("unshare")
+    let child = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
             r#"mount -t tmpfs -o size={size} walrus-small "$0" && exec "$1" --exact {test} --nocapture --test-threads 1"#
@@ -1027,18 +1027,73 @@ pub fn run_on_a_small_tmpfs(test: &str, size: &str) -> Option<(std::process::Exi
         .arg(&mnt)
         .arg(&exe)
         .env(SMALL_TMPFS_ENV, &mnt)
-        .output();
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let output = child.map(|child| wait_bounded(child, test, SMALL_TMPFS_CHILD_LIMIT));
     let _ = std::fs::remove_dir(&mnt);
-    let output = match output {
+    let (status, text) = match output {
         Ok(output) => output,
         Err(e) => return skip(&format!("cannot run unshare: {e}")),
     };
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    if output.status.code().is_some() && !text.contains("running 1 test") {
+    if status.code().is_some() && !text.contains("running 1 test") {
         return skip(&format!("no mount namespace with a tmpfs here: {text}"));
     }
-    Some((output.status, text))
+    Some((status, text))
+}
+
+/// How long a child of [`run_on_a_small_tmpfs`] may run before it is killed and the test fails.
+const SMALL_TMPFS_CHILD_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Waits for `child` (its output piped) at most `limit`, collecting its stdout and stderr.
+///
+/// # Panics
+/// When it runs past `limit`: after killing and reaping it.
+fn wait_bounded(
+    mut child: std::process::Child,
+    test: &str,
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    // Drained as it runs: a child blocked on a full pipe would never end.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the child running {test} was still running after {limit:?}: killed");
+            }
+            Err(e) => panic!("waiting for the child running {test}: {e}"),
+        }
+    };
+    let text = out.join().unwrap_or_default() + &err.join().unwrap_or_default();
+    (status, text)
 }
 
 /// What a child started by [`kill_nine_child`] prints before each acknowledgement (after the

@@ -38,6 +38,15 @@ async fn start(ids: &[NodeId], dir: &Path, tweak: impl Fn(&mut NodeConfig)) -> V
     nodes
 }
 
+/// Stops `node`, failing the test if that takes longer than [`WAIT`].
+async fn stop(node: Node) {
+    let id = node.id();
+    tokio::time::timeout(WAIT, node.shutdown())
+        .await
+        .unwrap_or_else(|_| panic!("node {id} did not stop within {WAIT:?}"))
+        .unwrap();
+}
+
 /// Waits until one of `nodes` is leader and every one of them agrees; returns its position.
 async fn leader(nodes: &[&Node]) -> usize {
     let deadline = Instant::now() + WAIT;
@@ -376,7 +385,7 @@ async fn quorum_writes_redirects_and_consumers() {
     }
 
     for n in nodes {
-        n.shutdown().await.unwrap();
+        stop(n).await;
     }
 }
 
@@ -402,7 +411,7 @@ async fn failover_minority_and_catch_up() {
     let l = leader(&nodes.iter().collect::<Vec<_>>()).await;
     let old = nodes.remove(l);
     let (old_id, old_addr) = (old.id(), old.addr());
-    old.shutdown().await.unwrap();
+    stop(old).await;
     let start = Instant::now();
     leader(&nodes.iter().collect::<Vec<_>>()).await;
     let elected = start.elapsed();
@@ -441,7 +450,7 @@ async fn failover_minority_and_catch_up() {
     let follower = nodes.remove(1 - leader(&nodes.iter().collect::<Vec<_>>()).await);
     let f_id = follower.id();
     let f_addr = follower.addr();
-    follower.shutdown().await.unwrap();
+    stop(follower).await;
     let alone = &nodes[0];
     let before = alone.data().end_offset("t");
     // Without a quorum a write ends at its deadline, not never: the first is proposed (the
@@ -526,7 +535,7 @@ async fn failover_minority_and_catch_up() {
         assert_eq!(got[*o as usize], data.as_bytes());
     }
     for n in back {
-        n.shutdown().await.unwrap();
+        stop(n).await;
     }
 }
 
@@ -587,7 +596,9 @@ async fn snapshots_catch_up_new_nodes() {
     let deadline = Instant::now() + WAIT;
     let added = loop {
         let l = leader(&three).await;
-        match nodes[l].raft().add_learner(4, new.member(), true).await {
+        let adding = nodes[l].raft().add_learner(4, new.member(), true);
+        let result = tokio::time::timeout_at(deadline.into(), adding).await;
+        match result.unwrap_or_else(|_| panic!("add_learner did not answer within {WAIT:?}")) {
             Ok(r) => break r,
             Err(e) if e.forward_to_leader().is_some() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -612,9 +623,9 @@ async fn snapshots_catch_up_new_nodes() {
     // It keeps following new writes.
     assert_eq!(append(&three, "a", b"later").await, 100);
     converge_from(&all, "a", 101).await;
-    new.shutdown().await.unwrap();
+    stop(new).await;
     for n in nodes {
-        n.shutdown().await.unwrap();
+        stop(n).await;
     }
 }
 
@@ -701,13 +712,13 @@ async fn client_batches_travel_alone_and_the_log_reads_back() {
     assert_eq!(end, Some(24));
     drop(writer);
     for n in nodes {
-        n.shutdown().await.unwrap();
+        stop(n).await;
     }
     let node = Node::start(config(1, dir.path(), any_port()))
         .await
         .unwrap();
     assert_eq!(node.data().end_offset("t"), Some(24));
-    node.shutdown().await.unwrap();
+    stop(node).await;
 }
 
 /// A read over HTTP stops at 16 MiB of payload beyond its first entry, whatever `max` asks,
@@ -760,7 +771,7 @@ async fn http_reads_are_bounded_and_bad_requests_are_json_400() {
         assert!(body["error"].is_string(), "{what}: {body}");
     }
     for n in nodes {
-        n.shutdown().await.unwrap();
+        stop(n).await;
     }
 }
 
@@ -807,7 +818,7 @@ async fn a_removed_leader_refuses_writes_as_not_leader() {
         other => panic!("a write to the removed leader: {other:?}"),
     }
     for n in nodes {
-        n.shutdown().await.unwrap();
+        stop(n).await;
     }
 }
 
@@ -829,7 +840,7 @@ async fn a_node_restarts_on_its_directory_as_soon_as_it_shut_down() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        node.shutdown().await.unwrap();
+        stop(node).await;
         let again = Node::start(config(1, dir.path(), any_port()))
             .await
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
@@ -837,6 +848,6 @@ async fn a_node_restarts_on_its_directory_as_soon_as_it_shut_down() {
         nodes.push(again);
     }
     for n in nodes {
-        n.shutdown().await.unwrap();
+        stop(n).await;
     }
 }
