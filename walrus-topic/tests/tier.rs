@@ -1374,6 +1374,16 @@ fn a_reopen_without_the_tier_refuses_to_step_over_tiered_entries() {
         );
     }
     // With the tier again: what the tier holds is read from it.
-    let store = open(&sim, bounded(&tier)).unwrap();
-    assert_read_at(&store, n);
+    {
+        let store = open(&sim, bounded(&tier)).unwrap();
+        assert_read_at(&store, n);
+    }
+    // Without it, below the floor is released (whatever the tier holds), not in the tier.
+    let store = open(&sim, plain).unwrap();
+    assert!(store.release_before("orders", 5).unwrap());
+    let released = store.scan("orders", 2, 5, |_, _| {}).unwrap_err();
+    assert_eq!(released.kind(), ErrorKind::NotFound, "{released}");
+    assert!(!released.to_string().contains("tier"), "{released}");
+    let tiered = store.scan("orders", 5, 5, |_, _| {}).unwrap_err();
+    assert!(tiered.to_string().contains("remote tier"), "{tiered}");
 }

@@ -293,7 +293,8 @@ impl Topic {
     /// or commit its consumer to the first entry on the local disk.
     pub(crate) fn check_tier_configured(&self, shared: &Shared, offset: u64) -> io::Result<()> {
         let mark = self.tier_mark();
-        if offset < mark && shared.tiered(&self.name).is_none() {
+        // Below the floor the entry is released for every reader, whatever the tier holds.
+        if offset < mark && offset >= self.floor() && shared.tiered(&self.name).is_none() {
             return Err(self.error(
                 io::ErrorKind::NotFound,
                 format!(
