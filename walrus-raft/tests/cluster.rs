@@ -597,13 +597,13 @@ async fn snapshots_catch_up_new_nodes() {
     let added = loop {
         let l = leader(&three).await;
         let adding = nodes[l].raft().add_learner(4, new.member(), true);
-        let result = tokio::time::timeout_at(deadline.into(), adding).await;
-        match result.unwrap_or_else(|_| panic!("add_learner did not answer within {WAIT:?}")) {
-            Ok(r) => break r,
-            Err(e) if e.forward_to_leader().is_some() && Instant::now() < deadline => {
+        match tokio::time::timeout_at(deadline.into(), adding).await {
+            Ok(Ok(r)) => break r,
+            Ok(Err(e)) if e.forward_to_leader().is_some() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => panic!("{e}"),
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => panic!("add_learner did not answer within {WAIT:?}"),
         }
     };
     assert!(added.log_id.index > 0);

@@ -79,9 +79,18 @@ impl BlockingRuntime {
         // A thread per call, only here: an async caller stalls its own executor thread
         // meanwhile (as any blocking call does), never the I/O, which runs on this runtime.
         std::thread::scope(|s| {
-            s.spawn(|| rt.block_on(fut))
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("an S3 call panicked")))
+            match std::thread::Builder::new()
+                .name("walrus-s3-call".into())
+                .spawn_scoped(s, || rt.block_on(fut))
+            {
+                Ok(call) => call
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("an S3 call panicked"))),
+                Err(e) => Err(io::Error::new(
+                    e.kind(),
+                    format!("walrus-s3: no thread to run a call on from inside a runtime: {e}"),
+                )),
+            }
         })
     }
 }

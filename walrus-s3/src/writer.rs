@@ -595,7 +595,10 @@ impl S3Wal {
             return Err((e, item));
         }
         let mut item = match inner.try_push(item, len) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                inner.pushed();
+                return Ok(());
+            }
             Err(item) => item,
         };
         let mut generation = inner.space.lock();
@@ -605,7 +608,12 @@ impl S3Wal {
             }
             let seen = *generation;
             match inner.try_push(item, len) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // Not under the `space` lock, which failing the queue takes.
+                    drop(generation);
+                    inner.pushed();
+                    return Ok(());
+                }
                 Err(back) => item = back,
             }
             // A full queue is flushed now rather than at the end of the interval.
@@ -696,21 +704,24 @@ impl Inner {
                 if crossed || self.options.flush_interval.is_zero() {
                     self.wake_flusher();
                 }
-                // A batch that failed after this append's refusal check, and failed the queue
-                // before the push: nothing would drain it until the writer closes (the
-                // interval may be long, and later appends are refused before they queue), so
-                // fail it here. Paired with the fence in `fail`: this sees the failure, or
-                // that failure's `fail_queued` sees the item.
-                fence(Ordering::SeqCst);
-                if self.failed.load(Ordering::Acquire) {
-                    self.fail_queued();
-                }
                 Ok(())
             }
             Err(item) => {
                 self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 Err(item)
             }
+        }
+    }
+
+    /// After a push: a batch that failed after the append's refusal check, and failed the
+    /// queue before the push, left the item where nothing drains it until the writer closes
+    /// (the interval may be long, and later appends are refused before they queue), so it
+    /// fails here. Paired with the fence in `fail`: this sees the failure, or that failure's
+    /// `fail_queued` sees the item. Call without the `space` lock (`fail_queued` takes it).
+    fn pushed(&self) {
+        fence(Ordering::SeqCst);
+        if self.failed.load(Ordering::Acquire) {
+            self.fail_queued();
         }
     }
 

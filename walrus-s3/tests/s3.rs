@@ -653,10 +653,12 @@ fn a_panicking_store_fails_the_tickets_and_stops_the_writer() {
 
 /// Appends racing a batch that fails (a PUT denied) under a flush interval that never comes:
 /// each one is refused, or returns a ticket that fails — none is left waiting for a flusher
-/// that has nothing to wake it (an append queued just after the failure emptied the queue).
+/// that has nothing to wake it (an append queued just after the failure emptied the queue),
+/// and none hangs, also when the queue is full and appends wait for room.
 #[test]
 fn appends_racing_a_failed_batch_never_wait_for_the_interval() {
     let (_server, store) = server();
+    let limit = Duration::from_secs(30);
     let mut stranded = Vec::new();
     for round in 0..10 {
         let denying: Arc<dyn ObjectStore> = Arc::new(LostAnswers {
@@ -668,33 +670,47 @@ fn appends_racing_a_failed_batch_never_wait_for_the_interval() {
             refuse_empty: false,
             deny_from: 3, // the first batch after the fence and the open's check of it
         });
-        let options = S3Options::default().flush_interval(Duration::MAX);
+        // Every other round with a queue of two: appends wait for room there.
+        let capacity = if round % 2 == 0 { 1 << 16 } else { 2 };
+        let options = S3Options::default()
+            .flush_interval(Duration::MAX)
+            .queue_capacity(capacity);
         let prefix = format!("denied{round}");
         let wal = Arc::new(S3Wal::open(denying, &prefix, options).unwrap());
-        let producers: Vec<_> = (0..4)
-            .map(|_| {
-                let wal = Arc::clone(&wal);
-                std::thread::spawn(move || {
-                    let mut tickets = Vec::new();
-                    for _ in 0..100_000 {
-                        match wal.append("t", b"entry") {
-                            Ok(t) => tickets.push(t),
-                            Err(_) => break,
-                        }
+        let (done, finished) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let (wal, done) = (Arc::clone(&wal), done.clone());
+            std::thread::spawn(move || {
+                let mut tickets = Vec::new();
+                for _ in 0..100_000 {
+                    match wal.append("t", b"entry") {
+                        Ok(t) => tickets.push(t),
+                        Err(_) => break,
                     }
-                    tickets
-                })
-            })
-            .collect();
-        // The first flush with entries queued sends the batch that is denied.
-        let denied = (0..1000).any(|_| {
-            let failed = wal.flush().is_err();
-            std::thread::yield_now();
-            failed
-        });
-        assert!(denied, "no batch was denied");
-        for p in producers {
-            for t in p.join().unwrap() {
+                }
+                drop(wal);
+                done.send(Some(tickets)).unwrap();
+            });
+        }
+        {
+            // The first flush with entries queued sends the batch that is denied.
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    if wal.flush().is_err() {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                drop(wal);
+                done.send(None).unwrap();
+            });
+        }
+        for _ in 0..5 {
+            let Some(tickets) = finished.recv_timeout(limit).expect("a thread hung") else {
+                continue;
+            };
+            for t in tickets {
                 match t.wait_timeout(Duration::from_secs(5)) {
                     Err(e) if e.kind() == io::ErrorKind::TimedOut => stranded.push(round),
                     Err(e) => assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}"),
@@ -702,7 +718,8 @@ fn appends_racing_a_failed_batch_never_wait_for_the_interval() {
                 }
             }
         }
-        Arc::into_inner(wal).unwrap().close().unwrap_err();
+        let close = Arc::into_inner(wal).expect("every thread let go").close();
+        assert_eq!(close.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
     }
     assert!(
         stranded.is_empty(),

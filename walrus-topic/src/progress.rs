@@ -58,14 +58,21 @@ impl Progress {
     }
 
     /// Marks the topic queued for its watermark's write; whether it was not already.
+    /// (Called after the durable end moved.) The fences pair with [`unqueue_mark`]'s: either
+    /// this finds the flag cleared and queues the topic, or the writer that cleared it reads
+    /// the durable end this sync set.
+    ///
+    /// [`unqueue_mark`]: Self::unqueue_mark
     pub(crate) fn queue_mark(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
         !self.mark_queued.swap(true, Ordering::AcqRel)
     }
 
-    /// Takes the topic off the watermark queue (before its watermark is read and written: a
-    /// sync after this queues it again).
+    /// Takes the topic off the watermark queue, before its durable end is read for the write:
+    /// a sync after this queues it again.
     pub(crate) fn unqueue_mark(&self) {
         self.mark_queued.store(false, Ordering::Release);
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// Entries below this offset are written and readable.

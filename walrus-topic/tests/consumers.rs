@@ -601,6 +601,22 @@ fn an_arrival_future_completes_on_append_and_fails_when_the_store_closes() {
     );
 }
 
+/// An arrival future on a topic not yet written keeps its placeholder through the background
+/// walk's sweep of unused placeholders: the first append wakes it.
+#[test]
+fn an_arrival_on_a_new_topic_outlives_the_placeholder_sweep() {
+    let sim = SimStorage::new(19);
+    let store = Arc::new(open(&sim, small()).unwrap());
+    let pending = store.arrival("late", 0).unwrap();
+    let (done, arrived) = std::sync::mpsc::channel();
+    thread::spawn(move || done.send(pollster::block_on(pending)));
+    thread::sleep(Duration::from_millis(50));
+    store.maintain().unwrap();
+    store.append("late", b"x").unwrap();
+    let got = arrived.recv_timeout(Duration::from_secs(10));
+    assert_eq!(got.expect("the arrival was never woken").unwrap(), 1);
+}
+
 /// An arrival future kept after its store is dropped keeps none of the store's files open:
 /// on the mmap backend no segment stays mapped (a reopen must find only what is on disk, not
 /// pages a failed write-back left in a mapping).

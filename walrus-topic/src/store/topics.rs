@@ -45,7 +45,7 @@ impl Topics {
     /// holder for a moment (a stats or retention pass, a second waiter on the name) and so
     /// kept them. A read pass first, the write lock only when there is one.
     pub(crate) fn sweep_placeholders(&self) {
-        let unused = |t: &Arc<Topic>| Arc::strong_count(t) == 1 && t.is_placeholder();
+        let unused = |t: &Arc<Topic>| unheld(t, 1);
         if !self.read().values().any(unused) {
             return;
         }
@@ -61,16 +61,17 @@ impl Topics {
         }
         let mut map = self.write();
         // Under the write lock no one takes it from the map: the map's and the caller's are
-        // the only references, or someone else is using it (an arrival future holds its
-        // progress, not the topic).
-        if Arc::strong_count(t) == 2
-            && Arc::strong_count(&t.progress) == 1
-            && t.is_placeholder()
-            && map.get(&t.name).is_some_and(|m| Arc::ptr_eq(m, t))
-        {
+        // the only references, or someone else is using it.
+        if unheld(t, 2) && map.get(&t.name).is_some_and(|m| Arc::ptr_eq(m, t)) {
             map.remove(&t.name);
         }
     }
+}
+
+/// Whether placeholder `t` is held by `refs` references to it and nothing else: no waiter,
+/// no append under way, and no arrival future (which holds its progress, not the topic).
+fn unheld(t: &Arc<Topic>, refs: usize) -> bool {
+    Arc::strong_count(t) == refs && Arc::strong_count(&t.progress) == 1 && t.is_placeholder()
 }
 
 #[cfg(test)]
