@@ -2738,3 +2738,74 @@ fn a_segment_id_at_the_end_of_its_lane_is_refused() {
     assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     assert!(e.to_string().contains("lane"), "{e}");
 }
+
+/// The pwrite backend, recording every directory it syncs.
+#[derive(Debug)]
+struct SyncedDirs {
+    inner: PwriteStorage,
+    synced: std::sync::Mutex<Vec<std::path::PathBuf>>,
+    /// Every directory sync fails.
+    fail: bool,
+}
+
+impl Storage for SyncedDirs {
+    fn kind(&self) -> walrus_io::BackendKind {
+        self.inner.kind()
+    }
+    fn create(&self, path: &Path, len: u64) -> io::Result<Arc<dyn walrus_io::SegmentFile>> {
+        self.inner.create(path, len)
+    }
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn walrus_io::SegmentFile>> {
+        self.inner.open(path)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+        self.inner.list(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.synced.lock().unwrap().push(dir.to_path_buf());
+        if self.fail {
+            return Err(io::Error::other("injected directory sync failure"));
+        }
+        self.inner.sync_dir(dir)
+    }
+    fn submit(&self, writes: &[walrus_io::WriteOp<'_>], then_sync: bool) -> io::Result<()> {
+        self.inner.submit(writes, then_sync)
+    }
+}
+
+/// A data directory made several levels deep is durable with every level: each directory the
+/// open makes has its parent synced (a power cut could otherwise take `a`, and `a/b` with it).
+#[test]
+fn every_directory_an_open_makes_has_its_parent_synced() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a").join("b");
+    let storage = |fail| {
+        Arc::new(SyncedDirs {
+            inner: PwriteStorage::new(),
+            synced: Default::default(),
+            fail,
+        })
+    };
+    let recording = storage(false);
+    let store = Store::open(&dir, recording.clone(), StoreOptions::new()).unwrap();
+    store.append("t", b"x").unwrap();
+    store.sync().unwrap();
+    let synced = recording.synced.lock().unwrap().clone();
+    for parent in [root.path().to_path_buf(), root.path().join("a")] {
+        assert!(
+            synced.contains(&parent),
+            "{} not synced: {synced:?}",
+            parent.display()
+        );
+    }
+    // A refused open leaves no directory it made behind.
+    let refused = Store::open(root.path().join("c/d"), storage(true), StoreOptions::new());
+    assert!(refused.is_err());
+    assert!(!root.path().join("c").exists(), "a refused open left c");
+}

@@ -66,19 +66,43 @@ impl Store {
         let _span = tracing::info_span!("walrus.open", dir = %dir.display()).entered();
         options.validate()?;
         let existed = if real_fs { check_dir(&dir)? } else { true };
+        // The directories this open makes, outermost first (the simulator's are durable at
+        // once).
+        let made: Vec<PathBuf> = if existed {
+            Vec::new()
+        } else {
+            let mut missing: Vec<PathBuf> = dir
+                .ancestors()
+                .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+                .map(Path::to_path_buf)
+                .collect();
+            missing.reverse();
+            missing
+        };
+        let remove_made = || {
+            for d in made.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+        };
         storage.create_dir_all(&dir).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot create data directory {}: {e}", dir.display()),
             )
         })?;
-        if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // The new directory's name is durable only once its parent is synced: a power cut
-            // could otherwise take it, and every segment synced in it, away.
-            storage.sync_dir(parent)?;
+        // A new directory's name is durable only once its parent is synced: a power cut could
+        // otherwise take it, and every segment synced in it, away. Each one made, not only the
+        // last: `a/b` survives only with `a`.
+        for d in &made {
+            if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty())
+                && let Err(e) = storage.sync_dir(parent)
+            {
+                remove_made();
+                return Err(e);
+            }
         }
         let lock = if real_fs {
-            DirLock::acquire(&dir)?
+            DirLock::acquire(&dir).inspect_err(|_| remove_made())?
         } else {
             DirLock::none()
         };
@@ -108,11 +132,9 @@ impl Store {
         match recovered {
             Ok((recovered, journal)) => Self::wire(dir, storage, options, recovered, journal, lock),
             Err(e) => {
-                // A refused open leaves the directory as it found it.
+                // A refused open leaves the directories as it found them.
                 lock.release_created();
-                if !existed {
-                    let _ = std::fs::remove_dir(&dir);
-                }
+                remove_made();
                 Err(e)
             }
         }
