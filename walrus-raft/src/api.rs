@@ -23,17 +23,19 @@
 //! the cluster routes change membership. Serve a node on a private network (README,
 //! "Replication").
 //!
-//! Errors are JSON `{"error": "..."}`: `400` for bad input (nothing changed), `404` for what is
-//! not there, `413` for an entry over [`MAX_CLIENT_BODY`], `503` when no leader is known (nothing
-//! written), raft gave no answer (shutting down: the entry may still be committed), the write
-//! queue is full or a write ran out its deadline before it was proposed (both
-//! `"written": "no"`), `504` when it ran out its deadline after, or the node lost the
-//! leadership after proposing it (`"written": "unknown"`: it may still commit; the latter
-//! names the new leader, if known, in `leader_id` and `leader_addr`, without a redirect).
+//! Errors are JSON `{"error": "..."}` (unknown routes and methods too): `400` for bad input
+//! (nothing changed; a membership change raft refuses, an `init` that leaves this node out),
+//! `404` for what is not there, `409` for an `init` of a node already initialized, `413` for an
+//! entry over [`MAX_CLIENT_BODY`], `503` when no leader is known, the write queue is full or a
+//! write ran out its deadline before it was proposed (all `"written": "no"`), `504` when it
+//! ran out its deadline after, the node lost the leadership after proposing it, or raft gave no
+//! answer (it stopped, its storage failed) (`"written": "unknown"`: it may still commit; a lost
+//! leadership names the new leader, if known, in `leader_id` and `leader_addr`, without a
+//! redirect).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -67,8 +69,10 @@ pub struct AppState {
     pub raft: Raft,
     /// Its group-committing writer.
     pub writer: Writer,
-    /// Its replicated topics.
-    pub data: Arc<Walrus>,
+    /// Its replicated topics, held weakly: a connection task that outlives the node's
+    /// shutdown (a client that never finishes its request) keeps the directory's instance
+    /// open no longer than the node does.
+    pub data: Weak<Walrus>,
     /// How far the snapshot being received has come.
     pub snapshots: SnapshotStream,
 }
@@ -134,10 +138,29 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/cluster/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_CLIENT_BODY))
         .merge(peers)
+        .fallback(async |uri: axum::http::Uri| {
+            error(StatusCode::NOT_FOUND, format!("no route {}", uri.path()))
+        })
+        .method_not_allowed_fallback(async |method: axum::http::Method, uri: axum::http::Uri| {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {}", uri.path()),
+            )
+        })
         .with_state(Arc::new(state))
 }
 
 type Shared = State<Arc<AppState>>;
+
+/// The node's data instance, or the `503` of a node that stopped.
+macro_rules! data {
+    ($s:expr) => {
+        match $s.data.upgrade() {
+            Some(data) => data,
+            None => return error(StatusCode::SERVICE_UNAVAILABLE, "the node stopped"),
+        }
+    };
+}
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> HttpResponse {
     (status, Json(json!({ "error": msg.to_string() }))).into_response()
@@ -188,9 +211,17 @@ fn write_error(e: WriteError, path: &str) -> HttpResponse {
             }
             resp
         }
-        WriteError::NotLeader(None) | WriteError::Raft(_) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, e)
-        }
+        WriteError::NotLeader(None) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string(), "written": "no" })),
+        )
+            .into_response(),
+        // No answer from raft (it stopped, its storage failed) once proposed: unknown.
+        WriteError::Raft(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Json(json!({ "error": e.to_string(), "written": "unknown" })),
+        )
+            .into_response(),
         // Proposed, then the leadership moved: the outcome is unknown, so no redirect (a
         // client following it would write again); the leader is named for one that checks.
         WriteError::LeaderChanged(leader) => {
@@ -266,12 +297,12 @@ fn encode_segment(s: &str) -> String {
 }
 
 async fn list_topics(State(s): Shared) -> HttpResponse {
-    let topics: BTreeMap<String, u64> = s
-        .data
+    let data = data!(s);
+    let topics: BTreeMap<String, u64> = data
         .topics()
         .into_iter()
         .map(|t| {
-            let end = s.data.end_offset(&t).unwrap_or(0);
+            let end = data.end_offset(&t).unwrap_or(0);
             (t, end)
         })
         .collect();
@@ -283,7 +314,7 @@ async fn read_entry(
     path: Result<Path<(String, u64)>, PathRejection>,
 ) -> HttpResponse {
     let Path((topic, offset)) = take!(path);
-    match s.data.read_at(&topic, offset) {
+    match data!(s).read_at(&topic, offset) {
         Ok(Some(e)) => (StatusCode::OK, e.data).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -344,7 +375,8 @@ async fn read_entries(
     let (Path(topic), Query(q)) = (take!(path), take!(query));
     let from = q.from.unwrap_or(0);
     let max = q.max.unwrap_or(100).min(MAX_READ);
-    match entries(&s.data, &topic, from, max) {
+    let data = data!(s);
+    match entries(&data, &topic, from, max) {
         Ok((list, next)) => Json(json!({ "entries": list, "next": next })).into_response(),
         Err(e) => io_error(&e),
     }
@@ -362,13 +394,13 @@ async fn poll(
 ) -> HttpResponse {
     let (Path((topic, consumer)), Query(q)) = (take!(path), take!(query));
     let consumer = consumer_name(consumer);
-    let cursor = s
-        .data
+    let data = data!(s);
+    let cursor = data
         .cursor_as(&topic, &consumer)
-        .or_else(|| s.data.first_retained_offset(&topic))
+        .or_else(|| data.first_retained_offset(&topic))
         .unwrap_or(0);
     let max = q.max.unwrap_or(100).min(MAX_READ);
-    match entries(&s.data, &topic, cursor, max) {
+    match entries(&data, &topic, cursor, max) {
         Ok((list, next)) => {
             Json(json!({ "cursor": cursor, "entries": list, "next": next })).into_response()
         }
@@ -417,7 +449,13 @@ async fn init(State(s): Shared, body: Result<Json<InitBody>, JsonRejection>) -> 
         .collect();
     match s.raft.initialize(nodes).await {
         Ok(()) => Json(json!({ "initialized": true })).into_response(),
-        Err(e) => error(StatusCode::CONFLICT, e),
+        Err(openraft::error::RaftError::APIError(e)) => match e {
+            // Already initialized (or holding a log): nothing changed.
+            openraft::error::InitializeError::NotAllowed(_) => error(StatusCode::CONFLICT, e),
+            // This node is not among the nodes given.
+            openraft::error::InitializeError::NotInMembers(_) => error(StatusCode::BAD_REQUEST, e),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

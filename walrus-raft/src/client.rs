@@ -41,7 +41,8 @@ pub enum WriteError {
     /// truncated it here, but with five voters or more another node may keep it and commit it
     /// later), so a blind retry may write twice.
     LeaderChanged(Option<(NodeId, BasicNode)>),
-    /// The state machine refused the request (nothing changed anywhere).
+    /// The state machine refused the request, or raft a membership change (nothing changed
+    /// anywhere).
     Refused(String),
     /// No answer from raft (shutting down, storage failure): the outcome is unknown, the entry
     /// may still be committed by the next leader.
@@ -108,6 +109,11 @@ impl std::error::Error for WriteError {}
 /// proposal, or while it was being made: the outcome is unknown.
 impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for WriteError {
     fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
+        // A membership change raft refused (another in progress, an empty membership, a voter
+        // that is not a learner) was never proposed.
+        if let RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) = &e {
+            return Self::Refused(format!("membership change refused: {c}"));
+        }
         match e.forward_to_leader() {
             Some(f) => Self::LeaderChanged(f.leader_id.zip(f.leader_node.clone())),
             None => Self::Raft(e.to_string()),
@@ -126,10 +132,15 @@ pub(crate) fn not_leading(raft: &Raft) -> Option<WriteError> {
     let m = metrics.borrow();
     // Both: `current_leader` follows the vote, which a leader removed from the membership (or
     // stepping down) keeps while it no longer leads.
-    if m.current_leader == Some(m.id) && m.state == openraft::ServerState::Leader {
+    if m.current_leader == Some(m.id)
+        && m.state == openraft::ServerState::Leader
+        && m.running_state.is_ok()
+    {
         return None;
     }
-    let leader = m.current_leader.and_then(|id| {
+    // Never a redirect to this node itself: a leader whose core stopped (or that steps down)
+    // still names itself.
+    let leader = m.current_leader.filter(|&id| id != m.id).and_then(|id| {
         m.membership_config
             .membership()
             .get_node(&id)

@@ -121,6 +121,14 @@ impl Node {
                 )
             })?
             .max(10);
+        // Bound before the stores open and raft starts: a port in use then leaves nothing
+        // holding the directory (raft's core would let go of it only once it ran down).
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("node {}: binding {}: {e}", config.id, config.listen),
+            )
+        })?;
         std::fs::create_dir_all(&config.dir).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -152,19 +160,13 @@ impl Node {
         .await
         .map_err(|e| io::Error::other(format!("node {}: starting raft: {e}", config.id)))?;
 
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("node {}: binding {}: {e}", config.id, config.listen),
-            )
-        })?;
         let addr = listener.local_addr()?;
         let writer = Writer::start(raft.clone(), config.write_timeout, config.write_queue_bytes);
         let app = crate::api::router(crate::api::AppState {
             id: config.id,
             raft: raft.clone(),
             writer: writer.clone(),
-            data: Arc::clone(state.data()),
+            data: Arc::downgrade(state.data()),
             snapshots: crate::api::SnapshotStream::default(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -242,6 +244,24 @@ impl Node {
         }
     }
 
+    /// Completes when raft's core stops on a fatal error (its storage failed, it panicked):
+    /// the node then serves no write, and its reads go stale; stop it ([`shutdown`] answers
+    /// the error) and start it again. Pending for as long as the core runs.
+    ///
+    /// [`shutdown`]: Self::shutdown
+    pub async fn failed(&self) -> io::Error {
+        let id = self.id;
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(f) = &metrics.borrow_and_update().running_state {
+                return io::Error::other(format!("node {id}: raft's core failed: {f}"));
+            }
+            if metrics.changed().await.is_err() {
+                return io::Error::other(format!("node {id}: raft's core is gone"));
+            }
+        }
+    }
+
     /// The node's group-committing writer (cheap to clone, `'static`: for tasks).
     pub fn writer(&self) -> Writer {
         self.writer.clone()
@@ -256,21 +276,29 @@ impl Node {
         self.writer.write(request).await
     }
 
-    /// Stops raft and the server, and closes the instances (flushing them). When it returns,
-    /// the node's directory is free for a new node: the tasks that held its instances
-    /// (replication streams, the state machine's worker, the write queue, HTTP connections) end
-    /// on their own once raft is down, and it waits for them (two seconds at most: instances
-    /// the caller still holds, say from [`data`](Self::data), stay open).
+    /// Stops raft and the server, and closes the instances (flushing them). When it returns
+    /// `Ok`, the node's directory is free for a new node: the tasks that held its instances
+    /// (replication streams, the state machine's worker, the write queue) end on their own
+    /// once raft is down, and it waits for them (two seconds at most); HTTP connections hold
+    /// the data instance only while a request reads it.
     ///
     /// # Errors
-    /// Raft's core task failed.
+    /// Raft's core task failed; `ResourceBusy` when the instances are still held after two
+    /// seconds (clones the caller keeps, say from [`data`](Self::data), or a task still
+    /// running): the directory is not free yet.
     pub async fn shutdown(mut self) -> io::Result<()> {
         let id = self.id;
+        // openraft's own shutdown answers Ok whatever stopped its core: the metrics say.
+        let stopped = self.raft.metrics().borrow().running_state.clone();
         let result = self
             .raft
             .shutdown()
             .await
-            .map_err(|e| io::Error::other(format!("node {id}: raft shutdown: {e}")));
+            .map_err(|e| io::Error::other(format!("node {id}: raft shutdown: {e}")))
+            .and(
+                stopped
+                    .map_err(|f| io::Error::other(format!("node {id}: raft's core failed: {f}"))),
+            );
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -286,8 +314,15 @@ impl Node {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while instances.iter().any(|i| i.strong_count() > 0) {
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(id, "a node's instances are still held after its shutdown");
-                break;
+                // Not free: a new node on the directory would be refused.
+                return result.and(Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!(
+                        "node {id}: its instances are still held two seconds after the \
+                         shutdown (by the caller, or a task raft left running): the directory \
+                         is not free yet"
+                    ),
+                )));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

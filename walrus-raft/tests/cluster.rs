@@ -761,15 +761,62 @@ async fn http_reads_are_bounded_and_bad_requests_are_json_400() {
         client()
             .post(format!("{base}/cluster/membership"))
             .body("not json"),
+        // Refused by raft, never proposed: a voter that is not a learner, no voters at all.
+        client()
+            .post(format!("{base}/cluster/membership"))
+            .json(&serde_json::json!({ "members": [1, 99] })),
+        client()
+            .post(format!("{base}/cluster/membership"))
+            .json(&serde_json::json!({ "members": [] })),
     ];
+    let json_error = async |resp: reqwest::Response, what: &str| {
+        let body: serde_json::Value = resp.json().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(body["error"].is_string(), "{what}: {body}");
+    };
     for request in bad {
         let request = request.build().unwrap();
         let what = format!("{} {}", request.method(), request.url());
         let resp = client().execute(request).await.unwrap();
         assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST, "{what}");
-        let body: serde_json::Value = resp.json().await.unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert!(body["error"].is_string(), "{what}: {body}");
+        json_error(resp, &what).await;
     }
+    // What is not a route, or not its method, answers in JSON too; a second init is a 409.
+    let others = [
+        (
+            client().get(format!("{base}/nope")),
+            reqwest::StatusCode::NOT_FOUND,
+        ),
+        (
+            client().delete(format!("{base}/topics")),
+            reqwest::StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            client()
+                .post(format!("{base}/cluster/init"))
+                .json(&serde_json::json!({ "nodes": { "1": node.addr().to_string() } })),
+            reqwest::StatusCode::CONFLICT,
+        ),
+    ];
+    for (request, status) in others {
+        let request = request.build().unwrap();
+        let what = format!("{} {}", request.method(), request.url());
+        let resp = client().execute(request).await.unwrap();
+        assert_eq!(resp.status(), status, "{what}");
+        json_error(resp, &what).await;
+    }
+    // An init of a fresh node that leaves it out is bad input.
+    let fresh = Node::start(config(2, dir.path(), any_port()))
+        .await
+        .unwrap();
+    let resp = client()
+        .post(format!("http://{}/cluster/init", fresh.addr()))
+        .json(&serde_json::json!({ "nodes": { "7": "127.0.0.1:1" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST);
+    json_error(resp, "an init without this node").await;
+    stop(fresh).await;
     for n in nodes {
         stop(n).await;
     }
@@ -824,7 +871,7 @@ async fn a_removed_leader_refuses_writes_as_not_leader() {
 
 /// When `shutdown` returns, the node's directory is free: a node started on it right away opens
 /// it (its instances' last holders, tasks that end once raft is down, are waited for), also
-/// after HTTP requests left a kept-alive connection behind.
+/// after HTTP requests left a kept-alive connection behind, and with a request half sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarts_on_its_directory_as_soon_as_it_shut_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -840,6 +887,15 @@ async fn a_node_restarts_on_its_directory_as_soon_as_it_shut_down() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
+        // A client that never finishes its request: its connection's task outlives the
+        // server, and must not keep the directory.
+        let mut stuck = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut stuck,
+            b"POST /topics/t HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc",
+        )
+        .await
+        .unwrap();
         stop(node).await;
         let again = Node::start(config(1, dir.path(), any_port()))
             .await

@@ -77,9 +77,16 @@ async fn run(args: Args) -> std::io::Result<()> {
         node.addr()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+    // A node whose raft core failed serves no write: it stops, failing, for its supervisor to
+    // start it again.
+    let failed = tokio::select! {
+        r = tokio::signal::ctrl_c() => { r?; None }
+        _ = term.recv() => None,
+        e = node.failed() => Some(e),
+    };
+    let stopped = node.shutdown().await;
+    match failed {
+        Some(e) => Err(e),
+        None => stopped,
     }
-    node.shutdown().await
 }
