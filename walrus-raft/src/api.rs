@@ -24,12 +24,14 @@
 //! "Replication").
 //!
 //! Errors are JSON `{"error": "..."}` (unknown routes and methods too): `400` for bad input
-//! (nothing changed; a membership change raft refuses, an `init` that leaves this node out),
-//! `404` for what is not there, `409` for an `init` of a node already initialized, `413` for an
+//! (nothing changed; an address not `host:port`, a membership change raft refuses, an `init`
+//! that leaves this node out), `404` for what is not there, `409` for an `init` of a node
+//! already initialized or a learner already a member at another address, `413` for an
 //! entry over [`MAX_CLIENT_BODY`], `503` when no leader is known, the write queue is full or a
 //! write ran out its deadline before it was proposed (all `"written": "no"`), `504` when it
 //! ran out its deadline after, the node lost the leadership after proposing it, or raft gave no
-//! answer (it stopped, its storage failed) (`"written": "unknown"`: it may still commit; a lost
+//! answer (it stopped, its storage failed), or a membership change took more than 30 s
+//! (`"written": "unknown"`: it may still commit; a lost
 //! leadership names the new leader, if known, in `leader_id` and `leader_addr`, without a
 //! redirect).
 
@@ -442,6 +444,9 @@ struct InitBody {
 
 async fn init(State(s): Shared, body: Result<Json<InitBody>, JsonRejection>) -> HttpResponse {
     let Json(body) = take!(body);
+    if let Some(e) = body.nodes.values().find_map(|a| check_addr(a).err()) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     let nodes: BTreeMap<NodeId, BasicNode> = body
         .nodes
         .into_iter()
@@ -470,18 +475,69 @@ async fn add_learner(
     body: Result<Json<LearnerBody>, JsonRejection>,
 ) -> HttpResponse {
     let Json(body) = take!(body);
+    if let Err(e) = check_addr(&body.addr) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     // A follower redirects without proposing (a change proposed and then lost is "unknown").
     if let Some(e) = not_leading(&s.raft) {
         return write_error(e, "/cluster/learners");
     }
-    match s
+    // openraft keeps a known node's address whatever a new request says: refused, not
+    // answered as if it took the new one.
+    let known = s
         .raft
-        .add_learner(body.id, BasicNode { addr: body.addr }, true)
-        .await
-    {
-        Ok(r) => Json(json!({ "log_id": r.log_id })).into_response(),
-        Err(e) => write_error(e.into(), "/cluster/learners"),
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&body.id)
+        .map(|n| n.addr.clone());
+    if let Some(addr) = known.filter(|a| *a != body.addr) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("node {} is a member already, at {addr}", body.id),
+        );
     }
+    let adding = s
+        .raft
+        .add_learner(body.id, BasicNode { addr: body.addr }, true);
+    match tokio::time::timeout(CLUSTER_DEADLINE, adding).await {
+        Ok(Ok(r)) => Json(json!({ "log_id": r.log_id })).into_response(),
+        Ok(Err(e)) => write_error(e.into(), "/cluster/learners"),
+        Err(_) => cluster_timeout("/cluster/learners"),
+    }
+}
+
+/// How long a membership change may take over HTTP: adding a learner waits for it to catch up
+/// with the log, and a change for a quorum of the joint configuration.
+const CLUSTER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The answer to a membership change that ran out [`CLUSTER_DEADLINE`]: proposed, so it may
+/// still take effect.
+fn cluster_timeout(route: &str) -> HttpResponse {
+    (
+        StatusCode::GATEWAY_TIMEOUT,
+        Json(json!({
+            "error": format!("{route}: not done within {CLUSTER_DEADLINE:?} (a learner that cannot \
+                              be reached or catch up, or no quorum)"),
+            "written": "unknown",
+        })),
+    )
+        .into_response()
+}
+
+/// A peer's address as raft dials it: `host:port`.
+fn check_addr(addr: &str) -> Result<(), String> {
+    let bad = || format!("address {addr:?} is not host:port");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'));
+    if !host_ok || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -497,9 +553,11 @@ async fn change_membership(
     if let Some(e) = not_leading(&s.raft) {
         return write_error(e, "/cluster/membership");
     }
-    match s.raft.change_membership(body.members, false).await {
-        Ok(r) => Json(json!({ "log_id": r.log_id })).into_response(),
-        Err(e) => write_error(e.into(), "/cluster/membership"),
+    let changing = s.raft.change_membership(body.members, false);
+    match tokio::time::timeout(CLUSTER_DEADLINE, changing).await {
+        Ok(Ok(r)) => Json(json!({ "log_id": r.log_id })).into_response(),
+        Ok(Err(e)) => write_error(e.into(), "/cluster/membership"),
+        Err(_) => cluster_timeout("/cluster/membership"),
     }
 }
 

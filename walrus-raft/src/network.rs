@@ -1,7 +1,8 @@
 //! Raft's RPCs between nodes over HTTP, posted to the peer's `/raft/*` routes (served by
 //! [`crate::api`]): entries in the log's binary encoding, snapshot chunks raw, the small fields
-//! and every answer as JSON. A peer that cannot be reached is `Unreachable` (openraft backs off); one
-//! that answers with a raft error returns it as a remote error.
+//! and every answer as JSON. A peer that cannot be connected to is `Unreachable` (openraft backs
+//! off); one that answers late, or not with a raft answer, is a network error; one that answers
+//! with a raft error returns it as a remote error.
 
 use std::time::Duration;
 
@@ -83,7 +84,10 @@ impl Peer {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() || e.is_timeout() {
+                // Only a peer that cannot be connected to is unreachable: openraft then sends it
+                // nothing, heartbeats included, for a while (longer than an election timeout),
+                // which a peer that is only slow to answer must not get.
+                if e.is_connect() {
                     RPCError::Unreachable(Unreachable::new(&e))
                 } else {
                     RPCError::Network(NetworkError::new(&e))

@@ -768,6 +768,13 @@ async fn http_reads_are_bounded_and_bad_requests_are_json_400() {
         client()
             .post(format!("{base}/cluster/membership"))
             .json(&serde_json::json!({ "members": [] })),
+        // Addresses raft could never dial.
+        client()
+            .post(format!("{base}/cluster/learners"))
+            .json(&serde_json::json!({ "id": 4, "addr": "foo bar" })),
+        client()
+            .post(format!("{base}/cluster/learners"))
+            .json(&serde_json::json!({ "id": 4, "addr": "h:1/x?" })),
     ];
     let json_error = async |resp: reqwest::Response, what: &str| {
         let body: serde_json::Value = resp.json().await.unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -794,6 +801,13 @@ async fn http_reads_are_bounded_and_bad_requests_are_json_400() {
             client()
                 .post(format!("{base}/cluster/init"))
                 .json(&serde_json::json!({ "nodes": { "1": node.addr().to_string() } })),
+            reqwest::StatusCode::CONFLICT,
+        ),
+        // A member at another address: openraft would keep the old one.
+        (
+            client()
+                .post(format!("{base}/cluster/learners"))
+                .json(&serde_json::json!({ "id": 1, "addr": "127.0.0.1:1" })),
             reqwest::StatusCode::CONFLICT,
         ),
     ];
