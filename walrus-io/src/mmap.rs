@@ -35,7 +35,11 @@
 //! error while *faulting in* a page that holds data (one written earlier and since evicted, then written
 //! again) still raises `SIGBUS`, and so does a store after the file system turned read-only on
 //! an error (where `pwrite` would return `EROFS`): that is the price of this backend, and why it
-//! is not the default.
+//! is not the default. One more: after a failed sync the pages whose write-back failed stay in
+//! the page cache while the file is mapped (`POSIX_FADV_DONTNEED` passes mapped pages by); the
+//! handle's drop unmaps and drops them, but a process killed first leaves them cached, marked
+//! clean, and the next process reads them as data, which its syncs then count durable though
+//! the device never got them. The other backends drop those pages when the sync fails.
 //!
 //! It suits unsynced schedules. A sync write-protects the pages it wrote back, so the next store
 //! into each faults again: a 4 KiB write and sync took 260 µs here against 106 µs with `pwrite`

@@ -104,7 +104,9 @@ impl<'a> WriteOp<'a> {
 /// Durability follows POSIX, and the simulated backend enforces it strictly: file data is
 /// durable after [`SegmentFile::sync_data`] (or a [`submit`](Self::submit) with `then_sync`);
 /// the *existence* of a created or removed file is durable only after [`sync_dir`](Self::sync_dir)
-/// of its directory.
+/// of its directory. A failed sync of a file is sticky for the life of the instance: every
+/// later sync of that path, through any handle, fails too (until the file is removed), since
+/// the kernel reports a write-back error once and then marks the pages clean.
 pub trait Storage: Send + Sync + fmt::Debug {
     /// The concrete backend (never [`BackendKind::Auto`]: that resolves when constructed).
     fn kind(&self) -> BackendKind;

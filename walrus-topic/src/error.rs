@@ -114,7 +114,8 @@ impl std::fmt::Display for Poisoned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "writes refused after a failed sync ({}); reopen the directory to recover",
+            "writes refused after a failed sync ({}); reopen the directory to recover (with a \
+             new storage instance: one remembers the files whose sync failed)",
             self.message
         )
     }

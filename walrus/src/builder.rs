@@ -101,14 +101,18 @@ impl WalrusBuilder {
     /// copy instead of a system call, which makes unsynced appends faster (under `SyncEach`
     /// it is slower: each sync makes the next store into its pages fault again), at a price
     /// the others do not charge: a device error while a written page is faulted back in kills
-    /// the process with `SIGBUS` instead of failing the call (see `walrus_io::mmap`).
+    /// the process with `SIGBUS` instead of failing the call, and pages whose write-back
+    /// failed outlive a process killed before it closed them (see `walrus_io::mmap`).
     pub fn backend(mut self, kind: BackendKind) -> Self {
         self.backend = Some(kind);
         self
     }
 
     /// A storage backend instance, e.g. a [`SimStorage`](walrus_io::SimStorage) for tests.
-    /// Overrides [`backend`](Self::backend).
+    /// Overrides [`backend`](Self::backend). An instance remembers a file's failed sync for
+    /// as long as it lives (so that no later handle can sync that file "successfully"): after a
+    /// failed sync, reopen the directory with a new instance (as `build` makes one when none is
+    /// given) or in a new process.
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = Some(storage);
         self
