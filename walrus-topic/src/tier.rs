@@ -323,12 +323,28 @@ impl TierState {
         let stride = u64::from(index.stride.max(1));
         let first = index.first_offset + (offset - index.first_offset) / stride * stride;
         let (data_key, _) = index.object_names(&self.options.dir);
-        let bytes = self.remote().get_range(&data_key, range.clone())?;
         let damaged = |what: String| {
             invalid(format!(
                 "tier data object {data_key} bytes {range:?} ({}): {what}",
                 self.remote().describe()
             ))
+        };
+        // Its index says the tier holds these entries: a data object gone or shorter than the
+        // index says is lost data (`InvalidData`), not entries released (`NotFound`).
+        let bytes = match self.remote().get_range(&data_key, range.clone()) {
+            Ok(bytes) => bytes,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Err(damaged(format!(
+                    "missing or shorter than its index says ({} bytes): {e}",
+                    index.data_len
+                )));
+            }
+            Err(e) => return Err(e),
         };
         let mut entries = Vec::new();
         let mut size = 0;

@@ -272,6 +272,7 @@ fn recover_in(
                 tier_mark.map_or(0, |m| m.offset),
             ),
             loaded_marks.get(&RecordKey::consumer(&name, "")).copied(),
+            tier_mark.map_or(0, |m| m.offset),
             mode,
             marks_lost,
             &mut report,

@@ -75,26 +75,36 @@ impl Topic {
         max_bytes: usize,
         out: &mut Vec<(u64, Vec<u8>)>,
     ) -> io::Result<()> {
-        let floor = self.floor();
         let (start_cursor, start_pos) = (r.cursor, r.pos.clone());
-        let from = if r.cursor < floor {
-            // Retention released entries this consumer had not read: it continues at the
-            // oldest entry kept, and the skip is counted.
-            (floor, None)
-        } else {
-            (r.cursor, r.hint())
+        // A floor raised while the gather ran ends it with nothing: then again from the new
+        // floor (a few times: each round needs another raise).
+        let mut rounds = 0;
+        let (floor, (cursor, pos)) = loop {
+            rounds += 1;
+            let floor = self.floor();
+            let from = if r.cursor < floor {
+                // Retention released entries this consumer had not read: it continues at the
+                // oldest entry kept, and the skip is counted.
+                (floor, None)
+            } else {
+                (r.cursor, r.hint())
+            };
+            let from_offset = from.0;
+            let mut buf = std::mem::take(&mut r.buf);
+            let gathered = self.gather(
+                shared,
+                &mut buf,
+                from,
+                max_entries,
+                max_bytes,
+                &mut |offset, payload| out.push((offset, payload.to_vec())),
+            );
+            r.buf = buf;
+            let gathered = gathered?;
+            if !out.is_empty() || self.floor() <= from_offset || rounds == 8 {
+                break (floor, gathered);
+            }
         };
-        let mut buf = std::mem::take(&mut r.buf);
-        let gathered = self.gather(
-            shared,
-            &mut buf,
-            from,
-            max_entries,
-            max_bytes,
-            &mut |offset, payload| out.push((offset, payload.to_vec())),
-        );
-        r.buf = buf;
-        let (cursor, pos) = gathered?;
         if !consume || out.is_empty() {
             return Ok(());
         }
@@ -172,6 +182,13 @@ impl Topic {
         let mut bytes = 0usize;
         let max_entries = max_entries.min(MAX_BATCH_ENTRIES);
         'entries: while *cursor < visible && *count < max_entries {
+            // Released under this read (retention, `release_before`): it ends here, and the
+            // next read steps to the floor, counting the skip. Stepping over it here would find
+            // the next entry from the floor on in the wrong place when a tiered block holds the
+            // floor, and count nothing.
+            if *cursor < self.floor() {
+                break;
+            }
             let found = self.locate(buf, pos.take(), *cursor)?;
             if found.as_ref().is_none_or(|f| f.2 != *cursor)
                 && let Some(run) =

@@ -114,12 +114,15 @@ pub(super) struct Consumed {
     pub(super) release: u64,
 }
 
-/// Rebuilds `topic` from its blocks (sorted by chain position).
+/// Rebuilds `topic` from its blocks (sorted by chain position). `tier_mark`: what the remote
+/// tier holds (every entry below it was durable here before it was written).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn rebuild_topic(
     topic: &str,
     blocks: Vec<(FoundBlock, Arc<SegmentHandle>)>,
     consumed: Consumed,
     mark: Option<LoadedCursor>,
+    tier_mark: u64,
     mode: RecoveryMode,
     marks_lost: bool,
     report: &mut RecoveryReport,
@@ -150,7 +153,9 @@ pub(super) fn rebuild_topic(
     let mut r = Rebuild {
         topic,
         mode,
-        mark: mark.map_or(0, |m| m.offset),
+        // The tier mark is a durable watermark too (the durable one on disk may lag it, and
+        // blocks released below it after uploading leave a gap that is not a torn tail).
+        mark: mark.map_or(0, |m| m.offset).max(tier_mark),
         cursor: stored_cursor,
         // From the first stored entry: damage among consumed entries matters too (a torn
         // batch is cut whole, consumed or not).
