@@ -498,13 +498,30 @@ async fn add_learner(
             format!("node {} is a member already, at {addr}", body.id),
         );
     }
-    let adding = s
-        .raft
-        .add_learner(body.id, BasicNode { addr: body.addr }, true);
-    match tokio::time::timeout(CLUSTER_DEADLINE, adding).await {
-        Ok(Ok(r)) => Json(json!({ "log_id": r.log_id })).into_response(),
-        Ok(Err(e)) => write_error(e.into(), "/cluster/learners"),
-        Err(_) => cluster_timeout("/cluster/learners"),
+    let raft = s.raft.clone();
+    let adding = async move {
+        raft.add_learner(body.id, BasicNode { addr: body.addr }, true)
+            .await
+    };
+    match finish_within(adding).await {
+        Some(Ok(r)) => Json(json!({ "log_id": r.log_id })).into_response(),
+        Some(Err(e)) => write_error(e.into(), "/cluster/learners"),
+        None => cluster_timeout("/cluster/learners"),
+    }
+}
+
+/// Runs a membership change to its end on a task of its own, answering within
+/// [`CLUSTER_DEADLINE`] (`None` past it). Never cut short: a change proposes a joint
+/// configuration and then the final one, and dropped between the two it would leave the
+/// cluster in the joint one.
+async fn finish_within<T: Send + 'static>(
+    change: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let task = tokio::spawn(change);
+    match tokio::time::timeout(CLUSTER_DEADLINE, task).await {
+        Ok(Ok(done)) => Some(done),
+        // The task panicked or was cancelled: no answer.
+        Ok(Err(_)) | Err(_) => None,
     }
 }
 
@@ -526,15 +543,23 @@ fn cluster_timeout(route: &str) -> HttpResponse {
         .into_response()
 }
 
-/// A peer's address as raft dials it: `host:port`.
+/// A peer's address as raft dials it (`http://{addr}/raft/…`): `host:port`, the host a name,
+/// an IPv4 address or a bracketed IPv6 one (`[::1]:21001`).
 fn check_addr(addr: &str) -> Result<(), String> {
     let bad = || format!("address {addr:?} is not host:port");
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-    let host_ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'));
-    if !host_ok || port.parse::<u16>().is_err() {
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    let port_ok =
+        !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) && port.parse::<u16>().is_ok();
+    if !host_ok || !port_ok {
         return Err(bad());
     }
     Ok(())
@@ -553,11 +578,12 @@ async fn change_membership(
     if let Some(e) = not_leading(&s.raft) {
         return write_error(e, "/cluster/membership");
     }
-    let changing = s.raft.change_membership(body.members, false);
-    match tokio::time::timeout(CLUSTER_DEADLINE, changing).await {
-        Ok(Ok(r)) => Json(json!({ "log_id": r.log_id })).into_response(),
-        Ok(Err(e)) => write_error(e.into(), "/cluster/membership"),
-        Err(_) => cluster_timeout("/cluster/membership"),
+    let raft = s.raft.clone();
+    let changing = async move { raft.change_membership(body.members, false).await };
+    match finish_within(changing).await {
+        Some(Ok(r)) => Json(json!({ "log_id": r.log_id })).into_response(),
+        Some(Err(e)) => write_error(e.into(), "/cluster/membership"),
+        None => cluster_timeout("/cluster/membership"),
     }
 }
 
@@ -616,5 +642,35 @@ mod tests {
         s.admit("a", 20, 5).unwrap();
         s.admit("b", 0, 1).unwrap(); // a new one begins
         assert!(s.admit("a", 25, 1).is_err(), "the old one is over");
+    }
+
+    /// Only what `http://{addr}/` can dial passes: a bracketless IPv6 address, a signed or
+    /// empty port, stray brackets or URL characters do not.
+    #[test]
+    fn addresses_are_host_and_port() {
+        use super::check_addr;
+        for good in [
+            "127.0.0.1:21001",
+            "node-1.example:80",
+            "[::1]:21001",
+            "h_2:65535",
+        ] {
+            assert!(check_addr(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "::1:21001",
+            "[::1:21001",
+            "a]b:1",
+            "h:+80",
+            "h:",
+            ":80",
+            "h:65536",
+            "foo bar:1",
+            "h:1/x?",
+            "h",
+            "[nope]:1",
+        ] {
+            assert!(check_addr(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -109,9 +109,13 @@ impl std::error::Error for WriteError {}
 /// proposal, or while it was being made: the outcome is unknown.
 impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for WriteError {
     fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
-        // A membership change raft refused (another in progress, an empty membership, a voter
-        // that is not a learner) was never proposed.
-        if let RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) = &e {
+        // A membership change raft refused for an empty membership or a voter that is not a
+        // learner was never proposed. One refused as "in progress" may have been: a change
+        // proposes a joint configuration and then the final one, and the second can meet
+        // another change (the outcome is then unknown).
+        if let RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) = &e
+            && !matches!(c, openraft::error::ChangeMembershipError::InProgress(_))
+        {
             return Self::Refused(format!("membership change refused: {c}"));
         }
         match e.forward_to_leader() {

@@ -74,6 +74,8 @@ pub struct Node {
     log: LogStore,
     server: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
+    /// The node's directory.
+    dir: PathBuf,
 }
 
 impl std::fmt::Debug for Node {
@@ -82,6 +84,18 @@ impl std::fmt::Debug for Node {
             .field("id", &self.id)
             .field("addr", &self.addr)
             .finish_non_exhaustive()
+    }
+}
+
+/// How long [`Node::shutdown`] waits for the tasks raft leaves running (a snapshot build among
+/// them) to let go of the node's instances.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether the instance lock file `path` can be taken now (nothing holds it, or there is none).
+fn lock_free(path: &Path) -> bool {
+    match std::fs::File::options().read(true).write(true).open(path) {
+        Ok(file) => file.try_lock().is_ok(),
+        Err(_) => true,
     }
 }
 
@@ -129,13 +143,14 @@ impl Node {
                 format!("node {}: binding {}: {e}", config.id, config.listen),
             )
         })?;
-        std::fs::create_dir_all(&config.dir).map_err(|e| {
+        // The instances make the directories, each with its parent synced (a node directory
+        // made here without that could vanish in a power cut, with the node's vote and log).
+        let (log, state) = open_stores(&config.dir).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("node directory {}: {e}", config.dir.display()),
             )
         })?;
-        let (log, state) = open_stores(&config.dir)?;
 
         let raft_config = Config {
             cluster_name: "walrus".into(),
@@ -194,6 +209,7 @@ impl Node {
             log,
             server: Some(server),
             stop: Some(stop),
+            dir: config.dir,
         })
     }
 
@@ -279,11 +295,11 @@ impl Node {
     /// Stops raft and the server, and closes the instances (flushing them). When it returns
     /// `Ok`, the node's directory is free for a new node: the tasks that held its instances
     /// (replication streams, the state machine's worker, the write queue) end on their own
-    /// once raft is down, and it waits for them (two seconds at most); HTTP connections hold
-    /// the data instance only while a request reads it.
+    /// once raft is down, and it waits for them (30 seconds at most: a snapshot build may be
+    /// under way); HTTP connections hold the data instance only while a request reads it.
     ///
     /// # Errors
-    /// Raft's core task failed; `ResourceBusy` when the instances are still held after two
+    /// Raft's core task failed; `ResourceBusy` when the instances are still held after 30
     /// seconds (clones the caller keeps, say from [`data`](Self::data), or a task still
     /// running): the directory is not free yet.
     pub async fn shutdown(mut self) -> io::Result<()> {
@@ -306,19 +322,18 @@ impl Node {
             server.abort();
             let _ = server.await;
         }
-        let instances = [
-            Arc::downgrade(self.log_instance()),
-            Arc::downgrade(self.data()),
-        ];
+        let locks = ["raft", "data"].map(|d| self.dir.join(d).join("LOCK"));
         drop(self);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while instances.iter().any(|i| i.strong_count() > 0) {
+        // Free once each instance's lock can be taken: the last holder's drop (another task's,
+        // maybe on another thread) releases it last, after the instance's final writes.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        while !locks.iter().all(|l| lock_free(l)) {
             if tokio::time::Instant::now() >= deadline {
                 // Not free: a new node on the directory would be refused.
                 return result.and(Err(io::Error::new(
                     io::ErrorKind::ResourceBusy,
                     format!(
-                        "node {id}: its instances are still held two seconds after the \
+                        "node {id}: its instances are still held {SHUTDOWN_WAIT:?} after the \
                          shutdown (by the caller, or a task raft left running): the directory \
                          is not free yet"
                     ),

@@ -38,12 +38,14 @@ async fn start(ids: &[NodeId], dir: &Path, tweak: impl Fn(&mut NodeConfig)) -> V
     nodes
 }
 
-/// Stops `node`, failing the test if that takes longer than [`WAIT`].
+/// Stops `node`, failing the test if that takes longer than a minute (a shutdown waits up
+/// to 30 s for a snapshot build).
 async fn stop(node: Node) {
     let id = node.id();
-    tokio::time::timeout(WAIT, node.shutdown())
+    let limit = Duration::from_secs(60);
+    tokio::time::timeout(limit, node.shutdown())
         .await
-        .unwrap_or_else(|_| panic!("node {id} did not stop within {WAIT:?}"))
+        .unwrap_or_else(|_| panic!("node {id} did not stop within {limit:?}"))
         .unwrap();
 }
 
