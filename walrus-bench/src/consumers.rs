@@ -323,6 +323,9 @@ mod tests {
                 .filter(|c| c.kind == "wake-up")
                 .all(|c| c.wake.calls > 0)
         );
-        assert_eq!(targets(&cases).len(), 2);
+        // Judged (the rows measured); met or not is the suite's to say, not a unit test's.
+        for t in targets(&cases) {
+            assert!(t.met.is_some(), "{t:?}");
+        }
     }
 }

@@ -156,6 +156,10 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    // A directory of the run's own inside the one given, which may hold other files: only it
+    // is emptied and removed (and the one given, if this run made it and it is empty).
+    let data_root = (!data_dir.exists()).then(|| data_dir.clone());
+    let data_dir = data_dir.join(format!("walrus-bench-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&data_dir) {
         eprintln!("walrus-bench: {}: {e}", data_dir.display());
         return ExitCode::FAILURE;
@@ -216,6 +220,9 @@ fn main() -> ExitCode {
     };
     machine.loadavg_end = report::loadavg();
     let _ = std::fs::remove_dir_all(&data_dir);
+    if let Some(root) = &data_root {
+        let _ = std::fs::remove_dir(root);
+    }
     let mut targets = report::targets(&results);
     if config.groups.contains(&Group::Footprint) {
         targets.extend(walrus_bench::footprint::targets(&footprint));

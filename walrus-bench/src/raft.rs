@@ -284,6 +284,7 @@ mod tests {
             assert!(c.appends > 0, "{c:?}");
         }
         assert!(table(&cases).contains("3-node raft x16"));
-        assert_eq!(targets(&cases).len(), 1);
+        // Judged (both rows measured); met or not is the suite's to say, not a unit test's.
+        assert!(targets(&cases)[0].met.is_some(), "{:?}", targets(&cases));
     }
 }

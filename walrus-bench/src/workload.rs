@@ -562,12 +562,16 @@ fn run_pwrite(
                 .collect()
         })
         .collect();
+    // At most an eighth of the free space for all the threads' files together: the disk is
+    // shared (past it, a loop extends its file).
+    let cap = free_space(&dir.join("pwrite-0")).map(|free| free / 8 / spec.threads.max(1) as u64);
     let files = (0..spec.threads)
         .map(|i| {
             prepare_file(
                 &dir.join(format!("pwrite-{i}")),
                 prealloc,
                 spec.duration_secs,
+                cap,
             )
         })
         .collect::<io::Result<Vec<_>>>()?;
@@ -677,7 +681,9 @@ fn free_space(path: &Path) -> Option<u64> {
 }
 
 /// Creates a baseline file prepared as `prealloc` says, for a run of `secs` (not measured).
-fn prepare_file(path: &Path, prealloc: Prealloc, secs: f64) -> io::Result<File> {
+/// Creates the loop's file at `path`, preallocated as `prealloc` says: for a run, as much as
+/// `secs` can write, at most `cap` bytes (`None`: free space unknown).
+fn prepare_file(path: &Path, prealloc: Prealloc, secs: f64, cap: Option<u64>) -> io::Result<File> {
     let file = File::options()
         .read(true)
         .write(true)
@@ -689,11 +695,10 @@ fn prepare_file(path: &Path, prealloc: Prealloc, secs: f64) -> io::Result<File> 
             let len = if prealloc == Prealloc::Fallocate {
                 Prealloc::LEN
             } else {
-                // Whole seconds, at least one: a run stops at its deadline. At most an eighth
-                // of the free space: the disk is shared (past it, the loop extends its file).
+                // Whole seconds, at least one: a run stops at its deadline.
                 (secs.ceil().max(1.0) as u64)
                     .saturating_mul(2 << 30)
-                    .min(free_space(path).map_or(Prealloc::LEN, |free| free / 8))
+                    .min(cap.unwrap_or(Prealloc::LEN))
                     .max(Prealloc::LEN)
             };
             let len = libc::off_t::try_from(len).map_err(io::Error::other)?;

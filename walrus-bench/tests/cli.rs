@@ -95,4 +95,38 @@ fn tiny_suite_runs_both_engines_side_by_side() {
         !out_dir.path().join("data").exists(),
         "the data directory is removed after the run"
     );
+    // A data directory given, with files of its own: they stay, and only what the run made goes.
+    let given = out_dir.path().join("given");
+    std::fs::create_dir(&given).unwrap();
+    std::fs::write(given.join("keep"), b"mine").unwrap();
+    let out = bench()
+        .args([
+            "--workloads",
+            "physical",
+            "--threads",
+            "1",
+            "--duration",
+            "0.1",
+        ])
+        .args(["--no-plot", "--out"])
+        .arg(out_dir.path())
+        .arg("--data-dir")
+        .arg(&given)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<_> = std::fs::read_dir(&given)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["keep"],
+        "the run removed or left files in the given directory"
+    );
+    assert_eq!(std::fs::read(given.join("keep")).unwrap(), b"mine");
 }

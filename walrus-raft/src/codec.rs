@@ -557,7 +557,9 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+        ))]
 
         /// The log records have no checksum (the Walrus frame around them does): whatever the
         /// bytes, the decoders answer, never panic, and refuse with `InvalidData`.

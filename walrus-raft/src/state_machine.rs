@@ -860,7 +860,12 @@ mod tests {
             proptest::prelude::any::<usize>(),
         );
         let mut runner =
-            proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(1000));
+            proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(
+                std::env::var("PROPTEST_CASES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000),
+            ));
         runner
             .run(&strategy, |(changes, cut)| {
                 let mut b = body.clone();
