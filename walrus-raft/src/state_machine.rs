@@ -762,6 +762,15 @@ mod tests {
             .collect()
     }
 
+    /// The snapshot `sm` builds now.
+    async fn snapshot_of(sm: &mut StateMachine) -> Snapshot<TypeConfig> {
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    }
+
     /// A leader that applied `entries` (in a directory of its own, gone afterwards): its
     /// responses, and the snapshot it then built.
     async fn leader_snapshot(
@@ -770,12 +779,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_log, mut leader) = crate::open_stores(dir.path()).unwrap();
         let out = leader.apply(entries).await.unwrap();
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = snapshot_of(&mut leader).await;
         (out, snapshot)
     }
 
@@ -966,12 +970,7 @@ mod tests {
         {
             let (_log, mut follower) = crate::open_stores(follower_dir.path()).unwrap();
             follower.apply(appends[..2].to_vec()).await.unwrap();
-            follower
-                .get_snapshot_builder()
-                .await
-                .build_snapshot()
-                .await
-                .unwrap();
+            snapshot_of(&mut follower).await;
             // The install's first step, then the node stops.
             follower
                 .set_current(Stored {
@@ -1058,12 +1057,7 @@ mod tests {
         let (_leader_log, mut leader) = crate::open_stores(leader_dir.path()).unwrap();
         leader.apply(with_commit).await.unwrap();
         assert_eq!(leader.data().first_retained_offset("t"), Some(first));
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = snapshot_of(&mut leader).await;
         let (_log, mut follower) = crate::open_stores(follower_dir.path()).unwrap();
         follower
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
