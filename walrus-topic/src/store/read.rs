@@ -270,6 +270,10 @@ impl Store {
                 visit(offset, payload);
             },
         )?;
+        if visited == 0 {
+            // Released between the check and the gather (which stops at the floor): say so.
+            check_retained(&self.shared, &t, from)?;
+        }
         t.counters.read(visited);
         Ok(next)
     }
@@ -592,6 +596,11 @@ impl Entries<'_> {
             ITER_BYTES,
             &mut |offset, payload| ahead.push_back((offset, payload.to_vec())),
         )?;
+        if ahead.is_empty() {
+            // Released between the check and the gather (which stops at the floor): an error,
+            // not the end.
+            check_retained(&self.store.shared, &t, self.next)?;
+        }
         self.next = next;
         self.pos = pos;
         self.source = Some(t);

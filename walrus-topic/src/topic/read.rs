@@ -47,7 +47,9 @@ impl Topic {
             self.counters.read(out.len() as u64);
             return Ok(unpersisted);
         }
-        {
+        // From the oldest entry retained, again if a floor raised meanwhile stopped the gather
+        // before anything (a few times: each needs another raise).
+        for _ in 0..8 {
             let mut buf = ReadBuf::default();
             let from = self.first_retained();
             self.gather(
@@ -58,6 +60,9 @@ impl Topic {
                 max_bytes,
                 &mut |offset, payload| out.push((offset, payload.to_vec())),
             )?;
+            if out.len() > before || self.floor() <= from {
+                break;
+            }
         }
         self.counters.read(out.len() as u64);
         Ok(false)
@@ -209,6 +214,10 @@ impl Topic {
                 }
                 continue;
             }
+            // Released while the tier was asked (see the check above).
+            if *cursor < self.floor() {
+                break;
+            }
             // Neither holds `cursor`: the next entry is the local chain's, or the tier's if it
             // holds an earlier one (a topic whose start was released before it tiered).
             if found.as_ref().is_none_or(|f| f.2 != *cursor)
@@ -339,8 +348,12 @@ impl Topic {
         if offset < self.floor() {
             return Ok(None);
         }
-        tier.read(&self.name, self.written_end(), offset, want)
-            .map_err(|e| on_topic(e, &self.name, Some(offset)))
+        match tier.read(&self.name, self.written_end(), offset, want) {
+            // Released while the GET ran (the floor rose, and a tier pass expired the block):
+            // not lost data; the callers see the floor and answer as for any release.
+            Err(_) if offset < self.floor() => Ok(None),
+            read => read.map_err(|e| on_topic(e, &self.name, Some(offset))),
+        }
     }
 
     /// Where the remote tier next holds entries of the topic after `offset`, if it tiers.

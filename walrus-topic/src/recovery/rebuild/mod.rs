@@ -83,7 +83,12 @@ struct Cut {
 struct Rebuild<'a> {
     topic: &'a str,
     mode: RecoveryMode,
+    /// The durable watermark: the record's, or the tier mark if higher.
     mark: u64,
+    /// The durable watermark record's alone (the tier mark says nothing of entries above it).
+    recorded: u64,
+    /// The tier mark: entries missing below it left the disk after their upload.
+    tier_mark: u64,
     /// The stored cursor: entries below it were consumed.
     cursor: u64,
     expected: u64,
@@ -156,6 +161,8 @@ pub(super) fn rebuild_topic(
         // The tier mark is a durable watermark too (the durable one on disk may lag it, and
         // blocks released below it after uploading leave a gap that is not a torn tail).
         mark: mark.map_or(0, |m| m.offset).max(tier_mark),
+        recorded: mark.map_or(0, |m| m.offset),
+        tier_mark,
         cursor: stored_cursor,
         // From the first stored entry: damage among consumed entries matters too (a torn
         // batch is cut whole, consumed or not).
@@ -484,9 +491,15 @@ impl Rebuild<'_> {
     fn loss(&mut self, idx: usize, pos: u64, problem: Problem, end: u64) -> io::Result<bool> {
         let a = self.expected;
         if a < self.cursor && a < self.mark {
-            let file = self.retained.get(idx).map(|b| b.handle.clone());
-            let issue = self.issue(a, file.as_deref(), pos, problem, Action::Skipped);
-            self.report.issues.push(issue);
+            // Entries missing below the tier mark left the disk after their upload (a block
+            // released by the topic's local retention, whose segment went while an older one
+            // stayed): history the tier holds, not damage to report.
+            let released = matches!(problem, Problem::Missing { .. }) && end <= self.tier_mark;
+            if !released {
+                let file = self.retained.get(idx).map(|b| b.handle.clone());
+                let issue = self.issue(a, file.as_deref(), pos, problem, Action::Skipped);
+                self.report.issues.push(issue);
+            }
             self.history_broken = true;
             let cursor = self.cursor;
             for b in &mut self.retained {
@@ -500,7 +513,9 @@ impl Rebuild<'_> {
             // decided from the cursor on. The unit the damage fell in was consumed in part:
             // readable, so whole when written.
             self.unit = None;
-            return self.decide_at(cursor, true, idx, pos, problem);
+            // Below the recorded watermark the damage was synced; a hole that starts only
+            // below the tier mark says nothing of entries above it (never known synced).
+            return self.decide_at(cursor, a < self.recorded, idx, pos, problem);
         }
         self.decide(a, idx, pos, problem)
     }
