@@ -191,6 +191,15 @@ fn recover_in(
 
     let (mut cursor_file, (mut loaded, damaged_cursors)) =
         CursorFile::load(&*storage, dir, CURSOR_FILE, read_only)?;
+    // Beside a live writer (read-only), a tier mark raised after the watermarks were loaded
+    // may cover blocks released after their upload whose segments the writer then deleted,
+    // before the listing or the opening above: read again now, the higher one counts (the
+    // watermarks stay as loaded, a lower bound).
+    let later_marks = if read_only {
+        CursorFile::load(&*storage, dir, MARKS_FILE, read_only)?.1.0
+    } else {
+        HashMap::new()
+    };
     if !read_only {
         cursor_file.reclaim(&mut loaded);
     }
@@ -261,18 +270,20 @@ fn recover_in(
         let mut blocks = by_topic.remove(&name).unwrap_or_default();
         blocks.sort_by_key(|(b, _)| b.header.chain_seq);
         let found = records.remove(&name).unwrap_or_default();
-        let tier_mark = loaded_marks
-            .get(&RecordKey::consumer(&name, crate::tier::TIER_MARK))
-            .copied();
+        let tier_key = RecordKey::consumer(&name, crate::tier::TIER_MARK);
+        let tier_mark = loaded_marks.get(&tier_key).copied();
+        let tier_offset = tier_mark
+            .into_iter()
+            .chain(later_marks.get(&tier_key).copied())
+            .map(|m| m.offset)
+            .max()
+            .unwrap_or(0);
         let mut plan: TopicPlan = rebuild_topic(
             &name,
             blocks,
-            found.consumed(
-                options.tiering_for(&name).is_some(),
-                tier_mark.map_or(0, |m| m.offset),
-            ),
+            found.consumed(options.tiering_for(&name).is_some(), tier_offset),
             loaded_marks.get(&RecordKey::consumer(&name, "")).copied(),
-            tier_mark.map_or(0, |m| m.offset),
+            tier_offset,
             mode,
             marks_lost,
             &mut report,
