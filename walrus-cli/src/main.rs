@@ -256,7 +256,10 @@ fn dump(
         ));
     };
     let limit = usize::try_from(count.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
-    for entry in store.iter(topic, from.unwrap_or(first)).take(limit) {
+    let start = from.unwrap_or(first);
+    // The offsets this dump covers: damage elsewhere is not missing from it.
+    let covered = start..start.saturating_add(count.unwrap_or(u64::MAX));
+    for entry in store.iter(topic, start).take(limit) {
         let (offset, data) = entry?;
         match format {
             Format::Text => writeln!(out, "{offset}\t{}", one_line(&data))?,
@@ -271,12 +274,20 @@ fn dump(
             }
         }
     }
-    // What recovery skipped of the topic is not in the dump: said, and the exit code says so.
+    // What recovery skipped of the range dumped is not in the dump: said, and the exit code
+    // says so.
     let skipped: Vec<String> = store
         .recovery_report()
         .issues
         .iter()
         .filter(|i| i.topic == topic && is_damage(i))
+        .filter(|i| {
+            let lost = match i.problem {
+                Problem::Missing { count } => count.max(1),
+                _ => 1,
+            };
+            i.offset < covered.end && i.offset.saturating_add(lost) > covered.start
+        })
         .map(report::issue_line)
         .collect();
     for line in &skipped {

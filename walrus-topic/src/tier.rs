@@ -667,7 +667,7 @@ impl TierState {
             }
             catalog.found.remove(&block.first_offset);
         }
-        tracing::info!(topic = %topic, first = block.first_offset, from = old.end_offset(),
+        tracing::debug!(topic = %topic, first = block.first_offset, from = old.end_offset(),
             to = block.end_offset(), "tiered a block again after it grew");
         // A reader may still hold the shorter index for a moment: its next read finds the
         // longer. A failure here leaves the shorter for the next pass.

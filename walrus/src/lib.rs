@@ -73,7 +73,7 @@
 //! issues) — the only event `WALRUS_QUIET` (or [`WalrusBuilder::quiet`]) suppresses. `debug`:
 //! the `walrus.recovery` span with its report, `walrus.prepare_segment` and
 //! `walrus.delete_segment` spans, retention raising a floor, the journal's writes applied at an
-//! open after a crash, the backend `Auto` chose. `trace`: a `walrus.sync` span and
+//! open after a crash, the backend `Auto` chose, a tiered block uploaded again after it grew. `trace`: a `walrus.sync` span and
 //! event per store-wide sync (entries made durable, µs). [`Walrus::stats`] has the same
 //! figures as counters.
 //!
