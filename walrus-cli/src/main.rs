@@ -257,10 +257,14 @@ fn dump(
     };
     let limit = usize::try_from(count.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
     let start = from.unwrap_or(first);
-    // The offsets this dump covers: damage elsewhere is not missing from it.
-    let covered = start..start.saturating_add(count.unwrap_or(u64::MAX));
+    // The offsets this dump covers, from what it printed: from `start` to its last entry (to
+    // the topic's end when it stopped there). Damage elsewhere is not missing from it.
+    let (mut printed, mut first_printed, mut last_printed) = (0usize, None, None);
     for entry in store.iter(topic, start).take(limit) {
         let (offset, data) = entry?;
+        printed += 1;
+        first_printed.get_or_insert(offset);
+        last_printed = Some(offset);
         match format {
             Format::Text => writeln!(out, "{offset}\t{}", one_line(&data))?,
             Format::Hex => writeln!(out, "{offset}\t{}", report::hex(&data))?,
@@ -282,11 +286,19 @@ fn dump(
         .iter()
         .filter(|i| i.topic == topic && is_damage(i))
         .filter(|i| {
+            let end = match last_printed {
+                Some(last) if printed == limit => last + 1,
+                _ => u64::MAX,
+            };
             let lost = match i.problem {
                 Problem::Missing { count } => count.max(1),
                 _ => 1,
             };
-            i.offset < covered.end && i.offset.saturating_add(lost) > covered.start
+            // Damage before `start` whose skip reaches past it (the first entry printed is not
+            // `start`, or a known count says so) is missing from the dump as well.
+            let reaches = i.offset.saturating_add(lost) > start
+                || first_printed.is_some_and(|f| f > start && i.offset < f);
+            i.offset < end && (i.offset >= start || reaches)
         })
         .map(report::issue_line)
         .collect();

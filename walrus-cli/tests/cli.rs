@@ -238,6 +238,19 @@ fn verify_exits_0_when_clean_and_1_naming_topic_offset_and_file_when_damaged() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).is_empty(), "{o:?}");
+    // Nor is a range that starts right after it.
+    let o = walrus(&[
+        "dump",
+        dir.to_str().unwrap(),
+        "--topic",
+        "orders",
+        "--from",
+        "121",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(text(&o).starts_with("121\t"), "{}", text(&o));
 }
 
 /// `dump --format text` prints one line per entry whatever the payload holds: line breaks,

@@ -551,10 +551,16 @@ fn check_addr(addr: &str) -> Result<(), String> {
     let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
         None => {
+            // A last label of digits makes a URL parser read the host as IPv4: it must be one.
+            let numeric = host
+                .rsplit('.')
+                .next()
+                .is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
             !host.is_empty()
                 && host
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                && (!numeric || host.parse::<std::net::Ipv4Addr>().is_ok())
         }
     };
     let port_ok =
@@ -669,6 +675,9 @@ mod tests {
             "h:1/x?",
             "h",
             "[nope]:1",
+            "10.0.0.256:1",
+            "node.1:80",
+            "1.2.3.4.5:80",
         ] {
             assert!(check_addr(bad).is_err(), "{bad}");
         }

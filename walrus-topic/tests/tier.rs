@@ -574,6 +574,58 @@ fn slow_first_read(
     reader
 }
 
+/// Damage to the last entries of a block still on the local disk, below the tier mark, is
+/// damage, whatever the tier holds: only a clean gap between blocks is released history.
+#[test]
+fn damage_below_the_tier_mark_is_still_reported() {
+    let sim = SimStorage::new(50);
+    let tier = MemoryTier::new();
+    let n = 600;
+    let retained = {
+        let store = open(&sim, bounded(&tier)).unwrap();
+        fill(&store, n);
+        store.tier_pass().unwrap();
+        store.maintain().unwrap();
+        store.retained_blocks("orders").unwrap()
+    };
+    assert!(retained >= 2, "{retained} blocks on the disk");
+    let mut blocks: Vec<(u64, u64)> = tier
+        .keys()
+        .iter()
+        .filter(|k| k.ends_with(".idx"))
+        .map(|k| {
+            let index = TierIndex::decode(&tier.object(k).unwrap()).unwrap();
+            (index.first_offset, index.entries)
+        })
+        .collect();
+    blocks.sort_unstable();
+    // The first sealed block still on the disk (the live one is not tiered), and its last
+    // entry, whose payload gets a byte flipped.
+    let (first, entries) = blocks[blocks.len() - (retained - 1)];
+    let victim = first + entries - 1;
+    let needle = payload(victim);
+    let hit = sim.files().into_iter().find_map(|path| {
+        let bytes = sim.contents(&path).ok()?;
+        let at = bytes.windows(needle.len()).position(|w| w == needle)?;
+        Some((path, at))
+    });
+    let (path, at) = hit.expect("the entry is on the disk");
+    // A byte of its frame header: the block's frames end there (trailing damage).
+    let file = sim.open(&path).unwrap();
+    let mut byte = [0u8];
+    let pos = at as u64 - 8;
+    file.read_exact_at(&mut byte, pos).unwrap();
+    file.write_at(&[byte[0] ^ 0x40], pos).unwrap();
+    file.sync_data().unwrap();
+    drop(file);
+    let strict = bounded(&tier).with_recovery(walrus_topic::RecoveryMode::AbsoluteConsistency);
+    let refused = open(&sim, strict).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidData, "{refused}");
+    let store = open(&sim, bounded(&tier)).unwrap();
+    let issues = &store.recovery_report().issues;
+    assert!(issues.iter().any(|i| i.topic == "orders"), "{issues:?}");
+}
+
 /// A floor raised while a consuming read fetches tiered entries (retention, `release_before`)
 /// ends that read where the floor passed it: the next read goes on from the floor, counting
 /// the skip, and hands out every entry from there on, also when a tiered block holds the floor
@@ -1683,4 +1735,40 @@ fn a_read_only_open_beside_a_tiering_writer_reports_no_damage() {
         .collect();
     assert!(damage.is_empty(), "{damage:?}");
     assert_eq!(reader.read_at("orders", 150).unwrap(), Some(payload(150)));
+    drop(reader);
+    // The same without the tier configured (the `walrus` command's open): below the tier mark
+    // the writer reached, every entry is read, or the read says the tier holds it; never
+    // "not written".
+    let plain = StoreOptions::new()
+        .with_block_len(8192)
+        .with_segment_len(64 * 1024);
+    let view = AfterMarks {
+        sim: sim.clone(),
+        marks_read: Default::default(),
+        hook: std::sync::Mutex::new(None),
+    };
+    let w = writer.clone();
+    *view.hook.lock().unwrap() = Some(Box::new(move || {
+        for i in 600..1000 {
+            w.append("orders", &payload(i)).unwrap();
+        }
+        w.sync().unwrap();
+        w.tier_pass().unwrap();
+        w.maintain().unwrap();
+    }));
+    let reader = Store::open_read_only(DIR, Arc::new(view) as Arc<dyn Storage>, plain).unwrap();
+    let mark = writer
+        .stats()
+        .topics
+        .iter()
+        .find(|t| t.name == "orders")
+        .unwrap()
+        .tier_mark;
+    assert!(mark > 600, "{mark}");
+    for o in 0..mark {
+        match reader.read_at("orders", o) {
+            Ok(found) => assert_eq!(found, Some(payload(o)), "{o}"),
+            Err(e) => assert!(e.to_string().contains("remote tier"), "{o}: {e}"),
+        }
+    }
 }

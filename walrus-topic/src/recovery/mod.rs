@@ -295,6 +295,9 @@ fn recover_in(
                 written: m.offset,
             };
         }
+        // The one the rebuild went by (a read-only open may have read a higher one again):
+        // reads below it that find nothing local go to the tier, or say it holds them.
+        plan.state.tier_mark.written = plan.state.tier_mark.written.max(tier_offset);
         // A deleted topic stays unlisted until appended to (no entry past its floor).
         plan.state.hidden = found.floor.deleted
             && plan

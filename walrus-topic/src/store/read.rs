@@ -259,6 +259,7 @@ impl Store {
         check_retained(&self.shared, &t, from)?;
         let mut buf = ReadBuf::default();
         let mut visited = 0;
+        let mut first = None;
         let (next, _) = t.gather(
             &self.shared,
             &mut buf,
@@ -266,12 +267,15 @@ impl Store {
             max_entries,
             usize::MAX,
             &mut |offset, payload| {
+                first.get_or_insert(offset);
                 visited += 1;
                 visit(offset, payload);
             },
         )?;
-        if visited == 0 {
-            // Released between the check and the gather (which stops at the floor): say so.
+        if first != Some(from) {
+            // Released between the check and the gather (a floor raise stops it; consumed
+            // blocks going from the front let it start further on): say so. A gap recovery
+            // left at `from` passes the check again.
             check_retained(&self.shared, &t, from)?;
         }
         t.counters.read(visited);
@@ -596,9 +600,10 @@ impl Entries<'_> {
             ITER_BYTES,
             &mut |offset, payload| ahead.push_back((offset, payload.to_vec())),
         )?;
-        if ahead.is_empty() {
-            // Released between the check and the gather (which stops at the floor): an error,
-            // not the end.
+        if ahead.front().map(|e| e.0) != Some(self.next) {
+            // Released between the check and the gather (a floor raise stops it; consumed
+            // blocks going from the front let it start further on): an error, not the end or a
+            // silent jump. A gap recovery left passes the check again.
             check_retained(&self.store.shared, &t, self.next)?;
         }
         self.next = next;

@@ -89,6 +89,9 @@ struct Rebuild<'a> {
     recorded: u64,
     /// The tier mark: entries missing below it left the disk after their upload.
     tier_mark: u64,
+    /// The loss being decided is a clean gap between blocks below the tier mark (set around
+    /// that one call): released history, not reported.
+    released_gap: bool,
     /// The stored cursor: entries below it were consumed.
     cursor: u64,
     expected: u64,
@@ -163,6 +166,7 @@ pub(super) fn rebuild_topic(
         mark: mark.map_or(0, |m| m.offset).max(tier_mark),
         recorded: mark.map_or(0, |m| m.offset),
         tier_mark,
+        released_gap: false,
         cursor: stored_cursor,
         // From the first stored entry: damage among consumed entries matters too (a torn
         // batch is cut whole, consumed or not).
@@ -399,7 +403,16 @@ impl Rebuild<'_> {
             let problem = Problem::Missing {
                 count: missing_to - self.expected,
             };
-            if !self.loss(idx, start, problem, missing_to)? {
+            // A clean gap below the tier mark (the block before ends without damage): blocks
+            // that left the disk after their upload. After damage it is damage.
+            let clean = idx
+                .checked_sub(1)
+                .and_then(|i| self.retained.get(i))
+                .is_none_or(|b| b.scanned.trailing_damage.is_none());
+            self.released_gap = clean && missing_to <= self.tier_mark;
+            let go_on = self.loss(idx, start, problem, missing_to);
+            self.released_gap = false;
+            if !go_on? {
                 return Ok(());
             }
         }
@@ -491,11 +504,10 @@ impl Rebuild<'_> {
     fn loss(&mut self, idx: usize, pos: u64, problem: Problem, end: u64) -> io::Result<bool> {
         let a = self.expected;
         if a < self.cursor && a < self.mark {
-            // Entries missing below the tier mark left the disk after their upload (a block
-            // released by the topic's local retention, whose segment went while an older one
-            // stayed): history the tier holds, not damage to report.
-            let released = matches!(problem, Problem::Missing { .. }) && end <= self.tier_mark;
-            if !released {
+            // A clean gap below the tier mark: blocks that left the disk after their upload (by
+            // the topic's local retention, one segment deleted while an older one stayed),
+            // history the tier holds, not damage to report.
+            if !self.released_gap {
                 let file = self.retained.get(idx).map(|b| b.handle.clone());
                 let issue = self.issue(a, file.as_deref(), pos, problem, Action::Skipped);
                 self.report.issues.push(issue);
