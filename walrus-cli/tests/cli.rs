@@ -209,48 +209,25 @@ fn verify_exits_0_when_clean_and_1_naming_topic_offset_and_file_when_damaged() {
         .unwrap();
     assert_eq!(status.code(), Some(1), "damage reported as {status:?}");
     // The other commands still read the rest; `dump` says what it could not print (on
-    // stderr, naming the offset) and exits 1.
-    let o = walrus(&[
-        "dump",
-        dir.to_str().unwrap(),
-        "--topic",
-        "orders",
-        "--from",
-        "119",
-        "--count",
-        "2",
-    ]);
+    // stderr, naming the offset) and exits 1; a range without the damage is dumped whole.
+    let d = dir.to_str().unwrap();
+    let dump = |from: &str, count: &str| {
+        walrus(&[
+            "dump", d, "--topic", "orders", "--from", from, "--count", count,
+        ])
+    };
+    let o = dump("119", "2");
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     assert!(text(&o).starts_with("119\t"), "{}", text(&o));
     assert!(!text(&o).contains("\n120\t"), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("offset 120"), "{err}");
-    // A range without the damage is dumped whole: nothing is missing from it.
-    let o = walrus(&[
-        "dump",
-        dir.to_str().unwrap(),
-        "--topic",
-        "orders",
-        "--from",
-        "190",
-        "--count",
-        "3",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{o:?}");
-    assert!(String::from_utf8_lossy(&o.stderr).is_empty(), "{o:?}");
-    // Nor is a range that starts right after it.
-    let o = walrus(&[
-        "dump",
-        dir.to_str().unwrap(),
-        "--topic",
-        "orders",
-        "--from",
-        "121",
-        "--count",
-        "2",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{o:?}");
-    assert!(text(&o).starts_with("121\t"), "{}", text(&o));
+    for (from, count) in [("190", "3"), ("121", "2")] {
+        let o = dump(from, count);
+        assert_eq!(o.status.code(), Some(0), "{from}: {o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).is_empty(), "{o:?}");
+        assert!(text(&o).starts_with(&format!("{from}\t")), "{}", text(&o));
+    }
 }
 
 /// `dump --format text` prints one line per entry whatever the payload holds: line breaks,

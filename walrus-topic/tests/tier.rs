@@ -529,16 +529,7 @@ fn tiered_and_reopened(
         store.tier_pass().unwrap();
         store.maintain().unwrap();
     }
-    let mut blocks: Vec<(u64, u64)> = tier
-        .keys()
-        .iter()
-        .filter(|k| k.ends_with(".idx"))
-        .map(|k| {
-            let index = TierIndex::decode(&tier.object(k).unwrap()).unwrap();
-            (index.first_offset, index.entries)
-        })
-        .collect();
-    blocks.sort_unstable();
+    let blocks = tiered_blocks(tier);
     assert!(blocks.len() >= 3, "{blocks:?}");
     let store = Arc::new(open(sim, bounded(tier)).unwrap());
     let (middle, _) = blocks[blocks.len() / 2];
@@ -574,6 +565,21 @@ fn slow_first_read(
     reader
 }
 
+/// The blocks the tier holds, by first offset, with their entry counts.
+fn tiered_blocks(tier: &MemoryTier) -> Vec<(u64, u64)> {
+    let mut blocks: Vec<(u64, u64)> = tier
+        .keys()
+        .iter()
+        .filter(|k| k.ends_with(".idx"))
+        .map(|k| {
+            let index = TierIndex::decode(&tier.object(k).unwrap()).unwrap();
+            (index.first_offset, index.entries)
+        })
+        .collect();
+    blocks.sort_unstable();
+    blocks
+}
+
 /// Damage to the last entries of a block still on the local disk, below the tier mark, is
 /// damage, whatever the tier holds: only a clean gap between blocks is released history.
 #[test]
@@ -589,16 +595,7 @@ fn damage_below_the_tier_mark_is_still_reported() {
         store.retained_blocks("orders").unwrap()
     };
     assert!(retained >= 2, "{retained} blocks on the disk");
-    let mut blocks: Vec<(u64, u64)> = tier
-        .keys()
-        .iter()
-        .filter(|k| k.ends_with(".idx"))
-        .map(|k| {
-            let index = TierIndex::decode(&tier.object(k).unwrap()).unwrap();
-            (index.first_offset, index.entries)
-        })
-        .collect();
-    blocks.sort_unstable();
+    let blocks = tiered_blocks(&tier);
     // The first sealed block still on the disk (the live one is not tiered), and its last
     // entry, whose payload gets a byte flipped.
     let (first, entries) = blocks[blocks.len() - (retained - 1)];
