@@ -210,7 +210,17 @@ impl Journal {
     pub(crate) fn sync(&self, sync_segments: impl Fn() -> io::Result<()>) -> io::Result<()> {
         let mut st = self.state.lock();
         check_failed(&st)?;
-        let result = self.sync_locked(&mut st, sync_segments);
+        // A panic (a backend's) fails the journal as an error does: the writes it took are
+        // gone with it, and a sync waiting behind must not find nothing pending and succeed.
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.sync_locked(&mut st, &sync_segments)
+        })) {
+            Ok(result) => result,
+            Err(panic) => {
+                st.failed = Some((io::ErrorKind::Other, "a journal sync panicked".into()));
+                std::panic::resume_unwind(panic)
+            }
+        };
         if let Err(e) = &result {
             st.failed = Some((e.kind(), e.to_string()));
         }
@@ -883,6 +893,24 @@ mod tests {
         assert_eq!(read(40_000, 5), b"short", "the live record was applied");
         assert_eq!(read(4096, 8192), data, "so was the earlier one");
         assert_eq!(read(20_000, 6), [0; 6], "a forged record was applied");
+    }
+
+    /// A sync that panics (a backend's) fails the journal as an error does: the writes it took
+    /// are gone with it, so every later sync fails (one waiting behind found nothing pending
+    /// and reported them durable).
+    #[test]
+    fn a_sync_that_panics_fails_every_later_sync() {
+        let (sim, dir, _segment) = with_segment(10);
+        let journal = Journal::open(dir, &sim, None, 64 << 10).unwrap();
+        journal.capture(7, 4096, &[IoSlice::new(b"one")]);
+        journal.capture(7, 30_000, &[IoSlice::new(b"two")]);
+        journal.rewrote();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            journal.sync(|| panic!("a backend's sync panicked"))
+        }));
+        assert!(panicked.is_err());
+        let after = journal.sync(|| Ok(())).unwrap_err();
+        assert!(after.to_string().contains("panicked"), "{after}");
     }
 
     /// A simulated disk of `seed` holding `/j/` and its segment 7 (64 KiB, zero, synced).

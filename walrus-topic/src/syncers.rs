@@ -96,14 +96,23 @@ impl Syncers {
     }
 }
 
-/// A helper: syncs the files it is given until the store (its job sender) is gone.
+/// A helper: syncs the files it is given until the store (its job sender) is gone. A sync
+/// that panics (a backend's) is that sync's error, and the helper goes on: dead, it would
+/// leave the jobs queued for it, and their callers, waiting for ever.
 fn helper(queue: &Mutex<Receiver<Job>>) {
     loop {
         let job = queue.lock().recv();
         let Ok((file, reply)) = job else {
             return;
         };
-        let _ = reply.send(file.sync());
+        let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| file.sync()))
+            .unwrap_or_else(|_| {
+                Err(io::Error::other(format!(
+                    "segment {}: its sync panicked",
+                    file.file.path().display()
+                )))
+            });
+        let _ = reply.send(synced);
     }
 }
 
@@ -161,5 +170,25 @@ mod tests {
             "the failed file's error: {e}"
         );
         assert!(files[2].is_dirty() && !files[0].is_dirty() && !files[1].is_dirty());
+    }
+
+    /// A sync that panics on a helper is its caller's error, and the helper lives on: the
+    /// next calls, concurrent or not, get their syncs done (a dead helper left its queued jobs
+    /// unserved, and their callers waiting for ever).
+    #[test]
+    fn a_sync_that_panics_on_a_helper_fails_its_caller_and_the_helper_lives_on() {
+        let sim = SimStorage::new(5);
+        let files = dirty_files(&sim, 4);
+        sim.inject(FaultRule::new(Fault::Panic).op(OpKind::Sync).path("/d/1"));
+        let syncers = Arc::new(Syncers::new(2));
+        let e = syncers.sync_all(&files[..2]).unwrap_err();
+        assert!(e.to_string().contains("panicked"), "{e}");
+        let (done, finished) = std::sync::mpsc::channel();
+        let rest: Vec<Arc<SegmentHandle>> = files[2..].to_vec();
+        let s = Arc::clone(&syncers);
+        std::thread::spawn(move || done.send(s.sync_all(&rest)));
+        let synced = finished.recv_timeout(std::time::Duration::from_secs(10));
+        synced.expect("a sync waited for a dead helper").unwrap();
+        assert!(!files[2].is_dirty() && !files[3].is_dirty());
     }
 }
