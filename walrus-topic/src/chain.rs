@@ -172,7 +172,12 @@ impl SegmentHandle {
     /// away from it.)
     pub(crate) fn claim_ahead(&self, at: u64, zero_fill: bool) -> io::Result<()> {
         let from = self.claimed.load(Ordering::Acquire);
-        if self.claim(at, at.saturating_add(claim_step(zero_fill)), zero_fill)? && zero_fill {
+        // Never past the segment's end (a claim past it would grow the file).
+        let end = at
+            .saturating_add(claim_step(zero_fill))
+            .min(self.segment_len)
+            .max(at);
+        if self.claim(at, end, zero_fill)? && zero_fill {
             let to = self.claimed.load(Ordering::Acquire);
             let from = from.max(at);
             if to > from {

@@ -2809,3 +2809,29 @@ fn every_directory_an_open_makes_has_its_parent_synced() {
     assert!(refused.is_err());
     assert!(!root.path().join("c").exists(), "a refused open left c");
 }
+
+/// Zeros written ahead of the appends stop at the segment's end: a segment near full, or a
+/// spare shorter than the stretch written ahead, never grows past its length.
+#[test]
+fn zeros_written_ahead_never_grow_a_segment() {
+    let sim = SimStorage::new(61);
+    let options = small()
+        .with_zero_fill(true)
+        .with_background_maintenance(true)
+        .with_lanes(1);
+    let store = open(&sim, options).unwrap();
+    for i in 0..400 {
+        store.append("t", &payload(i)).unwrap();
+        if i % 20 == 0 {
+            store.maintain().unwrap();
+        }
+    }
+    store.sync().unwrap();
+    store.maintain().unwrap();
+    for path in sim.files() {
+        if path.extension().is_some_and(|e| e == "wseg") {
+            let len = sim.contents(&path).unwrap().len();
+            assert!(len <= 64 * 1024, "{} is {len} bytes", path.display());
+        }
+    }
+}
