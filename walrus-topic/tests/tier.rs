@@ -1642,6 +1642,27 @@ struct AfterMarks {
     hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
+impl AfterMarks {
+    /// A view of `sim` whose hook has `writer` append `entries` to "orders", sync, tier and
+    /// maintain: segments go to the tier and leave the disk between the two loads.
+    fn tiering(sim: &SimStorage, writer: &Arc<Store>, entries: std::ops::Range<u64>) -> Self {
+        let w = Arc::clone(writer);
+        let hook: Box<dyn FnOnce() + Send> = Box::new(move || {
+            for i in entries {
+                w.append("orders", &payload(i)).unwrap();
+            }
+            w.sync().unwrap();
+            w.tier_pass().unwrap();
+            w.maintain().unwrap();
+        });
+        Self {
+            sim: sim.clone(),
+            marks_read: Default::default(),
+            hook: std::sync::Mutex::new(Some(hook)),
+        }
+    }
+}
+
 impl std::fmt::Debug for AfterMarks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AfterMarks")
@@ -1704,21 +1725,8 @@ fn a_read_only_open_beside_a_tiering_writer_reports_no_damage() {
     fill(&writer, 200);
     writer.tier_pass().unwrap();
     writer.maintain().unwrap();
-    let view = AfterMarks {
-        sim: sim.clone(),
-        marks_read: Default::default(),
-        hook: std::sync::Mutex::new(None),
-    };
     let files = segment_files(&sim);
-    let w = writer.clone();
-    *view.hook.lock().unwrap() = Some(Box::new(move || {
-        for i in 200..600 {
-            w.append("orders", &payload(i)).unwrap();
-        }
-        w.sync().unwrap();
-        w.tier_pass().unwrap();
-        w.maintain().unwrap();
-    }));
+    let view = AfterMarks::tiering(&sim, &writer, 200..600);
     let reader = Store::open_read_only(DIR, Arc::new(view) as Arc<dyn Storage>, options).unwrap();
     assert!(
         segment_files(&sim) < files,
@@ -1739,20 +1747,7 @@ fn a_read_only_open_beside_a_tiering_writer_reports_no_damage() {
     let plain = StoreOptions::new()
         .with_block_len(8192)
         .with_segment_len(64 * 1024);
-    let view = AfterMarks {
-        sim: sim.clone(),
-        marks_read: Default::default(),
-        hook: std::sync::Mutex::new(None),
-    };
-    let w = writer.clone();
-    *view.hook.lock().unwrap() = Some(Box::new(move || {
-        for i in 600..1000 {
-            w.append("orders", &payload(i)).unwrap();
-        }
-        w.sync().unwrap();
-        w.tier_pass().unwrap();
-        w.maintain().unwrap();
-    }));
+    let view = AfterMarks::tiering(&sim, &writer, 600..1000);
     let reader = Store::open_read_only(DIR, Arc::new(view) as Arc<dyn Storage>, plain).unwrap();
     let mark = writer
         .stats()
