@@ -1507,3 +1507,45 @@ fn a_pair_reclaimed_and_left_unused_is_reused_later() {
     assert_eq!(store.cursor_as("t", "c"), Some(1));
     assert_eq!(store.cursor_as("t", "a"), None);
 }
+
+#[test]
+fn a_deleted_topic_pins_no_segment_after_reopen() {
+    let sim = SimStorage::new(71);
+    let options = || small().with_lanes(1).with_prepare_ahead(false);
+    let files = |sim: &SimStorage| -> Vec<std::path::PathBuf> {
+        let mut f: Vec<_> = sim
+            .files()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
+            .collect();
+        f.sort();
+        f
+    };
+    {
+        let store = open(&sim, options()).unwrap();
+        for i in 0..5 {
+            store.append("gone", &payload(i)).unwrap();
+            store.append("kept", &payload(i)).unwrap();
+        }
+        assert!(store.delete_topic("gone").unwrap());
+        store.sync().unwrap();
+    }
+    let first = files(&sim);
+    assert_eq!(first.len(), 1, "both topics' blocks share one segment");
+    let store = open(&sim, options()).unwrap();
+    assert_eq!(store.topics(), ["kept"]);
+    for i in 5..400 {
+        store.append("kept", &payload(i)).unwrap();
+    }
+    assert_eq!(drain_as(&store, "kept", "c").len(), 400);
+    store.maintain().unwrap();
+    assert!(
+        !files(&sim).contains(&first[0]),
+        "every block of {:?} is consumed or deleted: {:?}",
+        first[0],
+        files(&sim)
+    );
+    // The name continues past the deleted topic's offsets.
+    assert_eq!(store.append("gone", b"again").unwrap(), 5);
+    assert_eq!(store.read_at("gone", 5).unwrap(), Some(b"again".to_vec()));
+}

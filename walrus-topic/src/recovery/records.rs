@@ -49,6 +49,7 @@ impl TopicRecords {
             bound: bound.max(tier_mark),
             highest,
             release,
+            deleted: self.floor.deleted,
         }
     }
 }

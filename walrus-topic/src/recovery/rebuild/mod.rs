@@ -120,6 +120,9 @@ pub(super) struct Consumed {
     /// Blocks wholly below this may be released unread (at most `bound`: for a tiered topic
     /// only what the remote tier holds, see `TopicRecords::consumed`).
     pub(super) release: u64,
+    /// The topic was deleted: its deletion sealed its last block, so a block holding nothing
+    /// unread is released, not resumed (the name may never be appended to again).
+    pub(super) deleted: bool,
 }
 
 /// Rebuilds `topic` from its blocks (sorted by chain position). `tier_mark`: what the remote
@@ -289,6 +292,12 @@ pub(super) fn rebuild_topic(
     let damaged_durable = r.damaged_durable;
     for (i, mut b) in r.retained.into_iter().enumerate() {
         let key = (b.found.header.segment_id, b.found.start);
+        if consumed.deleted && b.pieces.iter().all(|p| p.end_offset <= consumed.bound) {
+            // Nothing past a deleted topic's floor: its deletion sealed the writer's block and
+            // released every block below the floor, and so does the open (were it resumed, a
+            // name never appended to again would keep its segment for ever).
+            b.pieces.clear();
+        }
         let tail = b.pieces.last().map_or_else(
             || {
                 // Nothing unread in it: a live piece would start after its last frame.
@@ -308,6 +317,7 @@ pub(super) fn rebuild_topic(
             && tail.1 == end
             && (b.pieces.is_empty() || b.pieces.last().is_some_and(|p| p.end_offset == end))
             && !b.found.header.abandoned
+            && !(consumed.deleted && b.pieces.is_empty())
             // A block of a format v2 segment (key 0) takes no more entries: data written into
             // an unkeyed segment could pass for its block headers.
             && b.handle.key != 0;
