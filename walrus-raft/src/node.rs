@@ -92,10 +92,16 @@ impl std::fmt::Debug for Node {
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
 /// Whether the instance lock file `path` can be taken now (nothing holds it, or there is none).
-fn lock_free(path: &Path) -> bool {
+/// A lock file that cannot be opened (permissions, no descriptors left) is an error: whether
+/// the directory is free is then unknown.
+fn lock_free(path: &Path) -> io::Result<bool> {
     match std::fs::File::options().read(true).write(true).open(path) {
-        Ok(file) => file.try_lock().is_ok(),
-        Err(_) => true,
+        Ok(file) => Ok(file.try_lock().is_ok()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("lock file {}: {e}", path.display()),
+        )),
     }
 }
 
@@ -327,7 +333,21 @@ impl Node {
         // Free once each instance's lock can be taken: the last holder's drop (another task's,
         // maybe on another thread) releases it last, after the instance's final writes.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
-        while !locks.iter().all(|l| lock_free(l)) {
+        loop {
+            match locks
+                .iter()
+                .map(|l| lock_free(l))
+                .collect::<io::Result<Vec<_>>>()
+            {
+                Ok(free) if free.iter().all(|&f| f) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    return result.and(Err(io::Error::new(
+                        e.kind(),
+                        format!("node {id}: shut down, but whether its directory is free is unknown: {e}"),
+                    )));
+                }
+            }
             if tokio::time::Instant::now() >= deadline {
                 // Not free: a new node on the directory would be refused.
                 return result.and(Err(io::Error::new(
@@ -342,5 +362,27 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_file_is_free_held_or_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("LOCK");
+        assert!(lock_free(&path).unwrap(), "no lock file: free");
+        let held = std::fs::File::create(&path).unwrap();
+        held.lock().unwrap();
+        assert!(!lock_free(&path).unwrap(), "held by another descriptor");
+        drop(held);
+        assert!(lock_free(&path).unwrap());
+        // One that cannot be opened says nothing: an error naming it, not "free".
+        let blocked = dir.path().join("dir");
+        std::fs::create_dir(&blocked).unwrap();
+        let e = lock_free(&blocked).unwrap_err();
+        assert!(e.to_string().contains("dir"), "{e}");
     }
 }
