@@ -16,6 +16,21 @@ use walrus_io::{SegmentFile, Storage};
 
 use crate::error::{Poisoned, data_error};
 
+/// `record` encoded into a whole slot (zeros after it).
+fn encode_slot(record: &CursorRecord) -> io::Result<[u8; CURSOR_SLOT_LEN as usize]> {
+    let bytes = record.encode().map_err(io::Error::from)?;
+    let mut slot = [0u8; CURSOR_SLOT_LEN as usize];
+    slot.get_mut(..bytes.len())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cursor record longer than its slot",
+            )
+        })?
+        .copy_from_slice(&bytes);
+    Ok(slot)
+}
+
 /// File name of the cursor file inside a data directory.
 pub(crate) const CURSOR_FILE: &str = "cursors.wcur";
 /// File name of the durable-watermark file: same record format, `offset` = the topic's durable
@@ -407,37 +422,59 @@ impl CursorStore {
         (p, 0)
     }
 
-    /// Writes `record` (its generation selects the slot of `pair`); syncs the file if `sync`.
-    pub(crate) fn write(&self, record: &CursorRecord, pair: u64, sync: bool) -> io::Result<()> {
-        let generation = record.generation;
-        let record = record.encode().map_err(io::Error::from)?;
-        let mut slot = [0u8; CURSOR_SLOT_LEN as usize];
-        slot[..record.len()].copy_from_slice(&record);
-        let Some(file) = &self.file else {
-            return Err(crate::error::read_only_error());
-        };
-        let position = CursorRecord::slot_position(pair, generation);
-        file.write_at(&slot, position)?;
+    /// Writes `record` (its generation selects the slot of `pair`), not synced.
+    pub(crate) fn write(&self, record: &CursorRecord, pair: u64) -> io::Result<()> {
+        self.write_slot(record, pair)?;
         self.sync.mark();
-        {
-            let mut guard = self.pairs.lock();
-            let last = &mut guard.last;
-            if let Some(g) = usize::try_from(pair).ok().and_then(|p| last.get_mut(p)) {
-                *g = (*g).max(generation);
-            }
-        }
-        if sync && let Err(e) = self.sync() {
-            // The caller reports the write failed and keeps its cursor where it was, but the
-            // record is in the page cache, where the next process would load it (a read that
-            // failed would then have consumed its entries). Zeros in its slot leave the pair's
-            // other slot, the record before, to win.
-            if let Err(undo) = file.write_at(&[0u8; CURSOR_SLOT_LEN as usize], position) {
-                tracing::warn!(file = %file.path().display(), position, error = %undo,
+        Ok(())
+    }
+
+    /// Writes `record` and syncs the file. Should the sync fail, `undo` is written over it:
+    /// the same record (generation included) holding what the caller keeps instead, its value
+    /// before this write.
+    ///
+    /// The caller reports the write failed and keeps its value, but the record is in the page
+    /// cache, where the next process would load it (a read that failed would have consumed
+    /// its entries). Zeros in its slot would leave the pair's other slot to win, but that
+    /// slot may hold a write no sync covered, which the failed sync lost: the disk's older
+    /// record there would win, older than the one this write's slot held, the last synced
+    /// (a floor taken back, consumed entries handed out again). The undo record wins over
+    /// both, holding the value the caller goes on from.
+    pub(crate) fn write_synced(
+        &self,
+        record: &CursorRecord,
+        pair: u64,
+        undo: &CursorRecord,
+    ) -> io::Result<()> {
+        debug_assert_eq!(record.generation, undo.generation);
+        let file = self.write_slot(record, pair)?;
+        self.sync.mark();
+        if let Err(e) = self.sync() {
+            let position = CursorRecord::slot_position(pair, record.generation);
+            if let Err(failed) = encode_slot(undo).and_then(|slot| file.write_at(&slot, position)) {
+                tracing::warn!(file = %file.path().display(), position, error = %failed,
                     "could not undo a cursor record whose sync failed");
             }
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Writes `record` into its slot of `pair` and notes its generation as the pair's last.
+    fn write_slot(&self, record: &CursorRecord, pair: u64) -> io::Result<&Arc<dyn SegmentFile>> {
+        let slot = encode_slot(record)?;
+        let Some(file) = &self.file else {
+            return Err(crate::error::read_only_error());
+        };
+        file.write_at(&slot, CursorRecord::slot_position(pair, record.generation))?;
+        let mut guard = self.pairs.lock();
+        if let Some(g) = usize::try_from(pair)
+            .ok()
+            .and_then(|p| guard.last.get_mut(p))
+        {
+            *g = (*g).max(record.generation);
+        }
+        Ok(file)
     }
 
     /// Writes zeros over the slot pair at `position`, a pair [`CursorFile::load`] found

@@ -558,7 +558,7 @@ impl Shared {
                 .pair
                 .get_or_insert_with(|| self.marks.pair_for(&RecordKey::consumer(&t.name, "")).0);
             let record = CursorRecord::new(&*t.name, mark.generation + 1, durable);
-            match self.marks.write(&record, pair, false) {
+            match self.marks.write(&record, pair) {
                 Ok(()) => {
                     mark.generation += 1;
                     mark.written = durable;

@@ -1549,3 +1549,89 @@ fn a_deleted_topic_pins_no_segment_after_reopen() {
     assert_eq!(store.append("gone", b"again").unwrap(), 5);
     assert_eq!(store.read_at("gone", 5).unwrap(), Some(b"again".to_vec()));
 }
+
+/// A synced floor write whose sync fails must not take back an earlier floor: its undo used to
+/// zero its slot, leaving the pair's other slot to win, but that slot held an unsynced write
+/// (a retention floor) the failed sync lost, and a record older than the last synced one came
+/// back (here: none at all, the floor 0, released entries handed out again).
+#[test]
+fn a_failed_floor_sync_keeps_the_floors_written_before() {
+    // The appends vary, and so does how many floors retention writes after the synced one
+    // (each goes to the other slot of the pair).
+    for seed in 0..16 {
+        let sim = SimStorage::new(300 + seed);
+        // Segments of 1 MiB: no segment is wholly released (a deletion syncs the cursor file).
+        let options = small()
+            .with_segment_len(1 << 20)
+            .with_durable_cursors(true)
+            .with_background_maintenance(false)
+            .with_topic_retention("t", Retention::default().with_max_bytes(24 << 10));
+        let synced;
+        {
+            let store = open(&sim, options.clone()).unwrap();
+            for i in 0..10 {
+                store.append("t", &payload(i)).unwrap();
+            }
+            store.sync().unwrap();
+            // A synced floor (generation 1), then retention raises it unsynced (generation 2).
+            assert!(store.release_before("t", 3).unwrap());
+            for i in 10..150 + seed * 7 {
+                store.append("t", &payload(i)).unwrap();
+            }
+            synced = store.first_retained_offset("t").unwrap();
+            assert!(
+                synced > 3,
+                "seed {seed}: retention raised the floor ({synced})"
+            );
+            sim.inject(
+                FaultRule::new(Fault::Eio)
+                    .op(OpKind::Sync)
+                    .path(format!("{DIR}/cursors.wcur")),
+            );
+            assert!(store.release_before("t", synced + 1).is_err());
+            sim.crash(CrashMode::KeepWritten);
+            std::mem::forget(store);
+        }
+        sim.clear_faults();
+        let store = open(&sim, options).unwrap();
+        let floor = store.first_retained_offset("t").unwrap();
+        assert!(
+            floor >= 3,
+            "seed {seed}: the synced floor 3 was taken back: {floor}"
+        );
+        let e = store.read_at("t", 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "seed {seed}: {e}");
+    }
+}
+
+/// A consumer whose creation's sync failed does not exist, now or after a restart (its record
+/// stays in the page cache, undone).
+#[test]
+fn a_consumer_whose_creation_failed_to_sync_is_absent_after_a_restart() {
+    let sim = SimStorage::new(64);
+    let options = small().with_durable_cursors(true);
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        for i in 0..5 {
+            store.append("t", &payload(i)).unwrap();
+        }
+        store.sync().unwrap();
+        sim.inject(
+            FaultRule::new(Fault::Eio)
+                .op(OpKind::Sync)
+                .path(format!("{DIR}/cursors.wcur")),
+        );
+        assert!(store.commit_as("t", "new", 2).is_err());
+        assert!(store.consumers("t").is_empty());
+        sim.crash(CrashMode::KeepWritten);
+        std::mem::forget(store);
+    }
+    sim.clear_faults();
+    let store = open(&sim, options).unwrap();
+    assert!(
+        store.consumers("t").is_empty(),
+        "{:?}",
+        store.consumers("t")
+    );
+    assert_eq!(store.cursor_as("t", "new"), None);
+}

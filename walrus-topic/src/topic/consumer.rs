@@ -309,6 +309,8 @@ impl Topic {
         r: &mut Reader,
         sync: bool,
     ) -> io::Result<()> {
+        // The consumer's first record (its creation).
+        let first = r.pair.is_none();
         let pair = match r.pair {
             Some(p) => p,
             None => {
@@ -324,7 +326,18 @@ impl Topic {
             consumer: c.name.to_string(),
             ..CursorRecord::new(&*self.name, r.generation + 1, r.cursor)
         };
-        shared.cursors.write(&record, pair, sync)?;
+        if sync {
+            // On a failed sync: the cursor last written (entries below it were handed out),
+            // or, for a creation, no consumer.
+            let undo = CursorRecord {
+                offset: r.written,
+                removed: first,
+                ..record.clone()
+            };
+            shared.cursors.write_synced(&record, pair, &undo)?;
+        } else {
+            shared.cursors.write(&record, pair)?;
+        }
         r.generation += 1;
         r.written = r.cursor;
         Ok(())
@@ -477,7 +490,7 @@ impl Topic {
                 removed: true,
                 ..CursorRecord::new(&*self.name, r.generation + 1, r.persisted)
             };
-            shared.cursors.write(&record, pair, false)?;
+            shared.cursors.write(&record, pair)?;
             r.generation += 1;
         }
         r.removed = true;
@@ -518,7 +531,17 @@ impl Topic {
             removed: deleted,
             ..CursorRecord::new(&*self.name, generation + 1, offset)
         };
-        shared.cursors.write(&record, pair, sync)?;
+        if sync {
+            // On a failed sync: the floor as it stays.
+            let undo = CursorRecord {
+                offset: f.offset,
+                removed: f.deleted,
+                ..record.clone()
+            };
+            shared.cursors.write_synced(&record, pair, &undo)?;
+        } else {
+            shared.cursors.write(&record, pair)?;
+        }
         f.pair = Some(pair);
         f.generation = generation + 1;
         f.offset = offset;
@@ -737,7 +760,7 @@ impl Topic {
                 removed: true,
                 ..CursorRecord::new(&*self.name, stale.generation + 1, f.offset)
             };
-            shared.cursors.write(&record, stale.pair, false)?;
+            shared.cursors.write(&record, stale.pair)?;
             f.stale.pop();
         }
         // Every removal (these, and those the deletion wrote) durable before the flag goes:

@@ -263,7 +263,12 @@ impl Topic {
             consumer: crate::tier::TIER_MARK.to_owned(),
             ..walrus_block::CursorRecord::new(&*self.name, mark.generation + 1, through)
         };
-        shared.marks.write(&record, pair, true)?;
+        // On a failed sync: the mark as it stays.
+        let undo = walrus_block::CursorRecord {
+            offset: mark.written,
+            ..record.clone()
+        };
+        shared.marks.write_synced(&record, pair, &undo)?;
         mark.pair = Some(pair);
         mark.generation += 1;
         mark.written = through;
