@@ -263,8 +263,11 @@ impl Topic {
                 }
             };
             r.cursor = start;
-            r.persisted = start;
-            c.persisted.store(start, Ordering::Release);
+            // Counted in the release bound at what is retained until its record is written
+            // (`persist` raises it): a release meanwhile must not rest on a record that may
+            // never be.
+            r.persisted = retained;
+            c.persisted.store(retained, Ordering::Release);
             map.insert(c.name.clone(), c.clone());
         }
         if let Err(e) = self.persist(shared, &c, &mut r) {
