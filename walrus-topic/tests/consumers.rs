@@ -1805,3 +1805,39 @@ fn a_commit_creating_its_consumer_releases_nothing_before_its_record_is_written(
     assert_eq!(store.read_at("t", 0).unwrap(), Some(payload(0)));
     assert_eq!(store.read_at("t", 229).unwrap(), Some(payload(229)));
 }
+
+/// With durable cursors written unsynced between a consumer's synced persists (`Milliseconds`
+/// with `AtLeastOnce`): once a sync of the cursor file covers them, they count as persisted,
+/// releasing what they consumed. They never did: a caught-up consumer kept up to
+/// `persist_every - 1` entries' blocks, and their segments, for as long as it read nothing.
+#[test]
+fn cursors_persisted_in_the_background_release_what_they_consumed() {
+    let sim = SimStorage::new(66);
+    let options = small()
+        .with_lanes(1)
+        .with_durable_cursors(true)
+        .with_persist_every(1_000_000);
+    let store = open(&sim, options.clone()).unwrap();
+    for i in 0..300 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    store.sync().unwrap();
+    let before = segments(&sim);
+    assert_eq!(drain_as(&store, "t", "c").len(), 300);
+    assert_eq!(store.first_retained_offset("t"), Some(0));
+    store.persist_cursors().unwrap();
+    let info = store.consumers("t")[0].clone();
+    assert_eq!(info.persisted, 300);
+    assert!(
+        store.first_retained_offset("t").unwrap() > 200,
+        "{:?}",
+        store.first_retained_offset("t")
+    );
+    store.maintain().unwrap();
+    assert!(segments(&sim) < before, "{before} segments kept");
+    // Persisted means durable: a power cut hands out nothing consumed again.
+    sim.crash(CrashMode::DropUnsynced);
+    std::mem::forget(store);
+    let store = open(&sim, options).unwrap();
+    assert_eq!(store.cursor_as("t", "c"), Some(300));
+}

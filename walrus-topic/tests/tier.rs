@@ -1764,3 +1764,51 @@ fn a_read_only_open_beside_a_tiering_writer_reports_no_damage() {
         }
     }
 }
+
+/// The background persistence of cursors passes over a consumer whose read waits for the
+/// remote tier (its reader lock held for the whole GET): waiting for it held up the periodic
+/// syncs behind the pass. The next pass persists it.
+#[test]
+fn the_background_persistence_never_waits_for_a_reader_waiting_for_the_tier() {
+    let sim = SimStorage::new(49);
+    let tier = MemoryTier::new();
+    let (_, store) = tiered_and_reopened(&sim, &tier, 600);
+    drop(store);
+    let store = Arc::new(open(&sim, bounded(&tier).with_persist_every(100)).unwrap());
+    store.commit_as("orders", "d", 590).unwrap();
+    tier.set_delay(Duration::from_secs(3));
+    let gets = tier.calls(TierOp::Get);
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || store.read_next_as("orders", "c", true))
+    };
+    wait_for_calls(&tier, TierOp::Get, gets + 1);
+    // A local read not persisted yet lists the topic for the background persistence.
+    assert_eq!(
+        store.read_next_as("orders", "d", true).unwrap(),
+        Some((590, payload(590)))
+    );
+    store.maintain().unwrap();
+    assert!(
+        !reader.is_finished(),
+        "the maintenance waited for the reader's GET"
+    );
+    let d = |store: &Store| {
+        store
+            .consumers("orders")
+            .into_iter()
+            .find(|c| c.name == "d")
+            .unwrap()
+            .persisted
+    };
+    assert_eq!(d(&store), 591, "the idle consumer was persisted");
+    tier.set_delay(Duration::ZERO);
+    assert!(reader.join().unwrap().unwrap().is_some());
+    store.maintain().unwrap();
+    let c = store
+        .consumers("orders")
+        .into_iter()
+        .find(|c| c.name == "c")
+        .unwrap();
+    assert_eq!(c.persisted, c.cursor, "persisted by the next pass");
+}

@@ -489,10 +489,45 @@ impl Store {
             return Err(crate::error::read_only_error());
         }
         let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        self.persist_cursors_of(topics, true)
+    }
+
+    /// Persists the moved cursors of `topics`: all written, then (with durable cursors) one
+    /// sync of the cursor file for all, then counted persisted. Without `wait` (the
+    /// background), a consumer whose reader is busy is passed over and its topic listed
+    /// again for the next pass.
+    fn persist_cursors_of(&self, topics: Vec<Arc<Topic>>, wait: bool) -> io::Result<()> {
         let mut first_err = None;
+        let mut to_count = Vec::new();
         for t in topics {
-            if let Err(e) = t.persist_cursors(&self.shared) {
-                first_err.get_or_insert(e);
+            let mut written = Vec::new();
+            match t.write_cursors(&self.shared, wait, &mut written) {
+                Ok(true) => {}
+                Ok(false) => self.note_reads(&t, true),
+                Err(e) => {
+                    self.note_reads(&t, true);
+                    first_err.get_or_insert(e);
+                }
+            }
+            if !written.is_empty() {
+                to_count.push((t, written));
+            }
+        }
+        if !to_count.is_empty() {
+            match self.shared.cursors.sync() {
+                Ok(()) => {
+                    for (t, written) in to_count {
+                        if !t.count_synced(&self.shared, written, wait) {
+                            self.note_reads(&t, true);
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (t, _) in &to_count {
+                        self.note_reads(t, true);
+                    }
+                    first_err.get_or_insert(e);
+                }
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -629,17 +664,21 @@ impl Store {
             self.shared.delete_segment_now(segment);
         }
         let pending = std::mem::take(&mut *self.shared.cursors_pending.lock());
+        let mut noted = Vec::new();
         for name in pending {
             let Some(t) = self.topics.read().get(&name).cloned() else {
                 continue;
             };
             // Before the persisting: a read after it lists the topic again.
             t.cursor_noted.store(false, Ordering::Release);
-            if !t.is_hidden()
-                && let Err(e) = t.persist_cursors(&self.shared)
-            {
-                tracing::warn!(topic = %t.name, error = %e, "could not persist a cursor");
+            if !t.is_hidden() {
+                noted.push(t);
             }
+        }
+        // Never waiting for a reader: one waiting for the remote tier would hold up the
+        // periodic syncs behind this pass.
+        if let Err(e) = self.persist_cursors_of(noted, false) {
+            tracing::warn!(error = %e, "could not persist a cursor");
         }
         if walk {
             self.apply_retention();

@@ -703,6 +703,40 @@ mod tests {
         assert_eq!(store.shared.cursors_pending.lock().len(), 1, "listed again");
     }
 
+    /// Two passes that list the same unsynced cursor write (a flush beside the background's
+    /// pass) count it once: counted twice, its reads came off the count of reads to persist
+    /// after twice, and the reader went past `persist_every` entries without persisting.
+    #[test]
+    fn a_cursor_write_listed_by_two_passes_counts_once() {
+        let sim = SimStorage::new(4);
+        let storage: Arc<dyn Storage> = Arc::new(sim);
+        let options = StoreOptions::new()
+            .with_persist_every(3)
+            .with_durable_cursors(true)
+            .with_background_maintenance(false);
+        let store = Store::open("/w", storage, options).unwrap();
+        for _ in 0..10 {
+            store.append("t", b"x").unwrap();
+        }
+        store.read_next("t", true).unwrap().unwrap();
+        store.read_next("t", true).unwrap().unwrap();
+        let t = store.topic("t").unwrap();
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        assert!(t.write_cursors(&store.shared, true, &mut first).unwrap());
+        assert!(t.write_cursors(&store.shared, true, &mut second).unwrap());
+        assert_eq!((first.len(), second.len()), (1, 1), "both list the write");
+        store.shared.cursors.sync().unwrap();
+        assert!(t.count_synced(&store.shared, first, true));
+        assert_eq!(store.consumers("t")[0].persisted, 2);
+        store.read_next("t", true).unwrap().unwrap();
+        assert!(t.count_synced(&store.shared, second, true));
+        // Two more reads make three since the count: the third persists.
+        store.read_next("t", true).unwrap().unwrap();
+        store.read_next("t", true).unwrap().unwrap();
+        let info = &store.consumers("t")[0];
+        assert_eq!((info.cursor, info.persisted), (5, 5), "{info:?}");
+    }
+
     /// Waits on names that never come leave nothing behind; a wait still under way, and the
     /// topic an append then makes of its name, stay.
     #[test]

@@ -71,6 +71,17 @@ pub(crate) struct FloorState {
 
 pub(super) type Floor = FloorState;
 
+/// A cursor written to the cursor file and not yet counted persisted: see
+/// [`Topic::write_cursors`].
+pub(crate) struct Written {
+    consumer: Arc<Consumer>,
+    /// The record's generation: written again since, the cursor is that write's to count.
+    generation: u64,
+    cursor: u64,
+    /// Consuming reads counted against `persist_every` when it was written.
+    reads: u32,
+}
+
 /// One consumer of a topic.
 #[derive(Debug)]
 pub(crate) struct Consumer {
@@ -346,36 +357,91 @@ impl Topic {
         Ok(())
     }
 
-    /// Persists every consumer's cursor that moved since its last persist.
-    pub(crate) fn persist_cursors(&self, shared: &Shared) -> io::Result<()> {
+    /// Writes the cursor of every consumer that moved since its last persist, not synced.
+    /// Without durable cursors a write counts as persisted at once (nothing is promised past
+    /// a process crash). With them, each cursor written here, or written before and not yet
+    /// counted, goes to `written`, for [`count_synced`](Self::count_synced) once the caller
+    /// has synced the cursor file (one sync for every topic, not one per consumer). Without
+    /// `wait`, a consumer whose reader is busy (a read waiting for the remote tier holds it)
+    /// is passed over. Whether none was; the first error, the other consumers attempted.
+    pub(crate) fn write_cursors(
+        &self,
+        shared: &Shared,
+        wait: bool,
+        written: &mut Vec<Written>,
+    ) -> io::Result<bool> {
+        let durable = shared.options.durable_cursors || shared.options.sync_cursor_writes;
         let all: Vec<Arc<Consumer>> = self.consumers.read().values().cloned().collect();
         let mut first_err = None;
+        let mut complete = true;
         for c in all {
-            let mut r = c.reader.lock();
+            let mut r = if wait {
+                c.reader.lock()
+            } else if let Some(r) = c.reader.try_lock() {
+                r
+            } else {
+                complete = false;
+                continue;
+            };
             if r.removed || (r.cursor == r.persisted && r.unpersisted == 0) {
                 continue;
             }
-            // Not synced here, one consumer after another: what a read or a commit persists
-            // is synced by it (the bounds the consistencies promise); this catches idle
-            // readers up, and the next sync of the cursor file covers it.
-            let sync = shared.options.sync_cursor_writes;
-            let written = if shared.options.durable_cursors && !sync {
-                // Written for a process crash (it survives in the page cache), but not counted
-                // as persisted: a power cut may take it, and the reads must go on counting to
-                // their next synced persist, or more than `persist_every - 1` entries would be
-                // handed out again after it.
-                if r.written == r.cursor {
-                    continue;
+            let result = if durable {
+                let result = if r.written == r.cursor {
+                    Ok(())
+                } else {
+                    self.write_cursor(shared, &c, &mut r, false)
+                };
+                if result.is_ok() {
+                    written.push(Written {
+                        consumer: c.clone(),
+                        generation: r.generation,
+                        cursor: r.written,
+                        reads: r.unpersisted,
+                    });
                 }
-                self.write_cursor(shared, &c, &mut r, false)
+                result
             } else {
-                self.persist_synced(shared, &c, &mut r, sync)
+                self.persist_synced(shared, &c, &mut r, false)
             };
-            if let Err(e) = written {
+            if let Err(e) = result {
                 first_err.get_or_insert(on_topic(e, &self.name, None));
             }
         }
-        first_err.map_or(Ok(()), Err)
+        first_err.map_or(Ok(complete), Err)
+    }
+
+    /// Counts the cursors [`write_cursors`](Self::write_cursors) listed as persisted, after a
+    /// sync of the cursor file that started once they were written: the release bound and
+    /// the reads' count (`persist_every`) go on from them. A cursor written again since is
+    /// left to that write, one counted already is not counted again. Without `wait`, busy
+    /// consumers are passed over; whether none was.
+    pub(crate) fn count_synced(&self, shared: &Shared, written: Vec<Written>, wait: bool) -> bool {
+        let mut complete = true;
+        let mut counted = false;
+        for w in written {
+            let mut r = if wait {
+                w.consumer.reader.lock()
+            } else if let Some(r) = w.consumer.reader.try_lock() {
+                r
+            } else {
+                complete = false;
+                continue;
+            };
+            // Counted already (another thread's pass listed the same write: a flush beside
+            // the background's): its reads must not come off the count twice.
+            if r.removed || r.generation != w.generation || r.persisted >= w.cursor {
+                continue;
+            }
+            r.persisted = w.cursor;
+            r.unpersisted = r.unpersisted.saturating_sub(w.reads);
+            w.consumer.persisted.store(w.cursor, Ordering::Release);
+            counted = true;
+        }
+        if counted {
+            self.release_consumed(shared);
+        }
+        complete
     }
 
     /// The cursor of consumer `name`: the next offset its consuming read returns. A default
