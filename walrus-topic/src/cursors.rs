@@ -90,6 +90,10 @@ pub(crate) struct DamagedPair {
     /// slot beside a never-written one may be the first write of a record, torn by a crash
     /// before any sync.
     pub(crate) both: bool,
+    /// The damaged slot's position, when the pair's other slot holds a valid record, which
+    /// is used: only the record's newest generation may be lost (a crash tears no slot: a
+    /// slot is one sector, written whole or not at all). `None`: the record is lost.
+    pub(crate) slot: Option<u64>,
 }
 
 /// What [`CursorFile::load`] found: every record, and the pairs whose record was lost.
@@ -355,11 +359,15 @@ impl CursorStore {
                     damaged.push(DamagedPair {
                         position,
                         both: a.is_err() && b.is_err(),
+                        slot: None,
                     });
                 }
                 (Err(()), Ok(Some(_))) | (Ok(Some(_)), Err(())) => {
-                    tracing::warn!(file = %path.display(), position,
-                        "damaged cursor slot ignored; the other slot of the pair is used");
+                    damaged.push(DamagedPair {
+                        position,
+                        both: false,
+                        slot: Some(position + if a.is_err() { 0 } else { CURSOR_SLOT_LEN }),
+                    });
                 }
                 _ => {}
             }
@@ -486,7 +494,7 @@ impl CursorStore {
     }
 
     /// Writes zeros over the slot at `position` (made durable with the file's next sync).
-    fn clear_slot(&self, position: u64) -> io::Result<()> {
+    pub(crate) fn clear_slot(&self, position: u64) -> io::Result<()> {
         self.clear(position, CURSOR_SLOT_LEN as usize)
     }
 

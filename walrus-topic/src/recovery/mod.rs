@@ -250,7 +250,7 @@ fn recover_in(
     let mut topics = Vec::new();
     // A watermark record lost to damage: some topic's watermark is unknown, so no damage may
     // be taken for a torn tail and erased (it may lie below the lost watermark).
-    let marks_lost = !damaged_marks.is_empty();
+    let marks_lost = damaged_marks.iter().any(|p| p.slot.is_none());
     let mut damaged_durable = marks_lost;
     let mut names: Vec<String> = by_topic.keys().cloned().collect();
     // A topic whose every block is gone still has its cursor or watermark: its offsets up to
@@ -360,9 +360,43 @@ fn recover_in(
     // Cursor and watermark records lost to damage: a consumer would start again at the first
     // entry kept, a topic's watermark (or floor, or tier mark) would be forgotten.
     let damaged_records = [(CURSOR_FILE, damaged_cursors), (MARKS_FILE, damaged_marks)];
+    let mut slot_clears = Vec::new();
     for (name, pairs) in damaged_records {
         for pair in pairs {
             let file = dir.join(name);
+            if let Some(slot) = pair.slot {
+                // The other slot's record is used; a newer generation this one held is lost
+                // (a consumer hands out again what it consumed since, a watermark is lower):
+                // damage, which only `AbsoluteConsistency` refuses.
+                if mode == RecoveryMode::AbsoluteConsistency {
+                    refusal.get_or_insert(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{} bytes {slot}..{}: a damaged record slot (the other slot of its \
+                             pair, maybe an older generation, would be used); refused by \
+                             {mode:?} (the other modes open it); nothing was changed on disk",
+                            file.display(),
+                            slot + walrus_block::CURSOR_SLOT_LEN,
+                        ),
+                    ));
+                }
+                if !read_only {
+                    slot_clears.push((name == MARKS_FILE, slot));
+                }
+                report.issues.push(RecoveryIssue {
+                    topic: String::new(),
+                    offset: 0,
+                    file,
+                    position: slot,
+                    problem: Problem::CorruptCursorRecord,
+                    action: if read_only {
+                        Action::Kept
+                    } else {
+                        Action::Cleared
+                    },
+                });
+                continue;
+            }
             let refused = match mode {
                 RecoveryMode::AbsoluteConsistency => true,
                 RecoveryMode::TolerateCorruptedTail => pair.both,
@@ -568,8 +602,22 @@ fn recover_in(
     let marks = marks_file.create_if_missing(&*storage, dir, MARKS_FILE)?;
     apply_erases(&erases)?;
     for issue in &report.issues {
-        if issue.problem == Problem::CorruptCursorRecord && issue.action == Action::Cleared {
+        // A lost record's pair (the cursor file's: the marks file's are kept).
+        if issue.problem == Problem::CorruptCursorRecord
+            && issue.action == Action::Cleared
+            && issue.file.ends_with(CURSOR_FILE)
+            && !slot_clears.contains(&(false, issue.position))
+        {
             cursors.clear_pair(issue.position)?;
+        }
+    }
+    // The next write of each record goes to its cleared slot; until then, no open finds the
+    // damage again.
+    for (in_marks, slot) in slot_clears {
+        if in_marks {
+            marks.clear_slot(slot)?;
+        } else {
+            cursors.clear_slot(slot)?;
         }
     }
     // What was recovered may be only in the page cache (after a process crash): make it
