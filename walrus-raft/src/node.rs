@@ -92,11 +92,19 @@ impl std::fmt::Debug for Node {
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
 /// Whether the instance lock file `path` can be taken now (nothing holds it, or there is none).
-/// A lock file that cannot be opened (permissions, no descriptors left) is an error: whether
-/// the directory is free is then unknown.
+/// A lock file that cannot be opened (permissions, no descriptors left) or locked (no locks
+/// left, a file system without them) is an error: whether the directory is free is then
+/// unknown.
 fn lock_free(path: &Path) -> io::Result<bool> {
     match std::fs::File::options().read(true).write(true).open(path) {
-        Ok(file) => Ok(file.try_lock().is_ok()),
+        Ok(file) => match file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(io::Error::new(
+                e.kind(),
+                format!("lock file {}: {e}", path.display()),
+            )),
+        },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(io::Error::new(
             e.kind(),
