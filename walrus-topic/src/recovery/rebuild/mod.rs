@@ -100,6 +100,9 @@ struct Rebuild<'a> {
     /// Consumed entries still stored were found damaged: none of them is served.
     history_broken: bool,
     unit: Option<UnitStart>,
+    /// The missing rest of an unfinished batch at the chain's end was skipped (kept as it
+    /// is): its offsets, up to here, are never handed out again.
+    skipped_to: u64,
     retained: Vec<Retained>,
     cut: Option<Cut>,
     damaged_durable: bool,
@@ -181,6 +184,7 @@ pub(super) fn rebuild_topic(
         resuming: true,
         history_broken: false,
         unit: None,
+        skipped_to: 0,
         retained: Vec::new(),
         cut: None,
         damaged_durable: false,
@@ -272,6 +276,7 @@ pub(super) fn rebuild_topic(
         .max(stored_cursor)
         .max(consumed.highest)
         .max(r.mark)
+        .max(r.skipped_to)
         .max(highest);
     let cursor = stored_cursor.max(floor);
     if cursor.max(consumed.highest) > end {
@@ -581,11 +586,17 @@ impl Rebuild<'_> {
             .last()
             .map_or(b.found.start + BLOCK_HEADER_LEN as u64, |p| p.data_end);
         let trailing = b.scanned.trailing_damage;
-        if self.unit.is_some() {
+        if let Some(unit) = self.unit {
             // Above the watermark it is cut whole; below it (skipped) it keeps what survived.
             // Its end is unknown: at least what the watermark says was synced.
             let end = self.mark.max(self.expected + 1);
-            self.loss(idx, last_end, Problem::UnfinishedBatch, end)?;
+            if self.loss(idx, last_end, Problem::UnfinishedBatch, end)? {
+                // Skipped: the frames it still expected keep their offsets, which the next
+                // append steps over in a block recording the gap (following the batch's
+                // head, its first frame would be a sequence break to the next open).
+                let rest = self.expected + u64::from(unit.left).max(1);
+                self.skipped_to = end.max(rest);
+            }
             return Ok(());
         }
         if let Some(at) = trailing
