@@ -111,7 +111,20 @@ fn try_open(
 ) -> Result<io::Result<Walrus>, String> {
     let before = snapshot(sim, false)?;
     match open(sim, setup, mode) {
-        Ok(wal) => Ok(Ok(wal)),
+        Ok(wal) => {
+            // What recovery wrote (repairs, erases, cleared records) is durable when the open
+            // returns: a power cut right after must not bring back what it undid.
+            for file in sim.files() {
+                let unsynced = sim.unsynced_sectors(&file).map_err(|e| e.to_string())?;
+                if unsynced > 0 {
+                    return Err(format!(
+                        "{mode:?}: the open left {unsynced} unsynced sector(s) in {}",
+                        file.display()
+                    ));
+                }
+            }
+            Ok(Ok(wal))
+        }
         Err(e) => {
             if snapshot(sim, false)? != before {
                 return Err(format!(

@@ -639,6 +639,18 @@ fn recover_in(
         seg.handle.mark_dirty();
         seg.handle.sync()?;
     }
+    // And every other segment an erase went into: one kept out of the store, untouched for
+    // inspection but for the abandoned header of a block after a torn tail's cut, or one
+    // deleted below (an unlink a power cut may undo). Unsynced, the erase could be lost while
+    // the topic's next appends reuse the offsets it erased, and the old block would come back.
+    for e in &erases {
+        let (Erase::Zero { handle, .. }
+        | Erase::Abandon { handle, .. }
+        | Erase::Repair { handle, .. }) = e;
+        if handle.is_dirty() {
+            handle.sync()?;
+        }
+    }
     cursors.sync_loaded()?;
     marks.sync_loaded()?;
     for (id, path) in &deletions {
