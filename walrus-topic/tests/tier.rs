@@ -1812,3 +1812,85 @@ fn the_background_persistence_never_waits_for_a_reader_waiting_for_the_tier() {
         .unwrap();
     assert_eq!(c.persisted, c.cursor, "persisted by the next pass");
 }
+
+/// The tier mark may fall inside a batch (it is the end of an uploaded block, and a batch can
+/// span blocks); the batch was durable whole (the tier mark is never past the durable end,
+/// which moves by whole batches). Damage to the batch's rest, in the block not uploaded, is
+/// damage to synced data: refused by the default mode. It was taken for a torn tail: the cut
+/// went back to the batch's first entry, below the tier mark, and erased the synced entries
+/// from there (the tier then served the batch's head without its tail).
+#[test]
+fn damage_to_a_batch_the_tier_mark_falls_in_is_not_a_torn_tail() {
+    let sim = SimStorage::new(57);
+    let tier = MemoryTier::new();
+    let options = options(&tier)
+        .with_lanes(1)
+        .with_mark_interval(Duration::from_secs(3600));
+    let part = |k: u8| vec![k; 3000];
+    let batch: Vec<Vec<u8>> = (0..6).map(|k| part(0xC0 + k)).collect();
+    {
+        let store = open(&sim, options.clone()).unwrap();
+        store.append("orders", &payload(0)).unwrap();
+        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        assert_eq!(store.append_batch("orders", &refs).unwrap(), 1..7);
+        store.sync().unwrap();
+        store.tier_pass().unwrap();
+        let mark = tiered_blocks(&tier)
+            .iter()
+            .map(|&(first, n)| first + n)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            (2..7).contains(&mark),
+            "the tier mark inside the batch: {mark}"
+        );
+        // kill -9 (a close would write the watermarks).
+        sim.crash(CrashMode::KeepWritten);
+        std::mem::forget(store);
+    }
+    // The batch's last entry damaged, in the block not uploaded.
+    let segment = sim
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .find(|p| {
+            sim.contents(p)
+                .unwrap()
+                .windows(3000)
+                .any(|w| w == part(0xC5).as_slice())
+        })
+        .unwrap();
+    let bytes = sim.contents(&segment).unwrap();
+    let at = bytes
+        .windows(3000)
+        .position(|w| w == part(0xC5).as_slice())
+        .unwrap();
+    let file = sim.open(&segment).unwrap();
+    file.write_at(b"#", at as u64 + 100).unwrap();
+    file.sync_data().unwrap();
+    let before: Vec<_> = sim
+        .files()
+        .iter()
+        .map(|p| sim.contents(p).unwrap())
+        .collect();
+    let e = open(&sim, options.clone()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+    let after: Vec<_> = sim
+        .files()
+        .iter()
+        .map(|p| sim.contents(p).unwrap())
+        .collect();
+    assert!(before == after, "the refused open changed nothing");
+    // The lenient mode keeps the synced entries before the damage.
+    let store = open(
+        &sim,
+        options.with_recovery(walrus_topic::RecoveryMode::SkipCorrupted),
+    )
+    .unwrap();
+    for (k, entry) in batch.iter().enumerate().take(5) {
+        assert_eq!(
+            store.read_at("orders", 1 + k as u64).unwrap().as_ref(),
+            Some(entry)
+        );
+    }
+}

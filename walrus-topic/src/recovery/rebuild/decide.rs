@@ -34,6 +34,11 @@ impl Rebuild<'_> {
         problem: Problem,
     ) -> io::Result<bool> {
         let file = self.retained.get(block).map(|b| b.handle.clone());
+        // A unit that starts below the watermark was durable whole: the durable end moves by
+        // whole units, and the tier mark, which may fall inside one (the end of an uploaded
+        // block), is never past it. Damage in its rest is damage to synced data, and a cut
+        // at its start would erase synced entries.
+        let durable = durable || self.unit.is_some_and(|u| u.offset < self.mark);
         // With a watermark record lost, the lenient modes take any damage for damage below
         // it: they cut keeping the bytes, or skip, and never erase.
         let lenient = matches!(
