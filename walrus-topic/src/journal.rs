@@ -113,6 +113,11 @@ impl Journal {
         let path = journal_path(dir);
         let create = || -> io::Result<Arc<dyn SegmentFile>> {
             let file = storage.create(&path, len)?;
+            // Allocated first (unwritten extents, which read as zeros): zeros written into a
+            // sparse file take their blocks at write-back, and a file system that does not
+            // order data before metadata (ext4 `data=writeback`) could show a crash in between
+            // the blocks' stale bytes, where the next open would find damage.
+            file.allocate(0, len)?;
             let zeros = vec![0u8; 256 << 10];
             let mut at = 0;
             while at < len {
