@@ -2954,3 +2954,41 @@ fn zeros_written_ahead_never_grow_a_segment() {
         }
     }
 }
+
+/// A run killed between a segment's creation (its header written) and the sync of its
+/// directory leaves the segment in the page cache, valid: the next open resumes appends in
+/// it, and must make its name durable first. It synced the directory only when it deleted
+/// something: a power cut then took the file with the appends acknowledged in it. (The
+/// kill is a panic in the directory sync, which skips the preparer's clean-up, as a kill
+/// would.)
+#[test]
+fn an_open_makes_the_names_of_the_files_it_keeps_durable() {
+    let sim = SimStorage::new(64);
+    let options = || small().with_lanes(1).with_prepare_ahead(false);
+    {
+        let store = open(&sim, options()).unwrap();
+        sim.inject(FaultRule::new(Fault::Panic).op(OpKind::SyncDir));
+        let killed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.append("t", b"lost?")));
+        assert!(killed.is_err(), "the directory sync did not panic");
+        sim.clear_faults();
+        sim.crash(CrashMode::KeepWritten);
+        std::mem::forget(store);
+    }
+    let segment = sim
+        .files()
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .expect("the killed run left its segment");
+    assert!(!sim.durable_files().contains(&segment), "not durable yet");
+    {
+        let store = open(&sim, options()).unwrap();
+        let at = store.append("t", b"kept").unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.read_at("t", at).unwrap(), Some(b"kept".to_vec()));
+        sim.crash(CrashMode::DropUnsynced);
+        std::mem::forget(store);
+        let store = open(&sim, options()).unwrap();
+        assert_eq!(store.read_at("t", at).unwrap(), Some(b"kept".to_vec()));
+    }
+}

@@ -657,9 +657,10 @@ fn recover_in(
         storage.remove(path)?;
         report.segments_deleted.push(*id);
     }
-    if !deletions.is_empty() {
-        storage.sync_dir(dir)?;
-    }
+    // Always: the names of the files kept may not be durable either (a run killed between a
+    // segment's creation and its directory sync leaves it in the page cache, valid, and
+    // appends resume in it: a power cut would then take the file and what they wrote).
+    storage.sync_dir(dir)?;
     report.segments = kept.len() + report.segments_deleted.len();
     report.blocks = kept.iter().map(|s| s.blocks.len()).sum();
     for issue in &report.issues {
