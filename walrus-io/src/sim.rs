@@ -211,10 +211,24 @@ pub struct SimStats {
 }
 
 /// The simulated backend. See the [module docs](crate::sim). Cloning gives another handle on
-/// the same simulated machine.
-#[derive(Clone)]
+/// the same simulated machine, for one run of the program using it: once the power is cut
+/// ([`crash`](Self::crash)), a clone made before fails every operation, as the process that
+/// held it would have died (its clean-ups must not reach the disk). The handle made by
+/// [`new`](Self::new) is the machine's own, for the test: it always works.
 pub struct SimStorage {
     state: Arc<Mutex<SimState>>,
+    /// The machine's crash generation when this clone was made; `None` for the machine's own.
+    born: Option<u64>,
+}
+
+impl Clone for SimStorage {
+    fn clone(&self) -> Self {
+        let born = self.state.lock().generation;
+        Self {
+            state: Arc::clone(&self.state),
+            born: Some(born),
+        }
+    }
 }
 
 impl fmt::Debug for SimStorage {
@@ -252,7 +266,22 @@ impl SimStorage {
                 poison: SyncPoison::default(),
                 sync_latency: std::time::Duration::ZERO,
             })),
+            born: None,
         }
+    }
+
+    /// The state, for an operation on the namespace: fails if the power was cut since this
+    /// clone was made (its process died).
+    fn live_state(
+        &self,
+        op: &'static str,
+        path: &Path,
+    ) -> io::Result<parking_lot::MutexGuard<'_, SimState>> {
+        let state = self.state.lock();
+        if self.born.is_some_and(|b| b != state.generation) {
+            return Err(stale(op, path));
+        }
+        Ok(state)
     }
 
     /// The seed this simulator was made with.
@@ -351,7 +380,7 @@ impl Storage for SimStorage {
     }
 
     fn create(&self, path: &Path, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
-        let mut state = self.state.lock();
+        let mut state = self.live_state("create", path)?;
         state.fault("create", OpKind::Create, path, None)?;
         if len > i64::MAX as u64 {
             return Err(op_error(
@@ -379,7 +408,7 @@ impl Storage for SimStorage {
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
-        let mut state = self.state.lock();
+        let mut state = self.live_state("open", path)?;
         state.fault("open", OpKind::Open, path, None)?;
         if state.dirs.contains(path) {
             return Err(errno_error("open", path, None, libc::EISDIR));
@@ -393,7 +422,7 @@ impl Storage for SimStorage {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
-        let mut state = self.state.lock();
+        let mut state = self.live_state("remove", path)?;
         state.fault("remove", OpKind::Remove, path, None)?;
         if state.dirs.contains(path) {
             return Err(errno_error("remove", path, None, libc::EISDIR));
@@ -406,7 +435,7 @@ impl Storage for SimStorage {
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        let mut state = self.state.lock();
+        let mut state = self.live_state("list", dir)?;
         state.fault("list", OpKind::List, dir, None)?;
         state.check_dir("list", dir)?;
         Ok(state
@@ -418,7 +447,7 @@ impl Storage for SimStorage {
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        let mut state = self.state.lock();
+        let mut state = self.live_state("create_dir_all", dir)?;
         state.fault("create_dir_all", OpKind::CreateDir, dir, None)?;
         let ancestors: Vec<&Path> = dir
             .ancestors()
@@ -441,7 +470,7 @@ impl Storage for SimStorage {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut state = self.state.lock();
+        let mut state = self.live_state("fsync dir", dir)?;
         state.fault("fsync dir", OpKind::SyncDir, dir, None)?;
         state.check_dir("fsync dir", dir)?;
         let state = &mut *state;
