@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use walrus::Storage;
-use walrus::sim::{CrashMode, Fault, FaultRule, SimStorage};
+use walrus::sim::{CrashMode, Fault, FaultRule, OpKind, SimStorage};
 use walrus::{FsyncSchedule, ReadConsistency, RecoveryMode, Walrus};
 
 /// The workspace's seeded generator: a failing seed replays on any build.
@@ -127,8 +127,15 @@ fn run_seed(seed: u64) -> Result<(), String> {
     for op in 0..ops {
         let crashing = op == crash_at;
         if crashing && setup.mid_op {
-            // The power fails during one of the next few storage operations of this op.
-            sim.inject(FaultRule::new(Fault::Crash(crash)).nth(rng.below(4)));
+            // The power fails during one of the next few storage operations of this op; now
+            // and then at its directory sync (if it makes a file), where a file's name is not
+            // durable yet.
+            let rule = FaultRule::new(Fault::Crash(crash));
+            sim.inject(if rng.chance(20) {
+                rule.op(OpKind::SyncDir)
+            } else {
+                rule.nth(rng.below(4))
+            });
         }
         // Whether the power was cut during this op: only then may it fail (before the cut, a
         // failure is a failure).
@@ -351,11 +358,37 @@ fn run_seed(seed: u64) -> Result<(), String> {
     }
     // Recovery made its cuts durable: after new appends and a clean close, the strictest mode
     // opens the directory without a single issue.
+    let mut after = Vec::new();
     for topic in model.keys() {
         wal.append_for_topic(topic, b"after")
             .map_err(|e| format!("{ctx}: append after recovery: {e}"))?;
+        after.push((topic.clone(), wal.end_offset(topic).unwrap_or(0)));
     }
-    drop(wal);
+    if crash == CrashMode::KeepWritten {
+        // A kill, a reopen, new work flushed, then a power cut: what the reopen kept (its
+        // files' names included) and the new work are there.
+        wal.flush()
+            .map_err(|e| format!("{ctx}: flush after recovery: {e}"))?;
+        sim.crash(CrashMode::DropUnsynced);
+        drop(wal);
+        let wal = open(&sim, &setup, RecoveryMode::TolerateCorruptedTail)
+            .map_err(|e| format!("{ctx}: reopen after the power cut: {e}"))?;
+        for (topic, end) in &after {
+            let got = wal
+                .read_at(topic, end - 1)
+                .map_err(|e| format!("{ctx}: {topic}: {e}"))?;
+            if wal.end_offset(topic) < Some(*end) || got.map(|e| e.data) != Some(b"after".to_vec())
+            {
+                return Err(format!(
+                    "{ctx}: {topic}: the entry flushed after the kill's recovery is lost to a \
+                     power cut (end {:?}, was {end})",
+                    wal.end_offset(topic)
+                ));
+            }
+        }
+    } else {
+        drop(wal);
+    }
     let wal = open(&sim, &setup, RecoveryMode::AbsoluteConsistency)
         .map_err(|e| format!("{ctx}: strict reopen: {e}"))?;
     if !wal.recovery_report().issues.is_empty() {
