@@ -1894,3 +1894,78 @@ fn damage_to_a_batch_the_tier_mark_falls_in_is_not_a_torn_tail() {
         );
     }
 }
+
+/// The same batch, with damage below the tier mark (the last entry of the last uploaded block)
+/// and the header of the next block, which holds the batch's rest (synced, not uploaded): one
+/// media error across the two. The loss starts below the tier mark, where the tier holds the
+/// entries, but reaches the batch's rest, which it does not: damage to synced data, refused.
+/// It was taken for consumed history ending at the tier mark: the open succeeded, the segment
+/// went as holding nothing, and the batch's rest with it.
+#[test]
+fn damage_across_the_tier_mark_inside_a_batch_is_refused() {
+    let sim = SimStorage::new(58);
+    let tier = MemoryTier::new();
+    let options = options(&tier)
+        .with_lanes(1)
+        .with_mark_interval(Duration::from_secs(3600));
+    let part = |k: u64| vec![0xC0 + k as u8; 3000];
+    let mark = {
+        let store = open(&sim, options.clone()).unwrap();
+        store.append("orders", &payload(0)).unwrap();
+        let batch: Vec<Vec<u8>> = (0..6).map(part).collect();
+        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        assert_eq!(store.append_batch("orders", &refs).unwrap(), 1..7);
+        store.sync().unwrap();
+        store.tier_pass().unwrap();
+        let mark = tiered_blocks(&tier)
+            .iter()
+            .map(|&(first, n)| first + n)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            (3..7).contains(&mark),
+            "the tier mark inside the batch: {mark}"
+        );
+        sim.crash(CrashMode::KeepWritten);
+        std::mem::forget(store);
+        mark
+    };
+    let segment = sim
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .find(|p| {
+            sim.contents(p)
+                .unwrap()
+                .windows(3000)
+                .any(|w| w == part(mark - 1).as_slice())
+        })
+        .unwrap();
+    let bytes = sim.contents(&segment).unwrap();
+    let find = |k: u64| {
+        bytes
+            .windows(3000)
+            .position(|w| w == part(k).as_slice())
+            .unwrap() as u64
+    };
+    let file = sim.open(&segment).unwrap();
+    // Entry mark - 1 (k = mark - 2), the last the tier holds; and the header of the block of
+    // entry mark (k = mark - 1), the first it does not: blocks start on 4 KiB boundaries.
+    file.write_at(b"#", find(mark - 2) + 100).unwrap();
+    let next_block = find(mark - 1) / 4096 * 4096;
+    file.write_at(b"#", next_block + 8).unwrap();
+    file.sync_data().unwrap();
+    let before: Vec<_> = sim
+        .files()
+        .iter()
+        .map(|p| sim.contents(p).unwrap())
+        .collect();
+    let e = open(&sim, options).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+    let after: Vec<_> = sim
+        .files()
+        .iter()
+        .map(|p| sim.contents(p).unwrap())
+        .collect();
+    assert!(before == after, "the refused open changed nothing");
+}

@@ -539,10 +539,12 @@ impl Rebuild<'_> {
             // or below the watermark (where the damage is decides, not where the cursor is),
             // decided from the cursor on. The unit the damage fell in was consumed in part:
             // readable, so whole when written.
-            self.unit = None;
             // Below the recorded watermark the damage was synced; a hole that starts only
-            // below the tier mark says nothing of entries above it (never known synced).
-            return self.decide_at(cursor, a < self.recorded, idx, pos, problem);
+            // below the tier mark says nothing of entries above it (never known synced),
+            // unless it falls in a unit that starts below the tier mark (durable whole).
+            let durable = a < self.recorded || self.unit.is_some_and(|u| u.offset < self.mark);
+            self.unit = None;
+            return self.decide_at(cursor, durable, idx, pos, problem);
         }
         self.decide(a, idx, pos, problem)
     }
@@ -588,14 +590,14 @@ impl Rebuild<'_> {
         let trailing = b.scanned.trailing_damage;
         if let Some(unit) = self.unit {
             // Above the watermark it is cut whole; below it (skipped) it keeps what survived.
-            // Its end is unknown: at least what the watermark says was synced.
-            let end = self.mark.max(self.expected + 1);
+            // It ends after the frames it still expected, and at least where the watermark
+            // says entries were synced.
+            let end = self.mark.max(self.expected + u64::from(unit.left).max(1));
             if self.loss(idx, last_end, Problem::UnfinishedBatch, end)? {
                 // Skipped: the frames it still expected keep their offsets, which the next
                 // append steps over in a block recording the gap (following the batch's
                 // head, its first frame would be a sequence break to the next open).
-                let rest = self.expected + u64::from(unit.left).max(1);
-                self.skipped_to = end.max(rest);
+                self.skipped_to = end;
             }
             return Ok(());
         }
