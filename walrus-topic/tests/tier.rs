@@ -1813,12 +1813,70 @@ fn the_background_persistence_never_waits_for_a_reader_waiting_for_the_tier() {
     assert_eq!(c.persisted, c.cursor, "persisted by the next pass");
 }
 
-/// The tier mark may fall inside a batch (it is the end of an uploaded block, and a batch can
-/// span blocks); the batch was durable whole (the tier mark is never past the durable end,
-/// which moves by whole batches). Damage to the batch's rest, in the block not uploaded, is
-/// damage to synced data: refused by the default mode. It was taken for a torn tail: the cut
-/// went back to the batch's first entry, below the tier mark, and erased the synced entries
-/// from there (the tier then served the batch's head without its tail).
+/// Entry `k` of the batch [`batch_across_the_tier_mark`] appends (offset `1 + k`).
+fn batch_part(k: u64) -> Vec<u8> {
+    vec![0xC0 + k as u8; 3000]
+}
+
+/// "orders" in one lane: an entry, then a batch of six 3000-byte entries (offsets 1..7,
+/// spanning blocks), synced and tiered, so that the tier mark falls inside the batch (it is the
+/// end of an uploaded block); then the process is killed before any watermark is written. The
+/// tier mark, and the segment holding the batch.
+fn batch_across_the_tier_mark(
+    sim: &SimStorage,
+    tier: &MemoryTier,
+    options: &StoreOptions,
+) -> (u64, std::path::PathBuf) {
+    let store = open(sim, options.clone()).unwrap();
+    store.append("orders", &payload(0)).unwrap();
+    let batch: Vec<Vec<u8>> = (0..6).map(batch_part).collect();
+    let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+    assert_eq!(store.append_batch("orders", &refs).unwrap(), 1..7);
+    store.sync().unwrap();
+    store.tier_pass().unwrap();
+    let mark = tiered_blocks(tier)
+        .iter()
+        .map(|&(first, n)| first + n)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (3..7).contains(&mark),
+        "the tier mark inside the batch: {mark}"
+    );
+    // kill -9 (a close would write the watermarks).
+    sim.crash(CrashMode::KeepWritten);
+    std::mem::forget(store);
+    let segment = sim
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
+        .find(|p| position_of(sim, p, &batch_part(0)).is_some())
+        .unwrap();
+    (mark, segment)
+}
+
+/// Where `bytes` first stand in the file at `path`.
+fn position_of(sim: &SimStorage, path: &std::path::Path, bytes: &[u8]) -> Option<u64> {
+    let contents = sim.contents(path).unwrap();
+    contents
+        .windows(bytes.len())
+        .position(|w| w == bytes)
+        .map(|p| p as u64)
+}
+
+/// Every file's bytes, in the order of their names.
+fn every_file(sim: &SimStorage) -> Vec<Vec<u8>> {
+    sim.files()
+        .iter()
+        .map(|p| sim.contents(p).unwrap())
+        .collect()
+}
+
+/// The batch was durable whole (the tier mark is never past the durable end, which moves by
+/// whole batches). Damage to its rest, in the block not uploaded, is damage to synced data:
+/// refused by the default mode. It was taken for a torn tail: the cut went back to the batch's
+/// first entry, below the tier mark, and erased the synced entries from there (the tier then
+/// served the batch's head without its tail).
 #[test]
 fn damage_to_a_batch_the_tier_mark_falls_in_is_not_a_torn_tail() {
     let sim = SimStorage::new(57);
@@ -1826,72 +1884,27 @@ fn damage_to_a_batch_the_tier_mark_falls_in_is_not_a_torn_tail() {
     let options = options(&tier)
         .with_lanes(1)
         .with_mark_interval(Duration::from_secs(3600));
-    let part = |k: u8| vec![k; 3000];
-    let batch: Vec<Vec<u8>> = (0..6).map(|k| part(0xC0 + k)).collect();
-    {
-        let store = open(&sim, options.clone()).unwrap();
-        store.append("orders", &payload(0)).unwrap();
-        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        assert_eq!(store.append_batch("orders", &refs).unwrap(), 1..7);
-        store.sync().unwrap();
-        store.tier_pass().unwrap();
-        let mark = tiered_blocks(&tier)
-            .iter()
-            .map(|&(first, n)| first + n)
-            .max()
-            .unwrap_or(0);
-        assert!(
-            (2..7).contains(&mark),
-            "the tier mark inside the batch: {mark}"
-        );
-        // kill -9 (a close would write the watermarks).
-        sim.crash(CrashMode::KeepWritten);
-        std::mem::forget(store);
-    }
+    let (_, segment) = batch_across_the_tier_mark(&sim, &tier, &options);
     // The batch's last entry damaged, in the block not uploaded.
-    let segment = sim
-        .files()
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
-        .find(|p| {
-            sim.contents(p)
-                .unwrap()
-                .windows(3000)
-                .any(|w| w == part(0xC5).as_slice())
-        })
-        .unwrap();
-    let bytes = sim.contents(&segment).unwrap();
-    let at = bytes
-        .windows(3000)
-        .position(|w| w == part(0xC5).as_slice())
-        .unwrap();
+    let at = position_of(&sim, &segment, &batch_part(5)).unwrap();
     let file = sim.open(&segment).unwrap();
-    file.write_at(b"#", at as u64 + 100).unwrap();
+    file.write_at(b"#", at + 100).unwrap();
     file.sync_data().unwrap();
-    let before: Vec<_> = sim
-        .files()
-        .iter()
-        .map(|p| sim.contents(p).unwrap())
-        .collect();
+    let before = every_file(&sim);
     let e = open(&sim, options.clone()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
-    let after: Vec<_> = sim
-        .files()
-        .iter()
-        .map(|p| sim.contents(p).unwrap())
-        .collect();
-    assert!(before == after, "the refused open changed nothing");
+    assert!(
+        before == every_file(&sim),
+        "the refused open changed nothing"
+    );
     // The lenient mode keeps the synced entries before the damage.
     let store = open(
         &sim,
         options.with_recovery(walrus_topic::RecoveryMode::SkipCorrupted),
     )
     .unwrap();
-    for (k, entry) in batch.iter().enumerate().take(5) {
-        assert_eq!(
-            store.read_at("orders", 1 + k as u64).unwrap().as_ref(),
-            Some(entry)
-        );
+    for k in 0..5 {
+        assert_eq!(store.read_at("orders", 1 + k).unwrap(), Some(batch_part(k)));
     }
 }
 
@@ -1908,64 +1921,20 @@ fn damage_across_the_tier_mark_inside_a_batch_is_refused() {
     let options = options(&tier)
         .with_lanes(1)
         .with_mark_interval(Duration::from_secs(3600));
-    let part = |k: u64| vec![0xC0 + k as u8; 3000];
-    let mark = {
-        let store = open(&sim, options.clone()).unwrap();
-        store.append("orders", &payload(0)).unwrap();
-        let batch: Vec<Vec<u8>> = (0..6).map(part).collect();
-        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        assert_eq!(store.append_batch("orders", &refs).unwrap(), 1..7);
-        store.sync().unwrap();
-        store.tier_pass().unwrap();
-        let mark = tiered_blocks(&tier)
-            .iter()
-            .map(|&(first, n)| first + n)
-            .max()
-            .unwrap_or(0);
-        assert!(
-            (3..7).contains(&mark),
-            "the tier mark inside the batch: {mark}"
-        );
-        sim.crash(CrashMode::KeepWritten);
-        std::mem::forget(store);
-        mark
-    };
-    let segment = sim
-        .files()
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "wseg"))
-        .find(|p| {
-            sim.contents(p)
-                .unwrap()
-                .windows(3000)
-                .any(|w| w == part(mark - 1).as_slice())
-        })
-        .unwrap();
-    let bytes = sim.contents(&segment).unwrap();
-    let find = |k: u64| {
-        bytes
-            .windows(3000)
-            .position(|w| w == part(k).as_slice())
-            .unwrap() as u64
-    };
+    let (mark, segment) = batch_across_the_tier_mark(&sim, &tier, &options);
+    let find = |k: u64| position_of(&sim, &segment, &batch_part(k)).unwrap();
     let file = sim.open(&segment).unwrap();
     // Entry mark - 1 (k = mark - 2), the last the tier holds; and the header of the block of
     // entry mark (k = mark - 1), the first it does not: blocks start on 4 KiB boundaries.
     file.write_at(b"#", find(mark - 2) + 100).unwrap();
-    let next_block = find(mark - 1) / 4096 * 4096;
-    file.write_at(b"#", next_block + 8).unwrap();
+    file.write_at(b"#", find(mark - 1) / 4096 * 4096 + 8)
+        .unwrap();
     file.sync_data().unwrap();
-    let before: Vec<_> = sim
-        .files()
-        .iter()
-        .map(|p| sim.contents(p).unwrap())
-        .collect();
+    let before = every_file(&sim);
     let e = open(&sim, options).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
-    let after: Vec<_> = sim
-        .files()
-        .iter()
-        .map(|p| sim.contents(p).unwrap())
-        .collect();
-    assert!(before == after, "the refused open changed nothing");
+    assert!(
+        before == every_file(&sim),
+        "the refused open changed nothing"
+    );
 }
