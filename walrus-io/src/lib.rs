@@ -47,6 +47,7 @@ use std::sync::Arc;
 
 mod error;
 mod fs;
+pub mod hooked;
 pub mod mmap;
 pub mod pwrite;
 mod rng;

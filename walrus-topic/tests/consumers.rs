@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use walrus_io::hooked::{Hooked, Op};
 use walrus_io::{CrashMode, Fault, FaultRule, OpKind, SimStorage, Storage};
 use walrus_topic::{Retention, Store, StoreOptions};
 
@@ -1636,120 +1637,6 @@ fn a_consumer_whose_creation_failed_to_sync_is_absent_after_a_restart() {
     assert_eq!(store.cursor_as("t", "new"), None);
 }
 
-/// A hook run (once) at the first write to the cursor file, which then fails with `EIO`.
-type Hook = Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>;
-
-/// The simulated storage, with the cursor file's first write after [`Hooked::arm`] running a
-/// hook and then failing.
-#[derive(Clone)]
-struct Hooked {
-    sim: SimStorage,
-    hook: Hook,
-}
-
-impl std::fmt::Debug for Hooked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hooked")
-    }
-}
-
-impl Hooked {
-    fn arm(&self, hook: impl FnOnce() + Send + 'static) {
-        *self.hook.lock().unwrap() = Some(Box::new(hook));
-    }
-
-    fn wrap(&self, file: Arc<dyn walrus_io::SegmentFile>) -> Arc<dyn walrus_io::SegmentFile> {
-        if file.path().ends_with("cursors.wcur") {
-            Arc::new(HookedFile {
-                inner: file,
-                hook: self.hook.clone(),
-            })
-        } else {
-            file
-        }
-    }
-}
-
-impl Storage for Hooked {
-    fn kind(&self) -> walrus_io::BackendKind {
-        self.sim.kind()
-    }
-    fn create(
-        &self,
-        path: &std::path::Path,
-        len: u64,
-    ) -> io::Result<Arc<dyn walrus_io::SegmentFile>> {
-        self.sim.create(path, len).map(|f| self.wrap(f))
-    }
-    fn open(&self, path: &std::path::Path) -> io::Result<Arc<dyn walrus_io::SegmentFile>> {
-        self.sim.open(path).map(|f| self.wrap(f))
-    }
-    fn open_read(&self, path: &std::path::Path) -> io::Result<Arc<dyn walrus_io::SegmentFile>> {
-        self.sim.open_read(path)
-    }
-    fn remove(&self, path: &std::path::Path) -> io::Result<()> {
-        self.sim.remove(path)
-    }
-    fn list(&self, dir: &std::path::Path) -> io::Result<Vec<std::path::PathBuf>> {
-        self.sim.list(dir)
-    }
-    fn create_dir_all(&self, dir: &std::path::Path) -> io::Result<()> {
-        self.sim.create_dir_all(dir)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> io::Result<()> {
-        self.sim.sync_dir(dir)
-    }
-    fn submit(&self, writes: &[walrus_io::WriteOp<'_>], then_sync: bool) -> io::Result<()> {
-        self.sim.submit(writes, then_sync)
-    }
-}
-
-struct HookedFile {
-    inner: Arc<dyn walrus_io::SegmentFile>,
-    hook: Hook,
-}
-
-impl std::fmt::Debug for HookedFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HookedFile")
-    }
-}
-
-impl walrus_io::SegmentFile for HookedFile {
-    fn path(&self) -> &std::path::Path {
-        self.inner.path()
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let hook = self.hook.lock().unwrap().take();
-        if let Some(hook) = hook {
-            hook();
-            return Err(io::Error::other("injected: the hooked write fails"));
-        }
-        self.inner.write_at(buf, offset)
-    }
-    fn write_vectored_at(&self, bufs: &[io::IoSlice<'_>], offset: u64) -> io::Result<()> {
-        self.inner.write_vectored_at(bufs, offset)
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.inner.allocate(offset, len)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn next_data(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
-        self.inner.next_data(offset)
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
 /// A commit that creates its consumer at an offset raises the release bound only once the
 /// consumer's record is written: blocks released while it was being written (an append
 /// sealing a block) were gone for good when the write then failed, with no consumer or floor
@@ -1757,21 +1644,27 @@ impl walrus_io::SegmentFile for HookedFile {
 #[test]
 fn a_commit_creating_its_consumer_releases_nothing_before_its_record_is_written() {
     let sim = SimStorage::new(65);
-    let storage = Hooked {
-        sim: sim.clone(),
-        hook: Default::default(),
-    };
+    // Armed, the next write to the cursor file runs the hook, then fails.
+    type Armed = std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>;
+    let armed: Arc<Armed> = Arc::default();
+    let hook = Arc::clone(&armed);
+    let storage: Arc<dyn Storage> = Arc::new(Hooked::new(sim.clone(), move |op: Op<'_>| {
+        if let Op::Write(path, _) = op
+            && path.ends_with("cursors.wcur")
+        {
+            let armed = hook.lock().unwrap().take();
+            if let Some(run) = armed {
+                run();
+                return Err(io::Error::other("injected: the hooked write fails"));
+            }
+        }
+        Ok(())
+    }));
     let options = small()
         .with_lanes(1)
         .with_background_maintenance(false)
         .with_prepare_ahead(false);
-    let open_hooked = || {
-        Store::open(
-            DIR,
-            Arc::new(storage.clone()) as Arc<dyn Storage>,
-            options.clone(),
-        )
-    };
+    let open_hooked = || Store::open(DIR, Arc::clone(&storage), options.clone());
     {
         let store = Arc::new(open_hooked().unwrap());
         for i in 0..200 {
@@ -1781,7 +1674,7 @@ fn a_commit_creating_its_consumer_releases_nothing_before_its_record_is_written(
         let before = sim.files();
         // While the consumer's record is written: another thread's appends seal a block.
         let appender = Arc::downgrade(&store);
-        storage.arm(move || {
+        *armed.lock().unwrap() = Some(Box::new(move || {
             let store = appender.upgrade().unwrap();
             std::thread::spawn(move || {
                 for i in 200..230 {
@@ -1790,7 +1683,7 @@ fn a_commit_creating_its_consumer_releases_nothing_before_its_record_is_written(
             })
             .join()
             .unwrap();
-        });
+        }));
         assert!(store.commit_as("t", "c", 150).is_err());
         assert!(store.consumers("t").is_empty());
         let after = sim.files();

@@ -6,6 +6,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use walrus_io::hooked::{Hooked, Op};
 use walrus_io::{CrashMode, Fault, FaultRule, OpKind, PwriteStorage, SimStorage, Storage};
 use walrus_topic::{Action, Problem, RecoveryMode, Store, StoreOptions};
 
@@ -33,6 +34,15 @@ fn segments(sim: &SimStorage) -> Vec<String> {
         .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
         .filter(|n| n.ends_with(".wseg"))
         .collect()
+}
+
+/// The open that made `store` found nothing to report.
+fn assert_clean(store: &Store) {
+    assert!(
+        store.recovery_report().issues.is_empty(),
+        "{:?}",
+        store.recovery_report()
+    );
 }
 
 fn drain(store: &Store, topic: &str) -> Vec<(u64, Vec<u8>)> {
@@ -133,11 +143,7 @@ fn entries_cross_blocks_and_segments_and_survive_reopen() {
     assert!(segments(&sim).len() > 2);
     sim.crash(CrashMode::DropUnsynced);
     let store = open(&sim, small()).unwrap();
-    assert!(
-        store.recovery_report().issues.is_empty(),
-        "{:?}",
-        store.recovery_report()
-    );
+    assert_clean(&store);
     for i in 0..300 {
         assert_eq!(store.read_at("a", i).unwrap(), Some(payload(i)));
     }
@@ -1540,11 +1546,7 @@ fn offsets_a_cursor_passed_are_never_reused() {
     // The gap is recorded: the next open steps over it without calling it damage.
     let store = open(&sim, small()).unwrap();
     assert_eq!(store.read_at("t", 2).unwrap(), Some(b"new".to_vec()));
-    assert!(
-        store.recovery_report().issues.is_empty(),
-        "{:?}",
-        store.recovery_report()
-    );
+    assert_clean(&store);
 }
 
 /// A failed write whose cleanup also fails poisons the store: the bytes it left after the
@@ -2392,11 +2394,7 @@ fn a_cursor_record_with_both_slots_damaged_is_refused_or_reported_never_dropped_
         assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 0);
     }
     let store = open(&sim, small()).unwrap();
-    assert!(
-        store.recovery_report().issues.is_empty(),
-        "{:?}",
-        store.recovery_report()
-    );
+    assert_clean(&store);
     assert_eq!(store.read_next("t", true).unwrap().unwrap().0, 1);
 }
 
@@ -2487,11 +2485,7 @@ fn a_cursor_record_with_one_slot_damaged_is_reported_and_refused_by_absolute_con
         small().with_recovery(RecoveryMode::AbsoluteConsistency),
     )
     .unwrap();
-    assert!(
-        store.recovery_report().issues.is_empty(),
-        "{:?}",
-        store.recovery_report()
-    );
+    assert_clean(&store);
 }
 
 /// A lenient open that skips what is missing of a batch at the end of a topic (its tail
@@ -2858,64 +2852,30 @@ fn a_segment_id_at_the_end_of_its_lane_is_refused() {
     assert!(e.to_string().contains("lane"), "{e}");
 }
 
-/// The pwrite backend, recording every directory it syncs.
-#[derive(Debug)]
-struct SyncedDirs {
-    inner: PwriteStorage,
-    synced: std::sync::Mutex<Vec<std::path::PathBuf>>,
-    /// Every directory sync fails.
-    fail: bool,
-}
-
-impl Storage for SyncedDirs {
-    fn kind(&self) -> walrus_io::BackendKind {
-        self.inner.kind()
-    }
-    fn create(&self, path: &Path, len: u64) -> io::Result<Arc<dyn walrus_io::SegmentFile>> {
-        self.inner.create(path, len)
-    }
-    fn open(&self, path: &Path) -> io::Result<Arc<dyn walrus_io::SegmentFile>> {
-        self.inner.open(path)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove(path)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
-        self.inner.list(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.synced.lock().unwrap().push(dir.to_path_buf());
-        if self.fail {
-            return Err(io::Error::other("injected directory sync failure"));
-        }
-        self.inner.sync_dir(dir)
-    }
-    fn submit(&self, writes: &[walrus_io::WriteOp<'_>], then_sync: bool) -> io::Result<()> {
-        self.inner.submit(writes, then_sync)
-    }
-}
-
 /// A data directory made several levels deep is durable with every level: each directory the
 /// open makes has its parent synced (a power cut could otherwise take `a`, and `a/b` with it).
 #[test]
 fn every_directory_an_open_makes_has_its_parent_synced() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("a").join("b");
-    let storage = |fail| {
-        Arc::new(SyncedDirs {
-            inner: PwriteStorage::new(),
-            synced: Default::default(),
-            fail,
-        })
+    // The pwrite backend, recording every directory it syncs; with `fail`, each sync fails.
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let storage = |fail: bool| {
+        let log = Arc::clone(&recorded);
+        Arc::new(Hooked::new(PwriteStorage::new(), move |op: Op<'_>| {
+            if let Op::SyncDir(dir) = op {
+                log.lock().unwrap().push(dir.to_path_buf());
+                if fail {
+                    return Err(io::Error::other("injected directory sync failure"));
+                }
+            }
+            Ok(())
+        }))
     };
-    let recording = storage(false);
-    let store = Store::open(&dir, recording.clone(), StoreOptions::new()).unwrap();
+    let store = Store::open(&dir, storage(false), StoreOptions::new()).unwrap();
     store.append("t", b"x").unwrap();
     store.sync().unwrap();
-    let synced = recording.synced.lock().unwrap().clone();
+    let synced = recorded.lock().unwrap().clone();
     for parent in [root.path().to_path_buf(), root.path().join("a")] {
         assert!(
             synced.contains(&parent),

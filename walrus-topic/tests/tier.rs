@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use walrus_block::tier::TierIndex;
 use walrus_block::{Frame, FrameDecoder};
+use walrus_io::hooked::{Hooked, Op};
 use walrus_io::tier::{Metadata, TierOp};
 use walrus_io::{CrashMode, MemoryTier, RemoteTier, SimStorage, Storage};
 use walrus_topic::{Engine, Retention, Store, StoreOptions, SyncPolicy, Tiering};
@@ -1635,81 +1636,39 @@ fn a_reopen_without_the_tier_refuses_to_step_over_tiered_entries() {
 
 /// The simulated disk, running `hook` once: at the first listing of the directory after the
 /// watermark file was opened (where a read-only open has loaded the watermarks and not yet
-/// listed the segments).
-struct AfterMarks {
-    sim: SimStorage,
-    marks_read: std::sync::atomic::AtomicBool,
-    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
-}
-
-impl AfterMarks {
-    /// A view of `sim` whose hook has `writer` append `entries` to "orders", sync, tier and
-    /// maintain: segments go to the tier and leave the disk between the two loads.
-    fn tiering(sim: &SimStorage, writer: &Arc<Store>, entries: std::ops::Range<u64>) -> Self {
-        let w = Arc::clone(writer);
-        let hook: Box<dyn FnOnce() + Send> = Box::new(move || {
-            for i in entries {
-                w.append("orders", &payload(i)).unwrap();
+/// listed the segments). Here the hook has `writer` append `entries` to "orders", sync, tier
+/// and maintain: segments go to the tier and leave the disk between the two loads.
+fn tiering_after_marks(
+    sim: &SimStorage,
+    writer: &Arc<Store>,
+    entries: std::ops::Range<u64>,
+) -> Arc<dyn Storage> {
+    let w = Arc::clone(writer);
+    let hook: Box<dyn FnOnce() + Send> = Box::new(move || {
+        for i in entries {
+            w.append("orders", &payload(i)).unwrap();
+        }
+        w.sync().unwrap();
+        w.tier_pass().unwrap();
+        w.maintain().unwrap();
+    });
+    let hook = std::sync::Mutex::new(Some(hook));
+    let marks_read = std::sync::atomic::AtomicBool::new(false);
+    Arc::new(Hooked::new(sim.clone(), move |op: Op<'_>| {
+        match op {
+            Op::OpenRead(path) if path.ends_with("durable.wcur") => {
+                marks_read.store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            w.sync().unwrap();
-            w.tier_pass().unwrap();
-            w.maintain().unwrap();
-        });
-        Self {
-            sim: sim.clone(),
-            marks_read: Default::default(),
-            hook: std::sync::Mutex::new(Some(hook)),
+            Op::List(_) if marks_read.load(std::sync::atomic::Ordering::SeqCst) => {
+                let hook = hook.lock().unwrap().take();
+                if let Some(hook) = hook {
+                    hook();
+                }
+            }
+            _ => {}
         }
-    }
-}
-
-impl std::fmt::Debug for AfterMarks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AfterMarks")
-    }
-}
-
-impl Storage for AfterMarks {
-    fn kind(&self) -> walrus_io::BackendKind {
-        self.sim.kind()
-    }
-    fn create(
-        &self,
-        path: &std::path::Path,
-        len: u64,
-    ) -> io::Result<Arc<dyn walrus_io::SegmentFile>> {
-        self.sim.create(path, len)
-    }
-    fn open(&self, path: &std::path::Path) -> io::Result<Arc<dyn walrus_io::SegmentFile>> {
-        self.sim.open(path)
-    }
-    fn open_read(&self, path: &std::path::Path) -> io::Result<Arc<dyn walrus_io::SegmentFile>> {
-        if path.file_name().is_some_and(|n| n == "durable.wcur") {
-            self.marks_read
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-        self.sim.open_read(path)
-    }
-    fn remove(&self, path: &std::path::Path) -> io::Result<()> {
-        self.sim.remove(path)
-    }
-    fn list(&self, dir: &std::path::Path) -> io::Result<Vec<std::path::PathBuf>> {
-        if self.marks_read.load(std::sync::atomic::Ordering::SeqCst)
-            && let Some(hook) = self.hook.lock().unwrap().take()
-        {
-            hook();
-        }
-        self.sim.list(dir)
-    }
-    fn create_dir_all(&self, dir: &std::path::Path) -> io::Result<()> {
-        self.sim.create_dir_all(dir)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> io::Result<()> {
-        self.sim.sync_dir(dir)
-    }
-    fn submit(&self, writes: &[walrus_io::WriteOp<'_>], then_sync: bool) -> io::Result<()> {
-        self.sim.submit(writes, then_sync)
-    }
+        Ok(())
+    }))
 }
 
 /// A read-only open beside a live writer that tiers: the writer raises the tier mark and
@@ -1726,8 +1685,8 @@ fn a_read_only_open_beside_a_tiering_writer_reports_no_damage() {
     writer.tier_pass().unwrap();
     writer.maintain().unwrap();
     let files = segment_files(&sim);
-    let view = AfterMarks::tiering(&sim, &writer, 200..600);
-    let reader = Store::open_read_only(DIR, Arc::new(view) as Arc<dyn Storage>, options).unwrap();
+    let view = tiering_after_marks(&sim, &writer, 200..600);
+    let reader = Store::open_read_only(DIR, view, options).unwrap();
     assert!(
         segment_files(&sim) < files,
         "the writer deleted no segment meanwhile"
@@ -1747,8 +1706,8 @@ fn a_read_only_open_beside_a_tiering_writer_reports_no_damage() {
     let plain = StoreOptions::new()
         .with_block_len(8192)
         .with_segment_len(64 * 1024);
-    let view = AfterMarks::tiering(&sim, &writer, 600..1000);
-    let reader = Store::open_read_only(DIR, Arc::new(view) as Arc<dyn Storage>, plain).unwrap();
+    let view = tiering_after_marks(&sim, &writer, 600..1000);
+    let reader = Store::open_read_only(DIR, view, plain).unwrap();
     let mark = writer
         .stats()
         .topics
