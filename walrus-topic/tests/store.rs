@@ -2319,6 +2319,19 @@ fn a_half_lost_page_synced_at_creation_is_damage() {
     assert_eq!(drain(&store, "t").len(), 20);
 }
 
+/// Twenty entries of "t" appended, ten consumed (the cursor record written in both slots of
+/// its pair), synced, and the store closed.
+fn ten_of_twenty_consumed(sim: &SimStorage) {
+    let store = open(sim, small()).unwrap();
+    for i in 0..20 {
+        store.append("t", &payload(i)).unwrap();
+    }
+    for _ in 0..10 {
+        store.read_next("t", true).unwrap().unwrap();
+    }
+    store.sync().unwrap();
+}
+
 /// The slots of the cursor file, 512 bytes each, that hold any byte.
 fn written_cursor_slots(sim: &SimStorage) -> Vec<u64> {
     let file = sim.open(Path::new(&format!("{DIR}/cursors.wcur"))).unwrap();
@@ -2346,16 +2359,7 @@ fn damage_cursor_slot(sim: &SimStorage, position: u64) {
 #[test]
 fn a_cursor_record_with_both_slots_damaged_is_refused_or_reported_never_dropped_silently() {
     let sim = SimStorage::new(52);
-    {
-        let store = open(&sim, small()).unwrap();
-        for i in 0..20 {
-            store.append("t", &payload(i)).unwrap();
-        }
-        for _ in 0..10 {
-            store.read_next("t", true).unwrap().unwrap();
-        }
-        store.sync().unwrap();
-    }
+    ten_of_twenty_consumed(&sim);
     let slots = written_cursor_slots(&sim);
     assert_eq!(
         slots.len(),
@@ -2444,16 +2448,7 @@ fn a_cursor_record_written_once_and_damaged_is_reported() {
 #[test]
 fn a_cursor_record_with_one_slot_damaged_is_reported_and_refused_by_absolute_consistency() {
     let sim = SimStorage::new(55);
-    {
-        let store = open(&sim, small()).unwrap();
-        for i in 0..20 {
-            store.append("t", &payload(i)).unwrap();
-        }
-        for _ in 0..10 {
-            store.read_next("t", true).unwrap().unwrap();
-        }
-        store.sync().unwrap();
-    }
+    ten_of_twenty_consumed(&sim);
     let slots = written_cursor_slots(&sim);
     assert_eq!(slots.len(), 2, "{slots:?}");
     damage_cursor_slot(&sim, slots[1]);
