@@ -360,7 +360,9 @@ fn recover_in(
     // Cursor and watermark records lost to damage: a consumer would start again at the first
     // entry kept, a topic's watermark (or floor, or tier mark) would be forgotten.
     let damaged_records = [(CURSOR_FILE, damaged_cursors), (MARKS_FILE, damaged_marks)];
-    let mut slot_clears = Vec::new();
+    // What the apply step zeros: damaged slots beside a valid one (in either file), and the
+    // pairs of lost cursor records.
+    let (mut slot_clears, mut pair_clears) = (Vec::new(), Vec::new());
     for (name, pairs) in damaged_records {
         for pair in pairs {
             let file = dir.join(name);
@@ -433,6 +435,7 @@ fn recover_in(
                 action: if read_only || name == MARKS_FILE {
                     Action::Kept
                 } else {
+                    pair_clears.push(pair.position);
                     Action::Cleared
                 },
             });
@@ -601,15 +604,8 @@ fn recover_in(
     let cursors = cursor_file.create_if_missing(&*storage, dir, CURSOR_FILE)?;
     let marks = marks_file.create_if_missing(&*storage, dir, MARKS_FILE)?;
     apply_erases(&erases)?;
-    for issue in &report.issues {
-        // A lost record's pair (the cursor file's: the marks file's are kept).
-        if issue.problem == Problem::CorruptCursorRecord
-            && issue.action == Action::Cleared
-            && issue.file.ends_with(CURSOR_FILE)
-            && !slot_clears.contains(&(false, issue.position))
-        {
-            cursors.clear_pair(issue.position)?;
-        }
+    for position in pair_clears {
+        cursors.clear_pair(position)?;
     }
     // The next write of each record goes to its cleared slot; until then, no open finds the
     // damage again.
